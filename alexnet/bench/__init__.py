@@ -1,0 +1,45 @@
+"""`alexnet bench WHAT`: benchmarks that report speed as ratios against a baseline run beside.
+
+Each stage owns its benchmark module (alexnet/bench/<what>.py) with a `bench(args) -> dict`
+function that prints its figures and returns them; `--json FILE` writes them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from alexnet.errors import UserError
+
+WHATS = {
+    "model": "LRN cost and the paper net's training step beside the torchvision layout",
+    "data": "prepare and the training loader beside an ImageFolder pipeline",
+    "train": "training images/s in fp32 and with each speed option",
+    "evaluate": "evaluation images/s, centre and 10-crop",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `alexnet bench`."""
+    parser.add_argument("what", nargs="*", default=[],
+                        help="which benchmarks (default: all): " + ", ".join(WHATS))
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--json", type=Path, default=None, help="write all figures to FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmarks one after the other."""
+    unknown = [w for w in args.what if w not in WHATS]
+    if unknown:
+        raise UserError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(WHATS)}")
+    results = {}
+    for what in args.what or list(WHATS):
+        module = importlib.import_module(f"alexnet.bench.{what}")
+        print(f"== alexnet bench {what}: {WHATS[what]}")
+        results[what] = module.bench(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

@@ -1,0 +1,68 @@
+"""The `alexnet` command: one subcommand per stage, each a thin wrapper over its module.
+
+Every module named below provides `add_arguments(parser)` and `run(args) -> int`. Only the
+chosen subcommand's module is imported, so `alexnet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from alexnet import __version__
+from alexnet.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("alexnet.demo", "prepare Fashion-MNIST, train the paper's net on it, evaluate"),
+    "prepare": ("alexnet.data.prepare", "preprocess a data source into a 256x256 store"),
+    "train": ("alexnet.train", "train with the paper's recipe on a prepared store"),
+    "evaluate": ("alexnet.evaluate", "top-1/top-5 error of checkpoints (centre or 10 crops)"),
+    "predict": ("alexnet.predict", "five most probable classes of image files"),
+    "figures": ("alexnet.figures", "the paper's figures 3 and 4 from a checkpoint"),
+    "relu-vs-tanh": ("alexnet.experiments.relu_tanh", "the figure 1 experiment"),
+    "ablate": ("alexnet.experiments.ablate", "train the paper net and its ablations"),
+    "bench": ("alexnet.bench", "benchmarks: data, model, train, evaluate"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    """The parser that only knows the subcommand names."""
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="Krizhevsky, Sutskever & Hinton (2012) reproduced in PyTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items())
+        + "\n\nrun 'alexnet COMMAND --help' for a command's options",
+    )
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; bad input ends in a one-line error and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] not in COMMANDS:
+        top.parse_args(argv[:1] or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"alexnet {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"alexnet {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Shared test fixtures: the real Fashion-MNIST files where the Debian package is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The IDX files of Fashion-MNIST, or a skip naming the package to install."""
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST absent: apt-get install dataset-fashion-mnist")
+    return FASHION_MNIST

@@ -1,0 +1,185 @@
+"""Atomic save and load of the full training state, and `load_model` for evaluation.
+
+A checkpoint is one `torch.save` file holding a plain dict (docs/design.md):
+`format` ("alexnet-checkpoint"), `format_version`, `arch`, `model_args`, `model` (state_dict of
+the unwrapped module: never the DDP or torch.compile wrapper), `optimizer`, `schedule`, `epoch`
+(the epoch in progress), `step` (batches of that epoch already done), `config` (the resolved run
+config), `classes`, `stats` (the normalisation statistics the net was trained with), `rng`
+(torch CPU/CUDA, numpy and python generator states) and `metrics` (the log so far).
+
+Only tensors and plain Python values are stored, so files load with `weights_only=True`: a
+foreign pickle cannot run code. `save` writes a temporary file in the same folder, fsyncs it
+and renames it over the target (timm's CheckpointSaver does the same): a kill mid-write leaves
+the previous checkpoint intact and never a file under the final name that is half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet.errors import UserError
+
+FORMAT = "alexnet-checkpoint"
+FORMAT_VERSION = 1
+TMP_PREFIX = ".tmp-"  # temporary files are hidden and never carry the final name
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP and torch.compile wrappers (in any nesting)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def clean_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Strip wrapper prefixes (`_orig_mod.`, `module.`) so keys match the plain network."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator training touches, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by `rng_state` (CUDA only where the device count matches)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _to_lists(value: Any) -> Any:
+    """Tuples to lists, recursively (weights_only pickles stay plain)."""
+    if isinstance(value, tuple | list):
+        return [_to_lists(v) for v in value]
+    return value
+
+
+def stats_to_tensors(stats: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
+    """A store's statistics (numpy arrays) as CPU tensors for the checkpoint."""
+    if stats is None:
+        return None
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in stats.items()}
+
+
+def stats_to_numpy(stats: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """Checkpoint statistics back to numpy arrays, as `Store.stats` gives them."""
+    if stats is None:
+        return None
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            for k, v in stats.items()}
+
+
+def make_state(model: nn.Module, **fields: Any) -> dict[str, Any]:
+    """A checkpoint dict for `model` (unwrapped here) plus the given fields."""
+    net = unwrap(model)
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": getattr(net, "arch", "alexnet"),
+        "model_args": dict(getattr(net, "kwargs", {})),
+        "model": clean_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()}),
+    }
+    fields["stats"] = stats_to_tensors(fields.get("stats"))
+    state.update(fields)
+    return state
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically: temporary file, flush, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; a missing, truncated, corrupt or foreign file is a UserError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable alexnet checkpoint (truncated, corrupt or "
+                        f"foreign: {reason}); use another checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not an alexnet checkpoint (no '{FORMAT}' header); "
+                        "give a file written by 'alexnet train'")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {state.get('format_version')}, "
+                        f"this alexnet reads version {FORMAT_VERSION}; use a matching release")
+    state["stats"] = stats_to_numpy(state.get("stats"))
+    return state
+
+
+def load_model(path: str | os.PathLike,
+               device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained network of a checkpoint, in eval mode on `device`."""
+    from alexnet.model import build_model
+
+    ckpt = load(path)
+    try:
+        model = build_model(ckpt["arch"], **ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else repr(err)
+        raise UserError(f"{path}: the weights do not fit architecture {ckpt.get('arch')!r} "
+                        f"({first}); the file is damaged or from another version") from None
+    return model.to(device).eval(), ckpt

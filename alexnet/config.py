@@ -1,0 +1,292 @@
+"""The typed run configuration: code defaults (the paper), a named preset, then overrides.
+
+Layers, later wins: the dataclass defaults below (every number from alexnet/paper.py, so the
+defaults ARE the paper's recipe), a preset (`paper`, `fast`, `demo` from alexnet/configs/, or
+any TOML file with the same sections), then command-line overrides `section.key=value`.
+Unknown sections, keys and invalid choices raise a one-line UserError. The resolved config
+is written with every run (config.json) and stored in every checkpoint (`to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alexnet import paper
+from alexnet.errors import UserError
+
+try:  # Python 3.11+; tomli is the same parser for 3.10 (a conditional dependency)
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+AMP_CHOICES = ("off", "bf16", "fp16")
+LR_SCALING_CHOICES = ("none", "linear")
+MEAN_CHOICES = ("image", "channel", "none")
+VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
+
+
+@dataclass
+class ModelConfig:
+    """The network: `arch` and the keyword arguments of alexnet.model.AlexNet."""
+
+    arch: str = "alexnet"  # "alexnet" (the paper) or "alexnet-tv" (torchvision's layout)
+    columns: int = paper.COLUMNS
+    activation: str = "relu"
+    lrn: bool = True
+    lrn_alpha_over_n: bool = False
+    overlap_pool: bool = True
+    dropout: float = paper.DROPOUT_P
+    width: float = 1.0  # scales every layer; 1.0 is the paper (smaller for tests/CPU only)
+    # Section 3.2: each column on its own GPU (cuda:0, cuda:1); needs two CUDA devices.
+    split_columns: bool = False
+
+
+@dataclass
+class DataConfig:
+    """The store and the training augmentation (section 4.1)."""
+
+    store: str = ""  # a folder made by `alexnet prepare` (train + val or test splits)
+    crop: int = paper.CROP_SIZE
+    flip: bool = True
+    pca: bool = True
+    pca_scale: float = 1.0  # multiplies the paper's alpha std (paper.PCA_ALPHA_STD)
+    mean: str = "image"  # subtract the mean image (the paper), the channel mean, or nothing
+    val_split: str = "auto"  # auto: `val` if the store has it, else `test` (with a notice)
+
+
+@dataclass
+class OptimConfig:
+    """The update rule and the schedule (section 5)."""
+
+    lr: float = paper.BASE_LR
+    momentum: float = paper.MOMENTUM
+    weight_decay: float = paper.WEIGHT_DECAY
+    bias_decay: bool = False  # cuda-convnet/Caffe: no weight decay on biases
+    batch_size: int = paper.BATCH_SIZE  # the GLOBAL batch (all ranks together)
+    # linear: lr * batch_size / base_batch (Goyal et al. 2017) for batches above the paper's
+    lr_scaling: str = "none"
+    base_batch: int = paper.BATCH_SIZE
+    epochs: int = paper.EPOCHS
+    lr_factor: float = paper.LR_DROP_FACTOR
+    patience: int = 3  # epochs without improvement before lr is divided (our choice)
+    threshold: float = 0.001  # an absolute drop of 0.1 points of val error counts as improving
+    max_drops: int = paper.MAX_LR_DROPS
+
+
+@dataclass
+class RunConfig:
+    """Where, how fast and how long: none of these change the paper's mathematics."""
+
+    out: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    amp: str = "off"  # off (fp32, the paper), bf16 autocast, fp16 autocast + GradScaler
+    channels_last: bool = False
+    compile: bool = False
+    prefetch: int = 2  # batches the loader reads ahead
+    eval_batch_size: int = 256
+    val_every: int = 1  # validate every N epochs (the schedule steps on each validation)
+    val_limit: int = 0  # validate on the first N images only (0: the whole split)
+    steps_per_epoch: int = 0  # cap on batches per epoch (0: the whole training split)
+    max_steps: int = 0  # stop after this many optimizer steps in all (0: no cap)
+    time_limit: float = 0.0  # stop (and checkpoint) after this many seconds of training
+    save_best: bool = True  # also keep best.pt (lowest val top-1 error)
+    progress: bool = True  # tqdm bar
+    tensorboard: bool = False  # needs the `tensorboard` package
+    resume: str = ""  # a run folder or checkpoint to continue exactly
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The config as nested plain dicts (JSON- and checkpoint-safe)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None, where: str = "config") -> Config:
+    """Apply nested `data` onto `base` (default: the paper), checking every key and type."""
+    base = base if base is not None else Config()
+    config = Config(**{s: dataclasses.replace(getattr(base, s)) for s in SECTIONS})
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected sections {', '.join(SECTIONS)}")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise UserError(f"{where}: unknown section {section!r}; "
+                            f"choose from {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: [{section}] must be a table of key = value")
+        target = getattr(config, section)
+        for key, value in values.items():
+            _set(target, section, key, value, where)
+    return config
+
+
+def _fields(section_obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section_obj)}
+
+
+def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
+    """Set one typed field, converting strings from the command line."""
+    fields = _fields(target)
+    if key not in fields:
+        raise UserError(f"{where}: unknown key {section}.{key}; "
+                        f"known: {', '.join(sorted(fields))}")
+    kind = type(getattr(target, key))
+    setattr(target, key, _convert(value, kind, f"{section}.{key}", where))
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _convert(value: Any, kind: type, name: str, where: str) -> Any:
+    """Coerce `value` to the field's type (bool, int, float, str)."""
+    bad = UserError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise bad from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if isinstance(value, bool | dict | list):
+        raise bad
+    return str(value)
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset's TOML tables: a name from alexnet/configs/ or a path to a .toml file."""
+    path = Path(name)
+    if not (path.suffix == ".toml" and path.is_file()):
+        path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        raise UserError(f"unknown preset {name!r}; choose from {known} or give a .toml file")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid TOML ({err})") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """`["optim.lr=0.02", "run.amp=bf16"]` -> {"optim": {"lr": "0.02"}, "run": {...}}."""
+    nested: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise UserError(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. optim.lr=0.02")
+        nested.setdefault(section, {})[name] = value.strip()
+    return nested
+
+
+def resolve(preset: str | None = "paper", overrides: list[str] | None = None,
+            flags: dict[str, Any] | None = None, base: Config | None = None) -> Config:
+    """Defaults (or `base`), then `preset`, then `--set` overrides, then plain flags; checked."""
+    config = base if base is not None else Config()
+    if preset:
+        config = from_dict(load_preset(preset), config, where=f"preset {preset}")
+    config = from_dict(parse_overrides(overrides or []), config, where="--set")
+    if flags:
+        config = from_dict(parse_overrides([f"{k}={v}" for k, v in flags.items()
+                                            if v is not None]), config, where="option")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> Config:
+    """Reject values no run can use, each with a one-line message naming the key."""
+    m, d, o, r = config.model, config.data, config.optim, config.run
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    from alexnet.model import ARCHS  # the model module owns the list of architectures
+
+    need(m.arch in ARCHS, f"model.arch {m.arch!r}: choose from {', '.join(ARCHS)}")
+    need(m.activation in ("relu", "tanh"), f"model.activation {m.activation!r}: relu or tanh")
+    need(m.columns in (1, 2), f"model.columns {m.columns}: 1 or 2")
+    need(0 < m.width, f"model.width {m.width}: must be > 0")
+    need(0 <= m.dropout < 1, f"model.dropout {m.dropout}: must be in [0, 1)")
+    need(d.crop > 0, f"data.crop {d.crop}: must be > 0")
+    need(d.mean in MEAN_CHOICES, f"data.mean {d.mean!r}: choose from {', '.join(MEAN_CHOICES)}")
+    need(d.val_split in VAL_SPLIT_CHOICES,
+         f"data.val_split {d.val_split!r}: choose from {', '.join(VAL_SPLIT_CHOICES)}")
+    need(d.pca_scale >= 0, f"data.pca_scale {d.pca_scale}: must be >= 0")
+    need(o.lr > 0, f"optim.lr {o.lr}: must be > 0")
+    need(0 <= o.momentum < 1, f"optim.momentum {o.momentum}: must be in [0, 1)")
+    need(o.weight_decay >= 0, f"optim.weight_decay {o.weight_decay}: must be >= 0")
+    need(o.batch_size >= 1, f"optim.batch_size {o.batch_size}: must be at least 1")
+    need(o.base_batch >= 1, f"optim.base_batch {o.base_batch}: must be at least 1")
+    need(o.lr_scaling in LR_SCALING_CHOICES,
+         f"optim.lr_scaling {o.lr_scaling!r}: choose from {', '.join(LR_SCALING_CHOICES)}")
+    need(o.epochs >= 1, f"optim.epochs {o.epochs}: must be at least 1")
+    need(o.lr_factor > 1, f"optim.lr_factor {o.lr_factor}: must be > 1")
+    need(o.patience >= 0, f"optim.patience {o.patience}: must be >= 0")
+    need(o.max_drops >= 0, f"optim.max_drops {o.max_drops}: must be >= 0")
+    need(r.amp in AMP_CHOICES, f"run.amp {r.amp!r}: choose from {', '.join(AMP_CHOICES)}")
+    need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
+         f"run.device {r.device!r}: auto, cpu, cuda or cuda:N")
+    for name in ("prefetch", "val_limit", "steps_per_epoch", "max_steps"):
+        need(getattr(r, name) >= 0, f"run.{name} {getattr(r, name)}: must be >= 0")
+    need(r.val_every >= 1, f"run.val_every {r.val_every}: must be at least 1")
+    need(r.eval_batch_size >= 1, f"run.eval_batch_size {r.eval_batch_size}: must be >= 1")
+    need(r.time_limit >= 0, f"run.time_limit {r.time_limit}: must be >= 0")
+    return config
+
+
+def scaled_lr(config: Config) -> float:
+    """The starting lr: the paper's, or linearly scaled by batch_size / base_batch."""
+    o = config.optim
+    if o.lr_scaling == "linear":
+        return o.lr * o.batch_size / o.base_batch
+    return o.lr
+
+
+def model_kwargs(config: Config) -> dict[str, Any]:
+    """The keyword arguments of AlexNet that this config sets (without num_classes)."""
+    m = dataclasses.asdict(config.model)
+    m.pop("arch")
+    m.pop("split_columns")
+    return m
+
+
+def write_json(config: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config next to a run (config.json)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    return path

@@ -1,0 +1,337 @@
+"""`alexnet evaluate`: top-1/top-5 error as the paper computes it, centre or 10 crops, ensembles.
+
+Section 6 of the paper: the top-5 error is "the fraction of test images for which the correct
+label is not among the five labels considered most probable by the model". With 10 crops
+(section 4.1) the SOFTMAX outputs of the four corner patches, the centre patch and their
+reflections are averaged (not the logits); an ensemble of CNNs averages the (crop-averaged)
+softmax outputs of each net. Each net is fed with the normalisation statistics it was trained
+with (its checkpoint's), falling back to the store's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS
+
+EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
+CONFUSED_PAIRS = 20  # how many most-confused (true, predicted) pairs the report keeps
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA where available, else the CPU; any other name is used as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """{'top1_error', 'top5_error', ...}: fraction of images whose label is not in the top k.
+
+    A tie counts against the net: the true label is in the top k only when fewer than k other
+    classes have a probability at least as high as its own, so a net with constant output
+    scores 1 - 0 = 100% error rather than 0% (the ordering of tied classes is otherwise
+    arbitrary).
+    """
+    probs = torch.as_tensor(probs)
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if probs.ndim != 2 or labels.shape != (probs.shape[0],):
+        raise ValueError(f"probs (N, C) and labels (N,) expected, got {tuple(probs.shape)} and "
+                         f"{tuple(labels.shape)}")
+    true = probs.gather(1, labels[:, None])
+    # classes other than the true one that are at least as probable as the true one
+    rank = (probs >= true).sum(1) - 1
+    n = max(1, probs.shape[0])
+    return {f"top{k}_error": float((rank >= k).sum()) / n for k in ks}
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (N, C) float32, labels (N,) int64) on the CPU, softmax averaged over crops.
+
+    The loader yields image-major batches: x (B * crops, 3, H, W) and y (B,), the crops of
+    image b being x[b * crops:(b + 1) * crops] (EvalLoader's order). The model's mode is
+    restored afterwards, so training can call this between epochs.
+    """
+    was_training = model.training
+    model.eval()
+    all_probs, all_labels = [], []
+    try:
+        for x, y in loader:
+            batch = y.shape[0]
+            if batch == 0:
+                continue
+            if x.shape[0] % batch:
+                raise ValueError(f"{x.shape[0]} crops for {batch} images: not image-major")
+            logits = model(x).float()
+            probs = torch.softmax(logits, dim=1)
+            probs = probs.view(batch, x.shape[0] // batch, -1).mean(dim=1)
+            all_probs.append(probs.cpu())
+            all_labels.append(y.cpu().to(torch.int64))
+    finally:
+        model.train(was_training)
+    if not all_probs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(all_probs), torch.cat(all_labels)
+
+
+def _eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
+                 stats: dict | None, mean: str = "image",
+                 indices: Sequence[int] | None = None) -> Any:
+    """The EvalLoader for `store` (imported here: the loader module is a sibling stage)."""
+    from alexnet.data.loader import EvalLoader
+
+    if crops not in (1, TEST_CROPS):
+        raise UserError(f"--crops {crops}: use 1 (centre patch) or {TEST_CROPS} "
+                        "(corners, centre and their reflections)")
+    return EvalLoader(store, batch_size, crops=crops, crop=CROP_SIZE, mean=mean, stats=stats,
+                      device=device, indices=indices)
+
+
+def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
+                   batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
+                   stats: dict | None = None, mean: str = "image") -> dict[str, Any]:
+    """{'top1_error', 'top5_error', 'images', 'crops'} of `model` (already on `device`) on `store`.
+
+    `stats` are the normalisation statistics the model was trained with (the store's when None).
+    Errors are fractions in [0, 1].
+    """
+    loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
+                          mean=mean)
+    probs, labels = predict_probs(model, loader)
+    result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
+        "top1_error": float("nan"), "top5_error": float("nan")}
+    result.update(images=int(len(labels)), crops=int(crops))
+    return result
+
+
+def class_names(classes: Sequence[Any] | None) -> list[str] | None:
+    """Identifiers of a class list (wnid where given, else name), to compare class lists."""
+    if classes is None:
+        return None
+    out = []
+    for c in classes:
+        if isinstance(c, dict):
+            out.append(str(c.get("wnid") or c.get("name")))
+        else:
+            out.append(str(c))
+    return out
+
+
+def mean_mode(ckpt: dict[str, Any]) -> str:
+    """How the checkpoint's net had its mean subtracted ('image' is the paper's, section 2)."""
+    config = ckpt.get("config") or {}
+    for section in (config.get("data"), config):
+        if isinstance(section, dict) and isinstance(section.get("mean"), str):
+            return section["mean"]
+    return "image"
+
+
+def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
+                   batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs, labels): softmax outputs averaged over crops, then over the checkpoints' nets.
+
+    One net is in memory at a time. Checkpoints whose class lists differ from each other or
+    from the store are refused with a UserError.
+    """
+    from alexnet.checkpoint import load_model
+
+    if not checkpoints:
+        raise UserError("give at least one checkpoint")
+    store_classes = class_names(getattr(store, "classes", None))
+    reference: tuple[str, list[str]] | None = None
+    total: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    for path in checkpoints:
+        model, ckpt = load_model(path, device=device)
+        classes = class_names(ckpt.get("classes"))
+        if classes is not None:
+            if reference is not None and classes != reference[1]:
+                raise UserError(f"{path}: its classes differ from those of {reference[0]}; "
+                                "an ensemble needs nets trained on the same class list")
+            if reference is None:
+                reference = (str(path), classes)
+            if store_classes is not None and classes != store_classes:
+                raise UserError(f"{path}: its {len(classes)} classes differ from the store's "
+                                f"{len(store_classes)}; evaluate on a store of the same classes")
+        stats = ckpt.get("stats") or getattr(store, "stats", None)
+        loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device,
+                              stats=stats, mean=mean_mode(ckpt))
+        probs, y = predict_probs(model, loader)
+        del model
+        total = probs if total is None else total + probs
+        labels = y
+    assert total is not None and labels is not None
+    return total / len(checkpoints), labels
+
+
+def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
+                     classes: Sequence[Any] | None, pairs: int = CONFUSED_PAIRS
+                     ) -> dict[str, Any]:
+    """Top-1/top-5 error of each class, and the most frequent (true, predicted) confusions."""
+    num_classes = probs.shape[1]
+    names = [c.get("name", str(i)) if isinstance(c, dict) else str(c)
+             for i, c in enumerate(classes)] if classes else [str(i) for i in range(num_classes)]
+    wnids = [c.get("wnid", "") if isinstance(c, dict) else "" for c in classes] if classes \
+        else [""] * num_classes
+    true = probs.gather(1, labels[:, None])
+    rank = (probs >= true).sum(1) - 1
+    predicted = probs.argmax(1)
+    rows = []
+    for c in range(num_classes):
+        mask = labels == c
+        n = int(mask.sum())
+        rows.append({"label": c, "wnid": wnids[c], "name": names[c], "images": n,
+                     "top1_error": float((rank[mask] >= 1).float().mean()) if n else None,
+                     "top5_error": float((rank[mask] >= 5).float().mean()) if n else None})
+    wrong = predicted != labels
+    flat = labels[wrong] * num_classes + predicted[wrong]
+    counts = torch.bincount(flat, minlength=num_classes * num_classes) if len(flat) else \
+        torch.zeros(0, dtype=torch.int64)
+    confused = []
+    if len(counts):
+        order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), i))
+        for i in order[:pairs]:
+            if int(counts[i]) == 0:
+                break
+            t, p = divmod(i, num_classes)
+            confused.append({"true": t, "true_name": names[t], "predicted": p,
+                             "predicted_name": names[p], "images": int(counts[i]),
+                             "fraction_of_class": int(counts[i]) / max(1, rows[t]["images"])})
+    return {"classes": rows, "most_confused": confused}
+
+
+def paper_rows(source: str | None, split: str, checkpoints: int,
+               crops: int) -> tuple[str | None, dict[str, tuple[float, float]], str | None]:
+    """(set key, that set's rows of the paper's table, the row that compares) or no set."""
+    key = f"{(source or '').lower().replace('-', '').replace('_', '')}-{split}"
+    rows = RESULTS.get(key)
+    if rows is None:
+        return None, {}, None
+    if key == "ilsvrc2010-test":
+        best = "1 CNN, 10-crop" if crops == TEST_CROPS else "1 CNN, centre crop"
+        if checkpoints != 1:
+            best = None
+    else:
+        best = {1: "1 CNN", 5: "5 CNNs", 7: "7 CNNs"}.get(checkpoints)
+    return key, rows, best
+
+
+def _store_source(store: Any) -> str | None:
+    """The data source recorded in the store's header (e.g. 'ilsvrc2012'), if any."""
+    meta = getattr(store, "meta", None) or {}
+    for field in ("source", "dataset", "name"):
+        if isinstance(meta.get(field), str):
+            return meta[field]
+    return None
+
+
+def format_table(result: dict[str, Any], source: str | None, split: str) -> str:
+    """The figures beside the paper's for the same set, or a line saying there are none."""
+    n_ckpt = len(result["checkpoints"])
+    crops = "centre crop" if result["crops"] == 1 else f"{result['crops']} crops"
+    ours = f"this run ({n_ckpt} CNN{'s' if n_ckpt > 1 else ''}, {crops})"
+    lines = [f"{'':<44}{'top-1 error':>12}{'top-5 error':>12}",
+             f"{ours:<44}{100 * result['top1_error']:>11.2f}%{100 * result['top5_error']:>11.2f}%"]
+    key, rows, best = paper_rows(source, split, n_ckpt, result["crops"])
+    if key is None:
+        lines.append(f"(no paper figure for {source or 'this data'} {split}: the paper reports "
+                     "ILSVRC-2010 test and ILSVRC-2012 val)")
+    else:
+        for name, (top1, top5) in rows.items():
+            mark = " <-" if name == best else ""
+            lines.append(f"{'paper ' + key + ': ' + name:<44}{top1:>11.1f}%{top5:>11.1f}%{mark}")
+        if key == "ilsvrc2012-val":
+            lines.append("(the 2012 table does not say how many crops; most likely 10: single-crop "
+                         "reproductions land at 42.9-43.5% top-1)")
+    lines.append(f"{result['images']} images, {result['crops']} crop(s) each")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): a failure leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `alexnet evaluate`."""
+    parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
+                        help="one checkpoint, or several: their softmax outputs are averaged")
+    parser.add_argument("--data", type=Path, required=True, help="a prepared store folder")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"),
+                        help="which split (default val; the paper's 2010 figures are on test)")
+    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
+                        help="1: centre patch (default); 10: corners, centre, reflections")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help=f"images per step (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--json", action="store_true",
+                        help="print only a JSON object of the figures on stdout")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="per-class errors and most confused pairs (JSON); default beside "
+                        "the first checkpoint")
+
+
+def default_report_path(checkpoint: Path, split: str, crops: int, n: int) -> Path:
+    """Where the per-class report goes when --out is not given."""
+    base, stem = (checkpoint, "checkpoint") if checkpoint.is_dir() else \
+        (checkpoint.parent, checkpoint.stem)
+    tag = f"-ensemble{n}" if n > 1 else ""
+    return base / f"{stem}{tag}.{split}.{crops}crop.per-class.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the checkpoints on one split; print the table (or JSON) and write the report."""
+    from alexnet.data.store import open_split
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: give a positive number of images")
+    device = resolve_device(args.device)
+    store = open_split(args.data, args.split)
+    if len(store) == 0:
+        raise UserError(f"{args.data}: split {args.split!r} holds no images")
+    probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
+                                   batch_size=args.batch_size, device=device)
+    result: dict[str, Any] = topk_errors(probs, labels)
+    result.update(images=int(len(labels)), crops=args.crops,
+                  checkpoints=[str(p) for p in args.checkpoints])
+    out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
+                                          len(args.checkpoints))
+    report = {"split": args.split, "data": str(args.data), **result,
+              **per_class_report(probs, labels, getattr(store, "classes", None))}
+    _write_json(out, report)
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        print(f"per-class errors: {out}", file=sys.stderr)
+    else:
+        print(format_table(result, _store_source(store), args.split))
+        print(f"per-class errors and most confused pairs: {out}")
+    return 0

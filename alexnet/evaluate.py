@@ -95,7 +95,7 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
 
 
 def _eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
-                 stats: dict | None, mean: str = "image",
+                 stats: dict | None, mean: str = "image", crop: int = CROP_SIZE,
                  indices: Sequence[int] | None = None) -> Any:
     """The EvalLoader for `store` (imported here: the loader module is a sibling stage)."""
     from alexnet.data.loader import EvalLoader
@@ -103,20 +103,22 @@ def _eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.devic
     if crops not in (1, TEST_CROPS):
         raise UserError(f"--crops {crops}: use 1 (centre patch) or {TEST_CROPS} "
                         "(corners, centre and their reflections)")
-    return EvalLoader(store, batch_size, crops=crops, crop=CROP_SIZE, mean=mean, stats=stats,
+    return EvalLoader(store, batch_size, crops=crops, crop=crop, mean=mean, stats=stats,
                       device=device, indices=indices)
 
 
 def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
-                   stats: dict | None = None, mean: str = "image") -> dict[str, Any]:
+                   stats: dict | None = None, mean: str = "image", crop: int = CROP_SIZE,
+                   indices: Sequence[int] | None = None) -> dict[str, Any]:
     """{'top1_error', 'top5_error', 'images', 'crops'} of `model` (already on `device`) on `store`.
 
-    `stats` are the normalisation statistics the model was trained with (the store's when None).
-    Errors are fractions in [0, 1].
+    `stats` are the normalisation statistics the model was trained with (the store's when None),
+    `mean` and `crop` how it was trained (config data.mean, data.crop); `indices` restricts the
+    evaluation to those images. Errors are fractions in [0, 1].
     """
     loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
-                          mean=mean)
+                          mean=mean, crop=crop, indices=indices)
     probs, labels = predict_probs(model, loader)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
         "top1_error": float("nan"), "top5_error": float("nan")}
@@ -137,13 +139,16 @@ def class_names(classes: Sequence[Any] | None) -> list[str] | None:
     return out
 
 
-def mean_mode(ckpt: dict[str, Any]) -> str:
-    """How the checkpoint's net had its mean subtracted ('image' is the paper's, section 2)."""
-    config = ckpt.get("config") or {}
-    for section in (config.get("data"), config):
-        if isinstance(section, dict) and isinstance(section.get("mean"), str):
-            return section["mean"]
-    return "image"
+def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """{'mean', 'crop'}: how the checkpoint's net saw its inputs (config data.mean, data.crop).
+
+    The paper's choices (mean image subtracted, section 2; 224 crops, section 4.1) when the
+    checkpoint's config does not say.
+    """
+    data = (ckpt.get("config") or {}).get("data") or {}
+    mean = data.get("mean") if isinstance(data.get("mean"), str) else "image"
+    crop = int(data["crop"]) if isinstance(data.get("crop"), int) else CROP_SIZE
+    return {"mean": mean, "crop": crop}
 
 
 def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
@@ -176,7 +181,7 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
                                 f"{len(store_classes)}; evaluate on a store of the same classes")
         stats = ckpt.get("stats") or getattr(store, "stats", None)
         loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device,
-                              stats=stats, mean=mean_mode(ckpt))
+                              stats=stats, **input_settings(ckpt))
         probs, y = predict_probs(model, loader)
         del model
         total = probs if total is None else total + probs

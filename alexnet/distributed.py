@@ -1,0 +1,138 @@
+"""One entry point for one device and for `torchrun`: rank detection and rank-0 helpers.
+
+`torchrun --nproc_per_node=N -m alexnet train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; we
+read them (as nanoGPT and torchvision's references do), initialise the process group with
+NCCL on CUDA and gloo on the CPU, and give each rank its device. Without those variables
+everything here is a no-op and training runs in one process. Only rank 0 prints, writes logs
+and checkpoints (`is_main`, `print0`); metrics are averaged with `all_reduce_mean`.
+
+With the paper's two-column model parallelism (model.split_columns) each process drives two
+GPUs: local rank r uses cuda:2r (column 1, input) and cuda:2r+1 (column 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from alexnet.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, local rank, and its device(s)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    column_devices: tuple[torch.device, torch.device] | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when RANK and WORLD_SIZE are in the environment (torchrun, or by hand)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def pick_device(device: str = "auto", local_rank: int = 0, split_columns: bool = False
+                ) -> tuple[torch.device, tuple[torch.device, torch.device] | None]:
+    """The device of this process (and the two column devices with split_columns)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device {device!r}: no CUDA device is available here; "
+                        "use --device cpu")
+    if split_columns:
+        if not device.startswith("cuda") or torch.cuda.device_count() < 2 * (local_rank + 1):
+            raise UserError("model.split_columns needs two CUDA devices per process "
+                            f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} "
+                            "found); drop the option or run on a machine with two GPUs")
+        cols = (torch.device("cuda", 2 * local_rank), torch.device("cuda", 2 * local_rank + 1))
+        return cols[0], cols
+    if device == "cuda":
+        return torch.device("cuda", local_rank), None
+    if device.startswith("cuda:") and launched_by_torchrun():
+        raise UserError(f"run.device {device!r}: under torchrun give plain 'cuda' (each rank "
+                        "takes cuda:LOCAL_RANK)")
+    return torch.device(device), None
+
+
+def init_distributed(device: str = "auto", split_columns: bool = False) -> DistInfo:
+    """Join the process group when launched by torchrun; return this process's place."""
+    if not launched_by_torchrun():
+        dev, cols = pick_device(device, 0, split_columns)
+        return DistInfo(device=dev, column_devices=cols)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev, cols = pick_device(device, local_rank, split_columns)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
+    return DistInfo(rank, world, local_rank, dev, cols)
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only (llm.c's print0)."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu"
+                    ) -> dict[str, float]:
+    """The mean of each metric over all ranks (identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True if `flag` is true on any rank: every rank stops at the same step."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """`obj` from rank `src` on every rank (identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Leave the process group (if joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,75 @@
+"""Training curves of a run, drawn from its log.jsonl (one JSON object per epoch).
+
+Three panels: the training loss; the training error beside the validation top-1 and top-5
+errors (centre crop); the learning rate on a log scale (its drops by 10 are the plateau
+schedule of section 5). `alexnet train` redraws the PNG after every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a log.jsonl (blank lines skipped)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the rows that have a finite value for `key`."""
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, int | float) and value == value:
+            xs.append(row["epoch"])
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "") -> Path:
+    """Draw the curves of `log` (a log.jsonl) into the PNG `out`, written atomically."""
+    rows = read_log(log)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    loss_ax, err_ax, lr_ax = axes
+    loss_ax.plot(*_series(rows, "train_loss"), "o-", label="training loss")
+    loss_ax.set_ylabel("cross-entropy")
+    for key, label in (("train_error", "training error"),
+                       ("val_top1_error", "validation top-1 error"),
+                       ("val_top5_error", "validation top-5 error")):
+        xs, ys = _series(rows, key)
+        if xs:
+            err_ax.plot(xs, [100 * y for y in ys], "o-", label=label)
+    err_ax.set_ylabel("error (%)")
+    xs, ys = _series(rows, "lr")
+    if xs:
+        lr_ax.step(xs, ys, where="post", label="learning rate")
+        lr_ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or f"training curves: {Path(log).parent.name}")
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return out

@@ -1,0 +1,521 @@
+"""The store: a prepared split of images, read by index with no decoding (paper section 2).
+
+A store is a folder `ROOT/` with one folder per split (`train`, `val`, `test`). A split folder
+holds:
+
+- `header.json`: `magic` ("alexnet-store"), `version`, `split`, `image_size` S, `count` N,
+  `format` ("raw" or "jpeg"), `jpeg_quality`, `classes` (list of {"wnid", "name", ...} indexed
+  by label), `stats` (the training split's statistics, see below), `stats_split` (the split
+  they were computed on), `own_stats` (this split's own), `source` (what it was prepared from),
+  `skipped` (how many source files were unreadable; listed in `skipped.tsv`) and `complete`
+  (true only once every file is written; a half-written split says false).
+- `labels.npy`: int64 (N,).
+- `mean_image.npy` (float64 (S, S, 3)) and `own_mean_image.npy`: the per-pixel means.
+- format "raw": `images.u8`, N*S*S*3 bytes, uint8 (N, S, S, 3) in C order, read through
+  np.memmap, so random access is a slice of the page cache and costs no decoding.
+- format "jpeg": `images.jpeg` (every image's JPEG bytes, concatenated) and `offsets.npy`
+  (int64 (N+1,): image i is bytes offsets[i]:offsets[i+1]).
+
+Statistics (all on the 0..255 scale, over every pixel of every image of the split): integer
+sums accumulated exactly in int64 (so they do not depend on chunking, worker count or
+interruption), then `mean_image` (S, S, 3), `channel_mean` (3,), `rgb_cov` (3, 3) (the
+population covariance: divided by the pixel count), its `eigval` (3,) in DESCENDING order and
+`eigvec` (3, 3) whose COLUMNS are the matching unit eigenvectors (np.linalg.eigh, each sign
+chosen so that the column sums to a positive number).
+
+Writing goes through `SplitWriter`, which appends chunks and records progress atomically so
+that an interrupted `alexnet prepare` resumes where it stopped (see alexnet/data/prepare.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexnet.errors import UserError
+
+MAGIC = "alexnet-store"
+VERSION = 1
+FORMATS = ("raw", "jpeg")
+SPLITS = ("train", "val", "test")
+JPEG_QUALITY = 90
+HEADER = "header.json"
+LABELS = "labels.npy"
+MEAN_IMAGE = "mean_image.npy"
+OWN_MEAN_IMAGE = "own_mean_image.npy"
+RAW = "images.u8"
+JPEG = "images.jpeg"
+OFFSETS = "offsets.npy"
+SKIPPED = "skipped.tsv"
+PROGRESS = "progress.npz"  # present only while a split is being written
+LABELS_PART = "labels.part"
+LENGTHS_PART = "lengths.part"
+RERUN = "rerun `alexnet prepare SOURCE ROOT` to (re)build it"
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def pixel_sums(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact integer sums of a uint8 batch (B, S, S, 3): per pixel, per channel, and x x^T."""
+    images = np.asarray(images)
+    image_sum = images.sum(axis=0, dtype=np.int64)
+    channel_sum = image_sum.reshape(-1, 3).sum(axis=0)
+    outer = np.zeros((3, 3), dtype=np.int64)
+    flat = images.reshape(-1, 3)
+    step = 1 << 20  # 2^20 pixels * 255^2 < 2^53: float64 sums of integer products are exact
+    for start in range(0, len(flat), step):
+        x = flat[start:start + step].astype(np.float64)
+        outer += (x.T @ x).astype(np.int64)
+    return {"image_sum": image_sum, "channel_sum": channel_sum, "outer_sum": outer,
+            "count": np.int64(len(images))}
+
+
+def empty_sums(size: int) -> dict[str, np.ndarray]:
+    """Zero sums for S x S images, to add chunks into."""
+    return {"image_sum": np.zeros((size, size, 3), np.int64),
+            "channel_sum": np.zeros(3, np.int64), "outer_sum": np.zeros((3, 3), np.int64),
+            "count": np.int64(0)}
+
+
+def add_sums(total: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """total += part, in place (exact integer arithmetic)."""
+    for key in ("image_sum", "channel_sum", "outer_sum"):
+        total[key] += part[key]
+    total["count"] = np.int64(total["count"] + part["count"])
+
+
+def stats_from_sums(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean image, channel mean, RGB covariance and its eigen-decomposition from exact sums."""
+    n_images = int(sums["count"])
+    if n_images == 0:
+        raise UserError("cannot compute statistics of an empty split: no readable images")
+    size = sums["image_sum"].shape[0]
+    n = n_images * size * size  # pixels
+    s = [int(v) for v in sums["channel_sum"]]
+    # Covariance from Python integers: n^2 cov = n sum(x x^T) - sum(x) sum(x)^T, exactly.
+    cov = np.array([[(n * int(sums["outer_sum"][i, j]) - s[i] * s[j]) / (n * n)
+                     for j in range(3)] for i in range(3)], dtype=np.float64)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    eigvec = eigvec * np.where(eigvec.sum(axis=0) < 0, -1.0, 1.0)
+    return {
+        "mean_image": sums["image_sum"].astype(np.float64) / n_images,
+        "channel_mean": np.array(s, dtype=np.float64) / n,
+        "rgb_cov": cov,
+        "eigval": eigval,
+        "eigvec": eigvec,
+        "pixels": n,
+    }
+
+
+def compute_stats(images: np.ndarray, batch: int = 64) -> dict[str, Any]:
+    """The statistics of a uint8 (N, S, S, 3) array, as the writer computes them."""
+    total = empty_sums(images.shape[1])
+    for start in range(0, len(images), batch):
+        add_sums(total, pixel_sums(images[start:start + batch]))
+    return stats_from_sums(total)
+
+
+def _stats_to_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """The header's form of the statistics (the mean image lives in its own .npy file)."""
+    return {key: np.asarray(value).tolist() for key, value in stats.items()
+            if key != "mean_image"}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The header of split folder `path`, refused with what to do if it is not a good store."""
+    header_path = path / HEADER
+    if not path.is_dir():
+        raise UserError(f"{path}: no such store split folder; {RERUN}")
+    if not header_path.exists():
+        if (path / PROGRESS).exists():
+            raise UserError(f"{path}: half-written store (prepare was interrupted); rerun the "
+                            "same `alexnet prepare` command to finish it")
+        raise UserError(f"{path}: not an alexnet store split (no {HEADER}); {RERUN}")
+    try:
+        meta = json.loads(header_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{header_path}: unreadable store header ({err}); {RERUN}") from None
+    if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
+        raise UserError(f"{header_path}: not an alexnet store header (foreign file); {RERUN}")
+    if meta.get("version") != VERSION:
+        raise UserError(f"{path}: store format version {meta.get('version')}, this alexnet "
+                        f"reads version {VERSION}; {RERUN}")
+    if not meta.get("complete"):
+        raise UserError(f"{path}: half-written store (prepare was interrupted or is running); "
+                        "rerun the same `alexnet prepare` command to finish it")
+    if meta.get("format") not in FORMATS:
+        raise UserError(f"{header_path}: unknown store format {meta.get('format')!r}; {RERUN}")
+    return meta
+
+
+class Store:
+    """One split of a prepared store: `len`, `read(indices)`, `store[i]`, labels, classes, stats.
+
+    `read` returns uint8 (B, S, S, 3) in the order asked. The default raw format is a
+    memory map (no decoding); the jpeg format decodes with PIL. Stores pickle cheaply (the
+    memory map is reopened in the receiving process), so loader workers can take one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.meta: dict[str, Any] = _read_header(self.path)
+        self.split: str = self.meta["split"]
+        self.image_size: int = int(self.meta["image_size"])
+        self.format: str = self.meta["format"]
+        self.classes: list[dict[str, Any]] = self.meta["classes"]
+        self._count = int(self.meta["count"])
+        self.labels: np.ndarray = self._load_npy(LABELS, (self._count,), np.int64)
+        self.stats: dict[str, Any] = self._load_stats()
+        self._data: np.ndarray | None = None
+        self._offsets: np.ndarray | None = None
+        self._check_data_size()
+
+    def _load_npy(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A .npy file of this split with the shape the header promises, else a UserError."""
+        try:
+            array = np.load(self.path / name, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{self.path / name}: unreadable ({err}); {RERUN}") from None
+        if array.shape != shape:
+            raise UserError(f"{self.path / name}: shape {array.shape}, header says {shape}; "
+                            f"{RERUN}")
+        return array.astype(dtype, copy=False)
+
+    def _load_stats(self) -> dict[str, Any]:
+        """The training split's statistics (design.md): numpy arrays, mean image float32."""
+        stats = {key: np.asarray(value, dtype=np.float64)
+                 for key, value in self.meta["stats"].items()}
+        size = self.image_size
+        stats["mean_image"] = self._load_npy(MEAN_IMAGE, (size, size, 3), np.float32)
+        stats["pixels"] = int(self.meta["stats"].get("pixels", 0))
+        return stats
+
+    def _check_data_size(self) -> None:
+        """Refuse a truncated pixel file before any read can fail deep inside a loader."""
+        size = self.image_size
+        if self.format == "raw":
+            expected = self._count * size * size * 3
+            actual = _file_size(self.path / RAW)
+        else:
+            offsets = self._load_npy(OFFSETS, (self._count + 1,), np.int64)
+            expected, actual = int(offsets[-1]), _file_size(self.path / JPEG)
+            self._offsets = offsets
+        if actual != expected:
+            raise UserError(f"{self.path}: pixel file holds {actual} bytes, header says "
+                            f"{expected}; {RERUN}")
+
+    def _pixels(self) -> np.ndarray:
+        """The memory map of the pixel file, opened on first use in each process."""
+        if self._data is None:
+            size = self.image_size
+            if self._count == 0:
+                self._data = np.zeros((0, size, size, 3), np.uint8)
+            elif self.format == "raw":
+                self._data = np.memmap(self.path / RAW, dtype=np.uint8, mode="r",
+                                       shape=(self._count, size, size, 3))
+            else:
+                self._data = np.memmap(self.path / JPEG, dtype=np.uint8, mode="r")
+        return self._data
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_data"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self._count
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Images `indices` as uint8 (B, S, S, 3), in the order given."""
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < -self._count or index.max() >= self._count):
+            raise IndexError(f"store index out of range for {self._count} images")
+        index = np.where(index < 0, index + self._count, index)
+        data = self._pixels()
+        if self.format == "raw":
+            return np.ascontiguousarray(data[index])
+        size = self.image_size
+        out = np.empty((len(index), size, size, 3), np.uint8)
+        for row, i in enumerate(index):
+            out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
+        return out
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.read([i])[0], int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return (f"Store({str(self.path)!r}: {self._count} images {self.image_size}x"
+                f"{self.image_size}, {len(self.classes)} classes, {self.format})")
+
+
+def _file_size(path: Path) -> int:
+    """Size in bytes, -1 when missing."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def open_split(root: str | os.PathLike[str], split: str) -> Store:
+    """The split `split` of the store at `root` (root/split), with a hint when it is absent."""
+    root = Path(root)
+    path = root / split
+    if not path.is_dir():
+        present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists()) \
+            if root.is_dir() else []
+        hint = f"splits present: {', '.join(present)}" if present else RERUN
+        raise UserError(f"{root}: store has no '{split}' split; {hint}")
+    return Store(path)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """One uint8 (S, S, 3) image as JPEG bytes (PIL, 4:2:0 as libjpeg's default)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def decode_jpeg(data: np.ndarray | bytes, size: int) -> np.ndarray:
+    """JPEG bytes of the jpeg format back to uint8 (S, S, 3)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        array = np.asarray(image.convert("RGB"))
+    if array.shape != (size, size, 3):
+        raise UserError(f"store image decodes to {array.shape}, expected {(size, size, 3)}; "
+                        f"{RERUN}")
+    return array
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that a kill leaves the old one or the new one, never half of one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def normalise_classes(classes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Class list as dicts {"wnid", "name", ...}; a plain string is both wnid and name."""
+    out = []
+    for c in classes:
+        if isinstance(c, str):
+            out.append({"wnid": c, "name": c})
+        else:
+            entry = dict(c)
+            entry.setdefault("name", entry.get("wnid", ""))
+            entry.setdefault("wnid", entry["name"])
+            out.append(entry)
+    return out
+
+
+class SplitWriter:
+    """Writes one split chunk by chunk, resumably, and marks it complete at the end.
+
+    Each `add_chunk` appends the chunk's pixels (or JPEG bytes) and labels to part files,
+    fsyncs them, then atomically replaces `progress.npz` (chunks done, byte lengths, the exact
+    statistic sums, the skip list). A new writer on the same folder with the same
+    `fingerprint` truncates the part files to the recorded lengths and continues from
+    `chunks_done`, so an interrupted run ends byte-identical to an uninterrupted one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, split: str, image_size: int,
+                 classes: Sequence[Any], format: str = "raw", fingerprint: Any = None,
+                 source: Any = None, jpeg_quality: int = JPEG_QUALITY) -> None:
+        if format not in FORMATS:
+            raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+        self.path = Path(path)
+        self.split, self.size, self.format = split, int(image_size), format
+        self.classes = normalise_classes(classes)
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.source, self.jpeg_quality = source, jpeg_quality
+        self.data_name = RAW if format == "raw" else JPEG
+        self.chunks_done = 0
+        self.count = 0
+        self.data_bytes = 0
+        self.skipped: list[list[str]] = []
+        self.sums = empty_sums(self.size)
+        self._open()
+
+    def _open(self) -> None:
+        """Start afresh, or resume the recorded progress when the fingerprint matches."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        progress = self.path / PROGRESS
+        if progress.exists():
+            with np.load(progress, allow_pickle=False) as saved:
+                state = json.loads(str(saved["state"]))
+                if state.get("fingerprint") != self.fingerprint:
+                    raise UserError(
+                        f"{self.path}: half-written store from different arguments "
+                        f"({state.get('fingerprint')}); delete the folder or rerun with the "
+                        "same arguments")
+                self.sums = {key: saved[key].copy() for key in
+                             ("image_sum", "channel_sum", "outer_sum", "count")}
+            self.chunks_done, self.count = state["chunks_done"], state["count"]
+            self.data_bytes, self.skipped = state["data_bytes"], state["skipped"]
+        else:
+            for name in (HEADER, self.data_name, LABELS_PART, LENGTHS_PART, SKIPPED, LABELS,
+                         MEAN_IMAGE, OWN_MEAN_IMAGE, OFFSETS):
+                (self.path / name).unlink(missing_ok=True)
+        self._write_header(complete=False, stats=None)
+        self._truncate(self.data_name, self.data_bytes)
+        self._truncate(LABELS_PART, 8 * self.count)
+        self._truncate(LENGTHS_PART, 8 * self.count if self.format == "jpeg" else 0)
+
+    def _truncate(self, name: str, length: int) -> None:
+        with open(self.path / name, "ab") as f:
+            f.truncate(length)
+
+    def _append(self, name: str, data: bytes | memoryview) -> None:
+        with open(self.path / name, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add_chunk(self, images: np.ndarray, labels: np.ndarray,
+                  sums: dict[str, np.ndarray] | None = None,
+                  skipped: Sequence[Sequence[str]] = (),
+                  jpegs: Sequence[bytes] | None = None) -> None:
+        """Append one chunk: uint8 (B, S, S, 3), int labels (B,), its sums and skip list."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if images.shape[1:] != (self.size, self.size, 3) or len(images) != len(labels):
+            raise ValueError(f"chunk of shape {images.shape} with {len(labels)} labels for "
+                             f"{self.size}x{self.size} images")
+        if self.format == "raw":
+            data = memoryview(images).cast("B")
+            lengths = b""
+        else:
+            blobs = list(jpegs) if jpegs is not None else [
+                encode_jpeg(image, self.jpeg_quality) for image in images]
+            data = b"".join(blobs)
+            lengths = np.array([len(b) for b in blobs], np.int64).tobytes()
+        self._append(self.data_name, data)
+        self._append(LABELS_PART, np.asarray(labels, np.int64).tobytes())
+        if lengths:
+            self._append(LENGTHS_PART, lengths)
+        add_sums(self.sums, sums if sums is not None else pixel_sums(images))
+        self.chunks_done += 1
+        self.count += len(images)
+        self.data_bytes += len(data)
+        self.skipped.extend([str(p), str(r)] for p, r in skipped)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        state = {"fingerprint": self.fingerprint, "chunks_done": self.chunks_done,
+                 "count": self.count, "data_bytes": self.data_bytes, "skipped": self.skipped}
+        buffer = io.BytesIO()
+        np.savez(buffer, state=np.array(json.dumps(state)), **self.sums)
+        _atomic_write(self.path / PROGRESS, buffer.getvalue())
+
+    def _write_header(self, *, complete: bool, stats: dict[str, Any] | None,
+                      own: dict[str, Any] | None = None, stats_split: str | None = None) -> None:
+        meta = {
+            "magic": MAGIC, "version": VERSION, "split": self.split, "image_size": self.size,
+            "count": self.count, "format": self.format,
+            "jpeg_quality": self.jpeg_quality if self.format == "jpeg" else None,
+            "classes": self.classes, "num_classes": len(self.classes),
+            "stats": _stats_to_json(stats) if stats else None, "stats_split": stats_split,
+            "own_stats": _stats_to_json(own) if own else None,
+            "source": self.source, "fingerprint": self.fingerprint,
+            "skipped": len(self.skipped), "complete": complete,
+        }
+        _atomic_write(self.path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+
+    def finish(self, stats: dict[str, Any] | None = None,
+               stats_split: str | None = None) -> dict[str, Any]:
+        """Write labels, offsets, statistics and the skip report, then mark complete.
+
+        `stats` are the training split's statistics to record as this split's `stats`; when
+        None, this split's own statistics are used (the training split itself, or data with
+        no training split). Returns the header.
+        """
+        own = stats_from_sums(self.sums) if self.count else None
+        stats = own if stats is None else stats
+        if stats is None:
+            raise UserError(f"{self.path}: no readable images, so no statistics; check the "
+                            "source (see skipped.tsv)")
+        labels = np.fromfile(self.path / LABELS_PART, dtype=np.int64)
+        _atomic_write(self.path / LABELS, _npy_bytes(labels))
+        if self.format == "jpeg":
+            lengths = np.fromfile(self.path / LENGTHS_PART, dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            _atomic_write(self.path / OFFSETS, _npy_bytes(offsets))
+        _atomic_write(self.path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"])))
+        if own is not None:
+            _atomic_write(self.path / OWN_MEAN_IMAGE, _npy_bytes(own["mean_image"]))
+        report = "".join(f"{p}\t{r}\n" for p, r in self.skipped)
+        _atomic_write(self.path / SKIPPED, ("path\treason\n" + report).encode())
+        self._write_header(complete=True, stats=stats, own=own,
+                           stats_split=stats_split or self.split)
+        for name in (PROGRESS, LABELS_PART, LENGTHS_PART):
+            (self.path / name).unlink(missing_ok=True)
+        return json.loads((self.path / HEADER).read_text())
+
+
+def set_stats(path: str | os.PathLike[str], stats: dict[str, Any], stats_split: str) -> None:
+    """Record another split's statistics (the training split's) in a complete split."""
+    path = Path(path)
+    meta = _read_header(path)
+    meta["stats"], meta["stats_split"] = _stats_to_json(stats), stats_split
+    _atomic_write(path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"], np.float64)))
+    _atomic_write(path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def write_store(path: str | os.PathLike[str], images: np.ndarray, labels: Sequence[int],
+                classes: Sequence[Any], stats: dict[str, Any] | None = None, *,
+                format: str = "raw", split: str | None = None, chunk: int = 256,
+                source: Any = None) -> Store:
+    """Write a complete split from arrays (tests, small data); statistics computed if absent.
+
+    `path` is the split folder (e.g. ROOT/train); `split` defaults to its name. Anything
+    already there is replaced.
+    """
+    path = Path(path)
+    images = np.asarray(images)
+    labels = np.asarray(labels, dtype=np.int64)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 \
+            or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be uint8 (N, S, S, 3), got {images.dtype} "
+                         f"{images.shape}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels shape {labels.shape} for {len(images)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"labels must lie in 0..{len(classes) - 1}")
+    if path.exists():
+        shutil.rmtree(path)
+    writer = SplitWriter(path, split=split or path.name, image_size=images.shape[1],
+                         classes=classes, format=format, fingerprint=None,
+                         source=source or "arrays (write_store)")
+    for start in range(0, len(images), chunk):
+        writer.add_chunk(images[start:start + chunk], labels[start:start + chunk])
+    if stats is not None:
+        stats = {**stats, "mean_image": np.asarray(stats["mean_image"], np.float64)}
+        stats.setdefault("pixels", len(images) * images.shape[1] ** 2)
+    writer.finish(stats)
+    return Store(path)

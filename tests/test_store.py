@@ -1,0 +1,153 @@
+"""The store format: round trips, exact statistics, and refusal of bad or half-written stores."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from alexnet.data import Store, open_split, write_store
+from alexnet.data.store import HEADER, RAW, SplitWriter, compute_stats, pixel_sums
+from alexnet.errors import UserError
+
+CLASSES = [{"wnid": "n01", "name": "one"}, {"wnid": "n02", "name": "two"}, "three"]
+
+
+def _images(n: int = 40, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    # Correlated channels, so the covariance is not diagonal.
+    images[..., 1] = (images[..., 0] // 2 + images[..., 1] // 2).astype(np.uint8)
+    return images, rng.integers(0, 3, n)
+
+
+def _numpy_stats(images: np.ndarray) -> dict[str, np.ndarray]:
+    pixels = images.reshape(-1, 3).astype(np.float64)
+    return {"mean_image": images.astype(np.float64).mean(axis=0),
+            "channel_mean": pixels.mean(axis=0),
+            "rgb_cov": np.cov(pixels, rowvar=False, bias=True)}
+
+
+@pytest.mark.parametrize("format", ["raw", "jpeg"])
+def test_round_trip(tmp_path, format):
+    images, labels = _images()
+    store = write_store(tmp_path / "train", images, labels, CLASSES, format=format, chunk=7)
+    assert len(store) == 40 and store.image_size == 16 and store.split == "train"
+    assert store.labels.dtype == np.int64 and np.array_equal(store.labels, labels)
+    assert store.classes[2] == {"wnid": "three", "name": "three"}
+    assert store.classes[0]["name"] == "one"
+    index = [5, 0, 39, 5, -1]
+    batch = store.read(index)
+    assert batch.dtype == np.uint8 and batch.shape == (5, 16, 16, 3)
+    if format == "raw":
+        assert np.array_equal(batch, images[index])
+    else:  # random noise is JPEG's worst case: the error is bounded, not zero
+        err = np.abs(batch.astype(int) - images[index].astype(int))
+        assert 0 < err.mean() < 40
+    image, label = store[3]
+    assert np.array_equal(image, store.read([3])[0])
+    assert label == labels[3]
+    assert open_split(tmp_path, "train").meta["count"] == 40
+    clone = pickle.loads(pickle.dumps(store))
+    assert np.array_equal(clone.read([1, 2]), store.read([1, 2]))
+    with pytest.raises(IndexError):
+        store.read([40])
+
+
+def test_statistics_equal_numpy(tmp_path):
+    images, labels = _images(n=50, size=12, seed=1)
+    store = write_store(tmp_path / "train", images, labels, CLASSES, chunk=9)
+    want = _numpy_stats(images)
+    stats = store.stats
+    assert stats["mean_image"].dtype == np.float32 and stats["mean_image"].shape == (12, 12, 3)
+    np.testing.assert_allclose(stats["mean_image"], want["mean_image"], rtol=1e-6)
+    np.testing.assert_allclose(stats["channel_mean"], want["channel_mean"], rtol=1e-12)
+    np.testing.assert_allclose(stats["rgb_cov"], want["rgb_cov"], rtol=1e-10)
+    assert abs(want["rgb_cov"][0, 1]) > 100  # the test data really are correlated
+    vec, val = stats["eigvec"], stats["eigval"]
+    np.testing.assert_allclose(vec.T @ vec, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(stats["rgb_cov"] @ vec, vec * val, atol=1e-8)
+    assert val[0] >= val[1] >= val[2] > 0
+    np.testing.assert_allclose(np.sort(val)[::-1], np.linalg.eigvalsh(want["rgb_cov"])[::-1],
+                               rtol=1e-10)
+
+
+def test_sums_do_not_depend_on_chunking():
+    images, _ = _images(n=30, size=8, seed=2)
+    whole = pixel_sums(images)
+    parts = [pixel_sums(images[i:i + 4]) for i in range(0, 30, 4)]
+    for key in ("image_sum", "channel_sum", "outer_sum"):
+        assert np.array_equal(whole[key], sum(p[key] for p in parts))
+    a, b = compute_stats(images, batch=3), compute_stats(images, batch=30)
+    for key in ("mean_image", "rgb_cov", "eigval", "eigvec"):
+        assert np.array_equal(a[key], b[key])
+
+
+def test_given_stats_are_recorded(tmp_path):
+    images, labels = _images(n=10, size=8)
+    train_stats = compute_stats(_images(n=20, size=8, seed=5)[0])
+    store = write_store(tmp_path / "val", images, labels, CLASSES, stats=train_stats)
+    np.testing.assert_allclose(store.stats["rgb_cov"], train_stats["rgb_cov"])
+    np.testing.assert_allclose(store.stats["mean_image"], train_stats["mean_image"], rtol=1e-6)
+    own = np.asarray(store.meta["own_stats"]["rgb_cov"])
+    np.testing.assert_allclose(own, _numpy_stats(images)["rgb_cov"], rtol=1e-10)
+
+
+def _edit_header(path, **changes):
+    meta = json.loads((path / HEADER).read_text())
+    meta.update(changes)
+    (path / HEADER).write_text(json.dumps(meta))
+
+
+def test_refuses_bad_stores(tmp_path):
+    images, labels = _images(n=8, size=8)
+    path = tmp_path / "train"
+    write_store(path, images, labels, CLASSES)
+    _edit_header(path, version=99)
+    with pytest.raises(UserError, match="version 99.*alexnet prepare"):
+        Store(path)
+    _edit_header(path, version=1, magic="something-else")
+    with pytest.raises(UserError, match="foreign"):
+        Store(path)
+    _edit_header(path, magic="alexnet-store", complete=False)
+    with pytest.raises(UserError, match="half-written"):
+        Store(path)
+    _edit_header(path, complete=True)
+    Store(path)
+    with open(path / RAW, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(UserError, match="pixel file"):
+        Store(path)
+    (path / HEADER).write_bytes(b"\x89PNG garbage")
+    with pytest.raises(UserError, match="unreadable store header"):
+        Store(path)
+    with pytest.raises(UserError, match="no 'val' split"):
+        open_split(tmp_path, "val")
+    with pytest.raises(UserError, match="not an alexnet store"):
+        Store(tmp_path)
+    with pytest.raises(UserError) as info:
+        Store(path)
+    assert "\n" not in str(info.value)
+
+
+def test_half_written_store_is_refused_then_resumed(tmp_path):
+    images, labels = _images(n=24, size=8)
+    path = tmp_path / "train"
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    writer.add_chunk(images[:10], labels[:10])
+    with pytest.raises(UserError, match="half-written"):
+        Store(path)
+    with open(path / RAW, "ab") as f:  # a kill after the write, before the progress record
+        f.write(images[10:13].tobytes())
+    with pytest.raises(UserError, match="different arguments"):
+        SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="b")
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    assert writer.chunks_done == 1 and writer.count == 10
+    writer.add_chunk(images[10:], labels[10:])
+    writer.finish()
+    resumed = (path / RAW).read_bytes(), (path / HEADER).read_text()
+    whole = write_store(tmp_path / "whole" / "train", images, labels, CLASSES, chunk=10)
+    assert resumed[0] == (whole.path / RAW).read_bytes()
+    assert json.loads(resumed[1])["own_stats"] == whole.meta["own_stats"]

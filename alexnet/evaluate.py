@@ -30,16 +30,13 @@ CONFUSED_PAIRS = 20  # how many most-confused (true, predicted) pairs the report
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA where available, else the CPU; any other name is used as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """'auto' is CUDA where available, else the CPU (alexnet.distributed.pick_device)."""
+    from alexnet.distributed import pick_device
+
     try:
-        device = torch.device(name)
+        return pick_device(name)[0]
     except RuntimeError:
         raise UserError(f"--device {name!r}: not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
 
 
 def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,

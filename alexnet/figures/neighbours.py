@@ -1,0 +1,162 @@
+"""Figure 4 right: test images and the training images nearest to them in fc7 space.
+
+Section 6.1: "If two images produce feature activation vectors with a small Euclidean
+separation, we can say that the higher levels of the neural network consider them to be
+similar." The vectors are the last hidden layer (fc7, 4096-d, `model.features`). A training
+set of 1.2M images has 1.2M x 4096 floats (20 GB) of them, so the search streams over the
+training split in chunks and keeps a running top-k per query: memory is O(queries x (k +
+chunk)), whatever the size of the training set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+NEIGHBOURS = 6  # figure 4 right shows six training images per test image
+FEATURE_BATCH = 256  # training images per fc7 chunk
+
+
+def nearest_neighbours(queries: torch.Tensor | np.ndarray,
+                       chunks: Iterable[torch.Tensor | np.ndarray],
+                       k: int = NEIGHBOURS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances (Q, k) float64, indices (Q, k) int64) of each query's k nearest rows.
+
+    `chunks` yields consecutive blocks of the searched rows (row indices run on across
+    chunks). Euclidean distance, computed in float64 as ||a||^2 - 2 a.b + ||b||^2; the result
+    is sorted by distance, and equal distances are broken by the smaller row index, so the
+    answer does not depend on how the rows are chunked. Fewer than k rows in all give fewer
+    columns.
+    """
+    q = torch.as_tensor(queries).to(torch.float64)
+    if q.ndim != 2:
+        raise ValueError(f"queries must be (Q, D), got {tuple(q.shape)}")
+    q_sq = (q * q).sum(1, keepdim=True)
+    best_d = torch.empty(q.shape[0], 0, dtype=torch.float64)
+    best_i = torch.empty(q.shape[0], 0, dtype=torch.int64)
+    offset = 0
+    for chunk in chunks:
+        b = torch.as_tensor(chunk).to(device="cpu", dtype=torch.float64)
+        if b.ndim != 2 or b.shape[1] != q.shape[1]:
+            raise ValueError(f"chunk of shape {tuple(b.shape)} for queries of dimension "
+                             f"{q.shape[1]}")
+        n = b.shape[0]
+        if n == 0:
+            continue
+        d = (q_sq - 2.0 * q @ b.T + (b * b).sum(1)[None, :]).clamp_min_(0.0)
+        idx = torch.arange(offset, offset + n, dtype=torch.int64).expand(q.shape[0], n)
+        # The kept rows all precede this chunk and are sorted by (distance, index); the chunk's
+        # indices ascend: a STABLE sort by distance therefore orders ties by index.
+        all_d = torch.cat([best_d, d], dim=1)
+        all_i = torch.cat([best_i, idx], dim=1)
+        order = torch.sort(all_d, dim=1, stable=True).indices[:, :k]
+        best_d, best_i = all_d.gather(1, order), all_i.gather(1, order)
+        offset += n
+    return best_d.sqrt(), best_i
+
+
+@torch.inference_mode()
+def fc7_features(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> Iterator[torch.Tensor]:
+    """Yield the fc7 vectors (B, 4096) of each centre-crop batch of `loader`, on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in loader:
+            yield model.features(x).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int
+                  ) -> Iterator[torch.Tensor]:
+    """Pass the chunks through while writing them to a float32 memmap `path` of `rows` rows.
+
+    The file is written under a temporary name and renamed when complete, so a finished cache
+    can be reused by `read_cache` and an interrupted one is never mistaken for complete.
+    """
+    tmp = path.with_name(f".tmp-{path.name}")
+    mm: np.memmap | None = None
+    offset = 0
+    try:
+        for chunk in chunks:
+            if mm is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                               shape=(rows, chunk.shape[1]))
+            mm[offset:offset + len(chunk)] = chunk.numpy()
+            offset += len(chunk)
+            yield chunk
+        if mm is not None:
+            mm.flush()
+            del mm
+            if offset == rows:
+                tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_cache(path: Path, rows: int, chunk: int = FEATURE_BATCH * 16
+               ) -> Iterator[torch.Tensor] | None:
+    """Chunks of a complete feature cache of `rows` rows, or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        mm = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if mm.ndim != 2 or mm.shape[0] != rows:
+        return None
+    return (torch.from_numpy(np.array(mm[i:i + chunk])) for i in range(0, rows, chunk))
+
+
+def choose_queries(n: int, count: int, seed: int = 0) -> list[int]:
+    """`count` distinct image indices out of `n`, reproducibly drawn from `seed`, ascending."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=min(count, n), replace=False).tolist())
+
+
+def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequence[
+                    Sequence[np.ndarray]], path: Path, *, query_titles: Sequence[str],
+                    neighbour_titles: Sequence[Sequence[str]], dpi: int = 100) -> tuple[int, int]:
+    """Write the figure: one row per query, the test image then its neighbours, nearest first.
+
+    The PNG is exactly (1 + k) * 150 x rows * 170 pixels at the default dpi.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(query_images)
+    cols = 1 + max((len(n) for n in neighbour_images), default=0)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), dpi=dpi,
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.imshow(query_images[r])
+                ax.set_title(query_titles[r], fontsize=7, color="tab:red")
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("tab:red")
+                    spine.set_linewidth(2)
+            elif c - 1 < len(neighbour_images[r]):
+                ax.imshow(neighbour_images[r][c - 1])
+                ax.set_title(neighbour_titles[r][c - 1], fontsize=6)
+            else:
+                ax.axis("off")
+    fig.suptitle("test image (left) and the training images nearest in fc7 space",
+                 fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / (1.7 * rows), bottom=0.01,
+                        wspace=0.05, hspace=0.25)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return int(round(1.5 * cols * dpi)), int(round(1.7 * rows * dpi))

@@ -91,10 +91,10 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
     return torch.cat(all_probs), torch.cat(all_labels)
 
 
-def _eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
+def eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
                  stats: dict | None, mean: str = "image", crop: int = CROP_SIZE,
                  indices: Sequence[int] | None = None) -> Any:
-    """The EvalLoader for `store` (imported here: the loader module is a sibling stage)."""
+    """The EvalLoader of `store` for `crops` 1 or 10 (a UserError for any other number)."""
     from alexnet.data.loader import EvalLoader
 
     if crops not in (1, TEST_CROPS):
@@ -114,7 +114,7 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
     `mean` and `crop` how it was trained (config data.mean, data.crop); `indices` restricts the
     evaluation to those images. Errors are fractions in [0, 1].
     """
-    loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
+    loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
                           mean=mean, crop=crop, indices=indices)
     probs, labels = predict_probs(model, loader)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
@@ -177,7 +177,7 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
                 raise UserError(f"{path}: its {len(classes)} classes differ from the store's "
                                 f"{len(store_classes)}; evaluate on a store of the same classes")
         stats = ckpt.get("stats") or getattr(store, "stats", None)
-        loader = _eval_loader(store, crops=crops, batch_size=batch_size, device=device,
+        loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
                               stats=stats, **input_settings(ckpt))
         probs, y = predict_probs(model, loader)
         del model

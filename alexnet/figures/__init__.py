@@ -1,0 +1,174 @@
+"""`alexnet figures`: the paper's figures 3 and 4 from a checkpoint and a prepared store.
+
+Writes into --out (default: a `figures` folder beside the checkpoint):
+- fig3_kernels.png, fig3_conv1_column{1,2}.png: the conv1 kernels (alexnet.figures.kernels),
+  and each column's colour fraction, printed and recorded in figures.json;
+- fig4_top5.png: test images with their five most probable labels (alexnet.figures.top5);
+- fig4_neighbours.png: test images and the six training images nearest in fc7 space
+  (alexnet.figures.neighbours), searched by streaming over the training split.
+- training_curves.png when the checkpoint's folder holds the run's log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import UserError
+
+TOP5_IMAGES = 8  # figure 4 left shows eight test images
+QUERY_IMAGES = 5  # figure 4 right shows five test images
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `alexnet figures`."""
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("--data", type=Path, required=True, help="a prepared store folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the PNG files (default: figures/ beside the checkpoint)")
+    parser.add_argument("--split", default="auto", choices=("auto", "val", "test"),
+                        help="where the test images come from (auto: test if present, else val)")
+    parser.add_argument("--images", type=int, default=TOP5_IMAGES,
+                        help=f"test images in figure 4 left (default {TOP5_IMAGES})")
+    parser.add_argument("--queries", type=int, default=QUERY_IMAGES,
+                        help=f"test images in figure 4 right (default {QUERY_IMAGES})")
+    parser.add_argument("--crops", type=int, default=10, choices=(1, 10),
+                        help="crops per image for figure 4 left's probabilities (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="which test images are shown")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="images per step of the fc7 search (default 128)")
+    parser.add_argument("--features-cache", type=Path, default=None,
+                        help="a .npy file for the training split's fc7 vectors: written on the "
+                        "first run (disk, not memory), reused on later ones")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def _test_split(root: Path, split: str) -> Any:
+    """The split the test images come from."""
+    from alexnet.data.store import open_split
+
+    if split != "auto":
+        return open_split(root, split)
+    for name in ("test", "val"):
+        if (root / name).is_dir():
+            return open_split(root, name)
+    raise UserError(f"{root}: no test or val split; prepare one, or give --split")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw every figure; print where they went and the colour fraction of each column."""
+    from alexnet.checkpoint import load_model
+    from alexnet.data.store import open_split
+    from alexnet.evaluate import class_names, input_settings, resolve_device
+    from alexnet.figures.kernels import write_kernel_figures
+
+    for name in ("images", "queries", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device=device)
+    test = _test_split(args.data, args.split)
+    if ckpt.get("classes") is not None and class_names(ckpt["classes"]) != \
+            class_names(test.classes):
+        raise UserError(f"{args.checkpoint}: its classes differ from those of {args.data}; "
+                        "draw the figures on the store the net was trained for")
+    out = args.out or (args.checkpoint if args.checkpoint.is_dir()
+                       else args.checkpoint.parent) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
+    summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
+                               "split": test.split}
+
+    summary["kernels"] = write_kernel_figures(model, out)
+    for i, panel in enumerate(summary["kernels"]["panels"], start=1):
+        print(f"figure 3: {panel['file']}: {panel['kernels']} kernels, colour fraction mean "
+              f"{panel['colour_fraction_mean']:.3f} median {panel['colour_fraction_median']:.3f}"
+              + (f" (column {i})" if len(summary["kernels"]["panels"]) > 1 else ""))
+
+    summary["top5"] = _top5_figure(model, test, out, args, device, settings)
+    print(f"figure 4 left: {summary['top5']['file']}")
+
+    if (args.data / "train").is_dir():
+        train = open_split(args.data, "train")
+        summary["neighbours"] = _neighbours_figure(model, test, train, out, args, device,
+                                                   settings)
+        print(f"figure 4 right: {summary['neighbours']['file']}")
+    else:
+        print(f"figure 4 right skipped: {args.data} has no train split to search",
+              file=sys.stderr)
+
+    log = (args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent) / "log.jsonl"
+    if log.is_file():
+        from alexnet.figures.curves import plot_curves
+
+        summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
+        print(f"training curves: {summary['curves']}")
+    (out / "figures.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"summary: {out / 'figures.json'}")
+    return 0
+
+
+def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, device: Any,
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    """Figure 4 left: chosen test images, their top-5 classes and probabilities."""
+    import numpy as np
+
+    from alexnet.evaluate import eval_loader, predict_probs
+    from alexnet.figures.neighbours import choose_queries
+    from alexnet.figures.top5 import plot_top5
+
+    indices = choose_queries(len(test), args.images, args.seed)
+    loader = eval_loader(test, crops=args.crops, batch_size=len(indices), device=device,
+                          indices=indices, **settings)
+    probs, labels = predict_probs(model, loader)
+    names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
+    path = out / "fig4_top5.png"
+    size = plot_top5(list(test.read(np.asarray(indices))), probs.numpy(), labels.tolist(), names,
+                     path)
+    return {"file": str(path), "size": list(size), "indices": indices, "crops": args.crops}
+
+
+def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argparse.Namespace,
+                       device: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Figure 4 right: the training images nearest to chosen test images in fc7 space."""
+    import numpy as np
+    import torch
+
+    from alexnet.evaluate import eval_loader
+    from alexnet.figures.neighbours import (
+        NEIGHBOURS,
+        cached_chunks,
+        choose_queries,
+        fc7_features,
+        nearest_neighbours,
+        plot_neighbours,
+        read_cache,
+    )
+
+    indices = choose_queries(len(test), args.queries, args.seed)
+    query_loader = eval_loader(test, crops=1, batch_size=len(indices), device=device,
+                                indices=indices, **settings)
+    queries = torch.cat(list(fc7_features(model, query_loader)))
+    chunks = read_cache(args.features_cache, len(train)) if args.features_cache else None
+    if chunks is None:
+        train_loader = eval_loader(train, crops=1, batch_size=args.batch_size, device=device,
+                                    **settings)
+        chunks = fc7_features(model, train_loader)
+        if args.features_cache:
+            chunks = cached_chunks(chunks, args.features_cache, len(train))
+    dist, nearest = nearest_neighbours(queries, chunks, NEIGHBOURS)
+    names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
+    query_images = list(test.read(np.asarray(indices)))
+    neighbour_images = [list(train.read(row.numpy())) for row in nearest]
+    path = out / "fig4_neighbours.png"
+    size = plot_neighbours(
+        query_images, neighbour_images, path,
+        query_titles=[names[test.labels[i]].split(",")[0][:20] for i in indices],
+        neighbour_titles=[[f"{names[train.labels[j]].split(',')[0][:14]} d={d:.3g}"
+                           for j, d in zip(row.tolist(), drow.tolist(), strict=True)]
+                          for row, drow in zip(nearest, dist, strict=True)])
+    return {"file": str(path), "size": list(size), "queries": indices,
+            "neighbours": nearest.tolist(), "distances": dist.tolist()}

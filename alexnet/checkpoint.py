@@ -95,15 +95,15 @@ def stats_to_tensors(stats: dict[str, Any] | None) -> dict[str, torch.Tensor] | 
     """A store's statistics (numpy arrays) as CPU tensors for the checkpoint."""
     if stats is None:
         return None
-    return {k: torch.as_tensor(np.asarray(v)) for k, v in stats.items()}
+    return {k: v if isinstance(v, int | float | str) else torch.as_tensor(np.asarray(v))
+            for k, v in stats.items()}
 
 
-def stats_to_numpy(stats: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+def stats_to_numpy(stats: dict[str, Any] | None) -> dict[str, Any] | None:
     """Checkpoint statistics back to numpy arrays, as `Store.stats` gives them."""
     if stats is None:
         return None
-    return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-            for k, v in stats.items()}
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in stats.items()}
 
 
 def make_state(model: nn.Module, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""`alexnet bench train`: training images/s of the paper net in fp32 and with each speed option.
+
+Each setting runs full training steps (forward, cross-entropy, backward, PaperSGD update,
+through alexnet.train.train_step) on a fixed batch already on the device, so the figure is
+the model's training speed without data loading (`alexnet bench data` measures the loader).
+Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
+bracketed by CUDA events. The torchvision layout (`build_model("alexnet-tv")`) runs beside the
+paper's two-column net under the same settings.
+
+Model FLOPs utilisation (CUDA): the paper net's FLOPs per image are counted analytically from
+its layers (2 x multiply-accumulates of every conv and fully connected layer; x3 for forward
+plus backward), divided by the device's dense bf16 tensor-core peak from PEAK_BF16_TFLOPS
+(H100 SXM and H200: 989 TFLOP/s, NVIDIA's datasheets, without sparsity). The same peak is
+used for every setting, so fp32 rows show how far they are from what bf16 could reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet import paper
+
+PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets
+    "H200": 989.0,
+    "H100 80GB HBM3": 989.0,  # SXM
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+}
+
+
+def flops_per_image(model: nn.Module, crop: int = paper.CROP_SIZE) -> dict[str, float]:
+    """Forward multiply-accumulates of every conv/linear layer, counted from their shapes."""
+    macs = 0
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs += output[0].numel() * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train()
+    return {"forward_macs": float(macs), "train_flops": 2.0 * 3.0 * macs}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The dense bf16 peak of this GPU from the table, or None when it is not listed."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str, Any], str]]:
+    """(name, run-config overrides, note): the speed options this device can run."""
+    rows = [("fp32", {}, ""), ("channels_last", {"channels_last": True}, ""),
+            ("bf16", {"amp": "bf16"}, "")]
+    if device.type == "cuda":
+        rows.append(("fp16+GradScaler", {"amp": "fp16"}, ""))
+        rows.append(("bf16+channels_last+compile (fast)",
+                     {"amp": "bf16", "channels_last": True, "compile": True}, ""))
+    else:
+        rows.append(("fp16+GradScaler", None, "skipped: fp16 autocast with loss scaling "
+                     "needs CUDA"))
+        rows.append(("compile", None, "skipped on the CPU: inductor builds C++ for minutes; "
+                     "benchmarked on CUDA"))
+    return rows
+
+
+def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
+               warmup: int, steps: int) -> float:
+    """Images/s of `steps` training steps after `warmup` (compile happens during warm-up)."""
+    from alexnet.config import Config
+    from alexnet.distributed import DistInfo
+    from alexnet.model import build_model
+    from alexnet.optim import PaperSGD, param_groups
+    from alexnet.train import setup_runtime, train_step
+
+    config = Config()
+    for key, value in run_opts.items():
+        setattr(config.run, key, value)
+    rt = setup_runtime(config, DistInfo(device=device))
+    torch.manual_seed(0)
+    net = build_model(arch, num_classes=paper.NUM_CLASSES).to(device)
+    if rt.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
+                         weight_decay=paper.WEIGHT_DECAY)
+    model = torch.compile(net) if rt.compile else net
+    x = torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
+    y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)
+    for _ in range(warmup):
+        train_step(model, x, y, optimizer, rt)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            train_step(model, x, y, optimizer, rt)
+        end.record()
+        torch.cuda.synchronize(device)
+        seconds = start.elapsed_time(end) / 1000.0
+    else:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, x, y, optimizer, rt)
+        seconds = time.perf_counter() - t0
+    return batch * steps / seconds
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Print and return images/s (and MFU on CUDA) of each setting for both layouts."""
+    from alexnet.distributed import pick_device
+    from alexnet.model import build_model
+
+    device = pick_device(getattr(args, "device", "auto"))[0]
+    quick = bool(getattr(args, "quick", False))
+    cuda = device.type == "cuda"
+    batch = (128 if quick else 256) if cuda else (4 if quick else 16)
+    warmup, steps = (3, 5) if quick else ((10, 30) if cuda else (1, 3))
+    flops = flops_per_image(build_model("alexnet", num_classes=paper.NUM_CLASSES))
+    peak = peak_tflops(device)
+    print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
+          f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device")
+    print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
+          f"{flops['train_flops'] / 1e9:.1f} GFLOP per trained image (2 x MACs x 3)")
+    results: dict[str, Any] = {"device": str(device), "batch": batch,
+                               "train_gflop_per_image": flops["train_flops"] / 1e9,
+                               "peak_bf16_tflops": peak, "settings": {}}
+    base: dict[str, float] = {}
+    print(f"{'setting':<36}{'paper net img/s':>16}{'x fp32':>8}{'torchvision img/s':>19}"
+          f"{'x fp32':>8}{'MFU':>7}")
+    for name, opts, note in settings_for(device, quick):
+        if opts is None:
+            print(f"{name:<36}{note}")
+            results["settings"][name] = {"note": note}
+            continue
+        row: dict[str, Any] = {}
+        for arch in ("alexnet", "alexnet-tv"):
+            row[arch] = time_steps(arch, device, batch, opts, warmup, steps)
+            base.setdefault(arch, row[arch])
+        if peak:
+            row["mfu"] = row["alexnet"] * flops["train_flops"] / (peak * 1e12)
+        results["settings"][name] = row
+        mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
+        print(f"{name:<36}{row['alexnet']:>16.1f}{row['alexnet'] / base['alexnet']:>8.2f}"
+              f"{row['alexnet-tv']:>19.1f}{row['alexnet-tv'] / base['alexnet-tv']:>8.2f}"
+              f"{mfu:>7}")
+    if cuda and peak is None:
+        print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
+    return results

@@ -223,10 +223,23 @@ def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
     return {"classes": rows, "most_confused": confused}
 
 
+PAPER_SETS = {"ilsvrc2010": "ilsvrc2010", "ilsvrc2012": "ilsvrc2012",
+              "kaggleclsloc": "ilsvrc2012"}
+
+
+def paper_set(source: str | None) -> str | None:
+    """The paper's name of the data a store was prepared from ('ilsvrc2012', ...), or None.
+
+    The Kaggle CLS-LOC copy holds the ILSVRC-2012 images (alexnet.data.sources).
+    """
+    key = "".join(ch for ch in (source or "").lower() if ch.isalnum())
+    return PAPER_SETS.get(key)
+
+
 def paper_rows(source: str | None, split: str, checkpoints: int,
                crops: int) -> tuple[str | None, dict[str, tuple[float, float]], str | None]:
     """(set key, that set's rows of the paper's table, the row that compares) or no set."""
-    key = f"{(source or '').lower().replace('-', '').replace('_', '')}-{split}"
+    key = f"{paper_set(source)}-{split}"
     rows = RESULTS.get(key)
     if rows is None:
         return None, {}, None
@@ -239,13 +252,12 @@ def paper_rows(source: str | None, split: str, checkpoints: int,
     return key, rows, best
 
 
-def _store_source(store: Any) -> str | None:
-    """The data source recorded in the store's header (e.g. 'ilsvrc2012'), if any."""
-    meta = getattr(store, "meta", None) or {}
-    for field in ("source", "dataset", "name"):
-        if isinstance(meta.get(field), str):
-            return meta[field]
-    return None
+def store_source(store: Any) -> str | None:
+    """The data source recorded in the store's header ('ilsvrc2012', 'cifar10', ...), if any."""
+    source = (getattr(store, "meta", None) or {}).get("source")
+    if isinstance(source, dict):
+        source = source.get("kind") or source.get("name")
+    return source if isinstance(source, str) else None
 
 
 def format_table(result: dict[str, Any], source: str | None, split: str) -> str:
@@ -334,6 +346,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         print(f"per-class errors: {out}", file=sys.stderr)
     else:
-        print(format_table(result, _store_source(store), args.split))
+        print(format_table(result, store_source(store), args.split))
         print(f"per-class errors and most confused pairs: {out}")
     return 0

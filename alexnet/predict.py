@@ -1,0 +1,129 @@
+"""`alexnet predict`: the five most probable classes of any image files.
+
+The files go through the paper's preprocessing exactly as `alexnet prepare` does it (section
+2: shorter side rescaled to 256, central 256x256 patch; alexnet.data.prepare.load_image, which
+also turns greyscale, CMYK, palette and alpha images into RGB), are written to a temporary
+store and read back by the evaluation loader, so prediction and `alexnet evaluate` share every
+step: the net's mean image subtracted, the 10 patches of section 4.1 (or the centre one), and
+their softmax outputs averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.paper import IMAGE_SIZE, TEST_CROPS
+
+TOP = 5  # section 6: the five labels the net considers most probable
+BATCH = 32  # images per forward step (x10 crops)
+
+
+def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint8 (N, size, size, 3): each file preprocessed as `alexnet prepare` does it.
+
+    A missing file or one that is not an image raises a UserError naming it.
+    """
+    from alexnet.data.prepare import load_image
+
+    images = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such image file")
+        try:
+            images.append(np.asarray(load_image(path, size), dtype=np.uint8))
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
+            reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else \
+                type(err).__name__
+            raise UserError(f"{path}: not a readable image ({reason}); give a JPEG, PNG or "
+                            "other image file") from None
+    return np.stack(images)
+
+
+def predict_images(model: nn.Module, images: np.ndarray, ckpt: dict[str, Any], *,
+                   crops: int = TEST_CROPS, device: torch.device | str = "cpu",
+                   batch_size: int = BATCH) -> torch.Tensor:
+    """(N, C) softmax outputs averaged over the crops of each preprocessed uint8 image."""
+    from alexnet.data.store import write_store
+    from alexnet.evaluate import eval_loader, input_settings, predict_probs
+
+    stats = ckpt.get("stats")
+    if stats is None:
+        raise UserError("the checkpoint holds no normalisation statistics (its training "
+                        "mean image); use a checkpoint written by 'alexnet train'")
+    num_classes = len(ckpt.get("classes") or []) or 1
+    with tempfile.TemporaryDirectory(prefix="alexnet-predict-") as tmp:
+        store = write_store(Path(tmp) / "test", images, np.zeros(len(images), np.int64),
+                            [{"wnid": "", "name": ""}] * num_classes, stats=stats)
+        loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
+                             stats=stats, **input_settings(ckpt))
+        probs, _ = predict_probs(model, loader)
+    return probs
+
+
+def top_classes(probs: torch.Tensor, classes: Sequence[Any] | None, top: int = TOP
+                ) -> list[list[dict[str, Any]]]:
+    """For each image, its `top` most probable classes: label, wnid, name, probability."""
+    k = min(top, probs.shape[1])
+    values, labels = torch.sort(probs, dim=1, descending=True, stable=True)
+    out = []
+    for vrow, lrow in zip(values[:, :k].tolist(), labels[:, :k].tolist(), strict=True):
+        row = []
+        for p, label in zip(vrow, lrow, strict=True):
+            c = classes[label] if classes and label < len(classes) else {}
+            row.append({"label": label, "wnid": c.get("wnid", ""),
+                        "name": c.get("name", f"class {label}"), "probability": p})
+        out.append(row)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `alexnet predict`."""
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                        help="image files (JPEG, PNG, ...; greyscale and CMYK too)")
+    parser.add_argument("--crops", type=int, default=TEST_CROPS, choices=(1, TEST_CROPS),
+                        help="10: corners, centre and reflections (default); 1: centre patch")
+    parser.add_argument("--top", type=int, default=TOP, help=f"classes shown (default {TOP})")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list [{image, top: [{label, wnid, name, "
+                        "probability}]}] and nothing else")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify each image file and print its most probable classes."""
+    from alexnet.checkpoint import load_model
+    from alexnet.evaluate import resolve_device
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: give at least 1")
+    images = load_images(args.images)  # every file checked before the net is loaded
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device=device)
+    probs = predict_images(model, images, ckpt, crops=args.crops, device=device)
+    tops = top_classes(probs, ckpt.get("classes"), args.top)
+    if args.json:
+        json.dump([{"image": str(p), "top": t} for p, t in zip(args.images, tops, strict=True)],
+                  sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    for path, top in zip(args.images, tops, strict=True):
+        print(f"{path}:")
+        for entry in top:
+            wnid = f" ({entry['wnid']})" if entry["wnid"] else ""
+            print(f"  {entry['probability']:7.2%}  {entry['name']}{wnid}")
+    return 0

@@ -306,15 +306,18 @@ def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
 
 
 def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,
-              partial: bool) -> dict[str, Any]:
-    """The log row of the epoch just trained (training figures averaged over ranks)."""
+              partial: bool, lr: float | None = None) -> dict[str, Any]:
+    """The log row of the epoch just trained (training figures averaged over ranks).
+
+    `lr` is the rate the epoch trained with (the schedule may have dropped it since).
+    """
     acc = distributed.all_reduce_mean(
         {"loss": s.acc.get("loss_sum", 0.0) / max(1.0, s.acc.get("seen", 0.0)),
          "error": s.acc.get("wrong", 0.0) / max(1.0, s.acc.get("seen", 0.0))}, rt.device)
     seconds = s.acc.get("seconds", 0.0)
     images = s.acc.get("seen", 0.0) * rt.dist.world_size
     return {"epoch": s.epoch + 1, "steps": s.global_step,
-            "lr": s.optimizer.param_groups[0]["lr"],
+            "lr": s.optimizer.param_groups[0]["lr"] if lr is None else lr,
             "train_loss": acc["loss"], "train_error": acc["error"],
             "val_top1_error": val.get("val_top1_error"),
             "val_top5_error": val.get("val_top5_error"),
@@ -496,12 +499,12 @@ def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: 
                train_store: Any, files: RunFiles, tb: Any) -> Path | None:
     """Validate (every run.val_every epochs), step the schedule, log, checkpoint."""
     val: dict[str, float] = {}
-    dropped = False
+    dropped, lr = False, s.optimizer.param_groups[0]["lr"]
     if val_store is not None and ((s.epoch + 1) % config.run.val_every == 0
                                   or s.epoch + 1 == config.optim.epochs):
         val = validate_epoch(s, val_store, config, rt, stats)
         dropped = bool(s.schedule.step(val["val_top1_error"]))
-    row = epoch_row(s, rt, val, dropped, partial=False)
+    row = epoch_row(s, rt, val, dropped, partial=False, lr=lr)
     improved = val and val["val_top1_error"] < s.best_error
     if improved:
         s.best_error = val["val_top1_error"]

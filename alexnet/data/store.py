@@ -21,7 +21,8 @@ sums accumulated exactly in int64 (so they do not depend on chunking, worker cou
 interruption), then `mean_image` (S, S, 3), `channel_mean` (3,), `rgb_cov` (3, 3) (the
 population covariance: divided by the pixel count), its `eigval` (3,) in DESCENDING order and
 `eigvec` (3, 3) whose COLUMNS are the matching unit eigenvectors (np.linalg.eigh, each sign
-chosen so that the column sums to a positive number).
+chosen so that the column sums to a positive number; rounding noise below 0 in eigval, as for
+greyscale data whose covariance has rank 1, is set to 0).
 
 Writing goes through `SplitWriter`, which appends chunks and records progress atomically so
 that an interrupted `alexnet prepare` resumes where it stopped (see alexnet/data/prepare.py).
@@ -105,7 +106,7 @@ def stats_from_sums(sums: dict[str, np.ndarray]) -> dict[str, Any]:
                      for j in range(3)] for i in range(3)], dtype=np.float64)
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1]
-    eigval, eigvec = eigval[order], eigvec[:, order]
+    eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]  # -1e-12 -> 0
     eigvec = eigvec * np.where(eigvec.sum(axis=0) < 0, -1.0, 1.0)
     return {
         "mean_image": sums["image_sum"].astype(np.float64) / n_images,

@@ -1,0 +1,399 @@
+"""`alexnet prepare SOURCE OUT`: the paper's preprocessing, once, into a store (section 2).
+
+Each image is decoded, given its EXIF orientation, converted to RGB, rescaled so that its
+SHORTER side is S (paper: 256) and cropped to the central S x S patch. The rescale matches
+torchvision's `Resize(S)` + `CenterCrop(S)` on PIL images: new long side int(S * long / short),
+PIL's antialiased BILINEAR filter without `reducing_gap` (exact), crop offset
+round((side - S) / 2); only the source region under the crop is resampled (PIL's `box`), which
+gives the same pixels (up to float rounding, at most 1 level) at a fraction of the cost.
+
+The work is split into chunks of images in a fixed order; workers decode chunks in parallel,
+the parent appends them in order through `SplitWriter`, which records each finished chunk
+atomically. Killing and rerunning continues at the first unfinished chunk, and the store ends
+byte-identical to an uninterrupted run. Unreadable files are skipped (no hole is left) and
+listed with their reason in SPLIT/skipped.tsv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import sys
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexnet import paper
+from alexnet.data import sources as src
+from alexnet.data.store import (
+    FORMATS,
+    HEADER,
+    JPEG_QUALITY,
+    OWN_MEAN_IMAGE,
+    PROGRESS,
+    SKIPPED,
+    SPLITS,
+    SplitWriter,
+    encode_jpeg,
+    pixel_sums,
+    set_stats,
+)
+from alexnet.errors import UserError
+
+CHUNK = 128  # images per chunk: the unit of parallel work and of resumption
+MAX_PIXELS = 2**27  # decompression-bomb limit, ~134 megapixels (11585 x 11585)
+
+
+class Skip(Exception):
+    """An image that cannot be used; the message is the reason written to the skip report."""
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def _init_worker(max_pixels: int) -> None:
+    """Per-process PIL settings: our bomb limit, and no warnings (we give the reason)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def _to_rgb(image: Any) -> Any:
+    """Any PIL mode as RGB: CMYK through its ICC profile when it has one, 16-bit scaled."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode == "CMYK" and image.info.get("icc_profile"):
+        try:
+            from PIL import ImageCms
+
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+            return ImageCms.profileToProfile(image, profile, ImageCms.createProfile("sRGB"),
+                                             outputMode="RGB")
+        except Exception:  # a broken profile: fall back to PIL's plain conversion
+            pass
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image).astype(np.float64)
+        if image.mode.startswith("I;16") or array.max() > 255:
+            array = array / 257.0  # 16-bit data: 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def resize_crop(image: Any, size: int) -> np.ndarray:
+    """Shorter side to `size` (antialiased bilinear), then the central size x size crop."""
+    from PIL import Image
+
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    out = image.resize((size, size), Image.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One source image (("path", str) | ("bytes", bytes) | ("array", ndarray)) as uint8
+    (size, size, 3), or `Skip` with the reason."""
+    from PIL import Image, ImageOps
+
+    kind, value = payload
+    if kind == "array":
+        image = Image.fromarray(np.asarray(value, np.uint8))
+        return resize_crop(_to_rgb(image), size)
+    try:
+        data = Path(value).read_bytes() if kind == "path" else value
+    except OSError as err:
+        raise Skip(f"unreadable file: {err.strerror or err}") from None
+    if not data:
+        raise Skip("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        w, h = image.size
+        if w * h > max_pixels:
+            raise Skip(f"{w}x{h} pixels: over the decompression-bomb limit of {max_pixels} "
+                       "(--max-pixels)")
+        if w < 1 or h < 1:
+            raise Skip(f"empty image ({w}x{h})")
+        image.load()
+    except Skip:
+        raise
+    except Image.DecompressionBombError as err:
+        raise Skip(f"over the decompression-bomb limit (--max-pixels): {err}") from None
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise Skip(f"cannot decode: {type(err).__name__}: {message}") from None
+    try:
+        if image.getexif().get(0x0112, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF: keep the stored orientation
+        pass
+    try:
+        return resize_crop(_to_rgb(image), size)
+    except Exception as err:
+        raise Skip(f"cannot convert: {type(err).__name__}: {err}") from None
+
+
+def work_chunk(task: tuple[Any, ...]) -> dict[str, Any]:
+    """Decode one chunk: kept positions, pixels, exact sums, skip list (and JPEG bytes)."""
+    payloads, names, size, max_pixels, format, quality = task
+    images, keep, skipped = [], [], []
+    for position, (payload, name) in enumerate(zip(payloads, names, strict=True)):
+        try:
+            images.append(load_image(payload, size, max_pixels))
+            keep.append(position)
+        except Skip as reason:
+            skipped.append((name, str(reason)))
+    pixels = (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+    return {"images": pixels, "keep": keep, "skipped": skipped, "sums": pixel_sums(pixels),
+            "jpegs": [encode_jpeg(i, quality) for i in pixels] if format == "jpeg" else None}
+
+
+# ----------------------------------------------------------------------------- one split
+
+
+def _ref_name(ref: Any, split: src.Split) -> str:
+    if isinstance(ref, src.TarRef):
+        return f"{ref.archive}:{ref.inner + '/' if ref.inner else ''}{ref.member}"
+    if isinstance(ref, int | np.integer):
+        return f"{split.describe}[{int(ref)}]"
+    return str(ref)
+
+
+def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[tuple[str, Any]]:
+    """What a worker needs for each ref: paths are read by workers, tars by the parent."""
+    out: list[tuple[str, Any]] = []
+    for ref in refs:
+        if isinstance(ref, src.TarRef):
+            try:
+                out.append(("bytes", reader.read(ref)))
+            except (OSError, EOFError, KeyError, ValueError) as err:
+                out.append(("bytes", b""))  # becomes a skip: "empty file"
+                print(f"alexnet prepare: cannot read {_ref_name(ref, split)}: {err}",
+                      file=sys.stderr)
+        elif isinstance(ref, int | np.integer):
+            out.append(("array", split.arrays[int(ref)]))
+        else:
+            out.append(("path", ref))
+    return out
+
+
+def _existing(path: Path, fingerprint: Any) -> bool:
+    """True when `path` already holds this very split, complete; refuse to clobber others."""
+    header = path / HEADER
+    if header.exists():
+        try:
+            meta = json.loads(header.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        same = meta.get("fingerprint") == json.loads(json.dumps(fingerprint))
+        if meta.get("complete"):
+            if same:
+                return True
+            raise UserError(f"{path}: already holds a store prepared with other arguments; "
+                            "delete it or choose another OUT")
+    elif path.is_dir() and any(path.iterdir()) and not (path / PROGRESS).exists():
+        raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
+    return False
+
+
+def _train_stats(out: Path) -> dict[str, Any] | None:
+    """The training split's own statistics from a complete OUT/train, if there is one."""
+    header = out / "train" / HEADER
+    if not header.exists():
+        return None
+    meta = json.loads(header.read_text())
+    if not meta.get("complete") or not meta.get("own_stats"):
+        return None
+    stats = {k: np.asarray(v, np.float64) for k, v in meta["own_stats"].items()}
+    stats["pixels"] = int(meta["own_stats"]["pixels"])
+    stats["mean_image"] = np.load(out / "train" / OWN_MEAN_IMAGE)
+    return stats
+
+
+def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
+                  workers: int, limit: int | None, max_pixels: int, chunk: int,
+                  train_stats: dict[str, Any] | None, stop_after: int | None = None
+                  ) -> dict[str, Any]:
+    """Write one split (resuming a half-written one); return its count and skips."""
+    from tqdm import tqdm
+
+    keep = src.limit_per_class(split.labels, limit, len(source.classes))
+    refs = [split.refs[i] for i in keep]
+    labels = split.labels[keep]
+    fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
+                   "split": split.name, "size": size, "format": format, "limit": limit,
+                   "images": len(refs), "chunk": chunk, "max_pixels": max_pixels,
+                   "classes": [c["wnid"] for c in source.classes]}
+    if _existing(path, fingerprint):
+        meta = json.loads((path / HEADER).read_text())
+        print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
+        return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
+    writer = SplitWriter(path, split=split.name, image_size=size, classes=source.classes,
+                         format=format, fingerprint=fingerprint,
+                         source={"kind": source.kind, "path": str(source.root),
+                                 "from": split.describe, "limit": limit,
+                                 "listed": len(refs)})
+    starts = list(range(0, len(refs), chunk))
+    todo = starts[writer.chunks_done:]
+    done_images = min(len(refs), writer.chunks_done * chunk)
+    reader = src.TarReader()
+    pool = None
+    bar = tqdm(total=len(refs), initial=done_images, unit="img", desc=f"prepare {split.name}",
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
+    try:
+        def task(start: int) -> tuple[Any, ...]:
+            part = refs[start:start + chunk]
+            return (_payloads(part, split, reader), [_ref_name(r, split) for r in part], size,
+                    max_pixels, format, JPEG_QUALITY)
+
+        if workers > 1 and len(todo) > 1:
+            pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=(max_pixels,))
+        else:
+            _init_worker(max_pixels)
+        pending: deque[tuple[int, Any]] = deque()
+        queue = deque(todo)
+        written = 0
+        while queue or pending:
+            while queue and len(pending) < (2 * workers if pool else 1):
+                start = queue.popleft()
+                pending.append((start, pool.apply_async(work_chunk, (task(start),)) if pool
+                                else work_chunk(task(start))))
+            start, result = pending.popleft()
+            result = result.get() if pool else result
+            keep_rows = np.asarray(result["keep"], np.int64)
+            writer.add_chunk(result["images"], labels[start:start + chunk][keep_rows],
+                             result["sums"], result["skipped"], result["jpegs"])
+            bar.update(min(chunk, len(refs) - start))
+            bar.set_postfix(skipped=len(writer.skipped), refresh=False)
+            written += 1
+            if stop_after is not None and written >= stop_after:
+                raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+    finally:
+        bar.close()
+        reader.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    if split.name == "train":
+        writer.finish()
+    else:
+        writer.finish(train_stats, "train" if train_stats is not None else None)
+    if writer.skipped:
+        print(f"{path}: {len(writer.skipped)} unreadable images skipped, listed in "
+              f"{path / SKIPPED}", file=sys.stderr)
+    return {"count": writer.count, "skipped": len(writer.skipped), "path": str(path)}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+            size: int = paper.IMAGE_SIZE, format: str = "raw", workers: int | None = None,
+            limit: int | None = None, splits: list[str] | str | None = None,
+            names: str | None = None, max_pixels: int = MAX_PIXELS, chunk: int = CHUNK,
+            _stop_after: int | None = None) -> dict[str, Any]:
+    """Prepare every split of `source` found (or those named) into the store `out`.
+
+    Returns {"kind", "out", "splits": {split: {"count", "skipped", "path"}}}. The training
+    split is written first; its statistics are recorded in every other split.
+    `_stop_after` (tests only) interrupts after that many chunks, as a Ctrl-C would.
+    """
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if size < 1:
+        raise UserError(f"--size {size}: must be a positive number of pixels")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    if chunk < 1 or max_pixels < 1:
+        raise UserError("chunk and --max-pixels must be positive")
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if isinstance(splits, str):
+        splits = [s for s in splits.split(",") if s]
+    for name in splits or []:
+        if name not in SPLITS:
+            raise UserError(f"--splits {name!r}: choose among {', '.join(SPLITS)}")
+    found = src.detect(source, names)
+    for note in found.notes:
+        print(f"alexnet prepare: {note}", file=sys.stderr)
+    wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
+    if not wanted:
+        raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
+                        f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
+    for name in wanted:
+        summary["splits"][name] = prepare_split(
+            found, found.splits[name], out / name, size=size, format=format, workers=workers,
+            limit=limit, max_pixels=max_pixels, chunk=chunk, train_stats=_train_stats(out),
+            stop_after=_stop_after)
+    _propagate_train_stats(out)
+    return summary
+
+
+def _propagate_train_stats(out: Path) -> None:
+    """Record the training split's statistics in every other complete split of `out`."""
+    train = _train_stats(out)
+    if train is None:
+        return
+    wanted = {k: np.asarray(v).tolist() for k, v in train.items() if k != "mean_image"}
+    for name in SPLITS:
+        header = out / name / HEADER
+        if name == "train" or not header.exists():
+            continue
+        meta = json.loads(header.read_text())
+        if meta.get("complete") and (meta.get("stats") != wanted
+                                     or meta.get("stats_split") != "train"):
+            set_stats(out / name, train, "train")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `alexnet prepare`."""
+    parser.add_argument("source", metavar="SOURCE", help="folder holding the data (ImageNet "
+                        "archives and devkit, Kaggle CLS-LOC, ImageFolder, CIFAR-10, IDX)")
+    parser.add_argument("out", metavar="OUT", help="store folder to write (one folder per split)")
+    parser.add_argument("--size", type=int, default=paper.IMAGE_SIZE,
+                        help="side S of the stored images (paper: %(default)s)")
+    parser.add_argument("--format", choices=FORMATS, default="raw",
+                        help=f"raw uint8 (fast, no decoding) or jpeg (quality {JPEG_QUALITY}, "
+                        "smaller, decoded on every read)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: all cores)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most N images per split, an equal share per class")
+    parser.add_argument("--splits", default=None,
+                        help="comma-separated splits to prepare (default: all found)")
+    parser.add_argument("--names", default=None,
+                        help="IDX class names: fashion-mnist, mnist or A,B,... (default: from "
+                        "the folder name)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="skip images with more pixels (decompression bombs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`alexnet prepare`: print one line per split at the end."""
+    summary = prepare(args.source, args.out, size=args.size, format=args.format,
+                      workers=args.workers, limit=args.limit, splits=args.splits,
+                      names=args.names, max_pixels=args.max_pixels)
+    for name, result in summary["splits"].items():
+        print(f"{name}: {result['count']} images, {result['skipped']} skipped -> "
+              f"{result['path']}")
+    return 0

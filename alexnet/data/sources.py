@@ -1,0 +1,541 @@
+"""Source layouts that `alexnet prepare` understands, detected from a folder's contents.
+
+Each layout gives the class list and, per split, the images in a deterministic order with
+their labels. Every ImageNet source labels classes by their position in SORTED wnid order (as
+torchvision, Kaggle and Caffe do), whatever the devkit's ILSVRC ids say, so checkpoints are
+interchangeable between sources; the ILSVRC id of each class is recorded beside it.
+
+An image reference ("ref") is one of: a file path (str; the worker reads it), a `TarRef`
+(the parent reads it from the archive, streaming, without extracting), or an int index into
+an in-memory uint8 array (CIFAR-10, IDX).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+import re
+import struct
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexnet.errors import UserError
+
+# torchvision's IMG_EXTENSIONS: what an ImageFolder tree counts as an image.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                       "Shirt", "Sneaker", "Bag", "Ankle boot")
+MNIST_NAMES = tuple(str(d) for d in range(10))
+WNID = re.compile(r"^n\d{8}$")
+
+LAYOUTS = """understood layouts:
+  ILSVRC-2012: ILSVRC2012_img_train.tar (or train/<wnid>/), ILSVRC2012_img_val.tar (or val/),
+    ILSVRC2012_devkit_t12.tar.gz (or its folder)
+  ILSVRC-2010: ILSVRC2010_images_{train,val,test}.tar (or folders), ILSVRC2010 devkit,
+    ILSVRC2010_test_ground_truth.txt
+  Kaggle CLS-LOC: ILSVRC/Data/CLS-LOC/{train,val}, LOC_synset_mapping.txt, LOC_val_solution.csv
+  ImageFolder: SOURCE/{train,val,test}/<class>/<image> or SOURCE/<class>/<image>
+  CIFAR-10: cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)
+  IDX (MNIST, Fashion-MNIST): train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz], ..."""
+
+
+@dataclass(frozen=True)
+class TarRef:
+    """One image inside a tar archive, possibly inside a per-class tar inside it."""
+
+    archive: str
+    inner: str | None  # member name of the per-class tar, or None for a flat archive
+    member: str
+
+
+@dataclass
+class Split:
+    """The images of one split, in store order, with their labels."""
+
+    name: str
+    refs: list[Any]
+    labels: np.ndarray
+    arrays: np.ndarray | None = None  # (N, H, W) or (N, H, W, 3) uint8 for array sources
+    describe: str = ""
+
+
+@dataclass
+class Source:
+    """A detected source: its kind, classes (index = label) and splits."""
+
+    kind: str
+    root: Path
+    classes: list[dict[str, Any]]
+    splits: dict[str, Split] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def is_image_name(name: str) -> bool:
+    """True for the file extensions torchvision's ImageFolder accepts (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name (hidden files ignored)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and is_image_name(p.name))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def limit_per_class(labels: np.ndarray, limit: int | None, num_classes: int) -> np.ndarray:
+    """Positions to keep: at most `limit` in all, an equal share per class, first in order.
+
+    Class c keeps its first limit // C images (the first limit % C classes one more); a class
+    with fewer keeps all it has. Deterministic: no randomness.
+    """
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    quota = np.full(num_classes, limit // num_classes)
+    quota[: limit % num_classes] += 1
+    seen = np.zeros(num_classes, np.int64)
+    keep = []
+    for i, label in enumerate(labels):
+        if seen[label] < quota[label]:
+            seen[label] += 1
+            keep.append(i)
+    return np.array(keep, np.int64)
+
+
+class TarReader:
+    """Reads `TarRef`s by streaming the archives (no extraction), keeping them open."""
+
+    def __init__(self) -> None:
+        self._outer: dict[str, tarfile.TarFile] = {}
+        self._members: dict[tuple[str, str | None], dict[str, tarfile.TarInfo]] = {}
+        self._inner: tuple[tuple[str, str], tarfile.TarFile] | None = None
+
+    def _archive(self, path: str) -> tarfile.TarFile:
+        if path not in self._outer:
+            self._outer[path] = tarfile.open(path, mode="r:")
+            self._members[(path, None)] = {m.name: m for m in self._outer[path].getmembers()}
+        return self._outer[path]
+
+    def _tar_of(self, ref: TarRef) -> tarfile.TarFile:
+        outer = self._archive(ref.archive)
+        if ref.inner is None:
+            return outer
+        key = (ref.archive, ref.inner)
+        if self._inner is None or self._inner[0] != key:
+            info = self._members[(ref.archive, None)][ref.inner]
+            inner = tarfile.open(fileobj=outer.extractfile(info), mode="r:")
+            self._members[key] = {m.name: m for m in inner.getmembers()}
+            self._inner = (key, inner)
+        return self._inner[1]
+
+    def read(self, ref: TarRef) -> bytes:
+        tar = self._tar_of(ref)
+        info = self._members[(ref.archive, ref.inner)][ref.member]
+        handle = tar.extractfile(info)
+        return handle.read() if handle is not None else b""
+
+    def close(self) -> None:
+        for tar in self._outer.values():
+            tar.close()
+        self._outer.clear()
+        self._members.clear()
+        self._inner = None
+
+
+def tar_image_members(tar: tarfile.TarFile) -> list[str]:
+    """Names of the image files of an open tar, sorted by their base name."""
+    names = [m.name for m in tar.getmembers() if m.isfile() and is_image_name(m.name)]
+    return sorted(names, key=lambda n: (n.rsplit("/", 1)[-1], n))
+
+
+# ----------------------------------------------------------------------------- ILSVRC
+
+
+def _find(root: Path, patterns: Sequence[str], deep: bool = False) -> Path | None:
+    """The first path in root (or one folder down if `deep`) whose name matches a pattern."""
+    for pattern in patterns:
+        for depth in ("", "*/") if deep else ("",):
+            hits = sorted(p for p in root.glob(depth + pattern) if not p.name.startswith("."))
+            if hits:
+                return hits[0]
+    return None
+
+
+def _devkit_files(devkit: Path, names: Sequence[str]) -> dict[str, bytes]:
+    """The devkit files `names` (base names), from a folder tree or a .tar(.gz) archive."""
+    found: dict[str, bytes] = {}
+    if devkit.is_dir():
+        for name in names:
+            hits = sorted(devkit.rglob(name))
+            if hits:
+                found[name] = hits[0].read_bytes()
+    else:
+        try:
+            with tarfile.open(devkit) as tar:
+                for member in tar:
+                    base = member.name.rsplit("/", 1)[-1]
+                    if base in names and member.isfile() and base not in found:
+                        handle = tar.extractfile(member)
+                        found[base] = handle.read() if handle else b""
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise UserError(f"{devkit}: unreadable devkit archive ({err}); download it "
+                            "again") from None
+    return found
+
+
+def read_meta_mat(data: bytes, origin: str) -> list[dict[str, Any]]:
+    """The leaf synsets of a devkit meta.mat as classes sorted by wnid.
+
+    The 1000 classes are the synsets with num_children == 0; each keeps its ILSVRC id (1..1000
+    in the devkit's own order, which is NOT sorted-wnid order) as `ilsvrc_id`.
+    """
+    try:
+        from scipy.io import loadmat
+
+        synsets = loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
+    except Exception as err:  # scipy raises many types for a foreign file
+        raise UserError(f"{origin}: unreadable meta.mat ({err}); download the devkit "
+                        "again") from None
+    id_field = next((f for f in synsets.dtype.names if re.fullmatch(r"ILSVRC\d+_ID", f)), None)
+    if id_field is None or "WNID" not in synsets.dtype.names:
+        raise UserError(f"{origin}: meta.mat has no ILSVRC*_ID/WNID fields; is it a devkit?")
+    classes = []
+    for s in np.atleast_1d(synsets):
+        if int(s["num_children"]) == 0:
+            classes.append({"wnid": str(s["WNID"]), "name": str(s["words"]),
+                            "ilsvrc_id": int(s[id_field])})
+    classes.sort(key=lambda c: c["wnid"])
+    return classes
+
+
+def _ground_truth(data: bytes, origin: str) -> list[int]:
+    try:
+        return [int(line) for line in data.decode().split()]
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{origin}: expected one ILSVRC id per line") from None
+
+
+def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) -> Split:
+    """A split from a tar of per-class tars, or a folder of per-class folders or tars."""
+    refs: list[Any] = []
+    labels: list[int] = []
+    if where.is_file():
+        with tarfile.open(where, mode="r:") as outer:
+            inner_names = sorted(m.name for m in outer.getmembers() if m.name.endswith(".tar"))
+            for inner_name in inner_names:
+                wnid = inner_name.rsplit("/", 1)[-1][:-4]
+                if wnid not in wnid_label:
+                    raise UserError(f"{where}: class archive {inner_name} is not a class of the "
+                                    "devkit; is this the right year's archive?")
+                handle = outer.extractfile(outer.getmember(inner_name))
+                with tarfile.open(fileobj=handle, mode="r:") as inner:
+                    members = tar_image_members(inner)
+                refs += [TarRef(str(where), inner_name, m) for m in members]
+                labels += [wnid_label[wnid]] * len(members)
+    else:
+        for sub in _subdirs(where):
+            if sub.name not in wnid_label:
+                raise UserError(f"{sub}: folder name is not a class wnid of the {kind} "
+                                "devkit")
+            files = _image_files(sub)
+            refs += [str(p) for p in files]
+            labels += [wnid_label[sub.name]] * len(files)
+        for tar_path in sorted(where.glob("n*.tar")):  # per-class tars not yet extracted
+            if (where / tar_path.stem).is_dir():
+                continue
+            if tar_path.stem not in wnid_label:
+                raise UserError(f"{tar_path}: not a class wnid of the {kind} devkit")
+            with tarfile.open(tar_path, mode="r:") as tar:
+                members = tar_image_members(tar)
+            refs += [TarRef(str(tar_path), None, m) for m in members]
+            labels += [wnid_label[tar_path.stem]] * len(members)
+        order = sorted(range(len(refs)), key=lambda i: (labels[i], _base(refs[i])))
+        refs, labels = [refs[i] for i in order], [labels[i] for i in order]
+    return Split(name, refs, np.array(labels, np.int64), describe=str(where))
+
+
+def _base(ref: Any) -> str:
+    return ref.member.rsplit("/", 1)[-1] if isinstance(ref, TarRef) else Path(ref).name
+
+
+def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, int],
+                prefix: str, origin: str, wnid_label: dict[str, int]) -> Split:
+    """A flat split (ILSVRC20XX_val_00000001.JPEG ...) labelled by a ground-truth file, or a
+    folder already sorted into per-class folders."""
+    if where.is_dir() and not _image_files(where) and _subdirs(where):
+        return _class_split(name, where, wnid_label, prefix)
+    if where.is_file():
+        with tarfile.open(where, mode="r:") as tar:
+            members = tar_image_members(tar)
+        refs: list[Any] = [TarRef(str(where), None, m) for m in members]
+    else:
+        refs = [str(p) for p in _image_files(where)]
+    pattern = re.compile(rf"{prefix}_(\d+)\.", re.IGNORECASE)
+    labels = []
+    for ref in refs:
+        match = pattern.match(_base(ref))
+        if not match:
+            raise UserError(f"{where}: {_base(ref)} is not named {prefix}_NNNNNNNN.JPEG")
+        number = int(match.group(1))
+        if not 1 <= number <= len(truth):
+            raise UserError(f"{where}: {_base(ref)} has no line in the {origin} ground truth "
+                            f"({len(truth)} lines)")
+        ilsvrc_id = truth[number - 1]
+        if ilsvrc_id not in id_label:
+            raise UserError(f"{origin}: ILSVRC id {ilsvrc_id} is not a leaf class of meta.mat")
+        labels.append(id_label[ilsvrc_id])
+    order = sorted(range(len(refs)), key=lambda i: _base(refs[i]))
+    return Split(name, [refs[i] for i in order], np.array(labels, np.int64)[order],
+                 describe=str(where))
+
+
+def detect_ilsvrc(root: Path, year: int) -> Source | None:
+    """ILSVRC-2012 or -2010 as distributed: archives or extracted folders plus the devkit."""
+    devkit = _find(root, [f"ILSVRC{year}_devkit*"], deep=True)
+    if devkit is None:
+        return None
+    gt_names = {"val": f"ILSVRC{year}_validation_ground_truth.txt",
+                "test": f"ILSVRC{year}_test_ground_truth.txt"}
+    files = _devkit_files(devkit, ["meta.mat", *gt_names.values()])
+    if "meta.mat" not in files:
+        raise UserError(f"{devkit}: no data/meta.mat inside; download the ILSVRC{year} devkit "
+                        "again")
+    classes = read_meta_mat(files["meta.mat"], f"{devkit}/data/meta.mat")
+    wnid_label = {c["wnid"]: i for i, c in enumerate(classes)}
+    id_label = {c["ilsvrc_id"]: i for i, c in enumerate(classes)}
+    source = Source(f"ilsvrc{year}", root, classes)
+    train = _find(root, [f"ILSVRC{year}_im*_train.tar", f"ILSVRC{year}_im*_train", "train"])
+    if train is not None:
+        source.splits["train"] = _class_split("train", train, wnid_label, f"ILSVRC{year}")
+    for split in ("val", "test"):
+        where = _find(root, [f"ILSVRC{year}_im*_{split}.tar", f"ILSVRC{year}_im*_{split}",
+                             split])
+        if where is None:
+            continue
+        gt_file = gt_names[split]
+        truth_bytes = files.get(gt_file)
+        if truth_bytes is None:
+            found = _find(root, [gt_file], deep=True)
+            truth_bytes = found.read_bytes() if found else None
+        if truth_bytes is None:
+            source.notes.append(f"{where}: no {gt_file} (devkit or SOURCE), so no labels: "
+                                f"the {split} split is left out")
+            continue
+        truth = _ground_truth(truth_bytes, gt_file)
+        source.splits[split] = _flat_split(split, where, truth, id_label, f"ILSVRC{year}_{split}",
+                                           gt_file, wnid_label)
+    if not source.splits:
+        raise UserError(f"{root}: found the ILSVRC{year} devkit but no image archives or "
+                        f"folders (ILSVRC{year}_img_train.tar, ..._val.tar, train/, val/)")
+    return source
+
+
+# ----------------------------------------------------------------------------- Kaggle
+
+
+def detect_kaggle(root: Path) -> Source | None:
+    """The Kaggle ImageNet Object Localization Challenge layout (CLS-LOC)."""
+    mapping = _find(root, ["LOC_synset_mapping.txt"], deep=True)
+    data = _find(root, ["ILSVRC/Data/CLS-LOC"], deep=True)
+    if mapping is None or data is None:
+        return None
+    classes = []
+    for line in mapping.read_text().splitlines():
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            classes.append({"wnid": wnid, "name": name})
+    classes.sort(key=lambda c: c["wnid"])
+    wnid_label = {c["wnid"]: i for i, c in enumerate(classes)}
+    source = Source("kaggle-cls-loc", root, classes)
+    if (data / "train").is_dir():
+        source.splits["train"] = _class_split("train", data / "train", wnid_label, "Kaggle")
+    if (data / "val").is_dir():
+        solution = _find(root, ["LOC_val_solution.csv"], deep=True)
+        if solution is None:
+            raise UserError(f"{root}: no LOC_val_solution.csv for the val images; download it "
+                            "from the competition page")
+        truth: dict[str, int] = {}
+        with open(solution, newline="") as f:
+            for row in csv.DictReader(f):
+                wnid = row["PredictionString"].split()[0]
+                if wnid not in wnid_label:
+                    raise UserError(f"{solution}: {wnid} is not in LOC_synset_mapping.txt")
+                truth[row["ImageId"]] = wnid_label[wnid]
+        refs = [str(p) for p in _image_files(data / "val")]
+        missing = [Path(r).stem for r in refs if Path(r).stem not in truth]
+        if missing:
+            raise UserError(f"{solution}: no label for {missing[0]} (and {len(missing) - 1} "
+                            "more)")
+        source.splits["val"] = Split("val", refs, np.array([truth[Path(r).stem] for r in refs],
+                                                          np.int64), describe=str(data / "val"))
+    return source
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(_image_files(sub) for sub in _subdirs(folder))
+
+
+def detect_image_folder(root: Path) -> Source | None:
+    """root/{train,val,test}/<class>/<image>, or root/<class>/<image> (all train)."""
+    split_dirs = {s: root / s for s in ("train", "val", "test")
+                  if (root / s).is_dir() and _has_class_folders(root / s)}
+    if not split_dirs:
+        if not _has_class_folders(root):
+            return None
+        split_dirs = {"train": root}
+    base = split_dirs.get("train")
+    names = ([d.name for d in _subdirs(base)] if base is not None else
+             sorted({d.name for where in split_dirs.values() for d in _subdirs(where)}))
+    label = {n: i for i, n in enumerate(names)}
+    source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names])
+    for split, where in split_dirs.items():
+        refs, labels = [], []
+        for sub in _subdirs(where):
+            if sub.name not in label:
+                raise UserError(f"{sub}: class folder absent from {base}; every split must use "
+                                "the training split's classes")
+            files = _image_files(sub)
+            refs += [str(p) for p in files]
+            labels += [label[sub.name]] * len(files)
+        source.splits[split] = Split(split, refs, np.array(labels, np.int64), describe=str(where))
+    return source
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def _unpickle(path: Path) -> dict[bytes, Any]:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")  # the official release is a pickle
+    except Exception as err:
+        raise UserError(f"{path}: unreadable CIFAR-10 batch ({err}); download "
+                        "cifar-10-python.tar.gz again") from None
+
+
+def detect_cifar10(root: Path) -> Source | None:
+    """The CIFAR-10 python release: data_batch_1..5 (train), test_batch, batches.meta."""
+    folder = root if (root / "batches.meta").exists() else root / "cifar-10-batches-py"
+    if not (folder / "batches.meta").exists():
+        return None
+    names = [n.decode() for n in _unpickle(folder / "batches.meta")[b"label_names"]]
+    source = Source("cifar10", root, [{"wnid": n, "name": n} for n in names])
+    for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]),
+                         ("test", ["test_batch"])):
+        present = [folder / f for f in files if (folder / f).exists()]
+        if not present:
+            continue
+        if len(present) != len(files):
+            raise UserError(f"{folder}: {split} needs {', '.join(files)}; some are missing")
+        batches = [_unpickle(p) for p in present]
+        data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[b"labels"], np.int64) for b in batches])
+        source.splits[split] = Split(split, list(range(len(images))), labels,
+                                     arrays=np.ascontiguousarray(images), describe=str(folder))
+    return source
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format; .gz or not) as a uint8 array."""
+    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+        return array.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as err:
+        raise UserError(f"{path}: unreadable IDX file ({err}); download it again") from None
+
+
+def _idx_file(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
+                 stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def idx_names(root: Path, names: str | None) -> list[str]:
+    """Class names for IDX data: --names fashion-mnist|mnist|A,B,...; default from the folder
+    name ("fashion" in it means Fashion-MNIST), else the digits 0..9."""
+    if names is None:
+        names = "fashion-mnist" if "fashion" in str(root.resolve()).lower() else "mnist"
+    if names.lower() in ("fashion-mnist", "fashion"):
+        return list(FASHION_MNIST_NAMES)
+    if names.lower() == "mnist":
+        return list(MNIST_NAMES)
+    return [n.strip() for n in names.split(",")]
+
+
+def detect_idx(root: Path, names: str | None = None) -> Source | None:
+    """IDX files: train-images-idx3-ubyte[.gz] with -labels-idx1-, t10k-* for test."""
+    found = {split: (_idx_file(root, f"{prefix}-images-idx3-ubyte"),
+                     _idx_file(root, f"{prefix}-labels-idx1-ubyte"))
+             for split, prefix in (("train", "train"), ("test", "t10k"))}
+    if not any(images for images, _ in found.values()):
+        return None
+    labels_all = []
+    splits = {}
+    for split, (images_path, labels_path) in found.items():
+        if images_path is None:
+            continue
+        if labels_path is None:
+            raise UserError(f"{images_path}: no matching labels file "
+                            f"({images_path.name.replace('images-idx3', 'labels-idx1')})")
+        images, labels = read_idx(images_path), read_idx(labels_path).astype(np.int64)
+        if images.ndim != 3 or labels.shape != (len(images),):
+            raise UserError(f"{images_path}: {images.shape} images for {labels.shape} labels")
+        labels_all.append(labels)
+        splits[split] = Split(split, list(range(len(images))), labels, arrays=images,
+                              describe=str(images_path))
+    class_names = idx_names(root, names)
+    top = max(int(labels.max()) for labels in labels_all if len(labels)) + 1
+    if len(class_names) < top:
+        raise UserError(f"--names: {len(class_names)} names for {top} classes in {root}")
+    return Source("idx", root, [{"wnid": n, "name": n} for n in class_names], splits)
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def detect(source: str | Path, names: str | None = None) -> Source:
+    """The layout of `source`, or a UserError listing the layouts understood."""
+    root = Path(source)
+    if not root.exists():
+        raise UserError(f"{root}: no such file or folder")
+    if root.is_file():
+        raise UserError(f"{root}: SOURCE must be the folder holding the data files (archives "
+                        "stay packed; see docs/data.md)")
+    detectors: list[Callable[[], Source | None]] = [
+        lambda: detect_ilsvrc(root, 2012), lambda: detect_ilsvrc(root, 2010),
+        lambda: detect_kaggle(root), lambda: detect_cifar10(root),
+        lambda: detect_idx(root, names), lambda: detect_image_folder(root)]
+    for detector in detectors:
+        found = detector()
+        if found is not None:
+            return found
+    raise UserError(f"{root}: no known data layout; " + " | ".join(
+        line.strip() for line in LAYOUTS.splitlines()[1:] if not line.startswith("    ")))

@@ -1,0 +1,269 @@
+"""The network of Krizhevsky, Sutskever & Hinton (2012), section 3 and figure 2.
+
+Two columns (one per GTX 580 in the paper) are expressed as grouped convolutions on one
+device; `split_columns` puts each column on its own device instead. Every constant comes
+from alexnet/paper.py. Choices where the paper is silent or inconsistent (docs/model.md):
+
+- Input 224x224 as the paper says, padded by 3 pixels on the right and bottom only before
+  conv1, as Krizhevsky's cuda-convnet does (1 + ceil((224 - 11) / 4) = 55). A 227 crop needs
+  no padding and gives the same 55x55 map (Caffe's convention).
+- LRN is the paper's formula (alpha not divided by n) unless `lrn_alpha_over_n`; it
+  normalises within each column (each GPU normalised its own kernel maps), with the window
+  clipped at the column's first and last map.
+- The one-column net (`columns=1`) halves conv1-conv4 but keeps conv5 at 256 and the fully
+  connected layers at 4096 (the paper's footnote 3, to keep the parameter counts alike).
+- Dropout acts on the outputs of fc6 and fc7 (section 4.2), as inverted dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet import paper
+
+# ---------------------------------------------------------------------------------------
+# Local response normalisation (section 3.3)
+# b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
+
+
+def _window_sum(x: torch.Tensor, half: int, out: torch.Tensor) -> torch.Tensor:
+    """out += sum of x over channels j in [i - half, i + half] (clipped), x and out (B, C, ...)."""
+    out.add_(x)
+    for d in range(1, half + 1):
+        out[:, d:].add_(x[:, :-d])
+        out[:, :-d].add_(x[:, d:])
+    return out
+
+
+class _LRNFunction(torch.autograd.Function):
+    """LRN over dim 1 of a (B, C, H, W) tensor with an analytic backward.
+
+    With s = k + alpha * windowsum(a^2) and b = a * s^-beta:
+    grad_a = g * s^-beta - 2 * alpha * beta * a * windowsum(g * a * s^(-beta - 1)),
+    the window being symmetric so that windowsum is its own adjoint.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, half: int, alpha: float, beta: float, k: float):
+        # scaling before squaring keeps float16 from overflowing: (sqrt(alpha) a)^2
+        u = torch.mul(a, math.sqrt(alpha)).square_()
+        s = _window_sum(u, half, torch.full_like(a, k))  # (B, C, H, W)
+        del u
+        sp = s.pow(-beta)
+        b = torch.mul(a, sp)
+        ctx.save_for_backward(a, s, sp, b)
+        ctx.consts = (half, alpha, beta)
+        return b
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        a, s, sp, b = ctx.saved_tensors
+        half, alpha, beta = ctx.consts
+        t = torch.mul(g, b).div_(s)  # g * a * s^(-beta - 1)
+        w = _window_sum(t, half, torch.zeros_like(t))
+        del t
+        grad = torch.mul(g, sp).addcmul_(a, w, value=-2.0 * alpha * beta)
+        return grad, None, None, None, None
+
+
+def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
+        beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1) -> torch.Tensor:
+    """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns."""
+    N, C, H, W = x.shape
+    y = _LRNFunction.apply(x.reshape(N * groups, C // groups, H, W), n // 2, alpha, beta, k)
+    return y.reshape(N, C, H, W)
+
+
+class LRN(nn.Module):
+    """Local response normalisation (section 3.3); `alpha_over_n` gives Caffe's convention."""
+
+    def __init__(self, groups: int = 1, alpha_over_n: bool = False, n: int = paper.LRN_N,
+                 alpha: float = paper.LRN_ALPHA, beta: float = paper.LRN_BETA,
+                 k: float = paper.LRN_K) -> None:
+        super().__init__()
+        self.groups, self.n, self.beta, self.k = groups, n, beta, k
+        self.alpha = alpha / n if alpha_over_n else alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}, " \
+               f"groups={self.groups}"
+
+
+# ---------------------------------------------------------------------------------------
+# Initialisation (section 5)
+
+
+def init_paper_(model: nn.Module, bias_one: tuple[str, ...] = paper.BIAS_ONE_LAYERS) -> None:
+    """Weights ~ N(0, 0.01); biases 1 in the layers named in `bias_one`, 0 elsewhere."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.normal_(module.weight, 0.0, paper.INIT_STD)
+            nn.init.constant_(module.bias, 1.0 if name in bias_one else 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's net (section 3.5, figure 2)
+
+
+def conv1_pad(size: int, kernel: int = paper.CONV1[1], stride: int = paper.CONV1[2]) -> int:
+    """Right/bottom zero padding so conv1 covers the whole input (224 -> 3, 227 -> 0)."""
+    return (-(size - kernel)) % stride
+
+
+class AlexNet(nn.Module):
+    """The paper's net: input (N, 3, 224, 224) mean-subtracted 0..255 pixels, logits out."""
+
+    arch = "alexnet"
+    crop_size = paper.CROP_SIZE
+
+    def __init__(self, num_classes: int = paper.NUM_CLASSES, *, columns: int = paper.COLUMNS,
+                 activation: str = "relu", lrn: bool = True, lrn_alpha_over_n: bool = False,
+                 overlap_pool: bool = True, dropout: float = paper.DROPOUT_P,
+                 width: float = 1.0) -> None:
+        super().__init__()
+        if columns not in (1, 2):
+            raise ValueError(f"columns={columns}: 1 or 2")
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"activation={activation!r}: relu or tanh")
+        self.kwargs: dict[str, Any] = dict(
+            num_classes=num_classes, columns=columns, activation=activation, lrn=lrn,
+            lrn_alpha_over_n=lrn_alpha_over_n, overlap_pool=overlap_pool, dropout=dropout,
+            width=width)
+        self.columns = columns
+
+        def n(count: int, halve: bool = True) -> int:
+            # the one-column net has half the kernels, except conv5 and fc (footnote 3)
+            count = count // 2 if columns == 1 and halve else count
+            return max(columns, round(count * width / columns) * columns)
+
+        c1, c2, c3, c4, c5 = (n(paper.CONV1[0]), n(paper.CONV2[0]), n(paper.CONV3[0]),
+                              n(paper.CONV4[0]), n(paper.CONV5[0], halve=False))
+        fc = n(paper.FC_WIDTH, halve=False)
+        g = columns
+        self.conv1 = nn.Conv2d(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3])
+        self.conv2 = nn.Conv2d(c1, c2, paper.CONV2[1], paper.CONV2[2], paper.CONV2[3], groups=g)
+        self.conv3 = nn.Conv2d(c2, c3, paper.CONV3[1], paper.CONV3[2], paper.CONV3[3])
+        self.conv4 = nn.Conv2d(c3, c4, paper.CONV4[1], paper.CONV4[2], paper.CONV4[3], groups=g)
+        self.conv5 = nn.Conv2d(c4, c5, paper.CONV5[1], paper.CONV5[2], paper.CONV5[3], groups=g)
+        self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
+        self.lrn1 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
+        self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
+        z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
+        self.pool = nn.MaxPool2d(z, s)
+        side = self.crop_size + conv1_pad(self.crop_size)
+        side = (side - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
+        for _ in range(3):  # 55 -> 27 -> 13 -> 6 (both pooling variants)
+            side = (side - z) // s + 1
+        self.fc6 = nn.Linear(c5 * side * side, fc)
+        self.fc7 = nn.Linear(fc, fc)
+        self.fc8 = nn.Linear(fc, num_classes)
+        self.drop = nn.Dropout(dropout)
+        init_paper_(self)
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
+        p = conv1_pad(x.shape[-1])
+        x = F.pad(x, (0, p, 0, p))  # (N, 3, 227, 227)
+        x = self.pool(self.lrn1(self.act(self.conv1(x))))  # (N, 96, 55, 55) -> 27x27
+        x = self.pool(self.lrn2(self.act(self.conv2(x))))  # (N, 256, 27, 27) -> 13x13
+        x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
+        x = self.act(self.conv4(x))  # (N, 384, 13, 13)
+        return self.pool(self.act(self.conv5(x)))  # (N, 256, 13, 13) -> 6x6
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 activations (N, 4096), the "last hidden layer" of figure 4 (before dropout)."""
+        x = self.conv_features(x).flatten(1)  # (N, 9216)
+        x = self.act(self.fc6(x))  # (N, 4096)
+        return self.act(self.fc7(self.drop(x)))  # (N, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.drop(self.features(x)))  # (N, num_classes)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision's single-column layout ("One weird trick", not the 2012 net)
+
+
+# torchvision's names for the layers that the paper initialises with bias 1
+TV_BIAS_ONE = ("features.3", "features.8", "features.10", "classifier.1", "classifier.4")
+
+
+class _TVFeatures(nn.Sequential):
+    """torchvision's `features` stack (keys features.0..10); calling it gives fc7 activations.
+
+    AlexNetTV keeps torchvision's module names so that its weights load, while
+    `model.features(x)` keeps this project's meaning (fc7, as for AlexNet); the conv stack
+    alone is `model.conv_features(x)`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._owner.fc7(x)
+
+
+class AlexNetTV(nn.Module):
+    """torchvision's alexnet layout: its state_dict keys and shapes, so its weights load.
+
+    A single column of 64, 192, 384, 256, 256 kernels, conv1 padded by 2 on every side, no LRN,
+    adaptive average pooling to 6x6, dropout before fc6 and fc7 ("One weird trick", 2014).
+    """
+
+    arch = "alexnet-tv"
+    crop_size = paper.CROP_SIZE
+
+    def __init__(self, num_classes: int = paper.NUM_CLASSES,
+                 dropout: float = paper.DROPOUT_P) -> None:
+        super().__init__()
+        self.kwargs: dict[str, Any] = dict(num_classes=num_classes, dropout=dropout)
+        self.features = _TVFeatures(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        object.__setattr__(self.features, "_owner", self)  # a plain reference, not a child
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+        init_paper_(self, bias_one=TV_BIAS_ONE)
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled conv5 maps (N, 256, 6, 6)."""
+        return self.avgpool(nn.Sequential.forward(self.features, x))
+
+    def fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 activations (N, 4096), before dropout; also what `model.features(x)` gives."""
+        x = self.conv_features(x).flatten(1)  # (N, 9216)
+        return self.classifier[:6](x)  # dropout, fc6, ReLU, dropout, fc7, ReLU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.conv_features(x).flatten(1))  # (N, num_classes)
+
+
+# ---------------------------------------------------------------------------------------
+# Building by name
+
+
+ARCHS: dict[str, type[nn.Module]] = {"alexnet": AlexNet, "alexnet-tv": AlexNetTV}
+
+
+def build_model(arch: str = "alexnet", **kwargs: Any) -> nn.Module:
+    """The network `arch` (a key of ARCHS) built with `kwargs`; `m.arch`, `m.kwargs` rebuild it."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    return ARCHS[arch](**kwargs)

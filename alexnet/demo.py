@@ -74,25 +74,18 @@ def find_idx_folder(data: str | os.PathLike | None) -> Path:
 
 
 def prepare_store(source: Path, store: Path, plan: Plan) -> Path:
-    """The demo's 256x256 store (train and test subsets), made or reused (prepare resumes)."""
+    """The demo's 256x256 store (train and test subsets), made or reused when complete.
+
+    prepare's limit keeps an equal share of each class, the first in file order.
+    """
     from alexnet.data.prepare import prepare
     from alexnet.paper import IMAGE_SIZE
 
-    prepare(source, store, size=IMAGE_SIZE, limit=max(plan.train_images, plan.test_images),
-            **_split_limits(plan))
+    prepare(source, store, size=IMAGE_SIZE, limit=plan.train_images, splits="train",
+            names="fashion-mnist")
+    prepare(source, store, size=IMAGE_SIZE, limit=plan.test_images, splits="test",
+            names="fashion-mnist")
     return store
-
-
-def _split_limits(plan: Plan) -> dict[str, Any]:
-    """Per-split limits where prepare supports them (train and test subsets differ)."""
-    import inspect
-
-    from alexnet.data.prepare import prepare
-
-    params = inspect.signature(prepare).parameters
-    if "limits" in params:
-        return {"limits": {"train": plan.train_images, "test": plan.test_images}}
-    return {}
 
 
 def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/demo",
@@ -109,7 +102,8 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     plan = plan or default_plan(dev)
     source = find_idx_folder(data)
     out = _fresh_run_folder(Path(out))
-    store = Path(store) if store else out.parent / f"fashion-mnist-{plan.train_images}"
+    store = Path(store) if store else \
+        out.parent / f"fashion-mnist-{plan.train_images}-{plan.test_images}"
     print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
     print(f"plan: {plan.train_images} training and {plan.test_images} test images at 256x256, "
           f"batch {plan.batch_size}, lr 0.01, up to {plan.epochs} epochs, budget "

@@ -132,7 +132,8 @@ def build_network(config: Config, num_classes: int) -> nn.Module:
     """The network of `config` with the paper's initialisation (seeded by the caller)."""
     from alexnet.model import build_model
 
-    kwargs = model_kwargs(config) if config.model.arch == "alexnet" else {}
+    kwargs = model_kwargs(config) if config.model.arch == "alexnet" else \
+        {"dropout": config.model.dropout}  # the torchvision layout has no other switches
     return build_model(config.model.arch, num_classes=num_classes, **kwargs)
 
 

@@ -1,0 +1,144 @@
+"""Checkpoints: round trips, atomic writes (even under a real kill), refusals in one line."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import checkpoint
+from alexnet.errors import UserError
+from alexnet.model import AlexNet
+
+
+def small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return AlexNet(num_classes=10, width=0.125)
+
+
+def full_state(net: torch.nn.Module, **extra) -> dict:
+    stats = {"mean_image": np.full((4, 4, 3), 120.5, np.float32), "eigval": np.arange(3.0),
+             "pixels": 16}
+    fields = dict(optimizer={"state": {}, "param_groups": []}, schedule={"drops": 1}, epoch=3,
+                  step=7, config={"a": {"b": 1}}, classes=[{"wnid": "n1", "name": "one"}],
+                  stats=stats, rng=checkpoint.rng_state(), metrics=[{"epoch": 1}])
+    return checkpoint.make_state(net, **{**fields, **extra})
+
+
+def test_round_trip_and_load_model_rebuilds_the_same_function(tmp_path):
+    net = small_net()
+    path = checkpoint.save(tmp_path / "run" / "checkpoint.pt", full_state(net))
+    ckpt = checkpoint.load(tmp_path / "run")  # a run folder means its checkpoint.pt
+    for key, value in net.state_dict().items():
+        assert torch.equal(ckpt["model"][key], value)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["schedule"]) == (3, 7, {"drops": 1})
+    assert ckpt["stats"]["mean_image"].dtype == np.float32 and ckpt["stats"]["pixels"] == 16
+    np.testing.assert_array_equal(ckpt["stats"]["eigval"], np.arange(3.0))
+    model, _ = checkpoint.load_model(path)
+    assert not model.training
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        assert torch.equal(model(x), net.eval()(x))
+
+
+def test_wrappers_are_stripped_from_saved_weights():
+    net = small_net()
+    compiled = torch.compile(net)  # lazily compiled: nothing is built until it is called
+    assert checkpoint.unwrap(compiled) is net
+    state = checkpoint.make_state(compiled)
+    assert set(state["model"]) == set(net.state_dict())
+    assert checkpoint.clean_state_dict({"module._orig_mod.conv1.weight": 1}) == \
+        {"conv1.weight": 1}
+
+
+def test_rng_states_round_trip():
+    state = checkpoint.rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    net = small_net()
+    path = checkpoint.save(tmp_path / "checkpoint.pt", full_state(net))
+    before = path.read_bytes()
+
+    def dies_midway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError):
+        checkpoint.save(path, full_state(net, epoch=4))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the temporary file is gone
+
+
+def test_a_real_kill_mid_write_never_leaves_an_invalid_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    script = textwrap.dedent(f"""
+        import torch, sys
+        from alexnet import checkpoint
+        big = torch.arange(12_000_000, dtype=torch.float32)
+        n = 0
+        while True:
+            checkpoint.save({str(path)!r}, {{"format": checkpoint.FORMAT,
+                            "format_version": checkpoint.FORMAT_VERSION, "n": n, "big": big}})
+            n += 1
+            print(n, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"  # one complete file exists
+        time.sleep(0.15 + 0.3 * random.random())  # somewhere inside a later write
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = checkpoint.load(path)
+    assert ckpt["n"] >= 0 and torch.equal(ckpt["big"][-3:], torch.tensor([11_999_997.0,
+                                                                          11_999_998, 11_999_999]))
+    for leftover in tmp_path.iterdir():  # a temporary file may remain, never under the name
+        assert leftover == path or leftover.name.startswith(checkpoint.TMP_PREFIX)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("truncate", "truncated, corrupt or foreign"),
+    (b"\x00" * 64, "truncated, corrupt or foreign"),
+    ("plain", "not an alexnet checkpoint"),
+    ("pickle", "truncated, corrupt or foreign"),
+])
+def test_bad_files_are_one_line_user_errors(tmp_path, content, fragment):
+    path = tmp_path / "bad.pt"
+    if content == "truncate":
+        good = checkpoint.save(tmp_path / "good.pt", full_state(small_net()))
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif content == "plain":
+        torch.save({"model": {}}, path)
+    elif content == "pickle":  # an arbitrary object: weights_only refuses to build it
+        path.write_bytes(pickle.dumps(ValueError("x")))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_checkpoint_and_wrong_weights(tmp_path):
+    with pytest.raises(UserError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "nothing.pt")
+    state = full_state(small_net())
+    state["model_args"] = {**state["model_args"], "width": 0.25}  # weights of another shape
+    checkpoint.save(tmp_path / "c.pt", state)
+    with pytest.raises(UserError, match="do not fit"):
+        checkpoint.load_model(tmp_path / "c.pt")

@@ -17,6 +17,7 @@ from alexnet/paper.py. Choices where the paper is silent or inconsistent (docs/m
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -267,3 +268,127 @@ def build_model(arch: str = "alexnet", **kwargs: Any) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     return ARCHS[arch](**kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Two devices, one column each (section 3.2)
+
+COLUMN_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+class SplitAlexNet(nn.Module):
+    """AlexNet with column c's kernels on devices[c]; activations cross only into conv3, fc6,
+    fc7 and fc8 (fc8 lives on devices[0]). Its state_dict is the grouped AlexNet's, so a
+    checkpoint always holds the grouped layout and loads into either form."""
+
+    arch = AlexNet.arch
+    crop_size = AlexNet.crop_size
+
+    def __init__(self, grouped: AlexNet, devices: tuple[str | torch.device, ...]) -> None:
+        super().__init__()
+        g = grouped.columns
+        if len(devices) != g:
+            raise ValueError(f"split_columns: {g} columns need {g} devices, got {len(devices)}")
+        self.kwargs = dict(grouped.kwargs)
+        self.devices = tuple(torch.device(d) for d in devices)
+        self.act, self.pool, self.drop = grouped.act, grouped.pool, grouped.drop
+        lrn = grouped.lrn1
+        # each column normalises its own maps, as the grouped net's LRN(groups=columns) does
+        self.lrn = LRN(1, n=lrn.n, alpha=lrn.alpha, beta=lrn.beta, k=lrn.k) \
+            if isinstance(lrn, LRN) else nn.Identity()
+        self.cols = nn.ModuleList()
+        for c, device in enumerate(self.devices):
+            col = nn.ModuleDict()
+            for name in COLUMN_LAYERS:
+                whole = getattr(grouped, name)
+                part = _column_part(whole, g, c)
+                col[name] = part.to(device)
+            self.cols.append(col)
+        self.fc8 = copy.deepcopy(grouped.fc8).to(self.devices[0])
+
+    def _both(self, parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Both columns' activations on `device`, in the grouped net's channel order."""
+        return torch.cat([p.to(device, non_blocking=True) for p in parts], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 activations (N, 4096) on devices[0]."""
+        p = conv1_pad(x.shape[-1])
+        x = F.pad(x, (0, p, 0, p))
+        cols = list(zip(self.cols, self.devices, strict=True))
+        h = []
+        for col, dev in cols:  # conv1, conv2: own column only
+            y = self.pool(self.lrn(self.act(col["conv1"](x.to(dev, non_blocking=True)))))
+            h.append(self.pool(self.lrn(self.act(col["conv2"](y)))))  # (N, 128, 13, 13)
+        h = [self.act(col["conv3"](self._both(h, dev))) for col, dev in cols]  # both columns
+        h = [self.pool(self.act(col["conv5"](self.act(col["conv4"](y)))))  # (N, 128, 6, 6)
+             for (col, _), y in zip(cols, h, strict=True)]
+        h = [t.flatten(1) for t in h]
+        h = [self.drop(self.act(col["fc6"](self._both(h, dev)))) for col, dev in cols]
+        h = [self.act(col["fc7"](self._both(h, dev))) for col, dev in cols]  # (N, 2048) each
+        return self._both(h, self.devices[0])  # (N, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.drop(self.features(x)))
+
+    def grouped(self) -> AlexNet:
+        """The same network as one grouped AlexNet (on devices[0])."""
+        net = AlexNet(**self.kwargs).to(self.devices[0])
+        net.load_state_dict(self.state_dict())
+        return net.train(self.training)
+
+    def state_dict(self, *args: Any, destination: dict | None = None, prefix: str = "",
+                   keep_vars: bool = False) -> dict[str, Any]:
+        """The grouped AlexNet's keys: column parts concatenated on devices[0]."""
+        out = {} if destination is None else destination
+        for name in COLUMN_LAYERS:
+            for kind in ("weight", "bias"):
+                parts = [getattr(col[name], kind) for col in self.cols]
+                t = torch.cat([p.to(self.devices[0]) for p in parts], 0)
+                out[f"{prefix}{name}.{kind}"] = t if keep_vars else t.detach()
+        for kind in ("weight", "bias"):
+            t = getattr(self.fc8, kind)
+            out[f"{prefix}fc8.{kind}"] = t if keep_vars else t.detach()
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Load a grouped AlexNet's state_dict, splitting each layer into its columns."""
+        grouped = AlexNet(**self.kwargs)
+        result = grouped.load_state_dict(state_dict, strict=strict)
+        with torch.no_grad():
+            for c, col in enumerate(self.cols):
+                for name in COLUMN_LAYERS:
+                    part = _column_part(getattr(grouped, name), len(self.cols), c)
+                    col[name].weight.copy_(part.weight)
+                    col[name].bias.copy_(part.bias)
+            self.fc8.weight.copy_(grouped.fc8.weight)
+            self.fc8.bias.copy_(grouped.fc8.bias)
+        return result
+
+
+def _column_part(layer: nn.Conv2d | nn.Linear, columns: int,
+                 c: int) -> nn.Conv2d | nn.Linear:
+    """Column c's share of `layer`: its output kernels (rows) c*out/columns..(c+1)*out/columns."""
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    rows = slice(c * out // columns, (c + 1) * out // columns)
+    if isinstance(layer, nn.Linear):
+        part = nn.Linear(layer.in_features, out // columns)
+    else:
+        # a grouped conv (groups == columns) becomes one column's dense conv on its own maps
+        inputs = layer.in_channels // layer.groups
+        part = nn.Conv2d(inputs, out // columns, layer.kernel_size, layer.stride, layer.padding)
+    with torch.no_grad():
+        part.weight.copy_(layer.weight[rows])
+        part.bias.copy_(layer.bias[rows])
+    return part.to(layer.weight.device)
+
+
+def split_columns(model: AlexNet,
+                  devices: tuple[str | torch.device, ...] = ("cuda:0", "cuda:1")) -> SplitAlexNet:
+    """`model` with each column on its own device, computing the same function (section 3.2).
+
+    The weights are copied; `SplitAlexNet.grouped()` (or its state_dict) gives the way back.
+    """
+    if not isinstance(model, AlexNet):
+        raise ValueError(f"split_columns needs the paper's AlexNet, not {type(model).__name__}")
+    return SplitAlexNet(model, tuple(devices))

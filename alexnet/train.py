@@ -139,11 +139,12 @@ def build_network(config: Config, num_classes: int) -> nn.Module:
 
 def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
     """Network (placed, wrapped), PaperSGD over the paper's parameter groups, the schedule."""
-    from alexnet.model import split_columns
     from alexnet.optim import PaperSGD, PlateauSchedule, param_groups
 
     net = build_network(config, num_classes)
     if rt.dist.column_devices is not None:
+        from alexnet.model import split_columns
+
         net = split_columns(net, rt.dist.column_devices)
     else:
         net = net.to(rt.device)

@@ -34,7 +34,7 @@ def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarr
 
     A missing file or one that is not an image raises a UserError naming it.
     """
-    from alexnet.data.prepare import load_image
+    from alexnet.data.prepare import Skip, load_image
 
     images = []
     for path in paths:
@@ -42,13 +42,9 @@ def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarr
         if not path.is_file():
             raise UserError(f"{path}: no such image file")
         try:
-            images.append(np.asarray(load_image(path, size), dtype=np.uint8))
-        except UserError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoder failure means "not an image"
-            reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else \
-                type(err).__name__
-            raise UserError(f"{path}: not a readable image ({reason}); give a JPEG, PNG or "
+            images.append(load_image(("path", str(path)), size))
+        except Skip as reason:
+            raise UserError(f"{path}: not a usable image ({reason}); give a JPEG, PNG or "
                             "other image file") from None
     return np.stack(images)
 

@@ -119,11 +119,14 @@ def write_kernel_figures(model: nn.Module, out: Path, dpi: int = 100) -> dict:
                        "colour_fraction_mean": float(frac.mean()),
                        "colour_fraction_median": float(np.median(frac)),
                        "colour_fraction": [round(float(f), 4) for f in frac]})
-    width_in = 8.0
-    heights = [g.shape[0] / g.shape[1] * width_in for g in grids]
-    fig, axes = plt.subplots(len(grids), 1, figsize=(width_in, sum(heights) + 0.5 * len(grids)),
+    # whole pixels: 800 wide, each panel in proportion plus 50 pixels for its title
+    width_px = 8 * dpi
+    height_px = sum(round(g.shape[0] / g.shape[1] * width_px) + dpi // 2 for g in grids)
+    fig, axes = plt.subplots(len(grids), 1, figsize=(width_px / dpi, height_px / dpi),
                              dpi=dpi, squeeze=False,
                              gridspec_kw={"height_ratios": [g.shape[0] for g in grids]})
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 * dpi / height_px,
+                        hspace=0.4 * dpi * len(grids) / height_px)
     for i, (ax, grid, panel) in enumerate(zip(axes[:, 0], grids, panels, strict=True), start=1):
         ax.imshow(grid, interpolation="nearest")
         ax.set_xticks([])
@@ -134,5 +137,4 @@ def write_kernel_figures(model: nn.Module, out: Path, dpi: int = 100) -> dict:
     path = out / "fig3_kernels.png"
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    size = [int(round(width_in * dpi)), int(round((sum(heights) + 0.5 * len(grids)) * dpi))]
-    return {"panels": panels, "figure": str(path), "figure_size": size}
+    return {"panels": panels, "figure": str(path), "figure_size": [width_px, height_px]}

@@ -1,0 +1,229 @@
+"""figures: the streamed nearest-neighbour search, the kernel grid, and every PNG written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.checkpoint import make_state, save
+from alexnet.cli import main
+from alexnet.data.store import open_split, write_store
+from alexnet.figures.kernels import (
+    GAP,
+    KERNELS_PER_ROW,
+    SCALE,
+    colour_fraction,
+    conv1_columns,
+    grid_size,
+    kernel_grid,
+    write_kernel_figures,
+)
+from alexnet.figures.neighbours import nearest_neighbours
+from alexnet.figures.top5 import figure_size
+from alexnet.model import AlexNet, build_model
+from alexnet.paper import CONV1, CROP_SIZE, IMAGE_SIZE
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASSES = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(3)]
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a valid PNG file (signature checked, then decoded by PIL)."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        return image.size
+
+
+def brute_force(queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every distance, then a lexicographic sort on (distance, index)."""
+    d = np.sqrt(((queries[:, None, :] - rows[None, :, :]) ** 2).sum(-1))
+    order = np.stack([np.lexsort((np.arange(len(rows)), di))[:k] for di in d])
+    return np.take_along_axis(d, order, 1), order
+
+
+def chunked(rows: np.ndarray, sizes: list[int]):
+    start = 0
+    for size in sizes:
+        yield torch.from_numpy(rows[start:start + size])
+        start += size
+    assert start == len(rows)
+
+
+@pytest.mark.parametrize("sizes", [[1000], [1, 6, 100, 333, 560], [7] * 142 + [6]])
+def test_nearest_neighbours_equal_brute_force(sizes):
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(1000, 32)).astype(np.float32)
+    queries = rng.normal(size=(7, 32)).astype(np.float32)
+    queries[3] = rows[517]  # an exact match: distance 0, found first
+    dist, idx = nearest_neighbours(torch.from_numpy(queries), chunked(rows, sizes), k=6)
+    want_d, want_i = brute_force(queries.astype(np.float64), rows.astype(np.float64), 6)
+    np.testing.assert_array_equal(idx.numpy(), want_i)
+    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-9, atol=1e-6)
+    assert idx[3, 0] == 517
+
+
+def test_nearest_neighbours_ties_across_chunk_boundaries():
+    """Equal distances are ordered by row index however the rows are chunked."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(-3, 4, size=(40, 8)).astype(np.float64)
+    rows = np.concatenate([base, base, base[::-1], base])  # every vector four times
+    queries = rng.integers(-3, 4, size=(5, 8)).astype(np.float64)
+    want_d, want_i = brute_force(queries, rows, 9)
+    assert any(len(set(r)) < len(r) for r in want_d.tolist())  # the data does have ties
+    for sizes in ([160], [39, 2, 40, 79], [1] * 160, [41, 41, 41, 37]):
+        dist, idx = nearest_neighbours(queries, chunked(rows, sizes), k=9)
+        np.testing.assert_array_equal(idx.numpy(), want_i)
+        np.testing.assert_allclose(dist.numpy(), want_d, atol=1e-12)
+
+
+def test_nearest_neighbours_fewer_rows_than_k():
+    rows = np.arange(6, dtype=np.float64).reshape(3, 2)
+    dist, idx = nearest_neighbours(np.zeros((1, 2)), chunked(rows, [2, 1]), k=6)
+    assert idx.tolist() == [[0, 1, 2]]
+    np.testing.assert_allclose(dist.numpy(), [[1.0, np.sqrt(13), np.sqrt(41)]])
+
+
+def test_colour_fraction_against_the_grey_axis():
+    rng = np.random.default_rng(2)
+    grey = np.repeat(rng.normal(size=(4, 1, 11, 11)), 3, axis=1)
+    opponent = rng.normal(size=(4, 3, 11, 11))
+    opponent -= opponent.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(colour_fraction(grey), 0.0, atol=1e-12)
+    np.testing.assert_allclose(colour_fraction(opponent), 1.0, atol=1e-12)
+    mixed = rng.normal(size=(5, 3, 11, 11))
+    centred = (mixed - mixed.mean(axis=(1, 2, 3), keepdims=True)).transpose(0, 2, 3, 1)
+    pixels = centred.reshape(5, -1, 3)
+    unit = np.ones(3) / np.sqrt(3)
+    on_axis = ((pixels @ unit) ** 2).sum(1)
+    total = (pixels ** 2).sum((1, 2))
+    np.testing.assert_allclose(colour_fraction(mixed), 1 - on_axis / total, rtol=1e-10)
+
+
+def test_kernel_grid_layout_and_contrast():
+    rng = np.random.default_rng(3)
+    kernels = rng.normal(size=(20, 3, 11, 11))
+    grid = kernel_grid(kernels)
+    cols, rows = KERNELS_PER_ROW, 2
+    cell = 11 * SCALE + GAP
+    assert grid.shape == (rows * cell + GAP, cols * cell + GAP, 3)
+    assert grid_size(20, 11) == (grid.shape[1], grid.shape[0])
+    for i in (0, 15, 16, 19):
+        r, c = divmod(i, cols)
+        y, x = GAP + r * cell, GAP + c * cell
+        block = grid[y:y + 11 * SCALE:SCALE, x:x + 11 * SCALE:SCALE].astype(float)
+        k = kernels[i].transpose(1, 2, 0)
+        expected = (k - k.min()) / (k.max() - k.min()) * 255
+        np.testing.assert_allclose(block, expected, atol=0.5 + 1e-9)
+        assert block.min() == 0 and block.max() == 255  # each kernel spans the full range
+    assert (grid[:GAP] == 255).all() and (grid[:, :GAP] == 255).all()
+    empty = grid[GAP + cell:, GAP + 4 * cell:]  # after kernel 19: blank cells
+    assert (empty == 255).all()
+
+
+def test_kernel_figures_two_columns_and_one(tmp_path):
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=3, width=0.5)
+    half = model.conv1.weight.shape[0] // 2
+    assert half == CONV1[0] // 4  # 96 kernels at width 0.5: 24 per column
+    rng = np.random.default_rng(5)
+    grey = np.repeat(rng.normal(size=(half, 1, 11, 11)), 3, axis=1)
+    opponent = rng.normal(size=(half, 3, 11, 11))
+    opponent -= opponent.mean(axis=1, keepdims=True)
+    with torch.no_grad():  # column 1 colour-agnostic, column 2 colour-specific (figure 3)
+        model.conv1.weight.copy_(torch.from_numpy(np.concatenate([grey, opponent])))
+    columns = conv1_columns(model)
+    np.testing.assert_array_equal(columns[0].numpy(), grey.astype(np.float32))
+    np.testing.assert_array_equal(columns[1].numpy(), opponent.astype(np.float32))
+    info = write_kernel_figures(model, tmp_path / "two")
+    one, two = info["panels"]
+    assert one["kernels"] == two["kernels"] == half
+    assert one["colour_fraction_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert two["colour_fraction_mean"] == pytest.approx(1.0, abs=1e-6)
+    for i, panel in enumerate(info["panels"], start=1):
+        assert png_size(tmp_path / "two" / f"fig3_conv1_column{i}.png") == grid_size(half, 11)
+        assert tuple(panel["size"]) == grid_size(half, 11) == (16 * 46 + 2, 2 * 46 + 2)
+    assert png_size(tmp_path / "two" / "fig3_kernels.png") == tuple(info["figure_size"])
+
+    tv = build_model("alexnet-tv", num_classes=3)
+    info = write_kernel_figures(tv, tmp_path / "tv")
+    (panel,) = info["panels"]
+    kernels = tv.conv1.weight.shape[0] if hasattr(tv, "conv1") else panel["kernels"]
+    assert panel["kernels"] == kernels
+    assert png_size(tmp_path / "tv" / "fig3_conv1.png") == grid_size(kernels, 11)
+    assert math.ceil(kernels / KERNELS_PER_ROW) * (11 * SCALE + GAP) + GAP == \
+        grid_size(kernels, 11)[1]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A tiny store (train + test) and a small net's checkpoint beside its log."""
+    root = tmp_path_factory.mktemp("figstore")
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(14, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.arange(14) % 3
+    write_store(root / "train", images[:10], labels[:10], CLASSES)
+    train = open_split(root, "train")
+    write_store(root / "test", images[10:], labels[10:], CLASSES, stats=train.stats)
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=3, width=0.0625)
+    ckpt = tmp_path_factory.mktemp("run") / "net.pt"
+    save(ckpt, make_state(model, classes=CLASSES, stats=train.stats, epoch=1, step=0))
+    return root, ckpt, model
+
+
+def test_figures_command_writes_every_png(run_folder, tmp_path, capsys):
+    root, ckpt, model = run_folder
+    out = tmp_path / "figs"
+    code = main(["figures", str(ckpt), "--data", str(root), "--out", str(out), "--images", "3",
+                 "--queries", "2", "--batch-size", "4", "--device", "cpu",
+                 "--features-cache", str(tmp_path / "fc7.npy")])
+    assert code == 0
+    summary = json.loads((out / "figures.json").read_text())
+    for name in ("fig3_kernels.png", "fig3_conv1_column1.png", "fig3_conv1_column2.png",
+                 "fig4_top5.png", "fig4_neighbours.png"):
+        png_size(out / name)
+    assert png_size(out / "fig4_top5.png") == figure_size(3)
+    assert png_size(out / "fig4_neighbours.png") == tuple(summary["neighbours"]["size"])
+    assert png_size(out / "fig4_neighbours.png") == (7 * 150, 2 * 170)
+
+    # the neighbours: brute force over fc7 of numpy-made centre crops
+    train, test = open_split(root, "train"), open_split(root, "test")
+    mean = train.stats["mean_image"].astype(np.float32)
+    off = (IMAGE_SIZE - CROP_SIZE) // 2
+
+    def fc7(store, idx):
+        x = store.read(np.asarray(idx)).astype(np.float32) - mean
+        x = x[:, off:off + CROP_SIZE, off:off + CROP_SIZE].transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            return model.eval().features(torch.from_numpy(np.ascontiguousarray(x))).double()
+
+    queries = summary["neighbours"]["queries"]
+    want_d, want_i = brute_force(fc7(test, queries).numpy(), fc7(train, range(10)).numpy(), 6)
+    np.testing.assert_array_equal(summary["neighbours"]["neighbours"], want_i)
+    np.testing.assert_allclose(summary["neighbours"]["distances"], want_d, rtol=1e-4, atol=1e-4)
+    assert np.load(tmp_path / "fc7.npy").shape[0] == 10  # the disk cache of the train split
+
+    # a second run reads the cache and finds the same neighbours
+    out2 = tmp_path / "figs2"
+    assert main(["figures", str(ckpt), "--data", str(root), "--out", str(out2), "--images", "1",
+                 "--queries", "2", "--device", "cpu", "--features-cache",
+                 str(tmp_path / "fc7.npy")]) == 0
+    again = json.loads((out2 / "figures.json").read_text())
+    assert again["neighbours"]["neighbours"] == summary["neighbours"]["neighbours"]
+
+
+@pytest.mark.parametrize("bad", ["checkpoint", "images"])
+def test_figures_bad_input_is_one_line(run_folder, tmp_path, capsys, bad):
+    root, ckpt, _ = run_folder
+    args = {"checkpoint": [str(tmp_path / "none.pt"), "--data", str(root)],
+            "images": [str(ckpt), "--data", str(root), "--images", "0"]}[bad]
+    code = main(["figures", *args, "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1

@@ -21,6 +21,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 import warnings
 from collections import deque
@@ -132,8 +133,10 @@ def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS
         raise
     except Image.DecompressionBombError as err:
         raise Skip(f"over the decompression-bomb limit (--max-pixels): {err}") from None
+    except Image.UnidentifiedImageError:
+        raise Skip("not an image format PIL can identify") from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-        message = str(err).splitlines()[0] if str(err) else ""
+        message = re.sub(r" ?<[^>]* at 0x[0-9a-fA-F]+>", "", str(err).split("\n")[0])
         raise Skip(f"cannot decode: {type(err).__name__}: {message}") from None
     try:
         if image.getexif().get(0x0112, 1) != 1:

@@ -1,0 +1,406 @@
+"""`alexnet prepare`: every source layout to a store with the right labels and pixels, the
+paper's resize-and-crop, exact statistics, skips, and interrupt-and-rerun."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _images as images_
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet.cli import main as cli_main
+from alexnet.data import Store, open_split
+from alexnet.data.prepare import load_image, prepare
+from alexnet.data.sources import FASHION_MNIST_NAMES, limit_per_class, read_idx
+from alexnet.data.store import PROGRESS
+from alexnet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_resize_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """Independent recipe: torchvision's Resize(size) then CenterCrop(size), with PIL."""
+    image = Image.fromarray(array)
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    new_long = int(size * long / short)
+    new = (size, new_long) if w <= h else (new_long, size)
+    resized = np.asarray(image.resize(new, Image.BILINEAR))
+    top = int(round((resized.shape[0] - size) / 2.0))
+    left = int(round((resized.shape[1] - size) / 2.0))
+    return resized[top:top + size, left:left + size]
+
+
+def area_downsample_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """A NumPy-only reference for integer shrink factors: box-average, then centre crop."""
+    h, w = array.shape[:2]
+    f = min(h, w) // size
+    boxes = array[: h // f * f, : w // f * f].astype(np.float64)
+    boxes = boxes.reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+    top, left = (boxes.shape[0] - size) // 2, (boxes.shape[1] - size) // 2
+    return boxes[top:top + size, left:left + size]
+
+
+@pytest.mark.parametrize("wh", [(120, 80), (80, 120), (97, 61), (64, 64), (300, 41), (20, 30)])
+def test_resize_and_crop_equal_independent_recipe(wh):
+    array = images_.smooth(*wh, seed=wh[0])
+    got = load_image(("bytes", images_.png(array)), 32)
+    want = reference_resize_crop(array, 32)
+    assert got.shape == (32, 32, 3) and got.dtype == np.uint8
+    # Resampling only the cropped region must equal resize-then-crop up to float rounding.
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_resize_matches_numpy_area_average():
+    array = images_.smooth(256, 192, seed=3)  # shrink by exactly 4 (192 -> 48)
+    got = load_image(("bytes", images_.png(array)), 48).astype(np.float64)
+    want = area_downsample_crop(array, 48)
+    # Bilinear antialiasing and a box filter differ a little on smooth content; a wrong
+    # offset, scale or orientation would differ by tens of levels.
+    assert np.abs(got - want).mean() < 1.5 and np.abs(got - want).max() < 8
+
+
+def test_real_world_files():
+    for k in range(3):
+        for name, data in images_.zoo(k, seed=k).items():
+            got = load_image(("bytes", data), 24)
+            assert got.shape == (24, 24, 3)
+            assert images_.class_of(got) == k, name
+    colour = images_.photo(70, 50, 4)
+    cmyk = load_image(("bytes", images_.cmyk_jpeg(colour)), 24).astype(int)
+    plain = reference_resize_crop(colour, 24).astype(int)
+    assert np.abs(cmyk - plain).mean() < 4  # CMYK decodes to the same colours
+    grey = load_image(("bytes", images_.grey_jpeg(colour)), 24)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1],
+                                                                           grey[..., 2])
+    upright = np.zeros((40, 80, 3), np.uint8)
+    upright[:, :40] = (255, 0, 0)
+    upright[:, 40:] = (0, 0, 255)
+    rotated = load_image(("bytes", images_.exif_rotated_jpeg(upright)), 32).astype(int)
+    assert rotated[:, :12, 0].min() > 200 and rotated[:, :12, 2].max() < 60  # red left
+    assert rotated[:, 20:, 2].min() > 200 and rotated[:, 20:, 0].max() < 60  # blue right
+
+
+def _colour_truth(store: Store) -> np.ndarray:
+    return np.array([images_.class_of(store.read([i])[0]) for i in range(len(store))])
+
+
+def _check_stats(store: Store) -> None:
+    """The store's statistics equal NumPy over every stored pixel."""
+    pixels = store.read(np.arange(len(store)))
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(store.stats["mean_image"], pixels.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(store.stats["channel_mean"], flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(store.stats["rgb_cov"], np.cov(flat, rowvar=False, bias=True),
+                               rtol=1e-9)
+    vec = store.stats["eigvec"]
+    np.testing.assert_allclose(vec.T @ vec, np.eye(3), atol=1e-12)
+
+
+def _image_folder(root: Path, classes: list[str], splits: tuple[str, ...] = ("train", "val"),
+                  bad: bool = True) -> None:
+    for s, split in enumerate(splits):
+        for k, name in enumerate(classes):
+            files = images_.zoo(k, seed=10 * s + k)
+            if bad and k == 0 and split == "train":
+                files["broken.JPEG"] = images_.truncated_jpeg(images_.photo(80, 60, 0))
+                files["notes.jpg"] = b"this is not an image"
+                files["empty.png"] = b""
+            images_.write_files(root / split / name, files)
+        (root / split / classes[0] / "readme.txt").write_text("not an image extension")
+
+
+def test_image_folder(tmp_path):
+    src = tmp_path / "src"
+    _image_folder(src, ["zebra", "apple", "mango"])
+    summary = prepare(src, tmp_path / "out", size=32, workers=1)
+    assert summary["kind"] == "image-folder"
+    train, val = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "val")
+    assert [c["name"] for c in train.classes] == ["apple", "mango", "zebra"]  # sorted
+    per_class = len(images_.zoo(0))
+    assert len(train) == len(val) == 3 * per_class
+    assert train.meta["skipped"] == 3 and summary["splits"]["train"]["skipped"] == 3
+    report = (train.path / "skipped.tsv").read_text().splitlines()
+    assert report[0] == "path\treason"
+    reasons = dict(line.split("\t") for line in report[1:])
+    assert set(Path(p).name for p in reasons) == {"broken.JPEG", "notes.jpg", "empty.png"}
+    assert "truncated" in reasons[str(src / "train" / "zebra" / "broken.JPEG")]
+    # Folder "zebra" holds colour 0, "apple" colour 1, "mango" colour 2.
+    colour_to_label = {0: 2, 1: 0, 2: 1}
+    for store in (train, val):
+        truth = np.array([colour_to_label[c] for c in _colour_truth(store)])
+        assert np.array_equal(store.labels, truth)
+    _check_stats(train)
+    np.testing.assert_array_equal(val.stats["rgb_cov"], train.stats["rgb_cov"])
+    np.testing.assert_array_equal(val.stats["mean_image"], train.stats["mean_image"])
+    assert val.meta["stats_split"] == "train"
+    # A file's stored pixels equal the independent recipe on the same file.
+    path = src / "train" / "apple" / "png_1.JPEG"
+    position = [i for i in range(len(train)) if train.labels[i] == 0][8]  # sorted: png is 9th
+    want = reference_resize_crop(np.asarray(Image.open(path).convert("RGB")), 32)
+    assert np.abs(train.read([position])[0].astype(int) - want.astype(int)).max() <= 1
+
+
+def test_single_level_folder_and_jpeg_format(tmp_path):
+    src = tmp_path / "src"
+    for k, name in enumerate(["a", "b"]):
+        images_.write_files(src / name, {f"{i}.png": images_.png(images_.photo(40 + i, 30, k))
+                                         for i in range(3)})
+    prepare(src, tmp_path / "raw", size=16, workers=1)
+    prepare(src, tmp_path / "jpg", size=16, workers=1, format="jpeg")
+    raw, jpg = open_split(tmp_path / "raw", "train"), open_split(tmp_path / "jpg", "train")
+    assert jpg.format == "jpeg" and np.array_equal(raw.labels, [0, 0, 0, 1, 1, 1])
+    diff = np.abs(raw.read(range(6)).astype(int) - jpg.read(range(6)).astype(int))
+    assert diff.mean() < 3  # quality 90 on photo-like content
+    np.testing.assert_array_equal(raw.stats["rgb_cov"], jpg.stats["rgb_cov"])  # from raw pixels
+    with pytest.raises(UserError, match="no 'val' split.*train"):
+        open_split(tmp_path / "raw", "val")
+
+
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]  # sorted
+ILSVRC_IDS = [3, 1, 4, 2]  # devkit order differs from sorted-wnid order
+
+
+def _ilsvrc(root: Path, year: int, archives: bool) -> dict[str, list[int]]:
+    """A small ILSVRC source; returns the true class (sorted-wnid label) of each val/test image."""
+    leaves = [(i, w, f"class {w}, synonym") for i, w in zip(ILSVRC_IDS, WNIDS, strict=True)]
+    leaves = [leaves[j] for j in (2, 0, 3, 1)]  # meta.mat rows in yet another order
+    meta = images_.meta_mat(leaves) if year == 2012 else images_.meta_mat_2010(leaves)
+    rng = np.random.default_rng(year)
+    truth: dict[str, list[int]] = {}
+    train = {w: {f"{w}_{i}.JPEG": images_.jpeg(images_.photo(*images_.SIZES[i], k, i))
+                 for i in range(3)} for k, w in enumerate(WNIDS)}
+    flat: dict[str, dict[str, bytes]] = {}
+    for split, n in (("val", 9), ("test", 6) if year == 2010 else ("val", 9)):
+        labels = rng.integers(0, len(WNIDS), n)
+        truth[split] = labels.tolist()
+        flat[split] = {f"ILSVRC{year}_{split}_{i + 1:08d}.JPEG":
+                       images_.jpeg(images_.photo(50 + i, 40, int(k), i))
+                       for i, k in enumerate(labels)}
+    ground = {split: "".join(f"{ILSVRC_IDS[k]}\n" for k in labels)
+              for split, labels in truth.items()}
+    gt_names = {"val": f"ILSVRC{year}_validation_ground_truth.txt",
+                "test": f"ILSVRC{year}_test_ground_truth.txt"}
+    devkit = {"data/meta.mat": meta, **{f"data/{gt_names[s]}": g.encode()
+                                        for s, g in ground.items()}}
+    kit = f"ILSVRC{year}_devkit_t12" if year == 2012 else f"ILSVRC{year}_devkit-1.0"
+    tag = "img" if year == 2012 else "images"
+    if archives:
+        images_.write_tar(root / f"{kit}.tar.gz", {f"{kit}/{n}": d for n, d in devkit.items()},
+                          mode="w:gz")
+        images_.write_tar(root / f"ILSVRC{year}_{tag}_train.tar",
+                          {f"{w}.tar": images_.tar_bytes(files) for w, files in
+                           reversed(train.items())})
+        for split, files in flat.items():
+            shuffled = dict(reversed(list(files.items())))
+            images_.write_tar(root / f"ILSVRC{year}_{tag}_{split}.tar", shuffled)
+    else:
+        images_.write_files(root / kit / "data", {n[5:]: d for n, d in devkit.items()})
+        for w, files in train.items():
+            images_.write_files(root / "train" / w, files)
+        for split, files in flat.items():
+            images_.write_files(root / split, files)
+    return truth
+
+
+@pytest.mark.parametrize("archives", [True, False], ids=["archives", "folders"])
+def test_ilsvrc2012(tmp_path, archives):
+    truth = _ilsvrc(tmp_path / "src", 2012, archives)
+    summary = prepare(tmp_path / "src", tmp_path / "out", size=24, workers=1)
+    assert summary["kind"] == "ilsvrc2012" and set(summary["splits"]) == {"train", "val"}
+    train, val = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "val")
+    assert [c["wnid"] for c in train.classes] == WNIDS
+    assert [c["ilsvrc_id"] for c in train.classes] == ILSVRC_IDS
+    assert train.classes[0]["name"] == f"class {WNIDS[0]}, synonym"
+    assert np.array_equal(train.labels, np.repeat(np.arange(4), 3))
+    assert np.array_equal(_colour_truth(train), train.labels)
+    assert np.array_equal(val.labels, truth["val"])  # the devkit's ids mapped to sorted wnids
+    assert np.array_equal(_colour_truth(val), val.labels)
+    assert val.meta["source"]["from"].endswith("val.tar" if archives else "val")
+
+
+def test_ilsvrc2010_has_test_split(tmp_path):
+    truth = _ilsvrc(tmp_path / "src", 2010, archives=True)
+    summary = prepare(tmp_path / "src", tmp_path / "out", size=16, workers=1)
+    assert summary["kind"] == "ilsvrc2010"
+    assert set(summary["splits"]) == {"train", "val", "test"}
+    for split in ("val", "test"):
+        store = open_split(tmp_path / "out", split)
+        assert np.array_equal(store.labels, truth[split])
+        assert np.array_equal(_colour_truth(store), store.labels)
+
+
+def test_kaggle_cls_loc(tmp_path):
+    src = tmp_path / "kaggle"
+    data = src / "ILSVRC" / "Data" / "CLS-LOC"
+    (src).mkdir()
+    (src / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{w} kaggle name {w[-3:]}, other\n" for w in reversed(WNIDS)))
+    rows = ["ImageId,PredictionString"]
+    labels = [2, 0, 3, 3, 1]
+    for i, k in enumerate(labels):
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        rows.append(f"{name},{WNIDS[k]} 10 20 30 40 {WNIDS[k]} 1 2 3 4")
+        images_.write_files(data / "val", {f"{name}.JPEG": images_.jpeg(
+            images_.photo(60, 45, k, i))})
+    (src / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    for k, w in enumerate(WNIDS):
+        images_.write_files(data / "train" / w, {f"{w}_{i}.JPEG": images_.jpeg(
+            images_.photo(50, 70, k, i)) for i in range(2)})
+    prepare(src, tmp_path / "out", size=16, workers=1)
+    train, val = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "val")
+    assert [c["wnid"] for c in train.classes] == WNIDS
+    assert train.classes[1]["name"] == "kaggle name 537, other"
+    assert np.array_equal(val.labels, labels) and np.array_equal(_colour_truth(val), labels)
+    assert np.array_equal(_colour_truth(train), train.labels)
+
+
+def test_cifar10_pickles(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names]}, f)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 4).tolist()
+        rows = images.transpose(0, 3, 1, 2).reshape(4, 3072)  # R plane, G plane, B plane
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rows, b"labels": labels, b"batch_label": b"x"}, f)
+        batches[name] = (images, labels)
+    prepare(tmp_path, tmp_path / "out", size=32, workers=1)
+    train, test = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "test")
+    assert [c["name"] for c in train.classes] == names and len(train) == 20
+    want = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert np.array_equal(train.read(range(20)), want)  # 32 -> 32: the pixels unchanged
+    assert np.array_equal(test.labels, batches["test_batch"][1])
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                 *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_names_and_limit(tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.array([3, 1, 3, 0, 1, 3, 2, 0, 3, 1, 2, 2])
+    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (12, 28, 28)))
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", labels)
+    prepare(folder, tmp_path / "a", size=16, workers=1, limit=8)
+    store = open_split(tmp_path / "a", "train")
+    assert [c["name"] for c in store.classes] == [str(d) for d in range(10)]
+    keep = limit_per_class(labels, 8, 10)  # quotas 1,1,1,1,1,1,1,1,0,0: first of each class
+    assert list(keep) == [0, 1, 3, 6]
+    assert np.array_equal(store.labels, labels[keep])
+    prepare(folder, tmp_path / "b", size=16, workers=1, names="w,x,y,z")
+    assert [c["name"] for c in open_split(tmp_path / "b", "train").classes] == list("wxyz")
+    with pytest.raises(UserError, match="--names: 2 names for 4 classes"):
+        prepare(folder, tmp_path / "c", size=16, workers=1, names="w,x")
+
+
+def test_real_fashion_mnist(tmp_path, fashion_mnist_dir):
+    summary = prepare(fashion_mnist_dir, tmp_path / "out", size=32, limit=100, workers=1)
+    assert summary["splits"]["train"]["count"] == summary["splits"]["test"]["count"] == 100
+    train = open_split(tmp_path / "out", "train")
+    assert [c["name"] for c in train.classes] == list(FASHION_MNIST_NAMES)
+    assert np.array_equal(np.bincount(train.labels, minlength=10), np.full(10, 10))
+    raw = read_idx(fashion_mnist_dir / "train-images-idx3-ubyte.gz")
+    labels = read_idx(fashion_mnist_dir / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    keep = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(10)])
+    keep.sort()
+    assert np.array_equal(train.labels, labels[keep])
+    for row in (0, 57, 99):
+        grey = reference_resize_crop(np.repeat(raw[keep[row]][..., None], 3, -1), 32)
+        assert np.abs(train.read([row])[0].astype(int) - grey.astype(int)).max() <= 1
+    _check_stats(train)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_interrupt_and_rerun_equal_one_run(tmp_path):
+    src = tmp_path / "src"
+    _image_folder(src, ["a", "b"], splits=("train", "val"))
+    kwargs = {"size": 24, "chunk": 4}
+    prepare(src, tmp_path / "once", workers=2, **kwargs)  # a pool of 2 processes
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, tmp_path / "twice", workers=1, _stop_after=2, **kwargs)
+    assert (tmp_path / "twice" / "train" / PROGRESS).exists()
+    with pytest.raises(UserError, match="half-written"):
+        open_split(tmp_path / "twice", "train")
+    with pytest.raises(UserError, match="different arguments"):
+        prepare(src, tmp_path / "twice", workers=1, size=24, chunk=5)
+    with pytest.raises(KeyboardInterrupt):  # interrupted again, in the second split
+        prepare(src, tmp_path / "twice", workers=1, _stop_after=5, **kwargs)
+    prepare(src, tmp_path / "twice", workers=1, **kwargs)
+    assert _tree_bytes(tmp_path / "once") == _tree_bytes(tmp_path / "twice")
+    with pytest.raises(UserError, match="other arguments"):
+        prepare(src, tmp_path / "twice", workers=1, size=16)
+
+
+def test_killed_process_resumes_identically(tmp_path):
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (1500, 28, 28)))
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 1500))
+    code = ("import sys; from alexnet.data.prepare import prepare; "
+            "prepare(sys.argv[1], sys.argv[2], size=48, workers=1, chunk=25)")
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(out)], env=env,
+                            stderr=subprocess.DEVNULL)
+    progress = out / "train" / PROGRESS
+    deadline = time.time() + 60
+    while not progress.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # at least one chunk recorded, most of them not
+    proc.wait()
+    assert progress.exists(), "prepare finished before it could be killed"
+    with pytest.raises(UserError, match="half-written"):
+        open_split(out, "train")
+    prepare(folder, out, size=48, workers=1, chunk=25)
+    prepare(folder, tmp_path / "once", size=48, workers=1, chunk=25)
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "once")
+    assert json.loads((out / "train" / "header.json").read_text())["count"] == 1500
+
+
+def test_bad_sources_and_options(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no known data layout.*ILSVRC-2012.*CIFAR-10"):
+        prepare(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(UserError, match="no such file"):
+        prepare(tmp_path / "missing", tmp_path / "out")
+    src = tmp_path / "src"
+    images_.write_files(src / "cat", {"big.png": images_.png(images_.photo(120, 100, 0)),
+                                      "ok.png": images_.png(images_.photo(40, 30, 0))})
+    prepare(src, tmp_path / "out", size=16, workers=1, max_pixels=5000)
+    store = open_split(tmp_path / "out", "train")
+    assert len(store) == 1
+    assert "decompression-bomb" in (store.path / "skipped.tsv").read_text()
+    capsys.readouterr()
+    assert cli_main(["prepare", str(tmp_path / "empty"), str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alexnet prepare: error:")
+    with pytest.raises(UserError, match="--splits"):
+        prepare(src, tmp_path / "out", splits="training")

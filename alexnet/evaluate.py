@@ -148,6 +148,24 @@ def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {"mean": mean, "crop": crop}
 
 
+def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],
+                  store_classes: Sequence[Any] | None) -> None:
+    """A UserError unless the checkpoints' class lists agree with each other and the store's."""
+    store_ids = class_names(store_classes)
+    reference: tuple[Any, list[str]] | None = None
+    for path, classes in zip(paths, class_lists, strict=True):
+        ids = class_names(classes)
+        if ids is None:
+            continue
+        if reference is not None and ids != reference[1]:
+            raise UserError(f"{path}: its classes differ from those of {reference[0]}; "
+                            "an ensemble needs nets trained on the same class list")
+        reference = reference or (path, ids)
+        if store_ids is not None and ids != store_ids:
+            raise UserError(f"{path}: its {len(ids)} classes differ from the store's "
+                            f"{len(store_ids)}; evaluate on a store of the same classes")
+
+
 def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,26 +174,18 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
     One net is in memory at a time. Checkpoints whose class lists differ from each other or
     from the store are refused with a UserError.
     """
-    from alexnet.checkpoint import load_model
+    from alexnet.checkpoint import load, load_model
 
     if not checkpoints:
         raise UserError("give at least one checkpoint")
-    store_classes = class_names(getattr(store, "classes", None))
-    reference: tuple[str, list[str]] | None = None
+    if len(checkpoints) > 1:  # refuse a mismatch before any net is evaluated
+        check_classes(checkpoints, [load(p).get("classes") for p in checkpoints],
+                      getattr(store, "classes", None))
     total: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     for path in checkpoints:
         model, ckpt = load_model(path, device=device)
-        classes = class_names(ckpt.get("classes"))
-        if classes is not None:
-            if reference is not None and classes != reference[1]:
-                raise UserError(f"{path}: its classes differ from those of {reference[0]}; "
-                                "an ensemble needs nets trained on the same class list")
-            if reference is None:
-                reference = (str(path), classes)
-            if store_classes is not None and classes != store_classes:
-                raise UserError(f"{path}: its {len(classes)} classes differ from the store's "
-                                f"{len(store_classes)}; evaluate on a store of the same classes")
+        check_classes([path], [ckpt.get("classes")], getattr(store, "classes", None))
         stats = ckpt.get("stats") or getattr(store, "stats", None)
         loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
                               stats=stats, **input_settings(ckpt))

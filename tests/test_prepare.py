@@ -156,7 +156,9 @@ def test_single_level_folder_and_jpeg_format(tmp_path):
     src = tmp_path / "src"
     for k, name in enumerate(["a", "b"]):
         images_.write_files(src / name, {f"{i}.png": images_.png(images_.photo(40 + i, 30, k))
-                                         for i in range(3)})
+                                         for i in range(2)})
+        images_.write_files(src / name / "deeper", {"2.png": images_.png(images_.photo(40, 30,
+                                                                                      k))})
     prepare(src, tmp_path / "raw", size=16, workers=1)
     prepare(src, tmp_path / "jpg", size=16, workers=1, format="jpeg")
     raw, jpg = open_split(tmp_path / "raw", "train"), open_split(tmp_path / "jpg", "train")
@@ -232,13 +234,20 @@ def test_ilsvrc2012(tmp_path, archives):
 
 def test_ilsvrc2010_has_test_split(tmp_path):
     truth = _ilsvrc(tmp_path / "src", 2010, archives=True)
+    summary = prepare(tmp_path / "src", tmp_path / "out", size=16, workers=1,
+                      splits="val,test")
+    assert summary["kind"] == "ilsvrc2010" and set(summary["splits"]) == {"val", "test"}
+    assert open_split(tmp_path / "out", "val").meta["stats_split"] == "val"  # no train yet
     summary = prepare(tmp_path / "src", tmp_path / "out", size=16, workers=1)
-    assert summary["kind"] == "ilsvrc2010"
     assert set(summary["splits"]) == {"train", "val", "test"}
+    train = open_split(tmp_path / "out", "train")
     for split in ("val", "test"):
         store = open_split(tmp_path / "out", split)
         assert np.array_equal(store.labels, truth[split])
         assert np.array_equal(_colour_truth(store), store.labels)
+        assert store.meta["stats_split"] == "train"  # the training statistics, once known
+        np.testing.assert_array_equal(store.stats["mean_image"], train.stats["mean_image"])
+        np.testing.assert_array_equal(store.stats["eigvec"], train.stats["eigvec"])
 
 
 def test_kaggle_cls_loc(tmp_path):

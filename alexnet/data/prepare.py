@@ -271,7 +271,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
         queue = deque(todo)
         written = 0
         while queue or pending:
-            while queue and len(pending) < (2 * workers if pool else 1):
+            while queue and len(pending) < (workers + 2 if pool else 1):
                 start = queue.popleft()
                 pending.append((start, pool.apply_async(work_chunk, (task(start),)) if pool
                                 else work_chunk(task(start))))
@@ -314,6 +314,8 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     Returns {"kind", "out", "splits": {split: {"count", "skipped", "path"}}}. The training
     split is written first; its statistics are recorded in every other split.
     `_stop_after` (tests only) interrupts after that many chunks, as a Ctrl-C would.
+    Workers are started with multiprocessing's "spawn" (safe after torch has started threads),
+    so a script that calls this must guard its top level with `if __name__ == "__main__":`.
     """
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")

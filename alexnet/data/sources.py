@@ -390,6 +390,12 @@ def _has_class_folders(folder: Path) -> bool:
     return any(_image_files(sub) for sub in _subdirs(folder))
 
 
+def _image_tree(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder` (as torchvision's ImageFolder walks), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def detect_image_folder(root: Path) -> Source | None:
     """root/{train,val,test}/<class>/<image>, or root/<class>/<image> (all train)."""
     split_dirs = {s: root / s for s in ("train", "val", "test")
@@ -409,7 +415,7 @@ def detect_image_folder(root: Path) -> Source | None:
             if sub.name not in label:
                 raise UserError(f"{sub}: class folder absent from {base}; every split must use "
                                 "the training split's classes")
-            files = _image_files(sub)
+            files = _image_tree(sub)
             refs += [str(p) for p in files]
             labels += [label[sub.name]] * len(files)
         source.splits[split] = Split(split, refs, np.array(labels, np.int64), describe=str(where))

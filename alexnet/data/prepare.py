@@ -17,6 +17,7 @@ listed with their reason in SPLIT/skipped.tsv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import multiprocessing
@@ -25,6 +26,7 @@ import re
 import sys
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from alexnet.data.store import (
     FORMATS,
     HEADER,
     JPEG_QUALITY,
+    LABELS_PART,
+    LENGTHS_PART,
     OWN_MEAN_IMAGE,
     PROGRESS,
     SKIPPED,
@@ -64,6 +68,20 @@ def _init_worker(max_pixels: int) -> None:
 
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def _pil_settings(max_pixels: int) -> Iterator[None]:
+    """`_init_worker`'s settings in this process for a while (decoding without a pool)."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        _init_worker(max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def _to_rgb(image: Any) -> Any:
@@ -203,7 +221,9 @@ def _existing(path: Path, fingerprint: Any) -> bool:
             meta = {}
         same = meta.get("fingerprint") == json.loads(json.dumps(fingerprint))
         if meta.get("complete"):
-            if same:
+            if same:  # a kill after completion may have left the progress files
+                for name in (PROGRESS, LABELS_PART, LENGTHS_PART):
+                    (path / name).unlink(missing_ok=True)
                 return True
             raise UserError(f"{path}: already holds a store prepared with other arguments; "
                             "delete it or choose another OUT")
@@ -254,6 +274,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     done_images = min(len(refs), writer.chunks_done * chunk)
     reader = src.TarReader()
     pool = None
+    settings = contextlib.ExitStack()
     bar = tqdm(total=len(refs), initial=done_images, unit="img", desc=f"prepare {split.name}",
                file=sys.stderr, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
     try:
@@ -266,7 +287,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
             pool = multiprocessing.get_context("spawn").Pool(
                 workers, initializer=_init_worker, initargs=(max_pixels,))
         else:
-            _init_worker(max_pixels)
+            settings.enter_context(_pil_settings(max_pixels))
         pending: deque[tuple[int, Any]] = deque()
         queue = deque(todo)
         written = 0
@@ -288,6 +309,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     finally:
         bar.close()
         reader.close()
+        settings.close()
         if pool is not None:
             pool.terminate()
             pool.join()

@@ -71,7 +71,7 @@ def pixel_sums(images: np.ndarray) -> dict[str, np.ndarray]:
     channel_sum = image_sum.reshape(-1, 3).sum(axis=0)
     outer = np.zeros((3, 3), dtype=np.int64)
     flat = images.reshape(-1, 3)
-    step = 1 << 20  # 2^20 pixels * 255^2 < 2^53: float64 sums of integer products are exact
+    step = 1 << 16  # 2^16 pixels * 255^2 < 2^53: float64 sums of integer products are exact
     for start in range(0, len(flat), step):
         x = flat[start:start + step].astype(np.float64)
         outer += (x.T @ x).astype(np.int64)

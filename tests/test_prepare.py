@@ -319,7 +319,8 @@ def test_idx_names_and_limit(tmp_path):
     keep = limit_per_class(labels, 8, 10)  # quotas 1,1,1,1,1,1,1,1,0,0: first of each class
     assert list(keep) == [0, 1, 3, 6]
     assert np.array_equal(store.labels, labels[keep])
-    prepare(folder, tmp_path / "b", size=16, workers=1, names="w,x,y,z")
+    assert cli_main(["prepare", str(folder), str(tmp_path / "b"), "--size", "16",
+                     "--workers", "1", "--names", "w,x,y,z"]) == 0
     assert [c["name"] for c in open_split(tmp_path / "b", "train").classes] == list("wxyz")
     with pytest.raises(UserError, match="--names: 2 names for 4 classes"):
         prepare(folder, tmp_path / "c", size=16, workers=1, names="w,x")

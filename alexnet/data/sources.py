@@ -35,15 +35,14 @@ FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "S
 MNIST_NAMES = tuple(str(d) for d in range(10))
 WNID = re.compile(r"^n\d{8}$")
 
-LAYOUTS = """understood layouts:
-  ILSVRC-2012: ILSVRC2012_img_train.tar (or train/<wnid>/), ILSVRC2012_img_val.tar (or val/),
-    ILSVRC2012_devkit_t12.tar.gz (or its folder)
-  ILSVRC-2010: ILSVRC2010_images_{train,val,test}.tar (or folders), ILSVRC2010 devkit,
-    ILSVRC2010_test_ground_truth.txt
-  Kaggle CLS-LOC: ILSVRC/Data/CLS-LOC/{train,val}, LOC_synset_mapping.txt, LOC_val_solution.csv
-  ImageFolder: SOURCE/{train,val,test}/<class>/<image> or SOURCE/<class>/<image>
-  CIFAR-10: cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)
-  IDX (MNIST, Fashion-MNIST): train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz], ..."""
+LAYOUTS = (
+    "ILSVRC-2012/2010 (ILSVRC20XX_img_train.tar or train/<wnid>/, ..._val.tar or val/, "
+    "ILSVRC20XX_devkit*)",
+    "Kaggle CLS-LOC (LOC_synset_mapping.txt, LOC_val_solution.csv, ILSVRC/Data/CLS-LOC/)",
+    "ImageFolder (SOURCE/{train,val,test}/<class>/ or SOURCE/<class>/)",
+    "CIFAR-10 (cifar-10-batches-py/)",
+    "IDX (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and their labels)",
+)
 
 
 @dataclass(frozen=True)
@@ -543,5 +542,5 @@ def detect(source: str | Path, names: str | None = None) -> Source:
         found = detector()
         if found is not None:
             return found
-    raise UserError(f"{root}: no known data layout; " + " | ".join(
-        line.strip() for line in LAYOUTS.splitlines()[1:] if not line.startswith("    ")))
+    raise UserError(f"{root}: no known data layout; understood: {'; '.join(LAYOUTS)} "
+                    "(see docs/data.md)")

@@ -145,6 +145,12 @@ def test_half_written_store_is_refused_then_resumed(tmp_path):
         SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="b")
     writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
     assert writer.chunks_done == 1 and writer.count == 10
+    recorded = (path / RAW).read_bytes()
+    (path / RAW).write_bytes(recorded[:-1])  # lost data the record vouches for: start over
+    with pytest.raises(UserError, match="shorter than its progress record"):
+        SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    (path / RAW).write_bytes(recorded)
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
     writer.add_chunk(images[10:], labels[10:])
     writer.finish()
     resumed = (path / RAW).read_bytes(), (path / HEADER).read_text()

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import re
 import sys
+import tarfile
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -129,6 +130,8 @@ def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS
     from PIL import Image, ImageOps
 
     kind, value = payload
+    if kind == "error":
+        raise Skip(value)
     if kind == "array":
         image = Image.fromarray(np.asarray(value, np.uint8))
         return resize_crop(_to_rgb(image), size)
@@ -200,10 +203,9 @@ def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[
         if isinstance(ref, src.TarRef):
             try:
                 out.append(("bytes", reader.read(ref)))
-            except (OSError, EOFError, KeyError, ValueError) as err:
-                out.append(("bytes", b""))  # becomes a skip: "empty file"
-                print(f"alexnet prepare: cannot read {_ref_name(ref, split)}: {err}",
-                      file=sys.stderr)
+            except (OSError, EOFError, KeyError, ValueError, tarfile.TarError) as err:
+                out.append(("error", f"unreadable archive member: {type(err).__name__}: "
+                                     f"{err}"))
         elif isinstance(ref, int | np.integer):
             out.append(("array", split.arrays[int(ref)]))
         else:

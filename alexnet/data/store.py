@@ -385,6 +385,10 @@ class SplitWriter:
                          MEAN_IMAGE, OWN_MEAN_IMAGE, OFFSETS):
                 (self.path / name).unlink(missing_ok=True)
         self._write_header(complete=False, stats=None)
+        for name, length in ((self.data_name, self.data_bytes), (LABELS_PART, 8 * self.count)):
+            if length and _file_size(self.path / name) < length:
+                raise UserError(f"{self.path / name}: shorter than its progress record says; "
+                                "delete the split folder and prepare it again")
         self._truncate(self.data_name, self.data_bytes)
         self._truncate(LABELS_PART, 8 * self.count)
         self._truncate(LENGTHS_PART, 8 * self.count if self.format == "jpeg" else 0)

@@ -219,7 +219,8 @@ def _ilsvrc(root: Path, year: int, archives: bool) -> dict[str, list[int]]:
 @pytest.mark.parametrize("archives", [True, False], ids=["archives", "folders"])
 def test_ilsvrc2012(tmp_path, archives):
     truth = _ilsvrc(tmp_path / "src", 2012, archives)
-    summary = prepare(tmp_path / "src", tmp_path / "out", size=24, workers=1)
+    # Two worker processes: tar members travel to them as bytes.
+    summary = prepare(tmp_path / "src", tmp_path / "out", size=24, workers=2, chunk=5)
     assert summary["kind"] == "ilsvrc2012" and set(summary["splits"]) == {"train", "val"}
     train, val = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "val")
     assert [c["wnid"] for c in train.classes] == WNIDS
@@ -348,10 +349,11 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def test_interrupt_and_rerun_equal_one_run(tmp_path):
+@pytest.mark.parametrize("format", ["raw", "jpeg"])
+def test_interrupt_and_rerun_equal_one_run(tmp_path, format):
     src = tmp_path / "src"
     _image_folder(src, ["a", "b"], splits=("train", "val"))
-    kwargs = {"size": 24, "chunk": 4}
+    kwargs = {"size": 24, "chunk": 4, "format": format}
     prepare(src, tmp_path / "once", workers=2, **kwargs)  # a pool of 2 processes
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "twice", workers=1, _stop_after=2, **kwargs)

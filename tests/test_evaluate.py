@@ -1,0 +1,206 @@
+"""evaluate: top-k errors, the 10-crop softmax average and ensembles against NumPy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alexnet.checkpoint import make_state, save
+from alexnet.cli import main
+from alexnet.data.store import open_split, write_store
+from alexnet.evaluate import (
+    ensemble_probs,
+    eval_loader,
+    evaluate_model,
+    format_table,
+    predict_probs,
+    topk_errors,
+)
+from alexnet.model import AlexNet
+from alexnet.paper import CROP_SIZE, IMAGE_SIZE, RESULTS
+
+CLASSES = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(3)]
+
+
+def np_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_topk_error(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean([labels[i] not in top[i] for i in range(len(labels))]))
+
+
+def np_ten_crops(image: np.ndarray, crop: int = CROP_SIZE) -> list[np.ndarray]:
+    """Section 4.1: the four corner patches, the centre patch and their reflections."""
+    s = image.shape[0]
+    c = (s - crop) // 2
+    corners = [(0, 0), (0, s - crop), (s - crop, 0), (s - crop, s - crop), (c, c)]
+    patches = [image[y:y + crop, x:x + crop] for y, x in corners]
+    return patches + [p[:, ::-1] for p in patches]
+
+
+class PixelLinear(nn.Module):
+    """logits[c] = sum(x * W[c]): a net whose output NumPy can compute independently."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.from_numpy(weight.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,kchw->nk", x, self.weight)
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    """A tiny store: 256x256 images of three classes in train and val."""
+    root = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    write_store(root / "train", images, labels, CLASSES)
+    train = open_split(root, "train")
+    write_store(root / "val", images[:6], labels[:6], CLASSES, stats=train.stats)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(store_root, tmp_path_factory):
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=3, width=0.0625)
+    path = tmp_path_factory.mktemp("ckpt") / "net.pt"
+    store = open_split(store_root, "train")
+    save(path, make_state(model, classes=CLASSES, stats=store.stats, epoch=1, step=0))
+    return path
+
+
+def test_topk_errors_match_numpy():
+    rng = np.random.default_rng(1)
+    probs = np_softmax(rng.normal(size=(300, 20)) * 2)
+    labels = rng.integers(0, 20, size=300)
+    got = topk_errors(torch.from_numpy(probs), torch.from_numpy(labels), ks=(1, 3, 5))
+    for k in (1, 3, 5):
+        assert got[f"top{k}_error"] == pytest.approx(np_topk_error(probs, labels, k))
+    assert 0 < got["top5_error"] < got["top3_error"] < got["top1_error"] < 1
+
+
+def test_topk_ties_count_against_the_net():
+    """A net that outputs the same probability for every class is wrong, not right."""
+    probs = np.full((4, 10), 0.1)
+    labels = np.arange(4)
+    assert topk_errors(probs, labels) == {"top1_error": 1.0, "top5_error": 1.0}
+    # label 0 at 0.3 tied with four others above the rest: in no top 1, but in the top 5
+    probs = np.array([[0.3, 0.3, 0.3, 0.05, 0.05]])
+    assert topk_errors(probs, np.array([0]), ks=(1, 3)) == {"top1_error": 1.0,
+                                                            "top3_error": 0.0}
+
+
+def test_predict_probs_averages_softmax_not_logits():
+    """Known logits in, the mean of the crops' softmax outputs out (section 4.1)."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(5, 10, 7)) * 3  # 5 images, 10 crops, 7 classes
+    labels = rng.integers(0, 7, size=5)
+    model = nn.Flatten()  # the "net" returns its input: (B * 10, 7, 1, 1) -> logits
+    x = torch.from_numpy(logits.reshape(50, 7, 1, 1).astype(np.float32))
+    batches = [(x[:30], torch.from_numpy(labels[:3])), (x[30:], torch.from_numpy(labels[3:]))]
+    probs, got_labels = predict_probs(model, batches)
+    expected = np_softmax(logits).mean(axis=1)
+    np.testing.assert_allclose(probs.numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got_labels.numpy(), labels)
+    assert not np.allclose(expected, np_softmax(logits.mean(axis=1)), atol=1e-3)
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_evaluate_model_equals_numpy_crops(store_root, crops):
+    """The loader's crops, mean subtraction and the softmax average, computed independently."""
+    store = open_split(store_root, "val")
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(3, 3, CROP_SIZE, CROP_SIZE)) / 2000.0
+    model = PixelLinear(weight)
+    result = evaluate_model(model, store, crops=crops, batch_size=4, device="cpu")
+    images = store.read(np.arange(len(store))).astype(np.float64)
+    centred = images - store.stats["mean_image"].astype(np.float64)
+    probs = []
+    for image in centred:
+        patches = np_ten_crops(image) if crops == 10 else [np_ten_crops(image)[4]]
+        logits = np.stack([np.einsum("hwc,kchw->k", p, weight) for p in patches])
+        probs.append(np_softmax(logits).mean(axis=0))
+    probs = np.stack(probs)
+    labels = store.labels
+    assert result["images"] == len(store) and result["crops"] == crops
+    assert result["top1_error"] == pytest.approx(np_topk_error(probs, labels, 1))
+    assert result["top5_error"] == pytest.approx(np_topk_error(probs, labels, 5))
+    got, _ = predict_probs(model, eval_loader(store, crops=crops, batch_size=4, device="cpu",
+                                               stats=store.stats))
+    np.testing.assert_allclose(got.numpy(), probs, rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_of_a_checkpoint_with_itself_equals_it(store_root, checkpoint):
+    store = open_split(store_root, "val")
+    one, labels = ensemble_probs([checkpoint], store, crops=10, batch_size=3)
+    two, labels2 = ensemble_probs([checkpoint, checkpoint], store, crops=10, batch_size=3)
+    np.testing.assert_allclose(two.numpy(), one.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(labels.numpy(), labels2.numpy())
+    np.testing.assert_allclose(one.sum(1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_cli_json_and_per_class_report(store_root, checkpoint, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main(["evaluate", str(checkpoint), str(checkpoint), "--data", str(store_root),
+                 "--split", "val", "--crops", "1", "--device", "cpu", "--json",
+                 "--out", str(out)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)  # stdout holds the JSON object only
+    assert set(result) == {"top1_error", "top5_error", "images", "crops", "checkpoints"}
+    assert result["images"] == 6 and result["crops"] == 1 and len(result["checkpoints"]) == 2
+    store = open_split(store_root, "val")
+    probs, labels = ensemble_probs([checkpoint], store, crops=1, batch_size=6)
+    assert result["top1_error"] == pytest.approx(np_topk_error(probs.numpy(), labels.numpy(), 1))
+    report = json.loads(out.read_text())
+    predicted = probs.numpy().argmax(1)
+    for row in report["classes"]:
+        mask = labels.numpy() == row["label"]
+        assert row["images"] == mask.sum()
+        assert row["top1_error"] == pytest.approx(float(np.mean(predicted[mask] != row["label"])))
+    wrong = int((predicted != labels.numpy()).sum())
+    assert sum(pair["images"] for pair in report["most_confused"]) == wrong
+
+
+def test_cli_table_names_the_paper_rows():
+    result = {"top1_error": 0.41, "top5_error": 0.19, "images": 50000, "crops": 10,
+              "checkpoints": ["a.pt"]}
+    table = format_table(result, "ilsvrc2012", "val")
+    top1, top5 = RESULTS["ilsvrc2012-val"]["1 CNN"]
+    row = next(line for line in table.splitlines() if line.endswith("<-"))
+    assert "1 CNN" in row and f"{top1:.1f}%" in row and f"{top5:.1f}%" in row
+    table = format_table({**result, "crops": 1}, "ilsvrc2010", "test")
+    row = next(line for line in table.splitlines() if line.endswith("<-"))
+    assert "centre crop" in row and f"{RESULTS['ilsvrc2010-test']['1 CNN, centre crop'][0]}" in row
+    assert "no paper figure" in format_table(result, "fashion-mnist", "test")
+
+
+def test_cli_refuses_different_class_lists(store_root, checkpoint, tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["classes"] = [{"wnid": f"x{i}", "name": f"other {i}"} for i in range(3)]
+    save(other, state)
+    code = main(["evaluate", str(checkpoint), str(other), "--data", str(store_root),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(other) in err
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "store", "crops"])
+def test_cli_bad_input_is_one_line(store_root, checkpoint, tmp_path, capsys, what):
+    args = {"checkpoint": [str(tmp_path / "missing.pt"), "--data", str(store_root)],
+            "store": [str(checkpoint), "--data", str(tmp_path / "nostore")],
+            "crops": [str(checkpoint), "--data", str(store_root), "--batch-size", "0"]}[what]
+    code = main(["evaluate", *args, "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "error" in err

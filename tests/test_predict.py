@@ -1,0 +1,151 @@
+"""predict: real image files of every kind in, the five most probable classes out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.checkpoint import make_state, save
+from alexnet.cli import main
+from alexnet.data.store import compute_stats
+from alexnet.model import AlexNet
+from alexnet.paper import CROP_SIZE, IMAGE_SIZE
+
+CLASSES = [{"wnid": "n00000001", "name": "red thing"}, {"wnid": "n00000002", "name": "blue thing"}]
+CLASSES += [{"wnid": f"n1000000{i}", "name": f"unused {i}"} for i in range(4)]
+RED, BLUE = 0, 1
+
+
+def photo(rng: np.random.Generator, height: int, width: int, colour: int) -> np.ndarray:
+    """A photo-like uint8 image: a tinted gradient, blobs and noise, mostly red or blue."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.zeros((height, width, 3))
+    base[..., 0 if colour == RED else 2] = 150 + 80 * np.sin(6 * x + rng.uniform(0, 6))
+    base[..., 1] = 40 + 30 * y
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
+        base[((y - cy) ** 2 + (x - cx) ** 2) < r * r] *= rng.uniform(0.6, 1.2)
+    base += rng.normal(0, 12, size=base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def centre(image: np.ndarray) -> np.ndarray:
+    """The paper's preprocessing for square inputs is the identity; make them 256x256."""
+    return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small net trained (a few seconds) to tell red photos from blue ones."""
+    rng = np.random.default_rng(0)
+    labels = np.array([RED, BLUE] * 12)
+    images = np.stack([centre(photo(rng, 200, 200, c)) for c in labels])
+    stats = compute_stats(images)
+    mean = torch.from_numpy(np.asarray(stats["mean_image"], np.float32))
+    torch.manual_seed(0)
+    # speed over faithfulness here: no LRN, no dropout, PyTorch's default init and Adam
+    model = AlexNet(num_classes=len(CLASSES), width=0.0625, lrn=False, dropout=0.0)
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):  # random conv features suffice
+        getattr(model, name).requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    data = torch.from_numpy(images).float() - mean
+    target = torch.from_numpy(labels)
+    model.train()
+    for step in range(10):
+        idx = torch.from_numpy(np.random.default_rng(step).choice(len(images), 8, False))
+        oy, ox = np.random.default_rng(100 + step).integers(0, IMAGE_SIZE - CROP_SIZE + 1, 2)
+        x = data[idx, oy:oy + CROP_SIZE, ox:ox + CROP_SIZE].permute(0, 3, 1, 2).contiguous()
+        loss = torch.nn.functional.cross_entropy(model(x), target[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("net") / "net.pt"
+    save(path, make_state(model, classes=CLASSES, stats=stats, epoch=1, step=0))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Real files: JPEG and PNG of different sizes, greyscale, CMYK, palette, and a fake."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    out = {}
+    out["red.jpg"] = photo(rng, 240, 320, RED)
+    out["blue.png"] = photo(rng, 500, 200, BLUE)
+    out["red_big.jpg"] = photo(rng, 480, 640, RED)
+    out["blue_small.jpg"] = photo(rng, 120, 90, BLUE)
+    for name, array in out.items():
+        Image.fromarray(array).save(folder / name, quality=92)
+    Image.fromarray(photo(rng, 300, 260, RED)).convert("L").save(folder / "grey.jpg")
+    Image.fromarray(photo(rng, 260, 300, BLUE)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(photo(rng, 256, 256, RED)).convert("P").save(folder / "palette.png")
+    (folder / "text.jpg").write_text("this is not a JPEG\n")
+    return folder
+
+
+def test_predict_names_the_class_of_photos(trained, files, capsys):
+    names = ["red.jpg", "blue.png", "red_big.jpg", "blue_small.jpg"]
+    code = main(["predict", str(trained), *[str(files / n) for n in names], "--json",
+                 "--device", "cpu"])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == [str(files / n) for n in names]
+    for name, result in zip(names, results, strict=True):
+        top = result["top"]
+        assert len(top) == 5
+        probs = [t["probability"] for t in top]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert top[0]["name"] == ("red thing" if name.startswith("red") else "blue thing")
+
+
+@pytest.mark.parametrize("crops", ["1", "10"])
+def test_predict_greyscale_cmyk_palette(trained, files, capsys, crops):
+    names = ["grey.jpg", "cmyk.jpg", "palette.png"]
+    code = main(["predict", str(trained), *[str(files / n) for n in names], "--crops", crops,
+                 "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    for name in names:
+        start = out.index(f"{files / name}:")
+        rows = out[start + 1:start + 6]
+        assert len(rows) == 5 and all(r.startswith("  ") for r in rows)
+        total = sum(float(r.split("%")[0]) for r in rows) / 100
+        assert 0 < total <= 1 + 1e-3
+        assert len({r.split("%", 1)[1] for r in rows}) == 5  # five different classes
+
+
+def test_predict_json_probabilities_equal_the_net(trained, files, capsys):
+    """--crops 1 on a 256x256 PNG: the net's own softmax on the centre patch."""
+    from alexnet.checkpoint import load_model
+
+    image = photo(np.random.default_rng(5), IMAGE_SIZE, IMAGE_SIZE, BLUE)
+    Image.fromarray(image).save(files / "exact.png")
+    assert main(["predict", str(trained), str(files / "exact.png"), "--crops", "1", "--json",
+                 "--top", "6", "--device", "cpu"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    model, ckpt = load_model(trained)
+    off = (IMAGE_SIZE - CROP_SIZE) // 2
+    x = image.astype(np.float32) - ckpt["stats"]["mean_image"].astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(
+        x[off:off + CROP_SIZE, off:off + CROP_SIZE].transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        want = torch.softmax(model(x), 1)[0].numpy()
+    got = {t["label"]: t["probability"] for t in result["top"]}
+    assert sorted(got) == list(range(6))
+    np.testing.assert_allclose([got[i] for i in range(6)], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["text.jpg", "missing.jpg"])
+def test_predict_refuses_non_images_in_one_line(trained, files, capsys, bad):
+    code = main(["predict", str(trained), str(files / "red.jpg"), str(files / bad),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and bad in err

@@ -248,10 +248,12 @@ def load_training_set(data: Path, limit: int | None, seed: int) -> tuple:
 def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_classes: int,
                    lrs: Sequence[float], epochs: int, threshold: float, seed: int = 0,
                    points_per_epoch: int = 4, input_scale: str = "std", init: str = "gain",
-                   device: str = "cpu", log=print) -> dict:
+                   batch_size: int = BATCH_SIZE, device: str = "cpu", log=print) -> dict:
     """The lr search for both nets and their comparison; returns the JSON-able result."""
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: give at least one epoch")
+    if not 1 <= batch_size <= len(images):
+        raise UserError(f"--batch-size {batch_size}: give 1 to {len(images)} (the images used)")
     if not lrs or any(not (lr > 0) for lr in lrs):
         raise UserError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates")
     mean, divisor = input_transform(stats, input_scale)
@@ -264,7 +266,8 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
             t0 = time.perf_counter()
             run = train_curve(images, labels, activation=activation, lr=lr, epochs=epochs,
                               mean=mean, divisor=divisor, num_classes=num_classes, seed=seed,
-                              points_per_epoch=points_per_epoch, init=init, device=device)
+                              points_per_epoch=points_per_epoch, init=init,
+                              batch_size=batch_size, device=device)
             run["epochs_to_threshold"] = epochs_to_threshold(run["points"], threshold, chance)
             reach = run["epochs_to_threshold"]
             log(f"{activation:>4} lr={lr:<8g} final training error {run['final_error']:.4f}  "
@@ -283,7 +286,7 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
         "experiment": "relu-vs-tanh (paper section 3.1, figure 1)",
         "net": "conv5x5x32-maxpool, conv5x5x32-avgpool, conv5x5x64-avgpool, fc (four layers)",
         "images": int(len(images)), "image_size": int(images.shape[1]),
-        "num_classes": num_classes, "epochs": epochs, "batch_size": BATCH_SIZE,
+        "num_classes": num_classes, "epochs": epochs, "batch_size": batch_size,
         "momentum": paper.MOMENTUM, "weight_decay": 0.0, "seed": seed,
         "input_scale": input_scale, "input_divisor": divisor, "init": init,
         "points_per_epoch": points_per_epoch, "threshold": threshold,
@@ -375,6 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on a seeded random subset of this many images")
     parser.add_argument("--out", type=Path, default=Path("relu_vs_tanh"),
                         help="output folder for figure1.png and relu_vs_tanh.json")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"minibatch size (default {BATCH_SIZE})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--points-per-epoch", type=int, default=4,
                         help="points of the curve per epoch (default 4)")
@@ -406,7 +411,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_experiment(images, labels, stats=store.stats, num_classes=len(store.classes),
                             lrs=args.lrs, epochs=args.epochs, threshold=threshold,
                             seed=args.seed, points_per_epoch=args.points_per_epoch,
-                            input_scale=args.input_scale, init=args.init, device=args.device)
+                            input_scale=args.input_scale, init=args.init,
+                            batch_size=args.batch_size, device=args.device)
     result["threshold_source"] = source
     result["data"] = str(args.data)
     json_path, png_path = args.out / "relu_vs_tanh.json", args.out / "figure1.png"

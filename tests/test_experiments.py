@@ -1,0 +1,286 @@
+"""`alexnet relu-vs-tanh` (figure 1) and `alexnet ablate`: the epochs-to-threshold rule, the
+lr selection, real curves on Fashion-MNIST, and ablations that each change exactly one key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import paper
+from alexnet.cli import main
+from alexnet.config import resolve
+from alexnet.data.store import write_store
+from alexnet.errors import UserError
+from alexnet.experiments import ablate as ab
+from alexnet.experiments import relu_tanh as rt
+
+# ----------------------------------------------------------------------------- relu-vs-tanh
+
+
+def test_epochs_to_threshold_interpolates_linearly_from_chance():
+    # crossing between (2, 0.30) and (3, 0.20): 2 + (0.30 - 0.25) / (0.30 - 0.20) = 2.5
+    assert rt.epochs_to_threshold([(1, 0.5), (2, 0.3), (3, 0.2)], 0.25, 0.9) == \
+        pytest.approx(2.5)
+    # below at the first point: from (0, chance 0.9) to (1, 0.2): 0.65 / 0.7 of an epoch
+    assert rt.epochs_to_threshold([(1, 0.2), (2, 0.1)], 0.25, 0.9) == pytest.approx(0.65 / 0.7)
+    # a point exactly at the threshold is reached there; finer points work the same way
+    assert rt.epochs_to_threshold([(0.5, 0.4), (1.0, 0.25)], 0.25, 0.9) == pytest.approx(1.0)
+    assert rt.epochs_to_threshold([(1, 0.5), (2, 0.3)], 0.25, 0.9) is None
+    assert rt.epochs_to_threshold([], 0.25, 0.9) is None
+
+
+def _run(lr: float, curve: list[float], threshold: float = 0.25) -> dict:
+    points = [(i + 1, e) for i, e in enumerate(curve)]
+    return {"lr": lr, "epochs_to_threshold": rt.epochs_to_threshold(points, threshold, 0.9),
+            "final_error": curve[-1]}
+
+
+def test_lr_search_picks_the_fewest_epochs_to_threshold():
+    runs = [_run(0.001, [0.8, 0.6, 0.5, 0.4]),  # never reaches
+            _run(0.01, [0.6, 0.4, 0.3, 0.2]),  # reaches at 3.5
+            _run(0.03, [0.5, 0.3, 0.2, 0.1]),  # reaches at 2.5: the fastest
+            _run(0.1, [0.9, 0.4, 0.24, 0.05])]  # reaches at ~2.94 with the lowest final error
+    assert rt.select_best(runs, 0.25)["lr"] == 0.03
+    # a run that reaches the threshold beats one that does not, whatever their final errors
+    assert rt.select_best([_run(0.1, [0.5, 0.2, 0.24]), _run(0.01, [0.6, 0.3, 0.21])],
+                          0.22)["lr"] == 0.1
+
+
+def test_lr_search_without_any_run_at_threshold_takes_the_lowest_final_error():
+    runs = [_run(0.001, [0.8, 0.7]), _run(0.01, [0.7, 0.5]), _run(0.1, [0.9, float("nan")])]
+    assert rt.select_best(runs, 0.25)["lr"] == 0.01
+    with pytest.raises(UserError):
+        rt.select_best([], 0.25)
+
+
+def test_four_layer_net_reads_any_size_and_uses_each_units_gain():
+    for size in (16, 28, 32):
+        net = rt.FourLayerNet(10, size, "tanh")
+        assert net(torch.zeros(2, 3, size, size)).shape == (2, 10)
+    net = rt.FourLayerNet(10, 32, "relu")
+    weighted = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(weighted) == 4  # "a four-layer convolutional neural network"
+    assert [m.out_channels for m in weighted[:3]] == [32, 32, 64]
+    conv2 = weighted[1].weight  # fan-in 32 * 5 * 5: std sqrt(2 / 800) for ReLU
+    assert conv2.std().item() == pytest.approx(math.sqrt(2 / 800), rel=0.05)
+    tanh_conv2 = rt.FourLayerNet(10, 32, "tanh").conv[3].weight
+    assert tanh_conv2.std().item() == pytest.approx(5 / 3 / math.sqrt(800), rel=0.05)
+
+
+def test_inputs_are_centred_and_divided_by_the_pixel_std(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    images[..., 1] //= 3  # channels with different spreads
+    store = write_store(tmp_path / "train", images, np.arange(20) % 2,
+                        [{"wnid": "a", "name": "a"}, {"wnid": "b", "name": "b"}])
+    mean, divisor = rt.input_transform(store.stats, "std")
+    x = images.astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), x.mean(0).transpose(2, 0, 1), rtol=1e-6)
+    per_channel_var = x.reshape(-1, 3).var(axis=0)  # about each channel's mean
+    assert divisor == pytest.approx(math.sqrt(per_channel_var.mean()))
+    assert rt.input_transform(store.stats, "none")[1] == 1.0
+
+
+def test_training_is_seeded_and_deterministic_on_the_cpu():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    kwargs = dict(activation="relu", lr=0.01, epochs=2, mean=torch.zeros(3, 12, 12),
+                  divisor=64.0, num_classes=3, seed=5, batch_size=16, points_per_epoch=3)
+    a = rt.train_curve(images, labels, **kwargs)
+    b = rt.train_curve(images, labels, **kwargs)
+    assert a["epoch_error"] == b["epoch_error"] and a["points"] == b["points"]
+    assert len(a["epoch_error"]) == 2 and len(a["points"]) == 6
+    assert [p[0] for p in a["points"]] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+
+
+def test_default_threshold_is_the_papers_on_cifar10_and_documented_on_fashion_mnist():
+    cifar = [{"wnid": n, "name": n} for n in rt.CIFAR10_NAMES]
+    assert rt.default_threshold(cifar)[0] == paper.RELU_TANH_THRESHOLD
+    fashion = [{"wnid": n, "name": n.capitalize()} for n in rt.FASHION_MNIST_NAMES]
+    assert rt.default_threshold(fashion)[0] == rt.FASHION_MNIST_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def fashion_store(fashion_mnist_dir, tmp_path_factory) -> Path:
+    """600 Fashion-MNIST training images at 16x16 (an equal share per class)."""
+    from alexnet.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("fm16")
+    prepare(fashion_mnist_dir, out, size=16, limit=600, splits="train", workers=1)
+    return out
+
+
+def test_relu_vs_tanh_on_fashion_mnist_draws_both_curves_and_the_ratio(fashion_store,
+                                                                        tmp_path, capsys):
+    out = tmp_path / "fig1"
+    epochs = 4
+    code = main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "300",
+                 "--epochs", str(epochs), "--lrs", "0.01", "0.03", "--threshold", "0.6",
+                 "--batch-size", "32", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "relu_vs_tanh.json").read_text())
+    assert result["images"] == 300 and result["image_size"] == 16
+    for activation in ("relu", "tanh"):
+        best = result["best"][activation]
+        assert len(best["epoch_error"]) == epochs
+        assert len(best["points"]) == epochs * result["points_per_epoch"]
+        assert len(result["search"][activation]) == 2
+        # each chosen lr is the search's best by the documented rule
+        assert best["lr"] == rt.select_best(result["search"][activation], 0.6)["lr"]
+    # the ReLU net really learns: far below chance (90% error on 10 classes) in 4 epochs
+    assert result["best"]["relu"]["final_error"] < 0.5
+    relu_e = rt.epochs_to_threshold(result["best"]["relu"]["points"], 0.6, 0.9)
+    tanh_e = rt.epochs_to_threshold(result["best"]["tanh"]["points"], 0.6, 0.9)
+    assert relu_e is not None and tanh_e is not None
+    assert result["ratio"] == pytest.approx(tanh_e / relu_e)
+    assert f"{result['ratio']:.2f}x" in printed
+    with Image.open(out / "figure1.png") as png:
+        png.verify()
+    with Image.open(out / "figure1.png") as png:
+        assert png.format == "PNG" and png.size == (500, 400)
+
+
+def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, capsys):
+    assert main(["relu-vs-tanh", "--data", str(fashion_store), "--threshold", "1.5"]) == 2
+    assert main(["relu-vs-tanh", "--data", str(tmp_path / "nothing")]) == 2
+    assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
+
+
+# ----------------------------------------------------------------------------------- ablate
+
+CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)]
+TINY = ["model.width=0.125", "optim.batch_size=8", "run.progress=false", "run.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    """16 training and 8 validation 232x232 images whose class is their dominant colour."""
+    root = tmp_path_factory.mktemp("ablate_store")
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 16), ("val", 8)):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 90, (n, 232, 232, 3), dtype=np.uint8)
+        for c in range(3):
+            images[labels == c, :, :, c] += 150
+        splits[split] = write_store(root / split, images, labels, CLASSES,
+                                    stats=splits["train"].stats if split == "val" else None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ablation(tiny_store, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ablate") / "run"
+    base = resolve("paper", TINY, {"data.store": str(tiny_store)})
+    result = ab.ablate(base, out, ab.choose_variants(None), budget_steps=2)
+    return {"out": out, "base": base, **result}
+
+
+def test_ablate_trains_every_variant_with_exactly_one_switch(ablation):
+    configs, out = ablation["configs"], ablation["out"]
+    assert list(configs) == ["paper"] + [v.name for v in ab.VARIANTS]
+    expected = {"no-lrn": ("model.lrn", False), "no-overlap": ("model.overlap_pool", False),
+                "one-column": ("model.columns", 1), "tanh": ("model.activation", "tanh"),
+                "no-dropout": ("model.dropout", 0.0), "no-pca": ("data.pca", False)}
+    # what each run really trained with: the config.json train wrote into its run folder
+    written = {name: json.loads((out / name / "config.json").read_text()) for name in configs}
+    paper_run = written["paper"]
+    assert paper_run["model"] == {**paper_run["model"], "lrn": True, "overlap_pool": True,
+                                  "columns": 2, "activation": "relu", "dropout": 0.5}
+    assert paper_run["data"]["pca"] is True and paper_run["model"]["width"] == 0.125
+    for name, (key, value) in expected.items():
+        section, field = key.split(".")
+        diff = {(s, k) for s in paper_run for k in paper_run[s]
+                if paper_run[s][k] != written[name][s][k]} - {("run", "out")}
+        assert diff == {(section, field)}, name
+        assert written[name][section][field] == value
+        assert ab.config_difference(configs["paper"], configs[name]) == \
+            {key: (paper_run[section][field], value)}
+    for name in configs:  # one equal budget
+        done = json.loads((out / name / ab.RESULT).read_text())
+        assert done["steps"] == 2 and done["stopped"] == "max_steps"
+        assert written[name]["run"]["max_steps"] == 2 and written[name]["run"]["seed"] == 0
+
+
+def test_ablate_writes_the_table_with_deltas_and_the_papers(ablation):
+    out, rows = ablation["out"], ablation["rows"]
+    results = ablation["results"]
+    assert [r["variant"] for r in rows] == list(ablation["configs"])
+    by_name = {r["variant"]: r for r in rows}
+    for name, row in by_name.items():
+        assert row["top1_error"] == results[name]["top1_error"]
+        if name != "paper":
+            assert row["delta_top1"] == pytest.approx(
+                100 * (results[name]["top1_error"] - results["paper"]["top1_error"]))
+            assert row["delta_top5"] == pytest.approx(
+                100 * (results[name]["top5_error"] - results["paper"]["top5_error"]))
+    assert (by_name["no-lrn"]["paper_delta_top1"], by_name["no-lrn"]["paper_delta_top5"]) == \
+        paper.ABLATION_DELTAS["lrn"]
+    assert by_name["one-column"]["paper_delta_top1"] == paper.ABLATION_DELTAS["two_columns"][0]
+    assert by_name["no-overlap"]["paper_delta_top5"] == \
+        paper.ABLATION_DELTAS["overlapping_pool"][1]
+    assert by_name["no-pca"]["paper_delta_top1"] == paper.ABLATION_DELTAS["pca_colour"][0]
+    assert by_name["tanh"]["paper_delta_top1"] is None and by_name["tanh"]["paper_note"]
+    assert by_name["no-dropout"]["paper_delta_top1"] is None
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and "noise" in saved["note"]
+    with open(out / "ablation.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == [r["variant"] for r in rows]
+    assert float(table[1]["top1_error"]) == pytest.approx(rows[1]["top1_error"])
+    md = (out / "ablation.md").read_text()
+    assert "| no-lrn | model.lrn=false |" in md and "+1.40" in md and "n/a" in md
+
+
+def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
+    import alexnet.train
+
+    def no_training(config):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(alexnet.train, "train", no_training)
+    again = ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(None),
+                      budget_steps=2, log=lambda *_: None)
+    assert again["rows"] == ablation["rows"]
+    with pytest.raises(UserError, match="another config"):  # a different budget is refused
+        ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(["no-lrn"]),
+                  budget_steps=3, log=lambda *_: None)
+
+
+def test_budget_is_steps_or_epochs():
+    base = resolve("paper", TINY)
+    steps = ab.budget_config(base, 10, None, train_images=20)  # 2 steps of 8 per epoch
+    assert steps.run.max_steps == 10 and steps.optim.epochs == 5
+    epochs = ab.budget_config(base, None, 3, train_images=20)
+    assert epochs.optim.epochs == 3 and epochs.run.max_steps == 0
+    with pytest.raises(UserError):
+        ab.budget_config(base, 10, 3)
+    with pytest.raises(UserError):
+        ab.budget_config(base, 0, None)
+
+
+def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
+    with pytest.raises(UserError, match="nosuch"):
+        ab.choose_variants(["nosuch"])
+    base = resolve("paper", TINY + ["model.lrn=false"], {"data.store": str(tiny_store)})
+    with pytest.raises(UserError, match="no-lrn"):  # the variant would be the paper net
+        ab.variant_configs(base, ab.choose_variants(["no-lrn"]), tmp_path)
+    no_val = tmp_path / "no_val"
+    no_val.mkdir()
+    (no_val / "train").symlink_to(tiny_store / "train")
+    assert main(["ablate", "--data", str(no_val), "--budget-steps", "1", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert main(["ablate", "--data", str(tiny_store), "--variants", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("alexnet ablate: error:") for line in err)

@@ -374,8 +374,8 @@ def test_killed_process_resumes_identically(tmp_path):
     folder = tmp_path / "fashion"
     folder.mkdir()
     rng = np.random.default_rng(1)
-    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (1500, 28, 28)))
-    _write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 1500))
+    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (3000, 28, 28)))
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 3000))
     code = ("import sys; from alexnet.data.prepare import prepare; "
             "prepare(sys.argv[1], sys.argv[2], size=48, workers=1, chunk=25)")
     out = tmp_path / "killed"
@@ -394,7 +394,7 @@ def test_killed_process_resumes_identically(tmp_path):
     prepare(folder, out, size=48, workers=1, chunk=25)
     prepare(folder, tmp_path / "once", size=48, workers=1, chunk=25)
     assert _tree_bytes(out) == _tree_bytes(tmp_path / "once")
-    assert json.loads((out / "train" / "header.json").read_text())["count"] == 1500
+    assert json.loads((out / "train" / "header.json").read_text())["count"] == 3000
 
 
 def test_bad_sources_and_options(tmp_path, capsys):

@@ -307,10 +307,12 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
             bar.set_postfix(skipped=len(writer.skipped), refresh=False)
             written += 1
             if stop_after is not None and written >= stop_after:
+                writer.checkpoint()
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
     finally:
         bar.close()
         reader.close()
+        writer.close()
         settings.close()
         if pool is not None:
             pool.terminate()

@@ -84,6 +84,9 @@ def test_real_world_files():
     grey = load_image(("bytes", images_.grey_jpeg(colour)), 24)
     assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1],
                                                                            grey[..., 2])
+    deep = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 16-bit greyscale PNG
+    got = load_image(("bytes", images_.png(deep)), 32)
+    assert np.abs(got[..., 0].astype(float) - deep / 257.0).max() <= 0.5
     upright = np.zeros((40, 80, 3), np.uint8)
     upright[:, :40] = (255, 0, 0)
     upright[:, 40:] = (0, 0, 255)

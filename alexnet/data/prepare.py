@@ -309,18 +309,19 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
             if stop_after is not None and written >= stop_after:
                 writer.checkpoint()
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
+        bar.close()
+        if split.name == "train":
+            writer.finish()
+        else:
+            writer.finish(train_stats, "train" if train_stats is not None else None)
     finally:
         bar.close()
         reader.close()
-        writer.close()
+        writer.close()  # after an exception: what was recorded stays, a rerun resumes
         settings.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-    if split.name == "train":
-        writer.finish()
-    else:
-        writer.finish(train_stats, "train" if train_stats is not None else None)
     if writer.skipped:
         print(f"{path}: {len(writer.skipped)} unreadable images skipped, listed in "
               f"{path / SKIPPED}", file=sys.stderr)

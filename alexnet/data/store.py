@@ -406,6 +406,8 @@ class SplitWriter:
             self._files[name] = f
 
     def _sync(self) -> None:
+        if not self._files:
+            raise RuntimeError(f"{self.path}: writer already closed")
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())

@@ -133,6 +133,8 @@ class TarReader:
             return outer
         key = (ref.archive, ref.inner)
         if self._inner is None or self._inner[0] != key:
+            if self._inner is not None:  # refs come class by class: keep one inner index
+                self._members.pop(self._inner[0], None)
             info = self._members[(ref.archive, None)][ref.inner]
             inner = tarfile.open(fileobj=outer.extractfile(info), mode="r:")
             self._members[key] = {m.name: m for m in inner.getmembers()}

@@ -97,6 +97,7 @@ def zoo(k: int, seed: int = 0) -> dict[str, bytes]:
     files[f"cmyk_{k}.JPEG"] = cmyk_jpeg(photo(70, 50, k, seed))
     files[f"grey_{k}.JPEG"] = grey_jpeg(photo(60, 70, k, seed))
     files[f"png_{k}.JPEG"] = png(photo(55, 65, k, seed))  # PNG data in a .JPEG name
+    files[f"exif_{k}.JPEG"] = exif_rotated_jpeg(photo(80, 44, k, seed))
     return files
 
 

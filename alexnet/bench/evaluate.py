@@ -53,7 +53,7 @@ def bench(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         images, batch, repeats = (256, 128, 1) if quick else (1024, 128, 3)
     else:
-        images, batch, repeats = (4, 4, 1) if quick else (32, 16, 2)
+        images, batch, repeats = (4, 4, 1) if quick else (16, 8, 1)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     classes = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(NUM_CLASSES)]

@@ -211,10 +211,12 @@ def test_figures_command_writes_every_png(run_folder, tmp_path, capsys):
     assert np.load(tmp_path / "fc7.npy").shape[0] == 10  # the disk cache of the train split
 
     # a second run reads the cache and finds the same neighbours
+    assert "read from" not in capsys.readouterr().out
     out2 = tmp_path / "figs2"
     assert main(["figures", str(ckpt), "--data", str(root), "--out", str(out2), "--images", "1",
                  "--queries", "2", "--device", "cpu", "--features-cache",
                  str(tmp_path / "fc7.npy")]) == 0
+    assert "training features read from" in capsys.readouterr().out
     again = json.loads((out2 / "figures.json").read_text())
     assert again["neighbours"]["neighbours"] == summary["neighbours"]["neighbours"]
 

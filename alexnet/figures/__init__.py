@@ -152,13 +152,21 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     query_loader = eval_loader(test, crops=1, batch_size=len(indices), device=device,
                                 indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
-    chunks = read_cache(args.features_cache, len(train)) if args.features_cache else None
+    ckpt_file = args.checkpoint / "checkpoint.pt" if args.checkpoint.is_dir() else args.checkpoint
+    ckpt_stat = ckpt_file.stat()
+    key = {"checkpoint": str(ckpt_file.resolve()), "checkpoint_size": ckpt_stat.st_size,
+           "checkpoint_mtime_ns": ckpt_stat.st_mtime_ns, "store": str(train.path.resolve()),
+           "images": len(train), "crop": settings["crop"], "mean": settings["mean"]}
+    cache = args.features_cache
+    chunks = read_cache(cache, len(train), key) if cache else None
     if chunks is None:
         train_loader = eval_loader(train, crops=1, batch_size=args.batch_size, device=device,
-                                    **settings)
+                                   **settings)
         chunks = fc7_features(model, train_loader)
-        if args.features_cache:
-            chunks = cached_chunks(chunks, args.features_cache, len(train))
+        if cache:
+            chunks = cached_chunks(chunks, cache, len(train), key)
+    else:
+        print(f"figure 4 right: training features read from {cache}")
     dist, nearest = nearest_neighbours(queries, chunks, NEIGHBOURS)
     names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
     query_images = list(test.read(np.asarray(indices)))

@@ -10,8 +10,10 @@ chunk)), whatever the size of the training set.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,12 +74,18 @@ def fc7_features(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Te
         model.train(was_training)
 
 
-def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int
-                  ) -> Iterator[torch.Tensor]:
-    """Pass the chunks through while writing them to a float32 memmap `path` of `rows` rows.
+def _key_path(path: Path) -> Path:
+    """The JSON file beside a feature cache that says what the features were computed from."""
+    return path.with_name(path.name + ".json")
 
-    The file is written under a temporary name and renamed when complete, so a finished cache
-    can be reused by `read_cache` and an interrupted one is never mistaken for complete.
+
+def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,
+                  key: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
+    """Pass the chunks through while writing them to a float32 .npy memmap of `rows` rows.
+
+    The file is written under a temporary name and renamed when complete, and `key` (what the
+    features come from: checkpoint, store) is recorded beside it, so `read_cache` reuses only a
+    complete cache of the same net and data.
     """
     tmp = path.with_name(f".tmp-{path.name}")
     mm: np.memmap | None = None
@@ -95,18 +103,20 @@ def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int
             mm.flush()
             del mm
             if offset == rows:
+                _key_path(path).unlink(missing_ok=True)
                 tmp.replace(path)
+                _key_path(path).write_text(json.dumps(key or {}, sort_keys=True) + "\n")
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def read_cache(path: Path, rows: int, chunk: int = FEATURE_BATCH * 16
-               ) -> Iterator[torch.Tensor] | None:
-    """Chunks of a complete feature cache of `rows` rows, or None when there is none."""
-    if not path.is_file():
-        return None
+def read_cache(path: Path, rows: int, key: dict[str, Any] | None = None,
+               chunk: int = FEATURE_BATCH * 16) -> Iterator[torch.Tensor] | None:
+    """Chunks of a complete feature cache of `rows` rows made with `key`, else None."""
     try:
+        if json.loads(_key_path(path).read_text()) != json.loads(json.dumps(key or {})):
+            return None
         mm = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return None

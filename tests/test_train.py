@@ -1,0 +1,283 @@
+"""`alexnet train`: the paper net runs, learns, resumes exactly after a real kill, schedules
+its lr on plateaus, stops on a non-finite loss, and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import checkpoint, paper
+from alexnet.cli import main
+from alexnet.config import resolve
+from alexnet.data.store import open_split, write_store
+from alexnet.errors import UserError
+from alexnet.train import train
+
+CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)]
+TINY = ["model.width=0.125", "optim.batch_size=8", "run.progress=false", "run.device=cpu"]
+
+
+def coloured_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose class is their dominant colour: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = rng.integers(0, 90, (n, size, size, 3), dtype=np.uint8)
+    for c in range(3):
+        images[labels == c, :, :, c] += 150
+    return images, labels
+
+
+def make_store(root: Path, size: int = 256, n_train: int = 48, n_val: int = 16) -> Path:
+    images, labels = coloured_images(n_train, size, 0)
+    train_split = write_store(root / "train", images, labels, CLASSES)
+    images, labels = coloured_images(n_val, size, 1)
+    write_store(root / "val", images, labels, CLASSES, stats=train_split.stats)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(store, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("runs") / "done"
+    return train(resolve("paper", TINY + ["optim.epochs=2"],
+                         {"data.store": str(store), "run.out": str(out)}))
+
+
+def alexnet_cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`python -m alexnet ARGS` in a subprocess (the real command)."""
+    cmd = [sys.executable, "-m", "alexnet", *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Bit-identical model weights and momentum buffers."""
+    ca, cb = checkpoint.load(a), checkpoint.load(b)
+    assert ca["model"].keys() == cb["model"].keys()
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    for key, state in ca["optimizer"]["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, cb["optimizer"]["state"][key][name]), (key, name)
+    assert (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"])
+
+
+def test_a_few_steps_of_the_full_size_paper_net(store, tmp_path):
+    result = train(resolve("paper", ["run.progress=false", "run.device=cpu",
+                                     "optim.batch_size=4", "run.max_steps=2",
+                                     "data.val_split=none"],
+                           {"data.store": str(store), "run.out": str(tmp_path / "run")}))
+    assert result["steps"] == 2 and result["stopped"] == "max_steps"
+    assert math.isfinite(result["train_loss"])
+    ckpt = checkpoint.load(result["checkpoint"])
+    n_params = sum(v.numel() for v in ckpt["model"].values())
+    # the paper's 60,965,224 parameters, with a 4-class fc8 instead of 1000 classes
+    assert n_params == paper.PARAMETERS - (paper.FC_WIDTH + 1) * (paper.NUM_CLASSES - 4)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 2)
+    lrs = {g["lr"] for g in ckpt["optimizer"]["param_groups"]}
+    assert lrs == {paper.BASE_LR}
+
+
+def test_run_folder_holds_log_csv_curves_config(finished_run):
+    run = Path(finished_run["run_dir"])
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 0 <= row["val_top1_error"] <= row["val_top5_error"] + 1  # both present
+        assert row["images_per_s"] > 0 and row["lr"] == paper.BASE_LR
+    csv_lines = (run / "log.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,steps,lr,train_loss") and len(csv_lines) == 3
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((run / "config.json").read_text())
+    assert config["optim"]["batch_size"] == 8 and config["model"]["width"] == 0.125
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    assert ckpt["config"] == config and ckpt["classes"] == CLASSES
+    assert ckpt["metrics"] == rows and (ckpt["epoch"], ckpt["step"]) == (2, 0)
+    train_split = open_split(ckpt["config"]["data"]["store"], "train")
+    np.testing.assert_array_equal(ckpt["stats"]["mean_image"], train_split.stats["mean_image"])
+    assert finished_run["best"] and Path(finished_run["best"]).exists()
+
+
+def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+    from alexnet.data.prepare import prepare
+
+    prepare(fashion_mnist_dir, tmp_path / "fm", limit=320, splits="train",
+            names="fashion-mnist")
+    prepare(fashion_mnist_dir, tmp_path / "fm", limit=100, splits="test",
+            names="fashion-mnist")
+    result = train(resolve("paper", ["model.width=0.25", "optim.batch_size=32",
+                                     "optim.epochs=3", "run.progress=false",
+                                     "run.device=cpu", "data.pca=false"],
+                           {"data.store": str(tmp_path / "fm"), "run.out": str(tmp_path / "r")}))
+    losses = [row["train_loss"] for row in result["history"]]
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert result["val_top1_error"] < 0.8  # chance is 0.9
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(store, tmp_path):
+    args = ["train", "--data", str(store), *sets(TINY + ["optim.epochs=4"])]
+    ref = alexnet_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    proc = alexnet_cli(*args, "--out", str(tmp_path / "cut"), wait=False)
+    _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGKILL)  # a real kill, somewhere after the first checkpoint
+    proc.communicate()
+    cut = checkpoint.load(tmp_path / "cut")
+    assert 1 <= cut["epoch"] < 4  # it did die before the end
+    resumed = alexnet_cli("train", "--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
+    ref_log = (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
+    cut_log = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if k not in ("images_per_s",
+                                                                 "epoch_seconds")}
+             for r in ref_log]
+    assert strip == [{k: v for k, v in json.loads(r).items()
+                      if k not in ("images_per_s", "epoch_seconds")} for r in cut_log]
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(store, tmp_path):
+    args = ["train", "--data", str(store), *sets(TINY + ["optim.epochs=3"])]
+    ref = alexnet_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    proc = alexnet_cli(*args, "--out", str(tmp_path / "cut"), wait=False)
+    _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err
+    cut = checkpoint.load(tmp_path / "cut")
+    assert cut["step"] >= 1 or cut["epoch"] == 3  # saved inside an epoch (or at the very end)
+    resumed = alexnet_cli("train", "--resume", str(tmp_path / "cut" / "checkpoint.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
+
+
+def test_plateau_schedule_drops_lr_by_ten_at_most_three_times(store, tmp_path):
+    # validation error can never improve by a whole 100 points: every epoch is a plateau
+    result = train(resolve("paper", TINY + ["optim.epochs=6", "optim.patience=0",
+                                            "optim.threshold=1.0"],
+                           {"data.store": str(store), "run.out": str(tmp_path / "run")}))
+    rows = result["history"]
+    lrs = [row["lr"] for row in rows]  # the lr each epoch trained with
+    assert lrs == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e-5], rel=1e-9)
+    assert [row["lr_dropped"] for row in rows] == [False, True, True, True, False, False]
+    ckpt = checkpoint.load(result["checkpoint"])
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == pytest.approx([1e-5, 1e-5])
+
+
+def test_no_drop_while_validation_error_improves(store, tmp_path):
+    result = train(resolve("paper", TINY + ["optim.epochs=3", "optim.patience=5"],
+                           {"data.store": str(store), "run.out": str(tmp_path / "run")}))
+    assert [row["lr"] for row in result["history"]] == [1e-2] * 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path,
+                                                                   monkeypatch):
+    import alexnet.train as train_module
+
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def diverging_step(model, x, y, optimizer, rt):
+        calls["n"] += 1
+        if calls["n"] == 8:  # inside epoch 2: the weights blow up
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return real_step(model, x, y, optimizer, rt)
+
+    monkeypatch.setattr(train_module, "train_step", diverging_step)
+    run = tmp_path / "run"
+    with pytest.raises(UserError) as err:
+        train(resolve("paper", TINY + ["optim.epochs=3"],
+                      {"data.store": str(store), "run.out": str(run)}))
+    message = str(err.value)
+    assert "nan" in message.lower() and "epoch 2" in message and "\n" not in message
+    assert str(run / "checkpoint.pt") in message
+    ckpt = checkpoint.load(run)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_an_existing_run_is_never_overwritten(finished_run, store):
+    before = Path(finished_run["checkpoint"]).read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(resolve("paper", TINY, {"data.store": str(store),
+                                      "run.out": finished_run["run_dir"]}))
+    assert Path(finished_run["checkpoint"]).read_bytes() == before
+
+
+def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    incomplete = tmp / "incomplete"
+    make_store(incomplete, n_train=8, n_val=4)
+    header = incomplete / "train" / "header.json"
+    meta = json.loads(header.read_text())
+    meta["complete"] = False
+    header.write_text(json.dumps(meta))
+    corrupt = tmp / "corrupt.pt"
+    corrupt.write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
+    data = ["--data", str(store)]
+    return {
+        "missing store": (["--data", str(tmp / "nowhere")], "no such store"),
+        "incomplete store": (["--data", str(incomplete)], "half-written"),
+        "other architecture": (["--resume", str(run), "--set", "model.width=0.25"],
+                               "another architecture"),
+        "batch size 0": (data + ["--batch-size", "0"], "optim.batch_size 0"),
+        "batch larger than the split": (data + ["--batch-size", "1000"],
+                                        "larger than the training split"),
+        "corrupt checkpoint": (["--resume", str(corrupt)], "truncated, corrupt or foreign"),
+        "unknown config key": (data + ["--set", "optim.speed=11"], "unknown key optim.speed"),
+    }
+
+
+def test_bad_input_is_one_line_and_exit_2(store, finished_run, tmp_path, capsys):
+    run = Path(finished_run["run_dir"])
+    for name, (args, fragment) in _bad_inputs(store, run, tmp_path).items():
+        code = main(["train", *args, "--out", str(tmp_path / name.replace(" ", "_")),
+                     "--no-progress", "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert err.count("\n") == 0 and err.startswith("alexnet train: error:"), (name, err)
+        assert fragment in err, (name, err)
+    proc = alexnet_cli("train", "--data", str(tmp_path / "nowhere"))  # the real command
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_tensorboard_absent_is_a_clear_error(store, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(UserError, match="tensorboard package is not installed"):
+        train(resolve("paper", TINY + ["run.tensorboard=true"],
+                      {"data.store": str(store), "run.out": str(tmp_path / "tb")}))
+

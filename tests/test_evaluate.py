@@ -17,7 +17,9 @@ from alexnet.evaluate import (
     eval_loader,
     evaluate_model,
     format_table,
+    paper_set,
     predict_probs,
+    store_source,
     topk_errors,
 )
 from alexnet.model import AlexNet
@@ -183,6 +185,16 @@ def test_cli_table_names_the_paper_rows():
     row = next(line for line in table.splitlines() if line.endswith("<-"))
     assert "centre crop" in row and f"{RESULTS['ilsvrc2010-test']['1 CNN, centre crop'][0]}" in row
     assert "no paper figure" in format_table(result, "fashion-mnist", "test")
+
+
+def test_store_source_picks_the_paper_set(tmp_path):
+    """The header's source kind (as `alexnet prepare` writes it) names the paper's data set."""
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    for kind, want in (("kaggle-cls-loc", "ilsvrc2012"), ("ilsvrc2010", "ilsvrc2010"),
+                       ("ilsvrc2012", "ilsvrc2012"), ("cifar10", None)):
+        store = write_store(tmp_path / kind / "val", image, [0], CLASSES[:1],
+                            source={"kind": kind, "path": "/data"})
+        assert paper_set(store_source(store)) == want
 
 
 def test_cli_refuses_different_class_lists(store_root, checkpoint, tmp_path, capsys):

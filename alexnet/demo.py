@@ -7,12 +7,13 @@ test split (top-1/top-5, centre crop; 10 crops when time allows) and writes a ru
 config.json, log.jsonl, log.csv, curves.png, checkpoint.pt and final.json. No network is
 needed.
 
-The budget: the paper's net costs about 2.3 GFLOP per 224x224 image forward, so a 2-core CPU
-trains only some tens of images per second. The CPU plan therefore uses a subset (4,000
-training images: the whole 70,000 at 256x256 would be 13.8 GB) and a time limit, with batch
-64 and the paper's lr 0.01 (a smaller batch than 128 gives twice the steps in the same time;
-the lr is kept, not scaled). On a GPU the plan is fuller (more images, batch 128, more
-epochs). What is used, and why, is printed before training starts (docs/training.md).
+The budget: the paper's net costs 4.3 GFLOP per trained 224x224 image (forward and
+backward), so a 2-core CPU trains only some tens of images per second. The CPU plan therefore
+uses a subset (4,000 training images: the whole 70,000 at 256x256 would be 13.8 GB) and a
+time limit, with batch 64 and the paper's lr 0.01 (a smaller batch than 128 gives twice the
+steps in the same time; the lr is kept, not scaled). On a GPU the plan is fuller (more
+images, batch 128, more epochs). What is used, and why, is printed before training starts
+(docs/training.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""`alexnet demo` on the real Fashion-MNIST files, with a tiny budget: the wiring, the run
+folder, and that nothing is overwritten. (The full demo is run by hand: docs/training.md.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alexnet.cli import main
+from alexnet.demo import Plan, default_plan, demo
+
+
+def tiny_plan() -> Plan:
+    return Plan("cpu", train_images=40, test_images=20, batch_size=8, epochs=1, budget_s=300,
+                why="a test")
+
+
+def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
+    result = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
+                  overrides=["model.width=0.125"], device="cpu", ten_crop=True)
+    run = Path(result["run_dir"])
+    assert run == tmp_path / "demo"
+    for name in ("config.json", "log.jsonl", "log.csv", "curves.png", "checkpoint.pt",
+                 "final.json"):
+        assert (run / name).is_file(), name
+    final = json.loads((run / "final.json").read_text())
+    assert final["test_images"] == 20
+    for key in ("test_top1_error", "test_top5_error", "test_top1_error_10crop"):
+        assert 0 <= final[key] <= 1
+    assert final["test_top5_error"] <= final["test_top1_error"]
+    assert final["train"]["steps"] == 5  # 40 images / batch 8, one epoch
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["arch"] == "alexnet" and config["optim"]["lr"] == 0.01
+    assert Path(config["data"]["store"]) == Path(result["store"])
+    out = capsys.readouterr().out
+    assert "40 training and 20 test images" in out and str(run / "final.json") in out
+    # a second demo never overwrites the first; it reuses the prepared store
+    again = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
+                 overrides=["model.width=0.125"], device="cpu", ten_crop=False)
+    assert Path(again["run_dir"]) == tmp_path / "demo-2" and again["store"] == result["store"]
+    assert json.loads((run / "final.json").read_text()) == final
+
+
+def test_default_plans_fit_their_budgets():
+    cpu = default_plan("cpu")
+    assert cpu.budget_s <= 15 * 60 and cpu.batch_size < 128
+    assert cpu.train_images * 256 * 256 * 3 < 1e9  # the subset stays under 1 GB on disk
+    gpu = default_plan("cuda")
+    assert gpu.train_images > cpu.train_images and gpu.batch_size == 128
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--data", "/nonexistent/fashion"], "no Fashion-MNIST folder"),
+    (["--budget", "0"], "--budget 0"),
+    (["--train-images", "0"], "--train-images 0"),
+])
+def test_bad_demo_options_are_one_line_errors(args, fragment, tmp_path, capsys):
+    assert main(["demo", *args, "--out", str(tmp_path / "d"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+
+
+def test_a_folder_without_idx_files_is_refused(tmp_path, capsys):
+    (tmp_path / "idx").mkdir()
+    assert main(["demo", "--data", str(tmp_path / "idx"), "--out", str(tmp_path / "d")]) == 2
+    assert "missing train-images-idx3-ubyte" in capsys.readouterr().err

@@ -33,30 +33,52 @@ from alexnet import paper
 
 
 def _window_sum(x: torch.Tensor, half: int, out: torch.Tensor) -> torch.Tensor:
-    """out += sum of x over channels j in [i - half, i + half] (clipped), x and out (B, C, ...)."""
-    out.add_(x)
+    """out (holding x already) += x's other channels j in [i - half, i + half], clipped at the
+    first and last map; x and out are (B, G, C, H, W) with the window along C (dim 2)."""
     for d in range(1, half + 1):
-        out[:, d:].add_(x[:, :-d])
-        out[:, :-d].add_(x[:, d:])
+        out[:, :, d:].add_(x[:, :, :-d])
+        out[:, :, :-d].add_(x[:, :, d:])
     return out
 
 
+CHUNK_BYTES = 4 << 20  # LRN's working chunk on the CPU (a few MB: fits the last-level cache)
+
+
+def _rows(x: torch.Tensor) -> int:
+    """Batch rows per LRN chunk: about CHUNK_BYTES on the CPU, so temporaries stay in cache
+    and come from the heap rather than fresh pages; the whole batch at once on a GPU."""
+    if x.device.type != "cpu":
+        return x.shape[0]
+    return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+
+
+def _neg_pow(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
+    """out = s^-beta; for the paper's beta = 0.75 as s^-1/2 * s^-1/4 (cheaper than pow)."""
+    if beta != 0.75:
+        return torch.pow(s, -beta, out=out)
+    torch.rsqrt(s, out=out)
+    return out.mul_(out.sqrt())
+
+
 class _LRNFunction(torch.autograd.Function):
-    """LRN over dim 1 of a (B, C, H, W) tensor with an analytic backward.
+    """LRN over dim 2 of a (B, G, C, H, W) tensor with an analytic backward.
 
     With s = k + alpha * windowsum(a^2) and b = a * s^-beta:
     grad_a = g * s^-beta - 2 * alpha * beta * a * windowsum(g * a * s^(-beta - 1)),
-    the window being symmetric so that windowsum is its own adjoint.
+    the window being symmetric so that windowsum is its own adjoint. Both passes walk the
+    batch in chunks (see `_rows`) and write into preallocated outputs.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, half: int, alpha: float, beta: float, k: float):
-        # scaling before squaring keeps float16 from overflowing: (sqrt(alpha) a)^2
-        u = torch.mul(a, math.sqrt(alpha)).square_()
-        s = _window_sum(u, half, torch.full_like(a, k))  # (B, C, H, W)
-        del u
-        sp = s.pow(-beta)
-        b = torch.mul(a, sp)
+        b, s, sp = torch.empty_like(a), torch.empty_like(a), torch.empty_like(a)
+        step = _rows(a)
+        for i in range(0, a.shape[0], step):
+            ac, bc, sc, spc = a[i:i + step], b[i:i + step], s[i:i + step], sp[i:i + step]
+            # b holds (sqrt(alpha) a)^2 for now: scaling first keeps float16 from overflowing
+            u = torch.mul(ac, math.sqrt(alpha), out=bc).square_()
+            _window_sum(u, half, torch.add(u, k, out=sc))  # s = k + alpha windowsum(a^2)
+            torch.mul(ac, _neg_pow(sc, beta, spc), out=bc)  # b = a s^-beta
         ctx.save_for_backward(a, s, sp, b)
         ctx.consts = (half, alpha, beta)
         return b
@@ -66,19 +88,24 @@ class _LRNFunction(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         a, s, sp, b = ctx.saved_tensors
         half, alpha, beta = ctx.consts
-        t = torch.mul(g, b).div_(s)  # g * a * s^(-beta - 1)
-        w = _window_sum(t, half, torch.zeros_like(t))
-        del t
-        grad = torch.mul(g, sp).addcmul_(a, w, value=-2.0 * alpha * beta)
+        grad, c = torch.empty_like(a), -2.0 * alpha * beta
+        step = _rows(a)
+        for i in range(0, a.shape[0], step):
+            rows = slice(i, i + step)
+            ac, gc = a[rows], torch.mul(g[rows], sp[rows], out=grad[rows])  # g s^-beta
+            t = torch.mul(g[rows], b[rows]).div_(s[rows])  # g a s^(-beta - 1)
+            gc.addcmul_(ac, t, value=c)  # minus 2 alpha beta a windowsum(t), term by term
+            for d in range(1, half + 1):
+                gc[:, :, d:].addcmul_(ac[:, :, d:], t[:, :, :-d], value=c)
+                gc[:, :, :-d].addcmul_(ac[:, :, :-d], t[:, :, d:], value=c)
         return grad, None, None, None, None
 
 
 def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1) -> torch.Tensor:
     """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns."""
-    N, C, H, W = x.shape
-    y = _LRNFunction.apply(x.reshape(N * groups, C // groups, H, W), n // 2, alpha, beta, k)
-    return y.reshape(N, C, H, W)
+    y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
+    return y.flatten(1, 2)  # (N, C, H, W)
 
 
 class LRN(nn.Module):

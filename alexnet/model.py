@@ -359,7 +359,7 @@ class SplitAlexNet(nn.Module):
 
     def grouped(self) -> AlexNet:
         """The same network as one grouped AlexNet (on devices[0])."""
-        net = AlexNet(**self.kwargs).to(self.devices[0])
+        net = AlexNet(**self.kwargs).to(self.devices[0], self.fc8.weight.dtype)
         net.load_state_dict(self.state_dict())
         return net.train(self.training)
 
@@ -407,7 +407,7 @@ def _column_part(layer: nn.Conv2d | nn.Linear, columns: int,
     with torch.no_grad():
         part.weight.copy_(layer.weight[rows])
         part.bias.copy_(layer.bias[rows])
-    return part.to(layer.weight.device)
+    return part.to(layer.weight.device, layer.weight.dtype)
 
 
 def split_columns(model: AlexNet,

@@ -1,0 +1,357 @@
+"""The network against the paper's table (section 3), its LRN formula, init and columns."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alexnet import paper
+from alexnet.model import ARCHS, LRN, AlexNet, AlexNetTV, build_model, conv1_pad, lrn, split_columns
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def meta(**kwargs) -> AlexNet:
+    """A full-size net without memory or init cost, for shape-only checks."""
+    with torch.device("meta"):
+        return AlexNet(**kwargs)
+
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's table
+
+
+def test_parameter_count_matches_the_table():
+    # each layer from the paper's table: kernels * (k * k * depth seen) + kernels biases
+    table = [(96, 11 * 11 * 3), (256, 5 * 5 * 48), (384, 3 * 3 * 256), (384, 3 * 3 * 192),
+             (256, 3 * 3 * 192), (4096, 6 * 6 * 256), (4096, 4096), (1000, 4096)]
+    expected = sum(out * (fan_in + 1) for out, fan_in in table)
+    assert expected == paper.PARAMETERS == 60_965_224
+    assert sum(p.numel() for p in meta().parameters()) == expected
+
+
+def test_every_layer_shape_and_neuron_count():
+    model = AlexNet(width=1.0).eval()
+    seen: dict[str, tuple[int, ...]] = {}
+    pooled: list[tuple[int, ...]] = []
+    for name in LAYERS:
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape[1:])))
+    model.pool.register_forward_hook(lambda m, i, o: pooled.append(tuple(o.shape[1:])))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224) * 50)
+    assert out.shape == (1, 1000)
+    assert seen == {"conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13),
+                    "conv4": (384, 13, 13), "conv5": (256, 13, 13), "fc6": (4096,),
+                    "fc7": (4096,), "fc8": (1000,)}
+    assert pooled == [(96, 27, 27), (256, 13, 13), (256, 6, 6)]
+    neurons = [math.prod(seen[n]) for n in LAYERS]
+    # the paper's line matches every layer but the first, a known slip: 55*55*96 = 290,400
+    assert neurons[1:] == list(paper.PAPER_NEURONS[1:])
+    assert neurons[0] == 290_400 != paper.PAPER_NEURONS[0]
+
+
+def test_224_padded_and_227_give_the_same_maps():
+    assert conv1_pad(224) == 3 and conv1_pad(227) == 0
+    assert 1 + math.ceil((224 - 11) / 4) == 55 == (227 - 11) // 4 + 1
+    model = AlexNet(width=0.1).eval()
+    x = torch.randn(2, 3, 227, 227) * 50
+    with torch.no_grad():
+        # a 224 crop padded by 3 zeros right and bottom is the 227 image with that border zeroed
+        padded = torch.zeros_like(x)
+        padded[..., :224, :224] = x[..., :224, :224]
+        assert torch.allclose(model(x[..., :224, :224]), model(padded), atol=1e-5)
+        assert model.conv_features(x).shape[1:] == (model.conv5.out_channels, 6, 6)
+
+
+def test_features_are_fc7_after_relu():
+    model = AlexNet(width=0.1, dropout=0.5).eval()
+    x = torch.randn(3, 3, 224, 224) * 50
+    with torch.no_grad():
+        f = model.features(x)
+        assert f.shape == (3, model.fc7.out_features) and (f >= 0).all()
+        assert torch.allclose(model(x), model.fc8(f))
+
+
+# ---------------------------------------------------------------------------------------
+# LRN (section 3.3)
+
+
+def lrn_numpy(a: np.ndarray, n: int, alpha: float, beta: float, k: float,
+              groups: int = 1) -> np.ndarray:
+    """The paper's formula, channel by channel, the window clipped within each column."""
+    out = np.empty_like(a)
+    per = a.shape[1] // groups
+    for c in range(a.shape[1]):
+        start, i = (c // per) * per, c % per
+        lo, hi = start + max(0, i - n // 2), start + min(per - 1, i + n // 2)
+        s = k + alpha * (a[:, lo:hi + 1] ** 2).sum(axis=1)
+        out[:, c] = a[:, c] / s ** beta
+    return out
+
+
+@pytest.mark.parametrize("alpha_over_n", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lrn_equals_the_formula(alpha_over_n, groups):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 300, size=(2, 12, 4, 3))  # large enough that the denominator matters
+    module = LRN(groups=groups, alpha_over_n=alpha_over_n)
+    got = module(torch.from_numpy(a)).numpy()
+    alpha = paper.LRN_ALPHA / paper.LRN_N if alpha_over_n else paper.LRN_ALPHA
+    want = lrn_numpy(a, paper.LRN_N, alpha, paper.LRN_BETA, paper.LRN_K, groups)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # the edge channels see a clipped window: channel 0 sums channels 0..2 only
+    assert not np.allclose(want, lrn_numpy(a, paper.LRN_N, alpha, paper.LRN_BETA,
+                                           paper.LRN_K, 3 - groups))
+    # float32 (the training dtype) agrees too
+    got32 = module(torch.from_numpy(a).float()).numpy()
+    np.testing.assert_allclose(got32, want, rtol=2e-5)
+
+
+def test_lrn_constants_are_the_papers():
+    assert (paper.LRN_K, paper.LRN_N, paper.LRN_ALPHA, paper.LRN_BETA) == (2, 5, 1e-4, 0.75)
+    model = meta()
+    assert model.lrn1.alpha == model.lrn2.alpha == paper.LRN_ALPHA
+    assert meta(lrn_alpha_over_n=True).lrn1.alpha == pytest.approx(paper.LRN_ALPHA / 5)
+
+
+@pytest.mark.parametrize("n,beta,groups", [(5, 0.75, 2), (3, 0.75, 1), (5, 0.6, 1)])
+def test_lrn_gradient(n, beta, groups):
+    torch.manual_seed(0)
+    x = (torch.rand(2, 6, 2, 2, dtype=torch.float64) * 40 - 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: lrn(t, n, 2e-3, beta, 2.0, groups), (x,))
+
+
+def test_lrn_chunked_cpu_path_matches_one_pass(monkeypatch):
+    import alexnet.model as model_module
+
+    x = (torch.rand(6, 16, 5, 5, dtype=torch.float64) * 200).requires_grad_()
+    g = torch.randn(6, 16, 5, 5, dtype=torch.float64)
+    outs = []
+    for chunk in (1 << 40, 1):  # whole batch, then one row per chunk
+        monkeypatch.setattr(model_module, "CHUNK_BYTES", chunk)
+        y = lrn(x, groups=2)
+        (grad,) = torch.autograd.grad(y, x, g)
+        outs.append((y.detach(), grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.allclose(outs[0][1], outs[1][1])
+
+
+# ---------------------------------------------------------------------------------------
+# Two columns (section 3.2)
+
+
+def changed(layer: nn.Module, x: torch.Tensor, cols: slice) -> torch.Tensor:
+    """Which output channels of `layer` move when its input channels `cols` are perturbed."""
+    x2 = x.clone()
+    x2[:, cols] += torch.randn_like(x2[:, cols])
+    with torch.no_grad():
+        diff = (layer(x2) - layer(x)).abs()
+    return diff.flatten(2).amax(2).amax(0) > 0 if diff.dim() == 4 else diff.amax(0) > 0
+
+
+def test_column_isolation():
+    torch.manual_seed(0)
+    model = AlexNet(width=0.25)
+    for name in ("conv2", "conv4", "conv5"):
+        layer = getattr(model, name)
+        cin, cout = layer.in_channels, layer.out_channels
+        hit = changed(layer, torch.randn(2, cin, 13, 13), slice(0, cin // 2))
+        assert hit[:cout // 2].all() and not hit[cout // 2:].any(), name
+        hit = changed(layer, torch.randn(2, cin, 13, 13), slice(cin // 2, cin))
+        assert not hit[:cout // 2].any() and hit[cout // 2:].all(), name
+    # LRN normalises within a column
+    hit = changed(model.lrn1, torch.rand(2, 24, 5, 5) * 100, slice(0, 12))
+    assert hit[:12].all() and not hit[12:].any()
+    # conv3 and fc6 see both columns
+    conv3 = model.conv3
+    hit = changed(conv3, torch.randn(2, conv3.in_channels, 13, 13),
+                  slice(0, conv3.in_channels // 2))
+    assert hit.all()
+    hit = changed(model.fc6, torch.randn(2, model.fc6.in_features),
+                  slice(0, model.fc6.in_features // 2))
+    assert hit.all()
+    assert [getattr(model, n).groups for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] \
+        == [1, 2, 1, 2, 2]
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.grad for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"columns": 1}, {"lrn": False, "activation": "tanh"}])
+def test_split_columns_compute_the_grouped_function(kwargs):
+    torch.manual_seed(0)
+    grouped = AlexNet(width=0.25, dropout=0.0, **kwargs).double()
+    split = split_columns(grouped, ("cpu",) * grouped.columns)
+    assert split.arch == grouped.arch and split.kwargs == grouped.kwargs
+    x = torch.randn(3, 3, 224, 224, dtype=torch.float64) * 50
+    y = torch.randint(0, 1000, (3,))
+    for net in (grouped, split):
+        nn.functional.cross_entropy(net(x), y).backward()
+    assert torch.allclose(grouped(x), split(x), rtol=1e-10, atol=1e-12)
+    # gradients: each grouped layer's gradient is the concatenation of its columns'
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        for kind in ("weight", "bias"):
+            want = getattr(getattr(grouped, name), kind).grad
+            got = torch.cat([getattr(col[name], kind).grad for col in split.cols])
+            assert torch.allclose(want, got, rtol=1e-9, atol=1e-12), (name, kind)
+    assert torch.allclose(grouped.fc8.weight.grad, split.fc8.weight.grad, rtol=1e-9)
+
+
+def test_split_columns_state_dict_is_the_grouped_layout():
+    grouped = AlexNet(width=0.1, dropout=0.0).double()
+    split = split_columns(grouped, ("cpu", "cpu"))
+    sd = split.state_dict()
+    assert shapes(grouped) == {k: tuple(v.shape) for k, v in sd.items()}
+    assert all(torch.equal(sd[k], v) for k, v in grouped.state_dict().items())
+    fresh = AlexNet(width=0.1, dropout=0.0).double()
+    other = split_columns(fresh, ("cpu", "cpu"))
+    other.load_state_dict(sd)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64) * 50
+    assert torch.allclose(other(x), grouped(x), rtol=1e-10, atol=1e-12)
+    back = other.grouped()
+    assert isinstance(back, AlexNet) and torch.allclose(back(x), grouped(x), rtol=1e-10,
+                                                        atol=1e-12)
+    buf = io.BytesIO()
+    torch.save(split.state_dict(), buf)  # what a checkpoint holds loads into a plain AlexNet
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.allclose(fresh(x), grouped(x), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Initialisation (section 5)
+
+
+def test_initialisation_statistics():
+    torch.manual_seed(0)
+    model = AlexNet()
+    for name in LAYERS:
+        layer = getattr(model, name)
+        w = layer.weight.detach().double()
+        n = w.numel()
+        # sample std of n normal draws has std sigma / sqrt(2n); mean has sigma / sqrt(n)
+        assert abs(w.std().item() - paper.INIT_STD) < 6 * paper.INIT_STD / math.sqrt(2 * n)
+        assert abs(w.mean().item()) < 6 * paper.INIT_STD / math.sqrt(n)
+        want = 1.0 if name in paper.BIAS_ONE_LAYERS else 0.0
+        assert torch.equal(layer.bias.detach(), torch.full_like(layer.bias, want)), name
+    assert set(paper.BIAS_ONE_LAYERS) == {"conv2", "conv4", "conv5", "fc6", "fc7"}
+
+
+# ---------------------------------------------------------------------------------------
+# Ablation switches: each changes what it names and nothing else
+
+
+def describe(model: nn.Module) -> dict[str, str]:
+    """Every module's repr line and every parameter's shape, by name."""
+    out = {f"module {n}": f"{type(m).__name__} {m.extra_repr()}"
+           for n, m in model.named_modules() if n}
+    out.update({f"param {k}": str(v) for k, v in shapes(model).items()})
+    return out
+
+
+def differences(a: nn.Module, b: nn.Module) -> set[str]:
+    da, db = describe(a), describe(b)
+    return {k for k in da.keys() | db.keys() if da.get(k) != db.get(k)}
+
+
+@pytest.mark.parametrize("switch,value,expected", [
+    ("activation", "tanh", {"module act"}),
+    ("lrn", False, {"module lrn1", "module lrn2"}),
+    ("lrn_alpha_over_n", True, {"module lrn1", "module lrn2"}),
+    ("overlap_pool", False, {"module pool"}),
+    ("dropout", 0.0, {"module drop"}),
+    ("num_classes", 10, {"module fc8", "param fc8.weight", "param fc8.bias"}),
+])
+def test_each_switch_changes_only_what_it_names(switch, value, expected):
+    base, variant = meta(), meta(**{switch: value})
+    assert differences(base, variant) == expected
+    assert variant.kwargs == {**base.kwargs, switch: value}
+
+
+def test_one_column_net_follows_footnote_3():
+    two, one = meta(), meta(columns=1)
+    changed_names = {k.split()[1].split(".")[0] for k in differences(two, one)}
+    assert changed_names == {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}
+    kernels = [getattr(one, n).out_channels for n in ("conv1", "conv2", "conv3", "conv4",
+                                                      "conv5")]
+    assert kernels == [48, 128, 192, 192, 256]  # half, except the last conv layer
+    assert [getattr(one, n).groups for n in ("conv2", "conv4", "conv5")] == [1, 1, 1]
+    # each kernel sees the same depth as in the two-column net; fc layers unchanged
+    assert one.conv2.weight.shape[1:] == two.conv2.weight.shape[1:]
+    assert one.conv5.weight.shape == two.conv5.weight.shape
+    assert shapes(one.fc6) == shapes(two.fc6)
+    assert one.lrn1.groups == 1 and two.lrn1.groups == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"columns": 1, "overlap_pool": False},
+                                    {"activation": "tanh", "lrn": False, "dropout": 0.0}])
+def test_width_works_with_every_switch(kwargs):
+    model = AlexNet(num_classes=7, width=0.1, **kwargs)
+    out = model(torch.randn(2, 3, 224, 224) * 50)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        out_size = getattr(model, name).weight.shape[0]
+        assert out_size % model.columns == 0 and out_size < 4096 * 0.2
+
+
+def test_build_model_round_trip():
+    assert set(ARCHS) == {"alexnet", "alexnet-tv"}
+    for arch, kwargs in (("alexnet", {"width": 0.1, "columns": 1, "num_classes": 5}),
+                         ("alexnet-tv", {"num_classes": 5})):
+        model = build_model(arch, **kwargs)
+        again = build_model(model.arch, **model.kwargs)
+        assert type(again) is type(model) and shapes(again) == shapes(model)
+    with pytest.raises(ValueError):
+        build_model("vgg")
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision's layout
+
+
+# torchvision.models.alexnet (vision/torchvision/models/alexnet.py), written out by hand
+TORCHVISION_KEYS = {
+    "features.0.weight": (64, 3, 11, 11), "features.0.bias": (64,),
+    "features.3.weight": (192, 64, 5, 5), "features.3.bias": (192,),
+    "features.6.weight": (384, 192, 3, 3), "features.6.bias": (384,),
+    "features.8.weight": (256, 384, 3, 3), "features.8.bias": (256,),
+    "features.10.weight": (256, 256, 3, 3), "features.10.bias": (256,),
+    "classifier.1.weight": (4096, 9216), "classifier.1.bias": (4096,),
+    "classifier.4.weight": (4096, 4096), "classifier.4.bias": (4096,),
+    "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,),
+}
+
+
+def test_torchvision_layout_keys_and_loading(tmp_path):
+    with torch.device("meta"):
+        assert shapes(AlexNetTV()) == TORCHVISION_KEYS
+        assert sum(p.numel() for p in AlexNetTV().parameters()) == 61_100_840
+    torch.manual_seed(0)
+    source = AlexNetTV(num_classes=1000)
+    path = tmp_path / "alexnet-owt.pth"
+    torch.save(source.state_dict(), path)  # a weights file: a bare state_dict
+    model = build_model("alexnet-tv")
+    model.load_state_dict(torch.load(path))
+    model.eval()
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        f = model.features(x)
+        assert f.shape == (2, 4096) and (f >= 0).all()
+        assert torch.allclose(model(x), model.classifier[6](f), atol=1e-5)
+    conv1 = model.features[0]
+    assert (conv1.padding, conv1.stride) == ((2, 2), (4, 4))
+    assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d)
+    assert [type(m).__name__ for m in model.classifier][:4] == ["Dropout", "Linear", "ReLU",
+                                                                "Dropout"]

@@ -1,0 +1,305 @@
+"""The paper's augmentation (section 4.1) and mean subtraction (section 2), batch-wise on tensors.
+
+Every function works on a whole batch at once, on whatever device the batch lives on (uint8
+goes to the GPU, the augmentation runs there), with no per-image Python loop: crops are one
+advanced-indexing gather from a strided view of every possible window (`Tensor.unfold`), in
+the style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images are
+(B, 3, S, S) or (B, S, S, 3) (the store's layout), uint8 or float.
+
+Every random draw takes an explicit CPU `torch.Generator` and is made on the CPU (the draws
+are B or 3B numbers), then moved to the batch's device, so a seed gives the same batch on the
+CPU and on a GPU. Pixels stay on the paper's 0..255 scale: the mean is subtracted, nothing is
+divided by a standard deviation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
+
+MEANS = ("image", "channel", "none")
+PCA_SCALES = ("std", "eigval")
+# The paper's 10 test patches (section 4.1), in the order `ten_crops` returns them for each
+# image: torchvision's TenCrop order (corners, centre, then the same five mirrored).
+TEN_CROP_ORDER = ("top-left", "top-right", "bottom-left", "bottom-right", "centre",
+                  "top-left mirrored", "top-right mirrored", "bottom-left mirrored",
+                  "bottom-right mirrored", "centre mirrored")
+
+
+def is_channels_last(images: torch.Tensor) -> bool:
+    """True for a (B, S, S, 3) batch, False for (B, 3, S, S); a ValueError for anything else."""
+    if images.ndim == 4 and images.shape[-1] == 3 and images.shape[1] != 3:
+        return True
+    if images.ndim == 4 and images.shape[1] == 3:
+        return False
+    raise ValueError(f"expected a batch (B, 3, S, S) or (B, S, S, 3), got {tuple(images.shape)}")
+
+
+# ----------------------------------------------------------------------------- crops and flips
+
+
+def crop_offsets(batch: int, size: int, crop: int, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top, left) int64 (B,): uniform over all (size - crop + 1)^2 positions (section 4.1)."""
+    if not 0 < crop <= size:
+        raise ValueError(f"crop {crop} must lie in 1..{size}")
+    top = torch.randint(0, size - crop + 1, (batch,), generator=generator)
+    left = torch.randint(0, size - crop + 1, (batch,), generator=generator)
+    return top, left
+
+
+def flip_mask(batch: int, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """bool (B,): which images are mirrored, each with probability p (section 4.1: 0.5)."""
+    return torch.rand(batch, generator=generator) < p
+
+
+def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
+         flip: torch.Tensor | None = None, *, source: torch.Tensor | None = None,
+         channels_first: bool | None = None) -> torch.Tensor:
+    """Window (top[k], left[k]) of size x size of each image, mirrored where flip[k].
+
+    Output k comes from image source[k] (default k: one crop per image). The result has the
+    input's layout and dtype unless `channels_first` says otherwise. One gather from the
+    (B, n, n, 3, size, size) view of all windows: no copy of the full images.
+    """
+    nhwc = is_channels_last(images)
+    full = images.shape[1] if nhwc else images.shape[2]
+    if not 0 < size <= full:
+        raise ValueError(f"crop {size} must lie in 1..{full}")
+    device = images.device
+    if source is None:
+        source = torch.arange(len(top))
+    source, top, left = (t.to(device=device, dtype=torch.long) for t in (source, top, left))
+    if nhwc:  # (B, S, S, 3) -> (B, n, n, 3, size, size)
+        windows = images.unfold(1, size, 1).unfold(2, size, 1)
+    else:  # (B, 3, S, S) -> (B, 3, n, n, size, size) -> (B, n, n, 3, size, size)
+        windows = images.unfold(2, size, 1).unfold(3, size, 1).permute(0, 2, 3, 1, 4, 5)
+    first = (not nhwc) if channels_first is None else channels_first
+    if not first:
+        windows = windows.permute(0, 1, 2, 4, 5, 3)
+    out = windows[source, top, left]
+    if flip is not None:
+        out = flip_images(out, flip)
+    return out
+
+
+def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The batch with images where `flip` (bool (B,)) mirrored left-right (new tensor if any)."""
+    width_dim = 2 if is_channels_last(images) else 3
+    flip = flip.to(images.device)
+    if images.is_cuda:  # no host sync: one pass over the batch
+        shape = (-1, 1, 1, 1)
+        return torch.where(flip.view(shape), images.flip(width_dim), images)
+    if not bool(flip.any()):
+        return images
+    out = images.clone()
+    out[flip] = images[flip].flip(width_dim)
+    return out
+
+
+def random_crop(images: torch.Tensor, generator: torch.Generator, size: int = CROP_SIZE
+                ) -> torch.Tensor:
+    """A size x size patch of each image at a uniformly random position (section 4.1)."""
+    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    top, left = crop_offsets(len(images), full, size, generator)
+    return crop(images, top, left, size)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5
+                ) -> torch.Tensor:
+    """Each image mirrored left-right with probability p (section 4.1: p = 0.5)."""
+    return flip_images(images, flip_mask(len(images), generator, p))
+
+
+def centre_offset(size: int, crop_size: int) -> int:
+    """Offset of the centre patch: (size - crop) // 2 (16 for 224 of 256; rounds down)."""
+    return (size - crop_size) // 2
+
+
+def ten_crop_offsets(size: int, crop_size: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+    """(top, left, flip) of the 10 patches in TEN_CROP_ORDER."""
+    far, mid = size - crop_size, centre_offset(size, crop_size)
+    top = torch.tensor([0, 0, far, far, mid] * 2)
+    left = torch.tensor([0, far, 0, far, mid] * 2)
+    flip = torch.tensor([False] * 5 + [True] * 5)
+    return top, left, flip
+
+
+def multi_crop_offsets(batch: int, size: int, crop_size: int, crops: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source, top, left, flip) of `crops` (1: centre, 10: the paper's) patches per image,
+    image-major: output b * crops + c is patch c of image b."""
+    if crops == 1:
+        mid = centre_offset(size, crop_size)
+        top = left = torch.full((1,), mid)
+        flip = torch.zeros(1, dtype=torch.bool)
+    elif crops == TEST_CROPS:
+        top, left, flip = ten_crop_offsets(size, crop_size)
+    else:
+        raise ValueError(f"crops must be 1 or {TEST_CROPS}, got {crops}")
+    source = torch.arange(batch).repeat_interleave(crops)
+    return source, top.repeat(batch), left.repeat(batch), flip.repeat(batch)
+
+
+def centre_crop(images: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
+    """The centre size x size patch of each image (the paper's single-patch test)."""
+    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    source, top, left, _ = multi_crop_offsets(len(images), full, size, 1)
+    return crop(images, top, left, size, source=source)
+
+
+def ten_crops(images: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
+    """The paper's 10 test patches of each image (section 4.1), image-major (B * 10, ...):
+    output 10 b + c is patch TEN_CROP_ORDER[c] of image b (corners, centre, then mirrored)."""
+    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    source, top, left, flip = multi_crop_offsets(len(images), full, size, TEST_CROPS)
+    return crop(images, top, left, size, flip, source=source)
+
+
+# ----------------------------------------------------------------------------- PCA colour
+
+
+def draw_alpha(batch: int, generator: torch.Generator, std: float = PCA_ALPHA_STD
+               ) -> torch.Tensor:
+    """float64 (B, 3): alpha_i ~ N(0, std) per image per use (section 4.1: std 0.1)."""
+    return torch.randn(batch, 3, generator=generator, dtype=torch.float64) * std
+
+
+def pca_shift(alpha: torch.Tensor, eigval: Any, eigvec: Any, scale: str = "std"
+              ) -> torch.Tensor:
+    """(B, 3) RGB shift of each image: eigvec @ (alpha_b * s), the paper's
+    [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with s = sqrt(eigval) ("std", the default) or eigval.
+
+    The eigenvalues of the 0..255 RGB covariance are variances (thousands for ImageNet), so
+    the paper taken literally ("eigval") shifts colours by hundreds of levels; cuda-convnet2
+    and fb.resnet.torch scale by the standard deviation along each component, which gives
+    shifts of a few levels, the "intensity and colour of the illumination" the paper means.
+    `eigvec` columns are the unit eigenvectors (the store's convention).
+    """
+    if scale not in PCA_SCALES:
+        raise ValueError(f"pca scale {scale!r}: choose from {', '.join(PCA_SCALES)}")
+    eigval = torch.as_tensor(eigval, dtype=torch.float64, device=alpha.device)
+    eigvec = torch.as_tensor(eigvec, dtype=torch.float64, device=alpha.device)
+    s = eigval.clamp(min=0).sqrt() if scale == "std" else eigval
+    return (alpha.to(torch.float64) * s) @ eigvec.T
+
+
+def add_per_image(images: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """images + values[b] at every pixel of image b (values (B, 3)); in place for floats."""
+    shape = (-1, 1, 1, 3) if is_channels_last(images) else (-1, 3, 1, 1)
+    values = values.to(device=images.device, dtype=images.dtype if images.is_floating_point()
+                       else torch.float32).view(shape)
+    return images.add_(values) if images.is_floating_point() else images + values
+
+
+def pca_colour(images: torch.Tensor, generator: torch.Generator, eigval: Any, eigvec: Any,
+               scale: str = "std", std: float = PCA_ALPHA_STD) -> torch.Tensor:
+    """Float images with the PCA colour shift of section 4.1 added (new alpha per image)."""
+    alpha = draw_alpha(len(images), generator, std)
+    return add_per_image(images.float(), pca_shift(alpha, eigval, eigvec, scale))
+
+
+# ----------------------------------------------------------------------------- mean subtraction
+
+
+def mean_windows(mean_image: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
+                 flip: torch.Tensor | None = None, *, channels_first: bool = True
+                 ) -> torch.Tensor:
+    """The mean image's window under each crop: what subtracting the (S, S, 3) mean image
+    before cropping (and mirroring) removes from the patch. float (K, 3, size, size)."""
+    full = mean_image.shape[0]
+    k = len(top)
+    if flip is None:
+        return crop(mean_image.unsqueeze(0), top, left, size, source=torch.zeros(k),
+                    channels_first=channels_first)
+    # A mirrored patch at `left` is the patch of the mirrored mean at full - size - left.
+    both = torch.stack([mean_image, mean_image.flip(1)])
+    flip = flip.to(torch.bool).cpu()
+    left = torch.where(flip, full - size - left.cpu(), left.cpu())
+    return crop(both, top, left, size, source=flip.long(), channels_first=channels_first)
+
+
+def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
+                  top: torch.Tensor | None = None, left: torch.Tensor | None = None,
+                  flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Float images minus the training set's mean (section 2), still on the 0..255 scale.
+
+    mean="image" (the paper) subtracts the per-pixel mean image; for patches, pass the crops'
+    (top, left, flip) and the matching window of the mean image is subtracted, which equals
+    subtracting before cropping. "channel" subtracts the per-channel mean, "none" nothing.
+    """
+    images = images.to(torch.float32, copy=True)
+    nhwc = is_channels_last(images)
+    if mean == "none":
+        return images
+    if mean == "channel":
+        cm = torch.as_tensor(stats["channel_mean"], dtype=torch.float32, device=images.device)
+        return images.sub_(cm.view((1, 1, 1, 3) if nhwc else (1, 3, 1, 1)))
+    if mean != "image":
+        raise ValueError(f"mean {mean!r}: choose from {', '.join(MEANS)}")
+    mean_image = torch.as_tensor(stats["mean_image"], dtype=torch.float32,
+                                 device=images.device)
+    size = images.shape[1] if nhwc else images.shape[2]
+    if top is None:
+        if size != mean_image.shape[0]:
+            raise ValueError(f"{size}x{size} images need crop offsets to subtract the "
+                             f"{mean_image.shape[0]}x{mean_image.shape[0]} mean image")
+        return images.sub_(mean_image if nhwc else mean_image.permute(2, 0, 1))
+    assert left is not None
+    return images.sub_(mean_windows(mean_image, top, left, size, flip,
+                                    channels_first=not nhwc))
+
+
+# ----------------------------------------------------------------------------- whole batches
+
+
+def device_stats(stats: dict[str, Any], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The statistics the augmentation needs as tensors on `device` (float32; eig in float64)."""
+    out: dict[str, torch.Tensor] = {}
+    if stats.get("mean_image") is not None:
+        out["mean_image"] = torch.as_tensor(np.asarray(stats["mean_image"], np.float32),
+                                            device=device)
+    for key in ("channel_mean", "eigval", "eigvec"):
+        if stats.get(key) is not None:
+            out[key] = torch.as_tensor(np.asarray(stats[key], np.float64), device=device)
+    return out
+
+
+def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[str, Any], *,
+                crop_size: int = CROP_SIZE, flip: bool = True, pca: bool = True,
+                pca_scale: str = "std", alpha_std: float = PCA_ALPHA_STD, mean: str = "image",
+                channels_last: bool = False) -> torch.Tensor:
+    """A training batch from uint8 images (B, S, S, 3) or (B, 3, S, S): random crop, mirror
+    with p=0.5, PCA colour shift, mean subtraction; float32 (B, 3, crop, crop) on the
+    images' device (channels_last memory format if asked).
+
+    The draws, always made in this order whatever is switched off (so switching one off
+    changes nothing else): crop top, crop left, flip, alpha.
+    """
+    b = len(images)
+    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    top, left = crop_offsets(b, full, crop_size, generator)
+    mirror = flip_mask(b, generator)
+    alpha = draw_alpha(b, generator, alpha_std)
+    mirror = mirror if flip else torch.zeros_like(mirror)
+    patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
+    x = subtract_mean(patches, mean, stats, top, left, mirror)
+    if pca:
+        x = add_per_image(x, pca_shift(alpha.to(x.device), stats["eigval"], stats["eigvec"],
+                                       pca_scale))
+    return x.permute(0, 3, 1, 2) if channels_last else x
+
+
+def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
+               crop_size: int = CROP_SIZE, mean: str = "image") -> torch.Tensor:
+    """Test patches of uint8 images, mean subtracted: float32 (B * crops, 3, crop, crop),
+    image-major; crops 1 (centre) or 10 (TEN_CROP_ORDER)."""
+    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    source, top, left, mirror = multi_crop_offsets(len(images), full, crop_size, crops)
+    patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
+    return subtract_mean(patches, mean, stats, top, left, mirror)

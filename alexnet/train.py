@@ -567,16 +567,10 @@ def _train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats:
     from alexnet.data.loader import TrainLoader
 
     d = config.data
-    kwargs: dict[str, Any] = {}
-    import inspect
-
-    if "pca_scale" in inspect.signature(TrainLoader).parameters:
-        kwargs["pca_scale"] = d.pca_scale
-    elif d.pca_scale != 1.0:
-        raise UserError("data.pca_scale: this loader only supports the paper's scale (1.0)")
     return TrainLoader(store, per_rank, crop=d.crop, seed=config.run.seed, rank=rt.dist.rank,
                        world_size=rt.dist.world_size, device=rt.device, flip=d.flip, pca=d.pca,
-                       mean=d.mean, stats=stats, prefetch=config.run.prefetch, **kwargs)
+                       pca_scale=d.pca_scale, mean=d.mean, stats=stats,
+                       prefetch=config.run.prefetch, channels_last=rt.channels_last)
 
 
 def _resume_checkpoint(config: Config, files: RunFiles) -> tuple[dict | None, Path | None]:

@@ -52,12 +52,20 @@ def _rows(x: torch.Tensor) -> int:
     return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
 
 
-def _neg_pow(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
-    """out = s^-beta; for the paper's beta = 0.75 as s^-1/2 * s^-1/4 (cheaper than pow)."""
-    if beta != 0.75:
-        return torch.pow(s, -beta, out=out)
-    torch.rsqrt(s, out=out)
-    return out.mul_(out.sqrt())
+def _keep(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
+    """What the forward pass keeps of s: q = s^-1/4 for the paper's beta = 0.75 (rsqrt and
+    sqrt, far cheaper than pow), s itself for any other beta."""
+    if beta == 0.75:
+        return torch.rsqrt(s, out=out).sqrt_()
+    return out.copy_(s)
+
+
+def _powers(r: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s^-beta, s^-1) from what `_keep` kept: (q^3, q^4) for beta = 0.75."""
+    if beta == 0.75:
+        q2 = r * r
+        return q2 * r, q2.square_()
+    return r.pow(-beta), r.reciprocal()
 
 
 class _LRNFunction(torch.autograd.Function):
@@ -66,34 +74,36 @@ class _LRNFunction(torch.autograd.Function):
     With s = k + alpha * windowsum(a^2) and b = a * s^-beta:
     grad_a = g * s^-beta - 2 * alpha * beta * a * windowsum(g * a * s^(-beta - 1)),
     the window being symmetric so that windowsum is its own adjoint. Both passes walk the
-    batch in chunks (see `_rows`) and write into preallocated outputs.
+    batch in chunks (see `_rows`), write into preallocated outputs and keep one tensor of s.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, half: int, alpha: float, beta: float, k: float):
-        b, s, sp = torch.empty_like(a), torch.empty_like(a), torch.empty_like(a)
+        b, r = torch.empty_like(a), torch.empty_like(a)
         step = _rows(a)
         for i in range(0, a.shape[0], step):
-            ac, bc, sc, spc = a[i:i + step], b[i:i + step], s[i:i + step], sp[i:i + step]
+            ac, bc = a[i:i + step], b[i:i + step]
             # b holds (sqrt(alpha) a)^2 for now: scaling first keeps float16 from overflowing
             u = torch.mul(ac, math.sqrt(alpha), out=bc).square_()
-            _window_sum(u, half, torch.add(u, k, out=sc))  # s = k + alpha windowsum(a^2)
-            torch.mul(ac, _neg_pow(sc, beta, spc), out=bc)  # b = a s^-beta
-        ctx.save_for_backward(a, s, sp, b)
+            s = _window_sum(u, half, torch.add(u, k))  # s = k + alpha windowsum(a^2)
+            sp, _ = _powers(_keep(s, beta, r[i:i + step]), beta)
+            torch.mul(ac, sp, out=bc)  # b = a s^-beta
+        ctx.save_for_backward(a, r, b)
         ctx.consts = (half, alpha, beta)
         return b
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
-        a, s, sp, b = ctx.saved_tensors
+        a, r, b = ctx.saved_tensors
         half, alpha, beta = ctx.consts
         grad, c = torch.empty_like(a), -2.0 * alpha * beta
         step = _rows(a)
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
-            ac, gc = a[rows], torch.mul(g[rows], sp[rows], out=grad[rows])  # g s^-beta
-            t = torch.mul(g[rows], b[rows]).div_(s[rows])  # g a s^(-beta - 1)
+            sp, inv_s = _powers(r[rows], beta)
+            ac, gc = a[rows], torch.mul(g[rows], sp, out=grad[rows])  # g s^-beta
+            t = inv_s.mul_(b[rows]).mul_(g[rows])  # g a s^(-beta - 1)
             gc.addcmul_(ac, t, value=c)  # minus 2 alpha beta a windowsum(t), term by term
             for d in range(1, half + 1):
                 gc[:, :, d:].addcmul_(ac[:, :, d:], t[:, :, :-d], value=c)

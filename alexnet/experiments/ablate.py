@@ -295,6 +295,7 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
                         "or 'test' split (and data.val_split other than none)")
     base = budget_config(base, budget_steps, epochs, _train_images(store))
     configs = variant_configs(base, variants, out)
+    log(honest_note(base))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -17,9 +17,11 @@ store's RGB covariance). Centred 0..255 inputs would saturate tanh units from th
 step; scaling the inputs is fair to both nets (`--input-scale none` keeps 0..255).
 
 Training: plain SGD with momentum 0.9, batch 128, no weight decay, no dropout, no
-augmentation. Both nets start from the same weights (PyTorch's default init, one seed).
-The training error is measured over the epoch, as the paper's curve is: the errors of each
-minibatch, counted before its update.
+augmentation. Weights ~ N(0, gain^2 / fan_in) with each unit's standard gain (sqrt(2) for
+ReLU, 5/3 for tanh; 1 for the output layer), biases 0, drawn from the same seed for both nets:
+each net gets the init that suits its units, as each gets its own best lr (`--init paper`
+gives both the paper's N(0, 0.01) of section 5 instead). The training error is measured over
+the epoch, as the paper's curve is: the errors of each minibatch, counted before its update.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ POOL_SIZE, POOL_STRIDE = 3, 2  # cuda-convnet's layers-18pct pooling
 BATCH_SIZE = 128
 DEFAULT_LRS = (0.003, 0.01, 0.03, 0.1)
 DEFAULT_EPOCHS = 12
-# Threshold for Fashion-MNIST, where 25% training error is reached within the first epoch by
-# both nets (it is an easier set than CIFAR-10): 10% sits in the slow part of the curves, at
-# the same place relative to where the curves flatten as 25% does on CIFAR-10.
-FASHION_MNIST_THRESHOLD = 0.10
+# Threshold for Fashion-MNIST, a much easier set than CIFAR-10 (both nets pass 25% within an
+# epoch or two): 15% is reached by both within a few-minute CPU run, in the slow part of the
+# curves as 25% is on CIFAR-10 (docs/experiments.md).
+FASHION_MNIST_THRESHOLD = 0.15
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck")
 FASHION_MNIST_NAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
@@ -113,6 +115,11 @@ def epochs_to_threshold(points: Sequence[tuple[float, float]], threshold: float,
             return prev_x + (x - prev_x) * (prev_e - threshold) / (prev_e - e)
         prev_x, prev_e = float(x), float(e)
     return None
+
+
+def epoch_points(run: dict) -> list[tuple[float, float]]:
+    """(epoch, error over that epoch) of a run: the curve the threshold is read from."""
+    return [(i + 1.0, e) for i, e in enumerate(run["epoch_error"])]
 
 
 def select_best(runs: Sequence[dict], threshold: float) -> dict:
@@ -208,7 +215,7 @@ def train_curve(images: np.ndarray, labels: np.ndarray, *, activation: str, lr: 
 
 
 def default_threshold(classes: Sequence[dict]) -> tuple[float, str]:
-    """The threshold for a store: the paper's 25% on CIFAR-10, 10% on Fashion-MNIST.
+    """The threshold for a store: the paper's 25% on CIFAR-10, 15% on Fashion-MNIST.
 
     Any other data set gets the paper's 25%, with its source named so the report says so.
     """
@@ -268,7 +275,8 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
                               mean=mean, divisor=divisor, num_classes=num_classes, seed=seed,
                               points_per_epoch=points_per_epoch, init=init,
                               batch_size=batch_size, device=device)
-            run["epochs_to_threshold"] = epochs_to_threshold(run["points"], threshold, chance)
+            run["epochs_to_threshold"] = epochs_to_threshold(epoch_points(run), threshold,
+                                                             chance)
             reach = run["epochs_to_threshold"]
             log(f"{activation:>4} lr={lr:<8g} final training error {run['final_error']:.4f}  "
                 f"epochs to {threshold:.0%}: "
@@ -309,11 +317,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    chance = result["chance_error"]
     for activation, style in (("relu", "-"), ("tanh", "--")):
         run = result["best"][activation]
-        xs = [0.0] + [p[0] for p in run["points"]]
-        ys = [result["chance_error"]] + [p[1] for p in run["points"]]
-        ax.plot(xs, ys, style, color="black",
+        fine = [(0.0, chance)] + [tuple(p) for p in run["points"]]
+        ax.plot(*zip(*fine, strict=True), style, color="grey", linewidth=0.6, alpha=0.6)
+        whole = [(0.0, chance)] + epoch_points(run)
+        ax.plot(*zip(*whole, strict=True), style, color="black", linewidth=1.6,
                 label=f"{'ReLU' if activation == 'relu' else 'tanh'} (lr {run['lr']:g})")
     ax.axhline(result["threshold"], color="grey", linestyle=":", linewidth=1,
                label=f"{result['threshold']:.0%} threshold")
@@ -324,7 +334,7 @@ def plot(result: dict, path: Path) -> None:
     ax.legend()
     title = "ReLU vs tanh (figure 1)"
     if result["ratio"] is not None:
-        title += f": {result['ratio']:.1f}x fewer epochs"
+        title += f": epochs to {result['threshold']:.0%}, tanh/ReLU = {result['ratio']:.2f}"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -389,6 +399,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights N(0, gain^2/fan_in) with each unit's gain (default) or "
                              "the paper's N(0, 0.01) for every layer")
     parser.add_argument("--device", default="cpu", help="cpu (default, deterministic) or cuda")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's; 1 is often fastest for "
+                             "this small net on a busy machine)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -397,6 +410,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold {args.threshold}: give a training error between 0 and 1")
     if args.points_per_epoch < 1:
         raise UserError(f"--points-per-epoch {args.points_per_epoch}: give at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give at least 1")
+        torch.set_num_threads(args.threads)
     images, labels, store = load_training_set(args.data, args.limit, args.seed)
     if args.threshold is None:
         threshold, source = default_threshold(store.classes)

@@ -309,8 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
                         help="one checkpoint, or several: their softmax outputs are averaged")
     parser.add_argument("--data", type=Path, required=True, help="a prepared store folder")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"),
-                        help="which split (default val; the paper's 2010 figures are on test)")
+    parser.add_argument("--split", default="auto", choices=("auto", "train", "val", "test"),
+                        help="which split (auto: val if the store has one, else test; the "
+                        "paper's 2010 figures are on test)")
     parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
                         help="1: centre patch (default); 10: corners, centre, reflections")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
@@ -338,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give a positive number of images")
     device = resolve_device(args.device)
+    if args.split == "auto":
+        args.split = "val" if (args.data / "val").is_dir() or not (args.data / "test").is_dir() \
+            else "test"
     store = open_split(args.data, args.split)
     if len(store) == 0:
         raise UserError(f"{args.data}: split {args.split!r} holds no images")

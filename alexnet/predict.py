@@ -120,6 +120,6 @@ def run(args: argparse.Namespace) -> int:
     for path, top in zip(args.images, tops, strict=True):
         print(f"{path}:")
         for entry in top:
-            wnid = f" ({entry['wnid']})" if entry["wnid"] else ""
+            wnid = f" ({entry['wnid']})" if entry["wnid"] not in ("", entry["name"]) else ""
             print(f"  {entry['probability']:7.2%}  {entry['name']}{wnid}")
     return 0

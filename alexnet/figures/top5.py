@@ -42,7 +42,7 @@ def plot_top5(images: Sequence[np.ndarray], probs: np.ndarray, labels: Sequence[
     cols = min(per_row, n)
     rows = math.ceil(n / cols)
     fig = plt.figure(figsize=(cols * CELL_INCHES[0], rows * CELL_INCHES[1]), dpi=dpi)
-    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[2.0, 1.0] * rows, hspace=0.2,
+    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[2.0, 1.0] * rows, hspace=0.25,
                             wspace=0.08, left=0.02, right=0.98, top=0.96, bottom=0.01)
     top = min(TOP, probs.shape[1])
     for i in range(n):

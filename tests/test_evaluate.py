@@ -155,7 +155,7 @@ def test_ensemble_of_a_checkpoint_with_itself_equals_it(store_root, checkpoint):
 def test_cli_json_and_per_class_report(store_root, checkpoint, tmp_path, capsys):
     out = tmp_path / "report.json"
     code = main(["evaluate", str(checkpoint), str(checkpoint), "--data", str(store_root),
-                 "--split", "val", "--crops", "1", "--device", "cpu", "--json",
+                 "--crops", "1", "--device", "cpu", "--json",  # --split auto: val
                  "--out", str(out)])
     assert code == 0
     result = json.loads(capsys.readouterr().out)  # stdout holds the JSON object only
@@ -208,11 +208,11 @@ def test_cli_refuses_different_class_lists(store_root, checkpoint, tmp_path, cap
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(other) in err
 
 
-@pytest.mark.parametrize("what", ["checkpoint", "store", "crops"])
+@pytest.mark.parametrize("what", ["checkpoint", "store", "batch"])
 def test_cli_bad_input_is_one_line(store_root, checkpoint, tmp_path, capsys, what):
     args = {"checkpoint": [str(tmp_path / "missing.pt"), "--data", str(store_root)],
             "store": [str(checkpoint), "--data", str(tmp_path / "nostore")],
-            "crops": [str(checkpoint), "--data", str(store_root), "--batch-size", "0"]}[what]
+            "batch": [str(checkpoint), "--data", str(store_root), "--batch-size", "0"]}[what]
     code = main(["evaluate", *args, "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "error" in err

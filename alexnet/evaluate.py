@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS
+from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
 
 EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
 CONFUSED_PAIRS = 20  # how many most-confused (true, predicted) pairs the report keeps
@@ -40,7 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+                ks: Sequence[int] = (1, TOP5)) -> dict[str, float]:
     """{'top1_error', 'top5_error', ...}: fraction of images whose label is not in the top k.
 
     A tie counts against the net: the true label is in the top k only when fewer than k other
@@ -215,7 +215,7 @@ def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
         n = int(mask.sum())
         rows.append({"label": c, "wnid": wnids[c], "name": names[c], "images": n,
                      "top1_error": float((rank[mask] >= 1).float().mean()) if n else None,
-                     "top5_error": float((rank[mask] >= 5).float().mean()) if n else None})
+                     "top5_error": float((rank[mask] >= TOP5).float().mean()) if n else None})
     wrong = predicted != labels
     flat = labels[wrong] * num_classes + predicted[wrong]
     counts = torch.bincount(flat, minlength=num_classes * num_classes) if len(flat) else \

@@ -63,6 +63,12 @@ PAPER_NEURONS = (253_440, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000)
 # The two-column net's learned parameters ("60 million"), counted exactly.
 PARAMETERS = 60_965_224
 
+# Section 6 (Results): the top-5 error counts an image as wrong when its correct label is not
+# among the five labels the model considers most probable.
+TOP5 = 5
+# Section 6.1 / figure 4 (right): the six training images nearest in fc7 space.
+FIG4_NEIGHBOURS = 6
+
 # Section 6 (Results): (top-1 error, top-5 error) in percent.
 RESULTS = {
     "ilsvrc2010-test": {

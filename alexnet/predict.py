@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.paper import IMAGE_SIZE, TEST_CROPS
+from alexnet.paper import IMAGE_SIZE, TEST_CROPS, TOP5
 
-TOP = 5  # section 6: the five labels the net considers most probable
+TOP = TOP5  # section 6: the five labels the net considers most probable
 BATCH = 32  # images per forward step (x10 crops)
 
 

@@ -8,7 +8,7 @@ energy that lies off the grey axis R = G = B. A kernel identical in the three ch
 scores 0, a purely opponent kernel (channels summing to zero at every pixel) scores 1.
 
 Layout of the grid (documented, and checked by the tests): KERNELS_PER_ROW kernels per row
-(16, as in the paper's figure: 3 rows per 48-kernel column), each kernel weight shown as a
+(16: a column's 48 kernels in 3 rows), each kernel weight shown as a
 SCALE x SCALE block, GAP pixels of white between kernels and around the border. A panel of
 k kernels is therefore `grid_size(k)` = (cols * (h * SCALE + GAP) + GAP) wide and
 (rows * (h * SCALE + GAP) + GAP) high, with rows = ceil(k / cols).
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-KERNELS_PER_ROW = 16  # the paper's figure 3: 96 kernels in 6 rows of 16, 3 rows per column
+KERNELS_PER_ROW = 16  # display choice: a column's 48 kernels in 3 rows
 SCALE = 4  # pixels per kernel weight in the grid
 GAP = 2  # white pixels between kernels
 

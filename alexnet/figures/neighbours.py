@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-NEIGHBOURS = 6  # figure 4 right shows six training images per test image
+from alexnet.paper import FIG4_NEIGHBOURS
+
+NEIGHBOURS = FIG4_NEIGHBOURS  # figure 4 right: six training images per test image
 FEATURE_BATCH = 256  # training images per fc7 chunk
 
 

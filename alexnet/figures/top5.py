@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-TOP = 5
+from alexnet.paper import TOP5
+
+TOP = TOP5  # section 6
 IMAGES_PER_ROW = 4
 CELL_INCHES = (2.0, 3.2)  # (width, height) of one image with its bars
 

@@ -121,8 +121,8 @@ def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, dev
     from alexnet.figures.top5 import plot_top5
 
     indices = choose_queries(len(test), args.images, args.seed)
-    loader = eval_loader(test, crops=args.crops, batch_size=len(indices), device=device,
-                          indices=indices, **settings)
+    loader = eval_loader(test, crops=args.crops, batch_size=min(len(indices), args.batch_size),
+                         device=device, indices=indices, **settings)
     probs, labels = predict_probs(model, loader)
     names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
     path = out / "fig4_top5.png"
@@ -149,8 +149,8 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     )
 
     indices = choose_queries(len(test), args.queries, args.seed)
-    query_loader = eval_loader(test, crops=1, batch_size=len(indices), device=device,
-                                indices=indices, **settings)
+    query_loader = eval_loader(test, crops=1, batch_size=min(len(indices), args.batch_size),
+                               device=device, indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
     ckpt_file = args.checkpoint / "checkpoint.pt" if args.checkpoint.is_dir() else args.checkpoint
     ckpt_stat = ckpt_file.stat()

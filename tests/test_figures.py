@@ -23,7 +23,7 @@ from alexnet.figures.kernels import (
     kernel_grid,
     write_kernel_figures,
 )
-from alexnet.figures.neighbours import nearest_neighbours
+from alexnet.figures.neighbours import cached_chunks, nearest_neighbours, read_cache
 from alexnet.figures.top5 import figure_size
 from alexnet.model import AlexNet, build_model
 from alexnet.paper import CONV1, CROP_SIZE, IMAGE_SIZE
@@ -238,3 +238,18 @@ def test_figures_bad_input_is_one_line(run_folder, tmp_path, capsys, bad):
     code = main(["figures", *args, "--out", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_feature_cache_only_when_complete_and_same_key(tmp_path):
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    path = tmp_path / "fc7.npy"
+    key = {"checkpoint": "a.pt", "images": 10}
+    partial = cached_chunks(chunked(rows, [4, 4, 2]), path, 10, key)
+    next(partial)
+    partial.close()  # interrupted after one chunk: nothing under the final name
+    assert not path.exists() and not list(tmp_path.iterdir())
+    passed = torch.cat(list(cached_chunks(chunked(rows, [4, 4, 2]), path, 10, key)))
+    np.testing.assert_array_equal(passed.numpy(), rows)
+    np.testing.assert_array_equal(torch.cat(list(read_cache(path, 10, key))).numpy(), rows)
+    assert read_cache(path, 10, {**key, "checkpoint": "b.pt"}) is None  # another net
+    assert read_cache(path, 11, key) is None  # another store size

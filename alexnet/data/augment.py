@@ -2,7 +2,7 @@
 
 Every function works on a whole batch at once, on whatever device the batch lives on (uint8
 goes to the GPU, the augmentation runs there), with no per-image Python loop: crops are one
-advanced-indexing gather from a strided view of every possible window (`Tensor.unfold`), in
+advanced-indexing gather from a strided view of every patch row (see `crop`), in
 the style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images are
 (B, 3, S, S) or (B, S, S, 3) (the store's layout), uint8 or float.
 
@@ -62,26 +62,39 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
          channels_first: bool | None = None) -> torch.Tensor:
     """Window (top[k], left[k]) of size x size of each image, mirrored where flip[k].
 
-    Output k comes from image source[k] (default k: one crop per image). The result has the
-    input's layout and dtype unless `channels_first` says otherwise. One gather from the
-    (B, n, n, 3, size, size) view of all windows: no copy of the full images.
+    Output k comes from image source[k] (default k: one crop per image). The result is
+    contiguous, of the input's dtype, and of the input's layout unless `channels_first` says
+    otherwise. Batch-wise: every patch row is one row of an overlapping strided view of the
+    batch (rows starting at every pixel), and one `index_select` copies them all, so each row
+    is a contiguous copy (airbench's batch_crop idea, without its per-offset masks).
     """
     nhwc = is_channels_last(images)
     full = images.shape[1] if nhwc else images.shape[2]
     if not 0 < size <= full:
         raise ValueError(f"crop {size} must lie in 1..{full}")
+    images = images.contiguous()
     device = images.device
     if source is None:
         source = torch.arange(len(top))
     source, top, left = (t.to(device=device, dtype=torch.long) for t in (source, top, left))
-    if nhwc:  # (B, S, S, 3) -> (B, n, n, 3, size, size)
-        windows = images.unfold(1, size, 1).unfold(2, size, 1)
-    else:  # (B, 3, S, S) -> (B, 3, n, n, size, size) -> (B, n, n, 3, size, size)
-        windows = images.unfold(2, size, 1).unfold(3, size, 1).permute(0, 2, 3, 1, 4, 5)
-    first = (not nhwc) if channels_first is None else channels_first
-    if not first:
-        windows = windows.permute(0, 1, 2, 4, 5, 3)
-    out = windows[source, top, left]
+    k = len(source)
+    r = torch.arange(size, device=device)
+    flat = images.reshape(-1)
+    if nhwc:  # a patch row is size pixels of 3 bytes: rows may start at any pixel
+        pixel = ((source[:, None] * full + top[:, None] + r) * full + left[:, None])
+        rows = flat.as_strided((flat.numel() // 3 - size + 1, size * 3), (3, 1))
+        out = rows.index_select(0, pixel.reshape(-1)).view(k, size, size, 3)
+        if channels_first:
+            out = out.permute(0, 3, 1, 2).contiguous()
+    else:  # a patch row is size values of one channel plane
+        channel = torch.arange(3, device=device)
+        plane = source[:, None] * 3 + channel  # (K, 3)
+        start = ((plane[:, :, None] * full + top[:, None, None] + r) * full
+                 + left[:, None, None])
+        rows = flat.as_strided((flat.numel() - size + 1, size), (1, 1))
+        out = rows.index_select(0, start.reshape(-1)).view(k, 3, size, size)
+        if channels_first is False:
+            out = out.permute(0, 2, 3, 1).contiguous()
     if flip is not None:
         out = flip_images(out, flip)
     return out
@@ -183,10 +196,16 @@ def pca_shift(alpha: torch.Tensor, eigval: Any, eigvec: Any, scale: str = "std"
     """
     if scale not in PCA_SCALES:
         raise ValueError(f"pca scale {scale!r}: choose from {', '.join(PCA_SCALES)}")
-    eigval = torch.as_tensor(eigval, dtype=torch.float64, device=alpha.device)
-    eigvec = torch.as_tensor(eigvec, dtype=torch.float64, device=alpha.device)
+    eigval, eigvec = (_float64(v, alpha.device) for v in (eigval, eigvec))
     s = eigval.clamp(min=0).sqrt() if scale == "std" else eigval
     return (alpha.to(torch.float64) * s) @ eigvec.T
+
+
+def _float64(value: Any, device: torch.device) -> torch.Tensor:
+    """A tensor or array as a float64 tensor on `device` (NumPy views may have any strides)."""
+    if not torch.is_tensor(value):
+        value = np.ascontiguousarray(value, dtype=np.float64)
+    return torch.as_tensor(value, dtype=torch.float64, device=device)
 
 
 def add_per_image(images: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -213,13 +232,11 @@ def mean_windows(mean_image: torch.Tensor, top: torch.Tensor, left: torch.Tensor
     """The mean image's window under each crop: what subtracting the (S, S, 3) mean image
     before cropping (and mirroring) removes from the patch. float (K, 3, size, size)."""
     full = mean_image.shape[0]
-    k = len(top)
-    if flip is None:
-        return crop(mean_image.unsqueeze(0), top, left, size, source=torch.zeros(k),
-                    channels_first=channels_first)
+    flip = torch.zeros(len(top), dtype=torch.bool) if flip is None else flip.to(torch.bool).cpu()
     # A mirrored patch at `left` is the patch of the mirrored mean at full - size - left.
     both = torch.stack([mean_image, mean_image.flip(1)])
-    flip = flip.to(torch.bool).cpu()
+    if channels_first:  # gather from (2, 3, S, S): the patches come out contiguous
+        both = both.permute(0, 3, 1, 2).contiguous()
     left = torch.where(flip, full - size - left.cpu(), left.cpu())
     return crop(both, top, left, size, source=flip.long(), channels_first=channels_first)
 

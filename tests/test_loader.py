@@ -1,0 +1,233 @@
+"""TrainLoader and EvalLoader on real stores: determinism, exact resume, sharding, order, pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.data.loader import EvalLoader, TrainLoader, batch_generator
+from alexnet.data.store import Store, write_store
+from alexnet.errors import UserError
+from alexnet.paper import CROP_SIZE, IMAGE_SIZE
+
+N = 100
+PLAIN = {"flip": False, "pca": False, "mean": "none"}  # pixels pass through unchanged
+
+
+def make_store(path: Path, n: int, size: int, seed: int) -> Store:
+    """n random images whose channel 0 is constant and says the image's index (n <= 256)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    images[:, :, :, 0] = np.arange(n, dtype=np.uint8)[:, None, None]
+    return write_store(path, images, np.arange(n) % 7, [f"c{k}" for k in range(7)])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    return make_store(tmp_path_factory.mktemp("store") / "train", N, 64, 0)
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    return make_store(tmp_path_factory.mktemp("big") / "train", 4, IMAGE_SIZE, 1)
+
+
+def ids(x: torch.Tensor) -> list[int]:
+    """Which store images a PLAIN batch holds (channel 0 carries the index)."""
+    return [int(v) for v in x[:, 0, 0, 0]]
+
+
+def epoch_ids(loader: TrainLoader, epoch: int) -> list[list[int]]:
+    return [ids(x) for x, _ in loader.epoch(epoch)]
+
+
+def test_batches_have_the_promised_shapes_and_labels(store: Store) -> None:
+    loader = TrainLoader(store, 16, crop=56, **PLAIN)
+    assert len(loader) == N // 16
+    batches = list(loader.epoch(0))
+    assert len(batches) == len(loader)
+    for x, y in batches:
+        assert x.shape == (16, 3, 56, 56) and x.dtype == torch.float32
+        assert y.dtype == torch.int64 and y.shape == (16,)
+        np.testing.assert_array_equal(y.numpy(), store.labels[ids(x)])
+    seen = sum((ids(x) for x, _ in batches), [])
+    assert len(set(seen)) == len(seen) == 16 * (N // 16)  # no image twice in an epoch
+
+
+def test_same_seed_same_batches_new_shuffle_each_epoch(store: Store) -> None:
+    a = list(TrainLoader(store, 10, crop=56, seed=3).epoch(1))
+    b = list(TrainLoader(store, 10, crop=56, seed=3, prefetch=0).epoch(1))
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    plain = TrainLoader(store, 10, crop=56, seed=3, **PLAIN)
+    orders = [sum(epoch_ids(plain, e), []) for e in range(3)]
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    assert all(sorted(o) == list(range(N)) for o in orders)
+    other = TrainLoader(store, 10, crop=56, seed=4, **PLAIN)
+    assert sum(epoch_ids(other, 1), []) != orders[1]
+    c = list(TrainLoader(store, 10, crop=56, seed=4).epoch(1))
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_start_gives_the_tail_of_the_uninterrupted_epoch(store: Store) -> None:
+    loader = TrainLoader(store, 12, crop=56, seed=5)
+    full = list(loader.epoch(2))
+    resumed = list(TrainLoader(store, 12, crop=56, seed=5, prefetch=3).epoch(2, start=3))
+    assert len(resumed) == len(full) - 3
+    for (xa, ya), (xb, yb) in zip(full[3:], resumed, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert list(loader.epoch(2, start=len(loader))) == []
+
+
+@pytest.mark.parametrize("world,batch", [(4, 5), (3, 11)])
+def test_ranks_read_disjoint_parts_that_cover_the_epoch(store: Store, world: int,
+                                                         batch: int) -> None:
+    parts = [sum(epoch_ids(TrainLoader(store, batch, crop=56, seed=6, rank=r,
+                                       world_size=world, **PLAIN), 0), [])
+             for r in range(world)]
+    assert all(len(p) == (N // world) // batch * batch for p in parts)
+    together = sum(parts, [])
+    assert len(set(together)) == len(together)  # disjoint
+    # DistributedSampler's split of one permutation that every rank computes alike.
+    order = sum(epoch_ids(TrainLoader(store, 1, crop=56, seed=6, **PLAIN), 0), [])
+    kept = order[:N // world * world]
+    for r in range(world):
+        assert sorted(parts[r]) == sorted(kept[r::world][:len(parts[r])])
+    if N % world == 0 and (N // world) % batch == 0:
+        assert sorted(together) == list(range(N))  # exactly once
+
+
+def test_draws_depend_on_seed_epoch_batch_and_rank(tmp_path: Path) -> None:
+    same = np.broadcast_to(np.random.default_rng(2).integers(0, 256, (1, 64, 64, 3)),
+                           (16, 64, 64, 3)).astype(np.uint8)
+    st = write_store(tmp_path / "train", same, np.zeros(16, np.int64), ["one"])
+
+    def batch(k: int, epoch: int = 0, rank: int = 0, seed: int = 0) -> torch.Tensor:
+        loader = TrainLoader(st, 4, crop=56, seed=seed, rank=rank, world_size=2)
+        return next(iter(loader.epoch(epoch, start=k)))[0]
+
+    first = batch(0)
+    assert torch.equal(first, batch(0))
+    for other in (batch(1), batch(0, epoch=1), batch(0, rank=1), batch(0, seed=1)):
+        assert not torch.equal(first, other)  # the images are identical: only draws differ
+
+
+def numpy_pipeline(images: np.ndarray, stats: dict, generator: torch.Generator, c: int,
+                   alpha_std: float = 0.1) -> np.ndarray:
+    """The paper's augmentation in NumPy given the draws (order: top, left, flip, alpha)."""
+    b, s = len(images), images.shape[1]
+    top = torch.randint(0, s - c + 1, (b,), generator=generator).numpy()
+    left = torch.randint(0, s - c + 1, (b,), generator=generator).numpy()
+    mirror = (torch.rand(b, generator=generator) < 0.5).numpy()
+    alpha = (torch.randn(b, 3, generator=generator, dtype=torch.float64) * alpha_std).numpy()
+    val, vec = np.asarray(stats["eigval"]), np.asarray(stats["eigvec"])
+    out = []
+    for i in range(b):
+        patch = (images[i] - stats["mean_image"].astype(np.float64))[
+            top[i]:top[i] + c, left[i]:left[i] + c]
+        patch = patch[:, ::-1] if mirror[i] else patch
+        out.append((patch + vec @ (alpha[i] * np.sqrt(val))).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("which,c", [("small", 56), ("big", CROP_SIZE)])
+def test_full_augmentation_equals_numpy(store: Store, big_store: Store, which: str,
+                                        c: int) -> None:
+    st = store if which == "small" else big_store
+    loader = TrainLoader(st, 2, crop=c, seed=7, rank=1, world_size=2)
+    for k, (x, y) in enumerate(loader.epoch(4)):
+        index = np.sort(loader.indices(4)[2 * k:2 * k + 2])  # a batch is read in store order
+        np.testing.assert_array_equal(y.numpy(), st.labels[index])
+        expected = numpy_pipeline(st.read(index), st.stats, batch_generator(7, 4, k, 1), c)
+        np.testing.assert_allclose(x.numpy(), expected, atol=2e-4)
+
+
+def test_pca_scale_options(store: Store) -> None:
+    def first(**kw: object) -> torch.Tensor:
+        return next(iter(TrainLoader(store, 8, crop=56, seed=8, **kw).epoch(0)))[0]
+
+    off, paper = first(pca=False), first()
+    np.testing.assert_allclose(first(pca_scale=0.0), off, atol=1e-5)
+    np.testing.assert_allclose(first(pca_scale=2.0) - off, 2 * (paper - off), atol=1e-4)
+    literal = (first(pca_scale="eigval") - off)[:, :, 0, 0].double().numpy()
+    std = (paper - off)[:, :, 0, 0].double().numpy()
+    vec, val = store.stats["eigvec"], store.stats["eigval"]
+    # Same alphas: along each eigenvector the literal shift is sqrt(eigval) times larger.
+    np.testing.assert_allclose(literal @ vec, (std @ vec) * np.sqrt(val), rtol=1e-3, atol=1e-3)
+
+
+def test_eval_loader_yields_every_image_once_in_order(store: Store) -> None:
+    for crops in (1, 10):
+        loader = EvalLoader(store, 32, crops=crops, crop=56, mean="none")
+        assert len(loader) == 4
+        got, labels = [], []
+        for x, y in loader:
+            assert x.shape == (len(y) * crops, 3, 56, 56)
+            got += ids(x)[::crops]
+            labels += y.tolist()
+            assert ids(x) == list(np.repeat(ids(x)[::crops], crops))  # image-major
+        assert got == list(range(N)) and labels == store.labels.tolist()
+    picked = EvalLoader(store, 2, crop=56, mean="none", indices=[9, 3, 41])
+    assert sum((ids(x) for x, _ in picked), []) == [9, 3, 41]
+
+
+def test_eval_ten_crops_equal_numpy(big_store: Store) -> None:
+    (x, y), = list(EvalLoader(big_store, 4, crops=10))
+    mean_image = big_store.stats["mean_image"].astype(np.float64)
+    s, c = IMAGE_SIZE, CROP_SIZE
+    m = (s - c) // 2
+    for b in range(4):
+        centred = big_store.read([b])[0] - mean_image
+        five = [centred[:c, :c], centred[:c, s - c:], centred[s - c:, :c],
+                centred[s - c:, s - c:], centred[m:m + c, m:m + c]]
+        for k, patch in enumerate(five + [p[:, ::-1] for p in five]):
+            np.testing.assert_allclose(x[10 * b + k].numpy(), patch.transpose(2, 0, 1),
+                                       atol=1e-4)
+    (centre, _), = list(EvalLoader(big_store, 4, crops=1, mean="channel"))
+    expected = big_store.read(range(4))[:, m:m + c, m:m + c] - big_store.stats["channel_mean"]
+    np.testing.assert_allclose(centre.numpy(), expected.transpose(0, 3, 1, 2), atol=1e-4)
+
+
+def test_leaving_an_epoch_early_and_starting_again(store: Store) -> None:
+    loader = TrainLoader(store, 4, crop=56, prefetch=4)
+    for _ in loader.epoch(0):
+        break
+    assert len(list(loader.epoch(0))) == len(loader)
+
+
+def test_bad_options_are_user_errors(store: Store) -> None:
+    bad = [dict(crop=65), dict(mean="pixel"), dict(pca_scale="variance"), dict(pca_scale=-1.0),
+           dict(rank=2, world_size=2), dict(seed=-1)]
+    for kwargs in bad:
+        with pytest.raises(UserError):
+            TrainLoader(store, 4, **kwargs)
+    with pytest.raises(UserError):
+        TrainLoader(store, 0)
+    with pytest.raises(UserError):
+        list(TrainLoader(store, 4, crop=56).epoch(0, start=len(store)))
+    with pytest.raises(UserError):
+        EvalLoader(store, 4, crops=5, crop=56)
+    with pytest.raises(UserError):
+        EvalLoader(store, 4, crop=56, indices=[N])
+    with pytest.raises(UserError):
+        TrainLoader(store, 4, crop=56, stats={"mean_image": np.zeros((8, 8, 3))})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_batches(store: Store, big_store: Store) -> None:
+    for st, c in ((store, 56), (big_store, CROP_SIZE)):
+        cpu = list(TrainLoader(st, 2, crop=c, seed=9).epoch(1))
+        gpu = list(TrainLoader(st, 2, crop=c, seed=9, device="cuda").epoch(1, start=0))
+        for (xa, ya), (xb, yb) in zip(cpu, gpu, strict=True):
+            assert xb.is_cuda and yb.is_cuda and xb.dtype == torch.float32
+            np.testing.assert_allclose(xb.cpu().numpy(), xa.numpy(), atol=1e-3)
+            assert torch.equal(ya, yb.cpu())
+        for crops in (1, 10):
+            a = list(EvalLoader(st, 3, crops=crops, crop=c))
+            b = list(EvalLoader(st, 3, crops=crops, crop=c, device="cuda"))
+            for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+                np.testing.assert_allclose(xb.cpu().numpy(), xa.numpy(), atol=1e-3)
+                assert torch.equal(ya, yb.cpu())

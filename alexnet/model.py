@@ -18,7 +18,6 @@ from alexnet/paper.py. Choices where the paper is silent or inconsistent (docs/m
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
@@ -32,15 +31,6 @@ from alexnet import paper
 # b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
 
 
-def _window_sum(x: torch.Tensor, half: int, out: torch.Tensor) -> torch.Tensor:
-    """out (holding x already) += x's other channels j in [i - half, i + half], clipped at the
-    first and last map; x and out are (B, G, C, H, W) with the window along C (dim 2)."""
-    for d in range(1, half + 1):
-        out[:, :, d:].add_(x[:, :, :-d])
-        out[:, :, :-d].add_(x[:, :, d:])
-    return out
-
-
 CHUNK_BYTES = 4 << 20  # LRN's working chunk on the CPU (a few MB: fits the last-level cache)
 
 
@@ -52,42 +42,34 @@ def _rows(x: torch.Tensor) -> int:
     return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
 
 
-def _keep(s: torch.Tensor, beta: float, out: torch.Tensor) -> torch.Tensor:
-    """What the forward pass keeps of s: q = s^-1/4 for the paper's beta = 0.75 (rsqrt and
-    sqrt, far cheaper than pow), s itself for any other beta."""
-    if beta == 0.75:
-        return torch.rsqrt(s, out=out).sqrt_()
-    return out.copy_(s)
-
-
-def _powers(r: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s^-beta, s^-1) from what `_keep` kept: (q^3, q^4) for beta = 0.75."""
-    if beta == 0.75:
-        q2 = r * r
-        return q2 * r, q2.square_()
-    return r.pow(-beta), r.reciprocal()
-
-
 class _LRNFunction(torch.autograd.Function):
     """LRN over dim 2 of a (B, G, C, H, W) tensor with an analytic backward.
 
     With s = k + alpha * windowsum(a^2) and b = a * s^-beta:
     grad_a = g * s^-beta - 2 * alpha * beta * a * windowsum(g * a * s^(-beta - 1)),
     the window being symmetric so that windowsum is its own adjoint. Both passes walk the
-    batch in chunks (see `_rows`), write into preallocated outputs and keep one tensor of s.
+    batch in chunks (see `_rows`), write into preallocated outputs and keep one tensor of s:
+    q = s^-1/4 for the paper's beta = 0.75 (rsqrt and sqrt, far cheaper than pow), so that
+    s^-beta = q^3 and s^(-beta - 1) = q^7; s itself for any other beta.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, half: int, alpha: float, beta: float, k: float):
         b, r = torch.empty_like(a), torch.empty_like(a)
+        fast = beta == 0.75
         step = _rows(a)
         for i in range(0, a.shape[0], step):
-            ac, bc = a[i:i + step], b[i:i + step]
-            # b holds (sqrt(alpha) a)^2 for now: scaling first keeps float16 from overflowing
-            u = torch.mul(ac, math.sqrt(alpha), out=bc).square_()
-            s = _window_sum(u, half, torch.add(u, k))  # s = k + alpha windowsum(a^2)
-            sp, _ = _powers(_keep(s, beta, r[i:i + step]), beta)
-            torch.mul(ac, sp, out=bc)  # b = a s^-beta
+            ac, bc, rc = a[i:i + step], b[i:i + step], r[i:i + step]
+            s = torch.addcmul(torch.tensor(k, dtype=a.dtype, device=a.device), ac, ac,
+                              value=alpha)
+            for d in range(1, half + 1):  # s = k + alpha windowsum(a^2), clipped at the edges
+                s[:, :, d:].addcmul_(ac[:, :, :-d], ac[:, :, :-d], value=alpha)
+                s[:, :, :-d].addcmul_(ac[:, :, d:], ac[:, :, d:], value=alpha)
+            if fast:
+                q = torch.rsqrt(s, out=rc).sqrt_()  # q = s^-1/4
+                torch.mul(ac, q, out=bc).mul_(q).mul_(q)  # b = a q^3
+            else:
+                torch.mul(ac, rc.copy_(s).pow(-beta), out=bc)  # b = a s^-beta
         ctx.save_for_backward(a, r, b)
         ctx.consts = (half, alpha, beta)
         return b
@@ -101,9 +83,13 @@ class _LRNFunction(torch.autograd.Function):
         step = _rows(a)
         for i in range(0, a.shape[0], step):
             rows = slice(i, i + step)
-            sp, inv_s = _powers(r[rows], beta)
-            ac, gc = a[rows], torch.mul(g[rows], sp, out=grad[rows])  # g s^-beta
-            t = inv_s.mul_(b[rows]).mul_(g[rows])  # g a s^(-beta - 1)
+            ac, rc = a[rows], r[rows]
+            if beta == 0.75:
+                gc = torch.mul(g[rows], rc, out=grad[rows]).mul_(rc).mul_(rc)  # g s^-beta
+                t = torch.mul(b[rows], rc).mul_(gc)  # a q^3 q g q^3 = g a s^(-beta - 1)
+            else:
+                gc = torch.mul(g[rows], rc.pow(-beta), out=grad[rows])
+                t = torch.mul(g[rows], b[rows]).div_(rc)
             gc.addcmul_(ac, t, value=c)  # minus 2 alpha beta a windowsum(t), term by term
             for d in range(1, half + 1):
                 gc[:, :, d:].addcmul_(ac[:, :, d:], t[:, :, :-d], value=c)

@@ -74,11 +74,32 @@ def _lrn_step(shapes: list[tuple[int, ...]], groups: int,
     return step
 
 
+def _report(seconds: dict[str, float], batch: int) -> dict:
+    """Images/s, the paper/torchvision ratio and LRN's share of the paper step, printed."""
+    lrn_s, step = seconds["lrn"], seconds["paper"]
+    result = {"images_per_s": {k: batch / v for k, v in seconds.items() if k != "lrn"},
+              "lrn_seconds": lrn_s, "step_seconds": step,
+              "paper_over_torchvision": seconds["torchvision layout"] / step,
+              "paper_over_no_lrn": seconds["paper, no LRN"] / step,
+              "lrn_share_of_step": lrn_s / step}
+    for k, v in result["images_per_s"].items():
+        print(f"  {k:20s} {v:8.1f} images/s")
+    print(f"  paper / torchvision layout: {result['paper_over_torchvision']:.2f}x, "
+          f"paper / no LRN: {result['paper_over_no_lrn']:.2f}x")
+    print(f"  LRN fwd+bwd alone (conv1 and conv2 shapes): {lrn_s * 1e3:.1f} ms, "
+          f"{100 * result['lrn_share_of_step']:.1f}% of the paper step")
+    return result
+
+
 def bench(args: argparse.Namespace) -> dict:
-    """Print and return images/s of each net's training step and LRN's share of the step."""
+    """Print and return images/s of each net's training step and LRN's share of the step.
+
+    On a CPU with several threads it also measures with one thread: on a shared machine,
+    waits for a descheduled thread can dominate short operations.
+    """
     device = _device(args.device)
     batch = 8 if args.quick else 32
-    warmup, repeats = (1, 2) if args.quick else (2, 5)
+    warmup, repeats = (1, 2) if args.quick else (2, 6)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 50
     y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)
@@ -90,18 +111,16 @@ def bench(args: argparse.Namespace) -> dict:
     shapes = [(batch, paper.CONV1[0], s1, s1), (batch, paper.CONV2[0], s2, s2)]
     fns = {name: _train_step(net.to(device).train(), x, y) for name, net in nets.items()}
     fns["lrn"] = _lrn_step(shapes, paper.COLUMNS, device)
-    seconds = _time_all(fns, device, warmup, repeats)
-    lrn_s = seconds.pop("lrn")
-    result = {"device": str(device), "batch": batch,
-              "images_per_s": {k: batch / v for k, v in seconds.items()},
-              "lrn_seconds": lrn_s, "step_seconds": seconds["paper"]}
-    result["paper_over_torchvision"] = seconds["torchvision layout"] / seconds["paper"]
-    result["lrn_share_of_step"] = lrn_s / seconds["paper"]
-    print(f"device {device}, batch {batch}, {torch.get_num_threads()} threads, fastest of "
-          f"{repeats} interleaved repeats after {warmup} warm-up rounds")
-    for k, v in result["images_per_s"].items():
-        print(f"  {k:20s} {v:8.1f} images/s")
-    print(f"  paper / torchvision layout: {result['paper_over_torchvision']:.2f}x")
-    print(f"  LRN fwd+bwd (conv1 and conv2 shapes): {lrn_s * 1e3:.1f} ms, "
-          f"{100 * result['lrn_share_of_step']:.1f}% of the paper step")
+    threads = torch.get_num_threads()
+    settings = [threads] + ([1] if device.type == "cpu" and threads > 1 and not args.quick
+                            else [])
+    result: dict = {"device": str(device), "batch": batch}
+    try:
+        for n in settings:
+            torch.set_num_threads(n)
+            print(f"device {device}, batch {batch}, {n} thread(s), fastest of {repeats} "
+                  f"interleaved repeats after {warmup} warm-up rounds")
+            result[f"threads_{n}"] = _report(_time_all(fns, device, warmup, repeats), batch)
+    finally:
+        torch.set_num_threads(threads)
     return result

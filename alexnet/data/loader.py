@@ -81,8 +81,10 @@ def keep_freed_memory() -> None:
     glibc returns every freed block over 32 MB to the OS, so each new 77 MB float batch
     (128 x 3 x 224 x 224) would be page-faulted afresh: on the CPU that costs ten times the
     arithmetic of the augmentation. Raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to 1 GiB
-    makes freed batches reusable, as jemalloc or tcmalloc (PyTorch's CPU tuning advice) would.
-    A no-op where libc is not glibc.
+    makes freed batches reusable, as jemalloc or tcmalloc (PyTorch's CPU tuning advice) would;
+    M_ARENA_MAX 1 makes the read-ahead threads allocate from that same heap (a thread's own
+    arena holds at most 64 MB, so a batch made there would be mmap'ed again). A no-op where
+    libc is not glibc.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED or not sys.platform.startswith("linux"):
@@ -92,6 +94,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
 

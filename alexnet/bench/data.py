@@ -1,0 +1,239 @@
+"""`alexnet bench data`: prepare and the training loader, each beside the usual pipeline.
+
+On generated ImageNet-like JPEGs (500x375, about 100 KB, quality 90, an ImageFolder tree),
+in one run, one core each (torch.set_num_threads(1), no worker processes):
+
+- `prepare` (alexnet/data/prepare.py, workers=1): decode, shorter side to 256, centre crop,
+  store write and statistics, done once per image;
+- TrainLoader: random 224 crop, flip, PCA colour, mean image, ending in float batches of 128,
+  read from the 256x256 store with prefetch=0 (everything on the calling thread);
+- the usual pipeline on the same files: torchvision's ImageFolder + Resize(256) +
+  RandomCrop(224) + RandomHorizontalFlip + ToTensor + Normalize through a DataLoader with
+  num_workers=0 when torchvision is importable; otherwise the same steps written with PIL,
+  NumPy and torch (labelled "PIL stand-in"), which decodes the original JPEG every time.
+
+Ratios are of figures measured in the same run. With a CUDA device it also times uint8
+batches through TrainLoader on the GPU (pinned, non_blocking copy, on-device augmentation)
+and the on-device augmentation alone; the goal there is 20,000 images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.paper import BATCH_SIZE, CROP_SIZE, IMAGE_SIZE
+
+# torchvision's ImageNet normalisation (the usual pipeline's convention, not the paper's).
+TV_MEAN = (0.485, 0.456, 0.406)
+TV_STD = (0.229, 0.224, 0.225)
+JPEG_SIZE = (500, 375)  # a typical ILSVRC photo
+JPEG_QUALITY = 90
+CLASSES = 4
+GPU_GOAL = 20_000  # images/s (issue 3)
+
+
+def make_jpegs(root: Path, count: int, seed: int = 0) -> list[tuple[Path, int]]:
+    """`count` photo-like JPEGs (about 100 KB each) in an ImageFolder tree under `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = JPEG_SIZE
+    y, x = np.mgrid[0:h, 0:w]
+    files = []
+    for i in range(count):
+        label = i % CLASSES
+        phase = rng.uniform(0, 6, 3)
+        base = np.stack([128 + 60 * np.sin(x / 37 + p) * np.cos(y / 23 + 2 * p)
+                         for p in phase], -1)
+        coarse = rng.normal(0, 40, (h // 25 + 1, w // 25 + 1, 3)).repeat(25, 0).repeat(25, 1)
+        image = np.clip(base + coarse[:h, :w] + rng.normal(0, 18, (h, w, 3)), 0, 255)
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img{i:05d}.JPEG"
+        Image.fromarray(image.astype(np.uint8)).save(path, "JPEG", quality=JPEG_QUALITY)
+        files.append((path, label))
+    return files
+
+
+class PilFolder(torch.utils.data.Dataset):
+    """The usual ImageFolder pipeline without torchvision: decode the original JPEG, shorter
+    side to 256 (bilinear, antialiased like torchvision's Resize), random 224 crop, flip with
+    p=0.5, to float CHW in 0..1, normalise with the ImageNet mean and std."""
+
+    def __init__(self, files: list[tuple[Path, int]]) -> None:
+        self.files = files
+        self.mean = torch.tensor(TV_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(TV_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.files[i]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            scale = IMAGE_SIZE / min(w, h)
+            image = image.resize((max(IMAGE_SIZE, round(w * scale)),
+                                  max(IMAGE_SIZE, round(h * scale))), Image.BILINEAR)
+            array = np.asarray(image)
+        top = np.random.randint(0, array.shape[0] - CROP_SIZE + 1)
+        left = np.random.randint(0, array.shape[1] - CROP_SIZE + 1)
+        patch = array[top:top + CROP_SIZE, left:left + CROP_SIZE]
+        if np.random.rand() < 0.5:
+            patch = patch[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, label
+
+
+def usual_pipeline(root: Path, files: list[tuple[Path, int]]) -> tuple[Any, str]:
+    """(dataset, name): torchvision's ImageFolder pipeline if installed, else the stand-in."""
+    try:
+        from torchvision import datasets, transforms
+    except ImportError:
+        return PilFolder(files), "PIL stand-in for ImageFolder+RandomCrop/flip/ToTensor/Normalize"
+    transform = transforms.Compose([
+        transforms.Resize(IMAGE_SIZE), transforms.RandomCrop(CROP_SIZE),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(TV_MEAN, TV_STD)])
+    return datasets.ImageFolder(str(root), transform=transform), \
+        "torchvision ImageFolder+Resize/RandomCrop/flip/ToTensor/Normalize"
+
+
+def _rate(images: int, run: Callable[[], None], sync: Callable[[], None] = lambda: None
+          ) -> float:
+    """images / seconds of one call of `run`."""
+    sync()
+    start = time.perf_counter()
+    run()
+    sync()
+    return images / (time.perf_counter() - start)
+
+
+def _time_usual(dataset: Any, images: int) -> float:
+    """Images/s of the usual pipeline: DataLoader(batch 128, shuffle, num_workers=0)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True,
+                                         num_workers=0, drop_last=True)
+    next(iter(loader))  # warm-up
+
+    def run() -> None:
+        seen = 0
+        while seen < images:
+            for x, _ in loader:
+                seen += len(x)
+                if seen >= images:
+                    return
+
+    return _rate(images, run)
+
+
+def _time_loader(store: Any, images: int, device: torch.device, prefetch: int) -> float:
+    """Images/s of TrainLoader with full augmentation (batch 128, crop 224) on `device`."""
+    from alexnet.data.loader import TrainLoader
+
+    loader = TrainLoader(store, BATCH_SIZE, device=device, prefetch=prefetch)
+    if len(loader) == 0:
+        raise ValueError(f"the store needs at least {BATCH_SIZE} images")
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    next(iter(loader.epoch(0)))  # warm-up (page cache, kernels)
+    batches = max(1, images // BATCH_SIZE)
+
+    def run() -> None:
+        done, epoch = 0, 1
+        while done < batches:
+            for _x, _ in loader.epoch(epoch):
+                done += 1
+                if done >= batches:
+                    break
+            epoch += 1
+
+    return _rate(batches * BATCH_SIZE, run, sync)
+
+
+def _time_device_augment(store: Any, device: torch.device, repeats: int) -> float:
+    """Images/s of augment.train_batch alone on a uint8 batch already on `device`."""
+    from alexnet.data import augment
+
+    images = torch.from_numpy(store.read(range(BATCH_SIZE))).to(device)
+    stats = augment.device_stats(store.stats, device)
+
+    def step(k: int) -> torch.Tensor:
+        return augment.train_batch(images, torch.Generator().manual_seed(k), stats)
+
+    step(0)
+    torch.cuda.synchronize(device)
+    return _rate(repeats * BATCH_SIZE, lambda: [step(k) for k in range(repeats)],
+                 lambda: torch.cuda.synchronize(device))
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Images/s of prepare and of TrainLoader, each beside the usual pipeline (one core)."""
+    from alexnet.data.prepare import prepare
+    from alexnet.data.store import open_split
+    from alexnet.evaluate import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    quick = bool(getattr(args, "quick", False))
+    files_n, usual_n, loader_n = (160, 128, 640) if quick else (512, 512, 3072)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"device": str(device), "jpegs": files_n}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = Path(tmp) / "jpegs", Path(tmp) / "store"
+            files = make_jpegs(src, files_n)
+            result["jpeg_kb_mean"] = float(np.mean([os.path.getsize(p) for p, _ in files])
+                                           / 1024)
+            start = time.perf_counter()
+            prepare(src, out, workers=1)
+            result["prepare_images_per_s_per_core"] = files_n / (time.perf_counter() - start)
+            dataset, name = usual_pipeline(src, files)
+            result["usual_pipeline"] = name
+            result["usual_images_per_s_per_core"] = _time_usual(dataset, usual_n)
+            store = open_split(out, "train")
+            cpu = torch.device("cpu")
+            result["loader_images_per_s_per_core"] = _time_loader(store, loader_n, cpu, 0)
+            result["loader_images_per_s_prefetch2"] = _time_loader(store, loader_n, cpu, 2)
+            if device.type == "cuda":
+                result["gpu_loader_images_per_s"] = _time_loader(store, 4 * loader_n, device, 2)
+                result["gpu_augment_images_per_s"] = _time_device_augment(
+                    store, device, 20 if quick else 200)
+    finally:
+        torch.set_num_threads(threads)
+    usual = result["usual_images_per_s_per_core"]
+    result["prepare_over_usual"] = result["prepare_images_per_s_per_core"] / usual
+    result["loader_over_usual"] = result["loader_images_per_s_per_core"] / usual
+    _print(result)
+    return result
+
+
+def _print(r: dict[str, Any]) -> None:
+    usual = r["usual_images_per_s_per_core"]
+    print(f"{r['jpegs']} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]}, {r['jpeg_kb_mean']:.0f} KB "
+          f"mean, quality {JPEG_QUALITY}; one core (torch threads 1, no worker processes)")
+    print(f"  usual pipeline ({r['usual_pipeline']}):")
+    print(f"  {'':<44}{usual:10.1f} images/s")
+    print(f"  {'prepare (once per image, workers=1)':<44}"
+          f"{r['prepare_images_per_s_per_core']:10.1f} images/s  "
+          f"{r['prepare_over_usual']:6.2f}x the usual pipeline")
+    print(f"  {'TrainLoader, full augmentation, float out':<44}"
+          f"{r['loader_images_per_s_per_core']:10.1f} images/s  "
+          f"{r['loader_over_usual']:6.2f}x the usual pipeline (goal 10x)")
+    print(f"  {'TrainLoader, prefetch=2 (read-ahead thread)':<44}"
+          f"{r['loader_images_per_s_prefetch2']:10.1f} images/s")
+    if "gpu_loader_images_per_s" in r:
+        print(f"  {'GPU: TrainLoader (uint8 over the bus)':<44}"
+              f"{r['gpu_loader_images_per_s']:10.1f} images/s  (goal {GPU_GOAL})")
+        print(f"  {'GPU: on-device augmentation alone':<44}"
+              f"{r['gpu_augment_images_per_s']:10.1f} images/s")

@@ -123,8 +123,17 @@ def _check_crop(crop: int, image_size: int) -> None:
         raise UserError(f"crop {crop}: must lie in 1..{image_size} (the store's image size)")
 
 
+def _resolve(device: torch.device | str) -> torch.device:
+    """The device with its index: "cuda" is the caller's current GPU, which the read-ahead
+    threads (each with its own current device, 0) must not reinterpret."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 batch to `device`: pinned and copied without blocking for CUDA."""
+    """A batch (uint8 images or int64 labels) to `device`: pinned, copied without blocking."""
     tensor = torch.from_numpy(images)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
@@ -164,7 +173,7 @@ class TrainLoader:
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crop = store, int(batch_size), int(crop)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.device = torch.device(device)
+        self.device = _resolve(device)
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
         self.prefetch, self.channels_last = max(0, int(prefetch)), channels_last
         stats = store.stats if stats is None else stats
@@ -206,7 +215,7 @@ class TrainLoader:
         def run() -> Any:
             index_sorted = np.sort(index)
             images = _to_device(self.store.read(index_sorted), self.device)
-            y = torch.from_numpy(self.labels[index_sorted]).to(self.device, non_blocking=True)
+            y = _to_device(self.labels[index_sorted], self.device)
             if augment_too:
                 return self._augment(epoch, k, images), y
             return k, images, y
@@ -239,7 +248,7 @@ class EvalLoader:
                             "and their mirrors)")
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
-        self.mean, self.device = mean, torch.device(device)
+        self.mean, self.device = mean, _resolve(device)
         self.prefetch = max(0, int(prefetch))
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, False, store.image_size)
@@ -265,7 +274,7 @@ class EvalLoader:
     def _job(self, index: np.ndarray, *, augment_too: bool) -> Callable[[], Any]:
         def run() -> Any:
             images = _to_device(self.store.read(index), self.device)
-            y = torch.from_numpy(self.labels[index]).to(self.device, non_blocking=True)
+            y = _to_device(self.labels[index], self.device)
             return (self._patches(images) if augment_too else images), y
         return run
 

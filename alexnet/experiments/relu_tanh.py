@@ -42,6 +42,7 @@ from alexnet import paper
 from alexnet.errors import UserError
 
 ACTIVATIONS = ("relu", "tanh")
+INITS = ("gain", "paper")  # each unit's gain / fan_in, or the paper's N(0, 0.01) (section 5)
 # The four-layer net: (kernels, kernel size, padding, pooling after it), then fc -> classes.
 CONV_LAYERS = ((32, 5, 2, "max"), (32, 5, 2, "avg"), (64, 5, 2, "avg"))
 POOL_SIZE, POOL_STRIDE = 3, 2  # cuda-convnet's layers-18pct pooling
@@ -66,6 +67,8 @@ class FourLayerNet(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise UserError(f"activation {activation!r}: choose relu or tanh")
+        if init not in INITS:
+            raise UserError(f"--init {init!r}: choose {' or '.join(INITS)}")
         self.activation = activation
         act = nn.ReLU if activation == "relu" else nn.Tanh
         layers: list[nn.Module] = []
@@ -395,7 +398,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="points of the curve per epoch (default 4)")
     parser.add_argument("--input-scale", choices=("std", "none"), default="std",
                         help="divide centred inputs by the pixel std (default) or keep 0..255")
-    parser.add_argument("--init", choices=("gain", "paper"), default="gain",
+    parser.add_argument("--init", choices=INITS, default="gain",
                         help="weights N(0, gain^2/fan_in) with each unit's gain (default) or "
                              "the paper's N(0, 0.01) for every layer")
     parser.add_argument("--device", default="cpu", help="cpu (default, deterministic) or cuda")

@@ -1,9 +1,9 @@
 """The paper's augmentation (section 4.1) and mean subtraction (section 2), batch-wise on tensors.
 
 Every function works on a whole batch at once, on whatever device the batch lives on (uint8
-goes to the GPU, the augmentation runs there), with no per-image Python loop: crops are one
-advanced-indexing gather from a strided view of every patch row (see `crop`), in
-the style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images are
+goes to the GPU, the augmentation runs there), with no per-image Python loop: all crops are
+one `index_select` from a strided view of every possible patch row (see `crop`), in the
+style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images are
 (B, 3, S, S) or (B, S, S, 3) (the store's layout), uint8 or float.
 
 Every random draw takes an explicit CPU `torch.Generator` and is made on the CPU (the draws
@@ -230,7 +230,8 @@ def mean_windows(mean_image: torch.Tensor, top: torch.Tensor, left: torch.Tensor
                  flip: torch.Tensor | None = None, *, channels_first: bool = True
                  ) -> torch.Tensor:
     """The mean image's window under each crop: what subtracting the (S, S, 3) mean image
-    before cropping (and mirroring) removes from the patch. float (K, 3, size, size)."""
+    before cropping (and mirroring) removes from the patch: float (K, 3, size, size), or
+    (K, size, size, 3) when not channels_first."""
     full = mean_image.shape[0]
     flip = torch.zeros(len(top), dtype=torch.bool) if flip is None else flip.to(torch.bool).cpu()
     # A mirrored patch at `left` is the patch of the mirrored mean at full - size - left.

@@ -60,8 +60,7 @@ class _LRNFunction(torch.autograd.Function):
         step = _rows(a)
         for i in range(0, a.shape[0], step):
             ac, bc, rc = a[i:i + step], b[i:i + step], r[i:i + step]
-            s = torch.addcmul(torch.tensor(k, dtype=a.dtype, device=a.device), ac, ac,
-                              value=alpha)
+            s = torch.full_like(ac, k).addcmul_(ac, ac, value=alpha)
             for d in range(1, half + 1):  # s = k + alpha windowsum(a^2), clipped at the edges
                 s[:, :, d:].addcmul_(ac[:, :, :-d], ac[:, :, :-d], value=alpha)
                 s[:, :, :-d].addcmul_(ac[:, :, d:], ac[:, :, d:], value=alpha)

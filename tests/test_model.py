@@ -340,6 +340,11 @@ def test_torchvision_layout_keys_and_loading(tmp_path):
         assert sum(p.numel() for p in AlexNetTV().parameters()) == 61_100_840
     torch.manual_seed(0)
     source = AlexNetTV(num_classes=1000)
+    # the paper's initialisation under torchvision's names: bias 1 in conv2, 4, 5, fc6, fc7
+    ones = {"features.3", "features.8", "features.10", "classifier.1", "classifier.4"}
+    for key, value in source.state_dict().items():
+        if key.endswith("bias"):
+            assert torch.equal(value, torch.full_like(value, float(key[:-5] in ones))), key
     path = tmp_path / "alexnet-owt.pth"
     torch.save(source.state_dict(), path)  # a weights file: a bare state_dict
     model = build_model("alexnet-tv")

@@ -45,6 +45,10 @@ class ModelConfig:
     width: float = 1.0  # scales every layer; 1.0 is the paper (smaller for tests/CPU only)
     # Section 3.2: each column on its own GPU (cuda:0, cuda:1); needs two CUDA devices.
     split_columns: bool = False
+    # Section 5: the biases of conv2, conv4, conv5, fc6, fc7 start at 1 (paper.BIAS_ONE_LAYERS).
+    # Another value (Caffe's bvlc_alexnet: 0.1) is a documented deviation for small data sets
+    # where 1 gives a flat loss (docs/training.md); it changes the initialisation only.
+    init_bias: float = 1.0
 
 
 @dataclass
@@ -276,11 +280,14 @@ def scaled_lr(config: Config) -> float:
     return o.lr
 
 
+NOT_MODEL_KWARGS = ("arch", "split_columns", "init_bias")  # model keys AlexNet does not take
+
+
 def model_kwargs(config: Config) -> dict[str, Any]:
     """The keyword arguments of AlexNet that this config sets (without num_classes)."""
     m = dataclasses.asdict(config.model)
-    m.pop("arch")
-    m.pop("split_columns")
+    for key in NOT_MODEL_KWARGS:
+        m.pop(key)
     return m
 
 

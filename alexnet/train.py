@@ -268,11 +268,8 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dic
                     bar.set_postfix(loss=f"{loss.item():.3f}",
                                     img_s=f"{seen * rt.dist.world_size / max(elapsed, 1e-9):.0f}")
                     bar.update(s.step - bar.n)
-            reason = _stop_reason(s, config, flag, deadline)
-            if distributed.any_rank(reason is not None, rt.device):
-                reason = reason or "interrupt"
-                break
-            if s.step >= total:
+            reason = _agreed_stop(s, config, rt, flag, deadline, check_every, total)
+            if reason is not None or s.step >= total:
                 break
     finally:
         if bar is not None:
@@ -283,6 +280,22 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dic
         acc["seen"] = acc.get("seen", 0.0) + seen
         acc["seconds"] = acc.get("seconds", 0.0) + time.perf_counter() - t0
     return reason
+
+
+def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: dict[str, bool],
+                 deadline: float, check_every: int, total: int) -> str | None:
+    """Why to stop after this step, the same on every rank.
+
+    The step limit is the same everywhere; Ctrl-C and the clock differ between ranks, so
+    under torchrun they are agreed (one all-reduce) every `check_every` steps only.
+    """
+    reason = _stop_reason(s, config, flag, deadline)
+    if not rt.dist.distributed or reason == "max_steps":
+        return reason
+    if s.step % check_every and s.step != total:
+        return None
+    return (reason or "interrupt") if distributed.any_rank(reason is not None, rt.device) \
+        else None
 
 
 def _check_finite(loss: torch.Tensor, s: RunState, last_good: Path | None) -> None:

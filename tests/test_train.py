@@ -118,18 +118,19 @@ def test_run_folder_holds_log_csv_curves_config(finished_run):
 
 
 def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+    """The full-size paper net on 320 real images, with the demo's documented initialisation
+    (biases 0.1: with the paper's 1 it stays at chance far longer; docs/training.md)."""
     from alexnet.data.prepare import prepare
 
-    prepare(fashion_mnist_dir, tmp_path / "fm", limit=320, splits="train",
-            names="fashion-mnist")
-    prepare(fashion_mnist_dir, tmp_path / "fm", limit=100, splits="test",
-            names="fashion-mnist")
-    result = train(resolve("paper", ["model.width=0.25", "optim.batch_size=32",
-                                     "optim.epochs=3", "run.progress=false",
-                                     "run.device=cpu", "data.pca=false"],
+    for split, limit in (("train", 320), ("test", 100)):
+        prepare(fashion_mnist_dir, tmp_path / "fm", limit=limit, splits=split,
+                names="fashion-mnist")
+    result = train(resolve("paper", ["model.init_bias=0.1", "optim.batch_size=32",
+                                     "optim.epochs=2", "run.progress=false", "run.device=cpu",
+                                     "run.save_best=false"],
                            {"data.store": str(tmp_path / "fm"), "run.out": str(tmp_path / "r")}))
     losses = [row["train_loss"] for row in result["history"]]
-    assert losses[-1] < losses[0] - 0.1, losses
+    assert losses[-1] < min(losses[0], math.log(10)) - 0.05, losses
     assert result["val_top1_error"] < 0.8  # chance is 0.9
 
 
@@ -141,42 +142,52 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(store, tmp_path):
-    args = ["train", "--data", str(store), *sets(TINY + ["optim.epochs=4"])]
-    ref = alexnet_cli(*args, "--out", str(tmp_path / "ref"))
+KILL_ARGS = TINY + ["optim.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(store, tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must reproduce (a real subprocess)."""
+    out = tmp_path_factory.mktemp("reference") / "ref"
+    ref = alexnet_cli("train", "--data", str(store), *sets(KILL_ARGS), "--out", str(out))
     assert ref.returncode == 0, ref.stderr
-    proc = alexnet_cli(*args, "--out", str(tmp_path / "cut"), wait=False)
+    return out
+
+
+def strip_timing(log: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(r).items() if k not in ("images_per_s",
+                                                                 "epoch_seconds")}
+            for r in log.read_text().splitlines()]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(store, reference_run, tmp_path):
+    proc = alexnet_cli("train", "--data", str(store), *sets(KILL_ARGS), "--out",
+                       str(tmp_path / "cut"), wait=False)
     _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGKILL)  # a real kill, somewhere after the first checkpoint
     proc.communicate()
     cut = checkpoint.load(tmp_path / "cut")
-    assert 1 <= cut["epoch"] < 4  # it did die before the end
+    assert 1 <= cut["epoch"] < 3  # it did die before the end
     resumed = alexnet_cli("train", "--resume", str(tmp_path / "cut"))
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
-    ref_log = (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
-    cut_log = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(r).items() if k not in ("images_per_s",
-                                                                 "epoch_seconds")}
-             for r in ref_log]
-    assert strip == [{k: v for k, v in json.loads(r).items()
-                      if k not in ("images_per_s", "epoch_seconds")} for r in cut_log]
+    assert_same_weights(reference_run / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
+    assert strip_timing(reference_run / "log.jsonl") == strip_timing(tmp_path / "cut" /
+                                                                     "log.jsonl")
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(store, tmp_path):
-    args = ["train", "--data", str(store), *sets(TINY + ["optim.epochs=3"])]
-    ref = alexnet_cli(*args, "--out", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr
-    proc = alexnet_cli(*args, "--out", str(tmp_path / "cut"), wait=False)
+def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(store, reference_run, tmp_path):
+    proc = alexnet_cli("train", "--data", str(store), *sets(KILL_ARGS), "--out",
+                       str(tmp_path / "cut"), wait=False)
     _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130, err
+    assert "continue with --resume" in err or "interrupted" in err
     cut = checkpoint.load(tmp_path / "cut")
-    assert cut["step"] >= 1 or cut["epoch"] == 3  # saved inside an epoch (or at the very end)
+    assert cut["step"] >= 1  # saved inside an epoch, after the step in progress
     resumed = alexnet_cli("train", "--resume", str(tmp_path / "cut" / "checkpoint.pt"))
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
+    assert_same_weights(reference_run / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
 
 
 def test_plateau_schedule_drops_lr_by_ten_at_most_three_times(store, tmp_path):

@@ -147,7 +147,8 @@ def test_relu_vs_tanh_on_fashion_mnist_draws_both_curves_and_the_ratio(fashion_s
         # each chosen lr is the search's best by the documented rule
         assert best["lr"] == rt.select_best(result["search"][activation], 0.6)["lr"]
     # the ReLU net really learns: far below chance (90% error on 10 classes) in 4 epochs
-    assert result["best"]["relu"]["final_error"] < 0.5
+    relu_curve = result["best"]["relu"]["epoch_error"]
+    assert relu_curve[-1] < 0.6 and relu_curve[-1] < relu_curve[0] - 0.15
     # epochs to the threshold, read from the per-epoch errors (documented), recomputed here
     relu_e, tanh_e = (rt.epochs_to_threshold([(i + 1, e) for i, e in enumerate(
         result["best"][a]["epoch_error"])], 0.6, 0.9) for a in ("relu", "tanh"))

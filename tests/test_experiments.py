@@ -161,12 +161,15 @@ def test_relu_vs_tanh_on_fashion_mnist_draws_both_curves_and_the_ratio(fashion_s
         assert png.format == "PNG" and png.size == (500, 400)
 
 
-def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, capsys):
+def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, capsys,
+                                                     monkeypatch):
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--threshold", "1.5"]) == 2
     assert main(["relu-vs-tanh", "--data", str(tmp_path / "nothing")]) == 2
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "0"]) == 2
+    monkeypatch.setattr(rt, "MAX_IN_MEMORY", 100 * 16 * 16 * 3)  # a store too big to hold
+    assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "101"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
 
 
 # ----------------------------------------------------------------------------------- ablate

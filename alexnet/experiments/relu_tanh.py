@@ -49,6 +49,7 @@ POOL_SIZE, POOL_STRIDE = 3, 2  # cuda-convnet's layers-18pct pooling
 BATCH_SIZE = 128
 DEFAULT_LRS = (0.003, 0.01, 0.03, 0.1)
 DEFAULT_EPOCHS = 12
+MAX_IN_MEMORY = 8 << 30  # bytes of uint8 training images held in memory
 # Threshold for Fashion-MNIST, a much easier set than CIFAR-10 (both nets pass 25% within an
 # epoch or two): 15% is reached by both within a few-minute CPU run, in the slow part of the
 # curves as 25% is on CIFAR-10 (docs/experiments.md).
@@ -250,6 +251,11 @@ def load_training_set(data: Path, limit: int | None, seed: int) -> tuple:
             indices = np.arange(n)
     else:
         indices = np.arange(n)
+    size = store.image_size
+    if len(indices) * size * size * 3 > MAX_IN_MEMORY:
+        raise UserError(f"{data}: {len(indices)} images of {size}x{size} do not fit this "
+                        f"experiment's in-memory set ({MAX_IN_MEMORY >> 30} GiB); use --limit "
+                        "or a store prepared with a small --size")
     images = np.asarray(store.read(indices))
     labels = np.asarray(store.labels)[indices]
     return images, labels, store

@@ -299,3 +299,25 @@ def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
     assert main(["ablate", "--data", str(tiny_store), "--variants", "nosuch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("alexnet ablate: error:") for line in err)
+
+
+def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, capsys):
+    from alexnet import checkpoint
+    from alexnet.config import from_dict
+    from alexnet.train import train
+
+    out = tmp_path / "abl"
+    variants = ab.choose_variants(["no-lrn"])
+    budget = ab.budget_config(ablation["base"], 2, None, train_images=16)
+    partial = from_dict({"run": {"max_steps": 1}},
+                        ab.variant_configs(budget, variants, out)["no-lrn"])
+    train(partial)  # as if ablate had been stopped after the first step of no-lrn
+    capsys.readouterr()
+    result = ab.ablate(ablation["base"], out, variants, budget_steps=2, log=lambda *_: None)
+    assert f"resuming from {out / 'no-lrn' / 'checkpoint.pt'}" in capsys.readouterr().out
+    assert result["results"]["no-lrn"]["steps"] == 2
+    # and it ends with the weights of the uninterrupted run (bit-identical on the CPU)
+    resumed = checkpoint.load(out / "no-lrn" / "checkpoint.pt")["model"]
+    whole = checkpoint.load(ablation["out"] / "no-lrn" / "checkpoint.pt")["model"]
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)

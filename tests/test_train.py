@@ -203,7 +203,7 @@ def test_plateau_schedule_drops_lr_by_ten_at_most_three_times(store, tmp_path):
     assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == pytest.approx([1e-5, 1e-5])
 
 
-def test_no_drop_while_validation_error_improves(store, tmp_path):
+def test_no_drop_before_the_patience_runs_out(store, tmp_path):
     result = train(resolve("paper", TINY + ["optim.epochs=3", "optim.patience=5"],
                            {"data.store": str(store), "run.out": str(tmp_path / "run")}))
     assert [row["lr"] for row in result["history"]] == [1e-2] * 3

@@ -107,6 +107,8 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
                          weight_decay=paper.WEIGHT_DECAY)
     model = torch.compile(net) if rt.compile else net
     x = torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
+    if rt.channels_last:  # as the loader delivers it
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)
     for _ in range(warmup):
         train_step(model, x, y, optimizer, rt)

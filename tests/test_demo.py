@@ -38,9 +38,11 @@ def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
     assert "40 training and 20 test images" in out and str(run / "final.json") in out
     # a second demo never overwrites the first; it reuses the prepared store
     again = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
-                 overrides=["model.width=0.125"], device="cpu", ten_crop=False)
+                 overrides=["model.width=0.125"], device="cpu", ten_crop=None)
     assert Path(again["run_dir"]) == tmp_path / "demo-2" and again["store"] == result["store"]
     assert json.loads((run / "final.json").read_text()) == final
+    # with time to spare, 10 crops cover the whole (tiny) test split
+    assert again["ten_crop_images"] == 20 and 0 <= again["test_top1_error_10crop"] <= 1
 
 
 def test_default_plans_fit_their_budgets():

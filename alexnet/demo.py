@@ -3,9 +3,9 @@
 It prepares a subset of Fashion-MNIST (the IDX files of the Debian package
 `dataset-fashion-mnist`, or any folder holding them) into a 256x256 store, trains the
 paper's FULL-SIZE network (ten classes) with the paper's recipe on it, evaluates it on the
-test split (top-1/top-5, centre crop; 10 crops when time allows) and writes a run folder:
-config.json, log.jsonl, log.csv, curves.png, checkpoint.pt and final.json. No network is
-needed.
+test split (top-1/top-5, centre crop; 10 crops on as many test images as time allows) and
+writes a run folder: config.json, log.jsonl, log.csv, curves.png, checkpoint.pt and
+final.json. No network is needed.
 
 The budget: the paper's net costs 4.3 GFLOP per trained 224x224 image (forward and
 backward), so a 2-core CPU trains only some tens of images per second. The CPU plan therefore

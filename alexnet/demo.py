@@ -160,7 +160,8 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
     seconds = time.monotonic() - t0
     final: dict[str, Any] = {"test_top1_error": centre["top1_error"],
                              "test_top5_error": centre["top5_error"],
-                             "test_images": centre["images"], "chance_top1_error": 0.9}
+                             "test_images": centre["images"],
+                             "chance_top1_error": 1 - 1 / len(test.classes)}
     n = len(test)
     if ten_crop is None:  # as many test images as the time left allows (at least 100)
         left = min(plan.budget_s - (time.monotonic() - t_start) - 5.0,
@@ -194,7 +195,8 @@ def _fresh_run_folder(out: Path) -> Path:
 
 def _report(final: dict[str, Any], out: Path, store: Path) -> None:
     """Print the figures and where everything was written."""
-    print(f"test top-1 error {100 * final['test_top1_error']:.2f}% (chance: 90%), top-5 "
+    print(f"test top-1 error {100 * final['test_top1_error']:.2f}% (chance: "
+          f"{100 * final['chance_top1_error']:.0f}%), top-5 "
           f"{100 * final['test_top5_error']:.2f}%, centre crop, "
           f"{final['test_images']} test images")
     if "test_top1_error_10crop" in final:

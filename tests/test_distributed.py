@@ -96,8 +96,8 @@ def test_devices_that_are_absent_are_one_line_errors():
 
 
 def test_global_batch_must_split_evenly():
-    from alexnet.train import _per_rank_batch
+    from alexnet.training.data import per_rank_batch
 
-    assert _per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 2) == 4
+    assert per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 2) == 4
     with pytest.raises(UserError, match="does not split evenly over 3 ranks"):
-        _per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 3)
+        per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 3)

@@ -211,7 +211,7 @@ def test_no_drop_before_the_patience_runs_out(store, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path,
                                                                    monkeypatch):
-    import alexnet.train as train_module
+    import alexnet.training.loop as train_module
 
     real_step = train_module.train_step
     calls = {"n": 0}

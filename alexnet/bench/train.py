@@ -1,7 +1,7 @@
 """`alexnet bench train`: training images/s of the paper net in fp32 and with each speed option.
 
 Each setting runs full training steps (forward, cross-entropy, backward, PaperSGD update,
-through alexnet.train.train_step) on a fixed batch already on the device, so the figure is
+through alexnet.training.loop.train_step) on a fixed batch already on the device, so the figure is
 the model's training speed without data loading (`alexnet bench data` measures the loader).
 Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
 bracketed by CUDA events. The torchvision layout (`build_model("alexnet-tv")`) runs beside the
@@ -93,7 +93,8 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     from alexnet.distributed import DistInfo
     from alexnet.model import build_model
     from alexnet.optim import PaperSGD, param_groups
-    from alexnet.train import setup_runtime, train_step
+    from alexnet.training.loop import train_step
+    from alexnet.training.runtime import setup_runtime
 
     config = Config()
     for key, value in run_opts.items():

@@ -1,0 +1,62 @@
+"""The data side of a training run: the store's training and validation splits (the "auto"
+validation choice), the per-rank batch and the deterministic training loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alexnet.config import Config
+from alexnet.distributed import print0
+from alexnet.errors import UserError
+from alexnet.training.runtime import Runtime
+
+
+def open_data(config: Config) -> tuple[Any, Any | None, str | None]:
+    """(train split, validation split or None, its name): `val`, else `test` with a notice."""
+    from alexnet.data.store import open_split
+
+    root = Path(config.data.store) if config.data.store else None
+    if root is None:
+        raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
+    if not root.is_dir():
+        raise UserError(f"{root}: no such store; make one with 'alexnet prepare SOURCE {root}'")
+    train_store = open_split(root, "train")
+    choice = config.data.val_split
+    if choice == "none":
+        return train_store, None, None
+    if choice == "auto":
+        choice = "val" if (root / "val").is_dir() else "test" if (root / "test").is_dir() else ""
+        if choice == "test":
+            print0(f"notice: {root} has no 'val' split; validating on its 'test' split "
+                   "(the schedule then sees test error: report test figures with that in mind)")
+        if not choice:
+            print0(f"notice: {root} has neither 'val' nor 'test': no validation, constant lr")
+            return train_store, None, None
+    return train_store, open_split(root, choice), choice
+
+
+def per_rank_batch(config: Config, n_train: int, world: int) -> int:
+    """The batch of each rank: the global batch split evenly (checked against the data)."""
+    b = config.optim.batch_size
+    if b < 1:
+        raise UserError(f"optim.batch_size {b}: must be at least 1")
+    if b > n_train:
+        raise UserError(f"optim.batch_size {b} is larger than the training split "
+                        f"({n_train} images); use a smaller --batch-size")
+    if b % world:
+        raise UserError(f"optim.batch_size {b} (the global batch) does not split evenly over "
+                        f"{world} ranks; use a multiple of {world}")
+    return b // world
+
+
+def train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats: Any) -> Any:
+    """The sharded, deterministic training loader (loader.py)."""
+    from alexnet.data.loader import TrainLoader
+
+    d = config.data
+    return TrainLoader(store, per_rank, crop=d.crop, seed=config.run.seed, rank=rt.dist.rank,
+                       world_size=rt.dist.world_size, device=rt.device, flip=d.flip, pca=d.pca,
+                       pca_scale=d.pca_scale, mean=d.mean, stats=stats,
+                       prefetch=config.run.prefetch, channels_last=rt.channels_last)
+

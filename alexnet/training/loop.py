@@ -1,0 +1,202 @@
+"""One epoch of the paper's procedure (section 5): SGD steps over the loader, the finiteness
+check, the agreed stop (Ctrl-C, step limit, clock), validation and the epoch's log row."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet import distributed
+from alexnet.config import Config
+from alexnet.distributed import print0
+from alexnet.errors import UserError
+from alexnet.training.runtime import Runtime
+from alexnet.training.state import RunState
+
+CHECK_EVERY_CUDA = 25  # steps between host syncs (loss finiteness, progress bar) on a GPU
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               optimizer: torch.optim.Optimizer, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch: (mean loss, number of wrong top-1 predictions), on device."""
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        logits = model(x)
+    y = y.to(logits.device, non_blocking=True)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    rt.scaler.scale(loss).backward()
+    rt.scaler.step(optimizer)
+    rt.scaler.update()
+    return loss.detach(), (logits.detach().argmax(1) != y).sum()
+
+
+def steps_in_epoch(loader: Any, config: Config) -> int:
+    """Batches per epoch: the loader's, capped by run.steps_per_epoch."""
+    n = len(loader)
+    cap = config.run.steps_per_epoch
+    return min(n, cap) if cap else n
+
+
+@contextlib.contextmanager
+def interrupt_guard() -> Iterator[dict[str, bool]]:
+    """Ctrl-C sets a flag checked after each step; a second Ctrl-C interrupts at once."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["hit"]:
+            raise KeyboardInterrupt
+        flag["hit"] = True
+        print0("\ninterrupted: finishing this step and saving a checkpoint "
+               "(Ctrl-C again to abort without saving)", flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on rank 0, or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True,
+                leave=False)
+
+
+def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dict[str, bool],
+                deadline: float, last_good: Path | None) -> str | None:
+    """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None."""
+    total = steps_in_epoch(loader, config)
+    s.model.train()
+    check_every = CHECK_EVERY_CUDA if rt.device.type == "cuda" else 1
+    bar = _progress(total, s.step, f"epoch {s.epoch + 1}/{config.optim.epochs}",
+                    config.run.progress and rt.dist.is_main)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    wrong_sum = torch.zeros((), dtype=torch.int64, device=rt.device)
+    seen, t0, reason = 0, time.perf_counter(), None
+    try:
+        if s.step >= total:
+            return None
+        for x, y in loader.epoch(s.epoch, start=s.step):
+            loss, wrong = train_step(s.model, x, y, s.optimizer, rt)
+            batch = y.shape[0]
+            loss_sum += loss.to(loss_sum.device, torch.float64) * batch
+            wrong_sum += wrong.to(wrong_sum.device)
+            seen += batch
+            s.step += 1
+            s.global_step += 1
+            if s.step % check_every == 0 or s.step == total:
+                _check_finite(loss, s, last_good)
+                if bar is not None:
+                    elapsed = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{loss.item():.3f}",
+                                    img_s=f"{seen * rt.dist.world_size / max(elapsed, 1e-9):.0f}")
+                    bar.update(s.step - bar.n)
+            reason = _agreed_stop(s, config, rt, flag, deadline, check_every, total)
+            if reason is not None or s.step >= total:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        acc = s.acc
+        acc["loss_sum"] = acc.get("loss_sum", 0.0) + float(loss_sum)
+        acc["wrong"] = acc.get("wrong", 0.0) + float(wrong_sum)
+        acc["seen"] = acc.get("seen", 0.0) + seen
+        acc["seconds"] = acc.get("seconds", 0.0) + time.perf_counter() - t0
+    return reason
+
+
+def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: dict[str, bool],
+                 deadline: float, check_every: int, total: int) -> str | None:
+    """Why to stop after this step, the same on every rank.
+
+    The step limit is the same everywhere; Ctrl-C and the clock differ between ranks, so
+    under torchrun they are agreed (one all-reduce) every `check_every` steps only.
+    """
+    reason = _stop_reason(s, config, flag, deadline)
+    if not rt.dist.distributed or reason == "max_steps":
+        return reason
+    if s.step % check_every and s.step != total:
+        return None
+    return (reason or "interrupt") if distributed.any_rank(reason is not None, rt.device) \
+        else None
+
+
+def _check_finite(loss: torch.Tensor, s: RunState, last_good: Path | None) -> None:
+    """Stop on a NaN/inf loss, keeping the last good checkpoint untouched."""
+    value = float(loss)
+    if not math.isfinite(value):
+        kept = f"the last good checkpoint {last_good} is kept" if last_good else \
+            "no checkpoint had been written yet"
+        raise UserError(f"training loss is {value} at epoch {s.epoch + 1}, step {s.step}: "
+                        f"stopped ({kept}); lower optim.lr or turn off run.amp")
+
+
+def _stop_reason(s: RunState, config: Config, flag: dict[str, bool],
+                 deadline: float) -> str | None:
+    """'interrupt', 'max_steps' or 'time_limit' when the run must stop after this step."""
+    if flag["hit"]:
+        return "interrupt"
+    if config.run.max_steps and s.global_step >= config.run.max_steps:
+        return "max_steps"
+    if deadline and time.monotonic() >= deadline:
+        return "time_limit"
+    return None
+
+
+def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
+                   stats: dict[str, Any]) -> dict[str, float]:
+    """Validation top-1/top-5 error (centre crop) on rank 0, shared with every rank."""
+    from alexnet.evaluate import evaluate_model
+
+    result: dict[str, float] = {}
+    if rt.dist.is_main and val_store is not None:
+        n = len(val_store)
+        limit = config.run.val_limit
+        indices = list(range(min(limit, n))) if limit else None
+        with rt.autocast():
+            res = evaluate_model(s.net, val_store, crops=1, batch_size=config.run.eval_batch_size,
+                                 device=rt.device, stats=stats, mean=config.data.mean,
+                                 crop=config.data.crop, indices=indices)
+        result = {"val_top1_error": res["top1_error"], "val_top5_error": res["top5_error"]}
+    return distributed.broadcast_object(result)
+
+
+def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,
+              partial: bool, lr: float | None = None) -> dict[str, Any]:
+    """The log row of the epoch just trained (training figures averaged over ranks).
+
+    `lr` is the rate the epoch trained with (the schedule may have dropped it since).
+    """
+    acc = distributed.all_reduce_mean(
+        {"loss": s.acc.get("loss_sum", 0.0) / max(1.0, s.acc.get("seen", 0.0)),
+         "error": s.acc.get("wrong", 0.0) / max(1.0, s.acc.get("seen", 0.0))}, rt.device)
+    seconds = s.acc.get("seconds", 0.0)
+    images = s.acc.get("seen", 0.0) * rt.dist.world_size
+    return {"epoch": s.epoch + 1, "steps": s.global_step,
+            "lr": s.optimizer.param_groups[0]["lr"] if lr is None else lr,
+            "train_loss": acc["loss"], "train_error": acc["error"],
+            "val_top1_error": val.get("val_top1_error"),
+            "val_top5_error": val.get("val_top5_error"),
+            "images_per_s": images / seconds if seconds > 0 else None,
+            "epoch_seconds": seconds, "lr_dropped": dropped, "partial": partial}
+

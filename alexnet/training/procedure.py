@@ -1,0 +1,163 @@
+"""The paper's learning procedure (section 5) as a sequence: set up, then for each epoch train,
+validate, step the schedule, log and checkpoint; stop on Ctrl-C, a step limit or the clock.
+
+The defaults are the paper's recipe: global batch 128, PaperSGD (v <- 0.9 v - 0.0005 lr w -
+lr g; w <- w + v) with no weight decay on biases (cuda-convnet's choice), lr 0.01 divided by 10
+whenever the validation top-1 error stops improving (PlateauSchedule, at most three drops), 90
+epochs, the paper's initialisation and dropout, random 224 crops, flips and PCA colour shifts.
+Speed options (bf16/fp16 autocast, channels_last, torch.compile) are opt-in (preset `fast`).
+
+Every epoch writes a row (training loss and error, validation top-1/top-5 centre-crop error,
+lr, images/s) to log.jsonl and log.csv, redraws curves.png and saves checkpoint.pt atomically;
+Ctrl-C finishes the current step and saves the position inside the epoch. `--resume` restores
+model, optimizer, schedule, epoch, step, RNG states and (through the loader's deterministic
+order) the data, so an interrupted run ends with bit-identical weights on the CPU.
+Launched by torchrun it trains data-parallel (alexnet/distributed.py; docs/training.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from alexnet import distributed
+from alexnet.config import Config, validate, write_json
+from alexnet.distributed import DistInfo, print0
+from alexnet.errors import UserError
+from alexnet.training.data import open_data, per_rank_batch, train_loader
+from alexnet.training.loop import (
+    epoch_row,
+    interrupt_guard,
+    steps_in_epoch,
+    train_epoch,
+    validate_epoch,
+)
+from alexnet.training.run_folder import RunFiles, announce, format_row, open_tensorboard, write_logs
+from alexnet.training.runtime import Runtime, seed_everything, setup_runtime
+from alexnet.training.saving import resume_checkpoint, save_checkpoints
+from alexnet.training.state import RunState, build_state, restore
+
+
+def train(config: Config) -> dict[str, Any]:
+    """Train as `config` says; return the final metrics and the paths of the run's files.
+
+    Launched by torchrun (RANK/WORLD_SIZE set) it joins the process group, trains data-parallel
+    and leaves the group at the end; otherwise it runs in this process on run.device.
+    """
+    validate(config)
+    dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
+    joined = dist_info.distributed
+    try:
+        return _train(config, dist_info)
+    finally:
+        if joined:
+            distributed.cleanup()
+
+
+def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
+    """The main loop (see `train`)."""
+    rt = setup_runtime(config, dist_info)
+    train_store, val_store, val_name = open_data(config)
+    per_rank = per_rank_batch(config, len(train_store), dist_info.world_size)
+    files = RunFiles(Path(config.run.out))
+    resume_ckpt, resume_path = resume_checkpoint(config, files)
+
+    seed_everything(config.run.seed)
+    s = build_state(config, len(train_store.classes), rt)
+    stats = train_store.stats
+    if resume_ckpt is not None:
+        restore(s, resume_ckpt, resume_path, rt)
+        stats = resume_ckpt.get("stats") or stats
+    loader = train_loader(train_store, per_rank, config, rt, stats)
+    if len(loader) == 0:
+        raise UserError(f"optim.batch_size {config.optim.batch_size}: no full batch per rank "
+                        f"in {len(train_store)} training images; use a smaller batch")
+
+    tb = None
+    if dist_info.is_main:
+        files.root.mkdir(parents=True, exist_ok=True)
+        write_json(config, files.config)
+        tb = open_tensorboard(files, config.run.tensorboard)
+        announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
+                  files, resume_path)
+    last_good = files.checkpoint if resume_ckpt is not None else None
+    deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0
+    stopped = "completed"
+    with interrupt_guard() as flag:
+        while s.epoch < config.optim.epochs:
+            reason = train_epoch(s, loader, config, rt, flag, deadline, last_good)
+            if reason is not None:
+                last_good = save_checkpoints(s, config, train_store, files, rt)
+                if reason == "interrupt":
+                    print0(f"checkpoint saved at epoch {s.epoch + 1}, step {s.step}: "
+                           f"{files.checkpoint}; continue with --resume {files.root}")
+                    raise KeyboardInterrupt
+                stopped = reason
+                _finish_partial_epoch(s, val_store, config, rt, stats, files, tb)
+                break
+            last_good = _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
+            if config.run.max_steps and s.global_step >= config.run.max_steps:
+                stopped = "max_steps"
+                break
+    if tb is not None:
+        tb.close()
+    return _summary(s, files, stopped, val_name)
+
+
+def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
+               train_store: Any, files: RunFiles, tb: Any) -> Path | None:
+    """Validate (every run.val_every epochs), step the schedule, log, checkpoint."""
+    val: dict[str, float] = {}
+    dropped, lr = False, s.optimizer.param_groups[0]["lr"]
+    if val_store is not None and ((s.epoch + 1) % config.run.val_every == 0
+                                  or s.epoch + 1 == config.optim.epochs):
+        val = validate_epoch(s, val_store, config, rt, stats)
+        dropped = bool(s.schedule.step(val["val_top1_error"]))
+    row = epoch_row(s, rt, val, dropped, partial=False, lr=lr)
+    improved = val and val["val_top1_error"] < s.best_error
+    if improved:
+        s.best_error = val["val_top1_error"]
+    s.history.append(row)
+    s.epoch, s.step, s.acc = s.epoch + 1, 0, {}
+    path = save_checkpoints(s, config, train_store, files, rt, best=bool(improved))
+    if rt.dist.is_main:
+        write_logs(files, s.history, tb)
+        print0(format_row(row, config.optim.epochs))
+        if dropped:
+            print0(f"validation error stopped improving: lr divided by {config.optim.lr_factor:g}"
+                   f" to {s.optimizer.param_groups[0]['lr']:.2e}")
+    return path
+
+
+def _finish_partial_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
+                          files: RunFiles, tb: Any) -> None:
+    """After a max_steps/time_limit stop mid-epoch: validate and log the partial epoch.
+
+    The checkpoint was saved before this row, so a resumed run logs the full epoch instead.
+    """
+    val = validate_epoch(s, val_store, config, rt, stats) if val_store is not None else {}
+    row = epoch_row(s, rt, val, False, partial=True)
+    s.history.append(row)
+    if rt.dist.is_main:
+        write_logs(files, s.history, tb)
+        print0(format_row(row, config.optim.epochs) + " (partial epoch)")
+
+
+def _summary(s: RunState, files: RunFiles, stopped: str, val_name: str | None
+             ) -> dict[str, Any]:
+    """The dict `train` returns: final metrics and the paths of the run's files."""
+    last = s.history[-1] if s.history else {}
+    return {
+        "run_dir": str(files.root), "checkpoint": str(files.checkpoint),
+        "best": str(files.best) if files.best.exists() else None,
+        "log": str(files.log), "log_csv": str(files.csv), "curves": str(files.curves),
+        "config": str(files.config), "stopped": stopped, "epochs": s.epoch, "step": s.step,
+        "steps": s.global_step, "val_split": val_name,
+        "train_loss": last.get("train_loss"), "train_error": last.get("train_error"),
+        "val_top1_error": last.get("val_top1_error"), "val_top5_error": last.get("val_top5_error"),
+        "best_val_top1_error": s.best_error if math.isfinite(s.best_error) else None,
+        "lr": s.optimizer.param_groups[0]["lr"], "history": list(s.history),
+    }
+

@@ -1,0 +1,126 @@
+"""The training state: the network with the paper's initialisation, PaperSGD, the plateau
+schedule and the counters, built from a config, and its conversion to and from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet import checkpoint
+from alexnet.config import Config, model_kwargs, scaled_lr, to_dict
+from alexnet.errors import UserError
+from alexnet.training.runtime import Runtime
+
+
+@dataclass
+class RunState:
+    """Everything that moves during training and goes into a checkpoint."""
+
+    model: nn.Module  # what the step calls: maybe compiled, maybe DDP-wrapped
+    net: nn.Module  # the plain network (split across two GPUs with split_columns)
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    epoch: int = 0  # the epoch in progress (0-based)
+    step: int = 0  # batches of that epoch already done
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    acc: dict[str, float] = field(default_factory=dict)  # partial sums of the epoch
+    best_error: float = math.inf
+
+
+def build_network(config: Config, num_classes: int) -> nn.Module:
+    """The network of `config` with the paper's initialisation (seeded by the caller).
+
+    `model.init_bias` other than 1 resets the biases the paper sets to 1 (docs/training.md).
+    """
+    from alexnet.model import build_model
+
+    kwargs = model_kwargs(config) if config.model.arch == "alexnet" else \
+        {"dropout": config.model.dropout}  # the torchvision layout has no other switches
+    net = build_model(config.model.arch, num_classes=num_classes, **kwargs)
+    if config.model.init_bias != 1.0:
+        with torch.no_grad():
+            for name, module in net.named_modules():
+                if name in _bias_one_layers(net):
+                    module.bias.fill_(config.model.init_bias)
+    return net
+
+
+def _bias_one_layers(net: nn.Module) -> tuple[str, ...]:
+    """The names of the layers whose biases the paper initialises to 1, in `net`'s layout."""
+    from alexnet import model as model_module
+    from alexnet.paper import BIAS_ONE_LAYERS
+
+    return BIAS_ONE_LAYERS if getattr(net, "arch", "alexnet") == "alexnet" else \
+        model_module.TV_BIAS_ONE
+
+
+def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
+    """Network (placed, wrapped), PaperSGD over the paper's parameter groups, the schedule."""
+    from alexnet.optim import PaperSGD, PlateauSchedule, param_groups
+
+    net = build_network(config, num_classes)
+    if rt.dist.column_devices is not None:
+        from alexnet.model import split_columns
+
+        net = split_columns(net, rt.dist.column_devices)
+    else:
+        net = net.to(rt.device)
+    if rt.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    o = config.optim
+    optimizer = PaperSGD(param_groups(net, bias_decay=o.bias_decay), lr=scaled_lr(config),
+                         momentum=o.momentum, weight_decay=o.weight_decay)
+    schedule = PlateauSchedule(optimizer, factor=o.lr_factor, patience=o.patience,
+                               threshold=o.threshold, max_drops=o.max_drops)
+    model = net
+    if rt.compile:
+        model = torch.compile(model)
+    if rt.dist.distributed:
+        device_ids = [rt.device.index] if rt.device.type == "cuda" and \
+            rt.dist.column_devices is None else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return RunState(model=model, net=net, optimizer=optimizer, schedule=schedule)
+
+
+def make_checkpoint(s: RunState, config: Config, train_store: Any,
+                    rt: Runtime) -> dict[str, Any]:
+    """The full training state (docs/design.md, checkpoint.py)."""
+    return checkpoint.make_state(
+        s.net, optimizer=s.optimizer.state_dict(), schedule=s.schedule.state_dict(),
+        scaler=rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
+        epoch=s.epoch, step=s.step, global_step=s.global_step,
+        acc=dict(s.acc), best_error=s.best_error, config=to_dict(config),
+        classes=list(train_store.classes), stats=train_store.stats,
+        rng=checkpoint.rng_state(), metrics=list(s.history))
+
+
+def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime) -> None:
+    """Load a checkpoint's state into `s` (the RNG states last: building drew from them)."""
+    net_arch = getattr(s.net, "arch", "alexnet")
+    net_args = dict(getattr(s.net, "kwargs", {}))
+    if ckpt.get("arch") != net_arch or dict(ckpt.get("model_args") or {}) != net_args:
+        raise UserError(f"{path}: a checkpoint of another architecture ({ckpt.get('arch')} "
+                        f"{ckpt.get('model_args')}) than this config's ({net_arch} {net_args}); "
+                        "resume with the run's own settings")
+    try:
+        checkpoint.unwrap(s.net).load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.schedule.load_state_dict(ckpt["schedule"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise UserError(f"{path}: its state does not fit this network ({str(err)[:100]})") \
+            from None
+    if ckpt.get("scaler") and rt.scaler.is_enabled():
+        rt.scaler.load_state_dict(ckpt["scaler"])
+    s.epoch, s.step = int(ckpt["epoch"]), int(ckpt["step"])
+    s.global_step = int(ckpt.get("global_step", 0))
+    s.acc = dict(ckpt.get("acc") or {})
+    s.best_error = float(ckpt.get("best_error", math.inf))
+    s.history = list(ckpt.get("metrics") or [])
+    checkpoint.set_rng_state(ckpt["rng"])
+

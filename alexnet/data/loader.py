@@ -1,17 +1,24 @@
 """TrainLoader and EvalLoader: store -> augmented float batches, read ahead, sharded, resumable.
 
-uint8 batches are read from the store (a memory map: no decoding) by a small thread pool
-ahead of the training step; on a CUDA device the uint8 batch is pinned, copied with
-non_blocking=True, and augmented there (alexnet/data/augment.py), as in timm's PrefetchLoader
-and airbench. The shuffle of an epoch depends on (seed, epoch) only and every random draw of
-batch k on (seed, epoch, k, rank) only, so `epoch(e, start=k)` gives exactly the batches an
-uninterrupted epoch gives from k on: a run resumed mid-epoch continues bit for bit.
+uint8 batches are read from the store by a pool of read-ahead threads ahead of the training
+step: a raw store is a memory map (no decoding); a jpeg store's bytes are decoded by a CPU
+decoder that releases the interpreter lock (alexnet/data/decode.py), and on a CUDA device a
+share of each batch (`gpu_decode`) by nvJPEG on the GPU. On a CUDA device the uint8 batch is
+pinned, copied with non_blocking=True, and augmented there (alexnet/data/augment.py), as in
+timm's PrefetchLoader and airbench. The read-ahead depth and the GPU's share default to what
+fits the machine (`default_prefetch`, `default_gpu_decode`).
+
+The shuffle of an epoch depends on (seed, epoch) only and every random draw of batch k
+on (seed, epoch, k, rank) only, so `epoch(e, start=k)` gives exactly the batches an
+uninterrupted epoch gives from k on, at every read-ahead depth (with the same decoders):
+a run resumed mid-epoch continues bit for bit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -21,12 +28,17 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from alexnet.data import augment
+from alexnet.data import augment, decode
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
 T = TypeVar("T")
 _SHUFFLE, _DRAWS = 0, 1  # domain tags: the shuffle's and the draws' seeds never coincide
+# Decode rates measured on one H200 host (16 cores) on 256x256 photo JPEGs of quality 90
+# (issue 9), used only to split a batch between the GPU and the CPU threads by default:
+GPU_DECODE_RATE = 12_000  # images/s of nvJPEG batches of 256 (torchvision.io.decode_jpeg)
+CORE_DECODE_RATE = 850  # images/s per core of a lock-free decoder, all 16 cores busy
+PIL_DECODE_RATE = 2_000  # images/s of PIL, whatever the number of threads
 
 
 def derive_seed(*words: int) -> int:
@@ -70,6 +82,87 @@ def read_ahead(jobs: Sequence[Callable[[], T]], depth: int) -> Iterator[T]:
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def host_cores() -> int:
+    """Cores this process may use: its CPU affinity, shared among the ranks of this host
+    (torchrun's LOCAL_WORLD_SIZE), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(1, cores // max(1, int(ranks) if ranks.isdigit() else 1))
+
+
+def default_prefetch(store_format: str, device: torch.device | str,
+                     cores: int | None = None) -> int:
+    """Read-ahead depth (threads, and batches in flight) that fits the machine.
+
+    On the CPU the batch is augmented in the read-ahead threads too and the model needs the
+    cores: 2 (or 1 on one core). On a GPU a raw batch costs a memory copy, and the H200
+    host delivered 66.5k img/s at depth 4, 86.5k at 8 and 85.8k at 16 (issue 9): half the
+    cores, 4 to 16. A jpeg batch costs a decode per image: one thread per core, 4 to 32.
+    """
+    cores = host_cores() if cores is None else max(1, int(cores))
+    if torch.device(device).type != "cuda":
+        return min(2, cores)
+    if store_format == "jpeg":
+        return max(4, min(32, cores))
+    return max(4, min(16, cores // 2))
+
+
+def default_gpu_decode(store_format: str, device: torch.device | str, decoder: str = "auto",
+                       cores: int | None = None) -> float:
+    """The share of each jpeg batch decoded on the GPU by default: the GPU's share of the
+    summed decode rates (GPU_DECODE_RATE against the CPU threads'), so that both finish a
+    batch together; 0 for raw stores and where the GPU decode cannot run."""
+    if store_format != "jpeg" or decode.gpu_unavailable(device):
+        return 0.0
+    cores = host_cores() if cores is None else max(1, int(cores))
+    if decode.resolve_cpu_decoder(decoder) == "pil":
+        cpu_rate = PIL_DECODE_RATE
+    else:
+        cpu_rate = cores * CORE_DECODE_RATE
+    return round(GPU_DECODE_RATE / (GPU_DECODE_RATE + cpu_rate), 2)
+
+
+def _check_gpu_decode(gpu_decode: float | None, store: Any, device: torch.device,
+                      decoder: str) -> float:
+    """The GPU's share of each batch: auto when None or negative, else 0..1 where possible."""
+    if gpu_decode is None or gpu_decode < 0:
+        return default_gpu_decode(store.format, device, decoder)
+    if gpu_decode > 1:
+        raise UserError(f"gpu_decode {gpu_decode}: the GPU's share of each jpeg batch lies in "
+                        "0..1 (negative: auto)")
+    reason = decode.gpu_unavailable(device)
+    if gpu_decode > 0 and store.format == "jpeg" and reason:
+        raise UserError(f"gpu_decode {gpu_decode}: {reason}; use gpu_decode 0 (CPU decode)")
+    return float(gpu_decode) if store.format == "jpeg" else 0.0
+
+
+def read_batch(store: Any, index: np.ndarray, device: torch.device, decoder: str = "auto",
+               gpu_decode: float = 0.0) -> torch.Tensor:
+    """Store images `index` as uint8 (B, S, S, 3) on `device`.
+
+    A raw store's pixels are sliced from the memory map. A jpeg store's first
+    round(gpu_decode * B) images are decoded in one nvJPEG batch on the GPU (launched first,
+    so that the GPU works while this thread decodes the rest on the CPU, straight into pinned
+    memory).
+    """
+    if store.format != "jpeg":
+        return _to_device(store.read(index), device)
+    blobs, size = store.encoded(index), store.image_size
+    on_gpu = round(gpu_decode * len(blobs))
+    gpu = decode.decode_gpu(blobs[:on_gpu], size, device) if on_gpu else None
+    shape = (len(blobs) - on_gpu, size, size, 3)
+    if device.type == "cuda":
+        pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        decode.decode_cpu(blobs[on_gpu:], size, decoder, out=pinned.numpy())
+        cpu = pinned.to(device, non_blocking=True)
+    else:
+        cpu = torch.from_numpy(decode.decode_cpu(blobs[on_gpu:], size, decoder))
+    return cpu if gpu is None else torch.cat([gpu, cpu])
 
 
 _MALLOC_TUNED = False
@@ -132,6 +225,15 @@ def _resolve(device: torch.device | str) -> torch.device:
     return device
 
 
+def _reading(store: Any, device: torch.device, prefetch: int | None, decoder: str,
+             gpu_decode: float | None) -> tuple[int, str, float]:
+    """(read-ahead depth, CPU decoder, GPU share) of a loader, the automatic ones resolved."""
+    if prefetch is None or prefetch < 0:
+        prefetch = default_prefetch(store.format, device)
+    decoder = decode.resolve_cpu_decoder(decoder)
+    return int(prefetch), decoder, _check_gpu_decode(gpu_decode, store, device, decoder)
+
+
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """A batch (uint8 images or int64 labels) to `device`: pinned, copied without blocking."""
     tensor = torch.from_numpy(images)
@@ -149,13 +251,17 @@ class TrainLoader:
     fb.resnet.torch's reading, the default) or "eigval" (the paper's formula taken literally:
     shifts of hundreds of levels); a number (config data.pca_scale) keeps "std" and multiplies
     the paper's alpha std (0.1) by it. `stats` default to the store's (the training split's).
+    `prefetch` None (or negative) is `default_prefetch`; a jpeg store is decoded by CPU
+    `decoder` (decode.CPU_DECODERS or "auto") and, on CUDA, the share `gpu_decode` of each
+    batch on the GPU (None or negative: `default_gpu_decode`).
     """
 
     def __init__(self, store: Any, batch_size: int, *, crop: int = CROP_SIZE, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                  flip: bool = True, pca: bool = True, pca_scale: str | float = "std",
-                 mean: str = "image", stats: dict[str, Any] | None = None, prefetch: int = 2,
-                 channels_last: bool = False) -> None:
+                 mean: str = "image", stats: dict[str, Any] | None = None,
+                 prefetch: int | None = None, channels_last: bool = False,
+                 decoder: str = "auto", gpu_decode: float | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -175,7 +281,9 @@ class TrainLoader:
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.device = _resolve(device)
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
-        self.prefetch, self.channels_last = max(0, int(prefetch)), channels_last
+        self.channels_last = channels_last
+        self.prefetch, self.decoder, self.gpu_decode = _reading(
+            store, self.device, prefetch, decoder, gpu_decode)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, pca, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -214,7 +322,8 @@ class TrainLoader:
         """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
             index_sorted = np.sort(index)
-            images = _to_device(self.store.read(index_sorted), self.device)
+            images = read_batch(self.store, index_sorted, self.device, self.decoder,
+                                self.gpu_decode)
             y = _to_device(self.labels[index_sorted], self.device)
             if augment_too:
                 return self._augment(epoch, k, images), y
@@ -234,13 +343,14 @@ class EvalLoader:
     Iterates (x float32 (B * crops, 3, crop, crop), y int64 (B,)) in store order (or the
     order of `indices`), image-major: x.view(B, crops, 3, crop, crop); patches in
     augment.TEN_CROP_ORDER. The mean is subtracted as in training; the last batch may be
-    smaller.
+    smaller. `prefetch`, `decoder` and `gpu_decode` as for TrainLoader.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crops: int = 1, crop: int = CROP_SIZE,
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", indices: Sequence[int] | None = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int | None = None, decoder: str = "auto",
+                 gpu_decode: float | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if crops not in (1, TEST_CROPS):
@@ -249,7 +359,8 @@ class EvalLoader:
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
         self.mean, self.device = mean, _resolve(device)
-        self.prefetch = max(0, int(prefetch))
+        self.prefetch, self.decoder, self.gpu_decode = _reading(
+            store, self.device, prefetch, decoder, gpu_decode)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -273,7 +384,7 @@ class EvalLoader:
 
     def _job(self, index: np.ndarray, *, augment_too: bool) -> Callable[[], Any]:
         def run() -> Any:
-            images = _to_device(self.store.read(index), self.device)
+            images = read_batch(self.store, index, self.device, self.decoder, self.gpu_decode)
             y = _to_device(self.labels[index], self.device)
             return (self._patches(images) if augment_too else images), y
         return run

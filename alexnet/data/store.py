@@ -256,6 +256,18 @@ class Store:
             out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
         return out
 
+    def encoded(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """The JPEG bytes of images `indices` (jpeg format), as views of the memory map, so
+        that a loader can decode them its own way (alexnet/data/decode.py)."""
+        if self.format != "jpeg":
+            raise ValueError(f"{self.path}: a {self.format} store holds no JPEG bytes")
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < -self._count or index.max() >= self._count):
+            raise IndexError(f"store index out of range for {self._count} images")
+        index = np.where(index < 0, index + self._count, index)
+        data, offsets = self._pixels(), self._offsets
+        return [data[offsets[i]:offsets[i + 1]] for i in index]
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         return self.read([i])[0], int(self.labels[i])
 

@@ -1,0 +1,159 @@
+"""JPEG bytes of a jpeg-format store back to uint8 pixels: on the CPU, and batched on the GPU.
+
+The jpeg store (data.md) keeps each 256x256 image as its JPEG bytes, so the loader decodes
+every image every time it is used. One decode costs about 0.5 ms of a core, so feeding a GPU
+needs many cores at once, and that needs a decoder that releases the interpreter lock for
+the whole decode: PIL does not (its decode runs in chunks between which the lock is taken
+again, so read-ahead threads do not scale), libjpeg-turbo through simplejpeg and OpenCV does.
+
+CPU decoders, in the order "auto" tries them (docs/loading.md has the measurements):
+
+- `simplejpeg`: libjpeg-turbo, GIL released, decodes straight into the batch (no copy).
+- `cv2`: OpenCV's imdecode (libjpeg-turbo too), GIL released; present on many GPU machines.
+- `torchvision`: torchvision.io.decode_jpeg on the CPU (libjpeg-turbo, GIL released).
+- `pil`: Pillow, always installed; the store's own decoder (store.decode_jpeg).
+
+All four use libjpeg-turbo's accurate integer DCT and smooth chroma upsampling, so their
+pixels agree to within a few levels (tests/test_decode.py states the bound).
+
+On a CUDA device with torchvision importable, `decode_gpu` decodes a list of JPEGs in one
+batched nvJPEG call (torchvision.io.decode_jpeg(list, device=...)) and returns the batch on
+the device, where the loader augments it like a raw batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.errors import UserError
+
+CPU_DECODERS = ("simplejpeg", "cv2", "torchvision", "pil")  # "auto": the first importable
+_MODULES = {"simplejpeg": "simplejpeg", "cv2": "cv2", "torchvision": "torchvision",
+            "pil": "PIL"}
+_GPU_LOCK = threading.Lock()  # one nvJPEG batch at a time: the decoder state is shared
+
+Blob = bytes | bytearray | memoryview | np.ndarray
+
+
+def importable(decoder: str) -> bool:
+    """True when the package behind CPU decoder `decoder` can be imported."""
+    return importlib.util.find_spec(_MODULES[decoder]) is not None
+
+
+def available_cpu_decoders() -> list[str]:
+    """The CPU decoders importable here, fastest first."""
+    return [name for name in CPU_DECODERS if importable(name)]
+
+
+def resolve_cpu_decoder(decoder: str = "auto") -> str:
+    """The decoder name to use: `auto` is the first importable of CPU_DECODERS."""
+    if decoder == "auto":
+        return available_cpu_decoders()[0]
+    if decoder not in CPU_DECODERS:
+        raise UserError(f"jpeg decoder {decoder!r}: choose auto or one of "
+                        f"{', '.join(CPU_DECODERS)}")
+    if not importable(decoder):
+        raise UserError(f"jpeg decoder {decoder!r}: the package {_MODULES[decoder]!r} is not "
+                        "installed; install it or use decoder auto")
+    return decoder
+
+
+def _simplejpeg(blob: Blob, out: np.ndarray) -> None:
+    import simplejpeg
+
+    simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out)
+
+
+def _cv2(blob: Blob, out: np.ndarray) -> None:
+    import cv2
+
+    array = np.frombuffer(blob, np.uint8)
+    if hasattr(cv2, "IMREAD_COLOR_RGB"):
+        out[...] = cv2.imdecode(array, cv2.IMREAD_COLOR_RGB)
+    else:
+        cv2.cvtColor(cv2.imdecode(array, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB, dst=out)
+
+
+def _torchvision(blob: Blob, out: np.ndarray) -> None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    out[...] = decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+
+def _pil(blob: Blob, out: np.ndarray) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(blob))) as image:
+        out[...] = np.asarray(image.convert("RGB"))
+
+
+_DECODE = {"simplejpeg": _simplejpeg, "cv2": _cv2, "torchvision": _torchvision, "pil": _pil}
+
+
+def decode_cpu(blobs: Sequence[Blob], size: int, decoder: str = "auto",
+               out: np.ndarray | None = None) -> np.ndarray:
+    """JPEGs of size x size pixels to uint8 (B, size, size, 3), each decoded on this thread.
+
+    `out` (uint8 (B, size, size, 3), C order) receives the pixels when given. A JPEG of
+    another size, or bytes that are not a JPEG, raise a UserError naming what to do.
+    """
+    decode = _DECODE[resolve_cpu_decoder(decoder)]
+    if out is None:
+        out = np.empty((len(blobs), size, size, 3), np.uint8)
+    for row, blob in enumerate(blobs):
+        try:
+            decode(blob, out[row])
+        except (ValueError, OSError, RuntimeError, TypeError) as err:
+            raise UserError(f"store image {row} of the batch does not decode to {size}x{size} "
+                            f"RGB ({type(err).__name__}: {err}); rerun `alexnet prepare` to "
+                            "rebuild the store") from None
+    return out
+
+
+def gpu_unavailable(device: torch.device | str) -> str | None:
+    """Why the GPU decode cannot run on `device` (None when it can)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"device {device} is not a CUDA device"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if not importable("torchvision"):
+        return "torchvision is not installed (its io.decode_jpeg runs nvJPEG)"
+    return None
+
+
+def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str) -> torch.Tensor:
+    """JPEGs to uint8 (B, size, size, 3) on CUDA `device`, decoded there in one nvJPEG batch.
+
+    The result is on the device's current stream when it returns, like any CUDA op; it
+    is channels-last like a raw store batch (a strided view of the decoder's (B, 3, S, S)).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    reason = gpu_unavailable(device)
+    if reason:
+        raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
+    if not blobs:
+        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
+    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+    with _GPU_LOCK:
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    batch = torch.stack(images)
+    if batch.shape[1:] != (3, size, size):
+        raise UserError(f"store images decode to {tuple(batch.shape[1:])} on the GPU, expected "
+                        f"(3, {size}, {size}); rerun `alexnet prepare` to rebuild the store")
+    return batch.permute(0, 2, 3, 1)
+
+
+def describe() -> dict[str, Any]:
+    """What decoders this machine has: for benchmarks and notices."""
+    return {"cpu": available_cpu_decoders(), "auto": resolve_cpu_decoder("auto"),
+            "gpu": gpu_unavailable("cuda") or "available"}

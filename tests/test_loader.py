@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from alexnet.data import decode
 from alexnet.data.loader import EvalLoader, TrainLoader, batch_generator
 from alexnet.data.store import Store, write_store
 from alexnet.errors import UserError
@@ -231,3 +233,93 @@ def test_cuda_gives_the_cpu_batches(store: Store, big_store: Store) -> None:
             for (xa, ya), (xb, yb) in zip(a, b, strict=True):
                 np.testing.assert_allclose(xb.cpu().numpy(), xa.numpy(), atol=1e-3)
                 assert torch.equal(ya, yb.cpu())
+
+
+# ----------------------------------------------------------------------------- jpeg stores
+
+JPEG_N, JPEG_SIZE = 24, 48
+PHOTO_QUANT_MAX = 24  # quality 90, 4:2:0, on these textured photos (20 measured), levels
+
+
+@pytest.fixture(scope="module")
+def twin_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Store, np.ndarray]:
+    """A raw store and a jpeg store of the same photo-like images, and the images."""
+    from _images import photo
+
+    images = np.stack([photo(JPEG_SIZE, JPEG_SIZE, i % 6, seed=i) for i in range(JPEG_N)])
+    root = tmp_path_factory.mktemp("twins")
+    labels, classes = np.arange(JPEG_N) % 6, [f"c{k}" for k in range(6)]
+    raw = write_store(root / "raw" / "train", images, labels, classes)
+    jpeg = write_store(root / "jpeg" / "train", images, labels, classes, format="jpeg")
+    return raw, jpeg, images
+
+
+def test_jpeg_batches_are_raw_batches_up_to_quantisation(twin_stores) -> None:
+    raw, jpeg, images = twin_stores
+    decoded = jpeg.read(range(JPEG_N)).astype(np.float64)  # the store's own PIL decode
+    quant = np.abs(decoded - images)
+    assert quant.max() <= PHOTO_QUANT_MAX
+    for decoder in ("auto", "pil"):
+        a = list(TrainLoader(raw, 8, crop=40, seed=2).epoch(3))
+        b = list(TrainLoader(jpeg, 8, crop=40, seed=2, stats=raw.stats, decoder=decoder
+                             ).epoch(3))
+        assert len(a) == len(b) == JPEG_N // 8
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(ya, yb)
+            diff = (xb - xa).abs()
+            assert 0 < diff.max() <= quant.max() + 1e-3  # same crops, flips, colour, mean
+            assert diff.mean() <= 2 * quant.mean()
+        ea = torch.cat([x for x, _ in EvalLoader(raw, 5, crops=10, crop=40)])
+        eb = torch.cat([x for x, _ in EvalLoader(jpeg, 5, crops=10, crop=40, stats=raw.stats,
+                                                 decoder=decoder)])
+        assert (eb - ea).abs().max() <= quant.max() + 1e-3
+
+
+def test_read_ahead_gives_the_same_batches_in_order_at_every_depth(twin_stores) -> None:
+    for st in twin_stores[:2]:
+        runs = [list(TrainLoader(st, 4, crop=40, seed=1, prefetch=depth).epoch(0, start=1))
+                for depth in (0, 1, 2, 3, 7, None)]
+        for other in runs[1:]:
+            for (xa, ya), (xb, yb) in zip(runs[0], other, strict=True):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        evals = [torch.cat([x for x, _ in EvalLoader(st, 5, crop=40, prefetch=depth)])
+                 for depth in (0, 2, 5)]
+        assert torch.equal(evals[0], evals[1]) and torch.equal(evals[0], evals[2])
+
+
+def test_default_depth_grows_with_cores_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.data.loader import default_gpu_decode, default_prefetch, host_cores
+
+    cuda = torch.device("cuda", 0)
+    assert [default_prefetch("raw", "cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
+    assert [default_prefetch("raw", cuda, c) for c in (2, 16, 32, 128)] == [4, 8, 16, 16]
+    assert [default_prefetch("jpeg", cuda, c) for c in (2, 16, 64)] == [4, 16, 32]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    alone = len(os.sched_getaffinity(0))
+    assert host_cores() == max(1, alone // 8)
+    assert default_gpu_decode("jpeg", "cpu") == default_gpu_decode("raw", cuda) == 0.0
+
+
+def test_gpu_decode_off_cuda_is_a_user_error(twin_stores) -> None:
+    raw, jpeg, _ = twin_stores
+    with pytest.raises(UserError):
+        TrainLoader(jpeg, 4, crop=40, gpu_decode=0.5)
+    with pytest.raises(UserError):
+        TrainLoader(jpeg, 4, crop=40, gpu_decode=1.5)
+    with pytest.raises(UserError):
+        EvalLoader(jpeg, 4, crop=40, decoder="libjpeg")
+    assert TrainLoader(raw, 4, crop=40, gpu_decode=0.5).gpu_decode == 0.0  # nothing to decode
+
+
+@pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,
+                    reason=f"GPU jpeg decode: {decode.gpu_unavailable('cuda')}")
+def test_gpu_decode_share_gives_the_cpu_batches_up_to_the_decoder(twin_stores) -> None:
+    raw, jpeg, _ = twin_stores
+    cpu = list(TrainLoader(jpeg, 8, crop=40, seed=4, gpu_decode=0.0, device="cuda").epoch(0))
+    for share in (0.5, 1.0):
+        gpu = list(TrainLoader(jpeg, 8, crop=40, seed=4, gpu_decode=share, device="cuda"
+                               ).epoch(0))
+        for (xa, ya), (xb, yb) in zip(cpu, gpu, strict=True):
+            assert torch.equal(ya, yb)
+            diff = (xb - xa).abs()
+            assert diff.mean() <= 2.0 and diff.max() <= 64  # test_decode's GPU bounds

@@ -68,17 +68,19 @@ def resolve_cpu_decoder(decoder: str = "auto") -> str:
 def _simplejpeg(blob: Blob, out: np.ndarray) -> None:
     import simplejpeg
 
-    simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out)
+    if simplejpeg.decode_jpeg(blob, colorspace="RGB", buffer=out).shape != out.shape:
+        raise ValueError("the JPEG is smaller than the store's image size")
 
 
 def _cv2(blob: Blob, out: np.ndarray) -> None:
     import cv2
 
     array = np.frombuffer(blob, np.uint8)
-    if hasattr(cv2, "IMREAD_COLOR_RGB"):
-        out[...] = cv2.imdecode(array, cv2.IMREAD_COLOR_RGB)
-    else:
-        cv2.cvtColor(cv2.imdecode(array, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB, dst=out)
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    image = cv2.imdecode(array, cv2.IMREAD_COLOR if rgb is None else rgb)
+    if image is None or image.shape != out.shape:
+        raise ValueError("not a JPEG of the store's image size")
+    out[...] = image if rgb is not None else image[..., ::-1]
 
 
 def _torchvision(blob: Blob, out: np.ndarray) -> None:
@@ -136,11 +138,11 @@ def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str) -> 
     The result is on the device's current stream when it returns, like any CUDA op; it
     is channels-last like a raw store batch (a strided view of the decoder's (B, 3, S, S)).
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     reason = gpu_unavailable(device)
     if reason:
         raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     if not blobs:
         return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
     data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]

@@ -1,0 +1,104 @@
+"""The JPEG decoders of decode.py: each CPU decoder against PIL, threads, errors, the GPU path."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from _images import jpeg, photo, smooth
+
+from alexnet.data import decode
+from alexnet.errors import UserError
+
+SIZE = 64
+# Stated bounds (docs/loading.md). Every CPU decoder runs libjpeg-turbo's accurate integer
+# IDCT and smooth chroma upsampling, as PIL does: at most 1 level apart (0 measured here).
+CPU_MAX, CPU_MEAN = 1, 0.02
+# nvJPEG's IDCT and upsampling differ from libjpeg-turbo's: a few levels on average, more at
+# sharp colour edges (the measured figures: `alexnet bench pipeline` on a GPU).
+GPU_MAX, GPU_MEAN = 64, 2.0
+# The JPEG quantisation itself (quality 90, 4:2:0) on these test images.
+QUANT_MEAN = 3.0
+
+
+def images(n: int) -> np.ndarray:
+    """n test images: smooth ones and textured photo-like ones, SIZE x SIZE."""
+    return np.stack([smooth(SIZE, SIZE, seed=i) if i % 2 else photo(SIZE, SIZE, i % 6, seed=i)
+                     for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def blobs() -> list[bytes]:
+    return [jpeg(image, quality=90) for image in images(12)]
+
+
+def pil_reference(blobs: list[bytes]) -> np.ndarray:
+    """PIL's decode, written independently of decode.py."""
+    import io
+
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+
+
+def test_decoders_agree_with_pil(blobs: list[bytes]) -> None:
+    reference = pil_reference(blobs)
+    assert decode.available_cpu_decoders()[-1] == "pil"
+    for name in decode.available_cpu_decoders():
+        out = decode.decode_cpu(blobs, SIZE, name)
+        assert out.shape == (len(blobs), SIZE, SIZE, 3) and out.dtype == np.uint8
+        diff = np.abs(out.astype(np.int64) - reference)
+        assert diff.max() <= CPU_MAX and diff.mean() <= CPU_MEAN, name
+
+
+def test_decoded_pixels_are_the_images_up_to_quantisation(blobs: list[bytes]) -> None:
+    out = decode.decode_cpu(blobs, SIZE)
+    error = np.abs(out.astype(np.int64) - images(len(blobs)))
+    assert error.mean() <= QUANT_MEAN
+
+
+def test_decoding_into_views_and_in_threads_gives_the_same_pixels(blobs: list[bytes]) -> None:
+    alone = decode.decode_cpu(blobs, SIZE)
+    out = np.zeros_like(alone)
+    halves = [(blobs[:6], out[:6]), (blobs[6:], out[6:])]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda part: decode.decode_cpu(part[0], SIZE, out=part[1]), halves))
+    np.testing.assert_array_equal(out, alone)
+
+
+def test_auto_is_the_first_importable_and_bad_names_are_user_errors() -> None:
+    assert decode.resolve_cpu_decoder("auto") == decode.available_cpu_decoders()[0]
+    with pytest.raises(UserError):
+        decode.resolve_cpu_decoder("libjpeg")
+    missing = [name for name in decode.CPU_DECODERS if not decode.importable(name)]
+    for name in missing:
+        with pytest.raises(UserError):
+            decode.resolve_cpu_decoder(name)
+
+
+def test_wrong_size_and_garbage_are_user_errors(blobs: list[bytes]) -> None:
+    for name in decode.available_cpu_decoders():
+        with pytest.raises(UserError):
+            decode.decode_cpu(blobs[:1], SIZE + 8, name)
+        with pytest.raises(UserError):
+            decode.decode_cpu([b"not a jpeg at all"], SIZE, name)
+
+
+def test_gpu_decode_refused_with_a_reason_off_cuda(blobs: list[bytes]) -> None:
+    assert "not a CUDA device" in decode.gpu_unavailable("cpu")
+    with pytest.raises(UserError):
+        decode.decode_gpu(blobs, SIZE, "cpu")
+
+
+@pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,
+                    reason=f"GPU decode: {decode.gpu_unavailable('cuda')}")
+def test_gpu_decode_is_the_cpu_decode_up_to_the_stated_bound(blobs: list[bytes]) -> None:
+    out = decode.decode_gpu(blobs, SIZE, "cuda")
+    assert out.is_cuda and out.dtype == torch.uint8 and out.shape == (len(blobs), SIZE, SIZE, 3)
+    diff = np.abs(out.cpu().numpy().astype(np.int64) - decode.decode_cpu(blobs, SIZE))
+    assert diff.max() <= GPU_MAX and diff.mean() <= GPU_MEAN
+    assert decode.decode_gpu([], SIZE, "cuda").shape == (0, SIZE, SIZE, 3)
+    with pytest.raises(UserError):
+        decode.decode_gpu(blobs[:2], SIZE + 8, "cuda")

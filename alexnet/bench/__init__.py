@@ -18,6 +18,7 @@ WHATS = {
     "data": "prepare and the training loader beside an ImageFolder pipeline",
     "train": "training images/s in fp32 and with each speed option",
     "evaluate": "evaluation images/s, centre and 10-crop",
+    "pipeline": "training from a raw and a jpeg store beside the model alone and the loader alone",
 }
 
 

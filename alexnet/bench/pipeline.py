@@ -1,0 +1,286 @@
+"""`alexnet bench pipeline`: training from a real store beside the model alone and the loader alone.
+
+One run writes a store of photo-like 256x256 images twice (raw and jpeg, quality 90, about
+18 KB per image like ILSVRC photos at that size), then measures on the device, each figure
+beside the others of the same run:
+
+- model only: the paper net's training step (alexnet.train.train_step) on a batch already on
+  the device (on CUDA in bf16 with channels_last, the fast settings without compile; fp32 on
+  the CPU), timed first and last, the faster kept;
+- loader only: TrainLoader's batches (full augmentation, float out on the device), nothing
+  else; raw at read-ahead depths 4, 8, 16 and the default; jpeg with the GPU decoding none,
+  the default share, half and all of each batch;
+- training from the store: both together, as `alexnet train` runs them; the ratio to the
+  model-only figure says how much the loader costs.
+
+And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8 and 16 threads
+(threads beyond the host's cores are skipped), nvJPEG batches on the GPU, and the mean and
+max difference in levels between GPU and CPU pixels. The store is made of `distinct` images
+repeated (decoding and copying cost the same whatever the repeats), so that it is written in
+seconds; an epoch of the store spans enough batches that the read-ahead's fill at each epoch
+start counts little. Timed spans exclude warm-up and end with a device synchronisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet import paper
+
+SIZE = paper.IMAGE_SIZE
+QUALITY = 90
+THREADS = (1, 2, 4, 8, 16)
+
+
+def photo_like(count: int, seed: int = 0) -> np.ndarray:
+    """uint8 (count, 256, 256, 3): soft colour waves, blocky shapes and grain, like photos
+    (about 18 KB each at JPEG quality 90)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    grain = rng.normal(0, 5, (8, SIZE, SIZE, 3)).astype(np.float32)
+    out = np.empty((count, SIZE, SIZE, 3), np.uint8)
+    for i in range(count):
+        f, p = rng.uniform(8, 60, 3), rng.uniform(0, 6.3, 3)
+        waves = np.stack([128 + 70 * np.sin(x / f[c] + p[c]) * np.cos(y / f[2 - c] + 2 * p[c])
+                          for c in range(3)], -1)
+        blocks = rng.normal(0, 25, (SIZE // 32, SIZE // 32, 3)).astype(np.float32)
+        image = waves + np.kron(blocks, np.ones((32, 32, 1), np.float32)) + grain[i % 8]
+        out[i] = np.clip(image, 0, 255)
+    return out
+
+
+def write_twin_stores(root: Path, images: np.ndarray, repeats: int, classes: int
+                      ) -> dict[str, Any]:
+    """A raw and a jpeg store (root/raw, root/jpeg) of `images` repeated `repeats` times."""
+    from alexnet.data.store import SplitWriter, encode_jpeg, open_split, pixel_sums
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        blobs = list(pool.map(lambda image: encode_jpeg(image, QUALITY), images))
+    sums = pixel_sums(images)
+    labels = np.arange(len(images)) % classes
+    for fmt in ("raw", "jpeg"):
+        writer = SplitWriter(root / fmt / "train", split="train", image_size=SIZE,
+                             classes=[f"c{k}" for k in range(classes)], format=fmt,
+                             source="bench pipeline", checkpoint_seconds=float("inf"))
+        for r in range(repeats):
+            writer.add_chunk(images, np.roll(labels, r), sums=sums, jpegs=blobs)
+        writer.finish()
+    return {fmt: open_split(root / fmt, "train") for fmt in ("raw", "jpeg")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of epoch 0, 1, 2, ... without end."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def _timed(device: torch.device, images: int, steps: int, warmup: int,
+           step: Callable[[], None]) -> float:
+    """Images/s of `steps` calls of `step` after `warmup` calls (each call: `images`)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return images * steps / (time.perf_counter() - start)
+
+
+class Trainer:
+    """The paper net, its optimizer and runtime: one training step at a time."""
+
+    def __init__(self, device: torch.device, classes: int) -> None:
+        from alexnet.config import Config
+        from alexnet.distributed import DistInfo
+        from alexnet.model import build_model
+        from alexnet.optim import PaperSGD, param_groups
+        from alexnet.train import setup_runtime
+
+        config = Config()
+        if device.type == "cuda":
+            config.run.amp, config.run.channels_last = "bf16", True
+        self.settings = f"amp {config.run.amp}, channels_last {config.run.channels_last}"
+        self.rt = setup_runtime(config, DistInfo(device=device))
+        torch.manual_seed(0)
+        self.net = build_model("alexnet", num_classes=classes).to(device)
+        if self.rt.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = PaperSGD(param_groups(self.net), lr=paper.BASE_LR,
+                                  momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        from alexnet.train import train_step
+
+        train_step(self.net, x, y, self.optimizer, self.rt)
+
+
+def loader_rate(loader: Any, device: torch.device, steps: int, warmup: int) -> float:
+    """Images/s of the loader alone."""
+    batches = _batches(loader)
+    return _timed(device, loader.batch_size, steps, warmup, lambda: next(batches))
+
+
+def training_rate(loader: Any, trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images/s of training steps fed by the loader."""
+    batches = _batches(loader)
+    return _timed(trainer.rt.device, loader.batch_size, steps, warmup,
+                  lambda: trainer.step(*next(batches)))
+
+
+def model_rate(trainer: Trainer, loader: Any, steps: int, warmup: int) -> float:
+    """Images/s of training steps on one batch already on the device."""
+    x, y = next(loader.epoch(0))
+    return _timed(trainer.rt.device, len(x), steps, warmup, lambda: trainer.step(x, y))
+
+
+def cpu_decode_rates(blobs: list[Any], threads: tuple[int, ...]) -> dict[str, dict[int, float]]:
+    """Images/s of each importable CPU decoder, the bytes split evenly over `threads`."""
+    from alexnet.data import decode
+
+    def rate(name: str, n: int) -> float:
+        parts = [blobs[i::n] for i in range(n)]
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda part: decode.decode_cpu(part[:4], SIZE, name), parts))
+            start = time.perf_counter()
+            list(pool.map(lambda part: decode.decode_cpu(part, SIZE, name), parts))
+            return len(blobs) / (time.perf_counter() - start)
+
+    return {name: {n: rate(name, n) for n in threads}
+            for name in decode.available_cpu_decoders()}
+
+
+def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> dict[str, float]:
+    """nvJPEG images/s in batches of `batch`, and its pixels against the CPU decoder's."""
+    from alexnet.data import decode
+
+    chunks = [blobs[i:i + batch] for i in range(0, len(blobs) - batch + 1, batch)]
+    decode.decode_gpu(chunks[0], SIZE, device)
+    rate = _timed(device, batch * len(chunks), 1, 0,
+                  lambda: [decode.decode_gpu(c, SIZE, device) for c in chunks])
+    gpu = decode.decode_gpu(chunks[0], SIZE, device).cpu().numpy().astype(np.int64)
+    diff = np.abs(gpu - decode.decode_cpu(chunks[0], SIZE))
+    return {"images_per_s": rate, "batch": batch, "diff_mean": float(diff.mean()),
+            "diff_max": int(diff.max())}
+
+
+def _plan(device: torch.device, quick: bool) -> dict[str, int]:
+    """Sizes of the run: distinct images, repeats, batch, timed training steps, warm-up
+    steps, timed loader-only steps (cheap, so more of them)."""
+    if device.type == "cuda":
+        return ({"distinct": 512, "repeats": 8, "batch": 256, "steps": 30, "warmup": 5,
+                 "loader_steps": 30} if quick else
+                {"distinct": 1024, "repeats": 10, "batch": 256, "steps": 120, "warmup": 10,
+                 "loader_steps": 120})
+    return ({"distinct": 32, "repeats": 2, "batch": 8, "steps": 2, "warmup": 2,
+             "loader_steps": 12} if quick else
+            {"distinct": 128, "repeats": 2, "batch": 32, "steps": 4, "warmup": 2,
+             "loader_steps": 24})
+
+
+def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
+                 classes: int = paper.NUM_CLASSES) -> dict[str, Any]:
+    """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root."""
+    from alexnet.data import decode
+    from alexnet.data.loader import TrainLoader, default_gpu_decode, default_prefetch, host_cores
+
+    steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
+    loader_steps = plan["loader_steps"]
+    stores = write_twin_stores(root, photo_like(plan["distinct"]), plan["repeats"], classes)
+    jpeg = stores["jpeg"]
+    blobs = jpeg.encoded(range(plan["distinct"]))
+    r: dict[str, Any] = {
+        "device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
+        "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
+        "decoders": decode.describe()}
+    trainer = Trainer(device, classes)
+    r["settings"] = trainer.settings
+    raw_loader = TrainLoader(stores["raw"], batch, device=device)
+    r["model_only"] = model_rate(trainer, raw_loader, steps, warmup)
+    depths = sorted({4, 8, 16, default_prefetch("raw", device)}) if device.type == "cuda" \
+        else [default_prefetch("raw", device)]
+    r["raw_default_depth"] = default_prefetch("raw", device)
+    r["raw_loader"] = {d: loader_rate(TrainLoader(stores["raw"], batch, device=device,
+                                                  prefetch=d), device, loader_steps, warmup)
+                       for d in depths}
+    r["raw_training"] = training_rate(raw_loader, trainer, steps, warmup)
+    threads = tuple(n for n in THREADS if n <= max(1, host_cores()))
+    r["cpu_decode"] = cpu_decode_rates(blobs, threads)
+    auto = default_gpu_decode("jpeg", device)
+    shares = sorted({0.0, auto, 0.5, 1.0}) if not decode.gpu_unavailable(device) else [0.0]
+    r["jpeg_default_depth"], r["gpu_decode_default"] = default_prefetch("jpeg", device), auto
+    if not decode.gpu_unavailable(device):
+        r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
+    r["jpeg_loader"] = {s: loader_rate(TrainLoader(jpeg, batch, device=device, gpu_decode=s),
+                                       device, loader_steps, warmup) for s in shares}
+    r["jpeg_training"] = training_rate(TrainLoader(jpeg, batch, device=device), trainer, steps,
+                                       warmup)
+    r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
+    return r
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Print and return the pipeline figures (see the module docstring)."""
+    from alexnet.distributed import pick_device
+
+    device = pick_device(getattr(args, "device", "auto"))[0]
+    plan = _plan(device, bool(getattr(args, "quick", False)))
+    root = Path(tempfile.mkdtemp(prefix="alexnet-pipeline-"))
+    try:
+        result = run_pipeline(device, plan, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print_figures(result)
+    return result
+
+
+def print_figures(r: dict[str, Any]) -> None:
+    """The figures as a table, each with its ratio to the model-only figure of the run."""
+    model = r["model_only"]
+    print(f"device {r['device']}, {r['cores']} cores for this process; store of {r['images']} "
+          f"images 256x256 ({r['distinct']} distinct), jpeg {r['jpeg_kb_mean']:.1f} KB mean, "
+          f"quality {QUALITY}; batch {r['batch']}, {r['steps']} timed steps after "
+          f"{r['warmup']}; model {r['settings']}")
+    print(f"decoders: CPU {', '.join(r['decoders']['cpu'])} (auto: {r['decoders']['auto']}); "
+          f"GPU: {r['decoders']['gpu']}")
+    rows = [("model only (batch on device)", model)]
+    rows += [(f"raw loader only, depth {d}{' (default)' if d == r['raw_default_depth'] else ''}",
+              v) for d, v in r["raw_loader"].items()]
+    rows.append(("raw store: training", r["raw_training"]))
+    rows += [(f"jpeg loader only, GPU share {s:.2f}"
+              f"{' (default)' if s == r['gpu_decode_default'] else ''}, depth "
+              f"{r['jpeg_default_depth']}", v) for s, v in r["jpeg_loader"].items()]
+    rows.append(("jpeg store: training (defaults)", r["jpeg_training"]))
+    print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
+    for name, value in rows:
+        print(f"  {name:<58}{value:>12.0f}{value / model:>10.2f}")
+    print(f"  CPU decode alone, img/s at threads {', '.join(map(str, _threads(r)))}:")
+    for name, rates in r["cpu_decode"].items():
+        print(f"    {name:<12}" + "".join(f"{v:>10.0f}" for v in rates.values()))
+    if "gpu_decode" in r:
+        g = r["gpu_decode"]
+        print(f"  GPU decode alone (nvJPEG, batches of {g['batch']}): {g['images_per_s']:.0f} "
+              f"img/s; pixels against the CPU decoder: mean {g['diff_mean']:.3f}, max "
+              f"{g['diff_max']} levels")
+
+
+def _threads(r: dict[str, Any]) -> list[int]:
+    return list(next(iter(r["cpu_decode"].values())).keys())

@@ -28,11 +28,21 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
   [ "$rc" = 0 ] || status=1
 }
 
+# Wheels carried in .whl/ (the GPU machine has no network, maybe no pip), e.g. simplejpeg for
+# alexnet/data/decode.py: installed into a private folder, else unpacked there; without them
+# the loader falls back to the decoders present (OpenCV, torchvision, PIL).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  SITE=/tmp/alexnet-site
+  $PY -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl 2>/dev/null \
+    || $PY -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" "$SITE" .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:$SITE" && echo "wheels from .whl/: $(ls .whl)"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 step tests 150 $PY -m pytest -q -x -p no:cacheprovider tests
 step bench 200 $PY -m alexnet bench model data train evaluate --device cuda --json "$OUTDIR/bench.json"
+step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
 if [ -n "$DATA" ]; then
   step demo 170 $PY -m alexnet demo --data "$DATA" --out "$OUTDIR/demo"
 else

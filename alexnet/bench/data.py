@@ -7,6 +7,8 @@ in one run, one core each (torch.set_num_threads(1), no worker processes):
   store write and statistics, done once per image;
 - TrainLoader: random 224 crop, flip, PCA colour, mean image, ending in float batches of 128,
   read from the 256x256 store with prefetch=0 (everything on the calling thread);
+- TrainLoader on a jpeg store of the same images, with 1 and 2 read-ahead threads (prefetch 1
+  and 2), PIL beside the automatic decoder (alexnet/data/decode.py), ratios in the same run;
 - the usual pipeline on the same files: torchvision's ImageFolder + Resize(256) +
   RandomCrop(224) + RandomHorizontalFlip + ToTensor + Normalize through a DataLoader with
   num_workers=0 when torchvision is importable; otherwise the same steps written with PIL,
@@ -138,11 +140,12 @@ def _time_usual(dataset: Any, images: int) -> float:
     return _rate(images, run)
 
 
-def _time_loader(store: Any, images: int, device: torch.device, prefetch: int) -> float:
+def _time_loader(store: Any, images: int, device: torch.device, prefetch: int,
+                 decoder: str = "auto") -> float:
     """Images/s of TrainLoader with full augmentation (batch 128, crop 224) on `device`."""
     from alexnet.data.loader import TrainLoader
 
-    loader = TrainLoader(store, BATCH_SIZE, device=device, prefetch=prefetch)
+    loader = TrainLoader(store, BATCH_SIZE, device=device, prefetch=prefetch, decoder=decoder)
     if len(loader) == 0:
         raise ValueError(f"the store needs at least {BATCH_SIZE} images")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -159,6 +162,20 @@ def _time_loader(store: Any, images: int, device: torch.device, prefetch: int) -
             epoch += 1
 
     return _rate(batches * BATCH_SIZE, run, sync)
+
+
+def _time_jpeg_loader(store: Any, path: Path, images: int) -> dict[str, dict[int, float]]:
+    """TrainLoader img/s on a jpeg store of the same images, 1 and 2 read-ahead threads,
+    for PIL and for the automatic decoder ({decoder: {threads: img/s}})."""
+    from alexnet.data import decode
+    from alexnet.data.store import write_store
+
+    jpeg = write_store(path / "train", store.read(range(len(store))), store.labels,
+                       store.classes, format="jpeg")
+    cpu = torch.device("cpu")
+    return {name: {threads: _time_loader(jpeg, images, cpu, threads, name)
+                   for threads in (1, 2)}
+            for name in dict.fromkeys(["pil", decode.resolve_cpu_decoder("auto")])}
 
 
 def _time_device_augment(store: Any, device: torch.device, repeats: int) -> float:
@@ -205,6 +222,7 @@ def bench(args: argparse.Namespace) -> dict:
             cpu = torch.device("cpu")
             result["loader_images_per_s_per_core"] = _time_loader(store, loader_n, cpu, 0)
             result["loader_images_per_s_prefetch2"] = _time_loader(store, loader_n, cpu, 2)
+            result["jpeg_loader"] = _time_jpeg_loader(store, Path(tmp) / "jpeg", loader_n // 2)
             if device.type == "cuda":
                 result["gpu_loader_images_per_s"] = _time_loader(store, 4 * loader_n, device, 4)
                 result["gpu_augment_images_per_s"] = _time_device_augment(
@@ -232,6 +250,12 @@ def _print(r: dict[str, Any]) -> None:
           f"{r['loader_over_usual']:6.2f}x the usual pipeline (goal 10x)")
     print(f"  {'TrainLoader, prefetch=2 (2 threads, 2+ cores)':<44}"
           f"{r['loader_images_per_s_prefetch2']:10.1f} images/s  (not per core)")
+    pil = r["jpeg_loader"]["pil"]
+    for name, rates in r["jpeg_loader"].items():
+        for threads, rate in rates.items():
+            print(f"  {f'TrainLoader, jpeg store, {name}, {threads} thread(s)':<44}"
+                  f"{rate:10.1f} images/s  {rate / pil[threads]:6.2f}x PIL, "
+                  f"{rate / rates[1]:5.2f}x 1 thread")
     if "gpu_loader_images_per_s" in r:
         print(f"  {'GPU: TrainLoader, prefetch=4, uint8 over bus':<44}"
               f"{r['gpu_loader_images_per_s']:10.1f} images/s  (goal {GPU_GOAL})")

@@ -276,24 +276,44 @@ def test_jpeg_batches_are_raw_batches_up_to_quantisation(twin_stores) -> None:
 
 
 def test_read_ahead_gives_the_same_batches_in_order_at_every_depth(twin_stores) -> None:
+    settings = [(0, 1), (1, 1), (2, 2), (3, 5), (7, 3), (None, None)]  # (depth, threads)
     for st in twin_stores[:2]:
-        runs = [list(TrainLoader(st, 4, crop=40, seed=1, prefetch=depth).epoch(0, start=1))
-                for depth in (0, 1, 2, 3, 7, None)]
+        runs = [list(TrainLoader(st, 4, crop=40, seed=1, prefetch=depth, decode_threads=threads
+                                 ).epoch(0, start=1)) for depth, threads in settings]
+        assert len(runs[0]) == JPEG_N // 4 - 1
         for other in runs[1:]:
             for (xa, ya), (xb, yb) in zip(runs[0], other, strict=True):
                 assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        evals = [torch.cat([x for x, _ in EvalLoader(st, 5, crop=40, prefetch=depth)])
-                 for depth in (0, 2, 5)]
-        assert torch.equal(evals[0], evals[1]) and torch.equal(evals[0], evals[2])
+        evals = [torch.cat([x for x, _ in EvalLoader(st, 5, crop=40, prefetch=depth,
+                                                     decode_threads=threads)])
+                 for depth, threads in settings]
+        assert all(torch.equal(evals[0], other) for other in evals[1:])
+
+
+def test_an_abandoned_epoch_stops_its_threads(twin_stores) -> None:
+    import threading
+
+    before = threading.active_count()
+    batches = TrainLoader(twin_stores[1], 4, crop=40, prefetch=3, decode_threads=3).epoch(0)
+    next(batches)
+    assert threading.active_count() > before
+    batches.close()
+    assert threading.active_count() == before
 
 
 def test_default_depth_grows_with_cores_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    from alexnet.data.loader import default_gpu_decode, default_prefetch, host_cores
+    from alexnet.data.loader import (
+        default_decode_threads,
+        default_gpu_decode,
+        default_prefetch,
+        host_cores,
+    )
 
     cuda = torch.device("cuda", 0)
-    assert [default_prefetch("raw", "cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
-    assert [default_prefetch("raw", cuda, c) for c in (2, 16, 32, 128)] == [4, 8, 16, 16]
-    assert [default_prefetch("jpeg", cuda, c) for c in (2, 16, 64)] == [4, 16, 32]
+    assert [default_prefetch("cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
+    assert [default_prefetch(cuda, c) for c in (2, 16, 32, 128)] == [4, 8, 16, 16]
+    assert [default_decode_threads("cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
+    assert [default_decode_threads(cuda, c) for c in (1, 16, 64)] == [1, 16, 64]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     alone = len(os.sched_getaffinity(0))
     assert host_cores() == max(1, alone // 8)
@@ -308,7 +328,7 @@ def test_gpu_decode_off_cuda_is_a_user_error(twin_stores) -> None:
         TrainLoader(jpeg, 4, crop=40, gpu_decode=1.5)
     with pytest.raises(UserError):
         EvalLoader(jpeg, 4, crop=40, decoder="libjpeg")
-    assert TrainLoader(raw, 4, crop=40, gpu_decode=0.5).gpu_decode == 0.0  # nothing to decode
+    assert TrainLoader(raw, 4, crop=40, gpu_decode=0.5).reading.gpu_decode == 0.0  # raw: none
 
 
 @pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,

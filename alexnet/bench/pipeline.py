@@ -8,8 +8,9 @@ beside the others of the same run:
   the device (on CUDA in bf16 with channels_last, the fast settings without compile; fp32 on
   the CPU), timed first and last, the faster kept;
 - loader only: TrainLoader's batches (full augmentation, float out on the device), nothing
-  else; raw at read-ahead depths 4, 8, 16 and the default; jpeg with the GPU decoding none,
-  the default share, half and all of each batch;
+  else; raw at read-ahead depths 4, 8, 16 and the default; jpeg decoded on the CPU alone with
+  1, 2, 4, 8, 16 decode threads, and with the GPU decoding none, the default share, half and
+  all of each batch (default threads);
 - training from the store: both together, as `alexnet train` runs them; the ratio to the
   model-only figure says how much the loader costs.
 
@@ -200,7 +201,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
                  classes: int = paper.NUM_CLASSES) -> dict[str, Any]:
     """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root."""
     from alexnet.data import decode
-    from alexnet.data.loader import TrainLoader, default_gpu_decode, default_prefetch, host_cores
+    from alexnet.data.loader import TrainLoader, host_cores
 
     steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
     loader_steps = plan["loader_steps"]
@@ -214,25 +215,27 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     trainer = Trainer(device, classes)
     r["settings"] = trainer.settings
     raw_loader = TrainLoader(stores["raw"], batch, device=device)
+    jpeg_loader = TrainLoader(jpeg, batch, device=device)
+    r["reading"] = {"raw": vars(raw_loader.reading), "jpeg": vars(jpeg_loader.reading)}
     r["model_only"] = model_rate(trainer, raw_loader, steps, warmup)
-    depths = sorted({4, 8, 16, default_prefetch("raw", device)}) if device.type == "cuda" \
-        else [default_prefetch("raw", device)]
-    r["raw_default_depth"] = default_prefetch("raw", device)
+    depths = sorted({4, 8, 16, raw_loader.reading.prefetch}) if device.type == "cuda" \
+        else [raw_loader.reading.prefetch]
     r["raw_loader"] = {d: loader_rate(TrainLoader(stores["raw"], batch, device=device,
                                                   prefetch=d), device, loader_steps, warmup)
                        for d in depths}
     r["raw_training"] = training_rate(raw_loader, trainer, steps, warmup)
-    threads = tuple(n for n in THREADS if n <= max(1, host_cores()))
+    threads = tuple(n for n in THREADS if n <= host_cores())
     r["cpu_decode"] = cpu_decode_rates(blobs, threads)
-    auto = default_gpu_decode("jpeg", device)
-    shares = sorted({0.0, auto, 0.5, 1.0}) if not decode.gpu_unavailable(device) else [0.0]
-    r["jpeg_default_depth"], r["gpu_decode_default"] = default_prefetch("jpeg", device), auto
+    r["jpeg_loader_threads"] = {n: loader_rate(
+        TrainLoader(jpeg, batch, device=device, decode_threads=n, gpu_decode=0.0), device,
+        max(2, loader_steps // 8), warmup // 4 + 1) for n in threads}
+    shares = [0.0]
     if not decode.gpu_unavailable(device):
         r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
+        shares = sorted({0.0, jpeg_loader.reading.gpu_decode, 0.5, 1.0})
     r["jpeg_loader"] = {s: loader_rate(TrainLoader(jpeg, batch, device=device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
-    r["jpeg_training"] = training_rate(TrainLoader(jpeg, batch, device=device), trainer, steps,
-                                       warmup)
+    r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r
 
@@ -261,14 +264,18 @@ def print_figures(r: dict[str, Any]) -> None:
           f"{r['warmup']}; model {r['settings']}")
     print(f"decoders: CPU {', '.join(r['decoders']['cpu'])} (auto: {r['decoders']['auto']}); "
           f"GPU: {r['decoders']['gpu']}")
+    raw, jpeg = r["reading"]["raw"], r["reading"]["jpeg"]
     rows = [("model only (batch on device)", model)]
-    rows += [(f"raw loader only, depth {d}{' (default)' if d == r['raw_default_depth'] else ''}",
-              v) for d, v in r["raw_loader"].items()]
-    rows.append(("raw store: training", r["raw_training"]))
+    rows += [(f"raw loader only, depth {d}{' (default)' if d == raw['prefetch'] else ''}", v)
+             for d, v in r["raw_loader"].items()]
+    rows.append((f"raw store: training (depth {raw['prefetch']})", r["raw_training"]))
+    rows += [(f"jpeg loader only, {jpeg['decoder']}, GPU share 0, {n} decode threads", v)
+             for n, v in r["jpeg_loader_threads"].items()]
     rows += [(f"jpeg loader only, GPU share {s:.2f}"
-              f"{' (default)' if s == r['gpu_decode_default'] else ''}, depth "
-              f"{r['jpeg_default_depth']}", v) for s, v in r["jpeg_loader"].items()]
-    rows.append(("jpeg store: training (defaults)", r["jpeg_training"]))
+              f"{' (default)' if s == jpeg['gpu_decode'] else ''}, {jpeg['threads']} threads", v)
+             for s, v in r["jpeg_loader"].items()]
+    rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
+                 f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
     print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
     for name, value in rows:
         print(f"  {name:<58}{value:>12.0f}{value / model:>10.2f}")

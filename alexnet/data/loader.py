@@ -16,6 +16,7 @@ a run resumed mid-epoch continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
@@ -23,6 +24,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -95,73 +97,113 @@ def host_cores() -> int:
     return max(1, cores // max(1, int(ranks) if ranks.isdigit() else 1))
 
 
-def default_prefetch(store_format: str, device: torch.device | str,
-                     cores: int | None = None) -> int:
-    """Read-ahead depth (threads, and batches in flight) that fits the machine.
+def default_prefetch(device: torch.device | str, cores: int | None = None) -> int:
+    """Read-ahead depth (batches in flight, one thread each) that fits the machine.
 
     On the CPU the batch is augmented in the read-ahead threads too and the model needs the
-    cores: 2 (or 1 on one core). On a GPU a raw batch costs a memory copy, and the H200
-    host delivered 66.5k img/s at depth 4, 86.5k at 8 and 85.8k at 16 (issue 9): half the
-    cores, 4 to 16. A jpeg batch costs a decode per image: one thread per core, 4 to 32.
+    cores: 2 (or 1 on one core). On a GPU, the H200 host delivered raw batches at 66.5k
+    img/s at depth 4, 86.5k at 8 and 85.8k at 16 (issue 9): half the cores, 4 to 16.
     """
     cores = host_cores() if cores is None else max(1, int(cores))
     if torch.device(device).type != "cuda":
         return min(2, cores)
-    if store_format == "jpeg":
-        return max(4, min(32, cores))
     return max(4, min(16, cores // 2))
 
 
+def default_decode_threads(device: torch.device | str, cores: int | None = None) -> int:
+    """Threads that decode a jpeg batch's images together: every core feeding a GPU (the
+    decoders release the interpreter lock), 2 beside a model training on the CPU."""
+    cores = host_cores() if cores is None else max(1, int(cores))
+    return cores if torch.device(device).type == "cuda" else min(2, cores)
+
+
 def default_gpu_decode(store_format: str, device: torch.device | str, decoder: str = "auto",
-                       cores: int | None = None) -> float:
+                       threads: int | None = None) -> float:
     """The share of each jpeg batch decoded on the GPU by default: the GPU's share of the
     summed decode rates (GPU_DECODE_RATE against the CPU threads'), so that both finish a
     batch together; 0 for raw stores and where the GPU decode cannot run."""
     if store_format != "jpeg" or decode.gpu_unavailable(device):
         return 0.0
-    cores = host_cores() if cores is None else max(1, int(cores))
+    threads = default_decode_threads(device) if threads is None else max(1, int(threads))
     if decode.resolve_cpu_decoder(decoder) == "pil":
         cpu_rate = PIL_DECODE_RATE
     else:
-        cpu_rate = cores * CORE_DECODE_RATE
+        cpu_rate = threads * CORE_DECODE_RATE
     return round(GPU_DECODE_RATE / (GPU_DECODE_RATE + cpu_rate), 2)
 
 
-def _check_gpu_decode(gpu_decode: float | None, store: Any, device: torch.device,
-                      decoder: str) -> float:
-    """The GPU's share of each batch: auto when None or negative, else 0..1 where possible."""
+@dataclass(frozen=True)
+class Reading:
+    """How a loader reads batches: read-ahead depth, and for jpeg stores the CPU decoder, the
+    threads that decode each batch and the GPU's share of it (0..1)."""
+
+    prefetch: int
+    decoder: str
+    threads: int
+    gpu_decode: float
+
+
+def reading(store: Any, device: torch.device, prefetch: int | None = None,
+            decoder: str = "auto", decode_threads: int | None = None,
+            gpu_decode: float | None = None) -> Reading:
+    """The loader's Reading: None (or a negative number) is the default that fits here."""
+    device = torch.device(device)
+    if prefetch is None or prefetch < 0:
+        prefetch = default_prefetch(device)
+    if decode_threads is None or decode_threads < 1:
+        decode_threads = default_decode_threads(device)
+    decoder = decode.resolve_cpu_decoder(decoder)
     if gpu_decode is None or gpu_decode < 0:
-        return default_gpu_decode(store.format, device, decoder)
+        gpu_decode = default_gpu_decode(store.format, device, decoder, decode_threads)
     if gpu_decode > 1:
         raise UserError(f"gpu_decode {gpu_decode}: the GPU's share of each jpeg batch lies in "
                         "0..1 (negative: auto)")
     reason = decode.gpu_unavailable(device)
     if gpu_decode > 0 and store.format == "jpeg" and reason:
         raise UserError(f"gpu_decode {gpu_decode}: {reason}; use gpu_decode 0 (CPU decode)")
-    return float(gpu_decode) if store.format == "jpeg" else 0.0
+    return Reading(int(prefetch), decoder, int(decode_threads),
+                   float(gpu_decode) if store.format == "jpeg" else 0.0)
 
 
-def read_batch(store: Any, index: np.ndarray, device: torch.device, decoder: str = "auto",
-               gpu_decode: float = 0.0) -> torch.Tensor:
+@contextlib.contextmanager
+def decode_pool(store: Any, how: Reading) -> Iterator[ThreadPoolExecutor | None]:
+    """The threads that decode jpeg batches for one pass (None: decode on the reading thread)."""
+    if store.format != "jpeg" or how.threads <= 1:
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=how.threads, thread_name_prefix="alexnet-decode")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading,
+               pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """Store images `index` as uint8 (B, S, S, 3) on `device`.
 
-    A raw store's pixels are sliced from the memory map. A jpeg store's first
-    round(gpu_decode * B) images are decoded in one nvJPEG batch on the GPU (launched first,
-    so that the GPU works while this thread decodes the rest on the CPU, straight into pinned
-    memory).
+    A raw store's pixels are sliced from the memory map. A jpeg store's last
+    B - round(gpu_decode * B) images are decoded on the CPU straight into (pinned) memory,
+    in `how.threads` chunks on `pool`, while this thread decodes the first ones in one
+    nvJPEG batch on the GPU.
     """
     if store.format != "jpeg":
         return _to_device(store.read(index), device)
     blobs, size = store.encoded(index), store.image_size
-    on_gpu = round(gpu_decode * len(blobs))
-    gpu = decode.decode_gpu(blobs[:on_gpu], size, device) if on_gpu else None
+    on_gpu = round(how.gpu_decode * len(blobs))
     shape = (len(blobs) - on_gpu, size, size, 3)
-    if device.type == "cuda":
-        pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-        decode.decode_cpu(blobs[on_gpu:], size, decoder, out=pinned.numpy())
-        cpu = pinned.to(device, non_blocking=True)
-    else:
-        cpu = torch.from_numpy(decode.decode_cpu(blobs[on_gpu:], size, decoder))
+    cpu = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    out, rest = cpu.numpy(), blobs[on_gpu:]
+    cuts = np.linspace(0, len(rest), min(how.threads, len(rest)) + 1).astype(int)
+    parts = [(rest[a:b], out[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    futures = [pool.submit(decode.decode_cpu, part, size, how.decoder, rows)
+               for part, rows in parts] if pool else []
+    gpu = decode.decode_gpu(blobs[:on_gpu], size, device) if on_gpu else None
+    if not pool:
+        decode.decode_cpu(rest, size, how.decoder, out)
+    for future in futures:
+        future.result()
+    cpu = cpu.to(device, non_blocking=True)
     return cpu if gpu is None else torch.cat([gpu, cpu])
 
 
@@ -225,15 +267,6 @@ def _resolve(device: torch.device | str) -> torch.device:
     return device
 
 
-def _reading(store: Any, device: torch.device, prefetch: int | None, decoder: str,
-             gpu_decode: float | None) -> tuple[int, str, float]:
-    """(read-ahead depth, CPU decoder, GPU share) of a loader, the automatic ones resolved."""
-    if prefetch is None or prefetch < 0:
-        prefetch = default_prefetch(store.format, device)
-    decoder = decode.resolve_cpu_decoder(decoder)
-    return int(prefetch), decoder, _check_gpu_decode(gpu_decode, store, device, decoder)
-
-
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """A batch (uint8 images or int64 labels) to `device`: pinned, copied without blocking."""
     tensor = torch.from_numpy(images)
@@ -252,8 +285,9 @@ class TrainLoader:
     shifts of hundreds of levels); a number (config data.pca_scale) keeps "std" and multiplies
     the paper's alpha std (0.1) by it. `stats` default to the store's (the training split's).
     `prefetch` None (or negative) is `default_prefetch`; a jpeg store is decoded by CPU
-    `decoder` (decode.CPU_DECODERS or "auto") and, on CUDA, the share `gpu_decode` of each
-    batch on the GPU (None or negative: `default_gpu_decode`).
+    `decoder` (decode.CPU_DECODERS or "auto") in `decode_threads` threads (None or < 1:
+    `default_decode_threads`) and, on CUDA, the share `gpu_decode` of each batch on the GPU
+    (None or negative: `default_gpu_decode`). `loader.reading` holds the values resolved.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crop: int = CROP_SIZE, seed: int = 0,
@@ -261,7 +295,8 @@ class TrainLoader:
                  flip: bool = True, pca: bool = True, pca_scale: str | float = "std",
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  prefetch: int | None = None, channels_last: bool = False,
-                 decoder: str = "auto", gpu_decode: float | None = None) -> None:
+                 decoder: str = "auto", decode_threads: int | None = None,
+                 gpu_decode: float | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -282,8 +317,7 @@ class TrainLoader:
         self.device = _resolve(device)
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
         self.channels_last = channels_last
-        self.prefetch, self.decoder, self.gpu_decode = _reading(
-            store, self.device, prefetch, decoder, gpu_decode)
+        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, pca, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -308,22 +342,23 @@ class TrainLoader:
             raise UserError(f"start batch {start}: this epoch has {len(self)} batches")
         order = self.indices(epoch).reshape(len(self), self.batch_size)
         on_cpu = self.device.type == "cpu"
-        jobs = [self._job(epoch, k, order[k], augment_too=on_cpu)
-                for k in range(start, len(self))]
-        for item in read_ahead(jobs, self.prefetch):
-            if on_cpu:
-                yield item
-            else:
-                k, images, y = item
-                yield self._augment(epoch, k, images), y
+        with decode_pool(self.store, self.reading) as pool:
+            jobs = [self._job(epoch, k, order[k], pool, augment_too=on_cpu)
+                    for k in range(start, len(self))]
+            with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
+                for item in batches:
+                    if on_cpu:
+                        yield item
+                    else:
+                        k, images, y = item
+                        yield self._augment(epoch, k, images), y
 
-    def _job(self, epoch: int, k: int, index: np.ndarray, *, augment_too: bool
-             ) -> Callable[[], Any]:
+    def _job(self, epoch: int, k: int, index: np.ndarray, pool: ThreadPoolExecutor | None, *,
+             augment_too: bool) -> Callable[[], Any]:
         """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
             index_sorted = np.sort(index)
-            images = read_batch(self.store, index_sorted, self.device, self.decoder,
-                                self.gpu_decode)
+            images = read_batch(self.store, index_sorted, self.device, self.reading, pool)
             y = _to_device(self.labels[index_sorted], self.device)
             if augment_too:
                 return self._augment(epoch, k, images), y
@@ -343,14 +378,14 @@ class EvalLoader:
     Iterates (x float32 (B * crops, 3, crop, crop), y int64 (B,)) in store order (or the
     order of `indices`), image-major: x.view(B, crops, 3, crop, crop); patches in
     augment.TEN_CROP_ORDER. The mean is subtracted as in training; the last batch may be
-    smaller. `prefetch`, `decoder` and `gpu_decode` as for TrainLoader.
+    smaller. `prefetch`, `decoder`, `decode_threads` and `gpu_decode` as for TrainLoader.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crops: int = 1, crop: int = CROP_SIZE,
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", indices: Sequence[int] | None = None,
                  prefetch: int | None = None, decoder: str = "auto",
-                 gpu_decode: float | None = None) -> None:
+                 decode_threads: int | None = None, gpu_decode: float | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if crops not in (1, TEST_CROPS):
@@ -359,8 +394,7 @@ class EvalLoader:
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
         self.mean, self.device = mean, _resolve(device)
-        self.prefetch, self.decoder, self.gpu_decode = _reading(
-            store, self.device, prefetch, decoder, gpu_decode)
+        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -377,14 +411,17 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         on_cpu = self.device.type == "cpu"
-        jobs = [self._job(self.order[i:i + self.batch_size], augment_too=on_cpu)
-                for i in range(0, len(self.order), self.batch_size)]
-        for images, y in read_ahead(jobs, self.prefetch):
-            yield (images if on_cpu else self._patches(images)), y
+        with decode_pool(self.store, self.reading) as pool:
+            jobs = [self._job(self.order[i:i + self.batch_size], pool, augment_too=on_cpu)
+                    for i in range(0, len(self.order), self.batch_size)]
+            with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
+                for images, y in batches:
+                    yield (images if on_cpu else self._patches(images)), y
 
-    def _job(self, index: np.ndarray, *, augment_too: bool) -> Callable[[], Any]:
+    def _job(self, index: np.ndarray, pool: ThreadPoolExecutor | None, *, augment_too: bool
+             ) -> Callable[[], Any]:
         def run() -> Any:
-            images = read_batch(self.store, index, self.device, self.decoder, self.gpu_decode)
+            images = read_batch(self.store, index, self.device, self.reading, pool)
             y = _to_device(self.labels[index], self.device)
             return (self._patches(images) if augment_too else images), y
         return run

@@ -29,6 +29,7 @@ AMP_CHOICES = ("off", "bf16", "fp16")
 LR_SCALING_CHOICES = ("none", "linear")
 MEAN_CHOICES = ("image", "channel", "none")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
+JPEG_DECODER_CHOICES = ("auto", "simplejpeg", "cv2", "torchvision", "pil")  # data/decode.py
 
 
 @dataclass
@@ -93,7 +94,13 @@ class RunConfig:
     amp: str = "off"  # off (fp32, the paper), bf16 autocast, fp16 autocast + GradScaler
     channels_last: bool = False
     compile: bool = False
-    prefetch: int = 2  # batches the loader reads ahead
+    prefetch: int = -1  # batches the loader reads ahead (-1: loader.default_prefetch)
+    # jpeg stores (docs/loading.md): the CPU decoder (auto: simplejpeg, cv2, torchvision, pil,
+    # the first installed), its threads per batch (0: loader.default_decode_threads) and the
+    # share of each batch nvJPEG decodes on a CUDA device (-1: loader.default_gpu_decode)
+    jpeg_decoder: str = "auto"
+    decode_threads: int = 0
+    gpu_decode: float = -1.0
     eval_batch_size: int = 256
     val_every: int = 1  # validate every N epochs (the schedule steps on each validation)
     val_limit: int = 0  # validate on the first N images only (0: the whole split)
@@ -264,8 +271,13 @@ def validate(config: Config) -> Config:
     need(r.amp in AMP_CHOICES, f"run.amp {r.amp!r}: choose from {', '.join(AMP_CHOICES)}")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
          f"run.device {r.device!r}: auto, cpu, cuda or cuda:N")
-    for name in ("prefetch", "val_limit", "steps_per_epoch", "max_steps"):
+    for name in ("decode_threads", "val_limit", "steps_per_epoch", "max_steps"):
         need(getattr(r, name) >= 0, f"run.{name} {getattr(r, name)}: must be >= 0")
+    need(r.prefetch >= -1, f"run.prefetch {r.prefetch}: must be >= 0, or -1 (auto)")
+    need(r.gpu_decode == -1 or 0 <= r.gpu_decode <= 1,
+         f"run.gpu_decode {r.gpu_decode}: a share in 0..1, or -1 (auto)")
+    need(r.jpeg_decoder in JPEG_DECODER_CHOICES, f"run.jpeg_decoder {r.jpeg_decoder!r}: "
+         f"choose from {', '.join(JPEG_DECODER_CHOICES)}")
     need(r.val_every >= 1, f"run.val_every {r.val_every}: must be at least 1")
     need(r.eval_batch_size >= 1, f"run.eval_batch_size {r.eval_batch_size}: must be >= 1")
     need(r.time_limit >= 0, f"run.time_limit {r.time_limit}: must be >= 0")

@@ -343,3 +343,15 @@ def test_gpu_decode_share_gives_the_cpu_batches_up_to_the_decoder(twin_stores) -
             assert torch.equal(ya, yb)
             diff = (xb - xa).abs()
             assert diff.mean() <= 2.0 and diff.max() <= 64  # test_decode's GPU bounds
+
+
+def test_config_offers_the_decoders_and_refuses_bad_reading_options() -> None:
+    from alexnet.config import JPEG_DECODER_CHOICES, resolve
+
+    assert JPEG_DECODER_CHOICES == ("auto", *decode.CPU_DECODERS)
+    run = resolve("paper").run
+    assert (run.prefetch, run.decode_threads, run.gpu_decode) == (-1, 0, -1)  # auto
+    for bad in ("run.prefetch=-2", "run.gpu_decode=1.5", "run.jpeg_decoder=libjpeg",
+                "run.decode_threads=-1"):
+        with pytest.raises(UserError):
+            resolve("paper", [bad])

@@ -58,5 +58,7 @@ def train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats: 
     return TrainLoader(store, per_rank, crop=d.crop, seed=config.run.seed, rank=rt.dist.rank,
                        world_size=rt.dist.world_size, device=rt.device, flip=d.flip, pca=d.pca,
                        pca_scale=d.pca_scale, mean=d.mean, stats=stats,
-                       prefetch=config.run.prefetch, channels_last=rt.channels_last)
+                       prefetch=config.run.prefetch, channels_last=rt.channels_last,
+                       decoder=config.run.jpeg_decoder, decode_threads=config.run.decode_threads,
+                       gpu_decode=config.run.gpu_decode)
 

@@ -107,9 +107,10 @@ def _timed(device: torch.device, images: int, steps: int, warmup: int,
 
 
 class Trainer:
-    """The paper net, its optimizer and runtime: one training step at a time."""
+    """The paper net (`width` 1; smaller for tests only), its optimizer and runtime: one
+    training step at a time."""
 
-    def __init__(self, device: torch.device, classes: int) -> None:
+    def __init__(self, device: torch.device, classes: int, width: float = 1.0) -> None:
         from alexnet.config import Config
         from alexnet.distributed import DistInfo
         from alexnet.model import build_model
@@ -122,7 +123,7 @@ class Trainer:
         self.settings = f"amp {config.run.amp}, channels_last {config.run.channels_last}"
         self.rt = setup_runtime(config, DistInfo(device=device))
         torch.manual_seed(0)
-        self.net = build_model("alexnet", num_classes=classes).to(device)
+        self.net = build_model("alexnet", num_classes=classes, width=width).to(device)
         if self.rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.optimizer = PaperSGD(param_groups(self.net), lr=paper.BASE_LR,
@@ -198,8 +199,9 @@ def _plan(device: torch.device, quick: bool) -> dict[str, int]:
 
 
 def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
-                 classes: int = paper.NUM_CLASSES) -> dict[str, Any]:
-    """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root."""
+                 classes: int = paper.NUM_CLASSES, width: float = 1.0) -> dict[str, Any]:
+    """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root
+    (`width` scales the net: tests only)."""
     from alexnet.data import decode
     from alexnet.data.loader import TrainLoader, host_cores
 
@@ -212,7 +214,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         "device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
         "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
         "decoders": decode.describe()}
-    trainer = Trainer(device, classes)
+    trainer = Trainer(device, classes, width)
     r["settings"] = trainer.settings
     raw_loader = TrainLoader(stores["raw"], batch, device=device)
     jpeg_loader = TrainLoader(jpeg, batch, device=device)

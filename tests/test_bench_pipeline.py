@@ -1,0 +1,39 @@
+"""`alexnet bench pipeline` end to end on a tiny plan: the stores it writes and its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexnet.bench import pipeline
+from alexnet.data import decode
+
+
+def test_twin_stores_hold_the_same_images_repeated(tmp_path: Path) -> None:
+    images = pipeline.photo_like(3, seed=1)
+    stores = pipeline.write_twin_stores(tmp_path, images, repeats=2, classes=2)
+    raw, jpeg = stores["raw"], stores["jpeg"]
+    assert len(raw) == len(jpeg) == 6 and jpeg.format == "jpeg"
+    np.testing.assert_array_equal(raw.read(range(6)), np.concatenate([images, images]))
+    np.testing.assert_array_equal(raw.labels, jpeg.labels)
+    assert np.abs(jpeg.read(range(6)).astype(int) - raw.read(range(6))).mean() < 6  # quality 90
+    np.testing.assert_allclose(raw.stats["mean_image"], images.mean(0), atol=1e-4)
+
+
+def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
+    plan = {"distinct": 4, "repeats": 2, "batch": 2, "steps": 1, "warmup": 1,
+            "loader_steps": 2}
+    r = pipeline.run_pipeline(torch.device("cpu"), plan, tmp_path, classes=4, width=0.125)
+    rates = [r["model_only"], r["raw_training"], r["jpeg_training"],
+             *r["raw_loader"].values(), *r["jpeg_loader"].values(),
+             *r["jpeg_loader_threads"].values()]
+    rates += [v for by_threads in r["cpu_decode"].values() for v in by_threads.values()]
+    assert all(np.isfinite(v) and v > 0 for v in rates)
+    assert list(r["cpu_decode"]) == decode.available_cpu_decoders()
+    assert r["reading"]["jpeg"]["decoder"] == decode.resolve_cpu_decoder("auto")
+    assert "gpu_decode" not in r and list(r["jpeg_loader"]) == [0.0]  # no GPU here
+    pipeline.print_figures(r)
+    out = capsys.readouterr().out
+    assert "model only" in out and "jpeg store: training" in out and "x model" in out

@@ -253,7 +253,7 @@ def _print(r: dict[str, Any]) -> None:
     pil = r["jpeg_loader"]["pil"]
     for name, rates in r["jpeg_loader"].items():
         for threads, rate in rates.items():
-            print(f"  {f'TrainLoader, jpeg store, {name}, {threads} thread(s)':<44}"
+            print(f"  {f'TrainLoader jpeg, {name}, {threads} thread(s)':<44}"
                   f"{rate:10.1f} images/s  {rate / pil[threads]:6.2f}x PIL, "
                   f"{rate / rates[1]:5.2f}x 1 thread")
     if "gpu_loader_images_per_s" in r:

@@ -49,7 +49,7 @@ def photo_like(count: int, seed: int = 0) -> np.ndarray:
     (about 18 KB each at JPEG quality 90)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    grain = rng.normal(0, 5, (8, SIZE, SIZE, 3)).astype(np.float32)
+    grain = rng.normal(0, 7, (8, SIZE, SIZE, 3)).astype(np.float32)
     out = np.empty((count, SIZE, SIZE, 3), np.uint8)
     for i in range(count):
         f, p = rng.uniform(8, 60, 3), rng.uniform(0, 6.3, 3)

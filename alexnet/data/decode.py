@@ -23,6 +23,8 @@ the device, where the loader augments it like a raw batch.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import io
 import threading
@@ -42,9 +44,18 @@ _GPU_LOCK = threading.Lock()  # one nvJPEG batch at a time: the decoder state is
 Blob = bytes | bytearray | memoryview | np.ndarray
 
 
+@functools.cache
 def importable(decoder: str) -> bool:
-    """True when the package behind CPU decoder `decoder` can be imported."""
-    return importlib.util.find_spec(_MODULES[decoder]) is not None
+    """True when the package behind CPU decoder `decoder` is installed and imports (a
+    torchvision built for another torch is installed but does not)."""
+    if importlib.util.find_spec(_MODULES[decoder]) is None:
+        return False
+    try:
+        importlib.import_module("torchvision.io" if decoder == "torchvision"
+                                else _MODULES[decoder])
+    except Exception:  # any failure to import: not usable here
+        return False
+    return True
 
 
 def available_cpu_decoders() -> list[str]:

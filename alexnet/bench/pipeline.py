@@ -48,15 +48,15 @@ def photo_like(count: int, seed: int = 0) -> np.ndarray:
     """uint8 (count, 256, 256, 3): soft colour waves, blocky shapes and grain, like photos
     (about 18 KB each at JPEG quality 90)."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    line = np.arange(SIZE, dtype=np.float32)
     grain = rng.normal(0, 7, (8, SIZE, SIZE, 3)).astype(np.float32)
     out = np.empty((count, SIZE, SIZE, 3), np.uint8)
     for i in range(count):
         f, p = rng.uniform(8, 60, 3), rng.uniform(0, 6.3, 3)
-        waves = np.stack([128 + 70 * np.sin(x / f[c] + p[c]) * np.cos(y / f[2 - c] + 2 * p[c])
-                          for c in range(3)], -1)
+        waves = np.stack([np.outer(np.cos(line / f[2 - c] + 2 * p[c]), np.sin(line / f[c] + p[c]))
+                          for c in range(3)], -1)  # (y, x, channel), separable
         blocks = rng.normal(0, 25, (SIZE // 32, SIZE // 32, 3)).astype(np.float32)
-        image = waves + np.kron(blocks, np.ones((32, 32, 1), np.float32)) + grain[i % 8]
+        image = 128 + 70 * waves + blocks.repeat(32, 0).repeat(32, 1) + grain[i % 8]
         out[i] = np.clip(image, 0, 255)
     return out
 

@@ -190,8 +190,8 @@ def _plan(device: torch.device, quick: bool) -> dict[str, int]:
     if device.type == "cuda":
         return ({"distinct": 512, "repeats": 8, "batch": 256, "steps": 30, "warmup": 5,
                  "loader_steps": 30} if quick else
-                {"distinct": 1024, "repeats": 10, "batch": 256, "steps": 120, "warmup": 10,
-                 "loader_steps": 120})
+                {"distinct": 1024, "repeats": 10, "batch": 256, "steps": 100, "warmup": 10,
+                 "loader_steps": 80})
     return ({"distinct": 32, "repeats": 2, "batch": 8, "steps": 2, "warmup": 2,
              "loader_steps": 12} if quick else
             {"distinct": 128, "repeats": 2, "batch": 32, "steps": 4, "warmup": 2,

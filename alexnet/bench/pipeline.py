@@ -4,7 +4,7 @@ One run writes a store of photo-like 256x256 images twice (raw and jpeg, quality
 18 KB per image like ILSVRC photos at that size), then measures on the device, each figure
 beside the others of the same run:
 
-- model only: the paper net's training step (alexnet.train.train_step) on a batch already on
+- model only: the paper net's training step (alexnet.training.loop.train_step) on a batch already on
   the device (on CUDA in bf16 with channels_last, the fast settings without compile; fp32 on
   the CPU), timed first and last, the faster kept;
 - loader only: TrainLoader's batches (full augmentation, float out on the device), nothing
@@ -115,7 +115,7 @@ class Trainer:
         from alexnet.distributed import DistInfo
         from alexnet.model import build_model
         from alexnet.optim import PaperSGD, param_groups
-        from alexnet.train import setup_runtime
+        from alexnet.training.runtime import setup_runtime
 
         config = Config()
         if device.type == "cuda":
@@ -130,7 +130,7 @@ class Trainer:
                                   momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        from alexnet.train import train_step
+        from alexnet.training.loop import train_step
 
         train_step(self.net, x, y, self.optimizer, self.rt)
 

@@ -25,6 +25,7 @@ start counts little. Timed spans exclude warm-up and end with a device synchroni
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -150,7 +151,8 @@ def training_rate(loader: Any, trainer: Trainer, steps: int, warmup: int) -> flo
 
 def model_rate(trainer: Trainer, loader: Any, steps: int, warmup: int) -> float:
     """Images/s of training steps on one batch already on the device."""
-    x, y = next(loader.epoch(0))
+    with contextlib.closing(loader.epoch(0)) as batches:  # no reading left running
+        x, y = next(batches)
     return _timed(trainer.rt.device, len(x), steps, warmup, lambda: trainer.step(x, y))
 
 

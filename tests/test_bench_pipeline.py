@@ -28,7 +28,8 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     r = pipeline.run_pipeline(torch.device("cpu"), plan, tmp_path, classes=4, width=0.125)
     rates = [r["model_only"], r["raw_training"], r["jpeg_training"],
              *r["raw_loader"].values(), *r["jpeg_loader"].values(),
-             *r["jpeg_loader_threads"].values()]
+             *r["jpeg_loader_threads"].values(), *r["from_disk"].values()]
+    assert set(r["from_disk"]) == {"raw", "jpeg"}  # Linux has posix_fadvise
     rates += [v for by_threads in r["cpu_decode"].values() for v in by_threads.values()]
     assert all(np.isfinite(v) and v > 0 for v in rates)
     assert list(r["cpu_decode"]) == decode.available_cpu_decoders()

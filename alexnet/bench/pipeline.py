@@ -12,7 +12,10 @@ beside the others of the same run:
   1, 2, 4, 8, 16 decode threads, and with the GPU decoding none, the default share, half and
   all of each batch (default threads);
 - training from the store: both together, as `alexnet train` runs them; the ratio to the
-  model-only figure says how much the loader costs.
+  model-only figure says how much the loader costs;
+- each store's loader from disk: its files dropped from the page cache first (fadvise, no
+  root needed; on a tmpfs they stay in memory and the figure is the cached one), timed over
+  its first epoch only.
 
 And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8 and 16 threads
 (threads beyond the host's cores are skipped), nvJPEG batches on the GPU, and the mean and
@@ -79,6 +82,37 @@ def write_twin_stores(root: Path, images: np.ndarray, repeats: int, classes: int
             writer.add_chunk(images, np.roll(labels, r), sums=sums, jpegs=blobs)
         writer.finish()
     return {fmt: open_split(root / fmt, "train") for fmt in ("raw", "jpeg")}
+
+
+def drop_from_cache(folder: Path) -> bool:
+    """Ask the kernel to drop the files of `folder` from the page cache (POSIX_FADV_DONTNEED
+    after fsync: no root needed; pages mapped by a process stay, and a tmpfs keeps
+    everything). False where the call does not exist."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def disk_rates(stores: dict[str, Any], device: torch.device, batch: int, steps: int
+               ) -> dict[str, float]:
+    """Loader-only img/s of each store read from disk: its files dropped from the page cache
+    first, and no more batches than its first epoch holds (each image read once)."""
+    from alexnet.data.loader import TrainLoader
+
+    rates = {}
+    for fmt, store in stores.items():
+        loader = TrainLoader(store, batch, device=device)
+        if not drop_from_cache(store.path) or len(loader) < 3:
+            continue
+        rates[fmt] = loader_rate(loader, device, min(steps, len(loader) - 2), 2)
+    return rates
 
 
 def _sync(device: torch.device) -> None:
@@ -210,6 +244,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
     loader_steps = plan["loader_steps"]
     stores = write_twin_stores(root, photo_like(plan["distinct"]), plan["repeats"], classes)
+    disk = disk_rates(stores, device, batch, loader_steps)  # before anything maps the files
     jpeg = stores["jpeg"]
     blobs = jpeg.encoded(range(plan["distinct"]))
     r: dict[str, Any] = {
@@ -240,6 +275,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_loader"] = {s: loader_rate(TrainLoader(jpeg, batch, device=device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
+    r["from_disk"] = disk
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r
 
@@ -280,6 +316,8 @@ def print_figures(r: dict[str, Any]) -> None:
              for s, v in r["jpeg_loader"].items()]
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
+    rows += [(f"{fmt} loader only, from disk (page cache dropped; defaults)", v)
+             for fmt, v in r["from_disk"].items()]
     print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
     for name, value in rows:
         print(f"  {name:<58}{value:>12.0f}{value / model:>10.2f}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
 # network (about 8 minutes): the test suite on CUDA, `alexnet bench` (model, data, train,
-# evaluate) and a short real training run of the paper net on Fashion-MNIST.
+# evaluate, then pipeline: training from raw and jpeg stores) and a short real training run
+# of the paper net on Fashion-MNIST.
 #
 # Usage: bench/gpu_check.sh [OUTDIR]
 # Fashion-MNIST's IDX files are read from $ALEXNET_FMNIST, else .gpu-data/fashion-mnist (an

@@ -18,6 +18,7 @@ from alexnet/paper.py. Choices where the paper is silent or inconsistent (docs/m
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet import paper
+from alexnet.errors import UserError
 
 # ---------------------------------------------------------------------------------------
 # Local response normalisation (section 3.3)
@@ -96,9 +98,47 @@ class _LRNFunction(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+LRN_BACKENDS = ("auto", "triton", "torch")
+# ALEXNET_LRN picks the LRN implementation, read once at import: auto (the fused Triton
+# kernel of alexnet/lrn_triton.py on CUDA tensors when triton imports, else _LRNFunction),
+# triton (always the kernel; CPU tensors need TRITON_INTERPRET=1) or torch (_LRNFunction).
+LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
+_TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, or None when triton is missing
+
+
+def triton_lrn_module() -> Any:
+    """alexnet.lrn_triton, or None when triton does not import (tried once, then cached)."""
+    if "module" not in _TRITON:
+        try:
+            from alexnet import lrn_triton
+        except ImportError:
+            lrn_triton = None
+        _TRITON["module"] = lrn_triton
+    return _TRITON["module"]
+
+
+def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
+    """Whether LRN of x runs the Triton kernel under `backend` (default: ALEXNET_LRN)."""
+    backend = LRN_BACKEND if backend is None else backend
+    if backend not in LRN_BACKENDS:
+        raise UserError(f"ALEXNET_LRN={backend!r}: choose from {', '.join(LRN_BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+        return False
+    if triton_lrn_module() is not None:
+        return True
+    if backend == "triton":
+        raise UserError("ALEXNET_LRN=triton: triton does not import; install it "
+                        "(pip install triton, Linux x86-64) or set ALEXNET_LRN=auto")
+    return False
+
+
 def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
-        beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1) -> torch.Tensor:
-    """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns."""
+        beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1,
+        backend: str | None = None) -> torch.Tensor:
+    """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns;
+    `backend` (auto, triton, torch; default ALEXNET_LRN) picks the implementation."""
+    if use_triton_lrn(x, backend):
+        return torch.ops.alexnet.lrn(x, groups, n // 2, alpha, beta, k)
     y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
     return y.flatten(1, 2)  # (N, C, H, W)
 
@@ -112,6 +152,8 @@ class LRN(nn.Module):
         super().__init__()
         self.groups, self.n, self.beta, self.k = groups, n, beta, k
         self.alpha = alpha / n if alpha_over_n else alpha
+        if LRN_BACKEND == "triton" or (LRN_BACKEND == "auto" and torch.cuda.is_available()):
+            triton_lrn_module()  # import triton now, not inside a torch.compile trace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups)

@@ -1,0 +1,85 @@
+"""Runs the Triton LRN through Triton's interpreter on CPU tensors; tests/test_lrn_triton.py
+starts it in a child process, because TRITON_INTERPRET=1 must be set before triton is
+imported and must not reach the rest of the suite.
+
+Usage: TRITON_INTERPRET=1 ALEXNET_LRN=triton python tests/_lrn_interpret.py kernel|compile OUT
+writes OUT (.npz) holding the inputs and what the kernel gave; the test compares them with
+its own NumPy evaluation of the paper's formula.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from alexnet import paper
+from alexnet.model import AlexNet, lrn
+
+CASES = {  # name: (shape, groups, n)
+    "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
+    "one_column_n3": ((1, 7, 3, 6), 1, 3),
+}
+
+
+def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int,
+         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    y = lrn(x, n=n, groups=groups, backend=backend)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+def kernel(out: str) -> None:
+    """Forward and backward of every case in NCHW and channels_last, fp32 and bf16; the
+    torch path on the same inputs; gradcheck in float64."""
+    gen = torch.Generator().manual_seed(0)
+    saved: dict[str, np.ndarray] = {}
+    for name, (shape, groups, n) in CASES.items():
+        x = torch.rand(shape, generator=gen, dtype=torch.float64) * 300
+        g = torch.randn(shape, generator=gen, dtype=torch.float64)
+        saved[f"{name}.x"], saved[f"{name}.g"] = x.numpy(), g.numpy()
+        for layout, fmt in (("nchw", torch.contiguous_format),
+                            ("cl", torch.channels_last)):
+            for dtype in (torch.float32, torch.bfloat16):
+                xd = x.to(dtype).contiguous(memory_format=fmt)
+                gd = g.to(dtype).contiguous(memory_format=fmt)
+                y, dx = _run(xd, gd, groups, n, "triton")
+                key = f"{name}.{layout}.{str(dtype)[6:]}"
+                saved[f"{key}.y"], saved[f"{key}.dx"] = y.double().numpy(), dx.double().numpy()
+                saved[f"{key}.layout_kept"] = np.array(
+                    y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt))
+                if dtype == torch.float32:
+                    y, dx = _run(xd, gd, groups, n, "torch")
+                    saved[f"{key}.torch_y"] = y.double().numpy()
+                    saved[f"{key}.torch_dx"] = dx.double().numpy()
+    for n, shape in ((3, (1, 4, 2, 2)), (5, (1, 6, 2, 1))):
+        x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
+        ok = torch.autograd.gradcheck(
+            lambda t, n=n: lrn(t, n, 2e-3, 0.75, 2.0, groups=2, backend="triton"), (x,))
+        saved[f"gradcheck.n{n}"] = np.array(ok)
+    np.savez(out, **saved)
+
+
+def compile_check(out: str) -> None:
+    """A width-scaled paper net, eager and torch.compile(fullgraph=True, aot_eager): logits
+    and input gradients; fullgraph makes any graph break an error."""
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=5, width=0.05, dropout=0.0)
+    x = torch.randn(2, 3, 224, 224) * 50
+
+    def run(m: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        return y.detach().numpy(), xi.grad.numpy()
+
+    eager_y, eager_dx = run(model)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    comp_y, comp_dx = run(compiled)
+    np.savez(out, eager_y=eager_y, eager_dx=eager_dx, compiled_y=comp_y, compiled_dx=comp_dx)
+
+
+if __name__ == "__main__":
+    {"kernel": kernel, "compile": compile_check}[sys.argv[1]](sys.argv[2])

@@ -1,0 +1,125 @@
+"""The fused Triton LRN (alexnet/lrn_triton.py) against the paper's formula, evaluated here in
+NumPy, and against the torch path; run on CPU tensors through Triton's interpreter in a child
+process (tests/_lrn_interpret.py), so TRITON_INTERPRET never reaches the rest of the suite."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import paper
+from alexnet.errors import UserError
+from alexnet.model import lrn, use_triton_lrn
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3)}  # name: (groups, n)
+ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
+
+
+def interpret(what: str, out: Path) -> dict[str, np.ndarray]:
+    """Run tests/_lrn_interpret.py WHAT in a child with the interpreter on; its arrays."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    script = ROOT / "tests" / "_lrn_interpret.py"
+    done = subprocess.run([sys.executable, str(script), what, str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as z:
+        return dict(z)
+
+
+@pytest.fixture(scope="module")
+def kernel_results(tmp_path_factory) -> dict[str, np.ndarray]:
+    return interpret("kernel", tmp_path_factory.mktemp("lrn") / "kernel.npz")
+
+
+def window(c: int, channels: int, n: int, groups: int) -> range:
+    """The maps in channel c's window: c-n//2..c+n//2, clipped at its column's edges."""
+    per = channels // groups
+    start = (c // per) * per
+    return range(max(start, c - n // 2), min(start + per - 1, c + n // 2) + 1)
+
+
+def formula(a: np.ndarray, g: np.ndarray, n: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """b_i = a_i s_i^-beta, s_i = k + alpha sum_{j in window(i)} a_j^2 (section 3.3), and
+    its gradient: db_i/da_m = [i == m] s_i^-beta - 2 alpha beta a_i a_m s_i^(-beta-1)
+    for m in window(i), so grad_m = sum_i g_i db_i/da_m."""
+    channels = a.shape[1]
+    s = np.stack([K + ALPHA * sum(a[:, j] ** 2 for j in window(i, channels, n, groups))
+                  for i in range(channels)], axis=1)
+    b = a * s ** -BETA
+    grad = g * s ** -BETA
+    for i in range(channels):
+        for m in window(i, channels, n, groups):
+            grad[:, m] -= 2 * ALPHA * BETA * g[:, i] * a[:, i] * a[:, m] * s[:, i] ** (-BETA - 1)
+    return b, grad
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_lrn_equals_the_formula_fp32(kernel_results, name, layout):
+    r, (groups, n) = kernel_results, CASES[name]
+    b, grad = formula(r[f"{name}.x"].astype(np.float32).astype(np.float64),
+                      r[f"{name}.g"].astype(np.float32).astype(np.float64), n, groups)
+    key = f"{name}.{layout}.float32"
+    np.testing.assert_allclose(r[f"{key}.y"], b, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(r[f"{key}.dx"], grad, rtol=1e-5, atol=1e-6)
+    assert r[f"{key}.layout_kept"]  # channels_last in, channels_last out (and its gradient)
+    # today's torch path gives the same numbers, to fp32 rounding
+    np.testing.assert_allclose(r[f"{key}.y"], r[f"{key}.torch_y"], rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(r[f"{key}.dx"], r[f"{key}.torch_dx"], rtol=1e-5, atol=1e-6)
+
+
+def test_the_column_edges_matter(kernel_results):
+    # the same input normalised as one column differs at the maps next to the column border
+    r = kernel_results
+    a = r["paper.x"].astype(np.float32).astype(np.float64)
+    one_column, _ = formula(a, a, paper.LRN_N, 1)
+    assert not np.allclose(r["paper.nchw.float32.y"][:, 4:8], one_column[:, 4:8], rtol=1e-4)
+    np.testing.assert_allclose(r["paper.nchw.float32.y"][:, :4], one_column[:, :4], rtol=2e-6)
+
+
+# bf16 stores 8 significant bits: inputs and outputs are each rounded once (2^-8 relative
+# each), the sums are fp32, so the result is within 1% of the formula on the rounded input
+BF16_RTOL = 1e-2
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_triton_lrn_bf16_within_tolerance(kernel_results, layout):
+    r = kernel_results
+    bf16 = torch.from_numpy(r["paper.x"]).bfloat16().double().numpy()
+    g16 = torch.from_numpy(r["paper.g"]).bfloat16().double().numpy()
+    b, grad = formula(bf16, g16, paper.LRN_N, 2)
+    np.testing.assert_allclose(r[f"paper.{layout}.bfloat16.y"], b, rtol=BF16_RTOL)
+    scale = np.abs(grad).max()
+    np.testing.assert_allclose(r[f"paper.{layout}.bfloat16.dx"], grad, rtol=BF16_RTOL,
+                               atol=BF16_RTOL * scale)
+
+
+def test_triton_lrn_passes_gradcheck_in_float64(kernel_results):
+    assert kernel_results["gradcheck.n3"] and kernel_results["gradcheck.n5"]
+
+
+@pytest.mark.slow
+def test_compiled_paper_net_with_the_op_equals_eager(tmp_path):
+    r = interpret("compile", tmp_path / "compile.npz")
+    np.testing.assert_allclose(r["compiled_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["compiled_dx"], r["eager_dx"], rtol=1e-4,
+                               atol=1e-5 * np.abs(r["eager_dx"]).max())
+
+
+def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
+    x = torch.rand(1, 4, 2, 2)
+    assert not use_triton_lrn(x, "auto") and not use_triton_lrn(x, "torch")
+    with pytest.raises(UserError, match="ALEXNET_LRN='fast'"):
+        lrn(x, backend="fast")

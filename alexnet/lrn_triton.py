@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+if not hasattr(torch.library, "custom_op"):
+    raise ImportError("the Triton LRN needs torch >= 2.4 (torch.library.custom_op)")
+
 TILE = 4096  # elements per program: all of a column's channels times a block of pixels
 
 

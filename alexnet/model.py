@@ -164,6 +164,63 @@ class LRN(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
+# Column-restricted convolutions (section 3.2: conv2, conv4, conv5 see only their own column)
+
+COLUMN_FORMS = ("auto", "groups", "separate", "dense")
+# ALEXNET_COLUMNS picks how they run, read once at import (or AlexNet(column_conv=...)):
+# groups (one grouped conv), separate (one conv per column), dense (one conv with a
+# block-diagonal weight), auto (dense on CUDA, groups elsewhere: docs/model.md's figures).
+COLUMN_CONV = os.environ.get("ALEXNET_COLUMNS", "auto")
+
+
+def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The dense (out, groups * in, kh, kw) weight equal to a grouped conv's (out, in, kh, kw):
+    column c's kernels on its own input maps, exact zeros elsewhere. Built from the grouped
+    parameter on every call, so its gradient is the grouped one and the zeros are not
+    parameters: no optimizer, weight decay or momentum can make them nonzero."""
+    blocks = weight.chunk(groups, 0)
+    zero = weight.new_zeros(blocks[0].shape)
+    rows = [torch.cat([b if c == r else zero for c in range(groups)], 1)
+            for r, b in enumerate(blocks)]
+    dense = torch.cat(rows, 0)
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        dense = dense.contiguous(memory_format=torch.channels_last)
+    return dense
+
+
+class ColumnConv2d(nn.Conv2d):
+    """A grouped conv (groups = columns) computed as `form`: its parameters and state_dict are
+    the grouped conv's whatever the form, so every form loads every checkpoint."""
+
+    def __init__(self, *args: Any, form: str = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if form not in COLUMN_FORMS:
+            raise ValueError(f"column_conv={form!r}: choose from {', '.join(COLUMN_FORMS)}")
+        self.form = form
+
+    def resolved_form(self, x: torch.Tensor) -> str:
+        """The form used for x: `auto` is dense on CUDA, groups elsewhere."""
+        if self.form == "auto":
+            return "dense" if x.is_cuda else "groups"
+        return self.form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        form = self.resolved_form(x)
+        if self.groups == 1 or form == "groups":
+            return super().forward(x)
+        if form == "dense":
+            return F.conv2d(x, block_diagonal(self.weight, self.groups), self.bias,
+                            self.stride, self.padding)
+        parts = zip(x.chunk(self.groups, 1), self.weight.chunk(self.groups, 0),
+                    self.bias.chunk(self.groups, 0), strict=True)
+        return torch.cat([F.conv2d(xc, w, b, self.stride, self.padding) for xc, w, b in parts],
+                         1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, form={self.form}"
+
+
+# ---------------------------------------------------------------------------------------
 # Initialisation (section 5)
 
 
@@ -193,8 +250,12 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = paper.NUM_CLASSES, *, columns: int = paper.COLUMNS,
                  activation: str = "relu", lrn: bool = True, lrn_alpha_over_n: bool = False,
                  overlap_pool: bool = True, dropout: float = paper.DROPOUT_P,
-                 width: float = 1.0) -> None:
+                 width: float = 1.0, column_conv: str | None = None) -> None:
         super().__init__()
+        if column_conv is None and COLUMN_CONV not in COLUMN_FORMS:
+            raise UserError(f"ALEXNET_COLUMNS={COLUMN_CONV!r}: choose from "
+                            f"{', '.join(COLUMN_FORMS)}")
+        form = COLUMN_CONV if column_conv is None else column_conv
         if columns not in (1, 2):
             raise ValueError(f"columns={columns}: 1 or 2")
         if activation not in ("relu", "tanh"):
@@ -215,10 +276,10 @@ class AlexNet(nn.Module):
         fc = n(paper.FC_WIDTH, halve=False)
         g = columns
         self.conv1 = nn.Conv2d(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3])
-        self.conv2 = nn.Conv2d(c1, c2, paper.CONV2[1], paper.CONV2[2], paper.CONV2[3], groups=g)
+        self.conv2 = ColumnConv2d(c1, c2, *paper.CONV2[1:4], groups=g, form=form)
         self.conv3 = nn.Conv2d(c2, c3, paper.CONV3[1], paper.CONV3[2], paper.CONV3[3])
-        self.conv4 = nn.Conv2d(c3, c4, paper.CONV4[1], paper.CONV4[2], paper.CONV4[3], groups=g)
-        self.conv5 = nn.Conv2d(c4, c5, paper.CONV5[1], paper.CONV5[2], paper.CONV5[3], groups=g)
+        self.conv4 = ColumnConv2d(c3, c4, *paper.CONV4[1:4], groups=g, form=form)
+        self.conv5 = ColumnConv2d(c4, c5, *paper.CONV5[1:4], groups=g, form=form)
         self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
         self.lrn1 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()

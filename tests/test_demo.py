@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import main
-from alexnet.demo import Plan, default_plan, demo
+from alexnet.config import resolve
+from alexnet.demo import Plan, base_config, default_plan, demo
 
 
 def tiny_plan() -> Plan:
@@ -68,3 +69,13 @@ def test_a_folder_without_idx_files_is_refused(tmp_path, capsys):
     (tmp_path / "idx").mkdir()
     assert main(["demo", "--data", str(tmp_path / "idx"), "--out", str(tmp_path / "d")]) == 2
     assert "missing train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_the_demo_runs_bf16_channels_last_on_a_gpu_only():
+    gpu = resolve("demo", None, base=base_config("cuda"))
+    assert (gpu.run.amp, gpu.run.channels_last) == ("bf16", True)
+    cpu = resolve("demo", None, base=base_config("cpu"))
+    assert (cpu.run.amp, cpu.run.channels_last) == ("off", False)
+    # an explicit --set still wins, and the paper preset itself stays fp32
+    off = resolve("demo", ["run.amp=off"], base=base_config("cuda"))
+    assert off.run.amp == "off" and resolve("paper").run.amp == "off"

@@ -1,9 +1,16 @@
-"""`alexnet bench model`: the paper net's training step beside the torchvision layout.
+"""`alexnet bench model`: the paper net's training step beside the torchvision layout, and
+its parts beside their baselines.
 
 Images/s of one training step (forward, backward, PaperSGD step) for the paper's net, the
 same net without LRN, and torchvision's layout, on the same batch in the same run: warm-up
 excluded, the variants taking turns, fastest of several repeats. Also the share of the paper
 step spent in LRN (forward and backward on the real conv1 and conv2 activation shapes).
+
+Then the parts (`parts`), each forward + backward on the real activation shapes: LRN (the
+Triton kernel where it runs, and the torch path) beside a ReLU on the same tensor; conv2,
+conv4 and conv5 in each column form (groups=2, separate, block-diagonal dense); conv1's
+right/bottom zero padding beside conv1 itself; max-pool in NCHW and channels_last. On CUDA
+in bf16 and channels_last at batch 256 (the fast preset's setting), timed with CUDA events.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import paper
-from alexnet.model import AlexNet, build_model, conv1_pad, lrn
+from alexnet.model import AlexNet, ColumnConv2d, build_model, conv1_pad, lrn, use_triton_lrn
 from alexnet.optim import PaperSGD, param_groups
 
 
@@ -31,21 +38,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_all(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+def _time_all(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
               repeats: int) -> dict[str, float]:
     """Fastest seconds of one call of each fn: the fns take turns (so a busy machine slows
-    them alike), `warmup` untimed rounds first; the minimum is the least disturbed run."""
+    them alike), `warmup` untimed rounds first; the minimum is the least disturbed run.
+    On CUDA each call is bracketed by CUDA events (read once all calls are queued)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     _sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
+    events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if device.type == "cuda":
+                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+                start.record()
+                fn()
+                end.record()
+                events[name].append((start, end))
+                continue
             t0 = time.perf_counter()
             fn()
-            _sync(device)
             times[name].append(time.perf_counter() - t0)
+    _sync(device)
+    for name, pairs in events.items():
+        times[name] += [a.elapsed_time(b) / 1e3 for a, b in pairs]
     return {k: min(v) for k, v in times.items()}
 
 
@@ -91,6 +109,145 @@ def _report(seconds: dict[str, float], batch: int) -> dict:
     return result
 
 
+def _fwd_bwd(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             wrt: list[torch.Tensor], g: torch.Tensor, amp: torch.dtype | None
+             ) -> Callable[[], object]:
+    """One forward of f(x) and the gradients of `wrt` for the output gradient g."""
+    def step() -> object:
+        with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            y = f(x)
+        return torch.autograd.grad(y, wrt, g)
+
+    return step
+
+
+def _activation(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+                fmt: torch.memory_format, scale: float = 50.0) -> torch.Tensor:
+    x = torch.rand(shape, device=device).mul_(scale).to(dtype)
+    return x.contiguous(memory_format=fmt).requires_grad_()
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.memory_format,
+              timing: tuple[int, int], shapes: dict[str, tuple[int, ...]]) -> dict:
+    """LRN forward+backward (Triton where it runs, and the torch path) beside a ReLU's."""
+    out: dict = {}
+    for name, shape in shapes.items():
+        x = _activation(shape, device, dtype, fmt)
+        g = torch.randn_like(x)
+        fns = {"relu": _fwd_bwd(F.relu, x, [x], g, None),
+               "lrn torch": _fwd_bwd(lambda t: lrn(t, groups=2, backend="torch"), x, [x], g,
+                                     None)}
+        if device.type == "cuda" and use_triton_lrn(x, "auto"):
+            fns["lrn triton"] = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton"), x, [x],
+                                         g, None)
+        t = _time_all(fns, device, *timing)
+        row = {k: v for k, v in t.items()}
+        line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
+        for k in ("lrn torch", "lrn triton"):
+            if k in t:
+                row[f"{k} / relu"] = t[k] / t["relu"]
+                line += f"; {k} {_ms(t[k])} = {t[k] / t['relu']:.2f}x ReLU"
+        if "lrn triton" not in t:
+            line += "; lrn triton: needs CUDA and triton"
+        print(line)
+        out[name] = row
+    return out
+
+
+COLUMN_LAYERS = {  # name: (in maps, out maps, kernel, padding, side) of the paper's net
+    "conv2": (paper.CONV1[0], paper.CONV2[0], paper.CONV2[1], paper.CONV2[3], 27),
+    "conv4": (paper.CONV3[0], paper.CONV4[0], paper.CONV4[1], paper.CONV4[3], 13),
+    "conv5": (paper.CONV4[0], paper.CONV5[0], paper.CONV5[1], paper.CONV5[3], 13),
+}
+
+
+def _column_rows(batch: int, device: torch.device, amp: torch.dtype | None,
+                 fmt: torch.memory_format, timing: tuple[int, int]) -> dict:
+    """conv2, conv4, conv5 forward+backward in each column form, side by side."""
+    out: dict = {}
+    forms = ("groups", "separate", "dense")
+    for name, (cin, cout, k, pad, side) in COLUMN_LAYERS.items():
+        x = _activation((batch, cin, side, side), device, amp or torch.float32, fmt)
+        ref = ColumnConv2d(cin, cout, k, 1, pad, groups=paper.COLUMNS).to(device)
+        fns = {}
+        for form in forms:
+            conv = ColumnConv2d(cin, cout, k, 1, pad, groups=paper.COLUMNS, form=form)
+            conv.load_state_dict(ref.state_dict())
+            conv = conv.to(device, memory_format=fmt)
+            g = torch.randn(batch, cout, side, side, device=device, dtype=x.dtype)
+            fns[form] = _fwd_bwd(conv, x, [x, conv.weight, conv.bias],
+                                 g.contiguous(memory_format=fmt), amp)
+        t = _time_all(fns, device, *timing)
+        auto = ref.resolved_form(x)
+        print(f"  {name} fwd+bwd: " + ", ".join(
+            f"{f} {_ms(t[f])} ({t['groups'] / t[f]:.2f}x groups)" for f in forms)
+            + f"; auto picks {auto} here")
+        out[name] = {**t, "auto": auto}
+    return out
+
+
+def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
+                       fmt: torch.memory_format, timing: tuple[int, int]) -> dict:
+    """conv1's zero padding beside conv1 (fwd+bwd); max-pool in NCHW and channels_last."""
+    side = paper.CROP_SIZE
+    pad = conv1_pad(side)
+    image = torch.randn(batch, 3, side, side, device=device).to(dtype)
+    image = image.contiguous(memory_format=fmt)
+    conv1 = torch.nn.Conv2d(3, paper.CONV1[0], paper.CONV1[1], paper.CONV1[2]).to(
+        device, memory_format=fmt)
+    padded = F.pad(image, (0, pad, 0, pad))
+    g = torch.randn(conv1(padded.float()).shape, device=device, dtype=dtype)
+    amp = dtype if dtype != torch.float32 else None
+    s1 = (side + pad - paper.CONV1[1]) // paper.CONV1[2] + 1
+    formats = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    maps = {f: _activation((batch, paper.CONV1[0], s1, s1), device, dtype, m)
+            for f, m in formats.items()}
+    s2 = (s1 - paper.POOL_SIZE) // paper.POOL_STRIDE + 1
+    pool_g = torch.randn(batch, paper.CONV1[0], s2, s2, device=device, dtype=dtype)
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(t, paper.POOL_SIZE, paper.POOL_STRIDE)
+
+    fns = {"pad": lambda: F.pad(image, (0, pad, 0, pad)),
+           "conv1": _fwd_bwd(lambda t: conv1(t), padded, [conv1.weight, conv1.bias],
+                             g.contiguous(memory_format=fmt), amp)}
+    for f, t in maps.items():
+        gf = pool_g.contiguous(memory_format=formats[f])
+        fns[f"pool {f}"] = _fwd_bwd(pool, t, [t], gf, None)
+    t = _time_all(fns, device, *timing)
+    print(f"  conv1's {pad}-pixel right/bottom padding {_ms(t['pad'])} beside conv1 fwd+bwd "
+          f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
+    print(f"  max-pool 3/2 fwd+bwd on conv1's maps: NCHW {_ms(t['pool nchw'])}, channels_last "
+          f"{_ms(t['pool channels_last'])}")
+    return t
+
+
+def bench_parts(device: torch.device, quick: bool) -> dict:
+    """The parts of the paper step beside their baselines (module docstring), printed."""
+    cuda = device.type == "cuda"
+    batch = (64 if quick else 256) if cuda else (4 if quick else 16)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    timing = ((3, 10) if quick else (5, 20)) if cuda else ((1, 2) if quick else (1, 4))
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    side = AlexNet.crop_size + conv1_pad(AlexNet.crop_size)
+    s1 = (side - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
+    s2 = (s1 - paper.POOL_SIZE) // paper.POOL_STRIDE + 1  # 27
+    shapes = {"conv1": (batch, paper.CONV1[0], s1, s1), "conv2": (batch, paper.CONV2[0], s2, s2)}
+    print(f"parts of the step, forward+backward, batch {batch}, {str(dtype)[6:]}, "
+          f"{'channels_last' if cuda else 'NCHW'}, fastest of {timing[1]} after {timing[0]} "
+          "warm-up rounds")
+    return {"batch": batch, "dtype": str(dtype),
+            "lrn": _lrn_rows(batch, device, dtype, fmt, timing, shapes),
+            "columns": _column_rows(batch, device, dtype if cuda else None, fmt, timing),
+            "pad_and_pool": _pad_and_pool_rows(batch, device, dtype, fmt, timing)}
+
+
 def bench(args: argparse.Namespace) -> dict:
     """Print and return images/s of each net's training step and LRN's share of the step.
 
@@ -123,4 +280,5 @@ def bench(args: argparse.Namespace) -> dict:
             result[f"threads_{n}"] = _report(_time_all(fns, device, warmup, repeats), batch)
     finally:
         torch.set_num_threads(threads)
+    result["parts"] = bench_parts(device, args.quick)
     return result

@@ -4,8 +4,10 @@ Each setting runs full training steps (forward, cross-entropy, backward, PaperSG
 through alexnet.training.loop.train_step) on a fixed batch already on the device, so the figure is
 the model's training speed without data loading (`alexnet bench data` measures the loader).
 Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
-bracketed by CUDA events. The torchvision layout (`build_model("alexnet-tv")`) runs beside the
-paper's two-column net under the same settings.
+bracketed by CUDA events. Beside the paper's two-column net, under the same settings and in
+the same run: torchvision's own `torchvision.models.alexnet` when torchvision imports (the
+paper/torchvision ratio of each setting is printed), and this project's torchvision layout
+(`build_model("alexnet-tv")`; not compiled, to keep the benchmark short).
 
 Model FLOPs utilisation (CUDA): the paper net's FLOPs per image are counted analytically from
 its layers (2 x multiply-accumulates of every conv and fully connected layer; x3 for forward
@@ -72,12 +74,15 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str, Any], str]]:
     """(name, run-config overrides, note): the speed options this device can run."""
-    rows = [("fp32", {}, ""), ("channels_last", {"channels_last": True}, ""),
-            ("bf16", {"amp": "bf16"}, "")]
+    bf16_cl = {"amp": "bf16", "channels_last": True}
+    rows = [("fp32", {}, "")]
+    if device.type != "cuda":
+        rows.append(("channels_last", {"channels_last": True}, ""))
+    rows += [("bf16", {"amp": "bf16"}, ""), ("bf16+channels_last", bf16_cl, "")]
     if device.type == "cuda":
-        rows.append(("fp16+GradScaler", {"amp": "fp16"}, ""))
-        rows.append(("bf16+channels_last+compile (fast)",
-                     {"amp": "bf16", "channels_last": True, "compile": True}, ""))
+        if not quick:
+            rows.append(("fp16+GradScaler", {"amp": "fp16"}, ""))
+        rows.append(("bf16+channels_last+compile (fast)", {**bf16_cl, "compile": True}, ""))
     else:
         rows.append(("fp16+GradScaler", None, "skipped: fp16 autocast with loss scaling "
                      "needs CUDA"))
@@ -86,12 +91,29 @@ def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str,
     return rows
 
 
+def torchvision_alexnet() -> nn.Module | None:
+    """torchvision.models.alexnet (random weights), or None when torchvision does not import."""
+    try:
+        from torchvision.models import alexnet
+    except ImportError:
+        return None
+    return alexnet(num_classes=paper.NUM_CLASSES)
+
+
+def build_net(arch: str) -> nn.Module | None:
+    """`alexnet`, `alexnet-tv` (this project's nets) or `torchvision` (torchvision's own)."""
+    from alexnet.model import build_model
+
+    if arch == "torchvision":
+        return torchvision_alexnet()
+    return build_model(arch, num_classes=paper.NUM_CLASSES)
+
+
 def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
                warmup: int, steps: int) -> float:
     """Images/s of `steps` training steps after `warmup` (compile happens during warm-up)."""
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
-    from alexnet.model import build_model
     from alexnet.optim import PaperSGD, param_groups
     from alexnet.training.loop import train_step
     from alexnet.training.runtime import setup_runtime
@@ -101,7 +123,7 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
         setattr(config.run, key, value)
     rt = setup_runtime(config, DistInfo(device=device))
     torch.manual_seed(0)
-    net = build_model(arch, num_classes=paper.NUM_CLASSES).to(device)
+    net = build_net(arch).to(device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
@@ -130,8 +152,12 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     return batch * steps / seconds
 
 
+ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
+                "alexnet-tv": "tv layout"}
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Print and return images/s (and MFU on CUDA) of each setting for both layouts."""
+    """Print and return images/s (and MFU on CUDA) of each setting for every net."""
     from alexnet.distributed import pick_device
     from alexnet.model import build_model
 
@@ -139,35 +165,47 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     cuda = device.type == "cuda"
     batch = (128 if quick else 256) if cuda else (4 if quick else 16)
-    warmup, steps = (3, 5) if quick else ((10, 30) if cuda else (1, 3))
+    warmup, steps = (3, 5) if quick else ((5, 20) if cuda else (1, 3))
     flops = flops_per_image(build_model("alexnet", num_classes=paper.NUM_CLASSES))
     peak = peak_tflops(device)
+    archs = ["alexnet", "torchvision", "alexnet-tv"]
+    if torchvision_alexnet() is None:
+        archs.remove("torchvision")
+        print("torchvision does not import: the paper/torchvision ratio is against this "
+              "project's torchvision layout (alexnet-tv)")
+    tv = archs[1]
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
           f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device")
     print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
           f"{flops['train_flops'] / 1e9:.1f} GFLOP per trained image (2 x MACs x 3)")
     results: dict[str, Any] = {"device": str(device), "batch": batch,
                                "train_gflop_per_image": flops["train_flops"] / 1e9,
-                               "peak_bf16_tflops": peak, "settings": {}}
+                               "peak_bf16_tflops": peak, "versus": tv, "settings": {}}
     base: dict[str, float] = {}
-    print(f"{'setting':<36}{'paper net img/s':>16}{'x fp32':>8}{'torchvision img/s':>19}"
-          f"{'x fp32':>8}{'MFU':>7}")
+    print(f"{'setting':<36}{'paper net':>11}{'x fp32':>8}{ARCH_COLUMNS[tv]:>13}"
+          f"{'paper/tv':>10}" + (f"{'tv layout':>11}" if tv != "alexnet-tv" else "")
+          + f"{'MFU':>7}   (images/s)")
     for name, opts, note in settings_for(device, quick):
         if opts is None:
             print(f"{name:<36}{note}")
             results["settings"][name] = {"note": note}
             continue
         row: dict[str, Any] = {}
-        for arch in ("alexnet", "alexnet-tv"):
+        for arch in archs:
+            if arch == "alexnet-tv" and tv != "alexnet-tv" and opts.get("compile"):
+                continue  # one more compilation would add a minute for a redundant figure
             row[arch] = time_steps(arch, device, batch, opts, warmup, steps)
             base.setdefault(arch, row[arch])
+        row["paper_over_torchvision"] = row["alexnet"] / row[tv]
         if peak:
             row["mfu"] = row["alexnet"] * flops["train_flops"] / (peak * 1e12)
         results["settings"][name] = row
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
-        print(f"{name:<36}{row['alexnet']:>16.1f}{row['alexnet'] / base['alexnet']:>8.2f}"
-              f"{row['alexnet-tv']:>19.1f}{row['alexnet-tv'] / base['alexnet-tv']:>8.2f}"
-              f"{mfu:>7}")
+        layout = ""
+        if tv != "alexnet-tv":
+            layout = f"{row['alexnet-tv']:>11.1f}" if "alexnet-tv" in row else f"{'-':>11}"
+        print(f"{name:<36}{row['alexnet']:>11.1f}{row['alexnet'] / base['alexnet']:>8.2f}"
+              f"{row[tv]:>13.1f}{row['paper_over_torchvision']:>9.2f}x{layout}{mfu:>7}")
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
     return results

@@ -16,6 +16,8 @@ This module imports triton; alexnet.model imports it only when the Triton path i
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -105,8 +107,10 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, _, s_w = out.stride()
     grid = (triton.cdiv(h * w, block_p), n * groups)
-    kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
-                 COMPUTE=compute, HALF=half, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=8)
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
+                     COMPUTE=compute, HALF=half, BLOCK_C=block_c, BLOCK_P=block_p,
+                     num_warps=8)
 
 
 def _check(x: torch.Tensor, groups: int) -> None:

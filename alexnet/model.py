@@ -1,8 +1,11 @@
 """The network of Krizhevsky, Sutskever & Hinton (2012), section 3 and figure 2.
 
 Two columns (one per GTX 580 in the paper) are expressed as grouped convolutions on one
-device; `split_columns` puts each column on its own device instead. Every constant comes
-from alexnet/paper.py. Choices where the paper is silent or inconsistent (docs/model.md):
+device (`ColumnConv2d`: run as one grouped, two separate or one block-diagonal dense
+convolution, the same function); `split_columns` puts each column on its own device instead.
+LRN runs as a fused Triton kernel on CUDA (alexnet/lrn_triton.py) and as `_LRNFunction`
+elsewhere (ALEXNET_LRN). Every constant comes from alexnet/paper.py. Choices where the paper
+is silent or inconsistent (docs/model.md):
 
 - Input 224x224 as the paper says, padded by 3 pixels on the right and bottom only before
   conv1, as Krizhevsky's cuda-convnet does (1 + ceil((224 - 11) / 4) = 55). A 227 crop needs

@@ -123,3 +123,24 @@ def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
     assert not use_triton_lrn(x, "auto") and not use_triton_lrn(x, "torch")
     with pytest.raises(UserError, match="ALEXNET_LRN='fast'"):
         lrn(x, backend="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt):
+    # the compiled kernel (not the interpreter) on the GPU, on a conv1-like map
+    if not use_triton_lrn(torch.zeros(1, device="cuda"), "auto"):
+        pytest.skip("triton does not import here")
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300).to(dtype)
+    g = torch.randn(3, 96, 13, 11, generator=gen, dtype=torch.float64).to(dtype)
+    x = a.cuda().contiguous(memory_format=fmt).requires_grad_()
+    y = lrn(x, groups=2, backend="triton")
+    y.backward(g.cuda().contiguous(memory_format=fmt))
+    assert y.is_contiguous(memory_format=fmt) and y.dtype == dtype
+    b, grad = formula(a.double().numpy(), g.double().numpy(), paper.LRN_N, 2)
+    rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL  # the GPU's exp2 and log2 are approximate
+    np.testing.assert_allclose(y.double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(x.grad.double().cpu().numpy(), grad, rtol=rtol,
+                               atol=rtol * np.abs(grad).max())

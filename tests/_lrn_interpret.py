@@ -2,9 +2,10 @@
 starts it in a child process, because TRITON_INTERPRET=1 must be set before triton is
 imported and must not reach the rest of the suite.
 
-Usage: TRITON_INTERPRET=1 ALEXNET_LRN=triton python tests/_lrn_interpret.py kernel|compile OUT
-writes OUT (.npz) holding the inputs and what the kernel gave; the test compares them with
-its own NumPy evaluation of the paper's formula.
+Usage: TRITON_INTERPRET=1 ALEXNET_LRN=triton python tests/_lrn_interpret.py OUT
+writes OUT (.npz) holding the inputs and what the kernel gave (one process for every check:
+starting torch and triton is most of the time); the test compares them with its own NumPy
+evaluation of the paper's formula.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int,
     return y.detach(), x.grad
 
 
-def kernel(out: str) -> None:
+def kernel() -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16; the
     torch path on the same inputs; gradcheck in float64."""
     gen = torch.Generator().manual_seed(0)
@@ -59,10 +60,10 @@ def kernel(out: str) -> None:
         ok = torch.autograd.gradcheck(
             lambda t, n=n: lrn(t, n, 2e-3, 0.75, 2.0, groups=2, backend="triton"), (x,))
         saved[f"gradcheck.n{n}"] = np.array(ok)
-    np.savez(out, **saved)
+    return saved
 
 
-def compile_check(out: str) -> None:
+def compile_check() -> dict[str, np.ndarray]:
     """A width-scaled paper net, eager and torch.compile(fullgraph=True, aot_eager): logits
     and input gradients; fullgraph makes any graph break an error."""
     torch.manual_seed(0)
@@ -78,8 +79,9 @@ def compile_check(out: str) -> None:
     eager_y, eager_dx = run(model)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     comp_y, comp_dx = run(compiled)
-    np.savez(out, eager_y=eager_y, eager_dx=eager_dx, compiled_y=comp_y, compiled_dx=comp_dx)
+    return {"compile.eager_y": eager_y, "compile.eager_dx": eager_dx,
+            "compile.compiled_y": comp_y, "compile.compiled_dx": comp_dx}
 
 
 if __name__ == "__main__":
-    {"kernel": kernel, "compile": compile_check}[sys.argv[1]](sys.argv[2])
+    np.savez(sys.argv[1], **kernel(), **compile_check())

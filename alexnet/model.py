@@ -137,11 +137,14 @@ def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
 
 def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1,
-        backend: str | None = None) -> torch.Tensor:
-    """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns;
-    `backend` (auto, triton, torch; default ALEXNET_LRN) picks the implementation."""
+        backend: str | None = None, relu: bool = False) -> torch.Tensor:
+    """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns
+    (of ReLU(x) with `relu`: one pass with the Triton kernel); `backend` (auto, triton,
+    torch; default ALEXNET_LRN) picks the implementation."""
     if use_triton_lrn(x, backend):
-        return torch.ops.alexnet.lrn(x, groups, n // 2, alpha, beta, k)
+        return torch.ops.alexnet.lrn(x, groups, n // 2, alpha, beta, k, relu)
+    if relu:
+        x = F.relu(x)
     y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
     return y.flatten(1, 2)  # (N, C, H, W)
 
@@ -158,8 +161,8 @@ class LRN(nn.Module):
         if LRN_BACKEND == "triton" or (LRN_BACKEND == "auto" and torch.cuda.is_available()):
             triton_lrn_module()  # import triton now, not inside a torch.compile trace
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups)
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups, relu=relu)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}, " \
@@ -298,12 +301,18 @@ class AlexNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         init_paper_(self)
 
+    def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
+        if isinstance(norm, LRN) and isinstance(self.act, nn.ReLU) and use_triton_lrn(x):
+            return norm(x, relu=True)
+        return norm(self.act(x))
+
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
         p = conv1_pad(x.shape[-1])
         x = F.pad(x, (0, p, 0, p))  # (N, 3, 227, 227)
-        x = self.pool(self.lrn1(self.act(self.conv1(x))))  # (N, 96, 55, 55) -> 27x27
-        x = self.pool(self.lrn2(self.act(self.conv2(x))))  # (N, 256, 27, 27) -> 13x13
+        x = self.pool(self._act_lrn(self.conv1(x), self.lrn1))  # (N, 96, 55, 55) -> 27x27
+        x = self.pool(self._act_lrn(self.conv2(x), self.lrn2))  # (N, 256, 27, 27) -> 13x13
         x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         return self.pool(self.act(self.conv5(x)))  # (N, 256, 13, 13) -> 6x6
@@ -370,6 +379,12 @@ class AlexNetTV(nn.Module):
             nn.Linear(4096, num_classes),
         )
         init_paper_(self, bias_one=TV_BIAS_ONE)
+
+    def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
+        if isinstance(norm, LRN) and isinstance(self.act, nn.ReLU) and use_triton_lrn(x):
+            return norm(x, relu=True)
+        return norm(self.act(x))
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6)."""

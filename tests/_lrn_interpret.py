@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 
+import alexnet.model
 from alexnet import paper
 from alexnet.model import AlexNet, lrn
 
@@ -24,10 +25,10 @@ CASES = {  # name: (shape, groups, n)
 }
 
 
-def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int,
-         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
+         relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach().clone().requires_grad_()
-    y = lrn(x, n=n, groups=groups, backend=backend)
+    y = lrn(x, n=n, groups=groups, backend=backend, relu=relu)
     y.backward(g)
     return y.detach(), x.grad
 
@@ -55,6 +56,16 @@ def kernel() -> dict[str, np.ndarray]:
                     y, dx = _run(xd, gd, groups, n, "torch")
                     saved[f"{key}.torch_y"] = y.double().numpy()
                     saved[f"{key}.torch_dx"] = dx.double().numpy()
+    # ReLU folded in: inputs of both signs (and exact zeros), fp32
+    x = torch.rand((2, 12, 5, 4), generator=gen, dtype=torch.float64) * 600 - 300
+    x[0, :, 0, 0] = 0.0
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    saved["relu.x"], saved["relu.g"] = x.numpy(), g.numpy()
+    for layout, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
+        xd, gd = (t.float().contiguous(memory_format=fmt) for t in (x, g))
+        y, dx = _run(xd, gd, 2, paper.LRN_N, "triton", relu=True)
+        saved[f"relu.{layout}.y"], saved[f"relu.{layout}.dx"] = y.double().numpy(), \
+            dx.double().numpy()
     for n, shape in ((3, (1, 4, 2, 2)), (5, (1, 6, 2, 1))):
         x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
         ok = torch.autograd.gradcheck(
@@ -64,8 +75,9 @@ def kernel() -> dict[str, np.ndarray]:
 
 
 def compile_check() -> dict[str, np.ndarray]:
-    """A width-scaled paper net, eager and torch.compile(fullgraph=True, aot_eager): logits
-    and input gradients; fullgraph makes any graph break an error."""
+    """A width-scaled paper net, eager and torch.compile(fullgraph=True, aot_eager), with
+    ReLU and LRN fused in the op, and eager on the torch path: logits and input gradients;
+    fullgraph makes any graph break an error."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=5, width=0.05, dropout=0.0)
     x = torch.randn(2, 3, 224, 224) * 50
@@ -79,8 +91,11 @@ def compile_check() -> dict[str, np.ndarray]:
     eager_y, eager_dx = run(model)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     comp_y, comp_dx = run(compiled)
+    alexnet.model.LRN_BACKEND = "torch"  # the same net with ReLU and today's LRN apart
+    torch_y, torch_dx = run(model)
     return {"compile.eager_y": eager_y, "compile.eager_dx": eager_dx,
-            "compile.compiled_y": comp_y, "compile.compiled_dx": comp_dx}
+            "compile.compiled_y": comp_y, "compile.compiled_dx": comp_dx,
+            "compile.torch_y": torch_y, "compile.torch_dx": torch_dx}
 
 
 if __name__ == "__main__":

@@ -89,6 +89,17 @@ def test_the_column_edges_matter(kernel_results):
     np.testing.assert_allclose(r["paper.nchw.float32.y"][:, :4], one_column[:, :4], rtol=2e-6)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_relu_folded_into_the_kernel_is_relu_then_lrn(kernel_results, layout):
+    r = kernel_results
+    x, g = r["relu.x"].astype(np.float32).astype(np.float64), r["relu.g"].astype(np.float32)
+    b, grad = formula(np.maximum(x, 0), g.astype(np.float64), paper.LRN_N, 2)
+    grad = np.where(x > 0, grad, 0.0)  # ReLU's gradient: 0 where x <= 0, at 0 too
+    np.testing.assert_allclose(r[f"relu.{layout}.y"], b, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(r[f"relu.{layout}.dx"], grad, rtol=1e-5, atol=1e-6)
+    assert (x[0, :, 0, 0] == 0).all() and (r[f"relu.{layout}.dx"][0, :, 0, 0] == 0).all()
+
+
 # bf16 stores 8 significant bits: inputs and outputs are each rounded once (2^-8 relative
 # each), the sums are fp32, so the result is within 1% of the formula on the rounded input
 BF16_RTOL = 1e-2
@@ -116,6 +127,10 @@ def test_compiled_paper_net_with_the_op_equals_eager(kernel_results):
     np.testing.assert_allclose(r["compiled_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r["compiled_dx"], r["eager_dx"], rtol=1e-4,
                                atol=1e-5 * np.abs(r["eager_dx"]).max())
+    # and the net with ReLU folded into the kernel is the net with today's ReLU and LRN
+    np.testing.assert_allclose(r["torch_y"], r["eager_y"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r["torch_dx"], r["eager_dx"], rtol=1e-3,
+                               atol=1e-4 * np.abs(r["eager_dx"]).max())
 
 
 def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
@@ -126,20 +141,24 @@ def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt):
+def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu):
     # the compiled kernel (not the interpreter) on the GPU, on a conv1-like map
     if not use_triton_lrn(torch.zeros(1, device="cuda"), "auto"):
         pytest.skip("triton does not import here")
     gen = torch.Generator().manual_seed(0)
-    a = (torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300).to(dtype)
+    a = torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300
+    a = (a * 2 - 300 if relu else a).to(dtype)
     g = torch.randn(3, 96, 13, 11, generator=gen, dtype=torch.float64).to(dtype)
     x = a.cuda().contiguous(memory_format=fmt).requires_grad_()
-    y = lrn(x, groups=2, backend="triton")
+    y = lrn(x, groups=2, backend="triton", relu=relu)
     y.backward(g.cuda().contiguous(memory_format=fmt))
     assert y.is_contiguous(memory_format=fmt) and y.dtype == dtype
-    b, grad = formula(a.double().numpy(), g.double().numpy(), paper.LRN_N, 2)
+    a64 = a.double().numpy()
+    b, grad = formula(np.maximum(a64, 0), g.double().numpy(), paper.LRN_N, 2)
+    grad = np.where(a64 > 0, grad, 0.0) if relu else grad
     rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL  # the GPU's exp2 and log2 are approximate
     np.testing.assert_allclose(y.double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(x.grad.double().cpu().numpy(), grad, rtol=rtol,

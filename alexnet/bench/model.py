@@ -7,7 +7,8 @@ excluded, the variants taking turns, fastest of several repeats. Also the share 
 step spent in LRN (forward and backward on the real conv1 and conv2 activation shapes).
 
 Then the parts (`parts`), each forward + backward on the real activation shapes: LRN (the
-Triton kernel where it runs, and the torch path) beside a ReLU on the same tensor; conv2,
+Triton kernel where it runs, alone and with the ReLU folded in, and the torch path) beside a
+ReLU on the same tensor; conv2,
 conv4 and conv5 in each column form (groups=2, separate, block-diagonal dense); conv1's
 right/bottom zero padding beside conv1 itself; max-pool in NCHW and channels_last. On CUDA
 in bf16 and channels_last at batch 256 (the fast preset's setting), timed with CUDA events.
@@ -144,10 +145,12 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
         if device.type == "cuda" and use_triton_lrn(x, "auto"):
             fns["lrn triton"] = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton"), x, [x],
                                          g, None)
+            fns["relu+lrn fused"] = _fwd_bwd(
+                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None)
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
-        for k in ("lrn torch", "lrn triton"):
+        for k in ("lrn torch", "lrn triton", "relu+lrn fused"):
             if k in t:
                 row[f"{k} / relu"] = t[k] / t["relu"]
                 line += f"; {k} {_ms(t[k])} = {t[k] / t['relu']:.2f}x ReLU"

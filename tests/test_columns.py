@@ -92,3 +92,13 @@ def test_auto_is_groups_on_cpu_and_unknown_forms_are_refused():
     assert conv.resolved_form(torch.zeros(1, 4, 5, 5)) == "groups"
     with pytest.raises(ValueError, match="column_conv='diag'"):
         ColumnConv2d(4, 6, 3, groups=2, form="diag")
+
+
+def test_a_bad_alexnet_columns_setting_is_a_user_error(monkeypatch):
+    import alexnet.model
+    from alexnet.errors import UserError
+
+    monkeypatch.setattr(alexnet.model, "COLUMN_CONV", "diag")
+    with pytest.raises(UserError, match="ALEXNET_COLUMNS='diag'"):
+        AlexNet(width=0.1)
+    assert AlexNet(width=0.1, column_conv="dense").conv2.form == "dense"  # the kwarg wins

@@ -133,6 +133,16 @@ def test_compiled_paper_net_with_the_op_equals_eager(kernel_results):
                                atol=1e-4 * np.abs(r["eager_dx"]).max())
 
 
+def test_triton_without_triton_is_a_user_error(monkeypatch):
+    import alexnet.model
+
+    monkeypatch.setitem(alexnet.model._TRITON, "module", None)  # as when triton is missing
+    x = torch.rand(1, 4, 2, 2)
+    with pytest.raises(UserError, match="ALEXNET_LRN=triton: triton does not import"):
+        lrn(x, backend="triton")
+    torch.testing.assert_close(lrn(x, backend="auto"), lrn(x, backend="torch"))
+
+
 def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
     x = torch.rand(1, 4, 2, 2)
     assert not use_triton_lrn(x, "auto") and not use_triton_lrn(x, "torch")

@@ -121,6 +121,8 @@ def _image_folder(root: Path, classes: list[str], splits: tuple[str, ...] = ("tr
                 files["notes.jpg"] = b"this is not an image"
                 files["empty.png"] = b""
             images_.write_files(root / split / name, files)
+            if bad and k == 0 and split == "train":
+                (root / split / name / "gone.jpg").symlink_to(root / "nowhere.jpg")
         (root / split / classes[0] / "readme.txt").write_text("not an image extension")
 
 
@@ -133,12 +135,18 @@ def test_image_folder(tmp_path):
     assert [c["name"] for c in train.classes] == ["apple", "mango", "zebra"]  # sorted
     per_class = len(images_.zoo(0))
     assert len(train) == len(val) == 3 * per_class
-    assert train.meta["skipped"] == 3 and summary["splits"]["train"]["skipped"] == 3
+    # Unreadable files, a broken link and a file that is no image are all listed.
+    assert train.meta["skipped"] == 5 and summary["splits"]["train"]["skipped"] == 5
+    assert val.meta["skipped"] == 1
     report = (train.path / "skipped.tsv").read_text().splitlines()
     assert report[0] == "path\treason"
     reasons = dict(line.split("\t") for line in report[1:])
-    assert set(Path(p).name for p in reasons) == {"broken.JPEG", "notes.jpg", "empty.png"}
-    assert "truncated" in reasons[str(src / "train" / "zebra" / "broken.JPEG")]
+    assert set(Path(p).name for p in reasons) == {"broken.JPEG", "notes.jpg", "empty.png",
+                                                  "gone.jpg", "readme.txt"}
+    zebra = src / "train" / "zebra"
+    assert "truncated" in reasons[str(zebra / "broken.JPEG")]
+    assert "broken symbolic link" in reasons[str(zebra / "gone.jpg")]
+    assert "not an image file name" in reasons[str(zebra / "readme.txt")]
     # Folder "zebra" holds colour 0, "apple" colour 1, "mango" colour 2.
     colour_to_label = {0: 2, 1: 0, 2: 1}
     for store in (train, val):

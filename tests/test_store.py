@@ -139,12 +139,16 @@ def test_half_written_store_is_refused_then_resumed(tmp_path):
     writer.add_chunk(images[:10], labels[:10])
     with pytest.raises(UserError, match="half-written"):
         Store(path)
+    with pytest.raises(UserError, match="another process is writing"):
+        SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
     with open(path / RAW, "ab") as f:  # a kill after the write, before the progress record
         f.write(images[10:13].tobytes())
+    writer.close()  # as a kill would: the lock goes with the process
     with pytest.raises(UserError, match="different arguments"):
         SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="b")
     writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
     assert writer.chunks_done == 1 and writer.count == 10
+    writer.close()
     recorded = (path / RAW).read_bytes()
     (path / RAW).write_bytes(recorded[:-1])  # lost data the record vouches for: start over
     with pytest.raises(UserError, match="shorter than its progress record"):

@@ -11,7 +11,12 @@ The work is split into chunks of images in a fixed order; workers decode chunks 
 the parent appends them in order through `SplitWriter`, which records each finished chunk
 atomically. Killing and rerunning continues at the first unfinished chunk, and the store ends
 byte-identical to an uninterrupted run. Unreadable files are skipped (no hole is left) and
-listed with their reason in SPLIT/skipped.tsv.
+listed with their reason in SPLIT/skipped.tsv, as are files of a class folder that are not
+images (other names, broken links).
+
+This module owns the preprocessing and its scheduling; the store's files (header, parts,
+completion, lock) belong to alexnet/data/store.py and are reached only through its API, the
+statistics to alexnet/data/stats.py, the source layouts to alexnet/data/sources.py.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import multiprocessing
 import os
 import re
@@ -35,20 +39,19 @@ import numpy as np
 
 from alexnet import paper
 from alexnet.data import sources as src
+from alexnet.data.stats import pixel_sums
 from alexnet.data.store import (
     FORMATS,
-    HEADER,
     JPEG_QUALITY,
-    LABELS_PART,
-    LENGTHS_PART,
-    OWN_MEAN_IMAGE,
-    PROGRESS,
     SKIPPED,
     SPLITS,
     SplitWriter,
+    WriteLock,
+    completed_split,
     encode_jpeg,
-    pixel_sums,
-    set_stats,
+    own_stats,
+    share_train_stats,
+    write_error,
 )
 from alexnet.errors import UserError
 
@@ -213,41 +216,6 @@ def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[
     return out
 
 
-def _existing(path: Path, fingerprint: Any) -> bool:
-    """True when `path` already holds this very split, complete; refuse to clobber others."""
-    header = path / HEADER
-    if header.exists():
-        try:
-            meta = json.loads(header.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        same = meta.get("fingerprint") == json.loads(json.dumps(fingerprint))
-        if meta.get("complete"):
-            if same:  # a kill after completion may have left the progress files
-                for name in (PROGRESS, LABELS_PART, LENGTHS_PART):
-                    (path / name).unlink(missing_ok=True)
-                return True
-            raise UserError(f"{path}: already holds a store prepared with other arguments; "
-                            "delete it or choose another OUT")
-    elif path.is_dir() and any(path.iterdir()) and not (path / PROGRESS).exists():
-        raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
-    return False
-
-
-def _train_stats(out: Path) -> dict[str, Any] | None:
-    """The training split's own statistics from a complete OUT/train, if there is one."""
-    header = out / "train" / HEADER
-    if not header.exists():
-        return None
-    meta = json.loads(header.read_text())
-    if not meta.get("complete") or not meta.get("own_stats"):
-        return None
-    stats = {k: np.asarray(v, np.float64) for k, v in meta["own_stats"].items()}
-    stats["pixels"] = int(meta["own_stats"]["pixels"])
-    stats["mean_image"] = np.load(out / "train" / OWN_MEAN_IMAGE)
-    return stats
-
-
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
                   workers: int, limit: int | None, max_pixels: int, chunk: int,
                   train_stats: dict[str, Any] | None, stop_after: int | None = None
@@ -262,8 +230,8 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                    "split": split.name, "size": size, "format": format, "limit": limit,
                    "images": len(refs), "chunk": chunk, "max_pixels": max_pixels,
                    "classes": [c["wnid"] for c in source.classes]}
-    if _existing(path, fingerprint):
-        meta = json.loads((path / HEADER).read_text())
+    meta = completed_split(path, fingerprint)
+    if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
     writer = SplitWriter(path, split=split.name, image_size=size, classes=source.classes,
@@ -311,9 +279,10 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
         bar.close()
         if split.name == "train":
-            writer.finish()
+            meta = writer.finish(unused=split.unused)
         else:
-            writer.finish(train_stats, "train" if train_stats is not None else None)
+            meta = writer.finish(train_stats, "train" if train_stats is not None else None,
+                                 unused=split.unused)
     finally:
         bar.close()
         reader.close()
@@ -322,10 +291,10 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
         if pool is not None:
             pool.terminate()
             pool.join()
-    if writer.skipped:
-        print(f"{path}: {len(writer.skipped)} unreadable images skipped, listed in "
-              f"{path / SKIPPED}", file=sys.stderr)
-    return {"count": writer.count, "skipped": len(writer.skipped), "path": str(path)}
+    if meta["skipped"]:
+        print(f"{path}: {meta['skipped']} files skipped (unreadable, or not images), listed "
+              f"in {path / SKIPPED}", file=sys.stderr)
+    return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -362,39 +331,37 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     for name in splits or []:
         if name not in SPLITS:
             raise UserError(f"--splits {name!r}: choose among {', '.join(SPLITS)}")
-    found = src.detect(source, names)
-    for note in found.notes:
-        print(f"alexnet prepare: {note}", file=sys.stderr)
-    wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
-    if not wanted:
-        raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
-                        f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
-    for name in wanted:
-        summary["splits"][name] = prepare_split(
-            found, found.splits[name], out / name, size=size, format=format, workers=workers,
-            limit=limit, max_pixels=max_pixels, chunk=chunk, train_stats=_train_stats(out),
-            stop_after=_stop_after)
-    _propagate_train_stats(out)
+    try:
+        found = src.detect(source, names)
+        for note in found.notes:
+            print(f"alexnet prepare: {note}", file=sys.stderr)
+        wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
+        if not wanted:
+            raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
+                            f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
+        summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
+        with WriteLock(out):
+            for name in wanted:
+                summary["splits"][name] = prepare_split(
+                    found, found.splits[name], out / name, size=size, format=format,
+                    workers=workers, limit=limit, max_pixels=max_pixels, chunk=chunk,
+                    train_stats=own_stats(out / "train"), stop_after=_stop_after)
+            share_train_stats(out)
+    except OSError as err:
+        raise _os_error(out, err) from None
     return summary
 
 
-def _propagate_train_stats(out: Path) -> None:
-    """Record the training split's statistics in every other complete split of `out`."""
-    train = _train_stats(out)
-    if train is None:
-        return
-    wanted = {k: np.asarray(v).tolist() for k, v in train.items() if k != "mean_image"}
-    for name in SPLITS:
-        header = out / name / HEADER
-        if name == "train" or not header.exists():
-            continue
-        meta = json.loads(header.read_text())
-        if meta.get("complete") and (meta.get("stats") != wanted
-                                     or meta.get("stats_split") != "train"):
-            set_stats(out / name, train, "train")
+def _os_error(out: Path, err: OSError) -> UserError:
+    """A filesystem error as one line: reading a source file, or writing the store."""
+    name = err.filename
+    if name is not None:
+        inside = os.path.commonpath([os.path.abspath(name), os.path.abspath(out)])
+        if inside != os.path.abspath(out):
+            return UserError(f"{name}: cannot read ({err.strerror or err}); check the file "
+                             "and its permissions")
+    return write_error(out, err)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

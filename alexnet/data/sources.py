@@ -1,7 +1,8 @@
 """Source layouts that `alexnet prepare` understands, detected from a folder's contents.
 
 Each layout gives the class list and, per split, the images in a deterministic order with
-their labels. Every ImageNet source labels classes by their position in SORTED wnid order (as
+their labels, and the files of its class folders that are not images to read (with the
+reason, for the skip report). Every ImageNet source labels classes by their position in SORTED wnid order (as
 torchvision, Kaggle and Caffe do), whatever the devkit's ILSVRC ids say, so checkpoints are
 interchangeable between sources; the ILSVRC id of each class is recorded beside it.
 
@@ -63,6 +64,7 @@ class Split:
     labels: np.ndarray
     arrays: np.ndarray | None = None  # (N, H, W) or (N, H, W, 3) uint8 for array sources
     describe: str = ""
+    unused: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not images
 
 
 @dataclass
@@ -84,10 +86,34 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (hidden files ignored)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and is_image_name(p.name))
+def unused_reason(path: Path) -> str | None:
+    """Why a (non-hidden, non-folder) entry of a class folder is not an image to read, or
+    None when it is one."""
+    if not path.is_file():
+        return ("broken symbolic link (its target does not exist)" if path.is_symlink()
+                else "not a regular file")
+    if not is_image_name(path.name):
+        return f"not an image file name (read: {' '.join(IMAGE_EXTENSIONS)})"
+    return None
+
+
+def _image_files(folder: Path, unused: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files directly in `folder`, sorted by name (hidden files and folders ignored);
+    every other entry is appended to `unused` as (path, reason)."""
+    return _sorted_images((p for p in folder.iterdir() if not p.name.startswith(".")), unused)
+
+
+def _sorted_images(paths: Any, unused: list[tuple[str, str]] | None) -> list[Path]:
+    files = []
+    for path in sorted(paths):
+        if path.is_dir():
+            continue
+        reason = unused_reason(path)
+        if reason is None:
+            files.append(path)
+        elif unused is not None:
+            unused.append((str(path), reason))
+    return files
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -232,6 +258,7 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
     """A split from a tar of per-class tars, or a folder of per-class folders or tars."""
     refs: list[Any] = []
     labels: list[int] = []
+    unused: list[tuple[str, str]] = []
     if where.is_file():
         with tarfile.open(where, mode="r:") as outer:
             inner_names = sorted(m.name for m in outer.getmembers() if m.name.endswith(".tar"))
@@ -250,7 +277,7 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
             if sub.name not in wnid_label:
                 raise UserError(f"{sub}: folder name is not a class wnid of the {kind} "
                                 "devkit")
-            files = _image_files(sub)
+            files = _image_files(sub, unused)
             refs += [str(p) for p in files]
             labels += [wnid_label[sub.name]] * len(files)
         for tar_path in sorted(where.glob("n*.tar")):  # per-class tars not yet extracted
@@ -264,7 +291,7 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
             labels += [wnid_label[tar_path.stem]] * len(members)
         order = sorted(range(len(refs)), key=lambda i: (labels[i], _base(refs[i])))
         refs, labels = [refs[i] for i in order], [labels[i] for i in order]
-    return Split(name, refs, np.array(labels, np.int64), describe=str(where))
+    return Split(name, refs, np.array(labels, np.int64), describe=str(where), unused=unused)
 
 
 def _base(ref: Any) -> str:
@@ -277,12 +304,13 @@ def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, in
     folder already sorted into per-class folders."""
     if where.is_dir() and not _image_files(where) and _subdirs(where):
         return _class_split(name, where, wnid_label, prefix)
+    unused: list[tuple[str, str]] = []
     if where.is_file():
         with tarfile.open(where, mode="r:") as tar:
             members = tar_image_members(tar)
         refs: list[Any] = [TarRef(str(where), None, m) for m in members]
     else:
-        refs = [str(p) for p in _image_files(where)]
+        refs = [str(p) for p in _image_files(where, unused)]
     pattern = re.compile(rf"{prefix}_(\d+)\.", re.IGNORECASE)
     labels = []
     for ref in refs:
@@ -299,7 +327,7 @@ def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, in
         labels.append(id_label[ilsvrc_id])
     order = sorted(range(len(refs)), key=lambda i: _base(refs[i]))
     return Split(name, [refs[i] for i in order], np.array(labels, np.int64)[order],
-                 describe=str(where))
+                 describe=str(where), unused=unused)
 
 
 def detect_ilsvrc(root: Path, year: int) -> Source | None:
@@ -374,13 +402,15 @@ def detect_kaggle(root: Path) -> Source | None:
                 if wnid not in wnid_label:
                     raise UserError(f"{solution}: {wnid} is not in LOC_synset_mapping.txt")
                 truth[row["ImageId"]] = wnid_label[wnid]
-        refs = [str(p) for p in _image_files(data / "val")]
+        unused: list[tuple[str, str]] = []
+        refs = [str(p) for p in _image_files(data / "val", unused)]
         missing = [Path(r).stem for r in refs if Path(r).stem not in truth]
         if missing:
             raise UserError(f"{solution}: no label for {missing[0]} (and {len(missing) - 1} "
                             "more)")
         source.splits["val"] = Split("val", refs, np.array([truth[Path(r).stem] for r in refs],
-                                                          np.int64), describe=str(data / "val"))
+                                                          np.int64), describe=str(data / "val"),
+                                     unused=unused)
     return source
 
 
@@ -391,10 +421,11 @@ def _has_class_folders(folder: Path) -> bool:
     return any(_image_files(sub) for sub in _subdirs(folder))
 
 
-def _image_tree(folder: Path) -> list[Path]:
-    """Image files anywhere under `folder` (as torchvision's ImageFolder walks), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def _image_tree(folder: Path, unused: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files anywhere under `folder` (as torchvision's ImageFolder walks), sorted;
+    every other file is appended to `unused` as (path, reason)."""
+    return _sorted_images((p for p in folder.rglob("*") if not any(
+        part.startswith(".") for part in p.relative_to(folder).parts)), unused)
 
 
 def detect_image_folder(root: Path) -> Source | None:
@@ -412,14 +443,16 @@ def detect_image_folder(root: Path) -> Source | None:
     source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names])
     for split, where in split_dirs.items():
         refs, labels = [], []
+        unused: list[tuple[str, str]] = []
         for sub in _subdirs(where):
             if sub.name not in label:
                 raise UserError(f"{sub}: class folder absent from {base}; every split must use "
                                 "the training split's classes")
-            files = _image_tree(sub)
+            files = _image_tree(sub, unused)
             refs += [str(p) for p in files]
             labels += [label[sub.name]] * len(files)
-        source.splits[split] = Split(split, refs, np.array(labels, np.int64), describe=str(where))
+        source.splits[split] = Split(split, refs, np.array(labels, np.int64),
+                                     describe=str(where), unused=unused)
     return source
 
 

@@ -1,13 +1,18 @@
-"""The store: a prepared split of images, read by index with no decoding (paper section 2).
+"""The store format: a prepared split of images, read by index with no decoding (section 2).
+
+This module owns the format, reading and writing alike: the header, the part files of a split
+being written, its completion, and the lock that keeps a second writer out. Nothing else reads
+or deletes a store's files. The statistics recorded in a store are computed by
+alexnet/data/stats.py; `alexnet prepare` (alexnet/data/prepare.py) writes through `SplitWriter`.
 
 A store is a folder `ROOT/` with one folder per split (`train`, `val`, `test`). A split folder
 holds:
 
 - `header.json`: `magic` ("alexnet-store"), `version`, `split`, `image_size` S, `count` N,
   `format` ("raw" or "jpeg"), `jpeg_quality`, `classes` (list of {"wnid", "name", ...} indexed
-  by label), `stats` (the training split's statistics, see below), `stats_split` (the split
+  by label), `stats` (the training split's statistics, see stats.py), `stats_split` (the split
   they were computed on), `own_stats` (this split's own), `source` (what it was prepared from),
-  `skipped` (how many source files were unreadable; listed in `skipped.tsv`) and `complete`
+  `skipped` (how many source files were unused; listed in `skipped.tsv`) and `complete`
   (true only once every file is written; a half-written split says false).
 - `labels.npy`: int64 (N,).
 - `mean_image.npy` (float64 (S, S, 3)) and `own_mean_image.npy`: the per-pixel means.
@@ -15,21 +20,17 @@ holds:
   np.memmap, so random access is a slice of the page cache and costs no decoding.
 - format "jpeg": `images.jpeg` (every image's JPEG bytes, concatenated) and `offsets.npy`
   (int64 (N+1,): image i is bytes offsets[i]:offsets[i+1]).
-
-Statistics (all on the 0..255 scale, over every pixel of every image of the split): integer
-sums accumulated exactly in int64 (so they do not depend on chunking, worker count or
-interruption), then `mean_image` (S, S, 3), `channel_mean` (3,), `rgb_cov` (3, 3) (the
-population covariance: divided by the pixel count), its `eigval` (3,) in DESCENDING order and
-`eigvec` (3, 3) whose COLUMNS are the matching unit eigenvectors (np.linalg.eigh, each sign
-chosen so that the column sums to a positive number; rounding noise below 0 in eigval, as for
-greyscale data whose covariance has rank 1, is set to 0).
+- `.lock`: an empty file that a writer holds an exclusive `flock` on (also in ROOT while
+  `alexnet prepare` runs); a second writer is refused at once.
 
 Writing goes through `SplitWriter`, which appends chunks and records progress atomically so
-that an interrupted `alexnet prepare` resumes where it stopped (see alexnet/data/prepare.py).
+that an interrupted writer resumes where it stopped, byte-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -41,6 +42,15 @@ from typing import Any
 
 import numpy as np
 
+from alexnet.data.stats import (
+    add_sums,
+    empty_sums,
+    pixel_sums,
+    stats_from_json,
+    stats_from_sums,
+    stats_to_json,
+)
+from alexnet.data.stats import compute_stats as compute_stats  # re-exported for callers
 from alexnet.errors import UserError
 
 MAGIC = "alexnet-store"
@@ -57,81 +67,11 @@ JPEG = "images.jpeg"
 OFFSETS = "offsets.npy"
 SKIPPED = "skipped.tsv"
 PROGRESS = "progress.npz"  # present only while a split is being written
+LOCK = ".lock"
 CHECKPOINT_SECONDS = 2.0  # record progress (fsync + progress.npz) at most this often
 LABELS_PART = "labels.part"
 LENGTHS_PART = "lengths.part"
 RERUN = "rerun `alexnet prepare SOURCE ROOT` to (re)build it"
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def pixel_sums(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Exact integer sums of a uint8 batch (B, S, S, 3): per pixel, per channel, and x x^T."""
-    images = np.asarray(images)
-    image_sum = images.sum(axis=0, dtype=np.int64)
-    channel_sum = image_sum.reshape(-1, 3).sum(axis=0)
-    outer = np.zeros((3, 3), dtype=np.int64)
-    flat = images.reshape(-1, 3)
-    step = 1 << 16  # 2^16 pixels * 255^2 < 2^53: float64 sums of integer products are exact
-    for start in range(0, len(flat), step):
-        x = flat[start:start + step].astype(np.float64)
-        outer += (x.T @ x).astype(np.int64)
-    return {"image_sum": image_sum, "channel_sum": channel_sum, "outer_sum": outer,
-            "count": np.int64(len(images))}
-
-
-def empty_sums(size: int) -> dict[str, np.ndarray]:
-    """Zero sums for S x S images, to add chunks into."""
-    return {"image_sum": np.zeros((size, size, 3), np.int64),
-            "channel_sum": np.zeros(3, np.int64), "outer_sum": np.zeros((3, 3), np.int64),
-            "count": np.int64(0)}
-
-
-def add_sums(total: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
-    """total += part, in place (exact integer arithmetic)."""
-    for key in ("image_sum", "channel_sum", "outer_sum"):
-        total[key] += part[key]
-    total["count"] = np.int64(total["count"] + part["count"])
-
-
-def stats_from_sums(sums: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Mean image, channel mean, RGB covariance and its eigen-decomposition from exact sums."""
-    n_images = int(sums["count"])
-    if n_images == 0:
-        raise UserError("cannot compute statistics of an empty split: no readable images")
-    size = sums["image_sum"].shape[0]
-    n = n_images * size * size  # pixels
-    s = [int(v) for v in sums["channel_sum"]]
-    # Covariance from Python integers: n^2 cov = n sum(x x^T) - sum(x) sum(x)^T, exactly.
-    cov = np.array([[(n * int(sums["outer_sum"][i, j]) - s[i] * s[j]) / (n * n)
-                     for j in range(3)] for i in range(3)], dtype=np.float64)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1]
-    eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]  # -1e-12 -> 0
-    eigvec = eigvec * np.where(eigvec.sum(axis=0) < 0, -1.0, 1.0)
-    return {
-        "mean_image": sums["image_sum"].astype(np.float64) / n_images,
-        "channel_mean": np.array(s, dtype=np.float64) / n,
-        "rgb_cov": cov,
-        "eigval": eigval,
-        "eigvec": eigvec,
-        "pixels": n,
-    }
-
-
-def compute_stats(images: np.ndarray, batch: int = 64) -> dict[str, Any]:
-    """The statistics of a uint8 (N, S, S, 3) array, as the writer computes them."""
-    total = empty_sums(images.shape[1])
-    for start in range(0, len(images), batch):
-        add_sums(total, pixel_sums(images[start:start + batch]))
-    return stats_from_sums(total)
-
-
-def _stats_to_json(stats: dict[str, Any]) -> dict[str, Any]:
-    """The header's form of the statistics (the mean image lives in its own .npy file)."""
-    return {key: np.asarray(value).tolist() for key, value in stats.items()
-            if key != "mean_image"}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -199,12 +139,9 @@ class Store:
 
     def _load_stats(self) -> dict[str, Any]:
         """The training split's statistics (design.md): numpy arrays, mean image float32."""
-        stats = {key: np.asarray(value, dtype=np.float64)
-                 for key, value in self.meta["stats"].items()}
         size = self.image_size
-        stats["mean_image"] = self._load_npy(MEAN_IMAGE, (size, size, 3), np.float32)
-        stats["pixels"] = int(self.meta["stats"].get("pixels", 0))
-        return stats
+        return stats_from_json(self.meta["stats"],
+                               self._load_npy(MEAN_IMAGE, (size, size, 3), np.float32))
 
     def _check_data_size(self) -> None:
         """Refuse a truncated pixel file before any read can fail deep inside a loader."""
@@ -323,17 +260,75 @@ def decode_jpeg(data: np.ndarray | bytes, size: int) -> np.ndarray:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write a file so that a kill leaves the old one or the new one, never half of one."""
     tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
+    """A filesystem error met while writing the store `root`, as one line saying what to do.
+
+    Whatever was recorded before the error stays: rerunning the same command continues.
+    """
+    where = err.filename or root
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space, then rerun the same command: it continues where it stopped"
+    elif err.errno in (errno.EEXIST, errno.ENOTDIR):
+        advice = f"{root} must be a folder (or not exist yet); choose another OUT"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "choose an OUT folder you can write to"
+    else:
+        advice = "check the disk and the OUT folder, then rerun the same command"
+    return UserError(f"{where}: cannot write the store ({reason}); {advice}")
+
+
+class WriteLock:
+    """An exclusive `flock` on FOLDER/.lock: one writer at a time, a second refused at once.
+
+    The kernel drops the lock when its holder exits, however it ends (kill -9 included), so a
+    lock is never stale. The empty lock file stays (unlinking it would let two writers lock
+    two different files).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        import fcntl
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file: Any = open(self.folder / LOCK, "ab")  # held until release
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            self._file.close()
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{self.folder}: another process is writing this store (an "
+                                "`alexnet prepare` still running?); wait for it to end, or "
+                                "choose another OUT") from None
+            raise
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        self._file.close()
+
+    def __enter__(self) -> WriteLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def normalise_classes(classes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -359,7 +354,8 @@ class SplitWriter:
     list), so fsync costs stay small for ImageNet's ~10,000 chunks. A new writer on the same
     folder with the same `fingerprint` truncates the part files to the recorded lengths and
     continues from `chunks_done`, so an interrupted run ends byte-identical to an
-    uninterrupted one (it redoes at most the last `checkpoint_seconds` of work).
+    uninterrupted one (it redoes at most the last `checkpoint_seconds` of work). The writer
+    holds the folder's `WriteLock` from creation to `close` (or `finish`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, split: str, image_size: int,
@@ -382,11 +378,15 @@ class SplitWriter:
         self.checkpoint_seconds = checkpoint_seconds
         self._last_checkpoint: float | None = None
         self._files: dict[str, Any] = {}
-        self._open()
+        self._lock = WriteLock(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self) -> None:
         """Start afresh, or resume the recorded progress when the fingerprint matches."""
-        self.path.mkdir(parents=True, exist_ok=True)
         progress = self.path / PROGRESS
         if progress.exists():
             with np.load(progress, allow_pickle=False) as saved:
@@ -413,9 +413,9 @@ class SplitWriter:
         if self.format == "jpeg":
             lengths[LENGTHS_PART] = 8 * self.count
         for name, length in lengths.items():  # drop what was written after the last record
-            f = open(self.path / name, "ab")
-            f.truncate(length)
+            f = open(self.path / name, "ab")  # kept open until close
             self._files[name] = f
+            f.truncate(length)
 
     def _sync(self) -> None:
         if not self._files:
@@ -424,11 +424,18 @@ class SplitWriter:
             f.flush()
             os.fsync(f.fileno())
 
-    def close(self) -> None:
-        """Close the part files (what was recorded stays; a new writer resumes from it)."""
+    def _close_files(self) -> None:
         for f in self._files.values():
-            f.close()
+            with contextlib.suppress(OSError):
+                f.close()
         self._files.clear()
+
+    def close(self) -> None:
+        """Close the part files and release the lock (what was recorded stays; a new writer
+        resumes from it). Safe after a failed write: errors of the final flush are dropped,
+        since the next writer truncates to the recorded lengths anyway."""
+        self._close_files()
+        self._lock.release()
 
     def checkpoint(self) -> None:
         """Make every chunk added so far durable and record it (a rerun resumes after it)."""
@@ -440,13 +447,16 @@ class SplitWriter:
                   sums: dict[str, np.ndarray] | None = None,
                   skipped: Sequence[Sequence[str]] = (),
                   jpegs: Sequence[bytes] | None = None) -> None:
-        """Append one chunk: uint8 (B, S, S, 3), int labels (B,), its sums and skip list."""
+        """Append one chunk: uint8 (B, S, S, 3), int labels (B,), its sums and skip list.
+
+        B may be 0 (every image of the chunk skipped): the chunk still counts as done.
+        """
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.shape[1:] != (self.size, self.size, 3) or len(images) != len(labels):
             raise ValueError(f"chunk of shape {images.shape} with {len(labels)} labels for "
                              f"{self.size}x{self.size} images")
         if self.format == "raw":
-            data = memoryview(images).cast("B")
+            data: Any = memoryview(images.reshape(-1))  # flat uint8: bytes, even when empty
             lengths = b""
         else:
             blobs = list(jpegs) if jpegs is not None else [
@@ -474,34 +484,49 @@ class SplitWriter:
         _atomic_write(self.path / PROGRESS, buffer.getvalue())
 
     def _write_header(self, *, complete: bool, stats: dict[str, Any] | None,
-                      own: dict[str, Any] | None = None, stats_split: str | None = None) -> None:
+                      own: dict[str, Any] | None = None, stats_split: str | None = None,
+                      skipped: int | None = None) -> None:
         meta = {
             "magic": MAGIC, "version": VERSION, "split": self.split, "image_size": self.size,
             "count": self.count, "format": self.format,
             "jpeg_quality": self.jpeg_quality if self.format == "jpeg" else None,
             "classes": self.classes, "num_classes": len(self.classes),
-            "stats": _stats_to_json(stats) if stats else None, "stats_split": stats_split,
-            "own_stats": _stats_to_json(own) if own else None,
+            "stats": stats_to_json(stats) if stats else None, "stats_split": stats_split,
+            "own_stats": stats_to_json(own) if own else None,
             "source": self.source, "fingerprint": self.fingerprint,
-            "skipped": len(self.skipped), "complete": complete,
+            "skipped": len(self.skipped) if skipped is None else skipped,
+            "complete": complete,
         }
         _atomic_write(self.path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
 
-    def finish(self, stats: dict[str, Any] | None = None,
-               stats_split: str | None = None) -> dict[str, Any]:
+    def finish(self, stats: dict[str, Any] | None = None, stats_split: str | None = None,
+               unused: Sequence[Sequence[str]] = ()) -> dict[str, Any]:
         """Write labels, offsets, statistics and the skip report, then mark complete.
 
         `stats` are the training split's statistics to record as this split's `stats`; when
         None, this split's own statistics are used (the training split itself, or data with
-        no training split). Returns the header.
+        no training split). `unused` lists (path, reason) of source files never decoded
+        (unsupported names, broken links); skipped.tsv lists them after the skipped images.
+        Returns the header. With no readable image and no `stats` given, skipped.tsv is
+        written and a UserError raised (there are no statistics to record).
         """
         self._sync()
-        self.close()
+        self._close_files()
+        try:
+            return self._finish(stats, stats_split, unused)
+        finally:
+            self.close()
+
+    def _finish(self, stats: dict[str, Any] | None, stats_split: str | None,
+                unused: Sequence[Sequence[str]]) -> dict[str, Any]:
+        rows = [*self.skipped, *([str(p), str(r)] for p, r in unused)]
+        report = "".join(f"{p}\t{r}\n" for p, r in rows)
+        _atomic_write(self.path / SKIPPED, ("path\treason\n" + report).encode())
         own = stats_from_sums(self.sums) if self.count else None
         stats = own if stats is None else stats
         if stats is None:
             raise UserError(f"{self.path}: no readable images, so no statistics; check the "
-                            "source (see skipped.tsv)")
+                            f"source (the files are listed in {self.path / SKIPPED})")
         labels = np.fromfile(self.path / LABELS_PART, dtype=np.int64)
         _atomic_write(self.path / LABELS, _npy_bytes(labels))
         if self.format == "jpeg":
@@ -511,22 +536,87 @@ class SplitWriter:
         _atomic_write(self.path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"])))
         if own is not None:
             _atomic_write(self.path / OWN_MEAN_IMAGE, _npy_bytes(own["mean_image"]))
-        report = "".join(f"{p}\t{r}\n" for p, r in self.skipped)
-        _atomic_write(self.path / SKIPPED, ("path\treason\n" + report).encode())
         self._write_header(complete=True, stats=stats, own=own,
-                           stats_split=stats_split or self.split)
-        for name in (PROGRESS, LABELS_PART, LENGTHS_PART):
-            (self.path / name).unlink(missing_ok=True)
+                           stats_split=stats_split or self.split, skipped=len(rows))
+        _drop_progress(self.path)
         return json.loads((self.path / HEADER).read_text())
+
+
+def _drop_progress(path: Path) -> None:
+    """Delete the files that only a split being written has."""
+    for name in (PROGRESS, LABELS_PART, LENGTHS_PART):
+        (path / name).unlink(missing_ok=True)
+
+
+def completed_split(path: str | os.PathLike[str], fingerprint: Any) -> dict[str, Any] | None:
+    """The header when split folder `path` already holds this very split, complete.
+
+    None when there is nothing yet or a half-written split for `SplitWriter` to resume. A
+    UserError when `path` holds something else: a split prepared with other arguments (never
+    overwritten), or a folder that is not a store.
+    """
+    path = Path(path)
+    header = path / HEADER
+    if header.exists():
+        try:
+            meta = json.loads(header.read_text())
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
+            raise UserError(f"{header}: not an alexnet store header; choose another OUT")
+        if not meta.get("complete"):
+            return None
+        if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            raise UserError(f"{path}: already holds a store prepared with other arguments; "
+                            "delete it or choose another OUT")
+        with WriteLock(path):  # a kill after completion may have left the progress files
+            _drop_progress(path)
+        return meta
+    if path.is_dir() and not (path / PROGRESS).exists() \
+            and any(p.name != LOCK for p in path.iterdir()):
+        raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
+    return None
+
+
+def own_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The own statistics of the complete split at `path`; None when it is not one."""
+    path = Path(path)
+    try:
+        meta = _read_header(path)
+    except UserError:
+        return None
+    if not meta.get("own_stats"):
+        return None
+    return stats_from_json(meta["own_stats"], np.load(path / OWN_MEAN_IMAGE))
 
 
 def set_stats(path: str | os.PathLike[str], stats: dict[str, Any], stats_split: str) -> None:
     """Record another split's statistics (the training split's) in a complete split."""
     path = Path(path)
-    meta = _read_header(path)
-    meta["stats"], meta["stats_split"] = _stats_to_json(stats), stats_split
-    _atomic_write(path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"], np.float64)))
-    _atomic_write(path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+    with WriteLock(path):
+        meta = _read_header(path)
+        meta["stats"], meta["stats_split"] = stats_to_json(stats), stats_split
+        _atomic_write(path / MEAN_IMAGE,
+                      _npy_bytes(np.asarray(stats["mean_image"], np.float64)))
+        _atomic_write(path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def share_train_stats(root: str | os.PathLike[str]) -> None:
+    """Record the training split's statistics in every other complete split of `root`."""
+    root = Path(root)
+    train = own_stats(root / "train")
+    if train is None:
+        return
+    wanted = stats_to_json(train)
+    for name in SPLITS:
+        if name == "train":
+            continue
+        try:
+            meta = _read_header(root / name)
+        except UserError:  # absent or half-written: it gets them when it is finished
+            continue
+        if meta.get("stats") != wanted or meta.get("stats_split") != "train":
+            set_stats(root / name, train, "train")
 
 
 def write_store(path: str | os.PathLike[str], images: np.ndarray, labels: Sequence[int],
@@ -555,10 +645,13 @@ def write_store(path: str | os.PathLike[str], images: np.ndarray, labels: Sequen
                          classes=classes, format=format, fingerprint=None,
                          source=source or "arrays (write_store)",
                          checkpoint_seconds=float("inf"))
-    for start in range(0, len(images), chunk):
-        writer.add_chunk(images[start:start + chunk], labels[start:start + chunk])
-    if stats is not None:
-        stats = {**stats, "mean_image": np.asarray(stats["mean_image"], np.float64)}
-        stats.setdefault("pixels", len(images) * images.shape[1] ** 2)
-    writer.finish(stats)
+    try:
+        for start in range(0, len(images), chunk):
+            writer.add_chunk(images[start:start + chunk], labels[start:start + chunk])
+        if stats is not None:
+            stats = {**stats, "mean_image": np.asarray(stats["mean_image"], np.float64)}
+            stats.setdefault("pixels", len(images) * images.shape[1] ** 2)
+        writer.finish(stats)
+    finally:
+        writer.close()
     return Store(path)

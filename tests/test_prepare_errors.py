@@ -1,0 +1,163 @@
+"""`alexnet prepare` when things go wrong: runs of unreadable files, two writers on one store,
+OUT paths that cannot be written, a full disk. Each ends in one line and exit status 2 (or a
+good store), nothing written is corrupted, and the rerun works."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _images as images_
+import numpy as np
+import pytest
+
+from alexnet.cli import main as cli_main
+from alexnet.data import open_split
+from alexnet.data.store import PROGRESS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single line `alexnet prepare` printed on stderr (progress bars aside)."""
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if "alexnet prepare: error:" in line or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("alexnet prepare: error:"), lines
+    return lines[0]
+
+
+def _idx_source(folder: Path, count: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name, array in (("train-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28))),
+                        ("train-labels-idx1-ubyte.gz", rng.integers(0, 10, count))):
+        header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                     *array.shape)
+        with gzip.open(folder / name, "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+    return folder
+
+
+def test_a_run_of_unreadable_files(tmp_path, capsys):
+    """130 zero-byte JPEGs before the good ones fill whole chunks with nothing to write."""
+    src = tmp_path / "src"
+    files = {f"a{i:03d}.JPEG": b"" for i in range(130)}
+    files.update({f"z{i}.JPEG": images_.jpeg(images_.photo(30, 20, 0, i)) for i in range(3)})
+    images_.write_files(src / "cat", files)
+    images_.write_files(src / "dog", {f"{i}.png": images_.png(images_.photo(20, 30, 1, i))
+                                      for i in range(2)})
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1"]
+    assert cli_main(args) == 0
+    store = open_split(tmp_path / "out", "train")
+    assert len(store) == 5 and list(store.labels) == [0, 0, 0, 1, 1]
+    assert [images_.class_of(store.read([i])[0]) for i in range(5)] == [0, 0, 0, 1, 1]
+    report = (store.path / "skipped.tsv").read_text().splitlines()[1:]
+    assert len(report) == 130 and all(line.endswith("\tempty file") for line in report)
+    assert cli_main(args) == 0  # the rerun: already complete
+
+
+def test_a_source_with_no_readable_image(tmp_path, capsys):
+    src = tmp_path / "src"
+    images_.write_files(src / "cat", {f"{i}.jpg": b"" for i in range(5)})
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1"]
+    for _ in range(2):  # the rerun gives the same advice
+        assert cli_main(args) == 2
+        line = _one_line_error(capsys)
+        assert "no readable images" in line and "skipped.tsv" in line
+        report = (tmp_path / "out" / "train" / "skipped.tsv").read_text().splitlines()
+        assert len(report) == 6
+
+
+SLOW_PREPARE = (
+    "import sys, time\n"
+    "from alexnet.data import store\n"
+    "add = store.SplitWriter.add_chunk\n"
+    "def slow(self, *a, **k):\n"
+    "    time.sleep(0.1)\n"
+    "    return add(self, *a, **k)\n"
+    "store.SplitWriter.add_chunk = slow\n"
+    "from alexnet.cli import main\n"
+    "sys.exit(main(['prepare', sys.argv[1], sys.argv[2], '--size', '16', '--workers', '1']))\n")
+
+
+def test_second_writer_fails_at_once(tmp_path, capsys):
+    """A second prepare into the OUT of a running one is refused at once; the first finishes
+    a store identical to a run alone."""
+    src = _idx_source(tmp_path / "digits", 1500)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(src), str(out)], env=env,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "train" / PROGRESS).exists() and time.time() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, "the first prepare ended before the second started"
+        start = time.perf_counter()
+        args = ["prepare", str(src), str(out), "--size", "16", "--workers", "1"]
+        assert cli_main(args) == 2
+        assert time.perf_counter() - start < 5
+        assert "another process is writing" in _one_line_error(capsys)
+        assert first.poll() is None, "the check must not depend on the first having ended"
+    finally:
+        assert first.wait(timeout=120) == 0
+    assert cli_main(["prepare", str(src), str(tmp_path / "alone"), "--size", "16",
+                     "--workers", "1"]) == 0
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "alone")
+
+
+def _small_source(root: Path) -> Path:
+    for k, name in enumerate(["a", "b"]):
+        images_.write_files(root / name, {f"{i}.png": images_.png(images_.photo(24, 18, k, i))
+                                          for i in range(3)})
+    return root
+
+
+def test_out_that_cannot_be_written(tmp_path, capsys):
+    src = _small_source(tmp_path / "src")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    cases = [(a_file, "must be a folder"), (a_file / "below", "must be a folder")]
+    if Path("/sys/kernel").is_dir():  # sysfs: nobody, root included, makes folders there
+        cases.append((Path("/sys/alexnet-store-test"), "choose an OUT folder you can write"))
+    for out, advice in cases:
+        assert cli_main(["prepare", str(src), str(out), "--size", "16", "--workers", "1"]) == 2
+        line = _one_line_error(capsys)
+        assert advice in line and str(out) in line
+    assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("failing_call", [1, 3, 7])
+def test_disk_full_then_rerun(tmp_path, capsys, monkeypatch, failing_call):
+    """ENOSPC at the n-th fsync (part files, progress record, final files): one line, exit 2,
+    and the rerun after space is freed gives the store of an uninterrupted run."""
+    src = _small_source(tmp_path / "src")
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1"]
+    real_fsync, calls = os.fsync, [0]
+
+    def full_disk(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] >= failing_call:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli_main(args) == 2
+    line = _one_line_error(capsys)
+    assert "No space left on device" in line and "rerun the same command" in line
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert cli_main(args) == 0
+    assert cli_main(args[:2] + [str(tmp_path / "once")] + args[3:]) == 0
+    assert _tree_bytes(tmp_path / "out") == _tree_bytes(tmp_path / "once")
+    assert not list((tmp_path / "out").rglob(".tmp-*"))

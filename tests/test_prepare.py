@@ -389,7 +389,7 @@ def test_killed_process_resumes_identically(tmp_path):
     _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (3000, 28, 28)))
     _write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 3000))
     code = ("import sys; from alexnet.data.prepare import prepare; "
-            "prepare(sys.argv[1], sys.argv[2], size=48, workers=1, chunk=25)")
+            "prepare(sys.argv[1], sys.argv[2], size=48, workers=2, chunk=25)")
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(out)], env=env,

@@ -31,7 +31,7 @@ import sys
 import tarfile
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ from alexnet.data.store import (
 )
 from alexnet.errors import UserError
 
-CHUNK = 128  # images per chunk: the unit of parallel work and of resumption
+CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
+LOCAL_AHEAD = 4  # chunks the calling process may decode ahead of the one due next
 MAX_PIXELS = 2**27  # decompression-bomb limit, ~134 megapixels (11585 x 11585)
 
 
@@ -216,14 +217,76 @@ def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[
     return out
 
 
+@contextlib.contextmanager
+def _decoders(workers: int, max_pixels: int, chunks: int) -> Iterator[tuple[Any, int]]:
+    """(pool, chunks to hand it at once): PIL's settings in this process, which decodes too,
+    and `workers - 1` spawned processes (no pool for one worker or one chunk). The processes
+    start while this one goes on, and serve every split."""
+    pool, processes = None, min(workers, chunks) - 1
+    with _pil_settings(max_pixels):
+        if processes > 0:
+            pool = multiprocessing.get_context("spawn").Pool(
+                processes, initializer=_init_worker, initargs=(max_pixels,))
+        try:
+            yield pool, 2 * processes
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+
+def decode_in_order(starts: list[int], task: Callable[[int], tuple[Any, ...]], pool: Any,
+                    in_flight: int, ahead: int = LOCAL_AHEAD
+                    ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(start, `work_chunk` result) for every chunk of `starts`, in that order.
+
+    Chunks are handed out in order: up to `in_flight` to the pool, and the calling process
+    decodes one itself whenever the result due next is not ready (up to `ahead` of its own
+    waiting), so it works while the pool's processes start (spawn costs a few tenths of a
+    second) and no process idles at the end. Which process decoded a chunk changes nothing
+    in its result, so the store does not depend on the number of workers.
+    """
+    queue = deque(starts)
+    slots: dict[int, Any] = {}  # start -> AsyncResult (pool) or a result dict (here)
+
+    def top_up() -> None:
+        while pool is not None and queue and sum(
+                not isinstance(v, dict) for v in slots.values()) < in_flight:
+            start = queue.popleft()
+            slots[start] = pool.apply_async(work_chunk, (task(start),))
+
+    for due in starts:
+        while True:
+            if due not in slots:  # nobody has it yet: decode it here
+                queue.popleft()
+                top_up()
+                slots[due] = work_chunk(task(due))
+                break
+            top_up()
+            pending = slots[due]
+            if isinstance(pending, dict) or pending.ready():
+                break
+            if queue and sum(isinstance(v, dict) for v in slots.values()) < ahead:
+                start = queue.popleft()
+                slots[start] = work_chunk(task(start))
+            else:
+                pending.wait()
+                break
+        result = slots.pop(due)
+        yield due, result if isinstance(result, dict) else result.get()
+
+
+def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray:
+    """Positions of the split's images that `--limit` keeps."""
+    return src.limit_per_class(split.labels, limit, len(source.classes))
+
+
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
-                  workers: int, limit: int | None, max_pixels: int, chunk: int,
+                  decoders: tuple[Any, int], limit: int | None, max_pixels: int, chunk: int,
                   train_stats: dict[str, Any] | None, stop_after: int | None = None
                   ) -> dict[str, Any]:
     """Write one split (resuming a half-written one); return its count and skips."""
-    from tqdm import tqdm
-
-    keep = src.limit_per_class(split.labels, limit, len(source.classes))
+    keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]
     fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
@@ -239,41 +302,22 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                          source={"kind": source.kind, "path": str(source.root),
                                  "from": split.describe, "limit": limit,
                                  "listed": len(refs)})
-    starts = list(range(0, len(refs), chunk))
-    todo = starts[writer.chunks_done:]
-    done_images = min(len(refs), writer.chunks_done * chunk)
+    todo = list(range(0, len(refs), chunk))[writer.chunks_done:]
     reader = src.TarReader()
-    pool = None
-    settings = contextlib.ExitStack()
-    bar = tqdm(total=len(refs), initial=done_images, unit="img", desc=f"prepare {split.name}",
-               file=sys.stderr, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
-    try:
-        def task(start: int) -> tuple[Any, ...]:
-            part = refs[start:start + chunk]
-            return (_payloads(part, split, reader), [_ref_name(r, split) for r in part], size,
-                    max_pixels, format, JPEG_QUALITY)
 
-        if workers > 1 and len(todo) > 1:
-            pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(max_pixels,))
-        else:
-            settings.enter_context(_pil_settings(max_pixels))
-        pending: deque[tuple[int, Any]] = deque()
-        queue = deque(todo)
-        written = 0
-        while queue or pending:
-            while queue and len(pending) < (workers + 2 if pool else 1):
-                start = queue.popleft()
-                pending.append((start, pool.apply_async(work_chunk, (task(start),)) if pool
-                                else work_chunk(task(start))))
-            start, result = pending.popleft()
-            result = result.get() if pool else result
-            keep_rows = np.asarray(result["keep"], np.int64)
-            writer.add_chunk(result["images"], labels[start:start + chunk][keep_rows],
+    def task(start: int) -> tuple[Any, ...]:
+        part = refs[start:start + chunk]
+        return (_payloads(part, split, reader), [_ref_name(r, split) for r in part], size,
+                max_pixels, format, JPEG_QUALITY)
+
+    bar = _progress(split.name, len(refs), min(len(refs), writer.chunks_done * chunk))
+    try:
+        for written, (start, result) in enumerate(decode_in_order(todo, task, *decoders), 1):
+            rows = np.asarray(result["keep"], np.int64)
+            writer.add_chunk(result["images"], labels[start:start + chunk][rows],
                              result["sums"], result["skipped"], result["jpegs"])
             bar.update(min(chunk, len(refs) - start))
             bar.set_postfix(skipped=len(writer.skipped), refresh=False)
-            written += 1
             if stop_after is not None and written >= stop_after:
                 writer.checkpoint()
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
@@ -287,14 +331,18 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
         bar.close()
         reader.close()
         writer.close()  # after an exception: what was recorded stays, a rerun resumes
-        settings.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     if meta["skipped"]:
         print(f"{path}: {meta['skipped']} files skipped (unreadable, or not images), listed "
               f"in {path / SKIPPED}", file=sys.stderr)
     return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
+
+
+def _progress(split: str, total: int, done: int) -> Any:
+    """The progress bar of one split, on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="img", desc=f"prepare {split}", file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -341,11 +389,13 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
-        with WriteLock(out):
+        chunks = sum(-(-len(_kept(found, found.splits[name], limit)) // chunk)
+                     for name in wanted)
+        with WriteLock(out), _decoders(workers, max_pixels, chunks) as decoders:
             for name in wanted:
                 summary["splits"][name] = prepare_split(
                     found, found.splits[name], out / name, size=size, format=format,
-                    workers=workers, limit=limit, max_pixels=max_pixels, chunk=chunk,
+                    decoders=decoders, limit=limit, max_pixels=max_pixels, chunk=chunk,
                     train_stats=own_stats(out / "train"), stop_after=_stop_after)
             share_train_stats(out)
     except OSError as err:

@@ -2,9 +2,10 @@
 
 Each layout gives the class list and, per split, the images in a deterministic order with
 their labels, and the files of its class folders that are not images to read (with the
-reason, for the skip report). Every ImageNet source labels classes by their position in SORTED wnid order (as
-torchvision, Kaggle and Caffe do), whatever the devkit's ILSVRC ids say, so checkpoints are
-interchangeable between sources; the ILSVRC id of each class is recorded beside it.
+reason, for the skip report). Every ImageNet source labels classes by their position in
+SORTED wnid order (as torchvision, Kaggle and Caffe do), whatever the devkit's ILSVRC ids
+say, so checkpoints are interchangeable between sources; the ILSVRC id of each class is
+recorded beside it.
 
 An image reference ("ref") is one of: a file path (str; the worker reads it), a `TarRef`
 (the parent reads it from the archive, streaming, without extracting), or an int index into

@@ -4,7 +4,9 @@ On generated ImageNet-like JPEGs (500x375, about 100 KB, quality 90, an ImageFol
 in one run, one core each (torch.set_num_threads(1), no worker processes):
 
 - `prepare` (alexnet/data/prepare.py, workers=1): decode, shorter side to 256, centre crop,
-  store write and statistics, done once per image;
+  store write and statistics, done once per image; then with one worker per core (this one
+  is not per core), timed in the order 1, N, N, 1 so that drift in the machine's load hits
+  both; the scaling is the ratio of the best times (goal: at least 0.8 x cores);
 - TrainLoader: random 224 crop, flip, PCA colour, mean image, ending in float batches of 128,
   read from the 256x256 store with prefetch=0 (everything on the calling thread);
 - TrainLoader on a jpeg store of the same images, with 1 and 2 read-ahead threads (prefetch 1
@@ -194,6 +196,24 @@ def _time_device_augment(store: Any, device: torch.device, repeats: int) -> floa
                  lambda: torch.cuda.synchronize(device))
 
 
+def _time_prepare(prepare: Callable[..., Any], src: Path, out: Path, images: int
+                  ) -> dict[str, Any]:
+    """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+    seconds: dict[int, list[float]] = {1: [], cores: []}
+    for run, workers in enumerate((1, cores, cores, 1)):
+        where = out if run == 0 else out.with_name(f"{out.name}-{run}")
+        start = time.perf_counter()
+        prepare(src, where, workers=workers)
+        seconds[workers].append(time.perf_counter() - start)
+    return {"prepare_images_per_s_per_core": images / min(seconds[1]),
+            "prepare_workers": cores,
+            "prepare_images_per_s_runs": {str(w): [images / t for t in ts]
+                                          for w, ts in seconds.items()},
+            "prepare_scaling": min(seconds[1]) / min(seconds[cores])}
+
+
 def bench(args: argparse.Namespace) -> dict:
     """Images/s of prepare and of TrainLoader, each beside the usual pipeline (one core)."""
     from alexnet.data.prepare import prepare
@@ -212,9 +232,7 @@ def bench(args: argparse.Namespace) -> dict:
             files = make_jpegs(src, files_n)
             result["jpeg_kb_mean"] = float(np.mean([os.path.getsize(p) for p, _ in files])
                                            / 1024)
-            start = time.perf_counter()
-            prepare(src, out, workers=1)
-            result["prepare_images_per_s_per_core"] = files_n / (time.perf_counter() - start)
+            result.update(_time_prepare(prepare, src, out, files_n))
             dataset, name = usual_pipeline(src, files)
             result["usual_pipeline"] = name
             result["usual_images_per_s_per_core"] = _time_usual(dataset, usual_n)
@@ -245,6 +263,13 @@ def _print(r: dict[str, Any]) -> None:
     print(f"  {'prepare (once per image, workers=1)':<44}"
           f"{r['prepare_images_per_s_per_core']:10.1f} images/s  "
           f"{r['prepare_over_usual']:6.2f}x the usual pipeline")
+    runs = r["prepare_images_per_s_runs"]
+    print(f"  {'prepare, workers=' + str(r['prepare_workers']) + ' (one per core)':<44}"
+          f"{max(runs[str(r['prepare_workers'])]):10.1f} images/s  "
+          f"{r['prepare_scaling']:6.2f}x workers=1 (goal {0.8 * r['prepare_workers']:.1f}x; "
+          f"runs: workers=1 {', '.join(f'{v:.0f}' for v in runs['1'])}, "
+          f"workers={r['prepare_workers']} "
+          f"{', '.join(f'{v:.0f}' for v in runs[str(r['prepare_workers'])])})")
     print(f"  {'TrainLoader, full augmentation, float out':<44}"
           f"{r['loader_images_per_s_per_core']:10.1f} images/s  "
           f"{r['loader_over_usual']:6.2f}x the usual pipeline (goal 10x)")

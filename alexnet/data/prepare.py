@@ -293,6 +293,8 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                    "split": split.name, "size": size, "format": format, "limit": limit,
                    "images": len(refs), "chunk": chunk, "max_pixels": max_pixels,
                    "classes": [c["wnid"] for c in source.classes]}
+    if split.cut is not None:
+        fingerprint["cut"] = split.cut
     meta = completed_split(path, fingerprint)
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
@@ -352,38 +354,24 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             size: int = paper.IMAGE_SIZE, format: str = "raw", workers: int | None = None,
             limit: int | None = None, splits: list[str] | str | None = None,
             names: str | None = None, max_pixels: int = MAX_PIXELS, chunk: int = CHUNK,
+            val_fraction: float | None = None, val_seed: int = 0,
             _stop_after: int | None = None) -> dict[str, Any]:
     """Prepare every split of `source` found (or those named) into the store `out`.
 
     Returns {"kind", "out", "splits": {split: {"count", "skipped", "path"}}}. The training
     split is written first; its statistics are recorded in every other split.
+    `val_fraction` holds out that fraction of each class of a source without a val split as
+    the val split (sources.hold_out, seeded by `val_seed`), before `limit` applies.
     `_stop_after` (tests only) interrupts after that many chunks, as a Ctrl-C would.
     Workers are started with multiprocessing's "spawn" (safe after torch has started threads),
     so a script that calls this must guard its top level with `if __name__ == "__main__":`.
     """
-    if format not in FORMATS:
-        raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    if size < 1:
-        raise UserError(f"--size {size}: must be a positive number of pixels")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit {limit}: must be at least 1")
-    if chunk < 1 or max_pixels < 1:
-        raise UserError("chunk and --max-pixels must be positive")
-    if workers is None:
-        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
-    if workers < 1:
-        raise UserError(f"--workers {workers}: must be at least 1")
-    if isinstance(splits, str):
-        splits = [s for s in splits.split(",") if s]
-    for name in splits or []:
-        if name not in SPLITS:
-            raise UserError(f"--splits {name!r}: choose among {', '.join(SPLITS)}")
+    workers, splits = _check_options(format=format, size=size, limit=limit, chunk=chunk,
+                                     max_pixels=max_pixels, workers=workers, splits=splits,
+                                     val_fraction=val_fraction)
     out = Path(out)
     try:
-        found = src.detect(source, names)
-        for note in found.notes:
-            print(f"alexnet prepare: {note}", file=sys.stderr)
+        found = _detect(source, names, val_fraction, val_seed)
         wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
         if not wanted:
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
@@ -403,6 +391,59 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     return summary
 
 
+def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max_pixels: int,
+                   workers: int | None, splits: list[str] | str | None,
+                   val_fraction: float | None) -> tuple[int, list[str] | None]:
+    """(workers, splits) resolved, or a UserError naming the bad option."""
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if size < 1:
+        raise UserError(f"--size {size}: must be a positive number of pixels")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    if chunk < 1 or max_pixels < 1:
+        raise UserError("chunk and --max-pixels must be positive")
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction {val_fraction}: must lie between 0 and 1 (e.g. 0.1)")
+    if isinstance(splits, str):
+        splits = [s for s in splits.split(",") if s]
+    for name in splits or []:
+        if name not in SPLITS:
+            raise UserError(f"--splits {name!r}: choose among {', '.join(SPLITS)}")
+    return workers, splits
+
+
+def _detect(source: Any, names: str | None, val_fraction: float | None, val_seed: int
+            ) -> src.Source:
+    """The source's layout, its notes and doubts printed, a val part held out if asked."""
+    found = src.detect(source, names)
+    for note in found.notes:
+        print(f"alexnet prepare: {note}", file=sys.stderr)
+    doubt = src.doubts(found)
+    if doubt:
+        print(f"alexnet prepare: warning: {source} may not be a data set: {doubt}; a data set "
+              "holds one folder per class with its images (docs/data.md)", file=sys.stderr)
+    if val_fraction is not None:
+        _hold_out(found, source, val_fraction, val_seed)
+    return found
+
+
+def _hold_out(found: src.Source, source: Any, fraction: float, seed: int) -> None:
+    """Replace the source's train split by its train and val parts (`--val-fraction`)."""
+    if "val" in found.splits:
+        raise UserError(f"--val-fraction: {source} has a val split already; drop the option "
+                        "to use it")
+    if "train" not in found.splits:
+        raise UserError(f"--val-fraction: {source} has no train split to hold a part out of")
+    found.splits["train"], found.splits["val"] = src.hold_out(
+        found.splits["train"], fraction, seed, len(found.classes))
+
+
 def _os_error(out: Path, err: OSError) -> UserError:
     """A filesystem error as one line: reading a source file, or writing the store."""
     name = err.filename
@@ -420,28 +461,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "archives and devkit, Kaggle CLS-LOC, ImageFolder, CIFAR-10, IDX)")
     parser.add_argument("out", metavar="OUT", help="store folder to write (one folder per split)")
     parser.add_argument("--size", type=int, default=paper.IMAGE_SIZE,
-                        help="side S of the stored images (paper: %(default)s)")
+                        help="side S of the stored images (default: %(default)s, the paper's)")
     parser.add_argument("--format", choices=FORMATS, default="raw",
                         help=f"raw uint8 (fast, no decoding) or jpeg (quality {JPEG_QUALITY}, "
-                        "smaller, decoded on every read)")
+                        "smaller, decoded on every read) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: all cores)")
+                        help="decoding processes, this one included (default: one per core)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="at most N images per split, an equal share per class")
+                        help="at most N images per split, an equal share per class (default: "
+                        "no limit)")
     parser.add_argument("--splits", default=None,
                         help="comma-separated splits to prepare (default: all found)")
     parser.add_argument("--names", default=None,
-                        help="IDX class names: fashion-mnist, mnist or A,B,... (default: from "
-                        "the folder name)")
+                        help="IDX class names: fashion-mnist, mnist or A,B,... (default: "
+                        "fashion-mnist when the folder path says fashion, else mnist)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                        help="skip images with more pixels (decompression bombs)")
+                        help="skip images with more pixels, as decompression bombs (default: "
+                        "%(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                        help="for a source without a val split: hold out this fraction of "
+                        "each class of train as val, drawn with --val-seed (default: none)")
+    parser.add_argument("--val-seed", type=int, default=0,
+                        help="seed of the --val-fraction draw (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     """`alexnet prepare`: print one line per split at the end."""
     summary = prepare(args.source, args.out, size=args.size, format=args.format,
                       workers=args.workers, limit=args.limit, splits=args.splits,
-                      names=args.names, max_pixels=args.max_pixels)
+                      names=args.names, max_pixels=args.max_pixels,
+                      val_fraction=args.val_fraction, val_seed=args.val_seed)
     for name, result in summary["splits"].items():
         print(f"{name}: {result['count']} images, {result['skipped']} skipped -> "
               f"{result['path']}")

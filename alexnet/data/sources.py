@@ -66,6 +66,7 @@ class Split:
     arrays: np.ndarray | None = None  # (N, H, W) or (N, H, W, 3) uint8 for array sources
     describe: str = ""
     unused: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not images
+    cut: dict[str, Any] | None = None  # how it was cut from a source split (--val-fraction)
 
 
 @dataclass
@@ -138,6 +139,57 @@ def limit_per_class(labels: np.ndarray, limit: int | None, num_classes: int) -> 
             seen[label] += 1
             keep.append(i)
     return np.array(keep, np.int64)
+
+
+def hold_out(split: Split, fraction: float, seed: int, num_classes: int
+             ) -> tuple[Split, Split]:
+    """(train, val): a seeded, class-stratified hold-out of `fraction` of `split`.
+
+    Class c, with n images, gives floor(fraction * n + 0.5) of them to val, at least one when
+    it has two or more and never its last one, drawn without replacement by a NumPy
+    Generator seeded with (seed, c), so a class's draw depends on nothing else. Both parts
+    keep the source's order; every image is in exactly one.
+    """
+    to_val = np.zeros(len(split.labels), bool)
+    for c in range(num_classes):
+        members = np.flatnonzero(split.labels == c)
+        if len(members) < 2:
+            continue
+        count = min(max(int(np.floor(fraction * len(members) + 0.5)), 1), len(members) - 1)
+        to_val[np.random.default_rng([seed, c]).choice(members, count, replace=False)] = True
+    cut = {"val_fraction": fraction, "val_seed": seed}
+
+    def part(name: str, mask: np.ndarray) -> Split:
+        index = np.flatnonzero(mask)
+        return Split(name, [split.refs[i] for i in index], split.labels[index],
+                     arrays=split.arrays, unused=split.unused if name == "train" else [],
+                     describe=f"{split.describe} ({name} part of --val-fraction {fraction}, "
+                              f"--val-seed {seed})", cut=cut)
+
+    return part("train", ~to_val), part("val", to_val)
+
+
+FEW_IMAGES = 5  # a class-per-folder tree whose classes mostly hold fewer is likely no data set
+
+
+def doubts(source: Source) -> str | None:
+    """Why a class-per-folder `source` looks like an arbitrary folder tree rather than a data
+    set (most of many classes with very few images, more other files than images), or None."""
+    if source.kind != "image-folder":
+        return None
+    counts = np.zeros(len(source.classes), np.int64)
+    for split in source.splits.values():
+        counts += np.bincount(split.labels, minlength=len(source.classes))
+    others = sum(len(split.unused) for split in source.splits.values())
+    reasons = []
+    few = int((counts < FEW_IMAGES).sum())
+    if len(counts) >= 4 and few > len(counts) / 2:
+        reasons.append(f"{few} of its {len(counts)} class folders hold fewer than {FEW_IMAGES} "
+                       "images")
+    if others >= 10 and others > counts.sum():
+        reasons.append(f"{others} files in its class folders are not images, beside "
+                       f"{counts.sum()} images")
+    return "; ".join(reasons) or None
 
 
 class TarReader:

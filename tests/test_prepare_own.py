@@ -1,0 +1,107 @@
+"""`alexnet prepare` on a researcher's own tree: a seeded, class-stratified val hold-out, a
+warning for trees that are no data set, and a default in the help of every option."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import _images as images_
+import numpy as np
+import pytest
+
+from alexnet.cli import main as cli_main
+from alexnet.data import open_split
+from alexnet.data.prepare import add_arguments, prepare
+from alexnet.data.sources import Split, hold_out
+from alexnet.errors import UserError
+
+SIZES = {"apple": 10, "kiwi": 7, "lime": 1}  # images per class folder
+
+
+def _own_tree(root: Path) -> Path:
+    """A flat class-per-folder tree of distinct photos (no val split)."""
+    for k, (name, count) in enumerate(SIZES.items()):
+        images_.write_files(root / name, {f"{i}.png": images_.png(images_.photo(30, 24, k, i))
+                                          for i in range(count)})
+    return root
+
+
+def _hashes(store) -> list[str]:
+    return [hashlib.sha1(store.read([i])[0].tobytes()).hexdigest() for i in range(len(store))]
+
+
+def test_hold_out_is_stratified_seeded_and_disjoint():
+    labels = np.repeat(np.arange(4), [50, 21, 2, 1])
+    split = Split("train", [f"f{i}" for i in range(len(labels))], labels, describe="tree")
+    train, val = hold_out(split, 0.2, seed=3, num_classes=4)
+    # floor(0.2 n + 0.5) per class; a class of 2 still gives one, a class of 1 none.
+    assert list(np.bincount(val.labels, minlength=4)) == [10, 4, 1, 0]
+    assert list(np.bincount(train.labels, minlength=4)) == [40, 17, 1, 1]
+    assert set(train.refs).isdisjoint(val.refs)
+    assert sorted(train.refs + val.refs) == sorted(split.refs)
+    for part in (train, val):  # the source's order kept, labels matching their files
+        positions = [split.refs.index(r) for r in part.refs]
+        assert positions == sorted(positions)
+        assert list(part.labels) == [labels[i] for i in positions]
+    again = hold_out(split, 0.2, seed=3, num_classes=4)[1]
+    other = hold_out(split, 0.2, seed=4, num_classes=4)[1]
+    assert again.refs == val.refs and other.refs != val.refs
+    assert list(np.bincount(other.labels, minlength=4)) == [10, 4, 1, 0]
+
+
+def test_val_fraction_end_to_end(tmp_path):
+    src = _own_tree(tmp_path / "src")
+    prepare(src, tmp_path / "all", size=16, workers=1)
+    every = set(_hashes(open_split(tmp_path / "all", "train")))
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1",
+            "--val-fraction", "0.3"]
+    assert cli_main(args) == 0
+    train, val = open_split(tmp_path / "out", "train"), open_split(tmp_path / "out", "val")
+    assert list(np.bincount(val.labels, minlength=3)) == [3, 2, 0]
+    assert list(np.bincount(train.labels, minlength=3)) == [7, 5, 1]
+    held, kept = set(_hashes(val)), set(_hashes(train))
+    assert held.isdisjoint(kept) and held | kept == every and len(held) == 5
+    assert val.meta["stats_split"] == "train"  # normalised with the training part's stats
+    np.testing.assert_array_equal(val.stats["rgb_cov"], train.stats["rgb_cov"])
+    assert cli_main(args) == 0  # the rerun is complete already
+    with pytest.raises(UserError, match="other arguments"):
+        prepare(src, tmp_path / "out", size=16, workers=1, val_fraction=0.3, val_seed=1)
+    prepare(src, tmp_path / "seed1", size=16, workers=1, val_fraction=0.3, val_seed=1)
+    assert set(_hashes(open_split(tmp_path / "seed1", "val"))) != held
+    with pytest.raises(UserError, match="--val-fraction 1.5"):
+        prepare(src, tmp_path / "bad", val_fraction=1.5)
+    images_.write_files(tmp_path / "split" / "val" / "apple", {"0.png": images_.png(
+        images_.photo(20, 20, 0))})
+    images_.write_files(tmp_path / "split" / "train" / "apple", {"0.png": images_.png(
+        images_.photo(20, 20, 0))})
+    with pytest.raises(UserError, match="has a val split already"):
+        prepare(tmp_path / "split", tmp_path / "bad", val_fraction=0.5)
+
+
+def test_warns_when_a_tree_is_no_data_set(tmp_path, capsys):
+    junk = tmp_path / "junk"
+    for i in range(6):  # six "classes" of one picture among notes and code
+        images_.write_files(junk / f"project{i}", {"logo.png": images_.png(
+            images_.photo(20, 20, i % 3)), **{f"notes{j}.txt": b"text" for j in range(3)}})
+    prepare(junk, tmp_path / "a", size=8, workers=1)
+    err = capsys.readouterr().err
+    assert "warning" in err and "may not be a data set" in err
+    assert "6 of its 6 class folders hold fewer than 5 images" in err
+    assert "18 files in its class folders are not images" in err
+    prepare(_own_tree(tmp_path / "own"), tmp_path / "b", size=8, workers=1)
+    assert "may not be a data set" not in capsys.readouterr().err
+
+
+def test_every_option_states_its_default():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} >= {"size", "format", "workers", "limit", "splits",
+                                         "names", "max_pixels", "val_fraction", "val_seed"}
+    helps = {a.dest: parser._get_formatter()._expand_help(a) for a in options}
+    for dest, text in helps.items():
+        assert "(default: " in text, dest
+    assert helps["format"].endswith("(default: raw)")
+    assert helps["size"].endswith("(default: 256, the paper's)")

@@ -243,8 +243,10 @@ def decode_in_order(starts: list[int], task: Callable[[int], tuple[Any, ...]], p
     Chunks are handed out in order: up to `in_flight` to the pool, and the calling process
     decodes one itself whenever the result due next is not ready (up to `ahead` of its own
     waiting), so it works while the pool's processes start (spawn costs a few tenths of a
-    second) and no process idles at the end. Which process decoded a chunk changes nothing
-    in its result, so the store does not depend on the number of workers.
+    second). At the end, with nothing left to hand out, it decodes the last chunk still
+    queued in the pool rather than wait (the pool's copy is dropped). Which process decoded a
+    chunk changes nothing in its result, so the store does not depend on the number of
+    workers.
     """
     queue = deque(starts)
     slots: dict[int, Any] = {}  # start -> AsyncResult (pool) or a result dict (here)
@@ -266,9 +268,13 @@ def decode_in_order(starts: list[int], task: Callable[[int], tuple[Any, ...]], p
             pending = slots[due]
             if isinstance(pending, dict) or pending.ready():
                 break
+            later = [s for s, v in slots.items()
+                     if s > due and not isinstance(v, dict) and not v.ready()]
             if queue and sum(isinstance(v, dict) for v in slots.values()) < ahead:
                 start = queue.popleft()
                 slots[start] = work_chunk(task(start))
+            elif not queue and later:
+                slots[max(later)] = work_chunk(task(max(later)))
             else:
                 pending.wait()
                 break

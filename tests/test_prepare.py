@@ -21,7 +21,8 @@ from PIL import Image
 
 from alexnet.cli import main as cli_main
 from alexnet.data import Store, open_split
-from alexnet.data.prepare import load_image, prepare
+from alexnet.data.prepare import prepare
+from alexnet.data.preprocess import load_image
 from alexnet.data.sources import FASHION_MNIST_NAMES, limit_per_class, read_idx
 from alexnet.data.store import PROGRESS
 from alexnet.errors import UserError

@@ -1,37 +1,25 @@
-"""`alexnet prepare SOURCE OUT`: the paper's preprocessing, once, into a store (section 2).
+"""`alexnet prepare SOURCE OUT`: a data source, once through the paper's preprocessing, into a
+store (section 2).
 
-Each image is decoded, given its EXIF orientation, converted to RGB, rescaled so that its
-SHORTER side is S (paper: 256) and cropped to the central S x S patch. The rescale matches
-torchvision's `Resize(S)` + `CenterCrop(S)` on PIL images: new long side int(S * long / short),
-PIL's antialiased BILINEAR filter without `reducing_gap` (exact), crop offset
-round((side - S) / 2); only the source region under the crop is resampled (PIL's `box`), which
-gives the same pixels (up to float rounding, at most 1 level) at a fraction of the cost.
+The images of each split are cut into chunks in a fixed order; `Decoders`
+(alexnet/data/workers.py) decode them in parallel, each image as alexnet/data/preprocess.py
+says, and this process appends them in order through `SplitWriter`, which records each
+finished chunk atomically. Killing and rerunning continues at the first unfinished chunk, and
+the store ends byte-identical to an uninterrupted run. Unreadable files are skipped (no hole
+is left) and listed with their reason in SPLIT/skipped.tsv, as are files of a class folder
+that are not images (other names, broken links).
 
-The work is split into chunks of images in a fixed order; workers decode chunks in parallel,
-the parent appends them in order through `SplitWriter`, which records each finished chunk
-atomically. Killing and rerunning continues at the first unfinished chunk, and the store ends
-byte-identical to an uninterrupted run. Unreadable files are skipped (no hole is left) and
-listed with their reason in SPLIT/skipped.tsv, as are files of a class folder that are not
-images (other names, broken links).
-
-This module owns the preprocessing and its scheduling; the store's files (header, parts,
-completion, lock) belong to alexnet/data/store.py and are reached only through its API, the
-statistics to alexnet/data/stats.py, the source layouts to alexnet/data/sources.py.
+This module owns the command: its options, which splits are written in which order, resuming,
+and its messages. The source layouts belong to alexnet/data/sources.py, the store's files
+(header, parts, completion, lock) to alexnet/data/store.py, reached only through its API.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import multiprocessing
 import os
-import re
 import sys
 import tarfile
-import warnings
-from collections import deque
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +27,9 @@ import numpy as np
 
 from alexnet import paper
 from alexnet.data import sources as src
-from alexnet.data.stats import pixel_sums
+from alexnet.data.preprocess import MAX_PIXELS
+from alexnet.data.preprocess import Skip as Skip  # re-exported: predict uses them
+from alexnet.data.preprocess import load_image as load_image
 from alexnet.data.store import (
     FORMATS,
     JPEG_QUALITY,
@@ -48,178 +38,14 @@ from alexnet.data.store import (
     SplitWriter,
     WriteLock,
     completed_split,
-    encode_jpeg,
     own_stats,
     share_train_stats,
     write_error,
 )
+from alexnet.data.workers import Decoders
 from alexnet.errors import UserError
 
 CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
-LOCAL_AHEAD = 4  # chunks the calling process may decode ahead of the one due next
-MAX_PIXELS = 2**27  # decompression-bomb limit, ~134 megapixels (11585 x 11585)
-
-
-class Skip(Exception):
-    """An image that cannot be used; the message is the reason written to the skip report."""
-
-
-# ----------------------------------------------------------------------------- one image
-
-
-def _init_worker(max_pixels: int) -> None:
-    """Per-process PIL settings: our bomb limit, and no warnings (we give the reason)."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-
-
-@contextlib.contextmanager
-def _pil_settings(max_pixels: int) -> Iterator[None]:
-    """`_init_worker`'s settings in this process for a while (decoding without a pool)."""
-    from PIL import Image
-
-    before = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        _init_worker(max_pixels)
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = before
-
-
-def _to_rgb(image: Any) -> Any:
-    """Any PIL mode as RGB: CMYK through its ICC profile when it has one, 16-bit scaled."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode == "CMYK" and image.info.get("icc_profile"):
-        try:
-            from PIL import ImageCms
-
-            profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
-            return ImageCms.profileToProfile(image, profile, ImageCms.createProfile("sRGB"),
-                                             outputMode="RGB")
-        except Exception:  # a broken profile: fall back to PIL's plain conversion
-            pass
-    if image.mode.startswith("I") or image.mode == "F":
-        array = np.asarray(image).astype(np.float64)
-        if image.mode.startswith("I;16") or array.max() > 255:
-            array = array / 257.0  # 16-bit data: 65535 -> 255
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")
-
-
-def resize_crop(image: Any, size: int) -> np.ndarray:
-    """Shorter side to `size` (antialiased bilinear), then the central size x size crop."""
-    from PIL import Image
-
-    w, h = image.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    sx, sy = w / new_w, h / new_h
-    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    out = image.resize((size, size), Image.BILINEAR, box=box)
-    return np.asarray(out, dtype=np.uint8)
-
-
-def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One source image (("path", str) | ("bytes", bytes) | ("array", ndarray)) as uint8
-    (size, size, 3), or `Skip` with the reason."""
-    from PIL import Image, ImageOps
-
-    kind, value = payload
-    if kind == "error":
-        raise Skip(value)
-    if kind == "array":
-        image = Image.fromarray(np.asarray(value, np.uint8))
-        return resize_crop(_to_rgb(image), size)
-    try:
-        data = Path(value).read_bytes() if kind == "path" else value
-    except OSError as err:
-        raise Skip(f"unreadable file: {err.strerror or err}") from None
-    if not data:
-        raise Skip("empty file")
-    try:
-        image = Image.open(io.BytesIO(data))
-        w, h = image.size
-        if w * h > max_pixels:
-            raise Skip(f"{w}x{h} pixels: over the decompression-bomb limit of {max_pixels} "
-                       "(--max-pixels)")
-        if w < 1 or h < 1:
-            raise Skip(f"empty image ({w}x{h})")
-        image.load()
-    except Skip:
-        raise
-    except Image.DecompressionBombError as err:
-        raise Skip(f"over the decompression-bomb limit (--max-pixels): {err}") from None
-    except Image.UnidentifiedImageError:
-        raise Skip("not an image format PIL can identify") from None
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-        message = re.sub(r" ?<[^>]* at 0x[0-9a-fA-F]+>", "", str(err).split("\n")[0])
-        raise Skip(f"cannot decode: {type(err).__name__}: {message}") from None
-    try:
-        if image.getexif().get(0x0112, 1) != 1:
-            image = ImageOps.exif_transpose(image)
-    except Exception:  # broken EXIF: keep the stored orientation
-        pass
-    try:
-        return resize_crop(_to_rgb(image), size)
-    except Exception as err:
-        raise Skip(f"cannot convert: {type(err).__name__}: {err}") from None
-
-
-def slot_views(buffer: Any, chunk: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A shared-memory slot's arrays: the per-pixel sum int64 (S, S, 3), then the pixels
-    uint8 (chunk, S, S, 3) (the layout does not depend on `chunk`)."""
-    sums = size * size * 3 * 8
-    return (np.ndarray((chunk, size, size, 3), np.uint8, buffer=buffer, offset=sums),
-            np.ndarray((size, size, 3), np.int64, buffer=buffer))
-
-
-def slot_bytes(chunk: int, size: int) -> int:
-    """Bytes of one slot (see `slot_views`)."""
-    return size * size * 3 * 8 + chunk * size * size * 3
-
-
-_ATTACHED: dict[str, Any] = {}  # the slots a worker process has opened, by name
-
-
-def work_chunk(task: tuple[Any, ...]) -> dict[str, Any]:
-    """Decode one chunk: kept positions, pixels, exact sums, skip list (and JPEG bytes).
-
-    With a slot name (a spawned worker), the pixels and their per-pixel sum are written into
-    that shared-memory slot and left out of the result, which is then small to send back.
-    """
-    payloads, names, size, max_pixels, format, quality, slot = task
-    if slot is None:
-        images, image_sum = np.empty((len(payloads), size, size, 3), np.uint8), None
-    else:
-        if slot not in _ATTACHED:
-            from multiprocessing.shared_memory import SharedMemory
-
-            _ATTACHED[slot] = SharedMemory(slot)
-        images, image_sum = slot_views(_ATTACHED[slot].buf, len(payloads), size)
-    keep, skipped = [], []
-    for position, (payload, name) in enumerate(zip(payloads, names, strict=True)):
-        try:
-            images[len(keep)] = load_image(payload, size, max_pixels)
-            keep.append(position)
-        except Skip as reason:
-            skipped.append((name, str(reason)))
-    pixels = images[:len(keep)]
-    sums = pixel_sums(pixels)
-    result = {"images": pixels, "keep": keep, "skipped": skipped, "sums": sums,
-              "jpegs": [encode_jpeg(i, quality) for i in pixels] if format == "jpeg" else None}
-    if image_sum is not None:
-        image_sum[...] = sums.pop("image_sum")
-        result["images"] = None
-    return result
 
 
 # ----------------------------------------------------------------------------- one split
@@ -248,128 +74,6 @@ def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[
         else:
             out.append(("path", ref))
     return out
-
-
-class Decoders:
-    """The processes that decode chunks: this one, and `workers - 1` spawned ones.
-
-    The spawned processes start when the context is entered and serve every split; they
-    decode into shared-memory slots, so pixels never travel through a pipe (pickling 6 MB
-    chunks through the pool's result thread cost the writing process more than its own
-    decoding). `in_order` hands results out in chunk order.
-    """
-
-    def __init__(self, workers: int, max_pixels: int, chunks: int, chunk: int, size: int
-                 ) -> None:
-        self.processes = max(0, min(workers, chunks) - 1)
-        self.in_flight = 2 * self.processes  # chunks handed to the pool at once
-        self.max_pixels, self.chunk, self.size = max_pixels, chunk, size
-        self.pool: Any = None
-        self._slots: list[Any] = []
-        self._free: list[int] = []
-        self._abandoned: list[tuple[int, Any]] = []  # (slot, AsyncResult) still being written
-        self._settings = contextlib.ExitStack()
-
-    def __enter__(self) -> Decoders:
-        self._settings.enter_context(_pil_settings(self.max_pixels))
-        if self.processes:
-            from multiprocessing.shared_memory import SharedMemory
-
-            count = self.in_flight + self.processes  # spares for chunks taken back at the end
-            self._slots = [SharedMemory(create=True, size=slot_bytes(self.chunk, self.size))
-                           for _ in range(count)]
-            self._free = list(range(count))
-            self.pool = multiprocessing.get_context("spawn").Pool(
-                self.processes, initializer=_init_worker, initargs=(self.max_pixels,))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-        for slot in self._slots:
-            try:
-                slot.close()
-            except BufferError:  # an exception still holds a view: close at exit instead
-                _UNCLOSED.append(slot)
-            slot.unlink()
-        self._settings.close()
-
-    def _take(self) -> int | None:
-        """A free slot, or None."""
-        for pair in [p for p in self._abandoned if p[1].ready()]:
-            self._abandoned.remove(pair)
-            self._free.append(pair[0])
-        return self._free.pop() if self._free else None
-
-    def _collect(self, result: dict[str, Any], slot: int) -> dict[str, Any]:
-        """A pool result with its pixels and per-pixel sum read from its slot (no copy)."""
-        images, image_sum = slot_views(self._slots[slot].buf, self.chunk, self.size)
-        result["images"] = images[:len(result["keep"])]
-        result["sums"]["image_sum"] = image_sum
-        return result
-
-    def in_order(self, starts: list[int], task: Callable[[int], tuple[Any, ...]],
-                 ahead: int = LOCAL_AHEAD) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(start, `work_chunk` result) for every chunk of `starts`, in that order; a result
-        is valid until the next one is asked for.
-
-        Chunks are handed out in order: up to `in_flight` to the pool, and this process
-        decodes one itself whenever the result due next is not ready (up to `ahead` of its
-        own waiting), so it works while the pool's processes start (spawn costs a few tenths
-        of a second). At the end, with nothing left to hand out, it decodes the last chunk
-        still queued in the pool rather than wait (the pool's copy is dropped). Which process
-        decoded a chunk changes nothing in its result, so the store does not depend on the
-        number of workers.
-        """
-        queue = deque(starts)
-        slots: dict[int, Any] = {}  # start -> AsyncResult (pool) or result dict (here)
-        held: dict[int, int] = {}  # start -> the shared-memory slot of a pool chunk
-
-        def submit() -> None:
-            while self.pool is not None and queue and len(held) < self.in_flight:
-                slot = self._take()
-                if slot is None:
-                    return
-                start = queue.popleft()
-                held[start] = slot
-                slots[start] = self.pool.apply_async(
-                    work_chunk, (task(start) + (self._slots[slot].name,),))
-
-        def here(start: int) -> None:
-            if start in held:  # taken back from the pool, whose copy may still be written
-                self._abandoned.append((held.pop(start), slots[start]))
-            slots[start] = work_chunk(task(start) + (None,))
-
-        for due in starts:
-            while True:
-                if due not in slots:  # nobody has it yet: decode it here
-                    queue.popleft()
-                    submit()
-                    here(due)
-                    break
-                submit()
-                pending = slots[due]
-                if isinstance(pending, dict) or pending.ready():
-                    break
-                later = [s for s, v in slots.items()
-                         if s > due and not isinstance(v, dict) and not v.ready()]
-                if queue and sum(isinstance(v, dict) for v in slots.values()) < ahead:
-                    start = queue.popleft()
-                    here(start)
-                elif not queue and later:
-                    here(max(later))
-                else:
-                    pending.wait()
-                    break
-            result = slots.pop(due)
-            slot = held.pop(due, None)
-            yield due, result if slot is None else self._collect(result.get(), slot)
-            if slot is not None:
-                self._free.append(slot)
-
-
-_UNCLOSED: list[Any] = []  # slots an exception kept open; closed when the interpreter ends
 
 
 def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray:

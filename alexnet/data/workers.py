@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,24 @@ from alexnet.data.stats import pixel_sums
 from alexnet.data.store import encode_jpeg
 
 LOCAL_AHEAD = 4  # chunks the calling process may decode ahead of the one due next
+# The decoding processes fill the cores already: their BLAS (NumPy's, for the statistics)
+# must not start threads of its own, which cost a tenth of a second of CPU at import.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ for a while (the processes started meanwhile inherit them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def slot_views(buffer: Any, chunk: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,8 +120,9 @@ class Decoders:
             self._slots = [SharedMemory(create=True, size=slot_bytes(self.chunk, self.size))
                            for _ in range(count)]
             self._free = list(range(count))
-            self.pool = multiprocessing.get_context("spawn").Pool(
-                self.processes, initializer=init_worker, initargs=(self.max_pixels,))
+            with _environment(ONE_THREAD):
+                self.pool = multiprocessing.get_context("spawn").Pool(
+                    self.processes, initializer=init_worker, initargs=(self.max_pixels,))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -53,3 +53,15 @@ def test_store_and_statistics_do_not_depend_on_workers(tmp_path, format):
         val = open_split(tmp_path / "w3", "val")
         np.testing.assert_array_equal(val.stats["rgb_cov"], stats["rgb_cov"])
         np.testing.assert_array_equal(val.stats["mean_image"], stats["mean_image"])
+
+
+def test_a_complete_store_is_reused_whatever_the_chunk_size(tmp_path, capsys):
+    """The chunk is how a split is written, not what it holds: a store made with other
+    chunks (as by an older alexnet) is complete for a rerun, never refused or redone."""
+    src = _source(tmp_path / "src")
+    prepare(src, tmp_path / "out", size=12, chunk=5, workers=1)
+    before = _tree_bytes(tmp_path / "out")
+    summary = prepare(src, tmp_path / "out", size=12, workers=1)
+    assert "already complete" in capsys.readouterr().err
+    assert summary["splits"]["train"]["count"] == 3 * len(images_.zoo(0))
+    assert _tree_bytes(tmp_path / "out") == before

@@ -95,7 +95,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                    "classes": [c["wnid"] for c in source.classes]}
     if split.cut is not None:
         fingerprint["cut"] = split.cut
-    meta = completed_split(path, fingerprint)
+    meta = completed_split(path, fingerprint, ignore=("chunk",))
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}

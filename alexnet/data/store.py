@@ -548,12 +548,14 @@ def _drop_progress(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
-def completed_split(path: str | os.PathLike[str], fingerprint: Any) -> dict[str, Any] | None:
+def completed_split(path: str | os.PathLike[str], fingerprint: Any,
+                    ignore: Sequence[str] = ()) -> dict[str, Any] | None:
     """The header when split folder `path` already holds this very split, complete.
 
     None when there is nothing yet or a half-written split for `SplitWriter` to resume. A
     UserError when `path` holds something else: a split prepared with other arguments (never
-    overwritten), or a folder that is not a store.
+    overwritten), or a folder that is not a store. `ignore` names keys of a dict fingerprint
+    that change how a split is written, not what it holds (compared only when resuming).
     """
     path = Path(path)
     header = path / HEADER
@@ -566,7 +568,7 @@ def completed_split(path: str | os.PathLike[str], fingerprint: Any) -> dict[str,
             raise UserError(f"{header}: not an alexnet store header; choose another OUT")
         if not meta.get("complete"):
             return None
-        if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        if _without(meta.get("fingerprint"), ignore) != _without(fingerprint, ignore):
             raise UserError(f"{path}: already holds a store prepared with other arguments; "
                             "delete it or choose another OUT")
         with WriteLock(path):  # a kill after completion may have left the progress files
@@ -576,6 +578,14 @@ def completed_split(path: str | os.PathLike[str], fingerprint: Any) -> dict[str,
             and any(p.name != LOCK for p in path.iterdir()):
         raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
     return None
+
+
+def _without(fingerprint: Any, keys: Sequence[str]) -> Any:
+    """A fingerprint in its JSON form, without `keys` when it is a dict."""
+    canonical = json.loads(json.dumps(fingerprint))
+    if isinstance(canonical, dict):
+        return {k: v for k, v in canonical.items() if k not in keys}
+    return canonical
 
 
 def own_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:

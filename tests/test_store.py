@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +165,38 @@ def test_half_written_store_is_refused_then_resumed(tmp_path):
     whole = write_store(tmp_path / "whole" / "train", images, labels, CLASSES, chunk=10)
     assert resumed[0] == (whole.path / RAW).read_bytes()
     assert json.loads(resumed[1])["own_stats"] == whole.meta["own_stats"]
+
+
+def test_a_background_write_back_error_is_not_lost(tmp_path, monkeypatch):
+    """The kernel reports a write-back error to one fsync only: when the background flusher
+    meets it, the writer's next checkpoint raises it and records nothing more."""
+    from alexnet.data import store as store_module
+
+    monkeypatch.setattr(store_module, "FLUSH_SECONDS", 0.01)
+    images, labels = _images(n=30, size=8)
+    path = tmp_path / "train"
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a",
+                         checkpoint_seconds=3600)
+    writer.add_chunk(images[:10], labels[:10])  # the first chunk is recorded at once
+    real_fsync = os.fsync
+
+    def failing_in_background(fd: int) -> None:
+        if threading.current_thread().name == "alexnet-store-flusher":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_in_background)
+    writer.add_chunk(images[10:20], labels[10:20])
+    deadline = time.time() + 10
+    while writer._flusher.error is None and time.time() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+        writer.checkpoint()
+    writer.close()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    assert writer.chunks_done == 1 and writer.count == 10  # the record stayed at chunk 1
+    writer.add_chunk(images[10:], labels[10:])
+    writer.finish()
+    whole = write_store(tmp_path / "whole" / "train", images, labels, CLASSES, chunk=10)
+    assert (path / RAW).read_bytes() == (whole.path / RAW).read_bytes()

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,7 @@ SKIPPED = "skipped.tsv"
 PROGRESS = "progress.npz"  # present only while a split is being written
 LOCK = ".lock"
 CHECKPOINT_SECONDS = 2.0  # record progress (fsync + progress.npz) at most this often
+FLUSH_SECONDS = 0.25  # push written pixels to disk in the background this often
 LABELS_PART = "labels.part"
 LENGTHS_PART = "lengths.part"
 RERUN = "rerun `alexnet prepare SOURCE ROOT` to (re)build it"
@@ -345,6 +347,37 @@ def normalise_classes(classes: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+class Flusher(threading.Thread):
+    """Pushes the bytes written to some files to disk in the background (an fsync every
+    `interval` seconds), so that the writer's own fsyncs, which a progress record must wait
+    for, find little left to do. It never decides what is durable: an error it meets is kept
+    in `error` for the writer to raise (the kernel reports a write-back error only once), and
+    the writer fsyncs under `lock`, so an error is either in `error` or seen by its own fsync."""
+
+    def __init__(self, fds: list[int], interval: float) -> None:
+        super().__init__(name="alexnet-store-flusher", daemon=True)
+        self.fds, self.interval = fds, interval
+        self.error: OSError | None = None
+        self.lock = threading.Lock()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            with self.lock:
+                try:
+                    for fd in self.fds:
+                        os.fsync(fd)
+                except OSError as err:
+                    self.error = err
+                    return
+
+    def stop(self) -> None:
+        """Stop and wait (before the files are closed, so no fd is reused under it)."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join()
+
+
 class SplitWriter:
     """Writes one split chunk by chunk, resumably, and marks it complete at the end.
 
@@ -355,7 +388,9 @@ class SplitWriter:
     folder with the same `fingerprint` truncates the part files to the recorded lengths and
     continues from `chunks_done`, so an interrupted run ends byte-identical to an
     uninterrupted one (it redoes at most the last `checkpoint_seconds` of work). The writer
-    holds the folder's `WriteLock` from creation to `close` (or `finish`).
+    holds the folder's `WriteLock` from creation to `close` (or `finish`). With a finite
+    `checkpoint_seconds`, a `Flusher` writes the part files back meanwhile, so the fsyncs of
+    checkpoints and of `finish` stay short however fast chunks come.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, split: str, image_size: int,
@@ -378,6 +413,7 @@ class SplitWriter:
         self.checkpoint_seconds = checkpoint_seconds
         self._last_checkpoint: float | None = None
         self._files: dict[str, Any] = {}
+        self._flusher: Flusher | None = None
         self._lock = WriteLock(self.path)
         try:
             self._open()
@@ -416,15 +452,24 @@ class SplitWriter:
             f = open(self.path / name, "ab")  # kept open until close
             self._files[name] = f
             f.truncate(length)
+        if self.checkpoint_seconds != float("inf"):
+            self._flusher = Flusher([f.fileno() for f in self._files.values()], FLUSH_SECONDS)
+            self._flusher.start()
 
     def _sync(self) -> None:
         if not self._files:
             raise RuntimeError(f"{self.path}: writer already closed")
-        for f in self._files.values():
-            f.flush()
-            os.fsync(f.fileno())
+        flusher = self._flusher
+        with flusher.lock if flusher is not None else contextlib.nullcontext():
+            for f in self._files.values():
+                f.flush()
+                os.fsync(f.fileno())
+            if flusher is not None and flusher.error is not None:
+                raise flusher.error
 
     def _close_files(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
         for f in self._files.values():
             with contextlib.suppress(OSError):
                 f.close()

@@ -6,9 +6,7 @@ in one run, one core each (torch.set_num_threads(1), no worker processes):
 - `prepare` (alexnet/data/prepare.py, workers=1): decode, shorter side to 256, centre crop,
   store write and statistics, done once per image; then with one worker per core (this one
   is not per core), timed in the order 1, N, N, 1 so that drift in the machine's load hits
-  both; the scaling is the ratio of the best times (goal: at least 0.8 x cores), beside the
-  ratio of the steady rates (from preparing all the images and half of them: the difference
-  drops the fixed costs of start-up, spawning and the final fsync);
+  both; the scaling is the ratio of the best times (goal: at least 0.8 x cores);
 - TrainLoader: random 224 crop, flip, PCA colour, mean image, ending in float batches of 128,
   read from the 256x256 store with prefetch=0 (everything on the calling thread);
 - TrainLoader on a jpeg store of the same images, with 1 and 2 read-ahead threads (prefetch 1
@@ -200,35 +198,24 @@ def _time_device_augment(store: Any, device: torch.device, repeats: int) -> floa
 
 def _time_prepare(prepare: Callable[..., Any], src: Path, out: Path, images: int
                   ) -> dict[str, Any]:
-    """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1.
-
-    Each turn prepares all the images and (--limit) half of them: the difference removes
-    the fixed costs (start-up, spawning, the final fsync) and leaves the steady rate.
-    """
+    """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1."""
     import shutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         os.cpu_count() or 1
-    half = images // 2
-    seconds: dict[tuple[int, int], list[float]] = {}
+    seconds: dict[int, list[float]] = {}
     for run, workers in enumerate((1, cores, cores, 1)):
-        for count in (images, half):
-            where = out if run == 0 and count == images else out.with_name(f"p{run}-{count}")
-            start = time.perf_counter()
-            prepare(src, where, workers=workers, limit=None if count == images else count)
-            seconds.setdefault((workers, count), []).append(time.perf_counter() - start)
-            if where != out:
-                shutil.rmtree(where)
-    best = {key: min(ts) for key, ts in seconds.items()}
-    steady = {w: (images - half) / max(best[(w, images)] - best[(w, half)], 1e-9)
-              for w in (1, cores)}
-    return {"prepare_images_per_s_per_core": images / best[(1, images)],
+        where = out if run == 0 else out.with_name(f"{out.name}-{run}")
+        start = time.perf_counter()
+        prepare(src, where, workers=workers)
+        seconds.setdefault(workers, []).append(time.perf_counter() - start)
+        if where != out:
+            shutil.rmtree(where)
+    return {"prepare_images_per_s_per_core": images / min(seconds[1]),
             "prepare_workers": cores,
-            "prepare_images_per_s_runs": {str(w): [images / t for t in seconds[(w, images)]]
-                                          for w in (1, cores)},
-            "prepare_scaling": best[(1, images)] / best[(cores, images)],
-            "prepare_steady_images_per_s": {str(w): r for w, r in steady.items()},
-            "prepare_steady_scaling": steady[cores] / steady[1]}
+            "prepare_images_per_s_runs": {str(w): [images / t for t in ts]
+                                          for w, ts in seconds.items()},
+            "prepare_scaling": min(seconds[1]) / min(seconds[cores])}
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -285,9 +272,6 @@ def _print(r: dict[str, Any]) -> None:
           f"{r['prepare_scaling']:6.2f}x workers=1 (goal {0.8 * int(n):.1f}x; runs: "
           f"workers=1 {', '.join(f'{v:.0f}' for v in runs['1'])}, "
           f"workers={n} {', '.join(f'{v:.0f}' for v in runs[n])})")
-    steady = r["prepare_steady_images_per_s"]
-    print(f"  {'prepare, steady rate (fixed costs removed)':<44}{steady[n]:10.1f} images/s  "
-          f"{r['prepare_steady_scaling']:6.2f}x workers=1 ({steady['1']:.0f} images/s)")
     print(f"  {'TrainLoader, full augmentation, float out':<44}"
           f"{r['loader_images_per_s_per_core']:10.1f} images/s  "
           f"{r['loader_over_usual']:6.2f}x the usual pipeline (goal 10x)")

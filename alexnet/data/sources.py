@@ -10,6 +10,10 @@ recorded beside it.
 An image reference ("ref") is one of: a file path (str; the worker reads it), a `TarRef`
 (the parent reads it from the archive, streaming, without extracting), or an int index into
 an in-memory uint8 array (CIFAR-10, IDX).
+
+Which images make a split is this module's concern too: `limit_per_class` (--limit),
+`hold_out` (a seeded, class-stratified val split cut from train, --val-fraction), and
+`doubts` (why a class-per-folder tree looks like no data set at all).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ SLOW_PREPARE = (
 def test_second_writer_fails_at_once(tmp_path, capsys):
     """A second prepare into the OUT of a running one is refused at once; the first finishes
     a store identical to a run alone."""
-    src = _idx_source(tmp_path / "digits", 1500)
+    src = _idx_source(tmp_path / "digits", 640)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(src), str(out)], env=env,

@@ -105,3 +105,13 @@ def test_every_option_states_its_default():
         assert "(default: " in text, dest
     assert helps["format"].endswith("(default: raw)")
     assert helps["size"].endswith("(default: 256, the paper's)")
+
+
+def test_output_to_a_file_has_no_redrawn_bar(tmp_path, capsys):
+    """Not a terminal (a log, a pipe): plain lines, never carriage-return redraws."""
+    src = _own_tree(tmp_path / "src")
+    assert cli_main(["prepare", str(src), str(tmp_path / "out"), "--size", "8",
+                     "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert "train: 18 images, 0 skipped" in captured.out

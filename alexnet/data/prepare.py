@@ -44,6 +44,7 @@ from alexnet.data.store import (
 )
 from alexnet.data.workers import Decoders
 from alexnet.errors import UserError
+from alexnet.progress import Progress
 
 CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
 
@@ -112,14 +113,15 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
         return (_payloads(part, split, reader), [_ref_name(r, split) for r in part], size,
                 max_pixels, format, JPEG_QUALITY)
 
-    bar = _progress(split.name, len(refs), min(len(refs), writer.chunks_done * chunk))
+    bar = Progress(len(refs), f"prepare {split.name}", unit="img",
+                   initial=min(len(refs), writer.chunks_done * chunk))
     try:
         for written, (start, result) in enumerate(decoders.in_order(todo, task), 1):
             rows = np.asarray(result["keep"], np.int64)
             writer.add_chunk(result["images"], labels[start:start + chunk][rows],
                              result["sums"], result["skipped"], result["jpegs"])
             bar.update(min(chunk, len(refs) - start))
-            bar.set_postfix(skipped=len(writer.skipped), refresh=False)
+            bar.note(skipped=len(writer.skipped))
             if stop_after is not None and written >= stop_after:
                 writer.checkpoint()
                 raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
@@ -137,14 +139,6 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
         print(f"{path}: {meta['skipped']} files skipped (unreadable, or not images), listed "
               f"in {path / SKIPPED}", file=sys.stderr)
     return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
-
-
-def _progress(split: str, total: int, done: int) -> Any:
-    """The progress bar of one split, on stderr."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, unit="img", desc=f"prepare {split}", file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
 
 
 # ----------------------------------------------------------------------------- entry points

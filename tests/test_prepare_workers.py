@@ -65,3 +65,14 @@ def test_a_complete_store_is_reused_whatever_the_chunk_size(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().err
     assert summary["splits"]["train"]["count"] == 3 * len(images_.zoo(0))
     assert _tree_bytes(tmp_path / "out") == before
+
+
+def test_without_room_in_shared_memory_pixels_go_through_the_pipe(tmp_path, monkeypatch):
+    """A container's small /dev/shm: no slots, the same store."""
+    from alexnet.data import workers
+
+    src = _source(tmp_path / "src")
+    prepare(src, tmp_path / "w1", size=20, chunk=3, workers=1)
+    monkeypatch.setattr(workers, "shared_memory_room", lambda: 0)
+    prepare(src, tmp_path / "w2", size=20, chunk=3, workers=2)
+    assert _tree_bytes(tmp_path / "w1") == _tree_bytes(tmp_path / "w2")

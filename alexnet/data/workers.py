@@ -43,6 +43,16 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def shared_memory_room() -> int:
+    """Free bytes where POSIX shared memory lives (/dev/shm on Linux; a container may give it
+    only 64 MB); very large when it cannot be told."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return 1 << 62
+    return stat.f_bavail * stat.f_frsize
+
+
 def slot_views(buffer: Any, chunk: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A shared-memory slot's arrays: the per-pixel sum int64 (S, S, 3), then the pixels
     uint8 (chunk, S, S, 3) (the layout does not depend on `chunk`)."""
@@ -97,7 +107,9 @@ class Decoders:
     The spawned processes start when the context is entered and serve every split; they
     decode into shared-memory slots, so pixels never travel through a pipe (pickling 6 MB
     chunks through the pool's result thread cost the writing process more than its own
-    decoding). `in_order` hands results out in chunk order.
+    decoding). The slots take at most half the free shared memory; where that is too little
+    for one slot per process (a container's small /dev/shm), the pixels go through the pipe.
+    `in_order` hands results out in chunk order.
     """
 
     def __init__(self, workers: int, max_pixels: int, chunks: int, chunk: int, size: int
@@ -116,10 +128,12 @@ class Decoders:
         if self.processes:
             from multiprocessing.shared_memory import SharedMemory
 
-            count = self.in_flight + self.processes  # spares for chunks taken back at the end
-            self._slots = [SharedMemory(create=True, size=slot_bytes(self.chunk, self.size))
-                           for _ in range(count)]
-            self._free = list(range(count))
+            size = slot_bytes(self.chunk, self.size)
+            # spares for chunks taken back at the end; half the room left to others
+            count = min(self.in_flight + self.processes, shared_memory_room() // (2 * size))
+            if count >= self.processes:
+                self._slots = [SharedMemory(create=True, size=size) for _ in range(count)]
+                self._free = list(range(count))
             with _environment(ONE_THREAD):
                 self.pool = multiprocessing.get_context("spawn").Pool(
                     self.processes, initializer=init_worker, initargs=(self.max_pixels,))
@@ -138,7 +152,9 @@ class Decoders:
         self._settings.close()
 
     def _take(self) -> int | None:
-        """A free slot, or None."""
+        """A free slot, or None; -1 (through the pipe) when there are no slots."""
+        if not self._slots:
+            return -1
         for pair in [p for p in self._abandoned if p[1].ready()]:
             self._abandoned.remove(pair)
             self._free.append(pair[0])
@@ -166,7 +182,7 @@ class Decoders:
         """
         queue = deque(starts)
         slots: dict[int, Any] = {}  # start -> AsyncResult (pool) or result dict (here)
-        held: dict[int, int] = {}  # start -> the shared-memory slot of a pool chunk
+        held: dict[int, int] = {}  # start -> its shared-memory slot in the pool (-1: pipe)
 
         def submit() -> None:
             while self.pool is not None and queue and len(held) < self.in_flight:
@@ -175,12 +191,14 @@ class Decoders:
                     return
                 start = queue.popleft()
                 held[start] = slot
-                slots[start] = self.pool.apply_async(
-                    work_chunk, (task(start) + (self._slots[slot].name,),))
+                name = self._slots[slot].name if slot >= 0 else None
+                slots[start] = self.pool.apply_async(work_chunk, (task(start) + (name,),))
 
         def here(start: int) -> None:
             if start in held:  # taken back from the pool, whose copy may still be written
-                self._abandoned.append((held.pop(start), slots[start]))
+                slot = held.pop(start)
+                if slot >= 0:
+                    self._abandoned.append((slot, slots[start]))
             slots[start] = work_chunk(task(start) + (None,))
 
         for due in starts:
@@ -206,8 +224,10 @@ class Decoders:
                     break
             result = slots.pop(due)
             slot = held.pop(due, None)
-            yield due, result if slot is None else self._collect(result.get(), slot)
-            if slot is not None:
+            if not isinstance(result, dict):
+                result = result.get()
+            yield due, result if slot is None or slot < 0 else self._collect(result, slot)
+            if slot is not None and slot >= 0:
                 self._free.append(slot)
 
 

@@ -5,8 +5,8 @@ in one run, one core each (torch.set_num_threads(1), no worker processes):
 
 - `prepare` (alexnet/data/prepare.py, workers=1): decode, shorter side to 256, centre crop,
   store write and statistics, done once per image; then with one worker per core (this one
-  is not per core), timed in the order 1, N, N, 1 so that drift in the machine's load hits
-  both; the scaling is the ratio of the best times (goal: at least 0.8 x cores);
+  is not per core), timed in the order 1, N, N, 1, 1, N so that drift in the machine's load
+  hits both; the scaling is the ratio of the best times (goal: at least 0.8 x cores);
 - TrainLoader: random 224 crop, flip, PCA colour, mean image, ending in float batches of 128,
   read from the 256x256 store with prefetch=0 (everything on the calling thread);
 - TrainLoader on a jpeg store of the same images, with 1 and 2 read-ahead threads (prefetch 1
@@ -198,13 +198,14 @@ def _time_device_augment(store: Any, device: torch.device, repeats: int) -> floa
 
 def _time_prepare(prepare: Callable[..., Any], src: Path, out: Path, images: int
                   ) -> dict[str, Any]:
-    """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1."""
+    """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1, 1, N
+    (the best of three each, so that a busy moment of the machine hits both alike)."""
     import shutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         os.cpu_count() or 1
     seconds: dict[int, list[float]] = {}
-    for run, workers in enumerate((1, cores, cores, 1)):
+    for run, workers in enumerate((1, cores, cores, 1, 1, cores)):
         where = out if run == 0 else out.with_name(f"{out.name}-{run}")
         start = time.perf_counter()
         prepare(src, where, workers=workers)

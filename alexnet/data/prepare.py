@@ -82,6 +82,18 @@ def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray
     return src.limit_per_class(split.labels, limit, len(source.classes))
 
 
+def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str,
+                 limit: int | None, max_pixels: int, chunk: int) -> dict[str, Any]:
+    """The arguments that make a split what it is (and `chunk`, how it is written)."""
+    fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
+                   "split": split.name, "size": size, "format": format, "limit": limit,
+                   "images": len(_kept(source, split, limit)), "chunk": chunk,
+                   "max_pixels": max_pixels, "classes": [c["wnid"] for c in source.classes]}
+    if split.cut is not None:
+        fingerprint["cut"] = split.cut
+    return fingerprint
+
+
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
                   decoders: Decoders, limit: int | None, max_pixels: int, chunk: int,
                   train_stats: dict[str, Any] | None, stop_after: int | None = None
@@ -90,12 +102,8 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]
-    fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
-                   "split": split.name, "size": size, "format": format, "limit": limit,
-                   "images": len(refs), "chunk": chunk, "max_pixels": max_pixels,
-                   "classes": [c["wnid"] for c in source.classes]}
-    if split.cut is not None:
-        fingerprint["cut"] = split.cut
+    fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
+                               max_pixels=max_pixels, chunk=chunk)
     meta = completed_split(path, fingerprint, ignore=("chunk",))
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
@@ -171,8 +179,12 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
+        options = {"size": size, "format": format, "limit": limit, "max_pixels": max_pixels,
+                   "chunk": chunk}
         chunks = sum(-(-len(_kept(found, found.splits[name], limit)) // chunk)
-                     for name in wanted)
+                     for name in wanted if completed_split(
+                         out / name, _fingerprint(found, found.splits[name], **options),
+                         ignore=("chunk",)) is None)  # no process to start for a rerun
         with WriteLock(out), Decoders(workers, max_pixels, chunks, chunk, size) as decoders:
             for name in wanted:
                 summary["splits"][name] = prepare_split(

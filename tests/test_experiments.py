@@ -229,7 +229,7 @@ def tiny_store(tmp_path_factory) -> Path:
 def ablation(tiny_store, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ablate") / "run"
     base = resolve("paper", TINY, {"data.store": str(tiny_store)})
-    result = ab.ablate(base, out, ab.choose_variants(None), budget_steps=2)
+    result = ab.ablate(base, out, ab.choose_variants(None), budget_steps=2, seeds=2)
     return {"out": out, "base": base, **result}
 
 
@@ -240,7 +240,8 @@ def test_ablate_trains_every_variant_with_exactly_one_switch(ablation):
                 "one-column": ("model.columns", 1), "tanh": ("model.activation", "tanh"),
                 "no-dropout": ("model.dropout", 0.0), "no-pca": ("data.pca", False)}
     # what each run really trained with: the config.json train wrote into its run folder
-    written = {name: json.loads((out / name / "config.json").read_text()) for name in configs}
+    written = {name: json.loads((out / name / "seed-0" / "config.json").read_text())
+               for name in configs}
     paper_run = written["paper"]
     assert paper_run["model"] == {**paper_run["model"], "lrn": True, "overlap_pool": True,
                                   "columns": 2, "activation": "relu", "dropout": 0.5}
@@ -253,24 +254,38 @@ def test_ablate_trains_every_variant_with_exactly_one_switch(ablation):
         assert written[name][section][field] == value
         assert ab.config_difference(configs["paper"], configs[name]) == \
             {key: (paper_run[section][field], value)}
-    for name in configs:  # one equal budget
-        done = json.loads((out / name / ab.RESULT).read_text())
-        assert done["steps"] == 2 and done["stopped"] == "max_steps"
-        assert written[name]["run"]["max_steps"] == 2 and written[name]["run"]["seed"] == 0
+    for name in configs:  # one equal budget, the same two seeds for every net
+        for seed in (0, 1):
+            folder = out / name / f"seed-{seed}"
+            done = json.loads((folder / ab.RESULT).read_text())
+            assert done["steps"] == 2 and done["stopped"] == "max_steps"
+            ran = json.loads((folder / "config.json").read_text())["run"]
+            assert ran["max_steps"] == 2 and ran["seed"] == seed
 
 
-def test_ablate_writes_the_table_with_deltas_and_the_papers(ablation):
+def test_ablate_writes_the_table_with_deltas_their_intervals_and_the_papers(ablation):
+    from scipy import stats as sps
+
     out, rows = ablation["out"], ablation["rows"]
     results = ablation["results"]
     assert [r["variant"] for r in rows] == list(ablation["configs"])
     by_name = {r["variant"]: r for r in rows}
+    base1 = [100 * r["top1_error"] for r in results["paper"]]
     for name, row in by_name.items():
-        assert row["top1_error"] == results[name]["top1_error"]
-        if name != "paper":
-            assert row["delta_top1"] == pytest.approx(
-                100 * (results[name]["top1_error"] - results["paper"]["top1_error"]))
-            assert row["delta_top5"] == pytest.approx(
-                100 * (results[name]["top5_error"] - results["paper"]["top5_error"]))
+        top1 = [r["top1_error"] for r in results[name]]
+        assert row["seeds"] == 2 and row["top1_errors"] == top1
+        assert row["top1_mean"] == pytest.approx(np.mean(top1))
+        assert row["top1_sd"] == pytest.approx(np.std(top1, ddof=1))
+        if name == "paper":
+            continue
+        ours = [100 * v for v in top1]
+        d = row["delta_top1"]
+        assert d["estimate"] == pytest.approx(np.mean(ours) - np.mean(base1))
+        if np.std(ours) + np.std(base1) > 0:  # Welch's interval, as scipy computes it
+            ci = sps.ttest_ind(ours, base1, equal_var=False).confidence_interval(0.95)
+            assert (d["low"], d["high"]) == pytest.approx((ci.low, ci.high))
+        excluded = not d["low"] <= 0 <= d["high"]
+        assert row["verdict_top1"].startswith("distinguishable" if excluded else "not")
     assert (by_name["no-lrn"]["paper_delta_top1"], by_name["no-lrn"]["paper_delta_top5"]) == \
         paper.ABLATION_DELTAS["lrn"]
     assert by_name["one-column"]["paper_delta_top1"] == paper.ABLATION_DELTAS["two_columns"][0]
@@ -280,13 +295,31 @@ def test_ablate_writes_the_table_with_deltas_and_the_papers(ablation):
     assert by_name["tanh"]["paper_delta_top1"] is None and by_name["tanh"]["paper_note"]
     assert by_name["no-dropout"]["paper_delta_top1"] is None
     saved = json.loads((out / "ablation.json").read_text())
-    assert saved["rows"] == json.loads(json.dumps(rows)) and "noise" in saved["note"]
+    assert saved["rows"] == json.loads(json.dumps(rows)) and "Welch" in saved["note"]
+    assert saved["seeds"] == [0, 1]
     with open(out / "ablation.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["variant"] for r in table] == [r["variant"] for r in rows]
-    assert float(table[1]["top1_error"]) == pytest.approx(rows[1]["top1_error"])
+    assert float(table[1]["top1_mean"]) == pytest.approx(rows[1]["top1_mean"])
+    assert float(table[1]["delta_top1_low"]) == pytest.approx(rows[1]["delta_top1"]["low"])
     md = (out / "ablation.md").read_text()
-    assert "| no-lrn | model.lrn=false |" in md and "+1.40" in md and "n/a" in md
+    assert "| no-lrn | model.lrn=false | 2 |" in md and "+1.40" in md and "n/a" in md
+    assert md.count("- no-lrn: top-1 delta") == 1  # one sentence per variant
+    assert sum(line.startswith("- ") for line in md.splitlines()) == len(ab.VARIANTS)
+
+
+def test_the_same_config_twice_is_not_distinguishable_from_zero(ablation, tmp_path):
+    """The paper net trained again, as if it were a variant: its delta must read as noise."""
+    from alexnet.config import from_dict
+
+    again = ab.seed_configs(from_dict({"run": {"out": str(tmp_path / "again")}},
+                                      ablation["configs"]["paper"]), 2)
+    runs = [ab.train_variant("paper again", c, log=lambda *_: None) for c in again]
+    row = ab.delta_row("paper again", "-", runs, ablation["results"]["paper"], (None, None))
+    for k in ("top1", "top5"):
+        assert row[f"delta_{k}"]["estimate"] == pytest.approx(0.0, abs=1e-9)
+        assert row[f"verdict_{k}"].startswith("not distinguishable from 0")
+    assert "not distinguishable from 0" in ab.sentence({**row, "paper_note": "no figure"})
 
 
 def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
@@ -297,17 +330,20 @@ def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
 
     monkeypatch.setattr(alexnet.train, "train", no_training)
     again = ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(None),
-                      budget_steps=2, log=lambda *_: None)
+                      budget_steps=2, seeds=2, log=lambda *_: None)
     assert again["rows"] == ablation["rows"]
     with pytest.raises(UserError, match="another config"):  # a different budget is refused
         ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(["no-lrn"]),
-                  budget_steps=3, log=lambda *_: None)
+                  budget_steps=3, seeds=2, log=lambda *_: None)
 
 
-def test_budget_is_steps_or_epochs():
+def test_budget_is_steps_or_epochs_and_steps_set_the_epochs_they_span():
     base = resolve("paper", TINY)
     steps = ab.budget_config(base, 10, None, train_images=20)  # 2 steps of 8 per epoch
     assert steps.run.max_steps == 10 and steps.optim.epochs == 5
+    # 10 steps of 8 on 1,000 images span one epoch: set to 1, down from the paper's 90
+    assert base.optim.epochs == paper.EPOCHS
+    assert ab.budget_config(base, 10, None, train_images=1000).optim.epochs == 1
     epochs = ab.budget_config(base, None, 3, train_images=20)
     assert epochs.optim.epochs == 3 and epochs.run.max_steps == 0
     with pytest.raises(UserError):
@@ -340,15 +376,17 @@ def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, cap
     out = tmp_path / "abl"
     variants = ab.choose_variants(["no-lrn"])
     budget = ab.budget_config(ablation["base"], 2, None, train_images=16)
-    partial = from_dict({"run": {"max_steps": 1}},
-                        ab.variant_configs(budget, variants, out)["no-lrn"])
+    first = ab.seed_configs(ab.variant_configs(budget, variants, out)["no-lrn"], 1)[0]
+    partial = from_dict({"run": {"max_steps": 1}}, first)
     train(partial)  # as if ablate had been stopped after the first step of no-lrn
     capsys.readouterr()
-    result = ab.ablate(ablation["base"], out, variants, budget_steps=2, log=lambda *_: None)
-    assert f"resuming from {out / 'no-lrn' / 'checkpoint.pt'}" in capsys.readouterr().out
-    assert result["results"]["no-lrn"]["steps"] == 2
+    result = ab.ablate(ablation["base"], out, variants, budget_steps=2, seeds=1,
+                       log=lambda *_: None)
+    folder = out / "no-lrn" / "seed-0"
+    assert f"resuming from {folder / 'checkpoint.pt'}" in capsys.readouterr().out
+    assert result["results"]["no-lrn"][0]["steps"] == 2
     # and it ends with the weights of the uninterrupted run (bit-identical on the CPU)
-    resumed = checkpoint.load(out / "no-lrn" / "checkpoint.pt")["model"]
-    whole = checkpoint.load(ablation["out"] / "no-lrn" / "checkpoint.pt")["model"]
+    resumed = checkpoint.load(folder / "checkpoint.pt")["model"]
+    whole = checkpoint.load(ablation["out"] / "no-lrn" / "seed-0" / "checkpoint.pt")["model"]
     assert resumed.keys() == whole.keys()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)

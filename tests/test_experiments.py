@@ -1,5 +1,6 @@
-"""`alexnet relu-vs-tanh` (figure 1) and `alexnet ablate`: the epochs-to-threshold rule, the
-lr selection, real curves on Fashion-MNIST, and ablations that each change exactly one key."""
+"""`alexnet relu-vs-tanh` (figure 1) and `alexnet ablate`: the lr search, per-step runs and
+their crossings on Fashion-MNIST, ablations that each change exactly one key, over seeds,
+with deltas, intervals and verdicts."""
 
 from __future__ import annotations
 

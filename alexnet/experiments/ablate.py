@@ -221,7 +221,7 @@ def tabulate(results: dict[str, list[dict[str, Any]]], variants: list[Variant]) 
         paper_d = paper.ABLATION_DELTAS.get(v.paper_key, (None, None)) if v.paper_key \
             else (None, None)
         note = NO_PAPER_FIGURE.get(v.name, "" if paper_d[1] is not None
-                                   else "paper: top-1 only ('over 1%')")
+                                   else "paper: top-1 only, 'over 1%'")
         rows.append(delta_row(v.name, v.switch, results[v.name], base, paper_d, note))
     return rows
 
@@ -262,8 +262,11 @@ def markdown(rows: list[dict]) -> str:
 def sentence(row: dict) -> str:
     """Whether the variant's deltas are distinguishable from zero, and the paper's figure."""
     d1, d5 = row["delta_top1"], row["delta_top5"]
-    paper_text = row["paper_note"] or (f"paper: {pts_or_na(row['paper_delta_top1'])} top-1, "
-                                       f"{pts_or_na(row['paper_delta_top5'])} top-5")
+    paper_text = row["paper_note"]
+    if row["paper_delta_top1"] is not None:
+        paper_text = (f"paper: {pts_or_na(row['paper_delta_top1'])} top-1, "
+                      f"{pts_or_na(row['paper_delta_top5'])} top-5"
+                      + (f" ({paper_text.removeprefix('paper: ')})" if paper_text else ""))
     return (f"- {row['variant']}: top-1 delta {d1['estimate']:+.2f} points is "
             f"{row['verdict_top1']}; top-5 delta {d5['estimate']:+.2f} is "
             f"{row['verdict_top5']}. {paper_text[0].upper() + paper_text[1:]}.")

@@ -31,7 +31,7 @@ from alexnet import paper
 from alexnet.config import Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
-from alexnet.experiments.progress import format_duration
+from alexnet.progress import format_duration
 
 RESULT = "result.json"  # written into a variant's run folder once it has finished
 DEFAULT_SEEDS = 3  # runs per net: the fewest that give a usable t interval (t_0.975,2 = 4.3)

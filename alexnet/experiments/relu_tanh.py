@@ -44,7 +44,7 @@ from torch import nn
 from alexnet import paper
 from alexnet.errors import UserError
 from alexnet.experiments import crossing, speedup
-from alexnet.experiments.progress import Progress
+from alexnet.progress import Progress
 
 ACTIVATIONS = ("relu", "tanh")
 INITS = ("gain", "paper")  # each unit's gain / fan_in, or the paper's N(0, 0.01) (section 5)

@@ -46,6 +46,7 @@ step bench 200 $PY -m alexnet bench model data train evaluate --device cuda --js
 step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
 if [ -n "$DATA" ]; then
   step demo 170 $PY -m alexnet demo --data "$DATA" --out "$OUTDIR/demo"
+  step ablate 420 env PYTHON="$PY" bench/ablate_gpu.sh "$DATA" "$OUTDIR/ablate"
 else
   echo "=== demo: skipped, no Fashion-MNIST files (set ALEXNET_FMNIST)"; status=1
 fi

@@ -1,5 +1,6 @@
-"""`alexnet relu-vs-tanh` (figure 1) and `alexnet ablate`: the epochs-to-threshold rule, the
-lr selection, real curves on Fashion-MNIST, and ablations that each change exactly one key."""
+"""`alexnet relu-vs-tanh` (figure 1) and `alexnet ablate`: the lr search, per-step runs and
+their crossings on Fashion-MNIST, ablations that each change exactly one key, over seeds,
+with deltas, intervals and verdicts."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from alexnet.config import resolve
 from alexnet.data.store import write_store
 from alexnet.errors import UserError
 from alexnet.experiments import ablate as ab
+from alexnet.experiments import crossing, speedup
 from alexnet.experiments import relu_tanh as rt
 
 # ----------------------------------------------------------------------------- relu-vs-tanh
@@ -33,40 +35,52 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_epochs_to_threshold_interpolates_linearly_from_chance():
-    # crossing between (2, 0.30) and (3, 0.20): 2 + (0.30 - 0.25) / (0.30 - 0.20) = 2.5
-    assert rt.epochs_to_threshold([(1, 0.5), (2, 0.3), (3, 0.2)], 0.25, 0.9) == \
-        pytest.approx(2.5)
-    # below at the first point: from (0, chance 0.9) to (1, 0.2): 0.65 / 0.7 of an epoch
-    assert rt.epochs_to_threshold([(1, 0.2), (2, 0.1)], 0.25, 0.9) == pytest.approx(0.65 / 0.7)
-    # a point exactly at the threshold is reached there; finer points work the same way
-    assert rt.epochs_to_threshold([(0.5, 0.4), (1.0, 0.25)], 0.25, 0.9) == pytest.approx(1.0)
-    assert rt.epochs_to_threshold([(1, 0.5), (2, 0.3)], 0.25, 0.9) is None
-    assert rt.epochs_to_threshold([], 0.25, 0.9) is None
-
-
 def _run(lr: float, curve: list[float], threshold: float = 0.25) -> dict:
-    points = [(i + 1, e) for i, e in enumerate(curve)]
-    return {"lr": lr, "epochs_to_threshold": rt.epochs_to_threshold(points, threshold, 0.9),
-            "final_error": curve[-1]}
+    """A search run whose running error after each step is `curve` (window 1)."""
+    wrong = [100 if math.isnan(e) else round(100 * e) for e in curve]
+    return {"lr": lr, "final_error": curve[-1], "crossings": {
+        f"{threshold:g}": crossing.crossing(wrong, [100] * len(curve), 1, threshold)}}
 
 
-def test_lr_search_picks_the_fewest_epochs_to_threshold():
+def test_lr_search_picks_the_fewest_updates_to_threshold():
     runs = [_run(0.001, [0.8, 0.6, 0.5, 0.4]),  # never reaches
-            _run(0.01, [0.6, 0.4, 0.3, 0.2]),  # reaches at 3.5
-            _run(0.03, [0.5, 0.3, 0.2, 0.1]),  # reaches at 2.5: the fastest
-            _run(0.1, [0.9, 0.4, 0.24, 0.05])]  # reaches at ~2.94 with the lowest final error
-    assert rt.select_best(runs, 0.25)["lr"] == 0.03
+            _run(0.01, [0.6, 0.4, 0.3, 0.2]),  # reaches after 3 updates
+            _run(0.03, [0.5, 0.3, 0.2, 0.1]),  # after 2: the fastest
+            _run(0.1, [0.9, 0.4, 0.24, 0.05])]  # after 2 too, with the lowest final error
+    assert speedup.select_best(runs, 0.25)["lr"] == 0.03  # the tie goes to the smaller rate
     # a run that reaches the threshold beats one that does not, whatever their final errors
-    assert rt.select_best([_run(0.1, [0.5, 0.2, 0.24]), _run(0.01, [0.6, 0.3, 0.21])],
-                          0.22)["lr"] == 0.1
+    assert speedup.select_best([_run(0.1, [0.5, 0.2, 0.24], 0.22),
+                                _run(0.01, [0.6, 0.3, 0.23], 0.22)], 0.22)["lr"] == 0.1
 
 
 def test_lr_search_without_any_run_at_threshold_takes_the_lowest_final_error():
     runs = [_run(0.001, [0.8, 0.7]), _run(0.01, [0.7, 0.5]), _run(0.1, [0.9, float("nan")])]
-    assert rt.select_best(runs, 0.25)["lr"] == 0.01
+    assert speedup.select_best(runs, 0.25)["lr"] == 0.01
     with pytest.raises(UserError):
-        rt.select_best([], 0.25)
+        speedup.select_best([], 0.25)
+
+
+def test_lr_search_stops_runs_that_cannot_win_and_flags_a_best_rate_on_the_edge():
+    """Synthetic training: a rate's curve falls faster the larger the rate, up to 0.1."""
+    calls = []
+
+    def train(lr: float, seed: int, thresholds: tuple, stop) -> dict:
+        tracker = crossing.Tracker(2, thresholds)
+        speed = min(lr, 0.1) if lr <= 0.1 else 0.01
+        for step in range(200):
+            tracker.add(round(100 * max(0.9 - speed * 3 * step, 0.05)), 100)
+            if stop(tracker):
+                break
+        calls.append((lr, tracker.steps))
+        return {"lr": lr, "final_error": tracker.error, "crossings": {
+            f"{t:g}": tracker.crossed.get(t) for t in thresholds}}
+
+    best, runs, edge = speedup.search(train, [0.3, 0.03, 0.1], 0.25, 2, seed=0)
+    assert best["lr"] == 0.1 and edge == "inside" and [r["lr"] for r in runs] == [0.03, 0.1, 0.3]
+    # 0.03 ran until it crossed; 0.1 crossed sooner; 0.3 stopped where 0.1 had crossed
+    assert calls[0][1] > calls[1][1] == calls[2][1]
+    assert speedup.search(train, [0.01, 0.03], 0.25, 2, seed=0)[2] == "highest"
+    assert speedup.search(train, [0.1, 0.3, 1.0], 0.25, 2, seed=0)[2] == "lowest"
 
 
 def test_four_layer_net_reads_any_size_and_uses_each_units_gain():
@@ -101,13 +115,26 @@ def test_training_is_seeded_and_deterministic_on_the_cpu(one_thread):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
     labels = rng.integers(0, 3, 40)
-    kwargs = dict(activation="relu", lr=0.01, epochs=2, mean=torch.zeros(3, 12, 12),
-                  divisor=64.0, num_classes=3, seed=5, batch_size=16, points_per_epoch=3)
-    a = rt.train_curve(images, labels, **kwargs)
-    b = rt.train_curve(images, labels, **kwargs)
-    assert a["epoch_error"] == b["epoch_error"] and a["points"] == b["points"]
-    assert len(a["epoch_error"]) == 2 and len(a["points"]) == 6
-    assert [p[0] for p in a["points"]] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    kwargs = dict(activation="relu", lr=0.01, steps=7, mean=torch.zeros(3, 12, 12),
+                  divisor=64.0, num_classes=3, seed=5, batch_size=16, window=2,
+                  thresholds=(0.5,))
+    a = rt.train_run(images, labels, **kwargs)
+    b = rt.train_run(images, labels, **kwargs)
+    assert a["wrong"] == b["wrong"] and a["crossings"] == b["crossings"]
+    # 40 images in minibatches of 16: 16, 16, 8, then the next epoch; 7 steps in all
+    assert a["seen"] == [16, 16, 8, 16, 16, 8, 16] and a["ended"] == "budget"
+    stopped = rt.train_run(images, labels, **{**kwargs, "thresholds": ()},
+                           stop=lambda tracker: tracker.steps == 3)
+    assert stopped["steps"] == 3 and stopped["ended"] == "stopped"
+    assert stopped["wrong"] == a["wrong"][:3]
+
+
+def test_a_greyscale_store_is_recognised():
+    grey = np.repeat(np.arange(48, dtype=np.uint8).reshape(1, 4, 4, 3)[..., :1], 3, axis=3)
+    assert rt.is_grey(grey)
+    colour = grey.copy()
+    colour[0, 0, 0, 2] += 1
+    assert not rt.is_grey(colour)
 
 
 def test_default_threshold_is_the_papers_on_cifar10_and_documented_on_fashion_mnist():
@@ -127,38 +154,42 @@ def fashion_store(fashion_mnist_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_relu_vs_tanh_on_fashion_mnist_draws_both_curves_and_the_ratio(fashion_store,
-                                                                        tmp_path, capsys,
-                                                                        one_thread):
+def test_relu_vs_tanh_on_fashion_mnist_gives_the_ratio_over_seeds(fashion_store, tmp_path,
+                                                                  capsys, one_thread):
     out = tmp_path / "fig1"
-    epochs = 4
     code = main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "300",
-                 "--epochs", str(epochs), "--lrs", "0.01", "0.03", "--threshold", "0.6",
-                 "--batch-size", "32", "--out", str(out)])
+                 "--steps", "40", "--seeds", "2", "--window", "4", "--lrs", "0.01", "0.03",
+                 "--threshold", "0.6", "--thresholds", "0.7", "0.6", "0.01",
+                 "--batch-size", "32", "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "relu_vs_tanh.json").read_text())
     assert result["images"] == 300 and result["image_size"] == 16
+    assert result["channels"] == 1  # Fashion-MNIST is grey: fed as one channel
+    assert result["seeds"] == [1, 2] and result["search_seed"] == 0
     for activation in ("relu", "tanh"):
-        best = result["best"][activation]
-        assert len(best["epoch_error"]) == epochs
-        assert len(best["points"]) == epochs * result["points_per_epoch"]
-        assert len(result["search"][activation]) == 2
-        # each chosen lr is the search's best by the documented rule
-        assert best["lr"] == rt.select_best(result["search"][activation], 0.6)["lr"]
-    # the ReLU net really learns: far below chance (90% error on 10 classes) in 4 epochs
-    relu_curve = result["best"]["relu"]["epoch_error"]
-    assert relu_curve[-1] < 0.6 and relu_curve[-1] < relu_curve[0] - 0.15
-    # epochs to the threshold, read from the per-epoch errors (documented), recomputed here
-    relu_e, tanh_e = (rt.epochs_to_threshold([(i + 1, e) for i, e in enumerate(
-        result["best"][a]["epoch_error"])], 0.6, 0.9) for a in ("relu", "tanh"))
-    assert relu_e is not None and tanh_e is not None
-    assert result["ratio"] == pytest.approx(tanh_e / relu_e)
-    assert f"{result['ratio']:.2f}x" in printed
+        search = result["search"][activation]
+        assert [r["lr"] for r in search] == [0.01, 0.03]
+        assert result["best_lr"][activation] == speedup.select_best(search, 0.6)["lr"]
+        assert result["lr_edge"][activation] in ("lowest", "highest")  # two rates: an edge
+        for run, seed in zip(result["runs"][activation], (1, 2), strict=True):
+            assert run["seed"] == seed and run["lr"] == result["best_lr"][activation]
+            # each recorded crossing is the one read again from the run's logged steps
+            for t in (0.7, 0.6, 0.01):
+                assert run["crossings"][f"{t:g}"] == crossing.crossing(
+                    run["wrong"], run["seen"], 4, t)
+    rows = {row["threshold"]: row for row in result["rows"]}
+    assert sorted(rows) == [0.01, 0.6, 0.7]
+    assert rows[0.01]["kind"] == "none"  # nobody reaches 1% in 40 steps
+    row = rows[0.6]
+    if row["kind"] == "ratio":  # the ratio of geometric means of the seeds' epochs
+        e = {a: np.log(row[a]["epochs"]) for a in ("relu", "tanh")}
+        assert row["ratio"]["estimate"] == pytest.approx(np.exp(e["tanh"].mean()
+                                                                - e["relu"].mean()))
+        assert row["ratio"]["low"] <= row["ratio"]["estimate"] <= row["ratio"]["high"]
+    assert "tanh/ReLU" in printed and "the best may lie outside it" in printed
     with Image.open(out / "figure1.png") as png:
         png.verify()
-    with Image.open(out / "figure1.png") as png:
-        assert png.format == "PNG" and png.size == (500, 400)
 
 
 def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, capsys,
@@ -166,10 +197,11 @@ def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, c
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--threshold", "1.5"]) == 2
     assert main(["relu-vs-tanh", "--data", str(tmp_path / "nothing")]) == 2
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "0"]) == 2
+    assert main(["relu-vs-tanh", "--data", str(fashion_store), "--thresholds", "0"]) == 2
     monkeypatch.setattr(rt, "MAX_IN_MEMORY", 100 * 16 * 16 * 3)  # a store too big to hold
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "101"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
+    assert len(err) == 5 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
 
 
 # ----------------------------------------------------------------------------------- ablate
@@ -198,7 +230,7 @@ def tiny_store(tmp_path_factory) -> Path:
 def ablation(tiny_store, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ablate") / "run"
     base = resolve("paper", TINY, {"data.store": str(tiny_store)})
-    result = ab.ablate(base, out, ab.choose_variants(None), budget_steps=2)
+    result = ab.ablate(base, out, ab.choose_variants(None), budget_steps=2, seeds=2)
     return {"out": out, "base": base, **result}
 
 
@@ -209,7 +241,8 @@ def test_ablate_trains_every_variant_with_exactly_one_switch(ablation):
                 "one-column": ("model.columns", 1), "tanh": ("model.activation", "tanh"),
                 "no-dropout": ("model.dropout", 0.0), "no-pca": ("data.pca", False)}
     # what each run really trained with: the config.json train wrote into its run folder
-    written = {name: json.loads((out / name / "config.json").read_text()) for name in configs}
+    written = {name: json.loads((out / name / "seed-0" / "config.json").read_text())
+               for name in configs}
     paper_run = written["paper"]
     assert paper_run["model"] == {**paper_run["model"], "lrn": True, "overlap_pool": True,
                                   "columns": 2, "activation": "relu", "dropout": 0.5}
@@ -222,24 +255,38 @@ def test_ablate_trains_every_variant_with_exactly_one_switch(ablation):
         assert written[name][section][field] == value
         assert ab.config_difference(configs["paper"], configs[name]) == \
             {key: (paper_run[section][field], value)}
-    for name in configs:  # one equal budget
-        done = json.loads((out / name / ab.RESULT).read_text())
-        assert done["steps"] == 2 and done["stopped"] == "max_steps"
-        assert written[name]["run"]["max_steps"] == 2 and written[name]["run"]["seed"] == 0
+    for name in configs:  # one equal budget, the same two seeds for every net
+        for seed in (0, 1):
+            folder = out / name / f"seed-{seed}"
+            done = json.loads((folder / ab.RESULT).read_text())
+            assert done["steps"] == 2 and done["stopped"] == "max_steps"
+            ran = json.loads((folder / "config.json").read_text())["run"]
+            assert ran["max_steps"] == 2 and ran["seed"] == seed
 
 
-def test_ablate_writes_the_table_with_deltas_and_the_papers(ablation):
+def test_ablate_writes_the_table_with_deltas_their_intervals_and_the_papers(ablation):
+    from scipy import stats as sps
+
     out, rows = ablation["out"], ablation["rows"]
     results = ablation["results"]
     assert [r["variant"] for r in rows] == list(ablation["configs"])
     by_name = {r["variant"]: r for r in rows}
+    base1 = [100 * r["top1_error"] for r in results["paper"]]
     for name, row in by_name.items():
-        assert row["top1_error"] == results[name]["top1_error"]
-        if name != "paper":
-            assert row["delta_top1"] == pytest.approx(
-                100 * (results[name]["top1_error"] - results["paper"]["top1_error"]))
-            assert row["delta_top5"] == pytest.approx(
-                100 * (results[name]["top5_error"] - results["paper"]["top5_error"]))
+        top1 = [r["top1_error"] for r in results[name]]
+        assert row["seeds"] == 2 and row["top1_errors"] == top1
+        assert row["top1_mean"] == pytest.approx(np.mean(top1))
+        assert row["top1_sd"] == pytest.approx(np.std(top1, ddof=1))
+        if name == "paper":
+            continue
+        ours = [100 * v for v in top1]
+        d = row["delta_top1"]
+        assert d["estimate"] == pytest.approx(np.mean(ours) - np.mean(base1))
+        if np.std(ours) + np.std(base1) > 0:  # Welch's interval, as scipy computes it
+            ci = sps.ttest_ind(ours, base1, equal_var=False).confidence_interval(0.95)
+            assert (d["low"], d["high"]) == pytest.approx((ci.low, ci.high))
+        excluded = not d["low"] <= 0 <= d["high"]
+        assert row["verdict_top1"].startswith("distinguishable" if excluded else "not")
     assert (by_name["no-lrn"]["paper_delta_top1"], by_name["no-lrn"]["paper_delta_top5"]) == \
         paper.ABLATION_DELTAS["lrn"]
     assert by_name["one-column"]["paper_delta_top1"] == paper.ABLATION_DELTAS["two_columns"][0]
@@ -249,13 +296,31 @@ def test_ablate_writes_the_table_with_deltas_and_the_papers(ablation):
     assert by_name["tanh"]["paper_delta_top1"] is None and by_name["tanh"]["paper_note"]
     assert by_name["no-dropout"]["paper_delta_top1"] is None
     saved = json.loads((out / "ablation.json").read_text())
-    assert saved["rows"] == json.loads(json.dumps(rows)) and "noise" in saved["note"]
+    assert saved["rows"] == json.loads(json.dumps(rows)) and "Welch" in saved["note"]
+    assert saved["seeds"] == [0, 1]
     with open(out / "ablation.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["variant"] for r in table] == [r["variant"] for r in rows]
-    assert float(table[1]["top1_error"]) == pytest.approx(rows[1]["top1_error"])
+    assert float(table[1]["top1_mean"]) == pytest.approx(rows[1]["top1_mean"])
+    assert float(table[1]["delta_top1_low"]) == pytest.approx(rows[1]["delta_top1"]["low"])
     md = (out / "ablation.md").read_text()
-    assert "| no-lrn | model.lrn=false |" in md and "+1.40" in md and "n/a" in md
+    assert "| no-lrn | model.lrn=false | 2 |" in md and "+1.40" in md and "n/a" in md
+    assert md.count("- no-lrn: top-1 delta") == 1  # one sentence per variant
+    assert sum(line.startswith("- ") for line in md.splitlines()) == len(ab.VARIANTS)
+
+
+def test_the_same_config_twice_is_not_distinguishable_from_zero(ablation, tmp_path):
+    """The paper net trained again, as if it were a variant: its delta must read as noise."""
+    from alexnet.config import from_dict
+
+    again = ab.seed_configs(from_dict({"run": {"out": str(tmp_path / "again")}},
+                                      ablation["configs"]["paper"]), 2)
+    runs = [ab.train_variant("paper again", c, log=lambda *_: None) for c in again]
+    row = ab.delta_row("paper again", "-", runs, ablation["results"]["paper"], (None, None))
+    for k in ("top1", "top5"):
+        assert row[f"delta_{k}"]["estimate"] == pytest.approx(0.0, abs=1e-9)
+        assert row[f"verdict_{k}"].startswith("not distinguishable from 0")
+    assert "not distinguishable from 0" in ab.sentence({**row, "paper_note": "no figure"})
 
 
 def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
@@ -266,17 +331,20 @@ def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
 
     monkeypatch.setattr(alexnet.train, "train", no_training)
     again = ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(None),
-                      budget_steps=2, log=lambda *_: None)
+                      budget_steps=2, seeds=2, log=lambda *_: None)
     assert again["rows"] == ablation["rows"]
     with pytest.raises(UserError, match="another config"):  # a different budget is refused
         ab.ablate(ablation["base"], ablation["out"], ab.choose_variants(["no-lrn"]),
-                  budget_steps=3, log=lambda *_: None)
+                  budget_steps=3, seeds=2, log=lambda *_: None)
 
 
-def test_budget_is_steps_or_epochs():
+def test_budget_is_steps_or_epochs_and_steps_set_the_epochs_they_span():
     base = resolve("paper", TINY)
     steps = ab.budget_config(base, 10, None, train_images=20)  # 2 steps of 8 per epoch
     assert steps.run.max_steps == 10 and steps.optim.epochs == 5
+    # 10 steps of 8 on 1,000 images span one epoch: set to 1, down from the paper's 90
+    assert base.optim.epochs == paper.EPOCHS
+    assert ab.budget_config(base, 10, None, train_images=1000).optim.epochs == 1
     epochs = ab.budget_config(base, None, 3, train_images=20)
     assert epochs.optim.epochs == 3 and epochs.run.max_steps == 0
     with pytest.raises(UserError):
@@ -309,15 +377,17 @@ def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, cap
     out = tmp_path / "abl"
     variants = ab.choose_variants(["no-lrn"])
     budget = ab.budget_config(ablation["base"], 2, None, train_images=16)
-    partial = from_dict({"run": {"max_steps": 1}},
-                        ab.variant_configs(budget, variants, out)["no-lrn"])
+    first = ab.seed_configs(ab.variant_configs(budget, variants, out)["no-lrn"], 1)[0]
+    partial = from_dict({"run": {"max_steps": 1}}, first)
     train(partial)  # as if ablate had been stopped after the first step of no-lrn
     capsys.readouterr()
-    result = ab.ablate(ablation["base"], out, variants, budget_steps=2, log=lambda *_: None)
-    assert f"resuming from {out / 'no-lrn' / 'checkpoint.pt'}" in capsys.readouterr().out
-    assert result["results"]["no-lrn"]["steps"] == 2
+    result = ab.ablate(ablation["base"], out, variants, budget_steps=2, seeds=1,
+                       log=lambda *_: None)
+    folder = out / "no-lrn" / "seed-0"
+    assert f"resuming from {folder / 'checkpoint.pt'}" in capsys.readouterr().out
+    assert result["results"]["no-lrn"][0]["steps"] == 2
     # and it ends with the weights of the uninterrupted run (bit-identical on the CPU)
-    resumed = checkpoint.load(out / "no-lrn" / "checkpoint.pt")["model"]
-    whole = checkpoint.load(ablation["out"] / "no-lrn" / "checkpoint.pt")["model"]
+    resumed = checkpoint.load(folder / "checkpoint.pt")["model"]
+    whole = checkpoint.load(ablation["out"] / "no-lrn" / "seed-0" / "checkpoint.pt")["model"]
     assert resumed.keys() == whole.keys()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)

@@ -6,11 +6,12 @@ PCA colour augmentation. We also train the two switches the paper gives no Image
 for: tanh units (figure 1 is on CIFAR-10) and no dropout (section 4.2 says only that the net
 overfits substantially without it). Every variant's config is the same base config with
 exactly ONE key changed, trained through `alexnet.train.train` with the same seed and the
-same budget (`run.max_steps` steps, or `optim.epochs` epochs); its final validation top-1 and
-top-5 errors (centre crop) are compared with the paper net's.
-
-Under a small CPU budget on a small data set the deltas are noise from one seed: the command
-is the harness; on a GPU with ImageNet and the paper's 90 epochs it is the real experiment.
+same budget (`run.max_steps` steps, or `optim.epochs` epochs), once for each of `seeds`
+seeds (run.seed = base seed + k, the same seeds for every net); its final validation top-1
+and top-5 errors (centre crop) are compared with the paper net's: each net's mean and spread
+over the seeds, and the delta (variant minus paper net, in points) with its Welch t interval
+(alexnet.experiments.stats). A delta is called distinguishable from zero when its 95%
+interval excludes 0; otherwise this budget cannot tell it from seed noise.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ from typing import Any
 from alexnet import paper
 from alexnet.config import Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
+from alexnet.experiments import stats
+from alexnet.progress import format_duration
 
 RESULT = "result.json"  # written into a variant's run folder once it has finished
+DEFAULT_SEEDS = 3  # runs per net: the fewest that give a usable t interval (t_0.975,2 = 4.3)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,10 @@ def budget_config(base: Config, budget_steps: int | None, epochs: int | None,
                   train_images: int | None = None) -> Config:
     """`base` with the budget every variant gets: a step count, or a number of epochs.
 
-    With `budget_steps`, training stops after that many optimizer steps (`run.max_steps`);
-    `optim.epochs` is raised, if needed, so that the epochs do not end the run first.
+    With `budget_steps`, training stops after that many optimizer steps (`run.max_steps`),
+    and `optim.epochs` is SET to the epochs those steps span (ceil(steps / steps per epoch),
+    from the training split's size), which may be fewer than the preset's: the steps end the
+    run, and the epoch count no longer does. With `epochs`, every net trains that many.
     """
     if budget_steps is not None and epochs is not None:
         raise UserError("give either --budget-steps or --epochs, not both")
@@ -94,10 +100,8 @@ def budget_config(base: Config, budget_steps: int | None, epochs: int | None,
         per_epoch = max(1, (train_images or 1) // base.optim.batch_size)
         if base.run.steps_per_epoch:
             per_epoch = min(per_epoch, base.run.steps_per_epoch)
-        needed = math.ceil(budget_steps / per_epoch)
         return from_dict({"run": {"max_steps": budget_steps},
-                          "optim": {"epochs": max(base.optim.epochs, needed)
-                                    if train_images is None else needed}}, base)
+                          "optim": {"epochs": math.ceil(budget_steps / per_epoch)}}, base)
     if epochs is not None:
         if epochs < 1:
             raise UserError(f"--epochs {epochs}: give at least 1 epoch")
@@ -120,6 +124,15 @@ def variant_configs(base: Config, variants: list[Variant], out: Path) -> dict[st
         configs[v.name] = from_dict({v.section: {v.key: v.value},
                                      "run": {"out": str(out / v.name)}}, base)
     return configs
+
+
+def seed_configs(config: Config, seeds: int) -> list[Config]:
+    """`config` once per seed: run.seed = its seed + k, run folder OUT/<net>/seed-<seed>."""
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: give at least 1 (2 or more for an interval)")
+    root, first = Path(config.run.out), config.run.seed
+    return [from_dict({"run": {"seed": first + k, "out": str(root / f"seed-{first + k}")}},
+                      config) for k in range(seeds)]
 
 
 def config_difference(a: Config, b: Config, ignore: tuple[str, ...] = ("run.out",)
@@ -179,74 +192,117 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     return result
 
 
-def tabulate(results: dict[str, dict[str, Any]], variants: list[Variant]) -> list[dict]:
-    """One row per net: errors, delta against the paper net, the paper's delta (points)."""
+def delta_row(name: str, switch: str, runs: list[dict], base: list[dict],
+              paper_delta: tuple[float | None, float | None], note: str = "") -> dict:
+    """One table row: mean and spread of the errors over seeds, the deltas against the paper
+    net (points) with their intervals and verdicts, the paper's deltas."""
+    row: dict[str, Any] = {"variant": name, "switch": switch, "seeds": len(runs),
+                           "steps": runs[0]["steps"] if runs else None}
+    for k in ("top1", "top5"):
+        values = [r[f"{k}_error"] for r in runs]
+        row[f"{k}_errors"] = values
+        row[f"{k}_mean"], row[f"{k}_sd"] = stats.mean_spread(values)
+        if base is None:
+            continue
+        d = stats.welch([100 * v for v in values], [100 * r[f"{k}_error"] for r in base])
+        row[f"delta_{k}"] = d.as_dict()
+        row[f"verdict_{k}"] = stats.verdict(d)
+    if base is not None:
+        row["paper_delta_top1"], row["paper_delta_top5"] = paper_delta
+        row["paper_note"] = note
+    return row
+
+
+def tabulate(results: dict[str, list[dict[str, Any]]], variants: list[Variant]) -> list[dict]:
+    """One row per net: errors over seeds, delta against the paper net, the paper's delta."""
     base = results[BASELINE]
-    rows = [{"variant": BASELINE, "switch": "-", "top1_error": base["top1_error"],
-             "top5_error": base["top5_error"], "delta_top1": None, "delta_top5": None,
-             "paper_delta_top1": None, "paper_delta_top5": None, "paper_note": "",
-             "steps": base["steps"]}]
+    rows = [delta_row(BASELINE, "-", base, None, (None, None))]
     for v in variants:
-        r = results[v.name]
         paper_d = paper.ABLATION_DELTAS.get(v.paper_key, (None, None)) if v.paper_key \
             else (None, None)
-        rows.append({
-            "variant": v.name, "switch": v.switch,
-            "top1_error": r["top1_error"], "top5_error": r["top5_error"],
-            "delta_top1": _points(r["top1_error"], base["top1_error"]),
-            "delta_top5": _points(r["top5_error"], base["top5_error"]),
-            "paper_delta_top1": paper_d[0], "paper_delta_top5": paper_d[1],
-            "paper_note": NO_PAPER_FIGURE.get(v.name, "" if paper_d[1] is not None
-                                              else "paper: top-1 only ('over 1%')"),
-            "steps": r["steps"],
-        })
+        note = NO_PAPER_FIGURE.get(v.name, "" if paper_d[1] is not None
+                                   else "paper: top-1 only, 'over 1%'")
+        rows.append(delta_row(v.name, v.switch, results[v.name], base, paper_d, note))
     return rows
 
 
-def _points(a: float | None, b: float | None) -> float | None:
-    """a - b in percentage points (errors given as fractions)."""
-    return None if a is None or b is None else 100.0 * (a - b)
-
-
 def markdown(rows: list[dict]) -> str:
-    """The table as Markdown: errors in %, deltas in points (variant minus paper net)."""
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.2f}"
+    """The table as Markdown (errors in %, mean +- sd over seeds; deltas in points with their
+    95% intervals), then one sentence per variant on whether its delta is distinguishable."""
+    def pct(mean: float, sd: float) -> str:
+        return f"{100 * mean:.2f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.2f}")
+
+    def delta(d: dict | None) -> str:
+        if d is None:
+            return "-"
+        if math.isnan(d["low"]):
+            return f"{d['estimate']:+.2f}"
+        return f"{d['estimate']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
     def pts(v: float | None) -> str:
-        return "-" if v is None else f"{v:+.2f}"
+        return "n/a" if v is None else f"{v:+.2f}"
 
-    lines = ["| variant | switch | top-1 % | top-5 % | delta top-1 | delta top-5 | "
-             "paper delta top-1 | paper delta top-5 | steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | switch | seeds | top-1 % | top-5 % | delta top-1 [95%] | "
+             "delta top-5 [95%] | paper delta top-1 | paper delta top-5 | steps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    sentences = []
     for r in rows:
-        if r["variant"] == BASELINE:
-            paper_cols = ["-", "-"]
-        elif r["paper_delta_top1"] is None:
-            paper_cols = ["n/a", "n/a"]
-        else:
-            paper_cols = [pts(r["paper_delta_top1"]), pts(r["paper_delta_top5"])
-                          if r["paper_delta_top5"] is not None else "n/a"]
-        lines.append(f"| {r['variant']} | {r['switch']} | {pct(r['top1_error'])} | "
-                     f"{pct(r['top5_error'])} | {pts(r['delta_top1'])} | "
-                     f"{pts(r['delta_top5'])} | {paper_cols[0]} | {paper_cols[1]} | "
-                     f"{r['steps']} |")
-    notes = [f"- {r['variant']}: {r['paper_note']}" for r in rows if r["paper_note"]]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+        is_base = r["variant"] == BASELINE
+        paper_cols = ["-", "-"] if is_base else [pts(r["paper_delta_top1"]),
+                                                 pts(r["paper_delta_top5"])]
+        lines.append(f"| {r['variant']} | {r['switch']} | {r['seeds']} | "
+                     f"{pct(r['top1_mean'], r['top1_sd'])} | {pct(r['top5_mean'], r['top5_sd'])}"
+                     f" | {delta(r.get('delta_top1'))} | {delta(r.get('delta_top5'))} | "
+                     f"{paper_cols[0]} | {paper_cols[1]} | {r['steps']} |")
+        if not is_base:
+            sentences.append(sentence(r))
+    return "\n".join(lines + [""] + sentences) + "\n"
 
 
-def honest_note(config: Config) -> str:
-    """What the deltas mean under this budget."""
+def sentence(row: dict) -> str:
+    """Whether the variant's deltas are distinguishable from zero, and the paper's figure."""
+    d1, d5 = row["delta_top1"], row["delta_top5"]
+    paper_text = row["paper_note"]
+    if row["paper_delta_top1"] is not None:
+        paper_text = (f"paper: {pts_or_na(row['paper_delta_top1'])} top-1, "
+                      f"{pts_or_na(row['paper_delta_top5'])} top-5"
+                      + (f" ({paper_text.removeprefix('paper: ')})" if paper_text else ""))
+    return (f"- {row['variant']}: top-1 delta {d1['estimate']:+.2f} points is "
+            f"{row['verdict_top1']}; top-5 delta {d5['estimate']:+.2f} is "
+            f"{row['verdict_top5']}. {paper_text[0].upper() + paper_text[1:]}.")
+
+
+def pts_or_na(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.1f}"
+
+
+def honest_note(config: Config, seeds: int) -> str:
+    """What the deltas mean under this budget and this many seeds."""
     full = (config.run.max_steps == 0 and config.optim.epochs >= paper.EPOCHS
             and config.model.width == 1.0 and config.data.crop == paper.CROP_SIZE)
+    rule = (f"{seeds} seeds per net; a delta is distinguishable from zero when its 95% Welch "
+            "t interval excludes 0 (sentences above).")
     if full:
         return ("note: the paper's full budget; on ImageNet these deltas are the paper's "
-                "experiment (one seed each: differences of a few tenths of a point may be "
-                "seed noise).")
-    return ("note: a reduced budget (steps, epochs, width or crop below the paper's). The "
-            "deltas above are noise from one seed on a small budget, NOT a reproduction of "
-            "the paper's figures; the point is the harness. On a GPU with ImageNet and the "
-            "paper's budget it is the real experiment.")
+                f"experiment. {rule}")
+    return ("note: a reduced budget (steps, epochs, width or crop below the paper's): the "
+            "deltas measure the choices at this budget and on this data, not the paper's "
+            f"ImageNet figures. {rule}")
+
+
+CSV_FIELDS = ("variant", "switch", "seeds", "steps", "top1_mean", "top1_sd", "top5_mean",
+              "top5_sd", "delta_top1", "delta_top1_low", "delta_top1_high", "delta_top5",
+              "delta_top5_low", "delta_top5_high", "paper_delta_top1", "paper_delta_top5")
+
+
+def csv_row(row: dict) -> dict:
+    """A row flattened for the CSV: the intervals as their own columns."""
+    flat = {k: row.get(k) for k in CSV_FIELDS}
+    for k in ("top1", "top5"):
+        d = row.get(f"delta_{k}")
+        flat[f"delta_{k}"], flat[f"delta_{k}_low"], flat[f"delta_{k}_high"] = \
+            (d["estimate"], d["low"], d["high"]) if d else (None, None, None)
+    return flat
 
 
 def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) -> list[Path]:
@@ -254,9 +310,9 @@ def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) 
     paths = [out / "ablation.json", out / "ablation.csv", out / "ablation.md"]
     _atomic_text(paths[0], json.dumps({**meta, "rows": rows, "note": note}, indent=1) + "\n")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_row(r) for r in rows)
     _atomic_text(paths[1], buf.getvalue())
     _atomic_text(paths[2], "# Ablations (alexnet ablate)\n\n" + markdown(rows) + "\n" + note
                  + "\n")
@@ -284,8 +340,9 @@ def _train_images(store: str) -> int | None:
 
 
 def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: int | None = None,
-           epochs: int | None = None, log=print) -> dict[str, Any]:
-    """Train the paper net and `variants` under one budget; write and return the table."""
+           epochs: int | None = None, seeds: int = DEFAULT_SEEDS, log=print) -> dict[str, Any]:
+    """Train the paper net and `variants` under one budget, `seeds` times each; write and
+    return the table."""
     store = base.data.store
     if not store:
         raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
@@ -295,21 +352,41 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
                         "or 'test' split (and data.val_split other than none)")
     base = budget_config(base, budget_steps, epochs, _train_images(store))
     configs = variant_configs(base, variants, out)
-    log(honest_note(base))
+    runs = {name: seed_configs(config, seeds) for name, config in configs.items()}
+    note = honest_note(base, seeds)
+    log(note)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the folder ({err.strerror})") from err
-    results = {name: train_variant(name, config, log) for name, config in configs.items()}
+    results = train_all(runs, log)
     rows = tabulate(results, variants)
-    note = honest_note(base)
     meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "store": store,
             "budget_steps": base.run.max_steps or None, "epochs": base.optim.epochs,
-            "base_config": to_dict(base),
+            "seeds": [c.run.seed for c in runs[BASELINE]], "base_config": to_dict(base),
             "switches": {v.name: v.switch for v in variants}}
     paths = write_outputs(out, rows, note, meta)
     return {"rows": rows, "note": note, "paths": [str(p) for p in paths],
             "configs": configs, "results": results}
+
+
+def train_all(runs: dict[str, list[Config]], log=print) -> dict[str, list[dict[str, Any]]]:
+    """Train every run (seed by seed, so a stopped ablate has whole seeds), with an ETA line
+    after each run at the mean time per run so far."""
+    total = sum(len(c) for c in runs.values())
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    t0, done = time.perf_counter(), 0
+    for k in range(max(len(c) for c in runs.values())):
+        for name, configs in runs.items():
+            if k >= len(configs):
+                continue
+            results[name].append(train_variant(f"{name} seed {configs[k].run.seed}",
+                                               configs[k], log))
+            done += 1
+            elapsed = time.perf_counter() - t0
+            log(f"ablate: {done}/{total} runs, {format_duration(elapsed)} elapsed, ETA "
+                f"{format_duration(elapsed * (total - done) / done)}")
+    return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -317,13 +394,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a prepared store with a val or test split")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-steps", type=int, default=None,
-                        help="optimizer steps for every net (run.max_steps)")
+                        help="optimizer steps for every net (run.max_steps; optim.epochs is "
+                             "set to the epochs they span)")
     budget.add_argument("--epochs", type=int, default=None,
                         help="epochs for every net (default: the preset's, the paper's 90)")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                        help=f"runs per net, seeds run.seed + 0.. (default {DEFAULT_SEEDS})")
     parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                         help=f"which ablations (default: all): {', '.join(BY_NAME)}")
     parser.add_argument("--out", type=Path, default=Path("runs/ablate"),
-                        help="folder for one run folder per net and the table files")
+                        help="folder for one run folder per net and seed, and the table files")
     parser.add_argument("--preset", default="paper", help="the base preset (default paper)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
@@ -336,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     variants = choose_variants(args.variants)
     base = resolve(args.preset, args.overrides, {"data.store": str(args.data)})
     result = ablate(base, args.out, variants, budget_steps=args.budget_steps,
-                    epochs=args.epochs)
+                    epochs=args.epochs, seeds=args.seeds)
     print()
     print(markdown(result["rows"]))
     print(result["note"])

@@ -1,0 +1,130 @@
+"""The uncertainty behind figure 1 and the ablations: step-level threshold crossings against
+an independent reading of a logged curve, Welch intervals against scipy's t-test, and the
+coverage of the ratio interval on synthetic curves with a known speed-up."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from alexnet.experiments import crossing, speedup, stats
+from alexnet.experiments import relu_tanh as rt
+
+
+def first_crossing_by_hand(wrong: list[int], seen: list[int], window: int,
+                           threshold: float) -> float | None:
+    """The documented rule read off the log with plain Python: the first full window at or
+    below the threshold, placed at its centre (updates done)."""
+    for end in range(window, len(wrong) + 1):
+        if sum(wrong[end - window:end]) / sum(seen[end - window:end]) <= threshold:
+            return end - (window + 1) / 2
+    return None
+
+
+def test_running_error_is_the_windowed_error_rate():
+    wrong, seen = [5, 3, 1, 0, 2], [10, 10, 10, 5, 10]
+    err = crossing.running_error(wrong, seen, 2)
+    assert math.isnan(err[0])
+    assert err[1:] == pytest.approx([8 / 20, 4 / 20, 1 / 15, 2 / 15])
+    assert crossing.crossing(wrong, seen, 2, 0.2) == 3 - 1.5  # window of steps 2-3, centre
+    assert crossing.crossing(wrong, seen, 2, 0.01) is None
+
+
+def test_step_level_crossing_of_a_real_run_equals_the_one_read_from_its_log():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 48)
+    images = rng.integers(0, 60, (48, 12, 12, 3), dtype=np.uint8)
+    images[..., 0] += (labels * 90).astype(np.uint8)[:, None, None]  # learnable: the red level
+    thresholds = (0.6, 0.4, 0.2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = rt.train_run(images, labels, activation="relu", lr=0.05, steps=60,
+                           mean=torch.full((3, 12, 12), 60.0), divisor=60.0, num_classes=3,
+                           seed=2, window=4, thresholds=thresholds, batch_size=8)
+    finally:
+        torch.set_num_threads(before)
+    assert run["steps"] == 60 and len(run["wrong"]) == 60 and sum(run["seen"]) == 60 * 8
+    crossed = 0
+    for t in thresholds:
+        by_hand = first_crossing_by_hand(run["wrong"], run["seen"], 4, t)
+        assert run["crossings"][f"{t:g}"] == by_hand
+        assert crossing.crossing(run["wrong"], run["seen"], 4, t) == by_hand
+        crossed += by_hand is not None
+    assert crossed >= 2  # the net learns: the test reads real crossings, not only None
+
+
+def test_welch_interval_equals_scipys_t_test():
+    a, b = [3.1, 2.4, 3.9, 2.8], [1.2, 1.9, 1.4]
+    ours = stats.welch(a, b)
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (ours.low, ours.high) == pytest.approx((ci.low, ci.high))
+    assert ours.estimate == pytest.approx(np.mean(a) - np.mean(b))
+    assert ours.excludes(0.0) and "distinguishable from 0" in stats.verdict(ours)
+    r = stats.ratio([6.0, 7.0, 5.0], [1.0, 1.1, 0.9])
+    logs = sps.ttest_ind(np.log([6.0, 7.0, 5.0]), np.log([1.0, 1.1, 0.9]),
+                         equal_var=False).confidence_interval(0.95)
+    assert (r.low, r.high) == pytest.approx((math.exp(logs.low), math.exp(logs.high)))
+    assert not stats.welch([1.0], [2.0, 3.0]).known  # one seed: no interval
+
+
+def test_identical_arms_are_not_distinguishable_from_zero():
+    same = [0.412, 0.398, 0.405]
+    d = stats.welch(same, same)
+    assert d.estimate == 0.0 and not d.excludes(0.0)
+    assert stats.verdict(d).startswith("not distinguishable")
+    constant = stats.welch([0.5, 0.5], [0.5, 0.5])  # no spread at all: the point 0
+    assert (constant.low, constant.high) == (0.0, 0.0) and not constant.excludes(0.0)
+
+
+def synthetic_run(rng: np.random.Generator, tau: float, steps: int, batch: int = 128,
+                  chance: float = 0.9, floor: float = 0.02) -> dict:
+    """A run whose true error falls exponentially, chance -> floor with time constant tau;
+    each step's errors are a binomial draw from the true error before its update."""
+    p = floor + (chance - floor) * np.exp(-np.arange(steps) / tau)
+    wrong = rng.binomial(batch, p)
+    return {"wrong": wrong.tolist(), "seen": [batch] * steps, "batch_size": batch,
+            "images": batch * 100, "steps": steps}
+
+
+def test_ratio_interval_covers_the_true_speed_up_on_synthetic_curves():
+    rng = np.random.default_rng(0)
+    speed_up, threshold, window, seeds, trials = 4.0, 0.25, 10, 3, 120
+    covered, estimates = 0, []
+    for _ in range(trials):
+        runs = {}
+        for unit, scale in (("relu", 1.0), ("tanh", speed_up)):
+            # seed-to-seed spread: each seed's time constant is log-normal around its unit's
+            taus = 40.0 * scale * np.exp(0.25 * rng.standard_normal(seeds))
+            runs[unit] = []
+            for tau in taus:
+                run = synthetic_run(rng, tau, steps=int(40 * speed_up * 5))
+                run["crossings"] = {f"{threshold:g}": crossing.crossing(
+                    run["wrong"], run["seen"], window, threshold)}
+                runs[unit].append(run)
+        row = speedup.compare(runs["relu"], runs["tanh"], threshold, budget=1e9)
+        assert row["kind"] == "ratio"
+        r = row["ratio"]
+        covered += r["low"] <= speed_up <= r["high"]
+        estimates.append(r["estimate"])
+    # a 95% interval: about 114 of 120; 104 is more than three binomial sds below
+    assert covered >= 104
+    assert np.exp(np.mean(np.log(estimates))) == pytest.approx(speed_up, rel=0.05)
+
+
+def test_a_unit_missing_the_threshold_on_some_seed_gives_a_bound():
+    def run(updates: float | None) -> dict:
+        return {"crossings": {"0.1": updates}, "batch_size": 10, "images": 100, "steps": 50}
+
+    relu = [run(10.0), run(12.0), run(11.0)]
+    tanh = [run(40.0), run(None), run(45.0)]  # one seed never got there in 5 epochs
+    row = speedup.compare(relu, tanh, 0.1, budget=5.0)
+    assert row["kind"] == "lower bound" and row["tanh"]["reached"] == 2
+    assert row["ratio"]["estimate"] == pytest.approx(
+        math.exp(np.mean(np.log([4.0, 5.0, 4.5])) - np.mean(np.log([1.0, 1.2, 1.1]))))
+    assert "> " in speedup.describe(row)
+    assert speedup.compare(tanh, tanh, 0.1, budget=5.0)["kind"] == "none"

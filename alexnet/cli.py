@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relu-vs-tanh": ("alexnet.experiments.relu_tanh", "the figure 1 experiment"),
     "ablate": ("alexnet.experiments.ablate", "train the paper net and its ablations"),
     "bench": ("alexnet.bench", "benchmarks: data, model, train, evaluate"),
+    "export": ("alexnet.export", "a checkpoint as ONNX, TorchScript or a weights-only file"),
 }
 
 

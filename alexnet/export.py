@@ -1,0 +1,211 @@
+"""`alexnet export`: a trained net as ONNX, TorchScript or a weights-only file, checked.
+
+Every export is read back and its outputs compared with the checkpoint's on the same input
+batch (ONNX through onnxruntime when it is installed; otherwise that check is skipped and the
+reason printed). The exported ONNX and TorchScript models take what the net takes:
+float32 (N, 3, crop, crop) RGB pixels on the 0..255 scale minus the training mean (or, for
+data.mean = "torchvision", torchvision's normalised input); N is free. A sidecar
+`NAME.json` lists the classes and that normalisation (with the channel mean; the mean image,
+for data.mean = "image", is in the weights file and the checkpoint).
+
+The paper's LRN runs as an autograd Function with chunked in-place loops (fast to train, not
+traceable for any batch size); the exported graph uses `PlainLRN`, the same formula written
+with plain tensor operations, and the check above shows the two agree.
+
+A weights file is a checkpoint without the optimizer, schedule and RNG state (about half
+the size): `evaluate`, `predict`, `figures` and `train --init-from` read it like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.errors import UserError
+
+FORMATS = ("onnx", "torchscript", "weights")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".weights.pt"}
+ONNX_OPSET = 17
+CHECK_BATCH = 3  # images in the comparison batch (traced with 1, so batch size is free)
+TOLERANCE = 1e-4  # max |difference| of the logits, relative to their largest magnitude
+WEIGHT_KEYS = ("classes", "stats", "config", "metrics", "epoch", "step")
+
+
+class PlainLRN(nn.Module):
+    """The paper's LRN (section 3.3) in plain tensor operations, for tracing and ONNX.
+
+    b = a / (k + alpha * sum over the n adjacent channels of a^2)^beta, the window clipped
+    at the first and last channel, separately in each column (`groups`).
+    """
+
+    def __init__(self, groups: int, n: int, alpha: float, beta: float, k: float) -> None:
+        super().__init__()
+        self.groups, self.half, self.alpha, self.beta, self.k = groups, n // 2, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.unflatten(1, (self.groups, -1))  # (N, G, C/G, H, W)
+        sq = F.pad(a * a, (0, 0, 0, 0, self.half, self.half))  # zeros beyond the edges
+        c = a.shape[2]
+        window = sum(sq[:, :, d:d + c] for d in range(2 * self.half + 1))
+        return (a / (self.k + self.alpha * window).pow(self.beta)).flatten(1, 2)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with every LRN replaced by PlainLRN (same function)."""
+    from alexnet.model import LRN
+
+    plain = copy.deepcopy(model).cpu().eval()
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, LRN):
+            parent_name, _, child = name.rpartition(".")
+            parent = plain.get_submodule(parent_name) if parent_name else plain
+            setattr(parent, child, PlainLRN(module.groups, module.n, module.alpha,
+                                            module.beta, module.k))
+    return plain
+
+
+def check_input(crop: int, batch: int = CHECK_BATCH, seed: int = 0) -> torch.Tensor:
+    """A fixed batch on the net's input scale (mean-subtracted 0..255 pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, crop, crop, generator=g) * 60.0
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(1, max |a|): the check's measure."""
+    return float((a - b).abs().max() / a.abs().max().clamp(min=1.0))
+
+
+def _compare(what: str, ref: torch.Tensor, out: torch.Tensor) -> float:
+    diff = max_difference(ref, torch.as_tensor(out, dtype=ref.dtype))
+    if out.shape != ref.shape or not diff <= TOLERANCE:
+        raise UserError(f"{what}: outputs differ from the checkpoint's (max relative "
+                        f"difference {diff:.2e} > {TOLERANCE:g}); the export is not usable")
+    return diff
+
+
+def export_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> Path:
+    """The net's state_dict plus what rebuilds and feeds it (classes, statistics, config)."""
+    from alexnet import checkpoint
+
+    fields = {k: ckpt.get(k) for k in WEIGHT_KEYS}
+    fields["weights_only"] = True
+    return checkpoint.save(path, checkpoint.make_state(model, **fields))
+
+
+def export_torchscript(model: nn.Module, crop: int, path: Path) -> Path:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's notice in torch 2.9+
+        traced = torch.jit.trace(exportable(model), check_input(crop, batch=1), check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(model: nn.Module, crop: int, path: Path) -> Path:
+    try:
+        import onnx  # noqa: F401 - torch's exporter needs it
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install onnx "
+                        "(or pip install 'alexnet[export]')") from None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+        torch.onnx.export(exportable(model), (check_input(crop, batch=1),), str(path),
+                          dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
+                          output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def check_export(fmt: str, path: Path, model: nn.Module, crop: int) -> str:
+    """Read the export back, run it on a fixed batch; return a line saying how it compared."""
+    x = check_input(crop)
+    with torch.no_grad():
+        ref = model.cpu().eval()(x)
+    if fmt == "weights":
+        from alexnet.checkpoint import load_model
+
+        loaded, _ = load_model(path)
+        with torch.no_grad():
+            out = loaded(x)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            out = loaded(x)
+    else:
+        try:
+            import onnxruntime
+        except ImportError:
+            return "check skipped: onnxruntime is not installed (pip install onnxruntime)"
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
+    diff = _compare(f"{path}", ref, out)
+    return f"checked: outputs equal the checkpoint's on {len(x)} images " \
+           f"(max relative difference {diff:.1e})"
+
+
+def sidecar(ckpt: dict[str, Any], crop: int, fmt: str) -> dict[str, Any]:
+    """What a user of the exported file needs: the classes and the input normalisation."""
+    data = (ckpt.get("config") or {}).get("data", {})
+    stats = ckpt.get("stats") or {}
+    channel_mean = stats.get("channel_mean")
+    return {
+        "format": fmt, "arch": ckpt.get("arch"), "model_args": ckpt.get("model_args"),
+        "input": f"float32 (N, 3, {crop}, {crop}) RGB",
+        "mean": data.get("mean", "image"),
+        "channel_mean": None if channel_mean is None else [float(v) for v in channel_mean],
+        "classes": ckpt.get("classes"),
+    }
+
+
+def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
+           check: bool = True) -> dict[str, Any]:
+    """Export the net of checkpoint `source` as `fmt`; return the paths and the check line."""
+    from alexnet.checkpoint import load_model
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    model, ckpt = load_model(source)
+    crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
+    src = Path(source)
+    stem = src.parent.name if src.name in ("checkpoint.pt", "best.pt") else src.stem
+    stem = src.name if src.is_dir() else stem
+    path = Path(out) if out else Path(f"{stem}{SUFFIX[fmt]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
+    if writer is None:
+        export_weights(model, ckpt, path)
+    else:
+        writer(model, crop, path)
+    checked = check_export(fmt, path, model, crop) if check else "check skipped (--no-check)"
+    info = path.with_name(path.name + ".json")
+    info.write_text(json.dumps(sidecar(ckpt, crop, fmt), indent=2) + "\n")
+    return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
+            "check": checked}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    parser.add_argument("--format", choices=FORMATS, default="weights",
+                        help="onnx (needs the onnx package), torchscript, or weights: the "
+                             "net and what feeds it, without the optimizer")
+    parser.add_argument("--out", help="file to write (default: RUN.onnx, "
+                                      "RUN.torchscript.pt or RUN.weights.pt here)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip reading the export back and comparing its outputs")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = export(args.checkpoint, args.format, args.out, args.check)
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB) and {result['info']}")
+    print(result["check"])
+    return 0

@@ -1,0 +1,162 @@
+"""`alexnet export` and hubconf.py: ONNX, TorchScript and weights-only files whose outputs
+equal the checkpoint's, the plain LRN equal to the paper's, and torch.hub's local load."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.config import resolve, to_dict
+from alexnet.errors import UserError
+from alexnet.export import PlainLRN, check_input, export, exportable
+from alexnet.model import LRN, AlexNet, build_model
+from alexnet.optim import PaperSGD
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(3)]
+
+
+def lrn_reference(a: np.ndarray, groups: int, n: int, alpha: float, beta: float,
+                  k: float) -> np.ndarray:
+    """The paper's formula (section 3.3), one channel at a time, in float64 NumPy."""
+    out = np.empty_like(a)
+    per = a.shape[1] // groups
+    for g in range(groups):
+        for i in range(per):
+            lo, hi = max(0, i - n // 2), min(per - 1, i + n // 2)
+            s = (a[:, g * per + lo:g * per + hi + 1] ** 2).sum(axis=1)
+            out[:, g * per + i] = a[:, g * per + i] / (k + alpha * s) ** beta
+    return out
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_plain_lrn_is_the_papers_lrn(groups):
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64) * 4
+    paper_lrn = LRN(groups)
+    plain = PlainLRN(groups, paper_lrn.n, paper_lrn.alpha, paper_lrn.beta, paper_lrn.k)
+    expected = lrn_reference(x.numpy(), groups, paper_lrn.n, paper_lrn.alpha, paper_lrn.beta,
+                             paper_lrn.k)
+    np.testing.assert_allclose(plain(x).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(paper_lrn(x).numpy(), expected, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory) -> Path:
+    """A checkpoint as training writes it: a small net after one update, with momentum."""
+    torch.manual_seed(0)
+    config = resolve("paper", ["model.width=0.125"])
+    model = build_model("alexnet", num_classes=3, width=0.125)
+    optimizer = PaperSGD(model.parameters(), lr=0.01)
+    model(check_input(224, batch=2)).logsumexp(1).sum().backward()
+    optimizer.step()
+    stats = {"channel_mean": np.array([120.0, 115.0, 100.0], np.float32),
+             "mean_image": np.full((256, 256, 3), 110.0, np.float32)}
+    path = tmp_path_factory.mktemp("ckpt") / "run" / "checkpoint.pt"
+    checkpoint.save(path, checkpoint.make_state(
+        model, optimizer=optimizer.state_dict(), config=to_dict(config), classes=CLASSES,
+        stats=stats, epoch=1, step=1, metrics=[]))
+    return path
+
+
+def _logits(model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = check_input(224, batch=batch, seed=7)
+    with torch.no_grad():
+        return x, model.eval()(x)
+
+
+def test_exportable_copy_computes_the_same_function(ckpt_path):
+    model, _ = checkpoint.load_model(ckpt_path)
+    x, ref = _logits(model, 2)
+    plain = exportable(model)
+    assert not any(isinstance(m, LRN) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+def test_torchscript_export_equals_the_checkpoint_for_any_batch(ckpt_path, tmp_path):
+    result = export(ckpt_path, "torchscript", tmp_path / "net.torchscript.pt")
+    assert result["check"].startswith("checked: outputs equal")
+    model, _ = checkpoint.load_model(ckpt_path)
+    loaded = torch.jit.load(result["path"])
+    for batch in (1, 5):  # traced with one image; other batch sizes work too
+        x, ref = _logits(model, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), ref, rtol=1e-5, atol=1e-5)
+    info = json.loads(Path(result["info"]).read_text())
+    assert info["classes"] == CLASSES and info["mean"] == "image"
+    assert info["channel_mean"] == pytest.approx([120.0, 115.0, 100.0])
+
+
+def test_onnx_export_equals_the_checkpoint(ckpt_path, tmp_path):
+    pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    result = export(ckpt_path, "onnx", tmp_path / "net.onnx")
+    assert result["check"].startswith("checked: outputs equal")
+    model, _ = checkpoint.load_model(ckpt_path)
+    session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    for batch in (1, 4):
+        x, ref = _logits(model, batch)
+        out = session.run(["logits"], {"image": x.numpy()})[0]
+        np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_without_the_onnx_package_is_one_line(ckpt_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    code = main(["export", str(ckpt_path), "--format", "onnx", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install onnx" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_weights_file_is_smaller_and_loads_like_a_checkpoint(ckpt_path, tmp_path, capsys):
+    out = tmp_path / "shared.weights.pt"
+    assert main(["export", str(ckpt_path.parent), "--format", "weights", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "checked: outputs equal" in printed
+    full, weights = checkpoint.load(ckpt_path), checkpoint.load(out)
+    assert "optimizer" not in weights and weights["classes"] == CLASSES
+    # the optimizer's momentum is as large as the weights: the file is about half the size
+    assert out.stat().st_size < 0.6 * ckpt_path.stat().st_size
+    for key, value in full["model"].items():
+        assert torch.equal(weights["model"][key], value)
+    np.testing.assert_array_equal(weights["stats"]["mean_image"], full["stats"]["mean_image"])
+
+
+def test_unknown_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none.pt"), "--format", "weights"]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_torch_hub_local_load_returns_the_papers_net():
+    model = torch.hub.load(str(REPO), "alexnet", source="local", trust_repo=True)
+    assert isinstance(model, AlexNet)
+    assert model.kwargs["columns"] == 2 and model.kwargs["num_classes"] == 1000
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # section 3.5: 96 kernels of 11x11x3; 256 of 5x5x48 (each column sees its half); 4096-unit
+    # fully connected layers; 1000-way output
+    assert shapes["conv1.weight"] == (96, 3, 11, 11)
+    assert shapes["conv2.weight"] == (256, 48, 5, 5)
+    assert shapes["conv3.weight"] == (384, 256, 3, 3)
+    assert shapes["fc6.weight"] == (4096, 256 * 6 * 6)
+    assert shapes["fc8.weight"] == (1000, 4096)
+
+
+def test_torch_hub_local_load_with_weights(ckpt_path):
+    model = torch.hub.load(str(REPO), "alexnet", source="local", trust_repo=True,
+                           weights=str(ckpt_path))
+    ref, _ = checkpoint.load_model(ckpt_path)
+    for key, value in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_export_rejects_an_unknown_format(ckpt_path):
+    with pytest.raises(UserError, match="--format"):
+        export(ckpt_path, "tflite")

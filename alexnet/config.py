@@ -1,8 +1,9 @@
 """The typed run configuration: code defaults (the paper), a named preset, then overrides.
 
 Layers, later wins: the dataclass defaults below (every number from alexnet/paper.py, so the
-defaults ARE the paper's recipe), a preset (`paper`, `fast`, `demo` from alexnet/configs/, or
-any TOML file with the same sections), then command-line overrides `section.key=value`.
+defaults ARE the paper's recipe), a preset (`paper`, `fast`, `demo`, `own` from
+alexnet/configs/, or any TOML file with the same sections), then command-line overrides
+`section.key=value`.
 Unknown sections, keys and invalid choices raise a one-line UserError. The resolved config
 is written with every run (config.json) and stored in every checkpoint (`to_dict`).
 """
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - Python 3.10 only
 PRESETS_DIR = Path(__file__).parent / "configs"
 AMP_CHOICES = ("off", "bf16", "fp16")
 LR_SCALING_CHOICES = ("none", "linear")
-MEAN_CHOICES = ("image", "channel", "none")
+MEAN_CHOICES = ("image", "channel", "none", "torchvision")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
 JPEG_DECODER_CHOICES = ("auto", "simplejpeg", "cv2", "torchvision", "pil")  # data/decode.py
 
@@ -61,7 +62,9 @@ class DataConfig:
     flip: bool = True
     pca: bool = True
     pca_scale: float = 1.0  # multiplies the paper's alpha std (paper.PCA_ALPHA_STD)
-    mean: str = "image"  # subtract the mean image (the paper), the channel mean, or nothing
+    # subtract the mean image (the paper), the channel mean, or nothing; "torchvision":
+    # (x / 255 - mean) / std with torchvision's ImageNet mean/std, as its weights expect
+    mean: str = "image"
     val_split: str = "auto"  # auto: `val` if the store has it, else `test` (with a notice)
 
 
@@ -108,7 +111,13 @@ class RunConfig:
     max_steps: int = 0  # stop after this many optimizer steps in all (0: no cap)
     time_limit: float = 0.0  # stop (and checkpoint) after this many seconds of training
     save_best: bool = True  # also keep best.pt (lowest val top-1 error)
-    progress: bool = True  # tqdm bar
+    progress: bool = True  # a bar on a terminal, plain lines with ETA otherwise
+    log_every: int = 25  # steps between step rows (loss, lr, images/s) in steps.jsonl (0: off)
+    # steps after which an error still at chance is reported with advice (0: never check)
+    chance_steps: int = 100
+    # start from these weights: a checkpoint/weights file, or "torchvision" (its ImageNet
+    # weights, arch alexnet-tv); fc8 is new when the class count differs (fine-tuning)
+    init_from: str = ""
     tensorboard: bool = False  # needs the `tensorboard` package
     resume: str = ""  # a run folder or checkpoint to continue exactly
 
@@ -271,7 +280,8 @@ def validate(config: Config) -> Config:
     need(r.amp in AMP_CHOICES, f"run.amp {r.amp!r}: choose from {', '.join(AMP_CHOICES)}")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
          f"run.device {r.device!r}: auto, cpu, cuda or cuda:N")
-    for name in ("decode_threads", "val_limit", "steps_per_epoch", "max_steps"):
+    for name in ("decode_threads", "val_limit", "steps_per_epoch", "max_steps", "log_every",
+                 "chance_steps"):
         need(getattr(r, name) >= 0, f"run.{name} {getattr(r, name)}: must be >= 0")
     need(r.prefetch >= -1, f"run.prefetch {r.prefetch}: must be >= 0, or -1 (auto)")
     need(r.gpu_decode == -1 or 0 <= r.gpu_decode <= 1,

@@ -24,6 +24,7 @@ from torch import nn
 
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
+from alexnet.progress import Progress
 
 EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
 CONFUSED_PAIRS = 20  # how many most-confused (true, predicted) pairs the report keeps
@@ -61,9 +62,11 @@ def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndar
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs (N, C) float32, labels (N,) int64) on the CPU, softmax averaged over crops.
+
+    `progress` names a progress display (bar or plain lines with ETA; alexnet.progress).
 
     The loader yields image-major batches: x (B * crops, 3, H, W) and y (B,), the crops of
     image b being x[b * crops:(b + 1) * crops] (EvalLoader's order). The model's mode is
@@ -72,8 +75,11 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
     was_training = model.training
     model.eval()
     all_probs, all_labels = [], []
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    bar = Progress(total, progress or "", unit="batch", enabled=progress is not None)
     try:
         for x, y in loader:
+            bar.update()
             batch = y.shape[0]
             if batch == 0:
                 continue
@@ -85,6 +91,7 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
             all_probs.append(probs.cpu())
             all_labels.append(y.cpu().to(torch.int64))
     finally:
+        bar.close()
         model.train(was_training)
     if not all_probs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
@@ -107,7 +114,8 @@ def eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device
 def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
                    stats: dict | None = None, mean: str = "image", crop: int = CROP_SIZE,
-                   indices: Sequence[int] | None = None) -> dict[str, Any]:
+                   indices: Sequence[int] | None = None, progress: str | None = None
+                   ) -> dict[str, Any]:
     """{'top1_error', 'top5_error', 'images', 'crops'} of `model` (already on `device`) on `store`.
 
     `stats` are the normalisation statistics the model was trained with (the store's when None),
@@ -116,7 +124,7 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
     """
     loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
                           mean=mean, crop=crop, indices=indices)
-    probs, labels = predict_probs(model, loader)
+    probs, labels = predict_probs(model, loader, progress)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
         "top1_error": float("nan"), "top5_error": float("nan")}
     result.update(images=int(len(labels)), crops=int(crops))

@@ -4,19 +4,30 @@ One helper for the whole package (training, validation, evaluate, figures, exper
 terminal it is a tqdm bar with rate and ETA. When the stream is not a terminal (a log file, a
 pipe, CI), a redrawn bar would leave one carriage-return line per update in the file, so it
 writes a plain line every `interval` seconds instead ("desc: 120/500 batch (24%), 3.1
-batch/s, ETA 2m03s"), and a last line when it closes if it wrote any. `enabled=False` (other
+batch/s, ETA 2m03s"; 30 s, or $ALEXNET_PROGRESS_SECONDS), and a last line when it closes if
+it wrote any. `enabled=False` (other
 ranks, --no-progress) makes every call a no-op.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 PLAIN_INTERVAL = 30.0  # seconds between plain lines when the output is not a terminal
+INTERVAL_ENV = "ALEXNET_PROGRESS_SECONDS"  # overrides PLAIN_INTERVAL (0: a line per update)
+
+
+def plain_interval() -> float:
+    """Seconds between plain lines: $ALEXNET_PROGRESS_SECONDS, else PLAIN_INTERVAL."""
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, PLAIN_INTERVAL)))
+    except ValueError:
+        return PLAIN_INTERVAL
 
 
 def format_duration(seconds: float) -> str:
@@ -58,13 +69,14 @@ class Progress:
 
     def __init__(self, total: int, desc: str, *, unit: str = "it", initial: int = 0,
                  enabled: bool = True, stream: TextIO | None = None,
-                 interval: float = PLAIN_INTERVAL, terminal: bool | None = None,
+                 interval: float | None = None, terminal: bool | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.total, self.desc, self.unit = int(total), desc, unit
         self.n = self.start = int(initial)
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.interval, self.clock = interval, clock
+        self.interval = plain_interval() if interval is None else interval
+        self.clock = clock
         self.values: dict[str, Any] = {}
         self.lines = 0  # plain lines written
         self.t0 = self.last = clock()

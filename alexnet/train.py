@@ -14,6 +14,7 @@ from typing import Any
 from alexnet import checkpoint, distributed
 from alexnet.config import AMP_CHOICES, Config, from_dict, resolve, to_dict
 from alexnet.training.procedure import train
+from alexnet.training.run_folder import plural, shows_top5
 
 __all__ = ["add_arguments", "config_from_args", "run", "train"]
 
@@ -23,33 +24,54 @@ FLAG_KEYS = {  # plain flags -> config keys
     "amp": "run.amp", "channels_last": "run.channels_last", "compile": "run.compile",
     "seed": "run.seed", "tensorboard": "run.tensorboard", "max_steps": "run.max_steps",
     "steps_per_epoch": "run.steps_per_epoch", "progress": "run.progress",
+    "init_from": "run.init_from",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet train` (every config key is also reachable with --set)."""
+    c = Config()  # the paper's values, quoted in the help
     parser.add_argument("--data", help="the store folder made by 'alexnet prepare'")
     parser.add_argument("--preset", default=None,
-                        help="paper (default), fast (bf16, channels_last, compile), demo, or a "
-                        ".toml file")
+                        help="paper (default), fast (bf16, channels_last, compile), demo, own "
+                        "(a small data set of your own: learns out of the box), or a .toml file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=0.02 (repeatable)")
     parser.add_argument("--out", help="run folder (default runs/<preset>)")
     parser.add_argument("--resume", help="continue exactly from a run folder or checkpoint")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="the global batch (all ranks together)")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--device", help="auto (default), cpu, cuda")
-    parser.add_argument("--amp", choices=AMP_CHOICES)
-    parser.add_argument("--channels-last", action="store_const", const=True)
-    parser.add_argument("--compile", action="store_const", const=True)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--tensorboard", action="store_const", const=True)
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps in all")
-    parser.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch")
+    parser.add_argument("--init-from", metavar="CKPT|torchvision",
+                        help="start from these weights instead of the paper's initialisation "
+                        "(fine-tuning; a new fc8 when the class count differs); torchvision: "
+                        "its ImageNet weights, with model.arch=alexnet-tv and "
+                        "data.mean=torchvision (default: none)")
+    parser.add_argument("--epochs", type=int,
+                        help=f"epochs to train (default: the preset's; paper {c.optim.epochs})")
+    parser.add_argument("--batch-size", type=int,
+                        help="the global batch, all ranks together (default: the preset's; "
+                        f"paper {c.optim.batch_size})")
+    parser.add_argument("--lr", type=float,
+                        help="starting learning rate (default: the preset's; paper "
+                        f"{c.optim.lr:g})")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto, a GPU if "
+                        "there is one)")
+    parser.add_argument("--amp", choices=AMP_CHOICES,
+                        help="autocast precision (default: off, fp32 as the paper)")
+    parser.add_argument("--channels-last", action="store_const", const=True,
+                        help="channels_last memory layout (default: off)")
+    parser.add_argument("--compile", action="store_const", const=True,
+                        help="torch.compile the net (default: off)")
+    parser.add_argument("--seed", type=int, help=f"random seed (default {c.run.seed})")
+    parser.add_argument("--tensorboard", action="store_const", const=True,
+                        help="also log to RUN/tensorboard (needs the tensorboard package; "
+                        "default: off)")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop after this many steps in all (default: no cap)")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="cap on batches per epoch (default: the whole training split)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                        help="no progress bar")
+                        help="no progress display (default: a bar on a terminal, a plain "
+                        "line every 30 s otherwise)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as JSON and exit")
 
@@ -69,7 +91,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         flags["run.resume"] = str(args.resume)
     elif preset is None:
         preset = "paper"
-    return resolve(preset, args.overrides, flags, base=base)
+    overrides = list(args.overrides)
+    if flags.get("run.init_from") == "torchvision":  # its layout and input, unless --set says
+        overrides = ["model.arch=alexnet-tv", "data.mean=torchvision"] + overrides
+    return resolve(preset, overrides, flags, base=base)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train(config)
     if distributed.is_main():
-        print(f"done ({result['stopped']}): {result['steps']} steps; final val top-1 error "
-              f"{_pct(result['val_top1_error'])}, top-5 {_pct(result['val_top5_error'])}")
-        print(f"run folder {result['run_dir']}: checkpoint.pt, log.jsonl, log.csv, curves.png,"
-              " config.json")
+        top5 = f", top-5 {_pct(result['val_top5_error'])}" \
+            if shows_top5(result.get("num_classes")) else ""
+        print(f"done ({result['stopped']}): {plural(result['steps'], 'step')}; final val top-1 "
+              f"error {_pct(result['val_top1_error'])}{top5}")
+        names = ["checkpoint.pt"] + (["best.pt"] if result.get("best") else []) + \
+            ["log.jsonl"] + (["steps.jsonl"] if result.get("steps_log") else []) + \
+            ["log.csv", "curves.png", "config.json"]
+        print(f"run folder {result['run_dir']}: {', '.join(names)}")
     return 0
 
 

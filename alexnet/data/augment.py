@@ -9,7 +9,8 @@ style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images a
 Every random draw takes an explicit CPU `torch.Generator` and is made on the CPU (the draws
 are B or 3B numbers), then moved to the batch's device, so a seed gives the same batch on the
 CPU and on a GPU. Pixels stay on the paper's 0..255 scale: the mean is subtracted, nothing is
-divided by a standard deviation.
+divided by a standard deviation, except with mean="torchvision" (torchvision's published
+normalisation, for its pretrained weights): (x / 255 - TV_MEAN) / TV_STD per channel.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import torch
 
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
-MEANS = ("image", "channel", "none")
+MEANS = ("image", "channel", "none", "torchvision")
+# torchvision's ImageNet normalisation of 0..1 RGB (its weights expect it); not the paper's.
+TV_MEAN = (0.485, 0.456, 0.406)
+TV_STD = (0.229, 0.224, 0.225)
 PCA_SCALES = ("std", "eigval")
 # The paper's 10 test patches (section 4.1), in the order `ten_crops` returns them for each
 # image: torchvision's TenCrop order (corners, centre, then the same five mirrored).
@@ -249,12 +253,18 @@ def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
 
     mean="image" (the paper) subtracts the per-pixel mean image; for patches, pass the crops'
     (top, left, flip) and the matching window of the mean image is subtracted, which equals
-    subtracting before cropping. "channel" subtracts the per-channel mean, "none" nothing.
+    subtracting before cropping. "channel" subtracts the per-channel mean, "none" nothing,
+    "torchvision" gives (x / 255 - TV_MEAN) / TV_STD (no store statistics needed).
     """
     images = images.to(torch.float32, copy=True)
     nhwc = is_channels_last(images)
     if mean == "none":
         return images
+    if mean == "torchvision":
+        shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
+        m, s = (torch.tensor(v, device=images.device).mul_(255).view(shape)
+                for v in (TV_MEAN, TV_STD))
+        return images.sub_(m).div_(s)
     if mean == "channel":
         cm = torch.as_tensor(stats["channel_mean"], dtype=torch.float32, device=images.device)
         return images.sub_(cm.view((1, 1, 1, 3) if nhwc else (1, 3, 1, 1)))
@@ -308,8 +318,10 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
     x = subtract_mean(patches, mean, stats, top, left, mirror)
     if pca:
-        x = add_per_image(x, pca_shift(alpha.to(x.device), stats["eigval"], stats["eigvec"],
-                                       pca_scale))
+        shift = pca_shift(alpha.to(x.device), stats["eigval"], stats["eigvec"], pca_scale)
+        if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
+            shift = shift / (255 * torch.tensor(TV_STD, dtype=shift.dtype, device=shift.device))
+        x = add_per_image(x, shift)
     return x.permute(0, 3, 1, 2) if channels_last else x
 
 

@@ -238,7 +238,8 @@ def _check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str,
     """The statistics the options need, or a UserError saying what is missing."""
     if mean not in augment.MEANS:
         raise UserError(f"mean {mean!r}: choose from {', '.join(augment.MEANS)}")
-    need = {"image": ["mean_image"], "channel": ["channel_mean"], "none": []}[mean]
+    need = {"image": ["mean_image"], "channel": ["channel_mean"], "none": [],
+            "torchvision": []}[mean]
     need += ["eigval", "eigvec"] if pca else []
     if need and not stats:
         raise UserError("the store has no training statistics (needed for mean subtraction "

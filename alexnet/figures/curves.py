@@ -1,8 +1,11 @@
-"""Training curves of a run, drawn from its log.jsonl (one JSON object per epoch).
+"""Training curves of a run, drawn from its log.jsonl (one JSON object per epoch) and, when
+it is there, steps.jsonl beside it (a row every run.log_every steps: loss, lr, images/s).
 
-Three panels: the training loss; the training error beside the validation top-1 and top-5
-errors (centre crop); the learning rate on a log scale (its drops by 10 are the plateau
-schedule of section 5). `alexnet train` redraws the PNG after every epoch.
+Three panels: the training loss (per logged step, and per epoch); the training error beside
+the validation top-1 and top-5 errors (centre crop); the learning rate on a log scale (its
+drops by 10 are the plateau schedule of section 5). The x axis is in epochs, fractional for
+step rows, so a run shorter than an epoch still draws curves. `alexnet train` redraws the PNG
+after every epoch.
 """
 
 from __future__ import annotations
@@ -38,12 +41,26 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
+def read_steps(log: str | os.PathLike) -> list[dict[str, Any]]:
+    """The step rows of the run whose log.jsonl is `log` (none when there is no steps.jsonl)."""
+    path = Path(log).with_name("steps.jsonl")
+    return read_log(path) if path.is_file() else []
+
+
+def _every(steps: list[dict[str, Any]]) -> int:
+    """The logging interval of step rows (the gap between the first two)."""
+    return int(steps[1]["step"] - steps[0]["step"]) if len(steps) > 1 else int(steps[0]["step"])
+
+
 def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "") -> Path:
     """Draw the curves of `log` (a log.jsonl) into the PNG `out`, written atomically."""
-    rows = read_log(log)
+    rows, steps = read_log(log), read_steps(log)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     loss_ax, err_ax, lr_ax = axes
-    loss_ax.plot(*_series(rows, "train_loss"), "o-", label="training loss")
+    if steps:
+        loss_ax.plot(*_series(steps, "loss"), "-", lw=0.8, alpha=0.7,
+                     label=f"training loss (every {_every(steps)} steps)")
+    loss_ax.plot(*_series(rows, "train_loss"), "o-", label="training loss (epoch mean)")
     loss_ax.set_ylabel("cross-entropy")
     for key, label in (("train_error", "training error"),
                        ("val_top1_error", "validation top-1 error"),
@@ -52,7 +69,7 @@ def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "")
         if xs:
             err_ax.plot(xs, [100 * y for y in ys], "o-", label=label)
     err_ax.set_ylabel("error (%)")
-    xs, ys = _series(rows, "lr")
+    xs, ys = _series(steps or rows, "lr")
     if xs:
         lr_ax.step(xs, ys, where="post", label="learning rate")
         lr_ax.set_yscale("log")

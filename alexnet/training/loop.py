@@ -8,7 +8,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from alexnet import distributed
 from alexnet.config import Config
 from alexnet.distributed import print0
 from alexnet.errors import UserError
+from alexnet.progress import Progress, eta_seconds, format_duration
 from alexnet.training.runtime import Runtime
 from alexnet.training.state import RunState
 
@@ -72,24 +73,36 @@ def interrupt_guard() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar on rank 0, or None."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def planned_steps(config: Config, per_epoch: int) -> int:
+    """Optimizer steps the whole run will take: epochs x steps per epoch, capped by max_steps."""
+    total = config.optim.epochs * per_epoch
+    return min(total, config.run.max_steps) if config.run.max_steps else total
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True,
-                leave=False)
+
+def run_eta(s: RunState, config: Config, per_epoch: int, deadline: float) -> float:
+    """Seconds left in the whole run at this process's mean step rate (the clock's limit if
+    sooner); validation time is in the rate since it runs between the steps it measures."""
+    done = s.global_step - s.started_step
+    left = planned_steps(config, per_epoch) - s.global_step
+    eta = eta_seconds(done, done + left, time.perf_counter() - s.started_at)
+    return min(eta, max(0.0, deadline - time.monotonic())) if deadline else eta
 
 
 def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dict[str, bool],
-                deadline: float, last_good: Path | None) -> str | None:
-    """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None."""
+                deadline: float, last_good: Path | None,
+                log_step: Callable[[dict[str, Any]], None] | None = None) -> str | None:
+    """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None.
+
+    Every run.log_every optimizer steps `log_step` gets a row (step, epoch, loss, lr,
+    images/s over the last rows' steps) on rank 0.
+    """
     total = steps_in_epoch(loader, config)
     s.model.train()
     check_every = CHECK_EVERY_CUDA if rt.device.type == "cuda" else 1
-    bar = _progress(total, s.step, f"epoch {s.epoch + 1}/{config.optim.epochs}",
-                    config.run.progress and rt.dist.is_main)
+    log_every = config.run.log_every if log_step is not None and rt.dist.is_main else 0
+    bar = Progress(total, f"epoch {s.epoch + 1}/{config.optim.epochs}", unit="batch",
+                   initial=s.step, enabled=config.run.progress and rt.dist.is_main)
+    window = [time.perf_counter(), 0]  # images since the last step row
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     wrong_sum = torch.zeros((), dtype=torch.int64, device=rt.device)
     seen, t0, reason = 0, time.perf_counter(), None
@@ -102,21 +115,28 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dic
             loss_sum += loss.to(loss_sum.device, torch.float64) * batch
             wrong_sum += wrong.to(wrong_sum.device)
             seen += batch
+            window[1] += batch * rt.dist.world_size
             s.step += 1
             s.global_step += 1
             if s.step % check_every == 0 or s.step == total:
                 _check_finite(loss, s, last_good)
-                if bar is not None:
+                if bar.enabled:
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{loss.item():.3f}",
-                                    img_s=f"{seen * rt.dist.world_size / max(elapsed, 1e-9):.0f}")
-                    bar.update(s.step - bar.n)
+                    bar.note(loss=f"{loss.item():.3f}",
+                             img_s=f"{seen * rt.dist.world_size / max(elapsed, 1e-9):.0f}",
+                             run_eta=format_duration(run_eta(s, config, total, deadline)))
+                    bar.set(s.step)
+            if log_every and s.global_step % log_every == 0:
+                now = time.perf_counter()
+                log_step({"step": s.global_step, "epoch": s.epoch + s.step / total,
+                          "loss": float(loss), "lr": s.optimizer.param_groups[0]["lr"],
+                          "images_per_s": window[1] / max(now - window[0], 1e-9)})
+                window[:] = [now, 0]
             reason = _agreed_stop(s, config, rt, flag, deadline, check_every, total)
             if reason is not None or s.step >= total:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         acc = s.acc
         acc["loss_sum"] = acc.get("loss_sum", 0.0) + float(loss_sum)
         acc["wrong"] = acc.get("wrong", 0.0) + float(wrong_sum)
@@ -176,7 +196,8 @@ def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
         with rt.autocast():
             res = evaluate_model(s.net, val_store, crops=1, batch_size=config.run.eval_batch_size,
                                  device=rt.device, stats=stats, mean=config.data.mean,
-                                 crop=config.data.crop, indices=indices)
+                                 crop=config.data.crop, indices=indices,
+                                 progress="validate" if config.run.progress else None)
         result = {"val_top1_error": res["top1_error"], "val_top5_error": res["top5_error"]}
     return distributed.broadcast_object(result)
 

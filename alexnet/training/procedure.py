@@ -26,6 +26,7 @@ from alexnet import distributed
 from alexnet.config import Config, validate, write_json
 from alexnet.distributed import DistInfo, print0
 from alexnet.errors import UserError
+from alexnet.learning_check import Evidence, chance_advice
 from alexnet.training.data import open_data, per_rank_batch, train_loader
 from alexnet.training.loop import (
     epoch_row,
@@ -34,7 +35,15 @@ from alexnet.training.loop import (
     train_epoch,
     validate_epoch,
 )
-from alexnet.training.run_folder import RunFiles, announce, format_row, open_tensorboard, write_logs
+from alexnet.training.run_folder import (
+    RunFiles,
+    announce,
+    append_step,
+    format_row,
+    keep_steps_until,
+    open_tensorboard,
+    write_logs,
+)
 from alexnet.training.runtime import Runtime, seed_everything, setup_runtime
 from alexnet.training.saving import resume_checkpoint, save_checkpoints
 from alexnet.training.state import RunState, build_state, restore
@@ -70,6 +79,11 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
     if resume_ckpt is not None:
         restore(s, resume_ckpt, resume_path, rt)
         stats = resume_ckpt.get("stats") or stats
+    elif config.run.init_from:
+        from alexnet.training.init_from import describe, load_initial_weights
+
+        print0(describe(config.run.init_from,
+                        load_initial_weights(s.net, config.run.init_from)))
     loader = train_loader(train_store, per_rank, config, rt, stats)
     if len(loader) == 0:
         raise UserError(f"optim.batch_size {config.optim.batch_size}: no full batch per rank "
@@ -80,14 +94,20 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
         files.root.mkdir(parents=True, exist_ok=True)
         write_json(config, files.config)
         tb = open_tensorboard(files, config.run.tensorboard)
+        keep_steps_until(files, s.global_step)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
-                  files, resume_path)
+                 files, resume_path)
     last_good = files.checkpoint if resume_ckpt is not None else None
     deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0
     stopped = "completed"
+    s.started_at, s.started_step = time.perf_counter(), s.global_step
+
+    def log_step(row: dict[str, Any]) -> None:
+        append_step(files, row, tb)
+
     with interrupt_guard() as flag:
         while s.epoch < config.optim.epochs:
-            reason = train_epoch(s, loader, config, rt, flag, deadline, last_good)
+            reason = train_epoch(s, loader, config, rt, flag, deadline, last_good, log_step)
             if reason is not None:
                 last_good = save_checkpoints(s, config, train_store, files, rt)
                 if reason == "interrupt":
@@ -95,7 +115,8 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
                            f"{files.checkpoint}; continue with --resume {files.root}")
                     raise KeyboardInterrupt
                 stopped = reason
-                _finish_partial_epoch(s, val_store, config, rt, stats, files, tb)
+                _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
+                                      len(train_store.classes))
                 break
             last_good = _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
             if config.run.max_steps and s.global_step >= config.run.max_steps:
@@ -103,7 +124,7 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
                 break
     if tb is not None:
         tb.close()
-    return _summary(s, files, stopped, val_name)
+    return _summary(s, files, stopped, val_name) | {"num_classes": len(train_store.classes)}
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
@@ -124,15 +145,29 @@ def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: 
     path = save_checkpoints(s, config, train_store, files, rt, best=bool(improved))
     if rt.dist.is_main:
         write_logs(files, s.history, tb)
-        print0(format_row(row, config.optim.epochs))
+        print0(format_row(row, config.optim.epochs, len(train_store.classes)))
         if dropped:
             print0(f"validation error stopped improving: lr divided by {config.optim.lr_factor:g}"
                    f" to {s.optimizer.param_groups[0]['lr']:.2e}")
+        _check_learning(s, row, config, len(train_store.classes))
     return path
 
 
+def _check_learning(s: RunState, row: dict[str, Any], config: Config, num_classes: int) -> None:
+    """Say once, with what to change, when the error still sits at chance (learning_check)."""
+    if s.chance_said:
+        return
+    advice = chance_advice(
+        Evidence(step=s.global_step, num_classes=num_classes, val_error=row["val_top1_error"],
+                 train_error=row["train_error"], train_loss=row["train_loss"]),
+        init_bias=config.model.init_bias, lr=row["lr"], after_steps=config.run.chance_steps)
+    if advice:
+        s.chance_said = True
+        print0(f"warning: {advice}")
+
+
 def _finish_partial_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-                          files: RunFiles, tb: Any) -> None:
+                          files: RunFiles, tb: Any, num_classes: int) -> None:
     """After a max_steps/time_limit stop mid-epoch: validate and log the partial epoch.
 
     The checkpoint was saved before this row, so a resumed run logs the full epoch instead.
@@ -142,7 +177,8 @@ def _finish_partial_epoch(s: RunState, val_store: Any, config: Config, rt: Runti
     s.history.append(row)
     if rt.dist.is_main:
         write_logs(files, s.history, tb)
-        print0(format_row(row, config.optim.epochs) + " (partial epoch)")
+        print0(format_row(row, config.optim.epochs, num_classes) + " (partial epoch)")
+        _check_learning(s, row, config, num_classes)
 
 
 def _summary(s: RunState, files: RunFiles, stopped: str, val_name: str | None
@@ -152,6 +188,7 @@ def _summary(s: RunState, files: RunFiles, stopped: str, val_name: str | None
     return {
         "run_dir": str(files.root), "checkpoint": str(files.checkpoint),
         "best": str(files.best) if files.best.exists() else None,
+        "steps_log": str(files.steps) if files.steps.exists() else None,
         "log": str(files.log), "log_csv": str(files.csv), "curves": str(files.curves),
         "config": str(files.config), "stopped": stopped, "epochs": s.epoch, "step": s.step,
         "steps": s.global_step, "val_split": val_name,

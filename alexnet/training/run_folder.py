@@ -31,6 +31,7 @@ class RunFiles:
     checkpoint = property(lambda self: self.root / "checkpoint.pt")
     best = property(lambda self: self.root / "best.pt")
     log = property(lambda self: self.root / "log.jsonl")
+    steps = property(lambda self: self.root / "steps.jsonl")  # a row every run.log_every steps
     csv = property(lambda self: self.root / "log.csv")
     curves = property(lambda self: self.root / "curves.png")
     tensorboard = property(lambda self: self.root / "tensorboard")
@@ -56,6 +57,27 @@ def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -
             if isinstance(row.get(key), int | float):
                 tb.add_scalar(key, row[key], row["epoch"])
         tb.flush()
+
+
+STEP_SCALARS = ("loss", "lr", "images_per_s")
+
+
+def append_step(files: RunFiles, row: dict[str, Any], tb: Any = None) -> None:
+    """One step row (step, epoch, loss, lr, images/s) onto steps.jsonl and TensorBoard."""
+    with open(files.steps, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if tb is not None:
+        for key in STEP_SCALARS:
+            tb.add_scalar(f"step/{key}", row[key], row["step"])
+
+
+def keep_steps_until(files: RunFiles, step: int) -> None:
+    """Drop the step rows after `step` (a resumed run writes them again)."""
+    if not files.steps.exists():
+        return
+    rows = [line for line in files.steps.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    _atomic_text(files.steps, "".join(line + "\n" for line in rows))
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -84,22 +106,37 @@ def announce(config: Config, rt: Runtime, train_store: Any, val_name: str | None
     print(f"training {config.model.arch} (width {config.model.width:g}) on {config.data.store}: "
           f"{len(train_store)} images, {len(train_store.classes)} classes, "
           f"validation: {val_name or 'none'}")
+    scaling = f" (scaled linearly from {o.lr:g} at batch {o.base_batch})" \
+        if o.lr_scaling == "linear" else ""
+    speed = ", ".join(name for name, on in (("channels_last", r.channels_last),
+                                            ("compile", r.compile)) if on)
     print(f"batch {o.batch_size} global ({per_rank} per rank x {world}), lr {scaled_lr(config):g}"
-          f" ({o.lr_scaling} scaling), {o.epochs} epochs x {steps} steps, device {rt.device}, "
-          f"amp {r.amp}, channels_last {r.channels_last}, compile {r.compile}")
+          f"{scaling}, {plural(o.epochs, 'epoch')} x {plural(steps, 'step')}, device {rt.device}"
+          f", amp {r.amp}{', ' + speed if speed else ''}")
     if resume_path is not None:
         print(f"resuming from {resume_path}")
     print(f"run folder: {files.root}")
 
 
-def format_row(row: dict[str, Any], epochs: int) -> str:
-    """One line per epoch on the screen."""
+def plural(n: int, word: str) -> str:
+    """`1 epoch`, `3 epochs`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def shows_top5(num_classes: int | None) -> bool:
+    """Top-5 error means something only with more than 5 classes (else it is always 0)."""
+    return num_classes is None or num_classes > 5
+
+
+def format_row(row: dict[str, Any], epochs: int, num_classes: int | None = None) -> str:
+    """One line per epoch on the screen (top-5 only with more than 5 classes)."""
     def pct(v: Any) -> str:
         return f"{100 * v:.2f}%" if isinstance(v, int | float) else "-"
 
     ips = row.get("images_per_s")
     speed = f", {ips:.1f} images/s" if ips else ""
+    top5 = f", top-5 {pct(row['val_top5_error'])}" if shows_top5(num_classes) else ""
     return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, train error "
-            f"{pct(row['train_error'])}, val top-1 {pct(row['val_top1_error'])}, top-5 "
-            f"{pct(row['val_top5_error'])}, lr {row['lr']:.2e}{speed}")
+            f"{pct(row['train_error'])}, val top-1 {pct(row['val_top1_error'])}{top5}, "
+            f"lr {row['lr']:.2e}{speed}")
 

@@ -31,6 +31,11 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     acc: dict[str, float] = field(default_factory=dict)  # partial sums of the epoch
     best_error: float = math.inf
+    # not saved: where this process started (the whole-run ETA) and whether the chance
+    # check has spoken
+    started_at: float = 0.0
+    started_step: int = 0
+    chance_said: bool = False
 
 
 def build_network(config: Config, num_classes: int) -> nn.Module:

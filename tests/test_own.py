@@ -1,0 +1,193 @@
+"""A researcher's own small data set: the `own` preset learns it, the paper's defaults sit at
+chance there and the chance check says so with what to change, a non-terminal log has plain
+progress lines and no carriage-return redraws, a step log feeds curves.png, `--init-from`
+copies every layer but a resized fc8, and torchvision's normalisation is expressible.
+
+The data: three classes of 64 JPEG photos each (48 train, 16 val; colour-coded scenes with
+gradients and grain at landscape and portrait sizes, tests/_images.py), made into a store by
+the real `alexnet prepare`. CPU budget (stated, not timed): the `own` run is 27 steps of 16
+images at width 0.5 plus 3 validations, about 15 s on a quiet 2-core machine; the paper run
+18 steps, about 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _images import jpeg, photo
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.config import resolve
+from alexnet.data import augment
+from alexnet.learning_check import Evidence, at_chance, chance_advice, chance_error
+from alexnet.model import build_model
+from alexnet.train import train
+from alexnet.training.init_from import load_initial_weights
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ("poppy", "fern", "sky")
+SIZES = [(320, 240), (240, 320), (300, 300), (400, 260), (260, 380)]
+CHANCE = chance_error(len(NAMES))  # 2/3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Three classes of JPEG photos in train/ and val/ class folders, prepared for real."""
+    root = tmp_path_factory.mktemp("photos")
+    for split, n, seed0 in (("train", 48, 0), ("val", 16, 1000)):
+        for k, name in enumerate(NAMES):
+            folder = root / "src" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                w, h = SIZES[i % len(SIZES)]
+                (folder / f"{name}_{i:03d}.jpg").write_bytes(
+                    jpeg(photo(w, h, k, seed0 + 7 * i + k)))
+    assert main(["prepare", str(root / "src"), str(root / "store"), "--workers", "1"]) == 0
+    return root / "store"
+
+
+def alexnet_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m alexnet ARGS` with output to pipes (not a terminal), a line per update."""
+    env = dict(os.environ, ALEXNET_PROGRESS_SECONDS="0")
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+# ------------------------------------------------------------------------- the chance check
+
+
+def test_chance_error_and_tolerance():
+    assert chance_error(3) == pytest.approx(2 / 3)
+    assert chance_error(1000) == pytest.approx(0.999)
+    assert at_chance(2 / 3, 3) and at_chance(0.64, 3) and not at_chance(0.62, 3)
+    assert not at_chance(0.0, 1)  # one class: nothing to learn, nothing to say
+
+
+def test_advice_names_init_bias_while_it_is_the_papers():
+    stuck = Evidence(step=120, num_classes=3, val_error=2 / 3, train_error=0.7)
+    advice = chance_advice(stuck, init_bias=1.0, lr=0.01, after_steps=100)
+    assert "66.67%" in advice and "120 steps" in advice and "model.init_bias=0.1" in advice
+    other = chance_advice(stuck, init_bias=0.1, lr=0.01, after_steps=100)
+    assert "optim.lr=0.001" in other and "init_bias" not in other.split(";")[1]
+
+
+def test_no_advice_too_early_when_learning_or_switched_off():
+    stuck = Evidence(step=99, num_classes=3, val_error=2 / 3)
+    assert chance_advice(stuck, init_bias=1.0, lr=0.01, after_steps=100) is None
+    learning = Evidence(step=500, num_classes=3, val_error=0.3, train_error=2 / 3)
+    assert chance_advice(learning, init_bias=1.0, lr=0.01, after_steps=100) is None
+    assert chance_advice(Evidence(step=500, num_classes=3, val_error=2 / 3), init_bias=1.0,
+                         lr=0.01, after_steps=0) is None
+
+
+def test_training_error_is_the_witness_without_validation():
+    ev = Evidence(step=200, num_classes=10, val_error=None, train_error=0.9)
+    assert "training error is 90.00%" in chance_advice(ev, init_bias=1.0, lr=0.01)
+
+
+# ------------------------------------------------------------------ the photo set, for real
+
+
+def test_own_preset_learns_the_photo_set_with_plain_progress_lines(store, tmp_path):
+    out = tmp_path / "own"
+    done = alexnet_cli("train", "--data", str(store), "--preset", "own", "--out", str(out),
+                       "--device", "cpu", "--set", "model.width=0.5", "--set", "optim.epochs=3",
+                       "--set", "run.log_every=3", "--set", "run.chance_steps=18")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_top1_error"] <= 0.5 * CHANCE  # well below chance (66.67%)
+    text = done.stdout + done.stderr
+    assert "not learning" not in text  # the check stays quiet on a net that learns
+    assert "\r" not in text  # no redrawn bar in a log
+    assert "epoch 1/3: 9/9 batch (100%)" in done.stderr  # plain progress lines instead
+    assert "run_eta" in done.stderr and "ETA" in done.stderr
+    assert "top-5" not in done.stdout  # 3 classes: top-5 error is always 0
+    assert "best.pt" in done.stdout.splitlines()[-1]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == list(range(3, 28, 3))
+    assert all(r["lr"] == 0.01 and r["images_per_s"] > 0 for r in steps)
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_chance_check_fires_on_the_papers_defaults(store, tmp_path, capsys):
+    config = resolve("paper", ["model.width=0.5", "optim.batch_size=16", "optim.epochs=2",
+                               "run.chance_steps=18", "run.device=cpu", "run.progress=false"],
+                     {"data.store": str(store), "run.out": str(tmp_path / "paper")})
+    result = train(config)
+    assert result["val_top1_error"] == pytest.approx(CHANCE)  # stuck at 66.67%
+    printed = capsys.readouterr().out
+    warnings = [line for line in printed.splitlines() if "not learning" in line]
+    assert len(warnings) == 1  # said once
+    assert "after 18 steps the validation error is 66.67%" in warnings[0]
+    assert "model.init_bias=0.1" in warnings[0]
+
+
+# -------------------------------------------------------------------------- --init-from
+
+
+def test_init_from_loads_every_layer_but_a_resized_fc8(tmp_path):
+    torch.manual_seed(1)
+    source = build_model("alexnet", num_classes=10, width=0.125)
+    path = checkpoint.save(tmp_path / "src.pt", checkpoint.make_state(source, classes=[]))
+    torch.manual_seed(2)
+    net = build_model("alexnet", num_classes=3, width=0.125)
+    fresh_fc8 = net.fc8.weight.clone()
+    result = load_initial_weights(net, str(path))
+    assert result["fresh"] == ["fc8.weight", "fc8.bias"]
+    for key, value in source.state_dict().items():
+        if key.startswith("fc8."):
+            continue
+        assert torch.equal(net.state_dict()[key], value), key
+    assert torch.equal(net.fc8.weight, fresh_fc8)
+    same = build_model("alexnet", num_classes=10, width=0.125)
+    assert load_initial_weights(same, str(path))["fresh"] == []
+    assert torch.equal(same.fc8.weight, source.fc8.weight)
+
+
+def test_init_from_another_width_is_one_line(tmp_path, store, capsys):
+    source = build_model("alexnet", num_classes=3, width=0.25)
+    path = checkpoint.save(tmp_path / "w.pt", checkpoint.make_state(source, classes=[]))
+    code = main(["train", "--data", str(store), "--init-from", str(path), "--out",
+                 str(tmp_path / "r"), "--set", "model.width=0.125", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_from_torchvision_without_torchvision_is_one_line(tmp_path, store, capsys,
+                                                               monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    code = main(["train", "--data", str(store), "--init-from", "torchvision", "--out",
+                 str(tmp_path / "tv"), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install torchvision" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_init_from_torchvision_sets_its_layout_and_normalisation(store, capsys):
+    assert main(["train", "--data", str(store), "--init-from", "torchvision",
+                 "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["model"]["arch"] == "alexnet-tv" and config["data"]["mean"] == "torchvision"
+
+
+# ---------------------------------------------------------- torchvision's normalisation
+
+
+def test_torchvision_normalisation_is_its_published_formula():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    x = augment.eval_batch(torch.from_numpy(images), {}, crops=1, mean="torchvision")
+    centre = images[:, 16:240, 16:240, :].astype(np.float64) / 255.0
+    expected = (centre - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(x.numpy(), expected.transpose(0, 3, 1, 2), rtol=1e-5,
+                               atol=1e-5)
+    assert resolve("paper", ["data.mean=torchvision"]).data.mean == "torchvision"

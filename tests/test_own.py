@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _images import jpeg, photo
+
 from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.config import resolve

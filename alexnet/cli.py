@@ -27,6 +27,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it, the
+    option has none (None) or is an on/off flag (False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if not action.option_strings or "default" in help_ or action.nargs == 0 or any(
+                action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return help_
+        return f"{help_} (default: %(default)s)"
+
+
 def _top_parser() -> argparse.ArgumentParser:
     """The parser that only knows the subcommand names."""
     parser = argparse.ArgumentParser(
@@ -46,13 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input ends in a one-line error and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
-    if not argv or argv[0] not in COMMANDS:
-        top.parse_args(argv[:1] or ["--help"])
+    if not argv:  # a bare `alexnet`: what there is to run, and a failing status for scripts
+        top.print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        top.parse_args(argv[:1])
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"alexnet {name}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"alexnet {name}", description=help_,
+                                     formatter_class=HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

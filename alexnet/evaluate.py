@@ -197,7 +197,7 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
         stats = ckpt.get("stats") or getattr(store, "stats", None)
         loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
                               stats=stats, **input_settings(ckpt))
-        probs, y = predict_probs(model, loader)
+        probs, y = predict_probs(model, loader, progress=f"evaluate {path}")
         del model
         total = probs if total is None else total + probs
         labels = y
@@ -270,6 +270,32 @@ def paper_rows(source: str | None, split: str, checkpoints: int,
     return key, rows, best
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
+    """(file, why): a run folder means its best.pt when there is one (the epoch of lowest
+    validation error, as the paper reports), else its checkpoint.pt; a file is itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return path, "as given"
+    if (path / "best.pt").is_file():
+        return path / "best.pt", "the run's lowest validation error; RUN/checkpoint.pt is " \
+            "the last epoch"
+    return path / "checkpoint.pt", "the run's last epoch (no best.pt)"
+
+
+def recorded_store(checkpoint: str | os.PathLike, option: str = "--data") -> Path:
+    """The store a checkpoint was trained on (config data.store), or a UserError saying to
+    give `option` when it is not recorded or no longer there."""
+    from alexnet.checkpoint import load
+
+    store = ((load(checkpoint).get("config") or {}).get("data") or {}).get("store")
+    if not store:
+        raise UserError(f"{checkpoint} records no store; give {option} STORE")
+    if not Path(store).is_dir():
+        raise UserError(f"{checkpoint} was trained on {store}, which is not there now; "
+                        f"give {option} STORE")
+    return Path(store)
+
+
 def store_source(store: Any) -> str | None:
     """The data source recorded in the store's header ('ilsvrc2012', 'cifar10', ...), if any."""
     source = (getattr(store, "meta", None) or {}).get("source")
@@ -278,11 +304,24 @@ def store_source(store: Any) -> str | None:
     return source if isinstance(source, str) else None
 
 
-def format_table(result: dict[str, Any], source: str | None, split: str) -> str:
-    """The figures beside the paper's for the same set, or a line saying there are none."""
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def format_table(result: dict[str, Any], source: str | None, split: str,
+                 num_classes: int | None = None) -> str:
+    """The figures beside the paper's for the same set, or a line saying there are none.
+
+    Top-5 error is left out with 5 classes or fewer (it is 0 by construction there).
+    """
     n_ckpt = len(result["checkpoints"])
     crops = "centre crop" if result["crops"] == 1 else f"{result['crops']} crops"
     ours = f"this run ({n_ckpt} CNN{'s' if n_ckpt > 1 else ''}, {crops})"
+    if num_classes is not None and num_classes <= 5:
+        return "\n".join([f"{'':<44}{'top-1 error':>12}",
+                          f"{ours:<44}{100 * result['top1_error']:>11.2f}%",
+                          f"({num_classes} classes: top-5 error is 0 by construction, not shown)",
+                          f"{result['images']} images, {plural(result['crops'], 'crop')} each"])
     lines = [f"{'':<44}{'top-1 error':>12}{'top-5 error':>12}",
              f"{ours:<44}{100 * result['top1_error']:>11.2f}%{100 * result['top5_error']:>11.2f}%"]
     key, rows, best = paper_rows(source, split, n_ckpt, result["crops"])
@@ -296,7 +335,7 @@ def format_table(result: dict[str, Any], source: str | None, split: str) -> str:
         if key == "ilsvrc2012-val":
             lines.append("(the 2012 table does not say how many crops; most likely 10: single-crop "
                          "reproductions land at 42.9-43.5% top-1)")
-    lines.append(f"{result['images']} images, {result['crops']} crop(s) each")
+    lines.append(f"{result['images']} images, {plural(result['crops'], 'crop')} each")
     return "\n".join(lines)
 
 
@@ -315,8 +354,11 @@ def _write_json(path: Path, data: Any) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet evaluate`."""
     parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
-                        help="one checkpoint, or several: their softmax outputs are averaged")
-    parser.add_argument("--data", type=Path, required=True, help="a prepared store folder")
+                        help="one checkpoint or run folder (its best.pt when there is one, "
+                        "else checkpoint.pt), or several: their softmax outputs are averaged")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a prepared store folder (default: the store the first "
+                        "checkpoint was trained on)")
     parser.add_argument("--split", default="auto", choices=("auto", "train", "val", "test"),
                         help="which split (auto: val if the store has one, else test; the "
                         "paper's 2010 figures are on test)")
@@ -347,6 +389,13 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give a positive number of images")
     device = resolve_device(args.device)
+    chosen = [resolve_checkpoint(p) for p in args.checkpoints]
+    for given, (path, why) in zip(args.checkpoints, chosen, strict=True):
+        if given.is_dir():
+            print(f"{given}: evaluating {path.name} ({why})", file=sys.stderr)
+    args.checkpoints = [path for path, _ in chosen]
+    if args.data is None:
+        args.data = recorded_store(args.checkpoints[0])
     if args.split == "auto":
         args.split = "val" if (args.data / "val").is_dir() or not (args.data / "test").is_dir() \
             else "test"
@@ -368,6 +417,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         print(f"per-class errors: {out}", file=sys.stderr)
     else:
-        print(format_table(result, store_source(store), args.split))
+        print(format_table(result, store_source(store), args.split,
+                           len(getattr(store, "classes", None) or []) or None))
         print(f"per-class errors and most confused pairs: {out}")
     return 0

@@ -29,6 +29,24 @@ TOP = TOP5  # section 6: the five labels the net considers most probable
 BATCH = 32  # images per forward step (x10 crops)
 
 
+def expand_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a folder stands for the image files in it and below (sorted by path,
+    hidden files skipped), so `predict CKPT photos/` classifies a whole folder."""
+    from alexnet.data.sources import is_image_name
+
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"{path}: a folder with no image files (.jpg, .png, ...) in it")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
 def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 (N, size, size, 3): each file preprocessed as `alexnet prepare` does it.
 
@@ -88,11 +106,14 @@ def top_classes(probs: torch.Tensor, classes: Sequence[Any] | None, top: int = T
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet predict`."""
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                        help="a checkpoint, or a run folder (its best.pt when there is one)")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                        help="image files (JPEG, PNG, ...; greyscale and CMYK too)")
-    parser.add_argument("--crops", type=int, default=TEST_CROPS, choices=(1, TEST_CROPS),
-                        help="10: corners, centre and reflections (default); 1: centre patch")
+                        help="image files (JPEG, PNG, ...; greyscale and CMYK too) or folders "
+                        "of them")
+    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
+                        help=f"1: centre patch (default, as evaluate); {TEST_CROPS}: corners, "
+                        "centre and their reflections, the paper's test-time average")
     parser.add_argument("--top", type=int, default=TOP, help=f"classes shown (default {TOP})")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list [{image, top: [{label, wnid, name, "
@@ -107,9 +128,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: give at least 1")
+    from alexnet.evaluate import resolve_checkpoint
+
+    args.images = expand_folders(args.images)
     images = load_images(args.images)  # every file checked before the net is loaded
     device = resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device=device)
+    path, why = resolve_checkpoint(args.checkpoint)
+    if args.checkpoint.is_dir():
+        print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
+    model, ckpt = load_model(path, device=device)
     probs = predict_images(model, images, ckpt, crops=args.crops, device=device)
     tops = top_classes(probs, ckpt.get("classes"), args.top)
     if args.json:

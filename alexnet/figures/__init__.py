@@ -25,8 +25,11 @@ QUERY_IMAGES = 5  # figure 4 right shows five test images
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet figures`."""
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
-    parser.add_argument("--data", type=Path, required=True, help="a prepared store folder")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                        help="a checkpoint, or a run folder (its best.pt when there is one)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a prepared store folder (default: the store the checkpoint was "
+                        "trained on)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the PNG files (default: figures/ beside the checkpoint)")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "test"),
@@ -35,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"test images in figure 4 left (default {TOP5_IMAGES})")
     parser.add_argument("--queries", type=int, default=QUERY_IMAGES,
                         help=f"test images in figure 4 right (default {QUERY_IMAGES})")
-    parser.add_argument("--crops", type=int, default=10, choices=(1, 10),
-                        help="crops per image for figure 4 left's probabilities (default 10)")
+    parser.add_argument("--crops", type=int, default=1, choices=(1, 10),
+                        help="crops per image for figure 4 left's probabilities: 1, the centre "
+                        "(default, as evaluate and predict), or 10")
     parser.add_argument("--seed", type=int, default=0, help="which test images are shown")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="images per step of the fc7 search (default 128)")
@@ -62,21 +66,34 @@ def run(args: argparse.Namespace) -> int:
     """Draw every figure; print where they went and the colour fraction of each column."""
     from alexnet.checkpoint import load_model
     from alexnet.data.store import open_split
-    from alexnet.evaluate import class_names, input_settings, resolve_device
+    from alexnet.evaluate import (
+        class_names,
+        input_settings,
+        recorded_store,
+        resolve_checkpoint,
+        resolve_device,
+    )
     from alexnet.figures.kernels import write_kernel_figures
 
     for name in ("images", "queries", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
     device = resolve_device(args.device)
+    if args.checkpoint.is_dir():
+        path, why = resolve_checkpoint(args.checkpoint)
+        print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
+        args.run_dir, args.checkpoint = args.checkpoint, path
+    else:
+        args.run_dir = args.checkpoint.parent
+    if args.data is None:
+        args.data = recorded_store(args.checkpoint)
     model, ckpt = load_model(args.checkpoint, device=device)
     test = _test_split(args.data, args.split)
     if ckpt.get("classes") is not None and class_names(ckpt["classes"]) != \
             class_names(test.classes):
         raise UserError(f"{args.checkpoint}: its classes differ from those of {args.data}; "
                         "draw the figures on the store the net was trained for")
-    out = args.out or (args.checkpoint if args.checkpoint.is_dir()
-                       else args.checkpoint.parent) / "figures"
+    out = args.out or args.run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
     settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
@@ -100,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"figure 4 right skipped: {args.data} has no train split to search",
               file=sys.stderr)
 
-    log = (args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent) / "log.jsonl"
+    log = args.run_dir / "log.jsonl"
     if log.is_file():
         from alexnet.figures.curves import plot_curves
 
@@ -152,7 +169,7 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     query_loader = eval_loader(test, crops=1, batch_size=min(len(indices), args.batch_size),
                                device=device, indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
-    ckpt_file = args.checkpoint / "checkpoint.pt" if args.checkpoint.is_dir() else args.checkpoint
+    ckpt_file = args.checkpoint
     ckpt_stat = ckpt_file.stat()
     key = {"checkpoint": str(ckpt_file.resolve()), "checkpoint_size": ckpt_stat.st_size,
            "checkpoint_mtime_ns": ckpt_stat.st_mtime_ns, "store": str(train.path.resolve()),
@@ -162,7 +179,10 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     if chunks is None:
         train_loader = eval_loader(train, crops=1, batch_size=args.batch_size, device=device,
                                    **settings)
-        chunks = fc7_features(model, train_loader)
+        from alexnet.progress import track
+
+        chunks = fc7_features(model, track(train_loader, "figure 4 right: fc7 of the training "
+                                           "split", unit="batch"))
         if cache:
             chunks = cached_chunks(chunks, cache, len(train), key)
     else:

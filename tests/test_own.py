@@ -96,12 +96,19 @@ def test_training_error_is_the_witness_without_validation():
 # ------------------------------------------------------------------ the photo set, for real
 
 
-def test_own_preset_learns_the_photo_set_with_plain_progress_lines(store, tmp_path):
-    out = tmp_path / "own"
+@pytest.fixture(scope="module")
+def own_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`alexnet train --preset own` on the photo set (width 0.5 for the CPU), output piped."""
+    out = tmp_path_factory.mktemp("runs") / "own"
     done = alexnet_cli("train", "--data", str(store), "--preset", "own", "--out", str(out),
                        "--device", "cpu", "--set", "model.width=0.5", "--set", "optim.epochs=3",
                        "--set", "run.log_every=3", "--set", "run.chance_steps=18")
     assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_own_preset_learns_the_photo_set_with_plain_progress_lines(own_run):
+    out, done = own_run
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["val_top1_error"] <= 0.5 * CHANCE  # well below chance (66.67%)
     text = done.stdout + done.stderr
@@ -109,12 +116,65 @@ def test_own_preset_learns_the_photo_set_with_plain_progress_lines(store, tmp_pa
     assert "\r" not in text  # no redrawn bar in a log
     assert "epoch 1/3: 9/9 batch (100%)" in done.stderr  # plain progress lines instead
     assert "run_eta" in done.stderr and "ETA" in done.stderr
+    assert "validate: 1/1 batch" in done.stderr
     assert "top-5" not in done.stdout  # 3 classes: top-5 error is always 0
+    assert "none scaling" not in done.stdout and "channels_last False" not in done.stdout
+    assert "3 epochs x 9 steps" in done.stdout
     assert "best.pt" in done.stdout.splitlines()[-1]
+
+
+def test_step_rows_feed_the_log_and_the_curves(own_run):
+    out, _ = own_run
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps] == list(range(3, 28, 3))
-    assert all(r["lr"] == 0.01 and r["images_per_s"] > 0 for r in steps)
+    assert [r["epoch"] for r in steps] == pytest.approx([s / 9 for s in range(3, 28, 3)])
+    assert all(r["lr"] == 0.01 and r["images_per_s"] > 0 and r["loss"] > 0 for r in steps)
+    from alexnet.figures.curves import read_steps
+
+    assert read_steps(out / "log.jsonl") == steps
     assert (out / "curves.png").stat().st_size > 0
+
+
+def test_evaluate_a_run_folder_uses_best_pt_and_the_recorded_store(own_run, capsys):
+    out, _ = own_run
+    assert main(["evaluate", str(out), "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "evaluating best.pt" in captured.err
+    result = json.loads(captured.out)
+    assert result["checkpoints"] == [str(out / "best.pt")]
+    best = checkpoint.load(out / "best.pt")
+    assert result["top1_error"] == pytest.approx(best["best_error"])
+    assert main(["evaluate", str(out), "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "top-5" not in table.splitlines()[0] and "1 crop each" in table
+
+
+def test_predict_takes_a_folder(own_run, store, tmp_path, capsys):
+    out, _ = own_run
+    folder = tmp_path / "mine"
+    for k, name in enumerate(NAMES):
+        (folder / "sub").mkdir(parents=True, exist_ok=True)
+        (folder / "sub" / f"{name}.jpg").write_bytes(jpeg(photo(300, 240, k, 99)))
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["predict", str(out), str(folder), "--json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [Path(r["image"]).name for r in rows] == ["fern.jpg", "poppy.jpg", "sky.jpg"]
+    assert [r["top"][0]["name"] for r in rows] == ["fern", "poppy", "sky"]
+
+
+def test_export_of_the_run_equals_it(own_run, tmp_path):
+    from alexnet.export import export
+
+    out, _ = own_run
+    result = export(out / "best.pt", "torchscript", tmp_path / "own.torchscript.pt")
+    assert result["check"].startswith("checked: outputs equal")
+
+
+def test_a_split_folder_given_as_store_says_which_folder_to_give(store, tmp_path, capsys):
+    code = main(["train", "--data", str(store / "train"), "--out", str(tmp_path / "x"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"give the store above it, {store}" in err
 
 
 def test_chance_check_fires_on_the_papers_defaults(store, tmp_path, capsys):

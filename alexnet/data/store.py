@@ -231,6 +231,8 @@ def open_split(root: str | os.PathLike[str], split: str) -> Store:
         present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists()) \
             if root.is_dir() else []
         hint = f"splits present: {', '.join(present)}" if present else RERUN
+        if (root / HEADER).exists():  # e.g. --data STORE/train: a split folder, not a store
+            hint = f"{root} is itself a split folder: give the store above it, {root.parent}"
         raise UserError(f"{root}: store has no '{split}' split; {hint}")
     return Store(path)
 

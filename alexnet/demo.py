@@ -169,7 +169,7 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
     kwargs = dict(batch_size=config.run.eval_batch_size, device=plan.device,
                   stats=ckpt["stats"], mean=config.data.mean, crop=config.data.crop)
     t0 = time.monotonic()
-    centre = evaluate_model(model, test, crops=1, **kwargs)
+    centre = evaluate_model(model, test, crops=1, progress="test, centre crop", **kwargs)
     seconds = time.monotonic() - t0
     final: dict[str, Any] = {"test_top1_error": centre["top1_error"],
                              "test_top5_error": centre["top5_error"],
@@ -185,7 +185,8 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
         final["ten_crop"] = "skipped: it would not fit the time budget"
         return final
     subset = list(range(n)) if n < len(test) else None
-    ten = evaluate_model(model, test, crops=TEST_CROPS, indices=subset, **kwargs)
+    ten = evaluate_model(model, test, crops=TEST_CROPS, indices=subset,
+                         progress=f"test, {TEST_CROPS} crops", **kwargs)
     final.update(test_top1_error_10crop=ten["top1_error"], test_top5_error_10crop=ten["top5_error"],
                  ten_crop_images=ten["images"])
     if subset is not None:  # the centre crop on the same images, for the comparison

@@ -251,3 +251,28 @@ def test_torchvision_normalisation_is_its_published_formula():
     np.testing.assert_allclose(x.numpy(), expected.transpose(0, 3, 1, 2), rtol=1e-5,
                                atol=1e-5)
     assert resolve("paper", ["data.mean=torchvision"]).data.mean == "torchvision"
+
+
+def test_train_init_from_a_run_starts_from_its_weights(own_run, store, tmp_path):
+    out, _ = own_run
+    run = tmp_path / "tuned"
+    done = alexnet_cli("train", "--data", str(store), "--preset", "own", "--out", str(run),
+                       "--device", "cpu", "--init-from", str(out / "best.pt"), "--set",
+                       "model.width=0.5", "--set", "optim.lr=1e-9", "--max-steps", "1",
+                       "--set", "data.val_split=none")
+    assert done.returncode == 0, done.stderr
+    assert f"weights from {out / 'best.pt'}: 16 tensors loaded" in done.stdout
+    source, tuned = checkpoint.load(out / "best.pt"), checkpoint.load(run / "checkpoint.pt")
+    for key, value in source["model"].items():  # one step at lr 1e-9 moves nothing visible
+        torch.testing.assert_close(tuned["model"][key], value, rtol=0, atol=1e-6)
+
+
+def test_a_resumed_run_continues_the_step_log_without_gaps_or_repeats(store, tmp_path):
+    base = ["--data", str(store), "--out", str(tmp_path / "r"), "--device", "cpu",
+            "--set", "model.width=0.125", "--batch-size", "16", "--set", "run.log_every=1",
+            "--set", "data.val_split=none", "--no-progress"]
+    assert main(["train", *base, "--max-steps", "2"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4",
+                 "--no-progress"]) == 0
+    rows = (tmp_path / "r" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]

@@ -51,7 +51,10 @@ class PlainLRN(nn.Module):
         super().__init__()
         self.groups, self.half, self.alpha, self.beta, self.k = groups, n // 2, alpha, beta, k
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """LRN of x, or of ReLU(x) with `relu` (the call LRN also accepts)."""
+        if relu:
+            x = F.relu(x)
         a = x.unflatten(1, (self.groups, -1))  # (N, G, C/G, H, W)
         sq = F.pad(a * a, (0, 0, 0, 0, self.half, self.half))  # zeros beyond the edges
         c = a.shape[2]

@@ -58,6 +58,10 @@ def test_round_trip(tmp_path, format):
     assert np.array_equal(clone.read([1, 2]), store.read([1, 2]))
     with pytest.raises(IndexError):
         store.read([40])
+    buffer = np.full((5, 16, 16, 3), 7, np.uint8)  # a loader's pinned buffer, say
+    assert store.read(index, out=buffer) is buffer and np.array_equal(buffer, batch)
+    with pytest.raises(ValueError, match="out: need uint8"):
+        store.read(index, out=np.empty((4, 16, 16, 3), np.uint8))
 
 
 def test_statistics_equal_numpy(tmp_path):

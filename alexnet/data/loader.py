@@ -21,6 +21,7 @@ import ctypes
 import math
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -188,7 +189,12 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
     nvJPEG batch on the GPU.
     """
     if store.format != "jpeg":
-        return _to_device(store.read(index), device)
+        if device.type != "cuda":
+            return _to_device(store.read(index), device)
+        size = store.image_size
+        pinned = torch.empty((len(index), size, size, 3), dtype=torch.uint8, pin_memory=True)
+        store.read(index, out=pinned.numpy())  # one copy: memory map -> pinned memory
+        return pinned.to(device, non_blocking=True)
     blobs, size = store.encoded(index), store.image_size
     on_gpu = round(how.gpu_decode * len(blobs))
     shape = (len(blobs) - on_gpu, size, size, 3)
@@ -205,6 +211,34 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
         future.result()
     cpu = cpu.to(device, non_blocking=True)
     return cpu if gpu is None else torch.cat([gpu, cpu])
+
+
+_READER = threading.local()  # each read-ahead thread's own CUDA stream
+
+
+@contextlib.contextmanager
+def reader_stream(device: torch.device) -> Iterator[None]:
+    """Run a read-ahead thread's device work (copies, nvJPEG, labels) on a CUDA stream of its
+    own and wait for it before the batch is handed over, so that the copies overlap the
+    training step on the default stream instead of queueing behind it (timm's PrefetchLoader
+    does the same). The consumer marks each batch with `hand_over` before using it."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = getattr(_READER, "stream", None)
+    if stream is None or stream.device != device:
+        stream = _READER.stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
+
+
+def hand_over(*tensors: torch.Tensor) -> None:
+    """Tell the caching allocator that the consumer's stream now uses tensors made on a
+    reader's stream, so that their memory is not reused while its kernels still read it."""
+    for t in tensors:
+        if t.is_cuda:
+            t.record_stream(torch.cuda.current_stream(t.device))
 
 
 _MALLOC_TUNED = False
@@ -352,6 +386,7 @@ class TrainLoader:
                         yield item
                     else:
                         k, images, y = item
+                        hand_over(images, y)
                         yield self._augment(epoch, k, images), y
 
     def _job(self, epoch: int, k: int, index: np.ndarray, pool: ThreadPoolExecutor | None, *,
@@ -359,8 +394,9 @@ class TrainLoader:
         """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
             index_sorted = np.sort(index)
-            images = read_batch(self.store, index_sorted, self.device, self.reading, pool)
-            y = _to_device(self.labels[index_sorted], self.device)
+            with reader_stream(self.device):
+                images = read_batch(self.store, index_sorted, self.device, self.reading, pool)
+                y = _to_device(self.labels[index_sorted], self.device)
             if augment_too:
                 return self._augment(epoch, k, images), y
             return k, images, y
@@ -417,13 +453,16 @@ class EvalLoader:
                     for i in range(0, len(self.order), self.batch_size)]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for images, y in batches:
+                    if not on_cpu:
+                        hand_over(images, y)
                     yield (images if on_cpu else self._patches(images)), y
 
     def _job(self, index: np.ndarray, pool: ThreadPoolExecutor | None, *, augment_too: bool
              ) -> Callable[[], Any]:
         def run() -> Any:
-            images = read_batch(self.store, index, self.device, self.reading, pool)
-            y = _to_device(self.labels[index], self.device)
+            with reader_stream(self.device):
+                images = read_batch(self.store, index, self.device, self.reading, pool)
+                y = _to_device(self.labels[index], self.device)
             return (self._patches(images) if augment_too else images), y
         return run
 

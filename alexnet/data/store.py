@@ -180,17 +180,23 @@ class Store:
     def __len__(self) -> int:
         return self._count
 
-    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Images `indices` as uint8 (B, S, S, 3), in the order given."""
+    def read(self, indices: Sequence[int] | np.ndarray, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """Images `indices` as uint8 (B, S, S, 3), in the order given; into `out` (e.g. a
+        loader's pinned buffer, saving a copy) when given."""
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < -self._count or index.max() >= self._count):
             raise IndexError(f"store index out of range for {self._count} images")
         index = np.where(index < 0, index + self._count, index)
         data = self._pixels()
-        if self.format == "raw":
-            return np.ascontiguousarray(data[index])
         size = self.image_size
-        out = np.empty((len(index), size, size, 3), np.uint8)
+        if out is None:
+            out = np.empty((len(index), size, size, 3), np.uint8)
+        elif out.shape != (len(index), size, size, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out: need uint8 {(len(index), size, size, 3)}, got {out.dtype} "
+                             f"{out.shape}")
+        if self.format == "raw":
+            return np.take(data, index, axis=0, out=out, mode="clip")  # "raise" would buffer
         for row, i in enumerate(index):
             out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
         return out

@@ -254,6 +254,7 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
     t0 = time.perf_counter()
 
     def train(activation: str, **kwargs) -> dict:
+        bar.note(run=f"{activation} lr {kwargs['lr']:g} seed {kwargs.get('seed', seed)}")
         run = train_run(images, labels, activation=activation, steps=steps, mean=mean,
                         divisor=divisor, num_classes=num_classes, window=window,
                         batch_size=batch_size, init=init, device=device,
@@ -262,7 +263,7 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
         crossed = ", ".join(f"{k}: {'-' if v is None else f'{v:.0f}'}"
                             for k, v in run["crossings"].items())
         log(f"{activation:>4} lr={run['lr']:<7g} seed {run['seed']}: {run['steps']} steps, "
-            f"running error {run['final_error']:.3f}, updates to ({crossed})"
+            f"running error {100 * run['final_error']:.1f}%, updates to ({crossed})"
             + (" (diverged)" if run["diverged"] else "")
             + f"  [{time.perf_counter() - t0:.0f} s]")
         return run
@@ -381,19 +382,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the running training error (default "
                              f"{crossing.DEFAULT_WINDOW})")
     parser.add_argument("--limit", type=int, default=None,
-                        help="train on a seeded random subset of this many images")
+                        help="train on a seeded random subset of this many images (default: "
+                             "every training image)")
     parser.add_argument("--out", type=Path, default=Path("relu_vs_tanh"),
                         help="output folder for figure1.png and relu_vs_tanh.json")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help=f"minibatch size (default {BATCH_SIZE})")
     parser.add_argument("--seed", type=int, default=0,
-                        help="the search's seed; the measured seeds are the next ones")
+                        help="seed of the learning-rate search and of the --limit subset; the "
+                             "measured seeds are the next --seeds ones")
     parser.add_argument("--input-scale", choices=("std", "none"), default="std",
                         help="divide centred inputs by the pixel std (default) or keep 0..255")
     parser.add_argument("--init", choices=INITS, default="gain",
                         help="weights N(0, gain^2/fan_in) with each unit's gain (default) or "
                              "the paper's N(0, 0.01) for every layer")
-    parser.add_argument("--device", default="cpu", help="cpu (default, deterministic) or cuda")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default: auto, a GPU if there is one; "
+                             "cpu repeats a run bit for bit)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's; 1 is often fastest for "
                              "this small net on a busy machine)")
@@ -414,6 +419,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: give at least 1")
         torch.set_num_threads(args.threads)
+    from alexnet.evaluate import resolve_device
+
+    device = resolve_device(args.device)
     images, labels, store = load_training_set(args.data, args.limit, args.seed)
     if is_grey(images):  # one channel holds all: conv1 does a third of the work
         images = np.ascontiguousarray(images[..., :1])
@@ -427,12 +435,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: cannot create the folder ({err.strerror})") from err
     print(f"relu-vs-tanh: {len(images)} images of {images.shape[1]}x{images.shape[1]}x"
           f"{images.shape[3]}, {len(store.classes)} classes, up to {args.steps} steps per run, "
-          f"lrs {sorted(args.lrs)}, {args.seeds} seeds per unit")
+          f"lrs {sorted(args.lrs)}, {args.seeds} seed{'' if args.seeds == 1 else 's'} per unit, "
+          f"on {device}")
     result = run_experiment(images, labels, stats=store.stats, num_classes=len(store.classes),
                             lrs=args.lrs, steps=args.steps, thresholds=args.thresholds,
                             select_threshold=threshold, seeds=args.seeds, seed=args.seed,
                             window=args.window, input_scale=args.input_scale, init=args.init,
-                            batch_size=args.batch_size, device=args.device,
+                            batch_size=args.batch_size, device=str(device),
                             progress=args.progress)
     result["threshold_source"] = source
     result["data"] = str(args.data)

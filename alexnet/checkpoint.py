@@ -8,15 +8,17 @@ config), `classes`, `stats` (the normalisation statistics the net was trained wi
 (torch CPU/CUDA, numpy and python generator states) and `metrics` (the log so far).
 
 Only tensors and plain Python values are stored, so files load with `weights_only=True`: a
-foreign pickle cannot run code. `save` writes a temporary file in the same folder, fsyncs it
-and renames it over the target (timm's CheckpointSaver does the same): a kill mid-write leaves
-the previous checkpoint intact and never a file under the final name that is half-written.
+foreign pickle cannot run code. `save` goes through alexnet.atomic (temporary file, fsync,
+rename): a kill mid-write leaves the previous checkpoint intact and never a file under the
+final name that is half-written. `load` checks every member's CRC, so a damaged file is refused
+rather than trained on; `model_from_state` refuses non-finite weights.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.atomic import write_atomic
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-checkpoint"
 FORMAT_VERSION = 1
-TMP_PREFIX = ".tmp-"  # temporary files are hidden and never carry the final name
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -122,43 +124,32 @@ def make_state(model: nn.Module, **fields: Any) -> dict[str, Any]:
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically: temporary file, flush, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    """Write `state` to `path` atomically (alexnet.atomic: temporary file, fsync, os.replace)."""
+    return write_atomic(path, lambda f: torch.save(state, f))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a missing, truncated, corrupt or foreign file is a UserError."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+         mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint; a missing, truncated, corrupt or foreign file is a UserError.
+
+    Every member's CRC is checked first (torch.load does not), so one flipped byte is caught.
+    `mmap` maps the tensors instead of reading them (a cheap look at several checkpoints).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+    reason = _damage(path)
+    state = None
+    if reason is None:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
+            reason = _load_failure(err)
+    if reason is not None:
         raise UserError(f"{path}: not a readable alexnet checkpoint (truncated, corrupt or "
-                        f"foreign: {reason}); use another checkpoint") from None
+                        f"foreign: {reason}); use another checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not an alexnet checkpoint (no '{FORMAT}' header); "
                         "give a file written by 'alexnet train'")
@@ -169,12 +160,42 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return state
 
 
+def _damage(path: Path) -> str | None:
+    """Why `path` is not an intact torch.save archive (zip structure, member CRCs), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return "not a zip archive as torch.save writes"
+    except (OSError, EOFError, RuntimeError, ValueError, NotImplementedError) as err:
+        return f"unreadable archive: {type(err).__name__}"
+    return f"member {bad} fails its CRC check" if bad is not None else None
+
+
+def _load_failure(err: Exception) -> str:
+    """A short reason for a torch.load failure (never PyTorch's multi-line advice)."""
+    text = str(err).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds objects other than tensors and plain values"
+    first = text.splitlines()[0][:120] if text else type(err).__name__
+    return first
+
+
 def load_model(path: str | os.PathLike,
                device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained network of a checkpoint, in eval mode on `device`."""
+    """Rebuild the trained network of a checkpoint file, in eval mode on `device`."""
+    ckpt = load(path)
+    return model_from_state(ckpt, path, device), ckpt
+
+
+def model_from_state(ckpt: dict[str, Any], path: str | os.PathLike,
+                     device: str | torch.device = "cpu") -> nn.Module:
+    """The network of a loaded checkpoint `ckpt` (read from `path`), in eval mode on `device`.
+
+    Non-finite weights (a diverged run) are refused: they would score NaN on every image.
+    """
     from alexnet.model import build_model
 
-    ckpt = load(path)
     try:
         model = build_model(ckpt["arch"], **ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
@@ -182,4 +203,16 @@ def load_model(path: str | os.PathLike,
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else repr(err)
         raise UserError(f"{path}: the weights do not fit architecture {ckpt.get('arch')!r} "
                         f"({first}); the file is damaged or from another version") from None
-    return model.to(device).eval(), ckpt
+    bad = non_finite(model)
+    if bad:
+        raise UserError(f"{path}: non-finite weights in {bad} (a diverged run); use best.pt or "
+                        "an earlier checkpoint")
+    return model.to(device).eval()
+
+
+def non_finite(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of `model` holding NaN or inf, or None."""
+    for name, value in list(model.named_parameters()) + list(model.named_buffers()):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import checkpoint
+from alexnet import atomic, checkpoint
 from alexnet.errors import UserError
 from alexnet.model import AlexNet
 
@@ -78,8 +78,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_midway)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="disk full") as err:
         checkpoint.save(path, full_state(net, epoch=4))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the temporary file is gone
 
@@ -88,7 +89,7 @@ def test_a_real_kill_mid_write_never_leaves_an_invalid_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     script = textwrap.dedent(f"""
         import torch, sys
-        from alexnet import checkpoint
+        from alexnet import atomic, checkpoint
         big = torch.arange(12_000_000, dtype=torch.float32)
         n = 0
         while True:
@@ -108,7 +109,7 @@ def test_a_real_kill_mid_write_never_leaves_an_invalid_checkpoint(tmp_path):
     assert ckpt["n"] >= 0 and torch.equal(ckpt["big"][-3:], torch.tensor([11_999_997.0,
                                                                           11_999_998, 11_999_999]))
     for leftover in tmp_path.iterdir():  # a temporary file may remain, never under the name
-        assert leftover == path or leftover.name.startswith(checkpoint.TMP_PREFIX)
+        assert leftover == path or leftover.name.startswith(atomic.TMP_PREFIX)
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -142,3 +143,70 @@ def test_missing_checkpoint_and_wrong_weights(tmp_path):
     checkpoint.save(tmp_path / "c.pt", state)
     with pytest.raises(UserError, match="do not fit"):
         checkpoint.load_model(tmp_path / "c.pt")
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys, torch
+    from alexnet import checkpoint
+    from alexnet.errors import UserError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+    try:
+        checkpoint.save(sys.argv[1], {"format": checkpoint.FORMAT, "format_version":
+                        checkpoint.FORMAT_VERSION, "big": torch.zeros(100_000)})
+    except UserError as err:
+        print(err)
+""")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """torch.save's writer raises RuntimeError (inline_container.cc) around the OSError."""
+    path = checkpoint.save(tmp_path / "checkpoint.pt", full_state(small_net()))
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1 and str(path) in proc.stdout
+    assert "File too large" in proc.stdout and "inline_container" not in proc.stdout
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_one_flipped_byte_is_refused(tmp_path):
+    path = checkpoint.save(tmp_path / "c.pt", full_state(small_net()))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the weights' data
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="CRC") as err:
+        checkpoint.load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_random_bytes_are_named_plainly(tmp_path):
+    path = tmp_path / "random.pt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert "not a zip archive" in message and "Weights only" not in message
+    assert "\n" not in message
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    net = small_net()
+    with torch.no_grad():
+        net.fc8.weight[0, 0] = float("nan")
+    checkpoint.save(tmp_path / "nan.pt", full_state(net))
+    with pytest.raises(UserError, match="non-finite weights in fc8.weight"):
+        checkpoint.load_model(tmp_path / "nan.pt")
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    dead = int(proc.stdout)  # a process that has ended
+    stale = tmp_path / f"{atomic.TMP_PREFIX}checkpoint.pt.{dead}"
+    stale.write_bytes(b"PK half")
+    live = tmp_path / f"{atomic.TMP_PREFIX}best.pt.{os.getppid()}"  # a running writer's
+    live.write_bytes(b"PK half")
+    assert atomic.remove_stale(tmp_path) == [stale]
+    assert sorted(os.listdir(tmp_path)) == [live.name]

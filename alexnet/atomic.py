@@ -1,0 +1,146 @@
+"""Atomic file writes: the one way this package replaces a file that must never be half-written.
+
+`write_atomic` writes a hidden temporary file `.tmp-NAME.PID` in the target's folder, flushes
+and fsyncs it, renames it over the target (`os.replace`, atomic on POSIX) and fsyncs the folder,
+so a kill or a full disk at any moment leaves either the previous file or the new one, never a
+file under the final name that is half-written. A failed write removes its temporary file and
+raises a one-line UserError naming the file and the cause (no space, read-only, permission, a
+file where a folder should be); temporaries of killed processes are removed by `remove_stale`.
+(The store writer, alexnet/data/store.py, keeps its own part files.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from alexnet.errors import UserError
+
+TMP_PREFIX = ".tmp-"  # temporary files are hidden and never carry the final name
+
+Content = bytes | str | Callable[[IO[bytes]], None]
+
+
+def temp_path(path: Path) -> Path:
+    """This process's temporary file for `path`: `.tmp-NAME.PID` beside it."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: itself, or the one a library wrapped (torch.save's writer
+    raises RuntimeError from inline_container.cc with the OSError as its context)."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+def fs_error(path: Path, err: OSError, doing: str = "cannot write") -> UserError:
+    """A one-line UserError for a filesystem failure at `path`, saying what to do."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return UserError(f"{path}: {doing} ({reason}); free disk space, or choose a writable folder "
+                     "(an earlier file of the same name is kept)")
+
+
+def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create `folder` (and parents) and check that files can be created in it.
+
+    An existing file in its place, a read-only mount, a missing permission or /sys give a
+    one-line UserError before any work is done.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a folder; choose another {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "probe")
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{folder}: cannot create files there ({reason}); choose another "
+                        f"{what}") from None
+    return folder
+
+
+def write_atomic(path: str | os.PathLike, content: Content) -> Path:
+    """Replace `path` with `content` (bytes, text, or a function writing to a binary file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name")
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        cause = os_error(err)
+        if cause is None:
+            raise
+        raise fs_error(path, cause) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _sync_folder(path.parent)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:
+    """`data` as JSON (one trailing newline), atomically."""
+    return write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform lets a folder be fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files in `folder` left by processes that no longer run."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one we may not signal still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

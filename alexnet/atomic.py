@@ -11,9 +11,10 @@ file where a folder should be); temporaries of killed processes are removed by `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,21 +71,22 @@ def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> Pat
     return folder
 
 
-def write_atomic(path: str | os.PathLike, content: Content) -> Path:
-    """Replace `path` with `content` (bytes, text, or a function writing to a binary file)."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write instead of `path`; when the block ends normally it is fsynced
+    and renamed over `path`, otherwise removed. Filesystem failures become a UserError."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")
     tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         cause = os_error(err)
@@ -95,7 +97,16 @@ def write_atomic(path: str | os.PathLike, content: Content) -> Path:
         if tmp.exists():
             tmp.unlink()
     _sync_folder(path.parent)
-    return path
+
+
+def write_atomic(path: str | os.PathLike, content: Content) -> Path:
+    """Replace `path` with `content` (bytes, text, or a function writing to a binary file)."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        if callable(content):
+            content(f)
+        else:
+            f.write(content.encode() if isinstance(content, str) else content)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:

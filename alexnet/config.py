@@ -11,7 +11,6 @@ is written with every run (config.json) and stored in every checkpoint (`to_dict
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,14 +253,16 @@ def validate(config: Config) -> Config:
         if not ok:
             raise UserError(message)
 
-    from alexnet.model import ARCHS  # the model module owns the list of architectures
+    from alexnet.model import ARCHS, min_crop  # the model owns its architectures and sizes
 
     need(m.arch in ARCHS, f"model.arch {m.arch!r}: choose from {', '.join(ARCHS)}")
     need(m.activation in ("relu", "tanh"), f"model.activation {m.activation!r}: relu or tanh")
     need(m.columns in (1, 2), f"model.columns {m.columns}: 1 or 2")
     need(0 < m.width, f"model.width {m.width}: must be > 0")
     need(0 <= m.dropout < 1, f"model.dropout {m.dropout}: must be in [0, 1)")
-    need(d.crop > 0, f"data.crop {d.crop}: must be > 0")
+    smallest = min_crop(m.overlap_pool)
+    need(d.crop >= smallest, f"data.crop {d.crop}: the net needs crops of at least {smallest} "
+         "pixels (conv1's stride and three poolings); prepare a store of that size or larger")
     need(d.mean in MEAN_CHOICES, f"data.mean {d.mean!r}: choose from {', '.join(MEAN_CHOICES)}")
     need(d.val_split in VAL_SPLIT_CHOICES,
          f"data.val_split {d.val_split!r}: choose from {', '.join(VAL_SPLIT_CHOICES)}")
@@ -302,20 +303,22 @@ def scaled_lr(config: Config) -> float:
     return o.lr
 
 
-NOT_MODEL_KWARGS = ("arch", "split_columns", "init_bias")  # model keys AlexNet does not take
+TV_MODEL_KWARGS = ("dropout", "init_bias")  # the torchvision layout has no other switches
 
 
 def model_kwargs(config: Config) -> dict[str, Any]:
-    """The keyword arguments of AlexNet that this config sets (without num_classes)."""
+    """The keyword arguments of `build_model(config.model.arch, ...)` (without num_classes):
+    the model section's switches and the crop the net is sized for (data.crop)."""
     m = dataclasses.asdict(config.model)
-    for key in NOT_MODEL_KWARGS:
-        m.pop(key)
-    return m
+    arch = m.pop("arch")
+    m.pop("split_columns")  # placement, not the network
+    if arch != "alexnet":
+        return {key: m[key] for key in TV_MODEL_KWARGS}
+    return {**m, "crop": config.data.crop}
 
 
 def write_json(config: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config next to a run (config.json)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    return path
+    from alexnet.atomic import write_json as write_json_file
+
+    return write_json_file(path, to_dict(config), indent=2)

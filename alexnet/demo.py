@@ -19,13 +19,13 @@ images, batch 128, more epochs). What is used, and why, is printed before traini
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet.atomic import write_json
 from alexnet.errors import UserError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -144,7 +144,7 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     final.update(train={k: result[k] for k in ("stopped", "epochs", "steps", "train_loss",
                                                "train_error", "val_top1_error")},
                  seconds=time.monotonic() - t_start, plan=plan.__dict__)
-    (out / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+    write_json(out / "final.json", final, indent=2)
     _report(final, out, store)
     return {**final, "run_dir": str(out), "store": str(store)}
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
 from alexnet.progress import Progress
@@ -54,11 +55,21 @@ def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndar
     if probs.ndim != 2 or labels.shape != (probs.shape[0],):
         raise ValueError(f"probs (N, C) and labels (N,) expected, got {tuple(probs.shape)} and "
                          f"{tuple(labels.shape)}")
-    true = probs.gather(1, labels[:, None])
-    # classes other than the true one that are at least as probable as the true one
-    rank = (probs >= true).sum(1) - 1
+    rank = true_rank(probs, labels)
     n = max(1, probs.shape[0])
     return {f"top{k}_error": float((rank >= k).sum()) / n for k in ks}
+
+
+def true_rank(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) how many other classes are at least as probable as the true one (0: top-1).
+
+    An image whose probabilities hold a NaN or inf (a diverged net) ranks last: it counts as
+    an error at every k, never as correct (a NaN compares false with everything).
+    """
+    true = probs.gather(1, labels[:, None])
+    rank = (probs >= true).sum(1) - 1
+    broken = ~torch.isfinite(probs).all(1)
+    return torch.where(broken, torch.full_like(rank, probs.shape[1]), rank)
 
 
 @torch.inference_mode()
@@ -179,21 +190,21 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs, labels): softmax outputs averaged over crops, then over the checkpoints' nets.
 
-    One net is in memory at a time. Checkpoints whose class lists differ from each other or
-    from the store are refused with a UserError.
+    Each file is read once (memory-mapped) and one net is built at a time. Checkpoints whose
+    class lists differ from each other or from the store are refused with a UserError.
     """
-    from alexnet.checkpoint import load, load_model
+    from alexnet.checkpoint import load, model_from_state
 
     if not checkpoints:
         raise UserError("give at least one checkpoint")
-    if len(checkpoints) > 1:  # refuse a mismatch before any net is evaluated
-        check_classes(checkpoints, [load(p).get("classes") for p in checkpoints],
-                      getattr(store, "classes", None))
+    # each file read once; its tensors stay mapped until its net is built
+    ckpts = [load(p, mmap=True) for p in checkpoints]
+    check_classes(checkpoints, [c.get("classes") for c in ckpts],  # before any net runs
+                  getattr(store, "classes", None))
     total: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    for path in checkpoints:
-        model, ckpt = load_model(path, device=device)
-        check_classes([path], [ckpt.get("classes")], getattr(store, "classes", None))
+    for path, ckpt in zip(checkpoints, ckpts, strict=True):
+        model = model_from_state(ckpt, path, device)
         stats = ckpt.get("stats") or getattr(store, "stats", None)
         loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
                               stats=stats, **input_settings(ckpt))
@@ -214,8 +225,7 @@ def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
              for i, c in enumerate(classes)] if classes else [str(i) for i in range(num_classes)]
     wnids = [c.get("wnid", "") if isinstance(c, dict) else "" for c in classes] if classes \
         else [""] * num_classes
-    true = probs.gather(1, labels[:, None])
-    rank = (probs >= true).sum(1) - 1
+    rank = true_rank(probs, labels)
     predicted = probs.argmax(1)
     rows = []
     for c in range(num_classes):
@@ -339,18 +349,6 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename): a failure leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet evaluate`."""
     parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
@@ -397,21 +395,25 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         args.data = recorded_store(args.checkpoints[0])
     if args.split == "auto":
-        args.split = "val" if (args.data / "val").is_dir() or not (args.data / "test").is_dir() \
-            else "test"
+        from alexnet.data.splits import auto_split
+
+        args.split = auto_split(args.data) or "val"  # open_split names what is missing
     store = open_split(args.data, args.split)
     if len(store) == 0:
         raise UserError(f"{args.data}: split {args.split!r} holds no images")
+    out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
+                                          len(args.checkpoints))
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name for the JSON report")
+    ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
                                    batch_size=args.batch_size, device=device)
     result: dict[str, Any] = topk_errors(probs, labels)
     result.update(images=int(len(labels)), crops=args.crops,
                   checkpoints=[str(p) for p in args.checkpoints])
-    out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
-                                          len(args.checkpoints))
     report = {"split": args.split, "data": str(args.data), **result,
               **per_class_report(probs, labels, getattr(store, "classes", None))}
-    _write_json(out, report)
+    write_json(out, report)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

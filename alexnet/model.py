@@ -230,12 +230,14 @@ class ColumnConv2d(nn.Conv2d):
 # Initialisation (section 5)
 
 
-def init_paper_(model: nn.Module, bias_one: tuple[str, ...] = paper.BIAS_ONE_LAYERS) -> None:
-    """Weights ~ N(0, 0.01); biases 1 in the layers named in `bias_one`, 0 elsewhere."""
+def init_paper_(model: nn.Module, bias_one: tuple[str, ...] = paper.BIAS_ONE_LAYERS,
+                bias: float = paper.INIT_BIAS_ONE) -> None:
+    """Weights ~ N(0, 0.01); biases `bias` (the paper: 1) in the layers named in `bias_one`,
+    0 elsewhere. Another `bias` is a documented deviation for small data (docs/training.md)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.normal_(module.weight, 0.0, paper.INIT_STD)
-            nn.init.constant_(module.bias, 1.0 if name in bias_one else 0.0)
+            nn.init.constant_(module.bias, bias if name in bias_one else 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,8 +249,29 @@ def conv1_pad(size: int, kernel: int = paper.CONV1[1], stride: int = paper.CONV1
     return (-(size - kernel)) % stride
 
 
+def pooled_side(crop: int, overlap_pool: bool = True) -> int:
+    """The side of the pooled conv5 maps for `crop`-pixel inputs (224 -> 6); < 1: too small."""
+    z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
+    side = (crop + conv1_pad(crop) - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
+    for _ in range(3):  # 55 -> 27 -> 13 -> 6 (conv2..conv5 keep the side)
+        side = (side - z) // s + 1 if side >= z else 0
+    return side
+
+
+def min_crop(overlap_pool: bool = True) -> int:
+    """The smallest input side the paper's net accepts (64 with overlapping pooling)."""
+    crop = paper.CONV1[1]
+    while pooled_side(crop, overlap_pool) < 1:
+        crop += 1
+    return crop
+
+
 class AlexNet(nn.Module):
-    """The paper's net: input (N, 3, 224, 224) mean-subtracted 0..255 pixels, logits out."""
+    """The paper's net: input (N, 3, 224, 224) mean-subtracted 0..255 pixels, logits out.
+
+    `crop` other than 224 sizes fc6 for other inputs (at least `min_crop()`); `init_bias` is
+    the starting bias of the layers the paper sets to 1.
+    """
 
     arch = "alexnet"
     crop_size = paper.CROP_SIZE
@@ -256,7 +279,8 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = paper.NUM_CLASSES, *, columns: int = paper.COLUMNS,
                  activation: str = "relu", lrn: bool = True, lrn_alpha_over_n: bool = False,
                  overlap_pool: bool = True, dropout: float = paper.DROPOUT_P,
-                 width: float = 1.0, column_conv: str | None = None) -> None:
+                 width: float = 1.0, column_conv: str | None = None,
+                 crop: int = paper.CROP_SIZE, init_bias: float = paper.INIT_BIAS_ONE) -> None:
         super().__init__()
         if column_conv is None and COLUMN_CONV not in COLUMN_FORMS:
             raise UserError(f"ALEXNET_COLUMNS={COLUMN_CONV!r}: choose from "
@@ -270,6 +294,11 @@ class AlexNet(nn.Module):
             num_classes=num_classes, columns=columns, activation=activation, lrn=lrn,
             lrn_alpha_over_n=lrn_alpha_over_n, overlap_pool=overlap_pool, dropout=dropout,
             width=width)
+        if crop != paper.CROP_SIZE:  # paper-sized nets keep the keys of earlier checkpoints
+            self.kwargs["crop"] = crop
+        if pooled_side(crop, overlap_pool) < 1:
+            raise ValueError(f"crop={crop}: at least {min_crop(overlap_pool)} pixels")
+        self.crop_size = crop
         self.columns = columns
 
         def n(count: int, halve: bool = True) -> int:
@@ -291,15 +320,12 @@ class AlexNet(nn.Module):
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
         self.pool = nn.MaxPool2d(z, s)
-        side = self.crop_size + conv1_pad(self.crop_size)
-        side = (side - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
-        for _ in range(3):  # 55 -> 27 -> 13 -> 6 (both pooling variants)
-            side = (side - z) // s + 1
+        side = pooled_side(crop, overlap_pool)  # 6 for 224 crops
         self.fc6 = nn.Linear(c5 * side * side, fc)
         self.fc7 = nn.Linear(fc, fc)
         self.fc8 = nn.Linear(fc, num_classes)
         self.drop = nn.Dropout(dropout)
-        init_paper_(self)
+        init_paper_(self, bias=init_bias)
 
     def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
@@ -358,7 +384,8 @@ class AlexNetTV(nn.Module):
     crop_size = paper.CROP_SIZE
 
     def __init__(self, num_classes: int = paper.NUM_CLASSES,
-                 dropout: float = paper.DROPOUT_P) -> None:
+                 dropout: float = paper.DROPOUT_P, init_bias: float = paper.INIT_BIAS_ONE
+                 ) -> None:
         super().__init__()
         self.kwargs: dict[str, Any] = dict(num_classes=num_classes, dropout=dropout)
         self.features = _TVFeatures(
@@ -378,7 +405,7 @@ class AlexNetTV(nn.Module):
             nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
-        init_paper_(self, bias_one=TV_BIAS_ONE)
+        init_paper_(self, bias_one=TV_BIAS_ONE, bias=init_bias)
 
     def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""

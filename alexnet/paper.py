@@ -48,6 +48,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 INIT_STD = 0.01  # every layer's weights ~ N(0, 0.01)
 BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # all other biases 0
+INIT_BIAS_ONE = 1.0  # the bias of those layers ("with the constant 1")
 BASE_LR = 0.01
 LR_DROP_FACTOR = 10.0  # divided by 10 when validation error stops improving
 MAX_LR_DROPS = 3  # "reduced three times prior to termination"

@@ -1,7 +1,8 @@
 """`alexnet predict`: the five most probable classes of any image files.
 
 The files go through the paper's preprocessing exactly as `alexnet prepare` does it (section
-2: shorter side rescaled to 256, central 256x256 patch; alexnet.data.prepare.load_image, which
+2: shorter side rescaled to 256, central 256x256 patch, or the size of the store the checkpoint
+was trained on, read from its mean image; alexnet.data.prepare.load_image, which
 also turns greyscale, CMYK, palette and alpha images into RGB), are written to a temporary
 store and read back by the evaluation loader, so prediction and `alexnet evaluate` share every
 step: the net's mean image subtracted, the 10 patches of section 4.1 (or the centre one), and
@@ -67,10 +68,18 @@ def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarr
     return np.stack(images)
 
 
+def image_size(ckpt: dict[str, Any]) -> int:
+    """The side of the store images the checkpoint's net was trained on (its mean image's),
+    so files are rescaled as that store's were; the paper's 256 when the file does not say."""
+    mean_image = (ckpt.get("stats") or {}).get("mean_image")
+    return int(mean_image.shape[0]) if getattr(mean_image, "ndim", 0) == 3 else IMAGE_SIZE
+
+
 def predict_images(model: nn.Module, images: np.ndarray, ckpt: dict[str, Any], *,
                    crops: int = TEST_CROPS, device: torch.device | str = "cpu",
                    batch_size: int = BATCH) -> torch.Tensor:
-    """(N, C) softmax outputs averaged over the crops of each preprocessed uint8 image."""
+    """(N, C) softmax outputs averaged over the crops of each preprocessed uint8 image
+    (`images` at the checkpoint's `image_size`); non-finite outputs are a UserError."""
     from alexnet.data.store import write_store
     from alexnet.evaluate import eval_loader, input_settings, predict_probs
 
@@ -85,6 +94,9 @@ def predict_images(model: nn.Module, images: np.ndarray, ckpt: dict[str, Any], *
         loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
                              stats=stats, **input_settings(ckpt))
         probs, _ = predict_probs(model, loader)
+    if not bool(torch.isfinite(probs).all()):
+        raise UserError("the net's outputs are not finite (its weights overflow on these "
+                        "images: a diverged run); use best.pt or an earlier checkpoint")
     return probs
 
 
@@ -123,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Classify each image file and print its most probable classes."""
-    from alexnet.checkpoint import load_model
+    from alexnet.checkpoint import load, model_from_state
     from alexnet.evaluate import resolve_device
 
     if args.top < 1:
@@ -131,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.evaluate import resolve_checkpoint
 
     args.images = expand_folders(args.images)
-    images = load_images(args.images)  # every file checked before the net is loaded
     device = resolve_device(args.device)
     path, why = resolve_checkpoint(args.checkpoint)
     if args.checkpoint.is_dir():
         print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
-    model, ckpt = load_model(path, device=device)
+    ckpt = load(path)
+    images = load_images(args.images, image_size(ckpt))  # every file checked before the net
+    model = model_from_state(ckpt, path, device)
     probs = predict_images(model, images, ckpt, crops=args.crops, device=device)
     tops = top_classes(probs, ckpt.get("classes"), args.top)
     if args.json:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
+from alexnet.atomic import write_json
 from alexnet.errors import UserError
 
 WHATS = {
@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"== alexnet bench {what}: {WHATS[what]}")
         results[what] = module.bench(args)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
     return 0

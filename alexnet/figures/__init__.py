@@ -12,11 +12,11 @@ Writes into --out (default: a `figures` folder beside the checkpoint):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from alexnet.atomic import write_json
 from alexnet.errors import UserError
 
 TOP5_IMAGES = 8  # figure 4 left shows eight test images
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the PNG files (default: figures/ beside the checkpoint)")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "test"),
-                        help="where the test images come from (auto: test if present, else val)")
+                        help="where the test images come from (auto: val if present, else test)")
     parser.add_argument("--images", type=int, default=TOP5_IMAGES,
                         help=f"test images in figure 4 left (default {TOP5_IMAGES})")
     parser.add_argument("--queries", type=int, default=QUERY_IMAGES,
@@ -52,14 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _test_split(root: Path, split: str) -> Any:
     """The split the test images come from."""
+    from alexnet.data.splits import auto_split
     from alexnet.data.store import open_split
 
-    if split != "auto":
-        return open_split(root, split)
-    for name in ("test", "val"):
-        if (root / name).is_dir():
-            return open_split(root, name)
-    raise UserError(f"{root}: no test or val split; prepare one, or give --split")
+    name = auto_split(root) if split == "auto" else split
+    if name is None:
+        raise UserError(f"{root}: no val or test split; prepare one, or give --split")
+    return open_split(root, name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
         print(f"training curves: {summary['curves']}")
-    (out / "figures.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "figures.json", summary)
     print(f"summary: {out / 'figures.json'}")
     return 0
 

@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from alexnet.atomic import write_atomic  # noqa: E402
+
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a log.jsonl (blank lines skipped)."""
@@ -81,12 +83,8 @@ def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "")
     fig.suptitle(title or f"training curves: {Path(log).parent.name}")
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: fig.savefig(f, dpi=100, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out

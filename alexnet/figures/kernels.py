@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.atomic import write_atomic
+
 KERNELS_PER_ROW = 16  # display choice: a column's 48 kernels in 3 rows
 SCALE = 4  # pixels per kernel weight in the grid
 GAP = 2  # white pixels between kernels
@@ -135,6 +137,8 @@ def write_kernel_figures(model: nn.Module, out: Path, dpi: int = 100) -> dict:
         ax.set_title(f"{name}: {panel['kernels']} kernels, colour fraction mean "
                      f"{panel['colour_fraction_mean']:.2f}", fontsize=9)
     path = out / "fig3_kernels.png"
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return {"panels": panels, "figure": str(path), "figure_size": [width_px, height_px]}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.atomic import replacing, write_atomic
 from alexnet.paper import FIG4_NEIGHBOURS
 
 NEIGHBOURS = FIG4_NEIGHBOURS  # figure 4 right: six training images per test image
@@ -89,28 +90,29 @@ def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,
     features come from: checkpoint, store) is recorded beside it, so `read_cache` reuses only a
     complete cache of the same net and data.
     """
-    tmp = path.with_name(f".tmp-{path.name}")
     mm: np.memmap | None = None
     offset = 0
+    _key_path(path).unlink(missing_ok=True)  # the cache is stale from here until complete
     try:
-        for chunk in chunks:
-            if mm is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                               shape=(rows, chunk.shape[1]))
-            mm[offset:offset + len(chunk)] = chunk.numpy()
-            offset += len(chunk)
-            yield chunk
-        if mm is not None:
+        with replacing(path) as tmp:
+            for chunk in chunks:
+                if mm is None:
+                    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                   shape=(rows, chunk.shape[1]))
+                mm[offset:offset + len(chunk)] = chunk.numpy()
+                offset += len(chunk)
+                yield chunk
+            if mm is None or offset != rows:
+                raise _Incomplete  # keep no cache of part of the data
             mm.flush()
             del mm
-            if offset == rows:
-                _key_path(path).unlink(missing_ok=True)
-                tmp.replace(path)
-                _key_path(path).write_text(json.dumps(key or {}, sort_keys=True) + "\n")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except _Incomplete:
+        return
+    write_atomic(_key_path(path), json.dumps(key or {}, sort_keys=True) + "\n")
+
+
+class _Incomplete(Exception):
+    """The features stopped short of `rows`: the temporary cache file is dropped."""
 
 
 def read_cache(path: Path, rows: int, key: dict[str, Any] | None = None,
@@ -169,6 +171,8 @@ def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequen
                  fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / (1.7 * rows), bottom=0.01,
                         wspace=0.05, hspace=0.25)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return int(round(1.5 * cols * dpi)), int(round(1.7 * rows * dpi))

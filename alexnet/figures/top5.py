@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet.atomic import write_atomic
 from alexnet.paper import TOP5
 
 TOP = TOP5  # section 6
@@ -65,8 +66,10 @@ def plot_top5(images: Sequence[np.ndarray], probs: np.ndarray, labels: Sequence[
         bars.set_ylim(top - 0.5, -0.5)
         bars.set_xticks([])
         bars.set_yticks([])
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return figure_size(n, dpi, per_row)
 
 

@@ -26,7 +26,9 @@ def open_data(config: Config) -> tuple[Any, Any | None, str | None]:
     if choice == "none":
         return train_store, None, None
     if choice == "auto":
-        choice = "val" if (root / "val").is_dir() else "test" if (root / "test").is_dir() else ""
+        from alexnet.data.splits import auto_split
+
+        choice = auto_split(root) or ""
         if choice == "test":
             print0(f"notice: {root} has no 'val' split; validating on its 'test' split "
                    "(the schedule then sees test error: report test figures with that in mind)")

@@ -4,12 +4,13 @@ TensorBoard, and what the run prints on the screen."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet.atomic import write_atomic
 from alexnet.config import Config, scaled_lr
 from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
@@ -41,13 +42,12 @@ def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -
     """Rewrite log.jsonl and log.csv from the history (atomically) and redraw curves.png."""
     from alexnet.figures.curves import plot_curves
 
-    _atomic_text(files.log, "".join(json.dumps(row) + "\n" for row in history))
-    tmp = files.csv.with_name(f".tmp-{files.csv.name}.{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, files.csv)
+    write_atomic(files.log, "".join(json.dumps(row) + "\n" for row in history))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(files.csv, table.getvalue())
     if history:
         plot_curves(files.log, files.curves)
     if tb is not None and history:
@@ -77,13 +77,7 @@ def keep_steps_until(files: RunFiles, step: int) -> None:
         return
     rows = [line for line in files.steps.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    _atomic_text(files.steps, "".join(line + "\n" for line in rows))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(files.steps, "".join(line + "\n" for line in rows))
 
 
 def open_tensorboard(files: RunFiles, enabled: bool) -> Any:

@@ -39,30 +39,10 @@ class RunState:
 
 
 def build_network(config: Config, num_classes: int) -> nn.Module:
-    """The network of `config` with the paper's initialisation (seeded by the caller).
-
-    `model.init_bias` other than 1 resets the biases the paper sets to 1 (docs/training.md).
-    """
+    """The network of `config` with the paper's initialisation (seeded by the caller)."""
     from alexnet.model import build_model
 
-    kwargs = model_kwargs(config) if config.model.arch == "alexnet" else \
-        {"dropout": config.model.dropout}  # the torchvision layout has no other switches
-    net = build_model(config.model.arch, num_classes=num_classes, **kwargs)
-    if config.model.init_bias != 1.0:
-        with torch.no_grad():
-            for name, module in net.named_modules():
-                if name in _bias_one_layers(net):
-                    module.bias.fill_(config.model.init_bias)
-    return net
-
-
-def _bias_one_layers(net: nn.Module) -> tuple[str, ...]:
-    """The names of the layers whose biases the paper initialises to 1, in `net`'s layout."""
-    from alexnet import model as model_module
-    from alexnet.paper import BIAS_ONE_LAYERS
-
-    return BIAS_ONE_LAYERS if getattr(net, "arch", "alexnet") == "alexnet" else \
-        model_module.TV_BIAS_ONE
+    return build_model(config.model.arch, num_classes=num_classes, **model_kwargs(config))
 
 
 def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:

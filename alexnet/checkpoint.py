@@ -174,11 +174,16 @@ def _damage(path: Path) -> str | None:
 
 def _load_failure(err: Exception) -> str:
     """A short reason for a torch.load failure (never PyTorch's multi-line advice)."""
-    text = str(err).strip()
+    text = str(err)
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds objects other than tensors and plain values"
-    first = text.splitlines()[0][:120] if text else type(err).__name__
-    return first
+    return one_line(err)
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line (white space folded), cut to `limit` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(path: str | os.PathLike,
@@ -200,9 +205,9 @@ def model_from_state(ckpt: dict[str, Any], path: str | os.PathLike,
         model = build_model(ckpt["arch"], **ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else repr(err)
         raise UserError(f"{path}: the weights do not fit architecture {ckpt.get('arch')!r} "
-                        f"({first}); the file is damaged or from another version") from None
+                        f"({one_line(err)}); the file is damaged or from another version") \
+            from None
     bad = non_finite(model)
     if bad:
         raise UserError(f"{path}: non-finite weights in {bad} (a diverged run); use best.pt or "

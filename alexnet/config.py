@@ -11,6 +11,7 @@ is written with every run (config.json) and stored in every checkpoint (`to_dict
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ LR_SCALING_CHOICES = ("none", "linear")
 MEAN_CHOICES = ("image", "channel", "none", "torchvision")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
 JPEG_DECODER_CHOICES = ("auto", "simplejpeg", "cv2", "torchvision", "pil")  # data/decode.py
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer scales float32 tensors by lr
 
 
 @dataclass
@@ -267,7 +269,13 @@ def validate(config: Config) -> Config:
     need(d.val_split in VAL_SPLIT_CHOICES,
          f"data.val_split {d.val_split!r}: choose from {', '.join(VAL_SPLIT_CHOICES)}")
     need(d.pca_scale >= 0, f"data.pca_scale {d.pca_scale}: must be >= 0")
+    for section in SECTIONS:
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            need(not isinstance(value, float) or math.isfinite(value),
+                 f"{section}.{key} {value}: must be a finite number")
     need(o.lr > 0, f"optim.lr {o.lr}: must be > 0")
+    need(o.lr * max(1.0, o.weight_decay) <= FLOAT32_MAX,
+         f"optim.lr {o.lr:g}: must be at most {FLOAT32_MAX:.3g} (a float32 step size)")
     need(0 <= o.momentum < 1, f"optim.momentum {o.momentum}: must be in [0, 1)")
     need(o.weight_decay >= 0, f"optim.weight_decay {o.weight_decay}: must be >= 0")
     need(o.batch_size >= 1, f"optim.batch_size {o.batch_size}: must be at least 1")

@@ -76,11 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the resolved config as JSON and exit")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Resolve the config: (checkpoint's config on --resume, else defaults), preset, flags."""
+def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
+    """Resolve the config: (checkpoint's config on --resume, else defaults), preset, flags;
+    with the checkpoint read for --resume (read once, handed to `train`)."""
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()
              if getattr(args, name, None) is not None}
-    base = None
+    base, ckpt = None, None
     preset = args.preset
     if args.resume:
         ckpt = checkpoint.load(args.resume)
@@ -94,16 +95,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if flags.get("run.init_from") == "torchvision":  # its layout and input, unless --set says
         overrides = ["model.arch=alexnet-tv", "data.mean=torchvision"] + overrides
-    return resolve(preset, overrides, flags, base=base)
+    return resolve(preset, overrides, flags, base=base), ckpt
 
 
 def run(args: argparse.Namespace) -> int:
     """`alexnet train`: resolve the config, train, print where everything is."""
-    config = config_from_args(args)
+    config, ckpt = config_from_args(args)
     if args.print_config:
         print(json.dumps(to_dict(config), indent=2))
         return 0
-    result = train(config)
+    result = train(config, resume=ckpt)
     if distributed.is_main():
         top5 = f", top-5 {_pct(result['val_top5_error'])}" \
             if shows_top5(result.get("num_classes")) else ""

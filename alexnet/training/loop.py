@@ -4,12 +4,10 @@ check, the agreed stop (Ctrl-C, step limit, clock), validation and the epoch's l
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,9 +17,9 @@ from torch import nn
 from alexnet import distributed
 from alexnet.config import Config
 from alexnet.distributed import print0
-from alexnet.errors import UserError
 from alexnet.progress import Progress, eta_seconds, format_duration
 from alexnet.training.runtime import Runtime
+from alexnet.training.saving import check_loss
 from alexnet.training.state import RunState
 
 CHECK_EVERY_CUDA = 25  # steps between host syncs (loss finiteness, progress bar) on a GPU
@@ -89,7 +87,7 @@ def run_eta(s: RunState, config: Config, per_epoch: int, deadline: float) -> flo
 
 
 def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dict[str, bool],
-                deadline: float, last_good: Path | None,
+                deadline: float,
                 log_step: Callable[[dict[str, Any]], None] | None = None) -> str | None:
     """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None.
 
@@ -119,7 +117,8 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dic
             s.step += 1
             s.global_step += 1
             if s.step % check_every == 0 or s.step == total:
-                _check_finite(loss, s, last_good)
+                check_loss(torch.stack([loss.to(loss_sum.device, torch.float64),
+                                        loss_sum / seen]).tolist(), s)
                 if bar.enabled:
                     elapsed = time.perf_counter() - t0
                     bar.note(loss=f"{loss.item():.3f}",
@@ -159,16 +158,6 @@ def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: dict[str, bool]
         return None
     return (reason or "interrupt") if distributed.any_rank(reason is not None, rt.device) \
         else None
-
-
-def _check_finite(loss: torch.Tensor, s: RunState, last_good: Path | None) -> None:
-    """Stop on a NaN/inf loss, keeping the last good checkpoint untouched."""
-    value = float(loss)
-    if not math.isfinite(value):
-        kept = f"the last good checkpoint {last_good} is kept" if last_good else \
-            "no checkpoint had been written yet"
-        raise UserError(f"training loss is {value} at epoch {s.epoch + 1}, step {s.step}: "
-                        f"stopped ({kept}); lower optim.lr or turn off run.amp")
 
 
 def _stop_reason(s: RunState, config: Config, flag: dict[str, bool],

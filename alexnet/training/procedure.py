@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import distributed
+from alexnet.atomic import ensure_folder, remove_stale
 from alexnet.config import Config, validate, write_json
 from alexnet.distributed import DistInfo, print0
 from alexnet.errors import UserError
@@ -45,12 +46,14 @@ from alexnet.training.run_folder import (
     write_logs,
 )
 from alexnet.training.runtime import Runtime, seed_everything, setup_runtime
-from alexnet.training.saving import resume_checkpoint, save_checkpoints
+from alexnet.training.saving import loss_bound, resume_checkpoint, save_checkpoints
 from alexnet.training.state import RunState, build_state, restore
 
 
-def train(config: Config) -> dict[str, Any]:
+def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train as `config` says; return the final metrics and the paths of the run's files.
+
+    `resume` is the checkpoint of config.run.resume when the caller has already read it.
 
     Launched by torchrun (RANK/WORLD_SIZE set) it joins the process group, trains data-parallel
     and leaves the group at the end; otherwise it runs in this process on run.device.
@@ -59,25 +62,27 @@ def train(config: Config) -> dict[str, Any]:
     dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
     joined = dist_info.distributed
     try:
-        return _train(config, dist_info)
+        return _train(config, dist_info, resume)
     finally:
         if joined:
             distributed.cleanup()
 
 
-def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
+def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
+           ) -> dict[str, Any]:
     """The main loop (see `train`)."""
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)
     per_rank = per_rank_batch(config, len(train_store), dist_info.world_size)
     files = RunFiles(Path(config.run.out))
-    resume_ckpt, resume_path = resume_checkpoint(config, files)
+    resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
 
     seed_everything(config.run.seed)
     s = build_state(config, len(train_store.classes), rt)
+    s.loss_bound = loss_bound(len(train_store.classes))
     stats = train_store.stats
     if resume_ckpt is not None:
-        restore(s, resume_ckpt, resume_path, rt)
+        restore(s, resume_ckpt, resume_path, rt, config)
         stats = resume_ckpt.get("stats") or stats
     elif config.run.init_from:
         from alexnet.training.init_from import describe, load_initial_weights
@@ -91,13 +96,13 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
 
     tb = None
     if dist_info.is_main:
-        files.root.mkdir(parents=True, exist_ok=True)
+        ensure_folder(files.root, "run folder (--out)")
+        remove_stale(files.root)  # temporaries of a killed run
         write_json(config, files.config)
         tb = open_tensorboard(files, config.run.tensorboard)
         keep_steps_until(files, s.global_step)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
                  files, resume_path)
-    last_good = files.checkpoint if resume_ckpt is not None else None
     deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0
     stopped = "completed"
     s.started_at, s.started_step = time.perf_counter(), s.global_step
@@ -107,9 +112,9 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
 
     with interrupt_guard() as flag:
         while s.epoch < config.optim.epochs:
-            reason = train_epoch(s, loader, config, rt, flag, deadline, last_good, log_step)
+            reason = train_epoch(s, loader, config, rt, flag, deadline, log_step)
             if reason is not None:
-                last_good = save_checkpoints(s, config, train_store, files, rt)
+                save_checkpoints(s, config, train_store, files, rt)
                 if reason == "interrupt":
                     print0(f"checkpoint saved at epoch {s.epoch + 1}, step {s.step}: "
                            f"{files.checkpoint}; continue with --resume {files.root}")
@@ -118,7 +123,7 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
                 _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                       len(train_store.classes))
                 break
-            last_good = _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
+            _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
             if config.run.max_steps and s.global_step >= config.run.max_steps:
                 stopped = "max_steps"
                 break
@@ -128,7 +133,7 @@ def _train(config: Config, dist_info: DistInfo) -> dict[str, Any]:
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-               train_store: Any, files: RunFiles, tb: Any) -> Path | None:
+               train_store: Any, files: RunFiles, tb: Any) -> None:
     """Validate (every run.val_every epochs), step the schedule, log, checkpoint."""
     val: dict[str, float] = {}
     dropped, lr = False, s.optimizer.param_groups[0]["lr"]
@@ -142,7 +147,7 @@ def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: 
         s.best_error = val["val_top1_error"]
     s.history.append(row)
     s.epoch, s.step, s.acc = s.epoch + 1, 0, {}
-    path = save_checkpoints(s, config, train_store, files, rt, best=bool(improved))
+    save_checkpoints(s, config, train_store, files, rt, best=bool(improved))
     if rt.dist.is_main:
         write_logs(files, s.history, tb)
         print0(format_row(row, config.optim.epochs, len(train_store.classes)))
@@ -150,7 +155,6 @@ def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: 
             print0(f"validation error stopped improving: lr divided by {config.optim.lr_factor:g}"
                    f" to {s.optimizer.param_groups[0]['lr']:.2e}")
         _check_learning(s, row, config, len(train_store.classes))
-    return path
 
 
 def _check_learning(s: RunState, row: dict[str, Any], config: Config, num_classes: int) -> None:

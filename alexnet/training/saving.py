@@ -1,8 +1,23 @@
-"""The checkpoint policy of a run: what is saved when and in which order (checkpoint.pt,
-then best.pt), which checkpoint a run continues from, and never overwriting another run."""
+"""The checkpoint policy of a run: what "last good" means, what is saved when and in which
+order, which checkpoint a run continues from, and never overwriting another run.
+
+A state is good when every weight is finite and the training loss, at every check since the
+previous save (each step on the CPU, every CHECK_EVERY_CUDA steps on a GPU, and the epoch's
+running mean), stayed finite and at most DIVERGENCE_FACTOR times the chance level's ln(classes)
+(the true class at probability classes^-1000: no learning net is there, a diverged one soon is;
+the paper's full-width net on tiny batches does spike to 60 x ln(classes) in its first steps).
+Only good states are saved; a run that diverges stops with a one-line error naming the last
+good checkpoint, which it leaves untouched (best.pt too).
+
+At the end of an epoch best.pt (when validation improved) is replaced BEFORE checkpoint.pt:
+a kill between the two leaves checkpoint.pt at the earlier position, whose resumed run redoes
+the epoch and writes best.pt again, so checkpoint.pt never records a best error that best.pt
+lacks. Ctrl-C, run.max_steps and run.time_limit save checkpoint.pt mid-epoch.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +28,62 @@ from alexnet.training.run_folder import RunFiles
 from alexnet.training.runtime import Runtime
 from alexnet.training.state import RunState, make_checkpoint
 
+DIVERGENCE_FACTOR = 1000.0  # loss above 1000 x ln(classes) (chance level's): diverged (ours)
+
+
+def loss_bound(num_classes: int) -> float:
+    """The largest training loss of a run that has not diverged."""
+    return DIVERGENCE_FACTOR * math.log(max(2, num_classes))
+
+
+def check_loss(values: list[float], s: RunState) -> None:
+    """Stop when a training loss (this step's, the epoch's running mean) diverged."""
+    for value in values:
+        if not math.isfinite(value) or value > s.loss_bound:
+            raise _diverged(s, f"training loss is {value:.3g}")
+
+
+def check_good(s: RunState) -> None:
+    """Stop rather than save a state whose weights are not all finite."""
+    bad = checkpoint.non_finite(s.net)
+    if bad:
+        raise _diverged(s, f"weights of {bad} are not finite")
+
+
+def _diverged(s: RunState, what: str) -> UserError:
+    kept = f"the last good checkpoint {s.last_good} is kept" if s.last_good else \
+        "no checkpoint had been written yet"
+    return UserError(f"{what} at epoch {s.epoch + 1}, step {s.step}: the run diverged "
+                     f"(loss limit {s.loss_bound:.3g}); stopped ({kept}); lower optim.lr or "
+                     "turn off run.amp")
+
 
 def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFiles,
-                     rt: Runtime, best: bool = False) -> Path | None:
-    """Rank 0 writes checkpoint.pt (and best.pt); every rank waits for it."""
+                     rt: Runtime, best: bool = False) -> Path:
+    """Rank 0 writes best.pt (when `best`) and then checkpoint.pt; every rank waits for it.
+
+    Every rank checks the weights first (they are the same on every rank), so all stop alike.
+    """
+    check_good(s)
     if rt.dist.is_main:
         state = make_checkpoint(s, config, train_store, rt)
-        checkpoint.save(files.checkpoint, state)
         if best and config.run.save_best:
             checkpoint.save(files.best, state)
+        checkpoint.save(files.checkpoint, state)
     distributed.barrier()
+    s.last_good = files.checkpoint
     return files.checkpoint
 
 
-def resume_checkpoint(config: Config, files: RunFiles) -> tuple[dict | None, Path | None]:
-    """The checkpoint to continue from, or None; refuses to overwrite another run."""
+def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | None = None
+                      ) -> tuple[dict | None, Path | None]:
+    """The checkpoint to continue from (`loaded` when the caller has read it), or None;
+    refuses to overwrite another run."""
     if config.run.resume:
         path = Path(config.run.resume)
         if path.is_dir():
             path = path / "checkpoint.pt"
-        return checkpoint.load(path), path
+        return (loaded if loaded is not None else checkpoint.load(path)), path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "
                         f"--resume {files.root} or choose another --out")

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from alexnet import checkpoint
-from alexnet.config import Config, model_kwargs, scaled_lr, to_dict
+from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
+from alexnet.distributed import print0
 from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
 
@@ -36,6 +37,8 @@ class RunState:
     started_at: float = 0.0
     started_step: int = 0
     chance_said: bool = False
+    loss_bound: float = math.inf  # above it the run diverged (saving.loss_bound)
+    last_good: Path | None = None  # the newest checkpoint saved or resumed from (saving.py)
 
 
 def build_network(config: Config, num_classes: int) -> nn.Module:
@@ -85,8 +88,12 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any,
         rng=checkpoint.rng_state(), metrics=list(s.history))
 
 
-def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime) -> None:
-    """Load a checkpoint's state into `s` (the RNG states last: building drew from them)."""
+def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config) -> None:
+    """Load a checkpoint's state into `s` (the RNG states last: building drew from them).
+
+    Optimizer settings that `config` changes against the checkpoint's own config (lr,
+    momentum, weight decay given with --resume) replace the resumed ones.
+    """
     net_arch = getattr(s.net, "arch", "alexnet")
     net_args = dict(getattr(s.net, "kwargs", {}))
     if ckpt.get("arch") != net_arch or dict(ckpt.get("model_args") or {}) != net_args:
@@ -98,8 +105,10 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime) -> None:
         s.optimizer.load_state_dict(ckpt["optimizer"])
         s.schedule.load_state_dict(ckpt["schedule"])
     except (KeyError, RuntimeError, ValueError) as err:
-        raise UserError(f"{path}: its state does not fit this network ({str(err)[:100]})") \
+        raise UserError(f"{path}: its state does not fit this network "
+                        f"({checkpoint.one_line(err)}); resume with the run's own settings") \
             from None
+    _apply_new_settings(s, config, ckpt, path)
     if ckpt.get("scaler") and rt.scaler.is_enabled():
         rt.scaler.load_state_dict(ckpt["scaler"])
     s.epoch, s.step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -107,5 +116,22 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime) -> None:
     s.acc = dict(ckpt.get("acc") or {})
     s.best_error = float(ckpt.get("best_error", math.inf))
     s.history = list(ckpt.get("metrics") or [])
+    s.last_good = path
     checkpoint.set_rng_state(ckpt["rng"])
+
+
+def _apply_new_settings(s: RunState, config: Config, ckpt: dict[str, Any], path: Path) -> None:
+    """Give the resumed optimizer the lr, momentum and weight decay `config` newly sets."""
+    old = from_dict(ckpt.get("config") or {}, where=f"{path} config")
+    lr, old_lr = scaled_lr(config), scaled_lr(old)
+    o, p = config.optim, old.optim
+    for group in s.optimizer.param_groups:
+        if lr != old_lr:
+            group["lr"] = lr
+        if o.momentum != p.momentum:
+            group["momentum"] = o.momentum
+        if o.weight_decay != p.weight_decay and group["weight_decay"] == p.weight_decay:
+            group["weight_decay"] = o.weight_decay
+    if lr != old_lr:
+        print0(f"lr {lr:g} from now on (the run had started at {old_lr:g})")
 

@@ -124,7 +124,12 @@ def make_state(model: nn.Module, **fields: Any) -> dict[str, Any]:
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (alexnet.atomic: temporary file, fsync, os.replace)."""
+    """Write `state` to `path` atomically (alexnet.atomic: temporary file, fsync, os.replace).
+
+    A state read by `load` saves as it is (its statistics go back to tensors).
+    """
+    if "stats" in state:
+        state = {**state, "stats": stats_to_tensors(state["stats"])}
     return write_atomic(path, lambda f: torch.save(state, f))
 
 

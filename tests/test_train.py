@@ -254,6 +254,7 @@ def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str],
     corrupt = tmp / "corrupt.pt"
     corrupt.write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
     data = ["--data", str(store)]
+    tiny = data + sets(TINY)
     return {
         "missing store": (["--data", str(tmp / "nowhere")], "no such store"),
         "incomplete store": (["--data", str(incomplete)], "half-written"),
@@ -264,14 +265,50 @@ def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str],
                                         "larger than the training split"),
         "corrupt checkpoint": (["--resume", str(corrupt)], "truncated, corrupt or foreign"),
         "unknown config key": (data + ["--set", "optim.speed=11"], "unknown key optim.speed"),
+        "flipped byte": (["--resume", str(flipped_byte(run, tmp))], "CRC"),
+        "wrong-shape weights": (["--resume", str(wrong_shape(run, tmp))], "does not fit"),
+        "random bytes": (["--resume", str(random_bytes(tmp))], "not a zip archive"),
+        "out is a file": (tiny + ["--out", str(a_file(tmp))], "is a file, not a folder"),
+        "out under /sys": (tiny + ["--out", "/sys/alexnet-run"], "cannot create files there"),
+        "lr beyond float32": (tiny + ["--set", "optim.lr=1e308"], "float32"),
+        "lr not a number": (tiny + ["--set", "optim.lr=inf"], "must be a finite number"),
+        "crop too small for the net": (tiny + ["--set", "data.crop=40"], "at least 64"),
+        "crop larger than the store": (["--data", str(small_store(tmp))], "data.crop=64"),
     }
+
+
+def flipped_byte(run: Path, tmp: Path) -> Path:
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp / "flipped.pt").write_bytes(bytes(data))
+    return tmp / "flipped.pt"
+
+
+def wrong_shape(run: Path, tmp: Path) -> Path:
+    ckpt = checkpoint.load(run)
+    ckpt["model"]["fc7.weight"] = ckpt["model"]["fc7.weight"][:, :-1]
+    return checkpoint.save(tmp / "wrong_shape.pt", ckpt)
+
+
+def random_bytes(tmp: Path) -> Path:
+    (tmp / "random.pt").write_bytes(np.random.default_rng(1).bytes(4000))
+    return tmp / "random.pt"
+
+
+def a_file(tmp: Path) -> Path:
+    (tmp / "a_file").write_text("not a folder")
+    return tmp / "a_file"
+
+
+def small_store(tmp: Path) -> Path:
+    return make_store(tmp / "store64", size=64, n_train=8, n_val=4)
 
 
 def test_bad_input_is_one_line_and_exit_2(store, finished_run, tmp_path, capsys):
     run = Path(finished_run["run_dir"])
     for name, (args, fragment) in _bad_inputs(store, run, tmp_path).items():
-        code = main(["train", *args, "--out", str(tmp_path / name.replace(" ", "_")),
-                     "--no-progress", "--device", "cpu"])
+        out = [] if "--out" in args else ["--out", str(tmp_path / name.replace(" ", "_"))]
+        code = main(["train", *args, *out, "--no-progress", "--device", "cpu"])
         err = capsys.readouterr().err.strip()
         assert code == 2, name
         assert err.count("\n") == 0 and err.startswith("alexnet train: error:"), (name, err)
@@ -292,3 +329,118 @@ def test_tensorboard_absent_is_a_clear_error(store, tmp_path):
         train(resolve("paper", TINY + ["run.tensorboard=true"],
                       {"data.store": str(store), "run.out": str(tmp_path / "tb")}))
 
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing in the program catches it."""
+
+
+def test_a_kill_between_best_and_checkpoint_never_loses_best(store, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    config = {"data.store": str(store), "run.out": str(run)}
+    train(resolve("paper", TINY + ["optim.epochs=1", "run.max_steps=3"], config))  # mid-epoch
+    (run / f".tmp-checkpoint.pt.{dead_pid()}").write_bytes(b"PK left by a kill -9")
+    real_save, saves = checkpoint.save, []
+
+    def killed_on_the_second_write(path, state):
+        saves.append(Path(path).name)
+        if len(saves) == 2:  # the end of epoch 1 replaces two files: die between them
+            raise Killed
+        return real_save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", killed_on_the_second_write)
+    resumed = resolve("paper", TINY + ["optim.epochs=1"], {**config, "run.resume": str(run)})
+    with pytest.raises(Killed):
+        train(resumed)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    result = train(resumed)
+    assert result["best"] == str(run / "best.pt")
+    best, last = checkpoint.load(run / "best.pt"), checkpoint.load(run)
+    assert (best["epoch"], last["epoch"]) == (1, 1) and best["best_error"] == last["best_error"]
+    for key in last["model"]:
+        assert torch.equal(best["model"][key], last["model"][key]), key
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+
+
+def test_a_huge_finite_loss_stops_and_keeps_the_last_good_files(store, tmp_path, monkeypatch):
+    import alexnet.training.loop as loop
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def exploding_step(model, x, y, optimizer, rt):
+        calls["n"] += 1
+        if calls["n"] == 12:  # epoch 2's last step: fc8 weights 1e4 times larger, a huge loss
+            with torch.no_grad():
+                model.fc8.weight.mul_(1e4)
+        return real_step(model, x, y, optimizer, rt)
+
+    monkeypatch.setattr(loop, "train_step", exploding_step)
+    run = tmp_path / "run"
+    with pytest.raises(UserError) as err:
+        train(resolve("paper", TINY + ["optim.epochs=3"],
+                      {"data.store": str(store), "run.out": str(run)}))
+    message = str(err.value)
+    assert "diverged" in message and "epoch 2, step 6" in message and "nan" not in message
+    assert str(run / "checkpoint.pt") in message
+    for name in ("checkpoint.pt", "best.pt"):
+        ckpt = checkpoint.load(run / name)
+        assert (ckpt["epoch"], ckpt["step"]) == (1, 0), name
+        assert max(float(v.abs().max()) for v in ckpt["model"].values()) < 100, name
+
+
+def test_a_new_lr_on_resume_is_used(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = ["--data", str(store), "--out", str(run), "--epochs", "1", "--max-steps", "2",
+             *sets(TINY)]
+    assert main(["train", *first]) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.5", "--max-steps", "3",
+                 "--no-progress"]) == 0
+    ckpt = checkpoint.load(run)
+    assert ckpt["global_step"] == 3
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.5, 0.5]
+    assert "lr 0.5 from now on" in capsys.readouterr().out
+
+
+def test_other_crops_and_a_64_pixel_store_train(tmp_path):
+    store64 = make_store(tmp_path / "s64", size=64, n_train=16, n_val=8)
+    small = train(resolve("paper", TINY + ["optim.epochs=1", "data.crop=64"],
+                          {"data.store": str(store64), "run.out": str(tmp_path / "r64")}))
+    big = train(resolve("paper", TINY + ["optim.epochs=1", "data.crop=200", "run.max_steps=2"],
+                        {"data.store": str(make_store(tmp_path / "s256", n_train=16, n_val=8)),
+                         "run.out": str(tmp_path / "r200")}))
+    for result, crop in ((small, 64), (big, 200)):
+        assert math.isfinite(result["train_loss"]) and result["val_top1_error"] is not None
+        model, ckpt = checkpoint.load_model(result["checkpoint"])
+        assert model(torch.zeros(1, 3, crop, crop)).shape == (1, len(CLASSES))
+        assert ckpt["config"]["data"]["crop"] == crop
+
+
+FULL_DISK = """
+import resource, signal, sys
+from alexnet.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # logs fit, checkpoints do not
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(finished_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run["run_dir"], run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix == ".pt"}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "train", "--resume", str(run),
+                           "--epochs", "3", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "File too large" in proc.stderr and str(run / "checkpoint.pt") in proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix == ".pt"} == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]

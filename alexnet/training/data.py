@@ -22,6 +22,7 @@ def open_data(config: Config) -> tuple[Any, Any | None, str | None]:
     if not root.is_dir():
         raise UserError(f"{root}: no such store; make one with 'alexnet prepare SOURCE {root}'")
     train_store = open_split(root, "train")
+    check_crop(config, train_store.image_size, root)
     choice = config.data.val_split
     if choice == "none":
         return train_store, None, None
@@ -36,6 +37,25 @@ def open_data(config: Config) -> tuple[Any, Any | None, str | None]:
             print0(f"notice: {root} has neither 'val' nor 'test': no validation, constant lr")
             return train_store, None, None
     return train_store, open_split(root, choice), choice
+
+
+def check_crop(config: Config, image_size: int, root: Path) -> None:
+    """A one-line UserError, with a crop that fits, when data.crop exceeds the store's images."""
+    from alexnet.model import min_crop
+    from alexnet.paper import CROP_SIZE, IMAGE_SIZE
+
+    crop = config.data.crop
+    if crop <= image_size:
+        return
+    smallest = min_crop(config.model.overlap_pool)
+    if image_size < smallest:
+        raise UserError(f"{root}: its {image_size}-pixel images are smaller than the net's "
+                        f"smallest input ({smallest}); prepare the store with --size "
+                        f"{IMAGE_SIZE} (the paper's) or at least {smallest}")
+    fit = max(smallest, image_size * CROP_SIZE // IMAGE_SIZE)  # the paper's crop ratio
+    raise UserError(f"data.crop {crop} is larger than the {image_size}-pixel images of {root}; "
+                    f"train with --set data.crop={fit} (from {smallest} to {image_size}), or "
+                    f"prepare the store with --size {IMAGE_SIZE}")
 
 
 def per_rank_batch(config: Config, n_train: int, world: int) -> int:

@@ -216,3 +216,45 @@ def test_cli_bad_input_is_one_line(store_root, checkpoint, tmp_path, capsys, wha
     code = main(["evaluate", *args, "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def test_nan_outputs_are_errors_not_perfect_scores():
+    """A NaN compares false with everything: the rank test alone would call it top-1."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [float("nan")] * 3, [0.1, float("nan"), 0.9]])
+    labels = torch.tensor([0, 0, 2])
+    assert topk_errors(probs, labels, ks=(1, 2)) == {"top1_error": 2 / 3, "top2_error": 2 / 3}
+
+
+def test_cli_refuses_a_net_with_nan_weights(store_root, checkpoint, tmp_path, capsys):
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"]["fc8.bias"][0] = float("nan")
+    save(tmp_path / "nan.pt", state)
+    code = main(["evaluate", str(tmp_path / "nan.pt"), "--data", str(store_root), "--json",
+                 "--device", "cpu", "--out", str(tmp_path / "report.json")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "non-finite weights in fc8.bias" in captured.err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "sys"])
+def test_cli_bad_out_path_is_one_line_before_the_work(store_root, checkpoint, tmp_path,
+                                                      capsys, where):
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    out = {"file": tmp_path / "a_file" / "report.json", "sys": "/sys/alexnet/report.json"}
+    code = main(["evaluate", str(checkpoint), "--data", str(store_root), "--device", "cpu",
+                 "--out", str(out[where])])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out  # no table: refused before
+    assert len(captured.err.strip().splitlines()) == 1 and "--out" in captured.err
+
+
+def test_auto_split_is_one_rule(tmp_path):
+    from alexnet.data.splits import auto_split
+
+    for present, want in (((), None), (("test",), "test"), (("val", "test"), "val"),
+                          (("train", "val"), "val"), (("train",), None)):
+        root = tmp_path / "-".join(present or ("none",))
+        for name in present:
+            (root / name).mkdir(parents=True)
+        assert auto_split(root) == want, present

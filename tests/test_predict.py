@@ -149,3 +149,31 @@ def test_predict_refuses_non_images_in_one_line(trained, files, capsys, bad):
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and bad in err
+
+
+def test_predict_uses_the_image_size_of_the_checkpoints_store(trained, files, tmp_path,
+                                                              capsys):
+    """A net trained on a 240-pixel store: files are rescaled to 240, as its store's were."""
+    state = torch.load(trained, weights_only=True)
+    side = 240
+    mean = state["stats"]["mean_image"].numpy()
+    state["stats"]["mean_image"] = torch.from_numpy(np.asarray(
+        Image.fromarray(mean.clip(0, 255).astype(np.uint8)).resize((side, side)), np.float32))
+    save(tmp_path / "net240.pt", state)
+    code = main(["predict", str(tmp_path / "net240.pt"), str(files / "red.jpg"), "--json",
+                 "--top", str(len(CLASSES)), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    top = json.loads(captured.out)[0]["top"]
+    assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_refuses_nan_weights_in_one_line(trained, files, tmp_path, capsys):
+    state = torch.load(trained, weights_only=True)
+    state["model"]["conv1.weight"][0, 0, 0, 0] = float("nan")
+    save(tmp_path / "nan.pt", state)
+    code = main(["predict", str(tmp_path / "nan.pt"), str(files / "red.jpg"), "--device",
+                 "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2 and "nan%" not in captured.out
+    assert len(captured.err.strip().splitlines()) == 1 and "non-finite" in captured.err

@@ -228,6 +228,8 @@ def bench(args: argparse.Namespace) -> dict:
     device = resolve_device(getattr(args, "device", "auto"))
     quick = bool(getattr(args, "quick", False))
     files_n, usual_n, loader_n = (160, 128, 640) if quick else (512, 512, 3072)
+    if getattr(args, "smoke", False):
+        files_n, usual_n, loader_n = BATCH_SIZE, 16, BATCH_SIZE  # one batch: the loader's least
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     result: dict[str, Any] = {"device": str(device), "jpegs": files_n}

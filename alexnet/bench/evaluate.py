@@ -44,22 +44,26 @@ def _time_eval(model: torch.nn.Module, store: Any, crops: int, batch: int,
 
 def bench(args: argparse.Namespace) -> dict:
     """Images/s and crops/s of the paper net for 1 and 10 crops on args.device."""
+    from alexnet.bench import SMOKE_WIDTH
     from alexnet.data.store import write_store
     from alexnet.evaluate import resolve_device
     from alexnet.model import AlexNet
 
     device = resolve_device(getattr(args, "device", "auto"))
     quick = bool(getattr(args, "quick", False))
+    smoke = bool(getattr(args, "smoke", False))
     if device.type == "cuda":
         images, batch, repeats = (256, 128, 1) if quick else (1024, 128, 3)
     else:
         images, batch, repeats = (4, 4, 1) if quick else (16, 8, 1)
+    if smoke:
+        images, batch, repeats = 2, 2, 1
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     classes = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(NUM_CLASSES)]
     labels = rng.integers(0, NUM_CLASSES, size=images)
     torch.manual_seed(0)
-    model = AlexNet().to(device).eval()
+    model = AlexNet(width=SMOKE_WIDTH if smoke else 1.0).to(device).eval()
     result: dict[str, Any] = {"device": str(device), "images": images, "batch_size": batch}
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "val", pixels, labels, classes)

@@ -100,17 +100,18 @@ def torchvision_alexnet() -> nn.Module | None:
     return alexnet(num_classes=paper.NUM_CLASSES)
 
 
-def build_net(arch: str) -> nn.Module | None:
-    """`alexnet`, `alexnet-tv` (this project's nets) or `torchvision` (torchvision's own)."""
+def build_net(arch: str, width: float = 1.0) -> nn.Module | None:
+    """`alexnet` (at `width`), `alexnet-tv` (this project's nets) or `torchvision`."""
     from alexnet.model import build_model
 
     if arch == "torchvision":
         return torchvision_alexnet()
-    return build_model(arch, num_classes=paper.NUM_CLASSES)
+    sized = {"width": width} if arch == "alexnet" else {}
+    return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
 
 
 def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
-               warmup: int, steps: int) -> float:
+               warmup: int, steps: int, width: float = 1.0) -> float:
     """Images/s of `steps` training steps after `warmup` (compile happens during warm-up)."""
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
@@ -123,7 +124,7 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
         setattr(config.run, key, value)
     rt = setup_runtime(config, DistInfo(device=device))
     torch.manual_seed(0)
-    net = build_net(arch).to(device)
+    net = build_net(arch, width).to(device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
@@ -158,14 +159,19 @@ ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
+    from alexnet.bench import SMOKE_WIDTH
     from alexnet.distributed import pick_device
     from alexnet.model import build_model
 
     device = pick_device(getattr(args, "device", "auto"))[0]
     quick = bool(getattr(args, "quick", False))
+    smoke = bool(getattr(args, "smoke", False))
     cuda = device.type == "cuda"
     batch = (128 if quick else 256) if cuda else (4 if quick else 16)
     warmup, steps = (3, 5) if quick else ((5, 20) if cuda else (1, 3))
+    if smoke:
+        batch, warmup, steps = 2, 1, 1
+    width = SMOKE_WIDTH if smoke else 1.0
     flops = flops_per_image(build_model("alexnet", num_classes=paper.NUM_CLASSES))
     peak = peak_tflops(device)
     archs = ["alexnet", "torchvision", "alexnet-tv"]
@@ -173,7 +179,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         archs.remove("torchvision")
         print("torchvision does not import: the paper/torchvision ratio is against this "
               "project's torchvision layout (alexnet-tv)")
-    tv = archs[1]
+    if smoke:  # the paper net alone, at SMOKE_WIDTH; the full-size layouts cost minutes
+        archs = ["alexnet"]
+    tv = archs[1] if len(archs) > 1 else None
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
           f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device")
     print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
@@ -182,8 +190,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                                "train_gflop_per_image": flops["train_flops"] / 1e9,
                                "peak_bf16_tflops": peak, "versus": tv, "settings": {}}
     base: dict[str, float] = {}
-    print(f"{'setting':<36}{'paper net':>11}{'x fp32':>8}{ARCH_COLUMNS[tv]:>13}"
-          f"{'paper/tv':>10}" + (f"{'tv layout':>11}" if tv != "alexnet-tv" else "")
+    print(f"{'setting':<36}{'paper net':>11}{'x fp32':>8}{ARCH_COLUMNS.get(tv, '-'):>13}"
+          f"{'paper/tv':>10}" + (f"{'tv layout':>11}" if tv == "torchvision" else "")
           + f"{'MFU':>7}   (images/s)")
     for name, opts, note in settings_for(device, quick):
         if opts is None:
@@ -194,18 +202,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         for arch in archs:
             if arch == "alexnet-tv" and tv != "alexnet-tv" and opts.get("compile"):
                 continue  # one more compilation would add a minute for a redundant figure
-            row[arch] = time_steps(arch, device, batch, opts, warmup, steps)
+            row[arch] = time_steps(arch, device, batch, opts, warmup, steps, width)
             base.setdefault(arch, row[arch])
-        row["paper_over_torchvision"] = row["alexnet"] / row[tv]
+        if tv is not None:
+            row["paper_over_torchvision"] = row["alexnet"] / row[tv]
         if peak:
             row["mfu"] = row["alexnet"] * flops["train_flops"] / (peak * 1e12)
         results["settings"][name] = row
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
         layout = ""
-        if tv != "alexnet-tv":
+        if tv == "torchvision":
             layout = f"{row['alexnet-tv']:>11.1f}" if "alexnet-tv" in row else f"{'-':>11}"
+        versus = f"{row[tv]:>13.1f}{row['paper_over_torchvision']:>9.2f}x" if tv else \
+            f"{'-':>13}{'-':>10}"
         print(f"{name:<36}{row['alexnet']:>11.1f}{row['alexnet'] / base['alexnet']:>8.2f}"
-              f"{row[tv]:>13.1f}{row['paper_over_torchvision']:>9.2f}x{layout}{mfu:>7}")
+              f"{versus}{layout}{mfu:>7}")
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
     return results

@@ -1,0 +1,67 @@
+"""`alexnet bench`: every benchmark runs on the CPU in its smoke mode (the least work that runs
+every line), writes its figures as JSON, and its ratios are the quotients of its own figures.
+The figures themselves say nothing here: speed is measured by the benchmarks, not by tests."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from alexnet.cli import main
+
+
+def run_bench(what: str, tmp_path, capsys) -> dict:
+    out = tmp_path / f"{what}.json"
+    assert main(["bench", what, "--smoke", "--device", "cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"== alexnet bench {what}" in printed
+    return json.loads(out.read_text())[what]
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_bench_model(tmp_path, capsys):
+    r = run_bench("model", tmp_path, capsys)[f"threads_{torch.get_num_threads()}"]
+    ips = r["images_per_s"]
+    assert positive(ips["paper"]) and positive(ips["paper, no LRN"])
+    assert r["paper_over_no_lrn"] == pytest.approx(ips["paper"] / ips["paper, no LRN"])
+    assert r["lrn_share_of_step"] == pytest.approx(r["lrn_seconds"] / r["step_seconds"])
+
+
+def test_bench_data(tmp_path, capsys):
+    r = run_bench("data", tmp_path, capsys)
+    for key in ("prepare_images_per_s_per_core", "usual_images_per_s_per_core",
+                "loader_images_per_s_per_core", "loader_images_per_s_prefetch2"):
+        assert positive(r[key]), key
+    assert r["prepare_over_usual"] == pytest.approx(
+        r["prepare_images_per_s_per_core"] / r["usual_images_per_s_per_core"])
+    assert r["loader_over_usual"] == pytest.approx(
+        r["loader_images_per_s_per_core"] / r["usual_images_per_s_per_core"])
+
+
+def test_bench_train(tmp_path, capsys):
+    r = run_bench("train", tmp_path, capsys)
+    settings = r["settings"]
+    for name in ("fp32", "channels_last", "bf16"):
+        assert positive(settings[name]["alexnet"]), name
+    assert "needs CUDA" in settings["fp16+GradScaler"]["note"]
+    assert r["train_gflop_per_image"] == pytest.approx(4.3, abs=0.05)  # the full paper net's
+
+
+def test_bench_evaluate(tmp_path, capsys):
+    r = run_bench("evaluate", tmp_path, capsys)
+    assert positive(r["crops1_images_per_s"]) and positive(r["crops10_images_per_s"])
+    assert r["crops10_crops_per_s"] == pytest.approx(10 * r["crops10_images_per_s"])
+    assert r["images_per_s_ratio_centre_over_10crop"] == pytest.approx(
+        r["crops1_images_per_s"] / r["crops10_images_per_s"])
+
+
+def test_unknown_bench_is_one_line(capsys):
+    assert main(["bench", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown benchmark 'nosuch'" in err

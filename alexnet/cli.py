@@ -1,7 +1,8 @@
 """The `alexnet` command: one subcommand per stage, each a thin wrapper over its module.
 
 Every module named below provides `add_arguments(parser)` and `run(args) -> int`. Only the
-chosen subcommand's module is imported, so `alexnet --help` stays fast.
+chosen subcommand's module is imported, so `alexnet --help` stays fast. A UserError, and as a
+backstop any OSError (a filesystem failure), ends in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -76,9 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"alexnet {name}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a filesystem failure that no module turned into a UserError
+        print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"alexnet {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_message(err: OSError) -> str:
+    """One line for an OSError: the file, the system's reason, what to check."""
+    where = f"{err.filename}: " if err.filename else ""
+    reason = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    return f"{where}{reason}; check the path, its permissions and the free disk space"
 
 
 if __name__ == "__main__":

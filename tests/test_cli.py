@@ -21,3 +21,37 @@ def test_unknown_command_is_refused():
                           text=True)
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_unwritable_outputs_are_one_line_for_every_command(tmp_path, capsys):
+    """/sys refuses new files even to root; a file cannot hold a folder."""
+    import numpy as np
+    import torch
+
+    from alexnet.checkpoint import make_state, save
+    from alexnet.data.store import open_split, write_store
+    from alexnet.model import AlexNet
+
+    classes = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(2)]
+    images = np.random.default_rng(0).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    write_store(tmp_path / "store" / "train", images, np.array([0, 1, 0, 1]), classes)
+    write_store(tmp_path / "store" / "val", images, np.array([0, 1, 0, 1]), classes,
+                stats=open_split(tmp_path / "store", "train").stats)
+    torch.manual_seed(0)
+    ckpt = save(tmp_path / "net.pt", make_state(
+        AlexNet(num_classes=2, width=0.0625), classes=classes,
+        stats=open_split(tmp_path / "store", "train").stats, epoch=1, step=0))
+    (tmp_path / "a_file").write_text("not a folder")
+    data = ["--data", str(tmp_path / "store")]
+    commands = {
+        "train": ["train", *data, "--batch-size", "2", "--set", "model.width=0.0625"],
+        "evaluate": ["evaluate", str(ckpt), *data],
+        "figures": ["figures", str(ckpt), *data, "--images", "1", "--queries", "1"],
+    }
+    for name, args in commands.items():
+        for out in ("/sys/alexnet-out", str(tmp_path / "a_file" / "out")):
+            code = main([*args, "--out", out, "--device", "cpu"])
+            captured = capsys.readouterr()
+            assert code == 2, (name, out, captured.err)
+            assert len(captured.err.strip().splitlines()) == 1, (name, captured.err)
+            assert captured.err.startswith(f"alexnet {name}: error:"), captured.err

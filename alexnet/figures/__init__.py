@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import write_json
+from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError
 
 TOP5_IMAGES = 8  # figure 4 left shows eight test images
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.checkpoint}: its classes differ from those of {args.data}; "
                         "draw the figures on the store the net was trained for")
     out = args.out or args.run_dir / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out, "folder for --out")
     settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
                                "split": test.split}

@@ -209,28 +209,33 @@ def test_no_drop_before_the_patience_runs_out(store, tmp_path):
     assert [row["lr"] for row in result["history"]] == [1e-2] * 3
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path,
-                                                                   monkeypatch):
-    import alexnet.training.loop as train_module
+def diverged_run(store: Path, run: Path, monkeypatch, at_call: int, blow_up) -> str:
+    """Train 3 epochs with `blow_up(net)` applied before step `at_call`; the one-line error."""
+    import alexnet.training.loop as loop
 
-    real_step = train_module.train_step
-    calls = {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
-    def diverging_step(model, x, y, optimizer, rt):
+    def step(model, x, y, optimizer, rt):
         calls["n"] += 1
-        if calls["n"] == 8:  # inside epoch 2: the weights blow up
+        if calls["n"] == at_call:
             with torch.no_grad():
-                next(model.parameters()).fill_(float("inf"))
+                blow_up(model)
         return real_step(model, x, y, optimizer, rt)
 
-    monkeypatch.setattr(train_module, "train_step", diverging_step)
-    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "train_step", step)
     with pytest.raises(UserError) as err:
         train(resolve("paper", TINY + ["optim.epochs=3"],
                       {"data.store": str(store), "run.out": str(run)}))
-    message = str(err.value)
-    assert "nan" in message.lower() and "epoch 2" in message and "\n" not in message
-    assert str(run / "checkpoint.pt") in message
+    assert "\n" not in str(err.value) and str(run / "checkpoint.pt") in str(err.value)
+    return str(err.value)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path,
+                                                                   monkeypatch):
+    run = tmp_path / "run"
+    message = diverged_run(store, run, monkeypatch, 8,  # inside epoch 2: weights blow up
+                           lambda net: next(net.parameters()).fill_(float("inf")))
+    assert "nan" in message.lower() and "epoch 2" in message
     ckpt = checkpoint.load(run)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -369,25 +374,10 @@ def dead_pid() -> int:
 
 
 def test_a_huge_finite_loss_stops_and_keeps_the_last_good_files(store, tmp_path, monkeypatch):
-    import alexnet.training.loop as loop
-
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def exploding_step(model, x, y, optimizer, rt):
-        calls["n"] += 1
-        if calls["n"] == 12:  # epoch 2's last step: fc8 weights 1e4 times larger, a huge loss
-            with torch.no_grad():
-                model.fc8.weight.mul_(1e4)
-        return real_step(model, x, y, optimizer, rt)
-
-    monkeypatch.setattr(loop, "train_step", exploding_step)
     run = tmp_path / "run"
-    with pytest.raises(UserError) as err:
-        train(resolve("paper", TINY + ["optim.epochs=3"],
-                      {"data.store": str(store), "run.out": str(run)}))
-    message = str(err.value)
+    message = diverged_run(store, run, monkeypatch, 12,  # epoch 2's last step: a huge loss
+                           lambda net: net.fc8.weight.mul_(1e4))
     assert "diverged" in message and "epoch 2, step 6" in message and "nan" not in message
-    assert str(run / "checkpoint.pt") in message
     for name in ("checkpoint.pt", "best.pt"):
         ckpt = checkpoint.load(run / name)
         assert (ckpt["epoch"], ckpt["step"]) == (1, 0), name

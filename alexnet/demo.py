@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet import paper
 from alexnet.atomic import write_json
 from alexnet.errors import UserError
 
@@ -33,6 +34,10 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
              "t10k-labels-idx1-ubyte")
 TEN_CROP_SHARE = 0.15  # 10-crop evaluation may take at most this share of the budget ...
 MIN_TEN_CROP_IMAGES = 100  # ... and runs only if it can cover this many test images
+# the keys the demo sets itself, and the demo option that sets each instead of --set
+DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--device",
+             "run.time_limit": "--budget", "optim.batch_size": "the plan",
+             "optim.epochs": "the plan"}
 
 
 @dataclass
@@ -51,15 +56,16 @@ class Plan:
 def default_plan(device: str) -> Plan:
     """The CPU plan (under 15 minutes on 2 cores) or the fuller GPU plan."""
     if device.startswith("cuda"):
-        return Plan(device, train_images=20_000, test_images=5_000, batch_size=128, epochs=12,
-                    budget_s=150.0,
-                    why="a GPU: a fuller schedule at the paper's batch of 128, in bf16 "
-                        "autocast with channels_last (the fast preset's safe options)")
+        return Plan(device, train_images=20_000, test_images=5_000,
+                    batch_size=paper.BATCH_SIZE, epochs=12, budget_s=150.0,
+                    why=f"a GPU: a fuller schedule at the paper's batch of {paper.BATCH_SIZE}, "
+                        "in bf16 autocast with channels_last (the fast preset's safe options)")
     return Plan(device, train_images=4_000, test_images=1_000, batch_size=64, epochs=4,
                 budget_s=13 * 60.0,
                 why="a CPU trains the full-size net at only tens of images/s, so a 4,000-image "
-                    "subset, batch 64 (twice the steps of 128 in the same time, lr kept at "
-                    "0.01) and a time limit keep the demo within 15 minutes")
+                    f"subset, batch 64 (twice the steps of {paper.BATCH_SIZE} in the same time,"
+                    f" lr kept at {paper.BASE_LR:g}) and a time limit keep the demo within 15 "
+                    "minutes")
 
 
 def base_config(device: str) -> Any:
@@ -88,17 +94,27 @@ def find_idx_folder(data: str | os.PathLike | None) -> Path:
     return folder
 
 
+def refuse_demo_keys(overrides: list[str]) -> None:
+    """A one-line UserError for a --set of a key the demo sets itself (it would be ignored)."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in DEMO_KEYS:
+            instead = DEMO_KEYS[key]
+            how = f"use the demo's {instead}" if instead.startswith("--") else \
+                "the demo's plan sets it; use 'alexnet train' for another schedule"
+            raise UserError(f"--set {key}: the demo sets this key itself; {how}")
+
+
 def prepare_store(source: Path, store: Path, plan: Plan) -> Path:
     """The demo's 256x256 store (train and test subsets), made or reused when complete.
 
     prepare's limit keeps an equal share of each class, the first in file order.
     """
     from alexnet.data.prepare import prepare
-    from alexnet.paper import IMAGE_SIZE
 
-    prepare(source, store, size=IMAGE_SIZE, limit=plan.train_images, splits="train",
+    prepare(source, store, size=paper.IMAGE_SIZE, limit=plan.train_images, splits="train",
             names="fashion-mnist")
-    prepare(source, store, size=IMAGE_SIZE, limit=plan.test_images, splits="test",
+    prepare(source, store, size=paper.IMAGE_SIZE, limit=plan.test_images, splits="test",
             names="fashion-mnist")
     return store
 
@@ -113,6 +129,7 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     from alexnet.train import train
 
     t_start = time.monotonic()
+    refuse_demo_keys(overrides or [])
     dev = str(pick_device(device)[0])
     plan = plan or default_plan(dev)
     source = find_idx_folder(data)
@@ -120,8 +137,9 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     store = Path(store) if store else \
         out.parent / f"fashion-mnist-{plan.train_images}-{plan.test_images}"
     print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
-    print(f"plan: {plan.train_images} training and {plan.test_images} test images at 256x256, "
-          f"batch {plan.batch_size}, lr 0.01, up to {plan.epochs} epochs, budget "
+    print(f"plan: {plan.train_images} training and {plan.test_images} test images at "
+          f"{paper.IMAGE_SIZE}x{paper.IMAGE_SIZE}, "
+          f"batch {plan.batch_size}, lr {paper.BASE_LR:g}, up to {plan.epochs} epochs, budget "
           f"{plan.budget_s / 60:.1f} min in all; why: {plan.why}")
     print("one deviation from the paper: the biases it sets to 1 start at 0.1 (Caffe's value; "
           "with 1 this ten-class net stays at chance for the whole budget: docs/training.md)")
@@ -251,7 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ten-crop", dest="ten_crop", action="store_const", const=True,
                         default=None, help="always evaluate with 10 crops too")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="any training config override")
+                        metavar="SECTION.KEY=VALUE",
+                        help="a training config override, except the keys the demo sets "
+                        f"itself ({', '.join(DEMO_KEYS)})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -69,6 +69,9 @@ PARAMETERS = 60_965_224
 TOP5 = 5
 # Section 6.1 / figure 4 (right): the six training images nearest in fc7 space.
 FIG4_NEIGHBOURS = 6
+# Figure 4: eight test images with their top-5 labels (left), five query images (right).
+FIG4_TOP5_IMAGES = 8
+FIG4_QUERY_IMAGES = 5
 
 # Section 6 (Results): (top-1 error, top-5 error) in percent.
 RESULTS = {

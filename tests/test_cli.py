@@ -55,3 +55,15 @@ def test_unwritable_outputs_are_one_line_for_every_command(tmp_path, capsys):
             assert code == 2, (name, out, captured.err)
             assert len(captured.err.strip().splitlines()) == 1, (name, captured.err)
             assert captured.err.startswith(f"alexnet {name}: error:"), captured.err
+
+
+def test_demo_refuses_a_set_of_the_keys_it_sets_itself(tmp_path, capsys):
+    """Six keys come from the demo's own options and plan: a --set of one would be ignored."""
+    for key, hint in (("optim.epochs=1", "alexnet train"), ("run.out=x", "--out"),
+                      ("run.time_limit=5", "--budget")):
+        code = main(["demo", "--set", key, "--data", str(tmp_path), "--out",
+                     str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "the demo sets this key itself" in err
+        assert hint in err, err
+    assert not (tmp_path / "run").exists()

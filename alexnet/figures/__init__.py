@@ -18,9 +18,8 @@ from typing import Any
 
 from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError
-
-TOP5_IMAGES = 8  # figure 4 left shows eight test images
-QUERY_IMAGES = 5  # figure 4 right shows five test images
+from alexnet.evaluate import EVAL_BATCH_SIZE
+from alexnet.paper import FIG4_QUERY_IMAGES, FIG4_TOP5_IMAGES, TEST_CROPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,16 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the PNG files (default: figures/ beside the checkpoint)")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "test"),
                         help="where the test images come from (auto: val if present, else test)")
-    parser.add_argument("--images", type=int, default=TOP5_IMAGES,
-                        help=f"test images in figure 4 left (default {TOP5_IMAGES})")
-    parser.add_argument("--queries", type=int, default=QUERY_IMAGES,
-                        help=f"test images in figure 4 right (default {QUERY_IMAGES})")
-    parser.add_argument("--crops", type=int, default=1, choices=(1, 10),
+    parser.add_argument("--images", type=int, default=FIG4_TOP5_IMAGES,
+                        help=f"test images in figure 4 left (default {FIG4_TOP5_IMAGES})")
+    parser.add_argument("--queries", type=int, default=FIG4_QUERY_IMAGES,
+                        help=f"test images in figure 4 right (default {FIG4_QUERY_IMAGES})")
+    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
                         help="crops per image for figure 4 left's probabilities: 1, the centre "
-                        "(default, as evaluate and predict), or 10")
+                        f"(default, as evaluate and predict), or {TEST_CROPS}")
     parser.add_argument("--seed", type=int, default=0, help="which test images are shown")
-    parser.add_argument("--batch-size", type=int, default=128,
-                        help="images per step of the fc7 search (default 128)")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help=f"images per step of the fc7 search (default {EVAL_BATCH_SIZE})")
     parser.add_argument("--features-cache", type=Path, default=None,
                         help="a .npy file for the training split's fc7 vectors: written on the "
                         "first run (disk, not memory), reused on later ones")

@@ -36,8 +36,8 @@ TEN_CROP_SHARE = 0.15  # 10-crop evaluation may take at most this share of the b
 MIN_TEN_CROP_IMAGES = 100  # ... and runs only if it can cover this many test images
 # the keys the demo sets itself, and the demo option that sets each instead of --set
 DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--device",
-             "run.time_limit": "--budget", "optim.batch_size": "the plan",
-             "optim.epochs": "the plan"}
+             "run.time_limit": "--budget", "optim.batch_size": "--batch-size",
+             "optim.epochs": "--epochs"}
 
 
 @dataclass
@@ -99,10 +99,8 @@ def refuse_demo_keys(overrides: list[str]) -> None:
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key in DEMO_KEYS:
-            instead = DEMO_KEYS[key]
-            how = f"use the demo's {instead}" if instead.startswith("--") else \
-                "the demo's plan sets it; use 'alexnet train' for another schedule"
-            raise UserError(f"--set {key}: the demo sets this key itself; {how}")
+            raise UserError(f"--set {key}: the demo sets this key itself; use the demo's "
+                            f"{DEMO_KEYS[key]} instead")
 
 
 def prepare_store(source: Path, store: Path, plan: Plan) -> Path:

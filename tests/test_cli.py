@@ -59,7 +59,7 @@ def test_unwritable_outputs_are_one_line_for_every_command(tmp_path, capsys):
 
 def test_demo_refuses_a_set_of_the_keys_it_sets_itself(tmp_path, capsys):
     """Six keys come from the demo's own options and plan: a --set of one would be ignored."""
-    for key, hint in (("optim.epochs=1", "alexnet train"), ("run.out=x", "--out"),
+    for key, hint in (("optim.epochs=1", "--epochs"), ("run.out=x", "--out"),
                       ("run.time_limit=5", "--budget")):
         code = main(["demo", "--set", key, "--data", str(tmp_path), "--out",
                      str(tmp_path / "run")])

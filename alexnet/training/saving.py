@@ -62,15 +62,22 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
                      rt: Runtime, best: bool = False) -> Path:
     """Rank 0 writes best.pt (when `best`) and then checkpoint.pt; every rank waits for it.
 
-    Every rank checks the weights first (they are the same on every rank), so all stop alike.
+    Every rank checks the weights first (they are the same on every rank), and a failed write
+    on rank 0 (a full disk) stops every rank, not rank 0 alone: all stop alike.
     """
     check_good(s)
+    failed: UserError | None = None
     if rt.dist.is_main:
         state = make_checkpoint(s, config, train_store, rt)
-        if best and config.run.save_best:
-            checkpoint.save(files.best, state)
-        checkpoint.save(files.checkpoint, state)
-    distributed.barrier()
+        try:
+            if best and config.run.save_best:
+                checkpoint.save(files.best, state)
+            checkpoint.save(files.checkpoint, state)
+        except UserError as err:
+            failed = err
+    if distributed.any_rank(failed is not None, rt.device):  # also the barrier
+        raise failed or UserError(f"rank 0 could not write {files.checkpoint} (its message "
+                                  "says why); the earlier checkpoint is kept")
     s.last_good = files.checkpoint
     return files.checkpoint
 

@@ -186,19 +186,20 @@ def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],
 
 
 def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
-                   batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu"
+                   batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
+                   loaded: Sequence[dict[str, Any]] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs, labels): softmax outputs averaged over crops, then over the checkpoints' nets.
 
-    Each file is read once (memory-mapped) and one net is built at a time. Checkpoints whose
-    class lists differ from each other or from the store are refused with a UserError.
+    Each file is read once (memory-mapped; `loaded` when the caller has read them) and one
+    net is built at a time. Checkpoints whose class lists differ from each other or from the
+    store are refused with a UserError.
     """
-    from alexnet.checkpoint import load, model_from_state
+    from alexnet.checkpoint import model_from_state
 
     if not checkpoints:
         raise UserError("give at least one checkpoint")
-    # each file read once; its tensors stay mapped until its net is built
-    ckpts = [load(p, mmap=True) for p in checkpoints]
+    ckpts = list(loaded) if loaded is not None else load_all(checkpoints)
     check_classes(checkpoints, [c.get("classes") for c in ckpts],  # before any net runs
                   getattr(store, "classes", None))
     total: torch.Tensor | None = None
@@ -292,12 +293,18 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
     return path / "checkpoint.pt", "the run's last epoch (no best.pt)"
 
 
-def recorded_store(checkpoint: str | os.PathLike, option: str = "--data") -> Path:
-    """The store a checkpoint was trained on (config data.store), or a UserError saying to
-    give `option` when it is not recorded or no longer there."""
+def load_all(checkpoints: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Each checkpoint read once, its tensors memory-mapped until its net is built."""
     from alexnet.checkpoint import load
 
-    store = ((load(checkpoint).get("config") or {}).get("data") or {}).get("store")
+    return [load(p, mmap=True) for p in checkpoints]
+
+
+def recorded_store(ckpt: dict[str, Any], checkpoint: str | os.PathLike,
+                   option: str = "--data") -> Path:
+    """The store the loaded checkpoint `ckpt` (read from `checkpoint`) was trained on (config
+    data.store), or a UserError saying to give `option` when it is not recorded or gone."""
+    store = ((ckpt.get("config") or {}).get("data") or {}).get("store")
     if not store:
         raise UserError(f"{checkpoint} records no store; give {option} STORE")
     if not Path(store).is_dir():
@@ -392,8 +399,9 @@ def run(args: argparse.Namespace) -> int:
         if given.is_dir():
             print(f"{given}: evaluating {path.name} ({why})", file=sys.stderr)
     args.checkpoints = [path for path, _ in chosen]
+    loaded = load_all(args.checkpoints)
     if args.data is None:
-        args.data = recorded_store(args.checkpoints[0])
+        args.data = recorded_store(loaded[0], args.checkpoints[0])
     if args.split == "auto":
         from alexnet.data.splits import auto_split
 
@@ -407,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: is a folder; give a file name for the JSON report")
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
-                                   batch_size=args.batch_size, device=device)
+                                   batch_size=args.batch_size, device=device, loaded=loaded)
     result: dict[str, Any] = topk_errors(probs, labels)
     result.update(images=int(len(labels)), crops=args.crops,
                   checkpoints=[str(p) for p in args.checkpoints])

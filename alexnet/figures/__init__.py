@@ -62,7 +62,7 @@ def _test_split(root: Path, split: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Draw every figure; print where they went and the colour fraction of each column."""
-    from alexnet.checkpoint import load_model
+    from alexnet.checkpoint import load, model_from_state
     from alexnet.data.store import open_split
     from alexnet.evaluate import (
         class_names,
@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir, args.checkpoint = args.checkpoint, path
     else:
         args.run_dir = args.checkpoint.parent
+    ckpt = load(args.checkpoint)  # read once
     if args.data is None:
-        args.data = recorded_store(args.checkpoint)
-    model, ckpt = load_model(args.checkpoint, device=device)
+        args.data = recorded_store(ckpt, args.checkpoint)
+    model = model_from_state(ckpt, args.checkpoint, device)
     test = _test_split(args.data, args.split)
     if ckpt.get("classes") is not None and class_names(ckpt["classes"]) != \
             class_names(test.classes):

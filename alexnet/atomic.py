@@ -72,9 +72,11 @@ def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> Pat
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, *, user_errors: bool = True) -> Iterator[Path]:
     """A temporary path to write instead of `path`; when the block ends normally it is fsynced
-    and renamed over `path`, otherwise removed. Filesystem failures become a UserError."""
+    and renamed over `path`, otherwise removed. Filesystem failures become a UserError, or
+    are raised as they are with `user_errors=False` (for a caller that words its own advice,
+    as prepare does: "rerun the same command")."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")
@@ -90,7 +92,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         cause = os_error(err)
-        if cause is None:
+        if cause is None or not user_errors:
             raise
         raise fs_error(path, cause) from None
     finally:
@@ -99,9 +101,10 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     _sync_folder(path.parent)
 
 
-def write_atomic(path: str | os.PathLike, content: Content) -> Path:
+def write_atomic(path: str | os.PathLike, content: Content, *, user_errors: bool = True
+                 ) -> Path:
     """Replace `path` with `content` (bytes, text, or a function writing to a binary file)."""
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path, user_errors=user_errors) as tmp, open(tmp, "wb") as f:
         if callable(content):
             content(f)
         else:

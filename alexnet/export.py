@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.atomic import write_json
 from alexnet.errors import UserError
 
 FORMATS = ("onnx", "torchscript", "weights")
@@ -191,7 +191,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
         writer(model, crop, path)
     checked = check_export(fmt, path, model, crop) if check else "check skipped (--no-check)"
     info = path.with_name(path.name + ".json")
-    info.write_text(json.dumps(sidecar(ckpt, crop, fmt), indent=2) + "\n")
+    write_json(info, sidecar(ckpt, crop, fmt), indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
             "check": checked}
 

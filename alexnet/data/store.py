@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet.atomic import remove_stale, write_atomic
 from alexnet.data.stats import (
     add_sums,
     empty_sums,
@@ -267,19 +268,10 @@ def decode_jpeg(data: np.ndarray | bytes, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that a kill leaves the old one or the new one, never half of one."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def _write(path: Path, data: bytes) -> None:
+    """Replace one of the store's files atomically; an OSError is raised as it is, so that
+    prepare words the advice (free space, then rerun the same command)."""
+    write_atomic(path, data, user_errors=False)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -431,6 +423,7 @@ class SplitWriter:
 
     def _open(self) -> None:
         """Start afresh, or resume the recorded progress when the fingerprint matches."""
+        remove_stale(self.path)  # temporary files of a killed writer
         progress = self.path / PROGRESS
         if progress.exists():
             with np.load(progress, allow_pickle=False) as saved:
@@ -534,7 +527,7 @@ class SplitWriter:
                  "count": self.count, "data_bytes": self.data_bytes, "skipped": self.skipped}
         buffer = io.BytesIO()
         np.savez(buffer, state=np.array(json.dumps(state)), **self.sums)
-        _atomic_write(self.path / PROGRESS, buffer.getvalue())
+        _write(self.path / PROGRESS, buffer.getvalue())
 
     def _write_header(self, *, complete: bool, stats: dict[str, Any] | None,
                       own: dict[str, Any] | None = None, stats_split: str | None = None,
@@ -550,7 +543,7 @@ class SplitWriter:
             "skipped": len(self.skipped) if skipped is None else skipped,
             "complete": complete,
         }
-        _atomic_write(self.path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+        _write(self.path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
 
     def finish(self, stats: dict[str, Any] | None = None, stats_split: str | None = None,
                unused: Sequence[Sequence[str]] = ()) -> dict[str, Any]:
@@ -574,21 +567,21 @@ class SplitWriter:
                 unused: Sequence[Sequence[str]]) -> dict[str, Any]:
         rows = [*self.skipped, *([str(p), str(r)] for p, r in unused)]
         report = "".join(f"{p}\t{r}\n" for p, r in rows)
-        _atomic_write(self.path / SKIPPED, ("path\treason\n" + report).encode())
+        _write(self.path / SKIPPED, ("path\treason\n" + report).encode())
         own = stats_from_sums(self.sums) if self.count else None
         stats = own if stats is None else stats
         if stats is None:
             raise UserError(f"{self.path}: no readable images, so no statistics; check the "
                             f"source (the files are listed in {self.path / SKIPPED})")
         labels = np.fromfile(self.path / LABELS_PART, dtype=np.int64)
-        _atomic_write(self.path / LABELS, _npy_bytes(labels))
+        _write(self.path / LABELS, _npy_bytes(labels))
         if self.format == "jpeg":
             lengths = np.fromfile(self.path / LENGTHS_PART, dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            _atomic_write(self.path / OFFSETS, _npy_bytes(offsets))
-        _atomic_write(self.path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"])))
+            _write(self.path / OFFSETS, _npy_bytes(offsets))
+        _write(self.path / MEAN_IMAGE, _npy_bytes(np.asarray(stats["mean_image"])))
         if own is not None:
-            _atomic_write(self.path / OWN_MEAN_IMAGE, _npy_bytes(own["mean_image"]))
+            _write(self.path / OWN_MEAN_IMAGE, _npy_bytes(own["mean_image"]))
         self._write_header(complete=True, stats=stats, own=own,
                            stats_split=stats_split or self.split, skipped=len(rows))
         _drop_progress(self.path)
@@ -659,9 +652,9 @@ def set_stats(path: str | os.PathLike[str], stats: dict[str, Any], stats_split: 
     with WriteLock(path):
         meta = _read_header(path)
         meta["stats"], meta["stats_split"] = stats_to_json(stats), stats_split
-        _atomic_write(path / MEAN_IMAGE,
+        _write(path / MEAN_IMAGE,
                       _npy_bytes(np.asarray(stats["mean_image"], np.float64)))
-        _atomic_write(path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
+        _write(path / HEADER, (json.dumps(meta, indent=1) + "\n").encode())
 
 
 def share_train_stats(root: str | os.PathLike[str]) -> None:

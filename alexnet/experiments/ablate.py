@@ -21,13 +21,13 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alexnet import paper
+from alexnet.atomic import write_atomic
 from alexnet.config import Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
@@ -188,7 +188,7 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     if result["top1_error"] is None:
         raise UserError(f"{config.data.store}: the run of {name} has no validation error; "
                         "ablate needs a 'val' or 'test' split in the store")
-    _atomic_text(done, json.dumps(result, indent=1) + "\n")
+    write_atomic(done, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -308,25 +308,15 @@ def csv_row(row: dict) -> dict:
 def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) -> list[Path]:
     """ablation.json, ablation.csv and ablation.md in `out`, each written atomically."""
     paths = [out / "ablation.json", out / "ablation.csv", out / "ablation.md"]
-    _atomic_text(paths[0], json.dumps({**meta, "rows": rows, "note": note}, indent=1) + "\n")
+    write_atomic(paths[0], json.dumps({**meta, "rows": rows, "note": note}, indent=1) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS))
     writer.writeheader()
     writer.writerows(csv_row(r) for r in rows)
-    _atomic_text(paths[1], buf.getvalue())
-    _atomic_text(paths[2], "# Ablations (alexnet ablate)\n\n" + markdown(rows) + "\n" + note
+    write_atomic(paths[1], buf.getvalue())
+    write_atomic(paths[2], "# Ablations (alexnet ablate)\n\n" + markdown(rows) + "\n" + note
                  + "\n")
     return paths
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _train_images(store: str) -> int | None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
+from alexnet.atomic import write_atomic
 from alexnet.errors import UserError
 from alexnet.experiments import crossing, speedup
 from alexnet.progress import Progress
@@ -329,19 +329,8 @@ def plot(result: dict, path: Path) -> None:
     ax.legend()
     ax.set_title(f"ReLU vs tanh (figure 1), {len(result['seeds'])} seeds each", fontsize=10)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def summary(result: dict) -> str:
@@ -447,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     result["data"] = str(args.data)
     json_path, png_path = args.out / "relu_vs_tanh.json", args.out / "figure1.png"
     text = json.dumps(result, indent=1) + "\n"
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(json_path, text)
     plot(result, png_path)
     print(summary(result))
     print(f"wrote {png_path} and {json_path} in {result['seconds']:.0f} s")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import Any
 
 import torch
@@ -120,6 +121,58 @@ def triton_lrn_module() -> Any:
     return _TRITON["module"]
 
 
+def triton_lrn_verified(device: torch.device) -> bool:
+    """Whether the Triton LRN runs on `device`'s type and matches the torch path, forward
+    and backward, on a tiny input (tried once per device type, then cached). A kernel that
+    fails to compile or disagrees must not stop training: `auto` then warns once, on one
+    line, and keeps the torch path for the process."""
+    key = f"verified.{device.type}"
+    if key not in _TRITON:
+        if torch.compiler.is_compiling():  # inside a torch.compile trace: run it eagerly
+            _TRITON[key] = torch.compiler.disable(_verify_triton_lrn)(device)
+        else:
+            _TRITON[key] = _verify_triton_lrn(device)
+    return _TRITON[key]
+
+
+def _verify_triton_lrn(device: torch.device) -> bool:
+    """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 12, 3, 5, generator=gen) * 600 - 300).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(x.shape, generator=gen).to(device)
+    try:
+        ok = _agree(_lrn_and_grad(x, g, "triton"), _lrn_and_grad(x, g, "torch"))
+        why = "differs from the torch path on a test input"
+    except Exception as err:  # any failure to compile or launch: fall back, never stop
+        first = str(err).strip().partition("\n")[0]
+        ok, why = False, f"failed ({type(err).__name__}: {first})"
+    if not ok:
+        print(f"alexnet: warning: the Triton LRN on {device.type} {why}; using the torch path "
+              "(set ALEXNET_LRN=torch to skip this check)", file=sys.stderr)
+    return ok
+
+
+def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU then LRN of x (2 columns, the paper's constants) and its input gradient for g,
+    whatever grad, inference or autocast mode the caller is in."""
+    with torch.inference_mode(False), torch.enable_grad(), \
+            torch.autocast(x.device.type, enabled=False):
+        xi = x.clone().requires_grad_()
+        y = lrn(xi, groups=2, backend=backend, relu=True)
+        (dx,) = torch.autograd.grad(y, xi, g)
+    return y.detach(), dx
+
+
+def _agree(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]
+           ) -> bool:
+    """Outputs equal to fp32 rounding, gradients to 1e-4 of their largest magnitude."""
+    scale = float(want[1].abs().max())
+    return bool(torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+                and torch.allclose(got[1], want[1], rtol=1e-3, atol=1e-4 * scale))
+
+
 def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
     """Whether LRN of x runs the Triton kernel under `backend` (default: ALEXNET_LRN)."""
     backend = LRN_BACKEND if backend is None else backend
@@ -128,7 +181,7 @@ def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
     if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return False
     if triton_lrn_module() is not None:
-        return True
+        return backend == "triton" or triton_lrn_verified(x.device)
     if backend == "triton":
         raise UserError("ALEXNET_LRN=triton: triton does not import; install it "
                         "(pip install triton, Linux x86-64) or set ALEXNET_LRN=auto")

@@ -16,7 +16,7 @@ import torch
 
 from alexnet import paper
 from alexnet.errors import UserError
-from alexnet.model import lrn, use_triton_lrn
+from alexnet.model import lrn, triton_lrn_module, triton_lrn_verified, use_triton_lrn
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -150,13 +150,32 @@ def test_auto_uses_the_torch_path_on_cpu_and_rejects_unknown_backends():
         lrn(x, backend="fast")
 
 
+def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, capsys):
+    # without TRITON_INTERPRET the kernel cannot launch on CPU tensors (no GPU driver): a real
+    # failure, as a kernel that does not compile on a GPU would be; auto must not raise
+    import alexnet.model
+
+    if triton_lrn_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    monkeypatch.delitem(alexnet.model._TRITON, "verified.cpu", raising=False)
+    assert not triton_lrn_verified(torch.device("cpu"))
+    assert not triton_lrn_verified(torch.device("cpu"))  # cached: checked and warned once
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet: warning: the Triton LRN on cpu ")
+    assert "using the torch path" in err
+
+
+def test_the_check_passes_where_the_kernel_runs(kernel_results):
+    assert kernel_results["verified.cpu"]  # under the interpreter: runs and agrees
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu):
     # the compiled kernel (not the interpreter) on the GPU, on a conv1-like map
-    if not use_triton_lrn(torch.zeros(1, device="cuda"), "auto"):
+    if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300
@@ -170,6 +189,14 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu):
     b, grad = formula(np.maximum(a64, 0), g.double().numpy(), paper.LRN_N, 2)
     grad = np.where(a64 > 0, grad, 0.0) if relu else grad
     rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL  # the GPU's exp2 and log2 are approximate
-    np.testing.assert_allclose(y.double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
-    np.testing.assert_allclose(x.grad.double().cpu().numpy(), grad, rtol=rtol,
+    np.testing.assert_allclose(y.detach().double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(x.grad.detach().double().cpu().numpy(), grad, rtol=rtol,
                                atol=rtol * np.abs(grad).max())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_picks_the_triton_lrn_on_cuda_after_its_check():
+    if triton_lrn_module() is None:
+        pytest.skip("triton does not import here")
+    assert triton_lrn_verified(torch.device("cuda"))  # compiled, ran and agreed
+    assert use_triton_lrn(torch.zeros(1, device="cuda"), "auto")

@@ -27,84 +27,135 @@ import triton.language as tl
 if not hasattr(torch.library, "custom_op"):
     raise ImportError("the Triton LRN needs torch >= 2.4 (torch.library.custom_op)")
 
-TILE = 4096  # elements per program: all of a column's channels times a block of pixels
+FORWARD_TILE = 4096  # elements per program (channels times pixels), forward
+BACKWARD_TILE = 2048  # backward: it holds 4 * HALF + 1 shifted tiles of a at once
+NUM_WARPS = 8
+MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones run in torch
 
 
 @triton.jit
-def _load(ptr, offs, mask, COMPUTE: tl.constexpr, RELU: tl.constexpr):
-    """Elements at offs (0 where masked) in the COMPUTE dtype, through a ReLU if RELU."""
-    v = tl.load(ptr + offs, mask=mask, other=0.0).to(COMPUTE)
-    if RELU:
-        v = tl.maximum(v, 0.0)
+def _shifted(ptr, base, c, p, in_p, cg, s_c, s_p, D: tl.constexpr, ON: tl.constexpr,
+             COMPUTE: tl.constexpr):
+    """The tile's elements D maps further along the column (0 outside [0, cg) or if not ON)."""
+    v = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
+    if ON:
+        cj = c + D
+        m = (cj >= 0) & (cj < cg) & in_p
+        v = tl.load(ptr + base + cj * s_c + p * s_p, mask=m, other=0.0).to(COMPUTE)
     return v
 
 
 @triton.jit
-def _window_sum_sq(a_ptr, base, c, p, in_p, cg, s_c, s_p, COMPUTE: tl.constexpr,
-                   HALF: tl.constexpr, RELU: tl.constexpr):
-    """sum of a_j^2 over j = c-HALF..c+HALF within the column [0, cg), per (c, p)."""
-    acc = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
-    for i in tl.static_range(2 * HALF + 1):
-        cj = c + (i - HALF)
-        m = (cj >= 0) & (cj < cg) & in_p
-        v = _load(a_ptr, base + cj * s_c + p * s_p, m, COMPUTE, RELU)
-        acc += v * v
-    return acc
+def _relu(x, RELU: tl.constexpr):
+    if RELU:
+        x = tl.maximum(x, 0.0)
+    return x
+
+
+@triton.jit
+def _window(qm2, qm1, q0, qp1, qp2, HALF: tl.constexpr):
+    """Sum of the squares in a window of 2 HALF + 1 maps centred on q0 (HALF 1 or 2)."""
+    w = qm1 + q0 + qp1
+    if HALF == 2:
+        w += qm2 + qp2
+    return w
+
+
+@triton.jit
+def _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, a, s, neg_beta_1, D: tl.constexpr,
+          ON: tl.constexpr, COMPUTE: tl.constexpr):
+    """g_j a_j s_j^(-beta-1) for the map j D along (0 outside the column or if not ON)."""
+    t = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
+    if ON:
+        g = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, D, True, COMPUTE)
+        t = g * a * tl.exp2(neg_beta_1 * tl.log2(s))
+    return t
+
+
+@triton.jit
+def _tile(hw, cg, groups, s_n, s_c, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+          CHANNELS_LAST: tl.constexpr):
+    """This program's offsets: base (image and column), channels c within the column, pixels
+    p; the contiguous axis last, so loads vectorise (channels in channels_last)."""
+    pid_p = tl.program_id(0)
+    pid = tl.program_id(1)
+    blocks = tl.cdiv(cg, BLOCK_C)
+    n = pid // (groups * blocks)
+    col = (pid // blocks) % groups
+    c0 = (pid % blocks) * BLOCK_C
+    base = n.to(tl.int64) * s_n + (col * cg).to(tl.int64) * s_c
+    if CHANNELS_LAST:
+        c = c0 + tl.arange(0, BLOCK_C)[None, :]
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    else:
+        c = c0 + tl.arange(0, BLOCK_C)[:, None]
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    return base, c, p
 
 
 @triton.jit
 def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta, k,
                         COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pid_p = tl.program_id(0)
-    pid_ng = tl.program_id(1)
-    n = pid_ng // groups
-    base = n.to(tl.int64) * s_n + ((pid_ng % groups) * cg).to(tl.int64) * s_c
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                        CHANNELS_LAST: tl.constexpr):
+    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
-    mask = (c < cg) & in_p
-    s = k + alpha * _window_sum_sq(a_ptr, base, c, p, in_p, cg, s_c, s_p, COMPUTE, HALF, RELU)
-    offs = base + c * s_c + p * s_p
-    a = _load(a_ptr, offs, mask, COMPUTE, RELU)
-    b = a * tl.exp2(-beta * tl.log2(s))
-    tl.store(b_ptr + offs, b.to(b_ptr.dtype.element_ty), mask=mask)
+    # the window's 2 HALF + 1 maps, each loaded once (the shifted ones from the cache)
+    am2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, HALF == 2, COMPUTE), RELU)
+    am1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE), RELU)
+    a0 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE), RELU)
+    ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
+    ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, HALF == 2, COMPUTE), RELU)
+    s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
+    b = a0 * tl.exp2(-beta * tl.log2(s))
+    tl.store(b_ptr + base + c * s_c + p * s_p, b.to(b_ptr.dtype.element_ty),
+             mask=(c < cg) & in_p)
 
 
 @triton.jit
 def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta,
                          k, COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pid_p = tl.program_id(0)
-    pid_ng = tl.program_id(1)
-    n = pid_ng // groups
-    base = n.to(tl.int64) * s_n + ((pid_ng % groups) * cg).to(tl.int64) * s_c
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr):
+    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
-    # windowsum over j of t_j = g_j a_j s_j^(-beta-1), each s_j recomputed from a
-    acc = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
-    for i in tl.static_range(2 * HALF + 1):
-        cj = c + (i - HALF)
-        m = (cj >= 0) & (cj < cg) & in_p
-        offs = base + cj * s_c + p * s_p
-        aj = _load(a_ptr, offs, m, COMPUTE, RELU)
-        gj = _load(g_ptr, offs, m, COMPUTE, False)
-        sj = k + alpha * _window_sum_sq(a_ptr, base, cj, p, in_p, cg, s_c, s_p, COMPUTE, HALF,
-                                        RELU)
-        acc += gj * aj * tl.exp2((-beta - 1.0) * tl.log2(sj))
-    mask = (c < cg) & in_p
-    offs = base + c * s_c + p * s_p
-    x = _load(a_ptr, offs, mask, COMPUTE, False)
-    a = x
+    # grad_c = g_c s_c^-beta - 2 alpha beta a_c sum_{j in window(c)} g_j a_j s_j^(-beta-1):
+    # a at the 4 HALF + 1 maps c-2HALF..c+2HALF, each loaded and squared once, give the
+    # 2 HALF + 1 sums s_j; the g_j are loaded once each. Loads outside the column are 0,
+    # so the clipped windows (of c and of each j) come out of the same sums.
+    H2: tl.constexpr = HALF == 2
+    xm4 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -4, H2, COMPUTE)
+    xm3 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -3, H2, COMPUTE)
+    xm2 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, True, COMPUTE)
+    xm1 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE)
+    x0 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
+    xp1 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE)
+    xp2 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, True, COMPUTE)
+    xp3 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 3, H2, COMPUTE)
+    xp4 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 4, H2, COMPUTE)
+    am4, am3, am2, am1 = _relu(xm4, RELU), _relu(xm3, RELU), _relu(xm2, RELU), _relu(xm1, RELU)
+    a0, ap1, ap2, ap3, ap4 = (_relu(x0, RELU), _relu(xp1, RELU), _relu(xp2, RELU),
+                              _relu(xp3, RELU), _relu(xp4, RELU))
+    qm4, qm3, qm2, qm1, q0 = am4 * am4, am3 * am3, am2 * am2, am1 * am1, a0 * a0
+    qp1, qp2, qp3, qp4 = ap1 * ap1, ap2 * ap2, ap3 * ap3, ap4 * ap4
+    s0 = k + alpha * _window(qm2, qm1, q0, qp1, qp2, HALF)
+    sm1 = k + alpha * _window(qm3, qm2, qm1, q0, qp1, HALF)
+    sp1 = k + alpha * _window(qm1, q0, qp1, qp2, qp3, HALF)
+    sm2 = k + alpha * _window(qm4, qm3, qm2, qm1, q0, HALF)
+    sp2 = k + alpha * _window(q0, qp1, qp2, qp3, qp4, HALF)
+    g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
+    p0 = tl.exp2(-beta * tl.log2(s0))  # s_c^-beta; s_c^(-beta-1) = s_c^-beta / s_c
+    acc = g0 * a0 * (p0 / s0)
+    nb1 = -beta - 1.0
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am2, sm2, nb1, -2, H2, COMPUTE)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am1, sm1, nb1, -1, True, COMPUTE)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap1, sp1, nb1, 1, True, COMPUTE)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap2, sp2, nb1, 2, H2, COMPUTE)
+    grad = g0 * p0 - 2.0 * alpha * beta * a0 * acc
     if RELU:
-        a = tl.maximum(x, 0.0)
-    g = _load(g_ptr, offs, mask, COMPUTE, False)
-    s = k + alpha * _window_sum_sq(a_ptr, base, c, p, in_p, cg, s_c, s_p, COMPUTE, HALF, RELU)
-    grad = g * tl.exp2(-beta * tl.log2(s)) - 2.0 * alpha * beta * a * acc
-    if RELU:
-        grad = tl.where(x > 0.0, grad, 0.0)  # ReLU's gradient, 0 at 0 as torch's
-    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
+        grad = tl.where(x0 > 0.0, grad, 0.0)  # ReLU's gradient, 0 at 0 as torch's
+    tl.store(out_ptr + base + c * s_c + p * s_p, grad.to(out_ptr.dtype.element_ty),
+             mask=(c < cg) & in_p)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
@@ -114,26 +165,39 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _block_c(cg: int) -> int:
+    """Channels per program: a power of two dividing the column's cg when one of 8..32 does
+    (48 -> 16, 128 -> 32: no masked lanes), else cg rounded up to a power of two (<= 32).
+    Programs next to each other in a column read each other's first maps as their window's
+    edge, from the cache."""
+    low = cg & -cg
+    return min(low, 32) if low >= 8 else min(triton.next_power_of_2(cg), 32)
+
+
 def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int, half: int,
-            alpha: float, beta: float, k: float, relu: bool) -> None:
-    """Run `kernel` over `tensors` (same shape and strides as out), one column per program."""
+            alpha: float, beta: float, k: float, relu: bool, tile: int) -> None:
+    """Run `kernel` over `tensors` (same shape and strides as out): a program per block of
+    a column's channels and a block of pixels."""
     n, c, h, w = out.shape
     cg = c // groups
-    block_c = triton.next_power_of_2(cg)
-    block_p = max(1, min(triton.next_power_of_2(h * w), TILE // block_c))
+    block_c = _block_c(cg)
+    block_p = max(1, min(triton.next_power_of_2(h * w), tile // block_c))
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, _, s_w = out.stride()
-    grid = (triton.cdiv(h * w, block_p), n * groups)
+    channels_last = s_c == 1 and c > 1
+    grid = (triton.cdiv(h * w, block_p), n * groups * triton.cdiv(cg, block_c))
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
         kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
                      COMPUTE=compute, HALF=half, RELU=relu, BLOCK_C=block_c,
-                     BLOCK_P=block_p, num_warps=8)
+                     BLOCK_P=block_p, CHANNELS_LAST=channels_last, num_warps=NUM_WARPS)
 
 
-def _check(x: torch.Tensor, groups: int) -> None:
+def _check(x: torch.Tensor, groups: int, half: int) -> None:
     if x.dim() != 4 or x.shape[1] % groups:
         raise ValueError(f"lrn: need (N, C, H, W) with C divisible by groups={groups}, "
                          f"got {tuple(x.shape)}")
+    if not 1 <= half <= MAX_HALF:
+        raise ValueError(f"lrn: the kernel takes windows n = 3 or 5 (half 1 or 2), got {half}")
 
 
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
@@ -142,11 +206,12 @@ def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: f
     """The paper's LRN of x (N, C, H, W) (of ReLU(x) if `relu`: the two layers in one pass)
     over channels within each of `groups` columns, window c-half..c+half clipped at each
     column's edges."""
-    _check(x, groups)
+    _check(x, groups, half)
     a = _layout(x)
     out = torch.empty_like(a)
     if out.numel():
-        _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu)
+        _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
+                FORWARD_TILE)
     return out
 
 
@@ -154,13 +219,14 @@ def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: f
 def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
                  beta: float, k: float, relu: bool) -> torch.Tensor:
     """grad_x of lrn(x, ...) for the output gradient g, in one pass."""
-    _check(x, groups)
+    _check(x, groups, half)
     a = _layout(x)
     fmt = torch.contiguous_format if a.is_contiguous() else torch.channels_last
     g = g.contiguous(memory_format=fmt)
     out = torch.empty_like(a)
     if out.numel():
-        _launch(_lrn_backward_kernel, [g, a], out, groups, half, alpha, beta, k, relu)
+        _launch(_lrn_backward_kernel, [g, a], out, groups, half, alpha, beta, k, relu,
+                BACKWARD_TILE)
     return out
 
 

@@ -193,8 +193,9 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         backend: str | None = None, relu: bool = False) -> torch.Tensor:
     """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns
     (of ReLU(x) with `relu`: one pass with the Triton kernel); `backend` (auto, triton,
-    torch; default ALEXNET_LRN) picks the implementation."""
-    if use_triton_lrn(x, backend):
+    torch; default ALEXNET_LRN) picks the implementation; windows wider than 5 maps run the
+    torch path."""
+    if 1 <= n // 2 <= 2 and use_triton_lrn(x, backend):  # the kernel unrolls n = 3..5
         return torch.ops.alexnet.lrn(x, groups, n // 2, alpha, beta, k, relu)
     if relu:
         x = F.relu(x)

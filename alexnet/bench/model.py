@@ -159,8 +159,31 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
         if "lrn triton" not in t:
             line += "; lrn triton: needs CUDA and triton"
         print(line)
+        if "lrn triton" in t:
+            row["bandwidth"] = _lrn_bandwidth(name, x.detach(), g, timing)
         out[name] = row
     return out
+
+
+def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
+                   timing: tuple[int, int]) -> dict[str, float]:
+    """GB/s of the Triton LRN's forward (reads a, writes b) and backward (reads g and a,
+    writes grad) kernels alone, beside a copy of the same tensor (reads, writes): each
+    kernel's bytes floor is its tensor passes at the copy's rate."""
+    consts = (2, paper.LRN_N // 2, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K, False)
+    out = torch.empty_like(x)
+    fns = {"copy": lambda: out.copy_(x),
+           "fwd": lambda: torch.ops.alexnet.lrn(x, *consts),
+           "bwd": lambda: torch.ops.alexnet.lrn_backward(g, x, *consts)}
+    t = _time_all(fns, x.device, *timing)
+    size = x.numel() * x.element_size()
+    passes = {"copy": 2, "fwd": 2, "bwd": 3}
+    rate = {k: passes[k] * size / t[k] / 1e9 for k in t}
+    floor = {k: passes[k] * size / (rate["copy"] * 1e9) for k in ("fwd", "bwd")}
+    print(f"  LRN {name} triton kernels: fwd {_ms(t['fwd'])} = {rate['fwd']:.0f} GB/s "
+          f"(floor {_ms(floor['fwd'])}), bwd {_ms(t['bwd'])} = {rate['bwd']:.0f} GB/s "
+          f"(floor {_ms(floor['bwd'])}); a copy of the tensor: {rate['copy']:.0f} GB/s")
+    return {f"{k} GB/s": v for k, v in rate.items()}
 
 
 COLUMN_LAYERS = {  # name: (in maps, out maps, kernel, padding, side) of the paper's net

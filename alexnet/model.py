@@ -229,8 +229,12 @@ class LRN(nn.Module):
 COLUMN_FORMS = ("auto", "groups", "separate", "dense")
 # ALEXNET_COLUMNS picks how they run, read once at import (or AlexNet(column_conv=...)):
 # groups (one grouped conv), separate (one conv per column), dense (one conv with a
-# block-diagonal weight), auto (dense on CUDA, groups elsewhere: docs/model.md's figures).
+# block-diagonal weight), auto (on CUDA the form of CUDA_AUTO_FORM, groups elsewhere).
 COLUMN_CONV = os.environ.get("ALEXNET_COLUMNS", "auto")
+# auto's form on CUDA, per layer: the fastest fwd+bwd on one H200 (bf16, channels_last,
+# batch 256, `alexnet bench model --device cuda`, ms groups / separate / dense): conv2
+# 1.876 / 1.747 / 1.335, conv4 0.771 / 0.868 / 0.743, conv5 0.721 / 0.920 / 0.848.
+CUDA_AUTO_FORM = {"conv2": "dense", "conv4": "dense", "conv5": "groups"}
 
 
 def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -252,16 +256,20 @@ class ColumnConv2d(nn.Conv2d):
     """A grouped conv (groups = columns) computed as `form`: its parameters and state_dict are
     the grouped conv's whatever the form, so every form loads every checkpoint."""
 
-    def __init__(self, *args: Any, form: str = "auto", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, form: str = "auto", cuda_auto: str = "dense",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if form not in COLUMN_FORMS:
-            raise ValueError(f"column_conv={form!r}: choose from {', '.join(COLUMN_FORMS)}")
-        self.form = form
+        for value in (form, cuda_auto):
+            if value not in COLUMN_FORMS:
+                raise ValueError(f"column_conv={value!r}: choose from "
+                                 f"{', '.join(COLUMN_FORMS)}")
+        self.form, self.cuda_auto = form, cuda_auto
 
     def resolved_form(self, x: torch.Tensor) -> str:
-        """The form used for x: `auto` is dense on CUDA, groups elsewhere."""
+        """The form used for x: `auto` is `cuda_auto` on CUDA (the layer's fastest form
+        there, CUDA_AUTO_FORM), groups elsewhere."""
         if self.form == "auto":
-            return "dense" if x.is_cuda else "groups"
+            return self.cuda_auto if x.is_cuda else "groups"
         return self.form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -365,10 +373,13 @@ class AlexNet(nn.Module):
         fc = n(paper.FC_WIDTH, halve=False)
         g = columns
         self.conv1 = nn.Conv2d(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3])
-        self.conv2 = ColumnConv2d(c1, c2, *paper.CONV2[1:4], groups=g, form=form)
+        self.conv2 = ColumnConv2d(c1, c2, *paper.CONV2[1:4], groups=g, form=form,
+                                  cuda_auto=CUDA_AUTO_FORM["conv2"])
         self.conv3 = nn.Conv2d(c2, c3, paper.CONV3[1], paper.CONV3[2], paper.CONV3[3])
-        self.conv4 = ColumnConv2d(c3, c4, *paper.CONV4[1:4], groups=g, form=form)
-        self.conv5 = ColumnConv2d(c4, c5, *paper.CONV5[1:4], groups=g, form=form)
+        self.conv4 = ColumnConv2d(c3, c4, *paper.CONV4[1:4], groups=g, form=form,
+                                  cuda_auto=CUDA_AUTO_FORM["conv4"])
+        self.conv5 = ColumnConv2d(c4, c5, *paper.CONV5[1:4], groups=g, form=form,
+                                  cuda_auto=CUDA_AUTO_FORM["conv5"])
         self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
         self.lrn1 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()

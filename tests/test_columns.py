@@ -102,3 +102,13 @@ def test_a_bad_alexnet_columns_setting_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="ALEXNET_COLUMNS='diag'"):
         AlexNet(width=0.1)
     assert AlexNet(width=0.1, column_conv="dense").conv2.form == "dense"  # the kwarg wins
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_cuda_is_each_layers_measured_form():
+    from alexnet.model import CUDA_AUTO_FORM, AlexNet
+
+    net = AlexNet(width=0.1).cuda()
+    x = torch.zeros(1, device="cuda")
+    assert {name: getattr(net, name).resolved_form(x) for name in CUDA_AUTO_FORM} == \
+        {"conv2": "dense", "conv4": "dense", "conv5": "groups"}

@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import paper
-from alexnet.model import AlexNet, ColumnConv2d, build_model, conv1_pad, lrn, use_triton_lrn
+from alexnet.model import (
+    CUDA_AUTO_FORM,
+    AlexNet,
+    ColumnConv2d,
+    build_model,
+    conv1_pad,
+    lrn,
+    use_triton_lrn,
+)
 from alexnet.optim import PaperSGD, param_groups
 
 
@@ -200,7 +208,8 @@ def _column_rows(batch: int, device: torch.device, amp: torch.dtype | None,
     forms = ("groups", "separate", "dense")
     for name, (cin, cout, k, pad, side) in COLUMN_LAYERS.items():
         x = _activation((batch, cin, side, side), device, amp or torch.float32, fmt)
-        ref = ColumnConv2d(cin, cout, k, 1, pad, groups=paper.COLUMNS).to(device)
+        ref = ColumnConv2d(cin, cout, k, 1, pad, groups=paper.COLUMNS,
+                           cuda_auto=CUDA_AUTO_FORM[name]).to(device)
         fns = {}
         for form in forms:
             conv = ColumnConv2d(cin, cout, k, 1, pad, groups=paper.COLUMNS, form=form)

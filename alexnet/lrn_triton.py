@@ -2,15 +2,20 @@
 
 One kernel reads a once and writes b = a s^-beta, s = k + alpha * windowsum(a^2); the other
 reads g and a once and writes grad_a = g s^-beta - 2 alpha beta a windowsum(g a s^(-beta-1)),
-recomputing s from a instead of saving it (memory traffic, not arithmetic, bounds LRN on a
-GPU). Each program holds one column's channels (all of them, so the window's shifted loads
-hit the cache) for a block of pixels; loads outside the column are masked to zero, which is
-exactly the window clipped at the column's first and last map. A ReLU before the LRN can
-be folded in (`relu=True`): the kernels read the conv's output and apply it on the fly, which
-saves the ReLU's own passes over the map forward and backward. Sums are in fp32 (fp64 for
-fp64 inputs) whatever the storage dtype. NCHW and channels_last work alike: only the strides
-differ. `torch.ops.alexnet.lrn` has autograd and fake (meta) implementations, so
-torch.compile traces it as one node, without a graph break.
+recomputing s from a instead of saving it (memory traffic bounds LRN on a GPU). Each program
+holds a block of one column's maps (16 of conv1's 48, 32 of conv2's 128: no masked lanes)
+for a block of pixels, the contiguous axis last so that loads vectorise, and loads each
+shifted map it needs once (the neighbours' from the cache): the forward 2 HALF + 1 maps of
+a, the backward 4 HALF + 1 maps of a (squared once, summed into the 2 HALF + 1 window sums
+s_j it needs) and 2 HALF + 1 maps of g, with one log2 and one exp2 per s_j. Loads outside
+the column are masked to zero, which is exactly the window clipped at the column's first and
+last map. The windows are unrolled for n = 3 and 5 (the paper's); alexnet.model runs wider
+ones on the torch path. A ReLU before the LRN can be folded in (`relu=True`): the kernels
+read the conv's output and apply it on the fly, which saves the ReLU's own passes over the
+map forward and backward. Sums are in fp32 (fp64 for fp64 inputs) whatever the storage
+dtype. NCHW and channels_last work alike: only the strides differ. `torch.ops.alexnet.lrn`
+has autograd and fake (meta) implementations, so torch.compile traces it as one node,
+without a graph break.
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -77,8 +82,8 @@ def _tile(hw, cg, groups, s_n, s_c, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
           CHANNELS_LAST: tl.constexpr):
     """This program's offsets: base (image and column), channels c within the column, pixels
     p; the contiguous axis last, so loads vectorise (channels in channels_last)."""
-    pid_p = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)  # images x columns x channel blocks: axis 0 has no 65535 cap
+    pid_p = tl.program_id(1)
     blocks = tl.cdiv(cg, BLOCK_C)
     n = pid // (groups * blocks)
     col = (pid // blocks) % groups
@@ -185,7 +190,7 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, _, s_w = out.stride()
     channels_last = s_c == 1 and c > 1
-    grid = (triton.cdiv(h * w, block_p), n * groups * triton.cdiv(cg, block_c))
+    grid = (n * groups * triton.cdiv(cg, block_c), triton.cdiv(h * w, block_p))
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
         kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
                      COMPUTE=compute, HALF=half, RELU=relu, BLOCK_C=block_c,

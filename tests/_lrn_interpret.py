@@ -22,6 +22,7 @@ from alexnet.model import AlexNet, lrn
 CASES = {  # name: (shape, groups, n)
     "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
     "one_column_n3": ((1, 7, 3, 6), 1, 3),
+    "blocks": ((1, 96, 17, 17), 2, paper.LRN_N),  # conv1's 48 maps a column: 3 blocks of 16
 }
 
 

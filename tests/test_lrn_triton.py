@@ -20,7 +20,8 @@ from alexnet.model import lrn, triton_lrn_module, triton_lrn_verified, use_trito
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3)}  # name: (groups, n)
+# name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks
+CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 
 

@@ -24,10 +24,13 @@ This module imports triton; alexnet.model imports it only when the Triton path i
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+from alexnet.errors import UserError
 
 if not hasattr(torch.library, "custom_op"):
     raise ImportError("the Triton LRN needs torch >= 2.4 (torch.library.custom_op)")
@@ -36,6 +39,11 @@ FORWARD_TILE = 4096  # elements per program (channels times pixels), forward
 BACKWARD_TILE = 2048  # backward: it holds 4 * HALF + 1 shifted tiles of a at once
 NUM_WARPS = 8
 MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones run in torch
+BACKWARDS = ("recompute", "twophase")
+# ALEXNET_LRN_BACKWARD picks the backward kernel, read at import (or set lrn_triton.BACKWARD):
+# recompute (each s_j from the loaded squares, 1 log2 + 1 exp2 per s_j: 5 of each per
+# element) or twophase (u_c through the output buffer: 1 log2, 1 exp2, 1 division).
+BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "recompute")
 
 
 @triton.jit
@@ -163,6 +171,43 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
              mask=(c < cg) & in_p)
 
 
+@triton.jit
+def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
+                                  alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
+                                  RELU: tl.constexpr, BLOCK_C: tl.constexpr,
+                                  BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    # the same gradient with one log2, exp2 and division per element instead of one log2 and
+    # exp2 per s_j: the program holds a whole column (BLOCK_C >= cg), writes each map's
+    # u_c = g_c a_c s_c^(-beta-1) into the output (in its dtype), waits for all its threads,
+    # reads u back at c-HALF..c+HALF (from the cache) and overwrites it with the gradient
+    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
+    in_p = p < hw
+    H2: tl.constexpr = HALF == 2
+    am2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, H2, COMPUTE), RELU)
+    am1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE), RELU)
+    x0 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
+    a0 = _relu(x0, RELU)
+    ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
+    ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, H2, COMPUTE), RELU)
+    s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
+    pw = tl.exp2(-beta * tl.log2(s))
+    g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
+    offs = base + c * s_c + p * s_p
+    mask = (c < cg) & in_p
+    tl.store(out_ptr + offs, (g0 * a0 * (pw / s)).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()  # every u of the column written before any is read
+    acc = _window(_shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -2, H2, COMPUTE),
+                  _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE),
+                  _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE),
+                  _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE),
+                  _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 2, H2, COMPUTE), HALF)
+    grad = g0 * pw - 2.0 * alpha * beta * a0 * acc
+    if RELU:
+        grad = tl.where(x0 > 0.0, grad, 0.0)
+    tl.debug_barrier()  # every u read before any is overwritten
+    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     """x as NCHW-contiguous or channels_last-contiguous (unchanged when it already is one)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
@@ -180,12 +225,13 @@ def _block_c(cg: int) -> int:
 
 
 def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int, half: int,
-            alpha: float, beta: float, k: float, relu: bool, tile: int) -> None:
+            alpha: float, beta: float, k: float, relu: bool, tile: int,
+            whole_column: bool = False) -> None:
     """Run `kernel` over `tensors` (same shape and strides as out): a program per block of
-    a column's channels and a block of pixels."""
+    a column's channels (the whole column if `whole_column`) and a block of pixels."""
     n, c, h, w = out.shape
     cg = c // groups
-    block_c = _block_c(cg)
+    block_c = triton.next_power_of_2(cg) if whole_column else _block_c(cg)
     block_p = max(1, min(triton.next_power_of_2(h * w), tile // block_c))
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, _, s_w = out.stride()
@@ -225,13 +271,18 @@ def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha
                  beta: float, k: float, relu: bool) -> torch.Tensor:
     """grad_x of lrn(x, ...) for the output gradient g, in one pass."""
     _check(x, groups, half)
+    if BACKWARD not in BACKWARDS:
+        raise UserError(f"ALEXNET_LRN_BACKWARD={BACKWARD!r}: choose from "
+                        f"{', '.join(BACKWARDS)}")
     a = _layout(x)
     fmt = torch.contiguous_format if a.is_contiguous() else torch.channels_last
     g = g.contiguous(memory_format=fmt)
     out = torch.empty_like(a)
     if out.numel():
-        _launch(_lrn_backward_kernel, [g, a], out, groups, half, alpha, beta, k, relu,
-                BACKWARD_TILE)
+        twophase = BACKWARD == "twophase"
+        kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
+        _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
+                whole_column=twophase)
     return out
 
 

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 
+import alexnet.lrn_triton
 import alexnet.model
 from alexnet import paper
 from alexnet.model import AlexNet, lrn
@@ -34,9 +35,12 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
     return y.detach(), x.grad
 
 
-def kernel() -> dict[str, np.ndarray]:
-    """Forward and backward of every case in NCHW and channels_last, fp32 and bf16; the
-    torch path on the same inputs; gradcheck in float64."""
+def kernel(variant: str) -> dict[str, np.ndarray]:
+    """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
+    `variant` backward kernel; the torch path on the same inputs; gradcheck in float64. Keys
+    of the variants other than the default start with the variant's name."""
+    alexnet.lrn_triton.BACKWARD = variant
+    prefix = "" if variant == "recompute" else f"{variant}."
     gen = torch.Generator().manual_seed(0)
     saved: dict[str, np.ndarray] = {}
     for name, (shape, groups, n) in CASES.items():
@@ -50,8 +54,9 @@ def kernel() -> dict[str, np.ndarray]:
                 gd = g.to(dtype).contiguous(memory_format=fmt)
                 y, dx = _run(xd, gd, groups, n, "triton")
                 key = f"{name}.{layout}.{str(dtype)[6:]}"
-                saved[f"{key}.y"], saved[f"{key}.dx"] = y.double().numpy(), dx.double().numpy()
-                saved[f"{key}.layout_kept"] = np.array(
+                saved[f"{prefix}{key}.y"] = y.double().numpy()
+                saved[f"{prefix}{key}.dx"] = dx.double().numpy()
+                saved[f"{prefix}{key}.layout_kept"] = np.array(
                     y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt))
                 if dtype == torch.float32:
                     y, dx = _run(xd, gd, groups, n, "torch")
@@ -65,15 +70,22 @@ def kernel() -> dict[str, np.ndarray]:
     for layout, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
         xd, gd = (t.float().contiguous(memory_format=fmt) for t in (x, g))
         y, dx = _run(xd, gd, 2, paper.LRN_N, "triton", relu=True)
-        saved[f"relu.{layout}.y"], saved[f"relu.{layout}.dx"] = y.double().numpy(), \
-            dx.double().numpy()
+        saved[f"{prefix}relu.{layout}.y"] = y.double().numpy()
+        saved[f"{prefix}relu.{layout}.dx"] = dx.double().numpy()
     for n, shape in ((3, (1, 4, 2, 2)), (5, (1, 6, 2, 1))):
         x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
         ok = torch.autograd.gradcheck(
             lambda t, n=n: lrn(t, n, 2e-3, 0.75, 2.0, groups=2, backend="triton"), (x,))
-        saved[f"gradcheck.n{n}"] = np.array(ok)
-    saved["verified.cpu"] = np.array(alexnet.model.triton_lrn_verified(torch.device("cpu")))
+        saved[f"{prefix}gradcheck.n{n}"] = np.array(ok)
+    saved[f"{prefix}verified.cpu"] = np.array(_verified())
+    alexnet.lrn_triton.BACKWARD = "recompute"
     return saved
+
+
+def _verified() -> bool:
+    """triton_lrn_verified's check on CPU tensors, run afresh."""
+    alexnet.model._TRITON.pop("verified.cpu", None)
+    return alexnet.model.triton_lrn_verified(torch.device("cpu"))
 
 
 def compile_check() -> dict[str, np.ndarray]:
@@ -101,4 +113,4 @@ def compile_check() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **kernel(), **compile_check())
+    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("recompute"), **compile_check()})

@@ -23,6 +23,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 # name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks
 CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
+VARIANTS = ["", "twophase."]  # key prefixes of the backward kernels: recompute, twophase
 
 
 def interpret(out: Path) -> dict[str, np.ndarray]:
@@ -66,19 +67,21 @@ def formula(a: np.ndarray, g: np.ndarray, n: int, groups: int) -> tuple[np.ndarr
     return b, grad
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_triton_lrn_equals_the_formula_fp32(kernel_results, name, layout):
+def test_triton_lrn_equals_the_formula_fp32(kernel_results, name, layout, variant):
     r, (groups, n) = kernel_results, CASES[name]
     b, grad = formula(r[f"{name}.x"].astype(np.float32).astype(np.float64),
                       r[f"{name}.g"].astype(np.float32).astype(np.float64), n, groups)
     key = f"{name}.{layout}.float32"
-    np.testing.assert_allclose(r[f"{key}.y"], b, rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(r[f"{key}.dx"], grad, rtol=1e-5, atol=1e-6)
-    assert r[f"{key}.layout_kept"]  # channels_last in, channels_last out (and its gradient)
+    y, dx = r[f"{variant}{key}.y"], r[f"{variant}{key}.dx"]
+    np.testing.assert_allclose(y, b, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, grad, rtol=1e-5, atol=1e-6)
+    assert r[f"{variant}{key}.layout_kept"]  # channels_last in, channels_last out (and grad)
     # today's torch path gives the same numbers, to fp32 rounding
-    np.testing.assert_allclose(r[f"{key}.y"], r[f"{key}.torch_y"], rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(r[f"{key}.dx"], r[f"{key}.torch_dx"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, r[f"{key}.torch_y"], rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, r[f"{key}.torch_dx"], rtol=1e-5, atol=1e-6)
 
 
 def test_the_column_edges_matter(kernel_results):
@@ -90,15 +93,17 @@ def test_the_column_edges_matter(kernel_results):
     np.testing.assert_allclose(r["paper.nchw.float32.y"][:, :4], one_column[:, :4], rtol=2e-6)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-def test_relu_folded_into_the_kernel_is_relu_then_lrn(kernel_results, layout):
+def test_relu_folded_into_the_kernel_is_relu_then_lrn(kernel_results, layout, variant):
     r = kernel_results
     x, g = r["relu.x"].astype(np.float32).astype(np.float64), r["relu.g"].astype(np.float32)
     b, grad = formula(np.maximum(x, 0), g.astype(np.float64), paper.LRN_N, 2)
     grad = np.where(x > 0, grad, 0.0)  # ReLU's gradient: 0 where x <= 0, at 0 too
-    np.testing.assert_allclose(r[f"relu.{layout}.y"], b, rtol=2e-6, atol=1e-6)
-    np.testing.assert_allclose(r[f"relu.{layout}.dx"], grad, rtol=1e-5, atol=1e-6)
-    assert (x[0, :, 0, 0] == 0).all() and (r[f"relu.{layout}.dx"][0, :, 0, 0] == 0).all()
+    dx = r[f"{variant}relu.{layout}.dx"]
+    np.testing.assert_allclose(r[f"{variant}relu.{layout}.y"], b, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, grad, rtol=1e-5, atol=1e-6)
+    assert (x[0, :, 0, 0] == 0).all() and (dx[0, :, 0, 0] == 0).all()
 
 
 # bf16 stores 8 significant bits: inputs and outputs are each rounded once (2^-8 relative
@@ -106,20 +111,24 @@ def test_relu_folded_into_the_kernel_is_relu_then_lrn(kernel_results, layout):
 BF16_RTOL = 1e-2
 
 
+# (the twophase backward also rounds each u_c = g_c a_c s_c^(-beta-1) to bf16 once)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-def test_triton_lrn_bf16_within_tolerance(kernel_results, layout):
+@pytest.mark.parametrize("name", ["paper", "blocks"])
+def test_triton_lrn_bf16_within_tolerance(kernel_results, name, layout, variant):
     r = kernel_results
-    bf16 = torch.from_numpy(r["paper.x"]).bfloat16().double().numpy()
-    g16 = torch.from_numpy(r["paper.g"]).bfloat16().double().numpy()
+    bf16 = torch.from_numpy(r[f"{name}.x"]).bfloat16().double().numpy()
+    g16 = torch.from_numpy(r[f"{name}.g"]).bfloat16().double().numpy()
     b, grad = formula(bf16, g16, paper.LRN_N, 2)
-    np.testing.assert_allclose(r[f"paper.{layout}.bfloat16.y"], b, rtol=BF16_RTOL)
+    key = f"{variant}{name}.{layout}.bfloat16"
+    np.testing.assert_allclose(r[f"{key}.y"], b, rtol=BF16_RTOL)
     scale = np.abs(grad).max()
-    np.testing.assert_allclose(r[f"paper.{layout}.bfloat16.dx"], grad, rtol=BF16_RTOL,
-                               atol=BF16_RTOL * scale)
+    np.testing.assert_allclose(r[f"{key}.dx"], grad, rtol=BF16_RTOL, atol=BF16_RTOL * scale)
 
 
-def test_triton_lrn_passes_gradcheck_in_float64(kernel_results):
-    assert kernel_results["gradcheck.n3"] and kernel_results["gradcheck.n5"]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_lrn_passes_gradcheck_in_float64(kernel_results, variant):
+    assert kernel_results[f"{variant}gradcheck.n3"] and kernel_results[f"{variant}gradcheck.n5"]
 
 
 def test_compiled_paper_net_with_the_op_equals_eager(kernel_results):
@@ -166,18 +175,21 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
     assert "using the torch path" in err
 
 
-def test_the_check_passes_where_the_kernel_runs(kernel_results):
-    assert kernel_results["verified.cpu"]  # under the interpreter: runs and agrees
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_check_passes_where_the_kernel_runs(kernel_results, variant):
+    assert kernel_results[f"{variant}verified.cpu"]  # under the interpreter: runs and agrees
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backward", ["recompute", "twophase"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu):
-    # the compiled kernel (not the interpreter) on the GPU, on a conv1-like map
+def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, monkeypatch):
+    # the compiled kernels (not the interpreter) on the GPU, on a conv1-like map
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
+    monkeypatch.setattr(triton_lrn_module(), "BACKWARD", backward)
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300
     a = (a * 2 - 300 if relu else a).to(dtype)

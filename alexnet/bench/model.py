@@ -31,6 +31,7 @@ from alexnet.model import (
     build_model,
     conv1_pad,
     lrn,
+    triton_lrn_module,
     use_triton_lrn,
 )
 from alexnet.optim import PaperSGD, param_groups
@@ -157,11 +158,15 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                                          g, None)
             fns["relu+lrn fused"] = _fwd_bwd(
                 lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None)
+            other = next(v for v in triton_lrn_module().BACKWARDS
+                         if v != triton_lrn_module().BACKWARD)
+            fns[f"relu+lrn fused, {other} backward"] = _with_backward(other, _fwd_bwd(
+                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None))
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
-        for k in ("lrn torch", "lrn triton", "relu+lrn fused"):
-            if k in t:
+        for k in t:
+            if k != "relu":
                 row[f"{k} / relu"] = t[k] / t["relu"]
                 line += f"; {k} {_ms(t[k])} = {t[k] / t['relu']:.2f}x ReLU"
         if "lrn triton" not in t:
@@ -173,24 +178,39 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
     return out
 
 
+def _with_backward(variant: str, step: Callable[[], object]) -> Callable[[], object]:
+    """step run with the Triton LRN's `variant` backward kernel (ALEXNET_LRN_BACKWARD)."""
+    module = triton_lrn_module()
+
+    def run() -> object:
+        default, module.BACKWARD = module.BACKWARD, variant
+        try:
+            return step()
+        finally:
+            module.BACKWARD = default
+    return run
+
+
 def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
                    timing: tuple[int, int]) -> dict[str, float]:
-    """GB/s of the Triton LRN's forward (reads a, writes b) and backward (reads g and a,
-    writes grad) kernels alone, beside a copy of the same tensor (reads, writes): each
-    kernel's bytes floor is its tensor passes at the copy's rate."""
+    """GB/s of the Triton LRN's forward (reads a, writes b) and of each backward kernel
+    (reads g and a, writes grad) alone, beside a copy of the same tensor (reads, writes):
+    each kernel's bytes floor is its tensor passes at the copy's rate."""
+    module = triton_lrn_module()
     consts = (2, paper.LRN_N // 2, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K, False)
     out = torch.empty_like(x)
-    fns = {"copy": lambda: out.copy_(x),
-           "fwd": lambda: torch.ops.alexnet.lrn(x, *consts),
-           "bwd": lambda: torch.ops.alexnet.lrn_backward(g, x, *consts)}
+
+    backward = {f"bwd {v}": _with_backward(v, lambda: torch.ops.alexnet.lrn_backward(
+        g, x, *consts)) for v in module.BACKWARDS}
+    fns = {"copy": lambda: out.copy_(x), "fwd": lambda: torch.ops.alexnet.lrn(x, *consts),
+           **backward}
     t = _time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
-    passes = {"copy": 2, "fwd": 2, "bwd": 3}
-    rate = {k: passes[k] * size / t[k] / 1e9 for k in t}
-    floor = {k: passes[k] * size / (rate["copy"] * 1e9) for k in ("fwd", "bwd")}
-    print(f"  LRN {name} triton kernels: fwd {_ms(t['fwd'])} = {rate['fwd']:.0f} GB/s "
-          f"(floor {_ms(floor['fwd'])}), bwd {_ms(t['bwd'])} = {rate['bwd']:.0f} GB/s "
-          f"(floor {_ms(floor['bwd'])}); a copy of the tensor: {rate['copy']:.0f} GB/s")
+    rate = {k: (2 if k in ("copy", "fwd") else 3) * size / t[k] / 1e9 for k in t}
+    line = f"  LRN {name} triton kernels (a copy of the tensor: {rate['copy']:.0f} GB/s): "
+    line += ", ".join(f"{k} {_ms(t[k])} = {rate[k]:.0f} GB/s ({rate[k] / rate['copy']:.2f}x "
+                      f"the copy's)" for k in t if k != "copy")
+    print(line + f"; default backward: {module.BACKWARD}")
     return {f"{k} GB/s": v for k, v in rate.items()}
 
 

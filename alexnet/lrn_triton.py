@@ -7,7 +7,8 @@ holds a block of one column's maps (16 of conv1's 48, 32 of conv2's 128: no mask
 for a block of pixels, the contiguous axis last so that loads vectorise, and loads each
 shifted map it needs once (the neighbours' from the cache): the forward 2 HALF + 1 maps of
 a, the backward 4 HALF + 1 maps of a (squared once, summed into the 2 HALF + 1 window sums
-s_j it needs) and 2 HALF + 1 maps of g, with one log2 and one exp2 per s_j. Loads outside
+s_j it needs) and 2 HALF + 1 maps of g, with one power per s_j (for beta = 3/4 from rsqrt
+and sqrt, else exp2 and log2; `_powers`). Loads outside
 the column are masked to zero, which is exactly the window clipped at the column's first and
 last map. The windows are unrolled for n = 3 and 5 (the paper's); alexnet.model runs wider
 ones on the torch path. A ReLU before the LRN can be folded in (`relu=True`): the kernels
@@ -41,8 +42,8 @@ NUM_WARPS = 8
 MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones run in torch
 BACKWARDS = ("recompute", "twophase")
 # ALEXNET_LRN_BACKWARD picks the backward kernel, read at import (or set lrn_triton.BACKWARD):
-# recompute (each s_j from the loaded squares, 1 log2 + 1 exp2 per s_j: 5 of each per
-# element) or twophase (u_c through the output buffer: 1 log2, 1 exp2, 1 division).
+# recompute (each s_j from the loaded squares, 5 powers per element) or twophase (u_c
+# through the output buffer: 1 power per element).
 BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "recompute")
 
 
@@ -75,13 +76,29 @@ def _window(qm2, qm1, q0, qp1, qp2, HALF: tl.constexpr):
 
 
 @triton.jit
-def _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, a, s, neg_beta_1, D: tl.constexpr,
-          ON: tl.constexpr, COMPUTE: tl.constexpr):
+def _powers(s, beta, BETA_3_4: tl.constexpr):
+    """s^-beta and s^(-beta-1). For the paper's beta = 3/4 from r = rsqrt(s) as r sqrt(r) and
+    r^3 sqrt(r): two fast hardware operations and three products, where exp2(-beta log2 s)
+    costs a software log2 (tens of instructions) besides the exp2."""
+    if BETA_3_4:
+        r = tl.rsqrt(s)
+        p = r * tl.sqrt(r)
+        q = p * r * r
+    else:
+        p = tl.exp2(-beta * tl.log2(s))
+        q = p / s
+    return p, q
+
+
+@triton.jit
+def _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, a, s, beta, D: tl.constexpr,
+          ON: tl.constexpr, COMPUTE: tl.constexpr, BETA_3_4: tl.constexpr):
     """g_j a_j s_j^(-beta-1) for the map j D along (0 outside the column or if not ON)."""
     t = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
     if ON:
         g = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, D, True, COMPUTE)
-        t = g * a * tl.exp2(neg_beta_1 * tl.log2(s))
+        _, q = _powers(s, beta, BETA_3_4)
+        t = g * a * q
     return t
 
 
@@ -110,7 +127,8 @@ def _tile(hw, cg, groups, s_n, s_c, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
 def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta, k,
                         COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr):
+                        CHANNELS_LAST: tl.constexpr,
+                        BETA_3_4: tl.constexpr):
     base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     # the window's 2 HALF + 1 maps, each loaded once (the shifted ones from the cache)
@@ -120,7 +138,8 @@ def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta
     ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
     ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, HALF == 2, COMPUTE), RELU)
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
-    b = a0 * tl.exp2(-beta * tl.log2(s))
+    pw, _ = _powers(s, beta, BETA_3_4)
+    b = a0 * pw
     tl.store(b_ptr + base + c * s_c + p * s_p, b.to(b_ptr.dtype.element_ty),
              mask=(c < cg) & in_p)
 
@@ -129,7 +148,8 @@ def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta
 def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta,
                          k, COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr):
+                         CHANNELS_LAST: tl.constexpr,
+                        BETA_3_4: tl.constexpr):
     base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     # grad_c = g_c s_c^-beta - 2 alpha beta a_c sum_{j in window(c)} g_j a_j s_j^(-beta-1):
@@ -157,13 +177,16 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
     sm2 = k + alpha * _window(qm4, qm3, qm2, qm1, q0, HALF)
     sp2 = k + alpha * _window(q0, qp1, qp2, qp3, qp4, HALF)
     g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
-    p0 = tl.exp2(-beta * tl.log2(s0))  # s_c^-beta; s_c^(-beta-1) = s_c^-beta / s_c
-    acc = g0 * a0 * (p0 / s0)
-    nb1 = -beta - 1.0
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am2, sm2, nb1, -2, H2, COMPUTE)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am1, sm1, nb1, -1, True, COMPUTE)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap1, sp1, nb1, 1, True, COMPUTE)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap2, sp2, nb1, 2, H2, COMPUTE)
+    p0, q0 = _powers(s0, beta, BETA_3_4)
+    acc = g0 * a0 * q0
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am2, sm2, beta, -2, H2, COMPUTE,
+                 BETA_3_4)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am1, sm1, beta, -1, True, COMPUTE,
+                 BETA_3_4)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap1, sp1, beta, 1, True, COMPUTE,
+                 BETA_3_4)
+    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap2, sp2, beta, 2, H2, COMPUTE,
+                 BETA_3_4)
     grad = g0 * p0 - 2.0 * alpha * beta * a0 * acc
     if RELU:
         grad = tl.where(x0 > 0.0, grad, 0.0)  # ReLU's gradient, 0 at 0 as torch's
@@ -175,11 +198,12 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
 def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
                                   alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
                                   RELU: tl.constexpr, BLOCK_C: tl.constexpr,
-                                  BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr):
-    # the same gradient with one log2, exp2 and division per element instead of one log2 and
-    # exp2 per s_j: the program holds a whole column (BLOCK_C >= cg), writes each map's
-    # u_c = g_c a_c s_c^(-beta-1) into the output (in its dtype), waits for all its threads,
-    # reads u back at c-HALF..c+HALF (from the cache) and overwrites it with the gradient
+                                  BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                                  BETA_3_4: tl.constexpr):
+    # the same gradient with one power per element instead of one per s_j: the program
+    # holds a whole column (BLOCK_C >= cg), writes each map's u_c = g_c a_c s_c^(-beta-1)
+    # into the output (in its dtype), waits for all its threads, reads u back at
+    # c-HALF..c+HALF (from the cache) and overwrites it with the gradient
     base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     H2: tl.constexpr = HALF == 2
@@ -190,11 +214,11 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
     ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
     ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, H2, COMPUTE), RELU)
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
-    pw = tl.exp2(-beta * tl.log2(s))
+    pw, q = _powers(s, beta, BETA_3_4)
     g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
     offs = base + c * s_c + p * s_p
     mask = (c < cg) & in_p
-    tl.store(out_ptr + offs, (g0 * a0 * (pw / s)).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, (g0 * a0 * q).to(out_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()  # every u of the column written before any is read
     acc = _window(_shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -2, H2, COMPUTE),
                   _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE),
@@ -240,7 +264,8 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
         kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
                      COMPUTE=compute, HALF=half, RELU=relu, BLOCK_C=block_c,
-                     BLOCK_P=block_p, CHANNELS_LAST=channels_last, num_warps=NUM_WARPS)
+                     BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_3_4=beta == 0.75,
+                     num_warps=NUM_WARPS)
 
 
 def _check(x: torch.Tensor, groups: int, half: int) -> None:

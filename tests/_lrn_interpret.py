@@ -72,10 +72,20 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
         y, dx = _run(xd, gd, 2, paper.LRN_N, "triton", relu=True)
         saved[f"{prefix}relu.{layout}.y"] = y.double().numpy()
         saved[f"{prefix}relu.{layout}.dx"] = dx.double().numpy()
-    for n, shape in ((3, (1, 4, 2, 2)), (5, (1, 6, 2, 1))):
+    # beta other than the paper's 3/4 takes the kernels' exp2/log2 path
+    x = torch.rand((2, 12, 5, 4), generator=gen, dtype=torch.float64) * 300
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for backend in ("triton", "torch"):
+        xi = x.float().requires_grad_()
+        y = lrn(xi, 5, 1e-3, 0.6, 1.5, groups=2, backend=backend)
+        y.backward(g.float())
+        saved[f"{prefix}beta06.{backend}.y"] = y.detach().double().numpy()
+        saved[f"{prefix}beta06.{backend}.dx"] = xi.grad.double().numpy()
+    for n, shape, beta in ((3, (1, 4, 2, 2), 0.6), (5, (1, 6, 2, 1), 0.75)):
         x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
         ok = torch.autograd.gradcheck(
-            lambda t, n=n: lrn(t, n, 2e-3, 0.75, 2.0, groups=2, backend="triton"), (x,))
+            lambda t, n=n, beta=beta: lrn(t, n, 2e-3, beta, 2.0, groups=2, backend="triton"),
+            (x,))
         saved[f"{prefix}gradcheck.n{n}"] = np.array(ok)
     saved[f"{prefix}verified.cpu"] = np.array(_verified())
     alexnet.lrn_triton.BACKWARD = "recompute"

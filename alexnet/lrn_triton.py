@@ -55,7 +55,10 @@ def _shifted(ptr, base, c, p, in_p, cg, s_c, s_p, D: tl.constexpr, ON: tl.conste
     if ON:
         cj = c + D
         m = (cj >= 0) & (cj < cg) & in_p
-        v = tl.load(ptr + base + cj * s_c + p * s_p, mask=m, other=0.0).to(COMPUTE)
+        # one pointer per element shared by every shift (the shift is a scalar: in
+        # channels_last a constant, folded into the load's address)
+        v = tl.load(ptr + base + (c * s_c + p * s_p) + D * s_c, mask=m, other=0.0)
+        v = v.to(COMPUTE)
     return v
 
 
@@ -140,7 +143,7 @@ def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
     pw, _ = _powers(s, beta, BETA_3_4)
     b = a0 * pw
-    tl.store(b_ptr + base + c * s_c + p * s_p, b.to(b_ptr.dtype.element_ty),
+    tl.store(b_ptr + base + (c * s_c + p * s_p), b.to(b_ptr.dtype.element_ty),
              mask=(c < cg) & in_p)
 
 
@@ -190,7 +193,7 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
     grad = g0 * p0 - 2.0 * alpha * beta * a0 * acc
     if RELU:
         grad = tl.where(x0 > 0.0, grad, 0.0)  # ReLU's gradient, 0 at 0 as torch's
-    tl.store(out_ptr + base + c * s_c + p * s_p, grad.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + base + (c * s_c + p * s_p), grad.to(out_ptr.dtype.element_ty),
              mask=(c < cg) & in_p)
 
 
@@ -216,9 +219,9 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
     pw, q = _powers(s, beta, BETA_3_4)
     g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
-    offs = base + c * s_c + p * s_p
+    offs = c * s_c + p * s_p
     mask = (c < cg) & in_p
-    tl.store(out_ptr + offs, (g0 * a0 * q).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + base + offs, (g0 * a0 * q).to(out_ptr.dtype.element_ty), mask=mask)
     tl.debug_barrier()  # every u of the column written before any is read
     acc = _window(_shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -2, H2, COMPUTE),
                   _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE),
@@ -229,7 +232,7 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
     if RELU:
         grad = tl.where(x0 > 0.0, grad, 0.0)
     tl.debug_barrier()  # every u read before any is overwritten
-    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + base + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

@@ -224,3 +224,56 @@ def test_auto_picks_the_triton_lrn_on_cuda_after_its_check():
         pytest.skip("triton does not import here")
     assert triton_lrn_verified(torch.device("cuda"))  # compiled, ran and agreed
     assert use_triton_lrn(torch.zeros(1, device="cuda"), "auto")
+
+
+def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half: int,
+                   beta_3_4: bool, block_c: int, block_p: int) -> bytes:
+    """kernel compiled by triton for an H100/H200 (sm_90) without a GPU: the same front end,
+    optimiser and ptxas as a launch there, with the JIT's specialisations (pointers and sizes
+    divisible by 16, the unit stride a constant)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    consts = {"COMPUTE": tl.float32, "HALF": half, "RELU": True,
+              "BLOCK_C": block_c, "BLOCK_P": block_p, "CHANNELS_LAST": channels_last,
+              "BETA_3_4": beta_3_4, ("s_c" if channels_last else "s_p"): 1}
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+        elif i <= pointers:
+            signature[name], attrs[(i,)] = f"*{dtype}", [["tt.divisibility", 16]]
+        elif name in ("alpha", "beta", "k"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name != "hw":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 8})
+    return compiled.asm["cubin"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
+def test_the_kernels_compile_for_a_hopper_gpu_here():
+    # a GPU run is rare: a kernel that the GPU compiler rejects is caught on this machine
+    if triton_lrn_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    import inspect
+
+    from triton.compiler import ASTSource
+
+    if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
+        pytest.skip("this triton's ASTSource predates constexprs by name")
+    m = triton_lrn_module()
+    for kernel, pointers, block_c, block_p in (
+            (m._lrn_forward_kernel, 1, 16, 256), (m._lrn_backward_kernel, 2, 16, 128),
+            (m._lrn_backward_twophase_kernel, 2, 64, 32)):
+        for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
+                                                     ("fp32", False, 1, False)):
+            binary = _hopper_binary(kernel, pointers, dtype, channels_last, half, beta_3_4,
+                                    block_c, block_p)
+            assert binary[:4] == b"\x7fELF"  # a cubin, ptxas accepted it

@@ -43,8 +43,9 @@ MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones
 BACKWARDS = ("recompute", "twophase")
 # ALEXNET_LRN_BACKWARD picks the backward kernel, read at import (or set lrn_triton.BACKWARD):
 # recompute (each s_j from the loaded squares, 5 powers per element) or twophase (u_c
-# through the output buffer: 1 power per element).
-BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "recompute")
+# through the output buffer: 1 power per element). twophase by measurement: on one H200
+# (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
+BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "twophase")
 
 
 @triton.jit

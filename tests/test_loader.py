@@ -311,9 +311,10 @@ def test_default_depth_grows_with_cores_and_device(monkeypatch: pytest.MonkeyPat
 
     cuda = torch.device("cuda", 0)
     assert [default_prefetch("cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
-    assert [default_prefetch(cuda, c) for c in (2, 16, 32, 128)] == [4, 8, 16, 16]
+    assert [default_prefetch(cuda, c) for c in (2, 8, 16, 32, 128)] == [4, 8, 16, 16, 16]
     assert [default_decode_threads("cpu", c) for c in (1, 2, 64)] == [1, 2, 2]
-    assert [default_decode_threads(cuda, c) for c in (1, 16, 64)] == [1, 16, 64]
+    # feeding a GPU, each read-ahead thread decodes its own batch (measured faster, loader.py)
+    assert [default_decode_threads(cuda, c) for c in (1, 16, 64)] == [1, 1, 1]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     alone = len(os.sched_getaffinity(0))
     assert host_cores() == max(1, alone // 8)

@@ -102,30 +102,36 @@ def default_prefetch(device: torch.device | str, cores: int | None = None) -> in
     """Read-ahead depth (batches in flight, one thread each) that fits the machine.
 
     On the CPU the batch is augmented in the read-ahead threads too and the model needs the
-    cores: 2 (or 1 on one core). On a GPU, the H200 host delivered raw batches at 66.5k
-    img/s at depth 4, 86.5k at 8 and 85.8k at 16 (issue 9): half the cores, 4 to 16.
+    cores: 2 (or 1 on one core). On a GPU, `alexnet bench pipeline` on the H200 host (16
+    cores, reader streams) delivered raw batches at 71.0k img/s at depth 4, 80.5k at 8 and
+    87.6k at 16, and a jpeg store's read-ahead threads are its decoders: one per core, 4 to 16.
     """
     cores = host_cores() if cores is None else max(1, int(cores))
     if torch.device(device).type != "cuda":
         return min(2, cores)
-    return max(4, min(16, cores // 2))
+    return max(4, min(16, cores))
 
 
 def default_decode_threads(device: torch.device | str, cores: int | None = None) -> int:
-    """Threads that decode a jpeg batch's images together: every core feeding a GPU (the
-    decoders release the interpreter lock), 2 beside a model training on the CPU."""
+    """Threads that decode one jpeg batch's images together. Feeding a GPU: 1, each
+    read-ahead thread decoding its own batch (the decoders release the interpreter lock), since
+    on the H200 host that ran at 19.5k img/s at depth 8 against 14.6k for 16 threads shared by
+    the batches in flight; 2 beside a model training on the CPU."""
     cores = host_cores() if cores is None else max(1, int(cores))
-    return cores if torch.device(device).type == "cuda" else min(2, cores)
+    return 1 if torch.device(device).type == "cuda" else min(2, cores)
 
 
 def default_gpu_decode(store_format: str, device: torch.device | str, decoder: str = "auto",
                        threads: int | None = None) -> float:
     """The share of each jpeg batch decoded on the GPU by default: the GPU's share of the
-    summed decode rates (GPU_DECODE_RATE against the CPU threads'), so that both finish a
-    batch together; 0 for raw stores and where the GPU decode cannot run."""
+    summed decode rates (GPU_DECODE_RATE against the CPU's decoding threads', as many as
+    the threads in flight and at most the cores), so that both finish a batch together; 0 for
+    raw stores and where the GPU decode cannot run. `threads`: all CPU decoding threads."""
     if store_format != "jpeg" or decode.gpu_unavailable(device):
         return 0.0
-    threads = default_decode_threads(device) if threads is None else max(1, int(threads))
+    if threads is None:
+        threads = min(host_cores(), default_prefetch(device) * default_decode_threads(device))
+    threads = max(1, int(threads))
     if decode.resolve_cpu_decoder(decoder) == "pil":
         cpu_rate = PIL_DECODE_RATE
     else:
@@ -155,7 +161,8 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
         decode_threads = default_decode_threads(device)
     decoder = decode.resolve_cpu_decoder(decoder)
     if gpu_decode is None or gpu_decode < 0:
-        gpu_decode = default_gpu_decode(store.format, device, decoder, decode_threads)
+        gpu_decode = default_gpu_decode(store.format, device, decoder,
+                                        min(host_cores(), prefetch * decode_threads))
     if gpu_decode > 1:
         raise UserError(f"gpu_decode {gpu_decode}: the GPU's share of each jpeg batch lies in "
                         "0..1 (negative: auto)")

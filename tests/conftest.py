@@ -18,3 +18,12 @@ def fashion_mnist_dir() -> Path:
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST absent: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Commands run in-process may set torch's thread count (relu-vs-tanh --threads): restore
+    it, so that no test's numbers depend on which tests ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

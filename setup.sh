@@ -20,7 +20,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       || $PIP install -q --index-url https://download.pytorch.org/whl/cpu torch
   fi
 fi
-$PIP install -q -e ".[dev]"
+$PIP install -q -e ".[dev,export]"  # export: ONNX and its check, so the tests run them
 
 # The demo's data: Debian's dataset-fashion-mnist (IDX files under /usr/share/datasets).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 \

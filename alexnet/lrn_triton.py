@@ -46,6 +46,14 @@ BACKWARDS = ("recompute", "twophase")
 # through the output buffer: 1 power per element). twophase by measurement: on one H200
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "twophase")
+LAYOUTS = ("tile", "channels")
+# ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
+# tile (the kernels above: a 2-D block of channels x pixels, shifted maps from the cache)
+# or channels (opt-in, unmeasured on a GPU: a run of channels streamed through registers,
+# each map loaded once per program; its backward ignores ALEXNET_LRN_BACKWARD).
+LAYOUT = os.environ.get("ALEXNET_LRN_LAYOUT", "tile")
+CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
+CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
 
 
 @triton.jit
@@ -236,6 +244,112 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
     tl.store(out_ptr + base + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _run(cg, groups, s_n, s_c, RUN: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's offsets in the channels layout: base (image and column), the run's
+    first channel c0 within the column, pixels p (a 1-D block)."""
+    pid = tl.program_id(0)  # images x columns x runs
+    runs = tl.cdiv(cg, RUN)
+    n = pid // (groups * runs)
+    col = (pid // runs) % groups
+    c0 = (pid % runs) * RUN
+    base = n.to(tl.int64) * s_n + (col * cg).to(tl.int64) * s_c
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return base, c0, p
+
+
+@triton.jit
+def _inside(j, p, in_p, cg):
+    """The pixels p of map j that exist: in the image and j within the column [0, cg) (j
+    spread over p first: the interpreter rejects a mask from a scalar & a vector)."""
+    jp = j + tl.zeros_like(p)
+    return (jp >= 0) & (jp < cg) & in_p
+
+
+@triton.jit
+def _map(ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE: tl.constexpr):
+    """Map j of the column at pixels p (0 outside [0, cg): the clipped window)."""
+    v = tl.load(ptr + base + (j * s_c + p * s_p), mask=_inside(j, p, in_p, cg), other=0.0)
+    return v.to(COMPUTE)
+
+
+@triton.jit
+def _lrn_forward_channels_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta, k,
+                                 COMPUTE: tl.constexpr, HALF: tl.constexpr,
+                                 RELU: tl.constexpr, RUN: tl.constexpr,
+                                 BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # maps c0-HALF..c0+RUN-1+HALF stream through five registers x0..x4 (x4 the newest),
+    # each loaded once; once a window is full its centre's b is written
+    base, c0, p = _run(cg, groups, s_n, s_c, RUN, BLOCK_P)
+    in_p = p < hw
+    x0 = tl.zeros([BLOCK_P], COMPUTE)
+    x1, x2, x3, x4 = x0, x0, x0, x0
+    for t in tl.static_range(RUN + 2 * HALF):
+        j = c0 - HALF + t
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_map(a_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
+        if t >= 2 * HALF:
+            c = j - HALF
+            if HALF == 2:
+                w = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4
+                a = x2
+            else:
+                w = x2 * x2 + x3 * x3 + x4 * x4
+                a = x3
+            pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
+            tl.store(b_ptr + base + (c * s_c + p * s_p), (a * pw).to(b_ptr.dtype.element_ty),
+                     mask=_inside(c, p, in_p, cg))
+
+
+@triton.jit
+def _lrn_backward_channels_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
+                                  alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
+                                  RELU: tl.constexpr, RUN: tl.constexpr,
+                                  BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # grad_c = g_c p_c - 2 alpha beta a_c sum_{j in window(c)} u_j, u_j = g_j a_j q_j,
+    # p_j, q_j = s_j^-beta, s_j^(-beta-1). a at c0-2HALF..c0+RUN-1+2HALF streams through
+    # x0..x4 (x4 = a_i, the newest); when s_j (j = i - HALF) is full, g_j is loaded and u_j
+    # computed (one power per map), and u_j completes the window of c = j - HALF. Maps
+    # outside the column load as 0, so u_j = 0 there: the clipped windows of c and of j.
+    base, c0, p = _run(cg, groups, s_n, s_c, RUN, BLOCK_P)
+    in_p = p < hw
+    x0 = tl.zeros([BLOCK_P], COMPUTE)
+    x1, x2, x3, x4 = x0, x0, x0, x0
+    u0, u1, u2, u3, u4 = x0, x0, x0, x0, x0  # u_{j-4}..u_j
+    g0, g1, g2 = x0, x0, x0  # g_{j-2}..g_j
+    p0, p1, p2 = x0, x0, x0  # p_{j-2}..p_j
+    for t in tl.static_range(RUN + 4 * HALF):
+        i = c0 - 2 * HALF + t
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_map(a_ptr, base, i, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
+        if t >= 2 * HALF:
+            j = i - HALF
+            if HALF == 2:
+                w = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4
+                aj = x2
+            else:
+                w = x2 * x2 + x3 * x3 + x4 * x4
+                aj = x3
+            pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
+            gj = _map(g_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE)
+            u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
+            g0, g1, g2 = g1, g2, gj
+            p0, p1, p2 = p1, p2, pj
+            if t >= 4 * HALF:
+                c = j - HALF
+                if HALF == 2:
+                    acc = u0 + u1 + u2 + u3 + u4
+                    ac, gc, pc = x0, g0, p0
+                else:
+                    acc = u2 + u3 + u4
+                    ac, gc, pc = x2, g1, p1
+                grad = gc * pc - 2.0 * alpha * beta * ac * acc
+                if RELU:
+                    grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
+                tl.store(out_ptr + base + (c * s_c + p * s_p),
+                         grad.to(out_ptr.dtype.element_ty), mask=_inside(c, p, in_p, cg))
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     """x as NCHW-contiguous or channels_last-contiguous (unchanged when it already is one)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
@@ -272,6 +386,30 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                      num_warps=NUM_WARPS)
 
 
+def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
+                     half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
+    """Run a channels-layout `kernel` over `tensors` (same shape and strides as out): a
+    program per run of a column's channels (`_block_c`) and a block of pixels."""
+    n, c, h, w = out.shape
+    cg = c // groups
+    run = _block_c(cg)
+    block_p = min(triton.next_power_of_2(h * w), CHANNELS_BLOCK_P)
+    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
+    s_n, s_c, _, s_w = out.stride()
+    grid = (n * groups * triton.cdiv(cg, run), triton.cdiv(h * w, block_p))
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
+                     COMPUTE=compute, HALF=half, RELU=relu, RUN=run, BLOCK_P=block_p,
+                     BETA_3_4=beta == 0.75, num_warps=CHANNELS_NUM_WARPS)
+
+
+def _channels_layout() -> bool:
+    """Whether ALEXNET_LRN_LAYOUT (LAYOUT) picks the channels layout; a user error if unknown."""
+    if LAYOUT not in LAYOUTS:
+        raise UserError(f"ALEXNET_LRN_LAYOUT={LAYOUT!r}: choose from {', '.join(LAYOUTS)}")
+    return LAYOUT == "channels"
+
+
 def _check(x: torch.Tensor, groups: int, half: int) -> None:
     if x.dim() != 4 or x.shape[1] % groups:
         raise ValueError(f"lrn: need (N, C, H, W) with C divisible by groups={groups}, "
@@ -289,7 +427,10 @@ def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: f
     _check(x, groups, half)
     a = _layout(x)
     out = torch.empty_like(a)
-    if out.numel():
+    if out.numel() and _channels_layout():
+        _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
+                         relu)
+    elif out.numel():
         _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
                 FORWARD_TILE)
     return out
@@ -307,7 +448,10 @@ def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha
     fmt = torch.contiguous_format if a.is_contiguous() else torch.channels_last
     g = g.contiguous(memory_format=fmt)
     out = torch.empty_like(a)
-    if out.numel():
+    if out.numel() and _channels_layout():
+        _launch_channels(_lrn_backward_channels_kernel, [g, a], out, groups, half, alpha, beta,
+                         k, relu)
+    elif out.numel():
         twophase = BACKWARD == "twophase"
         kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
         _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,

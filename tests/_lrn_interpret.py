@@ -37,9 +37,12 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
 
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
-    `variant` backward kernel; the torch path on the same inputs; gradcheck in float64. Keys
-    of the variants other than the default start with the variant's name."""
-    alexnet.lrn_triton.BACKWARD = variant
+    `variant` backward kernel (or, for "channels", the channels layout's kernels); the torch
+    path on the same inputs; gradcheck in float64. Keys of the variants other than recompute
+    start with the variant's name."""
+    channels = variant == "channels"
+    alexnet.lrn_triton.BACKWARD = "twophase" if channels else variant
+    alexnet.lrn_triton.LAYOUT = "channels" if channels else "tile"
     prefix = "" if variant == "recompute" else f"{variant}."
     gen = torch.Generator().manual_seed(0)
     saved: dict[str, np.ndarray] = {}
@@ -88,7 +91,7 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
             (x,))
         saved[f"{prefix}gradcheck.n{n}"] = np.array(ok)
     saved[f"{prefix}verified.cpu"] = np.array(_verified())
-    alexnet.lrn_triton.BACKWARD = "recompute"
+    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = "recompute", "tile"
     return saved
 
 
@@ -123,4 +126,5 @@ def compile_check() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("recompute"), **compile_check()})
+    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("recompute"),
+                             **compile_check()})

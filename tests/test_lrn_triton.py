@@ -23,7 +23,9 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 # name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks
 CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
-VARIANTS = ["", "twophase."]  # key prefixes of the backward kernels: recompute, twophase
+# key prefixes of the kernels: recompute and twophase backward (tile layout), the channels
+# layout (ALEXNET_LRN_LAYOUT=channels: its own forward and backward)
+VARIANTS = ["", "twophase.", "channels."]
 
 
 def interpret(out: Path) -> dict[str, np.ndarray]:
@@ -230,15 +232,17 @@ def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half:
                    beta_3_4: bool, block_c: int, block_p: int) -> bytes:
     """kernel compiled by triton for an H100/H200 (sm_90) without a GPU: the same front end,
     optimiser and ptxas as a launch there, with the JIT's specialisations (pointers and sizes
-    divisible by 16, the unit stride a constant)."""
+    divisible by 16, the unit stride a constant); block_c is the run of the channels
+    layout's kernels."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    consts = {"COMPUTE": tl.float32, "HALF": half, "RELU": True,
-              "BLOCK_C": block_c, "BLOCK_P": block_p, "CHANNELS_LAST": channels_last,
+    consts = {"COMPUTE": tl.float32, "HALF": half, "RELU": True, "BLOCK_C": block_c,
+              "RUN": block_c, "BLOCK_P": block_p, "CHANNELS_LAST": channels_last,
               "BETA_3_4": beta_3_4, ("s_c" if channels_last else "s_p"): 1}
+    consts = {k: v for k, v in consts.items() if k in kernel.arg_names}  # tile or channels
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
@@ -271,7 +275,9 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
     m = triton_lrn_module()
     for kernel, pointers, block_c, block_p in (
             (m._lrn_forward_kernel, 1, 16, 256), (m._lrn_backward_kernel, 2, 16, 128),
-            (m._lrn_backward_twophase_kernel, 2, 64, 32)):
+            (m._lrn_backward_twophase_kernel, 2, 64, 32),
+            (m._lrn_forward_channels_kernel, 1, 16, 1024),
+            (m._lrn_backward_channels_kernel, 2, 16, 1024)):
         for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
                                                      ("fp32", False, 1, False)):
             binary = _hopper_binary(kernel, pointers, dtype, channels_last, half, beta_3_4,

@@ -389,10 +389,11 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
 def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                      half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
     """Run a channels-layout `kernel` over `tensors` (same shape and strides as out): a
-    program per run of a column's channels (`_block_c`) and a block of pixels."""
+    program per run of a column's channels (`_block_c`, or the whole column where that
+    would leave masked maps and the column has at most 32) and a block of pixels."""
     n, c, h, w = out.shape
     cg = c // groups
-    run = _block_c(cg)
+    run = _block_c(cg) if cg > 32 or cg % _block_c(cg) == 0 else cg  # no masked maps
     block_p = min(triton.next_power_of_2(h * w), CHANNELS_BLOCK_P)
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, _, s_w = out.stride()

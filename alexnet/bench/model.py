@@ -162,6 +162,8 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                          if v != triton_lrn_module().BACKWARD)
             fns[f"relu+lrn fused, {other} backward"] = _with_backward(other, _fwd_bwd(
                 lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None))
+            fns["relu+lrn fused, channels layout"] = _with_layout("channels", _fwd_bwd(
+                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None))
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
@@ -191,6 +193,19 @@ def _with_backward(variant: str, step: Callable[[], object]) -> Callable[[], obj
     return run
 
 
+def _with_layout(layout: str, step: Callable[[], object]) -> Callable[[], object]:
+    """step run with the Triton LRN's `layout` kernels (ALEXNET_LRN_LAYOUT)."""
+    module = triton_lrn_module()
+
+    def run() -> object:
+        default, module.LAYOUT = module.LAYOUT, layout
+        try:
+            return step()
+        finally:
+            module.LAYOUT = default
+    return run
+
+
 def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
                    timing: tuple[int, int]) -> dict[str, float]:
     """GB/s of the Triton LRN's forward (reads a, writes b) and of each backward kernel
@@ -202,15 +217,21 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
 
     backward = {f"bwd {v}": _with_backward(v, lambda: torch.ops.alexnet.lrn_backward(
         g, x, *consts)) for v in module.BACKWARDS}
-    fns = {"copy": lambda: out.copy_(x), "fwd": lambda: torch.ops.alexnet.lrn(x, *consts),
-           **backward}
+    channels = {"fwd channels": _with_layout("channels", lambda: torch.ops.alexnet.lrn(
+                    x, *consts)),
+                "bwd channels": _with_layout("channels", lambda: torch.ops.alexnet.lrn_backward(
+                    g, x, *consts))}
+    fns = {"copy": lambda: out.copy_(x),
+           "fwd": _with_layout("tile", lambda: torch.ops.alexnet.lrn(x, *consts)),
+           **{k: _with_layout("tile", f) for k, f in backward.items()}, **channels}
     t = _time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
-    rate = {k: (2 if k in ("copy", "fwd") else 3) * size / t[k] / 1e9 for k in t}
+    rate = {k: (2 if k in ("copy", "fwd", "fwd channels") else 3) * size / t[k] / 1e9
+            for k in t}
     line = f"  LRN {name} triton kernels (a copy of the tensor: {rate['copy']:.0f} GB/s): "
     line += ", ".join(f"{k} {_ms(t[k])} = {rate[k]:.0f} GB/s ({rate[k] / rate['copy']:.2f}x "
                       f"the copy's)" for k in t if k != "copy")
-    print(line + f"; default backward: {module.BACKWARD}")
+    print(line + f"; default backward: {module.BACKWARD}, default layout: {module.LAYOUT}")
     return {f"{k} GB/s": v for k, v in rate.items()}
 
 

@@ -188,21 +188,32 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
     assert "using the torch path" in err
 
 
+def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
+    if triton_lrn_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "rows")
+    with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='rows': choose from tile, channels"):
+        triton_lrn_module()._channels_layout()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_check_passes_where_the_kernel_runs(kernel_results, variant):
     assert kernel_results[f"{variant}verified.cpu"]  # under the interpreter: runs and agrees
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backward", ["recompute", "twophase"])
+@pytest.mark.parametrize("backward,layout", [("recompute", "tile"), ("twophase", "tile"),
+                                             ("twophase", "channels")])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, monkeypatch):
+def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layout,
+                                               monkeypatch):
     # the compiled kernels (not the interpreter) on the GPU, on a conv1-like map
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
     monkeypatch.setattr(triton_lrn_module(), "BACKWARD", backward)
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300
     a = (a * 2 - 300 if relu else a).to(dtype)

@@ -16,7 +16,8 @@ read the conv's output and apply it on the fly, which saves the ReLU's own passe
 map forward and backward. Sums are in fp32 (fp64 for fp64 inputs) whatever the storage
 dtype. NCHW and channels_last work alike: only the strides differ. `torch.ops.alexnet.lrn`
 has autograd and fake (meta) implementations, so torch.compile traces it as one node,
-without a graph break.
+without a graph break. An opt-in second layout (ALEXNET_LRN_LAYOUT=channels, unmeasured on
+a GPU) streams a run of maps through registers instead, each map loaded once per program.
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.

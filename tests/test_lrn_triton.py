@@ -240,7 +240,7 @@ def test_auto_picks_the_triton_lrn_on_cuda_after_its_check():
 
 
 def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half: int,
-                   beta_3_4: bool, block_c: int, block_p: int) -> bytes:
+                   beta_3_4: bool, block_c: int, block_p: int, num_warps: int) -> bytes:
     """kernel compiled by triton for an H100/H200 (sm_90) without a GPU: the same front end,
     optimiser and ptxas as a launch there, with the JIT's specialisations (pointers and sizes
     divisible by 16, the unit stride a constant); block_c is the run of the channels
@@ -268,7 +268,7 @@ def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": 8})
+                              options={"num_warps": num_warps})
     return compiled.asm["cubin"]
 
 
@@ -284,13 +284,14 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         pytest.skip("this triton's ASTSource predates constexprs by name")
     m = triton_lrn_module()
-    for kernel, pointers, block_c, block_p in (
-            (m._lrn_forward_kernel, 1, 16, 256), (m._lrn_backward_kernel, 2, 16, 128),
-            (m._lrn_backward_twophase_kernel, 2, 64, 32),
-            (m._lrn_forward_channels_kernel, 1, 16, 1024),
-            (m._lrn_backward_channels_kernel, 2, 16, 1024)):
+    tile, channels = m.NUM_WARPS, m.CHANNELS_NUM_WARPS  # as the launches
+    for kernel, pointers, block_c, block_p, num_warps in (
+            (m._lrn_forward_kernel, 1, 16, 256, tile), (m._lrn_backward_kernel, 2, 16, 128, tile),
+            (m._lrn_backward_twophase_kernel, 2, 64, 32, tile),
+            (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels),
+            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels)):
         for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
                                                      ("fp32", False, 1, False)):
             binary = _hopper_binary(kernel, pointers, dtype, channels_last, half, beta_3_4,
-                                    block_c, block_p)
+                                    block_c, block_p, num_warps)
             assert binary[:4] == b"\x7fELF"  # a cubin, ptxas accepted it

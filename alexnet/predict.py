@@ -2,7 +2,7 @@
 
 The files go through the paper's preprocessing exactly as `alexnet prepare` does it (section
 2: shorter side rescaled to 256, central 256x256 patch, or the size of the store the checkpoint
-was trained on, read from its mean image; alexnet.data.prepare.load_image, which
+was trained on, read from its mean image; alexnet.data.preprocess.load_image, which
 also turns greyscale, CMYK, palette and alpha images into RGB), are written to a temporary
 store and read back by the evaluation loader, so prediction and `alexnet evaluate` share every
 step: the net's mean image subtracted, the 10 patches of section 4.1 (or the centre one), and
@@ -53,7 +53,7 @@ def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarr
 
     A missing file or one that is not an image raises a UserError naming it.
     """
-    from alexnet.data.prepare import Skip, load_image
+    from alexnet.data.preprocess import Skip, load_image
 
     images = []
     for path in paths:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from alexnet.checkpoint import make_state, save
 from alexnet.cli import main
-from alexnet.data.store import compute_stats
+from alexnet.data.stats import compute_stats
 from alexnet.model import AlexNet
 from alexnet.paper import CROP_SIZE, IMAGE_SIZE
 

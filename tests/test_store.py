@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from alexnet.data import Store, open_split, write_store
-from alexnet.data.store import HEADER, RAW, SplitWriter, compute_stats, pixel_sums
+from alexnet.data.stats import compute_stats, pixel_sums
+from alexnet.data.store import HEADER, RAW, SplitWriter
 from alexnet.errors import UserError
 
 CLASSES = [{"wnid": "n01", "name": "one"}, {"wnid": "n02", "name": "two"}, "three"]

@@ -68,7 +68,8 @@ def photo_like(count: int, seed: int = 0) -> np.ndarray:
 def write_twin_stores(root: Path, images: np.ndarray, repeats: int, classes: int
                       ) -> dict[str, Any]:
     """A raw and a jpeg store (root/raw, root/jpeg) of `images` repeated `repeats` times."""
-    from alexnet.data.store import SplitWriter, encode_jpeg, open_split, pixel_sums
+    from alexnet.data.stats import pixel_sums
+    from alexnet.data.store import SplitWriter, encode_jpeg, open_split
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         blobs = list(pool.map(lambda image: encode_jpeg(image, QUALITY), images))

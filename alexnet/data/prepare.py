@@ -28,8 +28,6 @@ import numpy as np
 from alexnet import paper
 from alexnet.data import sources as src
 from alexnet.data.preprocess import MAX_PIXELS
-from alexnet.data.preprocess import Skip as Skip  # re-exported: predict uses them
-from alexnet.data.preprocess import load_image as load_image
 from alexnet.data.store import (
     FORMATS,
     JPEG_QUALITY,

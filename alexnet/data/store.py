@@ -52,7 +52,6 @@ from alexnet.data.stats import (
     stats_from_sums,
     stats_to_json,
 )
-from alexnet.data.stats import compute_stats as compute_stats  # re-exported for callers
 from alexnet.errors import UserError
 
 MAGIC = "alexnet-store"

@@ -89,6 +89,19 @@ def _window(qm2, qm1, q0, qp1, qp2, HALF: tl.constexpr):
 
 
 @triton.jit
+def _newest_window(x0, x1, x2, x3, x4, HALF: tl.constexpr):
+    """(sum of squares, centre map) of the window over the newest 2 HALF + 1 of five maps
+    streamed through registers (x4 the newest): the channels layout's window."""
+    if HALF == 2:
+        w = _window(x0 * x0, x1 * x1, x2 * x2, x3 * x3, x4 * x4, HALF)
+        centre = x2
+    else:
+        w = _window(x0, x2 * x2, x3 * x3, x4 * x4, x0, HALF)
+        centre = x3
+    return w, centre
+
+
+@triton.jit
 def _powers(s, beta, BETA_3_4: tl.constexpr):
     """s^-beta and s^(-beta-1). For the paper's beta = 3/4 from r = rsqrt(s) as r sqrt(r) and
     r^3 sqrt(r): two fast hardware operations and three products, where exp2(-beta log2 s)
@@ -291,12 +304,7 @@ def _lrn_forward_channels_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, al
         x4 = _relu(_map(a_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
         if t >= 2 * HALF:
             c = j - HALF
-            if HALF == 2:
-                w = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4
-                a = x2
-            else:
-                w = x2 * x2 + x3 * x3 + x4 * x4
-                a = x3
+            w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
             pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
             tl.store(b_ptr + base + (c * s_c + p * s_p), (a * pw).to(b_ptr.dtype.element_ty),
                      mask=_inside(c, p, in_p, cg))
@@ -325,12 +333,7 @@ def _lrn_backward_channels_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
         x4 = _relu(_map(a_ptr, base, i, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
         if t >= 2 * HALF:
             j = i - HALF
-            if HALF == 2:
-                w = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4
-                aj = x2
-            else:
-                w = x2 * x2 + x3 * x3 + x4 * x4
-                aj = x3
+            w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
             pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
             gj = _map(g_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE)
             u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj

@@ -156,14 +156,13 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
         if device.type == "cuda" and use_triton_lrn(x, "auto"):
             fns["lrn triton"] = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton"), x, [x],
                                          g, None)
-            fns["relu+lrn fused"] = _fwd_bwd(
-                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None)
+            fused = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton", relu=True),
+                             x, [x], g, None)
+            fns["relu+lrn fused"] = fused
             other = next(v for v in triton_lrn_module().BACKWARDS
                          if v != triton_lrn_module().BACKWARD)
-            fns[f"relu+lrn fused, {other} backward"] = _with_backward(other, _fwd_bwd(
-                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None))
-            fns["relu+lrn fused, channels layout"] = _with_layout("channels", _fwd_bwd(
-                lambda t: lrn(t, groups=2, backend="triton", relu=True), x, [x], g, None))
+            fns[f"relu+lrn fused, {other} backward"] = _with_setting("BACKWARD", other, fused)
+            fns["relu+lrn fused, channels layout"] = _with_setting("LAYOUT", "channels", fused)
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
@@ -180,29 +179,18 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
     return out
 
 
-def _with_backward(variant: str, step: Callable[[], object]) -> Callable[[], object]:
-    """step run with the Triton LRN's `variant` backward kernel (ALEXNET_LRN_BACKWARD)."""
+def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:
+    """step run with the Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
+    ALEXNET_LRN_LAYOUT) set to `value`, restored afterwards."""
     module = triton_lrn_module()
 
     def run() -> object:
-        default, module.BACKWARD = module.BACKWARD, variant
+        default = getattr(module, name)
+        setattr(module, name, value)
         try:
             return step()
         finally:
-            module.BACKWARD = default
-    return run
-
-
-def _with_layout(layout: str, step: Callable[[], object]) -> Callable[[], object]:
-    """step run with the Triton LRN's `layout` kernels (ALEXNET_LRN_LAYOUT)."""
-    module = triton_lrn_module()
-
-    def run() -> object:
-        default, module.LAYOUT = module.LAYOUT, layout
-        try:
-            return step()
-        finally:
-            module.LAYOUT = default
+            setattr(module, name, default)
     return run
 
 
@@ -215,15 +203,18 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
     consts = (2, paper.LRN_N // 2, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K, False)
     out = torch.empty_like(x)
 
-    backward = {f"bwd {v}": _with_backward(v, lambda: torch.ops.alexnet.lrn_backward(
-        g, x, *consts)) for v in module.BACKWARDS}
-    channels = {"fwd channels": _with_layout("channels", lambda: torch.ops.alexnet.lrn(
-                    x, *consts)),
-                "bwd channels": _with_layout("channels", lambda: torch.ops.alexnet.lrn_backward(
-                    g, x, *consts))}
+    def forward() -> object:
+        return torch.ops.alexnet.lrn(x, *consts)
+
+    def backward() -> object:
+        return torch.ops.alexnet.lrn_backward(g, x, *consts)
+
+    tile = {"fwd": forward, **{f"bwd {v}": _with_setting("BACKWARD", v, backward)
+                               for v in module.BACKWARDS}}
     fns = {"copy": lambda: out.copy_(x),
-           "fwd": _with_layout("tile", lambda: torch.ops.alexnet.lrn(x, *consts)),
-           **{k: _with_layout("tile", f) for k, f in backward.items()}, **channels}
+           **{k: _with_setting("LAYOUT", "tile", f) for k, f in tile.items()},
+           "fwd channels": _with_setting("LAYOUT", "channels", forward),
+           "bwd channels": _with_setting("LAYOUT", "channels", backward)}
     t = _time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
     rate = {k: (2 if k in ("copy", "fwd", "fwd channels") else 3) * size / t[k] / 1e9

@@ -12,6 +12,7 @@ GPUs: local rank r uses cuda:2r (column 1, input) and cuda:2r+1 (column 2).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -79,10 +80,19 @@ def init_distributed(device: str = "auto", split_columns: bool = False) -> DistI
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        _import_before_joining()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     return DistInfo(rank, world, local_rank, dev, cols)
+
+
+def _import_before_joining() -> None:
+    """Import torch._dynamo before the process group exists: imported later (DDP's constructor
+    does), it keeps a reference to the group that destroy_process_group cannot drop (torch
+    2.13), so gloo's threads outlive `cleanup` and race the interpreter's exit, which then
+    aborts a rank now and then ("terminate called without an active exception")."""
+    import torch._dynamo  # noqa: F401
 
 
 def is_main() -> bool:
@@ -133,6 +143,9 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 
 
 def cleanup() -> None:
-    """Leave the process group (if joined)."""
+    """Leave the process group (if joined), and let it go: the finished run's DDP wrapper,
+    which holds the group, is freed first (it can sit in a reference cycle), so that gloo's
+    threads end here and not during the interpreter's exit."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

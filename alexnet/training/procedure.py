@@ -62,7 +62,9 @@ def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any
     dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
     joined = dist_info.distributed
     try:
-        return _train(config, dist_info, resume)
+        result = _train(config, dist_info, resume)
+        distributed.barrier()  # every rank done (rank 0 writes last) before any leaves
+        return result
     finally:
         if joined:
             distributed.cleanup()

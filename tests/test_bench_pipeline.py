@@ -26,7 +26,8 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     plan = {"distinct": 4, "repeats": 2, "batch": 2, "steps": 1, "warmup": 1,
             "loader_steps": 2}
     r = pipeline.run_pipeline(torch.device("cpu"), plan, tmp_path, classes=4, width=0.125)
-    rates = [r["model_only"], r["raw_training"], r["jpeg_training"],
+    rates = [r["model_only"], r["raw_training"], r["jpeg_training"], r["raw_training_moved"],
+             r["jpeg_training_moved"],
              *r["raw_loader"].values(), *r["jpeg_loader"].values(),
              *r["jpeg_loader_threads"].values(), *r["from_disk"].values()]
     assert set(r["from_disk"]) == {"raw", "jpeg"}  # Linux has posix_fadvise
@@ -38,3 +39,4 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     pipeline.print_figures(r)
     out = capsys.readouterr().out
     assert "model only" in out and "jpeg store: training" in out and "x model" in out
+    assert "raw store: training, augmented by the consumer" in out  # the CPU default moved

@@ -218,18 +218,39 @@ def test_bad_options_are_user_errors(store: Store) -> None:
         TrainLoader(store, 4, crop=56, stats={"mean_image": np.zeros((8, 8, 3))})
 
 
+def test_the_augmenting_thread_does_not_change_the_batches(store: Store) -> None:
+    """Augmenting in the read-ahead threads or in the consumer (the CUDA default) gives the
+    same batches, in the same order, at every depth."""
+    assert TrainLoader(store, 4, crop=56).reading.augment_in_readers  # the CPU default
+    a = list(TrainLoader(store, 4, crop=56, seed=5, prefetch=2).epoch(1))
+    for depth in (0, 3):
+        b = list(TrainLoader(store, 4, crop=56, seed=5, prefetch=depth,
+                             augment_in_readers=False).epoch(1))
+        assert len(a) == len(b) == len(store) // 4
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for crops in (1, 10):
+        a = list(EvalLoader(store, 3, crops=crops, crop=56))
+        b = list(EvalLoader(store, 3, crops=crops, crop=56, augment_in_readers=False))
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_gives_the_cpu_batches(store: Store, big_store: Store) -> None:
+@pytest.mark.parametrize("in_readers", [False, True])
+def test_cuda_gives_the_cpu_batches(store: Store, big_store: Store, in_readers: bool) -> None:
     for st, c in ((store, 56), (big_store, CROP_SIZE)):
         cpu = list(TrainLoader(st, 2, crop=c, seed=9).epoch(1))
-        gpu = list(TrainLoader(st, 2, crop=c, seed=9, device="cuda").epoch(1, start=0))
+        gpu = list(TrainLoader(st, 2, crop=c, seed=9, device="cuda",
+                               augment_in_readers=in_readers).epoch(1, start=0))
         for (xa, ya), (xb, yb) in zip(cpu, gpu, strict=True):
             assert xb.is_cuda and yb.is_cuda and xb.dtype == torch.float32
             np.testing.assert_allclose(xb.cpu().numpy(), xa.numpy(), atol=1e-3)
             assert torch.equal(ya, yb.cpu())
         for crops in (1, 10):
             a = list(EvalLoader(st, 3, crops=crops, crop=c))
-            b = list(EvalLoader(st, 3, crops=crops, crop=c, device="cuda"))
+            b = list(EvalLoader(st, 3, crops=crops, crop=c, device="cuda",
+                                augment_in_readers=in_readers))
             for (xa, ya), (xb, yb) in zip(a, b, strict=True):
                 np.testing.assert_allclose(xb.cpu().numpy(), xa.numpy(), atol=1e-3)
                 assert torch.equal(ya, yb.cpu())

@@ -12,7 +12,8 @@ beside the others of the same run:
   1, 2, 4, 8, 16 decode threads, and with the GPU decoding none, the default share, half and
   all of each batch (default threads);
 - training from the store: both together, as `alexnet train` runs them; the ratio to the
-  model-only figure says how much the loader costs;
+  model-only figure says how much the loader costs; then again with the batches augmented in
+  the other place (read-ahead threads or consumer: loader.default_augment_in_readers);
 - each store's loader from disk: its files dropped from the page cache first (fadvise, no
   root needed; on a tmpfs they stay in memory and the figure is the cached one), timed over
   its first epoch only.
@@ -264,6 +265,10 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
                                                   prefetch=d), device, loader_steps, warmup)
                        for d in depths}
     r["raw_training"] = training_rate(raw_loader, trainer, steps, warmup)
+    moved = not raw_loader.reading.augment_in_readers  # the other place to augment
+    r["raw_training_moved"] = training_rate(
+        TrainLoader(stores["raw"], batch, device=device, augment_in_readers=moved), trainer,
+        steps, warmup)
     threads = tuple(n for n in THREADS if n <= host_cores())
     r["cpu_decode"] = cpu_decode_rates(blobs, threads)
     r["jpeg_loader_threads"] = {n: loader_rate(
@@ -276,6 +281,8 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_loader"] = {s: loader_rate(TrainLoader(jpeg, batch, device=device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
+    r["jpeg_training_moved"] = training_rate(
+        TrainLoader(jpeg, batch, device=device, augment_in_readers=moved), trainer, steps, warmup)
     r["from_disk"] = disk
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r
@@ -309,7 +316,10 @@ def print_figures(r: dict[str, Any]) -> None:
     rows = [("model only (batch on device)", model)]
     rows += [(f"raw loader only, depth {d}{' (default)' if d == raw['prefetch'] else ''}", v)
              for d, v in r["raw_loader"].items()]
+    where = {True: "augmented by the read-ahead threads", False: "augmented by the consumer"}
+    here = bool(raw["augment_in_readers"])
     rows.append((f"raw store: training (depth {raw['prefetch']})", r["raw_training"]))
+    rows.append((f"raw store: training, {where[not here]}", r["raw_training_moved"]))
     rows += [(f"jpeg loader only, {jpeg['decoder']}, GPU share 0, {n} decode threads", v)
              for n, v in r["jpeg_loader_threads"].items()]
     rows += [(f"jpeg loader only, GPU share {s:.2f}"
@@ -317,6 +327,7 @@ def print_figures(r: dict[str, Any]) -> None:
              for s, v in r["jpeg_loader"].items()]
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
+    rows.append((f"jpeg store: training, {where[not here]}", r["jpeg_training_moved"]))
     rows += [(f"{fmt} loader only, from disk (page cache dropped; defaults)", v)
              for fmt, v in r["from_disk"].items()]
     print(f"  {'':<58}{'img/s':>12}{'x model':>10}")

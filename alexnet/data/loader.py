@@ -141,20 +141,32 @@ def default_gpu_decode(store_format: str, device: torch.device | str, decoder: s
 
 @dataclass(frozen=True)
 class Reading:
-    """How a loader reads batches: read-ahead depth, and for jpeg stores the CPU decoder, the
-    threads that decode each batch and the GPU's share of it (0..1)."""
+    """How a loader reads batches: read-ahead depth, for jpeg stores the CPU decoder, the
+    threads that decode each batch and the GPU's share of it (0..1), and whether the
+    read-ahead threads augment the batches too (else the consumer does)."""
 
     prefetch: int
     decoder: str
     threads: int
     gpu_decode: float
+    augment_in_readers: bool = True
+
+
+def default_augment_in_readers(device: torch.device | str) -> bool:
+    """Where batches are augmented by default: in the read-ahead threads on the CPU (they
+    have the cores; the consumer trains), on a GPU by the consumer on its own stream, as
+    measured so far; `alexnet bench pipeline` times both on CUDA."""
+    return torch.device(device).type != "cuda"
 
 
 def reading(store: Any, device: torch.device, prefetch: int | None = None,
             decoder: str = "auto", decode_threads: int | None = None,
-            gpu_decode: float | None = None) -> Reading:
+            gpu_decode: float | None = None, augment_in_readers: bool | None = None
+            ) -> Reading:
     """The loader's Reading: None (or a negative number) is the default that fits here."""
     device = torch.device(device)
+    if augment_in_readers is None:
+        augment_in_readers = default_augment_in_readers(device)
     if prefetch is None or prefetch < 0:
         prefetch = default_prefetch(device)
     if decode_threads is None or decode_threads < 1:
@@ -170,7 +182,7 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
     if gpu_decode > 0 and store.format == "jpeg" and reason:
         raise UserError(f"gpu_decode {gpu_decode}: {reason}; use gpu_decode 0 (CPU decode)")
     return Reading(int(prefetch), decoder, int(decode_threads),
-                   float(gpu_decode) if store.format == "jpeg" else 0.0)
+                   float(gpu_decode) if store.format == "jpeg" else 0.0, bool(augment_in_readers))
 
 
 @contextlib.contextmanager
@@ -329,7 +341,9 @@ class TrainLoader:
     `prefetch` None (or negative) is `default_prefetch`; a jpeg store is decoded by CPU
     `decoder` (decode.CPU_DECODERS or "auto") in `decode_threads` threads (None or < 1:
     `default_decode_threads`) and, on CUDA, the share `gpu_decode` of each batch on the GPU
-    (None or negative: `default_gpu_decode`). `loader.reading` holds the values resolved.
+    (None or negative: `default_gpu_decode`). `augment_in_readers` None is
+    `default_augment_in_readers`: the batches come out the same either way, only the thread
+    (and CUDA stream) that augments them differs. `loader.reading` holds the values resolved.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crop: int = CROP_SIZE, seed: int = 0,
@@ -338,7 +352,8 @@ class TrainLoader:
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  prefetch: int | None = None, channels_last: bool = False,
                  decoder: str = "auto", decode_threads: int | None = None,
-                 gpu_decode: float | None = None) -> None:
+                 gpu_decode: float | None = None, augment_in_readers: bool | None = None
+                 ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -359,7 +374,8 @@ class TrainLoader:
         self.device = _resolve(device)
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
         self.channels_last = channels_last
-        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode)
+        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
+                               augment_in_readers)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, pca, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -383,18 +399,14 @@ class TrainLoader:
         if not 0 <= start <= len(self):
             raise UserError(f"start batch {start}: this epoch has {len(self)} batches")
         order = self.indices(epoch).reshape(len(self), self.batch_size)
-        on_cpu = self.device.type == "cpu"
+        in_readers = self.reading.augment_in_readers
         with decode_pool(self.store, self.reading) as pool:
-            jobs = [self._job(epoch, k, order[k], pool, augment_too=on_cpu)
+            jobs = [self._job(epoch, k, order[k], pool, augment_too=in_readers)
                     for k in range(start, len(self))]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
-                for item in batches:
-                    if on_cpu:
-                        yield item
-                    else:
-                        k, images, y = item
-                        hand_over(images, y)
-                        yield self._augment(epoch, k, images), y
+                for k, images, y in batches:
+                    hand_over(images, y)
+                    yield (images if in_readers else self._augment(epoch, k, images)), y
 
     def _job(self, epoch: int, k: int, index: np.ndarray, pool: ThreadPoolExecutor | None, *,
              augment_too: bool) -> Callable[[], Any]:
@@ -404,8 +416,8 @@ class TrainLoader:
             with reader_stream(self.device):
                 images = read_batch(self.store, index_sorted, self.device, self.reading, pool)
                 y = _to_device(self.labels[index_sorted], self.device)
-            if augment_too:
-                return self._augment(epoch, k, images), y
+                if augment_too:
+                    images = self._augment(epoch, k, images)
             return k, images, y
         return run
 
@@ -422,14 +434,16 @@ class EvalLoader:
     Iterates (x float32 (B * crops, 3, crop, crop), y int64 (B,)) in store order (or the
     order of `indices`), image-major: x.view(B, crops, 3, crop, crop); patches in
     augment.TEN_CROP_ORDER. The mean is subtracted as in training; the last batch may be
-    smaller. `prefetch`, `decoder`, `decode_threads` and `gpu_decode` as for TrainLoader.
+    smaller. `prefetch`, `decoder`, `decode_threads`, `gpu_decode` and `augment_in_readers`
+    (here: who cuts the patches) as for TrainLoader.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crops: int = 1, crop: int = CROP_SIZE,
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", indices: Sequence[int] | None = None,
                  prefetch: int | None = None, decoder: str = "auto",
-                 decode_threads: int | None = None, gpu_decode: float | None = None) -> None:
+                 decode_threads: int | None = None, gpu_decode: float | None = None,
+                 augment_in_readers: bool | None = None) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if crops not in (1, TEST_CROPS):
@@ -438,7 +452,8 @@ class EvalLoader:
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
         self.mean, self.device = mean, _resolve(device)
-        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode)
+        self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
+                               augment_in_readers)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -454,15 +469,14 @@ class EvalLoader:
         return math.ceil(len(self.order) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        on_cpu = self.device.type == "cpu"
+        in_readers = self.reading.augment_in_readers
         with decode_pool(self.store, self.reading) as pool:
-            jobs = [self._job(self.order[i:i + self.batch_size], pool, augment_too=on_cpu)
+            jobs = [self._job(self.order[i:i + self.batch_size], pool, augment_too=in_readers)
                     for i in range(0, len(self.order), self.batch_size)]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for images, y in batches:
-                    if not on_cpu:
-                        hand_over(images, y)
-                    yield (images if on_cpu else self._patches(images)), y
+                    hand_over(images, y)
+                    yield (images if in_readers else self._patches(images)), y
 
     def _job(self, index: np.ndarray, pool: ThreadPoolExecutor | None, *, augment_too: bool
              ) -> Callable[[], Any]:
@@ -470,7 +484,9 @@ class EvalLoader:
             with reader_stream(self.device):
                 images = read_batch(self.store, index, self.device, self.reading, pool)
                 y = _to_device(self.labels[index], self.device)
-            return (self._patches(images) if augment_too else images), y
+                if augment_too:
+                    images = self._patches(images)
+            return images, y
         return run
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,10 @@ def test_bench_train(tmp_path, capsys):
         assert positive(settings[name]["alexnet"]), name
     assert "needs CUDA" in settings["fp16+GradScaler"]["note"]
     assert r["train_gflop_per_image"] == pytest.approx(4.3, abs=0.05)  # the full paper net's
+    variants = r["variants"]  # the paper net's other column forms (and LRN kernels on CUDA)
+    assert set(variants) == {"default"} | {f"columns {f} (all three layers)"
+                                           for f in ("groups", "separate", "dense")}
+    assert all(positive(v) for v in variants.values())
 
 
 def test_bench_evaluate(tmp_path, capsys):

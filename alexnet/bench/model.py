@@ -17,8 +17,9 @@ in bf16 and channels_last at batch 256 (the fast preset's setting), timed with C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -179,18 +180,24 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
     return out
 
 
-def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:
-    """step run with the Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
-    ALEXNET_LRN_LAYOUT) set to `value`, restored afterwards."""
+@contextlib.contextmanager
+def lrn_setting(name: str, value: str) -> Iterator[None]:
+    """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
+    ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
     module = triton_lrn_module()
+    default = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, default)
 
+
+def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:
+    """step run under `lrn_setting(name, value)`."""
     def run() -> object:
-        default = getattr(module, name)
-        setattr(module, name, value)
-        try:
+        with lrn_setting(name, value):
             return step()
-        finally:
-            setattr(module, name, default)
     return run
 
 

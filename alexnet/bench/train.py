@@ -19,6 +19,7 @@ used for every setting, so fp32 rows show how far they are from what bf16 could 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -100,18 +101,19 @@ def torchvision_alexnet() -> nn.Module | None:
     return alexnet(num_classes=paper.NUM_CLASSES)
 
 
-def build_net(arch: str, width: float = 1.0) -> nn.Module | None:
-    """`alexnet` (at `width`), `alexnet-tv` (this project's nets) or `torchvision`."""
+def build_net(arch: str, width: float = 1.0, **kwargs: Any) -> nn.Module | None:
+    """`alexnet` (at `width`, with `kwargs`), `alexnet-tv` (this project's nets) or
+    `torchvision`."""
     from alexnet.model import build_model
 
     if arch == "torchvision":
         return torchvision_alexnet()
-    sized = {"width": width} if arch == "alexnet" else {}
+    sized = {"width": width, **kwargs} if arch == "alexnet" else {}
     return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
 
 
 def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
-               warmup: int, steps: int, width: float = 1.0) -> float:
+               warmup: int, steps: int, width: float = 1.0, **net_kwargs: Any) -> float:
     """Images/s of `steps` training steps after `warmup` (compile happens during warm-up)."""
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
@@ -124,7 +126,7 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
         setattr(config.run, key, value)
     rt = setup_runtime(config, DistInfo(device=device))
     torch.manual_seed(0)
-    net = build_net(arch, width).to(device)
+    net = build_net(arch, width, **net_kwargs).to(device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
@@ -219,4 +221,43 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
               f"{versus}{layout}{mfu:>7}")
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
+    results["variants"] = time_variants(device, batch, warmup, steps, width)
     return results
+
+
+def variants_for(device: torch.device) -> list[tuple[str, dict[str, Any], tuple[str, str] | None]]:
+    """(name, AlexNet kwargs, Triton LRN setting or None): the paper net's other ways to run
+    the same function, each timed as a whole step beside the default in the same run."""
+    from alexnet.model import COLUMN_FORMS, triton_lrn_module, use_triton_lrn
+
+    rows: list[tuple[str, dict[str, Any], tuple[str, str] | None]] = [
+        (f"columns {form} (all three layers)", {"column_conv": form}, None)
+        for form in COLUMN_FORMS if form != "auto"]
+    probe = torch.zeros(1, device=device)
+    module = triton_lrn_module()
+    if device.type == "cuda" and module is not None and use_triton_lrn(probe):
+        rows += [(f"LRN {v} backward", {}, ("BACKWARD", v)) for v in module.BACKWARDS
+                 if v != module.BACKWARD]
+        rows += [(f"LRN {v} layout", {}, ("LAYOUT", v)) for v in module.LAYOUTS
+                 if v != module.LAYOUT]
+    return rows
+
+
+def time_variants(device: torch.device, batch: int, warmup: int, steps: int,
+                  width: float = 1.0) -> dict[str, float]:
+    """Images/s of the paper net as it runs by default and in each of `variants_for`, under
+    the fast settings of this device (bf16 + channels_last on CUDA, fp32 on the CPU): which
+    column form and which LRN kernel choice is fastest for the whole step."""
+    from alexnet.bench.model import lrn_setting
+
+    opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
+    out = {"default": time_steps("alexnet", device, batch, opts, warmup, steps, width)}
+    for name, kwargs, setting in variants_for(device):
+        with lrn_setting(*setting) if setting else contextlib.nullcontext():
+            out[name] = time_steps("alexnet", device, batch, opts, warmup, steps, width,
+                                   **kwargs)
+    label = "bf16+channels_last" if opts else "fp32"
+    print(f"paper net, other ways to compute the same function ({label}, whole step):")
+    for name, rate in out.items():
+        print(f"  {name:<40}{rate:>11.1f} images/s{rate / out['default']:>8.2f}x default")
+    return out

@@ -31,6 +31,7 @@ LR_SCALING_CHOICES = ("none", "linear")
 MEAN_CHOICES = ("image", "channel", "none", "torchvision")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
 JPEG_DECODER_CHOICES = ("auto", "simplejpeg", "cv2", "torchvision", "pil")  # data/decode.py
+AUGMENT_IN_CHOICES = ("auto", "readers", "consumer")  # loader.default_augment_in_readers
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer scales float32 tensors by lr
 
 
@@ -105,6 +106,9 @@ class RunConfig:
     jpeg_decoder: str = "auto"
     decode_threads: int = 0
     gpu_decode: float = -1.0
+    # who augments the training batches: the read-ahead threads or the training loop's thread
+    # (auto: loader.default_augment_in_readers); the batches are the same either way
+    augment_in: str = "auto"
     eval_batch_size: int = 256
     val_every: int = 1  # validate every N epochs (the schedule steps on each validation)
     val_limit: int = 0  # validate on the first N images only (0: the whole split)
@@ -297,6 +301,8 @@ def validate(config: Config) -> Config:
          f"run.gpu_decode {r.gpu_decode}: a share in 0..1, or -1 (auto)")
     need(r.jpeg_decoder in JPEG_DECODER_CHOICES, f"run.jpeg_decoder {r.jpeg_decoder!r}: "
          f"choose from {', '.join(JPEG_DECODER_CHOICES)}")
+    need(r.augment_in in AUGMENT_IN_CHOICES, f"run.augment_in {r.augment_in!r}: "
+         f"choose from {', '.join(AUGMENT_IN_CHOICES)}")
     need(r.val_every >= 1, f"run.val_every {r.val_every}: must be at least 1")
     need(r.eval_batch_size >= 1, f"run.eval_batch_size {r.eval_batch_size}: must be >= 1")
     need(r.time_limit >= 0, f"run.time_limit {r.time_limit}: must be >= 0")

@@ -373,7 +373,21 @@ def test_config_offers_the_decoders_and_refuses_bad_reading_options() -> None:
     assert JPEG_DECODER_CHOICES == ("auto", *decode.CPU_DECODERS)
     run = resolve("paper").run
     assert (run.prefetch, run.decode_threads, run.gpu_decode) == (-1, 0, -1)  # auto
+    assert run.augment_in == "auto"
     for bad in ("run.prefetch=-2", "run.gpu_decode=1.5", "run.jpeg_decoder=libjpeg",
-                "run.decode_threads=-1"):
+                "run.decode_threads=-1", "run.augment_in=gpu"):
         with pytest.raises(UserError):
             resolve("paper", [bad])
+
+
+def test_run_augment_in_reaches_the_training_loader(big_store: Store) -> None:
+    from alexnet.config import resolve
+    from alexnet.distributed import DistInfo
+    from alexnet.training.data import train_loader
+    from alexnet.training.runtime import setup_runtime
+
+    for value, in_readers in (("auto", True), ("readers", True), ("consumer", False)):
+        config = resolve("paper", [f"run.augment_in={value}", "run.device=cpu"])
+        loader = train_loader(big_store, 2, config, setup_runtime(config, DistInfo()),
+                              big_store.stats)
+        assert loader.reading.augment_in_readers is in_readers, value

@@ -82,5 +82,7 @@ def train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats: 
                        pca_scale=d.pca_scale, mean=d.mean, stats=stats,
                        prefetch=config.run.prefetch, channels_last=rt.channels_last,
                        decoder=config.run.jpeg_decoder, decode_threads=config.run.decode_threads,
-                       gpu_decode=config.run.gpu_decode)
+                       gpu_decode=config.run.gpu_decode,
+                       augment_in_readers={"readers": True, "consumer": False}.get(
+                           config.run.augment_in))
 

@@ -221,7 +221,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
               f"{versus}{layout}{mfu:>7}")
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
-    results["variants"] = time_variants(device, batch, warmup, steps, width)
+    fast = "bf16+channels_last" if cuda else "fp32"  # the setting time_variants runs
+    results["variants"] = time_variants(device, batch, warmup, steps, width,
+                                        results["settings"][fast]["alexnet"])
     return results
 
 
@@ -243,15 +245,16 @@ def variants_for(device: torch.device) -> list[tuple[str, dict[str, Any], tuple[
     return rows
 
 
-def time_variants(device: torch.device, batch: int, warmup: int, steps: int,
-                  width: float = 1.0) -> dict[str, float]:
-    """Images/s of the paper net as it runs by default and in each of `variants_for`, under
-    the fast settings of this device (bf16 + channels_last on CUDA, fp32 on the CPU): which
-    column form and which LRN kernel choice is fastest for the whole step."""
+def time_variants(device: torch.device, batch: int, warmup: int, steps: int, width: float,
+                  default: float) -> dict[str, float]:
+    """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
+    runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
+    timed by `bench`'s table): which column form and which LRN choice is fastest for the
+    whole step."""
     from alexnet.bench.model import lrn_setting
 
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
-    out = {"default": time_steps("alexnet", device, batch, opts, warmup, steps, width)}
+    out = {"default": default}
     for name, kwargs, setting in variants_for(device):
         with lrn_setting(*setting) if setting else contextlib.nullcontext():
             out[name] = time_steps("alexnet", device, batch, opts, warmup, steps, width,

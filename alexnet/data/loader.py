@@ -149,7 +149,7 @@ class Reading:
     decoder: str
     threads: int
     gpu_decode: float
-    augment_in_readers: bool = True
+    augment_in_readers: bool
 
 
 def default_augment_in_readers(device: torch.device | str) -> bool:

@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+from alexnet import paper
+from alexnet.bench.train import GRAPH_ROW, graphed_step, settings_for
 from alexnet.cli import main
 
 
@@ -50,11 +52,56 @@ def test_bench_train(tmp_path, capsys):
     for name in ("fp32", "channels_last", "bf16"):
         assert positive(settings[name]["alexnet"]), name
     assert "needs CUDA" in settings["fp16+GradScaler"]["note"]
+    assert settings[GRAPH_ROW] == {"note": "skipped: CUDA graphs need CUDA"}
     assert r["train_gflop_per_image"] == pytest.approx(4.3, abs=0.05)  # the full paper net's
     variants = r["variants"]  # the paper net's other column forms (and LRN kernels on CUDA)
     assert set(variants) == {"default"} | {f"columns {f} (all three layers)"
                                            for f in ("groups", "separate", "dense")}
     assert all(positive(v) for v in variants.values())
+
+
+def test_graph_row_is_skipped_on_the_cpu():
+    rows = {name: (opts, note) for name, opts, note in settings_for(torch.device("cpu"), False)}
+    assert rows[GRAPH_ROW] == (None, "skipped: CUDA graphs need CUDA")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_matches_eager_steps():
+    """Three replays of the captured step (fp32, dropout on) leave the parameters where three
+    eager train_step calls on the same batch leave them."""
+    import copy
+
+    from alexnet.config import Config
+    from alexnet.distributed import DistInfo
+    from alexnet.model import build_model
+    from alexnet.optim import PaperSGD, param_groups
+    from alexnet.training.loop import train_step
+    from alexnet.training.runtime import setup_runtime
+
+    device = torch.device("cuda")
+    rt = setup_runtime(Config(), DistInfo(device=device))
+    torch.manual_seed(0)
+    eager = build_model("alexnet", num_classes=paper.NUM_CLASSES).to(device)
+    graphed = copy.deepcopy(eager)
+    start = [p.detach().clone() for p in eager.parameters()]
+    x = torch.randn(8, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
+    y = torch.randint(0, paper.NUM_CLASSES, (8,), device=device)
+
+    def optimizer(net):
+        return PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
+                        weight_decay=paper.WEIGHT_DECAY)
+
+    torch.cuda.manual_seed(1)
+    opt = optimizer(eager)
+    losses = [train_step(eager, x, y, opt, rt)[0].item() for _ in range(3)]
+    torch.cuda.manual_seed(1)
+    step = graphed_step(graphed, x, y, optimizer(graphed), rt, warmup=3)
+    replayed = [step()[0].item() for _ in range(3)]
+    assert replayed == pytest.approx(losses, rel=1e-4)
+    for (name, a), b, s in zip(eager.named_parameters(), graphed.parameters(), start,
+                               strict=True):
+        assert not torch.equal(a, s), name  # the steps moved it
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_bench_evaluate(tmp_path, capsys):

@@ -9,6 +9,10 @@ the same run: torchvision's own `torchvision.models.alexnet` when torchvision im
 paper/torchvision ratio of each setting is printed), and this project's torchvision layout
 (`build_model("alexnet-tv")`; not compiled, to keep the benchmark short).
 
+On CUDA the row `bf16+channels_last+CUDA graph` replays the whole step (train_step, captured
+once by `graphed_step` after its warm-up) from a CUDA graph: one launch per step instead of
+one per kernel, without torch.compile.
+
 Model FLOPs utilisation (CUDA): the paper net's FLOPs per image are counted analytically from
 its layers (2 x multiply-accumulates of every conv and fully connected layer; x3 for forward
 plus backward), divided by the device's dense bf16 tensor-core peak from PEAK_BF16_TFLOPS
@@ -20,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from alexnet import paper
+from alexnet.training.runtime import Runtime
 
 PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets
     "H200": 989.0,
@@ -73,6 +80,9 @@ def peak_tflops(device: torch.device) -> float | None:
     return None
 
 
+GRAPH_ROW = "bf16+channels_last+CUDA graph"  # bench's row of the step replayed from a CUDA graph
+
+
 def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str, Any], str]]:
     """(name, run-config overrides, note): the speed options this device can run."""
     bf16_cl = {"amp": "bf16", "channels_last": True}
@@ -84,11 +94,13 @@ def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str,
         if not quick:
             rows.append(("fp16+GradScaler", {"amp": "fp16"}, ""))
         rows.append(("bf16+channels_last+compile (fast)", {**bf16_cl, "compile": True}, ""))
+        rows.append((GRAPH_ROW, {**bf16_cl, "cuda_graph": True}, ""))
     else:
         rows.append(("fp16+GradScaler", None, "skipped: fp16 autocast with loss scaling "
                      "needs CUDA"))
         rows.append(("compile", None, "skipped on the CPU: inductor builds C++ for minutes; "
                      "benchmarked on CUDA"))
+        rows.append((GRAPH_ROW, None, "skipped: CUDA graphs need CUDA"))
     return rows
 
 
@@ -112,19 +124,78 @@ def build_net(arch: str, width: float = 1.0, **kwargs: Any) -> nn.Module | None:
     return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
 
 
+def graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 optimizer: torch.optim.Optimizer, rt: Runtime,
+                 warmup: int = 3) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """train_step on the static CUDA batch (x, y) captured once in a CUDA graph: returns a
+    function that replays it, giving train_step's (loss, wrong), overwritten by each replay.
+
+    PyTorch's whole-network recipe: `warmup` steps on a side stream, grads set to None (the
+    captured backward allocates them in the graph's pool), capture. The warm-up is then undone
+    (parameters, optimizer state, the CUDA RNG; state it created is zeroed, PaperSGD's start),
+    so the first replay is train_step's next step. lr is captured as a number; refill x and y
+    in place, and step the model only by replays (an eager train_step would drop the graph's
+    grads). Not with fp16: GradScaler's step syncs with the host, which a capture forbids.
+    """
+    from alexnet.training.loop import train_step
+
+    if x.device.type != "cuda":
+        raise ValueError(f"graphed_step: CUDA graphs need CUDA tensors, not {x.device}")
+    if rt.scaler.is_enabled():
+        raise ValueError("graphed_step: GradScaler's step syncs with the host; use bf16 or fp32")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = [p.detach().clone() for p in params]
+    saved_state = {(i, key): value.clone() for i, p in enumerate(params)
+                   for key, value in optimizer.state.get(p, {}).items() if torch.is_tensor(value)}
+    rng = torch.cuda.get_rng_state(x.device)
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 1)):
+            train_step(model, x, y, optimizer, rt)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = train_step(model, x, y, optimizer, rt)
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(saved[i])
+            for key, value in optimizer.state[p].items():
+                if torch.is_tensor(value) and (i, key) in saved_state:
+                    value.copy_(saved_state[i, key])
+                elif torch.is_tensor(value):
+                    value.zero_()
+    torch.cuda.set_rng_state(rng, x.device)
+
+    def replay() -> tuple[torch.Tensor, torch.Tensor]:
+        graph.replay()
+        return out
+
+    return replay
+
+
 def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
                warmup: int, steps: int, width: float = 1.0, **net_kwargs: Any) -> float:
-    """Images/s of `steps` training steps after `warmup` (compile happens during warm-up)."""
+    """Images/s of `steps` training steps after `warmup` (compile happens during warm-up).
+
+    `run_opts` are run-config values, except `cuda_graph`: True replays the step from a CUDA
+    graph (`graphed_step`, its warm-up before the capture; one untimed replay).
+    """
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
     from alexnet.optim import PaperSGD, param_groups
     from alexnet.training.loop import train_step
     from alexnet.training.runtime import setup_runtime
 
+    opts = dict(run_opts)
+    graphed = bool(opts.pop("cuda_graph", False))
     config = Config()
-    for key, value in run_opts.items():
+    for key, value in opts.items():
         setattr(config.run, key, value)
     rt = setup_runtime(config, DistInfo(device=device))
+    if graphed and rt.compile:
+        raise ValueError("time_steps: cuda_graph replays the eager step; not with compile")
     torch.manual_seed(0)
     net = build_net(arch, width, **net_kwargs).to(device)
     if rt.channels_last:
@@ -136,21 +207,26 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     if rt.channels_last:  # as the loader delivers it
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)
-    for _ in range(warmup):
-        train_step(model, x, y, optimizer, rt)
+    if graphed:
+        step = graphed_step(model, x, y, optimizer, rt, warmup)
+        step()  # the first launch also uploads the graph
+    else:
+        step = functools.partial(train_step, model, x, y, optimizer, rt)
+        for _ in range(warmup):
+            step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):
-            train_step(model, x, y, optimizer, rt)
+            step()
         end.record()
         torch.cuda.synchronize(device)
         seconds = start.elapsed_time(end) / 1000.0
     else:
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(model, x, y, optimizer, rt)
+            step()
         seconds = time.perf_counter() - t0
     return batch * steps / seconds
 

@@ -16,8 +16,11 @@ read the conv's output and apply it on the fly, which saves the ReLU's own passe
 map forward and backward. Sums are in fp32 (fp64 for fp64 inputs) whatever the storage
 dtype. NCHW and channels_last work alike: only the strides differ. `torch.ops.alexnet.lrn`
 has autograd and fake (meta) implementations, so torch.compile traces it as one node,
-without a graph break. An opt-in second layout (ALEXNET_LRN_LAYOUT=channels, unmeasured on
-a GPU) streams a run of maps through registers instead, each map loaded once per program.
+without a graph break. Two other layouts stream maps through registers instead
+(ALEXNET_LRN_LAYOUT): channels, a run of maps each loaded once per program as a vector of
+pixels, and rows, the default for channels_last tensors, where each thread holds whole
+pixels and loads 16 bytes of consecutive channels at a time (the tile layout's shifted maps
+are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -47,14 +50,23 @@ BACKWARDS = ("recompute", "twophase")
 # through the output buffer: 1 power per element). twophase by measurement: on one H200
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "twophase")
-LAYOUTS = ("tile", "channels")
+LAYOUTS = ("tile", "channels", "rows")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
-# tile (the kernels above: a 2-D block of channels x pixels, shifted maps from the cache)
-# or channels (opt-in, unmeasured on a GPU: a run of channels streamed through registers,
-# each map loaded once per program; its backward ignores ALEXNET_LRN_BACKWARD).
-LAYOUT = os.environ.get("ALEXNET_LRN_LAYOUT", "tile")
+# tile (the kernels above: a 2-D block of channels x pixels, shifted maps from the cache;
+# measured on an H200 at a quarter of a copy's bandwidth), channels (a run of maps streamed
+# through registers, each loaded once per program) or rows (the default: on channels_last
+# tensors whose columns are whole 16-byte groups, each thread streams its pixels' runs of
+# channels, every access 16 bytes; other tensors take the tile kernels). rows is the default
+# by its compiled code for sm_90 (tests/test_lrn_triton.py: only 16-byte global accesses,
+# where the tile forward splits its shifted maps into 2-byte loads), not yet by a GPU
+# measurement: `alexnet bench model train --device cuda` times all three. The channels and
+# rows backwards ignore ALEXNET_LRN_BACKWARD.
+LAYOUT = os.environ.get("ALEXNET_LRN_LAYOUT", "rows")
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
+ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
+ROWS_NUM_WARPS = 4
+ROWS_MAX_RUN = 64  # channels per program of the rows layout (conv1's column of 48 whole)
 
 
 @triton.jit
@@ -354,6 +366,221 @@ def _lrn_backward_channels_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
                          grad.to(out_ptr.dtype.element_ty), mask=_inside(c, p, in_p, cg))
 
 
+@triton.jit
+def _unpack(v, BLOCK_P: tl.constexpr, G: tl.constexpr):
+    """The G channels of v [BLOCK_P, G] (G = 2, 4 or 8) as eight [BLOCK_P] vectors (zeros
+    past G): in-thread splits of a row each thread holds whole, no data movement."""
+    z = tl.zeros([BLOCK_P], v.dtype)
+    x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
+    if G == 2:
+        x0, x1 = tl.split(v)
+    elif G == 4:  # channel 2 i + k at [:, i, k]
+        e, o = tl.split(tl.reshape(v, [BLOCK_P, 2, 2]))
+        x0, x2 = tl.split(e)
+        x1, x3 = tl.split(o)
+    else:  # channel 4 i + 2 j + k at [:, i, j, k]
+        e, o = tl.split(tl.reshape(v, [BLOCK_P, 2, 2, 2]))
+        ee, eo = tl.split(e)
+        oe, oo = tl.split(o)
+        x0, x4 = tl.split(ee)
+        x2, x6 = tl.split(eo)
+        x1, x5 = tl.split(oe)
+        x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _pack(x0, x1, x2, x3, x4, x5, x6, x7, BLOCK_P: tl.constexpr, G: tl.constexpr):
+    """[BLOCK_P, G] from the first G of eight [BLOCK_P] vectors: `_unpack`'s inverse."""
+    if G == 2:
+        v = tl.join(x0, x1)
+    elif G == 4:
+        v = tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [BLOCK_P, 4])
+    else:
+        ee, eo = tl.join(x0, x4), tl.join(x2, x6)
+        oe, oo = tl.join(x1, x5), tl.join(x3, x7)
+        v = tl.reshape(tl.join(tl.join(ee, eo), tl.join(oe, oo)), [BLOCK_P, 8])
+    return v
+
+
+@triton.jit
+def _pick(e: tl.constexpr, x0, x1, x2, x3, x4, x5, x6, x7):
+    """The e-th of eight values (e a compile-time index)."""
+    v = x0
+    if e == 1:
+        v = x1
+    elif e == 2:
+        v = x2
+    elif e == 3:
+        v = x3
+    elif e == 4:
+        v = x4
+    elif e == 5:
+        v = x5
+    elif e == 6:
+        v = x6
+    elif e == 7:
+        v = x7
+    return v
+
+
+@triton.jit
+def _put(e: tl.constexpr, v, x0, x1, x2, x3, x4, x5, x6, x7):
+    """The eight values with the e-th replaced by v (e a compile-time index)."""
+    if e == 0:
+        x0 = v
+    elif e == 1:
+        x1 = v
+    elif e == 2:
+        x2 = v
+    elif e == 3:
+        x3 = v
+    elif e == 4:
+        x4 = v
+    elif e == 5:
+        x5 = v
+    elif e == 6:
+        x6 = v
+    else:
+        x7 = v
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _rows(rows, cg, RUN: tl.constexpr, BLOCK_P: tl.constexpr, G: tl.constexpr):
+    """This program's pixels (rows of the channels_last tensor) and its run: the run's first
+    channel c0 and its column's first channel col0 (absolute), the row offsets, the lanes."""
+    r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pid_c = tl.program_id(1)  # columns x runs
+    runs = cg // RUN
+    col0 = (pid_c // runs) * cg
+    c0 = col0 + (pid_c % runs) * RUN
+    return r, c0, col0, tl.arange(0, G)
+
+
+@triton.jit
+def _group(ptr, r, rows, C, c0, col0, cg, lane, gi: tl.constexpr, RUN: tl.constexpr,
+           G: tl.constexpr, WHOLE: tl.constexpr, BLOCK_P: tl.constexpr, COMPUTE: tl.constexpr):
+    """Channels c0 + gi G .. + G - 1 of rows r as eight [BLOCK_P] vectors: one aligned
+    16-byte load per row. A group outside the run (gi < 0 or past it: the window's reach
+    into the neighbouring run) loads as zeros when it lies outside the column: the clipped
+    window. A run that is its whole column (WHOLE) has no such group to load."""
+    inside_run: tl.constexpr = (gi >= 0) and (gi * G < RUN)
+    z = tl.zeros([BLOCK_P], COMPUTE)
+    x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
+    if inside_run or not WHOLE:
+        ch = c0 + gi * G
+        m = (r < rows)[:, None]  # constant along the row's G lanes: the load vectorises
+        if not inside_run:
+            chs = ch + tl.zeros([BLOCK_P, 1], tl.int32)
+            m = m & (chs >= col0) & (chs < col0 + cg)
+        ptrs = ptr + (r.to(tl.int64) * C)[:, None] + (ch + lane)[None, :]
+        v = tl.load(ptrs, mask=m, other=0.0).to(COMPUTE)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _unpack(v, BLOCK_P, G)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _store_group(ptr, r, rows, C, c0, lane, gi: tl.constexpr, G: tl.constexpr,
+                 BLOCK_P: tl.constexpr, o0, o1, o2, o3, o4, o5, o6, o7):
+    """Write the G values o0.. at channels c0 + gi G .. of rows r: one 16-byte store a row."""
+    v = _pack(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_P, G)
+    ptrs = ptr + (r.to(tl.int64) * C)[:, None] + (c0 + gi * G + lane)[None, :]
+    tl.store(ptrs, v.to(ptr.dtype.element_ty), mask=(r < rows)[:, None])
+
+
+@triton.jit
+def _lrn_forward_rows_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k,
+                             COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                             RUN: tl.constexpr, G: tl.constexpr, WHOLE: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # channels_last: each thread holds whole rows (pixels) of the run, G channels per
+    # 16-byte load, split into per-channel registers; maps c0-HALF..c0+RUN-1+HALF stream
+    # through x0..x4 (x4 the newest) and each finished group of G outputs is stored at once
+    r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
+    HG: tl.constexpr = (HALF + G - 1) // G  # groups each side the windows reach into
+    z = tl.zeros([BLOCK_P], COMPUTE)
+    x0, x1, x2, x3, x4 = z, z, z, z, z
+    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
+    for gs in tl.static_range(RUN // G + 2 * HG):
+        gi = gs - HG
+        v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane, gi,
+                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
+        for e in tl.static_range(G):
+            t = gi * G + e  # the newest map, relative to c0
+            if t >= -HALF and t < RUN + HALF:
+                x0, x1, x2, x3 = x1, x2, x3, x4
+                x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
+                c = t - HALF  # the window's centre
+                if c >= 0 and c < RUN:
+                    w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
+                    pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
+                    o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, a * pw, o0, o1, o2, o3, o4,
+                                                          o5, o6, o7)
+                    if c % G == G - 1:
+                        _store_group(b_ptr, r, rows, C, c0, lane, c // G, G, BLOCK_P,
+                                     o0, o1, o2, o3, o4, o5, o6, o7)
+
+
+@triton.jit
+def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k,
+                              COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                              RUN: tl.constexpr, G: tl.constexpr, WHOLE: tl.constexpr,
+                              BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # the channels layout's streaming backward (one power per map) on whole rows: a at
+    # c0-2HALF..c0+RUN-1+2HALF streams through x0..x4 (x4 = a_i); when s_j (j = i - HALF)
+    # is full, u_j = g_j a_j s_j^(-beta-1) joins u0..u4, and u_j completes the window of
+    # c = j - HALF, whose gradient goes to the output group being filled
+    r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
+    HG: tl.constexpr = (2 * HALF + G - 1) // G
+    z = tl.zeros([BLOCK_P], COMPUTE)
+    x0, x1, x2, x3, x4 = z, z, z, z, z
+    u0, u1, u2, u3, u4 = z, z, z, z, z  # u_{j-4}..u_j
+    g0, g1, g2 = z, z, z  # g_{j-2}..g_j
+    p0, p1, p2 = z, z, z  # p_{j-2}..p_j
+    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
+    h0, h1, h2, h3, h4, h5, h6, h7 = z, z, z, z, z, z, z, z  # g of the previous group
+    for gs in tl.static_range(RUN // G + 2 * HG):
+        gi = gs - HG
+        v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane, gi,
+                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
+        f0, f1, f2, f3, f4, f5, f6, f7 = _group(g_ptr, r, rows, C, c0, col0, cg, lane, gi,
+                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
+        for e in tl.static_range(G):
+            i = gi * G + e  # the newest map of a, relative to c0
+            if i >= -2 * HALF and i < RUN + 2 * HALF:
+                x0, x1, x2, x3 = x1, x2, x3, x4
+                x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
+                j = i - HALF
+                if j >= -HALF and j < RUN + HALF:
+                    w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
+                    pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
+                    if e >= HALF:  # g_j is in this group, else in the previous one
+                        gj = _pick(e - HALF, f0, f1, f2, f3, f4, f5, f6, f7)
+                    else:
+                        gj = _pick(e - HALF + G, h0, h1, h2, h3, h4, h5, h6, h7)
+                    u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
+                    g0, g1, g2 = g1, g2, gj
+                    p0, p1, p2 = p1, p2, pj
+                    c = j - HALF
+                    if c >= 0 and c < RUN:
+                        if HALF == 2:
+                            acc = u0 + u1 + u2 + u3 + u4
+                            ac, gc, pc = x0, g0, p0
+                        else:
+                            acc = u2 + u3 + u4
+                            ac, gc, pc = x2, g1, p1
+                        grad = gc * pc - 2.0 * alpha * beta * ac * acc
+                        if RELU:
+                            grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
+                        o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, grad, o0, o1, o2, o3, o4,
+                                                              o5, o6, o7)
+                        if c % G == G - 1:
+                            _store_group(out_ptr, r, rows, C, c0, lane, c // G, G, BLOCK_P,
+                                         o0, o1, o2, o3, o4, o5, o6, o7)
+        h0, h1, h2, h3, h4, h5, h6, h7 = f0, f1, f2, f3, f4, f5, f6, f7
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     """x as NCHW-contiguous or channels_last-contiguous (unchanged when it already is one)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
@@ -408,11 +635,42 @@ def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, gro
                      BETA_3_4=beta == 0.75, num_warps=CHANNELS_NUM_WARPS)
 
 
-def _channels_layout() -> bool:
-    """Whether ALEXNET_LRN_LAYOUT (LAYOUT) picks the channels layout; a user error if unknown."""
+def _rows_run(cg: int, group: int) -> int | None:
+    """Channels per program of the rows layout: the largest multiple of `group` (a 16-byte
+    load's channels) that divides the column's cg and is at most ROWS_MAX_RUN (or `group`),
+    or None when cg is not a whole number of groups."""
+    if cg % group:
+        return None
+    return max(r for r in range(group, max(ROWS_MAX_RUN, group) + 1, group) if cg % r == 0)
+
+
+def _launch_rows(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
+                 half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
+    """Run a rows-layout `kernel` over channels_last `tensors` (same shape and strides as
+    out): a program per block of pixels and run of a column's channels (`_rows_run`)."""
+    n, c, h, w = out.shape
+    cg = c // groups
+    group = 16 // out.element_size()
+    run = _rows_run(cg, group)
+    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
+    grid = (triton.cdiv(n * h * w, ROWS_BLOCK_P), groups * (cg // run))
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, COMPUTE=compute,
+                     HALF=half, RELU=relu, RUN=run, G=group, WHOLE=run == cg,
+                     BLOCK_P=ROWS_BLOCK_P, BETA_3_4=beta == 0.75, num_warps=ROWS_NUM_WARPS)
+
+
+def _kernels_for(out: torch.Tensor, groups: int) -> str:
+    """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous): LAYOUT
+    (ALEXNET_LRN_LAYOUT; a user error if unknown), except that rows takes only channels_last
+    tensors whose columns are whole 16-byte groups; the others take the tile kernels."""
     if LAYOUT not in LAYOUTS:
         raise UserError(f"ALEXNET_LRN_LAYOUT={LAYOUT!r}: choose from {', '.join(LAYOUTS)}")
-    return LAYOUT == "channels"
+    if LAYOUT != "rows":
+        return LAYOUT
+    channels_last = out.stride(1) == 1 and out.shape[1] > 1
+    fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
+    return "rows" if channels_last and fits else "tile"
 
 
 def _check(x: torch.Tensor, groups: int, half: int) -> None:
@@ -432,10 +690,15 @@ def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: f
     _check(x, groups, half)
     a = _layout(x)
     out = torch.empty_like(a)
-    if out.numel() and _channels_layout():
+    if not out.numel():
+        return out
+    kernels = _kernels_for(out, groups)
+    if kernels == "rows":
+        _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
+    elif kernels == "channels":
         _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
                          relu)
-    elif out.numel():
+    else:
         _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
                 FORWARD_TILE)
     return out
@@ -453,10 +716,16 @@ def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha
     fmt = torch.contiguous_format if a.is_contiguous() else torch.channels_last
     g = g.contiguous(memory_format=fmt)
     out = torch.empty_like(a)
-    if out.numel() and _channels_layout():
+    if not out.numel():
+        return out
+    kernels = _kernels_for(out, groups)
+    if kernels == "rows":
+        _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
+                     relu)
+    elif kernels == "channels":
         _launch_channels(_lrn_backward_channels_kernel, [g, a], out, groups, half, alpha, beta,
                          k, relu)
-    elif out.numel():
+    else:
         twophase = BACKWARD == "twophase"
         kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
         _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,

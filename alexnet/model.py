@@ -138,7 +138,9 @@ def triton_lrn_verified(device: torch.device) -> bool:
 def _verify_triton_lrn(device: torch.device) -> bool:
     """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
     gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(2, 12, 3, 5, generator=gen) * 600 - 300).to(device)
+    # columns of 16 maps, so that every layout's kernels run (the rows layout's need whole
+    # 16-byte groups of channels)
+    x = (torch.rand(2, 32, 3, 5, generator=gen) * 600 - 300).to(device)
     x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn(x.shape, generator=gen).to(device)
     try:

@@ -20,10 +20,13 @@ import alexnet.model
 from alexnet import paper
 from alexnet.model import AlexNet, lrn
 
+DEFAULTS = (alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT)  # as imported
 CASES = {  # name: (shape, groups, n)
     "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
     "one_column_n3": ((1, 7, 3, 6), 1, 3),
     "blocks": ((1, 96, 17, 17), 2, paper.LRN_N),  # conv1's 48 maps a column: 3 blocks of 16
+    # conv2's 128 maps a column: the rows layout's runs of 64, each reading its neighbours'
+    "runs": ((1, 256, 3, 3), 2, paper.LRN_N),
 }
 
 
@@ -37,12 +40,12 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
 
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
-    `variant` backward kernel (or, for "channels", the channels layout's kernels); the torch
-    path on the same inputs; gradcheck in float64. Keys of the variants other than recompute
-    start with the variant's name."""
-    channels = variant == "channels"
-    alexnet.lrn_triton.BACKWARD = "twophase" if channels else variant
-    alexnet.lrn_triton.LAYOUT = "channels" if channels else "tile"
+    `variant` backward kernel (or, for "channels" and "rows", that layout's kernels); the
+    torch path on the same inputs; gradcheck in float64. Keys of the variants other than
+    recompute start with the variant's name."""
+    layout = variant if variant in ("channels", "rows") else "tile"
+    alexnet.lrn_triton.BACKWARD = "twophase" if layout != "tile" else variant
+    alexnet.lrn_triton.LAYOUT = layout
     prefix = "" if variant == "recompute" else f"{variant}."
     gen = torch.Generator().manual_seed(0)
     saved: dict[str, np.ndarray] = {}
@@ -59,14 +62,17 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
                 key = f"{name}.{layout}.{str(dtype)[6:]}"
                 saved[f"{prefix}{key}.y"] = y.double().numpy()
                 saved[f"{prefix}{key}.dx"] = dx.double().numpy()
+                saved[f"{prefix}{key}.kernels"] = np.array(
+                    alexnet.lrn_triton._kernels_for(xd, groups))
                 saved[f"{prefix}{key}.layout_kept"] = np.array(
                     y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt))
                 if dtype == torch.float32 and variant == "recompute":  # once: no prefix
                     y, dx = _run(xd, gd, groups, n, "torch")
                     saved[f"{key}.torch_y"] = y.double().numpy()
                     saved[f"{key}.torch_dx"] = dx.double().numpy()
-    # ReLU folded in: inputs of both signs (and exact zeros), fp32
-    x = torch.rand((2, 12, 5, 4), generator=gen, dtype=torch.float64) * 600 - 300
+    # ReLU folded in: inputs of both signs (and exact zeros), fp32; columns of 8 maps, whole
+    # 16-byte groups, so that the rows layout's kernels run them
+    x = torch.rand((2, 16, 5, 4), generator=gen, dtype=torch.float64) * 600 - 300
     x[0, :, 0, 0] = 0.0
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     saved["relu.x"], saved["relu.g"] = x.numpy(), g.numpy()
@@ -76,7 +82,7 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
         saved[f"{prefix}relu.{layout}.y"] = y.double().numpy()
         saved[f"{prefix}relu.{layout}.dx"] = dx.double().numpy()
     # beta other than the paper's 3/4 takes the kernels' exp2/log2 path
-    x = torch.rand((2, 12, 5, 4), generator=gen, dtype=torch.float64) * 300
+    x = torch.rand((2, 16, 5, 4), generator=gen, dtype=torch.float64) * 300
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     for backend in ("triton", "torch"):
         xi = x.float().requires_grad_()
@@ -84,17 +90,17 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
         y.backward(g.float())
         saved[f"{prefix}beta06.{backend}.y"] = y.detach().double().numpy()
         saved[f"{prefix}beta06.{backend}.dx"] = xi.grad.double().numpy()
-    for n, shape, beta in ((3, (1, 4, 2, 2), 0.6), (5, (1, 6, 2, 1), 0.75)):
+    for n, shape, beta in ((3, (1, 4, 2, 2), 0.6), (5, (1, 8, 2, 1), 0.75)):
         x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
-        # the channels layout's full gradient is checked against the formula above; its
-        # gradcheck takes fast mode (a random projection of the Jacobian: a few interpreted
-        # launches instead of one per element)
+        # the channels and rows layouts' full gradients are checked against the formula
+        # above; their gradcheck takes fast mode (a random projection of the Jacobian: a
+        # few interpreted launches instead of one per element)
         ok = torch.autograd.gradcheck(
             lambda t, n=n, beta=beta: lrn(t, n, 2e-3, beta, 2.0, groups=2, backend="triton"),
-            (x,), fast_mode=channels)
+            (x,), fast_mode=layout != "tile")
         saved[f"{prefix}gradcheck.n{n}"] = np.array(ok)
     saved[f"{prefix}verified.cpu"] = np.array(_verified())
-    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = "recompute", "tile"
+    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = DEFAULTS
     return saved
 
 
@@ -129,5 +135,5 @@ def compile_check() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("recompute"),
-                             **compile_check()})
+    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("rows"),
+                             **kernel("recompute"), **compile_check()})

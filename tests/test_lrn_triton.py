@@ -20,12 +20,14 @@ from alexnet.model import lrn, triton_lrn_module, triton_lrn_verified, use_trito
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-# name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks
-CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N)}
+# name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks,
+# "runs" (conv2's 128 maps a column) 2 runs of the rows layout per column
+CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N),
+         "runs": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 # key prefixes of the kernels: recompute and twophase backward (tile layout), the channels
-# layout (ALEXNET_LRN_LAYOUT=channels: its own forward and backward)
-VARIANTS = ["", "twophase.", "channels."]
+# and rows layouts (ALEXNET_LRN_LAYOUT=channels, rows: their own forward and backward)
+VARIANTS = ["", "twophase.", "channels.", "rows."]
 
 
 def interpret(out: Path) -> dict[str, np.ndarray]:
@@ -86,6 +88,19 @@ def test_triton_lrn_equals_the_formula_fp32(kernel_results, name, layout, varian
     np.testing.assert_allclose(dx, r[f"{key}.torch_dx"], rtol=1e-5, atol=1e-6)
 
 
+def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_results):
+    # channels_last columns of 48 and 128 maps (8 bf16 or 4 fp32 per 16 bytes) take the rows
+    # kernels (so the tests above checked them); columns of 6 and 7 maps and NCHW the tile ones
+    r = kernel_results
+    for dtype in ("float32", "bfloat16"):
+        for name in ("blocks", "runs"):
+            assert r[f"rows.{name}.cl.{dtype}.kernels"] == "rows"
+            assert r[f"rows.{name}.nchw.{dtype}.kernels"] == "tile"
+        for name in ("paper", "one_column_n3"):
+            assert r[f"rows.{name}.cl.{dtype}.kernels"] == "tile"
+        assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
+
+
 def test_the_column_edges_matter(kernel_results):
     # the same input normalised as one column differs at the maps next to the column border
     r = kernel_results
@@ -116,7 +131,7 @@ BF16_RTOL = 1e-2
 # (the twophase backward also rounds each u_c = g_c a_c s_c^(-beta-1) to bf16 once)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("name", ["paper", "blocks"])
+@pytest.mark.parametrize("name", ["paper", "blocks", "runs"])
 def test_triton_lrn_bf16_within_tolerance(kernel_results, name, layout, variant):
     r = kernel_results
     bf16 = torch.from_numpy(r[f"{name}.x"]).bfloat16().double().numpy()
@@ -191,9 +206,10 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
 def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
     if triton_lrn_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "rows")
-    with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='rows': choose from tile, channels"):
-        triton_lrn_module()._channels_layout()
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "diagonal")
+    with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='diagonal': choose from tile, "
+                                        "channels, rows"):
+        triton_lrn_module()._kernels_for(torch.zeros(1, 4, 2, 2), 2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -203,7 +219,7 @@ def test_the_check_passes_where_the_kernel_runs(kernel_results, variant):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backward,layout", [("recompute", "tile"), ("twophase", "tile"),
-                                             ("twophase", "channels")])
+                                             ("twophase", "channels"), ("twophase", "rows")])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
@@ -239,21 +255,18 @@ def test_auto_picks_the_triton_lrn_on_cuda_after_its_check():
     assert use_triton_lrn(torch.zeros(1, device="cuda"), "auto")
 
 
-def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half: int,
-                   beta_3_4: bool, block_c: int, block_p: int, num_warps: int) -> bytes:
+def _hopper_compiled(kernel, pointers: int, dtype: str, consts: dict, num_warps: int):
     """kernel compiled by triton for an H100/H200 (sm_90) without a GPU: the same front end,
     optimiser and ptxas as a launch there, with the JIT's specialisations (pointers and sizes
-    divisible by 16, the unit stride a constant); block_c is the run of the channels
-    layout's kernels."""
+    divisible by 16, the unit stride a constant); `consts` holds its compile-time arguments
+    (the others are ignored)."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    consts = {"COMPUTE": tl.float32, "HALF": half, "RELU": True, "BLOCK_C": block_c,
-              "RUN": block_c, "BLOCK_P": block_p, "CHANNELS_LAST": channels_last,
-              "BETA_3_4": beta_3_4, ("s_c" if channels_last else "s_p"): 1}
-    consts = {k: v for k, v in consts.items() if k in kernel.arg_names}  # tile or channels
+    consts = {k: v for k, v in {"COMPUTE": tl.float32, "RELU": True, **consts}.items()
+              if k in kernel.arg_names}  # tile, channels or rows
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
@@ -264,17 +277,15 @@ def _hopper_binary(kernel, pointers: int, dtype: str, channels_last: bool, half:
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if name != "hw":
+            if name not in ("hw", "rows"):  # pixel counts; strides and sizes of conv1, conv2
                 attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps})
-    return compiled.asm["cubin"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
-def test_the_kernels_compile_for_a_hopper_gpu_here():
-    # a GPU run is rare: a kernel that the GPU compiler rejects is caught on this machine
+def _can_compile_for_hopper() -> None:
+    """Skip unless triton is here and its ASTSource takes constexprs by name."""
     if triton_lrn_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     import inspect
@@ -283,6 +294,12 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
 
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         pytest.skip("this triton's ASTSource predates constexprs by name")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
+def test_the_kernels_compile_for_a_hopper_gpu_here():
+    # a GPU run is rare: a kernel that the GPU compiler rejects is caught on this machine
+    _can_compile_for_hopper()
     m = triton_lrn_module()
     tile, channels = m.NUM_WARPS, m.CHANNELS_NUM_WARPS  # as the launches
     for kernel, pointers, block_c, block_p, num_warps in (
@@ -292,6 +309,40 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
             (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels)):
         for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
                                                      ("fp32", False, 1, False)):
-            binary = _hopper_binary(kernel, pointers, dtype, channels_last, half, beta_3_4,
-                                    block_c, block_p, num_warps)
-            assert binary[:4] == b"\x7fELF"  # a cubin, ptxas accepted it
+            consts = {"HALF": half, "BLOCK_C": block_c, "RUN": block_c, "BLOCK_P": block_p,
+                      "CHANNELS_LAST": channels_last, "BETA_3_4": beta_3_4,
+                      ("s_c" if channels_last else "s_p"): 1}
+            compiled = _hopper_compiled(kernel, pointers, dtype, consts, num_warps)
+            assert compiled.asm["cubin"][:4] == b"\x7fELF"  # a cubin, ptxas accepted it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
+@pytest.mark.parametrize("dtype,group", [("bf16", 8), ("fp32", 4)])
+def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group):
+    # what the rows layout is for: in channels_last the tile kernels' shifted maps are not
+    # 16-byte aligned, so the GPU compiler splits them into 2-byte loads (48 per thread in
+    # the tile forward); the rows kernels' every global load and store is one 16-byte access,
+    # with no shared memory, barrier or shuffle for the window.
+    # conv1's whole column of 48 maps and conv2's runs of 64 of 128 (with their neighbours)
+    _can_compile_for_hopper()
+    import re
+
+    m = triton_lrn_module()
+    for run, whole in ((48, True), (64, False)):
+        for kernel, pointers in ((m._lrn_forward_rows_kernel, 1),
+                                 (m._lrn_backward_rows_kernel, 2)):
+            consts = {"HALF": 2, "RUN": run, "G": group, "WHOLE": whole,
+                      "BLOCK_P": m.ROWS_BLOCK_P, "BETA_3_4": True}
+            compiled = _hopper_compiled(kernel, pointers, dtype, consts, m.ROWS_NUM_WARPS)
+            ptx = compiled.asm["ptx"]
+            wide = len(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*\.v4\.b32\b", ptx))
+            every = len(re.findall(r"\b(?:ld|st)\.global\b", ptx))
+            # each thread's 2 rows: a (and g) over the run and its neighbouring groups, out
+            assert wide == every > 0
+            assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
+            assert compiled.metadata.shared == 0
+    tile = _hopper_compiled(m._lrn_forward_kernel, 1, dtype,
+                            {"HALF": 2, "BLOCK_C": 16, "BLOCK_P": 256, "CHANNELS_LAST": True,
+                             "BETA_3_4": True, "s_c": 1}, m.NUM_WARPS)
+    narrow = re.findall(r"\bld\.global(?:\.\w+)*\.b(?:16|32)\b", tile.asm["ptx"])
+    assert len(narrow) > 8  # the tile forward's shifted loads, one element each

@@ -163,7 +163,10 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
             other = next(v for v in triton_lrn_module().BACKWARDS
                          if v != triton_lrn_module().BACKWARD)
             fns[f"relu+lrn fused, {other} backward"] = _with_setting("BACKWARD", other, fused)
-            fns["relu+lrn fused, channels layout"] = _with_setting("LAYOUT", "channels", fused)
+            for layout in triton_lrn_module().LAYOUTS:
+                if layout != triton_lrn_module().LAYOUT:
+                    fns[f"relu+lrn fused, {layout} layout"] = _with_setting("LAYOUT", layout,
+                                                                           fused)
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
@@ -219,12 +222,14 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
     tile = {"fwd": forward, **{f"bwd {v}": _with_setting("BACKWARD", v, backward)
                                for v in module.BACKWARDS}}
     fns = {"copy": lambda: out.copy_(x),
-           **{k: _with_setting("LAYOUT", "tile", f) for k, f in tile.items()},
-           "fwd channels": _with_setting("LAYOUT", "channels", forward),
-           "bwd channels": _with_setting("LAYOUT", "channels", backward)}
+           **{k: _with_setting("LAYOUT", "tile", f) for k, f in tile.items()}}
+    for layout in module.LAYOUTS:
+        if layout != "tile":
+            fns[f"fwd {layout}"] = _with_setting("LAYOUT", layout, forward)
+            fns[f"bwd {layout}"] = _with_setting("LAYOUT", layout, backward)
     t = _time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
-    rate = {k: (2 if k in ("copy", "fwd", "fwd channels") else 3) * size / t[k] / 1e9
+    rate = {k: (2 if k == "copy" or k.startswith("fwd") else 3) * size / t[k] / 1e9
             for k in t}
     line = f"  LRN {name} triton kernels (a copy of the tensor: {rate['copy']:.0f} GB/s): "
     line += ", ".join(f"{k} {_ms(t[k])} = {rate[k]:.0f} GB/s ({rate[k] / rate['copy']:.2f}x "

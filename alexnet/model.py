@@ -205,6 +205,13 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
     return y.flatten(1, 2)  # (N, C, H, W)
 
 
+def act_lrn(x: torch.Tensor, act: nn.Module, norm: nn.Module) -> torch.Tensor:
+    """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
+    if isinstance(norm, LRN) and isinstance(act, nn.ReLU) and use_triton_lrn(x):
+        return norm(x, relu=True)
+    return norm(act(x))
+
+
 class LRN(nn.Module):
     """Local response normalisation (section 3.3); `alpha_over_n` gives Caffe's convention."""
 
@@ -394,18 +401,12 @@ class AlexNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         init_paper_(self, bias=init_bias)
 
-    def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
-        if isinstance(norm, LRN) and isinstance(self.act, nn.ReLU) and use_triton_lrn(x):
-            return norm(x, relu=True)
-        return norm(self.act(x))
-
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
         p = conv1_pad(x.shape[-1])
         x = F.pad(x, (0, p, 0, p))  # (N, 3, 227, 227)
-        x = self.pool(self._act_lrn(self.conv1(x), self.lrn1))  # (N, 96, 55, 55) -> 27x27
-        x = self.pool(self._act_lrn(self.conv2(x), self.lrn2))  # (N, 256, 27, 27) -> 13x13
+        x = self.pool(act_lrn(self.conv1(x), self.act, self.lrn1))  # (N, 96, 55, 55) -> 27x27
+        x = self.pool(act_lrn(self.conv2(x), self.act, self.lrn2))  # (N, 256, 27, 27) -> 13x13
         x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         return self.pool(self.act(self.conv5(x)))  # (N, 256, 13, 13) -> 6x6
@@ -473,12 +474,6 @@ class AlexNetTV(nn.Module):
             nn.Linear(4096, num_classes),
         )
         init_paper_(self, bias_one=TV_BIAS_ONE, bias=init_bias)
-
-    def _act_lrn(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
-        if isinstance(norm, LRN) and isinstance(self.act, nn.ReLU) and use_triton_lrn(x):
-            return norm(x, relu=True)
-        return norm(self.act(x))
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6)."""
@@ -554,8 +549,9 @@ class SplitAlexNet(nn.Module):
         cols = list(zip(self.cols, self.devices, strict=True))
         h = []
         for col, dev in cols:  # conv1, conv2: own column only
-            y = self.pool(self.lrn(self.act(col["conv1"](x.to(dev, non_blocking=True)))))
-            h.append(self.pool(self.lrn(self.act(col["conv2"](y)))))  # (N, 128, 13, 13)
+            y = self.pool(act_lrn(col["conv1"](x.to(dev, non_blocking=True)), self.act,
+                                  self.lrn))
+            h.append(self.pool(act_lrn(col["conv2"](y), self.act, self.lrn)))  # (N, 128, 13, 13)
         h = [self.act(col["conv3"](self._both(h, dev))) for col, dev in cols]  # both columns
         h = [self.pool(self.act(col["conv5"](self.act(col["conv4"](y)))))  # (N, 128, 6, 6)
              for (col, _), y in zip(cols, h, strict=True)]

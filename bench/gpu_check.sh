@@ -2,9 +2,10 @@
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
 # network, within 8 minutes (each step has its own time limit, summing to 440 s):
 #   tests     the tests with a CUDA path (Triton LRN, GPU decode, CUDA loader, demo)
-#   bench     `alexnet bench model train`: LRN beside ReLU, column forms, paper net beside
-#             torchvision's alexnet in fp32 / bf16 / channels_last / compile (issue 8's goals),
-#             and the paper net's whole step with each column form and LRN kernel choice
+#   bench     `alexnet bench model train`: LRN (each kernel layout) beside ReLU, column forms,
+#             paper net beside torchvision's alexnet in fp32 / bf16 / channels_last / compile /
+#             CUDA graph (issue 8's goals), and the paper net's whole step with each column
+#             form (and split_columns on one device) and LRN kernel choice
 #   data      `alexnet bench data evaluate`: store reads, prepare with 1 worker and all cores
 #   pipeline  `alexnet bench pipeline`: training from raw and jpeg stores beside the model and
 #             the loader alone (augmenting in the read-ahead threads or the consumer),

@@ -18,7 +18,7 @@ import torch
 import alexnet.lrn_triton
 import alexnet.model
 from alexnet import paper
-from alexnet.model import AlexNet, lrn
+from alexnet.model import AlexNet, lrn, split_columns
 
 DEFAULTS = (alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT)  # as imported
 CASES = {  # name: (shape, groups, n)
@@ -111,9 +111,9 @@ def _verified() -> bool:
 
 
 def compile_check() -> dict[str, np.ndarray]:
-    """A width-scaled paper net, eager and torch.compile(fullgraph=True, aot_eager), with
-    ReLU and LRN fused in the op, and eager on the torch path: logits and input gradients;
-    fullgraph makes any graph break an error."""
+    """A width-scaled paper net, eager, as split_columns on one device and
+    torch.compile(fullgraph=True, aot_eager), with ReLU and LRN fused in the op, and eager on
+    the torch path: logits and input gradients; fullgraph makes any graph break an error."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=5, width=0.05, dropout=0.0)
     x = torch.randn(2, 3, 224, 224) * 50
@@ -125,12 +125,14 @@ def compile_check() -> dict[str, np.ndarray]:
         return y.detach().numpy(), xi.grad.numpy()
 
     eager_y, eager_dx = run(model)
+    split_y, split_dx = run(split_columns(model, ("cpu", "cpu")))  # ReLU folded per column
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     comp_y, comp_dx = run(compiled)
     alexnet.model.LRN_BACKEND = "torch"  # the same net with ReLU and today's LRN apart
     torch_y, torch_dx = run(model)
     return {"compile.eager_y": eager_y, "compile.eager_dx": eager_dx,
             "compile.compiled_y": comp_y, "compile.compiled_dx": comp_dx,
+            "compile.split_y": split_y, "compile.split_dx": split_dx,
             "compile.torch_y": torch_y, "compile.torch_dx": torch_dx}
 
 

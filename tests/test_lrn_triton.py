@@ -165,6 +165,10 @@ def test_compiled_paper_net_with_the_op_equals_eager(kernel_results):
     np.testing.assert_allclose(r["compiled_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r["compiled_dx"], r["eager_dx"], rtol=1e-4,
                                atol=1e-5 * np.abs(r["eager_dx"]).max())
+    # split_columns on one device folds ReLU into each column's LRN too: the same function
+    np.testing.assert_allclose(r["split_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["split_dx"], r["eager_dx"], rtol=1e-4,
+                               atol=1e-5 * np.abs(r["eager_dx"]).max())
     # and the net with ReLU folded into the kernel is the net with today's ReLU and LRN
     np.testing.assert_allclose(r["torch_y"], r["eager_y"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(r["torch_dx"], r["eager_dx"], rtol=1e-3,

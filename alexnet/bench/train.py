@@ -180,7 +180,9 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     """Images/s of `steps` training steps after `warmup` (compile happens during warm-up).
 
     `run_opts` are run-config values, except `cuda_graph`: True replays the step from a CUDA
-    graph (`graphed_step`, its warm-up before the capture; one untimed replay).
+    graph (`graphed_step`, its warm-up before the capture; one untimed replay). `net_kwargs`
+    go to the net, except `split_columns`: True runs the paper net as `split_columns` of it
+    with both columns on `device`.
     """
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
@@ -197,7 +199,13 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     if graphed and rt.compile:
         raise ValueError("time_steps: cuda_graph replays the eager step; not with compile")
     torch.manual_seed(0)
-    net = build_net(arch, width, **net_kwargs).to(device)
+    split = bool(net_kwargs.pop("split_columns", False))
+    net = build_net(arch, width, **net_kwargs)
+    if split:  # SplitAlexNet with both columns on this device
+        from alexnet.model import split_columns
+
+        net = split_columns(net, (device, device))
+    net = net.to(device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
@@ -311,6 +319,9 @@ def variants_for(device: torch.device) -> list[tuple[str, dict[str, Any], tuple[
     rows: list[tuple[str, dict[str, Any], tuple[str, str] | None]] = [
         (f"columns {form} (all three layers)", {"column_conv": form}, None)
         for form in COLUMN_FORMS if form != "auto"]
+    # split_columns on one device: each column its own tensors from conv1 to fc7, so no
+    # grouped convolution and no slicing of one column's maps out of both's
+    rows.append(("columns split (SplitAlexNet, one device)", {"split_columns": True}, None))
     probe = torch.zeros(1, device=device)
     module = triton_lrn_module()
     if device.type == "cuda" and module is not None and use_triton_lrn(probe):

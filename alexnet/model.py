@@ -320,6 +320,13 @@ def conv1_pad(size: int, kernel: int = paper.CONV1[1], stride: int = paper.CONV1
     return (-(size - kernel)) % stride
 
 
+def pad_for_conv1(x: torch.Tensor) -> torch.Tensor:
+    """x with conv1_pad zeros right and bottom (224 -> 227); x itself when none are needed
+    (a 227 crop), since F.pad with no padding still copies the batch."""
+    p = conv1_pad(x.shape[-1])
+    return F.pad(x, (0, p, 0, p)) if p else x
+
+
 def pooled_side(crop: int, overlap_pool: bool = True) -> int:
     """The side of the pooled conv5 maps for `crop`-pixel inputs (224 -> 6); < 1: too small."""
     z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
@@ -403,8 +410,7 @@ class AlexNet(nn.Module):
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
-        p = conv1_pad(x.shape[-1])
-        x = F.pad(x, (0, p, 0, p))  # (N, 3, 227, 227)
+        x = pad_for_conv1(x)  # (N, 3, 227, 227)
         x = self.pool(act_lrn(self.conv1(x), self.act, self.lrn1))  # (N, 96, 55, 55) -> 27x27
         x = self.pool(act_lrn(self.conv2(x), self.act, self.lrn2))  # (N, 256, 27, 27) -> 13x13
         x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
@@ -544,8 +550,7 @@ class SplitAlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (N, 4096) on devices[0]."""
-        p = conv1_pad(x.shape[-1])
-        x = F.pad(x, (0, p, 0, p))
+        x = pad_for_conv1(x)
         cols = list(zip(self.cols, self.devices, strict=True))
         h = []
         for col, dev in cols:  # conv1, conv2: own column only

@@ -73,6 +73,25 @@ def test_224_padded_and_227_give_the_same_maps():
         assert model.conv_features(x).shape[1:] == (model.conv5.out_channels, 6, 6)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_a_227_crop_reaches_conv1_without_a_copy(split):
+    # 227 needs no padding (conv1_pad 0): conv1 gets the batch itself, not F.pad's copy of it;
+    # 224 gets the padded copy, zeros on the right and bottom
+    net = AlexNet(num_classes=3, width=0.125, dropout=0.0)
+    net = split_columns(net, ("cpu", "cpu")) if split else net
+    conv1 = net.cols[0]["conv1"] if split else net.conv1
+    seen = []
+    conv1.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    for size in (227, 224):
+        x = torch.randn(2, 3, size, size)
+        net(x)
+        if size == 227:
+            assert seen[-1].data_ptr() == x.data_ptr()
+        else:
+            assert seen[-1].shape[-2:] == (227, 227) and seen[-1][..., :224, :224].equal(x)
+            assert not seen[-1][..., 224:, :].any() and not seen[-1][..., 224:].any()
+
+
 def test_features_are_fc7_after_relu():
     model = AlexNet(width=0.1, dropout=0.5).eval()
     x = torch.randn(3, 3, 224, 224) * 50

@@ -271,6 +271,24 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
 
 
 @triton.jit
+def _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta, HALF: tl.constexpr,
+                 RELU: tl.constexpr):
+    """The streaming backwards' gradient at the centre c of the newest full window: a_c, g_c,
+    p_c lag the stream by 2 HALF maps (x0, g0, p0 for HALF 2; x2, g1, p1 for HALF 1), and the
+    window's u_j are the newest 2 HALF + 1 of u0..u4."""
+    if HALF == 2:
+        acc = u0 + u1 + u2 + u3 + u4
+        ac, gc, pc = x0, g0, p0
+    else:
+        acc = u2 + u3 + u4
+        ac, gc, pc = x2, g1, p1
+    grad = gc * pc - 2.0 * alpha * beta * ac * acc
+    if RELU:
+        grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
+    return grad
+
+
+@triton.jit
 def _run(cg, groups, s_n, s_c, RUN: tl.constexpr, BLOCK_P: tl.constexpr):
     """This program's offsets in the channels layout: base (image and column), the run's
     first channel c0 within the column, pixels p (a 1-D block)."""
@@ -353,15 +371,8 @@ def _lrn_backward_channels_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
             p0, p1, p2 = p1, p2, pj
             if t >= 4 * HALF:
                 c = j - HALF
-                if HALF == 2:
-                    acc = u0 + u1 + u2 + u3 + u4
-                    ac, gc, pc = x0, g0, p0
-                else:
-                    acc = u2 + u3 + u4
-                    ac, gc, pc = x2, g1, p1
-                grad = gc * pc - 2.0 * alpha * beta * ac * acc
-                if RELU:
-                    grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
+                grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta,
+                                    HALF, RELU)
                 tl.store(out_ptr + base + (c * s_c + p * s_p),
                          grad.to(out_ptr.dtype.element_ty), mask=_inside(c, p, in_p, cg))
 
@@ -564,15 +575,8 @@ def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k
                     p0, p1, p2 = p1, p2, pj
                     c = j - HALF
                     if c >= 0 and c < RUN:
-                        if HALF == 2:
-                            acc = u0 + u1 + u2 + u3 + u4
-                            ac, gc, pc = x0, g0, p0
-                        else:
-                            acc = u2 + u3 + u4
-                            ac, gc, pc = x2, g1, p1
-                        grad = gc * pc - 2.0 * alpha * beta * ac * acc
-                        if RELU:
-                            grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
+                        grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha,
+                                            beta, HALF, RELU)
                         o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, grad, o0, o1, o2, o3, o4,
                                                               o5, o6, o7)
                         if c % G == G - 1:

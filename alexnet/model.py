@@ -107,7 +107,8 @@ LRN_BACKENDS = ("auto", "triton", "torch")
 # kernel of alexnet/lrn_triton.py on CUDA tensors when triton imports, else _LRNFunction),
 # triton (always the kernel; CPU tensors need TRITON_INTERPRET=1) or torch (_LRNFunction).
 LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
-_TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, or None when triton is missing
+_TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton
+# (None when triton is missing), "verified.<device type>": the LRN kernel's check
 
 
 def triton_lrn_module() -> Any:
@@ -203,6 +204,46 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         x = F.relu(x)
     y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
     return y.flatten(1, 2)  # (N, C, H, W)
+
+
+POOL_BACKENDS = ("torch", "triton")
+# ALEXNET_POOL picks the max-pooling implementation, read once at import: torch (default,
+# nn.MaxPool2d) or triton (alexnet/pool_triton.py's kernels on channels_last tensors: 16-byte
+# loads, a one-byte argmax, a gathering backward; CPU tensors need TRITON_INTERPRET=1). torch
+# stays the default until a GPU run measures the kernels (docs/model.md, "The rest of the
+# step").
+POOL_BACKEND = os.environ.get("ALEXNET_POOL", "torch")
+
+
+def triton_pool_module() -> Any:
+    """alexnet.pool_triton, or None when triton does not import (tried once, then cached)."""
+    if "pool" not in _TRITON:
+        try:
+            from alexnet import pool_triton
+        except ImportError:
+            pool_triton = None
+        _TRITON["pool"] = pool_triton
+    return _TRITON["pool"]
+
+
+def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:
+    """pool(x); with `backend` (default ALEXNET_POOL) triton, by the Triton kernels where x is
+    channels_last and pool plain (no padding, dilation or ceil mode: the paper net's)."""
+    backend = POOL_BACKEND if backend is None else backend
+    if backend not in POOL_BACKENDS:
+        raise UserError(f"ALEXNET_POOL={backend!r}: choose from {', '.join(POOL_BACKENDS)}")
+    plain = (pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+             and not pool.ceil_mode and not pool.return_indices)
+    if backend == "torch" or not plain or x.dim() != 4 \
+            or not x.is_contiguous(memory_format=torch.channels_last):
+        return pool(x)
+    if triton_pool_module() is None:
+        raise UserError("ALEXNET_POOL=triton: triton does not import; install it "
+                        "(pip install triton, Linux x86-64) or set ALEXNET_POOL=torch")
+    k, s = pool.kernel_size, pool.stride
+    if not isinstance(k, int) or not isinstance(s, int):  # square windows and strides only
+        return pool(x)
+    return torch.ops.alexnet.max_pool(x, k, s)[0]
 
 
 def act_lrn(x: torch.Tensor, act: nn.Module, norm: nn.Module) -> torch.Tensor:
@@ -401,6 +442,8 @@ class AlexNet(nn.Module):
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
         self.pool = nn.MaxPool2d(z, s)
+        if POOL_BACKEND == "triton":
+            triton_pool_module()  # import triton now, not inside a torch.compile trace
         side = pooled_side(crop, overlap_pool)  # 6 for 224 crops
         self.fc6 = nn.Linear(c5 * side * side, fc)
         self.fc7 = nn.Linear(fc, fc)
@@ -411,11 +454,11 @@ class AlexNet(nn.Module):
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
         x = pad_for_conv1(x)  # (N, 3, 227, 227)
-        x = self.pool(act_lrn(self.conv1(x), self.act, self.lrn1))  # (N, 96, 55, 55) -> 27x27
-        x = self.pool(act_lrn(self.conv2(x), self.act, self.lrn2))  # (N, 256, 27, 27) -> 13x13
+        x = max_pool(act_lrn(self.conv1(x), self.act, self.lrn1), self.pool)  # 96x55x55 -> 27x27
+        x = max_pool(act_lrn(self.conv2(x), self.act, self.lrn2), self.pool)  # 256x27x27 -> 13
         x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
-        return self.pool(self.act(self.conv5(x)))  # (N, 256, 13, 13) -> 6x6
+        return max_pool(self.act(self.conv5(x)), self.pool)  # (N, 256, 13, 13) -> 6x6
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (N, 4096), the "last hidden layer" of figure 4 (before dropout)."""
@@ -554,11 +597,11 @@ class SplitAlexNet(nn.Module):
         cols = list(zip(self.cols, self.devices, strict=True))
         h = []
         for col, dev in cols:  # conv1, conv2: own column only
-            y = self.pool(act_lrn(col["conv1"](x.to(dev, non_blocking=True)), self.act,
-                                  self.lrn))
-            h.append(self.pool(act_lrn(col["conv2"](y), self.act, self.lrn)))  # (N, 128, 13, 13)
+            y = max_pool(act_lrn(col["conv1"](x.to(dev, non_blocking=True)), self.act,
+                                 self.lrn), self.pool)
+            h.append(max_pool(act_lrn(col["conv2"](y), self.act, self.lrn), self.pool))
         h = [self.act(col["conv3"](self._both(h, dev))) for col, dev in cols]  # both columns
-        h = [self.pool(self.act(col["conv5"](self.act(col["conv4"](y)))))  # (N, 128, 6, 6)
+        h = [max_pool(self.act(col["conv5"](self.act(col["conv4"](y)))), self.pool)
              for (col, _), y in zip(cols, h, strict=True)]
         h = [t.flatten(1) for t in h]
         h = [self.drop(self.act(col["fc6"](self._both(h, dev)))) for col, dev in cols]

@@ -5,7 +5,8 @@
 #   bench     `alexnet bench model train`: LRN (each kernel layout) beside ReLU, column forms,
 #             paper net beside torchvision's alexnet in fp32 / bf16 / channels_last / compile /
 #             CUDA graph (issue 8's goals), and the paper net's whole step with each column
-#             form (and split_columns on one device) and LRN kernel choice
+#             form (and split_columns on one device), LRN kernel choice and the Triton
+#             max-pool
 #   data      `alexnet bench data evaluate`: store reads, prepare with 1 worker and all cores
 #   pipeline  `alexnet bench pipeline`: training from raw and jpeg stores beside the model and
 #             the loader alone (augmenting in the read-ahead threads or the consumer),

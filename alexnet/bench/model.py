@@ -10,7 +10,8 @@ Then the parts (`parts`), each forward + backward on the real activation shapes:
 Triton kernel where it runs, alone and with the ReLU folded in, and the torch path) beside a
 ReLU on the same tensor; conv2,
 conv4 and conv5 in each column form (groups=2, separate, block-diagonal dense); conv1's
-right/bottom zero padding beside conv1 itself; max-pool in NCHW and channels_last. On CUDA
+right/bottom zero padding beside conv1 itself; max-pool in NCHW and channels_last (and on
+CUDA the Triton kernels of ALEXNET_POOL=triton). On CUDA
 in bf16 and channels_last at batch 256 (the fast preset's setting), timed with CUDA events.
 """
 
@@ -32,7 +33,9 @@ from alexnet.model import (
     build_model,
     conv1_pad,
     lrn,
+    max_pool,
     triton_lrn_module,
+    triton_pool_module,
     use_triton_lrn,
 )
 from alexnet.optim import PaperSGD, param_groups
@@ -184,16 +187,21 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
 
 
 @contextlib.contextmanager
-def lrn_setting(name: str, value: str) -> Iterator[None]:
-    """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
-    ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
-    module = triton_lrn_module()
-    default = getattr(module, name)
-    setattr(module, name, value)
+def setting(owner: object, name: str, value: object) -> Iterator[None]:
+    """owner.name (a module's switch, read when used) set to `value` for a while, then
+    restored."""
+    default = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(module, name, default)
+        setattr(owner, name, default)
+
+
+def lrn_setting(name: str, value: str) -> contextlib.AbstractContextManager[None]:
+    """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
+    ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
+    return setting(triton_lrn_module(), name, value)
 
 
 def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:
@@ -299,11 +307,19 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
     for f, t in maps.items():
         gf = pool_g.contiguous(memory_format=formats[f])
         fns[f"pool {f}"] = _fwd_bwd(pool, t, [t], gf, None)
+    triton_pool = device.type == "cuda" and triton_pool_module() is not None
+    if triton_pool:  # the Triton kernels (ALEXNET_POOL=triton) on the channels_last maps
+        kernels = torch.nn.MaxPool2d(paper.POOL_SIZE, paper.POOL_STRIDE)
+        fns["pool triton"] = _fwd_bwd(lambda t: max_pool(t, kernels, "triton"),
+                                      maps["channels_last"], [maps["channels_last"]],
+                                      pool_g.contiguous(memory_format=torch.channels_last), None)
     t = _time_all(fns, device, *timing)
     print(f"  conv1's {pad}-pixel right/bottom padding {_ms(t['pad'])} beside conv1 fwd+bwd "
           f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
+    kernels = (f", Triton kernels (channels_last) {_ms(t['pool triton'])}" if triton_pool
+               else "")
     print(f"  max-pool 3/2 fwd+bwd on conv1's maps: NCHW {_ms(t['pool nchw'])}, channels_last "
-          f"{_ms(t['pool channels_last'])}")
+          f"{_ms(t['pool channels_last'])}{kernels}")
     return t
 
 

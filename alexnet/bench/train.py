@@ -311,24 +311,33 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def variants_for(device: torch.device) -> list[tuple[str, dict[str, Any], tuple[str, str] | None]]:
-    """(name, AlexNet kwargs, Triton LRN setting or None): the paper net's other ways to run
-    the same function, each timed as a whole step beside the default in the same run."""
-    from alexnet.model import COLUMN_FORMS, triton_lrn_module, use_triton_lrn
+def variants_for(device: torch.device
+                 ) -> list[tuple[str, dict[str, Any], Callable[[], Any] | None]]:
+    """(name, AlexNet kwargs, setting or None): the paper net's other ways to run the same
+    function, each timed as a whole step beside the default in the same run; a setting is a
+    context manager factory (a Triton LRN choice, the Triton max-pool) held while it runs."""
+    import alexnet.model
+    from alexnet.bench.model import lrn_setting, setting
+    from alexnet.model import COLUMN_FORMS, triton_lrn_module, triton_pool_module, use_triton_lrn
 
-    rows: list[tuple[str, dict[str, Any], tuple[str, str] | None]] = [
+    rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
         (f"columns {form} (all three layers)", {"column_conv": form}, None)
         for form in COLUMN_FORMS if form != "auto"]
     # split_columns on one device: each column its own tensors from conv1 to fc7, so no
     # grouped convolution and no slicing of one column's maps out of both's
     rows.append(("columns split (SplitAlexNet, one device)", {"split_columns": True}, None))
+    if device.type != "cuda":
+        return rows
     probe = torch.zeros(1, device=device)
     module = triton_lrn_module()
-    if device.type == "cuda" and module is not None and use_triton_lrn(probe):
-        rows += [(f"LRN {v} backward", {}, ("BACKWARD", v)) for v in module.BACKWARDS
-                 if v != module.BACKWARD]
-        rows += [(f"LRN {v} layout", {}, ("LAYOUT", v)) for v in module.LAYOUTS
-                 if v != module.LAYOUT]
+    if module is not None and use_triton_lrn(probe):
+        rows += [(f"LRN {v} backward", {}, functools.partial(lrn_setting, "BACKWARD", v))
+                 for v in module.BACKWARDS if v != module.BACKWARD]
+        rows += [(f"LRN {v} layout", {}, functools.partial(lrn_setting, "LAYOUT", v))
+                 for v in module.LAYOUTS if v != module.LAYOUT]
+    if triton_pool_module() is not None and alexnet.model.POOL_BACKEND != "triton":
+        rows.append(("max-pool Triton kernels (ALEXNET_POOL=triton)", {},
+                     functools.partial(setting, alexnet.model, "POOL_BACKEND", "triton")))
     return rows
 
 
@@ -336,14 +345,12 @@ def time_variants(device: torch.device, batch: int, warmup: int, steps: int, wid
                   default: float) -> dict[str, float]:
     """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
     runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
-    timed by `bench`'s table): which column form and which LRN choice is fastest for the
+    timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
     whole step."""
-    from alexnet.bench.model import lrn_setting
-
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
     out = {"default": default}
     for name, kwargs, setting in variants_for(device):
-        with lrn_setting(*setting) if setting else contextlib.nullcontext():
+        with setting() if setting else contextlib.nullcontext():
             out[name] = time_steps("alexnet", device, batch, opts, warmup, steps, width,
                                    **kwargs)
     label = "bf16+channels_last" if opts else "fp32"

@@ -1,0 +1,93 @@
+"""Runs the Triton max-pool through Triton's interpreter on CPU tensors; tests/test_pool_triton.py
+starts it in a child process, because TRITON_INTERPRET=1 must be set before triton is
+imported and must not reach the rest of the suite.
+
+Usage: TRITON_INTERPRET=1 python tests/_pool_interpret.py OUT
+writes OUT (.npz): for each case the input, the output gradient, what the kernels gave and
+what torch's max_pool2d gave on the same tensors; and a width-scaled paper net with
+ALEXNET_POOL=triton and torch, eager and compiled.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import alexnet.model
+from alexnet.model import AlexNet
+from alexnet.pool_triton import pooled
+
+CASES = {  # name: (shape, kernel, stride)
+    "conv1": ((2, 96, 13, 13), 3, 2),  # the paper's overlapping pool, 32-channel blocks
+    "odd": ((2, 12, 9, 7), 3, 2),  # masked channel lanes, non-square maps
+    "conv5": ((3, 256, 7, 7), 3, 2),
+    "plain2": ((1, 40, 8, 8), 2, 2),  # section 3.4's non-overlapping comparison
+}
+
+
+def _grads(x: torch.Tensor, g: torch.Tensor, k: int, s: int, kernel: bool
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    xi = x.detach().clone().requires_grad_()
+    y = torch.ops.alexnet.max_pool(xi, k, s)[0] if kernel else F.max_pool2d(xi, k, s)
+    y.backward(g)
+    return y.detach(), xi.grad
+
+
+def kernels() -> dict[str, np.ndarray]:
+    """Each case in fp32 and bf16, random values and small integers (ties)."""
+    gen = torch.Generator().manual_seed(0)
+    saved: dict[str, np.ndarray] = {}
+    for name, (shape, k, s) in CASES.items():
+        out = (shape[0], shape[1], pooled(shape[2], k, s), pooled(shape[3], k, s))
+        for ties in (False, True):
+            x = (torch.randint(0, 4, shape, generator=gen).double() if ties
+                 else torch.randn(shape, generator=gen, dtype=torch.float64))
+            g = torch.randn(out, generator=gen, dtype=torch.float64)
+            for dtype in (torch.float32, torch.bfloat16):
+                key = f"{name}.{'ties' if ties else 'random'}.{str(dtype)[6:]}"
+                xd = x.to(dtype).contiguous(memory_format=torch.channels_last)
+                gd = g.to(dtype).contiguous(memory_format=torch.channels_last)
+                y, dx = _grads(xd, gd, k, s, kernel=True)
+                ry, rdx = _grads(xd, gd, k, s, kernel=False)
+                idx = torch.ops.alexnet.max_pool(xd, k, s)[1]
+                saved[f"{key}.x"], saved[f"{key}.g"] = xd.double().numpy(), gd.double().numpy()
+                saved[f"{key}.y"], saved[f"{key}.dx"] = y.double().numpy(), dx.double().numpy()
+                saved[f"{key}.torch_y"] = ry.double().numpy()
+                saved[f"{key}.torch_dx"] = rdx.double().numpy()
+                saved[f"{key}.idx"] = idx.numpy()
+                saved[f"{key}.layout_kept"] = np.array(
+                    y.is_contiguous(memory_format=torch.channels_last)
+                    and dx.is_contiguous(memory_format=torch.channels_last)
+                    and idx.dtype == torch.int8)
+    return saved
+
+
+def net() -> dict[str, np.ndarray]:
+    """A width-scaled paper net in channels_last (without LRN, which has its own tests; its
+    torch path does not compile with fullgraph): logits and input gradients with the Triton
+    pool (eager and torch.compile(fullgraph=True, aot_eager)) and with torch's."""
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=5, width=0.125, dropout=0.0, lrn=False)
+    model = model.to(memory_format=torch.channels_last)
+    x = (torch.randn(2, 3, 224, 224) * 50).contiguous(memory_format=torch.channels_last)
+
+    def run(m: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        return y.detach().numpy(), xi.grad.numpy()
+
+    alexnet.model.POOL_BACKEND = "triton"
+    eager_y, eager_dx = run(model)
+    comp_y, comp_dx = run(torch.compile(model, backend="aot_eager", fullgraph=True))
+    alexnet.model.POOL_BACKEND = "torch"
+    torch_y, torch_dx = run(model)
+    return {"net.eager_y": eager_y, "net.eager_dx": eager_dx, "net.compiled_y": comp_y,
+            "net.compiled_dx": comp_dx, "net.torch_y": torch_y, "net.torch_dx": torch_dx}
+
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **{**kernels(), **net()})

@@ -1,0 +1,175 @@
+"""The Triton max-pool (alexnet/pool_triton.py) against torch's max_pool2d and a NumPy
+evaluation, on CPU tensors through Triton's interpreter in a child process
+(tests/_pool_interpret.py), so TRITON_INTERPRET never reaches the rest of the suite."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.model import max_pool, triton_pool_module
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CASES = {"conv1": (3, 2), "odd": (3, 2), "conv5": (3, 2), "plain2": (2, 2)}  # kernel, stride
+KEYS = [f"{name}.{values}.{dtype}" for name in CASES for values in ("random", "ties")
+        for dtype in ("float32", "bfloat16")]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, np.ndarray]:
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    out = tmp_path_factory.mktemp("pool") / "interpreted.npz"
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_pool_interpret.py"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as z:
+        return dict(z)
+
+
+def pool_formula(x: np.ndarray, g: np.ndarray, k: int, s: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Max of each k x k window (stride s), the first maximum's position i k + j in scan
+    order, and the input gradient: each output's gradient added to its maximum, in float64."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    windows = np.stack([x[:, :, i:i + s * oh:s, j:j + s * ow:s]
+                        for i in range(k) for j in range(k)], axis=-1)  # (n, c, oh, ow, k*k)
+    where = windows.argmax(-1)  # the first maximum
+    grad = np.zeros_like(x)
+    for q in range(k * k):
+        i, j = divmod(q, k)
+        grad[:, :, i:i + s * oh:s, j:j + s * ow:s] += np.where(where == q, g, 0.0)
+    return windows.max(-1), where, grad
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_the_triton_pool_equals_the_formula_and_torch(results, key):
+    name = key.split(".")[0]
+    k, s = CASES[name]
+    r = {n.removeprefix(f"{key}."): v for n, v in results.items() if n.startswith(f"{key}.")}
+    y, where, grad = pool_formula(r["x"], r["g"], k, s)
+    # the maxima, and (ties included) the window position each came from: torch's first max
+    np.testing.assert_array_equal(r["y"], y)
+    np.testing.assert_array_equal(r["idx"], where)
+    np.testing.assert_array_equal(r["y"], r["torch_y"])
+    assert r["layout_kept"]  # channels_last in and out, the positions one byte each
+    if key.endswith("float32"):  # gradients routed as torch routes them, summed in its order
+        np.testing.assert_array_equal(r["dx"], r["torch_dx"])
+        np.testing.assert_allclose(r["dx"], grad, rtol=1e-6, atol=1e-6)
+    else:  # summed in fp32 and rounded to bf16 once: within one bf16 step of the exact sum
+        # (Triton's interpreter truncates to bf16 where the GPU rounds to nearest)
+        np.testing.assert_allclose(r["dx"], grad, rtol=2 ** -7, atol=1e-6)
+
+
+def test_ties_are_there_to_be_broken(results):
+    # small integers: most windows hold their maximum more than once
+    x = results["conv1.ties.float32.x"]
+    windows = np.stack([x[:, :, i:i + 12:2, j:j + 12:2] for i in range(3) for j in range(3)], -1)
+    assert ((windows == windows.max(-1, keepdims=True)).sum(-1) > 1).mean() > 0.5
+
+
+def test_the_net_with_the_triton_pool_equals_torchs_and_compiles(results):
+    r = {k.removeprefix("net."): v for k, v in results.items() if k.startswith("net.")}
+    np.testing.assert_array_equal(r["eager_y"], r["torch_y"])
+    np.testing.assert_array_equal(r["eager_dx"], r["torch_dx"])
+    # torch.compile(fullgraph=True) traced the op: no graph break, the same numbers
+    np.testing.assert_allclose(r["compiled_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r["compiled_dx"], r["eager_dx"], rtol=1e-4,
+                               atol=1e-5 * np.abs(r["eager_dx"]).max())
+
+
+def test_torch_is_the_default_and_unknown_backends_are_user_errors():
+    import alexnet.model
+
+    pool = nn.MaxPool2d(3, 2)
+    x = torch.rand(1, 4, 7, 7).contiguous(memory_format=torch.channels_last)
+    assert alexnet.model.POOL_BACKEND == os.environ.get("ALEXNET_POOL", "torch")
+    torch.testing.assert_close(max_pool(x, pool, "torch"), pool(x))
+    with pytest.raises(UserError, match="ALEXNET_POOL='fast': choose from torch, triton"):
+        max_pool(x, pool, "fast")
+
+
+def test_what_the_kernels_do_not_take_runs_torchs_pool(monkeypatch):
+    # NCHW tensors, padded or ceil-mode pools: nn.MaxPool2d itself, even with triton chosen
+    import alexnet.model
+
+    monkeypatch.setitem(alexnet.model._TRITON, "pool", None)  # as if triton were missing
+    x = torch.rand(2, 4, 9, 9)
+    for pool in (nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2, padding=1),
+                 nn.MaxPool2d(3, 2, ceil_mode=True)):
+        torch.testing.assert_close(max_pool(x, pool, "triton"), pool(x))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(UserError, match="ALEXNET_POOL=triton: triton does not import"):
+        max_pool(cl, nn.MaxPool2d(3, 2), "triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA test compiles them")
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_the_pool_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype):
+    # compiled for an H100/H200 (sm_90) here: every global load and store of the maps, the
+    # gradients and the one-byte positions is a 16-byte access
+    if triton_pool_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
+        pytest.skip("this triton's ASTSource predates constexprs by name")
+    m = triton_pool_module()
+    consts = {"K": 3, "S": 2, "BLOCK_O": m.BLOCK_PIXELS, "BLOCK_I": m.BLOCK_PIXELS,
+              "BLOCK_C": 32, "EVEN_C": True}
+    for kernel in (m._max_pool_forward_kernel, m._max_pool_backward_kernel):
+        signature, attrs, const = {}, {}, {}
+        for i, name in enumerate(kernel.arg_names):
+            if name in consts:
+                signature[name], const[name] = "constexpr", consts[name]
+            elif name.endswith("_ptr"):
+                signature[name] = "*i8" if name == "idx_ptr" else f"*{dtype}"
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                signature[name] = "i32"
+                if name == "C":  # 96 and 256 maps
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=const,
+                                            attrs=attrs),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": m.NUM_WARPS})
+        accesses = re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*", compiled.asm["ptx"])
+        assert accesses and all(".v4.b32" in a for a in accesses), accesses
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_pool_on_cuda_equals_torchs(dtype):
+    if triton_pool_module() is None:
+        pytest.skip("triton does not import here")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 96, 55, 55, generator=gen).to(dtype).cuda()
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 96, 27, 27, generator=gen).to(dtype).cuda()
+    got, want = (x.clone().requires_grad_() for _ in range(2))
+    y = max_pool(got, nn.MaxPool2d(3, 2), "triton")
+    y.backward(g)
+    ref = F.max_pool2d(want, 3, 2)
+    ref.backward(g)
+    assert torch.equal(y, ref) and y.is_contiguous(memory_format=torch.channels_last)
+    tol = 0 if dtype == torch.float32 else 2 ** -7  # torch may sum ties' gradients in bf16
+    torch.testing.assert_close(got.grad.float(), want.grad.float(), rtol=tol, atol=tol)

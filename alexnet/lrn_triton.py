@@ -476,13 +476,14 @@ def _group(ptr, r, rows, C, c0, col0, cg, lane, gi: tl.constexpr, RUN: tl.conste
     16-byte load per row. A group outside the run (gi < 0 or past it: the window's reach
     into the neighbouring run) loads as zeros when it lies outside the column: the clipped
     window. A run that is its whole column (WHOLE) has no such group to load."""
-    inside_run: tl.constexpr = (gi >= 0) and (gi * G < RUN)
+    # compile-time flags as numbers (no and/or/not on constexprs, which older Triton lacks)
+    OUTSIDE: tl.constexpr = (gi < 0) + (gi * G >= RUN)  # 1: a neighbouring run's group
     z = tl.zeros([BLOCK_P], COMPUTE)
     x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
-    if inside_run or not WHOLE:
+    if OUTSIDE * WHOLE == 0:
         ch = c0 + gi * G
         m = (r < rows)[:, None]  # constant along the row's G lanes: the load vectorises
-        if not inside_run:
+        if OUTSIDE:
             chs = ch + tl.zeros([BLOCK_P, 1], tl.int32)
             m = m & (chs >= col0) & (chs < col0 + cg)
         ptrs = ptr + (r.to(tl.int64) * C)[:, None] + (ch + lane)[None, :]
@@ -519,11 +520,11 @@ def _lrn_forward_rows_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k,
                                                 RUN, G, WHOLE, BLOCK_P, COMPUTE)
         for e in tl.static_range(G):
             t = gi * G + e  # the newest map, relative to c0
-            if t >= -HALF and t < RUN + HALF:
+            c = t - HALF  # the centre of the window it completes
+            if (t + HALF >= 0) * (t < RUN + HALF):  # a map some window of the run needs
                 x0, x1, x2, x3 = x1, x2, x3, x4
                 x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-                c = t - HALF  # the window's centre
-                if c >= 0 and c < RUN:
+                if (c >= 0) * (c < RUN):
                     w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
                     pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
                     o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, a * pw, o0, o1, o2, o3, o4,
@@ -559,11 +560,12 @@ def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k
                                                 RUN, G, WHOLE, BLOCK_P, COMPUTE)
         for e in tl.static_range(G):
             i = gi * G + e  # the newest map of a, relative to c0
-            if i >= -2 * HALF and i < RUN + 2 * HALF:
+            j = i - HALF  # the map whose window it completes
+            c = j - HALF  # the map whose gradient u_j completes
+            if (i + 2 * HALF >= 0) * (i < RUN + 2 * HALF):
                 x0, x1, x2, x3 = x1, x2, x3, x4
                 x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-                j = i - HALF
-                if j >= -HALF and j < RUN + HALF:
+                if (j + HALF >= 0) * (j < RUN + HALF):
                     w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
                     pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
                     if e >= HALF:  # g_j is in this group, else in the previous one
@@ -573,8 +575,7 @@ def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k
                     u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
                     g0, g1, g2 = g1, g2, gj
                     p0, p1, p2 = p1, p2, pj
-                    c = j - HALF
-                    if c >= 0 and c < RUN:
+                    if (c >= 0) * (c < RUN):
                         grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha,
                                             beta, HALF, RELU)
                         o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, grad, o0, o1, o2, o3, o4,

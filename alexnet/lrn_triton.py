@@ -508,30 +508,30 @@ def _lrn_forward_rows_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k,
                              BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
     # channels_last: each thread holds whole rows (pixels) of the run, G channels per
     # 16-byte load, split into per-channel registers; maps c0-HALF..c0+RUN-1+HALF stream
-    # through x0..x4 (x4 the newest) and each finished group of G outputs is stored at once
+    # through x0..x4 (x4 the newest) and each finished group of G outputs is stored at once.
+    # Step tt takes map tt - HALF (relative to c0) and completes the window of map
+    # tt - 2 HALF. Compile-time indices stay inline expressions of tt: a name assigned one
+    # is a run-time value in older Triton (3.6 on the GPU machine).
     r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
-    HG: tl.constexpr = (HALF + G - 1) // G  # groups each side the windows reach into
     z = tl.zeros([BLOCK_P], COMPUTE)
     x0, x1, x2, x3, x4 = z, z, z, z, z
+    v0, v1, v2, v3, v4, v5, v6, v7 = z, z, z, z, z, z, z, z
     o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
-    for gs in tl.static_range(RUN // G + 2 * HG):
-        gi = gs - HG
-        v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane, gi,
-                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
-        for e in tl.static_range(G):
-            t = gi * G + e  # the newest map, relative to c0
-            c = t - HALF  # the centre of the window it completes
-            if (t + HALF >= 0) * (t < RUN + HALF):  # a map some window of the run needs
-                x0, x1, x2, x3 = x1, x2, x3, x4
-                x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-                if (c >= 0) * (c < RUN):
-                    w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
-                    pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
-                    o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, a * pw, o0, o1, o2, o3, o4,
-                                                          o5, o6, o7)
-                    if c % G == G - 1:
-                        _store_group(b_ptr, r, rows, C, c0, lane, c // G, G, BLOCK_P,
-                                     o0, o1, o2, o3, o4, o5, o6, o7)
+    for tt in tl.static_range(RUN + 2 * HALF):
+        if ((tt - HALF) % G == 0) + (tt == 0):  # the map opens a group: load it
+            v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane,
+                                                    (tt - HALF) // G, RUN, G, WHOLE, BLOCK_P,
+                                                    COMPUTE)
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_pick((tt - HALF) % G, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
+        if tt >= 2 * HALF:  # the window of map tt - 2 HALF is full
+            w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
+            pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
+            o0, o1, o2, o3, o4, o5, o6, o7 = _put((tt - 2 * HALF) % G, a * pw, o0, o1, o2, o3,
+                                                  o4, o5, o6, o7)
+            if (tt - 2 * HALF) % G == G - 1:
+                _store_group(b_ptr, r, rows, C, c0, lane, (tt - 2 * HALF) // G, G, BLOCK_P,
+                             o0, o1, o2, o3, o4, o5, o6, o7)
 
 
 @triton.jit
@@ -540,50 +540,49 @@ def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k
                               RUN: tl.constexpr, G: tl.constexpr, WHOLE: tl.constexpr,
                               BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
     # the channels layout's streaming backward (one power per map) on whole rows: a at
-    # c0-2HALF..c0+RUN-1+2HALF streams through x0..x4 (x4 = a_i); when s_j (j = i - HALF)
-    # is full, u_j = g_j a_j s_j^(-beta-1) joins u0..u4, and u_j completes the window of
-    # c = j - HALF, whose gradient goes to the output group being filled
+    # c0-2HALF..c0+RUN-1+2HALF streams through x0..x4; step tt takes a at i = tt - 2 HALF
+    # and completes s_j for j = tt - 3 HALF, so u_j = g_j a_j s_j^(-beta-1) joins u0..u4,
+    # and u_j completes the window of c = tt - 4 HALF, whose gradient goes to the output
+    # group being filled (compile-time indices inline, as in the forward)
     r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
-    HG: tl.constexpr = (2 * HALF + G - 1) // G
     z = tl.zeros([BLOCK_P], COMPUTE)
     x0, x1, x2, x3, x4 = z, z, z, z, z
     u0, u1, u2, u3, u4 = z, z, z, z, z  # u_{j-4}..u_j
     g0, g1, g2 = z, z, z  # g_{j-2}..g_j
     p0, p1, p2 = z, z, z  # p_{j-2}..p_j
+    v0, v1, v2, v3, v4, v5, v6, v7 = z, z, z, z, z, z, z, z  # a's group being read
+    f0, f1, f2, f3, f4, f5, f6, f7 = z, z, z, z, z, z, z, z  # g's group being read
     o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
-    h0, h1, h2, h3, h4, h5, h6, h7 = z, z, z, z, z, z, z, z  # g of the previous group
-    for gs in tl.static_range(RUN // G + 2 * HG):
-        gi = gs - HG
-        v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane, gi,
-                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
-        f0, f1, f2, f3, f4, f5, f6, f7 = _group(g_ptr, r, rows, C, c0, col0, cg, lane, gi,
-                                                RUN, G, WHOLE, BLOCK_P, COMPUTE)
-        for e in tl.static_range(G):
-            i = gi * G + e  # the newest map of a, relative to c0
-            j = i - HALF  # the map whose window it completes
-            c = j - HALF  # the map whose gradient u_j completes
-            if (i + 2 * HALF >= 0) * (i < RUN + 2 * HALF):
-                x0, x1, x2, x3 = x1, x2, x3, x4
-                x4 = _relu(_pick(e, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-                if (j + HALF >= 0) * (j < RUN + HALF):
-                    w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
-                    pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
-                    if e >= HALF:  # g_j is in this group, else in the previous one
-                        gj = _pick(e - HALF, f0, f1, f2, f3, f4, f5, f6, f7)
-                    else:
-                        gj = _pick(e - HALF + G, h0, h1, h2, h3, h4, h5, h6, h7)
-                    u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
-                    g0, g1, g2 = g1, g2, gj
-                    p0, p1, p2 = p1, p2, pj
-                    if (c >= 0) * (c < RUN):
-                        grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha,
-                                            beta, HALF, RELU)
-                        o0, o1, o2, o3, o4, o5, o6, o7 = _put(c % G, grad, o0, o1, o2, o3, o4,
-                                                              o5, o6, o7)
-                        if c % G == G - 1:
-                            _store_group(out_ptr, r, rows, C, c0, lane, c // G, G, BLOCK_P,
-                                         o0, o1, o2, o3, o4, o5, o6, o7)
-        h0, h1, h2, h3, h4, h5, h6, h7 = f0, f1, f2, f3, f4, f5, f6, f7
+    for tt in tl.static_range(RUN + 4 * HALF):
+        if ((tt - 2 * HALF) % G == 0) + (tt == 0):  # a's map i opens a group
+            v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane,
+                                                    (tt - 2 * HALF) // G, RUN, G, WHOLE,
+                                                    BLOCK_P, COMPUTE)
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_pick((tt - 2 * HALF) % G, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
+        if tt >= 2 * HALF:  # s_j is full, j = tt - 3 HALF
+            if WHOLE * ((tt - 3 * HALF < 0) + (tt - 3 * HALF >= RUN)):
+                uj, gj, pj = z, z, z  # j outside the column: g_j = 0, so u_j = 0
+            else:
+                if ((tt - 3 * HALF) % G == 0) + (tt == 2 * HALF):  # g's map j opens a group
+                    f0, f1, f2, f3, f4, f5, f6, f7 = _group(g_ptr, r, rows, C, c0, col0, cg,
+                                                            lane, (tt - 3 * HALF) // G, RUN, G,
+                                                            WHOLE, BLOCK_P, COMPUTE)
+                w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
+                pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
+                gj = _pick((tt - 3 * HALF) % G, f0, f1, f2, f3, f4, f5, f6, f7)
+                uj = gj * aj * qj
+            u0, u1, u2, u3, u4 = u1, u2, u3, u4, uj
+            g0, g1, g2 = g1, g2, gj
+            p0, p1, p2 = p1, p2, pj
+            if tt >= 4 * HALF:  # c = tt - 4 HALF has all its u_j
+                grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta,
+                                    HALF, RELU)
+                o0, o1, o2, o3, o4, o5, o6, o7 = _put((tt - 4 * HALF) % G, grad, o0, o1, o2,
+                                                      o3, o4, o5, o6, o7)
+                if (tt - 4 * HALF) % G == G - 1:
+                    _store_group(out_ptr, r, rows, C, c0, lane, (tt - 4 * HALF) // G, G,
+                                 BLOCK_P, o0, o1, o2, o3, o4, o5, o6, o7)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,8 @@ def triton_lrn_verified(device: torch.device) -> bool:
     """Whether the Triton LRN runs on `device`'s type and matches the torch path, forward
     and backward, on a tiny input (tried once per device type, then cached). A kernel that
     fails to compile or disagrees must not stop training: `auto` then warns once, on one
-    line, and keeps the torch path for the process."""
+    line, and keeps the torch path for the process; if only a layout other than tile
+    fails, the process keeps the kernels in the tile layout instead."""
     key = f"verified.{device.type}"
     if key not in _TRITON:
         if torch.compiler.is_compiling():  # inside a torch.compile trace: run it eagerly
@@ -144,16 +145,32 @@ def _verify_triton_lrn(device: torch.device) -> bool:
     x = (torch.rand(2, 32, 3, 5, generator=gen) * 600 - 300).to(device)
     x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn(x.shape, generator=gen).to(device)
-    try:
-        ok = _agree(_lrn_and_grad(x, g, "triton"), _lrn_and_grad(x, g, "torch"))
-        why = "differs from the torch path on a test input"
-    except Exception as err:  # any failure to compile or launch: fall back, never stop
-        first = str(err).strip().partition("\n")[0]
-        ok, why = False, f"failed ({type(err).__name__}: {first})"
-    if not ok:
+    module = triton_lrn_module()
+    why = _triton_lrn_fault(x, g)
+    layout = module.LAYOUT
+    if why is not None and layout != "tile":  # the layout measured longest, before none
+        module.LAYOUT = "tile"
+        if _triton_lrn_fault(x, g) is None:
+            print(f"alexnet: warning: the Triton LRN's {layout} layout on {device.type} {why}; "
+                  "using the tile layout (ALEXNET_LRN_LAYOUT=tile skips this)", file=sys.stderr)
+            return True
+        module.LAYOUT = layout
+    if why is not None:
         print(f"alexnet: warning: the Triton LRN on {device.type} {why}; using the torch path "
               "(set ALEXNET_LRN=torch to skip this check)", file=sys.stderr)
-    return ok
+    return why is None
+
+
+def _triton_lrn_fault(x: torch.Tensor, g: torch.Tensor) -> str | None:
+    """Why the Triton LRN of x (ReLU folded in) fails or disagrees with the torch path,
+    forward and backward for the output gradient g; None when it agrees."""
+    try:
+        if _agree(_lrn_and_grad(x, g, "triton"), _lrn_and_grad(x, g, "torch")):
+            return None
+        return "differs from the torch path on a test input"
+    except Exception as err:  # any failure to compile or launch: fall back, never stop
+        first = str(err).strip().partition("\n")[0]
+        return f"failed ({type(err).__name__}: {first})"
 
 
 def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str

@@ -10,6 +10,8 @@ evaluation of the paper's formula.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 
 import numpy as np
@@ -110,6 +112,26 @@ def _verified() -> bool:
     return alexnet.model.triton_lrn_verified(torch.device("cpu"))
 
 
+def rows_fallback() -> dict[str, np.ndarray]:
+    """triton_lrn_verified with the rows kernels broken on purpose (their launch raises):
+    whether the kernels are kept, the layout the process is left with, what went to stderr."""
+    module = alexnet.lrn_triton
+    saved = module._launch_rows, module.LAYOUT
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the rows kernel, broken on purpose")
+
+    module._launch_rows, module.LAYOUT = broken, "rows"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        ok = _verified()
+    layout = module.LAYOUT
+    module._launch_rows, module.LAYOUT = saved
+    alexnet.model._TRITON.pop("verified.cpu", None)
+    return {"fallback.ok": np.array(ok), "fallback.layout": np.array(layout),
+            "fallback.stderr": np.array(err.getvalue())}
+
+
 def compile_check() -> dict[str, np.ndarray]:
     """A width-scaled paper net, eager, as split_columns on one device and
     torch.compile(fullgraph=True, aot_eager), with ReLU and LRN fused in the op, and eager on
@@ -138,4 +160,4 @@ def compile_check() -> dict[str, np.ndarray]:
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("rows"),
-                             **kernel("recompute"), **compile_check()})
+                             **kernel("recompute"), **rows_fallback(), **compile_check()})

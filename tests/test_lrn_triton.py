@@ -207,6 +207,17 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
     assert "using the torch path" in err
 
 
+def test_a_failing_rows_layout_falls_back_to_the_tile_kernels(kernel_results):
+    # the rows kernels have not run on a GPU yet: if they fail there, the check keeps the
+    # Triton LRN in its tile layout (one warning) rather than the far slower torch path
+    r = kernel_results
+    assert r["fallback.ok"] and r["fallback.layout"] == "tile"
+    err = str(r["fallback.stderr"])
+    assert err.count("\n") == 1 and err.startswith("alexnet: warning: the Triton LRN's rows "
+                                                  "layout on cpu failed (RuntimeError: ")
+    assert "using the tile layout" in err
+
+
 def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
     if triton_lrn_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")

@@ -163,13 +163,15 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
             fused = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton", relu=True),
                              x, [x], g, None)
             fns["relu+lrn fused"] = fused
-            other = next(v for v in triton_lrn_module().BACKWARDS
-                         if v != triton_lrn_module().BACKWARD)
-            fns[f"relu+lrn fused, {other} backward"] = _with_setting("BACKWARD", other, fused)
-            for layout in triton_lrn_module().LAYOUTS:
-                if layout != triton_lrn_module().LAYOUT:
+            module = triton_lrn_module()
+            for layout in module.LAYOUTS:
+                if layout != module.LAYOUT:
                     fns[f"relu+lrn fused, {layout} layout"] = _with_setting("LAYOUT", layout,
                                                                            fused)
+            for v in module.BACKWARDS:  # the backward choice applies to the tile kernels
+                if v != module.BACKWARD:
+                    fns[f"relu+lrn fused, tile layout, {v} backward"] = _with_setting(
+                        "LAYOUT", "tile", _with_setting("BACKWARD", v, fused))
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
@@ -202,6 +204,15 @@ def lrn_setting(name: str, value: str) -> contextlib.AbstractContextManager[None
     """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
     ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
     return setting(triton_lrn_module(), name, value)
+
+
+@contextlib.contextmanager
+def lrn_settings(**values: str) -> Iterator[None]:
+    """Several of the Triton LRN module's switches (`lrn_setting`) set at once."""
+    with contextlib.ExitStack() as stack:
+        for name, value in values.items():
+            stack.enter_context(lrn_setting(name, value))
+        yield
 
 
 def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:

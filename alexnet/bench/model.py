@@ -168,6 +168,10 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                 if layout != module.LAYOUT:
                     fns[f"relu+lrn fused, {layout} layout"] = _with_setting("LAYOUT", layout,
                                                                            fused)
+            column = shape[1] // 2
+            if module.LAYOUT == "rows" and column > module.ROWS_MAX_RUN:  # conv2's 128 maps
+                fns[f"relu+lrn fused, rows layout in runs of {column}"] = _with_setting(
+                    "ROWS_MAX_RUN", column, fused)  # whole columns: no neighbours' loads
             for v in module.BACKWARDS:  # the backward choice applies to the tile kernels
                 if v != module.BACKWARD:
                     fns[f"relu+lrn fused, tile layout, {v} backward"] = _with_setting(
@@ -200,7 +204,7 @@ def setting(owner: object, name: str, value: object) -> Iterator[None]:
         setattr(owner, name, default)
 
 
-def lrn_setting(name: str, value: str) -> contextlib.AbstractContextManager[None]:
+def lrn_setting(name: str, value: str | int) -> contextlib.AbstractContextManager[None]:
     """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
     ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
     return setting(triton_lrn_module(), name, value)
@@ -215,7 +219,8 @@ def lrn_settings(**values: str) -> Iterator[None]:
         yield
 
 
-def _with_setting(name: str, value: str, step: Callable[[], object]) -> Callable[[], object]:
+def _with_setting(name: str, value: str | int, step: Callable[[], object]
+                  ) -> Callable[[], object]:
     """step run under `lrn_setting(name, value)`."""
     def run() -> object:
         with lrn_setting(name, value):

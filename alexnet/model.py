@@ -21,6 +21,7 @@ is silent or inconsistent (docs/model.md):
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import sys
 from typing import Any
@@ -111,15 +112,19 @@ _TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.po
 # (None when triton is missing), "verified.<device type>": the LRN kernel's check
 
 
+def _triton_kernels(key: str, name: str) -> Any:
+    """alexnet.<name>, or None when triton does not import (tried once, cached at key)."""
+    if key not in _TRITON:
+        try:
+            _TRITON[key] = importlib.import_module(f"alexnet.{name}")
+        except ImportError:
+            _TRITON[key] = None
+    return _TRITON[key]
+
+
 def triton_lrn_module() -> Any:
     """alexnet.lrn_triton, or None when triton does not import (tried once, then cached)."""
-    if "module" not in _TRITON:
-        try:
-            from alexnet import lrn_triton
-        except ImportError:
-            lrn_triton = None
-        _TRITON["module"] = lrn_triton
-    return _TRITON["module"]
+    return _triton_kernels("module", "lrn_triton")
 
 
 def triton_lrn_verified(device: torch.device) -> bool:
@@ -234,13 +239,7 @@ POOL_BACKEND = os.environ.get("ALEXNET_POOL", "torch")
 
 def triton_pool_module() -> Any:
     """alexnet.pool_triton, or None when triton does not import (tried once, then cached)."""
-    if "pool" not in _TRITON:
-        try:
-            from alexnet import pool_triton
-        except ImportError:
-            pool_triton = None
-        _TRITON["pool"] = pool_triton
-    return _TRITON["pool"]
+    return _triton_kernels("pool", "pool_triton")
 
 
 def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:

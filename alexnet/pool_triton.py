@@ -43,17 +43,17 @@ def _channels(C, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
 
 @triton.jit
 def _max_pool_forward_kernel(x_ptr, out_ptr, idx_ptr, n_out, H, W, OH, OW, C,
-                             K: tl.constexpr, S: tl.constexpr, BLOCK_O: tl.constexpr,
+                             K: tl.constexpr, S: tl.constexpr, BLOCK_P: tl.constexpr,
                              BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
-    o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)  # output pixels, n-major
+    o = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels, n-major
     c, c_ok = _channels(C, BLOCK_C, EVEN_C)
     mask = (o < n_out)[:, None] & c_ok[None, :]
     ow = o % OW
     oh = (o // OW) % OH
     n = o // (OW * OH)
     top_left = (n * H + oh * S) * W + ow * S  # the window's first input pixel
-    best = tl.full([BLOCK_O, BLOCK_C], float("-inf"), tl.float32)
-    arg = tl.zeros([BLOCK_O, BLOCK_C], tl.int32)
+    best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)
+    arg = tl.zeros([BLOCK_P, BLOCK_C], tl.int32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
             r = (top_left + i * W + j).to(tl.int64)
@@ -69,16 +69,16 @@ def _max_pool_forward_kernel(x_ptr, out_ptr, idx_ptr, n_out, H, W, OH, OW, C,
 
 @triton.jit
 def _max_pool_backward_kernel(g_ptr, idx_ptr, out_ptr, n_in, H, W, OH, OW, C,
-                              K: tl.constexpr, S: tl.constexpr, BLOCK_I: tl.constexpr,
+                              K: tl.constexpr, S: tl.constexpr, BLOCK_P: tl.constexpr,
                               BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
-    p = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)  # input pixels, n-major
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels, n-major
     c, c_ok = _channels(C, BLOCK_C, EVEN_C)
     in_p = p < n_in
     iw = p % W
     ih = (p // W) % H
     n = p // (W * H)
     REACH: tl.constexpr = (K + S - 1) // S  # windows per axis that can hold a pixel
-    acc = tl.zeros([BLOCK_I, BLOCK_C], tl.float32)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
     # windows in PyTorch's order (oh, then ow, ascending), so sums round as its scatter does
     for a in tl.static_range(REACH):
         oh = ih // S - (REACH - 1 - a)
@@ -118,8 +118,16 @@ def _check(x: torch.Tensor, k: int, s: int) -> None:
         raise ValueError(f"max_pool: kernel {k}, stride {s} on {tuple(x.shape[2:])} maps")
 
 
-def _device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+def _launch(kernel, args: list, k: int, s: int) -> None:
+    """Run `kernel` on args (three tensors, the pixel count it walks, h, w, oh, ow, C): a
+    program per block of BLOCK_PIXELS pixels and of channels (`_block_c`)."""
+    pixels, c = args[3], args[-1]
+    block_c, even = _block_c(c)
+    grid = (triton.cdiv(pixels, BLOCK_PIXELS), triton.cdiv(c, block_c))
+    device = args[0].device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        kernel[grid](*args, K=k, S=s, BLOCK_P=BLOCK_PIXELS, BLOCK_C=block_c, EVEN_C=even,
+                     num_warps=NUM_WARPS)
 
 
 @torch.library.custom_op("alexnet::max_pool", mutates_args=())
@@ -134,12 +142,7 @@ def max_pool(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tenso
     idx = torch.empty((n, c, oh, ow), dtype=torch.int8, device=x.device,
                       memory_format=torch.channels_last)
     if out.numel():
-        block_c, even = _block_c(c)
-        grid = (triton.cdiv(n * oh * ow, BLOCK_PIXELS), triton.cdiv(c, block_c))
-        with _device(x):
-            _max_pool_forward_kernel[grid](x, out, idx, n * oh * ow, h, w, oh, ow, c, K=k, S=s,
-                                           BLOCK_O=BLOCK_PIXELS, BLOCK_C=block_c, EVEN_C=even,
-                                           num_warps=NUM_WARPS)
+        _launch(_max_pool_forward_kernel, [x, out, idx, n * oh * ow, h, w, oh, ow, c], k, s)
     return out, idx
 
 
@@ -152,12 +155,7 @@ def max_pool_backward(g: torch.Tensor, idx: torch.Tensor, k: int, s: int, h: int
     out = torch.empty((n, c, h, w), dtype=g.dtype, device=g.device,
                       memory_format=torch.channels_last)
     if out.numel():
-        block_c, even = _block_c(c)
-        grid = (triton.cdiv(n * h * w, BLOCK_PIXELS), triton.cdiv(c, block_c))
-        with _device(g):
-            _max_pool_backward_kernel[grid](g, idx, out, n * h * w, h, w, oh, ow, c, K=k, S=s,
-                                            BLOCK_I=BLOCK_PIXELS, BLOCK_C=block_c,
-                                            EVEN_C=even, num_warps=NUM_WARPS)
+        _launch(_max_pool_backward_kernel, [g, idx, out, n * h * w, h, w, oh, ow, c], k, s)
     return out
 
 

@@ -134,8 +134,7 @@ def test_the_pool_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype):
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         pytest.skip("this triton's ASTSource predates constexprs by name")
     m = triton_pool_module()
-    consts = {"K": 3, "S": 2, "BLOCK_O": m.BLOCK_PIXELS, "BLOCK_I": m.BLOCK_PIXELS,
-              "BLOCK_C": 32, "EVEN_C": True}
+    consts = {"K": 3, "S": 2, "BLOCK_P": m.BLOCK_PIXELS, "BLOCK_C": 32, "EVEN_C": True}
     for kernel in (m._max_pool_forward_kernel, m._max_pool_backward_kernel):
         signature, attrs, const = {}, {}, {}
         for i, name in enumerate(kernel.arg_names):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,15 +27,20 @@ TARGET = ROOT / ".triton" / GPU_MACHINE_TRITON  # ignored; reused by later runs
 
 
 def _install() -> Path:
-    """TARGET holding triton==GPU_MACHINE_TRITON, installed once; skip if pip cannot."""
-    if (TARGET / "triton" / "__init__.py").exists():
+    """TARGET holding triton==GPU_MACHINE_TRITON, installed once (into a folder of its own,
+    renamed when complete, so an interrupted install is never taken for one); skip if pip
+    cannot."""
+    if TARGET.exists():
         return TARGET
+    partial = TARGET.with_name(f"{TARGET.name}.partial-{os.getpid()}")
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                           "--target", str(TARGET), f"triton=={GPU_MACHINE_TRITON}"],
+                           "--target", str(partial), f"triton=={GPU_MACHINE_TRITON}"],
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
         pytest.skip(f"pip could not install triton=={GPU_MACHINE_TRITON}: "
                     f"{done.stderr.strip().splitlines()[-1:]}")
+    os.replace(partial, TARGET)
     return TARGET
 
 

@@ -166,16 +166,16 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
             module = triton_lrn_module()
             for layout in module.LAYOUTS:
                 if layout != module.LAYOUT:
-                    fns[f"relu+lrn fused, {layout} layout"] = _with_setting("LAYOUT", layout,
-                                                                           fused)
+                    fns[f"relu+lrn fused, {layout} layout"] = _with_settings(fused,
+                                                                            LAYOUT=layout)
             column = shape[1] // 2
             if module.LAYOUT == "rows" and column > module.ROWS_MAX_RUN:  # conv2's 128 maps
-                fns[f"relu+lrn fused, rows layout in runs of {column}"] = _with_setting(
-                    "ROWS_MAX_RUN", column, fused)  # whole columns: no neighbours' loads
+                fns[f"relu+lrn fused, rows layout in runs of {column}"] = _with_settings(
+                    fused, ROWS_MAX_RUN=column)  # whole columns: no neighbours' loads
             for v in module.BACKWARDS:  # the backward choice applies to the tile kernels
                 if v != module.BACKWARD:
-                    fns[f"relu+lrn fused, tile layout, {v} backward"] = _with_setting(
-                        "LAYOUT", "tile", _with_setting("BACKWARD", v, fused))
+                    fns[f"relu+lrn fused, tile layout, {v} backward"] = _with_settings(
+                        fused, LAYOUT="tile", BACKWARD=v)
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
@@ -204,26 +204,20 @@ def setting(owner: object, name: str, value: object) -> Iterator[None]:
         setattr(owner, name, default)
 
 
-def lrn_setting(name: str, value: str | int) -> contextlib.AbstractContextManager[None]:
-    """The Triton LRN module's `name` (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
-    ALEXNET_LRN_LAYOUT) set to `value` for a while, then restored."""
-    return setting(triton_lrn_module(), name, value)
-
-
 @contextlib.contextmanager
-def lrn_settings(**values: str) -> Iterator[None]:
-    """Several of the Triton LRN module's switches (`lrn_setting`) set at once."""
+def lrn_settings(**values: str | int) -> Iterator[None]:
+    """The Triton LRN module's switches (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
+    ALEXNET_LRN_LAYOUT, ROWS_MAX_RUN) set to `values` for a while, then restored."""
     with contextlib.ExitStack() as stack:
         for name, value in values.items():
-            stack.enter_context(lrn_setting(name, value))
+            stack.enter_context(setting(triton_lrn_module(), name, value))
         yield
 
 
-def _with_setting(name: str, value: str | int, step: Callable[[], object]
-                  ) -> Callable[[], object]:
-    """step run under `lrn_setting(name, value)`."""
+def _with_settings(step: Callable[[], object], **values: str | int) -> Callable[[], object]:
+    """step run under `lrn_settings(**values)`."""
     def run() -> object:
-        with lrn_setting(name, value):
+        with lrn_settings(**values):
             return step()
     return run
 
@@ -243,14 +237,13 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
     def backward() -> object:
         return torch.ops.alexnet.lrn_backward(g, x, *consts)
 
-    tile = {"fwd": forward, **{f"bwd {v}": _with_setting("BACKWARD", v, backward)
-                               for v in module.BACKWARDS}}
-    fns = {"copy": lambda: out.copy_(x),
-           **{k: _with_setting("LAYOUT", "tile", f) for k, f in tile.items()}}
+    fns = {"copy": lambda: out.copy_(x), "fwd": _with_settings(forward, LAYOUT="tile"),
+           **{f"bwd {v}": _with_settings(backward, LAYOUT="tile", BACKWARD=v)
+              for v in module.BACKWARDS}}
     for layout in module.LAYOUTS:
         if layout != "tile":
-            fns[f"fwd {layout}"] = _with_setting("LAYOUT", layout, forward)
-            fns[f"bwd {layout}"] = _with_setting("LAYOUT", layout, backward)
+            fns[f"fwd {layout}"] = _with_settings(forward, LAYOUT=layout)
+            fns[f"bwd {layout}"] = _with_settings(backward, LAYOUT=layout)
     t = _time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
     rate = {k: (2 if k == "copy" or k.startswith("fwd") else 3) * size / t[k] / 1e9

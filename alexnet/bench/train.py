@@ -317,7 +317,7 @@ def variants_for(device: torch.device
     function, each timed as a whole step beside the default in the same run; a setting is a
     context manager factory (a Triton LRN choice, the Triton max-pool) held while it runs."""
     import alexnet.model
-    from alexnet.bench.model import lrn_setting, lrn_settings, setting
+    from alexnet.bench.model import lrn_settings, setting
     from alexnet.model import COLUMN_FORMS, triton_lrn_module, triton_pool_module, use_triton_lrn
 
     rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
@@ -331,7 +331,7 @@ def variants_for(device: torch.device
     probe = torch.zeros(1, device=device)
     module = triton_lrn_module()
     if module is not None and use_triton_lrn(probe):
-        rows += [(f"LRN {v} layout", {}, functools.partial(lrn_setting, "LAYOUT", v))
+        rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in module.LAYOUTS if v != module.LAYOUT]
         # the backward choice applies to the tile kernels
         rows += [(f"LRN tile layout, {v} backward", {},

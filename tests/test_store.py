@@ -94,6 +94,24 @@ def test_sums_do_not_depend_on_chunking():
         assert np.array_equal(a[key], b[key])
 
 
+def test_sums_are_exact_at_their_limits():
+    # 300 white images overflow a uint16 per-pixel sum (257 x 255 is its limit) and give the
+    # largest products; the reference is plain Python integers
+    white = np.full((300, 3, 2, 3), 255, np.uint8)
+    rng = np.random.default_rng(4)
+    mixed = rng.integers(0, 256, (270, 5, 7, 3), dtype=np.uint8)
+    for images in (white, mixed, white[:0]):
+        sums = pixel_sums(images)
+        pixels = images.reshape(-1, 3).tolist()
+        outer = [[sum(p[i] * p[j] for p in pixels) for j in range(3)] for i in range(3)]
+        per_pixel = [[[sum(int(v) for v in images[:, y, x, c]) for c in range(3)]
+                      for x in range(images.shape[2])] for y in range(images.shape[1])]
+        assert sums["outer_sum"].dtype == np.int64 and sums["outer_sum"].tolist() == outer
+        assert sums["image_sum"].dtype == np.int64 and sums["image_sum"].tolist() == per_pixel
+        assert sums["channel_sum"].tolist() == [sum(p[c] for p in pixels) for c in range(3)]
+        assert int(sums["count"]) == len(images)
+
+
 def test_given_stats_are_recorded(tmp_path):
     images, labels = _images(n=10, size=8)
     train_stats = compute_stats(_images(n=20, size=8, seed=5)[0])

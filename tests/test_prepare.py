@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from alexnet.cli import main as cli_main
-from alexnet.data import Store, open_split
-from alexnet.data.prepare import prepare
-from alexnet.data.preprocess import load_image
+from alexnet.data import Store, open_split, sources
+from alexnet.data.prepare import _payloads, prepare
+from alexnet.data.preprocess import Skip, load_image
 from alexnet.data.sources import FASHION_MNIST_NAMES, limit_per_class, read_idx
-from alexnet.data.store import PROGRESS
+from alexnet.data.store import LABELS, PROGRESS, RAW
 from alexnet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,6 +244,61 @@ def test_ilsvrc2012(tmp_path, archives):
     assert np.array_equal(val.labels, truth["val"])  # the devkit's ids mapped to sorted wnids
     assert np.array_equal(_colour_truth(val), val.labels)
     assert val.meta["source"]["from"].endswith("val.tar" if archives else "val")
+
+
+def test_tar_members_reach_the_workers_as_spans_of_their_archive(tmp_path):
+    # the ImageNet layouts' images come in tars: the parent sends where each member's bytes
+    # lie in its archive (nested per-class tars included), not the bytes
+    _ilsvrc(tmp_path / "src", 2012, archives=True)
+    _ilsvrc(tmp_path / "folders", 2012, archives=False)
+    train = tmp_path / "folders" / "train"
+    for wnid in WNIDS[:2]:  # per-class tars beside class folders, flat ones
+        images_.write_tar(train / f"{wnid}.tar",
+                          {p.name: p.read_bytes() for p in sorted((train / wnid).iterdir())})
+        for p in (train / wnid).iterdir():
+            p.unlink()
+        (train / wnid).rmdir()
+    reader = sources.TarReader()
+    kinds, nested = set(), None
+    for root in ("src", "folders"):
+        for split in sources.detect(tmp_path / root).splits.values():
+            tars = [r for r in split.refs if isinstance(r, sources.TarRef)]
+            if not tars:  # the folders' val split: files
+                continue
+            kinds |= {(root, split.name, r.inner is not None) for r in tars}
+            nested = (tars[0], split) if tars[0].inner else nested
+            for ref in tars:
+                with open(ref.archive, "rb") as f:
+                    f.seek(ref.offset)
+                    assert f.read(ref.size) == reader.read(ref) and ref.size > 0
+            payloads = _payloads(tars, split, reader)
+            assert [p[0] for p in payloads] == ["span"] * len(tars)
+            assert len(pickle.dumps(payloads)) < 100 * len(tars)  # no image bytes
+    assert kinds == {("src", "train", True), ("src", "val", False), ("folders", "train", False)}
+    # a member without a span (sparse) is read by the parent, as before
+    ref, split = nested
+    flat = sources.TarRef(ref.archive, ref.inner, ref.member)
+    assert _payloads([flat], split, reader) == [("bytes", reader.read(ref))]
+    reader.close()
+    # the same images from archives and from folders give the same store, with either
+    # number of workers
+    prepare(tmp_path / "src", tmp_path / "a", size=20, workers=2, chunk=4)
+    prepare(tmp_path / "src", tmp_path / "b", size=20, workers=1, chunk=4)
+    prepare(tmp_path / "folders", tmp_path / "c", size=20, workers=2, chunk=4)
+    for split in ("train", "val"):
+        for name in (RAW, LABELS):
+            want = (tmp_path / "a" / split / name).read_bytes()
+            assert (tmp_path / "b" / split / name).read_bytes() == want
+            assert (tmp_path / "c" / split / name).read_bytes() == want
+
+
+def test_a_truncated_archive_member_is_a_skip(tmp_path):
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(b"x" * 100)
+    with pytest.raises(Skip, match="ends 5 bytes into it"):
+        load_image(("span", (str(archive), 40, 65)), 16)
+    with pytest.raises(Skip, match="unreadable archive member"):
+        load_image(("span", (str(tmp_path / "gone.tar"), 0, 10)), 16)
 
 
 def test_ilsvrc2010_has_test_split(tmp_path):

@@ -59,10 +59,14 @@ def _ref_name(ref: Any, split: src.Split) -> str:
 
 
 def _payloads(refs: list[Any], split: src.Split, reader: src.TarReader) -> list[tuple[str, Any]]:
-    """What a worker needs for each ref: paths are read by workers, tars by the parent."""
+    """What a worker needs for each ref: paths and the byte spans of tar members are read by
+    the workers (no image bytes pass through this process); only a tar member without a span
+    (sparse) is read here."""
     out: list[tuple[str, Any]] = []
     for ref in refs:
-        if isinstance(ref, src.TarRef):
+        if isinstance(ref, src.TarRef) and ref.offset >= 0:
+            out.append(("span", (ref.archive, ref.offset, ref.size)))
+        elif isinstance(ref, src.TarRef):
             try:
                 out.append(("bytes", reader.read(ref)))
             except (OSError, EOFError, KeyError, ValueError, tarfile.TarError) as err:

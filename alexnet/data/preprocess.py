@@ -89,9 +89,23 @@ def resize_crop(image: Any, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+def read_span(archive: str, offset: int, size: int) -> bytes:
+    """The `size` bytes at `offset` of the file `archive` (a tar member's data), or `Skip`."""
+    try:
+        with open(archive, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as err:
+        raise Skip(f"unreadable archive member: {err.strerror or err}") from None
+    if len(data) < size:
+        raise Skip(f"unreadable archive member: the archive ends {size - len(data)} bytes "
+                   "into it (truncated)")
+    return data
+
+
 def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One source image (("path", str) | ("bytes", bytes) | ("array", ndarray)) as uint8
-    (size, size, 3), or `Skip` with the reason."""
+    """One source image (("path", str) | ("bytes", bytes) | ("span", (archive, offset, size))
+    | ("array", ndarray)) as uint8 (size, size, 3), or `Skip` with the reason."""
     from PIL import Image, ImageOps
 
     kind, value = payload
@@ -100,6 +114,8 @@ def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS
     if kind == "array":
         image = Image.fromarray(np.asarray(value, np.uint8))
         return resize_crop(_to_rgb(image), size)
+    if kind == "span":
+        value = read_span(*value)
     try:
         data = Path(value).read_bytes() if kind == "path" else value
     except OSError as err:

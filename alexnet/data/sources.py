@@ -8,8 +8,10 @@ say, so checkpoints are interchangeable between sources; the ILSVRC id of each c
 recorded beside it.
 
 An image reference ("ref") is one of: a file path (str; the worker reads it), a `TarRef`
-(the parent reads it from the archive, streaming, without extracting), or an int index into
-an in-memory uint8 array (CIFAR-10, IDX).
+(a member of an uncompressed archive, nested or not: its bytes lie at a known offset of the
+archive file, which the worker reads; without one, the parent reads the member through
+`TarReader`, streaming, without extracting), or an int index into an in-memory uint8 array
+(CIFAR-10, IDX).
 
 Which images make a split is this module's concern too: `limit_per_class` (--limit),
 `hold_out` (a seeded, class-stratified val split cut from train, --val-fraction), and
@@ -53,11 +55,15 @@ LAYOUTS = (
 
 @dataclass(frozen=True)
 class TarRef:
-    """One image inside a tar archive, possibly inside a per-class tar inside it."""
+    """One image inside a tar archive, possibly inside a per-class tar inside it; `offset`
+    and `size` place its bytes in the archive file (offset -1: not contiguous there, read
+    it through `TarReader`)."""
 
     archive: str
     inner: str | None  # member name of the per-class tar, or None for a flat archive
     member: str
+    offset: int = -1
+    size: int = -1
 
 
 @dataclass
@@ -244,6 +250,28 @@ def tar_image_members(tar: tarfile.TarFile) -> list[str]:
     return sorted(names, key=lambda n: (n.rsplit("/", 1)[-1], n))
 
 
+def tar_image_refs(tar: tarfile.TarFile, archive: str, inner: tarfile.TarInfo | None = None
+                   ) -> list[TarRef]:
+    """`TarRef`s of the image files of `tar`, an open uncompressed archive (or, with `inner`,
+    the member of `archive` that `tar` was opened from), sorted by their base name.
+
+    Each holds where its bytes lie in the archive file (an inner tar's data offset plus the
+    member's own), so that a worker reads them without the parent; a name the tar holds
+    twice is the last such member, as `TarReader` reads it. Sparse members (not contiguous
+    in the file) keep offset -1.
+    """
+    last = {m.name: m for m in tar.getmembers()}
+    base = 0 if inner is None else -1 if inner.issparse() else inner.offset_data
+    refs = []
+    for name in tar_image_members(tar):
+        info = last[name]
+        spans = base >= 0 and not info.issparse()
+        refs.append(TarRef(archive, None if inner is None else inner.name, name,
+                           base + info.offset_data if spans else -1,
+                           info.size if spans else -1))
+    return refs
+
+
 # ----------------------------------------------------------------------------- ILSVRC
 
 
@@ -324,10 +352,10 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
                 if wnid not in wnid_label:
                     raise UserError(f"{where}: class archive {inner_name} is not a class of the "
                                     "devkit; is this the right year's archive?")
-                handle = outer.extractfile(outer.getmember(inner_name))
-                with tarfile.open(fileobj=handle, mode="r:") as inner:
-                    members = tar_image_members(inner)
-                refs += [TarRef(str(where), inner_name, m) for m in members]
+                info = outer.getmember(inner_name)
+                with tarfile.open(fileobj=outer.extractfile(info), mode="r:") as inner:
+                    members = tar_image_refs(inner, str(where), info)
+                refs += members
                 labels += [wnid_label[wnid]] * len(members)
     else:
         for sub in _subdirs(where):
@@ -343,8 +371,8 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
             if tar_path.stem not in wnid_label:
                 raise UserError(f"{tar_path}: not a class wnid of the {kind} devkit")
             with tarfile.open(tar_path, mode="r:") as tar:
-                members = tar_image_members(tar)
-            refs += [TarRef(str(tar_path), None, m) for m in members]
+                members = tar_image_refs(tar, str(tar_path))
+            refs += members
             labels += [wnid_label[tar_path.stem]] * len(members)
         order = sorted(range(len(refs)), key=lambda i: (labels[i], _base(refs[i])))
         refs, labels = [refs[i] for i in order], [labels[i] for i in order]
@@ -364,8 +392,7 @@ def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, in
     unused: list[tuple[str, str]] = []
     if where.is_file():
         with tarfile.open(where, mode="r:") as tar:
-            members = tar_image_members(tar)
-        refs: list[Any] = [TarRef(str(where), None, m) for m in members]
+            refs: list[Any] = list(tar_image_refs(tar, str(where)))
     else:
         refs = [str(p) for p in _image_files(where, unused)]
     pattern = re.compile(rf"{prefix}_(\d+)\.", re.IGNORECASE)

@@ -109,7 +109,8 @@ LRN_BACKENDS = ("auto", "triton", "torch")
 # triton (always the kernel; CPU tensors need TRITON_INTERPRET=1) or torch (_LRNFunction).
 LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
 _TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton
-# (None when triton is missing), "verified.<device type>": the LRN kernel's check
+# (None when triton is missing), "verified.<device type>": the LRN kernel's check,
+# "pool_verified.<device type>": the max-pool kernels' check
 
 
 def _triton_kernels(key: str, name: str) -> Any:
@@ -228,13 +229,14 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
     return y.flatten(1, 2)  # (N, C, H, W)
 
 
-POOL_BACKENDS = ("torch", "triton")
-# ALEXNET_POOL picks the max-pooling implementation, read once at import: torch (default,
-# nn.MaxPool2d) or triton (alexnet/pool_triton.py's kernels on channels_last tensors: 16-byte
-# loads, a one-byte argmax, a gathering backward; CPU tensors need TRITON_INTERPRET=1). torch
-# stays the default until a GPU run measures the kernels (docs/model.md, "The rest of the
-# step").
-POOL_BACKEND = os.environ.get("ALEXNET_POOL", "torch")
+POOL_BACKENDS = ("auto", "torch", "triton")
+# ALEXNET_POOL picks the max-pooling implementation, read once at import: auto (default: the
+# Triton kernels of alexnet/pool_triton.py on CUDA channels_last tensors when triton imports
+# and they pass a check on first use, else nn.MaxPool2d), torch (always nn.MaxPool2d) or
+# triton (the kernels wherever they apply; CPU tensors need TRITON_INTERPRET=1). The kernels
+# move about 0.6x the bytes of PyTorch's channels_last pool, in 16-byte accesses (docs/model.md,
+# "The rest of the step"); `alexnet bench train` times the step with torch's pool beside them.
+POOL_BACKEND = os.environ.get("ALEXNET_POOL", "auto")
 
 
 def triton_pool_module() -> Any:
@@ -242,24 +244,76 @@ def triton_pool_module() -> Any:
     return _triton_kernels("pool", "pool_triton")
 
 
-def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:
-    """pool(x); with `backend` (default ALEXNET_POOL) triton, by the Triton kernels where x is
-    channels_last and pool plain (no padding, dilation or ceil mode: the paper net's)."""
+def triton_pool_verified(device: torch.device) -> bool:
+    """Whether the Triton max-pool runs on `device`'s type and gives torch's outputs and fp32
+    gradients, ties included, on a tiny input (tried once per device type, then cached). A
+    kernel that fails or disagrees must not stop training: `auto` then warns once, on one
+    line, and keeps nn.MaxPool2d for the process."""
+    key = f"pool_verified.{device.type}"
+    if key not in _TRITON:
+        if torch.compiler.is_compiling():  # inside a torch.compile trace: run it eagerly
+            _TRITON[key] = torch.compiler.disable(_verify_triton_pool)(device)
+        else:
+            _TRITON[key] = _verify_triton_pool(device)
+    return _TRITON[key]
+
+
+def _verify_triton_pool(device: torch.device) -> bool:
+    """triton_pool_verified's check, uncached; warns on stderr when it fails."""
+    gen = torch.Generator().manual_seed(0)
+    # small integers: ties in most windows; 16 channels and a 9 x 7 map: 3/2 windows overlap
+    x = torch.randint(0, 4, (2, 16, 9, 7), generator=gen).float().to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 16, 4, 3, generator=gen).to(device)
+    g = g.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), \
+                torch.autocast(device.type, enabled=False):
+            got, want = x.clone().requires_grad_(), x.clone().requires_grad_()
+            y = torch.ops.alexnet.max_pool(got, 3, 2)[0]
+            (dx,) = torch.autograd.grad(y, got, g)
+            ref = F.max_pool2d(want, 3, 2)
+            (ref_dx,) = torch.autograd.grad(ref, want, g)
+        # the same maxima; the same gradients up to the rounding of a sum of 4 (on the CPU,
+        # through the interpreter, they are equal bit for bit)
+        if torch.equal(y, ref) and torch.allclose(dx, ref_dx, rtol=1e-5, atol=1e-6):
+            return True
+        why = "differs from torch's max_pool2d on a test input"
+    except Exception as err:  # any failure to compile or launch: fall back, never stop
+        first = str(err).strip().partition("\n")[0]
+        why = f"failed ({type(err).__name__}: {first})"
+    print(f"alexnet: warning: the Triton max-pool on {device.type} {why}; using "
+          "nn.MaxPool2d (set ALEXNET_POOL=torch to skip this check)", file=sys.stderr)
+    return False
+
+
+def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> bool:
+    """Whether pool(x) runs the Triton kernels under `backend` (default: ALEXNET_POOL): they
+    take channels_last (N, C, H, W) tensors and the paper net's plain pools (square windows
+    and strides, no padding, dilation or ceil mode); everything else runs nn.MaxPool2d."""
     backend = POOL_BACKEND if backend is None else backend
     if backend not in POOL_BACKENDS:
         raise UserError(f"ALEXNET_POOL={backend!r}: choose from {', '.join(POOL_BACKENDS)}")
     plain = (pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
-             and not pool.ceil_mode and not pool.return_indices)
-    if backend == "torch" or not plain or x.dim() != 4 \
-            or not x.is_contiguous(memory_format=torch.channels_last):
-        return pool(x)
-    if triton_pool_module() is None:
+             and not pool.ceil_mode and not pool.return_indices
+             and isinstance(pool.kernel_size, int) and isinstance(pool.stride, int))
+    if backend == "torch" or (backend == "auto" and not x.is_cuda) or not plain \
+            or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    if triton_pool_module() is not None:
+        return backend == "triton" or triton_pool_verified(x.device)
+    if backend == "triton":
         raise UserError("ALEXNET_POOL=triton: triton does not import; install it "
-                        "(pip install triton, Linux x86-64) or set ALEXNET_POOL=torch")
-    k, s = pool.kernel_size, pool.stride
-    if not isinstance(k, int) or not isinstance(s, int):  # square windows and strides only
-        return pool(x)
-    return torch.ops.alexnet.max_pool(x, k, s)[0]
+                        "(pip install triton, Linux x86-64) or set ALEXNET_POOL=auto")
+    return False
+
+
+def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:
+    """pool(x), by the Triton kernels where `use_triton_pool` says so (same values; torch's
+    gradients, bit for bit in fp32)."""
+    if use_triton_pool(x, pool, backend):
+        return torch.ops.alexnet.max_pool(x, pool.kernel_size, pool.stride)[0]
+    return pool(x)
 
 
 def act_lrn(x: torch.Tensor, act: nn.Module, norm: nn.Module) -> torch.Tensor:
@@ -458,7 +512,7 @@ class AlexNet(nn.Module):
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
         self.pool = nn.MaxPool2d(z, s)
-        if POOL_BACKEND == "triton":
+        if POOL_BACKEND == "triton" or (POOL_BACKEND == "auto" and torch.cuda.is_available()):
             triton_pool_module()  # import triton now, not inside a torch.compile trace
         side = pooled_side(crop, overlap_pool)  # 6 for 224 crops
         self.fc6 = nn.Linear(c5 * side * side, fc)

@@ -10,8 +10,9 @@ it, in PyTorch's order, so it writes every input element once and needs neither 
 buffer nor atomics. Ties go to the first maximum in scan order and NaN propagates, as in
 PyTorch. No padding, dilation 1, floor mode: the paper net's pooling.
 
-This module imports triton; alexnet.model imports it only when the Triton pool is chosen
-(ALEXNET_POOL, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
+This module imports triton; alexnet.model imports it only where the Triton pool may run (CUDA
+under ALEXNET_POOL=auto, the default, or ALEXNET_POOL=triton; docs/model.md). Under
+TRITON_INTERPRET=1 the kernels run on CPU tensors.
 """
 
 from __future__ import annotations

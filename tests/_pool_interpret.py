@@ -4,8 +4,8 @@ imported and must not reach the rest of the suite.
 
 Usage: TRITON_INTERPRET=1 python tests/_pool_interpret.py OUT
 writes OUT (.npz): for each case the input, the output gradient, what the kernels gave and
-what torch's max_pool2d gave on the same tensors; and a width-scaled paper net with
-ALEXNET_POOL=triton and torch, eager and compiled.
+what torch's max_pool2d gave on the same tensors; a width-scaled paper net with
+ALEXNET_POOL=triton and torch, eager and compiled; and the check of `triton_pool_verified`.
 """
 
 from __future__ import annotations
@@ -89,5 +89,10 @@ def net() -> dict[str, np.ndarray]:
             "net.compiled_dx": comp_dx, "net.torch_y": torch_y, "net.torch_dx": torch_dx}
 
 
+def check() -> dict[str, np.ndarray]:
+    """The check `auto` makes before its first use of the kernels on a device type."""
+    return {"verified.cpu": np.array(alexnet.model.triton_pool_verified(torch.device("cpu")))}
+
+
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernels(), **net()})
+    np.savez(sys.argv[1], **{**kernels(), **net(), **check()})

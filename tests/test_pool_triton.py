@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.model import max_pool, triton_pool_module
+from alexnet.model import max_pool, triton_pool_module, triton_pool_verified, use_triton_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -93,15 +93,37 @@ def test_the_net_with_the_triton_pool_equals_torchs_and_compiles(results):
                                atol=1e-5 * np.abs(r["eager_dx"]).max())
 
 
-def test_torch_is_the_default_and_unknown_backends_are_user_errors():
+def test_auto_is_the_default_and_runs_torchs_pool_off_cuda():
     import alexnet.model
 
     pool = nn.MaxPool2d(3, 2)
     x = torch.rand(1, 4, 7, 7).contiguous(memory_format=torch.channels_last)
-    assert alexnet.model.POOL_BACKEND == os.environ.get("ALEXNET_POOL", "torch")
+    assert alexnet.model.POOL_BACKEND == os.environ.get("ALEXNET_POOL", "auto")
+    assert not use_triton_pool(x, pool, "auto")  # the kernels' auto is for CUDA tensors
+    torch.testing.assert_close(max_pool(x, pool, "auto"), pool(x))
     torch.testing.assert_close(max_pool(x, pool, "torch"), pool(x))
-    with pytest.raises(UserError, match="ALEXNET_POOL='fast': choose from torch, triton"):
+    with pytest.raises(UserError, match="ALEXNET_POOL='fast': choose from auto, torch, triton"):
         max_pool(x, pool, "fast")
+
+
+def test_the_check_passes_where_the_kernels_run(results):
+    assert results["verified.cpu"]  # under the interpreter: they ran and gave torch's values
+
+
+def test_a_triton_pool_that_cannot_run_falls_back_with_one_warning(monkeypatch, capsys):
+    # without TRITON_INTERPRET the kernels cannot launch on CPU tensors (no GPU driver): a
+    # real failure, as a kernel that does not compile on a GPU would be; auto must not raise
+    import alexnet.model
+
+    if triton_pool_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    monkeypatch.delitem(alexnet.model._TRITON, "pool_verified.cpu", raising=False)
+    assert not triton_pool_verified(torch.device("cpu"))
+    assert not triton_pool_verified(torch.device("cpu"))  # cached: checked and warned once
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("alexnet: warning: the Triton max-pool on cpu failed (")
+    assert "using nn.MaxPool2d" in err
 
 
 def test_what_the_kernels_do_not_take_runs_torchs_pool(monkeypatch):

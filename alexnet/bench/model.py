@@ -11,7 +11,7 @@ Triton kernel where it runs, alone and with the ReLU folded in, and the torch pa
 ReLU on the same tensor; conv2,
 conv4 and conv5 in each column form (groups=2, separate, block-diagonal dense); conv1's
 right/bottom zero padding beside conv1 itself; max-pool in NCHW and channels_last (and on
-CUDA the Triton kernels of ALEXNET_POOL=triton). On CUDA
+CUDA the Triton kernels, which ALEXNET_POOL=auto runs there). On CUDA
 in bf16 and channels_last at batch 256 (the fast preset's setting), timed with CUDA events.
 """
 
@@ -37,6 +37,7 @@ from alexnet.model import (
     triton_lrn_module,
     triton_pool_module,
     use_triton_lrn,
+    use_triton_pool,
 )
 from alexnet.optim import PaperSGD, param_groups
 
@@ -327,8 +328,11 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
           f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
     kernels = (f", Triton kernels (channels_last) {_ms(t['pool triton'])}" if triton_pool
                else "")
+    runs = "Triton kernels" if use_triton_pool(maps["channels_last"], torch.nn.MaxPool2d(
+        paper.POOL_SIZE, paper.POOL_STRIDE)) else "nn.MaxPool2d"
     print(f"  max-pool 3/2 fwd+bwd on conv1's maps: NCHW {_ms(t['pool nchw'])}, channels_last "
-          f"{_ms(t['pool channels_last'])}{kernels}")
+          f"{_ms(t['pool channels_last'])}{kernels}; the net runs {runs} on channels_last maps "
+          "here")
     return t
 
 

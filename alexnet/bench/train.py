@@ -315,10 +315,17 @@ def variants_for(device: torch.device
                  ) -> list[tuple[str, dict[str, Any], Callable[[], Any] | None]]:
     """(name, AlexNet kwargs, setting or None): the paper net's other ways to run the same
     function, each timed as a whole step beside the default in the same run; a setting is a
-    context manager factory (a Triton LRN choice, the Triton max-pool) held while it runs."""
+    context manager factory (a Triton LRN choice, the max-pool the net does not run by default)
+    held while it runs."""
     import alexnet.model
     from alexnet.bench.model import lrn_settings, setting
-    from alexnet.model import COLUMN_FORMS, triton_lrn_module, triton_pool_module, use_triton_lrn
+    from alexnet.model import (
+        COLUMN_FORMS,
+        triton_lrn_module,
+        triton_pool_module,
+        use_triton_lrn,
+        use_triton_pool,
+    )
 
     rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
         (f"columns {form} (all three layers)", {"column_conv": form}, None)
@@ -337,9 +344,12 @@ def variants_for(device: torch.device
         rows += [(f"LRN tile layout, {v} backward", {},
                   functools.partial(lrn_settings, LAYOUT="tile", BACKWARD=v))
                  for v in module.BACKWARDS if v != module.BACKWARD]
-    if triton_pool_module() is not None and alexnet.model.POOL_BACKEND != "triton":
-        rows.append(("max-pool Triton kernels (ALEXNET_POOL=triton)", {},
-                     functools.partial(setting, alexnet.model, "POOL_BACKEND", "triton")))
+    if triton_pool_module() is not None:  # the other max-pool beside the one the net runs
+        maps = torch.zeros(1, 8, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+        other = "torch" if use_triton_pool(maps, nn.MaxPool2d(3, 2)) else "triton"
+        name = {"torch": "nn.MaxPool2d", "triton": "Triton kernels"}[other]
+        rows.append((f"max-pool {name} (ALEXNET_POOL={other})", {},
+                     functools.partial(setting, alexnet.model, "POOL_BACKEND", other)))
     return rows
 
 

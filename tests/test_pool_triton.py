@@ -194,3 +194,13 @@ def test_triton_pool_on_cuda_equals_torchs(dtype):
     assert torch.equal(y, ref) and y.is_contiguous(memory_format=torch.channels_last)
     tol = 0 if dtype == torch.float32 else 2 ** -7  # torch may sum ties' gradients in bf16
     torch.testing.assert_close(got.grad.float(), want.grad.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_picks_the_triton_pool_on_cuda_after_its_check():
+    if triton_pool_module() is None:
+        pytest.skip("triton does not import here")
+    assert triton_pool_verified(torch.device("cuda"))  # compiled, ran and agreed
+    maps = torch.zeros(2, 96, 13, 13, device="cuda").contiguous(memory_format=torch.channels_last)
+    assert use_triton_pool(maps, nn.MaxPool2d(3, 2), "auto")
+    assert not use_triton_pool(maps.contiguous(), nn.MaxPool2d(3, 2), "auto")  # NCHW: torch's

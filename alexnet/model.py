@@ -24,6 +24,7 @@ import copy
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,19 +129,23 @@ def triton_lrn_module() -> Any:
     return _triton_kernels("module", "lrn_triton")
 
 
+def _checked_once(key: str, check: Callable[[torch.device], bool], device: torch.device
+                  ) -> bool:
+    """check(device), run once per key and then cached; eagerly even when first asked inside
+    a torch.compile trace."""
+    if key not in _TRITON:
+        run = torch.compiler.disable(check) if torch.compiler.is_compiling() else check
+        _TRITON[key] = run(device)
+    return _TRITON[key]
+
+
 def triton_lrn_verified(device: torch.device) -> bool:
     """Whether the Triton LRN runs on `device`'s type and matches the torch path, forward
     and backward, on a tiny input (tried once per device type, then cached). A kernel that
     fails to compile or disagrees must not stop training: `auto` then warns once, on one
     line, and keeps the torch path for the process; if only a layout other than tile
     fails, the process keeps the kernels in the tile layout instead."""
-    key = f"verified.{device.type}"
-    if key not in _TRITON:
-        if torch.compiler.is_compiling():  # inside a torch.compile trace: run it eagerly
-            _TRITON[key] = torch.compiler.disable(_verify_triton_lrn)(device)
-        else:
-            _TRITON[key] = _verify_triton_lrn(device)
-    return _TRITON[key]
+    return _checked_once(f"verified.{device.type}", _verify_triton_lrn, device)
 
 
 def _verify_triton_lrn(device: torch.device) -> bool:
@@ -249,13 +254,7 @@ def triton_pool_verified(device: torch.device) -> bool:
     gradients, ties included, on a tiny input (tried once per device type, then cached). A
     kernel that fails or disagrees must not stop training: `auto` then warns once, on one
     line, and keeps nn.MaxPool2d for the process."""
-    key = f"pool_verified.{device.type}"
-    if key not in _TRITON:
-        if torch.compiler.is_compiling():  # inside a torch.compile trace: run it eagerly
-            _TRITON[key] = torch.compiler.disable(_verify_triton_pool)(device)
-        else:
-            _TRITON[key] = _verify_triton_pool(device)
-    return _TRITON[key]
+    return _checked_once(f"pool_verified.{device.type}", _verify_triton_pool, device)
 
 
 def _verify_triton_pool(device: torch.device) -> bool:

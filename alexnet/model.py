@@ -206,16 +206,29 @@ def _agree(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, tor
 
 def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
     """Whether LRN of x runs the Triton kernel under `backend` (default: ALEXNET_LRN)."""
-    backend = LRN_BACKEND if backend is None else backend
-    if backend not in LRN_BACKENDS:
-        raise UserError(f"ALEXNET_LRN={backend!r}: choose from {', '.join(LRN_BACKENDS)}")
+    backend = _chosen("ALEXNET_LRN", LRN_BACKEND if backend is None else backend, LRN_BACKENDS)
     if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return False
-    if triton_lrn_module() is not None:
-        return backend == "triton" or triton_lrn_verified(x.device)
+    return _triton_runs("ALEXNET_LRN", backend, triton_lrn_module(),
+                        lambda: triton_lrn_verified(x.device))
+
+
+def _chosen(env: str, backend: str, choices: tuple[str, ...]) -> str:
+    """`backend` (the value of environment variable `env`, or a caller's), or a UserError."""
+    if backend not in choices:
+        raise UserError(f"{env}={backend!r}: choose from {', '.join(choices)}")
+    return backend
+
+
+def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], bool]) -> bool:
+    """Whether Triton kernels that take the tensor at hand run under `backend` (auto or
+    triton): auto once their check passed on its device type, triton always; triton without
+    triton importable (`module` None) is a UserError naming `env`."""
+    if module is not None:
+        return backend == "triton" or verified()
     if backend == "triton":
-        raise UserError("ALEXNET_LRN=triton: triton does not import; install it "
-                        "(pip install triton, Linux x86-64) or set ALEXNET_LRN=auto")
+        raise UserError(f"{env}=triton: triton does not import; install it "
+                        f"(pip install triton, Linux x86-64) or set {env}=auto")
     return False
 
 
@@ -290,21 +303,16 @@ def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = N
     """Whether pool(x) runs the Triton kernels under `backend` (default: ALEXNET_POOL): they
     take channels_last (N, C, H, W) tensors and the paper net's plain pools (square windows
     and strides, no padding, dilation or ceil mode); everything else runs nn.MaxPool2d."""
-    backend = POOL_BACKEND if backend is None else backend
-    if backend not in POOL_BACKENDS:
-        raise UserError(f"ALEXNET_POOL={backend!r}: choose from {', '.join(POOL_BACKENDS)}")
+    backend = _chosen("ALEXNET_POOL", POOL_BACKEND if backend is None else backend,
+                      POOL_BACKENDS)
     plain = (pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
              and not pool.ceil_mode and not pool.return_indices
              and isinstance(pool.kernel_size, int) and isinstance(pool.stride, int))
     if backend == "torch" or (backend == "auto" and not x.is_cuda) or not plain \
             or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         return False
-    if triton_pool_module() is not None:
-        return backend == "triton" or triton_pool_verified(x.device)
-    if backend == "triton":
-        raise UserError("ALEXNET_POOL=triton: triton does not import; install it "
-                        "(pip install triton, Linux x86-64) or set ALEXNET_POOL=auto")
-    return False
+    return _triton_runs("ALEXNET_POOL", backend, triton_pool_module(),
+                        lambda: triton_pool_verified(x.device))
 
 
 def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:

@@ -220,3 +220,31 @@ def test_bad_arguments_are_refused() -> None:
         augment.ten_crops(torch.zeros(2, 5, 8, 8, dtype=torch.uint8), 4)
     with pytest.raises(ValueError):
         augment.multi_crop_offsets(2, 64, 56, crops=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mean", augment.MEANS)
+def test_augmenting_on_the_gpu_never_makes_the_host_wait(mean: str) -> None:
+    """The consumer augments on the training stream: a blocking copy of the CPU draws there
+    would wait for the whole previous step. torch's sync debug mode turns every host
+    synchronisation into an error; the batches still equal the CPU's."""
+    images = RNG.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    on_gpu = torch.from_numpy(images).cuda()
+    stats = augment.device_stats(synthetic_stats(images), "cuda")
+    cpu_stats = augment.device_stats(synthetic_stats(images), "cpu")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x = augment.train_batch(on_gpu, torch.Generator().manual_seed(3), stats, crop_size=56,
+                                mean=mean, channels_last=True)
+        tests = [augment.eval_batch(on_gpu, stats, crops=crops, crop_size=56, mean=mean)
+                 for crops in (1, TEST_CROPS)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = augment.train_batch(torch.from_numpy(images), torch.Generator().manual_seed(3),
+                               cpu_stats, crop_size=56, mean=mean)
+    np.testing.assert_allclose(x.cpu().numpy(), want.numpy(), atol=1e-3)
+    for crops, got in zip((1, TEST_CROPS), tests, strict=True):
+        want = augment.eval_batch(torch.from_numpy(images), cpu_stats, crops=crops,
+                                  crop_size=56, mean=mean)
+        np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), atol=1e-3)

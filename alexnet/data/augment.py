@@ -43,6 +43,19 @@ def is_channels_last(images: torch.Tensor) -> bool:
     raise ValueError(f"expected a batch (B, 3, S, S) or (B, S, S, 3), got {tuple(images.shape)}")
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device` without making the host wait: a CPU tensor bound for a CUDA
+    device is pinned and copied asynchronously. (A copy from pageable memory waits for all
+    the work queued on the stream, on the training stream the whole previous step, so the
+    host could not queue the next step while the GPU runs this one.)"""
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 # ----------------------------------------------------------------------------- crops and flips
 
 
@@ -80,7 +93,7 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
     device = images.device
     if source is None:
         source = torch.arange(len(top))
-    source, top, left = (t.to(device=device, dtype=torch.long) for t in (source, top, left))
+    source, top, left = (to_device(t.long(), device) for t in (source, top, left))
     k = len(source)
     r = torch.arange(size, device=device)
     flat = images.reshape(-1)
@@ -107,7 +120,7 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
 def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """The batch with images where `flip` (bool (B,)) mirrored left-right (new tensor if any)."""
     width_dim = 2 if is_channels_last(images) else 3
-    flip = flip.to(images.device)
+    flip = to_device(flip, images.device)
     if images.is_cuda:  # no host sync: one pass over the batch
         shape = (-1, 1, 1, 1)
         return torch.where(flip.view(shape), images.flip(width_dim), images)
@@ -209,14 +222,14 @@ def _float64(value: Any, device: torch.device) -> torch.Tensor:
     """A tensor or array as a float64 tensor on `device` (NumPy views may have any strides)."""
     if not torch.is_tensor(value):
         value = np.ascontiguousarray(value, dtype=np.float64)
-    return torch.as_tensor(value, dtype=torch.float64, device=device)
+    return to_device(torch.as_tensor(value, dtype=torch.float64), device)
 
 
 def add_per_image(images: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """images + values[b] at every pixel of image b (values (B, 3)); in place for floats."""
     shape = (-1, 1, 1, 3) if is_channels_last(images) else (-1, 3, 1, 1)
-    values = values.to(device=images.device, dtype=images.dtype if images.is_floating_point()
-                       else torch.float32).view(shape)
+    values = to_device(values, images.device).to(
+        images.dtype if images.is_floating_point() else torch.float32).view(shape)
     return images.add_(values) if images.is_floating_point() else images + values
 
 
@@ -262,16 +275,17 @@ def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
         return images
     if mean == "torchvision":
         shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
-        m, s = (torch.tensor(v, device=images.device).mul_(255).view(shape)
+        m, s = (to_device(torch.tensor(v).mul_(255).view(shape), images.device)
                 for v in (TV_MEAN, TV_STD))
         return images.sub_(m).div_(s)
     if mean == "channel":
-        cm = torch.as_tensor(stats["channel_mean"], dtype=torch.float32, device=images.device)
+        cm = to_device(torch.as_tensor(stats["channel_mean"], dtype=torch.float32),
+                       images.device)
         return images.sub_(cm.view((1, 1, 1, 3) if nhwc else (1, 3, 1, 1)))
     if mean != "image":
         raise ValueError(f"mean {mean!r}: choose from {', '.join(MEANS)}")
-    mean_image = torch.as_tensor(stats["mean_image"], dtype=torch.float32,
-                                 device=images.device)
+    mean_image = to_device(torch.as_tensor(stats["mean_image"], dtype=torch.float32),
+                           images.device)
     size = images.shape[1] if nhwc else images.shape[2]
     if top is None:
         if size != mean_image.shape[0]:
@@ -318,9 +332,11 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
     x = subtract_mean(patches, mean, stats, top, left, mirror)
     if pca:
-        shift = pca_shift(alpha.to(x.device), stats["eigval"], stats["eigvec"], pca_scale)
+        shift = pca_shift(to_device(alpha, x.device), stats["eigval"], stats["eigvec"],
+                          pca_scale)
         if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
-            shift = shift / (255 * torch.tensor(TV_STD, dtype=shift.dtype, device=shift.device))
+            shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
+                                      shift.device)
         x = add_per_image(x, shift)
     return x.permute(0, 3, 1, 2) if channels_last else x
 

@@ -353,6 +353,44 @@ def test_gpu_decode_off_cuda_is_a_user_error(twin_stores) -> None:
     assert TrainLoader(raw, 4, crop=40, gpu_decode=0.5).reading.gpu_decode == 0.0  # raw: none
 
 
+def test_the_gpu_share_is_decoded_on_its_own_thread_while_the_reader_decodes_the_rest(
+        twin_stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvJPEG runs one batch at a time in a process, so the GPU part of a batch goes to one
+    thread of its own while the reading thread decodes the CPU part. A stand-in for nvJPEG
+    (the CPU decoder, so the batches must equal the CPU-only ones) records its thread and
+    whether the reader's CPU part started while it waited."""
+    import threading
+
+    raw, jpeg, _ = twin_stores
+    cpu_part_started = threading.Event()
+    calls: list[tuple[str, bool, int]] = []
+    real_decode_cpu = decode.decode_cpu
+
+    def decode_cpu(*args: object, **kwargs: object) -> np.ndarray:
+        cpu_part_started.set()
+        return real_decode_cpu(*args, **kwargs)
+
+    def stand_in_nvjpeg(blobs: list, size: int, device: torch.device) -> torch.Tensor:
+        overlapped = cpu_part_started.wait(timeout=2)
+        cpu_part_started.clear()
+        calls.append((threading.current_thread().name, overlapped, len(blobs)))
+        return torch.from_numpy(real_decode_cpu(blobs, size))
+
+    want = list(TrainLoader(jpeg, 8, crop=40, seed=4, gpu_decode=0.0).epoch(0))
+    monkeypatch.setattr(decode, "gpu_unavailable", lambda device: None)
+    monkeypatch.setattr(decode, "decode_gpu", stand_in_nvjpeg)
+    monkeypatch.setattr(decode, "decode_cpu", decode_cpu)
+    for depth in (0, 2):
+        calls.clear()
+        got = list(TrainLoader(jpeg, 8, crop=40, seed=4, gpu_decode=0.5, prefetch=depth,
+                               decode_threads=1).epoch(0))
+        for (xa, ya), (xb, yb) in zip(want, got, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert len(calls) == JPEG_N // 8
+        assert all(name.startswith("alexnet-nvjpeg") and n == 4 for name, _, n in calls)
+        assert depth or all(overlapped for _, overlapped, _ in calls)
+
+
 @pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,
                     reason=f"GPU jpeg decode: {decode.gpu_unavailable('cuda')}")
 def test_gpu_decode_share_gives_the_cpu_batches_up_to_the_decoder(twin_stores) -> None:

@@ -185,27 +185,53 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
                    float(gpu_decode) if store.format == "jpeg" else 0.0, bool(augment_in_readers))
 
 
+@dataclass(frozen=True)
+class Decoders:
+    """The threads that decode a jpeg store's batches during one pass: `cpu` decodes each
+    batch's CPU part in `Reading.threads` chunks (None: the reading thread decodes it), `gpu`
+    is the one thread that runs nvJPEG on the GPU's parts (None: no GPU share)."""
+
+    cpu: ThreadPoolExecutor | None = None
+    gpu: ThreadPoolExecutor | None = None
+
+
 @contextlib.contextmanager
-def decode_pool(store: Any, how: Reading) -> Iterator[ThreadPoolExecutor | None]:
-    """The threads that decode jpeg batches for one pass (None: decode on the reading thread)."""
-    if store.format != "jpeg" or how.threads <= 1:
-        yield None
+def decode_pool(store: Any, how: Reading) -> Iterator[Decoders]:
+    """The decoding threads for one pass over `store`, stopped when it ends.
+
+    nvJPEG gets a thread of its own: torchvision runs one GPU decode at a time in a process
+    (a global lock held until its stream synchronises), so a read-ahead thread that called
+    it would sit idle until the other threads' GPU parts were done, its core unused; handing
+    the GPU part to this thread, the reader decodes its CPU part meanwhile.
+    """
+    if store.format != "jpeg":
+        yield Decoders()
         return
-    pool = ThreadPoolExecutor(max_workers=how.threads, thread_name_prefix="alexnet-decode")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.ExitStack() as stack:
+        def pool(workers: int, name: str) -> ThreadPoolExecutor:
+            executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+            stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+            return executor
+
+        yield Decoders(cpu=pool(how.threads, "alexnet-decode") if how.threads > 1 else None,
+                       gpu=pool(1, "alexnet-nvjpeg") if how.gpu_decode > 0 else None)
+
+
+def decode_on_gpu(blobs: Sequence[Any], size: int, device: torch.device) -> torch.Tensor:
+    """The GPU's part of a jpeg batch, decoded by nvJPEG on this thread's own stream and
+    finished when this returns (so any stream may use it: see `hand_over`)."""
+    with reader_stream(device):
+        return decode.decode_gpu(blobs, size, device)
 
 
 def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading,
-               pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+               decoders: Decoders | None = None) -> torch.Tensor:
     """Store images `index` as uint8 (B, S, S, 3) on `device`.
 
-    A raw store's pixels are sliced from the memory map. A jpeg store's last
-    B - round(gpu_decode * B) images are decoded on the CPU straight into (pinned) memory,
-    in `how.threads` chunks on `pool`, while this thread decodes the first ones in one
-    nvJPEG batch on the GPU.
+    A raw store's pixels are sliced from the memory map. A jpeg store's first
+    round(gpu_decode * B) images go to nvJPEG on `decoders.gpu` (on this thread without
+    it), while the other ones are decoded on the CPU straight into (pinned) memory, in
+    `how.threads` chunks on `decoders.cpu` (on this thread without it).
     """
     if store.format != "jpeg":
         if device.type != "cuda":
@@ -214,22 +240,28 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
         pinned = torch.empty((len(index), size, size, 3), dtype=torch.uint8, pin_memory=True)
         store.read(index, out=pinned.numpy())  # one copy: memory map -> pinned memory
         return pinned.to(device, non_blocking=True)
+    decoders = decoders or Decoders()
     blobs, size = store.encoded(index), store.image_size
     on_gpu = round(how.gpu_decode * len(blobs))
+    gpu_part = (decoders.gpu.submit(decode_on_gpu, blobs[:on_gpu], size, device)
+                if on_gpu and decoders.gpu else None)
     shape = (len(blobs) - on_gpu, size, size, 3)
     cpu = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
     out, rest = cpu.numpy(), blobs[on_gpu:]
     cuts = np.linspace(0, len(rest), min(how.threads, len(rest)) + 1).astype(int)
     parts = [(rest[a:b], out[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    futures = [pool.submit(decode.decode_cpu, part, size, how.decoder, rows)
-               for part, rows in parts] if pool else []
-    gpu = decode.decode_gpu(blobs[:on_gpu], size, device) if on_gpu else None
-    if not pool:
+    if decoders.cpu:
+        for future in [decoders.cpu.submit(decode.decode_cpu, part, size, how.decoder, rows)
+                       for part, rows in parts]:
+            future.result()
+    else:
         decode.decode_cpu(rest, size, how.decoder, out)
-    for future in futures:
-        future.result()
     cpu = cpu.to(device, non_blocking=True)
-    return cpu if gpu is None else torch.cat([gpu, cpu])
+    if not on_gpu:
+        return cpu
+    gpu = gpu_part.result() if gpu_part else decode_on_gpu(blobs[:on_gpu], size, device)
+    hand_over(gpu)  # made on the nvJPEG thread's stream, read on this one's
+    return torch.cat([gpu, cpu])
 
 
 _READER = threading.local()  # each read-ahead thread's own CUDA stream
@@ -400,21 +432,22 @@ class TrainLoader:
             raise UserError(f"start batch {start}: this epoch has {len(self)} batches")
         order = self.indices(epoch).reshape(len(self), self.batch_size)
         in_readers = self.reading.augment_in_readers
-        with decode_pool(self.store, self.reading) as pool:
-            jobs = [self._job(epoch, k, order[k], pool, augment_too=in_readers)
+        with decode_pool(self.store, self.reading) as decoders:
+            jobs = [self._job(epoch, k, order[k], decoders, augment_too=in_readers)
                     for k in range(start, len(self))]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for k, images, y in batches:
                     hand_over(images, y)
                     yield (images if in_readers else self._augment(epoch, k, images)), y
 
-    def _job(self, epoch: int, k: int, index: np.ndarray, pool: ThreadPoolExecutor | None, *,
+    def _job(self, epoch: int, k: int, index: np.ndarray, decoders: Decoders, *,
              augment_too: bool) -> Callable[[], Any]:
         """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
             index_sorted = np.sort(index)
             with reader_stream(self.device):
-                images = read_batch(self.store, index_sorted, self.device, self.reading, pool)
+                images = read_batch(self.store, index_sorted, self.device, self.reading,
+                                    decoders)
                 y = _to_device(self.labels[index_sorted], self.device)
                 if augment_too:
                     images = self._augment(epoch, k, images)
@@ -470,19 +503,19 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         in_readers = self.reading.augment_in_readers
-        with decode_pool(self.store, self.reading) as pool:
-            jobs = [self._job(self.order[i:i + self.batch_size], pool, augment_too=in_readers)
+        with decode_pool(self.store, self.reading) as decoders:
+            jobs = [self._job(self.order[i:i + self.batch_size], decoders, augment_too=in_readers)
                     for i in range(0, len(self.order), self.batch_size)]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for images, y in batches:
                     hand_over(images, y)
                     yield (images if in_readers else self._patches(images)), y
 
-    def _job(self, index: np.ndarray, pool: ThreadPoolExecutor | None, *, augment_too: bool
+    def _job(self, index: np.ndarray, decoders: Decoders, *, augment_too: bool
              ) -> Callable[[], Any]:
         def run() -> Any:
             with reader_stream(self.device):
-                images = read_batch(self.store, index, self.device, self.reading, pool)
+                images = read_batch(self.store, index, self.device, self.reading, decoders)
                 y = _to_device(self.labels[index], self.device)
                 if augment_too:
                     images = self._patches(images)

@@ -7,7 +7,8 @@ beside the others of the same run:
 - model only: the paper net's training step (alexnet.training.loop.train_step) on a batch already on
   the device (on CUDA in bf16 with channels_last, the fast settings without compile; fp32 on
   the CPU), timed first and last, the faster kept;
-- loader only: TrainLoader's batches (full augmentation, float out on the device), nothing
+- loader only: TrainLoader's batches (full augmentation, float out on the device, in the
+  model's memory format as `alexnet train` asks for it: channels_last on CUDA), nothing
   else; raw at read-ahead depths 4, 8, 16 and the default; jpeg decoded on the CPU alone with
   1, 2, 4, 8, 16 decode threads, and with the GPU decoding none, the default share, half and
   all of each batch (default threads);
@@ -106,15 +107,22 @@ def disk_rates(stores: dict[str, Any], device: torch.device, batch: int, steps: 
                ) -> dict[str, float]:
     """Loader-only img/s of each store read from disk: its files dropped from the page cache
     first, and no more batches than its first epoch holds (each image read once)."""
-    from alexnet.data.loader import TrainLoader
-
     rates = {}
     for fmt, store in stores.items():
-        loader = TrainLoader(store, batch, device=device)
+        loader = train_loader(store, batch, device)
         if not drop_from_cache(store.path) or len(loader) < 3:
             continue
         rates[fmt] = loader_rate(loader, device, min(steps, len(loader) - 2), 2)
     return rates
+
+
+def train_loader(store: Any, batch: int, device: torch.device, **options: Any) -> Any:
+    """A TrainLoader as `alexnet train` makes it for the Trainer's settings: batches in
+    channels_last memory format on CUDA (where the Trainer runs channels_last)."""
+    from alexnet.data.loader import TrainLoader
+
+    return TrainLoader(store, batch, device=device, channels_last=device.type == "cuda",
+                       **options)
 
 
 def _sync(device: torch.device) -> None:
@@ -155,7 +163,7 @@ class Trainer:
         from alexnet.training.runtime import setup_runtime
 
         config = Config()
-        if device.type == "cuda":
+        if device.type == "cuda":  # train_loader's batches follow channels_last
             config.run.amp, config.run.channels_last = "bf16", True
         self.settings = f"amp {config.run.amp}, channels_last {config.run.channels_last}"
         self.rt = setup_runtime(config, DistInfo(device=device))
@@ -241,7 +249,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root
     (`width` scales the net: tests only)."""
     from alexnet.data import decode
-    from alexnet.data.loader import TrainLoader, host_cores
+    from alexnet.data.loader import host_cores
 
     steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
     loader_steps = plan["loader_steps"]
@@ -255,34 +263,33 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         "decoders": decode.describe()}
     trainer = Trainer(device, classes, width)
     r["settings"] = trainer.settings
-    raw_loader = TrainLoader(stores["raw"], batch, device=device)
-    jpeg_loader = TrainLoader(jpeg, batch, device=device)
+    raw_loader = train_loader(stores["raw"], batch, device)
+    jpeg_loader = train_loader(jpeg, batch, device)
     r["reading"] = {"raw": vars(raw_loader.reading), "jpeg": vars(jpeg_loader.reading)}
     r["model_only"] = model_rate(trainer, raw_loader, steps, warmup)
     depths = sorted({4, 8, 16, raw_loader.reading.prefetch}) if device.type == "cuda" \
         else [raw_loader.reading.prefetch]
-    r["raw_loader"] = {d: loader_rate(TrainLoader(stores["raw"], batch, device=device,
-                                                  prefetch=d), device, loader_steps, warmup)
-                       for d in depths}
+    r["raw_loader"] = {d: loader_rate(train_loader(stores["raw"], batch, device, prefetch=d),
+                                      device, loader_steps, warmup) for d in depths}
     r["raw_training"] = training_rate(raw_loader, trainer, steps, warmup)
     moved = not raw_loader.reading.augment_in_readers  # the other place to augment
     r["raw_training_moved"] = training_rate(
-        TrainLoader(stores["raw"], batch, device=device, augment_in_readers=moved), trainer,
+        train_loader(stores["raw"], batch, device, augment_in_readers=moved), trainer,
         steps, warmup)
     threads = tuple(n for n in THREADS if n <= host_cores())
     r["cpu_decode"] = cpu_decode_rates(blobs, threads)
     r["jpeg_loader_threads"] = {n: loader_rate(
-        TrainLoader(jpeg, batch, device=device, decode_threads=n, gpu_decode=0.0), device,
+        train_loader(jpeg, batch, device, decode_threads=n, gpu_decode=0.0), device,
         max(2, loader_steps // 8), warmup // 4 + 1) for n in threads}
     shares = [0.0]
     if not decode.gpu_unavailable(device):
         r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
         shares = sorted({0.0, jpeg_loader.reading.gpu_decode, 0.5, 1.0})
-    r["jpeg_loader"] = {s: loader_rate(TrainLoader(jpeg, batch, device=device, gpu_decode=s),
+    r["jpeg_loader"] = {s: loader_rate(train_loader(jpeg, batch, device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
     r["jpeg_training_moved"] = training_rate(
-        TrainLoader(jpeg, batch, device=device, augment_in_readers=moved), trainer, steps, warmup)
+        train_loader(jpeg, batch, device, augment_in_readers=moved), trainer, steps, warmup)
     r["from_disk"] = disk
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r

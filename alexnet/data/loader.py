@@ -272,7 +272,11 @@ def reader_stream(device: torch.device) -> Iterator[None]:
     """Run a read-ahead thread's device work (copies, nvJPEG, labels) on a CUDA stream of its
     own and wait for it before the batch is handed over, so that the copies overlap the
     training step on the default stream instead of queueing behind it (timm's PrefetchLoader
-    does the same). The consumer marks each batch with `hand_over` before using it."""
+    does the same). The consumer marks each batch with `hand_over` before using it.
+
+    The wait is on a blocking-sync event: a stream's own synchronize spins on a core for as
+    long as the GPU work lasts (CUDA's default with fewer contexts than cores), and with 16
+    readers those spins take cores from the JPEG decoders and the training loop."""
     if device.type != "cuda":
         yield
         return
@@ -281,7 +285,9 @@ def reader_stream(device: torch.device) -> Iterator[None]:
         stream = _READER.stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         yield
-    stream.synchronize()
+    done = torch.cuda.Event(blocking=True)  # the thread sleeps until then: spares its core
+    done.record(stream)
+    done.synchronize()
 
 
 def hand_over(*tensors: torch.Tensor) -> None:

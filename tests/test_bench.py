@@ -46,6 +46,33 @@ def test_bench_data(tmp_path, capsys):
         r["loader_images_per_s_per_core"] / r["usual_images_per_s_per_core"])
 
 
+def test_prepare_scaling_is_timed_on_a_source_that_grows_with_the_cores(tmp_path, monkeypatch):
+    """With N cores the N-worker runs read every file N // 2 times (so that starting N
+    processes does not dominate a short run); the rates divide each run's own image count."""
+    import os
+
+    from alexnet.bench import data
+
+    src = tmp_path / "jpegs"
+    files = data.make_jpegs(src, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    calls = []
+
+    def prepare(source, out, workers):
+        paths = sorted(p for p in source.rglob("*") if p.is_file())
+        calls.append((workers, len(paths)))
+        for p in paths:  # each the same bytes as one of the originals
+            assert any(p.read_bytes() == f.read_bytes() for f, _ in files)
+        out.mkdir()
+
+    r = data._time_prepare(prepare, src, tmp_path / "store", 3)
+    assert calls == [(1, 3), (8, 12), (8, 12), (1, 3), (1, 3), (8, 12)]
+    assert r["prepare_workers"] == 8 and r["prepare_images_many"] == 12
+    runs = r["prepare_images_per_s_runs"]
+    assert r["prepare_scaling"] == pytest.approx(max(runs["8"]) / max(runs["1"]))
+    assert r["prepare_images_per_s_per_core"] == max(runs["1"])
+
+
 def test_bench_train(tmp_path, capsys):
     r = run_bench("train", tmp_path, capsys)
     settings = r["settings"]

@@ -29,7 +29,8 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     rates = [r["model_only"], r["raw_training"], r["jpeg_training"], r["raw_training_moved"],
              r["jpeg_training_moved"],
              *r["raw_loader"].values(), *r["jpeg_loader"].values(),
-             *r["jpeg_loader_threads"].values(), *r["from_disk"].values()]
+             *r["jpeg_loader_threads"].values(), r["jpeg_loader_shared_pool"],
+             *r["from_disk"].values()]
     assert set(r["from_disk"]) == {"raw", "jpeg"}  # Linux has posix_fadvise
     rates += [v for by_threads in r["cpu_decode"].values() for v in by_threads.values()]
     assert all(np.isfinite(v) and v > 0 for v in rates)
@@ -40,3 +41,4 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "model only" in out and "jpeg store: training" in out and "x model" in out
     assert "raw store: training, augmented by the consumer" in out  # the CPU default moved
+    assert "jpeg loader only, CPU decode" in out and "threads shared by" in out

@@ -9,9 +9,11 @@ beside the others of the same run:
   the CPU), timed first and last, the faster kept;
 - loader only: TrainLoader's batches (full augmentation, float out on the device, in the
   model's memory format as `alexnet train` asks for it: channels_last on CUDA), nothing
-  else; raw at read-ahead depths 4, 8, 16 and the default; jpeg decoded on the CPU alone with
-  1, 2, 4, 8, 16 decode threads, and with the GPU decoding none, the default share, half and
-  all of each batch (default threads);
+  else; raw at read-ahead depths 4, 8, 16 and the default; jpeg decoded on the CPU alone by
+  1, 2, 4, 8, 16 read-ahead threads (up to the cores), each decoding its own batch (the
+  default feeding a GPU), and by one decode thread per core shared by the default depth's
+  read-ahead threads; jpeg with the GPU decoding none, the default share, half and all of
+  each batch (the other settings default);
 - training from the store: both together, as `alexnet train` runs them; the ratio to the
   model-only figure says how much the loader costs; then again with the batches augmented in
   the other place (read-ahead threads or consumer: loader.default_augment_in_readers);
@@ -278,9 +280,13 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         steps, warmup)
     threads = tuple(n for n in THREADS if n <= host_cores())
     r["cpu_decode"] = cpu_decode_rates(blobs, threads)
+    few = max(2, loader_steps // 8), warmup // 4 + 1  # CPU-only decoding is slow: fewer steps
     r["jpeg_loader_threads"] = {n: loader_rate(
-        train_loader(jpeg, batch, device, decode_threads=n, gpu_decode=0.0), device,
-        max(2, loader_steps // 8), warmup // 4 + 1) for n in threads}
+        train_loader(jpeg, batch, device, prefetch=n, decode_threads=1, gpu_decode=0.0),
+        device, *few) for n in threads}
+    r["jpeg_loader_shared_pool"] = loader_rate(
+        train_loader(jpeg, batch, device, decode_threads=host_cores(), gpu_decode=0.0),
+        device, *few)
     shares = [0.0]
     if not decode.gpu_unavailable(device):
         r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
@@ -327,8 +333,10 @@ def print_figures(r: dict[str, Any]) -> None:
     here = bool(raw["augment_in_readers"])
     rows.append((f"raw store: training (depth {raw['prefetch']})", r["raw_training"]))
     rows.append((f"raw store: training, {where[not here]}", r["raw_training_moved"]))
-    rows += [(f"jpeg loader only, {jpeg['decoder']}, GPU share 0, {n} decode threads", v)
-             for n, v in r["jpeg_loader_threads"].items()]
+    rows += [(f"jpeg loader only, CPU decode ({jpeg['decoder']}), {n} read-ahead "
+              f"thread{'s' * (n > 1)}", v) for n, v in r["jpeg_loader_threads"].items()]
+    rows.append((f"jpeg loader only, CPU decode, {r['cores']} threads shared by "
+                 f"{jpeg['prefetch']} read-ahead", r["jpeg_loader_shared_pool"]))
     rows += [(f"jpeg loader only, GPU share {s:.2f}"
               f"{' (default)' if s == jpeg['gpu_decode'] else ''}, {jpeg['threads']} threads", v)
              for s, v in r["jpeg_loader"].items()]

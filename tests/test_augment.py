@@ -232,6 +232,7 @@ def test_augmenting_on_the_gpu_never_makes_the_host_wait(mean: str) -> None:
     on_gpu = torch.from_numpy(images).cuda()
     stats = augment.device_stats(synthetic_stats(images), "cuda")
     cpu_stats = augment.device_stats(synthetic_stats(images), "cpu")
+    augment.use_triton_augment(on_gpu, mean, stats)  # its check before first use syncs, once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

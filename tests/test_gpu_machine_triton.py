@@ -58,9 +58,11 @@ def test_the_kernels_compile_for_hopper_with_the_gpu_machines_triton(tmp_path):
     assert subprocess.run([sys.executable, "-c", check], env=env).returncode == 0
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "hopper",
-         str(ROOT / "tests" / "test_lrn_triton.py"), str(ROOT / "tests" / "test_pool_triton.py")],
+         str(ROOT / "tests" / "test_lrn_triton.py"), str(ROOT / "tests" / "test_pool_triton.py"),
+         str(ROOT / "tests" / "test_augment_triton.py")],
         env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     summary = done.stdout.strip().splitlines()[-1]
-    # the LRN kernels (tile, channels, rows in bf16 and fp32) and the pool kernels, none skipped
-    assert re.match(r"5 passed, \d+ deselected in", summary), summary
+    # the LRN kernels (tile, channels, rows in bf16 and fp32), the pool kernels and the
+    # augmentation kernel, none skipped
+    assert re.match(r"6 passed, \d+ deselected in", summary), summary

@@ -18,7 +18,9 @@ in one run, one core each (torch.set_num_threads(1), no worker processes):
 
 Ratios are of figures measured in the same run. With a CUDA device it also times uint8
 batches through TrainLoader on the GPU (4 read-ahead threads, pinned non_blocking copy,
-on-device augmentation) and the on-device augmentation alone; the goal there is 20,000 images/s.
+on-device augmentation) and the on-device augmentation alone, by default (the one-pass Triton
+kernel where it runs) and by the torch path (ALEXNET_AUGMENT=torch); the goal there is 20,000
+images/s.
 """
 
 from __future__ import annotations
@@ -180,20 +182,31 @@ def _time_jpeg_loader(store: Any, path: Path, images: int) -> dict[str, dict[int
             for name in dict.fromkeys(["pil", decode.resolve_cpu_decoder("auto")])}
 
 
-def _time_device_augment(store: Any, device: torch.device, repeats: int) -> float:
-    """Images/s of augment.train_batch alone on a uint8 batch already on `device`."""
+def _time_device_augment(store: Any, device: torch.device, repeats: int,
+                         backend: str | None = None) -> float:
+    """Images/s of augment.train_batch alone on a uint8 batch already on `device`, with
+    `backend` (None: the default, ALEXNET_AUGMENT), channels_last out as training asks."""
     from alexnet.data import augment
 
     images = torch.from_numpy(store.read(range(BATCH_SIZE))).to(device)
     stats = augment.device_stats(store.stats, device)
 
     def step(k: int) -> torch.Tensor:
-        return augment.train_batch(images, torch.Generator().manual_seed(k), stats)
+        return augment.train_batch(images, torch.Generator().manual_seed(k), stats,
+                                   channels_last=True, backend=backend)
 
     step(0)
     torch.cuda.synchronize(device)
     return _rate(repeats * BATCH_SIZE, lambda: [step(k) for k in range(repeats)],
                  lambda: torch.cuda.synchronize(device))
+
+
+def augment_runs_triton(store: Any, device: torch.device) -> bool:
+    """Whether train_batch runs the Triton kernel on this device's store batches by default."""
+    from alexnet.data import augment
+
+    images = torch.from_numpy(store.read(range(2))).to(device)
+    return augment.use_triton_augment(images, "image", augment.device_stats(store.stats, device))
 
 
 def repeated_tree(src: Path, dst: Path, times: int) -> int:
@@ -281,8 +294,12 @@ def bench(args: argparse.Namespace) -> dict:
             result["jpeg_loader"] = _time_jpeg_loader(store, Path(tmp) / "jpeg", loader_n // 2)
             if device.type == "cuda":
                 result["gpu_loader_images_per_s"] = _time_loader(store, 4 * loader_n, device, 4)
-                result["gpu_augment_images_per_s"] = _time_device_augment(
-                    store, device, 20 if quick else 200)
+                repeats = 20 if quick else 200
+                result["gpu_augment_images_per_s"] = _time_device_augment(store, device,
+                                                                          repeats)
+                result["gpu_augment_torch_images_per_s"] = _time_device_augment(
+                    store, device, repeats, "torch")
+                result["gpu_augment_triton"] = augment_runs_triton(store, device)
     finally:
         torch.set_num_threads(threads)
     usual = result["usual_images_per_s_per_core"]
@@ -324,5 +341,10 @@ def _print(r: dict[str, Any]) -> None:
     if "gpu_loader_images_per_s" in r:
         print(f"  {'GPU: TrainLoader, prefetch=4, uint8 over bus':<44}"
               f"{r['gpu_loader_images_per_s']:10.1f} images/s  (goal {GPU_GOAL})")
+        which = "one-pass Triton kernel" if r["gpu_augment_triton"] else "torch path"
         print(f"  {'GPU: on-device augmentation alone':<44}"
-              f"{r['gpu_augment_images_per_s']:10.1f} images/s")
+              f"{r['gpu_augment_images_per_s']:10.1f} images/s  (default: {which})")
+        torch_rate = r["gpu_augment_torch_images_per_s"]
+        ratio = r["gpu_augment_images_per_s"] / torch_rate
+        print(f"  {'GPU: the same, torch path (ALEXNET_AUGMENT=torch)':<44}"
+              f"{torch_rate:10.1f} images/s  (the default runs at {ratio:.2f}x this)")

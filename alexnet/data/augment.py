@@ -15,6 +15,8 @@ normalisation, for its pretrained weights): (x / 255 - TV_MEAN) / TV_STD per cha
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -315,10 +317,11 @@ def device_stats(stats: dict[str, Any], device: torch.device | str) -> dict[str,
 def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[str, Any], *,
                 crop_size: int = CROP_SIZE, flip: bool = True, pca: bool = True,
                 pca_scale: str = "std", alpha_std: float = PCA_ALPHA_STD, mean: str = "image",
-                channels_last: bool = False) -> torch.Tensor:
+                channels_last: bool = False, backend: str | None = None) -> torch.Tensor:
     """A training batch from uint8 images (B, S, S, 3) or (B, 3, S, S): random crop, mirror
     with p=0.5, PCA colour shift, mean subtraction; float32 (B, 3, crop, crop) on the
-    images' device (channels_last memory format if asked).
+    images' device (channels_last memory format if asked). `backend` (default
+    ALEXNET_AUGMENT) picks the torch path or the one-pass Triton kernel: the same values.
 
     The draws, always made in this order whatever is switched off (so switching one off
     changes nothing else): crop top, crop left, flip, alpha.
@@ -329,11 +332,16 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     mirror = flip_mask(b, generator)
     alpha = draw_alpha(b, generator, alpha_std)
     mirror = mirror if flip else torch.zeros_like(mirror)
+    shift = None
+    if pca:
+        shift = pca_shift(to_device(alpha, images.device), stats["eigval"], stats["eigvec"],
+                          pca_scale)
+    if use_triton_augment(images, mean, stats, backend):
+        return _fused(images, torch.arange(b), top, left, mirror, mean, stats, shift,
+                      crop_size, channels_last)
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
     x = subtract_mean(patches, mean, stats, top, left, mirror)
-    if pca:
-        shift = pca_shift(to_device(alpha, x.device), stats["eigval"], stats["eigvec"],
-                          pca_scale)
+    if shift is not None:
         if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
             shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
                                       shift.device)
@@ -342,10 +350,98 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
 
 
 def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
-               crop_size: int = CROP_SIZE, mean: str = "image") -> torch.Tensor:
+               crop_size: int = CROP_SIZE, mean: str = "image", backend: str | None = None
+               ) -> torch.Tensor:
     """Test patches of uint8 images, mean subtracted: float32 (B * crops, 3, crop, crop),
-    image-major; crops 1 (centre) or 10 (TEN_CROP_ORDER)."""
+    image-major; crops 1 (centre) or 10 (TEN_CROP_ORDER). `backend` as for train_batch."""
     full = images.shape[1] if is_channels_last(images) else images.shape[2]
     source, top, left, mirror = multi_crop_offsets(len(images), full, crop_size, crops)
+    if use_triton_augment(images, mean, stats, backend):
+        return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False)
     patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
     return subtract_mean(patches, mean, stats, top, left, mirror)
+
+
+# ----------------------------------------------------------------------------- one-pass kernel
+
+AUGMENT_BACKENDS = ("auto", "torch", "triton")
+# ALEXNET_AUGMENT picks how train_batch and eval_batch run, read once at import: auto (the
+# default: the one-pass Triton kernel of alexnet/data/augment_triton.py on CUDA uint8 batches
+# when triton imports and the kernel passes a check on first use, else the torch path),
+# torch, or triton (the kernel wherever it applies; CPU tensors need TRITON_INTERPRET=1).
+# mean="torchvision" always takes the torch path.
+AUGMENT_BACKEND = os.environ.get("ALEXNET_AUGMENT", "auto")
+_FUSED_MEANS = {"image": "mean_image", "channel": "channel_mean", "none": None}
+
+
+def use_triton_augment(images: torch.Tensor, mean: str, stats: dict[str, Any],
+                       backend: str | None = None) -> bool:
+    """Whether a batch of `images` is augmented by the Triton kernel under `backend`
+    (default ALEXNET_AUGMENT): uint8 images, a mean the kernel takes and its statistics."""
+    from alexnet import model  # the switches between Triton kernels and torch paths
+
+    backend = model._chosen("ALEXNET_AUGMENT", AUGMENT_BACKEND if backend is None else backend,
+                            AUGMENT_BACKENDS)
+    if backend == "torch" or (backend == "auto" and not images.is_cuda) \
+            or images.dtype != torch.uint8 or mean not in _FUSED_MEANS \
+            or (_FUSED_MEANS[mean] is not None and stats.get(_FUSED_MEANS[mean]) is None):
+        return False
+    return model._triton_runs("ALEXNET_AUGMENT", backend,
+                              model._triton_kernels("augment", "data.augment_triton"),
+                              lambda: triton_augment_verified(images.device))
+
+
+def triton_augment_verified(device: torch.device) -> bool:
+    """Whether the Triton augmentation runs on `device`'s type and gives the torch path's
+    values exactly, on a tiny batch (tried once per device type, then cached). If it fails
+    or disagrees, one warning line, and the process keeps the torch path."""
+    from alexnet import model
+
+    return model._checked_once(f"augment_verified.{device.type}", _verify_triton_augment,
+                               device)
+
+
+def _verify_triton_augment(device: torch.device) -> bool:
+    """triton_augment_verified's check, uncached; warns on stderr when it fails."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 12, 12, 3), generator=gen, dtype=torch.uint8)
+    stats = device_stats({"mean_image": (torch.rand(12, 12, 3, generator=gen) * 255).numpy(),
+                          "eigval": np.array([300.0, 50.0, 10.0]), "eigvec": np.eye(3)},
+                         device)
+    images = images.to(device)
+    try:
+        same = True
+        for seed, channels_last in ((0, False), (1, True)):
+            got, want = (train_batch(images, torch.Generator().manual_seed(seed), stats,
+                                     crop_size=8, channels_last=channels_last, backend=b)
+                         for b in ("triton", "torch"))
+            same = same and torch.equal(got, want)
+        got, want = (eval_batch(images, stats, crops=TEST_CROPS, crop_size=8, backend=b)
+                     for b in ("triton", "torch"))
+        if same and torch.equal(got, want):
+            return True
+        why = "differs from the torch path on a test batch"
+    except Exception as err:  # any failure to compile or launch: fall back, never stop
+        first = str(err).strip().partition("\n")[0]
+        why = f"failed ({type(err).__name__}: {first})"
+    print(f"alexnet: warning: the Triton augmentation on {device.type} {why}; using the torch "
+          "path (set ALEXNET_AUGMENT=torch to skip this check)", file=sys.stderr)
+    return False
+
+
+def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+           mirror: torch.Tensor, mean: str, stats: dict[str, Any],
+           shift: torch.Tensor | None, crop_size: int, channels_last: bool) -> torch.Tensor:
+    """The Triton kernel's patches: the values of crop, subtract_mean and add_per_image."""
+    from alexnet.data import augment_triton
+
+    device = images.device
+    key = _FUSED_MEANS[mean]
+    values = torch.zeros(3) if key is None else torch.as_tensor(stats[key])
+    values = to_device(values.to(torch.float32), device)
+    if shift is None:
+        shift = torch.zeros(len(source), 3, device=device)
+    source, top, left, mirror = (to_device(t.to(torch.int32), device)
+                                 for t in (source, top, left, mirror))
+    return augment_triton.patches(images, source, top, left, mirror, values, shift, crop_size,
+                                  channels_last)

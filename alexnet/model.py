@@ -172,16 +172,22 @@ def _verify_triton_lrn(device: torch.device) -> bool:
     return why is None
 
 
+def _kernel_fault(agrees: Callable[[], bool], replaced: str) -> str | None:
+    """Why Triton kernels fail or disagree with what they replace (`replaced`): None when
+    agrees() holds; the first line of the error when it raises (any failure to compile or
+    launch: the caller falls back, never stops)."""
+    try:
+        return None if agrees() else f"differs from {replaced} on a test input"
+    except Exception as err:
+        first = str(err).strip().partition("\n")[0]
+        return f"failed ({type(err).__name__}: {first})"
+
+
 def _triton_lrn_fault(x: torch.Tensor, g: torch.Tensor) -> str | None:
     """Why the Triton LRN of x (ReLU folded in) fails or disagrees with the torch path,
     forward and backward for the output gradient g; None when it agrees."""
-    try:
-        if _agree(_lrn_and_grad(x, g, "triton"), _lrn_and_grad(x, g, "torch")):
-            return None
-        return "differs from the torch path on a test input"
-    except Exception as err:  # any failure to compile or launch: fall back, never stop
-        first = str(err).strip().partition("\n")[0]
-        return f"failed ({type(err).__name__}: {first})"
+    return _kernel_fault(lambda: _agree(_lrn_and_grad(x, g, "triton"),
+                                        _lrn_and_grad(x, g, "torch")), "the torch path")
 
 
 def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str
@@ -278,7 +284,8 @@ def _verify_triton_pool(device: torch.device) -> bool:
     x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn(2, 16, 4, 3, generator=gen).to(device)
     g = g.contiguous(memory_format=torch.channels_last)
-    try:
+
+    def agrees() -> bool:
         with torch.inference_mode(False), torch.enable_grad(), \
                 torch.autocast(device.type, enabled=False):
             got, want = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -288,15 +295,13 @@ def _verify_triton_pool(device: torch.device) -> bool:
             (ref_dx,) = torch.autograd.grad(ref, want, g)
         # the same maxima; the same gradients up to the rounding of a sum of 4 (on the CPU,
         # through the interpreter, they are equal bit for bit)
-        if torch.equal(y, ref) and torch.allclose(dx, ref_dx, rtol=1e-5, atol=1e-6):
-            return True
-        why = "differs from torch's max_pool2d on a test input"
-    except Exception as err:  # any failure to compile or launch: fall back, never stop
-        first = str(err).strip().partition("\n")[0]
-        why = f"failed ({type(err).__name__}: {first})"
-    print(f"alexnet: warning: the Triton max-pool on {device.type} {why}; using "
-          "nn.MaxPool2d (set ALEXNET_POOL=torch to skip this check)", file=sys.stderr)
-    return False
+        return torch.equal(y, ref) and torch.allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+
+    why = _kernel_fault(agrees, "torch's max_pool2d")
+    if why is not None:
+        print(f"alexnet: warning: the Triton max-pool on {device.type} {why}; using "
+              "nn.MaxPool2d (set ALEXNET_POOL=torch to skip this check)", file=sys.stderr)
+    return why is None
 
 
 def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> bool:

@@ -409,24 +409,25 @@ def _verify_triton_augment(device: torch.device) -> bool:
                           "eigval": np.array([300.0, 50.0, 10.0]), "eigvec": np.eye(3)},
                          device)
     images = images.to(device)
-    try:
-        same = True
+
+    def agrees() -> bool:
         for seed, channels_last in ((0, False), (1, True)):
             got, want = (train_batch(images, torch.Generator().manual_seed(seed), stats,
                                      crop_size=8, channels_last=channels_last, backend=b)
                          for b in ("triton", "torch"))
-            same = same and torch.equal(got, want)
+            if not torch.equal(got, want):
+                return False
         got, want = (eval_batch(images, stats, crops=TEST_CROPS, crop_size=8, backend=b)
                      for b in ("triton", "torch"))
-        if same and torch.equal(got, want):
-            return True
-        why = "differs from the torch path on a test batch"
-    except Exception as err:  # any failure to compile or launch: fall back, never stop
-        first = str(err).strip().partition("\n")[0]
-        why = f"failed ({type(err).__name__}: {first})"
-    print(f"alexnet: warning: the Triton augmentation on {device.type} {why}; using the torch "
-          "path (set ALEXNET_AUGMENT=torch to skip this check)", file=sys.stderr)
-    return False
+        return torch.equal(got, want)
+
+    from alexnet import model
+
+    why = model._kernel_fault(agrees, "the torch path")
+    if why is not None:
+        print(f"alexnet: warning: the Triton augmentation on {device.type} {why}; using the "
+              "torch path (set ALEXNET_AUGMENT=torch to skip this check)", file=sys.stderr)
+    return why is None
 
 
 def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: torch.Tensor,

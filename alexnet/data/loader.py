@@ -186,7 +186,7 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
 
 
 @dataclass(frozen=True)
-class Decoders:
+class DecodeThreads:
     """The threads that decode a jpeg store's batches during one pass: `cpu` decodes each
     batch's CPU part in `Reading.threads` chunks (None: the reading thread decodes it), `gpu`
     is the one thread that runs nvJPEG on the GPU's parts (None: no GPU share)."""
@@ -196,7 +196,7 @@ class Decoders:
 
 
 @contextlib.contextmanager
-def decode_pool(store: Any, how: Reading) -> Iterator[Decoders]:
+def decode_pool(store: Any, how: Reading) -> Iterator[DecodeThreads]:
     """The decoding threads for one pass over `store`, stopped when it ends.
 
     nvJPEG gets a thread of its own: torchvision runs one GPU decode at a time in a process
@@ -205,7 +205,7 @@ def decode_pool(store: Any, how: Reading) -> Iterator[Decoders]:
     the GPU part to this thread, the reader decodes its CPU part meanwhile.
     """
     if store.format != "jpeg":
-        yield Decoders()
+        yield DecodeThreads()
         return
     with contextlib.ExitStack() as stack:
         def pool(workers: int, name: str) -> ThreadPoolExecutor:
@@ -213,7 +213,7 @@ def decode_pool(store: Any, how: Reading) -> Iterator[Decoders]:
             stack.callback(executor.shutdown, wait=True, cancel_futures=True)
             return executor
 
-        yield Decoders(cpu=pool(how.threads, "alexnet-decode") if how.threads > 1 else None,
+        yield DecodeThreads(cpu=pool(how.threads, "alexnet-decode") if how.threads > 1 else None,
                        gpu=pool(1, "alexnet-nvjpeg") if how.gpu_decode > 0 else None)
 
 
@@ -225,7 +225,7 @@ def decode_on_gpu(blobs: Sequence[Any], size: int, device: torch.device) -> torc
 
 
 def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading,
-               decoders: Decoders | None = None) -> torch.Tensor:
+               decoders: DecodeThreads | None = None) -> torch.Tensor:
     """Store images `index` as uint8 (B, S, S, 3) on `device`.
 
     A raw store's pixels are sliced from the memory map. A jpeg store's first
@@ -240,7 +240,7 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
         pinned = torch.empty((len(index), size, size, 3), dtype=torch.uint8, pin_memory=True)
         store.read(index, out=pinned.numpy())  # one copy: memory map -> pinned memory
         return pinned.to(device, non_blocking=True)
-    decoders = decoders or Decoders()
+    decoders = decoders or DecodeThreads()
     blobs, size = store.encoded(index), store.image_size
     on_gpu = round(how.gpu_decode * len(blobs))
     gpu_part = (decoders.gpu.submit(decode_on_gpu, blobs[:on_gpu], size, device)
@@ -446,7 +446,7 @@ class TrainLoader:
                     hand_over(images, y)
                     yield (images if in_readers else self._augment(epoch, k, images)), y
 
-    def _job(self, epoch: int, k: int, index: np.ndarray, decoders: Decoders, *,
+    def _job(self, epoch: int, k: int, index: np.ndarray, decoders: DecodeThreads, *,
              augment_too: bool) -> Callable[[], Any]:
         """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
@@ -517,7 +517,7 @@ class EvalLoader:
                     hand_over(images, y)
                     yield (images if in_readers else self._patches(images)), y
 
-    def _job(self, index: np.ndarray, decoders: Decoders, *, augment_too: bool
+    def _job(self, index: np.ndarray, decoders: DecodeThreads, *, augment_too: bool
              ) -> Callable[[], Any]:
         def run() -> Any:
             with reader_stream(self.device):

@@ -109,9 +109,9 @@ LRN_BACKENDS = ("auto", "triton", "torch")
 # kernel of alexnet/lrn_triton.py on CUDA tensors when triton imports, else _LRNFunction),
 # triton (always the kernel; CPU tensors need TRITON_INTERPRET=1) or torch (_LRNFunction).
 LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
-_TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton
-# (None when triton is missing), "verified.<device type>": the LRN kernel's check,
-# "pool_verified.<device type>": the max-pool kernels' check
+_TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton,
+# "augment": alexnet.data.augment_triton (None when triton is missing); "verified.<device
+# type>", "pool_verified.<...>", "augment_verified.<...>": the kernels' checks
 
 
 def _triton_kernels(key: str, name: str) -> Any:

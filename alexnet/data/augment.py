@@ -337,8 +337,8 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
         shift = pca_shift(to_device(alpha, images.device), stats["eigval"], stats["eigvec"],
                           pca_scale)
     if use_triton_augment(images, mean, stats, backend):
-        return _fused(images, torch.arange(b), top, left, mirror, mean, stats, shift,
-                      crop_size, channels_last)
+        return _fused(images, torch.arange(b, device=images.device), top, left, mirror, mean,
+                      stats, shift, crop_size, channels_last)
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
     x = subtract_mean(patches, mean, stats, top, left, mirror)
     if shift is not None:

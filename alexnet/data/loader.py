@@ -361,10 +361,7 @@ def _resolve(device: torch.device | str) -> torch.device:
 
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """A batch (uint8 images or int64 labels) to `device`: pinned, copied without blocking."""
-    tensor = torch.from_numpy(images)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    return augment.to_device(torch.from_numpy(images), device)
 
 
 class TrainLoader:

@@ -71,13 +71,11 @@ def test_triton_asked_for_without_triton_is_a_user_error(monkeypatch) -> None:
 def test_a_kernel_that_cannot_run_falls_back_with_one_warning(monkeypatch, capsys) -> None:
     """Without the interpreter the kernel cannot launch on CPU tensors: the check fails,
     says so on one line, and its answer is cached for the process."""
-    monkeypatch.delitem(alexnet.model._TRITON, "augment_verified.cpu", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    cpu = torch.device("cpu")
-    assert augment.triton_augment_verified(cpu) is False
-    assert augment.triton_augment_verified(cpu) is False
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("alexnet: warning: the Triton augmentation")
+    from _fallback import cpu_check_warning
+
+    err = cpu_check_warning(augment.triton_augment_verified, "augment_verified.cpu",
+                            monkeypatch, capsys)
+    assert err.startswith("alexnet: warning: the Triton augmentation")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON,

@@ -111,17 +111,11 @@ def test_the_check_passes_where_the_kernels_run(results):
 
 
 def test_a_triton_pool_that_cannot_run_falls_back_with_one_warning(monkeypatch, capsys):
-    # without TRITON_INTERPRET the kernels cannot launch on CPU tensors (no GPU driver): a
-    # real failure, as a kernel that does not compile on a GPU would be; auto must not raise
-    import alexnet.model
+    from _fallback import cpu_check_warning
 
     if triton_pool_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    monkeypatch.delitem(alexnet.model._TRITON, "pool_verified.cpu", raising=False)
-    assert not triton_pool_verified(torch.device("cpu"))
-    assert not triton_pool_verified(torch.device("cpu"))  # cached: checked and warned once
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
+    err = cpu_check_warning(triton_pool_verified, "pool_verified.cpu", monkeypatch, capsys)
     assert err.startswith("alexnet: warning: the Triton max-pool on cpu failed (")
     assert "using nn.MaxPool2d" in err
 

@@ -111,15 +111,16 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
 
 def eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
                  stats: dict | None, mean: str = "image", crop: int = CROP_SIZE,
-                 indices: Sequence[int] | None = None) -> Any:
-    """The EvalLoader of `store` for `crops` 1 or 10 (a UserError for any other number)."""
+                 indices: Sequence[int] | None = None, pad: int = 0) -> Any:
+    """The EvalLoader of `store` for `crops` 1 or 10 (a UserError for any other number);
+    `pad`: zeros after each patch's last row and column (model.loader_pad)."""
     from alexnet.data.loader import EvalLoader
 
     if crops not in (1, TEST_CROPS):
         raise UserError(f"--crops {crops}: use 1 (centre patch) or {TEST_CROPS} "
                         "(corners, centre and their reflections)")
     return EvalLoader(store, batch_size, crops=crops, crop=crop, mean=mean, stats=stats,
-                      device=device, indices=indices)
+                      device=device, indices=indices, pad=pad)
 
 
 def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
@@ -133,8 +134,11 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
     `mean` and `crop` how it was trained (config data.mean, data.crop); `indices` restricts the
     evaluation to those images. Errors are fractions in [0, 1].
     """
+    from alexnet.model import loader_pad
+
     loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
-                          mean=mean, crop=crop, indices=indices)
+                          mean=mean, crop=crop, indices=indices,
+                          pad=loader_pad(getattr(model, "arch", ""), crop))
     probs, labels = predict_probs(model, loader, progress)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
         "top1_error": float("nan"), "top5_error": float("nan")}
@@ -156,15 +160,18 @@ def class_names(classes: Sequence[Any] | None) -> list[str] | None:
 
 
 def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """{'mean', 'crop'}: how the checkpoint's net saw its inputs (config data.mean, data.crop).
+    """{'mean', 'crop', 'pad'}: how the checkpoint's net saw its inputs (config data.mean,
+    data.crop) and the zeros its loader adds to each patch (model.loader_pad of its arch).
 
     The paper's choices (mean image subtracted, section 2; 224 crops, section 4.1) when the
     checkpoint's config does not say.
     """
+    from alexnet.model import loader_pad
+
     data = (ckpt.get("config") or {}).get("data") or {}
     mean = data.get("mean") if isinstance(data.get("mean"), str) else "image"
     crop = int(data["crop"]) if isinstance(data.get("crop"), int) else CROP_SIZE
-    return {"mean": mean, "crop": crop}
+    return {"mean": mean, "crop": crop, "pad": loader_pad(str(ckpt.get("arch")), crop)}
 
 
 def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],

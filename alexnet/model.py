@@ -450,6 +450,14 @@ def pad_for_conv1(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, p, 0, p)) if p else x
 
 
+def loader_pad(arch: str, crop: int) -> int:
+    """Zeros the loaders write right and bottom of each `crop` patch for the net `arch`: the
+    paper net's conv1_pad (224 -> 3), so that it gets 227 patches and pad_for_conv1 skips its
+    copy of the batch (on CUDA the one-pass augmentation writes them with the patch); 0 for
+    torchvision's layout, whose conv1 pads inside the convolution."""
+    return conv1_pad(crop) if arch == AlexNet.arch else 0
+
+
 def pooled_side(crop: int, overlap_pool: bool = True) -> int:
     """The side of the pooled conv5 maps for `crop`-pixel inputs (224 -> 6); < 1: too small."""
     z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)

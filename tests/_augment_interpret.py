@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from alexnet.data import augment
+from alexnet.model import conv1_pad
 from alexnet.paper import CROP_SIZE, IMAGE_SIZE, TEST_CROPS
 
 
@@ -31,8 +32,9 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def cases() -> dict[str, bool]:
-    """Every layout, mean, memory format and switch on small images; the paper's 256 -> 224
-    once for training and once for the 10 test patches."""
+    """Every layout, mean, memory format and switch on small images, with and without
+    conv1's padding; the paper's 256 -> 224 (and 227 with the padding) for training and for
+    the 10 test patches."""
     rng = np.random.default_rng(0)
     out: dict[str, bool] = {}
     small = rng.integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
@@ -51,16 +53,27 @@ def cases() -> dict[str, bool]:
                 got, want = (augment.eval_batch(x, stats, crops=crops, crop_size=14, mean=mean,
                                                 backend=b) for b in ("triton", "torch"))
                 out[f"eval.{layout}.{mean}.crops{crops}"] = same(got, want)
+        for cl in (False, True):  # conv1's padding written with the patches
+            got, want = (augment.train_batch(x, torch.Generator().manual_seed(6), stats,
+                                             crop_size=13, channels_last=cl, pad=3, backend=b)
+                         for b in ("triton", "torch"))
+            out[f"train.{layout}.pad3.cl{int(cl)}"] = same(got, want)
+        got, want = (augment.eval_batch(x, stats, crops=TEST_CROPS, crop_size=13, pad=3,
+                                        backend=b) for b in ("triton", "torch"))
+        out[f"eval.{layout}.pad3.crops10"] = same(got, want)
     paper = rng.integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     stats = augment.device_stats(stats_of(paper), "cpu")
     x = torch.from_numpy(paper)
-    got, want = (augment.train_batch(x, torch.Generator().manual_seed(5), stats,
-                                     crop_size=CROP_SIZE, channels_last=True, backend=b)
-                 for b in ("triton", "torch"))
-    out["train.paper"] = same(got, want)
+    for pad in (0, conv1_pad(CROP_SIZE)):
+        got, want = (augment.train_batch(x, torch.Generator().manual_seed(5), stats,
+                                         crop_size=CROP_SIZE, channels_last=True, pad=pad,
+                                         backend=b)
+                     for b in ("triton", "torch"))
+        out[f"train.paper.pad{pad}"] = same(got, want)
     got, want = (augment.eval_batch(x[:1], stats, crops=TEST_CROPS, crop_size=CROP_SIZE,
-                                    backend=b) for b in ("triton", "torch"))
-    out["eval.paper.crops10"] = same(got, want)
+                                    pad=conv1_pad(CROP_SIZE), backend=b)
+                 for b in ("triton", "torch"))
+    out["eval.paper.crops10.pad3"] = same(got, want)
     return out
 
 

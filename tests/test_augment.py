@@ -211,6 +211,28 @@ def test_mean_subtraction_of_ten_crops_equals_numpy() -> None:
     np.testing.assert_allclose(augment.ten_crops(full, 56).numpy(), out, atol=1e-4)
 
 
+@pytest.mark.parametrize("mean", augment.MEANS)
+def test_conv1s_padding_is_zeros_after_the_patches_values(mean: str) -> None:
+    """pad=3: every patch as without it, then 3 zero columns and rows (what the paper net's
+    pad_for_conv1 adds to a 224 patch), in the memory format asked for."""
+    images = torch.from_numpy(RNG.integers(0, 256, (4, 40, 40, 3), dtype=np.uint8))
+    st = synthetic_stats(images.numpy())
+    for cl in (False, True):
+        plain, padded = (augment.train_batch(images, torch.Generator().manual_seed(2), st,
+                                             crop_size=32, mean=mean, channels_last=cl, pad=p)
+                         for p in (0, 3))
+        assert padded.shape == (4, 3, 35, 35)
+        assert padded.is_contiguous(memory_format=torch.channels_last if cl else
+                                    torch.contiguous_format)
+        assert torch.equal(padded[..., :32, :32], plain)
+        assert not padded[..., 32:, :].any() and not padded[..., 32:].any()
+    plain, padded = (augment.eval_batch(images, st, crops=TEST_CROPS, crop_size=32, mean=mean,
+                                        pad=p) for p in (0, 3))
+    assert padded.shape == (40, 3, 35, 35) and padded.is_contiguous()
+    assert torch.equal(padded[..., :32, :32], plain)
+    assert torch.equal(padded, torch.nn.functional.pad(plain, (0, 3, 0, 3)))
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError):
         augment.crop_offsets(2, 64, 65, torch.Generator())
@@ -220,6 +242,9 @@ def test_bad_arguments_are_refused() -> None:
         augment.ten_crops(torch.zeros(2, 5, 8, 8, dtype=torch.uint8), 4)
     with pytest.raises(ValueError):
         augment.multi_crop_offsets(2, 64, 56, crops=5)
+    with pytest.raises(ValueError, match="pad -1"):
+        augment.train_batch(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.Generator(), {},
+                            crop_size=4, pca=False, mean="none", pad=-1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

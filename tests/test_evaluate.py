@@ -17,6 +17,7 @@ from alexnet.evaluate import (
     eval_loader,
     evaluate_model,
     format_table,
+    input_settings,
     paper_set,
     predict_probs,
     store_source,
@@ -141,6 +142,34 @@ def test_evaluate_model_equals_numpy_crops(store_root, crops):
     got, _ = predict_probs(model, eval_loader(store, crops=crops, batch_size=4, device="cpu",
                                                stats=store.stats))
     np.testing.assert_allclose(got.numpy(), probs, rtol=1e-4, atol=1e-6)
+
+
+def test_the_paper_net_is_evaluated_on_patches_that_carry_conv1s_padding(store_root,
+                                                                         checkpoint):
+    """evaluate_model and the checkpoint's input settings hand the paper net 227 patches
+    (model.loader_pad), torchvision's layout 224; the probabilities are those of the 224
+    patches that the net pads itself."""
+    from alexnet.checkpoint import load, model_from_state
+
+    store = open_split(store_root, "val")
+    ckpt = load(checkpoint)
+    assert input_settings(ckpt) == {"mean": "image", "crop": CROP_SIZE, "pad": 3}
+    assert input_settings({**ckpt, "arch": "alexnet-tv"})["pad"] == 0
+    net = model_from_state(ckpt, checkpoint, "cpu")
+    seen: list[int] = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-1]))
+    for crops in (1, 10):
+        own_pad, _ = predict_probs(net, eval_loader(store, crops=crops, batch_size=4,
+                                                    device="cpu", stats=store.stats))
+        assert set(seen) == {CROP_SIZE}
+        seen.clear()
+        result = evaluate_model(net, store, crops=crops, batch_size=4, device="cpu")
+        assert set(seen) == {CROP_SIZE + 3}
+        seen.clear()
+        assert result["top1_error"] == topk_errors(own_pad, torch.as_tensor(store.labels))[
+            "top1_error"]
+        ensemble, _ = ensemble_probs([checkpoint], store, crops=crops, batch_size=4)
+        np.testing.assert_array_equal(ensemble.numpy(), own_pad.numpy())
 
 
 def test_ensemble_of_a_checkpoint_with_itself_equals_it(store_root, checkpoint):

@@ -202,7 +202,7 @@ def test_leaving_an_epoch_early_and_starting_again(store: Store) -> None:
 
 def test_bad_options_are_user_errors(store: Store) -> None:
     bad = [dict(crop=65), dict(mean="pixel"), dict(pca_scale="variance"), dict(pca_scale=-1.0),
-           dict(rank=2, world_size=2), dict(seed=-1)]
+           dict(rank=2, world_size=2), dict(seed=-1), dict(pad=-1)]
     for kwargs in bad:
         with pytest.raises(UserError):
             TrainLoader(store, 4, **kwargs)
@@ -212,10 +212,28 @@ def test_bad_options_are_user_errors(store: Store) -> None:
         list(TrainLoader(store, 4, crop=56).epoch(0, start=len(store)))
     with pytest.raises(UserError):
         EvalLoader(store, 4, crops=5, crop=56)
+    with pytest.raises(UserError, match="pad -2"):
+        EvalLoader(store, 4, crop=56, pad=-2)
     with pytest.raises(UserError):
         EvalLoader(store, 4, crop=56, indices=[N])
     with pytest.raises(UserError):
         TrainLoader(store, 4, crop=56, stats={"mean_image": np.zeros((8, 8, 3))})
+
+
+def test_conv1s_padding_comes_with_the_batches(store: Store) -> None:
+    """pad=3 (the paper net's, model.loader_pad): each batch is the unpadded batch with 3
+    zero columns and rows, the padding pad_for_conv1 would otherwise add."""
+    for prefetch in (0, 2):
+        plain = list(TrainLoader(store, 4, crop=56, seed=3, prefetch=prefetch).epoch(0))
+        padded = list(TrainLoader(store, 4, crop=56, seed=3, prefetch=prefetch, pad=3).epoch(0))
+        for (xa, ya), (xb, yb) in zip(plain, padded, strict=True):
+            assert xb.shape == (4, 3, 59, 59) and torch.equal(yb, ya)
+            assert torch.equal(xb, torch.nn.functional.pad(xa, (0, 3, 0, 3)))
+    for crops in (1, 10):
+        plain = list(EvalLoader(store, 3, crops=crops, crop=56))
+        padded = list(EvalLoader(store, 3, crops=crops, crop=56, pad=3))
+        for (xa, _), (xb, _) in zip(plain, padded, strict=True):
+            assert torch.equal(xb, torch.nn.functional.pad(xa, (0, 3, 0, 3)))
 
 
 def test_the_augmenting_thread_does_not_change_the_batches(store: Store) -> None:
@@ -429,3 +447,18 @@ def test_run_augment_in_reaches_the_training_loader(big_store: Store) -> None:
         loader = train_loader(big_store, 2, config, setup_runtime(config, DistInfo()),
                               big_store.stats)
         assert loader.reading.augment_in_readers is in_readers, value
+
+
+def test_the_training_loader_writes_conv1s_padding_for_the_paper_net(big_store: Store) -> None:
+    from alexnet.config import resolve
+    from alexnet.distributed import DistInfo
+    from alexnet.training.data import train_loader
+    from alexnet.training.runtime import setup_runtime
+
+    for arch, crop, pad in (("alexnet", 224, 3), ("alexnet", 227, 0), ("alexnet-tv", 224, 0)):
+        config = resolve("paper", [f"model.arch={arch}", f"data.crop={crop}", "run.device=cpu"])
+        loader = train_loader(big_store, 2, config, setup_runtime(config, DistInfo()),
+                              big_store.stats)
+        assert loader.pad == pad, (arch, crop)
+        x, _ = next(iter(loader.epoch(0)))
+        assert x.shape[-2:] == (crop + pad, crop + pad)

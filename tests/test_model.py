@@ -11,7 +11,17 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.model import ARCHS, LRN, AlexNet, AlexNetTV, build_model, conv1_pad, lrn, split_columns
+from alexnet.model import (
+    ARCHS,
+    LRN,
+    AlexNet,
+    AlexNetTV,
+    build_model,
+    conv1_pad,
+    loader_pad,
+    lrn,
+    split_columns,
+)
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -71,6 +81,18 @@ def test_224_padded_and_227_give_the_same_maps():
         padded[..., :224, :224] = x[..., :224, :224]
         assert torch.allclose(model(x[..., :224, :224]), model(padded), atol=1e-5)
         assert model.conv_features(x).shape[1:] == (model.conv5.out_channels, 6, 6)
+
+
+def test_the_loaders_padding_is_the_nets_own_padding_done_earlier():
+    """loader_pad: conv1's padding for the paper net, none for torchvision's layout; the
+    paper net gives the same outputs, bit for bit, on a patch padded by the loader."""
+    assert loader_pad("alexnet", 224) == 3 and loader_pad("alexnet", 227) == 0
+    assert loader_pad("alexnet", 226) == conv1_pad(226) == 1
+    assert loader_pad("alexnet-tv", 224) == 0
+    net = AlexNet(num_classes=5, width=0.125).eval()
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        assert torch.equal(net(x), net(torch.nn.functional.pad(x, (0, 3, 0, 3))))
 
 
 @pytest.mark.parametrize("split", [False, True])

@@ -120,11 +120,13 @@ def disk_rates(stores: dict[str, Any], device: torch.device, batch: int, steps: 
 
 def train_loader(store: Any, batch: int, device: torch.device, **options: Any) -> Any:
     """A TrainLoader as `alexnet train` makes it for the Trainer's settings: batches in
-    channels_last memory format on CUDA (where the Trainer runs channels_last)."""
+    channels_last memory format on CUDA (where the Trainer runs channels_last), with the
+    paper net's conv1 padding."""
     from alexnet.data.loader import TrainLoader
+    from alexnet.model import loader_pad
 
     return TrainLoader(store, batch, device=device, channels_last=device.type == "cuda",
-                       **options)
+                       pad=loader_pad("alexnet", paper.CROP_SIZE), **options)
 
 
 def _sync(device: torch.device) -> None:

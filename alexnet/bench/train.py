@@ -3,6 +3,8 @@
 Each setting runs full training steps (forward, cross-entropy, backward, PaperSGD update,
 through alexnet.training.loop.train_step) on a fixed batch already on the device, so the figure is
 the model's training speed without data loading (`alexnet bench data` measures the loader).
+Each net gets the batch its loader gives it (model.loader_pad): the paper net 224 patches
+with conv1's 3 zero columns and rows already written (227), torchvision's layouts 224.
 Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
 bracketed by CUDA events. Beside the paper's two-column net, under the same settings and in
 the same run: torchvision's own `torchvision.models.alexnet` when torchvision imports (the
@@ -186,6 +188,7 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     """
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
+    from alexnet.model import loader_pad
     from alexnet.optim import PaperSGD, param_groups
     from alexnet.training.loop import train_step
     from alexnet.training.runtime import setup_runtime
@@ -211,7 +214,10 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
                          weight_decay=paper.WEIGHT_DECAY)
     model = torch.compile(net) if rt.compile else net
-    x = torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
+    side = paper.CROP_SIZE + loader_pad(arch, paper.CROP_SIZE)  # with conv1's padding
+    x = torch.randn(batch, 3, side, side, device=device) * 60
+    x[..., paper.CROP_SIZE:, :] = 0
+    x[..., paper.CROP_SIZE:] = 0
     if rt.channels_last:  # as the loader delivers it
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)
@@ -269,7 +275,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         archs = ["alexnet"]
     tv = archs[1] if len(archs) > 1 else None
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
-          f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device")
+          f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device "
+          "(the paper net's 224 patches padded to 227 by the loader, as in training)")
     print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
           f"{flops['train_flops'] / 1e9:.1f} GFLOP per trained image (2 x MACs x 3)")
     results: dict[str, Any] = {"device": str(device), "batch": batch,

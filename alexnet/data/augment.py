@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
@@ -317,11 +318,13 @@ def device_stats(stats: dict[str, Any], device: torch.device | str) -> dict[str,
 def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[str, Any], *,
                 crop_size: int = CROP_SIZE, flip: bool = True, pca: bool = True,
                 pca_scale: str = "std", alpha_std: float = PCA_ALPHA_STD, mean: str = "image",
-                channels_last: bool = False, backend: str | None = None) -> torch.Tensor:
+                channels_last: bool = False, pad: int = 0, backend: str | None = None
+                ) -> torch.Tensor:
     """A training batch from uint8 images (B, S, S, 3) or (B, 3, S, S): random crop, mirror
     with p=0.5, PCA colour shift, mean subtraction; float32 (B, 3, crop, crop) on the
-    images' device (channels_last memory format if asked). `backend` (default
-    ALEXNET_AUGMENT) picks the torch path or the one-pass Triton kernel: the same values.
+    images' device (channels_last memory format if asked), with `pad` zeros right and bottom
+    (conv1's padding, see `pad_patches`). `backend` (default ALEXNET_AUGMENT) picks the torch
+    path or the one-pass Triton kernel: the same values.
 
     The draws, always made in this order whatever is switched off (so switching one off
     changes nothing else): crop top, crop left, flip, alpha.
@@ -338,7 +341,7 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
                           pca_scale)
     if use_triton_augment(images, mean, stats, backend):
         return _fused(images, torch.arange(b, device=images.device), top, left, mirror, mean,
-                      stats, shift, crop_size, channels_last)
+                      stats, shift, crop_size, channels_last, pad)
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
     x = subtract_mean(patches, mean, stats, top, left, mirror)
     if shift is not None:
@@ -346,20 +349,43 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
             shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
                                       shift.device)
         x = add_per_image(x, shift)
-    return x.permute(0, 3, 1, 2) if channels_last else x
+    if channels_last:  # x is (B, crop, crop, 3): pad its rows and columns, then view as NCHW
+        return pad_patches(x, pad, (2, 1)).permute(0, 3, 1, 2)
+    return pad_patches(x, pad)
 
 
 def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
-               crop_size: int = CROP_SIZE, mean: str = "image", backend: str | None = None
-               ) -> torch.Tensor:
+               crop_size: int = CROP_SIZE, mean: str = "image", pad: int = 0,
+               backend: str | None = None) -> torch.Tensor:
     """Test patches of uint8 images, mean subtracted: float32 (B * crops, 3, crop, crop),
-    image-major; crops 1 (centre) or 10 (TEN_CROP_ORDER). `backend` as for train_batch."""
+    image-major, with `pad` zeros right and bottom; crops 1 (centre) or 10 (TEN_CROP_ORDER).
+    `pad` and `backend` as for train_batch."""
     full = images.shape[1] if is_channels_last(images) else images.shape[2]
     source, top, left, mirror = multi_crop_offsets(len(images), full, crop_size, crops)
     if use_triton_augment(images, mean, stats, backend):
-        return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False)
+        return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
+                      pad)
     patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
-    return subtract_mean(patches, mean, stats, top, left, mirror)
+    return pad_patches(subtract_mean(patches, mean, stats, top, left, mirror), pad)
+
+
+def pad_patches(x: torch.Tensor, pad: int, dims: tuple[int, int] = (3, 2)) -> torch.Tensor:
+    """x with `pad` zeros after its last column and row (`dims`: the width and height axes).
+    The paper net's conv1 needs them on 224 patches (alexnet.model.conv1_pad: 3); added here,
+    the net gets 227 patches and skips its own copy of the batch (model.pad_for_conv1), and
+    the one-pass kernel writes the zeros as it writes the patch, with no extra pass."""
+    if not _checked_pad(pad):
+        return x
+    widths = [0, 0] * (x.ndim - min(dims))
+    for d in dims:
+        widths[2 * (x.ndim - 1 - d) + 1] = pad
+    return F.pad(x, widths)
+
+
+def _checked_pad(pad: int) -> int:
+    if pad < 0:
+        raise ValueError(f"pad {pad}: must be >= 0")
+    return pad
 
 
 # ----------------------------------------------------------------------------- one-pass kernel
@@ -411,13 +437,14 @@ def _verify_triton_augment(device: torch.device) -> bool:
     images = images.to(device)
 
     def agrees() -> bool:
-        for seed, channels_last in ((0, False), (1, True)):
+        for seed, channels_last, pad in ((0, False, 0), (1, True, 3)):
             got, want = (train_batch(images, torch.Generator().manual_seed(seed), stats,
-                                     crop_size=8, channels_last=channels_last, backend=b)
+                                     crop_size=8, channels_last=channels_last, pad=pad,
+                                     backend=b)
                          for b in ("triton", "torch"))
             if not torch.equal(got, want):
                 return False
-        got, want = (eval_batch(images, stats, crops=TEST_CROPS, crop_size=8, backend=b)
+        got, want = (eval_batch(images, stats, crops=TEST_CROPS, crop_size=8, pad=3, backend=b)
                      for b in ("triton", "torch"))
         return torch.equal(got, want)
 
@@ -432,8 +459,11 @@ def _verify_triton_augment(device: torch.device) -> bool:
 
 def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
            mirror: torch.Tensor, mean: str, stats: dict[str, Any],
-           shift: torch.Tensor | None, crop_size: int, channels_last: bool) -> torch.Tensor:
-    """The Triton kernel's patches: the values of crop, subtract_mean and add_per_image."""
+           shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
+           ) -> torch.Tensor:
+    """The Triton kernel's patches: the values of crop, subtract_mean, add_per_image and
+    pad_patches."""
+    _checked_pad(pad)
     from alexnet.data import augment_triton
 
     device = images.device
@@ -445,4 +475,4 @@ def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: 
     source, top, left, mirror = (to_device(t.to(torch.int32), device)
                                  for t in (source, top, left, mirror))
     return augment_triton.patches(images, source, top, left, mirror, values, shift, crop_size,
-                                  channels_last)
+                                  channels_last, pad)

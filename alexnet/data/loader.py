@@ -350,6 +350,12 @@ def _check_crop(crop: int, image_size: int) -> None:
         raise UserError(f"crop {crop}: must lie in 1..{image_size} (the store's image size)")
 
 
+def _check_pad(pad: int) -> int:
+    if pad < 0:
+        raise UserError(f"pad {pad}: must be >= 0 (zeros added right and bottom of each patch)")
+    return int(pad)
+
+
 def _resolve(device: torch.device | str) -> torch.device:
     """The device with its index: "cuda" is the caller's current GPU, which the read-ahead
     threads (each with its own current device, 0) must not reinterpret."""
@@ -379,6 +385,8 @@ class TrainLoader:
     (None or negative: `default_gpu_decode`). `augment_in_readers` None is
     `default_augment_in_readers`: the batches come out the same either way, only the thread
     (and CUDA stream) that augments them differs. `loader.reading` holds the values resolved.
+    `pad` zeros are written right and bottom of every patch (model.loader_pad: conv1's
+    padding, so the paper net need not copy the batch to add it).
     """
 
     def __init__(self, store: Any, batch_size: int, *, crop: int = CROP_SIZE, seed: int = 0,
@@ -387,8 +395,8 @@ class TrainLoader:
                  mean: str = "image", stats: dict[str, Any] | None = None,
                  prefetch: int | None = None, channels_last: bool = False,
                  decoder: str = "auto", decode_threads: int | None = None,
-                 gpu_decode: float | None = None, augment_in_readers: bool | None = None
-                 ) -> None:
+                 gpu_decode: float | None = None, augment_in_readers: bool | None = None,
+                 pad: int = 0) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -408,7 +416,7 @@ class TrainLoader:
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.device = _resolve(device)
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
-        self.channels_last = channels_last
+        self.channels_last, self.pad = channels_last, _check_pad(pad)
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
                                augment_in_readers)
         stats = store.stats if stats is None else stats
@@ -430,7 +438,8 @@ class TrainLoader:
         return mine[:len(self) * self.batch_size]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches (x float32 (B, 3, crop, crop), y int64 (B,)) on the device, from `start`."""
+        """Batches (x float32 (B, 3, crop + pad, crop + pad), y int64 (B,)) on the device,
+        from batch `start`."""
         if not 0 <= start <= len(self):
             raise UserError(f"start batch {start}: this epoch has {len(self)} batches")
         order = self.indices(epoch).reshape(len(self), self.batch_size)
@@ -461,7 +470,8 @@ class TrainLoader:
         return augment.train_batch(
             images, batch_generator(self.seed, epoch, k, self.rank), self._device_stats,
             crop_size=self.crop, flip=self.flip, pca=self.pca, pca_scale=self.pca_scale,
-            alpha_std=self.alpha_std, mean=self.mean, channels_last=self.channels_last)
+            alpha_std=self.alpha_std, mean=self.mean, channels_last=self.channels_last,
+            pad=self.pad)
 
 
 class EvalLoader:
@@ -470,8 +480,8 @@ class EvalLoader:
     Iterates (x float32 (B * crops, 3, crop, crop), y int64 (B,)) in store order (or the
     order of `indices`), image-major: x.view(B, crops, 3, crop, crop); patches in
     augment.TEN_CROP_ORDER. The mean is subtracted as in training; the last batch may be
-    smaller. `prefetch`, `decoder`, `decode_threads`, `gpu_decode` and `augment_in_readers`
-    (here: who cuts the patches) as for TrainLoader.
+    smaller. `prefetch`, `decoder`, `decode_threads`, `gpu_decode`, `augment_in_readers`
+    (here: who cuts the patches) and `pad` as for TrainLoader.
     """
 
     def __init__(self, store: Any, batch_size: int, *, crops: int = 1, crop: int = CROP_SIZE,
@@ -479,7 +489,7 @@ class EvalLoader:
                  device: torch.device | str = "cpu", indices: Sequence[int] | None = None,
                  prefetch: int | None = None, decoder: str = "auto",
                  decode_threads: int | None = None, gpu_decode: float | None = None,
-                 augment_in_readers: bool | None = None) -> None:
+                 augment_in_readers: bool | None = None, pad: int = 0) -> None:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size}: must be at least 1")
         if crops not in (1, TEST_CROPS):
@@ -487,7 +497,7 @@ class EvalLoader:
                             "and their mirrors)")
         _check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
-        self.mean, self.device = mean, _resolve(device)
+        self.mean, self.device, self.pad = mean, _resolve(device), _check_pad(pad)
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
                                augment_in_readers)
         stats = store.stats if stats is None else stats
@@ -527,4 +537,4 @@ class EvalLoader:
 
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
         return augment.eval_batch(images, self._device_stats, crops=self.crops,
-                                  crop_size=self.crop, mean=self.mean)
+                                  crop_size=self.crop, mean=self.mean, pad=self.pad)

@@ -75,6 +75,7 @@ def per_rank_batch(config: Config, n_train: int, world: int) -> int:
 def train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats: Any) -> Any:
     """The sharded, deterministic training loader (loader.py)."""
     from alexnet.data.loader import TrainLoader
+    from alexnet.model import loader_pad
 
     d = config.data
     return TrainLoader(store, per_rank, crop=d.crop, seed=config.run.seed, rank=rt.dist.rank,
@@ -84,5 +85,6 @@ def train_loader(store: Any, per_rank: int, config: Config, rt: Runtime, stats: 
                        decoder=config.run.jpeg_decoder, decode_threads=config.run.decode_threads,
                        gpu_decode=config.run.gpu_decode,
                        augment_in_readers={"readers": True, "consumer": False}.get(
-                           config.run.augment_in))
+                           config.run.augment_in),
+                       pad=loader_pad(config.model.arch, d.crop))
 

@@ -365,15 +365,20 @@ def time_variants(device: torch.device, batch: int, warmup: int, steps: int, wid
     """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
     runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
     timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
-    whole step."""
+    whole step. Each line is printed as soon as it is timed, so that a run stopped by a time
+    limit keeps the lines it reached."""
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
-    out = {"default": default}
-    for name, kwargs, setting in variants_for(device):
-        with setting() if setting else contextlib.nullcontext():
-            out[name] = time_steps("alexnet", device, batch, opts, warmup, steps, width,
-                                   **kwargs)
     label = "bf16+channels_last" if opts else "fp32"
     print(f"paper net, other ways to compute the same function ({label}, whole step):")
-    for name, rate in out.items():
-        print(f"  {name:<40}{rate:>11.1f} images/s{rate / out['default']:>8.2f}x default")
+    out: dict[str, float] = {}
+
+    def show(name: str, rate: float) -> None:
+        out[name] = rate
+        print(f"  {name:<40}{rate:>11.1f} images/s{rate / default:>8.2f}x default", flush=True)
+
+    show("default", default)
+    for name, kwargs, setting in variants_for(device):
+        with setting() if setting else contextlib.nullcontext():
+            show(name, time_steps("alexnet", device, batch, opts, warmup, steps, width,
+                                  **kwargs))
     return out

@@ -24,6 +24,7 @@ import copy
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,7 @@ LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
 _TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton,
 # "augment": alexnet.data.augment_triton (None when triton is missing); "verified.<device
 # type>", "pool_verified.<...>", "augment_verified.<...>": the kernels' checks
+_CHECK_LOCK = threading.RLock()  # one check at a time (a check may ask for another)
 
 
 def _triton_kernels(key: str, name: str) -> Any:
@@ -132,10 +134,13 @@ def triton_lrn_module() -> Any:
 def _checked_once(key: str, check: Callable[[torch.device], bool], device: torch.device
                   ) -> bool:
     """check(device), run once per key and then cached; eagerly even when first asked inside
-    a torch.compile trace."""
+    a torch.compile trace. Threads that ask at once (the loader's read-ahead threads
+    augmenting on a GPU) wait for the one check instead of each running its own."""
     if key not in _TRITON:
-        run = torch.compiler.disable(check) if torch.compiler.is_compiling() else check
-        _TRITON[key] = run(device)
+        with _CHECK_LOCK:
+            if key not in _TRITON:
+                run = torch.compiler.disable(check) if torch.compiler.is_compiling() else check
+                _TRITON[key] = run(device)
     return _TRITON[key]
 
 

@@ -92,6 +92,26 @@ def test_gpu_decode_refused_with_a_reason_off_cuda(blobs: list[bytes]) -> None:
         decode.decode_gpu(blobs, SIZE, "cpu")
 
 
+def test_a_gpu_batch_of_mixed_sizes_is_a_user_error(blobs: list[bytes], monkeypatch) -> None:
+    """A store image of another size is named in one line, not torch.stack's RuntimeError
+    (nvJPEG stood in for by PIL: the check does not depend on the decoder)."""
+    import sys
+    import types
+
+    io = types.ModuleType("torchvision.io")
+    io.ImageReadMode = types.SimpleNamespace(RGB="RGB")
+    io.decode_jpeg = lambda data, mode, device: [
+        torch.from_numpy(pil_reference([bytes(d.numpy())])[0]).permute(2, 0, 1) for d in data]
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", io)
+    monkeypatch.setattr(decode, "gpu_unavailable", lambda device: None)
+    out = decode.decode_gpu(blobs[:3], SIZE, "cpu")
+    assert torch.equal(out, torch.from_numpy(pil_reference(blobs[:3])))
+    bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
+    with pytest.raises(UserError, match=r"store image 1 of the batch decodes to \(3, 72, 72\)"):
+        decode.decode_gpu([blobs[0], bigger, blobs[1]], SIZE, "cpu")
+
+
 @pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,
                     reason=f"GPU decode: {decode.gpu_unavailable('cuda')}")
 def test_gpu_decode_is_the_cpu_decode_up_to_the_stated_bound(blobs: list[bytes]) -> None:
@@ -102,3 +122,6 @@ def test_gpu_decode_is_the_cpu_decode_up_to_the_stated_bound(blobs: list[bytes])
     assert decode.decode_gpu([], SIZE, "cuda").shape == (0, SIZE, SIZE, 3)
     with pytest.raises(UserError):
         decode.decode_gpu(blobs[:2], SIZE + 8, "cuda")
+    bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
+    with pytest.raises(UserError, match="store image 1 of the batch"):
+        decode.decode_gpu([blobs[0], bigger], SIZE, "cuda")

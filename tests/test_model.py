@@ -401,3 +401,25 @@ def test_torchvision_layout_keys_and_loading(tmp_path):
     assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d)
     assert [type(m).__name__ for m in model.classifier][:4] == ["Dropout", "Linear", "ReLU",
                                                                 "Dropout"]
+
+
+def test_threads_asking_for_a_kernel_check_at_once_share_one_run(monkeypatch):
+    """The loader's read-ahead threads may all ask for the Triton augmentation's check on
+    their first batch: one runs it (and warns, if it fails), the others wait for its result."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import alexnet.model
+
+    monkeypatch.setattr(alexnet.model, "_TRITON", {})
+    runs = []
+
+    def slow_check(device: torch.device) -> bool:
+        runs.append(device)
+        time.sleep(0.2)
+        return False
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: alexnet.model._checked_once(
+            "augment_verified.cpu", slow_check, torch.device("cpu")), range(8)))
+    assert got == [False] * 8 and len(runs) == 1

@@ -23,12 +23,15 @@ TRITON_INTERPRET=1 the kernel runs on CPU tensors.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import triton
 import triton.language as tl
 
 BLOCK = 512  # output pixels of one patch per program
 NUM_WARPS = 4
+_LAUNCH_LOCK = threading.Lock()  # Triton's JIT does not lock its first compile of a shape
 
 
 @triton.jit
@@ -75,8 +78,9 @@ def patches(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left:
         return out
     ints = [t.to(torch.int32).contiguous() for t in (source, top, left, mirror)]
     grid = (k, triton.cdiv(side * side, BLOCK))
-    _patches_kernel[grid](images, sb, sy, sx, sc, *ints, mean, *mean.stride(),
-                          shift.to(torch.float32).contiguous(), out, out.stride(0),
-                          out.stride(1), out.stride(2), out.stride(3), crop, side, BLOCK_P=BLOCK,
-                          num_warps=NUM_WARPS)
+    with _LAUNCH_LOCK:  # read-ahead threads may launch it first at once: one compiles
+        _patches_kernel[grid](images, sb, sy, sx, sc, *ints, mean, *mean.stride(),
+                              shift.to(torch.float32).contiguous(), out, out.stride(0),
+                              out.stride(1), out.stride(2), out.stride(3), crop, side,
+                              BLOCK_P=BLOCK, num_warps=NUM_WARPS)
     return out

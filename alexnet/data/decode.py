@@ -149,22 +149,33 @@ def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str) -> 
 
     The result is on the device's current stream when it returns, like any CUDA op; it
     is channels-last like a raw store batch (a strided view of the decoder's (B, 3, S, S)).
+    The current stream is drained first: torchvision's decoder allocates its outputs on it
+    but writes them from its own stream without waiting for it, so it could overwrite memory
+    that work queued there still reads (pytorch/vision#9606). On the loader's nvJPEG thread
+    that stream is idle and the wait costs nothing.
     """
     reason = gpu_unavailable(device)
     if reason:
         raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    device = torch.device(device)
+    if device.type == "cuda":
+        # "cuda" and "cuda:0" differ to torchvision, which rebuilds its decoder on a change
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None
+                              else device.index)
+        torch.cuda.current_stream(device).synchronize()
     if not blobs:
         return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
     data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
     with _GPU_LOCK:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    batch = torch.stack(images)
-    if batch.shape[1:] != (3, size, size):
-        raise UserError(f"store images decode to {tuple(batch.shape[1:])} on the GPU, expected "
-                        f"(3, {size}, {size}); rerun `alexnet prepare` to rebuild the store")
-    return batch.permute(0, 2, 3, 1)
+    for row, image in enumerate(images):
+        if tuple(image.shape) != (3, size, size):
+            raise UserError(f"store image {row} of the batch decodes to {tuple(image.shape)} on "
+                            f"the GPU, expected (3, {size}, {size}); rerun `alexnet prepare` "
+                            "to rebuild the store")
+    return torch.stack(images).permute(0, 2, 3, 1)
 
 
 def describe() -> dict[str, Any]:

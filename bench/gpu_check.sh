@@ -14,6 +14,8 @@
 #   ablate    only with GPU_CHECK_ABLATE=1 (about 2 more minutes): bench/ablate_gpu.sh, the
 #             ablation table with error bars on the full Fashion-MNIST at 256x256 (issue 12)
 #   demo      only with GPU_CHECK_DEMO=1 (about 3 more minutes): `alexnet demo` on CUDA
+#   goals     bench/goals.py: each goal of issues 8 and 9 beside its figure from the JSON
+#             above: met, MISSED, or not measured (a step that failed or ran out of time)
 #
 # Usage: bench/gpu_check.sh [OUTDIR]
 # Fashion-MNIST's IDX files are read from $ALEXNET_FMNIST, else .gpu-data/fashion-mnist (an
@@ -65,5 +67,6 @@ fi
 if [ -n "$DATA" ] && [ "${GPU_CHECK_DEMO:-0}" = 1 ]; then
   step demo 200 $PY -m alexnet demo --data "$DATA" --out "$OUTDIR/demo"
 fi
+$PY bench/goals.py "$OUTDIR" | tee "$OUTDIR/goals.log"
 echo "=== gpu_check: $([ $status = 0 ] && echo all passed || echo SOME FAILED); figures in $OUTDIR"
 exit $status

@@ -1,7 +1,8 @@
 """`alexnet bench WHAT`: benchmarks that report speed as ratios against a baseline run beside.
 
 Each stage owns its benchmark module (alexnet/bench/<what>.py) with a `bench(args) -> dict`
-function that prints its figures and returns them; `--json FILE` writes them out.
+function that prints its figures and returns them; `--json FILE` writes them out (after each
+benchmark, so that a run stopped by a time limit keeps the figures of those it finished).
 `--smoke` runs every line with the least work (the tests use it): implies `--quick`, a paper
 net of 1/8 width (SMOKE_WIDTH) without the torchvision layout beside it, a handful of images.
 Its figures say nothing about speed.
@@ -49,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         module = importlib.import_module(f"alexnet.bench.{what}")
         print(f"== alexnet bench {what}: {WHATS[what]}")
         results[what] = module.bench(args)
-    if args.json:
-        write_json(args.json, results, indent=2)
+        if args.json:  # after each benchmark: a run cut short keeps what it measured
+            write_json(args.json, results, indent=2)
     return 0

@@ -148,6 +148,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
+LRN_FUSED = "relu+lrn fused"  # the row of what the net runs (its "/ relu" ratio: issue 8's goal)
+
+
 def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.memory_format,
               timing: tuple[int, int], shapes: dict[str, tuple[int, ...]]) -> dict:
     """LRN forward+backward (Triton where it runs, and the torch path) beside a ReLU's."""
@@ -163,19 +166,19 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                                          g, None)
             fused = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton", relu=True),
                              x, [x], g, None)
-            fns["relu+lrn fused"] = fused
+            fns[LRN_FUSED] = fused
             module = triton_lrn_module()
             for layout in module.LAYOUTS:
                 if layout != module.LAYOUT:
-                    fns[f"relu+lrn fused, {layout} layout"] = _with_settings(fused,
+                    fns[f"{LRN_FUSED}, {layout} layout"] = _with_settings(fused,
                                                                             LAYOUT=layout)
             column = shape[1] // 2
             if module.LAYOUT == "rows" and column > module.ROWS_MAX_RUN:  # conv2's 128 maps
-                fns[f"relu+lrn fused, rows layout in runs of {column}"] = _with_settings(
+                fns[f"{LRN_FUSED}, rows layout in runs of {column}"] = _with_settings(
                     fused, ROWS_MAX_RUN=column)  # whole columns: no neighbours' loads
             for v in module.BACKWARDS:  # the backward choice applies to the tile kernels
                 if v != module.BACKWARD:
-                    fns[f"relu+lrn fused, tile layout, {v} backward"] = _with_settings(
+                    fns[f"{LRN_FUSED}, tile layout, {v} backward"] = _with_settings(
                         fused, LAYOUT="tile", BACKWARD=v)
         t = _time_all(fns, device, *timing)
         row = {k: v for k, v in t.items()}

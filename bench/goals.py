@@ -1,0 +1,138 @@
+"""The speed goals of issues 8 and 9 beside the figures of one bench/gpu_check.sh run.
+
+Usage: python bench/goals.py OUTDIR
+reads OUTDIR/bench.json (`alexnet bench model train`), OUTDIR/data.json (`alexnet bench data
+evaluate`) and OUTDIR/pipeline.json (`alexnet bench pipeline`), and prints one line per goal:
+the figure, the goal, and "met", "MISSED" or "not measured" (a step that failed or ran out of
+time leaves its figures out). The figures are the benchmarks' own, read as they wrote them;
+nothing is measured here. Exit status 0 whatever the verdicts: the script reports, it does
+not judge the run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from alexnet.bench.model import LRN_FUSED
+from alexnet.bench.train import BF16_CL
+from alexnet.bench.train import COMPILED_ROW as COMPILED
+
+# Issue 8 (one H100/H200, bf16 + channels_last, batch 256)
+PAPER_OVER_TV = 0.8  # the paper net's training step against torchvision's alexnet
+PAPER_OVER_TV_COMPILED = 0.9  # the same, both under torch.compile
+LRN_OVER_RELU = 1.5  # LRN forward+backward against a ReLU on the same tensor
+# Issue 9 (one H100/H200 machine)
+JPEG_LOADER = 25_000  # images/s delivered to the GPU from a jpeg store
+RAW_LOADER = 80_000  # images/s from a raw store at the default read-ahead depth
+TRAINING_OVER_MODEL = 0.9  # training from a store against the model alone, same run
+PREPARE_PER_CORE = 0.8  # prepare with one worker per core against one worker, per core
+
+FUSED = f"{LRN_FUSED} / relu"  # what the net runs, as a multiple of a ReLU
+
+
+def load(outdir: Path, name: str) -> dict[str, Any]:
+    """OUTDIR/name.json, or {} when the step wrote none (failed or out of time)."""
+    try:
+        return json.loads((outdir / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def dig(tree: Any, *keys: Any) -> Any:
+    """tree[k1][k2]..., or None where a key is missing (JSON keys are strings)."""
+    for key in keys:
+        if not isinstance(tree, dict) or str(key) not in tree:
+            return None
+        tree = tree[str(key)]
+    return tree
+
+
+def verdict(value: float | None, goal: float, at_least: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if (value >= goal if at_least else value <= goal) else "MISSED"
+
+
+def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
+    """(issue, goal, figure, how the figure is shown, verdict) for every goal."""
+    bench, data, pipe = (load(outdir, n) for n in ("bench", "data", "pipeline"))
+    rows: list[tuple[str, str, float | None, str, str]] = []
+
+    def add(issue: str, name: str, value: float | None, unit: str, goal: float,
+            at_least: bool = True) -> None:
+        rows.append((issue, f"{name} {'>=' if at_least else '<='} {goal:,g}{unit}", value,
+                     unit, verdict(value, goal, at_least)))
+
+    train = dig(bench, "train")
+    versus = dig(train, "versus")
+    against = "torchvision's alexnet" if versus in (None, "torchvision") else versus
+    add("8", f"paper net / {against}, {BF16_CL}",
+        dig(train, "settings", BF16_CL, "paper_over_torchvision"), "x", PAPER_OVER_TV)
+    add("8", f"paper net / {against}, {COMPILED}",
+        dig(train, "settings", COMPILED, "paper_over_torchvision"), "x", PAPER_OVER_TV_COMPILED)
+    for layer in ("conv1", "conv2"):
+        add("8", f"LRN on {layer}'s output (ReLU folded in, as the net runs it) / ReLU",
+            dig(bench, "model", "parts", "lrn", layer, FUSED), "x", LRN_OVER_RELU, at_least=False)
+
+    reading = dig(pipe, "reading") or {}
+    share = dig(reading, "jpeg", "gpu_decode")
+    jpeg = None if share is None else _by_number(dig(pipe, "jpeg_loader"), share)
+    add("9", "jpeg store, loader at the default GPU share", jpeg, " img/s", JPEG_LOADER)
+    depth = dig(reading, "raw", "prefetch")
+    raw = None if depth is None else dig(pipe, "raw_loader", depth)
+    add("9", "raw store, loader at the default depth", raw, " img/s", RAW_LOADER)
+    model = dig(pipe, "model_only")
+    for fmt in ("raw", "jpeg"):
+        training = dig(pipe, f"{fmt}_training")
+        ratio = training / model if training is not None and model else None
+        add("9", f"training from the {fmt} store / the model alone", ratio, "x",
+            TRAINING_OVER_MODEL)
+    workers = dig(data, "data", "prepare_workers")
+    if workers is None:
+        rows.append(("9", f"prepare, one worker per core / 1 worker >= {PREPARE_PER_CORE:g} x "
+                     "cores", None, "x", "not measured"))
+    else:
+        add("9", f"prepare, {workers} workers / 1 worker", dig(data, "data", "prepare_scaling"),
+            "x", PREPARE_PER_CORE * int(workers))
+    decoder = dig(reading, "jpeg", "decoder")
+    rates = dig(pipe, "cpu_decode", decoder) if decoder else None
+    if rates:
+        threads = sorted(rates, key=int)
+        grows = all(rates[b] > rates[a] for a, b in zip(threads, threads[1:], strict=False))
+        shown = ", ".join(f"{t}: {rates[t]:.0f}" for t in threads)
+        rows.append(("9", f"CPU decode ({decoder}) grows with threads ({shown} img/s)",
+                     None, "", "met" if grows else "MISSED"))
+    else:
+        rows.append(("9", "CPU decode grows with threads", None, "", "not measured"))
+    return rows
+
+
+def _by_number(table: Any, key: float) -> float | None:
+    """table[key] for a dict whose keys are numbers written as JSON strings."""
+    if not isinstance(table, dict):
+        return None
+    for k, v in table.items():
+        if abs(float(k) - float(key)) < 1e-9:
+            return v
+    return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python bench/goals.py OUTDIR (bench/gpu_check.sh's output folder)",
+              file=sys.stderr)
+        return 2
+    outdir = Path(argv[0])
+    print(f"goals of issues 8 and 9 against the figures in {outdir}:")
+    for issue, goal, value, unit, said in goals(outdir):
+        figure = "" if value is None else (f"{value:.2f}{unit}" if unit == "x" else
+                                           f"{value:,.0f}{unit}")
+        print(f"  issue {issue}: {goal:<78}{figure:>14}  {said}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,98 @@
+"""bench/goals.py: the goals of issues 8 and 9 read from the JSON that bench/gpu_check.sh's
+benchmarks write, at the places they write them (real runs on the CPU where the figure exists
+here, the CUDA-only rows from their writers' own row names)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.bench import pipeline
+from alexnet.bench.model import LRN_FUSED
+from alexnet.bench.train import settings_for
+from alexnet.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("goals", ROOT / "bench" / "goals.py")
+goals = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(goals)
+
+
+def by_goal(outdir: Path) -> dict[str, tuple[float | None, str]]:
+    return {goal: (value, said) for _, goal, value, _, said in goals.goals(outdir)}
+
+
+def test_every_goal_is_not_measured_without_figures(tmp_path: Path) -> None:
+    rows = goals.goals(tmp_path)
+    assert [issue for issue, *_ in rows].count("8") == 4
+    assert [issue for issue, *_ in rows].count("9") == 6
+    assert {said for *_, said in rows} == {"not measured"}
+
+
+def test_the_pipeline_figures_are_read_where_the_benchmark_writes_them(tmp_path: Path) -> None:
+    plan = {"distinct": 4, "repeats": 2, "batch": 2, "steps": 1, "warmup": 1,
+            "loader_steps": 2}
+    r = pipeline.run_pipeline(torch.device("cpu"), plan, tmp_path / "stores", classes=4,
+                              width=0.125)
+    out = tmp_path / "out"
+    out.mkdir()
+    from alexnet.atomic import write_json
+
+    write_json(out / "pipeline.json", r, indent=2)  # as `alexnet bench --json` writes it
+    got = by_goal(out)
+    depth = r["reading"]["raw"]["prefetch"]
+    raw = got["raw store, loader at the default depth >= 80,000 img/s"]
+    assert raw == (r["raw_loader"][depth], "met" if r["raw_loader"][depth] >= 80_000
+                   else "MISSED")
+    assert got["jpeg store, loader at the default GPU share >= 25,000 img/s"][0] == \
+        r["jpeg_loader"][0.0]  # no GPU here: the CPU share is all of it
+    for fmt in ("raw", "jpeg"):
+        value, said = got[f"training from the {fmt} store / the model alone >= 0.9x"]
+        assert value == pytest.approx(r[f"{fmt}_training"] / r["model_only"])
+        assert said == ("met" if value >= 0.9 else "MISSED")
+    decoder = r["reading"]["jpeg"]["decoder"]
+    line = [goal for goal in got if goal.startswith(f"CPU decode ({decoder}) grows")]
+    assert len(line) == 1 and got[line[0]][1] in ("met", "MISSED")
+
+
+def test_the_gpu_rows_are_read_by_their_writers_names(tmp_path: Path) -> None:
+    names = [name for name, *_ in settings_for(torch.device("cuda"), quick=False)]
+    assert goals.BF16_CL in names and goals.COMPILED in names
+    bench = {"train": {"versus": "torchvision", "settings": {
+                 goals.BF16_CL: {"paper_over_torchvision": 0.85},
+                 goals.COMPILED: {"paper_over_torchvision": 0.7}}},
+             "model": {"parts": {"lrn": {"conv1": {f"{LRN_FUSED} / relu": 1.2},
+                                         "conv2": {f"{LRN_FUSED} / relu": 3.1}}}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    (tmp_path / "data.json").write_text(json.dumps(
+        {"data": {"prepare_workers": 16, "prepare_scaling": 13.0}}))
+    got = by_goal(tmp_path)
+    assert got["paper net / torchvision's alexnet, bf16+channels_last >= 0.8x"] == (0.85, "met")
+    assert got["paper net / torchvision's alexnet, bf16+channels_last+compile (fast) >= 0.9x"] \
+        == (0.7, "MISSED")
+    lrn = "LRN on {}'s output (ReLU folded in, as the net runs it) / ReLU <= 1.5x"
+    assert got[lrn.format("conv1")] == (1.2, "met")
+    assert got[lrn.format("conv2")] == (3.1, "MISSED")
+    assert got["prepare, 16 workers / 1 worker >= 12.8x"] == (13.0, "met")
+
+
+def test_a_real_model_bench_holds_the_lrn_rows_where_they_are_read(tmp_path, capsys) -> None:
+    """On the CPU the fused row is absent (it needs CUDA), but its layer's row is where the
+    script looks: bench.json's model, parts, lrn, conv1."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    for layer in ("conv1", "conv2"):
+        assert goals.dig(written, "model", "parts", "lrn", layer, "relu") > 0
+        assert goals.dig(written, "model", "parts", "lrn", layer, f"{LRN_FUSED} / relu") is None
+
+
+def test_the_script_prints_a_line_per_goal(tmp_path: Path, capsys) -> None:
+    assert goals.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 + 10 and all("not measured" in line for line in printed[1:])
+    assert goals.main([]) == 2

@@ -1,7 +1,7 @@
 """The speed goals of issues 8 and 9 beside the figures of one bench/gpu_check.sh run.
 
 Usage: python bench/goals.py OUTDIR
-reads OUTDIR/bench.json (`alexnet bench model train`), OUTDIR/data.json (`alexnet bench data
+reads OUTDIR/bench.json (`alexnet bench train model`), OUTDIR/data.json (`alexnet bench data
 evaluate`) and OUTDIR/pipeline.json (`alexnet bench pipeline`), and prints one line per goal:
 the figure, the goal, and "met", "MISSED" or "not measured" (a step that failed or ran out of
 time leaves its figures out). The figures are the benchmarks' own, read as they wrote them;

@@ -2,7 +2,7 @@
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
 # network, within 8 minutes (each step has its own time limit, summing to 460 s):
 #   tests     the tests with a CUDA path (Triton LRN, GPU decode, CUDA loader, demo)
-#   bench     `alexnet bench model train`: LRN (each kernel layout) beside ReLU, column forms,
+#   bench     `alexnet bench train model`: LRN (each kernel layout) beside ReLU, column forms,
 #             paper net beside torchvision's alexnet in fp32 / bf16 / channels_last / compile /
 #             CUDA graph (issue 8's goals), and the paper net's whole step with each column
 #             form (and split_columns on one device), LRN kernel choice and the Triton
@@ -55,7 +55,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 step tests 80 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or gpu"
-step bench 180 $PY -m alexnet bench model train --device cuda --json "$OUTDIR/bench.json"
+# train first: its JSON (issue 8's ratios) is written before `model` starts
+step bench 180 $PY -m alexnet bench train model --device cuda --json "$OUTDIR/bench.json"
 step data 90 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
 step pipeline 110 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
 if [ "${GPU_CHECK_ABLATE:-0}${GPU_CHECK_DEMO:-0}" != 00 ] && [ -z "$DATA" ]; then

@@ -13,9 +13,13 @@ from alexnet.data import decode
 
 def test_twin_stores_hold_the_same_images_repeated(tmp_path: Path) -> None:
     images = pipeline.photo_like(3, seed=1)
-    stores = pipeline.write_twin_stores(tmp_path, images, repeats=2, classes=2)
-    raw, jpeg = stores["raw"], stores["jpeg"]
-    assert len(raw) == len(jpeg) == 6 and jpeg.format == "jpeg"
+    stores = pipeline.write_twin_stores(tmp_path, images, repeats=2, classes=2,
+                                        low_quality=True)
+    raw, jpeg, low = stores["raw"], stores["jpeg"], stores[f"jpeg{pipeline.LOW_QUALITY}"]
+    assert len(raw) == len(jpeg) == len(low) == 6 and jpeg.format == low.format == "jpeg"
+    assert (jpeg.meta["jpeg_quality"], low.meta["jpeg_quality"]) == (90, pipeline.LOW_QUALITY)
+    np.testing.assert_array_equal(low.labels, raw.labels)
+    assert sum(map(len, low.encoded(range(3)))) < sum(map(len, jpeg.encoded(range(3))))
     np.testing.assert_array_equal(raw.read(range(6)), np.concatenate([images, images]))
     np.testing.assert_array_equal(raw.labels, jpeg.labels)
     assert np.abs(jpeg.read(range(6)).astype(int) - raw.read(range(6))).mean() < 6  # quality 90
@@ -42,3 +46,11 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     assert "model only" in out and "jpeg store: training" in out and "x model" in out
     assert "raw store: training, augmented by the consumer" in out  # the CPU default moved
     assert "jpeg loader only, CPU decode" in out and "threads shared by" in out
+    low = r["low_quality"]
+    assert low["quality"] == pipeline.LOW_QUALITY and low["jpeg_kb_mean"] < r["jpeg_kb_mean"]
+    assert all(np.isfinite(v) and v > 0 for v in
+               [low["jpeg_loader"], low["jpeg_training"],
+                *(v for rates in low["cpu_decode"].values() for v in rates.values())])
+    levels = r["levels_from_raw"]
+    assert 0 < levels[90]["mean"] < levels[pipeline.LOW_QUALITY]["mean"]  # coarser: further
+    assert "JPEG quality 90 against 75" in out and f"jpeg q{pipeline.LOW_QUALITY} store" in out

@@ -183,6 +183,50 @@ def test_single_level_folder_and_jpeg_format(tmp_path):
         open_split(tmp_path / "raw", "val")
 
 
+def test_jpeg_quality_is_the_encoders_and_part_of_what_the_store_is(tmp_path, capsys):
+    """--jpeg-quality: the store's JPEGs carry that quality's quantisation tables (PIL's
+    encoder at the same quality, written independently), the header records it, a rerun
+    with it is complete, another quality or a raw store with it is refused in one line."""
+    import io
+
+    from PIL import Image
+
+    src = tmp_path / "src"
+    for k, name in enumerate(["a", "b"]):
+        images_.write_files(src / name, {f"{i}.png": images_.png(images_.photo(40 + i, 30, k))
+                                         for i in range(2)})
+    prepare(src, tmp_path / "q90", size=16, workers=1, format="jpeg")
+    prepare(src, tmp_path / "q50", size=16, workers=1, format="jpeg", jpeg_quality=50)
+    for quality in (90, 50):
+        store = open_split(tmp_path / f"q{quality}", "train")
+        assert store.meta["jpeg_quality"] == quality
+        reference = io.BytesIO()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(reference, "JPEG",
+                                                             quality=quality)
+        want = Image.open(reference).quantization
+        for blob in store.encoded(range(len(store))):
+            assert Image.open(io.BytesIO(bytes(blob))).quantization == want
+    fine, coarse = (open_split(tmp_path / q, "train") for q in ("q90", "q50"))
+    assert sum(len(b) for b in coarse.encoded(range(4))) < \
+        sum(len(b) for b in fine.encoded(range(4)))
+    assert "jpeg_quality" not in fine.meta["fingerprint"]  # as before the option existed
+    capsys.readouterr()
+    prepare(src, tmp_path / "q50", size=16, workers=1, format="jpeg", jpeg_quality=50)
+    assert "already complete" in capsys.readouterr().err
+    with pytest.raises(UserError, match="other arguments"):
+        prepare(src, tmp_path / "q50", size=16, workers=1, format="jpeg")
+    for bad, message in ((0, "choose 1-100"), (101, "choose 1-100")):
+        with pytest.raises(UserError, match=f"--jpeg-quality {bad}: {message}"):
+            prepare(src, tmp_path / "bad", size=16, workers=1, format="jpeg",
+                    jpeg_quality=bad)
+    with pytest.raises(UserError, match="--format jpeg only"):
+        prepare(src, tmp_path / "bad", size=16, workers=1, jpeg_quality=50)
+    assert not (tmp_path / "bad").exists()
+    assert cli_main(["prepare", str(src), str(tmp_path / "cli"), "--size", "16", "--workers",
+                     "1", "--format", "jpeg", "--jpeg-quality", "70"]) == 0
+    assert open_split(tmp_path / "cli", "train").meta["jpeg_quality"] == 70
+
+
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]  # sorted
 ILSVRC_IDS = [3, 1, 4, 2]  # devkit order differs from sorted-wnid order
 

@@ -19,7 +19,10 @@ beside the others of the same run:
   the other place (read-ahead threads or consumer: loader.default_augment_in_readers);
 - each store's loader from disk: its files dropped from the page cache first (fadvise, no
   root needed; on a tmpfs they stay in memory and the figure is the cached one), timed over
-  its first epoch only.
+  its first epoch only;
+- a third store, the same images as JPEGs of quality LOW_QUALITY (`prepare --jpeg-quality`):
+  its loader alone and training from it at the defaults, its CPU decoders at 1 thread and at
+  the cores (and nvJPEG), and both qualities' mean and max distance from the raw pixels.
 
 And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8 and 16 threads
 (threads beyond the host's cores are skipped), nvJPEG batches on the GPU, and the mean and
@@ -48,7 +51,8 @@ import torch
 from alexnet import paper
 
 SIZE = paper.IMAGE_SIZE
-QUALITY = 90
+QUALITY = 90  # the jpeg store's default (alexnet.data.store.JPEG_QUALITY)
+LOW_QUALITY = 75  # `prepare --jpeg-quality 75`, measured beside it: cheaper to decode
 THREADS = (1, 2, 4, 8, 16)
 
 
@@ -69,24 +73,31 @@ def photo_like(count: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def write_twin_stores(root: Path, images: np.ndarray, repeats: int, classes: int
-                      ) -> dict[str, Any]:
-    """A raw and a jpeg store (root/raw, root/jpeg) of `images` repeated `repeats` times."""
+def write_twin_stores(root: Path, images: np.ndarray, repeats: int, classes: int,
+                      low_quality: bool = False) -> dict[str, Any]:
+    """A raw and a jpeg store (root/raw, root/jpeg) of `images` repeated `repeats` times;
+    with `low_quality` also a jpeg store at LOW_QUALITY (root/jpeg75)."""
     from alexnet.data.stats import pixel_sums
     from alexnet.data.store import SplitWriter, encode_jpeg, open_split
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        blobs = list(pool.map(lambda image: encode_jpeg(image, QUALITY), images))
     sums = pixel_sums(images)
     labels = np.arange(len(images)) % classes
-    for fmt in ("raw", "jpeg"):
-        writer = SplitWriter(root / fmt / "train", split="train", image_size=SIZE,
-                             classes=[f"c{k}" for k in range(classes)], format=fmt,
+    names = {"raw": QUALITY, "jpeg": QUALITY}
+    if low_quality:
+        names[f"jpeg{LOW_QUALITY}"] = LOW_QUALITY
+    for name, quality in names.items():
+        blobs = None
+        if name != "raw":
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                blobs = list(pool.map(encode_jpeg, images, [quality] * len(images)))
+        writer = SplitWriter(root / name / "train", split="train", image_size=SIZE,
+                             classes=[f"c{k}" for k in range(classes)],
+                             format="raw" if name == "raw" else "jpeg", jpeg_quality=quality,
                              source="bench pipeline", checkpoint_seconds=float("inf"))
         for r in range(repeats):
             writer.add_chunk(images, np.roll(labels, r), sums=sums, jpegs=blobs)
         writer.finish()
-    return {fmt: open_split(root / fmt, "train") for fmt in ("raw", "jpeg")}
+    return {name: open_split(root / name, "train") for name in names}
 
 
 def drop_from_cache(folder: Path) -> bool:
@@ -234,6 +245,32 @@ def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> di
             "diff_max": int(diff.max())}
 
 
+def low_quality_figures(store: Any, trainer: Trainer, plan: dict[str, int],
+                        threads: tuple[int, ...]) -> dict[str, Any]:
+    """The jpeg figures again for a store at LOW_QUALITY: its size, the CPU decoders at
+    `threads`, nvJPEG where it runs, the loader alone at its defaults and training from it."""
+    from alexnet.data import decode
+
+    device, batch = trainer.rt.device, plan["batch"]
+    blobs = store.encoded(range(plan["distinct"]))
+    loader = train_loader(store, batch, device)
+    out: dict[str, Any] = {
+        "quality": LOW_QUALITY, "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
+        "gpu_share": loader.reading.gpu_decode,
+        "cpu_decode": cpu_decode_rates(blobs, threads),
+        "jpeg_loader": loader_rate(loader, device, plan["loader_steps"], plan["warmup"]),
+        "jpeg_training": training_rate(loader, trainer, plan["steps"], plan["warmup"])}
+    if not decode.gpu_unavailable(device):
+        out["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
+    return out
+
+
+def _levels(decoded: np.ndarray, pixels: np.ndarray) -> dict[str, float]:
+    """Mean and max absolute difference in levels between decoded JPEGs and their pixels."""
+    diff = np.abs(decoded.astype(np.int64) - pixels.astype(np.int64))
+    return {"mean": float(diff.mean()), "max": int(diff.max())}
+
+
 def _plan(device: torch.device, quick: bool) -> dict[str, int]:
     """Sizes of the run: distinct images, repeats, batch, timed training steps, warm-up
     steps, timed loader-only steps (cheap, so more of them)."""
@@ -257,8 +294,10 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
 
     steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
     loader_steps = plan["loader_steps"]
-    stores = write_twin_stores(root, photo_like(plan["distinct"]), plan["repeats"], classes)
-    disk = disk_rates(stores, device, batch, loader_steps)  # before anything maps the files
+    pixels = photo_like(plan["distinct"])
+    stores = write_twin_stores(root, pixels, plan["repeats"], classes, low_quality=True)
+    disk = disk_rates({k: stores[k] for k in ("raw", "jpeg")}, device, batch,
+                      loader_steps)  # before anything maps the files
     jpeg = stores["jpeg"]
     blobs = jpeg.encoded(range(plan["distinct"]))
     r: dict[str, Any] = {
@@ -298,6 +337,11 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
     r["jpeg_training_moved"] = training_rate(
         train_loader(jpeg, batch, device, augment_in_readers=moved), trainer, steps, warmup)
+    r["low_quality"] = low_quality_figures(stores[f"jpeg{LOW_QUALITY}"], trainer, plan,
+                                           (threads[0], threads[-1]))
+    r["levels_from_raw"] = {
+        q: _levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
+        for q, s in ((QUALITY, jpeg), (LOW_QUALITY, stores[f"jpeg{LOW_QUALITY}"]))}
     r["from_disk"] = disk
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r
@@ -345,6 +389,10 @@ def print_figures(r: dict[str, Any]) -> None:
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
     rows.append((f"jpeg store: training, {where[not here]}", r["jpeg_training_moved"]))
+    low = r["low_quality"]
+    rows.append((f"jpeg q{low['quality']} loader only, GPU share {low['gpu_share']:.2f} "
+                 "(default)", low["jpeg_loader"]))
+    rows.append((f"jpeg q{low['quality']} store: training (defaults)", low["jpeg_training"]))
     rows += [(f"{fmt} loader only, from disk (page cache dropped; defaults)", v)
              for fmt, v in r["from_disk"].items()]
     print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
@@ -358,6 +406,21 @@ def print_figures(r: dict[str, Any]) -> None:
         print(f"  GPU decode alone (nvJPEG, batches of {g['batch']}): {g['images_per_s']:.0f} "
               f"img/s; pixels against the CPU decoder: mean {g['diff_mean']:.3f}, max "
               f"{g['diff_max']} levels")
+    q, levels = low["quality"], r["levels_from_raw"]
+    print(f"  JPEG quality {QUALITY} against {q} (prepare --jpeg-quality {q}):")
+    print(f"    {'KB per image':<40}{r['jpeg_kb_mean']:>10.1f}{low['jpeg_kb_mean']:>10.1f}")
+    print(f"    {'levels from the raw pixels, mean':<40}{levels[QUALITY]['mean']:>10.2f}"
+          f"{levels[q]['mean']:>10.2f}")
+    print(f"    {'levels from the raw pixels, max':<40}{levels[QUALITY]['max']:>10}"
+          f"{levels[q]['max']:>10}")
+    for name, rates in low["cpu_decode"].items():
+        for n, rate in rates.items():
+            base = r["cpu_decode"][name][n]
+            print(f"    {f'{name} decode, {n} thread(s), img/s':<40}{base:>10.0f}{rate:>10.0f}"
+                  f"  ({rate / base:.2f}x)")
+    if "gpu_decode" in low:
+        base, rate = r["gpu_decode"]["images_per_s"], low["gpu_decode"]["images_per_s"]
+        print(f"    {'nvJPEG decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  ({rate / base:.2f}x)")
 
 
 def _threads(r: dict[str, Any]) -> list[int]:

@@ -85,7 +85,8 @@ def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray
 
 
 def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str,
-                 limit: int | None, max_pixels: int, chunk: int) -> dict[str, Any]:
+                 limit: int | None, max_pixels: int, chunk: int,
+                 jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
     """The arguments that make a split what it is (and `chunk`, how it is written)."""
     fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
                    "split": split.name, "size": size, "format": format, "limit": limit,
@@ -93,25 +94,27 @@ def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str
                    "max_pixels": max_pixels, "classes": [c["wnid"] for c in source.classes]}
     if split.cut is not None:
         fingerprint["cut"] = split.cut
+    if format == "jpeg" and jpeg_quality != JPEG_QUALITY:  # absent at the default, so that
+        fingerprint["jpeg_quality"] = jpeg_quality  # stores made before the option still match
     return fingerprint
 
 
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
                   decoders: Decoders, limit: int | None, max_pixels: int, chunk: int,
-                  train_stats: dict[str, Any] | None, stop_after: int | None = None
-                  ) -> dict[str, Any]:
+                  train_stats: dict[str, Any] | None, stop_after: int | None = None,
+                  jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
     """Write one split (resuming a half-written one); return its count and skips."""
     keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]
     fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
-                               max_pixels=max_pixels, chunk=chunk)
+                               max_pixels=max_pixels, chunk=chunk, jpeg_quality=jpeg_quality)
     meta = completed_split(path, fingerprint, ignore=("chunk",))
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
     writer = SplitWriter(path, split=split.name, image_size=size, classes=source.classes,
-                         format=format, fingerprint=fingerprint,
+                         format=format, fingerprint=fingerprint, jpeg_quality=jpeg_quality,
                          source={"kind": source.kind, "path": str(source.root),
                                  "from": split.describe, "limit": limit,
                                  "listed": len(refs)})
@@ -121,7 +124,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     def task(start: int) -> tuple[Any, ...]:
         part = refs[start:start + chunk]
         return (_payloads(part, split, reader), [_ref_name(r, split) for r in part], size,
-                max_pixels, format, JPEG_QUALITY)
+                max_pixels, format, jpeg_quality)
 
     bar = Progress(len(refs), f"prepare {split.name}", unit="img",
                    initial=min(len(refs), writer.chunks_done * chunk))
@@ -159,20 +162,23 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             limit: int | None = None, splits: list[str] | str | None = None,
             names: str | None = None, max_pixels: int = MAX_PIXELS, chunk: int = CHUNK,
             val_fraction: float | None = None, val_seed: int = 0,
-            _stop_after: int | None = None) -> dict[str, Any]:
+            jpeg_quality: int = JPEG_QUALITY, _stop_after: int | None = None
+            ) -> dict[str, Any]:
     """Prepare every split of `source` found (or those named) into the store `out`.
 
     Returns {"kind", "out", "splits": {split: {"count", "skipped", "path"}}}. The training
     split is written first; its statistics are recorded in every other split.
     `val_fraction` holds out that fraction of each class of a source without a val split as
     the val split (sources.hold_out, seeded by `val_seed`), before `limit` applies.
+    `jpeg_quality` (format "jpeg"): the encoder's quality, 1-100; lower decodes faster at
+    some cost in fidelity (docs/data.md, "JPEG quality").
     `_stop_after` (tests only) interrupts after that many chunks, as a Ctrl-C would.
     Workers are started with multiprocessing's "spawn" (safe after torch has started threads),
     so a script that calls this must guard its top level with `if __name__ == "__main__":`.
     """
     workers, splits = _check_options(format=format, size=size, limit=limit, chunk=chunk,
                                      max_pixels=max_pixels, workers=workers, splits=splits,
-                                     val_fraction=val_fraction)
+                                     val_fraction=val_fraction, jpeg_quality=jpeg_quality)
     out = Path(out)
     try:
         found = _detect(source, names, val_fraction, val_seed)
@@ -182,7 +188,7 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
         options = {"size": size, "format": format, "limit": limit, "max_pixels": max_pixels,
-                   "chunk": chunk}
+                   "chunk": chunk, "jpeg_quality": jpeg_quality}
         chunks = sum(-(-len(_kept(found, found.splits[name], limit)) // chunk)
                      for name in wanted if completed_split(
                          out / name, _fingerprint(found, found.splits[name], **options),
@@ -192,7 +198,8 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                 summary["splits"][name] = prepare_split(
                     found, found.splits[name], out / name, size=size, format=format,
                     decoders=decoders, limit=limit, max_pixels=max_pixels, chunk=chunk,
-                    train_stats=own_stats(out / "train"), stop_after=_stop_after)
+                    train_stats=own_stats(out / "train"), stop_after=_stop_after,
+                    jpeg_quality=jpeg_quality)
             share_train_stats(out)
     except OSError as err:
         raise _os_error(out, err) from None
@@ -201,10 +208,16 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max_pixels: int,
                    workers: int | None, splits: list[str] | str | None,
-                   val_fraction: float | None) -> tuple[int, list[str] | None]:
+                   val_fraction: float | None, jpeg_quality: int = JPEG_QUALITY
+                   ) -> tuple[int, list[str] | None]:
     """(workers, splits) resolved, or a UserError naming the bad option."""
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    if not 1 <= jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality {jpeg_quality}: choose 1-100 (default {JPEG_QUALITY}; "
+                        "lower decodes faster and keeps less detail)")
+    if jpeg_quality != JPEG_QUALITY and format != "jpeg":
+        raise UserError(f"--jpeg-quality {jpeg_quality}: applies to --format jpeg only")
     if size < 1:
         raise UserError(f"--size {size}: must be a positive number of pixels")
     if limit is not None and limit < 1:
@@ -271,8 +284,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=paper.IMAGE_SIZE,
                         help="side S of the stored images (default: %(default)s, the paper's)")
     parser.add_argument("--format", choices=FORMATS, default="raw",
-                        help=f"raw uint8 (fast, no decoding) or jpeg (quality {JPEG_QUALITY}, "
+                        help="raw uint8 (fast, no decoding) or jpeg (--jpeg-quality, "
                         "smaller, decoded on every read) (default: %(default)s)")
+    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, metavar="Q",
+                        help="JPEG quality of a jpeg store, 1-100: lower decodes faster "
+                        "(docs/data.md, \"JPEG quality\") (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes, this one included (default: one per core)")
     parser.add_argument("--limit", type=int, default=None,
@@ -298,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
     summary = prepare(args.source, args.out, size=args.size, format=args.format,
                       workers=args.workers, limit=args.limit, splits=args.splits,
                       names=args.names, max_pixels=args.max_pixels,
-                      val_fraction=args.val_fraction, val_seed=args.val_seed)
+                      val_fraction=args.val_fraction, val_seed=args.val_seed,
+                      jpeg_quality=args.jpeg_quality)
     for name, result in summary["splits"].items():
         print(f"{name}: {result['count']} images, {result['skipped']} skipped -> "
               f"{result['path']}")

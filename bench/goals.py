@@ -141,6 +141,9 @@ def main(argv: list[str]) -> int:
         figure = "" if value is None else (f"{value:.2f}{unit}" if unit == "x" else
                                            f"{value:,.0f}{unit}")
         print(f"  issue {issue}: {goal:<{width}}{figure:>14}  {said}")
+    for name in ("bench", "data", "pipeline"):
+        if "stopped" in load(outdir, name):  # alexnet bench's note when a time limit hit
+            print(f"  {name}.json: {load(outdir, name)['stopped']}")
     return 0
 
 

@@ -143,3 +143,37 @@ def test_unknown_bench_is_one_line(capsys):
     assert main(["bench", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown benchmark 'nosuch'" in err
+
+
+def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeypatch, capsys):
+    """As `timeout` stops a step of bench/gpu_check.sh: the benchmarks done are in the JSON,
+    the one running with the figures it had put in args.figures, and the exit status is 124."""
+    import os
+    import signal
+    import sys
+    import types
+
+    import alexnet.bench
+
+    def finished(args):
+        return {"rate": 1.0}
+
+    def cut(args):
+        args.figures["first row"] = 2.0
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next instruction
+        args.figures["never reached"] = 3.0
+        return args.figures
+
+    for name, fn in (("finished", finished), ("cut", cut)):
+        module = types.ModuleType(f"alexnet.bench.{name}")
+        module.bench = fn
+        monkeypatch.setitem(sys.modules, f"alexnet.bench.{name}", module)
+        monkeypatch.setitem(alexnet.bench.WHATS, name, f"a stand-in, {name}")
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "figures.json"
+    assert main(["bench", "finished", "cut", "--device", "cpu", "--json", str(out)]) == 124
+    written = json.loads(out.read_text())
+    assert written["finished"] == {"rate": 1.0} and written["cut"] == {"first row": 2.0}
+    assert written["stopped"].startswith("SIGTERM during `alexnet bench cut`")
+    assert "stopped by SIGTERM during cut" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -101,3 +101,8 @@ def test_the_script_prints_a_line_per_goal(tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 1 + 12 and all("not measured" in line for line in printed[1:])
     assert goals.main([]) == 2
+    stopped = "SIGTERM during `alexnet bench pipeline`: ..."
+    (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline": {}, "stopped": stopped}))
+    capsys.readouterr()
+    assert goals.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"  pipeline.json: {stopped}"

@@ -1,8 +1,10 @@
 """`alexnet bench WHAT`: benchmarks that report speed as ratios against a baseline run beside.
 
 Each stage owns its benchmark module (alexnet/bench/<what>.py) with a `bench(args) -> dict`
-function that prints its figures and returns them; `--json FILE` writes them out (after each
-benchmark, so that a run stopped by a time limit keeps the figures of those it finished).
+function that prints its figures and returns them; `--json FILE` writes them out after each
+benchmark. A benchmark may also fill `args.figures` (a dict, the one that becomes its entry)
+as it goes: when a time limit stops the run with SIGTERM (`timeout`, as bench/gpu_check.sh
+runs it), the file gets what it holds by then, with "stopped" saying so.
 `--smoke` runs every line with the least work (the tests use it): implies `--quick`, a paper
 net of 1/8 width (SMOKE_WIDTH) without the torchvision layout beside it, a handful of images.
 Its figures say nothing about speed.
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 from alexnet.atomic import write_json
 from alexnet.errors import UserError
@@ -39,17 +44,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="least work that runs every line (tests; figures meaningless)")
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: the run stops where it is and keeps the figures it has."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen benchmarks one after the other."""
+    """Run the chosen benchmarks one after the other (exit status 124 when SIGTERM stopped
+    them, like `timeout`'s)."""
     unknown = [w for w in args.what if w not in WHATS]
     if unknown:
         raise UserError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(WHATS)}")
     args.quick = args.quick or args.smoke
-    results = {}
-    for what in args.what or list(WHATS):
-        module = importlib.import_module(f"alexnet.bench.{what}")
-        print(f"== alexnet bench {what}: {WHATS[what]}")
-        results[what] = module.bench(args)
-        if args.json:  # after each benchmark: a run cut short keeps what it measured
+    results: dict[str, Any] = {}
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for what in args.what or list(WHATS):
+            module = importlib.import_module(f"alexnet.bench.{what}")
+            print(f"== alexnet bench {what}: {WHATS[what]}")
+            args.figures = results[what] = {}
+            results[what] = module.bench(args)
+            if args.json:  # after each benchmark: a run cut short keeps what it measured
+                write_json(args.json, results, indent=2)
+    except Stopped:
+        results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
+                              "figures it had reached, the benchmarks after it none")
+        print(f"alexnet bench: stopped by SIGTERM during {what}"
+              + (f"; the figures so far are in {args.json}" if args.json else ""),
+              file=sys.stderr)
+        if args.json:
             write_json(args.json, results, indent=2)
+        return 124
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

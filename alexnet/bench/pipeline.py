@@ -286,9 +286,11 @@ def _plan(device: torch.device, quick: bool) -> dict[str, int]:
 
 
 def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
-                 classes: int = paper.NUM_CLASSES, width: float = 1.0) -> dict[str, Any]:
+                 classes: int = paper.NUM_CLASSES, width: float = 1.0,
+                 into: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every figure of the bench, on `device`, with the sizes of `plan`; stores under root
-    (`width` scales the net: tests only)."""
+    (`width` scales the net: tests only). The figures are put in `into` as they are measured
+    (a run stopped early keeps those it has), and returned."""
     from alexnet.data import decode
     from alexnet.data.loader import host_cores
 
@@ -300,10 +302,10 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
                       loader_steps)  # before anything maps the files
     jpeg = stores["jpeg"]
     blobs = jpeg.encoded(range(plan["distinct"]))
-    r: dict[str, Any] = {
-        "device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
-        "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
-        "decoders": decode.describe()}
+    r: dict[str, Any] = {} if into is None else into
+    r.update({"device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
+              "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
+              "decoders": decode.describe()})
     trainer = Trainer(device, classes, width)
     r["settings"] = trainer.settings
     raw_loader = train_loader(stores["raw"], batch, device)
@@ -355,7 +357,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     plan = _plan(device, bool(getattr(args, "quick", False)))
     root = Path(tempfile.mkdtemp(prefix="alexnet-pipeline-"))
     try:
-        result = run_pipeline(device, plan, root)
+        result = run_pipeline(device, plan, root, into=getattr(args, "figures", None))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print_figures(result)

@@ -281,9 +281,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
           "(the paper net's 224 patches padded to 227 by the loader, as in training)")
     print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
           f"{flops['train_flops'] / 1e9:.1f} GFLOP per trained image (2 x MACs x 3)")
-    results: dict[str, Any] = {"device": str(device), "batch": batch,
-                               "train_gflop_per_image": flops["train_flops"] / 1e9,
-                               "peak_bf16_tflops": peak, "versus": tv, "settings": {}}
+    figures = getattr(args, "figures", None)  # alexnet.bench.run's: filled as timed
+    results: dict[str, Any] = {} if figures is None else figures
+    results.update({"device": str(device), "batch": batch,
+                    "train_gflop_per_image": flops["train_flops"] / 1e9,
+                    "peak_bf16_tflops": peak, "versus": tv, "settings": {}})
     base: dict[str, float] = {}
     print(f"{'setting':<36}{'paper net':>11}{'x fp32':>8}{ARCH_COLUMNS.get(tv, '-'):>13}"
           f"{'paper/tv':>10}" + (f"{'tv layout':>11}" if tv == "torchvision" else "")
@@ -315,8 +317,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
     fast = BF16_CL if cuda else "fp32"  # the setting time_variants runs
-    results["variants"] = time_variants(device, batch, warmup, steps, width,
-                                        results["settings"][fast]["alexnet"])
+    results["variants"] = {}
+    time_variants(device, batch, warmup, steps, width, results["settings"][fast]["alexnet"],
+                  into=results["variants"])
     return results
 
 
@@ -363,16 +366,16 @@ def variants_for(device: torch.device
 
 
 def time_variants(device: torch.device, batch: int, warmup: int, steps: int, width: float,
-                  default: float) -> dict[str, float]:
+                  default: float, into: dict[str, float] | None = None) -> dict[str, float]:
     """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
     runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
     timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
-    whole step. Each line is printed as soon as it is timed, so that a run stopped by a time
-    limit keeps the lines it reached."""
+    whole step. Each line is printed (and put in `into`) as soon as it is timed, so that a run
+    stopped by a time limit keeps the lines it reached."""
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
     label = BF16_CL if opts else "fp32"
     print(f"paper net, other ways to compute the same function ({label}, whole step):")
-    out: dict[str, float] = {}
+    out: dict[str, float] = {} if into is None else into
 
     def show(name: str, rate: float) -> None:
         out[name] = rate

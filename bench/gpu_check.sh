@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
-# network, within 8 minutes (each step has its own time limit, summing to 475 s; a benchmark
+# network, within 8 minutes (each step has its own time limit, summing to 470 s; a benchmark
 # stopped by its limit still writes the figures it had reached to its JSON):
 #   tests     the tests with a CUDA path (Triton LRN, GPU decode, CUDA loader, demo)
 #   bench     `alexnet bench train model`: LRN (each kernel layout) beside ReLU, column forms,
@@ -37,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"  # SIGTERM, then SIGKILL
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc in $((SECONDS - t0))s"
   [ "$rc" = 0 ] || status=1
@@ -59,7 +59,7 @@ step tests 80 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or gpu"
 # train first: its JSON (issue 8's ratios) is written before `model` starts
 step bench 180 $PY -m alexnet bench train model --device cuda --json "$OUTDIR/bench.json"
 step data 90 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
-step pipeline 125 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
+step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
 if [ "${GPU_CHECK_ABLATE:-0}${GPU_CHECK_DEMO:-0}" != 00 ] && [ -z "$DATA" ]; then
   echo "=== ablate, demo: skipped, no Fashion-MNIST files (set ALEXNET_FMNIST)"; status=1
 fi

@@ -160,11 +160,22 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
 
     def cut(args):
         args.figures["first row"] = 2.0
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next instruction
+        try:  # as the Triton kernels' checks catch what a kernel raises
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next instruction
+        except Exception:
+            args.figures["swallowed"] = True
         args.figures["never reached"] = 3.0
         return args.figures
 
-    for name, fn in (("finished", finished), ("cut", cut)):
+    def wrapped(args):
+        args.figures["first row"] = 4.0
+        try:  # as torch.compile's tracing wraps what is raised inside it
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as err:
+            raise RuntimeError("while tracing") from err
+        return args.figures
+
+    for name, fn in (("finished", finished), ("cut", cut), ("wrapped", wrapped)):
         module = types.ModuleType(f"alexnet.bench.{name}")
         module.bench = fn
         monkeypatch.setitem(sys.modules, f"alexnet.bench.{name}", module)
@@ -177,3 +188,17 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
     assert written["stopped"].startswith("SIGTERM during `alexnet bench cut`")
     assert "stopped by SIGTERM during cut" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
+    assert main(["bench", "wrapped", "--device", "cpu", "--json", str(out)]) == 124
+    written = json.loads(out.read_text())
+    assert written["wrapped"] == {"first row": 4.0} and "during `alexnet bench wrapped`" in \
+        written["stopped"]
+
+    def broken(args):
+        raise RuntimeError("a benchmark's own error")
+
+    module = types.ModuleType("alexnet.bench.broken")
+    module.bench = broken
+    monkeypatch.setitem(sys.modules, "alexnet.bench.broken", module)
+    monkeypatch.setitem(alexnet.bench.WHATS, "broken", "a stand-in that fails")
+    with pytest.raises(RuntimeError, match="own error"):  # no SIGTERM: an error stays one
+        main(["bench", "broken", "--device", "cpu", "--json", str(out)])

@@ -65,8 +65,12 @@ def test_the_pipeline_figures_are_read_where_the_benchmark_writes_them(tmp_path:
 
 
 def test_the_gpu_rows_are_read_by_their_writers_names(tmp_path: Path) -> None:
+    from alexnet.bench.train import BF16_CL, COMPILED_ROW
+
     names = [name for name, *_ in settings_for(torch.device("cuda"), quick=False)]
+    assert (goals.BF16_CL, goals.COMPILED) == (BF16_CL, COMPILED_ROW)
     assert goals.BF16_CL in names and goals.COMPILED in names
+    assert goals.FUSED == f"{LRN_FUSED} / relu"
     bench = {"train": {"versus": "torchvision", "settings": {
                  goals.BF16_CL: {"paper_over_torchvision": 0.85},
                  goals.COMPILED: {"paper_over_torchvision": 0.7}}},

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="least work that runs every line (tests; figures meaningless)")
 
 
-class Stopped(Exception):
-    """SIGTERM arrived: the run stops where it is and keeps the figures it has."""
+class Stopped(BaseException):
+    """SIGTERM arrived: the run stops where it is and keeps the figures it has. Not an
+    Exception, so that code catching Exception (torch.compile's tracing, the Triton kernels'
+    first-use checks) neither swallows nor wraps it."""
+
+
+_SIGTERM = threading.Event()  # set by the handler: a Stopped wrapped on its way up still counts
 
 
 def _stop(signum: int, frame: Any) -> None:
+    _SIGTERM.set()
     raise Stopped
 
 
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(WHATS)}")
     args.quick = args.quick or args.smoke
     results: dict[str, Any] = {}
+    _SIGTERM.clear()
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         for what in args.what or list(WHATS):
@@ -69,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             results[what] = module.bench(args)
             if args.json:  # after each benchmark: a run cut short keeps what it measured
                 write_json(args.json, results, indent=2)
-    except Stopped:
+    except BaseException:
+        if not _SIGTERM.is_set():
+            raise
         results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
                               "figures it had reached, the benchmarks after it none")
         print(f"alexnet bench: stopped by SIGTERM during {what}"

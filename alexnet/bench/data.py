@@ -148,8 +148,10 @@ def _time_loader(store: Any, images: int, device: torch.device, prefetch: int,
                  decoder: str = "auto") -> float:
     """Images/s of TrainLoader with full augmentation (batch 128, crop 224) on `device`."""
     from alexnet.data.loader import TrainLoader
+    from alexnet.model import loader_pad
 
-    loader = TrainLoader(store, BATCH_SIZE, device=device, prefetch=prefetch, decoder=decoder)
+    loader = TrainLoader(store, BATCH_SIZE, device=device, prefetch=prefetch, decoder=decoder,
+                         pad=loader_pad("alexnet", CROP_SIZE))  # as `alexnet train` asks
     if len(loader) == 0:
         raise ValueError(f"the store needs at least {BATCH_SIZE} images")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -187,13 +189,15 @@ def _time_device_augment(store: Any, device: torch.device, repeats: int,
     """Images/s of augment.train_batch alone on a uint8 batch already on `device`, with
     `backend` (None: the default, ALEXNET_AUGMENT), channels_last out as training asks."""
     from alexnet.data import augment
+    from alexnet.model import loader_pad
 
     images = torch.from_numpy(store.read(range(BATCH_SIZE))).to(device)
     stats = augment.device_stats(store.stats, device)
+    pad = loader_pad("alexnet", CROP_SIZE)
 
     def step(k: int) -> torch.Tensor:
         return augment.train_batch(images, torch.Generator().manual_seed(k), stats,
-                                   channels_last=True, backend=backend)
+                                   channels_last=True, pad=pad, backend=backend)
 
     step(0)
     torch.cuda.synchronize(device)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexnet.paper import IMAGE_SIZE, NUM_CLASSES, TEST_CROPS
+from alexnet.paper import CROP_SIZE, IMAGE_SIZE, NUM_CLASSES, TEST_CROPS
 
 
 def _sync(device: torch.device) -> None:
@@ -29,8 +29,10 @@ def _time_eval(model: torch.nn.Module, store: Any, crops: int, batch: int,
                device: torch.device, repeats: int) -> float:
     """Seconds per pass over `store` (best of `repeats`, after one warm-up pass)."""
     from alexnet.evaluate import eval_loader, predict_probs
+    from alexnet.model import loader_pad
 
-    loader = eval_loader(store, crops=crops, batch_size=batch, device=device, stats=store.stats)
+    loader = eval_loader(store, crops=crops, batch_size=batch, device=device, stats=store.stats,
+                         pad=loader_pad(getattr(model, "arch", ""), CROP_SIZE))
     predict_probs(model, loader)  # warm-up: kernels chosen, caches filled
     best = float("inf")
     for _ in range(repeats):

@@ -305,7 +305,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r: dict[str, Any] = {} if into is None else into
     r.update({"device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
               "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
-              "decoders": decode.describe()})
+              "decoders": decode.describe(), "from_disk": disk})
     trainer = Trainer(device, classes, width)
     r["settings"] = trainer.settings
     raw_loader = train_loader(stores["raw"], batch, device)
@@ -344,7 +344,6 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["levels_from_raw"] = {
         q: _levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
         for q, s in ((QUALITY, jpeg), (LOW_QUALITY, stores[f"jpeg{LOW_QUALITY}"]))}
-    r["from_disk"] = disk
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r
 

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     args.quick = args.quick or args.smoke
     results: dict[str, Any] = {}
     _SIGTERM.clear()
-    previous = signal.signal(signal.SIGTERM, _stop)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         for what in args.what or list(WHATS):
             module = importlib.import_module(f"alexnet.bench.{what}")
@@ -89,5 +90,6 @@ def run(args: argparse.Namespace) -> int:
             write_json(args.json, results, indent=2)
         return 124
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
@@ -264,15 +263,17 @@ def mean_windows(mean_image: torch.Tensor, top: torch.Tensor, left: torch.Tensor
 
 def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
                   top: torch.Tensor | None = None, left: torch.Tensor | None = None,
-                  flip: torch.Tensor | None = None) -> torch.Tensor:
+                  flip: torch.Tensor | None = None, out: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Float images minus the training set's mean (section 2), still on the 0..255 scale.
 
     mean="image" (the paper) subtracts the per-pixel mean image; for patches, pass the crops'
     (top, left, flip) and the matching window of the mean image is subtracted, which equals
     subtracting before cropping. "channel" subtracts the per-channel mean, "none" nothing,
-    "torchvision" gives (x / 255 - TV_MEAN) / TV_STD (no store statistics needed).
+    "torchvision" gives (x / 255 - TV_MEAN) / TV_STD (no store statistics needed). The result
+    is a new float32 tensor, or `out` (float32, the images' shape, any strides) when given.
     """
-    images = images.to(torch.float32, copy=True)
+    images = images.to(torch.float32, copy=True) if out is None else out.copy_(images)
     nhwc = is_channels_last(images)
     if mean == "none":
         return images
@@ -323,7 +324,7 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     """A training batch from uint8 images (B, S, S, 3) or (B, 3, S, S): random crop, mirror
     with p=0.5, PCA colour shift, mean subtraction; float32 (B, 3, crop, crop) on the
     images' device (channels_last memory format if asked), with `pad` zeros right and bottom
-    (conv1's padding, see `pad_patches`). `backend` (default ALEXNET_AUGMENT) picks the torch
+    (conv1's padding, see `padded_buffer`). `backend` (default ALEXNET_AUGMENT) picks the torch
     path or the one-pass Triton kernel: the same values.
 
     The draws, always made in this order whatever is switched off (so switching one off
@@ -343,15 +344,15 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
         return _fused(images, torch.arange(b, device=images.device), top, left, mirror, mean,
                       stats, shift, crop_size, channels_last, pad)
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
-    x = subtract_mean(patches, mean, stats, top, left, mirror)
+    padded, inside = padded_buffer(patches, pad)
+    x = subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
     if shift is not None:
         if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
             shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
                                       shift.device)
-        x = add_per_image(x, shift)
-    if channels_last:  # x is (B, crop, crop, 3): pad its rows and columns, then view as NCHW
-        return pad_patches(x, pad, (2, 1)).permute(0, 3, 1, 2)
-    return pad_patches(x, pad)
+        x = add_per_image(x, shift)  # in place: the buffer's inside
+    x = x if padded is None else padded
+    return x.permute(0, 3, 1, 2) if channels_last else x
 
 
 def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
@@ -366,20 +367,30 @@ def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
         return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
                       pad)
     patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
-    return pad_patches(subtract_mean(patches, mean, stats, top, left, mirror), pad)
+    padded, inside = padded_buffer(patches, pad)
+    x = subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
+    return x if padded is None else padded
 
 
-def pad_patches(x: torch.Tensor, pad: int, dims: tuple[int, int] = (3, 2)) -> torch.Tensor:
-    """x with `pad` zeros after its last column and row (`dims`: the width and height axes).
-    The paper net's conv1 needs them on 224 patches (alexnet.model.conv1_pad: 3); added here,
-    the net gets 227 patches and skips its own copy of the batch (model.pad_for_conv1), and
-    the one-pass kernel writes the zeros as it writes the patch, with no extra pass."""
+def padded_buffer(patches: torch.Tensor, pad: int
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(buffer, inside) for float32 patches with `pad` zeros after their last row and column:
+    the buffer (the patches' layout, side crop + pad, the margins zeroed) and its view of
+    the patches' place, which the mean subtraction writes into; (None, None) for pad 0.
+    The paper net's conv1 needs those zeros on 224 patches (alexnet.model.conv1_pad: 3);
+    written here the net gets 227 patches and skips its own copy of the batch
+    (model.pad_for_conv1), and nothing copies the batch once more to pad it."""
     if not _checked_pad(pad):
-        return x
-    widths = [0, 0] * (x.ndim - min(dims))
-    for d in dims:
-        widths[2 * (x.ndim - 1 - d) + 1] = pad
-    return F.pad(x, widths)
+        return None, None
+    nhwc = is_channels_last(patches)
+    b, crop = len(patches), patches.shape[1] if nhwc else patches.shape[2]
+    side = crop + pad
+    shape = (b, side, side, 3) if nhwc else (b, 3, side, side)
+    buffer = torch.empty(shape, dtype=torch.float32, device=patches.device)
+    spatial = buffer if nhwc else buffer.movedim(1, 3)  # (B, side, side, 3) either way
+    spatial[:, crop:].zero_()  # the bottom rows
+    spatial[:, :crop, crop:].zero_()  # the right columns
+    return buffer, (spatial[:, :crop, :crop] if nhwc else buffer[:, :, :crop, :crop])
 
 
 def _checked_pad(pad: int) -> int:
@@ -461,8 +472,8 @@ def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: 
            mirror: torch.Tensor, mean: str, stats: dict[str, Any],
            shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
            ) -> torch.Tensor:
-    """The Triton kernel's patches: the values of crop, subtract_mean, add_per_image and
-    pad_patches."""
+    """The Triton kernel's patches: the values of crop, subtract_mean, add_per_image, in
+    padded_buffer's layout."""
     _checked_pad(pad)
     from alexnet.data import augment_triton
 

@@ -47,8 +47,8 @@ def test_bench_data(tmp_path, capsys):
 
 
 def test_prepare_scaling_is_timed_on_a_source_that_grows_with_the_cores(tmp_path, monkeypatch):
-    """With N cores the N-worker runs read every file N // 2 times (so that starting N
-    processes does not dominate a short run); the rates divide each run's own image count."""
+    """With N cores the N-worker runs read every file N times (so that starting N processes
+    does not dominate a short run); the rates divide each run's own image count."""
     import os
 
     from alexnet.bench import data
@@ -66,8 +66,8 @@ def test_prepare_scaling_is_timed_on_a_source_that_grows_with_the_cores(tmp_path
         out.mkdir()
 
     r = data._time_prepare(prepare, src, tmp_path / "store", 3)
-    assert calls == [(1, 3), (8, 12), (8, 12), (1, 3), (1, 3), (8, 12)]
-    assert r["prepare_workers"] == 8 and r["prepare_images_many"] == 12
+    assert calls == [(1, 3), (8, 24), (8, 24), (1, 3), (1, 3), (8, 24)]
+    assert r["prepare_workers"] == 8 and r["prepare_images_many"] == 24
     runs = r["prepare_images_per_s_runs"]
     assert r["prepare_scaling"] == pytest.approx(max(runs["8"]) / max(runs["1"]))
     assert r["prepare_images_per_s_per_core"] == max(runs["1"])

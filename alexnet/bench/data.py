@@ -239,24 +239,25 @@ def _time_prepare(prepare: Callable[..., Any], src: Path, out: Path, images: int
     """Images/s of prepare with 1 worker and with one per core, in the order 1, N, N, 1, 1, N
     (the best of three each, so that a busy moment of the machine hits both alike).
 
-    With N workers the source holds every file N // 2 times (hard links), so that a run lasts
-    about as long as one with 1 worker: starting N worker processes costs a fixed fraction
-    of a second, which on the 512 files alone would hide the rate of all the cores (a real
-    prepare of ILSVRC-2012 spans 1.28M images). The rates are images per second either way.
+    With N workers the source holds every file N times (hard links), so that a run lasts
+    about as long as one with 1 worker and the fixed costs of a run (starting N worker
+    processes, the final write-out) weigh alike in both: on the 512 files alone they would
+    hide the rate of the cores (a real prepare of ILSVRC-2012 spans 1.28M images). The rates
+    are images per second either way.
     """
     import shutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         os.cpu_count() or 1
-    many = src.with_name(f"{src.name}-x{max(1, cores // 2)}")
+    many = src.with_name(f"{src.name}-x{cores}")
     count = {1: images, cores: images}
-    if cores // 2 > 1:
-        count[cores] = repeated_tree(src, many, cores // 2)
+    if cores > 1:
+        count[cores] = repeated_tree(src, many, cores)
     seconds: dict[int, list[float]] = {}
     for run, workers in enumerate((1, cores, cores, 1, 1, cores)):
         where = out if run == 0 else out.with_name(f"{out.name}-{run}")
         start = time.perf_counter()
-        prepare(many if workers > 1 and cores // 2 > 1 else src, where, workers=workers)
+        prepare(many if workers > 1 else src, where, workers=workers)
         seconds.setdefault(workers, []).append(time.perf_counter() - start)
         if where != out:
             shutil.rmtree(where)

@@ -344,14 +344,13 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
         return _fused(images, torch.arange(b, device=images.device), top, left, mirror, mean,
                       stats, shift, crop_size, channels_last, pad)
     patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
-    padded, inside = padded_buffer(patches, pad)
-    x = subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
+    x, inside = padded_buffer(patches, pad)
+    subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
     if shift is not None:
         if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
             shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
                                       shift.device)
-        x = add_per_image(x, shift)  # in place: the buffer's inside
-    x = x if padded is None else padded
+        add_per_image(inside, shift)  # in place
     return x.permute(0, 3, 1, 2) if channels_last else x
 
 
@@ -367,21 +366,19 @@ def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
         return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
                       pad)
     patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
-    padded, inside = padded_buffer(patches, pad)
-    x = subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
-    return x if padded is None else padded
+    x, inside = padded_buffer(patches, pad)
+    subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
+    return x
 
 
-def padded_buffer(patches: torch.Tensor, pad: int
-                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def padded_buffer(patches: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(buffer, inside) for float32 patches with `pad` zeros after their last row and column:
     the buffer (the patches' layout, side crop + pad, the margins zeroed) and its view of
-    the patches' place, which the mean subtraction writes into; (None, None) for pad 0.
+    the patches' place, which the mean subtraction writes into (the whole buffer for pad 0).
     The paper net's conv1 needs those zeros on 224 patches (alexnet.model.conv1_pad: 3);
     written here the net gets 227 patches and skips its own copy of the batch
     (model.pad_for_conv1), and nothing copies the batch once more to pad it."""
-    if not _checked_pad(pad):
-        return None, None
+    _check_pad(pad)
     nhwc = is_channels_last(patches)
     b, crop = len(patches), patches.shape[1] if nhwc else patches.shape[2]
     side = crop + pad
@@ -393,10 +390,9 @@ def padded_buffer(patches: torch.Tensor, pad: int
     return buffer, (spatial[:, :crop, :crop] if nhwc else buffer[:, :, :crop, :crop])
 
 
-def _checked_pad(pad: int) -> int:
+def _check_pad(pad: int) -> None:
     if pad < 0:
         raise ValueError(f"pad {pad}: must be >= 0")
-    return pad
 
 
 # ----------------------------------------------------------------------------- one-pass kernel
@@ -474,7 +470,7 @@ def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: 
            ) -> torch.Tensor:
     """The Triton kernel's patches: the values of crop, subtract_mean, add_per_image, in
     padded_buffer's layout."""
-    _checked_pad(pad)
+    _check_pad(pad)
     from alexnet.data import augment_triton
 
     device = images.device

@@ -43,19 +43,25 @@ class PaperSGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                state = self.state[w]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-                v = state["velocity"]
-                v.mul_(m)
-                if wd != 0:
-                    v.add_(w, alpha=-wd * lr)
-                v.add_(w.grad, alpha=-lr)
-                w.add_(v)
+            ws = [w for w in group["params"] if w.grad is not None]
+            if not ws:
+                continue
+            vs = [self._velocity(w) for w in ws]
+            # one multi-tensor kernel per operation for the whole group (on CUDA), the same
+            # arithmetic as the per-parameter ops
+            torch._foreach_mul_(vs, m)
+            if wd != 0:
+                torch._foreach_add_(vs, ws, alpha=-wd * lr)
+            torch._foreach_add_(vs, [w.grad for w in ws], alpha=-lr)
+            torch._foreach_add_(ws, vs)
         return loss
+
+    def _velocity(self, w: torch.Tensor) -> torch.Tensor:
+        """The velocity of `w`, zero (in w's memory format) at its first update."""
+        state = self.state[w]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+        return state["velocity"]
 
 
 def param_groups(model: nn.Module, bias_decay: bool = False) -> list[dict[str, Any]]:

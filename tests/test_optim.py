@@ -78,6 +78,40 @@ def test_matches_torch_sgd_while_lr_is_constant_and_differs_after_a_drop():
         assert (p - w).abs().sum() > (q - w).abs().sum()  # the paper's step is the larger
 
 
+def test_paper_sgd_updates_a_group_at_once_as_each_parameter_alone():
+    # the multi-tensor update equals the formula applied to each parameter by itself, bit for
+    # bit: mixed shapes, a channels_last weight, a parameter without a gradient (untouched,
+    # no state), across an lr change
+    torch.manual_seed(0)
+    shapes = [(8, 3, 5, 5), (8,), (10, 8), (4,)]
+    params = [nn.Parameter(torch.randn(s)) for s in shapes]
+    params[0].data = params[0].data.to(memory_format=torch.channels_last)
+    ref = [p.detach().clone() for p in params]
+    ref_v = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in ref]
+    opt = PaperSGD([{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}],
+                   lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for step, lr in enumerate([0.1, 0.1, 0.01]):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        grads = [torch.randn(s) for s in shapes]
+        for i, p in enumerate(params):
+            p.grad = None if i == 2 else grads[i].clone()
+        opt.step()
+        for i, (w, v) in enumerate(zip(ref, ref_v, strict=True)):
+            if i == 2:
+                continue
+            v.mul_(0.9)
+            if i != 3:
+                v.add_(w, alpha=-5e-4 * lr)
+            v.add_(grads[i], alpha=-lr)
+            w.add_(v)
+        for i, (p, w) in enumerate(zip(params, ref, strict=True)):
+            assert torch.equal(p.detach(), w), (step, i)
+    assert params[2] not in opt.state
+    assert opt.state[params[0]]["velocity"].is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(opt.state[params[i]]["velocity"], ref_v[i]) for i in (0, 1, 3))
+
+
 def test_param_groups_exempt_biases_from_weight_decay():
     net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
     groups = param_groups(net)

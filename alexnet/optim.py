@@ -43,17 +43,20 @@ class PaperSGD(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            ws = [w for w in group["params"] if w.grad is not None]
-            if not ws:
-                continue
-            vs = [self._velocity(w) for w in ws]
-            # one multi-tensor kernel per operation for the whole group (on CUDA), the same
+            # one multi-tensor kernel per operation for the parameters of a group that share a
+            # device and dtype (split_columns puts the columns on two GPUs); the same
             # arithmetic as the per-parameter ops
-            torch._foreach_mul_(vs, m)
-            if wd != 0:
-                torch._foreach_add_(vs, ws, alpha=-wd * lr)
-            torch._foreach_add_(vs, [w.grad for w in ws], alpha=-lr)
-            torch._foreach_add_(ws, vs)
+            alike: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+            for w in group["params"]:
+                if w.grad is not None:
+                    alike.setdefault((w.device, w.dtype), []).append(w)
+            for ws in alike.values():
+                vs = [self._velocity(w) for w in ws]
+                torch._foreach_mul_(vs, m)
+                if wd != 0:
+                    torch._foreach_add_(vs, ws, alpha=-wd * lr)
+                torch._foreach_add_(vs, [w.grad for w in ws], alpha=-lr)
+                torch._foreach_add_(ws, vs)
         return loss
 
     def _velocity(self, w: torch.Tensor) -> torch.Tensor:

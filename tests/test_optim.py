@@ -83,8 +83,9 @@ def test_paper_sgd_updates_a_group_at_once_as_each_parameter_alone():
     # bit: mixed shapes, a channels_last weight, a parameter without a gradient (untouched,
     # no state), across an lr change
     torch.manual_seed(0)
-    shapes = [(8, 3, 5, 5), (8,), (10, 8), (4,)]
+    shapes = [(8, 3, 5, 5), (8,), (10, 8), (4,), (6,)]
     params = [nn.Parameter(torch.randn(s)) for s in shapes]
+    params[4].data = params[4].data.double()  # a group holding two dtypes
     params[0].data = params[0].data.to(memory_format=torch.channels_last)
     ref = [p.detach().clone() for p in params]
     ref_v = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in ref]
@@ -93,7 +94,7 @@ def test_paper_sgd_updates_a_group_at_once_as_each_parameter_alone():
     for step, lr in enumerate([0.1, 0.1, 0.01]):
         for group in opt.param_groups:
             group["lr"] = lr
-        grads = [torch.randn(s) for s in shapes]
+        grads = [torch.randn(s, dtype=p.dtype) for s, p in zip(shapes, params, strict=True)]
         for i, p in enumerate(params):
             p.grad = None if i == 2 else grads[i].clone()
         opt.step()
@@ -101,7 +102,7 @@ def test_paper_sgd_updates_a_group_at_once_as_each_parameter_alone():
             if i == 2:
                 continue
             v.mul_(0.9)
-            if i != 3:
+            if i < 3:
                 v.add_(w, alpha=-5e-4 * lr)
             v.add_(grads[i], alpha=-lr)
             w.add_(v)
@@ -109,7 +110,7 @@ def test_paper_sgd_updates_a_group_at_once_as_each_parameter_alone():
             assert torch.equal(p.detach(), w), (step, i)
     assert params[2] not in opt.state
     assert opt.state[params[0]]["velocity"].is_contiguous(memory_format=torch.channels_last)
-    assert all(torch.equal(opt.state[params[i]]["velocity"], ref_v[i]) for i in (0, 1, 3))
+    assert all(torch.equal(opt.state[params[i]]["velocity"], ref_v[i]) for i in (0, 1, 3, 4))
 
 
 def test_param_groups_exempt_biases_from_weight_decay():

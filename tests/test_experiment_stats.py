@@ -72,6 +72,19 @@ def test_welch_interval_equals_scipys_t_test():
     assert not stats.welch([1.0], [2.0, 3.0]).known  # one seed: no interval
 
 
+def test_paired_interval_equals_scipys_paired_t_test():
+    a, b = [25.7, 21.4, 22.4], [25.8, 22.5, 23.2]  # bench/jpeg_accuracy.py: q75 and raw
+    ours = stats.paired(a, b)
+    ci = sps.ttest_rel(a, b).confidence_interval(0.95)
+    assert (ours.low, ours.high) == pytest.approx((ci.low, ci.high))
+    assert ours.estimate == pytest.approx(np.mean(np.subtract(a, b)))
+    # matched seeds share their spread: tighter than Welch's interval on the same values
+    assert ours.high - ours.low < stats.welch(a, b).high - stats.welch(a, b).low
+    assert not stats.paired([1.0], [2.0]).known
+    with pytest.raises(ValueError, match="one per seed"):
+        stats.paired([1.0, 2.0], [1.0])
+
+
 def test_identical_arms_are_not_distinguishable_from_zero():
     same = [0.412, 0.398, 0.405]
     d = stats.welch(same, same)

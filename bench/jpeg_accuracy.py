@@ -19,8 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
-
+from alexnet.bench.pipeline import levels
 from alexnet.checkpoint import load_model
 from alexnet.config import resolve
 from alexnet.data.prepare import prepare
@@ -46,11 +45,10 @@ def make_stores(out: Path, train_images: int, test_images: int) -> dict[str, Pat
     return paths
 
 
-def level_error(store: Path, raw: Path) -> tuple[float, int]:
+def level_error(store: Path, raw: Path) -> dict[str, float]:
     """Mean and max |decoded - raw| in levels over the test split."""
     a, b = open_split(store, "test"), open_split(raw, "test")
-    diffs = [np.abs(a[i][0].astype(np.int16) - b[i][0].astype(np.int16)) for i in range(len(a))]
-    return float(np.mean([d.mean() for d in diffs])), int(max(d.max() for d in diffs))
+    return levels(a.read(range(len(a))), b.read(range(len(b))))
 
 
 def run(store: Path, out: Path, seed: int, epochs: int) -> float:
@@ -90,10 +88,11 @@ def main() -> None:
     print("| store | levels mean / max vs raw | " +
           " | ".join(f"seed {s}" for s in args.seeds) + " | mean | minus raw, same seed |")
     for name, row in figures.items():
-        levels = row.get("levels_mean_max")
+        lv = row.get("levels_mean_max")
+        shown = f"{lv['mean']:.2f} / {lv['max']}" if lv else "-"
         cells = [f"{e:.2%}" for e in row["test_top1_error"]]
         diff = row.get("minus_raw")
-        print(f"| {name} | {f'{levels[0]:.2f} / {levels[1]}' if levels else '-'} | "
+        print(f"| {name} | {shown} | "
               + " | ".join(cells) + f" | {statistics.mean(row['test_top1_error']):.2%} | "
               + (f"{100 * diff['estimate']:+.2f} points, 95% [{100 * diff['low']:+.2f}, "
                  f"{100 * diff['high']:+.2f}]" if diff else "") + " |")

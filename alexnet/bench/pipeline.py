@@ -265,7 +265,7 @@ def low_quality_figures(store: Any, trainer: Trainer, plan: dict[str, int],
     return out
 
 
-def _levels(decoded: np.ndarray, pixels: np.ndarray) -> dict[str, float]:
+def levels(decoded: np.ndarray, pixels: np.ndarray) -> dict[str, float]:
     """Mean and max absolute difference in levels between decoded JPEGs and their pixels."""
     diff = np.abs(decoded.astype(np.int64) - pixels.astype(np.int64))
     return {"mean": float(diff.mean()), "max": int(diff.max())}
@@ -342,7 +342,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["low_quality"] = low_quality_figures(stores[f"jpeg{LOW_QUALITY}"], trainer, plan,
                                            (threads[0], threads[-1]))
     r["levels_from_raw"] = {
-        q: _levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
+        q: levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
         for q, s in ((QUALITY, jpeg), (LOW_QUALITY, stores[f"jpeg{LOW_QUALITY}"]))}
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     return r

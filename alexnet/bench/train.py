@@ -216,10 +216,9 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
                          weight_decay=paper.WEIGHT_DECAY)
     model = torch.compile(net) if rt.compile else net
-    side = paper.CROP_SIZE + loader_pad(arch, paper.CROP_SIZE)  # with conv1's padding
-    x = torch.randn(batch, 3, side, side, device=device) * 60
-    x[..., paper.CROP_SIZE:, :] = 0
-    x[..., paper.CROP_SIZE:] = 0
+    pad = loader_pad(arch, paper.CROP_SIZE)  # conv1's zeros, as the loader writes them
+    x = nn.functional.pad(torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE,
+                                      device=device) * 60, (0, pad, 0, pad))
     if rt.channels_last:  # as the loader delivers it
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, paper.NUM_CLASSES, (batch,), device=device)

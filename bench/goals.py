@@ -142,8 +142,9 @@ def main(argv: list[str]) -> int:
                                            f"{value:,.0f}{unit}")
         print(f"  issue {issue}: {goal:<{width}}{figure:>14}  {said}")
     for name in ("bench", "data", "pipeline"):
-        if "stopped" in load(outdir, name):  # alexnet bench's note when a time limit hit
-            print(f"  {name}.json: {load(outdir, name)['stopped']}")
+        stopped = load(outdir, name).get("stopped")  # alexnet bench's note: a time limit hit
+        if stopped:
+            print(f"  {name}.json: {stopped}")
     return 0
 
 

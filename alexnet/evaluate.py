@@ -290,13 +290,17 @@ def paper_rows(source: str | None, split: str, checkpoints: int,
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
     """(file, why): a run folder means its best.pt when there is one (the epoch of lowest
-    validation error, as the paper reports), else its checkpoint.pt; a file is itself."""
+    validation error, as the paper reports), else its checkpoint.pt; a file is itself.
+    A folder with neither is a UserError."""
     path = Path(path)
     if not path.is_dir():
         return path, "as given"
     if (path / "best.pt").is_file():
         return path / "best.pt", "the run's lowest validation error; RUN/checkpoint.pt is " \
             "the last epoch"
+    if not (path / "checkpoint.pt").is_file():
+        raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
+                        "file or the folder of a run")
     return path / "checkpoint.pt", "the run's last epoch (no best.pt)"
 
 

@@ -237,9 +237,11 @@ def test_cli_refuses_different_class_lists(store_root, checkpoint, tmp_path, cap
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(other) in err
 
 
-@pytest.mark.parametrize("what", ["checkpoint", "store", "batch"])
+@pytest.mark.parametrize("what", ["checkpoint", "empty run", "store", "batch"])
 def test_cli_bad_input_is_one_line(store_root, checkpoint, tmp_path, capsys, what):
+    (tmp_path / "run").mkdir()
     args = {"checkpoint": [str(tmp_path / "missing.pt"), "--data", str(store_root)],
+            "empty run": [str(tmp_path / "run"), "--data", str(store_root)],
             "store": [str(checkpoint), "--data", str(tmp_path / "nostore")],
             "batch": [str(checkpoint), "--data", str(store_root), "--batch-size", "0"]}[what]
     code = main(["evaluate", *args, "--device", "cpu"])

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from alexnet.atomic import write_atomic
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 FORMAT = "alexnet-checkpoint"
 FORMAT_VERSION = 1
@@ -183,12 +183,6 @@ def _load_failure(err: Exception) -> str:
     if "Weights only load failed" in text or "weights_only" in text:
         return "it holds objects other than tensors and plain values"
     return one_line(err)
-
-
-def one_line(err: BaseException, limit: int = 160) -> str:
-    """An exception's message on one line (white space folded), cut to `limit` characters."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(path: str | os.PathLike,

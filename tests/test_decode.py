@@ -92,24 +92,85 @@ def test_gpu_decode_refused_with_a_reason_off_cuda(blobs: list[bytes]) -> None:
         decode.decode_gpu(blobs, SIZE, "cpu")
 
 
-def test_a_gpu_batch_of_mixed_sizes_is_a_user_error(blobs: list[bytes], monkeypatch) -> None:
-    """A store image of another size is named in one line, not torch.stack's RuntimeError
-    (nvJPEG stood in for by PIL: the check does not depend on the decoder)."""
+def fake_torchvision(monkeypatch, decode_jpeg) -> None:
+    """A torchvision that imports, whose io.decode_jpeg is `decode_jpeg`: as one whose image
+    library or nvJPEG did not load (torchvision then only warns at import)."""
+    import importlib.machinery
     import sys
     import types
 
+    package = types.ModuleType("torchvision")
+    package.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
     io = types.ModuleType("torchvision.io")
     io.ImageReadMode = types.SimpleNamespace(RGB="RGB")
-    io.decode_jpeg = lambda data, mode, device: [
-        torch.from_numpy(pil_reference([bytes(d.numpy())])[0]).permute(2, 0, 1) for d in data]
-    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    io.decode_jpeg = decode_jpeg
+    monkeypatch.setitem(sys.modules, "torchvision", package)
     monkeypatch.setitem(sys.modules, "torchvision.io", io)
+
+
+def pil_decode_jpeg(data, mode, device=None):
+    """torchvision.io.decode_jpeg stood in for by PIL: one (3, H, W) tensor or a list."""
+    if isinstance(data, list):
+        return [pil_decode_jpeg(d, mode) for d in data]
+    return torch.from_numpy(pil_reference([bytes(data.numpy())])[0]).permute(2, 0, 1)
+
+
+def failing_decode_jpeg(data, mode, device=None):
+    raise RuntimeError("torchvision not compiled with nvJPEG support\n(more lines)")
+
+
+def test_a_gpu_batch_of_mixed_sizes_is_a_user_error(blobs: list[bytes], monkeypatch) -> None:
+    """A store image of another size is named in one line, not torch.stack's RuntimeError
+    (nvJPEG stood in for by PIL: the check does not depend on the decoder)."""
+    fake_torchvision(monkeypatch, pil_decode_jpeg)
     monkeypatch.setattr(decode, "gpu_unavailable", lambda device: None)
     out = decode.decode_gpu(blobs[:3], SIZE, "cpu")
     assert torch.equal(out, torch.from_numpy(pil_reference(blobs[:3])))
     bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
     with pytest.raises(UserError, match=r"store image 1 of the batch decodes to \(3, 72, 72\)"):
         decode.decode_gpu([blobs[0], bigger, blobs[1]], SIZE, "cpu")
+
+
+@pytest.fixture
+def fresh_probes():
+    decode.importable.cache_clear()
+    decode._nvjpeg_failure.cache_clear()
+    yield
+    decode.importable.cache_clear()
+    decode._nvjpeg_failure.cache_clear()
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_a_decoder_that_imports_but_cannot_decode_is_not_offered(monkeypatch, fresh_probes,
+                                                                   works) -> None:
+    fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
+    assert decode.importable("torchvision") is works
+    assert ("torchvision" in decode.available_cpu_decoders()) is works
+    if works:
+        assert decode.resolve_cpu_decoder("torchvision") == "torchvision"
+    else:
+        with pytest.raises(UserError, match="'torchvision' is not installed"):
+            decode.resolve_cpu_decoder("torchvision")
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_gpu_decode_is_offered_only_where_nvjpeg_decodes(monkeypatch, fresh_probes,
+                                                         works) -> None:
+    """CUDA stood in for: the probe decodes a small JPEG through torchvision on the device; a
+    failure there is the reason, in one line, and the loader then decodes on the CPU."""
+    from alexnet.data.loader import default_gpu_decode
+
+    fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    reason = decode.gpu_unavailable("cuda")
+    if works:
+        assert reason is None and default_gpu_decode("jpeg", "cuda") > 0
+    else:
+        assert reason == ("torchvision's nvJPEG decode fails here (RuntimeError: torchvision "
+                          "not compiled with nvJPEG support (more lines))")
+        assert default_gpu_decode("jpeg", "cuda") == 0.0
 
 
 @pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 CPU_DECODERS = ("simplejpeg", "cv2", "torchvision", "pil")  # "auto": the first importable
 _MODULES = {"simplejpeg": "simplejpeg", "cv2": "cv2", "torchvision": "torchvision",
@@ -46,15 +46,27 @@ Blob = bytes | bytearray | memoryview | np.ndarray
 
 
 @functools.cache
+def probe_jpeg() -> bytes:
+    """A small JPEG (16x16, a colour gradient) that a working decoder must decode."""
+    from PIL import Image
+
+    ramp = np.arange(16, dtype=np.uint8) * 16
+    pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@functools.cache
 def importable(decoder: str) -> bool:
-    """True when the package behind CPU decoder `decoder` is installed and imports (a
-    torchvision built for another torch is installed but does not)."""
+    """True when the package behind CPU decoder `decoder` is installed, imports and decodes
+    a small JPEG (a torchvision built for another torch, or whose image library failed to
+    load, is installed but does not)."""
     if importlib.util.find_spec(_MODULES[decoder]) is None:
         return False
     try:
-        importlib.import_module("torchvision.io" if decoder == "torchvision"
-                                else _MODULES[decoder])
-    except Exception:  # any failure to import: not usable here
+        _DECODE[decoder](probe_jpeg(), np.empty((16, 16, 3), np.uint8))
+    except Exception:  # any failure to import or decode: not usable here
         return False
     return True
 
@@ -139,8 +151,28 @@ def gpu_unavailable(device: torch.device | str) -> str | None:
         return f"device {device} is not a CUDA device"
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    if not importable("torchvision"):
+    if importlib.util.find_spec("torchvision") is None:
         return "torchvision is not installed (its io.decode_jpeg runs nvJPEG)"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _nvjpeg_failure(index)
+
+
+@functools.cache
+def _nvjpeg_failure(index: int) -> str | None:
+    """Why torchvision's nvJPEG decode fails on cuda:`index` (None when a small JPEG decodes
+    there): torchvision imports even where its image library, or nvJPEG, did not load."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        data = torch.frombuffer(bytearray(probe_jpeg()), dtype=torch.uint8)
+        with _GPU_LOCK:
+            image = decode_jpeg([data], mode=ImageReadMode.RGB,
+                                device=torch.device("cuda", index))[0]
+        torch.cuda.synchronize(index)
+        if tuple(image.shape) != (3, 16, 16):
+            return f"torchvision's nvJPEG decode gave shape {tuple(image.shape)} for 16x16"
+    except Exception as err:  # any failure: the GPU decode cannot run here
+        return f"torchvision's nvJPEG decode fails here ({type(err).__name__}: {one_line(err)})"
     return None
 
 

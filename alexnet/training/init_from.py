@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 TORCHVISION = "torchvision"
 OUTPUT_LAYER = {"alexnet": "fc8", "alexnet-tv": "classifier.6"}  # the class-count layer
@@ -40,7 +40,7 @@ def _torchvision_weights() -> dict[str, torch.Tensor]:
     try:
         return alexnet(weights=AlexNet_Weights.IMAGENET1K_V1).state_dict()
     except Exception as err:  # noqa: BLE001 - a download or cache failure, said in one line
-        reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else repr(err)
+        reason = one_line(err, 100)
         raise UserError(f"--init-from torchvision: could not get its ImageNet weights "
                         f"({reason}); they download once into torch's cache "
                         "(~/.cache/torch/hub/checkpoints)") from None

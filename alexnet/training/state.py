@@ -14,7 +14,7 @@ from torch import nn
 from alexnet import checkpoint
 from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
 from alexnet.distributed import print0
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 from alexnet.training.runtime import Runtime
 
 
@@ -106,7 +106,7 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
         s.schedule.load_state_dict(ckpt["schedule"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise UserError(f"{path}: its state does not fit this network "
-                        f"({checkpoint.one_line(err)}); resume with the run's own settings") \
+                        f"({one_line(err)}); resume with the run's own settings") \
             from None
     _apply_new_settings(s, config, ckpt, path)
     if ckpt.get("scaler") and rt.scaler.is_enabled():

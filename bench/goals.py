@@ -1,8 +1,9 @@
 """The speed goals of issues 8 and 9 beside the figures of one bench/gpu_check.sh run.
 
 Usage: python bench/goals.py OUTDIR
-reads OUTDIR/bench.json (`alexnet bench train model`), OUTDIR/data.json (`alexnet bench data
-evaluate`) and OUTDIR/pipeline.json (`alexnet bench pipeline`), and prints one line per goal:
+reads OUTDIR/train.json (`alexnet bench train`), OUTDIR/model.json (`alexnet bench model`),
+OUTDIR/data.json (`alexnet bench data evaluate`) and OUTDIR/pipeline.json (`alexnet bench
+pipeline`), and prints one line per goal:
 the figure, the goal, and "met", "MISSED" or "not measured" (a step that failed or ran out of
 time leaves its figures out). Issue 9's jpeg goals are also shown for the store at the lower
 quality that `alexnet bench pipeline` measures beside the default (prepare --jpeg-quality).
@@ -60,7 +61,7 @@ def verdict(value: float | None, goal: float, at_least: bool = True) -> str:
 
 def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
     """(issue, goal, figure, how the figure is shown, verdict) for every goal."""
-    bench, data = load(outdir, "bench"), load(outdir, "data")
+    data, model = load(outdir, "data"), load(outdir, "model")
     pipe = load(outdir, "pipeline").get("pipeline")  # `alexnet bench --json`: {what: figures}
     rows: list[tuple[str, str, float | None, str, str]] = []
 
@@ -69,7 +70,7 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         rows.append((issue, f"{name} {'>=' if at_least else '<='} {goal:,g}{unit}", value,
                      unit, verdict(value, goal, at_least)))
 
-    train = dig(bench, "train")
+    train = dig(load(outdir, "train"), "train")
     versus = dig(train, "versus")
     against = "torchvision's alexnet" if versus in (None, "torchvision") else versus
     add("8", f"paper net / {against}, {BF16_CL}",
@@ -78,7 +79,7 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         dig(train, "settings", COMPILED, "paper_over_torchvision"), "x", PAPER_OVER_TV_COMPILED)
     for layer in ("conv1", "conv2"):
         add("8", f"LRN on {layer}'s output (ReLU folded in, as the net runs it) / ReLU",
-            dig(bench, "model", "parts", "lrn", layer, FUSED), "x", LRN_OVER_RELU, at_least=False)
+            dig(model, "model", "parts", "lrn", layer, FUSED), "x", LRN_OVER_RELU, at_least=False)
 
     reading = dig(pipe, "reading") or {}
     share = dig(reading, "jpeg", "gpu_decode")
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> int:
         figure = "" if value is None else (f"{value:.2f}{unit}" if unit == "x" else
                                            f"{value:,.0f}{unit}")
         print(f"  issue {issue}: {goal:<{width}}{figure:>14}  {said}")
-    for name in ("bench", "data", "pipeline"):
+    for name in ("train", "model", "data", "pipeline"):
         stopped = load(outdir, name).get("stopped")  # alexnet bench's note: a time limit hit
         if stopped:
             print(f"  {name}.json: {stopped}")

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
-# network, within 8 minutes (each step has its own time limit, summing to 470 s; a benchmark
+# network, within 8 minutes (each step has its own time limit, summing to 480 s; a benchmark
 # stopped by its limit still writes the figures it had reached to its JSON):
 #   tests     the tests with a CUDA path (Triton LRN, GPU decode, CUDA loader, demo)
-#   bench     `alexnet bench train model`: LRN (each kernel layout) beside ReLU, column forms,
-#             paper net beside torchvision's alexnet in fp32 / bf16 / channels_last / compile /
-#             CUDA graph (issue 8's goals), and the paper net's whole step with each column
-#             form (and split_columns on one device), LRN kernel choice and the Triton
-#             max-pool
+#   train     `alexnet bench train`: the paper net beside torchvision's alexnet in fp32 / bf16
+#             / channels_last / compile / CUDA graph (issue 8's ratio goals) first, then the
+#             paper net's whole step with each column form (and split_columns on one device),
+#             LRN kernel choice and the Triton max-pool
+#   model     `alexnet bench model`: LRN (each kernel layout) beside ReLU (issue 8's LRN goal)
+#             first, then the column forms, conv1's padding and max-pool, and the whole step
+#             of the paper net beside its variants at batch 32; a step of its own, so that
+#             neither bench can use up the other's time
 #   data      `alexnet bench data evaluate`: store reads, prepare with 1 worker and all cores
 #   pipeline  `alexnet bench pipeline`: training from raw and jpeg stores beside the model and
 #             the loader alone (augmenting in the read-ahead threads or the consumer),
 #             decoders at 1-16 threads, nvJPEG (issue 9's goals)
+#   goals     bench/goals.py: each goal of issues 8 and 9 beside its figure from the JSON
+#             above: met, MISSED, or not measured (a step that failed or ran out of time);
+#             printed before the optional steps below, so they cannot cut it off
 #   ablate    only with GPU_CHECK_ABLATE=1 (about 2 more minutes): bench/ablate_gpu.sh, the
 #             ablation table with error bars on the full Fashion-MNIST at 256x256 (issue 12)
 #   demo      only with GPU_CHECK_DEMO=1 (about 3 more minutes): `alexnet demo` on CUDA
-#   goals     bench/goals.py: each goal of issues 8 and 9 beside its figure from the JSON
-#             above: met, MISSED, or not measured (a step that failed or ran out of time)
 #
 # Usage: bench/gpu_check.sh [OUTDIR]
 # Fashion-MNIST's IDX files are read from $ALEXNET_FMNIST, else .gpu-data/fashion-mnist (an
@@ -56,10 +60,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 step tests 80 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or gpu"
-# train first: its JSON (issue 8's ratios) is written before `model` starts
-step bench 180 $PY -m alexnet bench train model --device cuda --json "$OUTDIR/bench.json"
+step train 130 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
+step model 60 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"
 step data 90 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
 step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
+$PY bench/goals.py "$OUTDIR" | tee "$OUTDIR/goals.log"
 if [ "${GPU_CHECK_ABLATE:-0}${GPU_CHECK_DEMO:-0}" != 00 ] && [ -z "$DATA" ]; then
   echo "=== ablate, demo: skipped, no Fashion-MNIST files (set ALEXNET_FMNIST)"; status=1
 fi
@@ -69,6 +74,5 @@ fi
 if [ -n "$DATA" ] && [ "${GPU_CHECK_DEMO:-0}" = 1 ]; then
   step demo 200 $PY -m alexnet demo --data "$DATA" --out "$OUTDIR/demo"
 fi
-$PY bench/goals.py "$OUTDIR" | tee "$OUTDIR/goals.log"
 echo "=== gpu_check: $([ $status = 0 ] && echo all passed || echo SOME FAILED); figures in $OUTDIR"
 exit $status

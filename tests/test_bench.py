@@ -202,3 +202,22 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
     monkeypatch.setitem(alexnet.bench.WHATS, "broken", "a stand-in that fails")
     with pytest.raises(RuntimeError, match="own error"):  # no SIGTERM: an error stays one
         main(["bench", "broken", "--device", "cpu", "--json", str(out)])
+
+
+def test_bench_model_stopped_after_the_lrn_rows_keeps_them(tmp_path, monkeypatch, capsys):
+    """gpu_check's limit may stop `bench model` anywhere: issue 8's LRN figures, measured
+    first, are in the JSON even when the column rows after them are cut."""
+    import os
+    import signal
+
+    import alexnet.bench.model
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM's handler did not stop the run")
+
+    monkeypatch.setattr(alexnet.bench.model, "_column_rows", stopped)
+    out = tmp_path / "model.json"
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
+    lrn = json.loads(out.read_text())["model"]["parts"]["lrn"]
+    assert positive(lrn["conv1"]["relu"]) and positive(lrn["conv2"]["relu"])

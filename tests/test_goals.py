@@ -71,12 +71,13 @@ def test_the_gpu_rows_are_read_by_their_writers_names(tmp_path: Path) -> None:
     assert (goals.BF16_CL, goals.COMPILED) == (BF16_CL, COMPILED_ROW)
     assert goals.BF16_CL in names and goals.COMPILED in names
     assert goals.FUSED == f"{LRN_FUSED} / relu"
-    bench = {"train": {"versus": "torchvision", "settings": {
+    train = {"train": {"versus": "torchvision", "settings": {
                  goals.BF16_CL: {"paper_over_torchvision": 0.85},
-                 goals.COMPILED: {"paper_over_torchvision": 0.7}}},
-             "model": {"parts": {"lrn": {"conv1": {f"{LRN_FUSED} / relu": 1.2},
+                 goals.COMPILED: {"paper_over_torchvision": 0.7}}}}
+    model = {"model": {"parts": {"lrn": {"conv1": {f"{LRN_FUSED} / relu": 1.2},
                                          "conv2": {f"{LRN_FUSED} / relu": 3.1}}}}}
-    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "model.json").write_text(json.dumps(model))
     (tmp_path / "data.json").write_text(json.dumps(
         {"data": {"prepare_workers": 16, "prepare_scaling": 13.0}}))
     got = by_goal(tmp_path)
@@ -91,8 +92,8 @@ def test_the_gpu_rows_are_read_by_their_writers_names(tmp_path: Path) -> None:
 
 def test_a_real_model_bench_holds_the_lrn_rows_where_they_are_read(tmp_path, capsys) -> None:
     """On the CPU the fused row is absent (it needs CUDA), but its layer's row is where the
-    script looks: bench.json's model, parts, lrn, conv1."""
-    out = tmp_path / "bench.json"
+    script looks: model.json's model, parts, lrn, conv1."""
+    out = tmp_path / "model.json"
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 0
     written = json.loads(out.read_text())
     for layer in ("conv1", "conv2"):
@@ -110,3 +111,22 @@ def test_the_script_prints_a_line_per_goal(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert goals.main([str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"  pipeline.json: {stopped}"
+
+
+def test_gpu_check_writes_each_json_that_the_script_reads() -> None:
+    """bench/gpu_check.sh's steps write OUTDIR/NAME.json from `alexnet bench NAME` for each
+    file goals.py reads, their limits fit the issues' 8 minutes, and goals.py runs before the
+    optional steps."""
+    import re
+
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    steps = re.findall(r'^step (\w+) (\d+) (.*)$', script, re.MULTILINE)
+    writes = {m.group(2): m.group(1).split() for _, _, cmd in steps
+              if (m := re.search(r'alexnet bench ([\w ]+?) --device cuda --json '
+                                 r'"\$OUTDIR/(\w+)\.json"', cmd))}
+    for name in ("train", "model", "pipeline"):
+        assert writes[name] == [name]
+    assert "data" in writes["data"]
+    main_steps = [int(limit) for name, limit, _ in steps if name not in ("ablate", "demo")]
+    assert sum(main_steps) <= 8 * 60
+    assert script.index("bench/goals.py") < script.index("step ablate")

@@ -339,8 +339,10 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
     return t
 
 
-def bench_parts(device: torch.device, quick: bool) -> dict:
-    """The parts of the paper step beside their baselines (module docstring), printed."""
+def bench_parts(device: torch.device, quick: bool, parts: dict | None = None) -> dict:
+    """The parts of the paper step beside their baselines (module docstring), printed; each
+    part's figures go into `parts` as soon as measured (a run stopped later keeps them)."""
+    parts = {} if parts is None else parts
     cuda = device.type == "cuda"
     batch = (64 if quick else 256) if cuda else (4 if quick else 16)
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -355,15 +357,18 @@ def bench_parts(device: torch.device, quick: bool) -> dict:
     print(f"parts of the step, forward+backward, batch {batch}, {str(dtype)[6:]}, "
           f"{'channels_last' if cuda else 'NCHW'}, fastest of {timing[1]} after {timing[0]} "
           "warm-up rounds")
-    return {"batch": batch, "dtype": str(dtype),
-            "lrn": _lrn_rows(batch, device, dtype, fmt, timing, shapes),
-            "columns": _column_rows(batch, device, dtype if cuda else None, fmt, timing),
-            "pad_and_pool": _pad_and_pool_rows(batch, device, dtype, fmt, timing)}
+    parts.update(batch=batch, dtype=str(dtype))
+    parts["lrn"] = _lrn_rows(batch, device, dtype, fmt, timing, shapes)
+    parts["columns"] = _column_rows(batch, device, dtype if cuda else None, fmt, timing)
+    parts["pad_and_pool"] = _pad_and_pool_rows(batch, device, dtype, fmt, timing)
+    return parts
 
 
 def bench(args: argparse.Namespace) -> dict:
     """Print and return images/s of each net's training step and LRN's share of the step.
 
+    The parts of the step come first (issue 8's LRN goal is among them), each kept in
+    args.figures as soon as measured, so that a run stopped by its time limit keeps them.
     On a CPU with several threads it also measures with one thread: on a shared machine,
     waits for a descheduled thread can dominate short operations.
     """
@@ -390,7 +395,11 @@ def bench(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     settings = [threads] + ([1] if device.type == "cpu" and threads > 1 and not args.quick
                             else [])
-    result: dict = {"device": str(device), "batch": batch}
+    result: dict = getattr(args, "figures", None)
+    result = {} if result is None else result
+    result["parts"] = {}
+    bench_parts(device, args.quick, result["parts"])
+    result.update(device=str(device), batch=batch)
     try:
         for n in settings:
             torch.set_num_threads(n)
@@ -399,5 +408,4 @@ def bench(args: argparse.Namespace) -> dict:
             result[f"threads_{n}"] = _report(_time_all(fns, device, warmup, repeats), batch)
     finally:
         torch.set_num_threads(threads)
-    result["parts"] = bench_parts(device, args.quick)
     return result

@@ -221,3 +221,15 @@ def test_bench_model_stopped_after_the_lrn_rows_keeps_them(tmp_path, monkeypatch
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
     lrn = json.loads(out.read_text())["model"]["parts"]["lrn"]
     assert positive(lrn["conv1"]["relu"]) and positive(lrn["conv2"]["relu"])
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0),
+                                        ("NVIDIA H100 80GB HBM3", 989.0),
+                                        ("NVIDIA H100 NVL", 835.0), ("NVIDIA H100 PCIe", 756.0),
+                                        ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None)])
+def test_mfu_peak_is_the_devices_own(monkeypatch, name, peak):
+    """NVIDIA's dense bf16 figures; a longer name (H200 NVL) is not taken for a shorter one."""
+    from alexnet.bench.train import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_tflops(torch.device("cuda")) == peak

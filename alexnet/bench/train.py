@@ -37,7 +37,8 @@ from torch import nn
 from alexnet import paper
 from alexnet.training.runtime import Runtime
 
-PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets
+PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets;
+    "H200 NVL": 835.0,  # the first key within the device's name wins: longer names first
     "H200": 989.0,
     "H100 80GB HBM3": 989.0,  # SXM
     "H100 PCIe": 756.0,

@@ -156,17 +156,23 @@ def triton_lrn_verified(device: torch.device) -> bool:
 def _verify_triton_lrn(device: torch.device) -> bool:
     """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
     gen = torch.Generator().manual_seed(0)
-    # columns of 16 maps, so that every layout's kernels run (the rows layout's need whole
-    # 16-byte groups of channels)
-    x = (torch.rand(2, 32, 3, 5, generator=gen) * 600 - 300).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.randn(x.shape, generator=gen).to(device)
+    # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last: the rows
+    # layout's kernels the net runs, a whole column and runs of 64 with their neighbours
+    inputs = []
+    for maps, side in ((paper.CONV1[0], 5), (paper.CONV2[0], 3)):
+        x = (torch.rand(1, maps, 3, side, generator=gen) * 600 - 300).to(device)
+        inputs.append((x.contiguous(memory_format=torch.channels_last),
+                       torch.randn(x.shape, generator=gen).to(device)))
     module = triton_lrn_module()
-    why = _triton_lrn_fault(x, g)
+
+    def fault() -> str | None:
+        return next((why for x, g in inputs if (why := _triton_lrn_fault(x, g))), None)
+
+    why = fault()
     layout = module.LAYOUT
     if why is not None and layout != "tile":  # the layout measured longest, before none
         module.LAYOUT = "tile"
-        if _triton_lrn_fault(x, g) is None:
+        if fault() is None:
             print(f"alexnet: warning: the Triton LRN's {layout} layout on {device.type} {why}; "
                   "using the tile layout (ALEXNET_LRN_LAYOUT=tile skips this)", file=sys.stderr)
             return True

@@ -202,6 +202,25 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
     assert "using the torch path" in err
 
 
+def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
+    """The first-use check's inputs are the paper's columns of conv1 (48 maps: one whole run)
+    and conv2 (128: runs of 64 reaching into their neighbours), channels_last."""
+    import alexnet.model
+
+    module = triton_lrn_module()
+    if module is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    seen = []
+    monkeypatch.setattr(alexnet.model, "_triton_lrn_fault",
+                        lambda x, g: seen.append(x) or None)
+    assert alexnet.model._verify_triton_lrn(torch.device("cpu"))
+    columns = [x.shape[1] // paper.COLUMNS for x in seen]
+    assert columns == [paper.CONV1[0] // 2, paper.CONV2[0] // 2] == [48, 128]
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+    fp32_group = 16 // 4  # maps per 16-byte load
+    assert [module._rows_run(c, fp32_group) for c in columns] == [48, 64]
+
+
 def test_a_failing_rows_layout_falls_back_to_the_tile_kernels(kernel_results):
     # the rows kernels have not run on a GPU yet: if they fail there, the check keeps the
     # Triton LRN in its tile layout (one warning) rather than the far slower torch path
@@ -252,6 +271,29 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layou
     b, grad = formula(np.maximum(a64, 0), g.double().numpy(), paper.LRN_N, 2)
     grad = np.where(a64 > 0, grad, 0.0) if relu else grad
     rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL  # the GPU's exp2 and log2 are approximate
+    np.testing.assert_allclose(y.detach().double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(x.grad.detach().double().cpu().numpy(), grad, rtol=rtol,
+                               atol=rtol * np.abs(grad).max())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, monkeypatch):
+    """conv2's columns of 128 maps: the rows layout's runs of 64 with the neighbouring groups
+    that their windows reach into (the path the net runs on conv2), compiled on the GPU."""
+    if triton_lrn_module() is None:
+        pytest.skip("triton does not import here")
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "rows")
+    gen = torch.Generator().manual_seed(1)
+    a = (torch.rand(2, 256, 9, 7, generator=gen, dtype=torch.float64) * 600 - 300).to(dtype)
+    g = torch.randn(2, 256, 9, 7, generator=gen, dtype=torch.float64).to(dtype)
+    x = a.cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = lrn(x, groups=2, backend="triton", relu=True)
+    y.backward(g.cuda().contiguous(memory_format=torch.channels_last))
+    a64 = a.double().numpy()
+    b, grad = formula(np.maximum(a64, 0), g.double().numpy(), paper.LRN_N, 2)
+    grad = np.where(a64 > 0, grad, 0.0)
+    rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL
     np.testing.assert_allclose(y.detach().double().cpu().numpy(), b, rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(x.grad.detach().double().cpu().numpy(), grad, rtol=rtol,
                                atol=rtol * np.abs(grad).max())

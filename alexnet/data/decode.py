@@ -184,7 +184,9 @@ def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str) -> 
     The current stream is drained first: torchvision's decoder allocates its outputs on it
     but writes them from its own stream without waiting for it, so it could overwrite memory
     that work queued there still reads (pytorch/vision#9606). On the loader's nvJPEG thread
-    that stream is idle and the wait costs nothing.
+    that stream is idle and the wait costs nothing. Call it on a stream that no other thread
+    queues work on meanwhile (the loader's nvJPEG thread has its own): the drain cannot
+    cover work another thread queues after it.
     """
     reason = gpu_unavailable(device)
     if reason:

@@ -102,7 +102,7 @@ class RunConfig:
     prefetch: int = -1  # batches the loader reads ahead (-1: loader.default_prefetch)
     # jpeg stores (docs/loading.md): the CPU decoder (auto: simplejpeg, cv2, torchvision, pil,
     # the first installed), its threads per batch (0: loader.default_decode_threads) and the
-    # share of each batch nvJPEG decodes on a CUDA device (-1: loader.default_gpu_decode)
+    # share of each batch the GPU decodes on a CUDA device (-1: loader.default_gpu_decode)
     jpeg_decoder: str = "auto"
     decode_threads: int = 0
     gpu_decode: float = -1.0

@@ -99,6 +99,13 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         ratio = training / model if training is not None and model else None
         add("9", f"training from the {name} / the model alone", ratio, "x",
             TRAINING_OVER_MODEL)
+    for name, other in (dig(pipe, "other_gpu_decoders") or {}).items():  # beside the default
+        add("9", f"jpeg store, loader with GPU decoder {name}", other.get("jpeg_loader"),
+            " img/s", JPEG_LOADER)
+        training = other.get("jpeg_training")
+        add("9", f"training from the jpeg store with GPU decoder {name} / the model alone",
+            training / model if training is not None and model else None, "x",
+            TRAINING_OVER_MODEL)
     workers = dig(data, "data", "prepare_workers")
     if workers is None:
         rows.append(("9", f"prepare, one worker per core / 1 worker >= {PREPARE_PER_CORE:g} x "

@@ -47,9 +47,13 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
   [ "$rc" = 0 ] || status=1
 }
 
-# Wheels carried in .whl/ (the GPU machine has no network, maybe no pip), e.g. simplejpeg for
+# Wheels carried in .whl/ (the GPU machine has no network, maybe no pip), e.g. simplejpeg and
+# nvidia-nvimgcodec-cu13 with nvidia-nvjpeg (the GPU's hardware JPEG engines) for
 # alexnet/data/decode.py: installed into a private folder, else unpacked there; without them
-# the loader falls back to the decoders present (OpenCV, torchvision, PIL).
+# the loader falls back to the decoders present (OpenCV, torchvision, PIL; nvJPEG through
+# torchvision). Fetch them here with `pip download --no-deps -d .whl simplejpeg
+# nvidia-nvimgcodec-cu13 nvidia-nvjpeg --python-version 3.12 --only-binary :all:` (the GPU
+# machine's Python); about 28 MB beside the 30 MB of .gpu-data, within the 64 MiB carried.
 if compgen -G ".whl/*.whl" >/dev/null; then
   SITE=/tmp/alexnet-site
   $PY -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl 2>/dev/null \

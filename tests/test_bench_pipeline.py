@@ -54,3 +54,15 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     levels = r["levels_from_raw"]
     assert 0 < levels[90]["mean"] < levels[pipeline.LOW_QUALITY]["mean"]  # coarser: further
     assert "JPEG quality 90 against 75" in out and f"jpeg q{pipeline.LOW_QUALITY} store" in out
+    assert r["other_gpu_decoders"] == {}
+    # the GPU decoders' lines as a CUDA run prints them (its figures stood in for)
+    figures = {"images_per_s": 1000.0, "diff_mean": 1.5, "diff_max": 60}
+    r["gpu_decode"] = low["gpu_decode"] = {"batch": 2, "default": "nvimgcodec",
+                                           **dict.fromkeys(decode.GPU_DECODERS, figures)}
+    r["other_gpu_decoders"] = {"torchvision": {"jpeg_loader": 3.0, "jpeg_training": 2.0}}
+    pipeline.print_figures(r)
+    out = capsys.readouterr().out
+    assert "GPU decode alone (nvimgcodec (the default), batches of 2): 1000 img/s" in out
+    assert "GPU decode alone (torchvision, batches of 2)" in out
+    assert "jpeg store: training, GPU decoder torchvision (defaults)" in out
+    assert "torchvision GPU decode, img/s" in out

@@ -123,21 +123,46 @@ def test_a_gpu_batch_of_mixed_sizes_is_a_user_error(blobs: list[bytes], monkeypa
     """A store image of another size is named in one line, not torch.stack's RuntimeError
     (nvJPEG stood in for by PIL: the check does not depend on the decoder)."""
     fake_torchvision(monkeypatch, pil_decode_jpeg)
-    monkeypatch.setattr(decode, "gpu_unavailable", lambda device: None)
-    out = decode.decode_gpu(blobs[:3], SIZE, "cpu")
+    cpu = torch.device("cpu")
+    out = decode._torchvision_gpu(blobs[:3], SIZE, cpu)
     assert torch.equal(out, torch.from_numpy(pil_reference(blobs[:3])))
     bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
     with pytest.raises(UserError, match=r"store image 1 of the batch decodes to \(3, 72, 72\)"):
-        decode.decode_gpu([blobs[0], bigger, blobs[1]], SIZE, "cpu")
+        decode._torchvision_gpu([blobs[0], bigger, blobs[1]], SIZE, cpu)
+
+
+needs_nvimgcodec = pytest.mark.skipif(not decode._installed("nvidia.nvimgcodec"),
+                                      reason="nvImageCodec is not installed (the dev extra "
+                                             "has it on Linux x86-64)")
+
+
+@needs_nvimgcodec
+def test_nvimgcodec_decodes_as_pil_does(blobs: list[bytes]) -> None:
+    """nvImageCodec's batch decode through the same code as on a GPU, on its CPU backend
+    (libjpeg-turbo, as PIL): the store's interleaved RGB, within the CPU decoders' bound."""
+    out = decode._nvimgcodec(blobs, SIZE, torch.device("cpu"))
+    assert out.shape == (len(blobs), SIZE, SIZE, 3) and out.dtype == torch.uint8
+    diff = np.abs(out.numpy().astype(np.int64) - pil_reference(blobs))
+    assert diff.max() <= CPU_MAX and diff.mean() <= CPU_MEAN
+
+
+@needs_nvimgcodec
+def test_nvimgcodec_names_the_image_that_does_not_decode(blobs: list[bytes]) -> None:
+    cpu = torch.device("cpu")
+    with pytest.raises(UserError, match="store image 1 of the batch does not decode"):
+        decode._nvimgcodec([blobs[0], b"not a jpeg at all", blobs[1]], SIZE, cpu)
+    bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
+    with pytest.raises(UserError, match=r"store image 2 of the batch decodes to \(72, 72, 3\)"):
+        decode._nvimgcodec([blobs[0], blobs[1], bigger], SIZE, cpu)
 
 
 @pytest.fixture
 def fresh_probes():
     decode.importable.cache_clear()
-    decode._nvjpeg_failure.cache_clear()
+    decode._gpu_failure.cache_clear()
     yield
     decode.importable.cache_clear()
-    decode._nvjpeg_failure.cache_clear()
+    decode._gpu_failure.cache_clear()
 
 
 @pytest.mark.parametrize("works", [True, False])
@@ -153,36 +178,70 @@ def test_a_decoder_that_imports_but_cannot_decode_is_not_offered(monkeypatch, fr
             decode.resolve_cpu_decoder("torchvision")
 
 
+def fake_cuda(monkeypatch) -> None:
+    """torch.cuda said to be there (device 0, a do-nothing stream): for the GPU decoders'
+    checks and choice; what really needs a GPU still fails, as on a machine without one."""
+    import types
+
+    stream = types.SimpleNamespace(synchronize=lambda: None, cuda_stream=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+
+
 @pytest.mark.parametrize("works", [True, False])
-def test_gpu_decode_is_offered_only_where_nvjpeg_decodes(monkeypatch, fresh_probes,
-                                                         works) -> None:
-    """CUDA stood in for: the probe decodes a small JPEG through torchvision on the device; a
-    failure there is the reason, in one line, and the loader then decodes on the CPU."""
+def test_gpu_decode_is_offered_only_where_a_gpu_decoder_decodes(monkeypatch, fresh_probes,
+                                                                works) -> None:
+    """CUDA stood in for: each GPU decoder's check decodes a small JPEG on the device
+    (nvImageCodec, where installed here, fails for want of a GPU); a failure is the reason,
+    in one line, and the loader then decodes on the CPU."""
     from alexnet.data.loader import default_gpu_decode
 
     fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    fake_cuda(monkeypatch)
     reason = decode.gpu_unavailable("cuda")
     if works:
-        assert reason is None and default_gpu_decode("jpeg", "cuda") > 0
+        assert reason is None and decode.gpu_decoder("cuda") == "torchvision"
+        assert default_gpu_decode("jpeg", "cuda") > 0
     else:
-        assert reason == ("torchvision's nvJPEG decode fails here (RuntimeError: torchvision "
-                          "not compiled with nvJPEG support (more lines))")
+        assert reason.startswith("nvimgcodec ") and reason.endswith(
+            "; torchvision fails here (RuntimeError: torchvision not compiled with nvJPEG "
+            "support (more lines))")
         assert default_gpu_decode("jpeg", "cuda") == 0.0
+        with pytest.raises(UserError, match="GPU jpeg decode: nvimgcodec "):
+            decode.decode_gpu([decode.probe_jpeg()], 16, "cuda")
 
 
-@pytest.mark.skipif(decode.gpu_unavailable("cuda") is not None,
-                    reason=f"GPU decode: {decode.gpu_unavailable('cuda')}")
-def test_gpu_decode_is_the_cpu_decode_up_to_the_stated_bound(blobs: list[bytes]) -> None:
-    out = decode.decode_gpu(blobs, SIZE, "cuda")
+def test_the_gpu_decoder_is_the_one_asked_for_else_the_first_that_passes(monkeypatch):
+    fake_cuda(monkeypatch)
+    failures = {"nvimgcodec": None, "torchvision": None}
+    monkeypatch.setattr(decode, "_gpu_failure", lambda name, index: failures[name])
+    assert decode.GPU_DECODERS[0] == "nvimgcodec"  # the hardware engines first
+    assert decode.gpu_decoder("cuda") == "nvimgcodec"
+    assert decode.gpu_decoder("cuda", "torchvision") == "torchvision"
+    failures["nvimgcodec"] = "nvimgcodec is not installed"
+    assert decode.gpu_decoder("cuda") == "torchvision"
+    with pytest.raises(UserError, match="GPU jpeg decode: nvimgcodec is not installed; use "):
+        decode.gpu_decoder("cuda", "nvimgcodec")
+    with pytest.raises(UserError, match="GPU jpeg decoder 'nvdec'"):
+        decode.gpu_decoder("cuda", "nvdec")
+    monkeypatch.setattr(decode, "GPU_DECODER", "torchvision")  # ALEXNET_GPU_DECODER
+    failures["nvimgcodec"] = None
+    assert decode.gpu_decoder("cuda") == "torchvision"
+
+
+@pytest.mark.parametrize("name", decode.GPU_DECODERS)
+def test_gpu_decode_is_the_cpu_decode_up_to_the_stated_bound(blobs: list[bytes], name) -> None:
+    reason = decode.gpu_unavailable("cuda", name)
+    if reason:
+        pytest.skip(f"GPU decode: {reason}")
+    out = decode.decode_gpu(blobs, SIZE, "cuda", name)
     assert out.is_cuda and out.dtype == torch.uint8 and out.shape == (len(blobs), SIZE, SIZE, 3)
     diff = np.abs(out.cpu().numpy().astype(np.int64) - decode.decode_cpu(blobs, SIZE))
     assert diff.max() <= GPU_MAX and diff.mean() <= GPU_MEAN
-    assert decode.decode_gpu([], SIZE, "cuda").shape == (0, SIZE, SIZE, 3)
+    assert decode.decode_gpu([], SIZE, "cuda", name).shape == (0, SIZE, SIZE, 3)
     with pytest.raises(UserError):
-        decode.decode_gpu(blobs[:2], SIZE + 8, "cuda")
+        decode.decode_gpu(blobs[:2], SIZE + 8, "cuda", name)
     bigger = jpeg(photo(SIZE + 8, SIZE + 8, 1, seed=0), quality=90)
     with pytest.raises(UserError, match="store image 1 of the batch"):
-        decode.decode_gpu([blobs[0], bigger], SIZE, "cuda")
+        decode.decode_gpu([blobs[0], bigger], SIZE, "cuda", name)

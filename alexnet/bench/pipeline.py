@@ -22,11 +22,15 @@ beside the others of the same run:
   its first epoch only;
 - a third store, the same images as JPEGs of quality LOW_QUALITY (`prepare --jpeg-quality`):
   its loader alone and training from it at the defaults, its CPU decoders at 1 thread and at
-  the cores (and nvJPEG), and both qualities' mean and max distance from the raw pixels.
+  the cores (and the GPU decoders), and both qualities' mean and max distance from the raw
+  pixels;
+- with more than one GPU decoder here (decode.GPU_DECODERS: nvImageCodec's hardware engines,
+  torchvision's nvJPEG), the jpeg loader alone and training from it at the defaults with each
+  decoder other than the default.
 
 And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8 and 16 threads
-(threads beyond the host's cores are skipped), nvJPEG batches on the GPU, and the mean and
-max difference in levels between GPU and CPU pixels. The store is made of `distinct` images
+(threads beyond the host's cores are skipped), each GPU decoder's batches on the GPU, and the
+mean and max difference in levels between GPU and CPU pixels. The store is made of `distinct` images
 repeated (decoding and copying cost the same whatever the repeats), so that it is written in
 seconds; an epoch of the store spans enough batches that the read-ahead's fill at each epoch
 start counts little. Timed spans exclude warm-up and end with a device synchronisation.
@@ -231,24 +235,45 @@ def cpu_decode_rates(blobs: list[Any], threads: tuple[int, ...]) -> dict[str, di
             for name in decode.available_cpu_decoders()}
 
 
-def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> dict[str, float]:
-    """nvJPEG images/s in batches of `batch`, and its pixels against the CPU decoder's."""
+def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> dict[str, Any]:
+    """Each GPU decoder that runs here (decode.GPU_DECODERS) alone: images/s in batches of
+    `batch`, and its pixels against the CPU decoder's; `default` names the loader's."""
     from alexnet.data import decode
 
     chunks = [blobs[i:i + batch] for i in range(0, len(blobs) - batch + 1, batch)]
-    decode.decode_gpu(chunks[0], SIZE, device)
-    rate = _timed(device, batch * len(chunks), 1, 0,
-                  lambda: [decode.decode_gpu(c, SIZE, device) for c in chunks])
-    gpu = decode.decode_gpu(chunks[0], SIZE, device).cpu().numpy().astype(np.int64)
-    diff = np.abs(gpu - decode.decode_cpu(chunks[0], SIZE))
-    return {"images_per_s": rate, "batch": batch, "diff_mean": float(diff.mean()),
-            "diff_max": int(diff.max())}
+    out: dict[str, Any] = {"batch": batch, "default": decode.gpu_decoder(device)}
+    for name in decode.GPU_DECODERS:
+        if decode.gpu_unavailable(device, name):
+            continue
+        decode.decode_gpu(chunks[0], SIZE, device, name)
+        rate = _timed(device, batch * len(chunks), 1, 0,
+                      lambda name=name: [decode.decode_gpu(c, SIZE, device, name)
+                                         for c in chunks])
+        gpu = decode.decode_gpu(chunks[0], SIZE, device, name).cpu().numpy().astype(np.int64)
+        diff = np.abs(gpu - decode.decode_cpu(chunks[0], SIZE))
+        out[name] = {"images_per_s": rate, "diff_mean": float(diff.mean()),
+                     "diff_max": int(diff.max())}
+    return out
+
+
+@contextlib.contextmanager
+def gpu_decoder_set(name: str) -> Iterator[None]:
+    """decode_gpu's default GPU decoder set to `name` meanwhile (ALEXNET_GPU_DECODER), for
+    the loader and training rows of a decoder other than the default."""
+    from alexnet.data import decode
+
+    saved, decode.GPU_DECODER = decode.GPU_DECODER, name
+    try:
+        yield
+    finally:
+        decode.GPU_DECODER = saved
 
 
 def low_quality_figures(store: Any, trainer: Trainer, plan: dict[str, int],
                         threads: tuple[int, ...]) -> dict[str, Any]:
     """The jpeg figures again for a store at LOW_QUALITY: its size, the CPU decoders at
-    `threads`, nvJPEG where it runs, the loader alone at its defaults and training from it."""
+    `threads`, the GPU decoders where they run, the loader alone at its defaults and training
+    from it."""
     from alexnet.data import decode
 
     device, batch = trainer.rt.device, plan["batch"]
@@ -337,6 +362,16 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_loader"] = {s: loader_rate(train_loader(jpeg, batch, device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
+    others = [name for name in decode.GPU_DECODERS if name in r.get("gpu_decode", {})
+              and name != r["gpu_decode"]["default"]]
+    r["other_gpu_decoders"] = {}
+    for name in others:  # the loader and training at the defaults, with this GPU decoder
+        with gpu_decoder_set(name):
+            r["other_gpu_decoders"][name] = {
+                "jpeg_loader": loader_rate(train_loader(jpeg, batch, device), device,
+                                           loader_steps, warmup),
+                "jpeg_training": training_rate(train_loader(jpeg, batch, device), trainer,
+                                               steps, warmup)}
     r["jpeg_training_moved"] = training_rate(
         train_loader(jpeg, batch, device, augment_in_readers=moved), trainer, steps, warmup)
     r["low_quality"] = low_quality_figures(stores[f"jpeg{LOW_QUALITY}"], trainer, plan,
@@ -390,6 +425,10 @@ def print_figures(r: dict[str, Any]) -> None:
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
     rows.append((f"jpeg store: training, {where[not here]}", r["jpeg_training_moved"]))
+    for name, other in r.get("other_gpu_decoders", {}).items():
+        rows.append((f"jpeg loader only, GPU decoder {name} (defaults)", other["jpeg_loader"]))
+        rows.append((f"jpeg store: training, GPU decoder {name} (defaults)",
+                     other["jpeg_training"]))
     low = r["low_quality"]
     rows.append((f"jpeg q{low['quality']} loader only, GPU share {low['gpu_share']:.2f} "
                  "(default)", low["jpeg_loader"]))
@@ -402,11 +441,12 @@ def print_figures(r: dict[str, Any]) -> None:
     print(f"  CPU decode alone, img/s at threads {', '.join(map(str, _threads(r)))}:")
     for name, rates in r["cpu_decode"].items():
         print(f"    {name:<12}" + "".join(f"{v:>10.0f}" for v in rates.values()))
-    if "gpu_decode" in r:
-        g = r["gpu_decode"]
-        print(f"  GPU decode alone (nvJPEG, batches of {g['batch']}): {g['images_per_s']:.0f} "
-              f"img/s; pixels against the CPU decoder: mean {g['diff_mean']:.3f}, max "
-              f"{g['diff_max']} levels")
+    g = r.get("gpu_decode", {})
+    for name in _gpu_decoders(g):
+        default = " (the default)" if name == g["default"] else ""
+        print(f"  GPU decode alone ({name}{default}, batches of {g['batch']}): "
+              f"{g[name]['images_per_s']:.0f} img/s; pixels against the CPU decoder: mean "
+              f"{g[name]['diff_mean']:.3f}, max {g[name]['diff_max']} levels")
     q, levels = low["quality"], r["levels_from_raw"]
     print(f"  JPEG quality {QUALITY} against {q} (prepare --jpeg-quality {q}):")
     print(f"    {'KB per image':<40}{r['jpeg_kb_mean']:>10.1f}{low['jpeg_kb_mean']:>10.1f}")
@@ -419,9 +459,17 @@ def print_figures(r: dict[str, Any]) -> None:
             base = r["cpu_decode"][name][n]
             print(f"    {f'{name} decode, {n} thread(s), img/s':<40}{base:>10.0f}{rate:>10.0f}"
                   f"  ({rate / base:.2f}x)")
-    if "gpu_decode" in low:
-        base, rate = r["gpu_decode"]["images_per_s"], low["gpu_decode"]["images_per_s"]
-        print(f"    {'nvJPEG decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  ({rate / base:.2f}x)")
+    for name in _gpu_decoders(low.get("gpu_decode", {})):
+        base, rate = g[name]["images_per_s"], low["gpu_decode"][name]["images_per_s"]
+        print(f"    {f'{name} GPU decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  "
+              f"({rate / base:.2f}x)")
+
+
+def _gpu_decoders(figures: dict[str, Any]) -> list[str]:
+    """The GPU decoders timed in `figures` (gpu_decode_figures' result)."""
+    from alexnet.data.decode import GPU_DECODERS
+
+    return [name for name in GPU_DECODERS if name in figures]
 
 
 def _threads(r: dict[str, Any]) -> list[int]:

@@ -17,9 +17,14 @@ CPU decoders, in the order "auto" tries them (docs/loading.md has the measuremen
 All four use libjpeg-turbo's accurate integer DCT and smooth chroma upsampling, so their
 pixels agree to within a few levels (tests/test_decode.py states the bound).
 
-On a CUDA device with torchvision importable, `decode_gpu` decodes a list of JPEGs in one
-batched nvJPEG call (torchvision.io.decode_jpeg(list, device=...)) and returns the batch on
-the device, where the loader augments it like a raw batch.
+On a CUDA device `decode_gpu` decodes a list of JPEGs in one batched call and returns the
+batch on the device, where the loader augments it like a raw batch. GPU decoders, in the
+order "auto" tries them (ALEXNET_GPU_DECODER picks one), each checked once on the device:
+
+- `nvimgcodec`: NVIDIA's nvImageCodec (pip package nvidia-nvimgcodec-cu12/-cu13 with
+  nvidia-nvjpeg), on the GPU's hardware JPEG engines (A100, H100, H200), which leave the
+  CUDA cores to training; CUDA-core nvJPEG for what they cannot decode.
+- `torchvision`: torchvision.io.decode_jpeg(list, device=...), nvJPEG on the CUDA cores.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import functools
 import importlib
 import importlib.util
 import io
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -144,75 +151,197 @@ def decode_cpu(blobs: Sequence[Blob], size: int, decoder: str = "auto",
     return out
 
 
-def gpu_unavailable(device: torch.device | str) -> str | None:
-    """Why the GPU decode cannot run on `device` (None when it can)."""
+def gpu_unavailable(device: torch.device | str, decoder: str | None = None) -> str | None:
+    """Why no GPU decoder (or GPU decoder `decoder`; default GPU_DECODER) can run on
+    `device`; None when one can."""
     device = torch.device(device)
     if device.type != "cuda":
         return f"device {device} is not a CUDA device"
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    if importlib.util.find_spec("torchvision") is None:
-        return "torchvision is not installed (its io.decode_jpeg runs nvJPEG)"
     index = torch.cuda.current_device() if device.index is None else device.index
-    return _nvjpeg_failure(index)
+    reasons = []
+    for name in _gpu_candidates(decoder):
+        why = _gpu_failure(name, index)
+        if why is None:
+            return None
+        reasons.append(why)
+    return "; ".join(reasons)
+
+
+def gpu_decoder(device: torch.device | str, decoder: str | None = None) -> str:
+    """The GPU decoder that runs on CUDA `device`: `decoder` (default GPU_DECODER), `auto`
+    being the first of GPU_DECODERS whose check passes there; a UserError when none can."""
+    reason = gpu_unavailable(device, decoder)
+    if reason:
+        raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
+    device = torch.device(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return next(name for name in _gpu_candidates(decoder) if _gpu_failure(name, index) is None)
+
+
+def _gpu_candidates(decoder: str | None) -> tuple[str, ...]:
+    decoder = GPU_DECODER if decoder is None else decoder
+    if decoder == "auto":
+        return GPU_DECODERS
+    if decoder not in GPU_DECODERS:
+        raise UserError(f"GPU jpeg decoder {decoder!r} (ALEXNET_GPU_DECODER): choose auto or "
+                        f"one of {', '.join(GPU_DECODERS)}")
+    return (decoder,)
 
 
 @functools.cache
-def _nvjpeg_failure(index: int) -> str | None:
-    """Why torchvision's nvJPEG decode fails on cuda:`index` (None when a small JPEG decodes
-    there): torchvision imports even where its image library, or nvJPEG, did not load."""
+def _gpu_failure(decoder: str, index: int) -> str | None:
+    """Why GPU decoder `decoder` fails on cuda:`index`, or None when a small JPEG decodes
+    there to within a few levels of PIL's pixels (checked once per process): a package can
+    import where its GPU libraries (nvJPEG, the hardware engines) did not load."""
+    if not _installed(_GPU_MODULES[decoder]):
+        return f"{decoder} is not installed"
     try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        data = torch.frombuffer(bytearray(probe_jpeg()), dtype=torch.uint8)
-        with _GPU_LOCK:
-            image = decode_jpeg([data], mode=ImageReadMode.RGB,
-                                device=torch.device("cuda", index))[0]
-        torch.cuda.synchronize(index)
-        if tuple(image.shape) != (3, 16, 16):
-            return f"torchvision's nvJPEG decode gave shape {tuple(image.shape)} for 16x16"
-    except Exception as err:  # any failure: the GPU decode cannot run here
-        return f"torchvision's nvJPEG decode fails here ({type(err).__name__}: {one_line(err)})"
+        got = _GPU_DECODE[decoder]([probe_jpeg()], 16, torch.device("cuda", index)).cpu()
+        want = torch.from_numpy(decode_cpu([probe_jpeg()], 16, "pil"))
+        if (got.int() - want.int()).abs().float().mean() > 4:
+            return f"{decoder}'s pixels differ from PIL's on a test JPEG"
+    except UserError:
+        return f"{decoder} cannot decode a test JPEG here"
+    except Exception as err:  # any failure: this decoder cannot run here
+        return f"{decoder} fails here ({type(err).__name__}: {one_line(err)})"
     return None
 
 
-def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str) -> torch.Tensor:
-    """JPEGs to uint8 (B, size, size, 3) on CUDA `device`, decoded there in one nvJPEG batch.
+def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str,
+               decoder: str | None = None) -> torch.Tensor:
+    """JPEGs to uint8 (B, size, size, 3) on CUDA `device`, decoded there in one batch by
+    GPU decoder `decoder` (default GPU_DECODER: `auto`, the first of GPU_DECODERS that
+    passes its check on the device).
 
-    The result is on the device's current stream when it returns, like any CUDA op; it
-    is channels-last like a raw store batch (a strided view of the decoder's (B, 3, S, S)).
+    The result is on the device's current stream when it returns, like any CUDA op, and
+    channels-last like a raw store batch. Call it on a stream that no other thread queues
+    work on meanwhile (the loader's nvJPEG thread has its own; see `_torchvision_gpu`).
+    """
+    name = gpu_decoder(device, decoder)
+    device = torch.device(device)
+    # "cuda" and "cuda:0" differ to torchvision, which rebuilds its decoder on a change
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None
+                          else device.index)
+    if not blobs:
+        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
+    return _GPU_DECODE[name](blobs, size, device)
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` (dotted: its parents too) is installed, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or one without a spec
+        return False
+
+
+def _stacked(images: Sequence[torch.Tensor | None], size: int, channels_first: bool
+             ) -> torch.Tensor:
+    """The decoded images of one batch as (B, size, size, 3); an image that did not decode,
+    or to another size, is a UserError naming its row."""
+    want = (3, size, size) if channels_first else (size, size, 3)
+    for row, image in enumerate(images):
+        if image is None:
+            raise UserError(f"store image {row} of the batch does not decode on the GPU; rerun "
+                            "`alexnet prepare` to rebuild the store")
+        if tuple(image.shape) != want:
+            raise UserError(f"store image {row} of the batch decodes to {tuple(image.shape)} on "
+                            f"the GPU, expected {want}; rerun `alexnet prepare` to rebuild the "
+                            "store")
+    if channels_first:  # (B, 3, S, S) viewed as (B, S, S, 3): channels-last memory
+        return torch.stack(list(images)).permute(0, 2, 3, 1)
+    return torch.stack(list(images))
+
+
+def _torchvision_gpu(blobs: Sequence[Blob], size: int, device: torch.device) -> torch.Tensor:
+    """torchvision.io.decode_jpeg's batched nvJPEG decode (CUDA cores).
+
     The current stream is drained first: torchvision's decoder allocates its outputs on it
     but writes them from its own stream without waiting for it, so it could overwrite memory
     that work queued there still reads (pytorch/vision#9606). On the loader's nvJPEG thread
-    that stream is idle and the wait costs nothing. Call it on a stream that no other thread
-    queues work on meanwhile (the loader's nvJPEG thread has its own): the drain cannot
-    cover work another thread queues after it.
+    that stream is idle and the wait costs nothing; the drain cannot cover work that another
+    thread queues on the same stream after it.
     """
-    reason = gpu_unavailable(device)
-    if reason:
-        raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    device = torch.device(device)
     if device.type == "cuda":
-        # "cuda" and "cuda:0" differ to torchvision, which rebuilds its decoder on a change
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None
-                              else device.index)
         torch.cuda.current_stream(device).synchronize()
-    if not blobs:
-        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
     data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
     with _GPU_LOCK:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    for row, image in enumerate(images):
-        if tuple(image.shape) != (3, size, size):
-            raise UserError(f"store image {row} of the batch decodes to {tuple(image.shape)} on "
-                            f"the GPU, expected (3, {size}, {size}); rerun `alexnet prepare` "
-                            "to rebuild the store")
-    return torch.stack(images).permute(0, 2, 3, 1)
+    return _stacked(images, size, channels_first=True)
+
+
+@functools.cache
+def _nvimgcodec_module() -> Any:
+    """nvidia.nvimgcodec, imported with the C-level stderr silenced: its import loads every
+    codec extension it ships and prints an error line for each library missing (JPEG 2000,
+    TIFF), none of which a JPEG decode needs; a failure to decode is caught by the check."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                from nvidia import nvimgcodec
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return nvimgcodec
+
+
+@functools.cache
+def _nvimgcodec_decoder(index: int | None) -> Any:
+    """nvImageCodec's decoder for cuda:`index`: the GPU's hardware JPEG engines first
+    (HW_GPU_ONLY: they use no CUDA cores, which training needs), CUDA-core nvJPEG for what
+    they cannot do; on the CPU (index None: libjpeg-turbo, for tests) its CPU backend."""
+    nvimgcodec = _nvimgcodec_module()
+    if index is None:
+        return nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                  backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+    return nvimgcodec.Decoder(device_id=index, backends=[
+        nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY),
+        nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY)])
+
+
+def _nvimgcodec(blobs: Sequence[Blob], size: int, device: torch.device) -> torch.Tensor:
+    """nvImageCodec's batched decode on `device` (interleaved RGB, as the store's pixels).
+
+    The decode is ordered on the current stream (`cuda_stream`), and the images come to torch
+    through DLPack on that stream. The stream is drained before the images are released:
+    nvImageCodec owns their memory and may reuse it for the next batch while the copy into
+    the batch is still queued. The CPU backend (device cpu) is the same path for tests.
+    """
+    nvimgcodec = _nvimgcodec_module()
+    cuda = device.type == "cuda"
+    params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.SRGB,
+                                     sample_format=nvimgcodec.SampleFormat.I_RGB,
+                                     allow_any_depth=False, apply_exif_orientation=False)
+    data = [np.frombuffer(blob, np.uint8) for blob in blobs]
+    stream = torch.cuda.current_stream(device) if cuda else None
+    with _GPU_LOCK:
+        decoded = _nvimgcodec_decoder(device.index if cuda else None).decode(
+            data, params=params, cuda_stream=stream.cuda_stream if cuda else 0)
+    images = [None if image is None else
+              torch.from_dlpack(image) if cuda else torch.from_numpy(np.asarray(image))
+              for image in decoded]
+    out = _stacked(images, size, channels_first=False)
+    if cuda:
+        stream.synchronize()
+    return out
+
+
+GPU_DECODERS = ("nvimgcodec", "torchvision")  # "auto": the first whose check passes
+_GPU_MODULES = {"nvimgcodec": "nvidia.nvimgcodec", "torchvision": "torchvision"}
+_GPU_DECODE = {"nvimgcodec": _nvimgcodec, "torchvision": _torchvision_gpu}
+GPU_DECODER = os.environ.get("ALEXNET_GPU_DECODER", "auto")  # read at import; or per call
 
 
 def describe() -> dict[str, Any]:
     """What decoders this machine has: for benchmarks and notices."""
+    reason = gpu_unavailable("cuda")
     return {"cpu": available_cpu_decoders(), "auto": resolve_cpu_decoder("auto"),
-            "gpu": gpu_unavailable("cuda") or "available"}
+            "gpu": reason or gpu_decoder("cuda")}

@@ -3,8 +3,9 @@
 uint8 batches are read from the store by a pool of read-ahead threads ahead of the training
 step: a raw store is a memory map (no decoding); a jpeg store's bytes are decoded by a CPU
 decoder that releases the interpreter lock (alexnet/data/decode.py), and on a CUDA device a
-share of each batch (`gpu_decode`) by nvJPEG on the GPU. On a CUDA device the uint8 batch is
-pinned, copied with non_blocking=True, and augmented there (alexnet/data/augment.py), as in
+share of each batch (`gpu_decode`) on the GPU (decode.decode_gpu: nvImageCodec's hardware
+engines or nvJPEG). On a CUDA device the uint8 batch is pinned, copied with
+non_blocking=True, and augmented there (alexnet/data/augment.py), as in
 timm's PrefetchLoader and airbench. The read-ahead depth and the GPU's share default to what
 fits the machine (`default_prefetch`, `default_gpu_decode`).
 
@@ -39,7 +40,7 @@ T = TypeVar("T")
 _SHUFFLE, _DRAWS = 0, 1  # domain tags: the shuffle's and the draws' seeds never coincide
 # Decode rates measured on one H200 host (16 cores) on 256x256 photo JPEGs of quality 90
 # (issue 9), used only to split a batch between the GPU and the CPU threads by default:
-GPU_DECODE_RATE = 12_000  # images/s of nvJPEG batches of 256 (torchvision.io.decode_jpeg)
+GPU_DECODE_RATE = 12_000  # images/s of nvJPEG batches of 256 (torchvision.io.decode_jpeg, H200)
 CORE_DECODE_RATE = 850  # images/s per core of a lock-free decoder, all 16 cores busy
 PIL_DECODE_RATE = 2_000  # images/s of PIL, whatever the number of threads
 
@@ -189,7 +190,7 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
 class DecodeThreads:
     """The threads that decode a jpeg store's batches during one pass: `cpu` decodes each
     batch's CPU part in `Reading.threads` chunks (None: the reading thread decodes it), `gpu`
-    is the one thread that runs nvJPEG on the GPU's parts (None: no GPU share)."""
+    is the one thread that decodes the GPU's parts (None: no GPU share)."""
 
     cpu: ThreadPoolExecutor | None = None
     gpu: ThreadPoolExecutor | None = None
@@ -199,10 +200,11 @@ class DecodeThreads:
 def decode_pool(store: Any, how: Reading) -> Iterator[DecodeThreads]:
     """The decoding threads for one pass over `store`, stopped when it ends.
 
-    nvJPEG gets a thread of its own: torchvision runs one GPU decode at a time in a process
-    (a global lock held until its stream synchronises), so a read-ahead thread that called
-    it would sit idle until the other threads' GPU parts were done, its core unused; handing
-    the GPU part to this thread, the reader decodes its CPU part meanwhile.
+    The GPU decode gets a thread of its own: it runs one batch at a time in a process
+    (decode._GPU_LOCK; torchvision's own lock is held until its stream synchronises), so a
+    read-ahead thread that called it would sit idle until the other threads' GPU parts were
+    done, its core unused; handing the GPU part to this thread, the reader decodes its CPU
+    part meanwhile.
     """
     if store.format != "jpeg":
         yield DecodeThreads()
@@ -218,7 +220,7 @@ def decode_pool(store: Any, how: Reading) -> Iterator[DecodeThreads]:
 
 
 def decode_on_gpu(blobs: Sequence[Any], size: int, device: torch.device) -> torch.Tensor:
-    """The GPU's part of a jpeg batch, decoded by nvJPEG on this thread's own stream and
+    """The GPU's part of a jpeg batch, decoded on the GPU on this thread's own stream and
     finished when this returns (so any stream may use it: see `hand_over`)."""
     with reader_stream(device):
         return decode.decode_gpu(blobs, size, device)
@@ -229,7 +231,7 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
     """Store images `index` as uint8 (B, S, S, 3) on `device`.
 
     A raw store's pixels are sliced from the memory map. A jpeg store's first
-    round(gpu_decode * B) images go to nvJPEG on `decoders.gpu` (on this thread without
+    round(gpu_decode * B) images go to the GPU decoder on `decoders.gpu` (on this thread without
     it), while the other ones are decoded on the CPU straight into (pinned) memory, in
     `how.threads` chunks on `decoders.cpu` (on this thread without it).
     """

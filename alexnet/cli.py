@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("alexnet.figures", "the paper's figures 3 and 4 from a checkpoint"),
     "relu-vs-tanh": ("alexnet.experiments.relu_tanh", "the figure 1 experiment"),
     "ablate": ("alexnet.experiments.ablate", "train the paper net and its ablations"),
-    "bench": ("alexnet.bench", "benchmarks: data, model, train, evaluate"),
+    "bench": ("alexnet.bench", "benchmarks: model, data, train, evaluate, pipeline"),
     "export": ("alexnet.export", "a checkpoint as ONNX, TorchScript or a weights-only file"),
 }
 

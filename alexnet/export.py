@@ -116,8 +116,8 @@ def export_onnx(model: nn.Module, crop: int, path: Path) -> Path:
     try:
         import onnx  # noqa: F401 - torch's exporter needs it
     except ImportError:
-        raise UserError("--format onnx needs the onnx package: pip install onnx "
-                        "(or pip install 'alexnet[export]')") from None
+        raise UserError("--format onnx needs the onnx package: pip install onnx onnxruntime "
+                        "(or pip install -e '.[export]' in this repository)") from None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
         torch.onnx.export(exportable(model), (check_input(crop, batch=1),), str(path),

@@ -156,6 +156,34 @@ def test_nvimgcodec_names_the_image_that_does_not_decode(blobs: list[bytes]) -> 
         decode._nvimgcodec([blobs[0], blobs[1], bigger], SIZE, cpu)
 
 
+@needs_nvimgcodec
+def test_nvimgcodec_asks_for_the_engines_then_its_cuda_core_decoder(monkeypatch) -> None:
+    """The hardware engines (HW_GPU_ONLY) first, then nvImageCodec's CUDA-core JPEG decoder,
+    which it registers as HYBRID_CPU_GPU (not GPU_ONLY: that would leave no fallback)."""
+    nvimgcodec = decode._nvimgcodec_module()
+    made = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs) or kwargs)
+    decode._nvimgcodec_decoder.cache_clear()
+    try:
+        decode._nvimgcodec_decoder(0)
+        decode._nvimgcodec_decoder(0, hardware_only=True)
+    finally:
+        decode._nvimgcodec_decoder.cache_clear()
+    kinds = nvimgcodec.BackendKind
+    assert [[b.backend_kind for b in m["backends"]] for m in made] == [
+        [kinds.HW_GPU_ONLY, kinds.HYBRID_CPU_GPU], [kinds.HW_GPU_ONLY]]
+    assert [m["device_id"] for m in made] == [0, 0]
+
+
+def test_a_failing_nvimgcodec_says_what_it_said_of_libnvjpeg(monkeypatch) -> None:
+    monkeypatch.setattr(decode, "_NVIMGCODEC_IMPORT_LOG", [
+        "Failed to load nvjpeg library! Please install nvidia-nvjpeg-cu13.",
+        "[ERROR] [nvjpeg2k_ext] Failed to load nvJPEG2000 library."])
+    assert decode._import_notes("nvimgcodec") == \
+        " [Failed to load nvjpeg library! Please install nvidia-nvjpeg-cu13.]"
+    assert decode._import_notes("torchvision") == ""
+
+
 @pytest.fixture
 def fresh_probes():
     decode.importable.cache_clear()
@@ -184,9 +212,11 @@ def fake_cuda(monkeypatch) -> None:
     import types
 
     stream = types.SimpleNamespace(synchronize=lambda: None, cuda_stream=0)
+    event = types.SimpleNamespace(record=lambda stream=None: None, synchronize=lambda: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kwargs: event)
 
 
 @pytest.mark.parametrize("works", [True, False])

@@ -23,7 +23,7 @@ order "auto" tries them (ALEXNET_GPU_DECODER picks one), each checked once on th
 
 - `nvimgcodec`: NVIDIA's nvImageCodec (pip package nvidia-nvimgcodec-cu12/-cu13 with
   nvidia-nvjpeg), on the GPU's hardware JPEG engines (A100, H100, H200), which leave the
-  CUDA cores to training; CUDA-core nvJPEG for what they cannot decode.
+  CUDA cores to training; its CUDA-core nvJPEG decoder for what they cannot decode.
 - `torchvision`: torchvision.io.decode_jpeg(list, device=...), nvJPEG on the CUDA cores.
 """
 
@@ -53,11 +53,12 @@ Blob = bytes | bytearray | memoryview | np.ndarray
 
 
 @functools.cache
-def probe_jpeg() -> bytes:
-    """A small JPEG (16x16, a colour gradient) that a working decoder must decode."""
+def probe_jpeg(size: int = 16) -> bytes:
+    """A JPEG of size x size pixels (a colour gradient, PIL's 4:2:0 like the store's) that a
+    working decoder must decode."""
     from PIL import Image
 
-    ramp = np.arange(16, dtype=np.uint8) * 16
+    ramp = (np.arange(size) * 256 // size).astype(np.uint8)
     pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=-1)
     buffer = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buffer, "JPEG", quality=90)
@@ -197,16 +198,31 @@ def _gpu_failure(decoder: str, index: int) -> str | None:
     import where its GPU libraries (nvJPEG, the hardware engines) did not load."""
     if not _installed(_GPU_MODULES[decoder]):
         return f"{decoder} is not installed"
+    blob = probe_jpeg(PROBE_SIZE)
     try:
-        got = _GPU_DECODE[decoder]([probe_jpeg()], 16, torch.device("cuda", index)).cpu()
-        want = torch.from_numpy(decode_cpu([probe_jpeg()], 16, "pil"))
+        got = _GPU_DECODE[decoder]([blob], PROBE_SIZE, torch.device("cuda", index)).cpu()
+        want = torch.from_numpy(decode_cpu([blob], PROBE_SIZE, "pil"))
         if (got.int() - want.int()).abs().float().mean() > 4:
             return f"{decoder}'s pixels differ from PIL's on a test JPEG"
     except UserError:
-        return f"{decoder} cannot decode a test JPEG here"
+        return f"{decoder} cannot decode a test JPEG here{_import_notes(decoder)}"
     except Exception as err:  # any failure: this decoder cannot run here
-        return f"{decoder} fails here ({type(err).__name__}: {one_line(err)})"
+        return (f"{decoder} fails here ({type(err).__name__}: {one_line(err)})"
+                f"{_import_notes(decoder)}")
     return None
+
+
+PROBE_SIZE = 64  # the checks' JPEG: big enough for every decoder and engine, cheap to decode
+
+
+def _import_notes(decoder: str) -> str:
+    """What nvImageCodec said about libnvjpeg while it was imported, for a failure's reason
+    (that it could not load it explains a decode that fails)."""
+    if decoder != "nvimgcodec":
+        return ""
+    lines = [line.strip() for line in _NVIMGCODEC_IMPORT_LOG
+             if "nvjpeg" in line.lower() and "nvjpeg2k" not in line.lower()]
+    return f" [{one_line(RuntimeError(' '.join(lines)), 120)}]" if lines else ""
 
 
 def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str,
@@ -267,53 +283,84 @@ def _torchvision_gpu(blobs: Sequence[Blob], size: int, device: torch.device) -> 
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
+        _drain(torch.cuda.current_stream(device))
     data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
     with _GPU_LOCK:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     return _stacked(images, size, channels_first=True)
 
 
+_NVIMGCODEC_IMPORT_LOG: list[str] = []  # its stderr lines while it was imported
+_IMPORT_LOCK = threading.Lock()
+
+
 @functools.cache
 def _nvimgcodec_module() -> Any:
-    """nvidia.nvimgcodec, imported with the C-level stderr silenced: its import loads every
+    """nvidia.nvimgcodec, imported with the C-level stderr captured: its import loads every
     codec extension it ships and prints an error line for each library missing (JPEG 2000,
-    TIFF), none of which a JPEG decode needs; a failure to decode is caught by the check."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                from nvidia import nvimgcodec
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+    TIFF), none of which a JPEG decode needs. The lines are kept (_NVIMGCODEC_IMPORT_LOG) for
+    the check's reason, should the decode fail. One thread at a time: fd 2 is the process's."""
+    import tempfile
+
+    with _IMPORT_LOCK:
+        if "nvidia.nvimgcodec" in sys.modules:
+            return sys.modules["nvidia.nvimgcodec"]
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with tempfile.TemporaryFile("w+") as log:
+                os.dup2(log.fileno(), 2)
+                try:
+                    from nvidia import nvimgcodec
+                finally:
+                    os.dup2(saved, 2)
+                log.seek(0)
+                _NVIMGCODEC_IMPORT_LOG[:] = log.read().splitlines()
+        finally:
+            os.close(saved)
     return nvimgcodec
 
 
 @functools.cache
-def _nvimgcodec_decoder(index: int | None) -> Any:
+def _nvimgcodec_decoder(index: int | None, hardware_only: bool = False) -> Any:
     """nvImageCodec's decoder for cuda:`index`: the GPU's hardware JPEG engines first
-    (HW_GPU_ONLY: they use no CUDA cores, which training needs), CUDA-core nvJPEG for what
-    they cannot do; on the CPU (index None: libjpeg-turbo, for tests) its CPU backend."""
+    (HW_GPU_ONLY: they use no CUDA cores, which training needs), then its CUDA-core nvJPEG
+    decoder for what they cannot do (registered as HYBRID_CPU_GPU, not GPU_ONLY:
+    NVIDIA/nvImageCodec#26); `hardware_only`: the engines alone. On the CPU (index None:
+    libjpeg-turbo, for tests) its CPU backend."""
     nvimgcodec = _nvimgcodec_module()
+    kinds = nvimgcodec.BackendKind
     if index is None:
         return nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                  backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
-    return nvimgcodec.Decoder(device_id=index, backends=[
-        nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY),
-        nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY)])
+                                  backends=[nvimgcodec.Backend(kinds.CPU_ONLY)])
+    chosen = [kinds.HW_GPU_ONLY] + ([] if hardware_only else [kinds.HYBRID_CPU_GPU])
+    return nvimgcodec.Decoder(device_id=index,
+                              backends=[nvimgcodec.Backend(kind) for kind in chosen])
 
 
-def _nvimgcodec(blobs: Sequence[Blob], size: int, device: torch.device) -> torch.Tensor:
+@functools.cache
+def nvimgcodec_engines(index: int) -> bool:
+    """Whether nvImageCodec decodes a batch of store-like JPEGs on cuda:`index`'s hardware
+    JPEG engines alone (else its check passed on the CUDA cores): said beside its figures."""
+    try:
+        out = _nvimgcodec([probe_jpeg(256)] * 16, 256, torch.device("cuda", index),
+                          hardware_only=True)
+        return tuple(out.shape) == (16, 256, 256, 3)
+    except Exception:  # no engine, no driver support, or none for these images
+        return False
+
+
+def _nvimgcodec(blobs: Sequence[Blob], size: int, device: torch.device,
+                hardware_only: bool = False) -> torch.Tensor:
     """nvImageCodec's batched decode on `device` (interleaved RGB, as the store's pixels).
 
     The decode is ordered on the current stream (`cuda_stream`), and the images come to torch
-    through DLPack on that stream. The stream is drained before the images are released:
-    nvImageCodec owns their memory and may reuse it for the next batch while the copy into
-    the batch is still queued. The CPU backend (device cpu) is the same path for tests.
+    through DLPack on that stream. The stream is drained before the decode (the hardware
+    engines' batched path writes without waiting for work queued before it: the hazard of
+    pytorch/vision#9606) and after the copy into the batch, before the images are released,
+    so that nothing of theirs is still read when their memory goes back; both waits block on
+    an event rather than spin a core the CPU decoders use. The CPU backend (device cpu) is
+    the same path for tests.
     """
     nvimgcodec = _nvimgcodec_module()
     cuda = device.type == "cuda"
@@ -322,16 +369,25 @@ def _nvimgcodec(blobs: Sequence[Blob], size: int, device: torch.device) -> torch
                                      allow_any_depth=False, apply_exif_orientation=False)
     data = [np.frombuffer(blob, np.uint8) for blob in blobs]
     stream = torch.cuda.current_stream(device) if cuda else None
+    if cuda:
+        _drain(stream)
     with _GPU_LOCK:
-        decoded = _nvimgcodec_decoder(device.index if cuda else None).decode(
+        decoded = _nvimgcodec_decoder(device.index if cuda else None, hardware_only).decode(
             data, params=params, cuda_stream=stream.cuda_stream if cuda else 0)
     images = [None if image is None else
               torch.from_dlpack(image) if cuda else torch.from_numpy(np.asarray(image))
               for image in decoded]
     out = _stacked(images, size, channels_first=False)
     if cuda:
-        stream.synchronize()
+        _drain(stream)
     return out
+
+
+def _drain(stream: torch.cuda.Stream) -> None:
+    """Wait, without spinning a core, until the work queued on `stream` is done."""
+    done = torch.cuda.Event(blocking=True)
+    done.record(stream)
+    done.synchronize()
 
 
 GPU_DECODERS = ("nvimgcodec", "torchvision")  # "auto": the first whose check passes
@@ -343,5 +399,8 @@ GPU_DECODER = os.environ.get("ALEXNET_GPU_DECODER", "auto")  # read at import; o
 def describe() -> dict[str, Any]:
     """What decoders this machine has: for benchmarks and notices."""
     reason = gpu_unavailable("cuda")
-    return {"cpu": available_cpu_decoders(), "auto": resolve_cpu_decoder("auto"),
-            "gpu": reason or gpu_decoder("cuda")}
+    gpu = reason or gpu_decoder("cuda")
+    if gpu == "nvimgcodec":
+        engines = nvimgcodec_engines(torch.cuda.current_device())
+        gpu += " (hardware JPEG engines)" if engines else " (CUDA cores: no hardware engine)"
+    return {"cpu": available_cpu_decoders(), "auto": resolve_cpu_decoder("auto"), "gpu": gpu}

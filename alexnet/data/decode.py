@@ -308,7 +308,7 @@ def _nvimgcodec_module() -> Any:
         sys.stderr.flush()
         saved = os.dup(2)
         try:
-            with tempfile.TemporaryFile("w+") as log:
+            with tempfile.TemporaryFile("w+", errors="replace") as log:
                 os.dup2(log.fileno(), 2)
                 try:
                     from nvidia import nvimgcodec

@@ -106,6 +106,12 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         add("9", f"training from the jpeg store with GPU decoder {name} / the model alone",
             training / model if training is not None and model else None, "x",
             TRAINING_OVER_MODEL)
+    graphed = dig(pipe, "graphed") or {}  # a diagnosis beside the goal, not the default
+    for name in ("raw", "jpeg"):
+        training, alone = graphed.get(f"{name}_training"), graphed.get("model_only")
+        if training is not None and alone:
+            add("9", f"training from the {name} store / the model alone, both as one CUDA "
+                "graph per step (not the default)", training / alone, "x", TRAINING_OVER_MODEL)
     workers = dig(data, "data", "prepare_workers")
     if workers is None:
         rows.append(("9", f"prepare, one worker per core / 1 worker >= {PREPARE_PER_CORE:g} x "

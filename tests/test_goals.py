@@ -132,13 +132,18 @@ def test_gpu_check_writes_each_json_that_the_script_reads() -> None:
     assert script.index("bench/goals.py") < script.index("step ablate")
 
 
-def test_another_gpu_decoders_loader_and_training_are_shown_beside_the_defaults(
+def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
         tmp_path: Path) -> None:
     pipe = {"model_only": 20_000.0, "other_gpu_decoders": {
-        "torchvision": {"jpeg_loader": 24_000.0, "jpeg_training": 19_000.0}}}
+        "torchvision": {"jpeg_loader": 24_000.0, "jpeg_training": 19_000.0}},
+        "graphed": {"model_only": 25_000.0, "raw_training": 24_000.0}}
     (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline": pipe}))
     got = by_goal(tmp_path)
     assert got["jpeg store, loader with GPU decoder torchvision >= 25,000 img/s"] == \
         (24_000.0, "MISSED")
     assert got["training from the jpeg store with GPU decoder torchvision / the model alone "
                ">= 0.9x"] == (pytest.approx(0.95), "met")
+    assert got["training from the raw store / the model alone, both as one CUDA graph per step "
+               "(not the default) >= 0.9x"] == (pytest.approx(0.96), "met")
+    assert not [goal for goal in got if goal.startswith("training from the jpeg store / the "
+                                                         "model alone, both")]

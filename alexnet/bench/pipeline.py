@@ -26,7 +26,13 @@ beside the others of the same run:
   pixels;
 - with more than one GPU decoder here (decode.GPU_DECODERS: nvImageCodec's hardware engines,
   torchvision's nvJPEG), the jpeg loader alone and training from it at the defaults with each
-  decoder other than the default.
+  decoder other than the default;
+- on CUDA, what limits training from a store: training from the raw store at read-ahead
+  depths 4 and 8 beside the default, and the model alone and training from either store
+  with the whole step replayed from one CUDA graph (`Trainer(graphed=True)`): the host then
+  launches one graph per step instead of every kernel, so a training thread slowed by the
+  read-ahead threads (the interpreter lock, the cores) shows as training closer to the model
+  with the graph than without.
 
 And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8 and 16 threads
 (threads beyond the host's cores are skipped), each GPU decoder's batches on the GPU, and the
@@ -172,9 +178,12 @@ def _timed(device: torch.device, images: int, steps: int, warmup: int,
 
 class Trainer:
     """The paper net (`width` 1; smaller for tests only), its optimizer and runtime: one
-    training step at a time."""
+    training step at a time; `graphed` (CUDA only): each step replays one CUDA graph of the
+    whole step (alexnet.bench.train.graphed_step, captured on the first batch), its batch
+    copied into the graph's input first, so the host launches one graph per step."""
 
-    def __init__(self, device: torch.device, classes: int, width: float = 1.0) -> None:
+    def __init__(self, device: torch.device, classes: int, width: float = 1.0,
+                 graphed: bool = False) -> None:
         from alexnet.config import Config
         from alexnet.distributed import DistInfo
         from alexnet.model import build_model
@@ -192,11 +201,24 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.optimizer = PaperSGD(param_groups(self.net), lr=paper.BASE_LR,
                                   momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
+        self.graphed = graphed
+        self._replay: Callable[[], Any] | None = None
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         from alexnet.training.loop import train_step
 
-        train_step(self.net, x, y, self.optimizer, self.rt)
+        if not self.graphed:
+            train_step(self.net, x, y, self.optimizer, self.rt)
+            return
+        if self._replay is None:
+            from alexnet.bench.train import graphed_step
+
+            self._inputs = (x.clone(memory_format=torch.preserve_format), y.clone())
+            self._replay = graphed_step(self.net, *self._inputs, self.optimizer, self.rt)
+        self._inputs[0].copy_(x)
+        self._inputs[1].copy_(y)
+        self._replay()
 
 
 def loader_rate(loader: Any, device: torch.device, steps: int, warmup: int) -> float:
@@ -380,6 +402,16 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         q: levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
         for q, s in ((QUALITY, jpeg), (LOW_QUALITY, stores[f"jpeg{LOW_QUALITY}"]))}
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
+    if device.type == "cuda":  # what limits training from a store: depth, host launches
+        r["raw_training_depth"] = {
+            d: training_rate(train_loader(stores["raw"], batch, device, prefetch=d), trainer,
+                             steps, warmup)
+            for d in (4, 8) if d != raw_loader.reading.prefetch}
+        graphed = Trainer(device, classes, width, graphed=True)
+        r["graphed"] = {}
+        r["graphed"]["model_only"] = model_rate(graphed, raw_loader, steps, warmup)
+        r["graphed"]["raw_training"] = training_rate(raw_loader, graphed, steps, warmup)
+        r["graphed"]["jpeg_training"] = training_rate(jpeg_loader, graphed, steps, warmup)
     return r
 
 
@@ -429,6 +461,12 @@ def print_figures(r: dict[str, Any]) -> None:
         rows.append((f"jpeg loader only, GPU decoder {name} (defaults)", other["jpeg_loader"]))
         rows.append((f"jpeg store: training, GPU decoder {name} (defaults)",
                      other["jpeg_training"]))
+    rows += [(f"raw store: training, depth {d}", v)
+             for d, v in r.get("raw_training_depth", {}).items()]
+    graphed = r.get("graphed", {})
+    rows += [(f"{what}, CUDA graph step", graphed[key]) for key, what in (
+        ("model_only", "model only"), ("raw_training", "raw store: training"),
+        ("jpeg_training", "jpeg store: training")) if key in graphed]
     low = r["low_quality"]
     rows.append((f"jpeg q{low['quality']} loader only, GPU share {low['gpu_share']:.2f} "
                  "(default)", low["jpeg_loader"]))

@@ -374,8 +374,10 @@ def _nvimgcodec(blobs: Sequence[Blob], size: int, device: torch.device,
     with _GPU_LOCK:
         decoded = _nvimgcodec_decoder(device.index if cuda else None, hardware_only).decode(
             data, params=params, cuda_stream=stream.cuda_stream if cuda else 0)
+    device_kind = nvimgcodec.ImageBufferKind.STRIDED_DEVICE
     images = [None if image is None else
-              torch.from_dlpack(image) if cuda else torch.from_numpy(np.asarray(image))
+              torch.from_dlpack(image) if image.buffer_kind == device_kind else
+              torch.from_numpy(np.asarray(image)).to(device)  # a decoder that gave host memory
               for image in decoded]
     out = _stacked(images, size, channels_first=False)
     if cuda:

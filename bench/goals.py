@@ -106,6 +106,10 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         add("9", f"training from the jpeg store with GPU decoder {name} / the model alone",
             training / model if training is not None and model else None, "x",
             TRAINING_OVER_MODEL)
+    for depth, training in (dig(pipe, "jpeg_training_gpu_all") or {}).items():
+        add("9", f"training from the jpeg store, every image decoded on the GPU, depth {depth} "
+            "/ the model alone (not the default)", training / model if model else None, "x",
+            TRAINING_OVER_MODEL)
     graphed = dig(pipe, "graphed") or {}  # a diagnosis beside the goal, not the default
     for name in ("raw", "jpeg"):
         training, alone = graphed.get(f"{name}_training"), graphed.get("model_only")

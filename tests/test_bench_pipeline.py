@@ -62,10 +62,12 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     r["other_gpu_decoders"] = {"torchvision": {"jpeg_loader": 3.0, "jpeg_training": 2.0}}
     assert "graphed" not in r and "raw_training_depth" not in r  # CUDA only
     r["raw_training_depth"] = {4: 5.0, 8: 6.0}
+    r["jpeg_training_gpu_all"] = {4: 4.5, 16: 4.0}
     r["graphed"] = {"model_only": 7.0, "raw_training": 6.5, "jpeg_training": 4.0}
     pipeline.print_figures(r)
     out = capsys.readouterr().out
     assert "raw store: training, depth 4" in out and "raw store: training, depth 8" in out
+    assert "jpeg store: training, all on the GPU, depth 16" in out
     assert "model only, CUDA graph step" in out and "jpeg store: training, CUDA graph step" in out
     assert "GPU decode alone (nvimgcodec (the default), batches of 2): 1000 img/s" in out
     assert "GPU decode alone (torchvision, batches of 2)" in out

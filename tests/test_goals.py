@@ -136,7 +136,8 @@ def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
         tmp_path: Path) -> None:
     pipe = {"model_only": 20_000.0, "other_gpu_decoders": {
         "torchvision": {"jpeg_loader": 24_000.0, "jpeg_training": 19_000.0}},
-        "graphed": {"model_only": 25_000.0, "raw_training": 24_000.0}}
+        "graphed": {"model_only": 25_000.0, "raw_training": 24_000.0},
+        "jpeg_training_gpu_all": {"4": 18_500.0}}
     (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline": pipe}))
     got = by_goal(tmp_path)
     assert got["jpeg store, loader with GPU decoder torchvision >= 25,000 img/s"] == \
@@ -147,3 +148,5 @@ def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
                "(not the default) >= 0.9x"] == (pytest.approx(0.96), "met")
     assert not [goal for goal in got if goal.startswith("training from the jpeg store / the "
                                                          "model alone, both")]
+    assert got["training from the jpeg store, every image decoded on the GPU, depth 4 / the "
+               "model alone (not the default) >= 0.9x"] == (pytest.approx(0.925), "met")

@@ -28,7 +28,9 @@ beside the others of the same run:
   torchvision's nvJPEG), the jpeg loader alone and training from it at the defaults with each
   decoder other than the default;
 - on CUDA, what limits training from a store: training from the raw store at read-ahead
-  depths 4 and 8 beside the default, and the model alone and training from either store
+  depths 4 and 8 beside the default, from the jpeg store with every image decoded on the GPU
+  (GPU share 1: the host's cores left to training) at depth 4 and the default, and the
+  model alone and training from either store
   with the whole step replayed from one CUDA graph (`Trainer(graphed=True)`): the host then
   launches one graph per step instead of every kernel, so a training thread slowed by the
   read-ahead threads (the interpreter lock, the cores) shows as training closer to the model
@@ -407,6 +409,11 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
             d: training_rate(train_loader(stores["raw"], batch, device, prefetch=d), trainer,
                              steps, warmup)
             for d in (4, 8) if d != raw_loader.reading.prefetch}
+        if "gpu_decode" in r:  # every jpeg image decoded on the GPU: the CPU left to training
+            r["jpeg_training_gpu_all"] = {
+                d: training_rate(train_loader(jpeg, batch, device, prefetch=d, gpu_decode=1.0),
+                                 trainer, steps, warmup)
+                for d in sorted({4, jpeg_loader.reading.prefetch})}
         graphed = Trainer(device, classes, width, graphed=True)
         r["graphed"] = {}
         r["graphed"]["model_only"] = model_rate(graphed, raw_loader, steps, warmup)
@@ -463,6 +470,8 @@ def print_figures(r: dict[str, Any]) -> None:
                      other["jpeg_training"]))
     rows += [(f"raw store: training, depth {d}", v)
              for d, v in r.get("raw_training_depth", {}).items()]
+    rows += [(f"jpeg store: training, all on the GPU, depth {d}", v)
+             for d, v in r.get("jpeg_training_gpu_all", {}).items()]
     graphed = r.get("graphed", {})
     rows += [(f"{what}, CUDA graph step", graphed[key]) for key, what in (
         ("model_only", "model only"), ("raw_training", "raw store: training"),

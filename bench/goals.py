@@ -99,23 +99,24 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
         ratio = training / model if training is not None and model else None
         add("9", f"training from the {name} / the model alone", ratio, "x",
             TRAINING_OVER_MODEL)
-    for name, other in (dig(pipe, "other_gpu_decoders") or {}).items():  # beside the default
-        add("9", f"jpeg store, loader with GPU decoder {name}", other.get("jpeg_loader"),
-            " img/s", JPEG_LOADER)
-        training = other.get("jpeg_training")
-        add("9", f"training from the jpeg store with GPU decoder {name} / the model alone",
-            training / model if training is not None and model else None, "x",
+    # diagnoses beside the goals (pipeline's `_diagnosis`: a figure, or {"error": ...})
+    for name, other in (dig(pipe, "other_gpu_decoders") or {}).items():
+        add("9", f"jpeg store, loader with GPU decoder {name} (not the default)",
+            _figure(other, "jpeg_loader"), " img/s", JPEG_LOADER)
+        add("9", f"training from the jpeg store with GPU decoder {name} / the model alone "
+            "(not the default)", _ratio(_figure(other, "jpeg_training"), model), "x",
             TRAINING_OVER_MODEL)
     for depth, training in (dig(pipe, "jpeg_training_gpu_all") or {}).items():
         add("9", f"training from the jpeg store, every image decoded on the GPU, depth {depth} "
-            "/ the model alone (not the default)", training / model if model else None, "x",
+            "/ the model alone (not the default)", _ratio(training, model), "x",
             TRAINING_OVER_MODEL)
-    graphed = dig(pipe, "graphed") or {}  # a diagnosis beside the goal, not the default
+    graphed = dig(pipe, "graphed") or {}
     for name in ("raw", "jpeg"):
-        training, alone = graphed.get(f"{name}_training"), graphed.get("model_only")
-        if training is not None and alone:
+        if f"{name}_training" in graphed:
             add("9", f"training from the {name} store / the model alone, both as one CUDA "
-                "graph per step (not the default)", training / alone, "x", TRAINING_OVER_MODEL)
+                "graph per step (not the default)",
+                _ratio(graphed[f"{name}_training"], graphed.get("model_only")), "x",
+                TRAINING_OVER_MODEL)
     workers = dig(data, "data", "prepare_workers")
     if workers is None:
         rows.append(("9", f"prepare, one worker per core / 1 worker >= {PREPARE_PER_CORE:g} x "
@@ -134,6 +135,18 @@ def goals(outdir: Path) -> list[tuple[str, str, float | None, str, str]]:
     else:
         rows.append(("9", "CPU decode grows with threads", None, "", "not measured"))
     return rows
+
+
+def _figure(table: Any, key: str) -> float | None:
+    """table[key] when it is a figure (a failed diagnosis holds {"error": ...})."""
+    value = table.get(key) if isinstance(table, dict) else None
+    return value if isinstance(value, int | float) else None
+
+
+def _ratio(value: Any, base: Any) -> float | None:
+    """value / base when both are figures, else None (not measured)."""
+    ok = all(isinstance(v, int | float) for v in (value, base)) and base
+    return value / base if ok else None
 
 
 def _by_number(table: Any, key: float) -> float | None:
@@ -160,9 +173,10 @@ def main(argv: list[str]) -> int:
                                            f"{value:,.0f}{unit}")
         print(f"  issue {issue}: {goal:<{width}}{figure:>14}  {said}")
     for name in ("train", "model", "data", "pipeline"):
-        stopped = load(outdir, name).get("stopped")  # alexnet bench's note: a time limit hit
-        if stopped:
-            print(f"  {name}.json: {stopped}")
+        for note in ("stopped", "failed"):  # alexnet bench's notes: a time limit, an error
+            said = load(outdir, name).get(note)
+            if said:
+                print(f"  {name}.json: {said}")
     return 0
 
 

@@ -194,6 +194,7 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
         written["stopped"]
 
     def broken(args):
+        args.figures["first row"] = 5.0
         raise RuntimeError("a benchmark's own error")
 
     module = types.ModuleType("alexnet.bench.broken")
@@ -201,7 +202,12 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "alexnet.bench.broken", module)
     monkeypatch.setitem(alexnet.bench.WHATS, "broken", "a stand-in that fails")
     with pytest.raises(RuntimeError, match="own error"):  # no SIGTERM: an error stays one
-        main(["bench", "broken", "--device", "cpu", "--json", str(out)])
+        main(["bench", "finished", "broken", "--device", "cpu", "--json", str(out)])
+    written = json.loads(out.read_text())  # with what was measured before it
+    assert written["finished"] == {"rate": 1.0} and written["broken"] == {"first row": 5.0}
+    assert written["failed"] == ("`alexnet bench broken` failed: RuntimeError: a benchmark's "
+                                 "own error; its entry holds the figures it had reached, the "
+                                 "benchmarks after it none")
 
 
 def test_bench_model_stopped_after_the_lrn_rows_keeps_them(tmp_path, monkeypatch, capsys):

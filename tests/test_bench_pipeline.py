@@ -54,22 +54,39 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     levels = r["levels_from_raw"]
     assert 0 < levels[90]["mean"] < levels[pipeline.LOW_QUALITY]["mean"]  # coarser: further
     assert "JPEG quality 90 against 75" in out and f"jpeg q{pipeline.LOW_QUALITY} store" in out
-    assert r["other_gpu_decoders"] == {}
+    assert "other_gpu_decoders" not in r  # one GPU decoder at most here
     # the GPU decoders' lines as a CUDA run prints them (its figures stood in for)
     figures = {"images_per_s": 1000.0, "diff_mean": 1.5, "diff_max": 60}
     r["gpu_decode"] = low["gpu_decode"] = {"batch": 2, "default": "nvimgcodec",
                                            **dict.fromkeys(decode.GPU_DECODERS, figures)}
     r["other_gpu_decoders"] = {"torchvision": {"jpeg_loader": 3.0, "jpeg_training": 2.0}}
     assert "graphed" not in r and "raw_training_depth" not in r  # CUDA only
-    r["raw_training_depth"] = {4: 5.0, 8: 6.0}
+    r["raw_training_depth"] = {4: 5.0, 8: {"error": "RuntimeError: stood in for"}}
     r["jpeg_training_gpu_all"] = {4: 4.5, 16: 4.0}
-    r["graphed"] = {"model_only": 7.0, "raw_training": 6.5, "jpeg_training": 4.0}
+    r["graphed"] = {"model_only": 8.0, "raw_training": 6.0, "jpeg_training": 4.0}
     pipeline.print_figures(r)
     out = capsys.readouterr().out
-    assert "raw store: training, depth 4" in out and "raw store: training, depth 8" in out
-    assert "jpeg store: training, all on the GPU, depth 16" in out
-    assert "model only, CUDA graph step" in out and "jpeg store: training, CUDA graph step" in out
+    lines = {line[:60].strip(): line[60:].split() for line in out.splitlines()}
+    assert lines["raw store: training, depth 4"][0] == "5"
+    assert lines["raw store: training, depth 8"] == ["failed:", "RuntimeError:", "stood", "in",
+                                                     "for"]
+    assert "jpeg store: training, all decoded on the GPU, depth 16" in lines
+    # each graphed row against the graphed model alone
+    assert lines["raw store: training, CUDA graph step"] == ["6", "0.75"]
+    assert lines["model only, CUDA graph step"] == ["8", "1.00"]
     assert "GPU decode alone (nvimgcodec (the default), batches of 2): 1000 img/s" in out
     assert "GPU decode alone (torchvision, batches of 2)" in out
-    assert "jpeg store: training, GPU decoder torchvision (defaults)" in out
+    assert "jpeg store: training, GPU decoder torchvision" in lines
     assert "torchvision GPU decode, img/s" in out
+
+
+def test_a_diagnosis_that_fails_is_said_in_its_place_and_the_run_goes_on() -> None:
+    r: dict = {}
+    pipeline._diagnosis(r, "graphed", "model_only", lambda: 3.0)
+
+    def capture_fails() -> float:
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    pipeline._diagnosis(r, "graphed", "raw_training", capture_fails)
+    assert r == {"graphed": {"model_only": 3.0, "raw_training": {
+        "error": "RuntimeError: operation not permitted when stream is capturing more"}}}

@@ -137,16 +137,18 @@ def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
     pipe = {"model_only": 20_000.0, "other_gpu_decoders": {
         "torchvision": {"jpeg_loader": 24_000.0, "jpeg_training": 19_000.0}},
         "graphed": {"model_only": 25_000.0, "raw_training": 24_000.0},
-        "jpeg_training_gpu_all": {"4": 18_500.0}}
+        "jpeg_training_gpu_all": {"4": 18_500.0, "16": {"error": "RuntimeError: no"}}}
     (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline": pipe}))
     got = by_goal(tmp_path)
-    assert got["jpeg store, loader with GPU decoder torchvision >= 25,000 img/s"] == \
-        (24_000.0, "MISSED")
+    assert got["jpeg store, loader with GPU decoder torchvision (not the default) >= 25,000 "
+               "img/s"] == (24_000.0, "MISSED")
     assert got["training from the jpeg store with GPU decoder torchvision / the model alone "
-               ">= 0.9x"] == (pytest.approx(0.95), "met")
+               "(not the default) >= 0.9x"] == (pytest.approx(0.95), "met")
     assert got["training from the raw store / the model alone, both as one CUDA graph per step "
                "(not the default) >= 0.9x"] == (pytest.approx(0.96), "met")
     assert not [goal for goal in got if goal.startswith("training from the jpeg store / the "
                                                          "model alone, both")]
     assert got["training from the jpeg store, every image decoded on the GPU, depth 4 / the "
                "model alone (not the default) >= 0.9x"] == (pytest.approx(0.925), "met")
+    assert got["training from the jpeg store, every image decoded on the GPU, depth 16 / the "
+               "model alone (not the default) >= 0.9x"] == (None, "not measured")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.atomic import write_json
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 SMOKE_WIDTH = 0.125  # --smoke: the paper net at 1/8 width (not a paper number)
 
@@ -78,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
             results[what] = module.bench(args)
             if args.json:  # after each benchmark: a run cut short keeps what it measured
                 write_json(args.json, results, indent=2)
-    except BaseException:
+    except BaseException as err:
         if not _SIGTERM.is_set():
+            if args.json:  # the figures measured before the failure are kept too
+                results["failed"] = (f"`alexnet bench {what}` failed: {type(err).__name__}: "
+                                     f"{one_line(err)}; its entry holds the figures it had "
+                                     "reached, the benchmarks after it none")
+                write_json(args.json, results, indent=2)
             raise
         results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
                               "figures it had reached, the benchmarks after it none")

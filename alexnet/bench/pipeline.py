@@ -206,6 +206,7 @@ class Trainer:
         self.graphed = graphed
         self._replay: Callable[[], Any] | None = None
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         from alexnet.training.loop import train_step
@@ -218,8 +219,11 @@ class Trainer:
 
             self._inputs = (x.clone(memory_format=torch.preserve_format), y.clone())
             self._replay = graphed_step(self.net, *self._inputs, self.optimizer, self.rt)
-        self._inputs[0].copy_(x)
-        self._inputs[1].copy_(y)
+            self._last = (x, y)
+        if self._last[0] is not x or self._last[1] is not y:
+            self._inputs[0].copy_(x)  # a new batch (model_rate steps on one batch: no copy)
+            self._inputs[1].copy_(y)
+            self._last = (x, y)
         self._replay()
 
 
@@ -386,16 +390,6 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_loader"] = {s: loader_rate(train_loader(jpeg, batch, device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
-    others = [name for name in decode.GPU_DECODERS if name in r.get("gpu_decode", {})
-              and name != r["gpu_decode"]["default"]]
-    r["other_gpu_decoders"] = {}
-    for name in others:  # the loader and training at the defaults, with this GPU decoder
-        with gpu_decoder_set(name):
-            r["other_gpu_decoders"][name] = {
-                "jpeg_loader": loader_rate(train_loader(jpeg, batch, device), device,
-                                           loader_steps, warmup),
-                "jpeg_training": training_rate(train_loader(jpeg, batch, device), trainer,
-                                               steps, warmup)}
     r["jpeg_training_moved"] = training_rate(
         train_loader(jpeg, batch, device, augment_in_readers=moved), trainer, steps, warmup)
     r["low_quality"] = low_quality_figures(stores[f"jpeg{LOW_QUALITY}"], trainer, plan,
@@ -404,22 +398,48 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         q: levels(decode.decode_cpu(s.encoded(range(plan["distinct"])), SIZE), pixels)
         for q, s in ((QUALITY, jpeg), (LOW_QUALITY, stores[f"jpeg{LOW_QUALITY}"]))}
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
-    if device.type == "cuda":  # what limits training from a store: depth, host launches
-        r["raw_training_depth"] = {
-            d: training_rate(train_loader(stores["raw"], batch, device, prefetch=d), trainer,
-                             steps, warmup)
-            for d in (4, 8) if d != raw_loader.reading.prefetch}
-        if "gpu_decode" in r:  # every jpeg image decoded on the GPU: the CPU left to training
-            r["jpeg_training_gpu_all"] = {
-                d: training_rate(train_loader(jpeg, batch, device, prefetch=d, gpu_decode=1.0),
-                                 trainer, steps, warmup)
-                for d in sorted({4, jpeg_loader.reading.prefetch})}
-        graphed = Trainer(device, classes, width, graphed=True)
-        r["graphed"] = {}
-        r["graphed"]["model_only"] = model_rate(graphed, raw_loader, steps, warmup)
-        r["graphed"]["raw_training"] = training_rate(raw_loader, graphed, steps, warmup)
-        r["graphed"]["jpeg_training"] = training_rate(jpeg_loader, graphed, steps, warmup)
+    # Diagnoses beside the goals' figures, after them: each kept as measured, or its error
+    others = [name for name in decode.GPU_DECODERS if name in r.get("gpu_decode", {})
+              and name != r["gpu_decode"]["default"]]
+    for name in others:  # the loader and training at the defaults, with this GPU decoder
+        with gpu_decoder_set(name):
+            _diagnosis(r, "other_gpu_decoders", name, lambda: {
+                "jpeg_loader": loader_rate(train_loader(jpeg, batch, device), device,
+                                           loader_steps, warmup),
+                "jpeg_training": training_rate(train_loader(jpeg, batch, device), trainer,
+                                               steps, warmup)})
+    if device.type != "cuda":
+        return r
+    for d in (4, 8):  # what limits training from a store: the read-ahead threads?
+        if d != raw_loader.reading.prefetch:
+            _diagnosis(r, "raw_training_depth", d, lambda d=d: training_rate(
+                train_loader(stores["raw"], batch, device, prefetch=d), trainer, steps, warmup))
+    if "gpu_decode" in r:  # every jpeg image decoded on the GPU: the CPU left to training
+        for d in sorted({4, jpeg_loader.reading.prefetch}):
+            _diagnosis(r, "jpeg_training_gpu_all", d, lambda d=d: training_rate(
+                train_loader(jpeg, batch, device, prefetch=d, gpu_decode=1.0), trainer,
+                steps, warmup))
+    # the host's kernel launches? (last: a failed capture can leave the device unusable)
+    graphed = Trainer(device, classes, width, graphed=True)
+    _diagnosis(r, "graphed", "model_only",  # captured here, with no loader running
+               lambda: model_rate(graphed, raw_loader, steps, warmup))
+    if isinstance(r["graphed"]["model_only"], float):
+        for name, loader in (("raw", raw_loader), ("jpeg", jpeg_loader)):
+            _diagnosis(r, "graphed", f"{name}_training",
+                       lambda loader=loader: training_rate(loader, graphed, steps, warmup))
     return r
+
+
+def _diagnosis(r: dict[str, Any], group: str, key: Any, measure: Callable[[], Any]) -> None:
+    """r[group][key] = measure(), or a one-line error where it fails: a diagnostic row that
+    has not run on a GPU yet must not take the goals' figures with it."""
+    from alexnet.errors import one_line
+
+    table = r.setdefault(group, {})
+    try:
+        table[key] = measure()
+    except Exception as err:  # noqa: BLE001 - any failure: said in its place, the run goes on
+        table[key] = {"error": f"{type(err).__name__}: {one_line(err)}"}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,18 +484,6 @@ def print_figures(r: dict[str, Any]) -> None:
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
     rows.append((f"jpeg store: training, {where[not here]}", r["jpeg_training_moved"]))
-    for name, other in r.get("other_gpu_decoders", {}).items():
-        rows.append((f"jpeg loader only, GPU decoder {name} (defaults)", other["jpeg_loader"]))
-        rows.append((f"jpeg store: training, GPU decoder {name} (defaults)",
-                     other["jpeg_training"]))
-    rows += [(f"raw store: training, depth {d}", v)
-             for d, v in r.get("raw_training_depth", {}).items()]
-    rows += [(f"jpeg store: training, all on the GPU, depth {d}", v)
-             for d, v in r.get("jpeg_training_gpu_all", {}).items()]
-    graphed = r.get("graphed", {})
-    rows += [(f"{what}, CUDA graph step", graphed[key]) for key, what in (
-        ("model_only", "model only"), ("raw_training", "raw store: training"),
-        ("jpeg_training", "jpeg store: training")) if key in graphed]
     low = r["low_quality"]
     rows.append((f"jpeg q{low['quality']} loader only, GPU share {low['gpu_share']:.2f} "
                  "(default)", low["jpeg_loader"]))
@@ -485,6 +493,7 @@ def print_figures(r: dict[str, Any]) -> None:
     print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
     for name, value in rows:
         print(f"  {name:<58}{value:>12.0f}{value / model:>10.2f}")
+    _print_diagnoses(r)
     print(f"  CPU decode alone, img/s at threads {', '.join(map(str, _threads(r)))}:")
     for name, rates in r["cpu_decode"].items():
         print(f"    {name:<12}" + "".join(f"{v:>10.0f}" for v in rates.values()))
@@ -510,6 +519,37 @@ def print_figures(r: dict[str, Any]) -> None:
         base, rate = g[name]["images_per_s"], low["gpu_decode"][name]["images_per_s"]
         print(f"    {f'{name} GPU decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  "
               f"({rate / base:.2f}x)")
+
+
+def _print_diagnoses(r: dict[str, Any]) -> None:
+    """The rows that say what limits training from a store (not the defaults), each against
+    the model alone in the same way of stepping; a row that failed says why."""
+    rows = []
+    for name, other in r.get("other_gpu_decoders", {}).items():
+        rows += [(f"jpeg loader only, GPU decoder {name}", other.get("jpeg_loader", other)),
+                 (f"jpeg store: training, GPU decoder {name}",
+                  other.get("jpeg_training", other))]
+    rows += [(f"raw store: training, depth {d}", v)
+             for d, v in r.get("raw_training_depth", {}).items()]
+    rows += [(f"jpeg store: training, all decoded on the GPU, depth {d}", v)
+             for d, v in r.get("jpeg_training_gpu_all", {}).items()]
+    graphed = r.get("graphed", {})
+    base = graphed.get("model_only")
+    steps = [(f"{what}, CUDA graph step", graphed[key]) for key, what in (
+        ("model_only", "model only"), ("raw_training", "raw store: training"),
+        ("jpeg_training", "jpeg store: training")) if key in graphed]
+    if not rows and not steps:
+        return
+    print(f"  what limits training (not the defaults){'':<19}{'img/s':>12}{'x model':>10}")
+    for name, value, against in ([(n, v, r["model_only"]) for n, v in rows]
+                                 + [(n, v, base) for n, v in steps]):
+        if isinstance(value, dict):
+            print(f"  {name:<58}  failed: {value.get('error')}")
+        else:
+            ratio = f"{value / against:>10.2f}" if isinstance(against, float) else ""
+            print(f"  {name:<58}{value:>12.0f}{ratio}")
+    if steps:
+        print("  (the CUDA graph rows against the model alone as a CUDA graph)")
 
 
 def _gpu_decoders(figures: dict[str, Any]) -> list[str]:

@@ -161,7 +161,8 @@ def graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     torch.cuda.current_stream(x.device).wait_stream(side)
     optimizer.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: read-ahead threads of a loader may work on their own streams meanwhile
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         out = train_step(model, x, y, optimizer, rt)
     with torch.no_grad():
         for i, p in enumerate(params):

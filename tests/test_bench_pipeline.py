@@ -78,6 +78,10 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     assert "GPU decode alone (torchvision, batches of 2)" in out
     assert "jpeg store: training, GPU decoder torchvision" in lines
     assert "torchvision GPU decode, img/s" in out
+    r["gpu_decode"] = {**r["gpu_decode"], "torchvision": {"error": "UserError: stood in"}}
+    pipeline.print_figures(r)
+    out = capsys.readouterr().out
+    assert "GPU decode alone (torchvision, batches of 2): failed: UserError: stood in" in out
 
 
 def test_a_diagnosis_that_fails_is_said_in_its_place_and_the_run_goes_on() -> None:

@@ -265,22 +265,29 @@ def cpu_decode_rates(blobs: list[Any], threads: tuple[int, ...]) -> dict[str, di
 
 def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> dict[str, Any]:
     """Each GPU decoder that runs here (decode.GPU_DECODERS) alone: images/s in batches of
-    `batch`, and its pixels against the CPU decoder's; `default` names the loader's."""
+    `batch`, and its pixels against the CPU decoder's; `default` names the loader's. One
+    that is not the default and fails on these batches says so in its place."""
     from alexnet.data import decode
 
     chunks = [blobs[i:i + batch] for i in range(0, len(blobs) - batch + 1, batch)]
     out: dict[str, Any] = {"batch": batch, "default": decode.gpu_decoder(device)}
+
+    def figures(name: str) -> dict[str, Any]:
+        decode.decode_gpu(chunks[0], SIZE, device, name)
+        rate = _timed(device, batch * len(chunks), 1, 0,
+                      lambda: [decode.decode_gpu(c, SIZE, device, name) for c in chunks])
+        gpu = decode.decode_gpu(chunks[0], SIZE, device, name).cpu().numpy().astype(np.int64)
+        diff = np.abs(gpu - decode.decode_cpu(chunks[0], SIZE))
+        return {"images_per_s": rate, "diff_mean": float(diff.mean()),
+                "diff_max": int(diff.max())}
+
     for name in decode.GPU_DECODERS:
         if decode.gpu_unavailable(device, name):
             continue
-        decode.decode_gpu(chunks[0], SIZE, device, name)
-        rate = _timed(device, batch * len(chunks), 1, 0,
-                      lambda name=name: [decode.decode_gpu(c, SIZE, device, name)
-                                         for c in chunks])
-        gpu = decode.decode_gpu(chunks[0], SIZE, device, name).cpu().numpy().astype(np.int64)
-        diff = np.abs(gpu - decode.decode_cpu(chunks[0], SIZE))
-        out[name] = {"images_per_s": rate, "diff_mean": float(diff.mean()),
-                     "diff_max": int(diff.max())}
+        if name == out["default"]:  # what the loader runs: its failure is the run's
+            out[name] = figures(name)
+        else:
+            out[name] = _diagnosed(lambda name=name: figures(name))
     return out
 
 
@@ -400,7 +407,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["model_only"] = max(r["model_only"], model_rate(trainer, raw_loader, steps, warmup))
     # Diagnoses beside the goals' figures, after them: each kept as measured, or its error
     others = [name for name in decode.GPU_DECODERS if name in r.get("gpu_decode", {})
-              and name != r["gpu_decode"]["default"]]
+              and name != r["gpu_decode"]["default"] and "error" not in r["gpu_decode"][name]]
     for name in others:  # the loader and training at the defaults, with this GPU decoder
         with gpu_decoder_set(name):
             _diagnosis(r, "other_gpu_decoders", name, lambda: {
@@ -431,15 +438,19 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
 
 
 def _diagnosis(r: dict[str, Any], group: str, key: Any, measure: Callable[[], Any]) -> None:
-    """r[group][key] = measure(), or a one-line error where it fails: a diagnostic row that
-    has not run on a GPU yet must not take the goals' figures with it."""
+    """r[group][key] = measure(), or its error (`_diagnosed`)."""
+    r.setdefault(group, {})[key] = _diagnosed(measure)
+
+
+def _diagnosed(measure: Callable[[], Any]) -> Any:
+    """measure(), or {"error": its one-line error} where it fails: a diagnostic row that has
+    not run on a GPU yet must not take the goals' figures with it."""
     from alexnet.errors import one_line
 
-    table = r.setdefault(group, {})
     try:
-        table[key] = measure()
+        return measure()
     except Exception as err:  # noqa: BLE001 - any failure: said in its place, the run goes on
-        table[key] = {"error": f"{type(err).__name__}: {one_line(err)}"}
+        return {"error": f"{type(err).__name__}: {one_line(err)}"}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -500,9 +511,10 @@ def print_figures(r: dict[str, Any]) -> None:
     g = r.get("gpu_decode", {})
     for name in _gpu_decoders(g):
         default = " (the default)" if name == g["default"] else ""
-        print(f"  GPU decode alone ({name}{default}, batches of {g['batch']}): "
-              f"{g[name]['images_per_s']:.0f} img/s; pixels against the CPU decoder: mean "
-              f"{g[name]['diff_mean']:.3f}, max {g[name]['diff_max']} levels")
+        said = (f"failed: {g[name]['error']}" if "error" in g[name] else
+                f"{g[name]['images_per_s']:.0f} img/s; pixels against the CPU decoder: mean "
+                f"{g[name]['diff_mean']:.3f}, max {g[name]['diff_max']} levels")
+        print(f"  GPU decode alone ({name}{default}, batches of {g['batch']}): {said}")
     q, levels = low["quality"], r["levels_from_raw"]
     print(f"  JPEG quality {QUALITY} against {q} (prepare --jpeg-quality {q}):")
     print(f"    {'KB per image':<40}{r['jpeg_kb_mean']:>10.1f}{low['jpeg_kb_mean']:>10.1f}")
@@ -516,9 +528,11 @@ def print_figures(r: dict[str, Any]) -> None:
             print(f"    {f'{name} decode, {n} thread(s), img/s':<40}{base:>10.0f}{rate:>10.0f}"
                   f"  ({rate / base:.2f}x)")
     for name in _gpu_decoders(low.get("gpu_decode", {})):
-        base, rate = g[name]["images_per_s"], low["gpu_decode"][name]["images_per_s"]
-        print(f"    {f'{name} GPU decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  "
-              f"({rate / base:.2f}x)")
+        base = g.get(name, {}).get("images_per_s")
+        rate = low["gpu_decode"][name].get("images_per_s")
+        if base and rate:
+            print(f"    {f'{name} GPU decode, img/s':<40}{base:>10.0f}{rate:>10.0f}  "
+                  f"({rate / base:.2f}x)")
 
 
 def _print_diagnoses(r: dict[str, Any]) -> None:

@@ -44,10 +44,10 @@ import torch
 
 from alexnet.errors import UserError, one_line
 
-CPU_DECODERS = ("simplejpeg", "cv2", "torchvision", "pil")  # "auto": the first importable
+CPU_DECODERS = ("simplejpeg", "cv2", "torchvision", "pil")  # "auto": the first that works
 _MODULES = {"simplejpeg": "simplejpeg", "cv2": "cv2", "torchvision": "torchvision",
             "pil": "PIL"}
-_GPU_LOCK = threading.Lock()  # one nvJPEG batch at a time: the decoder state is shared
+_GPU_LOCK = threading.Lock()  # one GPU decode at a time: each decoder's state is shared
 
 Blob = bytes | bytearray | memoryview | np.ndarray
 

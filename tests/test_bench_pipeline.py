@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,10 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     r["graphed"] = {"model_only": 8.0, "raw_training": 6.0, "jpeg_training": 4.0}
     pipeline.print_figures(r)
     out = capsys.readouterr().out
-    lines = {line[:60].strip(): line[60:].split() for line in out.splitlines()}
+    lines = {}  # row name -> the columns after it (names and columns are 2+ spaces apart)
+    for line in out.splitlines():
+        name, *columns = re.split(r"\s{2,}", line.strip())
+        lines[name] = " ".join(columns).split()
     assert lines["raw store: training, depth 4"][0] == "5"
     assert lines["raw store: training, depth 8"] == ["failed:", "RuntimeError:", "stood", "in",
                                                      "for"]

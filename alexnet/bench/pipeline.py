@@ -501,9 +501,10 @@ def print_figures(r: dict[str, Any]) -> None:
     rows.append((f"jpeg q{low['quality']} store: training (defaults)", low["jpeg_training"]))
     rows += [(f"{fmt} loader only, from disk (page cache dropped; defaults)", v)
              for fmt, v in r["from_disk"].items()]
-    print(f"  {'':<58}{'img/s':>12}{'x model':>10}")
+    width = max(len(name) for name, _ in rows)
+    print(f"  {'':<{width}}{'img/s':>12}{'x model':>10}")
     for name, value in rows:
-        print(f"  {name:<58}{value:>12.0f}{value / model:>10.2f}")
+        print(f"  {name:<{width}}{value:>12.0f}{value / model:>10.2f}")
     _print_diagnoses(r)
     print(f"  CPU decode alone, img/s at threads {', '.join(map(str, _threads(r)))}:")
     for name, rates in r["cpu_decode"].items():
@@ -554,14 +555,16 @@ def _print_diagnoses(r: dict[str, Any]) -> None:
         ("jpeg_training", "jpeg store: training")) if key in graphed]
     if not rows and not steps:
         return
-    print(f"  what limits training (not the defaults){'':<19}{'img/s':>12}{'x model':>10}")
+    title = "what limits training (not the defaults)"
+    width = max(len(name) for name, _ in [(title, 0), *rows, *steps])
+    print(f"  {title:<{width}}{'img/s':>12}{'x model':>10}")
     for name, value, against in ([(n, v, r["model_only"]) for n, v in rows]
                                  + [(n, v, base) for n, v in steps]):
         if isinstance(value, dict):
-            print(f"  {name:<58}  failed: {value.get('error')}")
+            print(f"  {name:<{width}}  failed: {value.get('error')}")
         else:
             ratio = f"{value / against:>10.2f}" if isinstance(against, float) else ""
-            print(f"  {name:<58}{value:>12.0f}{ratio}")
+            print(f"  {name:<{width}}{value:>12.0f}{ratio}")
     if steps:
         print("  (the CUDA graph rows against the model alone as a CUDA graph)")
 

@@ -155,30 +155,37 @@ def decode_cpu(blobs: Sequence[Blob], size: int, decoder: str = "auto",
 def gpu_unavailable(device: torch.device | str, decoder: str | None = None) -> str | None:
     """Why no GPU decoder (or GPU decoder `decoder`; default GPU_DECODER) can run on
     `device`; None when one can."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"device {device} is not a CUDA device"
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    index = torch.cuda.current_device() if device.index is None else device.index
-    reasons = []
-    for name in _gpu_candidates(decoder):
-        why = _gpu_failure(name, index)
-        if why is None:
-            return None
-        reasons.append(why)
-    return "; ".join(reasons)
+    return _resolve_gpu(device, decoder)[1]
 
 
 def gpu_decoder(device: torch.device | str, decoder: str | None = None) -> str:
     """The GPU decoder that runs on CUDA `device`: `decoder` (default GPU_DECODER), `auto`
     being the first of GPU_DECODERS whose check passes there; a UserError when none can."""
-    reason = gpu_unavailable(device, decoder)
-    if reason:
+    name, reason = _resolve_gpu(device, decoder)
+    if name is None:
         raise UserError(f"GPU jpeg decode: {reason}; use the CPU decoder (gpu_decode 0)")
+    return name
+
+
+def _resolve_gpu(device: torch.device | str, decoder: str | None) -> tuple[str | None, str | None]:
+    """(the GPU decoder that runs on `device`, None) or (None, why none can)."""
     device = torch.device(device)
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return next(name for name in _gpu_candidates(decoder) if _gpu_failure(name, index) is None)
+    if device.type != "cuda":
+        return None, f"device {device} is not a CUDA device"
+    if not torch.cuda.is_available():
+        return None, "CUDA is not available"
+    reasons = []
+    for name in _gpu_candidates(decoder):
+        why = _gpu_failure(name, _cuda_index(device))
+        if why is None:
+            return name, None
+        reasons.append(why)
+    return None, "; ".join(reasons)
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The index of CUDA `device`, the current device's for a bare "cuda"."""
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def _gpu_candidates(decoder: str | None) -> tuple[str, ...]:
@@ -236,10 +243,8 @@ def decode_gpu(blobs: Sequence[Blob], size: int, device: torch.device | str,
     work on meanwhile (the loader's nvJPEG thread has its own; see `_torchvision_gpu`).
     """
     name = gpu_decoder(device, decoder)
-    device = torch.device(device)
     # "cuda" and "cuda:0" differ to torchvision, which rebuilds its decoder on a change
-    device = torch.device("cuda", torch.cuda.current_device() if device.index is None
-                          else device.index)
+    device = torch.device("cuda", _cuda_index(torch.device(device)))
     if not blobs:
         return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
     return _GPU_DECODE[name](blobs, size, device)
@@ -403,6 +408,6 @@ def describe() -> dict[str, Any]:
     reason = gpu_unavailable("cuda")
     gpu = reason or gpu_decoder("cuda")
     if gpu == "nvimgcodec":
-        engines = nvimgcodec_engines(torch.cuda.current_device())
+        engines = nvimgcodec_engines(_cuda_index(torch.device("cuda")))
         gpu += " (hardware JPEG engines)" if engines else " (CUDA cores: no hardware engine)"
     return {"cpu": available_cpu_decoders(), "auto": resolve_cpu_decoder("auto"), "gpu": gpu}

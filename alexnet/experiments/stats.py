@@ -57,17 +57,22 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
 
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     """mean(a) - mean(b) with Welch's t interval (Welch-Satterthwaite degrees of freedom)."""
-    from scipy.stats import t as student_t
-
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     estimate = float(x.mean() - y.mean()) if x.size and y.size else math.nan
     if x.size < 2 or y.size < 2:
         return Interval(estimate, math.nan, math.nan, confidence)
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1)) if se else 1.0
+    return _t_interval(estimate, se, df, confidence)
+
+
+def _t_interval(estimate: float, se: float, df: float, confidence: float) -> Interval:
+    """estimate +- t(df) * se; the single point when there is no spread (se 0)."""
+    from scipy.stats import t as student_t
+
     if se == 0.0:
         return Interval(estimate, estimate, estimate, confidence)
-    df = (va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1))
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
     return Interval(estimate, estimate - half, estimate + half, confidence)
 
@@ -78,8 +83,6 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENC
     Tighter than Welch's when each seed's runs share what the seed decides (initial weights,
     batch order), as two stores of the same images do.
     """
-    from scipy.stats import t as student_t
-
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
         raise ValueError(f"paired: {x.size} values against {y.size}; one per seed in each")
@@ -87,11 +90,8 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENC
     estimate = float(d.mean()) if d.size else math.nan
     if d.size < 2:
         return Interval(estimate, math.nan, math.nan, confidence)
-    se = float(d.std(ddof=1)) / math.sqrt(d.size)
-    if se == 0.0:
-        return Interval(estimate, estimate, estimate, confidence)
-    half = float(student_t.ppf(0.5 + confidence / 2, d.size - 1)) * se
-    return Interval(estimate, estimate - half, estimate + half, confidence)
+    return _t_interval(estimate, float(d.std(ddof=1)) / math.sqrt(d.size), d.size - 1,
+                       confidence)
 
 
 def ratio(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Interval:

@@ -225,19 +225,24 @@ def test_gpu_decode_is_offered_only_where_a_gpu_decoder_decodes(monkeypatch, fre
     """CUDA stood in for: each GPU decoder's check decodes a small JPEG on the device
     (nvImageCodec, where installed here, fails for want of a GPU); a failure is the reason,
     in one line, and the loader then decodes on the CPU."""
-    from alexnet.data.loader import default_gpu_decode
+    import types
+
+    from alexnet.data import loader
 
     fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
     fake_cuda(monkeypatch)
+    monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
+    monkeypatch.setattr(loader, "decode_rates", lambda *args: (3.0, 1.0))  # GPU 3x the CPU
+    store = types.SimpleNamespace(format="jpeg", image_size=16)
     reason = decode.gpu_unavailable("cuda")
     if works:
         assert reason is None and decode.gpu_decoder("cuda") == "torchvision"
-        assert default_gpu_decode("jpeg", "cuda") > 0
+        assert loader.default_gpu_decode(store, "cuda") == 0.75
     else:
         assert reason.startswith("nvimgcodec ") and reason.endswith(
             "; torchvision fails here (RuntimeError: torchvision not compiled with nvJPEG "
             "support (more lines))")
-        assert default_gpu_decode("jpeg", "cuda") == 0.0
+        assert loader.default_gpu_decode(store, "cuda") == 0.0
         with pytest.raises(UserError, match="GPU jpeg decode: nvimgcodec "):
             decode.decode_gpu([decode.probe_jpeg()], 16, "cuda")
 

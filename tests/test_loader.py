@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -357,7 +358,67 @@ def test_default_depth_grows_with_cores_and_device(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     alone = len(os.sched_getaffinity(0))
     assert host_cores() == max(1, alone // 8)
-    assert default_gpu_decode("jpeg", "cpu") == default_gpu_decode("raw", cuda) == 0.0
+    jpeg, raw = (types.SimpleNamespace(format=f, image_size=16) for f in ("jpeg", "raw"))
+    assert default_gpu_decode(jpeg, "cpu") == default_gpu_decode(raw, cuda) == 0.0
+
+
+def test_the_gpu_share_is_where_both_decoders_finish_a_batch_together() -> None:
+    from alexnet.data.loader import share_of
+
+    # nvJPEG on the H200 (12,000 img/s) beside 16 cores at 850 img/s: 0.469, to 0.05
+    assert share_of(12_000, 16 * 850) == 0.45
+    assert [share_of(g, c) for g, c in ((1, 1), (3, 1), (1, 3), (1, 0), (0, 1))] == [
+        0.5, 0.75, 0.25, 1.0, 0.0]
+
+
+@pytest.fixture
+def stand_in_decoders(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """A GPU decoder taking 1 ms an image and a CPU decoder taking 4 ms an image (sleeps:
+    they release the interpreter lock like the real ones), with the images each decoded."""
+    import time
+
+    from alexnet.data import loader
+
+    calls: dict[str, list[int]] = {"gpu": [], "cpu": []}
+
+    def gpu(blobs: list, size: int, device: torch.device) -> torch.Tensor:
+        calls["gpu"].append(len(blobs))
+        time.sleep(0.001 * len(blobs))
+        return torch.zeros((len(blobs), size, size, 3), dtype=torch.uint8)
+
+    def cpu(blobs: list, size: int, decoder: str = "auto", out: np.ndarray | None = None
+            ) -> np.ndarray:
+        calls["cpu"].append(len(blobs))
+        time.sleep(0.004 * len(blobs))
+        return out
+
+    monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
+    monkeypatch.setattr(loader, "host_cores", lambda: 2)
+    monkeypatch.setattr(loader, "decode_on_gpu", gpu)
+    monkeypatch.setattr(decode, "decode_cpu", cpu)
+    monkeypatch.setattr(decode, "gpu_unavailable", lambda device, decoder=None: None)
+    monkeypatch.setattr(decode, "gpu_decoder", lambda device, decoder=None: "stand-in")
+    return calls
+
+
+def test_the_default_gpu_share_is_measured_once_on_the_stores_images(
+        twin_stores, stand_in_decoders: dict[str, list[int]]) -> None:
+    """The decoders' rates are measured on the store's own images, the CPU's with its
+    threads decoding at once: 1,000 img/s on the GPU beside 2 threads of 250 img/s gives
+    2/3 (threads one after another would give 4/5). Measured once per setting."""
+    from alexnet.data.loader import RATE_IMAGES, RATE_ROUNDS, decode_rates
+
+    jpeg = twin_stores[1]
+    gpu_rate, cpu_rate = decode_rates(jpeg, torch.device("cpu"), "auto", 2, 8)
+    assert 700 < gpu_rate <= 1000 and 350 < cpu_rate <= 500  # sleeps: at least their time
+    assert stand_in_decoders["gpu"] == [8] * (RATE_ROUNDS + 1)
+    assert stand_in_decoders["cpu"] == [RATE_IMAGES] * 2 * (RATE_ROUNDS + 1)
+    stand_in_decoders["gpu"].clear()
+    shares = [TrainLoader(jpeg, 16, crop=40, prefetch=2, decode_threads=1).reading.gpu_decode
+              for _ in range(2)]
+    assert shares[0] == shares[1] in (0.6, 0.65, 0.7)
+    assert stand_in_decoders["gpu"] == [8] * (RATE_ROUNDS + 1)  # half a batch, measured once
+    assert TrainLoader(twin_stores[0], 16, crop=40).reading.gpu_decode == 0.0  # raw
 
 
 def test_gpu_decode_off_cuda_is_a_user_error(twin_stores) -> None:

@@ -11,8 +11,9 @@ fits the machine (`default_prefetch`, `default_gpu_decode`).
 
 The shuffle of an epoch depends on (seed, epoch) only and every random draw of batch k
 on (seed, epoch, k, rank) only, so `epoch(e, start=k)` gives exactly the batches an
-uninterrupted epoch gives from k on, at every read-ahead depth (with the same decoders):
-a run resumed mid-epoch continues bit for bit.
+uninterrupted epoch gives from k on, at every read-ahead depth (with the same decoders and
+GPU share, which on CUDA is measured at start unless given): a run resumed mid-epoch
+continues bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,11 +40,9 @@ from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
 T = TypeVar("T")
 _SHUFFLE, _DRAWS = 0, 1  # domain tags: the shuffle's and the draws' seeds never coincide
-# Decode rates measured on one H200 host (16 cores) on 256x256 photo JPEGs of quality 90
-# (issue 9), used only to split a batch between the GPU and the CPU threads by default:
-GPU_DECODE_RATE = 12_000  # images/s of nvJPEG batches of 256 (torchvision.io.decode_jpeg, H200)
-CORE_DECODE_RATE = 850  # images/s per core of a lock-free decoder, all 16 cores busy
-PIL_DECODE_RATE = 2_000  # images/s of PIL, whatever the number of threads
+SHARE_STEP = 0.05  # the measured GPU share is rounded to this: runs on one machine agree
+RATE_IMAGES = 16  # images each CPU decoding thread decodes per round when rates are measured
+RATE_ROUNDS = 3  # timed rounds of each side (after one untimed): the fastest counts
 
 
 def derive_seed(*words: int) -> int:
@@ -122,22 +122,59 @@ def default_decode_threads(device: torch.device | str, cores: int | None = None)
     return 1 if torch.device(device).type == "cuda" else min(2, cores)
 
 
-def default_gpu_decode(store_format: str, device: torch.device | str, decoder: str = "auto",
-                       threads: int | None = None) -> float:
-    """The share of each jpeg batch decoded on the GPU by default: the GPU's share of the
-    summed decode rates (GPU_DECODE_RATE against the CPU's decoding threads', as many as
-    the threads in flight and at most the cores), so that both finish a batch together; 0 for
-    raw stores and where the GPU decode cannot run. `threads`: all CPU decoding threads."""
-    if store_format != "jpeg" or decode.gpu_unavailable(device):
+def default_gpu_decode(store: Any, device: torch.device | str, decoder: str = "auto",
+                       threads: int = 1, batch: int = 256) -> float:
+    """The share of each jpeg batch decoded on the GPU by default: measured on this machine
+    (`decode_rates`, once per process for each setting), the GPU's share of the two decode
+    rates, so that the GPU's part and the CPU threads' part of a batch take the same time;
+    to SHARE_STEP. 0 for raw stores and where the GPU decode cannot run. `threads`: all CPU
+    threads decoding at once; `batch`: images per batch."""
+    device = torch.device(device)
+    if store.format != "jpeg" or decode.gpu_unavailable(device):
         return 0.0
-    if threads is None:
-        threads = min(host_cores(), default_prefetch(device) * default_decode_threads(device))
-    threads = max(1, int(threads))
-    if decode.resolve_cpu_decoder(decoder) == "pil":
-        cpu_rate = PIL_DECODE_RATE
-    else:
-        cpu_rate = threads * CORE_DECODE_RATE
-    return round(GPU_DECODE_RATE / (GPU_DECODE_RATE + cpu_rate), 2)
+    threads, batch = max(1, int(threads)), max(1, int(batch))
+    key = (str(device), decode.resolve_cpu_decoder(decoder), decode.gpu_decoder(device),
+           threads, batch, store.image_size)
+    if key not in _MEASURED_SHARES:
+        gpu_rate, cpu_rate = decode_rates(store, device, decoder, threads, max(1, batch // 2))
+        _MEASURED_SHARES[key] = share_of(gpu_rate, cpu_rate)
+    return _MEASURED_SHARES[key]
+
+
+_MEASURED_SHARES: dict[tuple[Any, ...], float] = {}
+
+
+def share_of(gpu_rate: float, cpu_rate: float) -> float:
+    """The GPU's share of a batch at which both decoders finish together, to SHARE_STEP."""
+    share = gpu_rate / (gpu_rate + cpu_rate)
+    return round(round(share / SHARE_STEP) * SHARE_STEP, 2)
+
+
+def decode_rates(store: Any, device: torch.device, decoder: str, threads: int,
+                 gpu_batch: int) -> tuple[float, float]:
+    """(GPU, CPU) decode rates in images/s of the store's first images: the GPU decoder on
+    batches of `gpu_batch` as the loader's GPU thread calls it, and `threads` CPU threads
+    decoding RATE_IMAGES images each at once, as the read-ahead threads do; each the fastest
+    of RATE_ROUNDS timed rounds after an untimed one (decoder set-up, allocator, caches)."""
+    blobs = store.encoded(np.arange(min(len(store), max(gpu_batch, RATE_IMAGES))))
+    size = store.image_size
+    gpu_part = [blobs[i % len(blobs)] for i in range(gpu_batch)]
+    cpu_part = [blobs[i % len(blobs)] for i in range(RATE_IMAGES)]
+    outs = [np.empty((RATE_IMAGES, size, size, 3), np.uint8) for _ in range(threads)]
+
+    def fastest(run: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(RATE_ROUNDS + 1):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return max(min(times[1:]), 1e-9)
+
+    gpu_time = fastest(lambda: decode_on_gpu(gpu_part, size, device))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexnet-rate") as pool:
+        cpu_time = fastest(lambda: list(pool.map(
+            lambda out: decode.decode_cpu(cpu_part, size, decoder, out), outs)))
+    return gpu_batch / gpu_time, threads * RATE_IMAGES / cpu_time
 
 
 @dataclass(frozen=True)
@@ -162,9 +199,10 @@ def default_augment_in_readers(device: torch.device | str) -> bool:
 
 def reading(store: Any, device: torch.device, prefetch: int | None = None,
             decoder: str = "auto", decode_threads: int | None = None,
-            gpu_decode: float | None = None, augment_in_readers: bool | None = None
-            ) -> Reading:
-    """The loader's Reading: None (or a negative number) is the default that fits here."""
+            gpu_decode: float | None = None, augment_in_readers: bool | None = None,
+            batch: int = 256) -> Reading:
+    """The loader's Reading for batches of `batch` images: None (or a negative number) is the
+    default that fits here."""
     device = torch.device(device)
     if augment_in_readers is None:
         augment_in_readers = default_augment_in_readers(device)
@@ -174,8 +212,8 @@ def reading(store: Any, device: torch.device, prefetch: int | None = None,
         decode_threads = default_decode_threads(device)
     decoder = decode.resolve_cpu_decoder(decoder)
     if gpu_decode is None or gpu_decode < 0:
-        gpu_decode = default_gpu_decode(store.format, device, decoder,
-                                        min(host_cores(), prefetch * decode_threads))
+        gpu_decode = default_gpu_decode(store, device, decoder,
+                                        min(host_cores(), prefetch * decode_threads), batch)
     if gpu_decode > 1:
         raise UserError(f"gpu_decode {gpu_decode}: the GPU's share of each jpeg batch lies in "
                         "0..1 (negative: auto)")
@@ -420,7 +458,7 @@ class TrainLoader:
         self.flip, self.pca, self.pca_scale, self.mean = flip, pca, pca_scale, mean
         self.channels_last, self.pad = channels_last, _check_pad(pad)
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
-                               augment_in_readers)
+                               augment_in_readers, self.batch_size)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, pca, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
@@ -501,7 +539,7 @@ class EvalLoader:
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
         self.mean, self.device, self.pad = mean, _resolve(device), _check_pad(pad)
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
-                               augment_in_readers)
+                               augment_in_readers, self.batch_size)
         stats = store.stats if stats is None else stats
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)

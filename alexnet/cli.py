@@ -2,7 +2,9 @@
 
 Every module named below provides `add_arguments(parser)` and `run(args) -> int`. Only the
 chosen subcommand's module is imported, so `alexnet --help` stays fast. A UserError, and as a
-backstop any OSError (a filesystem failure), ends in one line on stderr and exit status 2.
+backstop any OSError (a filesystem failure), ends in one line on stderr and exit status 2, and
+so does a malformed command line (`Parser`: no usage block, a pointer to --help instead). Every
+command's --device is checked here, before the command does any work.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from alexnet import __version__
 from alexnet.errors import UserError
@@ -40,9 +43,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_} (default: %(default)s)"
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors (a bad value or choice, an unknown or missing option) are
+    ONE line, like every other error of the command: `PROG: error: MESSAGE (see PROG --help)`,
+    exit status 2. Help and usage are printed as argparse prints them."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error on stderr and exit with status 2 (argparse's)."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     """The parser that only knows the subcommand names."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="alexnet",
         description="Krizhevsky, Sutskever & Hinton (2012) reproduced in PyTorch.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"alexnet {name}", description=help_,
-                                     formatter_class=HelpFormatter)
+    parser = Parser(prog=f"alexnet {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
+        check_device(args)
         return int(module.run(args) or 0)
     except UserError as err:
         print(f"alexnet {name}: error: {err}", file=sys.stderr)
@@ -83,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Refuse a --device that names no device, or CUDA where there is none, in one line before
+    any work: here, so that no command can miss it (alexnet.evaluate.resolve_device)."""
+    device = getattr(args, "device", None)
+    if isinstance(device, str):
+        from alexnet.evaluate import resolve_device
+
+        resolve_device(device)
 
 
 def _os_message(err: OSError) -> str:

@@ -211,14 +211,23 @@ def _convert(value: Any, kind: type, name: str, where: str) -> Any:
     return str(value)
 
 
+def preset_names() -> list[str]:
+    """The names of the presets in alexnet/configs/, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
 def load_preset(name: str) -> dict[str, Any]:
     """A preset's TOML tables: a name from alexnet/configs/ or a path to a .toml file."""
     path = Path(name)
-    if not (path.suffix == ".toml" and path.is_file()):
+    if path.suffix == ".toml" and not path.is_file():  # a file was meant, not a preset name
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise UserError(f"--preset {name}: {what}; give an existing .toml file or a preset "
+                        f"name ({', '.join(preset_names())})")
+    if path.suffix != ".toml":
         path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
-        raise UserError(f"unknown preset {name!r}; choose from {known} or give a .toml file")
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(preset_names())} or "
+                        "give a .toml file")
     try:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

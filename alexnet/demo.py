@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
-from alexnet.atomic import write_json
+from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -121,19 +121,27 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
          store: str | os.PathLike | None = None, plan: Plan | None = None,
          overrides: list[str] | None = None, device: str = "auto",
          ten_crop: bool | None = None) -> dict[str, Any]:
-    """Prepare, train and evaluate; return the final metrics and where everything is."""
-    from alexnet.config import resolve
-    from alexnet.distributed import pick_device
+    """Prepare, train and evaluate; return the final metrics and where everything is.
+
+    Every option (the --set overrides, the run folder) is checked before the store is
+    prepared, so that a bad one costs no work."""
+    from alexnet.config import from_dict, resolve
+    from alexnet.evaluate import resolve_device
     from alexnet.train import train
 
     t_start = time.monotonic()
     refuse_demo_keys(overrides or [])
-    dev = str(pick_device(device)[0])
+    dev = str(resolve_device(device))
     plan = plan or default_plan(dev)
     source = find_idx_folder(data)
     out = _fresh_run_folder(Path(out))
     store = Path(store) if store else \
         out.parent / f"fashion-mnist-{plan.train_images}-{plan.test_images}"
+    config = resolve("demo", overrides, base=base_config(dev), flags={
+        "data.store": str(store), "run.out": str(out), "run.device": dev,
+        "optim.batch_size": plan.batch_size, "optim.epochs": plan.epochs,
+        "run.time_limit": plan.budget_s})  # the time limit is set once the store is ready
+    ensure_folder(out, "run folder (--out)")
     print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
     print(f"plan: {plan.train_images} training and {plan.test_images} test images at "
           f"{paper.IMAGE_SIZE}x{paper.IMAGE_SIZE}, "
@@ -148,10 +156,7 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
 
     eval_reserve = _eval_reserve(plan)
     time_limit = max(10.0, plan.budget_s - (t_prepared - t_start) - eval_reserve)
-    config = resolve("demo", overrides, base=base_config(dev), flags={
-        "data.store": str(store), "run.out": str(out), "run.device": dev,
-        "optim.batch_size": plan.batch_size, "optim.epochs": plan.epochs,
-        "run.time_limit": time_limit})
+    config = from_dict({"run": {"time_limit": time_limit}}, config)
     print(f"training for at most {time_limit:.0f} s (then a checkpoint and the test "
           "evaluation)", flush=True)
     result = train(config)
@@ -274,9 +279,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`alexnet demo`."""
-    from alexnet.distributed import pick_device
+    from alexnet.evaluate import resolve_device
 
-    plan = default_plan(str(pick_device(args.device)[0]))
+    plan = default_plan(str(resolve_device(args.device)))
     for name in ("train_images", "test_images", "epochs", "batch_size"):
         value = getattr(args, name)
         if value is not None:

@@ -239,3 +239,20 @@ def test_mfu_peak_is_the_devices_own(monkeypatch, name, peak):
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert peak_tflops(torch.device("cuda")) == peak
+
+
+@pytest.mark.parametrize("where", ["/sys/alexnet-bench/x.json", "a folder"])
+def test_a_json_file_that_cannot_be_written_is_refused_before_the_benchmarks(
+        where, tmp_path, monkeypatch, capsys):
+    """/sys refuses new files even to root; a folder is no file name."""
+    import alexnet.bench.model
+
+    def ran(args):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(alexnet.bench.model, "bench", ran)
+    path = tmp_path if where == "a folder" else where
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("alexnet bench: error:")
+    assert "--json" in captured.err and captured.out == ""

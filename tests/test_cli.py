@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from alexnet.cli import COMMANDS, main
 
 
@@ -67,3 +69,52 @@ def test_demo_refuses_a_set_of_the_keys_it_sets_itself(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and "the demo sets this key itself" in err
         assert hint in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["bench", "model", "--smoke"], ["demo"], ["train"]])
+@pytest.mark.parametrize("device", ["bogus", "cuda"])
+def test_a_bad_device_is_one_line_before_any_work(args, device, tmp_path, capsys, monkeypatch):
+    """No command can miss the check: a device torch does not know, or CUDA on a machine
+    without it (as any machine looks with torch.cuda.is_available False)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # anything written by mistake lands here
+    assert main([*args, "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "--device" in captured.err, captured.err
+    assert captured.err.startswith(f"alexnet {args[0]}: error: ") and device in captured.err
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_malformed_command_line_is_one_line_for_every_command(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--no-such-option"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"alexnet {name}: error: ") and \
+        err.endswith(f" (see alexnet {name} --help)\n"), err
+
+
+@pytest.mark.parametrize("args, line", [
+    (["train", "--epochs", "x"],
+     "alexnet train: error: argument --epochs: invalid int value: 'x' (see alexnet train --help)"),
+    (["evaluate", "ckpt", "--crops", "3"], "alexnet evaluate: error: argument --crops: invalid "
+     "choice: 3 (choose from 1, 10) (see alexnet evaluate --help)"),
+    (["ablate"], "alexnet ablate: error: the following arguments are required: --data "
+     "(see alexnet ablate --help)"),
+    (["train", "--epochs"], "alexnet train: error: argument --epochs: expected one argument "
+     "(see alexnet train --help)"),
+])
+def test_argparse_errors_are_one_line_without_the_usage_block(args, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and capsys.readouterr().err == line + "\n"
+
+
+def test_help_is_unchanged_by_the_one_line_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: alexnet train") and "--epochs" in out

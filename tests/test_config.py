@@ -113,3 +113,15 @@ def test_cli_unknown_key_is_one_line_exit_2():
                            "--set", "optim.nosuch=1"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown key optim.nosuch" in proc.stderr
+
+
+def test_a_preset_file_that_is_missing_or_a_folder_says_so(tmp_path):
+    """A .toml name is a file the user meant: not an unknown preset name."""
+    (tmp_path / "dir.toml").mkdir()
+    for path, what in ((tmp_path / "nonexist.toml", "no such file"),
+                       (tmp_path / "dir.toml", "is a folder")):
+        with pytest.raises(UserError) as err:
+            resolve(str(path))
+        message = str(err.value)
+        assert message.startswith(f"--preset {path}: {what};") and "unknown" not in message
+        assert "paper" in message and "\n" not in message

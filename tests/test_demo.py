@@ -79,3 +79,26 @@ def test_the_demo_runs_bf16_channels_last_on_a_gpu_only():
     # an explicit --set still wins, and the paper preset itself stays fp32
     off = resolve("demo", ["run.amp=off"], base=base_config("cuda"))
     assert off.run.amp == "off" and resolve("paper").run.amp == "off"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "foo.bar=1"], "unknown section 'foo'"),
+    (["--set", "optim.lr=abc"], "optim.lr must be float"),
+    (["--out", "/sys/alexnet-demo"], "cannot create files there"),  # refused even to root
+    (["--out", "a_file"], "is a file, not a folder"),
+])
+def test_bad_options_are_refused_before_the_store_is_prepared(
+        args, fragment, fashion_mnist_dir, tmp_path, capsys, monkeypatch):
+    import alexnet.demo
+
+    def prepared(*args, **kwargs):
+        raise AssertionError("the store was prepared")
+
+    monkeypatch.setattr(alexnet.demo, "prepare_store", prepared)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["demo", "--data", str(fashion_mnist_dir), "--store", str(tmp_path / "store"),
+                 "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "store").exists()

@@ -338,6 +338,27 @@ def test_a_second_ablate_reuses_the_finished_runs(ablation, monkeypatch):
                   budget_steps=3, seeds=2, log=lambda *_: None)
 
 
+@pytest.mark.parametrize("junk", ["{not json", "[1, 2]", "{}", "\udcff"])
+def test_a_damaged_result_is_refused_naming_the_folder_to_delete(junk, tmp_path, monkeypatch):
+    """A result.json that does not parse (or is not ablate's) is not another config."""
+    import alexnet.train
+
+    def no_training(config):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(alexnet.train, "train", no_training)
+    folder = tmp_path / "paper" / "seed-0"
+    folder.mkdir(parents=True)
+    (folder / ab.RESULT).write_bytes(junk.encode("utf-8", "surrogateescape"))
+    config = resolve("paper", TINY, {"run.out": str(folder)})
+    with pytest.raises(UserError) as err:
+        ab.train_variant("paper seed 0", config, log=lambda *_: None)
+    message = str(err.value)
+    assert "damaged" in message and f"delete the run folder {folder}" in message
+    assert "another config" not in message and "\n" not in message
+    assert (folder / ab.RESULT).read_bytes() == junk.encode("utf-8", "surrogateescape")
+
+
 def test_budget_is_steps_or_epochs_and_steps_set_the_epochs_they_span():
     base = resolve("paper", TINY)
     steps = ab.budget_config(base, 10, None, train_images=20)  # 2 steps of 8 per epoch

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import write_json
+from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError, one_line
 
 SMOKE_WIDTH = 0.125  # --smoke: the paper net at 1/8 width (not a paper number)
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [w for w in args.what if w not in WHATS]
     if unknown:
         raise UserError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(WHATS)}")
+    if args.json:  # a file that cannot be written is refused before the benchmarks, not after
+        if args.json.is_dir():
+            raise UserError(f"--json {args.json}: is a folder; give a file name")
+        ensure_folder(args.json.parent, "folder for --json")
     args.quick = args.quick or args.smoke
     results: dict[str, Any] = {}
     _SIGTERM.clear()

@@ -42,12 +42,6 @@ from alexnet.model import (
 from alexnet.optim import PaperSGD, param_groups
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -373,8 +367,9 @@ def bench(args: argparse.Namespace) -> dict:
     waits for a descheduled thread can dominate short operations.
     """
     from alexnet.bench import SMOKE_WIDTH
+    from alexnet.evaluate import resolve_device
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     smoke = bool(getattr(args, "smoke", False))
     width = SMOKE_WIDTH if smoke else 1.0
     batch = 2 if smoke else 8 if args.quick else 32

@@ -455,9 +455,9 @@ def _diagnosed(measure: Callable[[], Any]) -> Any:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return the pipeline figures (see the module docstring)."""
-    from alexnet.distributed import pick_device
+    from alexnet.evaluate import resolve_device
 
-    device = pick_device(getattr(args, "device", "auto"))[0]
+    device = resolve_device(getattr(args, "device", "auto"))
     plan = _plan(device, bool(getattr(args, "quick", False)))
     root = Path(tempfile.mkdtemp(prefix="alexnet-pipeline-"))
     try:

@@ -255,10 +255,10 @@ ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
     from alexnet.bench import SMOKE_WIDTH
-    from alexnet.distributed import pick_device
+    from alexnet.evaluate import resolve_device
     from alexnet.model import build_model
 
-    device = pick_device(getattr(args, "device", "auto"))[0]
+    device = resolve_device(getattr(args, "device", "auto"))
     quick = bool(getattr(args, "quick", False))
     smoke = bool(getattr(args, "smoke", False))
     cuda = device.type == "cuda"

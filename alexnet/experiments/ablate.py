@@ -154,7 +154,9 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     """Train one variant (or reuse its finished result); the figures the table needs.
 
     A run folder holding this variant's result.json with the same config is reused; one
-    holding only a checkpoint (an interrupted ablate) is resumed.
+    holding only a checkpoint (an interrupted ablate) is resumed. A result.json that is not
+    ablate's (damaged) is refused, naming the folder to delete: the run it stood for finished,
+    and what it measured cannot be told from its checkpoint.
     """
     from alexnet.train import train
 
@@ -163,9 +165,12 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     if done.is_file():
         try:
             previous = json.loads(done.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError):  # an OSError says itself
             previous = None
-        if previous and previous.get("config") == _comparable(config):
+        if not isinstance(previous, dict) or "config" not in previous:
+            raise UserError(f"{done}: damaged (not the result ablate writes); delete the run "
+                            f"folder {run_dir} to train that run again, or choose another --out")
+        if previous["config"] == _comparable(config):
             log(f"== {name}: finished earlier, reusing {done}")
             return previous
         raise UserError(f"{run_dir} holds a finished run with another config; "

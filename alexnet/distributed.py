@@ -48,12 +48,22 @@ def launched_by_torchrun() -> bool:
 
 def pick_device(device: str = "auto", local_rank: int = 0, split_columns: bool = False
                 ) -> tuple[torch.device, tuple[torch.device, torch.device] | None]:
-    """The device of this process (and the two column devices with split_columns)."""
+    """The device of this process (and the two column devices with split_columns); a name
+    that is no device, or a GPU this machine lacks, is a one-line UserError."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device {device!r}: no CUDA device is available here; "
+    try:
+        named = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or "
+                        "auto") from None
+    if named.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r}: no CUDA device is available here; "
                         "use --device cpu")
+    if named.type == "cuda" and (named.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device!r}: this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1}")
     if split_columns:
         if not device.startswith("cuda") or torch.cuda.device_count() < 2 * (local_rank + 1):
             raise UserError("model.split_columns needs two CUDA devices per process "
@@ -64,7 +74,7 @@ def pick_device(device: str = "auto", local_rank: int = 0, split_columns: bool =
     if device == "cuda":
         return torch.device("cuda", local_rank), None
     if device.startswith("cuda:") and launched_by_torchrun():
-        raise UserError(f"run.device {device!r}: under torchrun give plain 'cuda' (each rank "
+        raise UserError(f"--device {device!r}: under torchrun give plain 'cuda' (each rank "
                         "takes cuda:LOCAL_RANK)")
     return torch.device(device), None
 

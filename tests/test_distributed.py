@@ -123,6 +123,17 @@ def test_devices_that_are_absent_are_one_line_errors():
             distributed.pick_device("cuda")
 
 
+@pytest.mark.parametrize("name", ["bogus", "cuda:abc", "cuda:-1", "cuda:1"])
+def test_a_device_name_that_names_no_device_here_is_one_line(monkeypatch, name):
+    """Torch's own RuntimeError for a malformed name, and a GPU index past this machine's
+    (one GPU stood in for), are one-line errors naming the option."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=f"^--device '{name}': "):
+        distributed.pick_device(name)
+    assert distributed.pick_device("cuda:0")[0] == torch.device("cuda", 0)
+
+
 def test_global_batch_must_split_evenly():
     from alexnet.training.data import per_rank_batch
 

@@ -131,6 +131,23 @@ def test_a_gpu_batch_of_mixed_sizes_is_a_user_error(blobs: list[bytes], monkeypa
         decode._torchvision_gpu([blobs[0], bigger, blobs[1]], SIZE, cpu)
 
 
+def test_a_gpu_batch_that_fails_names_the_image_that_does_not_decode(
+        blobs: list[bytes], monkeypatch) -> None:
+    """nvJPEG fails a whole batch for one bad JPEG, naming none: the row is found (an image
+    PIL cannot decode either); a failure with every image sound stays what it was."""
+    def batch_failing(data, mode, device=None):
+        raise RuntimeError("nvjpegDecodeBatched failed: 5")
+
+    fake_torchvision(monkeypatch, batch_failing)
+    cpu = torch.device("cpu")
+    with pytest.raises(decode.UndecodableImage, match=r"^store image 2 of the batch does not "
+                                                      r"decode on the GPU \(nvjpeg") as info:
+        decode._torchvision_gpu([blobs[0], blobs[1], b"garbage", blobs[2]], SIZE, cpu)
+    assert info.value.row == 2
+    with pytest.raises(RuntimeError, match="nvjpegDecodeBatched"):
+        decode._torchvision_gpu(blobs[:3], SIZE, cpu)
+
+
 needs_nvimgcodec = pytest.mark.skipif(not decode._installed("nvidia.nvimgcodec"),
                                       reason="nvImageCodec is not installed (the dev extra "
                                              "has it on Linux x86-64)")

@@ -286,6 +286,7 @@ def test_auto_split_is_one_rule(tmp_path):
     for present, want in (((), None), (("test",), "test"), (("val", "test"), "val"),
                           (("train", "val"), "val"), (("train",), None)):
         root = tmp_path / "-".join(present or ("none",))
+        root.mkdir()
         for name in present:
             (root / name).mkdir(parents=True)
         assert auto_split(root) == want, present

@@ -386,8 +386,12 @@ def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
     assert main(["ablate", "--data", str(no_val), "--budget-steps", "1", "--out",
                  str(tmp_path / "x")]) == 2
     assert main(["ablate", "--data", str(tiny_store), "--variants", "nosuch"]) == 2
+    assert main(["ablate", "--data", str(tmp_path / "nostore"), "--budget-steps", "1",
+                 "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("alexnet ablate: error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("alexnet ablate: error:") for line in err)
+    assert err[2].endswith("nostore: no such store; make one with `alexnet prepare SOURCE "
+                           f"{tmp_path / 'nostore'}`")
 
 
 def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, capsys):

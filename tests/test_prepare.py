@@ -528,3 +528,17 @@ def test_bad_sources_and_options(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("alexnet prepare: error:")
     with pytest.raises(UserError, match="--splits"):
         prepare(src, tmp_path / "out", splits="training")
+
+
+def test_an_empty_or_bad_option_is_named_with_its_value(tmp_path):
+    src = tmp_path / "src"
+    images_.write_files(src / "cat", {"ok.png": images_.png(images_.photo(40, 30, 0))})
+    for splits in ("", ",", []):
+        with pytest.raises(UserError, match=r"^--splits is empty: name some of train, val, "
+                                            r"test \(comma-separated\)"):
+            prepare(src, tmp_path / "out", splits=splits, workers=1)
+    for value in (0, -5):
+        with pytest.raises(UserError, match=rf"^--max-pixels {value}: must be a positive "
+                                            "number of pixels"):
+            prepare(src, tmp_path / "out", max_pixels=value, workers=1)
+    assert not (tmp_path / "out").exists()

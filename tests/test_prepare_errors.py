@@ -161,3 +161,48 @@ def test_disk_full_then_rerun(tmp_path, capsys, monkeypatch, failing_call):
     assert cli_main(args[:2] + [str(tmp_path / "once")] + args[3:]) == 0
     assert _tree_bytes(tmp_path / "out") == _tree_bytes(tmp_path / "once")
     assert not list((tmp_path / "out").rglob(".tmp-*"))
+
+
+DAMAGES = {
+    "truncated pixels": lambda split: os.truncate(split / "images.u8", 100),
+    "labels removed": lambda split: (split / "labels.npy").unlink(),
+    "labels an npz": lambda split: (split / "labels.npy").write_bytes(b"PK\x05\x06" + bytes(18)),
+    "own mean image removed": lambda split: (split / "own_mean_image.npy").unlink(),
+    "header removed": lambda split: (split / "header.json").unlink(),
+    "header overwritten": lambda split: (split / "header.json").write_bytes(b"\x00" * 50),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_split_is_rebuilt_by_the_rerun(tmp_path, capsys, damage):
+    """What opening a split refuses (its advice: rerun prepare) the rerun rebuilds, with a
+    notice naming the split, into the store a fresh prepare makes; the sound split is kept."""
+    src = _small_source(tmp_path / "src")
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1",
+            "--val-fraction", "0.34"]
+    assert cli_main(args) == 0
+    fresh = _tree_bytes(tmp_path / "out")
+    DAMAGES[damage](tmp_path / "out" / "train")
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert f"rebuilding the damaged split {tmp_path / 'out' / 'train'} (" in err
+    assert f"{tmp_path / 'out' / 'val'}: already complete" in err
+    assert _tree_bytes(tmp_path / "out") == fresh
+    open_split(tmp_path / "out", "train")
+
+
+def test_a_folder_that_is_not_a_split_is_still_refused(tmp_path, capsys):
+    """A split folder without header holding a file that no store holds is not ours: it is
+    refused, and nothing in it is touched."""
+    src = _small_source(tmp_path / "src")
+    args = ["prepare", str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1"]
+    assert cli_main(args) == 0
+    train = tmp_path / "out" / "train"
+    (train / "header.json").unlink()
+    (train / "notes.txt").write_text("mine")
+    before = _tree_bytes(tmp_path / "out")
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    assert "folder exists and is not a store" in _one_line_error(capsys)
+    assert _tree_bytes(tmp_path / "out") == before

@@ -94,6 +94,34 @@ def test_warns_when_a_tree_is_no_data_set(tmp_path, capsys):
     assert "may not be a data set" not in capsys.readouterr().err
 
 
+def test_an_empty_class_folder_is_a_notice_and_keeps_its_label(tmp_path, capsys):
+    """A class folder with no image stays a class (the labels of the others stay), with a
+    one-line notice naming it: a class with no training image cannot be learnt."""
+    own = _own_tree(tmp_path / "own")
+    (own / "banana").mkdir()
+    prepare(own, tmp_path / "store", size=8, workers=1)
+    notices = [line for line in capsys.readouterr().err.splitlines() if "hold no images" in line]
+    assert len(notices) == 1 and str(own / "banana") in notices[0]
+    assert str(own / "apple") not in notices[0]
+    train = open_split(tmp_path / "store", "train")
+    assert [c["name"] for c in train.classes] == ["apple", "banana", "kiwi", "lime"]
+    assert sorted(set(train.labels.tolist())) == [0, 2, 3]
+
+
+def test_out_inside_the_tree_is_refused_before_any_work(tmp_path, capsys):
+    """A store inside the tree it is made from would be a class folder of its next prepare."""
+    own = _own_tree(tmp_path / "own")
+    before = sorted(p.name for p in own.iterdir())
+    for out, fragment in ((own, "OUT is SOURCE itself"),
+                          (own / "store", f"OUT lies inside {own}"),
+                          (own / "apple" / "store", f"OUT lies inside {own}")):
+        assert cli_main(["prepare", str(own), str(out), "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err, err
+    assert sorted(p.name for p in own.iterdir()) == before
+    assert not (own / "apple" / "store").exists()
+
+
 def test_every_option_states_its_default():
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -14,7 +14,7 @@ import pytest
 
 from alexnet.data import Store, open_split, write_store
 from alexnet.data.stats import compute_stats, pixel_sums
-from alexnet.data.store import HEADER, RAW, SplitWriter
+from alexnet.data.store import HEADER, LABELS, MEAN_IMAGE, RAW, SplitWriter
 from alexnet.errors import UserError
 
 CLASSES = [{"wnid": "n01", "name": "one"}, {"wnid": "n02", "name": "two"}, "three"]
@@ -223,3 +223,87 @@ def test_a_background_write_back_error_is_not_lost(tmp_path, monkeypatch):
     writer.finish()
     whole = write_store(tmp_path / "whole" / "train", images, labels, CLASSES, chunk=10)
     assert (path / RAW).read_bytes() == (whole.path / RAW).read_bytes()
+
+
+def _one_line_refusal(path, *fragments: str) -> None:
+    """Opening split `path` is a one-line UserError holding `fragments` and the advice."""
+    with pytest.raises(UserError) as info:
+        Store(path)
+    message = str(info.value)
+    assert "\n" not in message and "alexnet prepare" in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_npy_that_is_no_plain_array_of_its_kind_is_refused(tmp_path):
+    """An .npz archive under the .npy name (np.load gives an NpzFile), float labels, an empty
+    file, a pickled object array: each the store's one-line error naming the file."""
+    images, labels = _images(n=8, size=8)
+    path = tmp_path / "train"
+    write_store(path, images, labels, CLASSES)
+    good = (path / LABELS).read_bytes()
+    np.savez(path / "archive", labels=labels)
+    (path / "archive.npz").rename(path / LABELS)
+    _one_line_refusal(path, str(path / LABELS), ".npz archive")
+    np.save(path / LABELS, labels.astype(np.float64))
+    _one_line_refusal(path, str(path / LABELS), "float64 values")
+    (path / LABELS).write_bytes(b"")
+    _one_line_refusal(path, str(path / LABELS), "unreadable")
+    np.save(path / LABELS, np.array([{"a": 1}] * 8, dtype=object), allow_pickle=True)
+    _one_line_refusal(path, str(path / LABELS), "unreadable")
+    (path / LABELS).write_bytes(good)
+    np.save(path / MEAN_IMAGE, np.zeros((8, 8, 3), np.int64))
+    _one_line_refusal(path, str(path / MEAN_IMAGE), "floating-point")
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    images, labels = _images(n=8, size=8)
+    path = tmp_path / "train"
+    write_store(path, images, labels, CLASSES)
+    for bad in (-1, len(CLASSES), 99):
+        changed = labels.copy()
+        changed[3] = bad
+        np.save(path / LABELS, changed)
+        _one_line_refusal(path, str(path / LABELS), "3 classes (0 to 2)")
+    np.save(path / LABELS, labels.astype(np.uint8))  # any integer type that fits is read
+    assert Store(path).labels.dtype == np.int64
+
+
+def test_a_missing_store_or_a_file_says_so_in_every_way_in(tmp_path):
+    """open_split and auto_split (evaluate, figures, ablate, relu-vs-tanh, train) say what
+    is wrong with the store itself before looking for a split in it."""
+    from alexnet.data.splits import auto_split
+
+    missing = tmp_path / "nowhere"
+    for call in (lambda: open_split(missing, "val"), lambda: auto_split(missing)):
+        with pytest.raises(UserError, match=rf"{missing}: no such store; make one with "
+                                            rf"`alexnet prepare SOURCE {missing}`"):
+            call()
+    images, labels = _images(n=8, size=8)
+    write_store(tmp_path / "store" / "train", images, labels, CLASSES)
+    header = tmp_path / "store" / "train" / HEADER
+    for call in (lambda: open_split(header, "train"), lambda: auto_split(header)):
+        with pytest.raises(UserError, match=rf"a file, not a store folder; give the store "
+                                            rf"that holds it, {tmp_path / 'store'}"):
+            call()
+    with pytest.raises(UserError, match="a file, not a store folder"):
+        open_split(tmp_path / "store" / "train" / RAW, "train")
+    assert auto_split(tmp_path / "store") is None  # a store with no held-out split
+
+
+def test_a_jpeg_that_does_not_decode_is_named_by_its_store_and_index(tmp_path):
+    images, labels = _images(n=6, size=16)
+    store = write_store(tmp_path / "store" / "val", images, labels, CLASSES, format="jpeg")
+    offsets = np.load(store.path / "offsets.npy")
+    with open(store.path / "images.jpeg", "r+b") as f:  # same size: opening cannot tell
+        f.seek(int(offsets[4]))
+        f.write(bytes(int(offsets[5] - offsets[4])))
+    store = Store(store.path)
+    store.read([0, 1])
+    with pytest.raises(UserError) as info:
+        store.read([2, 4])
+    message = str(info.value)
+    assert message.startswith(f"{store.path}: image 4 of the store's 'val' split does not "
+                              "decode") and "\n" not in message
+    assert f"delete {store.path} and rerun `alexnet prepare SOURCE {store.path.parent}`" \
+        in message

@@ -262,6 +262,8 @@ def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str],
     tiny = data + sets(TINY)
     return {
         "missing store": (["--data", str(tmp / "nowhere")], "no such store"),
+        "store header given": (["--data", str(header)], "a file, not a store folder; give "
+                               f"the store that holds it, {incomplete}"),
         "incomplete store": (["--data", str(incomplete)], "half-written"),
         "other architecture": (["--resume", str(run), "--set", "model.width=0.25"],
                                "another architecture"),

@@ -52,6 +52,18 @@ _GPU_LOCK = threading.Lock()  # one GPU decode at a time: each decoder's state i
 Blob = bytes | bytearray | memoryview | np.ndarray
 
 
+class UndecodableImage(UserError):
+    """A JPEG of a batch that does not decode to the store's image size: `row` is its place
+    in the blobs given, `reason` what went wrong. The loader, which knows the store and the
+    image's index there, names them instead (store.damaged_image)."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(f"store image {row} of the batch {reason}; the store's bytes are "
+                         "damaged: delete its split folder and rerun `alexnet prepare` to "
+                         "rebuild it")
+        self.row, self.reason = row, reason
+
+
 @functools.cache
 def probe_jpeg(size: int = 16) -> bytes:
     """A JPEG of size x size pixels (a colour gradient, PIL's 4:2:0 like the store's) that a
@@ -146,9 +158,9 @@ def decode_cpu(blobs: Sequence[Blob], size: int, decoder: str = "auto",
         try:
             decode(blob, out[row])
         except (ValueError, OSError, RuntimeError, TypeError) as err:
-            raise UserError(f"store image {row} of the batch does not decode to {size}x{size} "
-                            f"RGB ({type(err).__name__}: {err}); rerun `alexnet prepare` to "
-                            "rebuild the store") from None
+            raise UndecodableImage(row, f"does not decode to {size}x{size} RGB "
+                                        f"({type(err).__name__}: {one_line(err, 100)})"
+                                   ) from None
     return out
 
 
@@ -265,12 +277,10 @@ def _stacked(images: Sequence[torch.Tensor | None], size: int, channels_first: b
     want = (3, size, size) if channels_first else (size, size, 3)
     for row, image in enumerate(images):
         if image is None:
-            raise UserError(f"store image {row} of the batch does not decode on the GPU; rerun "
-                            "`alexnet prepare` to rebuild the store")
+            raise UndecodableImage(row, "does not decode on the GPU")
         if tuple(image.shape) != want:
-            raise UserError(f"store image {row} of the batch decodes to {tuple(image.shape)} on "
-                            f"the GPU, expected {want}; rerun `alexnet prepare` to rebuild the "
-                            "store")
+            raise UndecodableImage(row, f"decodes to {tuple(image.shape)} on the GPU, "
+                                        f"expected {want}")
     if channels_first:  # (B, 3, S, S) viewed as (B, S, S, 3): channels-last memory
         return torch.stack(list(images)).permute(0, 2, 3, 1)
     return torch.stack(list(images))
@@ -290,9 +300,30 @@ def _torchvision_gpu(blobs: Sequence[Blob], size: int, device: torch.device) -> 
     if device.type == "cuda":
         _drain(torch.cuda.current_stream(device))
     data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-    with _GPU_LOCK:
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    try:
+        with _GPU_LOCK:
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as err:  # one bad JPEG fails the whole batch, unnamed
+        row = _first_undecodable(blobs)
+        if row is None:
+            raise
+        raise UndecodableImage(row, f"does not decode on the GPU ({one_line(err, 100)})"
+                               ) from None
     return _stacked(images, size, channels_first=True)
+
+
+def _first_undecodable(blobs: Sequence[Blob]) -> int | None:
+    """The row of the first of `blobs` that PIL cannot decode either, or None: which image
+    failed a batched decode that names none."""
+    from PIL import Image
+
+    for row, blob in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(bytes(blob))) as image:
+                image.convert("RGB")
+        except (OSError, ValueError):
+            return row
+    return None
 
 
 _NVIMGCODEC_IMPORT_LOG: list[str] = []  # its stderr lines while it was imported

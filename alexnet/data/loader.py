@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from alexnet.data import augment, decode
+from alexnet.data.store import damaged_image
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
@@ -289,19 +290,32 @@ def read_batch(store: Any, index: np.ndarray, device: torch.device, how: Reading
     cpu = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
     out, rest = cpu.numpy(), blobs[on_gpu:]
     cuts = np.linspace(0, len(rest), min(how.threads, len(rest)) + 1).astype(int)
-    parts = [(rest[a:b], out[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    if decoders.cpu:
-        for future in [decoders.cpu.submit(decode.decode_cpu, part, size, how.decoder, rows)
-                       for part, rows in parts]:
-            future.result()
-    else:
-        decode.decode_cpu(rest, size, how.decoder, out)
-    cpu = cpu.to(device, non_blocking=True)
-    if not on_gpu:
-        return cpu
-    gpu = gpu_part.result() if gpu_part else decode_on_gpu(blobs[:on_gpu], size, device)
+    try:
+        if decoders.cpu:
+            for future in [decoders.cpu.submit(_decode_part, rest[a:b], size, how.decoder,
+                                               out[a:b], on_gpu + a)
+                           for a, b in zip(cuts[:-1], cuts[1:], strict=True)]:
+                future.result()
+        else:
+            _decode_part(rest, size, how.decoder, out, on_gpu)
+        cpu = cpu.to(device, non_blocking=True)
+        if not on_gpu:
+            return cpu
+        gpu = gpu_part.result() if gpu_part else decode_on_gpu(blobs[:on_gpu], size, device)
+    except decode.UndecodableImage as err:
+        raise damaged_image(store, int(index[err.row]), err.reason) from None
     hand_over(gpu)  # made on the nvJPEG thread's stream, read on this one's
     return torch.cat([gpu, cpu])
+
+
+def _decode_part(blobs: Sequence[Any], size: int, decoder: str, out: np.ndarray, first: int
+                 ) -> None:
+    """decode.decode_cpu of rows first.. of a batch: an image that does not decode is named
+    by its row in the whole batch (read_batch turns it into its index in the store)."""
+    try:
+        decode.decode_cpu(blobs, size, decoder, out)
+    except decode.UndecodableImage as err:
+        raise decode.UndecodableImage(first + err.row, err.reason) from None
 
 
 _READER = threading.local()  # each read-ahead thread's own CUDA stream
@@ -378,10 +392,15 @@ def _check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str,
     missing = [k for k in need if stats.get(k) is None]
     if missing:
         raise UserError(f"statistics lack {', '.join(missing)}; prepare the store again")
-    if mean == "image" and np.shape(stats["mean_image"]) != (image_size, image_size, 3):
-        raise UserError(f"mean image of shape {np.shape(stats['mean_image'])} for a store of "
-                        f"{image_size}x{image_size} images; use statistics of a store of the "
-                        "same image size")
+    shape = np.shape(stats["mean_image"]) if mean == "image" else None
+    if shape is not None and shape != (image_size, image_size, 3):
+        size = shape[0] if len(shape) == 3 and shape[0] == shape[1] else None
+        fix = (f"the model was trained on {size}-pixel images: use a store prepared with "
+               f"--size {size} (`alexnet prepare SOURCE DIR --size {size}`)" if size else
+               "use the statistics of a store of this image size")
+        raise UserError(f"mean image of shape {shape} (the statistics of the store the model "
+                        f"was trained on) for a store of {image_size}x{image_size} images; "
+                        f"{fix}")
     return stats or {}
 
 

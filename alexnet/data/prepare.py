@@ -35,9 +35,9 @@ from alexnet.data.store import (
     SPLITS,
     SplitWriter,
     WriteLock,
-    completed_split,
     own_stats,
     share_train_stats,
+    split_status,
     write_error,
 )
 from alexnet.data.workers import Decoders
@@ -109,10 +109,13 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     labels = split.labels[keep]
     fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
                                max_pixels=max_pixels, chunk=chunk, jpeg_quality=jpeg_quality)
-    meta = completed_split(path, fingerprint, ignore=("chunk",))
+    meta, damage = split_status(path, fingerprint, ignore=("chunk",))
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
+    if damage:
+        print(f"alexnet prepare: notice: rebuilding the damaged split {path} ({damage})",
+              file=sys.stderr)
     writer = SplitWriter(path, split=split.name, image_size=size, classes=source.classes,
                          format=format, fingerprint=fingerprint, jpeg_quality=jpeg_quality,
                          source={"kind": source.kind, "path": str(source.root),
@@ -181,7 +184,7 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                      val_fraction=val_fraction, jpeg_quality=jpeg_quality)
     out = Path(out)
     try:
-        found = _detect(source, names, val_fraction, val_seed)
+        found = _detect(source, out, names, val_fraction, val_seed)
         wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
         if not wanted:
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
@@ -190,16 +193,16 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
         options = {"size": size, "format": format, "limit": limit, "max_pixels": max_pixels,
                    "chunk": chunk, "jpeg_quality": jpeg_quality}
         chunks = sum(-(-len(_kept(found, found.splits[name], limit)) // chunk)
-                     for name in wanted if completed_split(
+                     for name in wanted if split_status(
                          out / name, _fingerprint(found, found.splits[name], **options),
-                         ignore=("chunk",)) is None)  # no process to start for a rerun
+                         ignore=("chunk",))[0] is None)  # no process to start for a rerun
         with WriteLock(out), Decoders(workers, max_pixels, chunks, chunk, size) as decoders:
             for name in wanted:
                 summary["splits"][name] = prepare_split(
                     found, found.splits[name], out / name, size=size, format=format,
                     decoders=decoders, limit=limit, max_pixels=max_pixels, chunk=chunk,
-                    train_stats=own_stats(out / "train"), stop_after=_stop_after,
-                    jpeg_quality=jpeg_quality)
+                    train_stats=own_stats(out / "train") if name != "train" else None,
+                    stop_after=_stop_after, jpeg_quality=jpeg_quality)
             share_train_stats(out)
     except OSError as err:
         raise _os_error(out, err) from None
@@ -222,8 +225,11 @@ def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max
         raise UserError(f"--size {size}: must be a positive number of pixels")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
-    if chunk < 1 or max_pixels < 1:
-        raise UserError("chunk and --max-pixels must be positive")
+    if max_pixels < 1:
+        raise UserError(f"--max-pixels {max_pixels}: must be a positive number of pixels "
+                        f"(default {MAX_PIXELS})")
+    if chunk < 1:
+        raise UserError(f"chunk {chunk}: must be at least 1 image")
     if workers is None:
         workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                    else os.cpu_count() or 1)
@@ -233,16 +239,36 @@ def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max
         raise UserError(f"--val-fraction {val_fraction}: must lie between 0 and 1 (e.g. 0.1)")
     if isinstance(splits, str):
         splits = [s for s in splits.split(",") if s]
+    if splits is not None and not splits:
+        raise UserError(f"--splits is empty: name some of {', '.join(SPLITS)} "
+                        "(comma-separated), or drop the option for every split found")
     for name in splits or []:
         if name not in SPLITS:
             raise UserError(f"--splits {name!r}: choose among {', '.join(SPLITS)}")
     return workers, splits
 
 
-def _detect(source: Any, names: str | None, val_fraction: float | None, val_seed: int
-            ) -> src.Source:
-    """The source's layout, its notes and doubts printed, a val part held out if asked."""
+def _check_out(found: src.Source, out: Path) -> None:
+    """Refuse an OUT that is the SOURCE folder, or lies inside a folder whose subfolders the
+    source reads as classes (links resolved), before anything is written: the next prepare
+    of that source would read the store's folders as a class of its own. (A store beside
+    the data files, as SOURCE/store for CIFAR-10 or IDX files, is read by nobody.)"""
+    target = out.resolve()
+    if target == found.root.resolve():
+        raise UserError(f"{out}: OUT is SOURCE itself; choose an OUT outside SOURCE")
+    for split in found.splits.values():
+        where = Path(split.describe)
+        if where.is_dir() and (target == where.resolve() or where.resolve() in target.parents):
+            raise UserError(f"{out}: OUT lies inside {where}, whose folders are read as the "
+                            f"classes of SOURCE's {split.name} split; choose an OUT outside it")
+
+
+def _detect(source: Any, out: Path, names: str | None, val_fraction: float | None,
+            val_seed: int) -> src.Source:
+    """The source's layout (refused when OUT lies where it would be read as data), its notes
+    and doubts printed, a val part held out if asked."""
     found = src.detect(source, names)
+    _check_out(found, out)
     for note in found.notes:
         print(f"alexnet prepare: {note}", file=sys.stderr)
     doubt = src.doubts(found)

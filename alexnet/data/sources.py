@@ -537,6 +537,16 @@ def detect_image_folder(root: Path) -> Source | None:
             labels += [label[sub.name]] * len(files)
         source.splits[split] = Split(split, refs, np.array(labels, np.int64),
                                      describe=str(where), unused=unused)
+    if "train" in source.splits:
+        counts = np.bincount(source.splits["train"].labels, minlength=len(names))
+        empty = [str(base / names[c]) for c in np.flatnonzero(counts == 0)]
+        if empty:
+            listed = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5
+                                             else "")
+            source.notes.append(
+                f"notice: {len(empty)} class folder(s) hold no images: {listed}; "
+                "each stays a class (the labels of the others do not move) but cannot be "
+                "learnt with no training image")
     return source
 
 

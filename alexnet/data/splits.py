@@ -8,14 +8,18 @@ made from a source with only a test split (CIFAR, Fashion-MNIST) is then judged 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from alexnet.data.store import check_root
 
 HELD_OUT = ("val", "test")  # in order of preference
 
 
 def auto_split(root: str | os.PathLike) -> str | None:
-    """The held-out split of the store at `root` that "auto" means, or None when it has none."""
+    """The held-out split of the store at `root` that "auto" means, or None when it has none;
+    a UserError when `root` is no store folder at all (store.check_root), so that no command
+    reports a missing store as a missing split."""
+    root = check_root(root)
     for name in HELD_OUT:
-        if (Path(root) / name).is_dir():
+        if (root / name).is_dir():
             return name
     return None

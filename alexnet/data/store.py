@@ -37,13 +37,14 @@ import os
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alexnet.atomic import remove_stale, write_atomic
+from alexnet.atomic import TMP_PREFIX, remove_stale, write_atomic
 from alexnet.data.stats import (
     add_sums,
     empty_sums,
@@ -52,7 +53,7 @@ from alexnet.data.stats import (
     stats_from_sums,
     stats_to_json,
 )
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 MAGIC = "alexnet-store"
 VERSION = 1
@@ -74,6 +75,8 @@ FLUSH_SECONDS = 0.25  # push written pixels to disk in the background this often
 LABELS_PART = "labels.part"
 LENGTHS_PART = "lengths.part"
 RERUN = "rerun `alexnet prepare SOURCE ROOT` to (re)build it"
+STORE_FILES = (HEADER, LABELS, MEAN_IMAGE, OWN_MEAN_IMAGE, RAW, JPEG, OFFSETS, SKIPPED,
+               PROGRESS, LABELS_PART, LENGTHS_PART)  # every file a split may hold, but LOCK
 
 
 # ----------------------------------------------------------------------------- reading
@@ -123,6 +126,7 @@ class Store:
         self.classes: list[dict[str, Any]] = self.meta["classes"]
         self._count = int(self.meta["count"])
         self.labels: np.ndarray = self._load_npy(LABELS, (self._count,), np.int64)
+        self._check_labels()
         self.stats: dict[str, Any] = self._load_stats()
         self._data: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
@@ -130,14 +134,16 @@ class Store:
 
     def _load_npy(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A .npy file of this split with the shape the header promises, else a UserError."""
-        try:
-            array = np.load(self.path / name, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{self.path / name}: unreadable ({err}); {RERUN}") from None
-        if array.shape != shape:
-            raise UserError(f"{self.path / name}: shape {array.shape}, header says {shape}; "
+        return _load_array(self.path / name, shape, dtype)
+
+    def _check_labels(self) -> None:
+        """Refuse labels outside 0..classes-1 (cheap: min and max) before a loss or a
+        confusion matrix indexes with them."""
+        n = len(self.classes)
+        if self._count and (self.labels.min() < 0 or self.labels.max() >= n):
+            raise UserError(f"{self.path / LABELS}: labels {self.labels.min()} to "
+                            f"{self.labels.max()}, the header lists {n} classes (0 to {n - 1}); "
                             f"{RERUN}")
-        return array.astype(dtype, copy=False)
 
     def _load_stats(self) -> dict[str, Any]:
         """The training split's statistics (design.md): numpy arrays, mean image float32."""
@@ -202,7 +208,11 @@ class Store:
         if self.format == "raw":
             return np.take(data, index, axis=0, out=out, mode="clip")  # "raise" would buffer
         for row, i in enumerate(index):
-            out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
+            try:
+                out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
+            except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated
+                raise damaged_image(self, int(i), f"does not decode ({one_line(err, 100)})"
+                                    ) from None
         return out
 
     def encoded(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
@@ -225,6 +235,28 @@ class Store:
                 f"{self.image_size}, {len(self.classes)} classes, {self.format})")
 
 
+def _load_array(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The plain .npy array at `path`, of `shape` and of `dtype`'s kind (integer or floating
+    point), as `dtype`; anything else (missing, truncated, an .npz archive, pickled objects,
+    text) is a one-line UserError saying to rebuild the split."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; {RERUN}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: unreadable ({one_line(err, 100)}); {RERUN}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise UserError(f"{path}: an .npz archive, not a .npy array; {RERUN}")
+    integer = np.issubdtype(dtype, np.integer)
+    if array.dtype.kind not in ("iu" if integer else "f"):
+        raise UserError(f"{path}: {array.dtype} values, expected "
+                        f"{'integer' if integer else 'floating-point'} ones; {RERUN}")
+    if array.shape != shape:
+        raise UserError(f"{path}: shape {array.shape}, header says {shape}; {RERUN}")
+    return array.astype(dtype, copy=False)
+
+
 def _file_size(path: Path) -> int:
     """Size in bytes, -1 when missing."""
     try:
@@ -233,13 +265,26 @@ def _file_size(path: Path) -> int:
         return -1
 
 
+def check_root(root: str | os.PathLike[str]) -> Path:
+    """`root` as a Path when it is a folder, else a one-line UserError saying what to do: the
+    one check of a store given to a command (--data), through `open_split` or
+    splits.auto_split, so that a store missing reads the same in every command."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    if not root.exists():
+        raise UserError(f"{root}: no such store; make one with `alexnet prepare SOURCE {root}`")
+    hint = (f"give the store that holds it, {root.parent.parent}" if root.name == HEADER
+            else "give the folder made by `alexnet prepare SOURCE DIR`")
+    raise UserError(f"{root}: a file, not a store folder; {hint}")
+
+
 def open_split(root: str | os.PathLike[str], split: str) -> Store:
     """The split `split` of the store at `root` (root/split), with a hint when it is absent."""
-    root = Path(root)
+    root = check_root(root)
     path = root / split
     if not path.is_dir():
-        present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists()) \
-            if root.is_dir() else []
+        present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists())
         hint = f"splits present: {', '.join(present)}" if present else RERUN
         if (root / HEADER).exists():  # e.g. --data STORE/train: a split folder, not a store
             hint = f"{root} is itself a split folder: give the store above it, {root.parent}"
@@ -257,15 +302,24 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def decode_jpeg(data: np.ndarray | bytes, size: int) -> np.ndarray:
-    """JPEG bytes of the jpeg format back to uint8 (S, S, 3)."""
+    """JPEG bytes of the jpeg format back to uint8 (S, S, 3); a ValueError (or PIL's OSError)
+    for bytes that do not decode to that."""
     from PIL import Image
 
     with Image.open(io.BytesIO(bytes(data))) as image:
         array = np.asarray(image.convert("RGB"))
     if array.shape != (size, size, 3):
-        raise UserError(f"store image decodes to {array.shape}, expected {(size, size, 3)}; "
-                        f"{RERUN}")
+        raise ValueError(f"decodes to {array.shape}, expected {(size, size, 3)}")
     return array
+
+
+def damaged_image(store: Store, index: int, reason: str) -> UserError:
+    """The one-line error for image `index` of `store` whose bytes do not decode (`reason`
+    says how): the split's sizes were right when it was opened, so prepare would keep it as
+    complete; the split must be deleted to be rebuilt."""
+    return UserError(f"{store.path}: image {index} of the store's {store.split!r} split "
+                     f"{reason}; its bytes are damaged: delete {store.path} and rerun "
+                     f"`alexnet prepare SOURCE {store.path.parent}` to rebuild it")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -441,8 +495,7 @@ class SplitWriter:
             self.chunks_done, self.count = state["chunks_done"], state["count"]
             self.data_bytes, self.skipped = state["data_bytes"], state["skipped"]
         else:
-            for name in (HEADER, self.data_name, LABELS_PART, LENGTHS_PART, SKIPPED, LABELS,
-                         MEAN_IMAGE, OWN_MEAN_IMAGE, OFFSETS):
+            for name in STORE_FILES:  # what a split of either format left, if anything
                 (self.path / name).unlink(missing_ok=True)
         self._write_header(complete=False, stats=None)
         for name, length in ((self.data_name, self.data_bytes), (LABELS_PART, 8 * self.count)):
@@ -597,14 +650,19 @@ def _drop_progress(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
-def completed_split(path: str | os.PathLike[str], fingerprint: Any,
-                    ignore: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The header when split folder `path` already holds this very split, complete.
+def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequence[str] = ()
+                 ) -> tuple[dict[str, Any] | None, str | None]:
+    """(the header, None) when split folder `path` already holds this very split, complete and
+    sound; else (None, why it is to be built afresh, or None).
 
-    None when there is nothing yet or a half-written split for `SplitWriter` to resume. A
-    UserError when `path` holds something else: a split prepared with other arguments (never
-    overwritten), or a folder that is not a store. `ignore` names keys of a dict fingerprint
-    that change how a split is written, not what it holds (compared only when resuming).
+    Nothing yet, or a half-written split for `SplitWriter` to resume: (None, None). A damaged
+    split, which `SplitWriter` rebuilds from scratch: a complete one that does not open as
+    `Store` would open it (files missing, of the wrong size or kind: no image is decoded), or
+    a folder of ours (its lock file beside store files only) whose header is lost or
+    unreadable. A UserError when `path` holds something else: a split prepared with other
+    arguments (never overwritten), or a folder that is not a store. `ignore` names keys of a
+    dict fingerprint that change how a split is written, not what it holds (compared only
+    when resuming).
     """
     path = Path(path)
     header = path / HEADER
@@ -614,18 +672,47 @@ def completed_split(path: str | os.PathLike[str], fingerprint: Any,
         except (OSError, ValueError):
             meta = None
         if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
+            if _ours(path):
+                return None, f"{header} is unreadable"
             raise UserError(f"{header}: not an alexnet store header; choose another OUT")
         if not meta.get("complete"):
-            return None
+            return None, None
         if _without(meta.get("fingerprint"), ignore) != _without(fingerprint, ignore):
             raise UserError(f"{path}: already holds a store prepared with other arguments; "
                             "delete it or choose another OUT")
         with WriteLock(path):  # a kill after completion may have left the progress files
             _drop_progress(path)
-        return meta
+        damage = _damage(path, meta)
+        return (None, damage) if damage else (meta, None)
     if path.is_dir() and not (path / PROGRESS).exists() \
             and any(p.name != LOCK for p in path.iterdir()):
+        if _ours(path):
+            return None, f"its {HEADER} is missing"
         raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
+    return None, None
+
+
+def _ours(path: Path) -> bool:
+    """Whether split folder `path` was written by a `SplitWriter`: its lock file is there and
+    every other entry bears the name of a store file (or of one's temporary file)."""
+    names = [p.name for p in path.iterdir()]
+    return LOCK in names and all(
+        name in STORE_FILES or name == LOCK or name.startswith(TMP_PREFIX) for name in names)
+
+
+def _damage(path: Path, meta: dict[str, Any]) -> str | None:
+    """Why the complete split at `path` (header `meta`) cannot be used as it is, or None:
+    what opening it checks, and the files that only prepare reads (its own mean image, the
+    skip report)."""
+    try:
+        Store(path)
+        if meta.get("own_stats"):
+            size = int(meta["image_size"])
+            _load_array(path / OWN_MEAN_IMAGE, (size, size, 3), np.float64)
+        if not (path / SKIPPED).is_file():
+            raise UserError(f"{path / SKIPPED}: missing")
+    except UserError as err:
+        return str(err).removesuffix(f"; {RERUN}")
     return None
 
 
@@ -646,7 +733,9 @@ def own_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     if not meta.get("own_stats"):
         return None
-    return stats_from_json(meta["own_stats"], np.load(path / OWN_MEAN_IMAGE))
+    size = int(meta["image_size"])
+    return stats_from_json(meta["own_stats"],
+                           _load_array(path / OWN_MEAN_IMAGE, (size, size, 3), np.float64))
 
 
 def set_stats(path: str | os.PathLike[str], stats: dict[str, Any], stats_split: str) -> None:

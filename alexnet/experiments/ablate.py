@@ -341,8 +341,9 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
     store = base.data.store
     if not store:
         raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
-    root = Path(store)
-    if base.data.val_split == "none" or not ((root / "val").is_dir() or (root / "test").is_dir()):
+    from alexnet.data.splits import auto_split
+
+    if base.data.val_split == "none" or auto_split(store) is None:
         raise UserError(f"{store}: ablate compares validation errors; the store needs a 'val' "
                         "or 'test' split (and data.val_split other than none)")
     base = budget_config(base, budget_steps, epochs, _train_images(store))

@@ -14,13 +14,11 @@ from alexnet.training.runtime import Runtime
 
 def open_data(config: Config) -> tuple[Any, Any | None, str | None]:
     """(train split, validation split or None, its name): `val`, else `test` with a notice."""
-    from alexnet.data.store import open_split
+    from alexnet.data.store import check_root, open_split
 
-    root = Path(config.data.store) if config.data.store else None
-    if root is None:
+    if not config.data.store:
         raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
-    if not root.is_dir():
-        raise UserError(f"{root}: no such store; make one with 'alexnet prepare SOURCE {root}'")
+    root = check_root(config.data.store)
     train_store = open_split(root, "train")
     check_crop(config, train_store.image_size, root)
     choice = config.data.val_split

@@ -7,6 +7,11 @@ file under the final name that is half-written. A failed write removes its tempo
 raises a one-line UserError naming the file and the cause (no space, read-only, permission, a
 file where a folder should be); temporaries of killed processes are removed by `remove_stale`.
 (The store writer, alexnet/data/store.py, keeps its own part files.)
+
+`check_output` is the rule of every output path a user names (export, evaluate --out, the
+fc7 cache): it may replace an earlier output of the same kind, never anything else (a
+training checkpoint, a run's own files, an unrelated file), and never lies in a store
+(`store_folder`), whose files are the data every run reads.
 """
 
 from __future__ import annotations
@@ -115,6 +120,53 @@ def write_atomic(path: str | os.PathLike, content: Content, *, user_errors: bool
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:
     """`data` as JSON (one trailing newline), atomically."""
     return write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None for anything else (absent, unreadable, not JSON, not
+    an object): what `check_output`'s predicates look at to recognise a kind of output."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 24))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def store_folder(path: str | os.PathLike) -> Path | None:
+    """The store that folder `path` is (a store root or a split folder) or lies in (inside a
+    split folder), or None; a split folder is one whose header.json is a store's."""
+    from alexnet.data.store import HEADER, MAGIC, SPLITS
+
+    def is_split(folder: Path) -> bool:
+        header = folder / HEADER
+        return header.is_file() and (read_json_object(header) or {}).get("magic") == MAGIC
+
+    path = Path(os.path.abspath(path))
+    if any(is_split(path / split) for split in SPLITS):
+        return path
+    return next((folder for folder in (path, *path.parents) if is_split(folder)), None)
+
+
+def check_output(path: str | os.PathLike, kind: str, is_kind: Callable[[Path], bool],
+                 option: str = "--out", name: str | None = None) -> Path:
+    """Refuse, before any work, an output `path` that is a folder, lies in a store, or would
+    replace a file that `is_kind` does not recognise as an earlier `kind` (a training
+    checkpoint, a run's own file, an unrelated file would be lost). An output may replace its
+    own earlier version: rerunning a command with the same `option` is normal. `name` words
+    the path in the message (default: "OPTION PATH")."""
+    path = Path(path)
+    name = name or f"{option} {path}"
+    if path.is_dir():
+        raise UserError(f"{name}: is a folder; give a file name")
+    store = store_folder(path.parent)
+    if store is not None:
+        raise UserError(f"{name}: inside the store {store}, whose files are data; choose "
+                        f"another {option} outside it")
+    if (path.exists() or path.is_symlink()) and not is_kind(path):
+        raise UserError(f"{name}: an existing file that is not an earlier {kind} (it would "
+                        f"be lost); choose another {option} (or delete the file)")
+    return path
 
 
 def _sync_folder(folder: Path) -> None:

@@ -146,6 +146,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
     reason = _damage(path)
+    if reason is None and is_torchscript(path):
+        raise UserError(f"{path}: a TorchScript export (alexnet export --format torchscript), "
+                        "not a checkpoint; give the run's checkpoint.pt or a weights file "
+                        "(alexnet export --format weights)")
     state = None
     if reason is None:
         try:
@@ -175,6 +179,32 @@ def _damage(path: Path) -> str | None:
     except (OSError, EOFError, RuntimeError, ValueError, NotImplementedError) as err:
         return f"unreadable archive: {type(err).__name__}"
     return f"member {bad} fails its CRC check" if bad is not None else None
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether `path` is a TorchScript archive (torch.jit.save: its `constants.pkl` record, the
+    test torch.load itself applies), which torch.load would hand to torch.jit.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rpartition("/")[2] == "constants.pkl" and name.count("/") == 1
+                       for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+            NotImplementedError):
+        return False
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a weights file of `alexnet export` (a checkpoint without the
+    optimizer, marked `weights_only`): what an export may replace, never a training
+    checkpoint. Only the small pickle is read (tensors are memory-mapped)."""
+    if is_torchscript(path) or _damage(Path(path)) is not None:
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is not a weights file
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT and \
+        bool(state.get("weights_only")) and "optimizer" not in state
 
 
 def _load_failure(err: Exception) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.atomic import ensure_folder, write_json
+from alexnet.atomic import check_output, ensure_folder, read_json_object, write_json
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
 from alexnet.progress import Progress
@@ -35,10 +35,7 @@ def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA where available, else the CPU (alexnet.distributed.pick_device)."""
     from alexnet.distributed import pick_device
 
-    try:
-        return pick_device(name)[0]
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: not a device; use cpu, cuda, cuda:N or auto") from None
+    return pick_device(name)[0]
 
 
 def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -159,6 +156,15 @@ def class_names(classes: Sequence[Any] | None) -> list[str] | None:
     return out
 
 
+def class_difference(ours: Sequence[str], theirs: Sequence[str], whose: str) -> str:
+    """How two differing class lists (`class_names`) differ: the counts, or else the first
+    class whose name differs ("its class 0 is 'a', the store's is 'b'")."""
+    if len(ours) != len(theirs):
+        return f"its {len(ours)} classes differ from {whose}'s {len(theirs)}"
+    i = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+    return f"its class {i} is {ours[i]!r}, {whose}'s is {theirs[i]!r} (same count, other names)"
+
+
 def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     """{'mean', 'crop', 'pad'}: how the checkpoint's net saw its inputs (config data.mean,
     data.crop) and the zeros its loader adds to each patch (model.loader_pad of its arch).
@@ -188,8 +194,8 @@ def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],
                             "an ensemble needs nets trained on the same class list")
         reference = reference or (path, ids)
         if store_ids is not None and ids != store_ids:
-            raise UserError(f"{path}: its {len(ids)} classes differ from the store's "
-                            f"{len(store_ids)}; evaluate on a store of the same classes")
+            raise UserError(f"{path}: {class_difference(ids, store_ids, 'the store')}; "
+                            "evaluate on a store of the same classes")
 
 
 def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
@@ -398,6 +404,12 @@ def default_report_path(checkpoint: Path, split: str, crops: int, n: int) -> Pat
     return base / f"{stem}{tag}.{split}.{crops}crop.per-class.json"
 
 
+def is_report(path: Path) -> bool:
+    """Whether `path` holds an earlier per-class report of `run` (what --out may replace)."""
+    data = read_json_object(path) or {}
+    return {"split", "checkpoints", "classes", "most_confused"} <= data.keys()
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate the checkpoints on one split; print the table (or JSON) and write the report."""
     from alexnet.data.store import open_split
@@ -424,6 +436,7 @@ def run(args: argparse.Namespace) -> int:
                                           len(args.checkpoints))
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name for the JSON report")
+    check_output(out, "evaluation report", is_report)
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
                                    batch_size=args.batch_size, device=device, loaded=loaded)

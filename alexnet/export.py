@@ -14,14 +14,19 @@ with plain tensor operations, and the check above shows the two agree.
 
 A weights file is a checkpoint without the optimizer, schedule and RNG state (about half
 the size): `evaluate`, `predict`, `figures` and `train --init-from` read it like a checkpoint.
+
+An export replaces only an earlier export of the same format (and its sidecar): never a
+training checkpoint, a store's file or an unrelated file (alexnet.atomic.check_output).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.atomic import write_json
+from alexnet.atomic import check_output, read_json_object, write_json
 from alexnet.errors import UserError
 
 FORMATS = ("onnx", "torchscript", "weights")
@@ -104,9 +109,22 @@ def export_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> Path:
     return checkpoint.save(path, checkpoint.make_state(model, **fields))
 
 
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Hide tracing's known, harmless warnings: TorchScript's deprecation notice (torch 2.9+),
+    the TracerWarning of conv1's padding (a Python int from the input size, constant for the
+    fixed crop an export takes) and the ONNX exporter's "Constant folding" notices about Slice
+    ops it leaves unfolded. Every other warning still shows; the export is checked anyway."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean",
+                                torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+        yield
+
+
 def export_torchscript(model: nn.Module, crop: int, path: Path) -> Path:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's notice in torch 2.9+
+    with torch.no_grad(), quiet_tracing():
         traced = torch.jit.trace(exportable(model), check_input(crop, batch=1), check_trace=False)
     traced.save(str(path))
     return path
@@ -118,8 +136,7 @@ def export_onnx(model: nn.Module, crop: int, path: Path) -> Path:
     except ImportError:
         raise UserError("--format onnx needs the onnx package: pip install onnx onnxruntime "
                         "(or pip install -e '.[export]' in this repository)") from None
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter
+    with torch.no_grad(), quiet_tracing():
         torch.onnx.export(exportable(model), (check_input(crop, batch=1),), str(path),
                           dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
                           output_names=["logits"],
@@ -170,6 +187,29 @@ def sidecar(ckpt: dict[str, Any], crop: int, fmt: str) -> dict[str, Any]:
     }
 
 
+def is_export(path: Path, fmt: str) -> bool:
+    """Whether `path` is an earlier export in `fmt` (what another export there may replace):
+    a weights file, a TorchScript archive, or an ONNX model written by torch's exporter."""
+    from alexnet import checkpoint
+
+    if fmt == "weights":
+        return checkpoint.is_weights_file(path)
+    if fmt == "torchscript":
+        return checkpoint.is_torchscript(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x08") and b"\x12\x07pytorch" in head  # ir_version, producer
+
+
+def is_sidecar(path: Path) -> bool:
+    """Whether `path` is an earlier export's sidecar JSON (see `sidecar`)."""
+    data = read_json_object(path) or {}
+    return data.get("format") in FORMATS and "input" in data and "classes" in data
+
+
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
            check: bool = True) -> dict[str, Any]:
     """Export the net of checkpoint `source` as `fmt`; return the paths and the check line."""
@@ -177,12 +217,15 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    model, ckpt = load_model(source)
-    crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
     src = Path(source)
     stem = src.parent.name if src.name in ("checkpoint.pt", "best.pt") else src.stem
     stem = src.name if src.is_dir() else stem
     path = Path(out) if out else Path(f"{stem}{SUFFIX[fmt]}")
+    info = path.with_name(path.name + ".json")
+    check_output(path, f"{fmt} export", lambda p: is_export(p, fmt))
+    check_output(info, "export sidecar", is_sidecar, name=f"--out {path}: its sidecar {info}")
+    model, ckpt = load_model(source)
+    crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
     if writer is None:
@@ -190,7 +233,6 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     else:
         writer(model, crop, path)
     checked = check_export(fmt, path, model, crop) if check else "check skipped (--no-check)"
-    info = path.with_name(path.name + ".json")
     write_json(info, sidecar(ckpt, crop, fmt), indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
             "check": checked}

@@ -13,6 +13,7 @@ from typing import Any
 
 from alexnet import checkpoint, distributed
 from alexnet.config import AMP_CHOICES, Config, from_dict, resolve, to_dict
+from alexnet.errors import UserError
 from alexnet.training.procedure import train
 from alexnet.training.run_folder import plural, shows_top5
 
@@ -95,7 +96,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, Any] |
     overrides = list(args.overrides)
     if flags.get("run.init_from") == "torchvision":  # its layout and input, unless --set says
         overrides = ["model.arch=alexnet-tv", "data.mean=torchvision"] + overrides
-    return resolve(preset, overrides, flags, base=base), ckpt
+    config = resolve(preset, overrides, flags, base=base)
+    if base is not None and config.run.init_from != base.run.init_from:
+        raise UserError(f"--resume {args.resume} with --init-from {config.run.init_from}: "
+                        "--resume continues a run, --init-from starts a new one from weights; "
+                        "give one of them")
+    return config, ckpt
 
 
 def run(args: argparse.Namespace) -> int:

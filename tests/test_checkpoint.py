@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -210,3 +211,17 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
     live.write_bytes(b"PK half")
     assert atomic.remove_stale(tmp_path) == [stale]
     assert sorted(os.listdir(tmp_path)) == [live.name]
+
+
+def test_a_torchscript_export_is_named_without_torchs_warning(tmp_path):
+    path = tmp_path / "net.torchscript.pt"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError) as err:
+        warnings.simplefilter("always")
+        checkpoint.load(path)
+    message = str(err.value)
+    assert "a TorchScript export" in message and "weights file" in message
+    assert str(path) in message and "\n" not in message
+    assert [w for w in caught if not issubclass(w.category, DeprecationWarning)] == []

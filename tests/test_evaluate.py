@@ -290,3 +290,34 @@ def test_auto_split_is_one_rule(tmp_path):
         for name in present:
             (root / name).mkdir(parents=True)
         assert auto_split(root) == want, present
+
+
+def test_cli_same_count_other_names_says_which_class(store_root, checkpoint, tmp_path, capsys):
+    renamed = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(3)]
+    renamed[1]["wnid"] = "n99999999"
+    state = torch.load(checkpoint, weights_only=True)
+    state["classes"] = renamed
+    save(tmp_path / "renamed.pt", state)
+    code = main(["evaluate", str(tmp_path / "renamed.pt"), "--data", str(store_root),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "its class 1 is 'n99999999', the store's is 'n00000001'" in err
+
+
+def test_cli_out_replaces_only_an_earlier_report(store_root, checkpoint, tmp_path, capsys):
+    header = store_root / "val" / "header.json"
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    kept = {p: p.read_bytes() for p in (header, notes)}
+    for out, fragment in ((header, "inside the store"), (notes, "not an earlier evaluation")):
+        code = main(["evaluate", str(checkpoint), "--data", str(store_root), "--device", "cpu",
+                     "--out", str(out)])
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == "" and fragment in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in kept} == kept
+    out = tmp_path / "report.json"
+    for _ in range(2):  # a report replaces the earlier one
+        assert main(["evaluate", str(checkpoint), "--data", str(store_root), "--device", "cpu",
+                     "--out", str(out)]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,44 @@ def test_torch_hub_local_load_with_weights(ckpt_path):
 def test_export_rejects_an_unknown_format(ckpt_path):
     with pytest.raises(UserError, match="--format"):
         export(ckpt_path, "tflite")
+
+
+def test_export_replaces_only_an_earlier_export_of_its_format(ckpt_path, tmp_path, capsys):
+    from alexnet.data.store import write_store
+
+    store = write_store(tmp_path / "store" / "test", np.zeros((2, 8, 8, 3), np.uint8), [0, 1],
+                        CLASSES).path
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "config.json").write_text('{"a": 1}\n')
+    kept = {p: p.read_bytes() for p in (ckpt_path, store / "labels.npy", notes,
+                                        tmp_path / "config.json")}
+    for out, fragment in ((ckpt_path, "not an earlier weights export"),
+                          (store / "labels.npy", "inside the store"),
+                          (tmp_path / "store" / "x.weights.pt", "inside the store"),
+                          (notes, "not an earlier weights export"),
+                          (tmp_path / "config", "its sidecar")):
+        code = main(["export", str(ckpt_path), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+        assert "choose another --out" in err
+    assert {p: p.read_bytes() for p in kept} == kept  # nothing lost
+    assert not (tmp_path / "config").exists()
+    out = tmp_path / "again.weights.pt"
+    for _ in range(2):  # rerunning the same export is normal
+        assert main(["export", str(ckpt_path), "--out", str(out)]) == 0
+    code = main(["export", str(ckpt_path), "--format", "torchscript", "--out", str(out)])
+    assert code == 2 and "not an earlier torchscript export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_tracing_warnings_are_not_shown(ckpt_path, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export(ckpt_path, fmt, tmp_path / f"net.{fmt}")
+    assert result["check"].startswith(("checked", "check skipped"))
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if not issubclass(w.category, DeprecationWarning)]
+    assert shown == []

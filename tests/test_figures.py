@@ -253,3 +253,25 @@ def test_feature_cache_only_when_complete_and_same_key(tmp_path):
     np.testing.assert_array_equal(torch.cat(list(read_cache(path, 10, key))).numpy(), rows)
     assert read_cache(path, 10, {**key, "checkpoint": "b.pt"}) is None  # another net
     assert read_cache(path, 11, key) is None  # another store size
+
+
+@pytest.mark.parametrize("bad", ["folder", "unrelated npy", "store file", "key file",
+                                 "unwritable"])
+def test_a_bad_features_cache_fails_before_any_figure(run_folder, tmp_path, capsys, bad):
+    root, ckpt, _ = run_folder
+    (tmp_path / "folder.npy").mkdir()
+    np.save(tmp_path / "labels.npy", np.arange(10))
+    np.save(tmp_path / "keyed.npy", np.zeros((10, 4), np.float32))
+    (tmp_path / "keyed.npy.json").write_text('{"mine": 1}\n')
+    cache = {"folder": tmp_path / "folder.npy", "unrelated npy": tmp_path / "labels.npy",
+             "store file": root / "train" / "labels.npy", "key file": tmp_path / "keyed.npy",
+             "unwritable": "/proc/alexnet-fc7.npy"}[bad]
+    kept = {p: p.read_bytes() for p in (tmp_path / "labels.npy", root / "train" / "labels.npy",
+                                        tmp_path / "keyed.npy.json")}
+    code = main(["figures", str(ckpt), "--data", str(root), "--out", str(tmp_path / "figs"),
+                 "--device", "cpu", "--features-cache", str(cache)])
+    captured = capsys.readouterr()
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "--features-cache" in captured.err and captured.out == ""  # no figure drawn
+    assert not (tmp_path / "figs").exists()
+    assert {p: p.read_bytes() for p in kept} == kept

@@ -281,6 +281,16 @@ def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str],
         "lr not a number": (tiny + ["--set", "optim.lr=inf"], "must be a finite number"),
         "crop too small for the net": (tiny + ["--set", "data.crop=40"], "at least 64"),
         "crop larger than the store": (["--data", str(small_store(tmp))], "data.crop=64"),
+        "one class": (["--data", str(one_class_store(tmp))] + sets(TINY),
+                      "a classifier needs at least 2"),
+        "resume and init-from": (["--resume", str(run), "--init-from", str(run)],
+                                 "--resume continues a run, --init-from starts a new one"),
+        "resume on another class count": (["--resume", str(run), "--data",
+                                           str(three_class_store(tmp))],
+                                          "the checkpoint has 4 classes"),
+        "resume a weights file": (["--resume", str(weights_file(run, tmp))],
+                                  "a weights-only file (export) cannot be resumed; use "
+                                  "--init-from"),
     }
 
 
@@ -309,6 +319,24 @@ def a_file(tmp: Path) -> Path:
 
 def small_store(tmp: Path) -> Path:
     return make_store(tmp / "store64", size=64, n_train=8, n_val=4)
+
+
+def one_class_store(tmp: Path) -> Path:
+    images, _ = coloured_images(8, 256, 0)
+    write_store(tmp / "store1" / "train", images, np.zeros(8, np.int64), CLASSES[:1])
+    return tmp / "store1"
+
+
+def three_class_store(tmp: Path) -> Path:
+    images, labels = coloured_images(12, 256, 0)
+    write_store(tmp / "store3" / "train", images, labels % 3, CLASSES[:3])
+    return tmp / "store3"
+
+
+def weights_file(run: Path, tmp: Path) -> Path:
+    from alexnet.export import export
+
+    return Path(export(run, "weights", tmp / "run.weights.pt", check=False)["path"])
 
 
 def test_bad_input_is_one_line_and_exit_2(store, finished_run, tmp_path, capsys):
@@ -436,3 +464,13 @@ def test_a_full_disk_is_one_line_and_loses_nothing(finished_run, tmp_path):
     assert "File too large" in proc.stderr and str(run / "checkpoint.pt") in proc.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix == ".pt"} == before
     assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_run_folder_in_a_store_is_refused_before_any_work(tmp_path, capsys):
+    store = make_store(tmp_path / "store", n_train=8, n_val=4)
+    before = sorted(p for p in store.rglob("*"))
+    for out in (store, store / "train", store / "train" / "run"):
+        code = main(["train", "--data", str(store), *sets(TINY), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and "outside the store" in err, err
+    assert sorted(p for p in store.rglob("*")) == before  # nothing written into the store

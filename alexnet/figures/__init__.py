@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.checkpoint import load, model_from_state
     from alexnet.data.store import open_split
     from alexnet.evaluate import (
+        class_difference,
         class_names,
         input_settings,
         recorded_store,
@@ -88,13 +89,19 @@ def run(args: argparse.Namespace) -> int:
         args.data = recorded_store(ckpt, args.checkpoint)
     model = model_from_state(ckpt, args.checkpoint, device)
     test = _test_split(args.data, args.split)
-    if ckpt.get("classes") is not None and class_names(ckpt["classes"]) != \
-            class_names(test.classes):
-        raise UserError(f"{args.checkpoint}: its classes differ from those of {args.data}; "
+    ours, theirs = class_names(ckpt.get("classes")), class_names(test.classes)
+    if ours is not None and ours != theirs:
+        raise UserError(f"{args.checkpoint}: {class_difference(ours, theirs, str(args.data))}; "
                         "draw the figures on the store the net was trained for")
+    settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
+    train = open_split(args.data, "train") if (args.data / "train").is_dir() else None
+    if args.features_cache:  # before any figure: a bad cache path fails at once
+        from alexnet.figures.neighbours import check_cache
+
+        check_cache(args.features_cache, None if train is None else len(train),
+                    None if train is None else _cache_key(args.checkpoint, train, settings))
     out = args.out or args.run_dir / "figures"
     ensure_folder(out, "folder for --out")
-    settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
                                "split": test.split}
 
@@ -107,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     summary["top5"] = _top5_figure(model, test, out, args, device, settings)
     print(f"figure 4 left: {summary['top5']['file']}")
 
-    if (args.data / "train").is_dir():
-        train = open_split(args.data, "train")
+    if train is not None:
         summary["neighbours"] = _neighbours_figure(model, test, train, out, args, device,
                                                    settings)
         print(f"figure 4 right: {summary['neighbours']['file']}")
@@ -125,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "figures.json", summary)
     print(f"summary: {out / 'figures.json'}")
     return 0
+
+
+def _cache_key(ckpt_file: Path, train: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """What the training split's fc7 features come from (the feature cache's key): the
+    checkpoint file as it is now, the store, its size, the crop and the mean."""
+    ckpt_stat = ckpt_file.stat()
+    return {"checkpoint": str(ckpt_file.resolve()), "checkpoint_size": ckpt_stat.st_size,
+            "checkpoint_mtime_ns": ckpt_stat.st_mtime_ns, "store": str(train.path.resolve()),
+            "images": len(train), "crop": settings["crop"], "mean": settings["mean"]}
 
 
 def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, device: Any,
@@ -168,11 +183,7 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     query_loader = eval_loader(test, crops=1, batch_size=min(len(indices), args.batch_size),
                                device=device, indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
-    ckpt_file = args.checkpoint
-    ckpt_stat = ckpt_file.stat()
-    key = {"checkpoint": str(ckpt_file.resolve()), "checkpoint_size": ckpt_stat.st_size,
-           "checkpoint_mtime_ns": ckpt_stat.st_mtime_ns, "store": str(train.path.resolve()),
-           "images": len(train), "crop": settings["crop"], "mean": settings["mean"]}
+    key = _cache_key(args.checkpoint, train, settings)
     cache = args.features_cache
     chunks = read_cache(cache, len(train), key) if cache else None
     if chunks is None:

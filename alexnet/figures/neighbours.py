@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.atomic import replacing, write_atomic
+from alexnet.atomic import (
+    check_output,
+    ensure_folder,
+    read_json_object,
+    replacing,
+    write_atomic,
+)
 from alexnet.paper import FIG4_NEIGHBOURS
 
 NEIGHBOURS = FIG4_NEIGHBOURS  # figure 4 right: six training images per test image
@@ -109,6 +115,35 @@ def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,
     except _Incomplete:
         return
     write_atomic(_key_path(path), json.dumps(key or {}, sort_keys=True) + "\n")
+
+
+def is_feature_cache(path: Path) -> bool:
+    """Whether `path` is an earlier feature cache: a 2-D float32 .npy (what `cached_chunks`
+    writes), the only file --features-cache may replace."""
+    try:
+        mm = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return isinstance(mm, np.ndarray) and mm.ndim == 2 and mm.dtype == np.float32
+
+
+def is_cache_key(path: Path) -> bool:
+    """Whether `path` is an earlier cache's key file (the JSON `cached_chunks` writes)."""
+    data = read_json_object(path)
+    return data is not None and (not data or {"checkpoint", "store"} <= data.keys())
+
+
+def check_cache(path: Path, rows: int | None = None, key: dict[str, Any] | None = None
+                ) -> None:
+    """Refuse, before any figure is drawn, a --features-cache that would fail or destroy: a
+    folder, a path in a store, a file (or key file beside it) other than an earlier cache, or
+    a folder where files cannot be written when the cache must be (re)written (`rows`, `key`:
+    the training split the cache is for; None: there is none to cache)."""
+    check_output(path, "feature cache", is_feature_cache, "--features-cache")
+    check_output(_key_path(path), "feature cache key", is_cache_key, "--features-cache",
+                 name=f"--features-cache {path}: its key file {_key_path(path)}")
+    if rows is not None and read_cache(path, rows, key) is None:
+        ensure_folder(path.parent, "folder for --features-cache")
 
 
 class _Incomplete(Exception):

@@ -40,6 +40,7 @@ from alexnet.training.run_folder import (
     RunFiles,
     announce,
     append_step,
+    check_run_folder,
     format_row,
     keep_steps_until,
     open_tensorboard,
@@ -73,11 +74,13 @@ def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any
 def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
            ) -> dict[str, Any]:
     """The main loop (see `train`)."""
+    files = RunFiles(Path(config.run.out))
+    check_run_folder(files.root)
+    resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)
+    check_classes(train_store, config)
     per_rank = per_rank_batch(config, len(train_store), dist_info.world_size)
-    files = RunFiles(Path(config.run.out))
-    resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
 
     seed_everything(config.run.seed)
     s = build_state(config, len(train_store.classes), rt)
@@ -132,6 +135,18 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
     if tb is not None:
         tb.close()
     return _summary(s, files, stopped, val_name) | {"num_classes": len(train_store.classes)}
+
+
+def check_classes(train_store: Any, config: Config) -> None:
+    """Refuse a training split of fewer than 2 classes: its loss is 0 from the first step
+    and its error 0%, whatever the net does (nothing to learn)."""
+    classes = train_store.classes
+    if len(classes) < 2:
+        names = ", ".join(repr(c.get("name", "") if isinstance(c, dict) else str(c))
+                          for c in classes) or "none"
+        raise UserError(f"{config.data.store}: its training split has {len(classes)} class "
+                        f"({names}); a classifier needs at least 2: prepare a source with 2 or "
+                        "more classes")
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,

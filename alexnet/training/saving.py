@@ -90,7 +90,11 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
         path = Path(config.run.resume)
         if path.is_dir():
             path = path / "checkpoint.pt"
-        return (loaded if loaded is not None else checkpoint.load(path)), path
+        ckpt = loaded if loaded is not None else checkpoint.load(path)
+        if ckpt.get("weights_only") or "optimizer" not in ckpt:
+            raise UserError(f"{path}: a weights-only file (export) cannot be resumed; use "
+                            f"--init-from {path} to start a new run from its weights")
+        return ckpt, path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "
                         f"--resume {files.root} or choose another --out")

@@ -96,6 +96,11 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
     """
     net_arch = getattr(s.net, "arch", "alexnet")
     net_args = dict(getattr(s.net, "kwargs", {}))
+    theirs = (ckpt.get("model_args") or {}).get("num_classes")
+    if theirs is not None and theirs != net_args.get("num_classes"):
+        raise UserError(f"{path}: the checkpoint has {theirs} classes, {config.data.store}'s "
+                        f"training split has {net_args.get('num_classes')}; resume on the run's "
+                        f"own store, or start a new run with --init-from {path}")
     if ckpt.get("arch") != net_arch or dict(ckpt.get("model_args") or {}) != net_args:
         raise UserError(f"{path}: a checkpoint of another architecture ({ckpt.get('arch')} "
                         f"{ckpt.get('model_args')}) than this config's ({net_arch} {net_args}); "

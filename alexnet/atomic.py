@@ -60,7 +60,7 @@ def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> Pat
     An existing file in its place, a read-only mount, a missing permission or /sys give a
     one-line UserError before any work is done.
     """
-    folder = Path(folder)
+    folder = outside_stores(folder, what)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: is a file, not a folder; choose another {what}")
     try:
@@ -148,6 +148,18 @@ def store_folder(path: str | os.PathLike) -> Path | None:
     return next((folder for folder in (path, *path.parents) if is_split(folder)), None)
 
 
+def outside_stores(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """`folder` as a Path, or a one-line UserError when it is a store or lies in one's split
+    folder (`store_folder`): every output folder (run folders, figures, experiments) is kept
+    out of the stores, whose files are the data every run reads."""
+    store = store_folder(folder)
+    if store is not None:
+        where = "is the store" if Path(os.path.abspath(folder)) == store else "lies in the store"
+        raise UserError(f"{what} {folder}: {where} {store}, whose files are data; choose a "
+                        "folder outside the store")
+    return Path(folder)
+
+
 def check_output(path: str | os.PathLike, kind: str, is_kind: Callable[[Path], bool],
                  option: str = "--out", name: str | None = None) -> Path:
     """Refuse, before any work, an output `path` that is a folder, lies in a store, or would
@@ -159,6 +171,9 @@ def check_output(path: str | os.PathLike, kind: str, is_kind: Callable[[Path], b
     name = name or f"{option} {path}"
     if path.is_dir():
         raise UserError(f"{name}: is a folder; give a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{name}: {path.parent} is a file, not a folder; choose another "
+                        f"{option}")
     store = store_folder(path.parent)
     if store is not None:
         raise UserError(f"{name}: inside the store {store}, whose files are data; choose "

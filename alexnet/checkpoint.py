@@ -146,10 +146,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
     reason = _damage(path)
-    if reason is None and is_torchscript(path):
-        raise UserError(f"{path}: a TorchScript export (alexnet export --format torchscript), "
-                        "not a checkpoint; give the run's checkpoint.pt or a weights file "
-                        "(alexnet export --format weights)")
+    export = "a TorchScript" if reason is None and is_torchscript(path) else \
+        "an ONNX" if is_onnx(path) else None
+    if export:
+        raise UserError(f"{path}: {export} export (alexnet export), not a checkpoint; give the "
+                        "run folder or its checkpoint.pt")
     state = None
     if reason is None:
         try:
@@ -191,6 +192,17 @@ def is_torchscript(path: str | os.PathLike) -> bool:
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
             NotImplementedError):
         return False
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    """Whether `path` begins as an ONNX model written by torch's exporter does (its ir_version
+    field, then producer_name "pytorch")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x08") and b"\x12\x07pytorch" in head
 
 
 def is_weights_file(path: str | os.PathLike) -> bool:

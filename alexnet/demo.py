@@ -117,6 +117,17 @@ def prepare_store(source: Path, store: Path, plan: Plan) -> Path:
     return store
 
 
+def _check_store_path(store: Path, out: Path) -> None:
+    """Refuse, before any work, a --store that is a file, or that is the run folder or holds
+    it or lies in it (the run's files and the store's would mix)."""
+    if store.exists() and not store.is_dir():
+        raise UserError(f"--store {store}: is a file, not a folder; choose another --store")
+    s, o = store.resolve(), out.resolve()
+    if s == o or s in o.parents or o in s.parents:
+        raise UserError(f"--store {store} and the run folder {out} overlap; keep the store "
+                        "and the run folder apart")
+
+
 def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/demo",
          store: str | os.PathLike | None = None, plan: Plan | None = None,
          overrides: list[str] | None = None, device: str = "auto",
@@ -128,6 +139,7 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     from alexnet.config import from_dict, resolve
     from alexnet.evaluate import resolve_device
     from alexnet.train import train
+    from alexnet.training.data import per_rank_batch
 
     t_start = time.monotonic()
     refuse_demo_keys(overrides or [])
@@ -141,7 +153,9 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
         "data.store": str(store), "run.out": str(out), "run.device": dev,
         "optim.batch_size": plan.batch_size, "optim.epochs": plan.epochs,
         "run.time_limit": plan.budget_s})  # the time limit is set once the store is ready
-    ensure_folder(out, "run folder (--out)")
+    per_rank_batch(config, plan.train_images, 1)
+    _check_store_path(store, out)
+    ensure_folder(out, "run folder (--out)")  # last: a refusal above leaves no folder behind
     print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
     print(f"plan: {plan.train_images} training and {plan.test_images} test images at "
           f"{paper.IMAGE_SIZE}x{paper.IMAGE_SIZE}, "

@@ -196,12 +196,7 @@ def is_export(path: Path, fmt: str) -> bool:
         return checkpoint.is_weights_file(path)
     if fmt == "torchscript":
         return checkpoint.is_torchscript(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return False
-    return head.startswith(b"\x08") and b"\x12\x07pytorch" in head  # ir_version, producer
+    return checkpoint.is_onnx(path)
 
 
 def is_sidecar(path: Path) -> bool:

@@ -241,18 +241,33 @@ def test_mfu_peak_is_the_devices_own(monkeypatch, name, peak):
     assert peak_tflops(torch.device("cuda")) == peak
 
 
-@pytest.mark.parametrize("where", ["/sys/alexnet-bench/x.json", "a folder"])
+@pytest.mark.parametrize("where", ["/sys/alexnet-bench/x.json", "a folder", "another file"])
 def test_a_json_file_that_cannot_be_written_is_refused_before_the_benchmarks(
         where, tmp_path, monkeypatch, capsys):
-    """/sys refuses new files even to root; a folder is no file name."""
+    """/sys refuses new files even to root; a folder is no file name; another file (here a
+    checkpoint's stand-in) would be lost, unlike an earlier benchmark JSON."""
     import alexnet.bench.model
 
     def ran(args):
         raise AssertionError("the benchmark ran")
 
     monkeypatch.setattr(alexnet.bench.model, "bench", ran)
-    path = tmp_path if where == "a folder" else where
+    path = {"a folder": tmp_path, "another file": tmp_path / "checkpoint.pt"}.get(where, where)
+    if where == "another file":
+        path.write_bytes(b"a checkpoint")
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("alexnet bench: error:")
     assert "--json" in captured.err and captured.out == ""
+    if where == "another file":
+        assert path.read_bytes() == b"a checkpoint"
+
+
+def test_the_json_of_an_earlier_benchmark_is_replaced(tmp_path, monkeypatch) -> None:
+    import alexnet.bench.model
+
+    monkeypatch.setattr(alexnet.bench.model, "bench", lambda args: {"step_ms": 1.0})
+    path = tmp_path / "model.json"
+    path.write_text('{"model": {"step_ms": 2.0}, "stopped": "SIGTERM"}')
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 0
+    assert json.loads(path.read_text()) == {"model": {"step_ms": 1.0}}

@@ -222,6 +222,23 @@ def test_a_torchscript_export_is_named_without_torchs_warning(tmp_path):
         warnings.simplefilter("always")
         checkpoint.load(path)
     message = str(err.value)
-    assert "a TorchScript export" in message and "weights file" in message
+    assert "a TorchScript export" in message and "give the run folder" in message
     assert str(path) in message and "\n" not in message
     assert [w for w in caught if not issubclass(w.category, DeprecationWarning)] == []
+
+
+def test_an_onnx_export_is_named_as_such(tmp_path):
+    """The start of an ONNX model as torch's exporter writes it: ir_version, then the
+    producer name."""
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.5.0" + bytes(200))
+    with pytest.raises(UserError, match="an ONNX export .*, not a checkpoint; give the run "):
+        checkpoint.load(path)
+
+
+def test_an_output_below_a_file_says_so(tmp_path):
+    """`export --out w.pt/foo.pt` with w.pt a file said only "w.pt: File exists"."""
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"--out .*foo.pt: .*w.pt is a file, not a folder; "
+                                        r"choose another --out"):
+        atomic.check_output(tmp_path / "w.pt" / "foo.pt", "export", lambda path: True)

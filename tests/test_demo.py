@@ -86,6 +86,10 @@ def test_the_demo_runs_bf16_channels_last_on_a_gpu_only():
     (["--set", "optim.lr=abc"], "optim.lr must be float"),
     (["--out", "/sys/alexnet-demo"], "cannot create files there"),  # refused even to root
     (["--out", "a_file"], "is a file, not a folder"),
+    (["--store", "a_file"], "--store"),
+    (["--out", "shared", "--store", "shared"], "overlap"),
+    (["--out", "shared", "--store", "shared/store"], "overlap"),
+    (["--train-images", "50", "--test-images", "20"], "larger than the training split"),
 ])
 def test_bad_options_are_refused_before_the_store_is_prepared(
         args, fragment, fashion_mnist_dir, tmp_path, capsys, monkeypatch):
@@ -102,3 +106,4 @@ def test_bad_options_are_refused_before_the_store_is_prepared(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
     assert not (tmp_path / "store").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "shared").exists()  # no run

@@ -200,8 +200,15 @@ def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, c
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--thresholds", "0"]) == 2
     monkeypatch.setattr(rt, "MAX_IN_MEMORY", 100 * 16 * 16 * 3)  # a store too big to hold
     assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "101"]) == 2
+    # options before the data (a missing store is not what is said), no output in a store
+    assert main(["relu-vs-tanh", "--data", str(tmp_path / "nothing"), "--steps", "1"]) == 2
+    monkeypatch.setattr(rt, "MAX_IN_MEMORY", 10 ** 9)
+    assert main(["relu-vs-tanh", "--data", str(fashion_store), "--limit", "50",
+                 "--out", str(fashion_store)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
+    assert len(err) == 7 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
+    assert "--steps 1: give at least the window" in err[5]
+    assert "is the store" in err[6] and not (fashion_store / "relu_vs_tanh.json").exists()
 
 
 # ----------------------------------------------------------------------------------- ablate
@@ -388,8 +395,11 @@ def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
     assert main(["ablate", "--data", str(tiny_store), "--variants", "nosuch"]) == 2
     assert main(["ablate", "--data", str(tmp_path / "nostore"), "--budget-steps", "1",
                  "--out", str(tmp_path / "y")]) == 2
+    assert main(["ablate", "--data", str(tiny_store), "--budget-steps", "1", "--out",
+                 str(tiny_store)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("alexnet ablate: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("alexnet ablate: error:") for line in err)
+    assert "is the store" in err[3] and not (tiny_store / "paper").exists()
     assert err[2].endswith("nostore: no such store; make one with `alexnet prepare SOURCE "
                            f"{tmp_path / 'nostore'}`")
 

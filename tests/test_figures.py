@@ -275,3 +275,14 @@ def test_a_bad_features_cache_fails_before_any_figure(run_folder, tmp_path, caps
     assert "--features-cache" in captured.err and captured.out == ""  # no figure drawn
     assert not (tmp_path / "figs").exists()
     assert {p: p.read_bytes() for p in kept} == kept
+
+
+@pytest.mark.parametrize("inside", ["", "train", "train/figs"])
+def test_figures_are_not_written_into_a_store(run_folder, capsys, inside):
+    root, ckpt, _ = run_folder
+    before = sorted(root.rglob("*"))
+    code = main(["figures", str(ckpt), "--data", str(root), "--out", str(root / inside),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "outside the store" in err, err
+    assert sorted(root.rglob("*")) == before

@@ -288,6 +288,11 @@ def test_a_missing_store_or_a_file_says_so_in_every_way_in(tmp_path):
             call()
     with pytest.raises(UserError, match="a file, not a store folder"):
         open_split(tmp_path / "store" / "train" / RAW, "train")
+    split = tmp_path / "store" / "train"  # a split folder: figures looked for splits in it
+    for call in (lambda: open_split(split, "train"), lambda: auto_split(split)):
+        with pytest.raises(UserError, match=rf"{split} is itself a split folder: give the "
+                                            rf"store above it, {tmp_path / 'store'}"):
+            call()
     assert auto_split(tmp_path / "store") is None  # a store with no held-out split
 
 

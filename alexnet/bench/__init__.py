@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import ensure_folder, write_json
+from alexnet.atomic import check_output, ensure_folder, read_json_object, write_json
 from alexnet.errors import UserError, one_line
 
 SMOKE_WIDTH = 0.125  # --smoke: the paper net at 1/8 width (not a paper number)
@@ -59,15 +59,21 @@ def _stop(signum: int, frame: Any) -> None:
     raise Stopped
 
 
+def is_bench_json(path: Path) -> bool:
+    """Whether `path` holds figures an earlier `alexnet bench --json` wrote (what --json may
+    replace): an object keyed by benchmark names (and its stopped/failed note)."""
+    data = read_json_object(path)
+    return bool(data) and set(data) <= set(WHATS) | {"failed", "stopped"}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmarks one after the other (exit status 124 when SIGTERM stopped
     them, like `timeout`'s)."""
     unknown = [w for w in args.what if w not in WHATS]
     if unknown:
         raise UserError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(WHATS)}")
-    if args.json:  # a file that cannot be written is refused before the benchmarks, not after
-        if args.json.is_dir():
-            raise UserError(f"--json {args.json}: is a folder; give a file name")
+    if args.json:  # refused before the benchmarks, not after: unwritable, or another file
+        check_output(args.json, "benchmark JSON", is_bench_json, "--json")
         ensure_folder(args.json.parent, "folder for --json")
     args.quick = args.quick or args.smoke
     results: dict[str, Any] = {}

@@ -270,6 +270,9 @@ def check_root(root: str | os.PathLike[str]) -> Path:
     one check of a store given to a command (--data), through `open_split` or
     splits.auto_split, so that a store missing reads the same in every command."""
     root = Path(root)
+    if root.is_dir() and (root / HEADER).is_file():  # e.g. --data STORE/train
+        raise UserError(f"{root} is itself a split folder: give the store above it, "
+                        f"{root.parent}")
     if root.is_dir():
         return root
     if not root.exists():
@@ -286,8 +289,6 @@ def open_split(root: str | os.PathLike[str], split: str) -> Store:
     if not path.is_dir():
         present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists())
         hint = f"splits present: {', '.join(present)}" if present else RERUN
-        if (root / HEADER).exists():  # e.g. --data STORE/train: a split folder, not a store
-            hint = f"{root} is itself a split folder: give the store above it, {root.parent}"
         raise UserError(f"{root}: store has no '{split}' split; {hint}")
     return Store(path)
 

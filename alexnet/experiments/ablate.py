@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
-from alexnet.atomic import write_atomic
+from alexnet.atomic import ensure_folder, write_atomic
 from alexnet.config import Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
@@ -351,10 +351,7 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
     runs = {name: seed_configs(config, seeds) for name, config in configs.items()}
     note = honest_note(base, seeds)
     log(note)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create the folder ({err.strerror})") from err
+    ensure_folder(out, "folder for --out")
     results = train_all(runs, log)
     rows = tabulate(results, variants)
     meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "store": store,

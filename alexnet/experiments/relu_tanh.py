@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.atomic import write_atomic
+from alexnet.atomic import ensure_folder, write_atomic
 from alexnet.errors import UserError
 from alexnet.experiments import crossing, speedup
 from alexnet.progress import Progress
@@ -228,6 +228,18 @@ def load_training_set(data: Path, limit: int | None, seed: int) -> tuple:
     return images, labels, store
 
 
+def check_options(steps: int, window: int, seeds: int, lrs: Sequence[float]) -> None:
+    """Refuse options no run can use, in one line (before any data is read)."""
+    if steps < window:
+        raise UserError(f"--steps {steps}: give at least the window ({window} steps)")
+    if window < 2:
+        raise UserError(f"--window {window}: give at least 2 steps")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: give at least 1 (3 or more for an interval)")
+    if not lrs or any(not (lr > 0) for lr in lrs):
+        raise UserError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates")
+
+
 def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_classes: int,
                    lrs: Sequence[float], steps: int, thresholds: Sequence[float],
                    select_threshold: float, seeds: int = DEFAULT_SEEDS, seed: int = 0,
@@ -235,16 +247,9 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
                    init: str = "gain", batch_size: int = BATCH_SIZE, device: str = "cpu",
                    log=print, progress: bool = True) -> dict:
     """The lr search for both nets, the seeds at the chosen rates, the ratios; JSON-able."""
-    if steps < window:
-        raise UserError(f"--steps {steps}: give at least the window ({window} steps)")
-    if window < 2:
-        raise UserError(f"--window {window}: give at least 2 steps")
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds}: give at least 1 (3 or more for an interval)")
+    check_options(steps, window, seeds, lrs)
     if not 1 <= batch_size <= len(images):
         raise UserError(f"--batch-size {batch_size}: give 1 to {len(images)} (the images used)")
-    if not lrs or any(not (lr > 0) for lr in lrs):
-        raise UserError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates")
     mean, divisor = input_transform(stats, input_scale)
     mean = mean[:images.shape[3]]
     family = sorted(set(thresholds) | {select_threshold}, reverse=True)
@@ -411,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.evaluate import resolve_device
 
     device = resolve_device(args.device)
+    check_options(args.steps, args.window, args.seeds, args.lrs)
     images, labels, store = load_training_set(args.data, args.limit, args.seed)
     if is_grey(images):  # one channel holds all: conv1 does a third of the work
         images = np.ascontiguousarray(images[..., :1])
@@ -418,10 +424,7 @@ def run(args: argparse.Namespace) -> int:
         threshold, source = default_threshold(store.classes)
     else:
         threshold, source = args.threshold, "--threshold"
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {args.out}: cannot create the folder ({err.strerror})") from err
+    ensure_folder(args.out, "folder for --out")
     print(f"relu-vs-tanh: {len(images)} images of {images.shape[1]}x{images.shape[1]}x"
           f"{images.shape[3]}, {len(store.classes)} classes, up to {args.steps} steps per run, "
           f"lrs {sorted(args.lrs)}, {args.seeds} seed{'' if args.seeds == 1 else 's'} per unit, "

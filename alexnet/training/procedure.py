@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import distributed
-from alexnet.atomic import ensure_folder, remove_stale
+from alexnet.atomic import ensure_folder, outside_stores, remove_stale
 from alexnet.config import Config, validate, write_json
 from alexnet.distributed import DistInfo, print0
 from alexnet.errors import UserError
@@ -40,7 +40,6 @@ from alexnet.training.run_folder import (
     RunFiles,
     announce,
     append_step,
-    check_run_folder,
     format_row,
     keep_steps_until,
     open_tensorboard,
@@ -75,7 +74,7 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
            ) -> dict[str, Any]:
     """The main loop (see `train`)."""
     files = RunFiles(Path(config.run.out))
-    check_run_folder(files.root)
+    outside_stores(files.root, "run folder (--out)")  # before any work
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)

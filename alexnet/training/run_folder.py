@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import store_folder, write_atomic
+from alexnet.atomic import write_atomic
 from alexnet.config import Config, scaled_lr
 from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
@@ -37,16 +36,6 @@ class RunFiles:
     csv = property(lambda self: self.root / "log.csv")
     curves = property(lambda self: self.root / "curves.png")
     tensorboard = property(lambda self: self.root / "tensorboard")
-
-
-def check_run_folder(root: Path) -> None:
-    """Refuse a run folder that is a store or lies in one (checkpoint.pt and the logs would
-    be written among the data), before any work."""
-    store = store_folder(root)
-    if store is not None:
-        where = "is the store" if Path(os.path.abspath(root)) == store else "lies in the store"
-        raise UserError(f"run folder (--out) {root}: {where} {store}; choose a run folder "
-                        "outside the store")
 
 
 def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -> None:

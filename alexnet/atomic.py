@@ -57,8 +57,9 @@ def fs_error(path: Path, err: OSError, doing: str = "cannot write") -> UserError
 def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
     """Create `folder` (and parents) and check that files can be created in it.
 
-    An existing file in its place, a read-only mount, a missing permission or /sys give a
-    one-line UserError before any work is done.
+    A store or a folder in one's split folder (`outside_stores`), an existing file in its
+    place, a read-only mount, a missing permission or /sys give a one-line UserError before
+    any work is done.
     """
     folder = outside_stores(folder, what)
     if folder.exists() and not folder.is_dir():
@@ -134,8 +135,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def store_folder(path: str | os.PathLike) -> Path | None:
-    """The store that folder `path` is (a store root or a split folder) or lies in (inside a
-    split folder), or None; a split folder is one whose header.json is a store's."""
+    """The store root or split folder that folder `path` is, or the split folder it lies in,
+    or None; a split folder is one whose header.json is a store's."""
     from alexnet.data.store import HEADER, MAGIC, SPLITS
 
     def is_split(folder: Path) -> bool:

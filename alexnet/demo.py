@@ -282,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epochs (default 4 on a CPU, 12 on a GPU, or fewer to fit --budget)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch (default 64 on a CPU, 128 on a GPU)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--ten-crop", dest="ten_crop", action="store_const", const=True,
                         default=None, help="always evaluate with 10 crops too")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

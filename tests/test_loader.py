@@ -557,6 +557,31 @@ def test_a_jpeg_that_does_not_decode_is_named_by_its_store_and_index(
     assert "\n" not in message
 
 
+def test_a_jpeg_met_while_the_gpu_share_is_measured_is_named_too(
+        tmp_path: Path, twin_stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rates are measured on the store's first images (CUDA stood in for by a GPU decoder
+    that only returns zeros): a damaged one among them is named by store and index too."""
+    import shutil
+
+    from alexnet.data import loader
+
+    split = tmp_path / "store" / "train"
+    shutil.copytree(twin_stores[1].path, split)
+    offsets = np.load(split / "offsets.npy")
+    bad = 3
+    with open(split / "images.jpeg", "r+b") as f:
+        f.seek(int(offsets[bad]))
+        f.write(bytes(int(offsets[bad + 1] - offsets[bad])))
+    monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
+    monkeypatch.setattr(loader, "decode_on_gpu", lambda blobs, size, device: torch.zeros(
+        (len(blobs), size, size, 3), dtype=torch.uint8))
+    monkeypatch.setattr(decode, "gpu_unavailable", lambda device, decoder=None: None)
+    monkeypatch.setattr(decode, "gpu_decoder", lambda device, decoder=None: "stand-in")
+    with pytest.raises(UserError, match=rf"^{split}: image {bad} of the store's 'train' split "
+                                        "does not decode"):
+        TrainLoader(Store(split), 8, crop=40, prefetch=1, decode_threads=1)
+
+
 def test_a_mean_image_of_another_size_says_which_store_to_use(store: Store) -> None:
     """A run's statistics (trained on 32-pixel images) beside a store of 64-pixel images."""
     stats = {"mean_image": np.zeros((32, 32, 3), np.float32)}

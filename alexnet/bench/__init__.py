@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet bench`."""
     parser.add_argument("what", nargs="*", default=[],
                         help="which benchmarks (default: all): " + ", ".join(WHATS))
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--json", type=Path, default=None, help="write all figures to FILE")
     parser.add_argument("--smoke", action="store_true",

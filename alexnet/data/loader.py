@@ -156,7 +156,8 @@ def decode_rates(store: Any, device: torch.device, decoder: str, threads: int,
     """(GPU, CPU) decode rates in images/s of the store's first images: the GPU decoder on
     batches of `gpu_batch` as the loader's GPU thread calls it, and `threads` CPU threads
     decoding RATE_IMAGES images each at once, as the read-ahead threads do; each the fastest
-    of RATE_ROUNDS timed rounds after an untimed one (decoder set-up, allocator, caches)."""
+    of RATE_ROUNDS timed rounds after an untimed one (decoder set-up, allocator, caches). An
+    image that does not decode is named by its store and index, as in `read_batch`."""
     blobs = store.encoded(np.arange(min(len(store), max(gpu_batch, RATE_IMAGES))))
     size = store.image_size
     gpu_part = [blobs[i % len(blobs)] for i in range(gpu_batch)]
@@ -171,10 +172,13 @@ def decode_rates(store: Any, device: torch.device, decoder: str, threads: int,
             times.append(time.perf_counter() - start)
         return max(min(times[1:]), 1e-9)
 
-    gpu_time = fastest(lambda: decode_on_gpu(gpu_part, size, device))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexnet-rate") as pool:
-        cpu_time = fastest(lambda: list(pool.map(
-            lambda out: decode.decode_cpu(cpu_part, size, decoder, out), outs)))
+    try:
+        gpu_time = fastest(lambda: decode_on_gpu(gpu_part, size, device))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexnet-rate") as pool:
+            cpu_time = fastest(lambda: list(pool.map(
+                lambda out: decode.decode_cpu(cpu_part, size, decoder, out), outs)))
+    except decode.UndecodableImage as err:  # row r of either part is the store's image r % n
+        raise damaged_image(store, err.row % len(blobs), err.reason) from None
     return gpu_batch / gpu_time, threads * RATE_IMAGES / cpu_time
 
 

@@ -103,7 +103,8 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
                   decoders: Decoders, limit: int | None, max_pixels: int, chunk: int,
                   train_stats: dict[str, Any] | None, stop_after: int | None = None,
                   jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
-    """Write one split (resuming a half-written one); return its count and skips."""
+    """Write one split (resuming a half-written one, skipping a complete and sound one,
+    rebuilding a damaged one with a notice: store.split_status); return its count and skips."""
     keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]

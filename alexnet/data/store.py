@@ -266,7 +266,8 @@ def _file_size(path: Path) -> int:
 
 
 def check_root(root: str | os.PathLike[str]) -> Path:
-    """`root` as a Path when it is a folder, else a one-line UserError saying what to do: the
+    """`root` as a Path when it is a folder other than a split folder, else a one-line
+    UserError saying what to do (missing, a file, a split folder given for its store): the
     one check of a store given to a command (--data), through `open_split` or
     splits.auto_split, so that a store missing reads the same in every command."""
     root = Path(root)

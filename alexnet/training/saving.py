@@ -85,7 +85,7 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
 def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | None = None
                       ) -> tuple[dict | None, Path | None]:
     """The checkpoint to continue from (`loaded` when the caller has read it), or None;
-    refuses to overwrite another run."""
+    refuses to overwrite another run, and to resume a weights-only file (no optimizer)."""
     if config.run.resume:
         path = Path(config.run.resume)
         if path.is_dir():

@@ -89,7 +89,8 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any,
 
 
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config) -> None:
-    """Load a checkpoint's state into `s` (the RNG states last: building drew from them).
+    """Load a checkpoint's state into `s` (the RNG states last: building drew from them); a
+    checkpoint of another class count or architecture is refused in one line.
 
     Optimizer settings that `config` changes against the checkpoint's own config (lr,
     momentum, weight decay given with --resume) replace the resumed ones.

@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.atomic import check_output, read_json_object, write_json
+from alexnet.atomic import (
+    check_output,
+    ensure_folder,
+    read_json_object,
+    remove_stale,
+    replacing,
+    write_json,
+)
 from alexnet.errors import UserError
 
 FORMATS = ("onnx", "torchscript", "weights")
@@ -144,8 +151,10 @@ def export_onnx(model: nn.Module, crop: int, path: Path) -> Path:
     return path
 
 
-def check_export(fmt: str, path: Path, model: nn.Module, crop: int) -> str:
-    """Read the export back, run it on a fixed batch; return a line saying how it compared."""
+def check_export(fmt: str, path: Path, model: nn.Module, crop: int, name: Path | None = None
+                 ) -> str:
+    """Read the export back, run it on a fixed batch; return a line saying how it compared
+    (`name`: the file as the user knows it, when `path` is its temporary file)."""
     x = check_input(crop)
     with torch.no_grad():
         ref = model.cpu().eval()(x)
@@ -168,7 +177,7 @@ def check_export(fmt: str, path: Path, model: nn.Module, crop: int) -> str:
             return "check skipped: onnxruntime is not installed (pip install onnxruntime)"
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         out = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
-    diff = _compare(f"{path}", ref, out)
+    diff = _compare(f"{name or path}", ref, out)
     return f"checked: outputs equal the checkpoint's on {len(x)} images " \
            f"(max relative difference {diff:.1e})"
 
@@ -219,15 +228,18 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     info = path.with_name(path.name + ".json")
     check_output(path, f"{fmt} export", lambda p: is_export(p, fmt))
     check_output(info, "export sidecar", is_sidecar, name=f"--out {path}: its sidecar {info}")
+    ensure_folder(path.parent, "folder for --out")
     model, ckpt = load_model(source)
     crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent)  # temporaries of killed exports
     writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
-    if writer is None:
-        export_weights(model, ckpt, path)
-    else:
-        writer(model, crop, path)
-    checked = check_export(fmt, path, model, crop) if check else "check skipped (--no-check)"
+    with replacing(path) as tmp:  # written and checked aside: a kill keeps the earlier export
+        if writer is None:
+            export_weights(model, ckpt, tmp)
+        else:
+            writer(model, crop, tmp)
+        checked = check_export(fmt, tmp, model, crop, name=path) if check else \
+            "check skipped (--no-check)"
     write_json(info, sidecar(ckpt, crop, fmt), indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
             "check": checked}

@@ -191,6 +191,32 @@ def test_export_replaces_only_an_earlier_export_of_its_format(ckpt_path, tmp_pat
     assert code == 2 and "not an earlier torchscript export" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", ["weights", "torchscript"])
+def test_an_export_that_fails_midway_keeps_the_earlier_one(ckpt_path, tmp_path, monkeypatch,
+                                                           fmt):
+    """The file is written and checked aside, then renamed: an export stopped before its end
+    (here its check fails; a kill is the same) leaves the earlier export and its sidecar as
+    they were, and no temporary file. TorchScript was written onto the final name."""
+    import alexnet.export
+
+    out = tmp_path / f"m.{fmt}.pt"
+    export(ckpt_path, fmt, out)
+    kept = {p: p.read_bytes() for p in (out, out.with_name(out.name + ".json"))}
+
+    def stopped(*args, **kwargs):
+        raise UserError("stopped midway")
+
+    def half_written(*args):
+        Path(args[-1]).write_bytes(b"half an export")  # the writer's path: its last argument
+
+    monkeypatch.setattr(alexnet.export, f"export_{fmt}", half_written)
+    monkeypatch.setattr(alexnet.export, "check_export", stopped)
+    with pytest.raises(UserError, match="stopped midway"):
+        export(ckpt_path, fmt, out)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_tracing_warnings_are_not_shown(ckpt_path, tmp_path, fmt):
     if fmt == "onnx":

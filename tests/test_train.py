@@ -291,7 +291,17 @@ def _bad_inputs(store: Path, run: Path, tmp: Path) -> dict[str, tuple[list[str],
         "resume a weights file": (["--resume", str(weights_file(run, tmp))],
                                   "a weights-only file (export) cannot be resumed; use "
                                   "--init-from"),
+        "resume into another run": (["--resume", str(run), "--out", str(other_run(run, tmp))],
+                                    "already holds another run"),
     }
+
+
+def other_run(run: Path, tmp: Path) -> Path:
+    """A folder holding another run (a copy of `run`'s checkpoint stands for it)."""
+    other = tmp / "other_run"
+    other.mkdir(exist_ok=True)
+    (other / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
+    return other
 
 
 def flipped_byte(run: Path, tmp: Path) -> Path:
@@ -368,6 +378,21 @@ def test_tensorboard_absent_is_a_clear_error(store, tmp_path):
 
 class Killed(BaseException):
     """Stands for kill -9: nothing in the program catches it."""
+
+
+def test_resuming_a_run_at_its_step_limit_trains_no_step_more(store, tmp_path):
+    """A kill after the step limit's checkpoint (during its partial-epoch validation), or a
+    plain rerun, resumed: the weights stay those of the limit, not one step further."""
+    run = tmp_path / "run"
+    config = {"data.store": str(store), "run.out": str(run)}
+    first = train(resolve("paper", TINY + ["optim.epochs=1", "run.max_steps=3"], config))
+    saved = checkpoint.load(run / "checkpoint.pt")
+    again = train(resolve("paper", TINY + ["optim.epochs=1", "run.max_steps=3"],
+                          {**config, "run.resume": str(run)}))
+    assert (again["steps"], again["stopped"]) == (first["steps"], "max_steps") == (3, "max_steps")
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    assert all(torch.equal(v, saved["model"][k]) for k, v in ckpt["model"].items())
+    assert again["val_top1_error"] == first["val_top1_error"]
 
 
 def test_a_kill_between_best_and_checkpoint_never_loses_best(store, tmp_path, monkeypatch):

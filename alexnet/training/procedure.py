@@ -114,8 +114,13 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
     def log_step(row: dict[str, Any]) -> None:
         append_step(files, row, tb)
 
+    if config.run.max_steps and s.global_step >= config.run.max_steps:  # resumed at its limit
+        stopped = "max_steps"  # no step more; a stop mid-epoch gets its partial row (again)
+        if s.step:
+            _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
+                                  len(train_store.classes))
     with interrupt_guard() as flag:
-        while s.epoch < config.optim.epochs:
+        while stopped == "completed" and s.epoch < config.optim.epochs:
             reason = train_epoch(s, loader, config, rt, flag, deadline, log_step)
             if reason is not None:
                 save_checkpoints(s, config, train_store, files, rt)

@@ -90,6 +90,9 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
         path = Path(config.run.resume)
         if path.is_dir():
             path = path / "checkpoint.pt"
+        if files.checkpoint.exists() and files.root.resolve() != path.parent.resolve():
+            raise UserError(f"{files.root} already holds another run (checkpoint.pt); resume "
+                            f"{path} into its own folder (drop --out) or choose a new --out")
         ckpt = loaded if loaded is not None else checkpoint.load(path)
         if ckpt.get("weights_only") or "optimizer" not in ckpt:
             raise UserError(f"{path}: a weights-only file (export) cannot be resumed; use "

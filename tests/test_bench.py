@@ -271,3 +271,19 @@ def test_the_json_of_an_earlier_benchmark_is_replaced(tmp_path, monkeypatch) -> 
     path.write_text('{"model": {"step_ms": 2.0}, "stopped": "SIGTERM"}')
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 0
     assert json.loads(path.read_text()) == {"model": {"step_ms": 1.0}}
+
+
+def test_a_benchmark_stopped_before_any_figure_keeps_the_earlier_json(tmp_path, monkeypatch):
+    """Ctrl-C (or a failure) before anything was measured: the earlier complete JSON is not
+    replaced by empty figures."""
+    import alexnet.bench.model
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(alexnet.bench.model, "bench", interrupted)
+    path = tmp_path / "model.json"
+    earlier = '{"model": {"step_ms": 2.0}}'
+    path.write_text(earlier)
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 130
+    assert path.read_text() == earlier

@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
             if args.json:  # after each benchmark: a run cut short keeps what it measured
                 write_json(args.json, results, indent=2)
     except BaseException as err:
+        keep = args.json and any(results.get(w) for w in WHATS)  # none: the earlier file stays
         if not _SIGTERM.is_set():
-            if args.json:  # the figures measured before the failure are kept too
+            if keep:  # the figures measured before the failure are kept too
                 results["failed"] = (f"`alexnet bench {what}` failed: {type(err).__name__}: "
                                      f"{one_line(err)}; its entry holds the figures it had "
                                      "reached, the benchmarks after it none")
@@ -99,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
         results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
                               "figures it had reached, the benchmarks after it none")
         print(f"alexnet bench: stopped by SIGTERM during {what}"
-              + (f"; the figures so far are in {args.json}" if args.json else ""),
+              + (f"; the figures so far are in {args.json}" if keep else ""),
               file=sys.stderr)
-        if args.json:
+        if keep:
             write_json(args.json, results, indent=2)
         return 124
     finally:

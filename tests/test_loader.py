@@ -532,20 +532,25 @@ def test_the_training_loader_writes_conv1s_padding_for_the_paper_net(big_store: 
         assert x.shape[-2:] == (crop + pad, crop + pad)
 
 
+def damaged_copy(store: Store, split: Path, bad: int) -> Path:
+    """A copy of jpeg `store` at `split` whose image `bad` is zeros of the same length (the
+    files' sizes stay right: only a decode can tell)."""
+    import shutil
+
+    shutil.copytree(store.path, split)
+    offsets = np.load(split / "offsets.npy")
+    with open(split / "images.jpeg", "r+b") as f:
+        f.seek(int(offsets[bad]))
+        f.write(bytes(int(offsets[bad + 1] - offsets[bad])))
+    return split
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_jpeg_that_does_not_decode_is_named_by_its_store_and_index(
         tmp_path: Path, twin_stores, threads: int) -> None:
     """Not its row in the batch: the store (its split folder) and the image's index there,
     whichever decoding thread of the batch meets it."""
-    import shutil
-
-    split = tmp_path / "store" / "train"
-    shutil.copytree(twin_stores[1].path, split)
-    offsets = np.load(split / "offsets.npy")
-    bad = 13
-    with open(split / "images.jpeg", "r+b") as f:
-        f.seek(int(offsets[bad]))
-        f.write(bytes(int(offsets[bad + 1] - offsets[bad])))
+    split, bad = damaged_copy(twin_stores[1], tmp_path / "store" / "train", 13), 13
     loader = EvalLoader(Store(split), 8, crop=40, mean="none", decode_threads=threads,
                         indices=[0, 1, 20, 2, 3, 4, bad, 5], prefetch=0)
     with pytest.raises(UserError) as info:
@@ -561,17 +566,9 @@ def test_a_jpeg_met_while_the_gpu_share_is_measured_is_named_too(
         tmp_path: Path, twin_stores, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rates are measured on the store's first images (CUDA stood in for by a GPU decoder
     that only returns zeros): a damaged one among them is named by store and index too."""
-    import shutil
-
     from alexnet.data import loader
 
-    split = tmp_path / "store" / "train"
-    shutil.copytree(twin_stores[1].path, split)
-    offsets = np.load(split / "offsets.npy")
-    bad = 3
-    with open(split / "images.jpeg", "r+b") as f:
-        f.seek(int(offsets[bad]))
-        f.write(bytes(int(offsets[bad + 1] - offsets[bad])))
+    split, bad = damaged_copy(twin_stores[1], tmp_path / "store" / "train", 3), 3
     monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
     monkeypatch.setattr(loader, "decode_on_gpu", lambda blobs, size, device: torch.zeros(
         (len(blobs), size, size, 3), dtype=torch.uint8))

@@ -434,9 +434,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: split {args.split!r} holds no images")
     out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
                                           len(args.checkpoints))
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name for the JSON report")
-    check_output(out, "evaluation report", is_report)
+    check_output(out, "evaluation report", is_report)  # a folder too
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
                                    batch_size=args.batch_size, device=device, loaded=loaded)

@@ -276,3 +276,16 @@ def test_a_resumed_run_continues_the_step_log_without_gaps_or_repeats(store, tmp
                  "--no-progress"]) == 0
     rows = (tmp_path / "r" / "steps.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_a_row_torn_by_a_kill_is_dropped_when_the_run_resumes(store, tmp_path):
+    base = ["--data", str(store), "--out", str(tmp_path / "r"), "--device", "cpu",
+            "--set", "model.width=0.125", "--batch-size", "16", "--set", "run.log_every=1",
+            "--set", "data.val_split=none", "--no-progress"]
+    assert main(["train", *base, "--max-steps", "2"]) == 0
+    with open(tmp_path / "r" / "steps.jsonl", "a") as f:  # a kill in the middle of an append
+        f.write('{"step": 3, "epoch": 1, "lo')
+    assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4",
+                 "--no-progress"]) == 0
+    rows = (tmp_path / "r" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]

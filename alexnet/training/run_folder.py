@@ -72,12 +72,23 @@ def append_step(files: RunFiles, row: dict[str, Any], tb: Any = None) -> None:
 
 
 def keep_steps_until(files: RunFiles, step: int) -> None:
-    """Drop the step rows after `step` (a resumed run writes them again)."""
+    """Drop the step rows after `step` (a resumed run writes them again), and a row torn by a
+    kill in the middle of its append (steps.jsonl is appended to, not replaced)."""
     if not files.steps.exists():
         return
-    rows = [line for line in files.steps.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    rows = [line for line in files.steps.read_text(errors="replace").splitlines()
+            if _step_of(line) is not None and _step_of(line) <= step]
     write_atomic(files.steps, "".join(line + "\n" for line in rows))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one steps.jsonl row, or None for a line that is not a whole row."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def open_tensorboard(files: RunFiles, enabled: bool) -> Any:

@@ -12,11 +12,15 @@ file where a folder should be); temporaries of killed processes are removed by `
 fc7 cache): it may replace an earlier output of the same kind, never anything else (a
 training checkpoint, a run's own files, an unrelated file), and never lies in a store
 (`store_folder`), whose files are the data every run reads.
+
+`FolderLock` keeps one writer per folder (a store, a run folder, an ablation): an exclusive
+`flock` on FOLDER/.lock, refused at once with the caller's one-line message while held.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -26,6 +30,7 @@ from typing import IO, Any
 from alexnet.errors import UserError
 
 TMP_PREFIX = ".tmp-"  # temporary files are hidden and never carry the final name
+LOCK = ".lock"  # FolderLock's file: empty, and left in place
 
 Content = bytes | str | Callable[[IO[bytes]], None]
 
@@ -226,3 +231,57 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class FolderLock:
+    """One writer per folder: an exclusive `flock` on FOLDER/.lock, taken by `acquire`; while
+    another process holds it, `acquire` raises UserError(`refusal`) at once.
+
+    The kernel drops the lock when its holder exits, however it ends (kill -9 included), so a
+    lock is never stale. The empty lock file stays (unlinking it would let two writers lock
+    two different files). The folder must exist; other filesystem failures are raised as they
+    are (an OSError), for the caller to word.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], refusal: str) -> None:
+        self.folder, self.refusal = Path(folder), refusal
+        self._file: IO[bytes] | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._file is not None
+
+    def acquire(self) -> FolderLock:
+        """Take the lock (a no-op when held), or raise UserError(refusal) if another holds it."""
+        import fcntl
+
+        if self._file is not None:
+            return self
+        file = open(self.folder / LOCK, "ab")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            file.close()
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(self.refusal) from None
+            raise
+        self._file = file
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (idempotent); unlocked explicitly, so that a forked child that
+        inherited the descriptor cannot keep it."""
+        import fcntl
+
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+            file.close()
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

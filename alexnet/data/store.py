@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet.atomic import TMP_PREFIX, remove_stale, write_atomic
+from alexnet.atomic import LOCK, TMP_PREFIX, FolderLock, remove_stale, write_atomic
 from alexnet.data.stats import (
     add_sums,
     empty_sums,
@@ -69,7 +69,6 @@ JPEG = "images.jpeg"
 OFFSETS = "offsets.npy"
 SKIPPED = "skipped.tsv"
 PROGRESS = "progress.npz"  # present only while a split is being written
-LOCK = ".lock"
 CHECKPOINT_SECONDS = 2.0  # record progress (fsync + progress.npz) at most this often
 FLUSH_SECONDS = 0.25  # push written pixels to disk in the background this often
 LABELS_PART = "labels.part"
@@ -357,39 +356,17 @@ def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
     return UserError(f"{where}: cannot write the store ({reason}); {advice}")
 
 
-class WriteLock:
-    """An exclusive `flock` on FOLDER/.lock: one writer at a time, a second refused at once.
-
-    The kernel drops the lock when its holder exits, however it ends (kill -9 included), so a
-    lock is never stale. The empty lock file stays (unlinking it would let two writers lock
-    two different files).
-    """
+class WriteLock(FolderLock):
+    """The store writer's `FolderLock` on FOLDER/.lock (the folder is created), taken at once:
+    a second `alexnet prepare` into the same store is refused with one line."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
-        import fcntl
-
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._file: Any = open(self.folder / LOCK, "ab")  # held until release
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            self._file.close()
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(f"{self.folder}: another process is writing this store (an "
-                                "`alexnet prepare` still running?); wait for it to end, or "
-                                "choose another OUT") from None
-            raise
-
-    def release(self) -> None:
-        """Give the lock up (idempotent)."""
-        self._file.close()
-
-    def __enter__(self) -> WriteLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(folder, f"{folder}: another process is writing this store (an "
+                         "`alexnet prepare` still running?); wait for it to end, or choose "
+                         "another OUT")
+        self.acquire()
 
 
 def normalise_classes(classes: Sequence[Any]) -> list[dict[str, Any]]:

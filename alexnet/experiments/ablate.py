@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
-from alexnet.atomic import ensure_folder, write_atomic
+from alexnet.atomic import FolderLock, ensure_folder, write_atomic
 from alexnet.config import Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
@@ -352,15 +352,24 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
     note = honest_note(base, seeds)
     log(note)
     ensure_folder(out, "folder for --out")
-    results = train_all(runs, log)
-    rows = tabulate(results, variants)
-    meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "store": store,
-            "budget_steps": base.run.max_steps or None, "epochs": base.optim.epochs,
-            "seeds": [c.run.seed for c in runs[BASELINE]], "base_config": to_dict(base),
-            "switches": {v.name: v.switch for v in variants}}
-    paths = write_outputs(out, rows, note, meta)
+    with ablation_lock(out):  # its runs' result.json and the tables: one ablate at a time
+        results = train_all(runs, log)
+        rows = tabulate(results, variants)
+        meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "store": store,
+                "budget_steps": base.run.max_steps or None, "epochs": base.optim.epochs,
+                "seeds": [c.run.seed for c in runs[BASELINE]], "base_config": to_dict(base),
+                "switches": {v.name: v.switch for v in variants}}
+        paths = write_outputs(out, rows, note, meta)
     return {"rows": rows, "note": note, "paths": [str(p) for p in paths],
             "configs": configs, "results": results}
+
+
+def ablation_lock(out: Path) -> FolderLock:
+    """The lock of ablate's folder `out` (taken by `with`): a second ablate into it would
+    resume, reuse or rewrite the same runs and tables while the first still writes them."""
+    return FolderLock(out, f"{out}: another process is running an ablation into this folder "
+                      "(an `alexnet ablate` still running?); wait for it to end, or choose "
+                      "another --out")
 
 
 def train_all(runs: dict[str, list[Config]], log=print) -> dict[str, list[dict[str, Any]]]:

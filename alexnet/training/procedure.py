@@ -13,6 +13,8 @@ Ctrl-C finishes the current step and saves the position inside the epoch. `--res
 model, optimizer, schedule, epoch, step, RNG states and (through the loader's deterministic
 order) the data, so an interrupted run ends with bit-identical weights on the CPU.
 Launched by torchrun it trains data-parallel (alexnet/distributed.py; docs/training.md).
+One writer per run folder: the main rank holds the folder's lock (atomic.FolderLock) for the
+whole run, so a second `alexnet train` into it is refused before it reads or builds anything.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import distributed
-from alexnet.atomic import ensure_folder, outside_stores, remove_stale
+from alexnet.atomic import FolderLock, ensure_folder, outside_stores, remove_stale
 from alexnet.config import Config, validate, write_json
 from alexnet.distributed import DistInfo, print0
 from alexnet.errors import UserError
@@ -72,9 +74,22 @@ def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any
 
 def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
            ) -> dict[str, Any]:
-    """The main loop (see `train`)."""
+    """The main loop (see `train`), holding the run folder's lock on the main rank (the only
+    writer) from before anything in the folder is read until the run ends, however it ends."""
     files = RunFiles(Path(config.run.out))
     outside_stores(files.root, "run folder (--out)")  # before any work
+    lock = run_folder_lock(files.root)
+    try:
+        if dist_info.is_main and files.root.is_dir():  # else once `_open_run_folder` made it
+            _acquire(lock)
+        return _run(config, dist_info, resume, files, lock)
+    finally:
+        lock.release()
+
+
+def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, files: RunFiles,
+         lock: FolderLock) -> dict[str, Any]:
+    """Set up, then train epoch by epoch (see `train`); the main rank writes the run folder."""
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)
@@ -100,9 +115,7 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
 
     tb = None
     if dist_info.is_main:
-        ensure_folder(files.root, "run folder (--out)")
-        remove_stale(files.root)  # temporaries of a killed run
-        write_json(config, files.config)
+        _open_run_folder(config, files, lock, resume_ckpt)
         tb = open_tensorboard(files, config.run.tensorboard)
         keep_steps_until(files, s.global_step)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
@@ -139,6 +152,35 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
     if tb is not None:
         tb.close()
     return _summary(s, files, stopped, val_name) | {"num_classes": len(train_store.classes)}
+
+
+def run_folder_lock(root: Path) -> FolderLock:
+    """The lock that keeps a second `alexnet train` out of run folder `root` (not yet taken)."""
+    return FolderLock(root, f"{root}: another process is training into this run folder (an "
+                      "`alexnet train` still running?); wait for it to end, or choose another "
+                      "--out")
+
+
+def _acquire(lock: FolderLock) -> None:
+    """Take `lock`; a folder where no lock file can be made is a one-line UserError."""
+    try:
+        lock.acquire()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{lock.folder}: cannot create files there ({reason}); choose another "
+                        "run folder (--out)") from None
+
+
+def _open_run_folder(config: Config, files: RunFiles, lock: FolderLock,
+                     resume_ckpt: dict[str, Any] | None) -> None:
+    """Create the run folder (only now: a start refused earlier leaves none), lock it if it
+    was absent at the start, clear temporaries of a killed run and write config.json."""
+    ensure_folder(files.root, "run folder (--out)")
+    if not lock.held:
+        _acquire(lock)
+        resume_checkpoint(config, files, resume_ckpt)  # a racing start may have left a run
+    remove_stale(files.root)
+    write_json(config, files.config)
 
 
 def check_classes(train_store: Any, config: Config) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -204,14 +204,20 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files in `folder` left by processes that no longer run."""
-    removed = []
+def remove_stale(folder: str | os.PathLike, targets: Iterable[str | os.PathLike] | None = None
+                 ) -> list[Path]:
+    """Remove the temporary files in `folder` left by processes that no longer run: all of
+    them in a folder of ours (a run, a store), or only those of `targets` (files in it) in a
+    folder of the user's, where another program's `.tmp-*` files may lie."""
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    names = None if targets is None else {Path(t).name for t in targets}
     for tmp in folder.glob(f"{TMP_PREFIX}*"):
-        pid = tmp.name.rsplit(".", 1)[-1]
+        name, _, pid = tmp.name[len(TMP_PREFIX):].rpartition(".")
+        if names is not None and name not in names:
+            continue
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         try:

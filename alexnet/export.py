@@ -231,7 +231,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     ensure_folder(path.parent, "folder for --out")
     model, ckpt = load_model(source)
     crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
-    remove_stale(path.parent)  # temporaries of killed exports
+    remove_stale(path.parent, [path, info])  # temporaries of killed exports of this file
     writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
     with replacing(path) as tmp:  # written and checked aside: a kill keeps the earlier export
         if writer is None:

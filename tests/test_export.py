@@ -4,6 +4,7 @@ equal the checkpoint's, the plain LRN equal to the paper's, and torch.hub's loca
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -215,6 +216,24 @@ def test_an_export_that_fails_midway_keeps_the_earlier_one(ckpt_path, tmp_path, 
         export(ckpt_path, fmt, out)
     assert {p: p.read_bytes() for p in kept} == kept
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
+def test_an_export_removes_its_killed_temporaries_and_no_other_file(ckpt_path, tmp_path):
+    """The temporaries that killed exports of this file (and its sidecar) left are removed; the
+    folder is the user's, so another program's `.tmp-*` file of a dead pid stays."""
+    from alexnet.atomic import TMP_PREFIX
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # ended: its pid runs nothing
+    dead.wait()
+    out = tmp_path / "m.weights.pt"
+    stale = [tmp_path / f"{TMP_PREFIX}m.weights.pt.{dead.pid}",
+             tmp_path / f"{TMP_PREFIX}m.weights.pt.json.{dead.pid}"]
+    other = tmp_path / f"{TMP_PREFIX}notes.txt.{dead.pid}"
+    for path in (*stale, other):
+        path.write_bytes(b"left by a killed process")
+    export(ckpt_path, "weights", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, out.name + ".json", other.name])
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from alexnet import atomic
 from alexnet.checkpoint import make_state, save
 from alexnet.cli import main
 from alexnet.data.store import open_split, write_store
+from alexnet.errors import UserError
 from alexnet.figures.kernels import (
     GAP,
     KERNELS_PER_ROW,
@@ -253,6 +260,154 @@ def test_feature_cache_only_when_complete_and_same_key(tmp_path):
     np.testing.assert_array_equal(torch.cat(list(read_cache(path, 10, key))).numpy(), rows)
     assert read_cache(path, 10, {**key, "checkpoint": "b.pt"}) is None  # another net
     assert read_cache(path, 11, key) is None  # another store size
+
+
+OLD_KEY = {"checkpoint": "a.pt", "store": "s", "images": 10}
+NEW_KEY = {**OLD_KEY, "checkpoint": "b.pt"}
+
+
+def earlier_cache(path) -> np.ndarray:
+    """A complete cache of 10 x 4 features at `path`, made with OLD_KEY."""
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    for _ in cached_chunks(chunked(rows, [10]), path, 10, OLD_KEY):
+        pass
+    return rows
+
+
+def cached(path, key) -> np.ndarray | None:
+    chunks = read_cache(path, 10, key)
+    return None if chunks is None else torch.cat(list(chunks)).numpy()
+
+
+@pytest.mark.parametrize("how", ["closed", "raised"])
+def test_an_interrupted_rewrite_keeps_the_earlier_cache(tmp_path, how):
+    path = tmp_path / "fc7.npy"
+    old = earlier_cache(path)
+
+    def failing():
+        yield torch.ones(4, 4)
+        raise RuntimeError("killed")
+
+    rewrite = cached_chunks(chunked(-old, [4, 4, 2]) if how == "closed" else failing(), path,
+                            10, NEW_KEY)
+    next(rewrite)
+    if how == "closed":
+        rewrite.close()  # Ctrl-C or a time limit while the consumer holds the chunk
+    else:
+        with pytest.raises(RuntimeError, match="killed"):
+            next(rewrite)
+    np.testing.assert_array_equal(cached(path, OLD_KEY), old)
+    assert cached(path, NEW_KEY) is None
+    assert sorted(os.listdir(tmp_path)) == ["fc7.npy", "fc7.npy.json"]
+
+
+def test_the_key_always_describes_the_features_on_disk(tmp_path, monkeypatch):
+    """The earlier cache is usable until the new one is complete; at each rename the key on
+    disk, if any, is the one of the .npy there."""
+    path = tmp_path / "fc7.npy"
+    old = earlier_cache(path)
+    new = -old
+    key_file, replace, renames = tmp_path / "fc7.npy.json", os.replace, []
+
+    def spy(src, dst):  # the files on disk at the moment of each rename
+        key = json.loads(key_file.read_text()) if key_file.exists() else None
+        renames.append((os.path.basename(dst), key, np.load(path)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    for i, _ in enumerate(cached_chunks(chunked(new, [4, 4, 2]), path, 10, NEW_KEY)):
+        np.testing.assert_array_equal(cached(path, OLD_KEY), old, err_msg=f"after chunk {i}")
+    (npy, key_then, features_then), (json_name, _, features_at_key) = renames
+    assert npy == "fc7.npy" and key_then is None  # the earlier key is gone before the rename
+    np.testing.assert_array_equal(features_then, old)
+    assert json_name == "fc7.npy.json"  # the new key follows the new features
+    np.testing.assert_array_equal(features_at_key, new)
+    np.testing.assert_array_equal(cached(path, NEW_KEY), new)
+    assert cached(path, OLD_KEY) is None
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from alexnet.figures.neighbours import cached_chunks
+
+def chunks():
+    yield torch.ones(4, 4)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+for _ in cached_chunks(chunks(), Path(sys.argv[1]), 10, {"checkpoint": "b.pt", "store": "s"}):
+    pass
+"""
+
+
+def test_a_killed_rewrite_leaves_the_earlier_cache_and_its_temporary_is_removed(tmp_path):
+    path = tmp_path / "fc7.npy"
+    old = earlier_cache(path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    dead = proc.pid  # ended: its temporary is stale
+    stale = tmp_path / f"{atomic.TMP_PREFIX}fc7.npy.{dead}"
+    assert stale.stat().st_size >= 10 * 4 * 4  # what the killed writer left (80 MB per 20k)
+    np.testing.assert_array_equal(cached(path, OLD_KEY), old)  # still valid after SIGKILL
+    stale_key = tmp_path / f"{atomic.TMP_PREFIX}fc7.npy.json.{dead}"  # killed writing a key
+    live = tmp_path / f"{atomic.TMP_PREFIX}fc7.npy.{os.getppid()}"  # a running writer's
+    others = [tmp_path / f"{atomic.TMP_PREFIX}notes.txt.{dead}",  # not the cache's: kept
+              tmp_path / f"{atomic.TMP_PREFIX}fc7.npy.old", tmp_path / f"fc7.npy.{dead}"]
+    for kept in (stale_key, live, *others):
+        kept.write_text("{}")
+    new = -old
+    for _ in cached_chunks(chunked(new, [4, 6]), path, 10, NEW_KEY):
+        pass
+    np.testing.assert_array_equal(cached(path, NEW_KEY), new)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["fc7.npy", "fc7.npy.json", live.name, *(other.name for other in others)])
+
+
+@pytest.mark.parametrize("how", ["posix_fallocate", "unsupported", "absent"])
+def test_the_cache_file_is_allocated_before_it_is_written(tmp_path, monkeypatch, how):
+    """Its whole size is on disk before the first features go through the map (a sparse file
+    would SIGBUS on a full disk): by posix_fallocate, else by writing zeros."""
+    if how == "absent":
+        monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    elif how == "unsupported":
+        def unsupported(fd, offset, length):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+        monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    path = tmp_path / "fc7.npy"
+    rows = np.random.default_rng(6).normal(size=(1024, 256)).astype(np.float32)  # 1 MB
+    writer = cached_chunks(chunked(rows, [1, 1023]), path, 1024, NEW_KEY)
+    next(writer)
+    tmp = atomic.temp_path(path)
+    assert tmp.stat().st_blocks * 512 >= tmp.stat().st_size >= rows.nbytes
+    list(writer)
+    np.testing.assert_array_equal(np.load(path), rows)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_cache(run_folder, tmp_path,
+                                                             monkeypatch, capsys):
+    root, ckpt, _ = run_folder
+    path = tmp_path / "fc7.npy"
+    old = earlier_cache(path)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    code = main(["figures", str(ckpt), "--data", str(root), "--out", str(tmp_path / "figs"),
+                 "--queries", "2", "--device", "cpu", "--features-cache", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--features-cache {path}: cannot write" in err and "No space left" in err
+    assert "free disk space, or choose another --features-cache" in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(atomic.TMP_PREFIX)]
+    np.testing.assert_array_equal(cached(path, OLD_KEY), old)
+    with pytest.raises(UserError, match="cannot write"):
+        list(cached_chunks(chunked(-old, [10]), path, 10, NEW_KEY))
+    assert sorted(os.listdir(tmp_path)) == ["fc7.npy", "fc7.npy.json", "figs"]
 
 
 @pytest.mark.parametrize("bad", ["folder", "unrelated npy", "store file", "key file",

@@ -10,7 +10,9 @@ chunk)), whatever the size of the training set.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,16 @@ from alexnet.atomic import (
     check_output,
     ensure_folder,
     read_json_object,
+    remove_stale,
     replacing,
     write_atomic,
 )
+from alexnet.errors import UserError
 from alexnet.paper import FIG4_NEIGHBOURS
 
 NEIGHBOURS = FIG4_NEIGHBOURS  # figure 4 right: six training images per test image
 FEATURE_BATCH = 256  # training images per fc7 chunk
+NO_FALLOCATE = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}  # filesystem cannot: write zeros
 
 
 def nearest_neighbours(queries: torch.Tensor | np.ndarray,
@@ -92,29 +97,64 @@ def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,
                   key: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
     """Pass the chunks through while writing them to a float32 .npy memmap of `rows` rows.
 
-    The file is written under a temporary name and renamed when complete, and `key` (what the
-    features come from: checkpoint, store) is recorded beside it, so `read_cache` reuses only a
-    complete cache of the same net and data.
+    The file is written under a temporary name, its whole size reserved on disk first, and
+    renamed when complete; `key` (what the features come from: checkpoint, store) is written
+    beside it after the rename, so `read_cache` reuses only a complete cache of the same net
+    and data. The earlier key is removed only just before that rename: a kill at any moment
+    leaves the earlier cache with its key, or a cache without a key (recomputed), never a key
+    beside features it does not describe.
     """
+    remove_stale(path.parent, [path, _key_path(path)])  # of killed rewrites, no other
     mm: np.memmap | None = None
     offset = 0
-    _key_path(path).unlink(missing_ok=True)  # the cache is stale from here until complete
     try:
         with replacing(path) as tmp:
             for chunk in chunks:
                 if mm is None:
-                    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                   shape=(rows, chunk.shape[1]))
+                    mm = _reserved_memmap(tmp, (rows, chunk.shape[1]), path)
                 mm[offset:offset + len(chunk)] = chunk.numpy()
                 offset += len(chunk)
                 yield chunk
             if mm is None or offset != rows:
                 raise _Incomplete  # keep no cache of part of the data
-            mm.flush()
+            mm.flush()  # msync: the features are on disk before the earlier key goes
             del mm
+            _key_path(path).unlink(missing_ok=True)  # the earlier key dies with its .npy
     except _Incomplete:
         return
     write_atomic(_key_path(path), json.dumps(key or {}, sort_keys=True) + "\n")
+
+
+def _reserved_memmap(tmp: Path, shape: tuple[int, int], path: Path) -> np.memmap:
+    """A float32 .npy memmap of `shape` at `tmp` with all its bytes allocated on disk: a full
+    disk fails here as a one-line UserError, not later as SIGBUS through the sparse map."""
+    try:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        _reserve(tmp, mm.offset, mm.offset + mm.nbytes)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        size = shape[0] * shape[1] * 4 / 1e6
+        raise UserError(f"--features-cache {path}: cannot write the {size:.0f} MB cache "
+                        f"({reason}); free disk space, or choose another --features-cache "
+                        "(an earlier cache there is kept)") from None
+    return mm
+
+
+def _reserve(file: Path, start: int, end: int) -> None:
+    """Allocate bytes [start, end) of `file` on disk: posix_fallocate where the platform and
+    the filesystem have it, else by writing the zeros that the region holds anyway."""
+    with open(file, "r+b") as f:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), start, end - start)
+                return
+            except OSError as err:
+                if err.errno not in NO_FALLOCATE:
+                    raise
+        zeros = memoryview(bytes(min(end - start, 1 << 24)))
+        f.seek(start)
+        while f.tell() < end:
+            f.write(zeros[:end - f.tell()])
 
 
 def is_feature_cache(path: Path) -> bool:

@@ -63,7 +63,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
-step tests 80 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or gpu"
+step tests 80 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
 step train 130 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
 step model 60 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"
 step data 90 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"

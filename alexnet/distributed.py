@@ -105,6 +105,12 @@ def _import_before_joining() -> None:
     import torch._dynamo  # noqa: F401
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 in a single process), before the group is
+    joined."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def is_main() -> bool:
     """True on rank 0 (and in a single process)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -14,7 +14,7 @@ from typing import Any
 from alexnet import checkpoint, distributed
 from alexnet.config import AMP_CHOICES, Config, from_dict, resolve, to_dict
 from alexnet.errors import UserError
-from alexnet.training.procedure import train
+from alexnet.training.procedure import check_run_folder_free, train
 from alexnet.training.run_folder import plural, shows_top5
 
 __all__ = ["add_arguments", "config_from_args", "run", "train"]
@@ -85,11 +85,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, Any] |
     base, ckpt = None, None
     preset = args.preset
     if args.resume:
-        ckpt = checkpoint.load(args.resume)
-        base = from_dict(ckpt.get("config") or {}, where=f"{args.resume} config")
         resume_dir = Path(args.resume) if Path(args.resume).is_dir() else \
             Path(args.resume).parent
         flags.setdefault("run.out", str(resume_dir))
+        if Path(flags["run.out"]).resolve() == resume_dir.resolve():
+            check_run_folder_free(resume_dir)  # before reading its checkpoint
+        ckpt = checkpoint.load(args.resume)
+        base = from_dict(ckpt.get("config") or {}, where=f"{args.resume} config")
         flags["run.resume"] = str(args.resume)
     elif preset is None:
         preset = "paper"

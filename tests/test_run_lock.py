@@ -119,6 +119,7 @@ def test_a_second_train_into_a_held_run_folder_is_refused_before_any_work(
     monkeypatch.setattr(procedure, "resume_checkpoint", no_work)  # reads the folder
     monkeypatch.setattr(procedure, "open_data", no_work)
     monkeypatch.setattr(procedure, "build_state", no_work)
+    monkeypatch.setattr(checkpoint, "load", no_work)  # --resume's checkpoint is not read
     args = (["--resume", str(run), "--epochs", "2"] if how == "resume" else
             ["--data", str(store), *sets(TINY), "--out", str(run)])
     with held_elsewhere(run):
@@ -126,6 +127,29 @@ def test_a_second_train_into_a_held_run_folder_is_refused_before_any_work(
     err = one_line_error(capsys)
     assert f"{run}: {BUSY}" in err and "choose another --out" in err, err
     assert tree(run) == before  # byte-identical, the lock file included
+
+
+def test_a_running_runs_checkpoint_may_start_a_run_of_its_own_elsewhere(run, tmp_path):
+    """`--resume A --out B` reads A's checkpoint (replaced atomically) and writes B only: a
+    run still training in A does not stop it."""
+    before = tree(run)
+    with held_elsewhere(run):
+        assert main(["train", "--resume", str(run), "--out", str(tmp_path / "b"), "--epochs",
+                     "2", "--no-progress"]) == 0
+    assert tree(run) == before
+    assert checkpoint.load(tmp_path / "b")["epoch"] == 2
+
+
+def test_only_rank_0_looks_at_the_lock_before_joining(run, monkeypatch):
+    """Under torchrun every rank reads the arguments; a probe by another rank could hold the
+    lock at the moment rank 0 takes it, so only rank 0 probes."""
+    with held_elsewhere(run):
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        procedure.check_run_folder_free(run)  # not rank 0: no look, no refusal
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(UserError, match=BUSY):
+            procedure.check_run_folder_free(run)
 
 
 def test_a_real_concurrent_train_is_refused_and_a_killed_one_leaves_no_lock(

@@ -19,6 +19,7 @@ whole run, so a second `alexnet train` into it is refused before it reads or bui
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -159,6 +160,15 @@ def run_folder_lock(root: Path) -> FolderLock:
     return FolderLock(root, f"{root}: another process is training into this run folder (an "
                       "`alexnet train` still running?); wait for it to end, or choose another "
                       "--out")
+
+
+def check_run_folder_free(root: Path) -> None:
+    """Refuse at once a run folder another `alexnet train` holds (taken and given back: the
+    run takes it for good in `train`), so that `--resume` does not read a big checkpoint
+    first only to be refused. Rank 0's alone: the other ranks' probes would race its lock."""
+    if root.is_dir() and distributed.launch_rank() == 0:
+        with contextlib.suppress(OSError):  # no lock file can be made: `train` says so
+            run_folder_lock(root).acquire().release()
 
 
 def _acquire(lock: FolderLock) -> None:

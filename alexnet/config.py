@@ -246,6 +246,17 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
     return nested
 
 
+def flag_values(flags: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """`{"run.out": "r 1 "}` -> {"run": {"out": "r 1 "}}: a plain option's value as given, spaces
+    included (a path may end in one; only `--set` items are SECTION.KEY=VALUE text to trim)."""
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in flags.items():
+        if value is not None:
+            section, _, name = key.partition(".")
+            nested.setdefault(section, {})[name] = str(value)
+    return nested
+
+
 def resolve(preset: str | None = "paper", overrides: list[str] | None = None,
             flags: dict[str, Any] | None = None, base: Config | None = None) -> Config:
     """Defaults (or `base`), then `preset`, then `--set` overrides, then plain flags; checked."""
@@ -254,8 +265,7 @@ def resolve(preset: str | None = "paper", overrides: list[str] | None = None,
         config = from_dict(load_preset(preset), config, where=f"preset {preset}")
     config = from_dict(parse_overrides(overrides or []), config, where="--set")
     if flags:
-        config = from_dict(parse_overrides([f"{k}={v}" for k, v in flags.items()
-                                            if v is not None]), config, where="option")
+        config = from_dict(flag_values(flags), config, where="option")
     validate(config)
     return config
 

@@ -125,3 +125,19 @@ def test_a_preset_file_that_is_missing_or_a_folder_says_so(tmp_path):
         message = str(err.value)
         assert message.startswith(f"--preset {path}: {what};") and "unknown" not in message
         assert "paper" in message and "\n" not in message
+
+
+def test_a_plain_options_value_keeps_its_spaces():
+    """A path may begin or end in a space: `--out "run 1 "` is that folder, not `run 1` (the
+    audit's --resume "run " wrote its epochs into a second folder `run`)."""
+    config = resolve("paper", ["run.seed= 3 "], {"run.out": "run 1 ", "data.store": " s t"})
+    assert (config.run.out, config.data.store) == ("run 1 ", " s t")
+    assert config.run.seed == 3  # --set items are SECTION.KEY=VALUE text: trimmed
+
+
+def test_train_takes_out_and_data_as_given(capsys):
+    from alexnet.cli import main
+
+    assert main(["train", "--print-config", "--data", "store ", "--out", " run 1 "]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["data"]["store"], printed["run"]["out"]) == ("store ", " run 1 ")

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv[:1])
         return 2
     name, rest = argv[0], argv[1:]
+    printable_names()
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = Parser(prog=f"alexnet {name}", description=help_, formatter_class=HelpFormatter)
@@ -97,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def printable_names() -> None:
+    """Let stdout print any file name: one that is not UTF-8 (Python holds its bytes as
+    surrogates) went back as those bytes only in the C locale, and raised UnicodeEncodeError
+    under a strict locale (en_US.UTF-8) in the middle of a command's output."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        utf8 = (stream.encoding or "").lower().replace("-", "") == "utf8"
+        stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
 def check_device(args: argparse.Namespace) -> None:

@@ -177,3 +177,19 @@ def test_predict_refuses_nan_weights_in_one_line(trained, files, tmp_path, capsy
     captured = capsys.readouterr()
     assert code == 2 and "nan%" not in captured.out
     assert len(captured.err.strip().splitlines()) == 1 and "non-finite" in captured.err
+
+
+def test_a_file_name_that_is_not_utf8_prints_as_its_bytes(trained, files, tmp_path):
+    """Under a strict UTF-8 locale (PYTHONIOENCODING=utf-8, as en_US.UTF-8) the name's bytes
+    go out as they are (the C locale's behaviour), not a UnicodeEncodeError mid-output."""
+    import os
+    import subprocess
+    import sys
+
+    image = os.path.join(os.fsencode(tmp_path), b"red\xff.jpg")
+    with open(image, "wb") as f:
+        f.write((files / "red.jpg").read_bytes())
+    done = subprocess.run([sys.executable, "-m", "alexnet", "predict", str(trained), image],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert image + b":" in done.stdout and b"red thing" in done.stdout

@@ -193,3 +193,20 @@ def test_a_file_name_that_is_not_utf8_prints_as_its_bytes(trained, files, tmp_pa
                           capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert image + b":" in done.stdout and b"red thing" in done.stdout
+
+
+def test_a_folders_files_left_out_for_their_extension_are_said(trained, files, tmp_path,
+                                                               capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((files / "red.jpg").read_bytes())
+    Image.open(files / "blue.png").save(folder / "e.gif")
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / ".hidden.gif").write_bytes((folder / "e.gif").read_bytes())
+    assert main(["predict", str(trained), str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert f"{folder / 'a.jpg'}:" in captured.out and "e.gif:" not in captured.out
+    assert (f"{folder}: 2 file(s) without an image extension left out (e.gif, notes.txt)"
+            in captured.err), captured.err
+    assert main(["predict", str(trained), str(folder / "e.gif")]) == 0  # named: classified
+    assert "blue thing" in capsys.readouterr().out.splitlines()[1]

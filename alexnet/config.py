@@ -219,11 +219,12 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     """A preset's TOML tables: a name from alexnet/configs/ or a path to a .toml file."""
     path = Path(name)
-    if path.suffix == ".toml" and not path.is_file():  # a file was meant, not a preset name
+    toml = path.suffix.lower() == ".toml"  # Mine.TOML is a file too
+    if toml and not path.is_file():  # a file was meant, not a preset name
         what = "is a folder" if path.is_dir() else "no such file"
         raise UserError(f"--preset {name}: {what}; give an existing .toml file or a preset "
                         f"name ({', '.join(preset_names())})")
-    if path.suffix != ".toml":
+    if not toml:
         path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; choose from {', '.join(preset_names())} or "

@@ -141,3 +141,9 @@ def test_train_takes_out_and_data_as_given(capsys):
     assert main(["train", "--print-config", "--data", "store ", "--out", " run 1 "]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["data"]["store"], printed["run"]["out"]) == ("store ", " run 1 ")
+
+
+def test_a_preset_file_with_an_upper_case_suffix_is_a_file(tmp_path):
+    preset = tmp_path / "Mine.TOML"
+    preset.write_text("[optim]\nepochs = 7\n")
+    assert resolve(str(preset)).optim.epochs == 7

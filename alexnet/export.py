@@ -221,7 +221,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    src = Path(source)
+    src = Path(source).absolute()  # `.` or `best.pt` in a run folder: named by the folder
     stem = src.parent.name if src.name in ("checkpoint.pt", "best.pt") else src.stem
     stem = src.name if src.is_dir() else stem
     path = Path(out) if out else Path(f"{stem}{SUFFIX[fmt]}")

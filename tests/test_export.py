@@ -247,3 +247,15 @@ def test_tracing_warnings_are_not_shown(ckpt_path, tmp_path, fmt):
     shown = [f"{w.category.__name__}: {w.message}" for w in caught
              if not issubclass(w.category, DeprecationWarning)]
     assert shown == []
+
+
+@pytest.mark.parametrize("given", [".", "checkpoint.pt"])
+def test_the_default_name_comes_from_the_run_folder_given_relatively(ckpt_path, tmp_path,
+                                                                     monkeypatch, given):
+    """`cd RUN && alexnet export .` (or `checkpoint.pt`) wrote a hidden `.weights.pt`."""
+    run = tmp_path / "run1"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(Path(ckpt_path).read_bytes())
+    monkeypatch.chdir(run)
+    export(given, "weights")
+    assert (run / "run1.weights.pt").is_file() and (run / "run1.weights.pt.json").is_file()

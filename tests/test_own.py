@@ -30,7 +30,7 @@ from alexnet.data import augment
 from alexnet.learning_check import Evidence, at_chance, chance_advice, chance_error
 from alexnet.model import build_model
 from alexnet.train import train
-from alexnet.training.init_from import load_initial_weights
+from alexnet.training.init_from import describe, load_initial_weights
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("poppy", "fern", "sky")
@@ -289,3 +289,40 @@ def test_a_row_torn_by_a_kill_is_dropped_when_the_run_resumes(store, tmp_path):
                  "--no-progress"]) == 0
     rows = (tmp_path / "r" / "steps.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def named(names: list[str]) -> list[dict[str, str]]:
+    return [{"wnid": n, "name": n} for n in names]
+
+
+def test_init_from_moves_fc8_class_by_class(tmp_path):
+    """fc8 has a row per class: a store prepared again with its folders renamed or added
+    takes each class's own row, never another class's (they were copied by position)."""
+    torch.manual_seed(1)
+    source = build_model("alexnet", num_classes=3, width=0.125)
+    path = checkpoint.save(tmp_path / "src.pt", checkpoint.make_state(
+        source, classes=named(["cat", "dog", "owl"])))
+    cases = {("owl", "cat", "dog"): [2, 0, 1], ("cat", "emu", "owl"): [0, None, 2],
+             ("ant", "bee", "emu"): [None, None, None], ("cat", "dog", "owl"): [0, 1, 2]}
+    lines = []
+    for classes, rows in cases.items():
+        torch.manual_seed(2)
+        net = build_model("alexnet", num_classes=3, width=0.125)
+        fresh = net.fc8.weight.detach().clone(), net.fc8.bias.detach().clone()
+        result = load_initial_weights(net, str(path), named(list(classes)))
+        for i, row in enumerate(rows):
+            for mine, theirs, new in zip((net.fc8.weight, net.fc8.bias),
+                                         (source.fc8.weight, source.fc8.bias), fresh, strict=True):
+                assert torch.equal(mine[i], new[i] if row is None else theirs[row])
+        assert torch.equal(net.conv1.weight, source.conv1.weight)
+        lines.append(describe(str(path), result))
+    assert lines[0].endswith("16 tensors loaded; fc8's rows follow the class names (another "
+                             "order)")
+    assert lines[1].endswith("fc8: 2 of 3 classes from the source's rows of the same class, "
+                             "1 new")
+    assert lines[2].endswith("14 tensors loaded; fc8 is new (none of its 3 classes is one of "
+                             "the source's)")
+    assert lines[3].endswith("16 tensors loaded")
+    more = build_model("alexnet", num_classes=4, width=0.125)  # a class added: 3 rows kept
+    load_initial_weights(more, str(path), named(["cat", "dog", "owl", "yak"]))
+    assert torch.equal(more.fc8.weight[:3], source.fc8.weight)

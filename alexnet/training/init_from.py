@@ -3,9 +3,13 @@ initialisation.
 
 The source is a checkpoint or weights file of this project, or "torchvision" (its ImageNet
 weights for the alexnet-tv layout; needs the torchvision package, and its weights file in
-torch's cache or a network to fetch it). Every layer is copied; the output layer (fc8) is
-copied too when its class count matches, else it keeps its fresh initialisation. Only the
-weights move: the optimizer, schedule and counters start anew (that is what --resume is for).
+torch's cache or a network to fetch it). Every layer is copied. The output layer (fc8) has a
+row per class: when the source names its classes (our checkpoints do), each class of this
+run whose wnid the source has takes that class's row, wherever it stands there (a store
+prepared again, a subset of ImageNet's classes), and the others keep their fresh
+initialisation; without names (torchvision's weights) fc8 is copied when the class count
+matches. Only the weights move: the optimizer, schedule and counters start anew (that is
+what --resume is for).
 """
 
 from __future__ import annotations
@@ -21,14 +25,30 @@ TORCHVISION = "torchvision"
 OUTPUT_LAYER = {"alexnet": "fc8", "alexnet-tv": "classifier.6"}  # the class-count layer
 
 
-def source_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state_dict, arch) of `source`: a checkpoint/weights file, or torchvision's."""
+def source_weights(source: str) -> tuple[dict[str, torch.Tensor], str, list[Any]]:
+    """(state_dict, arch, classes) of `source`: a checkpoint/weights file, or torchvision's
+    (its classes unnamed here: [])."""
     if source == TORCHVISION:
-        return _torchvision_weights(), "alexnet-tv"
+        return _torchvision_weights(), "alexnet-tv", []
     from alexnet.checkpoint import load
 
     ckpt = load(source)
-    return ckpt["model"], str(ckpt.get("arch", "alexnet"))
+    return ckpt["model"], str(ckpt.get("arch", "alexnet")), list(ckpt.get("classes") or [])
+
+
+def class_ids(classes: list[Any]) -> list[str]:
+    """Each class's identity: its wnid (an image folder's is its folder name)."""
+    return [str(c.get("wnid", c.get("name"))) if isinstance(c, dict) else str(c)
+            for c in classes]
+
+
+def class_rows(theirs: list[Any], ours: list[Any] | None) -> list[int | None] | None:
+    """For each of our classes, the source's fc8 row of the same class (None: the source has
+    no such class); None when either side's classes are not named (copy by position)."""
+    if not theirs or not ours:
+        return None
+    where = {wnid: row for row, wnid in enumerate(class_ids(theirs))}
+    return [where.get(wnid) for wnid in class_ids(ours)]
 
 
 def _torchvision_weights() -> dict[str, torch.Tensor]:
@@ -46,23 +66,36 @@ def _torchvision_weights() -> dict[str, torch.Tensor]:
                         "(~/.cache/torch/hub/checkpoints)") from None
 
 
-def load_initial_weights(net: nn.Module, source: str) -> dict[str, Any]:
-    """Copy the weights of `source` into `net`; return {'loaded': [...], 'fresh': [...]}.
+def load_initial_weights(net: nn.Module, source: str, classes: list[Any] | None = None
+                         ) -> dict[str, Any]:
+    """Copy the weights of `source` into `net`, whose output rows are `classes`; return
+    {'loaded': [...], 'fresh': [...], 'rows': (copied, total) or None}.
 
-    Only the output layer may differ in shape (another class count); anything else that
-    does not fit is a UserError naming the setting to change.
+    fc8 goes class by class where both sides name their classes (`class_rows`), else
+    whole when its shape matches. Only the output layer may differ in shape (another class
+    count); anything else that does not fit is a UserError naming the setting to change.
     """
-    weights, arch = source_weights(source)
+    weights, arch, their_classes = source_weights(source)
     net_arch = getattr(net, "arch", "alexnet")
     if arch != net_arch:
         raise UserError(f"--init-from {source}: weights of arch {arch!r}, this run builds "
                         f"{net_arch!r}; set --set model.arch={arch}")
     own = net.state_dict()
     output = OUTPUT_LAYER.get(net_arch, "")
+    rows = class_rows(their_classes, classes)
     loaded, fresh = {}, []
     for key, value in own.items():
         theirs = weights.get(key)
-        if theirs is not None and theirs.shape == value.shape:
+        if rows is not None and theirs is not None and key.rpartition(".")[0] == output \
+                and theirs.shape[1:] == value.shape[1:] and len(rows) == len(value):
+            mine = [i for i, row in enumerate(rows) if row is not None]
+            if mine:
+                value = value.clone()
+                value[mine] = theirs[[rows[i] for i in mine]].to(value.dtype)
+                loaded[key] = value
+            else:
+                fresh.append(key)
+        elif theirs is not None and theirs.shape == value.shape:
             loaded[key] = theirs
         elif theirs is not None and key.rpartition(".")[0] == output:
             fresh.append(key)
@@ -74,11 +107,22 @@ def load_initial_weights(net: nn.Module, source: str) -> dict[str, Any]:
     with torch.no_grad():
         for key, value in loaded.items():
             own[key].copy_(value)
-    return {"loaded": sorted(loaded), "fresh": fresh}
+    copied = None if rows is None else (sum(row is not None for row in rows), len(rows),
+                                        rows != list(range(len(rows))))
+    return {"loaded": sorted(loaded), "fresh": fresh, "rows": copied, "layer": output}
 
 
 def describe(source: str, result: dict[str, Any]) -> str:
     """The line training prints about it."""
-    new = f"; {result['fresh'][0].rpartition('.')[0]} is new (another class count)" \
-        if result["fresh"] else ""
+    layer, rows = result.get("layer") or "fc8", result.get("rows")
+    new = ""
+    if rows is None:
+        new = f"; {layer} is new (another class count)" if result["fresh"] else ""
+    elif rows[0] == 0:
+        new = f"; {layer} is new (none of its {rows[1]} classes is one of the source's)"
+    elif rows[0] < rows[1]:
+        new = (f"; {layer}: {rows[0]} of {rows[1]} classes from the source's rows of the same "
+               f"class, {rows[1] - rows[0]} new")
+    elif rows[2]:
+        new = f"; {layer}'s rows follow the class names (another order)"
     return f"weights from {source}: {len(result['loaded'])} tensors loaded{new}"

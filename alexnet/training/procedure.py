@@ -108,7 +108,8 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
         from alexnet.training.init_from import describe, load_initial_weights
 
         print0(describe(config.run.init_from,
-                        load_initial_weights(s.net, config.run.init_from)))
+                        load_initial_weights(s.net, config.run.init_from,
+                                             train_store.classes)))
     loader = train_loader(train_store, per_rank, config, rt, stats)
     if len(loader) == 0:
         raise UserError(f"optim.batch_size {config.optim.batch_size}: no full batch per rank "

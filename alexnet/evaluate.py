@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,12 @@ def class_difference(ours: Sequence[str], theirs: Sequence[str], whose: str) -> 
     if len(ours) != len(theirs):
         return f"its {len(ours)} classes differ from {whose}'s {len(theirs)}"
     i = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
-    return f"its class {i} is {ours[i]!r}, {whose}'s is {theirs[i]!r} (same count, other names)"
+    a, b = ours[i], theirs[i]
+    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):  # print alike
+        return (f"its class {i} is {ascii(a)}, {whose}'s is {ascii(b)}: the same name in "
+                "another Unicode normalisation (NFC/NFD); prepare the store from folders "
+                "named as the run's were")
+    return f"its class {i} is {a!r}, {whose}'s is {b!r} (same count, other names)"
 
 
 def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -321,3 +321,16 @@ def test_cli_out_replaces_only_an_earlier_report(store_root, checkpoint, tmp_pat
     for _ in range(2):  # a report replaces the earlier one
         assert main(["evaluate", str(checkpoint), "--data", str(store_root), "--device", "cpu",
                      "--out", str(out)]) == 0
+
+
+def test_names_that_print_alike_are_told_apart():
+    """NFD `café` and NFC `café` look the same on a terminal: the message shows the code
+    points and names the cause."""
+    from alexnet.evaluate import class_difference
+
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    line = class_difference(["cat", nfd], ["cat", nfc], "the store")
+    assert "its class 1 is 'cafe\\u0301', the store's is 'caf\\xe9'" in line
+    assert "Unicode normalisation" in line
+    assert class_difference(["a"], ["b"], "the store") == \
+        "its class 0 is 'a', the store's is 'b' (same count, other names)"

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from alexnet.checkpoint import make_state, save
 from alexnet.cli import main
 from alexnet.data.store import open_split, write_store
 from alexnet.errors import UserError
+from alexnet.figures import text
+from alexnet.figures.curves import plot_curves
 from alexnet.figures.kernels import (
     GAP,
     KERNELS_PER_ROW,
@@ -31,6 +34,7 @@ from alexnet.figures.kernels import (
     write_kernel_figures,
 )
 from alexnet.figures.neighbours import cached_chunks, nearest_neighbours, read_cache
+from alexnet.figures.text import class_labels, drawable, fit
 from alexnet.figures.top5 import figure_size
 from alexnet.model import AlexNet, build_model
 from alexnet.paper import CONV1, CROP_SIZE, IMAGE_SIZE
@@ -441,3 +445,173 @@ def test_figures_are_not_written_into_a_store(run_folder, capsys, inside):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "outside the store" in err, err
     assert sorted(root.rglob("*")) == before
+
+
+# ----------------------------------------------------------------------------- names as text
+
+NOT_UTF8 = "run\udcffbyte"  # b"run\xffbyte" as os.fsdecode gives it
+AWKWARD = ['a, b "dq" \'sq\'; semi', "bad\udcffbyte", "\u732b\tcat $\\frac$"]
+SYNSETS = [{"wnid": "n01440764", "name": "tench, Tinca tinca"},
+           {"wnid": "n02012849", "name": "crane"}, {"wnid": "n03126707", "name": "crane"}]
+GLYPH = "missing from font"
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: [every non-empty text of the figure]} of each PNG saved by matplotlib."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    texts: dict[str, list[str]] = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, fname, *args, **kwargs):
+        name = os.path.basename(getattr(fname, "name", str(fname)))
+        texts[name] = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+        return savefig(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    monkeypatch.setattr(text, "_REPORTED", set())  # a fresh command: nothing noticed yet
+    return texts
+
+
+def texts_of(drawn, file: str) -> list[str]:
+    """The texts of the figure saved (under a temporary name) for `file`."""
+    (texts,) = [t for name, t in drawn.items() if file in name]
+    return texts
+
+
+def glyph_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if GLYPH in str(w.message)]
+
+
+def test_drawable_escapes_what_matplotlib_cannot_draw():
+    assert drawable(NOT_UTF8) == "run\\xffbyte"
+    assert drawable("a\tb\nc\x07\x85\ud800") == "a\\tb\\nc\\x07\\x85\\ud800"
+    assert drawable("\u732b, caf\u00e9 $x$") == "\u732b, caf\u00e9 $x$"  # kept as it is
+    assert fit("abcdef", 4) == "abc\u2026" and fit("abcd", 4) == "abcd"
+
+
+def test_class_labels_split_only_synonym_lists_and_stay_distinct():
+    folders = [{"wnid": n, "name": n} for n in AWKWARD]
+    assert class_labels(folders, 22) == ['a, b "dq" \'sq\'; semi', "bad\\xffbyte",
+                                         "\u732b\\tcat $\\frac$"]
+    assert class_labels(folders, 14)[0] == 'a, b "dq" \'sq\u2026'
+    assert class_labels(SYNSETS, 22) == ["tench", "crane [1]", "crane [2]"]
+    cut = class_labels(["experiment_condition_A", "experiment_condition_B", "short"], 14)
+    assert cut == ["experimen\u2026 [0]", "experimen\u2026 [1]", "short"]
+    assert all(len(label) <= 14 for label in cut)
+    assert class_labels([{"wnid": "n1", "name": ""}, ""], 8) == ["n1", "1"]
+
+
+def test_curves_of_a_run_folder_whose_name_is_not_utf8(tmp_path, drawn):
+    """Training redraws curves.png after every epoch: the folder's name must not stop it."""
+    from alexnet.training.run_folder import RunFiles, write_logs
+
+    files = RunFiles(tmp_path / NOT_UTF8)
+    files.root.mkdir()
+    row = {"epoch": 1, "train_loss": 2.0, "train_error": 0.5, "lr": 0.01}
+    write_logs(files, [row])
+    assert png_size(files.curves)
+    assert "training curves: run\\xffbyte" in texts_of(drawn, "curves.png")
+
+
+def test_the_plots_draw_any_class_name(tmp_path, drawn):
+    """Undecodable bytes, control characters and mathtext in names, drawn by the real
+    plotting functions: escaped, not an error, a box or a line break."""
+    from alexnet.figures.neighbours import plot_neighbours
+    from alexnet.figures.top5 import plot_top5
+
+    images = [np.zeros((8, 8, 3), np.uint8)] * 3
+    probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.3, 0.2, 0.5]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_top5(images, probs, [0, 1, 2], AWKWARD, tmp_path / "top5.png")
+        plot_neighbours(images[:1], [images[1:]], tmp_path / "nn.png",
+                        query_titles=[AWKWARD[1]], neighbour_titles=[[AWKWARD[2], "x\ny"]])
+    assert png_size(tmp_path / "top5.png") == figure_size(3)
+    assert png_size(tmp_path / "nn.png") == (3 * 150, 170)
+    top5 = texts_of(drawn, "top5.png")
+    assert {"bad\\xffbyte", "\u732b\\tcat $\\frac$", 'a, b "dq" \'sq\'; semi'} <= set(top5)
+    assert "bad\\xffbyte 0.50" in top5
+    assert {"bad\\xffbyte", "\u732b\\tcat $\\frac$", "x\\ny"} <= set(texts_of(drawn, "nn.png"))
+    assert glyph_warnings(caught) == []  # the CJK glyph: one notice instead (below)
+
+
+def store_and_run(root, classes, run_name: str = "run"):
+    """A store of `classes` (3) and a checkpoint in the run folder `run_name` beside a log."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(14, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    labels = np.arange(14) % 3
+    write_store(root / "store" / "train", images[:10], labels[:10], classes)
+    train = open_split(root / "store", "train")
+    write_store(root / "store" / "test", images[10:], labels[10:], classes, stats=train.stats)
+    torch.manual_seed(0)
+    run = root / run_name
+    run.mkdir()
+    save(run / "net.pt", make_state(AlexNet(num_classes=3, width=0.0625), classes=classes,
+                                    stats=train.stats, epoch=1, step=0))
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "lr": 0.01})
+                                   + "\n")
+    return root / "store", run / "net.pt"
+
+
+@pytest.mark.parametrize("kind", ["comma folders", "awkward folders", "synsets"])
+def test_figures_command_labels_every_class(tmp_path, drawn, capsys, kind):
+    """Figure 4 names each class whole (a folder's commas kept; a synset by its first word),
+    marks a cut with an ellipsis in both panels, keeps two classes apart, and draws names and
+    run folders that are not UTF-8, hold a tab or characters no font has."""
+    names = {"comma folders": ["a, b \"dq\" 'sq'; semi", "a, c", "a"], "awkward folders":
+             AWKWARD, "synsets": None}[kind]
+    classes = SYNSETS if names is None else [{"wnid": n, "name": n} for n in names]
+    run_name = NOT_UTF8 if kind == "awkward folders" else "run"
+    store, ckpt = store_and_run(tmp_path, classes, run_name)
+    out = tmp_path / "figs"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["figures", str(ckpt), "--data", str(store), "--out", str(out),
+                     "--images", "4", "--queries", "4", "--device", "cpu"])
+    assert code == 0
+    assert json.loads((out / "figures.json").read_text())["curves"]
+    top5, nn = texts_of(drawn, "fig4_top5.png"), texts_of(drawn, "fig4_neighbours.png")
+    want = class_labels(classes, 22)
+    assert {*want} <= {*top5}  # every class is a true label of the four test images
+    assert {*class_labels(classes, 20)} <= {*nn}
+    near = {t.rsplit(" d=", 1)[0] for t in nn if " d=" in t}
+    assert near <= {*class_labels(classes, 14)} and len(near) > 1
+    if kind == "comma folders":
+        assert want == ["a, b \"dq\" 'sq'; semi", "a, c", "a"]
+        assert "a, b \"dq\" 'sq'; semi" in nn and 'a, b "dq" \'sq\u2026' in near
+    elif kind == "synsets":
+        assert want == ["tench", "crane [1]", "crane [2]"]
+    else:
+        assert "bad\\xffbyte" in top5 and "\u732b\\tcat $\\frac$" in top5
+        assert "training curves: run\\xffbyte" in texts_of(drawn, "training_curves.png")
+        err = capsys.readouterr().err.splitlines()
+        assert [line for line in err if "font" in line] == [
+            "alexnet: note: no font matplotlib uses can draw \u732b U+732B; the figures show "
+            "them as boxes (a font that has them, e.g. Noto Sans CJK, added to matplotlib's "
+            "font.family would draw them)"]
+    assert glyph_warnings(caught) == []
+
+
+def test_missing_glyphs_are_one_notice_per_command(tmp_path, drawn, capsys):
+    """Curves redrawn every epoch in a run folder named in CJK: one notice, no warnings."""
+    from alexnet.training.run_folder import RunFiles, write_logs
+
+    files = RunFiles(tmp_path / "\u732b\u72d7 run")
+    files.root.mkdir()
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "lr": 0.01} for e in (1, 2, 3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(1, 4):
+            write_logs(files, rows[:epoch])
+    assert glyph_warnings(caught) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("alexnet: note: no font matplotlib uses "
+                                                   "can draw \u72d7 U+72D7, \u732b U+732B;")
+    with text.one_glyph_notice():  # a command drawing several figures: one notice at its end
+        for word in ("\u4e00", "\u4e8c"):
+            plot_curves(files.log, tmp_path / f"{word}.png", title=word)
+        assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.count("\u4e00 U+4E00, \u4e8c U+4E8C;") == 1

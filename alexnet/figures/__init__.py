@@ -21,6 +21,9 @@ from alexnet.errors import UserError
 from alexnet.evaluate import EVAL_BATCH_SIZE
 from alexnet.paper import FIG4_QUERY_IMAGES, FIG4_TOP5_IMAGES, TEST_CROPS
 
+QUERY_CHARS = 20  # the longest class label above a test image of figure 4 right
+NEIGHBOUR_CHARS = 14  # ... above a training image, before its distance
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet figures`."""
@@ -61,7 +64,18 @@ def _test_split(root: Path, split: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw every figure; print where they went and the colour fraction of each column."""
+    """Draw every figure; print where they went and the colour fraction of each column.
+
+    Characters of class or folder names that no font has are named once, at the end.
+    """
+    from alexnet.figures.text import one_glyph_notice
+
+    with one_glyph_notice():
+        return _draw_figures(args)
+
+
+def _draw_figures(args: argparse.Namespace) -> int:
+    """`run`, without the notice of missing glyphs."""
     from alexnet.checkpoint import load, model_from_state
     from alexnet.data.store import open_split
     from alexnet.evaluate import (
@@ -149,13 +163,14 @@ def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, dev
 
     from alexnet.evaluate import eval_loader, predict_probs
     from alexnet.figures.neighbours import choose_queries
-    from alexnet.figures.top5 import plot_top5
+    from alexnet.figures.text import class_labels
+    from alexnet.figures.top5 import LABEL_CHARS, plot_top5
 
     indices = choose_queries(len(test), args.images, args.seed)
     loader = eval_loader(test, crops=args.crops, batch_size=min(len(indices), args.batch_size),
                          device=device, indices=indices, **settings)
     probs, labels = predict_probs(model, loader)
-    names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
+    names = class_labels(test.classes, LABEL_CHARS)
     path = out / "fig4_top5.png"
     size = plot_top5(list(test.read(np.asarray(indices))), probs.numpy(), labels.tolist(), names,
                      path)
@@ -178,6 +193,7 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
         plot_neighbours,
         read_cache,
     )
+    from alexnet.figures.text import class_labels
 
     indices = choose_queries(len(test), args.queries, args.seed)
     query_loader = eval_loader(test, crops=1, batch_size=min(len(indices), args.batch_size),
@@ -198,14 +214,15 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     else:
         print(f"figure 4 right: training features read from {cache}")
     dist, nearest = nearest_neighbours(queries, chunks, NEIGHBOURS)
-    names = [c.get("name", str(i)) for i, c in enumerate(test.classes)]
+    query_names = class_labels(test.classes, QUERY_CHARS)
+    names = class_labels(test.classes, NEIGHBOUR_CHARS)
     query_images = list(test.read(np.asarray(indices)))
     neighbour_images = [list(train.read(row.numpy())) for row in nearest]
     path = out / "fig4_neighbours.png"
     size = plot_neighbours(
         query_images, neighbour_images, path,
-        query_titles=[names[test.labels[i]].split(",")[0][:20] for i in indices],
-        neighbour_titles=[[f"{names[train.labels[j]].split(',')[0][:14]} d={d:.3g}"
+        query_titles=[query_names[test.labels[i]] for i in indices],
+        neighbour_titles=[[f"{names[train.labels[j]]} d={d:.3g}"
                            for j, d in zip(row.tolist(), drow.tolist(), strict=True)]
                           for row, drow in zip(nearest, dist, strict=True)])
     return {"file": str(path), "size": list(size), "queries": indices,

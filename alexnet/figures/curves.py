@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from alexnet.atomic import write_atomic  # noqa: E402
+from alexnet.figures.text import drawable, noting_missing_glyphs  # noqa: E402
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -55,9 +56,28 @@ def _every(steps: list[dict[str, Any]]) -> int:
 
 
 def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "") -> Path:
-    """Draw the curves of `log` (a log.jsonl) into the PNG `out`, written atomically."""
+    """Draw the curves of `log` (a log.jsonl) into the PNG `out`, written atomically.
+
+    The title names the run folder (`title` replaces it), escaped by `drawable`: a folder
+    name that is not UTF-8 must not stop training, which redraws the curves every epoch.
+    """
     rows, steps = read_log(log), read_steps(log)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    out = Path(out)
+    with noting_missing_glyphs():
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        try:
+            _panels(axes, rows, steps)
+            fig.suptitle(drawable(title or f"training curves: {Path(log).parent.name}"),
+                         parse_math=False)
+            fig.tight_layout()
+            write_atomic(out, lambda f: fig.savefig(f, dpi=100, format="png"))
+        finally:
+            plt.close(fig)
+    return out
+
+
+def _panels(axes: Any, rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
+    """Draw the three panels (module docstring) on `axes`."""
     loss_ax, err_ax, lr_ax = axes
     if steps:
         loss_ax.plot(*_series(steps, "loss"), "-", lw=0.8, alpha=0.7,
@@ -80,11 +100,3 @@ def plot_curves(log: str | os.PathLike, out: str | os.PathLike, title: str = "")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(title or f"training curves: {Path(log).parent.name}")
-    fig.tight_layout()
-    out = Path(out)
-    try:
-        write_atomic(out, lambda f: fig.savefig(f, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return out

@@ -30,6 +30,7 @@ from alexnet.atomic import (
     write_atomic,
 )
 from alexnet.errors import UserError
+from alexnet.figures.text import drawable, noting_missing_glyphs
 from alexnet.paper import FIG4_NEIGHBOURS
 
 NEIGHBOURS = FIG4_NEIGHBOURS  # figure 4 right: six training images per test image
@@ -215,6 +216,7 @@ def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequen
                     neighbour_titles: Sequence[Sequence[str]], dpi: int = 100) -> tuple[int, int]:
     """Write the figure: one row per query, the test image then its neighbours, nearest first.
 
+    The titles are drawn as given, through `drawable` (cut them to fit: `class_labels`).
     The PNG is exactly (1 + k) * 150 x rows * 170 pixels at the default dpi.
     """
     import matplotlib
@@ -224,30 +226,37 @@ def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequen
 
     rows = len(query_images)
     cols = 1 + max((len(n) for n in neighbour_images), default=0)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), dpi=dpi,
-                             squeeze=False)
-    for r in range(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.imshow(query_images[r])
-                ax.set_title(query_titles[r], fontsize=7, color="tab:red")
-                for spine in ax.spines.values():
-                    spine.set_edgecolor("tab:red")
-                    spine.set_linewidth(2)
-            elif c - 1 < len(neighbour_images[r]):
-                ax.imshow(neighbour_images[r][c - 1])
-                ax.set_title(neighbour_titles[r][c - 1], fontsize=6)
-            else:
-                ax.axis("off")
-    fig.suptitle("test image (left) and the training images nearest in fc7 space",
-                 fontsize=8)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / (1.7 * rows), bottom=0.01,
-                        wspace=0.05, hspace=0.25)
-    try:
-        write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
+    with noting_missing_glyphs():
+        fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), dpi=dpi,
+                                 squeeze=False)
+        try:
+            for r in range(rows):
+                _row(axes[r], query_images[r], neighbour_images[r], query_titles[r],
+                     neighbour_titles[r])
+            fig.suptitle("test image (left) and the training images nearest in fc7 space",
+                         fontsize=8)
+            fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / (1.7 * rows), bottom=0.01,
+                                wspace=0.05, hspace=0.25)
+            write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+        finally:
+            plt.close(fig)
     return int(round(1.5 * cols * dpi)), int(round(1.7 * rows * dpi))
+
+
+def _row(axes: Sequence[Any], query: np.ndarray, neighbours: Sequence[np.ndarray],
+         query_title: str, titles: Sequence[str]) -> None:
+    """One row: the query in a red frame, then its neighbours; empty cells hidden."""
+    for c, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if c == 0:
+            ax.imshow(query)
+            ax.set_title(drawable(query_title), fontsize=7, color="tab:red", parse_math=False)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:red")
+                spine.set_linewidth(2)
+        elif c - 1 < len(neighbours):
+            ax.imshow(neighbours[c - 1])
+            ax.set_title(drawable(titles[c - 1]), fontsize=6, parse_math=False)
+        else:
+            ax.axis("off")

@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from alexnet.atomic import write_atomic
+from alexnet.figures.text import fit, noting_missing_glyphs
 from alexnet.paper import TOP5
 
 TOP = TOP5  # section 6
 IMAGES_PER_ROW = 4
 CELL_INCHES = (2.0, 3.2)  # (width, height) of one image with its bars
+LABEL_CHARS = 22  # the longest class label that fits under an image
 
 
 def figure_size(images: int, dpi: int = 100, per_row: int = IMAGES_PER_ROW) -> tuple[int, int]:
@@ -34,6 +37,8 @@ def plot_top5(images: Sequence[np.ndarray], probs: np.ndarray, labels: Sequence[
               per_row: int = IMAGES_PER_ROW) -> tuple[int, int]:
     """Write the figure for uint8 (H, W, 3) `images`, their probs (N, C) and true `labels`.
 
+    `names`: the label of each class, as `class_labels(classes, LABEL_CHARS)` makes them;
+    any other text is drawn safely (`fit`), cut to LABEL_CHARS with an ellipsis.
     Returns the PNG's (width, height), `figure_size(len(images), dpi)`.
     """
     import matplotlib
@@ -44,36 +49,39 @@ def plot_top5(images: Sequence[np.ndarray], probs: np.ndarray, labels: Sequence[
     n = len(images)
     cols = min(per_row, n)
     rows = math.ceil(n / cols)
-    fig = plt.figure(figsize=(cols * CELL_INCHES[0], rows * CELL_INCHES[1]), dpi=dpi)
-    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[2.0, 1.0] * rows, hspace=0.25,
-                            wspace=0.08, left=0.02, right=0.98, top=0.96, bottom=0.01)
-    top = min(TOP, probs.shape[1])
-    for i in range(n):
-        r, c = divmod(i, cols)
-        ax = fig.add_subplot(grid[2 * r, c])
-        ax.imshow(images[i])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(_short(names[labels[i]]), fontsize=8)
-        order = np.argsort(-probs[i], kind="stable")[:top]
-        bars = fig.add_subplot(grid[2 * r + 1, c])
-        colours = ["tab:red" if k == labels[i] else "tab:blue" for k in order]
-        bars.barh(range(top), probs[i][order], color=colours, alpha=0.5)
-        for j, k in enumerate(order):
-            bars.text(0.02, j, f"{_short(names[k])} {probs[i][k]:.2f}", fontsize=6,
-                      va="center", ha="left")
-        bars.set_xlim(0, 1)
-        bars.set_ylim(top - 0.5, -0.5)
-        bars.set_xticks([])
-        bars.set_yticks([])
-    try:
-        write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
+    shown = [fit(name, LABEL_CHARS) for name in names]
+    with noting_missing_glyphs():
+        fig = plt.figure(figsize=(cols * CELL_INCHES[0], rows * CELL_INCHES[1]), dpi=dpi)
+        try:
+            grid = fig.add_gridspec(rows * 2, cols, height_ratios=[2.0, 1.0] * rows,
+                                    hspace=0.25, wspace=0.08, left=0.02, right=0.98, top=0.96,
+                                    bottom=0.01)
+            for i in range(n):
+                r, c = divmod(i, cols)
+                _cell(fig.add_subplot(grid[2 * r, c]), fig.add_subplot(grid[2 * r + 1, c]),
+                      images[i], probs[i], labels[i], shown)
+            write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+        finally:
+            plt.close(fig)
     return figure_size(n, dpi, per_row)
 
 
-def _short(name: str, length: int = 22) -> str:
-    """A class name cut to fit under an image (ImageNet names list synonyms after commas)."""
-    name = name.split(",")[0]
-    return name if len(name) <= length else name[:length - 1] + "~"
+def _cell(ax: Any, bars: Any, image: np.ndarray, probs: np.ndarray, label: int,
+          names: Sequence[str]) -> None:
+    """One image titled with its true class (`ax`), and a bar per top-5 class below (`bars`):
+    red for the true class, blue for the others."""
+    top = min(TOP, probs.shape[0])
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(names[label], fontsize=8, parse_math=False)
+    order = np.argsort(-probs, kind="stable")[:top]
+    colours = ["tab:red" if k == label else "tab:blue" for k in order]
+    bars.barh(range(top), probs[order], color=colours, alpha=0.5)
+    for j, k in enumerate(order):
+        bars.text(0.02, j, f"{names[k]} {probs[k]:.2f}", fontsize=6, va="center", ha="left",
+                  parse_math=False)
+    bars.set_xlim(0, 1)
+    bars.set_ylim(top - 0.5, -0.5)
+    bars.set_xticks([])
+    bars.set_yticks([])

@@ -140,7 +140,7 @@ def test_image_folder(tmp_path):
     assert train.meta["skipped"] == 5 and summary["splits"]["train"]["skipped"] == 5
     assert val.meta["skipped"] == 1
     report = (train.path / "skipped.tsv").read_text().splitlines()
-    assert report[0] == "path\treason"
+    assert report[0] == "path (escaped)\treason (escaped)"
     reasons = dict(line.split("\t") for line in report[1:])
     assert set(Path(p).name for p in reasons) == {"broken.JPEG", "notes.jpg", "empty.png",
                                                   "gone.jpg", "readme.txt"}
@@ -163,6 +163,41 @@ def test_image_folder(tmp_path):
     position = int(np.flatnonzero(train.labels == 0)[in_class.index(path.name)])
     want = reference_resize_crop(np.asarray(Image.open(path).convert("RGB")), 32)
     assert np.abs(train.read([position])[0].astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("awkward", [
+    {b"bad\xff.jpg": r"bad\xff.jpg", b"readme\xff.txt": r"readme\xff.txt"},  # not UTF-8
+    {b"bad\t.jpg": r"bad\t.jpg", b"new\nline.txt": r"new\nline.txt",
+     b"tab\there.txt": r"tab\there.txt", b"back\\slash.txt": r"back\\slash.txt"},
+], ids=["not-utf8", "tab-newline-backslash"])
+def test_awkward_names_in_the_skip_report(tmp_path, awkward):
+    """Names of skipped files (an empty bad*.jpg) and of files that are no images: the store
+    completes, after an interruption too (names that are not UTF-8 once crashed the end of
+    prepare, and its rerun), and each row of skipped.tsv is one line of two fields in valid
+    UTF-8, escaped as docs/data.md says. Images and a class folder whose names are not UTF-8
+    are read."""
+    src = tmp_path / "src"
+    cat, dog = src / "cat", src / os.fsdecode(b"dog\xfd")
+    files = {f"{i}.png": images_.png(images_.photo(20, 20, 0, i)) for i in range(3)}
+    files[os.fsdecode(b"good\xfe.png")] = images_.png(images_.photo(20, 20, 0))
+    files.update({os.fsdecode(name): b"" for name in awkward})
+    images_.write_files(cat, files)
+    images_.write_files(dog, {f"{i}.png": images_.png(images_.photo(20, 20, 1, i))
+                              for i in range(2)})
+    with pytest.raises(KeyboardInterrupt):  # bad*.jpg's skip is in the progress record
+        prepare(src, tmp_path / "out", size=16, workers=1, chunk=2, _stop_after=2)
+    prepare(src, tmp_path / "out", size=16, workers=1, chunk=2)
+    train = open_split(tmp_path / "out", "train")
+    assert list(train.labels) == [0, 0, 0, 0, 1, 1]
+    assert [c["name"] for c in train.classes] == ["cat", os.fsdecode(b"dog\xfd")]
+    json.loads((train.path / "header.json").read_bytes().decode("utf-8"))
+    lines = (train.path / "skipped.tsv").read_bytes().decode("utf-8").split("\n")
+    assert len(lines) == 2 + train.meta["skipped"] == 2 + len(awkward) and lines[-1] == ""
+    rows = [line.split("\t") for line in lines[1:-1]]
+    assert all(len(row) == 2 for row in rows), rows
+    assert {name for name, _ in rows} == {f"{cat}/{name}" for name in awkward.values()}
+    bad = next(name for name in awkward.values() if name.startswith("bad"))
+    assert dict(rows)[f"{cat}/{bad}"] == "empty file"
 
 
 def test_single_level_folder_and_jpeg_format(tmp_path):

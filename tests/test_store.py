@@ -14,7 +14,16 @@ import pytest
 
 from alexnet.data import Store, open_split, write_store
 from alexnet.data.stats import compute_stats, pixel_sums
-from alexnet.data.store import HEADER, LABELS, MEAN_IMAGE, RAW, SplitWriter
+from alexnet.data.store import (
+    HEADER,
+    LABELS,
+    MEAN_IMAGE,
+    RAW,
+    SKIPPED,
+    SplitWriter,
+    read_skipped,
+    tsv_field,
+)
 from alexnet.errors import UserError
 
 CLASSES = [{"wnid": "n01", "name": "one"}, {"wnid": "n02", "name": "two"}, "three"]
@@ -312,3 +321,56 @@ def test_a_jpeg_that_does_not_decode_is_named_by_its_store_and_index(tmp_path):
                               "decode") and "\n" not in message
     assert f"delete {store.path} and rerun `alexnet prepare SOURCE {store.path.parent}`" \
         in message
+
+
+AWKWARD = ["plain.jpg", "tab\there", "new\nline\r", "back\\slash \\x41 \\n \\\t",
+           os.fsdecode(b"not utf-8 \xff\xc3"), "caf\u00e9 cafe\u0301", "\x1b[31mred\x7f",
+           "lone \ud800 surrogate", ""]
+
+
+def test_skip_report_rows_are_one_line_of_two_fields_and_read_back(tmp_path):
+    """Names with tabs, newlines, backslashes, control characters or bytes that are not
+    UTF-8, skipped or unused: skipped.tsv is valid UTF-8, one line of two fields per row,
+    and `read_skipped` gives every name and reason back, the original bytes included."""
+    images, labels = _images(4, size=8)
+    skipped = [(f"{name}/skipped", f"reason {name}") for name in AWKWARD]
+    unused = [(f"{name}/unused", name) for name in AWKWARD]
+    path = tmp_path / "train"
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    writer.add_chunk(images[:2], labels[:2], skipped=skipped[:4])
+    writer.close()  # interrupted: the rows recorded so far come back from progress.npz
+    writer = SplitWriter(path, split="train", image_size=8, classes=CLASSES, fingerprint="a")
+    writer.add_chunk(images[2:], labels[2:], skipped=skipped[4:])
+    meta = writer.finish(unused=unused)
+    lines = (path / SKIPPED).read_bytes().decode("utf-8").split("\n")
+    assert lines[0] == "path (escaped)\treason (escaped)" and lines[-1] == ""
+    assert len(lines) == 2 + meta["skipped"] == 2 + 2 * len(AWKWARD)
+    assert all(line.count("\t") == 1 for line in lines[:-1])
+    assert lines[2] == "tab\\there/skipped\treason tab\\there"
+    assert lines[5] == "not utf-8 \\xff\\xc3/skipped\treason not utf-8 \\xff\\xc3"
+    assert read_skipped(path) == [*skipped, *unused]
+    assert os.fsencode(read_skipped(path)[4][0]) == b"not utf-8 \xff\xc3/skipped"
+
+
+def test_the_escapes_are_printf_s():
+    """The documented escapes: what `printf '%b'` turns back into the name's bytes (a lone
+    surrogate other than a byte's, which no file name decodes to, aside)."""
+    import subprocess
+
+    for name in [n for n in AWKWARD if "\ud800" not in n]:
+        out = subprocess.run(["printf", "%b", tsv_field(name)], capture_output=True,
+                             check=True).stdout
+        assert out == os.fsencode(name), name
+
+
+def test_a_skip_report_written_before_the_escapes_is_read(tmp_path):
+    """Old skipped.tsv files (fields as they were): a name cut by a newline is joined
+    again, and the reason follows the last tab."""
+    (tmp_path / SKIPPED).write_text("path\treason\n/a/b.jpg\tempty file\n/a/new\nline.txt\t"
+                                    "not an image\n/a/t\tab.txt\tnot an image\n/a/c\\d\tx\n")
+    assert read_skipped(tmp_path) == [("/a/b.jpg", "empty file"),
+                                      ("/a/new\nline.txt", "not an image"),
+                                      ("/a/t\tab.txt", "not an image"), ("/a/c\\d", "x")]
+    (tmp_path / SKIPPED).write_text("/a/b.jpg\tempty file\n")
+    with pytest.raises(UserError, match="not a skip report"):
+        read_skipped(tmp_path)

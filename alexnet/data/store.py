@@ -14,6 +14,8 @@ holds:
   they were computed on), `own_stats` (this split's own), `source` (what it was prepared from),
   `skipped` (how many source files were unused; listed in `skipped.tsv`) and `complete`
   (true only once every file is written; a half-written split says false).
+- `skipped.tsv`: the header row `SKIPPED_COLUMNS`, then one line `path<TAB>reason` per unused
+  source file, each field escaped by `tsv_field` (read back by `read_skipped`).
 - `labels.npy`: int64 (N,).
 - `mean_image.npy` (float64 (S, S, 3)) and `own_mean_image.npy`: the per-pixel means.
 - format "raw": `images.u8`, N*S*S*3 bytes, uint8 (N, S, S, 3) in C order, read through
@@ -34,6 +36,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -68,6 +71,8 @@ RAW = "images.u8"
 JPEG = "images.jpeg"
 OFFSETS = "offsets.npy"
 SKIPPED = "skipped.tsv"
+SKIPPED_COLUMNS = "path (escaped)\treason (escaped)"  # first line of skipped.tsv
+OLD_SKIPPED_COLUMNS = "path\treason"  # earlier versions: fields written unescaped
 PROGRESS = "progress.npz"  # present only while a split is being written
 CHECKPOINT_SECONDS = 2.0  # record progress (fsync + progress.npz) at most this often
 FLUSH_SECONDS = 0.25  # push written pixels to disk in the background this often
@@ -601,8 +606,8 @@ class SplitWriter:
     def _finish(self, stats: dict[str, Any] | None, stats_split: str | None,
                 unused: Sequence[Sequence[str]]) -> dict[str, Any]:
         rows = [*self.skipped, *([str(p), str(r)] for p, r in unused)]
-        report = "".join(f"{p}\t{r}\n" for p, r in rows)
-        _write(self.path / SKIPPED, ("path\treason\n" + report).encode())
+        report = "".join(f"{tsv_field(p)}\t{tsv_field(r)}\n" for p, r in rows)
+        _write(self.path / SKIPPED, f"{SKIPPED_COLUMNS}\n{report}".encode())
         own = stats_from_sums(self.sums) if self.count else None
         stats = own if stats is None else stats
         if stats is None:
@@ -782,3 +787,84 @@ def write_store(path: str | os.PathLike[str], images: np.ndarray, labels: Sequen
     finally:
         writer.close()
     return Store(path)
+
+
+# ----------------------------------------------------------------------------- skip report
+
+
+# Escaped in a field of skipped.tsv: the TSV separators, the backslash that escapes, other
+# control characters, and every surrogate (a byte of a name that is not UTF-8, as Python's
+# surrogateescape reads it, is \udc80-\udcff).
+_ESCAPED = re.compile("[\\\\\x00-\x1f\x7f\ud800-\udfff]")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[\\tnr])")
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\x{code - 0xdc00:02x}" if 0xdc80 <= code <= 0xdcff else f"\\u{code:04x}"
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code in _UNESCAPES:
+        return _UNESCAPES[code]
+    value = int(code[1:], 16)
+    return chr(0xdc00 + value if code[0] == "x" and value >= 0x80 else value)
+
+
+def tsv_field(text: str) -> str:
+    """`text` as one field of skipped.tsv: backslash, tab, newline and carriage return as
+    \\\\ \\t \\n \\r, other control characters and the bytes of a name that are not UTF-8 as
+    \\xHH (the byte), other lone surrogates as \\uHHHH; so that every row is one line of two
+    fields, losslessly.
+
+    Escaped rather than written back as the raw bytes (surrogateescape) so that the file is
+    always valid UTF-8, which a strict decoder, pandas or an editor opens; the escapes are
+    those of `printf '%b'`, which gives a field's original bytes back.
+    """
+    return _ESCAPED.sub(_escape, text)
+
+
+def tsv_unfield(field: str) -> str:
+    """The text that `tsv_field` escaped into `field` (a byte \\x80-\\xff comes back as the
+    surrogate that Python names it with, so `os.fsencode` gives the file's name)."""
+    return _ESCAPE.sub(_unescape, field)
+
+
+def read_skipped(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The (path, reason) rows of the skipped.tsv of split folder `path`, unescaped; a file
+    written before the fields were escaped (header row `path<TAB>reason`) is read too."""
+    report = Path(path) / SKIPPED
+    lines = report.read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:-1]
+    if lines and lines[0] == OLD_SKIPPED_COLUMNS:
+        return _old_rows(lines[1:])
+    if not lines or lines[0] != SKIPPED_COLUMNS:
+        raise UserError(f"{report}: not a skip report (its first line is not the header "
+                        f"row); {RERUN}")
+    rows = [line.split("\t") for line in lines[1:]]
+    bad = next((n for n, row in enumerate(rows, 2) if len(row) != 2), None)
+    if bad is not None:
+        raise UserError(f"{report}: line {bad} is not two tab-separated fields; {RERUN}")
+    return [(tsv_unfield(name), tsv_unfield(reason)) for name, reason in rows]
+
+
+def _old_rows(lines: list[str]) -> list[tuple[str, str]]:
+    """The rows of an unescaped skip report, as well as they can be told apart: a line with
+    no tab is the start of a name cut by a newline, and the reason follows the last tab."""
+    rows: list[tuple[str, str]] = []
+    pending: list[str] = []
+    for line in lines:
+        if "\t" not in line:
+            pending.append(line)
+            continue
+        name, reason = line.rsplit("\t", 1)
+        rows.append(("\n".join([*pending, name]), reason))
+        pending = []
+    return rows

@@ -79,6 +79,27 @@ def test_a_source_with_no_readable_image(tmp_path, capsys):
         assert len(report) == 6
 
 
+@pytest.mark.parametrize("train_name, val_name, says", [
+    ("caf\u00e9", "cafe\u0301", "'cafe\\u0301' absent from {train}, which has 'caf\\xe9' that "
+     "differs only in Unicode normalisation (NFD here, NFC there): rename one"),
+    ("Cat", "cat", "'cat' absent from {train}, which has 'Cat' that differs from it only in "
+     "letter case: rename one"),
+])
+def test_a_val_class_that_only_looks_like_a_train_class(tmp_path, capsys, train_name, val_name,
+                                                         says):
+    """A val class folder absent from train, though a name equal to it but for Unicode
+    normalisation or letter case is there: the error shows both names with escapes, so
+    that the difference is seen."""
+    src = tmp_path / "src"
+    for split, name in (("train", train_name), ("val", val_name)):
+        for k, folder in enumerate((name, "dog")):
+            images_.write_files(src / split / folder, {"0.png": images_.png(images_.photo(
+                20, 20, k))})
+    assert cli_main(["prepare", str(src), str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert says.format(train=src / "train") in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 SLOW_PREPARE = (
     "import sys, time\n"
     "from alexnet.data import store\n"

@@ -108,6 +108,50 @@ def test_an_empty_class_folder_is_a_notice_and_keeps_its_label(tmp_path, capsys)
     assert sorted(set(train.labels.tolist())) == [0, 2, 3]
 
 
+def test_hidden_folders_and_images_are_left_out_with_a_notice(tmp_path, capsys):
+    """Hidden class folders and hidden images are not read (unlike torchvision, which makes
+    `.ipynb_checkpoints` a class), and prepare says so: one notice names the hidden folders
+    holding images, with how many; another counts the hidden images. macOS's .DS_Store and
+    ._* files, and hidden folders with no image, go unmentioned."""
+    own = _own_tree(tmp_path / "own")
+    images_.write_files(own / ".dotclass", {f"{i}.png": images_.png(images_.photo(20, 20, 3, i))
+                                            for i in range(3)})
+    images_.write_files(own / ".ipynb_checkpoints", {"x-checkpoint.ipynb": b"{}"})
+    images_.write_files(own / "apple", {".hidden.png": images_.png(images_.photo(20, 20, 0)),
+                                        "._0.png": b"\x00\x05\x16\x07", ".DS_Store": b"x"})
+    images_.write_files(own / "kiwi" / ".thumbs", {"t.jpg": images_.jpeg(images_.photo(9, 9, 1))})
+    prepare(own, tmp_path / "store", size=8, workers=1)
+    err = capsys.readouterr().err.splitlines()
+    folders = [line for line in err if "hidden folders" in line]
+    assert len(folders) == 1 and f"{own / '.dotclass'} (3 images)" in folders[0], err
+    assert "notice" in folders[0] and ".ipynb_checkpoints" not in folders[0]
+    files = [line for line in err if "hidden image file" in line]
+    assert len(files) == 1 and files[0].startswith("alexnet prepare: notice: 2 hidden image")
+    assert str(own / "apple" / ".hidden.png") in files[0]
+    assert str(own / "kiwi" / ".thumbs" / "t.jpg") in files[0]
+    assert "._0.png" not in files[0] and ".DS_Store" not in "\n".join(err)
+    train = open_split(tmp_path / "store", "train")
+    assert [c["name"] for c in train.classes] == ["apple", "kiwi", "lime"]
+    assert len(train) == sum(SIZES.values()) and train.meta["skipped"] == 0
+
+
+def test_class_names_that_look_alike_are_named_with_escapes(tmp_path, capsys):
+    """Two class folders whose names differ only in Unicode normalisation (NFC "café" and
+    NFD "café") stay two classes, with a notice naming both with escapes; names that differ
+    only in letter case are legitimate classes and get none."""
+    own = _own_tree(tmp_path / "own")
+    for k, name in enumerate(("caf\u00e9", "cafe\u0301", "Apple")):
+        images_.write_files(own / name, {"0.png": images_.png(images_.photo(20, 20, k))})
+    prepare(own, tmp_path / "store", size=8, workers=1)
+    err = capsys.readouterr().err.splitlines()
+    alike = [line for line in err if "Unicode normalisation" in line]
+    assert len(alike) == 1 and alike[0].startswith("alexnet prepare: notice:"), err
+    assert "'caf\\xe9' (NFC)" in alike[0] and "'cafe\\u0301' (NFD)" in alike[0]
+    assert "Apple" not in alike[0] and not any("letter case" in line for line in err)
+    train = open_split(tmp_path / "store", "train")
+    assert len(train.classes) == 6 and "caf\u00e9" in [c["name"] for c in train.classes]
+
+
 def test_out_inside_the_tree_is_refused_before_any_work(tmp_path, capsys):
     """A store inside the tree it is made from would be a class folder of its next prepare."""
     own = _own_tree(tmp_path / "own")

@@ -27,6 +27,7 @@ import pickle
 import re
 import struct
 import tarfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,11 +506,109 @@ def _has_class_folders(folder: Path) -> bool:
     return any(_image_files(sub) for sub in _subdirs(folder))
 
 
-def _image_tree(folder: Path, unused: list[tuple[str, str]] | None = None) -> list[Path]:
+def _image_tree(folder: Path, unused: list[tuple[str, str]] | None = None,
+                hidden: list[Path] | None = None) -> list[Path]:
     """Image files anywhere under `folder` (as torchvision's ImageFolder walks), sorted;
-    every other file is appended to `unused` as (path, reason)."""
-    return _sorted_images((p for p in folder.rglob("*") if not any(
-        part.startswith(".") for part in p.relative_to(folder).parts)), unused)
+    every other file is appended to `unused` as (path, reason). Hidden entries (a name that
+    starts with ".") are not read, nor anything in a hidden folder; those that would
+    otherwise be read as images are appended to `hidden`."""
+    shown = []
+    for path in folder.rglob("*"):
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            shown.append(path)
+        elif hidden is not None and _hidden_image(path):
+            hidden.append(path)
+    return _sorted_images(shown, unused)
+
+
+def _hidden_image(path: Path) -> bool:
+    """Whether hidden file `path` would be read as an image if it were not hidden: macOS's
+    AppleDouble files ("._photo.jpg", its metadata, no image) and other hidden files
+    (.DS_Store, .gitkeep) would not, so they go unmentioned."""
+    return is_image_name(path.name) and not path.name.startswith("._") and path.is_file()
+
+
+def _hidden_folders(where: Path) -> list[tuple[Path, int]]:
+    """The hidden folders of `where` that hold images, with how many: not read as classes
+    (torchvision's ImageFolder makes them classes, so that `.ipynb_checkpoints` becomes
+    one). Links are not followed (a link to / would take the walk over the whole disk)."""
+    folders = []
+    for path in sorted(where.iterdir()):
+        if path.name.startswith(".") and path.is_dir() and not path.is_symlink():
+            count = len(_image_tree(path))
+            if count:
+                folders.append((path, count))
+    return folders
+
+
+def _shown(text: Any) -> str:
+    """`text` for a one-line message: as it is when printable, else with Python's escapes
+    (a newline, a byte of a name that is not UTF-8)."""
+    text = str(text)
+    return text if text.isprintable() else ascii(text)
+
+
+def _listed(items: Sequence[str], limit: int = 5) -> str:
+    """The first `limit` of `items`, comma-separated, and how many more."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _form(name: str) -> str:
+    """The Unicode normalisation form `name` is in, for a message."""
+    forms = [form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)]
+    return "/".join(forms) or "neither NFC nor NFD"
+
+
+def _lookalike(name: str, names: Sequence[str]) -> str | None:
+    """How a class folder `name` absent from `names` is nevertheless one of them to the eye:
+    the same under Unicode normalisation (NFC "café" against NFD "cafe" + U+0301) or but for
+    letter case; None when no name of `names` is."""
+    nfc = unicodedata.normalize("NFC", name)
+    for other in names:
+        if unicodedata.normalize("NFC", other) == nfc:
+            return (f"{ascii(other)} that differs only in Unicode normalisation "
+                    f"({_form(name)} here, {_form(other)} there)")
+    for other in names:
+        if unicodedata.normalize("NFC", other).casefold() == nfc.casefold():
+            return f"{ascii(other)} that differs from it only in letter case"
+    return None
+
+
+def _absent_class(sub: Path, base: Path | None, names: Sequence[str]) -> UserError:
+    """The error for class folder `sub` of a split whose name is not a training class."""
+    hint = _lookalike(sub.name, names)
+    if hint is None:
+        return UserError(f"{_shown(sub)}: class folder absent from {_shown(base)}; every split "
+                         "must use the training split's classes")
+    return UserError(f"{_shown(sub)}: class folder {ascii(sub.name)} absent from "
+                     f"{_shown(base)}, which has {hint}: rename one of them so that the names "
+                     "match")
+
+
+def _image_folder_notes(names: Sequence[str], folders: list[tuple[Path, int]],
+                        hidden: list[Path]) -> list[str]:
+    """Notices on class names that differ only in Unicode normalisation (two classes that
+    look alike), on hidden folders not read as classes and on hidden images not read."""
+    notes = []
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+    alike = [" and ".join(f"{ascii(n)} ({_form(n)})" for n in group)
+             for group in groups.values() if len(group) > 1]
+    if alike:
+        notes.append(f"notice: class names that differ only in Unicode normalisation stay "
+                     f"separate classes: {_listed(alike)}; rename one to merge them")
+    if folders:
+        listed = _listed([f"{_shown(p)} ({n} image{'s' if n > 1 else ''})" for p, n in folders])
+        notes.append(f"notice: hidden folders are not read as classes: {listed}; rename one "
+                     "without its leading dot to make it a class")
+    if hidden:
+        listed = _listed([_shown(p) for p in sorted(hidden)], 3)
+        notes.append(f"notice: {len(hidden)} hidden image file(s) in class folders are not "
+                     f"read: {listed}; rename them (or their hidden folder) without the "
+                     "leading dot to read them")
+    return notes
 
 
 def detect_image_folder(root: Path) -> Source | None:
@@ -525,26 +624,27 @@ def detect_image_folder(root: Path) -> Source | None:
              sorted({d.name for where in split_dirs.values() for d in _subdirs(where)}))
     label = {n: i for i, n in enumerate(names)}
     source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names])
+    hidden: list[Path] = []
+    folders: list[tuple[Path, int]] = []
     for split, where in split_dirs.items():
         refs, labels = [], []
         unused: list[tuple[str, str]] = []
         for sub in _subdirs(where):
             if sub.name not in label:
-                raise UserError(f"{sub}: class folder absent from {base}; every split must use "
-                                "the training split's classes")
-            files = _image_tree(sub, unused)
+                raise _absent_class(sub, base, names)
+            files = _image_tree(sub, unused, hidden)
             refs += [str(p) for p in files]
             labels += [label[sub.name]] * len(files)
         source.splits[split] = Split(split, refs, np.array(labels, np.int64),
                                      describe=str(where), unused=unused)
+        folders += _hidden_folders(where)
+    source.notes += _image_folder_notes(names, folders, hidden)
     if "train" in source.splits:
         counts = np.bincount(source.splits["train"].labels, minlength=len(names))
-        empty = [str(base / names[c]) for c in np.flatnonzero(counts == 0)]
+        empty = [_shown(base / names[c]) for c in np.flatnonzero(counts == 0)]
         if empty:
-            listed = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5
-                                             else "")
             source.notes.append(
-                f"notice: {len(empty)} class folder(s) hold no images: {listed}; "
+                f"notice: {len(empty)} class folder(s) hold no images: {_listed(empty)}; "
                 "each stays a class (the labels of the others do not move) but cannot be "
                 "learnt with no training image")
     return source

@@ -114,12 +114,16 @@ def replacing(path: str | os.PathLike, *, user_errors: bool = True) -> Iterator[
 
 def write_atomic(path: str | os.PathLike, content: Content, *, user_errors: bool = True
                  ) -> Path:
-    """Replace `path` with `content` (bytes, text, or a function writing to a binary file)."""
+    """Replace `path` with `content` (bytes, text, or a function writing to a binary file).
+
+    Text is UTF-8; a name in it that is not (a path's bytes, which Python holds as surrogates)
+    goes back as its own bytes, not a UnicodeEncodeError at the end of a long run."""
     with replacing(path, user_errors=user_errors) as tmp, open(tmp, "wb") as f:
         if callable(content):
             content(f)
         else:
-            f.write(content.encode() if isinstance(content, str) else content)
+            f.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str)
+                    else content)
     return Path(path)
 
 

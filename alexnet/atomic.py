@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ from typing import IO, Any
 from alexnet.errors import UserError
 
 TMP_PREFIX = ".tmp-"  # temporary files are hidden and never carry the final name
+NAME_MAX = 255  # bytes in a file name on Linux's and macOS's filesystems
 LOCK = ".lock"  # FolderLock's file: empty, and left in place
 
 Content = bytes | str | Callable[[IO[bytes]], None]
@@ -37,7 +39,19 @@ Content = bytes | str | Callable[[IO[bytes]], None]
 
 def temp_path(path: Path) -> Path:
     """This process's temporary file for `path`: `.tmp-NAME.PID` beside it."""
-    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    return path.with_name(f"{TMP_PREFIX}{temp_name(path.name)}.{os.getpid()}")
+
+
+def temp_name(name: str) -> str:
+    """NAME in a temporary file's name: itself, or, for a name too long to take the prefix
+    and a pid within the filesystems' 255 bytes, its start and a digest of the whole (a
+    legal output name was refused for its temporary's length)."""
+    room = NAME_MAX - len(TMP_PREFIX) - len(".4294967295")  # the longest pid
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:16]
+    return os.fsdecode(raw[:room - len(digest) - 1]) + "~" + digest  # a cut character: bytes
 
 
 def os_error(err: BaseException) -> OSError | None:
@@ -217,7 +231,7 @@ def remove_stale(folder: str | os.PathLike, targets: Iterable[str | os.PathLike]
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    names = None if targets is None else {Path(t).name for t in targets}
+    names = None if targets is None else {temp_name(Path(t).name) for t in targets}
     for tmp in folder.glob(f"{TMP_PREFIX}*"):
         name, _, pid = tmp.name[len(TMP_PREFIX):].rpartition(".")
         if names is not None and name not in names:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_figures import held_elsewhere, tree  # a lock held by another process
 
 from alexnet import paper
 from alexnet.cli import main
@@ -209,6 +211,67 @@ def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, c
     assert len(err) == 7 and all(line.startswith("alexnet relu-vs-tanh: error:") for line in err)
     assert "--steps 1: give at least the window" in err[5]
     assert "is the store" in err[6] and not (fashion_store / "relu_vs_tanh.json").exists()
+
+
+@pytest.fixture(scope="module")
+def noise_store(tmp_path_factory) -> Path:
+    """40 random 16x16 training images of 4 classes: enough for runs of a few steps."""
+    root = tmp_path_factory.mktemp("noise16")
+    rng = np.random.default_rng(0)
+    write_store(root / "train", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8),
+                np.arange(40) % 4, [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)])
+    return root
+
+
+def short_relu_vs_tanh(data: Path, out: Path) -> list[str]:
+    return ["relu-vs-tanh", "--data", str(data), "--steps", "4", "--seeds", "1", "--window",
+            "2", "--lrs", "0.01", "--batch-size", "8", "--device", "cpu", "--no-progress",
+            "--out", str(out)]
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("a refused relu-vs-tanh trained")
+
+
+def test_a_second_relu_vs_tanh_into_the_same_folder_is_refused_before_training(
+        noise_store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fig1"
+    out.mkdir()
+    (out / "relu_vs_tanh.json").write_text('{"the other command": 1}\n')
+    monkeypatch.setattr(rt, "train_run", no_training)
+    with held_elsewhere(out / ".lock"):
+        before = tree(out)
+        code = main(short_relu_vs_tanh(noise_store, out))
+        after = tree(out)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"{out}: another `alexnet relu-vs-tanh` is writing this folder" in err
+    assert "wait for it to end, or choose another --out" in err
+    assert after == before
+
+
+def test_relu_vs_tanh_stopped_midway_says_nothing_was_written(noise_store, tmp_path,
+                                                              monkeypatch, capsys):
+    out = tmp_path / "fig1"
+    train_run, calls = rt.train_run, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(kwargs["activation"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_run(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "train_run", interrupted_second)
+    assert main(short_relu_vs_tanh(noise_store, out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1] == "alexnet relu-vs-tanh: interrupted", err
+    assert err[0] == (f"alexnet relu-vs-tanh: note: stopped before writing anything to {out} "
+                      "(results are written once both units are trained; an earlier result "
+                      "there is kept); rerunning the same command starts over")
+    assert os.listdir(out) == [".lock"]
+    monkeypatch.undo()
+    assert main(short_relu_vs_tanh(noise_store, out)) == 0  # the rerun, from the start
+    assert sorted(os.listdir(out)) == [".lock", "figure1.png", "relu_vs_tanh.json"]
 
 
 # ----------------------------------------------------------------------------------- ablate

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_figures import held_elsewhere, tree  # a lock held by another process
 
 from alexnet import checkpoint
 from alexnet.cli import main
@@ -259,3 +260,53 @@ def test_the_default_name_comes_from_the_run_folder_given_relatively(ckpt_path, 
     monkeypatch.chdir(run)
     export(given, "weights")
     assert (run / "run1.weights.pt").is_file() and (run / "run1.weights.pt.json").is_file()
+
+
+OTHER = [{"wnid": f"o{i}", "name": f"other {i}"} for i in range(3)]
+
+
+def test_two_exports_to_one_file_never_pair_one_file_with_the_other_sidecar(ckpt_path, tmp_path,
+                                                                           monkeypatch):
+    """B exporting to the same --out between A's rename and A's sidecar left B's file beside
+    A's sidecar. Now B is refused while A writes, and no lock file stays in the folder."""
+    import alexnet.export
+
+    other = tmp_path / "other" / "checkpoint.pt"
+    state = checkpoint.load(ckpt_path)
+    state["classes"] = OTHER
+    checkpoint.save(other, state)
+    out = tmp_path / "m.weights.pt"
+    write_json, second = alexnet.export.write_json, []
+
+    def b_meanwhile(*args, **kwargs):
+        if not second:  # A's file is in place, its sidecar not yet written
+            second.append("written")
+            try:
+                export(other, "weights", out)
+            except UserError as err:
+                second[0] = str(err)
+        return write_json(*args, **kwargs)
+
+    monkeypatch.setattr(alexnet.export, "write_json", b_meanwhile)
+    export(ckpt_path, "weights", out)
+    info = json.loads(out.with_name(out.name + ".json").read_text())
+    assert checkpoint.load(out)["classes"] == info["classes"] == CLASSES  # A's pair
+    assert f"--out {out}: another `alexnet export` is writing it" in second[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json", "other"]
+
+
+def test_an_export_to_a_file_another_export_writes_is_refused_in_one_line(ckpt_path, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "m.weights.pt"
+    export(ckpt_path, "weights", out)
+    with held_elsewhere(tmp_path / f".{out.name}.lock"):
+        before = tree(tmp_path)
+        code = main(["export", str(ckpt_path), "--out", str(out)])
+        after = tree(tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"--out {out}: another `alexnet export` is writing it" in err
+    assert "wait for it to end, or choose another --out" in err
+    assert after == before
+    assert main(["export", str(ckpt_path), "--out", str(out)]) == 0  # the lock went with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import alexnet.checkpoint
+import alexnet.figures
 from alexnet import atomic
 from alexnet.checkpoint import make_state, save
 from alexnet.cli import main
@@ -445,6 +451,137 @@ def test_figures_are_not_written_into_a_store(run_folder, capsys, inside):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "outside the store" in err, err
     assert sorted(root.rglob("*")) == before
+
+
+# ------------------------------------------------------------------ concurrent and stopped runs
+
+HOLD = """
+import fcntl, sys
+f = open(sys.argv[1], "ab")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held_elsewhere(lock: Path) -> Iterator[None]:
+    """`lock` flock-ed by another process until the block ends (it says when it holds it),
+    as a second command writing the same folder or file holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every entry under `root` with its bytes (None for a folder)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(root.rglob("*"))}
+
+
+def figures_args(ckpt, root, out, *extra: str) -> list[str]:
+    return ["figures", str(ckpt), "--data", str(root), "--out", str(out), "--images", "1",
+            "--queries", "2", "--device", "cpu", *extra]
+
+
+def test_a_second_figures_into_the_same_folder_is_refused_at_once(run_folder, tmp_path,
+                                                                   capsys):
+    """Two at once mixed two nets' figures in one folder, both exiting 0."""
+    root, ckpt, _ = run_folder
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "fig3_kernels.png").write_bytes(b"the other command's figure")
+    with held_elsewhere(out / ".lock"):
+        before = tree(out)
+        code = main(figures_args(ckpt, root, out))
+        after = tree(out)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and err.count("\n") == 0 and captured.out == "", captured
+    assert f"{out}: another `alexnet figures` is writing this folder" in err
+    assert "wait for it to end, or choose another --out" in err
+    assert after == before
+
+
+def test_the_cache_key_names_the_checkpoint_that_was_read(run_folder, tmp_path, monkeypatch,
+                                                          capsys):
+    """A checkpoint replaced between its read and the key (train saving while figures starts)
+    gave the new file's key to the old net's features, reused by every later run."""
+    root, ckpt, _ = run_folder
+    net = tmp_path / "net.pt"
+    shutil.copyfile(ckpt, net)
+    torch.manual_seed(1)
+    other = AlexNet(num_classes=3, width=0.0625)
+    for module in other.modules():
+        if module is not other and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    newer = save(tmp_path / "newer.pt", make_state(other, classes=CLASSES, epoch=2, step=0,
+                                                   stats=open_split(root, "train").stats))
+    load, replaced = alexnet.checkpoint.load, []
+
+    def load_then_replace(path, *args, **kwargs):
+        state = load(path, *args, **kwargs)
+        if not replaced:  # the old net is read; then the new one is renamed over it
+            os.replace(newer, net)
+            replaced.append(path)
+        return state
+
+    def neighbours(out: str, *extra: str) -> dict:
+        assert main(figures_args(net, root, tmp_path / out, *extra)) == 0
+        return json.loads((tmp_path / out / "figures.json").read_text())["neighbours"]
+
+    cache = tmp_path / "fc7.npy"
+    monkeypatch.setattr(alexnet.checkpoint, "load", load_then_replace)
+    neighbours("during", "--features-cache", str(cache))
+    monkeypatch.undo()
+    assert replaced
+    capsys.readouterr()
+    cached = neighbours("after", "--features-cache", str(cache))
+    assert "training features read from" in capsys.readouterr().out  # the cache is of use
+    fresh = neighbours("fresh")
+    np.testing.assert_allclose(cached["distances"], fresh["distances"], rtol=1e-5)
+    assert cached["neighbours"] == fresh["neighbours"]
+
+
+@pytest.mark.parametrize("how", ["interrupted", "failed"])
+def test_figures_stopped_midway_say_what_they_wrote(run_folder, tmp_path, monkeypatch, capsys,
+                                                    how):
+    """Ctrl-C after figure 4 left left fig3 and fig4_top5 without a word (and an earlier
+    figures.json that described other figures)."""
+    root, ckpt, _ = run_folder
+    out = tmp_path / "figs"
+    args = figures_args(ckpt, root, out)
+    assert main(args) == 0  # an earlier, complete set
+    earlier = (out / "fig4_neighbours.png").read_bytes()
+    capsys.readouterr()
+
+    def stop(*args, **kwargs):
+        if how == "interrupted":
+            raise KeyboardInterrupt
+        raise UserError("the search failed")
+
+    monkeypatch.setattr(alexnet.figures, "_neighbours_figure", stop)
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    if how == "interrupted":
+        assert code == 130 and len(err) == 2 and err[1] == "alexnet figures: interrupted", err
+        assert err[0].startswith("alexnet figures: note: stopped with only")
+    else:
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith("alexnet figures: error: the search failed; stopped with only")
+    written = "fig3_kernels.png, fig3_conv1_column1.png, fig3_conv1_column2.png, fig4_top5.png"
+    assert f"stopped with only {written} written to {out} (any other figure there is older) " \
+        "and no figures.json" in err[0]
+    assert "rerunning the same command draws every figure again" in err[0]
+    assert not (out / "figures.json").exists()  # the earlier one described other figures
+    assert (out / "fig4_neighbours.png").read_bytes() == earlier
+    monkeypatch.undo()
+    assert main(args) == 0 and (out / "figures.json").is_file()  # the rerun draws them all
 
 
 # ----------------------------------------------------------------------------- names as text

@@ -32,16 +32,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.atomic import ensure_folder, write_atomic
+from alexnet.atomic import FolderLock, ensure_folder, write_atomic
 from alexnet.errors import UserError
 from alexnet.experiments import crossing, speedup
 from alexnet.progress import Progress
@@ -425,16 +427,38 @@ def run(args: argparse.Namespace) -> int:
     else:
         threshold, source = args.threshold, "--threshold"
     ensure_folder(args.out, "folder for --out")
+    with FolderLock(args.out, f"{args.out}: another `alexnet relu-vs-tanh` is writing this "
+                    "folder; wait for it to end, or choose another --out"):
+        return _run_locked(args, images, labels, store, threshold, source, str(device))
+
+
+def _run_locked(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray, store: Any,
+                threshold: float, source: str, device: str) -> int:
+    """`run` once --out is this command's alone: train, then write the JSON and figure 1.
+
+    Nothing is written before every run of both units is done; a command stopped midway
+    says so. (Keeping the first unit's runs for a rerun would need a partial result keyed by
+    every option, the data and the device, to save less than half the time: ReLU's runs
+    cross sooner and stop early.)
+    """
     print(f"relu-vs-tanh: {len(images)} images of {images.shape[1]}x{images.shape[1]}x"
           f"{images.shape[3]}, {len(store.classes)} classes, up to {args.steps} steps per run, "
           f"lrs {sorted(args.lrs)}, {args.seeds} seed{'' if args.seeds == 1 else 's'} per unit, "
           f"on {device}")
-    result = run_experiment(images, labels, stats=store.stats, num_classes=len(store.classes),
-                            lrs=args.lrs, steps=args.steps, thresholds=args.thresholds,
-                            select_threshold=threshold, seeds=args.seeds, seed=args.seed,
-                            window=args.window, input_scale=args.input_scale, init=args.init,
-                            batch_size=args.batch_size, device=str(device),
-                            progress=args.progress)
+    try:
+        result = run_experiment(images, labels, stats=store.stats,
+                                num_classes=len(store.classes), lrs=args.lrs, steps=args.steps,
+                                thresholds=args.thresholds, select_threshold=threshold,
+                                seeds=args.seeds, seed=args.seed, window=args.window,
+                                input_scale=args.input_scale, init=args.init,
+                                batch_size=args.batch_size, device=device,
+                                progress=args.progress)
+    except BaseException as err:
+        if not isinstance(err, UserError):  # a UserError comes before any training
+            print(f"alexnet relu-vs-tanh: note: stopped before writing anything to {args.out} "
+                  "(results are written once both units are trained; an earlier result there "
+                  "is kept); rerunning the same command starts over", file=sys.stderr)
+        raise
     result["threshold_source"] = source
     result["data"] = str(args.data)
     json_path, png_path = args.out / "relu_vs_tanh.json", args.out / "figure1.png"

@@ -7,22 +7,30 @@ Writes into --out (default: a `figures` folder beside the checkpoint):
 - fig4_neighbours.png: test images and the six training images nearest in fc7 space
   (alexnet.figures.neighbours), searched by streaming over the training split.
 - training_curves.png when the checkpoint's folder holds the run's log.jsonl.
+
+One command writes a folder at a time (FolderLock on --out): two into the same folder would
+leave the figures of two nets side by side. A command stopped midway names the figures it
+wrote; the fc7 cache's key names the checkpoint file that was actually read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import ensure_folder, write_json
+from alexnet.atomic import FolderLock, ensure_folder, write_json
 from alexnet.errors import UserError
 from alexnet.evaluate import EVAL_BATCH_SIZE
 from alexnet.paper import FIG4_QUERY_IMAGES, FIG4_TOP5_IMAGES, TEST_CROPS
 
 QUERY_CHARS = 20  # the longest class label above a test image of figure 4 right
 NEIGHBOUR_CHARS = 14  # ... above a training image, before its distance
+CHECKPOINT_READS = 3  # reads of a checkpoint that is replaced while read, before giving up
+FIGURE_FILES = ("fig3_kernels.png", "fig3_conv1_column1.png", "fig3_conv1_column2.png",
+                "fig3_conv1.png", "fig4_top5.png", "fig4_neighbours.png", "training_curves.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _draw_figures(args: argparse.Namespace) -> int:
     """`run`, without the notice of missing glyphs."""
-    from alexnet.checkpoint import load, model_from_state
+    from alexnet.checkpoint import model_from_state
     from alexnet.data.store import open_split
     from alexnet.evaluate import (
         class_difference,
@@ -86,7 +94,6 @@ def _draw_figures(args: argparse.Namespace) -> int:
         resolve_checkpoint,
         resolve_device,
     )
-    from alexnet.figures.kernels import write_kernel_figures
 
     for name in ("images", "queries", "batch_size"):
         if getattr(args, name) < 1:
@@ -98,7 +105,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
         args.run_dir, args.checkpoint = args.checkpoint, path
     else:
         args.run_dir = args.checkpoint.parent
-    ckpt = load(args.checkpoint)  # read once
+    ckpt, identity = _read_checkpoint(args.checkpoint)  # read once
     if args.data is None:
         args.data = recorded_store(ckpt, args.checkpoint)
     model = model_from_state(ckpt, args.checkpoint, device)
@@ -109,16 +116,42 @@ def _draw_figures(args: argparse.Namespace) -> int:
                         "draw the figures on the store the net was trained for")
     settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
     train = open_split(args.data, "train") if (args.data / "train").is_dir() else None
+    key = None if train is None else _cache_key(args.checkpoint, identity, train, settings)
     if args.features_cache:  # before any figure: a bad cache path fails at once
         from alexnet.figures.neighbours import check_cache
 
-        check_cache(args.features_cache, None if train is None else len(train),
-                    None if train is None else _cache_key(args.checkpoint, train, settings))
+        check_cache(args.features_cache, None if train is None else len(train), key)
     out = args.out or args.run_dir / "figures"
     ensure_folder(out, "folder for --out")
+    with FolderLock(out, f"{out}: another `alexnet figures` is writing this folder; wait for "
+                    "it to end, or choose another --out"):
+        (out / "figures.json").unlink(missing_ok=True)  # it describes a complete set only
+        before = _figure_files(out)
+        try:
+            _write_figures(model, test, train, out, args, device, settings, key)
+        except UserError as err:
+            written = _written_since(out, before)
+            if not written:
+                raise
+            raise UserError(f"{err}; {_partial_note(out, written, args)}") from None
+        except BaseException:
+            written = _written_since(out, before)
+            if written:
+                print(f"alexnet figures: note: {_partial_note(out, written, args)}",
+                      file=sys.stderr)
+            raise
+    return 0
+
+
+def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.Namespace,
+                   device: Any, settings: dict[str, Any], key: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    """Draw every figure into `out`, print where each went, write figures.json last; return
+    what it holds."""
+    from alexnet.figures.kernels import write_kernel_figures
+
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
                                "split": test.split}
-
     summary["kernels"] = write_kernel_figures(model, out)
     for i, panel in enumerate(summary["kernels"]["panels"], start=1):
         print(f"figure 3: {panel['file']}: {panel['kernels']} kernels, colour fraction mean "
@@ -130,7 +163,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
 
     if train is not None:
         summary["neighbours"] = _neighbours_figure(model, test, train, out, args, device,
-                                                   settings)
+                                                   settings, key)
         print(f"figure 4 right: {summary['neighbours']['file']}")
     else:
         print(f"figure 4 right skipped: {args.data} has no train split to search",
@@ -144,16 +177,75 @@ def _draw_figures(args: argparse.Namespace) -> int:
         print(f"training curves: {summary['curves']}")
     write_json(out / "figures.json", summary)
     print(f"summary: {out / 'figures.json'}")
-    return 0
+    return summary
 
 
-def _cache_key(ckpt_file: Path, train: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def _figure_files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of each figure file in `out`: every figure is renamed into place
+    (write_atomic), so a file this command wrote has another inode than before it."""
+    found = {}
+    for name in FIGURE_FILES:
+        with contextlib.suppress(OSError):
+            stat = (out / name).stat()
+            found[name] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def _written_since(out: Path, before: dict[str, tuple[int, int]]) -> list[str]:
+    """The figure files of `out` written since `before` (a `_figure_files`)."""
+    now = _figure_files(out)
+    return [name for name in FIGURE_FILES if name in now and now[name] != before.get(name)]
+
+
+def _partial_note(out: Path, written: list[str], args: argparse.Namespace) -> str:
+    """One line for a command stopped midway: what it wrote and what a rerun does."""
+    cache = " (a complete --features-cache is read, not recomputed)" \
+        if args.features_cache else ""
+    return (f"stopped with only {', '.join(written)} written to {out} (any other figure there "
+            "is older) and no figures.json (it is written last); rerunning the same command "
+            f"draws every figure again{cache}")
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
+    """The checkpoint at `path` and (inode, size, mtime) of the file it was read from.
+
+    The file is stat-ed before the read and after it, and read again when the two differ:
+    `train` renames each new checkpoint over the old one (a new inode) and a write in place
+    changes the size or mtime, so equal stats mean the file read is the one described. An
+    fstat would not do: `load` opens the path three times (CRC check, format sniff,
+    torch.load). Nor would the checkpoint's epoch and step: another run into the same
+    folder, or a fine-tune, repeats them with other weights.
+    """
+    from alexnet.checkpoint import load
+
+    for _ in range(CHECKPOINT_READS):
+        before = _file_identity(path)
+        ckpt = load(path)
+        if _file_identity(path) == before:
+            return ckpt, before
+    raise UserError(f"{path}: replaced while being read, {CHECKPOINT_READS} times (a training "
+                    "run saving it?); rerun the command once it is saved")
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of `path`, or None when it cannot be stat-ed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _cache_key(ckpt_file: Path, identity: tuple[int, int, int] | None, train: Any,
+               settings: dict[str, Any]) -> dict[str, Any]:
     """What the training split's fc7 features come from (the feature cache's key): the
-    checkpoint file as it is now, the store, its size, the crop and the mean."""
-    ckpt_stat = ckpt_file.stat()
-    return {"checkpoint": str(ckpt_file.resolve()), "checkpoint_size": ckpt_stat.st_size,
-            "checkpoint_mtime_ns": ckpt_stat.st_mtime_ns, "store": str(train.path.resolve()),
-            "images": len(train), "crop": settings["crop"], "mean": settings["mean"]}
+    checkpoint file that was read (`_read_checkpoint`), the store, its size, the crop and the
+    mean."""
+    inode, size, mtime_ns = identity or (None, None, None)
+    return {"checkpoint": str(ckpt_file.resolve()), "checkpoint_inode": inode,
+            "checkpoint_size": size, "checkpoint_mtime_ns": mtime_ns,
+            "store": str(train.path.resolve()), "images": len(train), "crop": settings["crop"],
+            "mean": settings["mean"]}
 
 
 def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, device: Any,
@@ -178,8 +270,10 @@ def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, dev
 
 
 def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argparse.Namespace,
-                       device: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """Figure 4 right: the training images nearest to chosen test images in fc7 space."""
+                       device: Any, settings: dict[str, Any], key: dict[str, Any] | None
+                       ) -> dict[str, Any]:
+    """Figure 4 right: the training images nearest to chosen test images in fc7 space
+    (`key`: what the features come from, the --features-cache's key)."""
     import numpy as np
     import torch
 
@@ -199,7 +293,6 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
     query_loader = eval_loader(test, crops=1, batch_size=min(len(indices), args.batch_size),
                                device=device, indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
-    key = _cache_key(args.checkpoint, train, settings)
     cache = args.features_cache
     chunks = read_cache(cache, len(train), key) if cache else None
     if chunks is None:

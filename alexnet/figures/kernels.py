@@ -112,7 +112,7 @@ def write_kernel_figures(model: nn.Module, out: Path, dpi: int = 100) -> dict:
     for i, kernels in enumerate(columns, start=1):
         grid = kernel_grid(kernels)
         path = out / (f"fig3_conv1_column{i}.png" if len(columns) > 1 else "fig3_conv1.png")
-        Image.fromarray(grid).save(path)
+        write_atomic(path, lambda f, grid=grid: Image.fromarray(grid).save(f, format="PNG"))
         frac = colour_fraction(kernels)
         grids.append(grid)
         panels.append({"file": str(path), "kernels": int(kernels.shape[0]),

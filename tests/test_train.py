@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -175,19 +176,253 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(store, reference_ru
                                                                      "log.jsonl")
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(store, reference_run, tmp_path):
-    proc = alexnet_cli("train", "--data", str(store), *sets(KILL_ARGS), "--out",
-                       str(tmp_path / "cut"), wait=False)
-    _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate()
-    assert proc.returncode == 130, err
-    assert "continue with --resume" in err or "interrupted" in err
-    cut = checkpoint.load(tmp_path / "cut")
-    assert cut["step"] >= 1  # saved inside an epoch, after the step in progress
-    resumed = alexnet_cli("train", "--resume", str(tmp_path / "cut" / "checkpoint.pt"))
+SIGNAL_IN_STEP = """
+import sys, time
+from pathlib import Path
+import alexnet.training.loop as loop
+from alexnet.cli import main
+
+real_step, calls, mark = loop.train_step, [0], Path(sys.argv[1])
+
+def step(*args):
+    calls[0] += 1
+    if calls[0] == 9:  # epoch 2's third step (6 per epoch): the test signals, then says it has
+        mark.write_text("in step 9")
+        t0 = time.monotonic()
+        while not mark.with_name("sent").exists() and time.monotonic() - t0 < 120:
+            time.sleep(0.01)
+    return real_step(*args)
+
+loop.train_step = step
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_after_the_step_and_resume_is_exact(signum, store, reference_run,
+                                                                   tmp_path):
+    """The real command, signalled in the middle of a step: it finishes that step, saves the
+    position (no temporary left behind) and says how to continue; the resumed run ends with
+    the uninterrupted run's weights and log. A scheduler's SIGTERM is handled as Ctrl-C."""
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_IN_STEP, str(tmp_path / "mark"),
+                             "train", "--data", str(store), *sets(KILL_ARGS), "--out", str(cut)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "mark", proc)
+    proc.send_signal(signum)
+    (tmp_path / "sent").write_text("")
+    out, err = proc.communicate(timeout=300)
+    assert (checkpoint.load(cut)["epoch"], checkpoint.load(cut)["step"]) == (1, 3)
+    assert not [p.name for p in cut.iterdir() if p.name.startswith(".tmp-")]
+    if signum == signal.SIGINT:
+        assert proc.returncode == 130 and "alexnet train: interrupted" in err, err
+        assert "interrupted (Ctrl-C): finishing this step" in out
+    else:  # Terminated: exit 143 from the CLI's handler, a traceback without it
+        assert proc.returncode == 143 or "alexnet.errors.Terminated" in err, (proc.returncode,
+                                                                             err)
+        assert "terminated (SIGTERM): finishing this step" in out
+    assert f"checkpoint saved at epoch 2, step 3: {cut / 'checkpoint.pt'}; continue with " \
+        f"--resume {cut}" in out, out
+    resumed = alexnet_cli("train", "--resume", str(cut / "checkpoint.pt"))
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(reference_run / "checkpoint.pt", tmp_path / "cut" / "checkpoint.pt")
+    assert_same_weights(reference_run / "checkpoint.pt", cut / "checkpoint.pt")
+    assert strip_timing(reference_run / "log.jsonl") == strip_timing(cut / "log.jsonl")
+
+
+@pytest.fixture
+def sigterm_raises():
+    """SIGTERM raises here as the CLI's handler makes it (never the default: it would end
+    pytest); restored after."""
+    from alexnet.errors import Terminated
+
+    def outside(signum, frame):
+        raise Terminated("SIGTERM outside train's guard")
+
+    previous = signal.signal(signal.SIGTERM, outside)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_guard_leaves_an_ignored_signal_ignored():
+    """`alexnet train &` in a script starts with SIGINT ignored: the guard must not bring it
+    back to life, for SIGINT nor SIGTERM."""
+    from alexnet.training.loop import interrupt_guard
+
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with interrupt_guard() as flag:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert not flag.hit
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_second_signal_of_either_kind_raises_at_once(sigterm_raises, capsys):
+    from alexnet.errors import Terminated
+    from alexnet.training.loop import interrupt_guard
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(KeyboardInterrupt), interrupt_guard() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert flag.hit and isinstance(flag.exception(), Terminated)
+        os.kill(os.getpid(), signal.SIGINT)  # the second: at once, as the signal it is
+        time.sleep(1)
+    assert "terminated (SIGTERM): finishing this step (or this validation)" in \
+        capsys.readouterr().out
+    with pytest.raises(Terminated) as info, interrupt_guard():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    assert str(info.value) == ""  # train's own, not the handler's it replaced
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+def signal_in_validation(monkeypatch, signum: int, epoch: int) -> None:
+    """Send `signum` to this process at the start of epoch `epoch`'s validation (1-based)."""
+    from alexnet.training import procedure
+
+    real, calls = procedure.validate_epoch, {"n": 0}
+
+    def validate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(procedure, "validate_epoch", validate)
+
+
+def test_a_signal_in_validation_saves_at_the_epoch_end_without_another_step(
+        store, tmp_path, monkeypatch, capsys, sigterm_raises):
+    from alexnet.errors import Terminated
+
+    run = tmp_path / "run"
+    signal_in_validation(monkeypatch, signal.SIGTERM, epoch=1)
+    with pytest.raises(Terminated) as info:
+        train(resolve("paper", TINY + ["optim.epochs=2"],
+                      {"data.store": str(store), "run.out": str(run)}))
+    assert str(info.value) == ""
+    out = capsys.readouterr().out
+    assert "finishing this step (or this validation) and saving a checkpoint" in out
+    assert f"checkpoint saved at the end of epoch 1: {run / 'checkpoint.pt'}; continue with " \
+        f"--resume {run}" in out, out
+    ckpt = checkpoint.load(run)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (1, 0, 6)  # no step more
+    assert len(ckpt["metrics"]) == 1 and ckpt["metrics"][0]["val_top1_error"] is not None
+
+
+def test_a_ctrl_c_in_the_last_validation_is_not_dropped(store, tmp_path, monkeypatch, capsys):
+    """The run completes (its validation, logs and checkpoint), says there is nothing to
+    continue, and still stops as asked: exit 130, so a script or ablate goes no further."""
+    run = tmp_path / "run"
+    signal_in_validation(monkeypatch, signal.SIGINT, epoch=2)
+    config = {"data.store": str(store), "run.out": str(run)}
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve("paper", TINY + ["optim.epochs=2"], config))
+    out = capsys.readouterr().out
+    assert f"the run had completed: nothing to continue ({run})" in out and "continue with" \
+        not in out
+    ckpt = checkpoint.load(run)
+    assert (ckpt["epoch"], ckpt["step"]) == (2, 0)
+    assert strip_timing(run / "log.jsonl") == [
+        {k: v for k, v in row.items() if k not in ("images_per_s", "epoch_seconds")}
+        for row in ckpt["metrics"]] and len(ckpt["metrics"]) == 2
+    monkeypatch.undo()
+    again = train(resolve("paper", TINY + ["optim.epochs=2"], {**config, "run.resume": str(run)}))
+    assert (again["stopped"], again["steps"]) == ("completed", 12)
+
+
+def test_a_kill_during_the_last_log_writes_is_repaired_by_resume(store, tmp_path, monkeypatch):
+    """checkpoint.pt of the last epoch saved, then killed before log.jsonl, log.csv and
+    curves.png were rewritten: the resumed run (nothing left to train) rewrites them."""
+    from alexnet.training import procedure
+
+    run = tmp_path / "run"
+    real_write, calls = procedure.write_logs, {"n": 0}
+
+    def killed_at_the_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Killed
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(procedure, "write_logs", killed_at_the_second)
+    config = {"data.store": str(store), "run.out": str(run)}
+    with pytest.raises(Killed):
+        train(resolve("paper", TINY + ["optim.epochs=2"], config))
+    monkeypatch.undo()
+    curves = (run / "curves.png").read_bytes()
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
+    result = train(resolve("paper", TINY + ["optim.epochs=2"], {**config, "run.resume": str(run)}))
+    assert result["stopped"] == "completed"
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert rows == checkpoint.load(run)["metrics"] and [r["epoch"] for r in rows] == [1, 2]
+    assert len((run / "log.csv").read_text().splitlines()) == 3
+    assert (run / "curves.png").read_bytes() != curves  # redrawn with epoch 2
+
+
+def test_resume_logs_equal_the_checkpoints_around_partial_epochs(store, tmp_path, monkeypatch):
+    """A step-limited run logs a partial epoch after its checkpoint: resumed further, the
+    logs drop that row at once (the full epoch comes instead); resumed at its limit, the
+    partial row is written again, once."""
+    run = tmp_path / "run"
+    config = {"data.store": str(store), "run.out": str(run)}
+    train(resolve("paper", TINY + ["optim.epochs=2", "run.max_steps=9"], config))
+    partial = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["partial"]) for r in partial] == [(1, False), (2, True)]
+    train(resolve("paper", TINY + ["optim.epochs=2", "run.max_steps=9"],
+                  {**config, "run.resume": str(run)}))
+    again = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["partial"]) for r in again] == [(1, False), (2, True)]
+    assert len((run / "log.csv").read_text().splitlines()) == 3
+    import alexnet.training.loop as loop
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(loop, "train_step", killed)
+    with pytest.raises(Killed):  # resumed further, killed in its first step
+        train(resolve("paper", TINY + ["optim.epochs=2", "run.max_steps=12"],
+                      {**config, "run.resume": str(run)}))
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert rows == checkpoint.load(run)["metrics"] and [r["epoch"] for r in rows] == [1]
+
+
+def test_ablate_stopped_says_to_rerun_ablate(store, tmp_path, monkeypatch, capsys):
+    """An interrupted ablate is continued by the same `alexnet ablate`, not by train --resume
+    of its inner run (which would leave ablate's result and tables unwritten)."""
+    import alexnet.training.loop as loop
+    from alexnet.experiments import ablate as ab
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def step(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    base = resolve("paper", TINY, {"data.store": str(store)})
+    out = tmp_path / "abl"
+    with pytest.raises(KeyboardInterrupt):
+        ab.ablate(base, out, [], budget_steps=4, seeds=1, log=lambda *_: None)
+    said = capsys.readouterr().out
+    assert "continue with the same `alexnet ablate` command (it resumes this run)" in said
+    assert "--resume" not in said
+    monkeypatch.undo()
+    result = ab.ablate(base, out, [], budget_steps=4, seeds=1, log=lambda *_: None)
+    assert result["results"]["paper"][0]["steps"] == 4
+    assert "resuming from" in capsys.readouterr().out
 
 
 def test_plateau_schedule_drops_lr_by_ten_at_most_three_times(store, tmp_path):

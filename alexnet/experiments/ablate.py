@@ -34,6 +34,8 @@ from alexnet.experiments import stats
 from alexnet.progress import format_duration
 
 RESULT = "result.json"  # written into a variant's run folder once it has finished
+# what a run stopped by Ctrl-C or SIGTERM advises: ablate resumes its runs itself
+CONTINUE_WITH = "the same `alexnet ablate` command (it resumes this run)"
 DEFAULT_SEEDS = 3  # runs per net: the fewest that give a usable t interval (t_0.975,2 = 4.3)
 
 
@@ -181,7 +183,7 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     else:
         log(f"== {name}")
     t0 = time.perf_counter()
-    summary = train(config)
+    summary = train(config, continue_with=CONTINUE_WITH)
     result = {
         "variant": name, "top1_error": summary["val_top1_error"],
         "top5_error": summary["val_top5_error"], "steps": summary["steps"],

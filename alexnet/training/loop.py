@@ -1,5 +1,6 @@
 """One epoch of the paper's procedure (section 5): SGD steps over the loader, the finiteness
-check, the agreed stop (Ctrl-C, step limit, clock), validation and the epoch's log row."""
+check, the agreed stop (Ctrl-C or SIGTERM, step limit, clock), validation and the epoch's log
+row."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from alexnet import distributed
 from alexnet.config import Config
 from alexnet.distributed import print0
+from alexnet.errors import Terminated
 from alexnet.progress import Progress, eta_seconds, format_duration
 from alexnet.training.runtime import Runtime
 from alexnet.training.saving import check_loss
@@ -48,27 +51,61 @@ def steps_in_epoch(loader: Any, config: Config) -> int:
     return min(n, cap) if cap else n
 
 
+@dataclass
+class StopRequest:
+    """The first Ctrl-C (SIGINT) or SIGTERM of a run: checked after each step, it makes the run
+    save a checkpoint and stop."""
+
+    signum: int | None = None
+
+    @property
+    def hit(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.signum is not None
+
+    def exception(self) -> BaseException:
+        """What the run raises once it has saved: Terminated for SIGTERM (exit 143), else
+        KeyboardInterrupt (exit 130; also on a torchrun rank that only agreed to the stop)."""
+        return stop_exception(self.signum)
+
+
+def stop_exception(signum: int | None) -> BaseException:
+    """The exception a signal stands for: Terminated for SIGTERM, KeyboardInterrupt else."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+GUARDED = {signal.SIGINT: ("interrupted (Ctrl-C)", "Ctrl-C again"),
+           signal.SIGTERM: ("terminated (SIGTERM)", "a second SIGTERM or a Ctrl-C")}
+
+
 @contextlib.contextmanager
-def interrupt_guard() -> Iterator[dict[str, bool]]:
-    """Ctrl-C sets a flag checked after each step; a second Ctrl-C interrupts at once."""
-    flag = {"hit": False}
+def interrupt_guard() -> Iterator[StopRequest]:
+    """Ctrl-C or SIGTERM sets a flag checked after each step (a scheduler's SIGKILL follows its
+    SIGTERM within seconds, so the run saves then, not at the epoch's end); a second signal of
+    either kind raises at once. A signal ignored at the start (SIG_IGN: SIGINT for `cmd &` in
+    a script) stays ignored. Signal handlers exist in the main thread only; restored after."""
+    flag = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
-        if flag["hit"]:
-            raise KeyboardInterrupt
-        flag["hit"] = True
-        print0("\ninterrupted: finishing this step and saving a checkpoint "
-               "(Ctrl-C again to abort without saving)", flush=True)
+        if flag.hit:
+            raise stop_exception(signum)
+        flag.signum = signum
+        what, again = GUARDED[signum]
+        print0(f"\n{what}: finishing this step (or this validation) and saving a checkpoint "
+               f"({again} aborts without saving)", flush=True)
 
-    signal.signal(signal.SIGINT, handler)
+    previous: dict[int, Any] = {}
+    for signum in GUARDED:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
 
 
 def planned_steps(config: Config, per_epoch: int) -> int:
@@ -86,7 +123,7 @@ def run_eta(s: RunState, config: Config, per_epoch: int, deadline: float) -> flo
     return min(eta, max(0.0, deadline - time.monotonic())) if deadline else eta
 
 
-def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dict[str, bool],
+def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: StopRequest,
                 deadline: float,
                 log_step: Callable[[dict[str, Any]], None] | None = None) -> str | None:
     """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None.
@@ -144,7 +181,7 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: dic
     return reason
 
 
-def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: dict[str, bool],
+def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: StopRequest,
                  deadline: float, check_every: int, total: int) -> str | None:
     """Why to stop after this step, the same on every rank.
 
@@ -160,10 +197,10 @@ def _agreed_stop(s: RunState, config: Config, rt: Runtime, flag: dict[str, bool]
         else None
 
 
-def _stop_reason(s: RunState, config: Config, flag: dict[str, bool],
+def _stop_reason(s: RunState, config: Config, flag: StopRequest,
                  deadline: float) -> str | None:
     """'interrupt', 'max_steps' or 'time_limit' when the run must stop after this step."""
-    if flag["hit"]:
+    if flag.hit:
         return "interrupt"
     if config.run.max_steps and s.global_step >= config.run.max_steps:
         return "max_steps"

@@ -9,9 +9,10 @@ Speed options (bf16/fp16 autocast, channels_last, torch.compile) are opt-in (pre
 
 Every epoch writes a row (training loss and error, validation top-1/top-5 centre-crop error,
 lr, images/s) to log.jsonl and log.csv, redraws curves.png and saves checkpoint.pt atomically;
-Ctrl-C finishes the current step and saves the position inside the epoch. `--resume` restores
-model, optimizer, schedule, epoch, step, RNG states and (through the loader's deterministic
-order) the data, so an interrupted run ends with bit-identical weights on the CPU.
+Ctrl-C or SIGTERM finishes the current step (or validation) and saves the position inside the
+epoch. `--resume` restores model, optimizer, schedule, epoch, step, RNG states and (through the
+loader's deterministic order) the data, so an interrupted run ends with bit-identical weights
+on the CPU; it rewrites the logs from the checkpoint's history.
 Launched by torchrun it trains data-parallel (alexnet/distributed.py; docs/training.md).
 One writer per run folder: the main rank holds the folder's lock (atomic.FolderLock) for the
 whole run, so a second `alexnet train` into it is refused before it reads or builds anything.
@@ -53,10 +54,13 @@ from alexnet.training.saving import loss_bound, resume_checkpoint, save_checkpoi
 from alexnet.training.state import RunState, build_state, restore
 
 
-def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(config: Config, resume: dict[str, Any] | None = None,
+          continue_with: str | None = None) -> dict[str, Any]:
     """Train as `config` says; return the final metrics and the paths of the run's files.
 
     `resume` is the checkpoint of config.run.resume when the caller has already read it.
+    `continue_with` is what a stopped run's message advises to continue it (default `--resume
+    RUN`): a caller that resumes its runs itself (ablate, demo) names its own command.
 
     Launched by torchrun (RANK/WORLD_SIZE set) it joins the process group, trains data-parallel
     and leaves the group at the end; otherwise it runs in this process on run.device.
@@ -65,7 +69,7 @@ def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any
     dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
     joined = dist_info.distributed
     try:
-        result = _train(config, dist_info, resume)
+        result = _train(config, dist_info, resume, continue_with)
         distributed.barrier()  # every rank done (rank 0 writes last) before any leaves
         return result
     finally:
@@ -73,8 +77,8 @@ def train(config: Config, resume: dict[str, Any] | None = None) -> dict[str, Any
             distributed.cleanup()
 
 
-def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
-           ) -> dict[str, Any]:
+def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
+           continue_with: str | None) -> dict[str, Any]:
     """The main loop (see `train`), holding the run folder's lock on the main rank (the only
     writer) from before anything in the folder is read until the run ends, however it ends."""
     files = RunFiles(Path(config.run.out))
@@ -83,13 +87,14 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None
     try:
         if dist_info.is_main and files.root.is_dir():  # else once `_open_run_folder` made it
             _acquire(lock)
-        return _run(config, dist_info, resume, files, lock)
+        return _run(config, dist_info, resume, files, lock,
+                    continue_with or f"--resume {files.root}")
     finally:
         lock.release()
 
 
 def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, files: RunFiles,
-         lock: FolderLock) -> dict[str, Any]:
+         lock: FolderLock, continue_with: str) -> dict[str, Any]:
     """Set up, then train epoch by epoch (see `train`); the main rank writes the run folder."""
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     rt = setup_runtime(config, dist_info)
@@ -120,6 +125,8 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
         _open_run_folder(config, files, lock, resume_ckpt)
         tb = open_tensorboard(files, config.run.tensorboard)
         keep_steps_until(files, s.global_step)
+        if resume_ckpt is not None:  # a kill between a checkpoint and its log writes
+            write_logs(files, s.history)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
                  files, resume_path)
     deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0
@@ -140,9 +147,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
             if reason is not None:
                 save_checkpoints(s, config, train_store, files, rt)
                 if reason == "interrupt":
-                    print0(f"checkpoint saved at epoch {s.epoch + 1}, step {s.step}: "
-                           f"{files.checkpoint}; continue with --resume {files.root}")
-                    raise KeyboardInterrupt
+                    break
                 stopped = reason
                 _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                       len(train_store.classes))
@@ -150,10 +155,26 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
             _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
             if config.run.max_steps and s.global_step >= config.run.max_steps:
                 stopped = "max_steps"
+            elif distributed.any_rank(flag.hit, rt.device):  # came in validation: saved now
                 break
+        if distributed.any_rank(flag.hit, rt.device):  # every rank stops alike
+            print0(_stop_line(s, config, files, stopped, continue_with))
+            raise flag.exception()
     if tb is not None:
         tb.close()
     return _summary(s, files, stopped, val_name) | {"num_classes": len(train_store.classes)}
+
+
+def _stop_line(s: RunState, config: Config, files: RunFiles, stopped: str,
+               continue_with: str) -> str:
+    """What a run stopped by Ctrl-C or SIGTERM says: where its checkpoint stands and how to
+    continue, or that the signal came when nothing was left to do (during the last epoch's
+    validation or saving, or a step-limited run's last partial epoch)."""
+    if stopped == "max_steps" or s.epoch >= config.optim.epochs:
+        return f"the run had completed: nothing to continue ({files.root})"
+    where = f"the end of epoch {s.epoch}" if s.step == 0 and s.epoch else \
+        f"epoch {s.epoch + 1}, step {s.step}"
+    return f"checkpoint saved at {where}: {files.checkpoint}; continue with {continue_with}"
 
 
 def run_folder_lock(root: Path) -> FolderLock:

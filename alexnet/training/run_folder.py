@@ -39,7 +39,8 @@ class RunFiles:
 
 
 def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -> None:
-    """Rewrite log.jsonl and log.csv from the history (atomically) and redraw curves.png."""
+    """Rewrite log.jsonl and log.csv from the history (atomically) and redraw curves.png (an
+    empty history has none: a resumed run's logs are always its checkpoint's)."""
     from alexnet.figures.curves import plot_curves
 
     write_atomic(files.log, "".join(json.dumps(row) + "\n" for row in history))
@@ -50,6 +51,8 @@ def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -
     write_atomic(files.csv, table.getvalue())
     if history:
         plot_curves(files.log, files.curves)
+    else:  # a partial first epoch's curves, drawn after the checkpoint a run resumes from
+        files.curves.unlink(missing_ok=True)
     if tb is not None and history:
         row = history[-1]
         for key in ("train_loss", "train_error", "val_top1_error", "val_top5_error", "lr",

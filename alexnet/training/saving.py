@@ -12,7 +12,7 @@ good checkpoint, which it leaves untouched (best.pt too).
 At the end of an epoch best.pt (when validation improved) is replaced BEFORE checkpoint.pt:
 a kill between the two leaves checkpoint.pt at the earlier position, whose resumed run redoes
 the epoch and writes best.pt again, so checkpoint.pt never records a best error that best.pt
-lacks. Ctrl-C, run.max_steps and run.time_limit save checkpoint.pt mid-epoch.
+lacks. Ctrl-C, SIGTERM, run.max_steps and run.time_limit save checkpoint.pt mid-epoch.
 """
 
 from __future__ import annotations

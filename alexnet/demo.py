@@ -4,8 +4,9 @@ It prepares a subset of Fashion-MNIST (the IDX files of the Debian package
 `dataset-fashion-mnist`, or any folder holding them) into a 256x256 store, trains the
 paper's FULL-SIZE network (ten classes) with the paper's recipe on it, evaluates it on the
 test split (top-1/top-5, centre crop; 10 crops on as many test images as time allows) and
-writes a run folder: config.json, log.jsonl, log.csv, curves.png, checkpoint.pt and
-final.json. No network is needed.
+writes a run folder: config.json, log.jsonl, log.csv, curves.png, checkpoint.pt,
+trained.json and final.json. No network is needed. Rerunning the same demo continues it: an
+interrupted run is resumed, a trained one only evaluated, a finished one reused.
 
 The budget: the paper's net costs 4.3 GFLOP per trained 224x224 image (forward and
 backward), so a 2-core CPU trains only some tens of images per second. The CPU plan therefore
@@ -19,15 +20,19 @@ images, batch 128, more epochs). What is used, and why, is printed before traini
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alexnet import paper
 from alexnet.atomic import ensure_folder, write_json
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:
+    from alexnet.config import Config
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -38,6 +43,21 @@ MIN_TEN_CROP_IMAGES = 100  # ... and runs only if it can cover this many test im
 DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--device",
              "run.time_limit": "--budget", "optim.batch_size": "--batch-size",
              "optim.epochs": "--epochs"}
+# keys that differ between runs of the same demo: where, whether resumed, the time left, display
+SAME_RUN_IGNORES = {"run": ("out", "resume", "time_limit", "progress")}
+TRAINED = "trained.json"  # the training's summary, written when it ends: a rerun only evaluates
+FINAL = "final.json"
+# what a run stopped by Ctrl-C or SIGTERM advises: rerunning the demo resumes it
+CONTINUE_WITH = "the same `alexnet demo` command (it resumes this run)"
+
+
+@dataclass
+class Earlier:
+    """What a run folder holds of an earlier run of the same demo (all None: nothing)."""
+
+    checkpoint: Path | None = None  # an interrupted or trained run
+    trained: dict[str, Any] | None = None  # its training had ended (trained.json)
+    final: dict[str, Any] | None = None  # it was evaluated too (final.json)
 
 
 @dataclass
@@ -135,10 +155,11 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     """Prepare, train and evaluate; return the final metrics and where everything is.
 
     Every option (the --set overrides, the run folder) is checked before the store is
-    prepared, so that a bad one costs no work."""
+    prepared, so that a bad one costs no work. A run folder holding an earlier run of the same
+    demo is continued: resumed, only evaluated, or reused (`_earlier_run`)."""
     from alexnet.config import from_dict, resolve
+    from alexnet.data.store import WriteLock
     from alexnet.evaluate import resolve_device
-    from alexnet.train import train
     from alexnet.training.data import per_rank_batch
 
     t_start = time.monotonic()
@@ -146,7 +167,7 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     dev = str(resolve_device(device))
     plan = plan or default_plan(dev)
     source = find_idx_folder(data)
-    out = _fresh_run_folder(Path(out))
+    out = Path(out)
     store = Path(store) if store else \
         out.parent / f"fashion-mnist-{plan.train_images}-{plan.test_images}"
     config = resolve("demo", overrides, base=base_config(dev), flags={
@@ -154,8 +175,15 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
         "optim.batch_size": plan.batch_size, "optim.epochs": plan.epochs,
         "run.time_limit": plan.budget_s})  # the time limit is set once the store is ready
     per_rank_batch(config, plan.train_images, 1)
+    out, earlier = _run_folder(out, config, ten_crop)
+    config = from_dict({"run": {"out": str(out)}}, config)
     _check_store_path(store, out)
     ensure_folder(out, "run folder (--out)")  # last: a refusal above leaves no folder behind
+    if earlier.final is not None:
+        print(f"{out} holds this demo's finished run: reusing it (give another --out to train "
+              "anew)")
+        _report(earlier.final, out, store)
+        return {**earlier.final, "run_dir": str(out), "store": str(store)}
     print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
     print(f"plan: {plan.train_images} training and {plan.test_images} test images at "
           f"{paper.IMAGE_SIZE}x{paper.IMAGE_SIZE}, "
@@ -164,24 +192,41 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     print("one deviation from the paper: the biases it sets to 1 start at 0.1 (Caffe's value; "
           "with 1 this ten-class net stays at chance for the whole budget: docs/training.md)")
     print(f"preparing the store {store} (reused when already complete) ...", flush=True)
+    WriteLock(store, option="--store").release()  # another demo preparing it: say --store
     prepare_store(source, store, plan)
     t_prepared = time.monotonic()
     print(f"store ready in {t_prepared - t_start:.0f} s")
 
-    eval_reserve = _eval_reserve(plan)
-    time_limit = max(10.0, plan.budget_s - (t_prepared - t_start) - eval_reserve)
-    config = from_dict({"run": {"time_limit": time_limit}}, config)
-    print(f"training for at most {time_limit:.0f} s (then a checkpoint and the test "
-          "evaluation)", flush=True)
-    result = train(config)
-
+    trained = earlier.trained
+    if trained is None:
+        trained = _train(config, earlier, plan, t_prepared - t_start)
+    else:
+        print(f"{out} holds this demo's trained net: evaluating it (its training had ended)")
     final = evaluate_run(out, store, config, plan, t_start, ten_crop)
-    final.update(train={k: result[k] for k in ("stopped", "epochs", "steps", "train_loss",
-                                               "train_error", "val_top1_error")},
-                 seconds=time.monotonic() - t_start, plan=plan.__dict__)
-    write_json(out / "final.json", final, indent=2)
+    final.update(train=trained, seconds=time.monotonic() - t_start, plan=plan.__dict__)
+    write_json(out / FINAL, final, indent=2)
     _report(final, out, store)
     return {**final, "run_dir": str(out), "store": str(store)}
+
+
+def _train(config: Config, earlier: Earlier, plan: Plan, spent: float) -> dict[str, Any]:
+    """Train (or resume the interrupted run) within the time left; record its end in
+    trained.json, so that a demo stopped in the evaluation is not trained again."""
+    from alexnet.config import from_dict
+    from alexnet.train import train
+
+    time_limit = max(10.0, plan.budget_s - spent - _eval_reserve(plan))
+    config = from_dict({"run": {"time_limit": time_limit}}, config)
+    if earlier.checkpoint is not None:
+        print(f"{config.run.out} holds this demo's interrupted run: continuing it")
+        config = from_dict({"run": {"resume": str(earlier.checkpoint)}}, config)
+    print(f"training for at most {time_limit:.0f} s (then a checkpoint and the test "
+          "evaluation)", flush=True)
+    result = train(config, continue_with=CONTINUE_WITH)
+    trained = {k: result[k] for k in ("stopped", "epochs", "steps", "train_loss", "train_error",
+                                      "val_top1_error")}
+    write_json(Path(config.run.out) / TRAINED, trained, indent=2)
+    return trained
 
 
 def _eval_reserve(plan: Plan) -> float:
@@ -231,15 +276,55 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
     return final
 
 
-def _fresh_run_folder(out: Path) -> Path:
-    """`out`, or out-2, out-3 ... when `out` already holds a run (nothing is overwritten)."""
+def _run_folder(out: Path, config: Config, ten_crop: bool | None) -> tuple[Path, Earlier]:
+    """`out`, or out-2, out-3 ... when `out` holds another run (nothing is overwritten); with
+    what it holds of an earlier run of this same demo, which the demo then continues."""
     candidate, n = out, 1
-    while (candidate / "checkpoint.pt").exists() or (candidate / "final.json").exists():
+    while (earlier := _earlier_run(candidate, config, ten_crop)) is None:
         n += 1
         candidate = out.with_name(f"{out.name}-{n}")
     if candidate != out:
-        print(f"{out} already holds a run: writing to {candidate}")
-    return candidate
+        print(f"{out} already holds another run: writing to {candidate}")
+    return candidate, earlier
+
+
+def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier | None:
+    """What `folder` holds of an earlier run of the demo `config` (an empty Earlier when it
+    holds no run), or None when it holds another run (another config, or unreadable)."""
+    ckpt = folder / "checkpoint.pt"
+    if not ckpt.exists():
+        return None if (folder / FINAL).exists() else Earlier()
+    theirs = _read_json(folder / "config.json")
+    if theirs is None or _same_run(theirs) != _same_run(_config_dict(config)):
+        return None
+    final = _read_json(folder / FINAL)
+    if final is None or "test_top1_error" not in final or \
+            (ten_crop and "test_top1_error_10crop" not in final):
+        final = None  # evaluated not at all, or without the 10 crops now asked for
+    return Earlier(checkpoint=ckpt, trained=_read_json(folder / TRAINED), final=final)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is absent or not one (a damaged file)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _config_dict(config: Config) -> dict[str, Any]:
+    """`config` as config.json holds it."""
+    from alexnet.config import to_dict
+
+    return json.loads(json.dumps(to_dict(config)))
+
+
+def _same_run(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that differ between runs of the same demo."""
+    return {section: {k: v for k, v in values.items()
+                      if k not in SAME_RUN_IGNORES.get(section, ())}
+            if isinstance(values, dict) else values for section, values in config.items()}
 
 
 def _report(final: dict[str, Any], out: Path, store: Path) -> None:
@@ -256,9 +341,10 @@ def _report(final: dict[str, Any], out: Path, store: Path) -> None:
         print(f"10 crops on {n} test images: top-1 {100 * final['test_top1_error_10crop']:.2f}%,"
               f" top-5 {100 * final['test_top5_error_10crop']:.2f}%{same}")
     print(f"done in {final['seconds'] / 60:.1f} min. Written:")
-    for name, what in (("final.json", "final metrics"), ("log.jsonl", "per-epoch log"),
+    for name, what in ((FINAL, "final metrics"), ("log.jsonl", "per-epoch log"),
                        ("log.csv", "the same as CSV"), ("curves.png", "training curves"),
                        ("checkpoint.pt", "the trained net (alexnet evaluate/predict)"),
+                       (TRAINED, "how the training ended"),
                        ("config.json", "the resolved config")):
         print(f"  {out / name}: {what}")
     print(f"  {store}: the prepared store (reused by the next demo)")

@@ -4,6 +4,8 @@ folder, and that nothing is overwritten. (The full demo is run by hand: docs/tra
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,13 +39,84 @@ def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
     assert Path(config["data"]["store"]) == Path(result["store"])
     out = capsys.readouterr().out
     assert "40 training and 20 test images" in out and str(run / "final.json") in out
-    # a second demo never overwrites the first; it reuses the prepared store
+    # the same demo again reuses the finished run; another config never overwrites it
+    capsys.readouterr()
+    same = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
+                overrides=["model.width=0.125"], device="cpu", ten_crop=None)
+    assert Path(same["run_dir"]) == run and same["test_top1_error"] == final["test_top1_error"]
+    assert f"{run} holds this demo's finished run: reusing it" in capsys.readouterr().out
     again = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
-                 overrides=["model.width=0.125"], device="cpu", ten_crop=None)
+                 overrides=["model.width=0.0625"], device="cpu", ten_crop=None)
     assert Path(again["run_dir"]) == tmp_path / "demo-2" and again["store"] == result["store"]
     assert json.loads((run / "final.json").read_text()) == final
     # with time to spare, 10 crops cover the whole (tiny) test split
     assert again["ten_crop_images"] == 20 and 0 <= again["test_top1_error_10crop"] <= 1
+
+
+def test_a_rerun_continues_an_interrupted_demo(fashion_mnist_dir, tmp_path, monkeypatch,
+                                               capsys):
+    """Ctrl-C in training: the message says to rerun the demo, and the rerun resumes the run
+    in its folder; Ctrl-C in the final evaluation: the rerun only evaluates."""
+    import alexnet.demo
+    import alexnet.train
+    import alexnet.training.loop as loop
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def step(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    def run_demo() -> dict:
+        return demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
+                    overrides=["model.width=0.125"], device="cpu", ten_crop=False)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo()
+    out = capsys.readouterr().out
+    assert "continue with the same `alexnet demo` command (it resumes this run)" in out
+    monkeypatch.undo()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(alexnet.demo, "evaluate_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # the rerun resumes, then is stopped in the test
+        run_demo()
+    out = capsys.readouterr().out
+    run = tmp_path / "demo"
+    assert f"{run} holds this demo's interrupted run: continuing it" in out
+    assert f"resuming from {run / 'checkpoint.pt'}" in out and "writing to" not in out
+    assert json.loads((run / "trained.json").read_text())["steps"] == 5
+    monkeypatch.undo()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(alexnet.train, "train", no_training)
+    result = run_demo()
+    assert Path(result["run_dir"]) == run and result["train"]["steps"] == 5
+    assert f"{run} holds this demo's trained net: evaluating it" in capsys.readouterr().out
+    assert json.loads((run / "final.json").read_text())["test_images"] == 20
+    assert not (tmp_path / "demo-2").exists()
+
+
+def test_a_store_another_demo_writes_is_refused_naming_store(fashion_mnist_dir, tmp_path,
+                                                             capsys):
+    from test_run_lock import held_elsewhere
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with held_elsewhere(store):
+        assert main(["demo", "--data", str(fashion_mnist_dir), "--store", str(store), "--out",
+                     str(tmp_path / "d"), "--device", "cpu", "--train-images", "40",
+                     "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "another process is writing this store" in err and err.count("\n") == 1
+    assert err.strip().endswith("choose another --store"), err
 
 
 def test_default_plans_fit_their_budgets():

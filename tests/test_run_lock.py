@@ -280,8 +280,11 @@ def test_the_store_lock_still_refuses_a_second_writer(tmp_path):
     with held_elsewhere(root), pytest.raises(UserError) as info:
         WriteLock(root)
     assert str(info.value) == (f"{root}: another process is writing this store (an `alexnet "
-                               "prepare` still running?); wait for it to end, or choose "
-                               "another OUT")
+                               "prepare` or `alexnet demo` still running?); wait for it to "
+                               "end, or choose another OUT")
+    with held_elsewhere(root), pytest.raises(UserError) as info:
+        WriteLock(root, option="--store")  # the demo names its own option
+    assert str(info.value).endswith("; wait for it to end, or choose another --store")
     split = root / "train"
     with WriteLock(split):  # made, and locked: a second writer in this process is refused too
         with pytest.raises(UserError, match="another process is writing this store"):

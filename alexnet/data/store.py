@@ -363,14 +363,15 @@ def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
 
 class WriteLock(FolderLock):
     """The store writer's `FolderLock` on FOLDER/.lock (the folder is created), taken at once:
-    a second `alexnet prepare` into the same store is refused with one line."""
+    a second writer of the same store is refused with one line naming `option`, the option
+    that chose the store (prepare's OUT, the demo's --store)."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], option: str = "OUT") -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         super().__init__(folder, f"{folder}: another process is writing this store (an "
-                         "`alexnet prepare` still running?); wait for it to end, or choose "
-                         "another OUT")
+                         "`alexnet prepare` or `alexnet demo` still running?); wait for it to "
+                         f"end, or choose another {option}")
         self.acquire()
 
 

@@ -66,6 +66,20 @@ def os_error(err: BaseException) -> OSError | None:
     return None
 
 
+def interruption(err: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM behind `err` (a KeyboardInterrupt, Terminated, or any other
+    BaseException that is not an Exception), itself or one a library wrapped: torch.save's
+    zip writer, unwinding an interrupted write, raises RuntimeError ("unexpected pos") with
+    the KeyboardInterrupt as its context."""
+    seen = 0
+    while err is not None and seen < 5:
+        if not isinstance(err, Exception):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
 def fs_error(path: Path, err: OSError, doing: str = "cannot write") -> UserError:
     """A one-line UserError for a filesystem failure at `path`, saying what to do."""
     reason = err.strerror or str(err) or type(err).__name__
@@ -116,6 +130,9 @@ def replacing(path: str | os.PathLike, *, user_errors: bool = True) -> Iterator[
             os.close(fd)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
+        stop = interruption(err)
+        if stop is not None:  # Ctrl-C or SIGTERM, not a failure: the CLI says "interrupted"
+            raise stop from None
         cause = os_error(err)
         if cause is None or not user_errors:
             raise
@@ -236,7 +253,7 @@ def remove_stale(folder: str | os.PathLike, targets: Iterable[str | os.PathLike]
         name, _, pid = tmp.name[len(TMP_PREFIX):].rpartition(".")
         if names is not None and name not in names:
             continue
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
             continue
         try:
             tmp.unlink()
@@ -246,7 +263,7 @@ def remove_stale(folder: str | os.PathLike, targets: Iterable[str | os.PathLike]
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether a process `pid` exists (one we may not signal still counts)."""
     try:
         os.kill(pid, 0)

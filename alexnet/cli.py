@@ -4,18 +4,24 @@ Every module named below provides `add_arguments(parser)` and `run(args) -> int`
 chosen subcommand's module is imported, so `alexnet --help` stays fast. A UserError, and as a
 backstop any OSError (a filesystem failure), ends in one line on stderr and exit status 2, and
 so does a malformed command line (`Parser`: no usage block, a pointer to --help instead). Every
-command's --device is checked here, before the command does any work.
+command's --device is checked here, before the command does any work. Ctrl-C ends in one
+line, "interrupted", and exit status 130; SIGTERM in "terminated (SIGTERM)" and 143 (`_signals`),
+both after the command's cleanup, and both in the command's own words when it gives some.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from typing import NoReturn
+import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from alexnet import __version__
-from alexnet.errors import UserError
+from alexnet.errors import Terminated, UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("alexnet.demo", "prepare Fashion-MNIST, train the paper's net on it, evaluate"),
@@ -70,7 +76,10 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; bad input ends in a one-line error and exit status 2."""
+    """Run one subcommand; bad input ends in a one-line error and exit status 2, Ctrl-C in
+    one line and 130, SIGTERM in one line and 143 (`_signals`), from the first instant: the
+    command's module (torch) is imported inside."""
+    program = argv is None  # the process itself, not a caller in the same process
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv:  # a bare `alexnet`: what there is to run, and a failing status for scripts
@@ -81,23 +90,69 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     printable_names()
+    with _signals(program):
+        try:
+            return _run(name, rest)
+        except UserError as err:
+            print(f"alexnet {name}: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # a filesystem failure that no module turned into a UserError
+            print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as err:
+            print(f"alexnet {name}: {_stop_message(err, 'interrupted')}", file=sys.stderr)
+            return 130
+        except Terminated as err:
+            print(f"alexnet {name}: {_stop_message(err, 'terminated (SIGTERM)')}",
+                  file=sys.stderr)
+            return 143
+
+
+def _run(name: str, rest: list[str]) -> int:
+    """Import the command's module, parse its options (argparse exits on --help or a bad
+    command line), check --device, run it."""
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = Parser(prog=f"alexnet {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    check_device(args)
+    return int(module.run(args) or 0)
+
+
+def _stop_message(err: BaseException, default: str) -> str:
+    """What an interruption says: the command's own words when it gave some (prepare: the
+    store keeps what was written; train: the checkpoint it saved), else `default`."""
+    return " ".join(str(err).split()) or default
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM's handler while a command runs: further SIGTERMs are ignored (one during the
+    cleanup changes nothing), and Terminated is raised where the command is."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _signals(program: bool) -> Iterator[None]:
+    """SIGTERM (`timeout`, `docker stop`, a scheduler) raises Terminated in the main thread, as
+    Ctrl-C raises KeyboardInterrupt, so every finally block runs: temporaries removed, worker
+    pools and shared memory released. A handler set outside Python, or an ignored SIGTERM, is
+    left alone, and the previous handler is put back at the end, except in the process itself
+    (`program`) after a SIGTERM: then SIGTERM stays ignored, so that another one during the
+    interpreter's teardown (half a second with torch) cannot replace the status main returns
+    (bench's 124, 143) by a death by signal."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous in (
+            None, signal.SIG_IGN):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        check_device(args)
-        return int(module.run(args) or 0)
-    except UserError as err:
-        print(f"alexnet {name}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a filesystem failure that no module turned into a UserError
-        print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"alexnet {name}: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        if not (program and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def printable_names() -> None:

@@ -118,3 +118,133 @@ def test_help_is_unchanged_by_the_one_line_errors(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith("usage: alexnet train") and "--epochs" in out
+
+
+def _command(monkeypatch, tmp_path, source: str, name: str = "fake") -> str:
+    """A command `alexnet NAME` whose module is `source` (add_arguments and run), imported by
+    the CLI as every command's module is."""
+    import alexnet.cli
+
+    module = f"alexnet_test_{name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(alexnet.cli.COMMANDS, name, (module, "a stand-in command"))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return name
+
+
+@pytest.mark.parametrize("where", ["import", "add_arguments"])
+def test_ctrl_c_while_the_command_starts_is_one_line(where, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the first second or so (the command's module importing torch, the parser
+    being built) printed a KeyboardInterrupt traceback."""
+    source = {"import": "raise KeyboardInterrupt\n",
+              "add_arguments": "def add_arguments(parser):\n    raise KeyboardInterrupt\n"}
+    name = _command(monkeypatch, tmp_path, source[where])
+    try:
+        code = main([name])
+    except KeyboardInterrupt:  # not let through: pytest would stop the whole session
+        pytest.fail("the KeyboardInterrupt went through main (a traceback)")
+    assert code == 130
+    assert capsys.readouterr().err == f"alexnet {name}: interrupted\n"
+
+
+def test_argparse_still_exits_on_help_inside_the_guard(tmp_path, monkeypatch, capsys):
+    name = _command(monkeypatch, tmp_path, "def add_arguments(parser):\n    pass\n")
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: alexnet {name}")
+
+
+def test_an_interrupted_save_through_write_atomic_is_interrupted(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a torch.save (a checkpoint, `export --format weights`) ended in torch's
+    RuntimeError traceback and exit status 1."""
+    name = _command(monkeypatch, tmp_path, SAVING.format(out=str(tmp_path / "net.pt")))
+    assert main([name]) == 130
+    assert capsys.readouterr().err == f"alexnet {name}: interrupted\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+SAVING = """
+import torch
+
+from alexnet.atomic import write_atomic
+
+
+class Cut:
+    def __init__(self, file):
+        self.file, self.writes = file, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt  # as Ctrl-C lands while the zip writer writes
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    write_atomic({out!r}, lambda f: torch.save({{"w": torch.zeros(10_000)}}, Cut(f)))
+"""
+
+# A command that writes a file the way every command does (atomic.replacing) and gets SIGTERM
+# halfway, as from `timeout` or `docker stop`; argv[1] says what else happens.
+TERMINATED = """
+import os, signal, sys, time
+
+from alexnet.atomic import replacing
+from alexnet.errors import Terminated
+
+
+def add_arguments(parser):
+    parser.add_argument("how")
+    parser.add_argument("out")
+
+
+def run(args):
+    if args.how == "message":
+        raise Terminated("terminated (SIGTERM): a checkpoint was saved at step 7; resume it")
+    with replacing(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"half a cache")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            if args.how == "twice":  # a second SIGTERM (timeout, then its process group)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+    return 0
+"""
+
+SIGTERM_SCRIPT = """
+import signal, sys
+sys.path.insert(0, sys.argv.pop(1))
+import alexnet.cli
+alexnet.cli.COMMANDS["fake"] = ("alexnet_test_fake", "a stand-in command")
+before = signal.getsignal(signal.SIGTERM)
+code = alexnet.cli.main(sys.argv[1:])
+assert signal.getsignal(signal.SIGTERM) == before, "the previous handler was not restored"
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("how", ["once", "twice", "message"])
+def test_sigterm_is_one_line_and_143_after_the_cleanup(how, tmp_path):
+    """SIGTERM killed every command (but bench) on the spot: no message, and the cleanup of
+    finally blocks skipped (here the temporary beside the output, 21 GB for ImageNet's fc7
+    cache; elsewhere worker pools and shared memory). A second SIGTERM during the cleanup
+    changes nothing; a Terminated raised with a message (train's guard) is said in its words."""
+    (tmp_path / "alexnet_test_fake.py").write_text(TERMINATED)
+    out = tmp_path / "cache.npy"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(tmp_path), "fake", how,
+                           str(out)], capture_output=True, text=True, timeout=60)
+    line = ("alexnet fake: terminated (SIGTERM): a checkpoint was saved at step 7; resume it"
+            if how == "message" else "alexnet fake: terminated (SIGTERM)")
+    assert (proc.returncode, proc.stderr) == (143, line + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".py") == []

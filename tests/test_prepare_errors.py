@@ -20,6 +20,7 @@ import pytest
 from alexnet.cli import main as cli_main
 from alexnet.data import open_split
 from alexnet.data.store import PROGRESS
+from alexnet.errors import Terminated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,3 +228,38 @@ def test_a_folder_that_is_not_a_split_is_still_refused(tmp_path, capsys):
     assert cli_main(args) == 2
     assert "folder exists and is not a store" in _one_line_error(capsys)
     assert _tree_bytes(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("stop, status, said", [
+    (KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated (SIGTERM)")])
+def test_interrupted_says_the_store_keeps_its_chunks_and_the_rerun_continues(
+        tmp_path, capsys, monkeypatch, stop, status, said):
+    """Ctrl-C (or SIGTERM's Terminated) after the first chunk said only "interrupted": one
+    line now says what is kept and what to do, and doing it gives the store of one run."""
+    from alexnet.data import store
+
+    src = _idx_source(tmp_path / "digits", 100)  # four chunks
+    out = tmp_path / "out"
+    args = ["prepare", str(src), str(out), "--size", "16", "--workers", "1"]
+    add_chunk, calls = store.SplitWriter.add_chunk, [0]
+
+    def cut(self, *chunk, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            self.checkpoint()
+            raise stop
+        return add_chunk(self, *chunk, **kwargs)
+
+    monkeypatch.setattr(store.SplitWriter, "add_chunk", cut)
+    try:
+        code = cli_main(args)
+    except BaseException as err:  # KeyboardInterrupt let through would stop the whole session
+        pytest.fail(f"{type(err).__name__} went through main (a traceback)")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "alexnet" in line]
+    assert code == status and lines == [
+        f"alexnet prepare: {said}; {out} keeps what was written; run the same command again "
+        "to continue from there"], lines
+    monkeypatch.setattr(store.SplitWriter, "add_chunk", add_chunk)
+    assert cli_main(args) == 0
+    assert cli_main(args[:2] + [str(tmp_path / "once")] + args[3:]) == 0
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "once")

@@ -41,7 +41,7 @@ from alexnet.data.store import (
     write_error,
 )
 from alexnet.data.workers import Decoders
-from alexnet.errors import UserError
+from alexnet.errors import Terminated, UserError
 from alexnet.progress import Progress
 
 CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
@@ -303,6 +303,13 @@ def _os_error(out: Path, err: OSError) -> UserError:
     return write_error(out, err)
 
 
+def _resumes(out: str) -> str:
+    """What an interrupted prepare leaves, and how to go on (docs/data.md, "Interrupt and
+    rerun")."""
+    return (f"{out} keeps what was written; run the same command again to continue from "
+            "there")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet prepare`."""
     parser.add_argument("source", metavar="SOURCE", help="folder holding the data (ImageNet "
@@ -337,12 +344,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`alexnet prepare`: print one line per split at the end."""
-    summary = prepare(args.source, args.out, size=args.size, format=args.format,
-                      workers=args.workers, limit=args.limit, splits=args.splits,
-                      names=args.names, max_pixels=args.max_pixels,
-                      val_fraction=args.val_fraction, val_seed=args.val_seed,
-                      jpeg_quality=args.jpeg_quality)
+    """`alexnet prepare`: print one line per split at the end; Ctrl-C and SIGTERM say that
+    the store keeps what was written and that the same command continues."""
+    try:
+        summary = prepare(args.source, args.out, size=args.size, format=args.format,
+                          workers=args.workers, limit=args.limit, splits=args.splits,
+                          names=args.names, max_pixels=args.max_pixels,
+                          val_fraction=args.val_fraction, val_seed=args.val_seed,
+                          jpeg_quality=args.jpeg_quality)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; {_resumes(args.out)}") from None
+    except Terminated:
+        raise Terminated(f"terminated (SIGTERM); {_resumes(args.out)}") from None
     for name, result in summary["splits"].items():
         print(f"{name}: {result['count']} images, {result['skipped']} skipped -> "
               f"{result['path']}")

@@ -287,3 +287,76 @@ def test_a_benchmark_stopped_before_any_figure_keeps_the_earlier_json(tmp_path, 
     path.write_text(earlier)
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 130
     assert path.read_text() == earlier
+
+
+def test_ctrl_c_keeps_the_figures_and_says_interrupted_not_failed(tmp_path, monkeypatch, capsys):
+    """Ctrl-C wrote `"failed": "... failed: KeyboardInterrupt: KeyboardInterrupt"`, which reads
+    as a broken benchmark."""
+    import alexnet.bench.model
+
+    def interrupted(args):
+        args.figures["lrn_ms"] = 1.5
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(alexnet.bench.model, "bench", interrupted)
+    path = tmp_path / "model.json"
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 130
+    written = json.loads(path.read_text())
+    assert written == {"model": {"lrn_ms": 1.5}, "stopped": (
+        "interrupted (Ctrl-C) during `alexnet bench model`: its entry holds the figures it had "
+        "reached, the benchmarks after it none")}
+    assert capsys.readouterr().err.endswith("alexnet bench: interrupted\n")
+
+
+# `alexnet bench cut` as the program runs it (sys.argv), its benchmark stopped by SIGTERM; a
+# second SIGTERM comes while the figures are written, or after main has returned (the
+# interpreter's teardown takes half a second with torch loaded), as `timeout` and a signal
+# to the process group send two.
+TWO_SIGTERMS = """
+import os, signal, sys, time, types
+import alexnet.bench
+from alexnet.cli import main
+
+when = sys.argv.pop(1)
+
+
+def cut(args):
+    args.figures["row"] = 1.0
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+
+
+def write_json(*args, **kwargs):
+    if when == "while writing":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return write(*args, **kwargs)
+
+
+module = types.ModuleType("alexnet.bench.cut")
+module.bench = cut
+sys.modules["alexnet.bench.cut"] = module
+alexnet.bench.WHATS["cut"] = "a stand-in"
+write, alexnet.bench.write_json = alexnet.bench.write_json, write_json
+code = main()
+if when == "after main":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("when", ["while writing", "after main"])
+def test_a_second_sigterm_keeps_the_status_124_and_the_figures(when, tmp_path):
+    """The handler was restored (to the default) before the exit: a second SIGTERM 20-50 ms
+    after the first killed the run with 143 (or, during the JSON, a Stopped traceback)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, "-c", TWO_SIGTERMS, when, "bench", "cut", "--device",
+                           "cpu", "--json", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    assert proc.stderr == ("alexnet bench: stopped by SIGTERM during cut; the figures so far "
+                           f"are in {out}\n")
+    assert json.loads(out.read_text())["cut"] == {"row": 1.0}

@@ -4,7 +4,8 @@ Each stage owns its benchmark module (alexnet/bench/<what>.py) with a `bench(arg
 function that prints its figures and returns them; `--json FILE` writes them out after each
 benchmark. A benchmark may also fill `args.figures` (a dict, the one that becomes its entry)
 as it goes: when a time limit stops the run with SIGTERM (`timeout`, as bench/gpu_check.sh
-runs it), the file gets what it holds by then, with "stopped" saying so.
+runs it), the file gets what it holds by then, with "stopped" saying so, and the exit status
+is 124 (a second SIGTERM changes nothing); after Ctrl-C, "stopped" says "interrupted (Ctrl-C)".
 `--smoke` runs every line with the least work (the tests use it): implies `--quick`, a paper
 net of 1/8 width (SMOKE_WIDTH) without the torchvision layout beside it, a handful of images.
 Its figures say nothing about speed.
@@ -55,6 +56,10 @@ _SIGTERM = threading.Event()  # set by the handler: a Stopped wrapped on its way
 
 
 def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM's handler during the run: further SIGTERMs are ignored (`timeout` and a process
+    group's signal may come twice; the second must not cut the figures being written, nor
+    turn 124 into 143), and Stopped is raised where the benchmark is."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _SIGTERM.set()
     raise Stopped
 
@@ -91,10 +96,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException as err:
         keep = args.json and any(results.get(w) for w in WHATS)  # none: the earlier file stays
         if not _SIGTERM.is_set():
-            if keep:  # the figures measured before the failure are kept too
-                results["failed"] = (f"`alexnet bench {what}` failed: {type(err).__name__}: "
-                                     f"{one_line(err)}; its entry holds the figures it had "
-                                     "reached, the benchmarks after it none")
+            if keep:  # the figures measured before Ctrl-C or a failure are kept too
+                results.update(_unfinished(what, err))
                 write_json(args.json, results, indent=2)
             raise
         results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
@@ -106,6 +109,16 @@ def run(args: argparse.Namespace) -> int:
             write_json(args.json, results, indent=2)
         return 124
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread and not _SIGTERM.is_set():  # after one, SIGTERM stays ignored while
+            signal.signal(signal.SIGTERM, previous)  # the run ends; cli.main restores it
     return 0
+
+
+def _unfinished(what: str, err: BaseException) -> dict[str, str]:
+    """The JSON's note when a benchmark ended early without SIGTERM: "stopped" for
+    Ctrl-C (not a failure of the benchmark), "failed" with the error for anything else."""
+    rest = "its entry holds the figures it had reached, the benchmarks after it none"
+    if isinstance(err, KeyboardInterrupt):
+        return {"stopped": f"interrupted (Ctrl-C) during `alexnet bench {what}`: {rest}"}
+    return {"failed": f"`alexnet bench {what}` failed: {type(err).__name__}: {one_line(err)}; "
+                      f"{rest}"}

@@ -4,11 +4,10 @@ folder, and that nothing is overwritten. (The full demo is run by hand: docs/tra
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
+from _stops import ctrl_c_at_step
 
 from alexnet.cli import main
 from alexnet.config import resolve
@@ -59,21 +58,12 @@ def test_a_rerun_continues_an_interrupted_demo(fashion_mnist_dir, tmp_path, monk
     in its folder; Ctrl-C in the final evaluation: the rerun only evaluates."""
     import alexnet.demo
     import alexnet.train
-    import alexnet.training.loop as loop
-
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def step(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(*args)
 
     def run_demo() -> dict:
         return demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
                     overrides=["model.width=0.125"], device="cpu", ten_crop=False)
 
-    monkeypatch.setattr(loop, "train_step", step)
+    ctrl_c_at_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_demo()
     out = capsys.readouterr().out
@@ -106,11 +96,11 @@ def test_a_rerun_continues_an_interrupted_demo(fashion_mnist_dir, tmp_path, monk
 
 def test_a_store_another_demo_writes_is_refused_naming_store(fashion_mnist_dir, tmp_path,
                                                              capsys):
-    from test_run_lock import held_elsewhere
+    from _stops import held_elsewhere
 
     store = tmp_path / "store"
     store.mkdir()
-    with held_elsewhere(store):
+    with held_elsewhere(store / ".lock"):
         assert main(["demo", "--data", str(fashion_mnist_dir), "--store", str(store), "--out",
                      str(tmp_path / "d"), "--device", "cpu", "--train-images", "40",
                      "--batch-size", "8"]) == 2

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _stops import held_elsewhere, tree  # a lock held by another process
 from PIL import Image
-from test_figures import held_elsewhere, tree  # a lock held by another process
 
 from alexnet import paper
 from alexnet.cli import main

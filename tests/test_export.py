@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_figures import held_elsewhere, tree  # a lock held by another process
+from _stops import held_elsewhere, tree  # a lock held by another process
 
 from alexnet import checkpoint
 from alexnet.cli import main

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
@@ -12,12 +11,11 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _stops import held_elsewhere, tree  # a lock held by another process
 from PIL import Image
 
 import alexnet.checkpoint
@@ -454,35 +452,6 @@ def test_figures_are_not_written_into_a_store(run_folder, capsys, inside):
 
 
 # ------------------------------------------------------------------ concurrent and stopped runs
-
-HOLD = """
-import fcntl, sys
-f = open(sys.argv[1], "ab")
-fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
-@contextlib.contextmanager
-def held_elsewhere(lock: Path) -> Iterator[None]:
-    """`lock` flock-ed by another process until the block ends (it says when it holds it),
-    as a second command writing the same folder or file holds it."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "held\n"
-        yield
-    finally:
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry under `root` with its bytes (None for a folder)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
-            for p in sorted(root.rglob("*"))}
-
 
 def figures_args(ckpt, root, out, *extra: str) -> list[str]:
     return ["figures", str(ckpt), "--data", str(root), "--out", str(out), "--images", "1",

@@ -6,18 +6,17 @@ lock still refuses a second prepare. Locks are held with a plain `flock` on FOLD
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
+from _stops import held_elsewhere, tree  # a lock held by another process
 from test_train import make_store  # 64-pixel images: a fast store
 
 from alexnet import checkpoint
@@ -32,13 +31,6 @@ from alexnet.training import procedure
 TINY = ["model.width=0.125", "optim.batch_size=8", "run.progress=false", "run.device=cpu",
         "data.crop=64", "optim.epochs=1"]
 BUSY = "another process is training into this run folder"
-HOLD = """
-import fcntl, sys
-f = open(sys.argv[1], "ab")
-fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("held", flush=True)
-sys.stdin.read()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +53,6 @@ def run(finished, tmp_path) -> Path:
 
 def sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry under `root` with its bytes (None for a folder)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
-            for p in sorted(root.rglob("*"))}
-
-
-@contextlib.contextmanager
-def held_elsewhere(folder: Path) -> Iterator[None]:
-    """FOLDER/.lock locked by another process until the block ends (it says when it holds)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder / ".lock")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "held\n"
-        yield
-    finally:
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
 
 
 def flock(folder: Path) -> IO[bytes] | None:
@@ -122,7 +95,7 @@ def test_a_second_train_into_a_held_run_folder_is_refused_before_any_work(
     monkeypatch.setattr(checkpoint, "load", no_work)  # --resume's checkpoint is not read
     args = (["--resume", str(run), "--epochs", "2"] if how == "resume" else
             ["--data", str(store), *sets(TINY), "--out", str(run)])
-    with held_elsewhere(run):
+    with held_elsewhere(run / ".lock"):
         assert main(["train", *args, "--no-progress"]) == 2
     err = one_line_error(capsys)
     assert f"{run}: {BUSY}" in err and "choose another --out" in err, err
@@ -133,7 +106,7 @@ def test_a_running_runs_checkpoint_may_start_a_run_of_its_own_elsewhere(run, tmp
     """`--resume A --out B` reads A's checkpoint (replaced atomically) and writes B only: a
     run still training in A does not stop it."""
     before = tree(run)
-    with held_elsewhere(run):
+    with held_elsewhere(run / ".lock"):
         assert main(["train", "--resume", str(run), "--out", str(tmp_path / "b"), "--epochs",
                      "2", "--no-progress"]) == 0
     assert tree(run) == before
@@ -143,7 +116,7 @@ def test_a_running_runs_checkpoint_may_start_a_run_of_its_own_elsewhere(run, tmp
 def test_only_rank_0_looks_at_the_lock_before_joining(run, monkeypatch):
     """Under torchrun every rank reads the arguments; a probe by another rank could hold the
     lock at the moment rank 0 takes it, so only rank 0 probes."""
-    with held_elsewhere(run):
+    with held_elsewhere(run / ".lock"):
         monkeypatch.setenv("RANK", "1")
         monkeypatch.setenv("WORLD_SIZE", "2")
         procedure.check_run_folder_free(run)  # not rank 0: no look, no refusal
@@ -266,7 +239,7 @@ def test_a_second_ablate_into_a_busy_folder_is_refused_before_training(
     out = tmp_path / "ablate"
     out.mkdir()
     base = resolve("paper", TINY, {"data.store": str(store)})
-    with held_elsewhere(out), pytest.raises(UserError) as info:
+    with held_elsewhere(out / ".lock"), pytest.raises(UserError) as info:
         ab.ablate(base, out, ab.choose_variants(["no-lrn"]), budget_steps=1, seeds=1,
                   log=lambda *_: None)
     message = str(info.value)
@@ -277,12 +250,12 @@ def test_a_second_ablate_into_a_busy_folder_is_refused_before_training(
 def test_the_store_lock_still_refuses_a_second_writer(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
-    with held_elsewhere(root), pytest.raises(UserError) as info:
+    with held_elsewhere(root / ".lock"), pytest.raises(UserError) as info:
         WriteLock(root)
     assert str(info.value) == (f"{root}: another process is writing this store (an `alexnet "
                                "prepare` or `alexnet demo` still running?); wait for it to "
                                "end, or choose another OUT")
-    with held_elsewhere(root), pytest.raises(UserError) as info:
+    with held_elsewhere(root / ".lock"), pytest.raises(UserError) as info:
         WriteLock(root, option="--store")  # the demo names its own option
     assert str(info.value).endswith("; wait for it to end, or choose another --store")
     split = root / "train"

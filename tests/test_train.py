@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _stops import ctrl_c_at_step
 
 from alexnet import checkpoint, paper
 from alexnet.cli import main
@@ -400,18 +401,9 @@ def test_resume_logs_equal_the_checkpoints_around_partial_epochs(store, tmp_path
 def test_ablate_stopped_says_to_rerun_ablate(store, tmp_path, monkeypatch, capsys):
     """An interrupted ablate is continued by the same `alexnet ablate`, not by train --resume
     of its inner run (which would leave ablate's result and tables unwritten)."""
-    import alexnet.training.loop as loop
     from alexnet.experiments import ablate as ab
 
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def step(*args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(*args)
-
-    monkeypatch.setattr(loop, "train_step", step)
+    ctrl_c_at_step(monkeypatch, 2)
     base = resolve("paper", TINY, {"data.store": str(store)})
     out = tmp_path / "abl"
     with pytest.raises(KeyboardInterrupt):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alexnet import paper
-from alexnet.atomic import ensure_folder, write_json
+from alexnet.atomic import ensure_folder, read_json_object, write_json
 from alexnet.errors import UserError
 
 if TYPE_CHECKING:
@@ -294,23 +294,14 @@ def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier
     ckpt = folder / "checkpoint.pt"
     if not ckpt.exists():
         return None if (folder / FINAL).exists() else Earlier()
-    theirs = _read_json(folder / "config.json")
+    theirs = read_json_object(folder / "config.json")
     if theirs is None or _same_run(theirs) != _same_run(_config_dict(config)):
         return None
-    final = _read_json(folder / FINAL)
+    final = read_json_object(folder / FINAL)
     if final is None or "test_top1_error" not in final or \
             (ten_crop and "test_top1_error_10crop" not in final):
         final = None  # evaluated not at all, or without the 10 crops now asked for
-    return Earlier(checkpoint=ckpt, trained=_read_json(folder / TRAINED), final=final)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`, or None when it is absent or not one (a damaged file)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return Earlier(checkpoint=ckpt, trained=read_json_object(folder / TRAINED), final=final)
 
 
 def _config_dict(config: Config) -> dict[str, Any]:

@@ -14,7 +14,10 @@ training checkpoint, a run's own files, an unrelated file), and never lies in a 
 (`store_folder`), whose files are the data every run reads.
 
 `FolderLock` keeps one writer per folder (a store, a run folder, an ablation): an exclusive
-`flock` on FOLDER/.lock, refused at once with the caller's one-line message while held.
+`flock` on FOLDER/.lock, refused at once with the caller's one-line message while held (or
+waited for, when the caller asks). `FolderLock.beside` keeps one writer per output file in a
+folder of the user's (an export, an evaluation report, the fc7 cache): `.NAME.lock` beside
+it, removed when released.
 """
 
 from __future__ import annotations
@@ -176,17 +179,28 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def store_folder(path: str | os.PathLike) -> Path | None:
     """The store root or split folder that folder `path` is, or the split folder it lies in,
-    or None; a split folder is one whose header.json is a store's."""
+    or None; a split folder is one whose header.json is a store's. A folder named after a
+    split (train, val, test) in a store root is the store's too, prepared or not: the
+    commands pick a split by its folder (`--split auto` takes val when ROOT/val exists), and
+    prepare refuses to write a split where another folder is."""
     from alexnet.data.store import HEADER, MAGIC, SPLITS
 
     def is_split(folder: Path) -> bool:
         header = folder / HEADER
         return header.is_file() and (read_json_object(header) or {}).get("magic") == MAGIC
 
+    def is_root(folder: Path) -> bool:
+        return any(is_split(folder / split) for split in SPLITS)
+
     path = Path(os.path.abspath(path))
-    if any(is_split(path / split) for split in SPLITS):
+    if is_root(path):
         return path
-    return next((folder for folder in (path, *path.parents) if is_split(folder)), None)
+    for folder in (path, *path.parents):
+        if is_split(folder):
+            return folder
+        if folder.name in SPLITS and is_root(folder.parent):
+            return folder.parent
+    return None
 
 
 def outside_stores(folder: str | os.PathLike, what: str = "output folder") -> Path:
@@ -275,54 +289,106 @@ def alive(pid: int) -> bool:
 
 
 class FolderLock:
-    """One writer per folder: an exclusive `flock` on FOLDER/.lock, taken by `acquire`; while
-    another process holds it, `acquire` raises UserError(`refusal`) at once.
+    """One writer per folder: an exclusive `flock` on FOLDER/.lock (or FOLDER/`name`), taken
+    by `acquire`; while another process holds it, `acquire` raises UserError(`refusal`) at
+    once, or waits for it when asked to.
 
     The kernel drops the lock when its holder exits, however it ends (kill -9 included), so a
-    lock is never stale. The empty lock file stays (unlinking it would let two writers lock
-    two different files). The folder must exist; other filesystem failures are raised as they
-    are (an OSError), for the caller to word.
+    lock is never stale. A folder's lock file stays (unlinking it would let two writers lock
+    two different files); one made `removed` (`beside`: in a folder of the user's) is removed
+    on release while still held, and a process that locked it meanwhile finds it gone and
+    locks the file now there. The folder must exist; other filesystem failures are raised as
+    they are (an OSError), for the caller to word.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], refusal: str) -> None:
+    def __init__(self, folder: str | os.PathLike[str], refusal: str, name: str = LOCK, *,
+                 removed: bool = False) -> None:
         self.folder, self.refusal = Path(folder), refusal
+        self.path, self.removed = self.folder / name, removed
         self._file: IO[bytes] | None = None
+
+    @classmethod
+    def beside(cls, path: str | os.PathLike[str], refusal: str) -> FolderLock:
+        """The lock of one output file `path`: `.NAME.lock` beside it (NAME shortened as a
+        temporary's is, `temp_name`), removed on release. For an output in a folder of the
+        user's, where FOLDER/.lock may be another command's (a run folder's is training's)
+        and writers of other files there need not wait."""
+        path = Path(path)
+        return cls(path.parent, refusal, f".{temp_name(path.name)}.lock", removed=True)
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock now."""
         return self._file is not None
 
-    def acquire(self) -> FolderLock:
-        """Take the lock (a no-op when held), or raise UserError(refusal) if another holds it."""
+    def acquire(self, wait: Callable[[], None] | None = None) -> FolderLock:
+        """Take the lock (a no-op when held). While another holds it: raise
+        UserError(refusal), or, given `wait`, call it once (to say so) and wait."""
         import fcntl
 
-        if self._file is not None:
-            return self
-        file = open(self.folder / LOCK, "ab")
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            file.close()
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(self.refusal) from None
-            raise
-        self._file = file
+        while self._file is None:
+            file = open(self.path, "ab")
+            try:
+                if not _try_lock(file):
+                    if wait is None:
+                        raise UserError(self.refusal)
+                    wait()
+                    wait = _said
+                    fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # Ctrl-C still stops it
+            except BaseException:
+                file.close()
+                raise
+            if self.removed and not _same_file(file, self.path):
+                file.close()  # removed by the holder that released it: lock the file now there
+                continue
+            self._file = file
         return self
 
     def release(self) -> None:
         """Give the lock up (idempotent); unlocked explicitly, so that a forked child that
-        inherited the descriptor cannot keep it."""
+        inherited the descriptor cannot keep it. A `removed` lock file is unlinked first, if
+        empty (ours, not a file of the user's)."""
         import fcntl
 
         file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-            file.close()
+        if file is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.removed and os.fstat(file.fileno()).st_size == 0 \
+                    and _same_file(file, self.path):
+                self.path.unlink()
+        with contextlib.suppress(OSError):
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        file.close()
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _try_lock(file: IO[bytes]) -> bool:
+    """Take an exclusive `flock` on `file` if free: False while another holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _said() -> None:
+    """`FolderLock.acquire`'s `wait` after the first time: the wait is said once."""
+
+
+def _same_file(file: IO[bytes], path: Path) -> bool:
+    """Whether the open `file` is the file now at `path`."""
+    try:
+        here, there = os.fstat(file.fileno()), path.stat()
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

@@ -11,6 +11,7 @@ with (its checkpoint's), falling back to the store's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.atomic import check_output, ensure_folder, read_json_object, write_json
+from alexnet.atomic import (
+    LOCK,
+    FolderLock,
+    check_output,
+    ensure_folder,
+    read_json_object,
+    write_json,
+)
 from alexnet.errors import UserError
 from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
 from alexnet.progress import Progress
@@ -416,6 +424,35 @@ def is_report(path: Path) -> bool:
     return {"split", "checkpoints", "classes", "most_confused"} <= data.keys()
 
 
+def report_lock(out: Path, given: bool) -> FolderLock:
+    """The lock of report `out` (`FolderLock.beside`), held from before the evaluation until
+    the report is written: a second `alexnet evaluate` writing the same report is refused at
+    once, so the report named on the screen is the one this command computed (`given`:
+    whether --out named it, else it is the default beside the first checkpoint)."""
+    name, advice = (f"--out {out}", "choose another --out") if given else \
+        (str(out), "give --out elsewhere")
+    return FolderLock.beside(out, f"{name}: another `alexnet evaluate` is writing this "
+                             f"report; wait for it to end, or {advice}")
+
+
+def check_not_training(folder: Path, given: bool) -> None:
+    """Refuse at once a report written into a run folder that `alexnet train` holds (its
+    RUN/.lock): its best.pt and checkpoint.pt are replaced every epoch, so a report beside
+    them would soon describe a net the folder no longer holds. A checkpoint of a training run
+    may still be evaluated with --out elsewhere: train replaces it by renaming (atomic), so
+    it is read whole, either the earlier epoch's or the new one."""
+    from alexnet.training.run_folder import RunFiles
+
+    if not RunFiles(folder).config.is_file() or not (folder / LOCK).is_file():
+        return
+    where = "--out" if given else "the report's folder (beside the checkpoint)"
+    with contextlib.suppress(OSError):  # no lock can be taken: no run holds it either
+        FolderLock(folder, f"{folder}: {where} is a run folder that an `alexnet train` is "
+                   "training into (its best.pt and checkpoint.pt change every epoch); "
+                   "evaluate when it ends, or give --out outside the run folder to evaluate "
+                   "its checkpoint as it is now").acquire().release()
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate the checkpoints on one split; print the table (or JSON) and write the report."""
     from alexnet.data.store import open_split
@@ -442,14 +479,16 @@ def run(args: argparse.Namespace) -> int:
                                           len(args.checkpoints))
     check_output(out, "evaluation report", is_report)  # a folder too
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
-    probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
-                                   batch_size=args.batch_size, device=device, loaded=loaded)
-    result: dict[str, Any] = topk_errors(probs, labels)
-    result.update(images=int(len(labels)), crops=args.crops,
-                  checkpoints=[str(p) for p in args.checkpoints])
-    report = {"split": args.split, "data": str(args.data), **result,
-              **per_class_report(probs, labels, getattr(store, "classes", None))}
-    write_json(out, report)
+    check_not_training(out.parent, given=args.out is not None)
+    with report_lock(out, given=args.out is not None):
+        probs, labels = ensemble_probs(args.checkpoints, store, crops=args.crops,
+                                       batch_size=args.batch_size, device=device, loaded=loaded)
+        result: dict[str, Any] = topk_errors(probs, labels)
+        result.update(images=int(len(labels)), crops=args.crops,
+                      checkpoints=[str(p) for p in args.checkpoints])
+        report = {"split": args.split, "data": str(args.data), **result,
+                  **per_class_report(probs, labels, getattr(store, "classes", None))}
+        write_json(out, report)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

@@ -17,7 +17,7 @@ the size): `evaluate`, `predict`, `figures` and `train --init-from` read it like
 
 An export replaces only an earlier export of the same format (and its sidecar): never a
 training checkpoint, a store's file or an unrelated file (alexnet.atomic.check_output). One
-export writes a given file at a time (`writing_alone`), so that the file and its sidecar are
+export writes a given file at a time (`export_lock`), so that the file and its sidecar are
 always of the same export.
 """
 
@@ -30,19 +30,19 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from alexnet.atomic import (
+    FolderLock,
     check_output,
     ensure_folder,
     read_json_object,
     remove_stale,
     replacing,
-    temp_name,
     write_json,
 )
 from alexnet.errors import UserError
@@ -217,53 +217,17 @@ def is_sidecar(path: Path) -> bool:
     return data.get("format") in FORMATS and "input" in data and "classes" in data
 
 
-def _lock_path(path: Path) -> Path:
-    """The hidden lock file of an export to `path`: `.NAME.lock` beside it (NAME shortened as
-    a temporary's is, `temp_name`, when the name is long)."""
-    return path.with_name(f".{temp_name(path.name)}.lock")
-
-
-@contextlib.contextmanager
-def writing_alone(path: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `_lock_path(path)` while exporting to `path`; while another
-    export holds it, refuse at once in one line.
+def export_lock(path: Path) -> FolderLock:
+    """The lock an export to `path` holds (`FolderLock.beside`: `.NAME.lock` beside it, gone
+    when the export ends); while another export holds it, the export is refused at once.
 
     Two exports to one --out would each rename its file into place and then write its
     sidecar: A's file could end beside B's sidecar. The lock is beside the output, not in a
     FOLDER/.lock: the folder is the user's (a run folder's .lock is training's), and two
-    exports to other files in it need not wait. The lock file is removed when the export
-    ends; an export that opened it before then finds it gone once locked, and locks the new
-    one (an empty file left by a killed export is removed by the next).
+    exports to other files in it need not wait.
     """
-    import fcntl
-
-    lock = _lock_path(path)
-    while True:
-        file = open(lock, "ab")
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            raise UserError(f"--out {path}: another `alexnet export` is writing it; wait for it "
-                            "to end, or choose another --out") from None
-        if _same_file(file, lock):
-            break
-        file.close()  # removed by the export that held it: lock the file now there
-    try:
-        yield
-    finally:
-        if os.fstat(file.fileno()).st_size == 0:  # ours, not a file of the user's
-            lock.unlink(missing_ok=True)
-        file.close()
-
-
-def _same_file(file: IO[bytes], path: Path) -> bool:
-    """Whether the open `file` is the file now at `path`."""
-    try:
-        here, there = os.fstat(file.fileno()), path.stat()
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    return FolderLock.beside(path, f"--out {path}: another `alexnet export` is writing it; "
+                             "wait for it to end, or choose another --out")
 
 
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
@@ -281,7 +245,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     check_output(path, f"{fmt} export", lambda p: is_export(p, fmt))
     check_output(info, "export sidecar", is_sidecar, name=f"--out {path}: its sidecar {info}")
     ensure_folder(path.parent, "folder for --out")
-    with writing_alone(path):
+    with export_lock(path):
         model, ckpt = load_model(source)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
         remove_stale(path.parent, [path, info])  # temporaries of killed exports of this file

@@ -88,3 +88,56 @@ def test_a_failing_torch_save_is_still_a_one_line_error(tmp_path):
         write_atomic(tmp_path / "net.pt",
                      lambda f: torch.save({"w": torch.zeros(10)}, FullDisk(f, 0, OSError)))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_beside_a_file_refuses_or_waits_and_leaves_no_file(tmp_path):
+    """export's lock beside its --out was a copy of FolderLock's logic (flock, removed at the
+    end, locked again if gone); `FolderLock.beside` is that lock, and it can wait (the fc7
+    cache's second user waits rather than being refused)."""
+    import threading
+
+    from _stops import held_elsewhere
+
+    from alexnet.atomic import FolderLock
+
+    out = tmp_path / "m.weights.pt"
+    lock_file = tmp_path / ".m.weights.pt.lock"
+    with held_elsewhere(lock_file), pytest.raises(UserError, match="^busy$"):
+        FolderLock.beside(out, "busy").acquire()
+    first = FolderLock.beside(out, "busy").acquire()
+    assert os.listdir(tmp_path) == [lock_file.name]
+    said, second = threading.Event(), FolderLock.beside(out, "busy")
+    waiter = threading.Thread(target=second.acquire, kwargs={"wait": said.set})
+    waiter.start()
+    said.wait(timeout=60)  # told it waits: it has the file that `first` holds open
+    first.release()  # removed while held: the waiter finds it gone and locks a new one
+    waiter.join(timeout=60)
+    assert second.held and os.path.samefile(second._file.fileno(), lock_file)
+    second.release()
+    assert os.listdir(tmp_path) == []
+    with FolderLock(tmp_path, "busy"):  # a folder's own lock stays in place
+        pass
+    assert os.listdir(tmp_path) == [".lock"]
+
+
+def test_a_folder_named_after_a_split_in_a_store_is_the_stores(tmp_path):
+    """`train --out STORE/val` (or evaluate's report, figures' folder there) was allowed in a
+    store with train and test only: `--split auto` then took STORE/val for the split and every
+    evaluate on the store failed (`no header.json; rerun prepare`), and prepare refuses a
+    split where another folder is. Other folders in a store root are nobody's concern."""
+    import numpy as np
+
+    from alexnet.atomic import ensure_folder, outside_stores, store_folder
+    from alexnet.data.store import write_store
+
+    store = tmp_path / "store"
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    write_store(store / "train", images, [0, 1], ["a", "b"])
+    for inside in ("val", "val/run", "test/figs/deeper"):
+        assert store_folder(store / inside) == store, inside
+        with pytest.raises(UserError, match=f"lies in the store {store},"):
+            outside_stores(store / inside, "run folder (--out)")
+    assert not (store / "val").exists()
+    assert store_folder(store / "runs" / "val") is None  # not in the root: no split's place
+    assert ensure_folder(store / "runs" / "r1") == store / "runs" / "r1"
+    assert store_folder(tmp_path / "val") is None  # a folder named val outside any store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -334,3 +335,109 @@ def test_names_that_print_alike_are_told_apart():
     assert "Unicode normalisation" in line
     assert class_difference(["a"], ["b"], "the store") == \
         "its class 0 is 'a', the store's is 'b' (same count, other names)"
+
+
+# ------------------------------------------------------------------ concurrent writers
+
+def test_a_second_evaluate_writing_the_same_report_is_refused_at_once(store_root, checkpoint,
+                                                                    tmp_path, monkeypatch,
+                                                                    capsys):
+    """Two evaluates with one --out both ended 0, each naming the report as its own; the file
+    held the last one's. Now the second is refused at once while the first computes."""
+    import alexnet.evaluate
+
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save(other, make_state(AlexNet(num_classes=3, width=0.0625), classes=CLASSES,
+                           stats=open_split(store_root, "train").stats, epoch=1, step=0))
+    out = tmp_path / "report.json"
+    write_json, second = alexnet.evaluate.write_json, []
+
+    def b_meanwhile(*args, **kwargs):
+        if not second:  # A has evaluated, its report not yet written
+            second.append("B")
+            second[0] = main(["evaluate", str(other), "--data", str(store_root), "--device",
+                              "cpu", "--out", str(out)])
+            second.append(capsys.readouterr().err.strip())
+        return write_json(*args, **kwargs)
+
+    monkeypatch.setattr(alexnet.evaluate, "write_json", b_meanwhile)
+    assert main(["evaluate", str(checkpoint), "--data", str(store_root), "--device", "cpu",
+                 "--out", str(out)]) == 0
+    code, err = second
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"--out {out}: another `alexnet evaluate` is writing this report" in err
+    assert "wait for it to end, or choose another --out" in err
+    assert json.loads(out.read_text())["checkpoints"] == [str(checkpoint)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "report.json"]
+
+
+def run_folder_of(checkpoint, folder):
+    """A run folder as train leaves it: config.json, best.pt, and its lock file."""
+    import shutil
+
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    shutil.copyfile(checkpoint, folder / "best.pt")
+    (folder / ".lock").touch()
+    return folder
+
+
+def test_a_report_into_a_run_folder_being_trained_is_refused(store_root, checkpoint, tmp_path,
+                                                             capsys):
+    """`evaluate RUN` while RUN trains wrote its report beside a best.pt replaced every epoch
+    (the report soon described a net the folder no longer held). Refused at once now; the
+    checkpoint itself can still be evaluated with --out elsewhere."""
+    from _stops import held_elsewhere, tree
+
+    run = run_folder_of(checkpoint, tmp_path / "run")
+    with held_elsewhere(run / ".lock"):
+        before = tree(run)
+        code = main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu"])
+        captured = capsys.readouterr()
+        assert tree(run) == before
+        assert code == 2 and captured.out == "", captured.out
+        err = captured.err.strip().splitlines()[-1]  # after "RUN: evaluating best.pt (...)"
+        assert f"{run}: the report's folder (beside the checkpoint) is a run folder that an " \
+               "`alexnet train` is training into" in err
+        assert "give --out outside the run folder" in err
+        out = tmp_path / "now.json"
+        assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu",
+                     "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["checkpoints"] == [str(run / "best.pt")]
+    assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu"]) == 0
+    assert (run / "best.val.1crop.per-class.json").is_file()  # once the run has ended
+
+
+def test_a_checkpoint_replaced_while_read_is_read_whole(store_root, checkpoint, tmp_path,
+                                                        monkeypatch, capsys):
+    """train renames each new best.pt over the old one: an evaluate that has just read it
+    (memory-mapped) still evaluates the net it read, whole."""
+    import alexnet.checkpoint
+
+    run = run_folder_of(checkpoint, tmp_path / "run")
+    diverged = AlexNet(num_classes=3, width=0.0625)
+    with torch.no_grad():
+        for weight in diverged.parameters():
+            weight.fill_(float("nan"))  # evaluate refuses it: any byte of it read would show
+    newer = save(tmp_path / "newer.pt", make_state(
+        diverged, classes=CLASSES, stats=open_split(store_root, "train").stats, epoch=2,
+        step=0))
+    load = alexnet.checkpoint.load
+
+    def load_then_replace(path, *args, **kwargs):
+        state = load(path, *args, **kwargs)
+        os.replace(newer, run / "best.pt")  # as checkpoint.save does
+        return state
+
+    def top1(what, out):
+        assert main(["evaluate", str(what), "--data", str(store_root), "--device", "cpu",
+                     "--json", "--out", str(tmp_path / out)]) == 0
+        return json.loads(capsys.readouterr().out)["top1_error"]
+
+    monkeypatch.setattr(alexnet.checkpoint, "load", load_then_replace)
+    during = top1(run, "during.json")
+    monkeypatch.undo()
+    assert during == top1(checkpoint, "original.json")
+    assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu",
+                 "--out", str(tmp_path / "after.json")]) == 2  # the diverged net is there now

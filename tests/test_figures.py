@@ -721,3 +721,57 @@ def test_missing_glyphs_are_one_notice_per_command(tmp_path, drawn, capsys):
             plot_curves(files.log, tmp_path / f"{word}.png", title=word)
         assert capsys.readouterr().err == ""
     assert capsys.readouterr().err.count("\u4e00 U+4E00, \u4e8c U+4E8C;") == 1
+
+
+def test_two_figures_sharing_a_cache_never_leave_one_nets_key_beside_the_others_features(
+        run_folder, tmp_path, monkeypatch, capsys):
+    """A second `alexnet figures` on another net, sharing --features-cache, wrote its features
+    and key between the first's rename and the first's key: the first's key ended beside the
+    second's features, and every later run of the first net read another net's neighbours.
+    Now the second says it waits and waits; each key describes the features beside it."""
+    import alexnet.figures.neighbours as neighbours
+
+    root, ckpt, _ = run_folder
+    torch.manual_seed(1)
+    other_net = AlexNet(num_classes=3, width=0.0625)
+    for module in other_net.modules():
+        if module is not other_net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    other = save(tmp_path / "other.pt", make_state(other_net, classes=CLASSES, epoch=1,
+                                                   step=0, stats=open_split(root, "train").stats))
+    cache = tmp_path / "fc7.npy"
+    repo = os.path.dirname(os.path.dirname(alexnet.__file__))  # this copy of the package
+    write_atomic, second = neighbours.write_atomic, {}
+
+    def b_meanwhile(path, *args, **kwargs):
+        if str(path).endswith(".npy.json") and not second:  # A's .npy is in place, no key yet
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "alexnet.cli", *figures_args(other, root, tmp_path / "b"),
+                 "--features-cache", str(cache)], cwd=repo, env={**os.environ, "PYTHONPATH": repo},
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            lines = []
+            for line in proc.stderr:  # until B waits, or until it has ended
+                lines.append(line)
+                if "waiting for another" in line:
+                    break
+            second.update(proc=proc, lines=lines)
+        return write_atomic(path, *args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "write_atomic", b_meanwhile)
+    assert main(figures_args(ckpt, root, tmp_path / "a", "--features-cache", str(cache))) == 0
+    proc = second["proc"]
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, "".join(second["lines"]) + rest
+    key = json.loads(cache.with_name("fc7.npy.json").read_text())
+    net, _ = alexnet.checkpoint.load_model(key["checkpoint"])
+    train = open_split(root, "train")
+    x = train.read(np.arange(10)).astype(np.float32) - train.stats["mean_image"]
+    off = (IMAGE_SIZE - CROP_SIZE) // 2
+    x = np.ascontiguousarray(x[:, off:off + CROP_SIZE, off:off + CROP_SIZE].transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        want = net.features(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(cache), want, rtol=1e-4, atol=1e-5)  # the key's net's
+    assert second["lines"][-1].strip() == ("figure 4 right: waiting for another `alexnet "
+                                           f"figures` writing --features-cache {cache}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "fc7.npy", "fc7.npy.json",
+                                                          "other.pt"]

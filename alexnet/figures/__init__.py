@@ -9,8 +9,10 @@ Writes into --out (default: a `figures` folder beside the checkpoint):
 - training_curves.png when the checkpoint's folder holds the run's log.jsonl.
 
 One command writes a folder at a time (FolderLock on --out): two into the same folder would
-leave the figures of two nets side by side. A command stopped midway names the figures it
-wrote; the fc7 cache's key names the checkpoint file that was actually read.
+leave the figures of two nets side by side. One command reads or writes a --features-cache at
+a time (neighbours.holding_cache): a second waits for it, then reads the features it wrote.
+A command stopped midway names the figures it wrote; the fc7 cache's key names the
+checkpoint file that was actually read.
 """
 
 from __future__ import annotations
@@ -283,6 +285,7 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
         cached_chunks,
         choose_queries,
         fc7_features,
+        holding_cache,
         nearest_neighbours,
         plot_neighbours,
         read_cache,
@@ -294,19 +297,20 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
                                device=device, indices=indices, **settings)
     queries = torch.cat(list(fc7_features(model, query_loader)))
     cache = args.features_cache
-    chunks = read_cache(cache, len(train), key) if cache else None
-    if chunks is None:
-        train_loader = eval_loader(train, crops=1, batch_size=args.batch_size, device=device,
-                                   **settings)
-        from alexnet.progress import track
+    with holding_cache(cache) if cache else contextlib.nullcontext():  # read or written whole
+        chunks = read_cache(cache, len(train), key) if cache else None
+        if chunks is None:
+            train_loader = eval_loader(train, crops=1, batch_size=args.batch_size,
+                                       device=device, **settings)
+            from alexnet.progress import track
 
-        chunks = fc7_features(model, track(train_loader, "figure 4 right: fc7 of the training "
-                                           "split", unit="batch"))
-        if cache:
-            chunks = cached_chunks(chunks, cache, len(train), key)
-    else:
-        print(f"figure 4 right: training features read from {cache}")
-    dist, nearest = nearest_neighbours(queries, chunks, NEIGHBOURS)
+            chunks = fc7_features(model, track(train_loader, "figure 4 right: fc7 of the "
+                                               "training split", unit="batch"))
+            if cache:
+                chunks = cached_chunks(chunks, cache, len(train), key)
+        else:
+            print(f"figure 4 right: training features read from {cache}")
+        dist, nearest = nearest_neighbours(queries, chunks, NEIGHBOURS)
     query_names = class_labels(test.classes, QUERY_CHARS)
     names = class_labels(test.classes, NEIGHBOUR_CHARS)
     query_images = list(test.read(np.asarray(indices)))

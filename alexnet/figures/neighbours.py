@@ -10,9 +10,11 @@ chunk)), whatever the size of the training set.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from alexnet.atomic import (
+    FolderLock,
     check_output,
     ensure_folder,
     read_json_object,
@@ -92,6 +95,29 @@ def fc7_features(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Te
 def _key_path(path: Path) -> Path:
     """The JSON file beside a feature cache that says what the features were computed from."""
     return path.with_name(path.name + ".json")
+
+
+@contextlib.contextmanager
+def holding_cache(path: Path) -> Iterator[None]:
+    """Hold the --features-cache `path`'s lock (`FolderLock.beside`) while it is read, or
+    written and searched; while another `alexnet figures` holds it, say so and wait.
+
+    Two commands writing one cache at once could leave one's key beside the other's features
+    (each removes the key, renames its .npy, then writes its key). Waiting, not refusing:
+    commands sharing a cache mostly want the same features (another split, seed or --out), and
+    the one that waited reads them instead of computing them again. A folder where no lock
+    file can be made (read-only) is read without it: no command can write a cache there.
+    """
+    lock = FolderLock.beside(path, f"--features-cache {path}: another `alexnet figures` is "
+                             "writing it; wait for it to end")
+    with contextlib.suppress(OSError):
+        lock.acquire(wait=lambda: print(f"figure 4 right: waiting for another `alexnet "
+                                        f"figures` writing --features-cache {path}",
+                                        file=sys.stderr, flush=True))
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,

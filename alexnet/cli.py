@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import re
 import signal
 import sys
 import threading
@@ -37,6 +38,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # argparse's: a value, not an option
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default, unless the help already says it, the
     option has none (None) or is an on/off flag (False)."""
@@ -52,12 +56,49 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors (a bad value or choice, an unknown or missing option) are
     ONE line, like every other error of the command: `PROG: error: MESSAGE (see PROG --help)`,
-    exit status 2. Help and usage are printed as argparse prints them."""
+    exit status 2. Help and usage are printed as argparse prints them. A file name that
+    starts with "-" (argparse reads it as an unknown option, then says another argument is
+    missing) is named, with the `--` that makes it a file name (`takes_files`)."""
+
+    takes_files = True  # whether the command line names files (a subcommand's does)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse's, with the option's names kept (`_dashed`)."""
+        action = super().add_argument(*args, **kwargs)
+        self.__dict__.setdefault("option_names", set()).update(action.option_strings)
+        if action.nargs != 0:
+            self.__dict__.setdefault("valued", set()).update(action.option_strings)
+        return action
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's, with the command line kept for `error`."""
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         """Print the one-line error on stderr and exit with status 2 (argparse's)."""
+        dashed = self._dashed()
+        if dashed is not None:
+            message = f"{dashed}: no such option" + (
+                "; a file or folder name that starts with '-' must come after --, itself after "
+                "every option" if self.takes_files else "")
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
                      f"(see {self.prog} --help)\n")
+
+    def _dashed(self) -> str | None:
+        """The first argument before any `--` that starts with a single "-" and is no option
+        of this parser, nor the value of the option before it, nor a negative number (which
+        argparse reads as a value)."""
+        given = getattr(self, "given", [])
+        for before, arg in zip([None, *given], given, strict=False):
+            if arg == "--":
+                return None
+            if (arg.startswith("-") and not arg.startswith("--") and len(arg) > 1
+                    and arg not in getattr(self, "option_names", ())
+                    and before not in getattr(self, "valued", ())
+                    and not NEGATIVE_NUMBER.match(arg)):
+                return arg
+        return None
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -70,6 +111,7 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items())
         + "\n\nrun 'alexnet COMMAND --help' for a command's options",
     )
+    parser.takes_files = False
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     return parser
@@ -100,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:
+            _stopped(program)
             print(f"alexnet {name}: {_stop_message(err, 'interrupted')}", file=sys.stderr)
             return 130
         except Terminated as err:
+            _stopped(program)
             print(f"alexnet {name}: {_stop_message(err, 'terminated (SIGTERM)')}",
                   file=sys.stderr)
             return 143
@@ -126,6 +170,16 @@ def _stop_message(err: BaseException, default: str) -> str:
     return " ".join(str(err).split()) or default
 
 
+def _stopped(program: bool) -> None:
+    """After a command stopped by Ctrl-C or SIGTERM, in the process itself (`program`): ignore
+    both from now on. The command's cleanup is done; another Ctrl-C (a second press) or SIGTERM
+    during the interpreter's teardown (half a second with torch) would print a traceback and
+    replace the status main returns by a death by signal."""
+    if program and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM's handler while a command runs: further SIGTERMs are ignored (one during the
     cleanup changes nothing), and Terminated is raised where the command is."""
@@ -139,9 +193,9 @@ def _signals(program: bool) -> Iterator[None]:
     Ctrl-C raises KeyboardInterrupt, so every finally block runs: temporaries removed, worker
     pools and shared memory released. A handler set outside Python, or an ignored SIGTERM, is
     left alone, and the previous handler is put back at the end, except in the process itself
-    (`program`) after a SIGTERM: then SIGTERM stays ignored, so that another one during the
-    interpreter's teardown (half a second with torch) cannot replace the status main returns
-    (bench's 124, 143) by a death by signal."""
+    (`program`) after a SIGTERM or a Ctrl-C: then both stay ignored (`_stopped`), so that
+    another one during the interpreter's teardown (half a second with torch) cannot replace
+    the status main returns (bench's 124, 130, 143) by a death by signal."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or previous in (
             None, signal.SIG_IGN):

@@ -113,6 +113,19 @@ def test_argparse_errors_are_one_line_without_the_usage_block(args, line, capsys
     assert exit_.value.code == 2 and capsys.readouterr().err == line + "\n"
 
 
+@pytest.mark.parametrize("args", [["prepare", "-weird", "out"], ["prepare", "src", "-weird"],
+                                  ["predict", "RUN", "-photo.jpg"]])
+def test_a_file_name_that_starts_with_a_dash_is_named_with_the_way_out(args, capsys):
+    """argparse read `-weird` as an unknown option and said that OUT (given) was missing."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    name = next(a for a in args[1:] if a.startswith("-"))
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"alexnet {args[0]}: error: {name}: no such option; ") and \
+        "must come after --" in err, err
+
+
 def test_help_is_unchanged_by_the_one_line_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
@@ -248,3 +261,34 @@ def test_sigterm_is_one_line_and_143_after_the_cleanup(how, tmp_path):
             if how == "message" else "alexnet fake: terminated (SIGTERM)")
     assert (proc.returncode, proc.stderr) == (143, line + "\n")
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".py") == []
+
+
+# A command stopped by Ctrl-C whose process then gets a second Ctrl-C and a SIGTERM while the
+# interpreter tears down (a second press, or a group signal; with torch, half a second).
+SECOND_PRESS = """
+import atexit, os, signal, sys, time
+sys.path.insert(0, sys.argv.pop(1))
+import alexnet.cli
+
+
+def press_again():
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+
+
+atexit.register(press_again)
+alexnet.cli.COMMANDS["fake"] = ("alexnet_test_fake", "a stand-in command")
+sys.argv[0] = "alexnet"
+sys.exit(alexnet.cli.main())
+"""
+
+
+def test_a_second_ctrl_c_after_the_command_stopped_changes_nothing(tmp_path):
+    """A second Ctrl-C once the command had ended by the first printed a KeyboardInterrupt
+    traceback, and the process died by SIGINT instead of exiting with 130."""
+    (tmp_path / "alexnet_test_fake.py").write_text(
+        "def add_arguments(parser):\n    pass\n\n\ndef run(args):\n    raise KeyboardInterrupt\n")
+    proc = subprocess.run([sys.executable, "-c", SECOND_PRESS, str(tmp_path), "fake"],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "alexnet fake: interrupted\n")

@@ -325,6 +325,44 @@ def test_ilsvrc2012(tmp_path, archives):
     assert val.meta["source"]["from"].endswith("val.tar" if archives else "val")
 
 
+def test_ilsvrc_hidden_entries_are_left_out_with_a_notice(tmp_path, capsys):
+    """The ILSVRC folders skipped a hidden class folder and hidden images in silence, where
+    an image-folder tree says so: now the same notices."""
+    src = tmp_path / "src"
+    _ilsvrc(src, 2012, archives=False)
+    (src / "train" / WNIDS[0]).rename(src / "train" / f".{WNIDS[0]}")
+    dot = images_.jpeg(images_.photo(20, 20, 0))
+    images_.write_files(src / "train" / WNIDS[1], {".x.JPEG": dot})
+    images_.write_files(src / "val", {".ILSVRC2012_val_00000001.JPEG": dot})
+    summary = prepare(src, tmp_path / "out", size=8, workers=1)
+    err = capsys.readouterr().err.splitlines()
+    folders = [line for line in err if "hidden folders are not read" in line]
+    assert len(folders) == 1 and f"{src / 'train' / ('.' + WNIDS[0])} (3 images)" in folders[0]
+    files = [line for line in err if "hidden image file" in line]
+    assert len(files) == 1 and files[0].startswith("alexnet prepare: notice: 2 hidden image")
+    assert [summary["splits"][s]["count"] for s in ("train", "val")] == [9, 9]
+
+
+@pytest.mark.parametrize("layout", ["ilsvrc", "image folder"])
+def test_only_hidden_class_folders_are_one_line_with_a_hint(tmp_path, capsys, layout):
+    """A tree whose class folders are all hidden gave "no readable images" (ILSVRC) or "no
+    known data layout" (an image folder), with no word of the leading dot."""
+    src = tmp_path / "src"
+    if layout == "ilsvrc":
+        _ilsvrc(src, 2012, archives=False)
+        where = src / "train"
+        for wnid in WNIDS:
+            (where / wnid).rename(where / f".{wnid}")
+    else:
+        where = src
+        for k, name in enumerate(["apple", "kiwi"]):
+            images_.write_files(src / f".{name}", {"0.png": images_.png(images_.photo(9, 9, k))})
+    assert cli_main(["prepare", str(src), str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{where}: its only class folders are hidden" in err, err
+    assert "leading dot" in err and not (tmp_path / "out").exists()
+
+
 def test_tar_members_reach_the_workers_as_spans_of_their_archive(tmp_path):
     # the ImageNet layouts' images come in tars: the parent sends where each member's bytes
     # lie in its archive (nested per-class tars included), not the bytes

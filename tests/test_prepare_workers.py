@@ -267,3 +267,128 @@ def test_a_pool_whose_processes_were_killed_while_idle_still_shuts_down(tmp_path
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, "shut down\n"), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_stop_ends_busy_decoding_processes_at_once():
+    """Leaving `Decoders` early (Ctrl-C, an error) ends its processes with SIGTERM, chunks
+    still queued or not: they were found through ProcessPoolExecutor's private `_processes`,
+    and where it is missing (another Python) the pool decoded every queued chunk first."""
+    import multiprocessing
+    import signal
+
+    from alexnet.data.preprocess import MAX_PIXELS
+    from alexnet.data.workers import Decoders
+
+    task, starts = _arrays_task(600, 16, 64, width=800)  # the processes are busy
+    before = {p.pid for p in multiprocessing.active_children()}
+    with Decoders(3, MAX_PIXELS, len(starts), 16, 64) as decoders:
+        for n, _ in enumerate(decoders.in_order(starts, task)):
+            if n == 2:
+                workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+                break
+    assert len(workers) == 2
+    assert [worker.exitcode for worker in workers] == [-signal.SIGTERM] * 2
+
+
+@pytest.mark.parametrize("first", ["SIGINT", "SIGTERM"])
+def test_a_second_ctrl_c_during_the_teardown_is_ignored(tmp_path, monkeypatch, first):
+    """After a Ctrl-C (or SIGTERM), prepare stops its decoding processes and closes the
+    split it writes; a Ctrl-C meanwhile (an impatient user) cut the stop short, left the
+    pool's processes running, and ended prepare as interrupted rather than terminated. Now
+    the teardown finishes, the first signal ends prepare, the handlers are put back, and the
+    rerun ends byte-identical."""
+    import multiprocessing
+    import os
+    import signal
+
+    from _stops import tree
+
+    from alexnet.cli import _signals
+    from alexnet.data.store import SplitWriter
+    from alexnet.data.workers import Decoders
+    from alexnet.errors import Terminated
+
+    src = _source(tmp_path / "src")
+    prepare(src, tmp_path / "whole", size=20, chunk=3, workers=1)
+    real_add, real_stop, added = SplitWriter.add_chunk, Decoders._stop, [0]
+
+    def add_chunk(self, *args, **kwargs):
+        real_add(self, *args, **kwargs)
+        added[0] += 1
+        if added[0] == 3:
+            os.kill(os.getpid(), getattr(signal, first))
+
+    def stop(self):
+        if added[0] >= 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the second, as the processes are stopped
+        real_stop(self)
+
+    monkeypatch.setattr(SplitWriter, "add_chunk", add_chunk)
+    monkeypatch.setattr(Decoders, "_stop", stop)
+    before = {p.pid for p in multiprocessing.active_children()}
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stopped = {"SIGINT": KeyboardInterrupt, "SIGTERM": Terminated}[first]
+    with pytest.raises(stopped), _signals(program=False):  # SIGTERM raises, as in the command
+        prepare(src, tmp_path / "out", size=20, chunk=3, workers=2)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert [p for p in multiprocessing.active_children() if p.pid not in before] == []
+    monkeypatch.undo()
+    prepare(src, tmp_path / "out", size=20, chunk=3, workers=2)
+    assert tree(tmp_path / "out") == tree(tmp_path / "whole")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_finaliser_leaves_the_next_one_working(tmp_path, monkeypatch):
+    """A Ctrl-C that lands in a finaliser (`__del__`) is printed there and dropped: prepare
+    runs on, and the next Ctrl-C must stop it, not be ignored as one during a teardown."""
+    import os
+    import signal
+
+    from alexnet.data.store import SplitWriter
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10))  # the handler runs here, and its KeyboardInterrupt is dropped
+
+    real_add, added = SplitWriter.add_chunk, [0]
+
+    def add_chunk(self, *args, **kwargs):
+        real_add(self, *args, **kwargs)
+        added[0] += 1
+        if added[0] == 2:
+            Finaliser()  # gone at once: its __del__ runs here
+        if added[0] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(SplitWriter, "add_chunk", add_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_source(tmp_path / "src"), tmp_path / "out", size=20, chunk=3, workers=2)
+    assert added[0] == 4
+
+
+VIEWED_AFTER_EXIT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_prepare_workers import _arrays_task
+from alexnet.data.workers import Decoders
+from alexnet.data.preprocess import MAX_PIXELS
+
+task, starts = _arrays_task(60, 3, 16)  # 20 chunks: the pool decodes some
+with Decoders(2, MAX_PIXELS, len(starts), 3, 16) as decoders:
+    kept = [result["images"] for _, result in decoders.in_order(starts, task)]
+print(sum(int(images.sum()) for images in kept))
+"""
+
+
+def test_a_chunk_still_viewed_after_the_decoders_end_stays_readable():
+    """A chunk's pixels view its shared-memory slot; the slots were unmapped at the end even
+    while an array (an exception's frame: pytest printing it) still viewed one, and reading
+    it then killed the process with SIGSEGV."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", VIEWED_AFTER_EXIT, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) > 0 and "Error" not in proc.stderr

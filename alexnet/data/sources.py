@@ -81,6 +81,30 @@ class Split:
 
 
 @dataclass
+class Hidden:
+    """Hidden entries (a name that starts with ".") that are not read but would be were
+    they not hidden: folders holding images, with how many, and image files."""
+
+    folders: list[tuple[Path, int]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """A notice for the hidden folders not read as classes, one for the hidden images."""
+        notes = []
+        if self.folders:
+            listed = _listed([f"{_shown(p)} ({n} image{'s' if n > 1 else ''})"
+                              for p, n in self.folders])
+            notes.append(f"notice: hidden folders are not read as classes: {listed}; rename "
+                         "one without its leading dot to make it a class")
+        if self.files:
+            listed = _listed([_shown(p) for p in sorted(self.files)], 3)
+            notes.append(f"notice: {len(self.files)} hidden image file(s) are not read: "
+                         f"{listed}; rename them (or their hidden folder) without the "
+                         "leading dot to read them")
+        return notes
+
+
+@dataclass
 class Source:
     """A detected source: its kind, classes (index = label) and splits."""
 
@@ -131,6 +155,18 @@ def _sorted_images(paths: Any, unused: list[tuple[str, str]] | None) -> list[Pat
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _hidden_files(folder: Path) -> list[Path]:
+    """The hidden files directly in `folder` that would be read as images (`_hidden_image`)."""
+    return [p for p in folder.iterdir() if p.name.startswith(".") and _hidden_image(p)]
+
+
+def _only_hidden(where: Path, folders: list[tuple[Path, int]]) -> UserError:
+    """The error for a folder whose only class folders holding images are hidden."""
+    listed = _listed([_shown(p.name) for p, _ in folders])
+    return UserError(f"{_shown(where)}: its only class folders are hidden ({listed}): a name "
+                     "that starts with '.' is not read; rename them without the leading dot")
 
 
 def limit_per_class(labels: np.ndarray, limit: int | None, num_classes: int) -> np.ndarray:
@@ -340,8 +376,11 @@ def _ground_truth(data: bytes, origin: str) -> list[int]:
         raise UserError(f"{origin}: expected one ILSVRC id per line") from None
 
 
-def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) -> Split:
-    """A split from a tar of per-class tars, or a folder of per-class folders or tars."""
+def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str,
+                 hidden: Hidden) -> Split:
+    """A split from a tar of per-class tars, or a folder of per-class folders or tars; the
+    hidden class folders and image files left out are added to `hidden` (a folder whose
+    only class folders are hidden is refused)."""
     refs: list[Any] = []
     labels: list[int] = []
     unused: list[tuple[str, str]] = []
@@ -359,10 +398,15 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str) 
                 refs += members
                 labels += [wnid_label[wnid]] * len(members)
     else:
+        folders = _hidden_folders(where)
+        if folders and not _subdirs(where) and not any(where.glob("n*.tar")):
+            raise _only_hidden(where, folders)
+        hidden.folders += folders
         for sub in _subdirs(where):
             if sub.name not in wnid_label:
                 raise UserError(f"{sub}: folder name is not a class wnid of the {kind} "
                                 "devkit")
+            hidden.files += _hidden_files(sub)
             files = _image_files(sub, unused)
             refs += [str(p) for p in files]
             labels += [wnid_label[sub.name]] * len(files)
@@ -385,16 +429,19 @@ def _base(ref: Any) -> str:
 
 
 def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, int],
-                prefix: str, origin: str, wnid_label: dict[str, int]) -> Split:
+                prefix: str, origin: str, wnid_label: dict[str, int], hidden: Hidden) -> Split:
     """A flat split (ILSVRC20XX_val_00000001.JPEG ...) labelled by a ground-truth file, or a
-    folder already sorted into per-class folders."""
-    if where.is_dir() and not _image_files(where) and _subdirs(where):
-        return _class_split(name, where, wnid_label, prefix)
+    folder already sorted into per-class folders (then as `_class_split`); the hidden image
+    files left out are added to `hidden`."""
+    if where.is_dir() and not _image_files(where) and (
+            _subdirs(where) or _hidden_folders(where)):
+        return _class_split(name, where, wnid_label, prefix, hidden)
     unused: list[tuple[str, str]] = []
     if where.is_file():
         with tarfile.open(where, mode="r:") as tar:
             refs: list[Any] = list(tar_image_refs(tar, str(where)))
     else:
+        hidden.files += _hidden_files(where)
         refs = [str(p) for p in _image_files(where, unused)]
     pattern = re.compile(rf"{prefix}_(\d+)\.", re.IGNORECASE)
     labels = []
@@ -430,9 +477,11 @@ def detect_ilsvrc(root: Path, year: int) -> Source | None:
     wnid_label = {c["wnid"]: i for i, c in enumerate(classes)}
     id_label = {c["ilsvrc_id"]: i for i, c in enumerate(classes)}
     source = Source(f"ilsvrc{year}", root, classes)
+    hidden = Hidden()
     train = _find(root, [f"ILSVRC{year}_im*_train.tar", f"ILSVRC{year}_im*_train", "train"])
     if train is not None:
-        source.splits["train"] = _class_split("train", train, wnid_label, f"ILSVRC{year}")
+        source.splits["train"] = _class_split("train", train, wnid_label, f"ILSVRC{year}",
+                                              hidden)
     for split in ("val", "test"):
         where = _find(root, [f"ILSVRC{year}_im*_{split}.tar", f"ILSVRC{year}_im*_{split}",
                              split])
@@ -449,7 +498,8 @@ def detect_ilsvrc(root: Path, year: int) -> Source | None:
             continue
         truth = _ground_truth(truth_bytes, gt_file)
         source.splits[split] = _flat_split(split, where, truth, id_label, f"ILSVRC{year}_{split}",
-                                           gt_file, wnid_label)
+                                           gt_file, wnid_label, hidden)
+    source.notes += hidden.notes()
     if not source.splits:
         raise UserError(f"{root}: found the ILSVRC{year} devkit but no image archives or "
                         f"folders (ILSVRC{year}_img_train.tar, ..._val.tar, train/, val/)")
@@ -473,8 +523,10 @@ def detect_kaggle(root: Path) -> Source | None:
     classes.sort(key=lambda c: c["wnid"])
     wnid_label = {c["wnid"]: i for i, c in enumerate(classes)}
     source = Source("kaggle-cls-loc", root, classes)
+    hidden = Hidden()
     if (data / "train").is_dir():
-        source.splits["train"] = _class_split("train", data / "train", wnid_label, "Kaggle")
+        source.splits["train"] = _class_split("train", data / "train", wnid_label, "Kaggle",
+                                              hidden)
     if (data / "val").is_dir():
         solution = _find(root, ["LOC_val_solution.csv"], deep=True)
         if solution is None:
@@ -488,6 +540,7 @@ def detect_kaggle(root: Path) -> Source | None:
                     raise UserError(f"{solution}: {wnid} is not in LOC_synset_mapping.txt")
                 truth[row["ImageId"]] = wnid_label[wnid]
         unused: list[tuple[str, str]] = []
+        hidden.files += _hidden_files(data / "val")
         refs = [str(p) for p in _image_files(data / "val", unused)]
         missing = [Path(r).stem for r in refs if Path(r).stem not in truth]
         if missing:
@@ -496,6 +549,7 @@ def detect_kaggle(root: Path) -> Source | None:
         source.splits["val"] = Split("val", refs, np.array([truth[Path(r).stem] for r in refs],
                                                           np.int64), describe=str(data / "val"),
                                      unused=unused)
+    source.notes += hidden.notes()
     return source
 
 
@@ -586,8 +640,7 @@ def _absent_class(sub: Path, base: Path | None, names: Sequence[str]) -> UserErr
                      "match")
 
 
-def _image_folder_notes(names: Sequence[str], folders: list[tuple[Path, int]],
-                        hidden: list[Path]) -> list[str]:
+def _image_folder_notes(names: Sequence[str], hidden: Hidden) -> list[str]:
     """Notices on class names that differ only in Unicode normalisation (two classes that
     look alike), on hidden folders not read as classes and on hidden images not read."""
     notes = []
@@ -599,16 +652,7 @@ def _image_folder_notes(names: Sequence[str], folders: list[tuple[Path, int]],
     if alike:
         notes.append(f"notice: class names that differ only in Unicode normalisation stay "
                      f"separate classes: {_listed(alike)}; rename one to merge them")
-    if folders:
-        listed = _listed([f"{_shown(p)} ({n} image{'s' if n > 1 else ''})" for p, n in folders])
-        notes.append(f"notice: hidden folders are not read as classes: {listed}; rename one "
-                     "without its leading dot to make it a class")
-    if hidden:
-        listed = _listed([_shown(p) for p in sorted(hidden)], 3)
-        notes.append(f"notice: {len(hidden)} hidden image file(s) in class folders are not "
-                     f"read: {listed}; rename them (or their hidden folder) without the "
-                     "leading dot to read them")
-    return notes
+    return notes + hidden.notes()
 
 
 def detect_image_folder(root: Path) -> Source | None:
@@ -617,6 +661,10 @@ def detect_image_folder(root: Path) -> Source | None:
                   if (root / s).is_dir() and _has_class_folders(root / s)}
     if not split_dirs:
         if not _has_class_folders(root):
+            for where in [root, *(root / s for s in ("train", "val", "test"))]:
+                folders = _hidden_folders(where) if where.is_dir() else []
+                if folders:
+                    raise _only_hidden(where, folders)
             return None
         split_dirs = {"train": root}
     base = split_dirs.get("train")
@@ -624,21 +672,20 @@ def detect_image_folder(root: Path) -> Source | None:
              sorted({d.name for where in split_dirs.values() for d in _subdirs(where)}))
     label = {n: i for i, n in enumerate(names)}
     source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names])
-    hidden: list[Path] = []
-    folders: list[tuple[Path, int]] = []
+    hidden = Hidden()
     for split, where in split_dirs.items():
         refs, labels = [], []
         unused: list[tuple[str, str]] = []
         for sub in _subdirs(where):
             if sub.name not in label:
                 raise _absent_class(sub, base, names)
-            files = _image_tree(sub, unused, hidden)
+            files = _image_tree(sub, unused, hidden.files)
             refs += [str(p) for p in files]
             labels += [label[sub.name]] * len(files)
         source.splits[split] = Split(split, refs, np.array(labels, np.int64),
                                      describe=str(where), unused=unused)
-        folders += _hidden_folders(where)
-    source.notes += _image_folder_notes(names, folders, hidden)
+        hidden.folders += _hidden_folders(where)
+    source.notes += _image_folder_notes(names, hidden)
     if "train" in source.splits:
         counts = np.bincount(source.splits["train"].labels, minlength=len(names))
         empty = [_shown(base / names[c]) for c in np.flatnonzero(counts == 0)]

@@ -10,7 +10,8 @@ The spawned processes leave Ctrl-C to this one (a terminal sends it to the whole
 group; this process shuts the pool down), and end when this one is gone (kill -9). The pool is
 a ProcessPoolExecutor: a process killed at any point (SIGTERM to the process group, as from
 `timeout`, or the OOM killer) breaks it, and its shutdown still ends, where
-multiprocessing.Pool's `terminate` waits forever for a lock the dead process held. The slots
+multiprocessing.Pool's `terminate` waits forever for a lock the dead process held. Its
+processes are known from their creation (`Launcher`), so a stop ends them at once. The slots
 are named `alexnet-PID-N` after the process that made them, so that those of a process killed
 with kill -9 are found and removed by the next pool's start (`remove_stale_slots`).
 """
@@ -79,10 +80,14 @@ def shared_memory_room() -> int:
 
 def slot_views(buffer: Any, chunk: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A shared-memory slot's arrays: the per-pixel sum int64 (S, S, 3), then the pixels
-    uint8 (chunk, S, S, 3) (the layout does not depend on `chunk`)."""
+    uint8 (chunk, S, S, 3) (the layout does not depend on `chunk`). Made by `np.frombuffer`,
+    which holds the slot's buffer while an array lives (`np.ndarray(buffer=)` does not), so
+    that closing a slot still viewed (by an exception's frames) raises BufferError instead of
+    unmapping memory that a later read would crash on (`Decoders.__exit__`)."""
     sums = size * size * 3 * 8
-    return (np.ndarray((chunk, size, size, 3), np.uint8, buffer=buffer, offset=sums),
-            np.ndarray((size, size, 3), np.int64, buffer=buffer))
+    pixels = chunk * size * size * 3
+    return (np.frombuffer(buffer, np.uint8, pixels, sums).reshape(chunk, size, size, 3),
+            np.frombuffer(buffer, np.int64, size * size * 3).reshape(size, size, 3))
 
 
 def slot_bytes(chunk: int, size: int) -> int:
@@ -216,6 +221,25 @@ def remove_stale_slots(folder: str = SHM_FOLDER) -> list[str]:
     return removed
 
 
+class Launcher:
+    """A multiprocessing context that keeps every process it makes, so that the pool's
+    processes can be ended at once: ProcessPoolExecutor launches its workers through the
+    context it is given (`Process`), and has no public way to end them."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.processes: list[Any] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (the context's name)
+        """A process of the wrapped context, kept in `processes`."""
+        process = self._context.Process(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 _ATTACHED: dict[str, Any] = {}  # the slots a worker process has opened, by name
 
 
@@ -269,6 +293,7 @@ class Decoders:
         self.in_flight = 2 * self.processes  # chunks handed to the pool at once
         self.max_pixels, self.chunk, self.size = max_pixels, chunk, size
         self.pool: Any = None
+        self._launcher = Launcher(multiprocessing.get_context("spawn"))
         self._slots: list[Any] = []
         self._free: list[int] = []
         self._abandoned: list[tuple[int, Any]] = []  # (slot, Future) still being written
@@ -295,7 +320,7 @@ class Decoders:
                 self._slots.append(new_slot(size))
             self._free = list(range(count))
         self.pool = concurrent.futures.ProcessPoolExecutor(
-            self.processes, multiprocessing.get_context("spawn"), initializer=start_worker,
+            self.processes, self._launcher, initializer=start_worker,
             initargs=(self.max_pixels, os.getpid()))
 
     def __exit__(self, *exc: object) -> None:
@@ -313,13 +338,16 @@ class Decoders:
 
     def _stop(self) -> None:
         """End the pool's processes at once (every result wanted was taken; on Ctrl-C the
-        chunks still queued are not waited for), then the pool, which takes a killed process
-        in its stride."""
+        chunks still queued are not waited for), those still starting included (`Launcher`
+        knows them from their creation), then the pool, which takes a killed process in its
+        stride."""
         pool, self.pool = self.pool, None
         if pool is None:
             return
-        for process in list((getattr(pool, "_processes", None) or {}).values()):  # pid: Process
-            process.terminate()
+        for process in self._launcher.processes:
+            with contextlib.suppress(ValueError):  # closed by the pool: ended already
+                if process.is_alive():
+                    process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, task: tuple[Any, ...]) -> Any:

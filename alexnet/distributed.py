@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from alexnet.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,11 @@ def launch_rank() -> int:
 
 
 def is_main() -> bool:
-    """True on rank 0 (and in a single process)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True on rank 0 (and in a single process), also after the group is left: a torchrun
+    rank says so from its RANK (the end of `alexnet train` prints once, not once per rank)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return launch_rank() == 0
 
 
 def print0(*args, **kwargs) -> None:
@@ -147,6 +154,50 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_objects(obj: object) -> list[object]:
+    """`obj` of every rank, in rank order, on every rank ([obj] in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_main(action: Callable[[], T]) -> T | None:
+    """Run `action` on rank 0 only (what rank 0 alone writes); a UserError it raises is raised
+    on every rank, so that the others stop with its line instead of waiting for rank 0 at the
+    next collective until torchrun kills them. What it returns is rank 0's (None elsewhere)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return action()
+    result, refusal = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = action()
+        except UserError as err:
+            refusal = str(err)
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise UserError(refusal)
+    return result
+
+
+def group_failed(err: BaseException) -> bool:
+    """Whether `err` is the process group failing (a rank died or hung: gloo's "Connection
+    closed by peer" or a timeout, NCCL's errors), not a fault of this rank's own work."""
+    return isinstance(err, dist.DistError) or (
+        isinstance(err, RuntimeError) and "gloo" in str(err).lower())
+
+
+def failure_text(err: BaseException, limit: int = 100) -> str:
+    """A process group's error in a few words: its first sentence, without the C++ source
+    location gloo puts in front ("[.../pair.cc:553] Connection closed by peer [IP]:PORT.")."""
+    text = " ".join(str(err).split())
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    text = text.split(". ", 1)[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

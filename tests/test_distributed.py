@@ -4,13 +4,18 @@ weights as one process with the same global batch; resume works across it."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _stops import held_elsewhere, tree
+from test_train import assert_same_weights, make_store, strip_timing
 
 from alexnet import checkpoint, distributed
 from alexnet.config import resolve
@@ -51,26 +56,33 @@ sys.exit(code)
 """
 
 
-def torchrun(*args: str, threads_dir: Path | None = None) -> subprocess.CompletedProcess:
+def torchrun(*args: str, threads_dir: Path | None = None, script: str | None = None,
+             wait: bool = True, launcher: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`torchrun --nproc_per_node=2 LAUNCHER -m alexnet train ARGS` (or `script` run as the
+    entry, its folder in $THREADS_DIR); a Popen when not `wait`."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     entry = ["-m", "alexnet"]
     if threads_dir is not None:
         threads_dir.mkdir(parents=True, exist_ok=True)
-        script = threads_dir / "train_then_list_threads.py"
-        script.write_text(TRAIN_THEN_LIST_THREADS)
+        path = threads_dir / "entry.py"
+        path.write_text(script or TRAIN_THEN_LIST_THREADS)
         env["THREADS_DIR"] = str(threads_dir)
-        entry = [str(script)]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", *entry, "train", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+        entry = [str(path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *launcher, *entry, "train", *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def test_ddp_on_two_processes_equals_one_process_and_resumes(store, tmp_path):
+def test_ddp_on_two_processes_equals_one_process_and_resumes(store, tmp_path, capsys):
     single = train(resolve("paper", SETTINGS, {"data.store": str(store),
                                                "run.out": str(tmp_path / "one")}))
     assert single["steps"] == 6  # 24 images / global batch 8, two epochs
@@ -88,6 +100,7 @@ def test_ddp_on_two_processes_equals_one_process_and_resumes(store, tmp_path):
     assert "4 per rank x 2" in first.stdout
     part = checkpoint.load(tmp_path / "ddp")
     assert (part["epoch"], part["step"], part["global_step"]) == (1, 1, 4)
+    shutil.copytree(tmp_path / "ddp", tmp_path / "on-one")
     resumed = torchrun("--resume", str(tmp_path / "ddp"), "--max-steps", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = checkpoint.load(tmp_path / "one"), checkpoint.load(tmp_path / "ddp")
@@ -98,6 +111,18 @@ def test_ddp_on_two_processes_equals_one_process_and_resumes(store, tmp_path):
     # the training loss logged is the mean over both ranks, as in one process
     assert b["metrics"][0]["train_loss"] == pytest.approx(a["metrics"][0]["train_loss"],
                                                           rel=1e-4)
+    # the 2-rank run resumed by one process: said, and (no random draw here) the same run, its
+    # resumed epoch's loss the mean over every image of it (both ranks' sums were saved)
+    on_one = tmp_path / "on-one"
+    train(resolve("paper", SETTINGS, {"data.store": str(store), "run.out": str(on_one),
+                                      "run.resume": str(on_one)}))
+    assert f"notice: {on_one / 'checkpoint.pt'} was trained on 2 ranks, this launch has 1: " \
+        in capsys.readouterr().out
+    c = checkpoint.load(on_one)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(c["model"][key], value, rtol=1e-4, atol=1e-6)
+    for row, theirs in zip(c["metrics"], a["metrics"], strict=True):
+        assert row["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
 
 
 def test_single_process_helpers_are_no_ops(capsys, monkeypatch):
@@ -140,3 +165,146 @@ def test_global_batch_must_split_evenly():
     assert per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 2) == 4
     with pytest.raises(UserError, match="does not split evenly over 3 ranks"):
         per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 3)
+
+
+# tiny 64-pixel images with a val split validated in 4 batches: epochs of 3 steps
+VAL_SETTINGS = ["model.width=0.125", "data.crop=64", "optim.batch_size=8", "optim.epochs=3",
+                "run.eval_batch_size=4", "run.progress=false", "run.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def val_store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("ddp-val-store"), size=64, n_train=24, n_val=16)
+
+
+# the entry of both ranks: rank 0's second validation (epoch 2's) waits at its second batch for
+# the test's SIGTERM; each rank writes the status `alexnet train` returned, and rank 0 how many
+# batches of the validation the net saw
+STOP_IN_VALIDATION = """
+import os, sys, time
+from pathlib import Path
+import alexnet.evaluate as evaluate
+from alexnet.cli import main
+
+box = Path(os.environ["THREADS_DIR"])
+real, calls = evaluate.predict_probs, [0]
+
+def predict_probs(model, loader, progress=None):
+    calls[0] += 1
+
+    def batches():
+        for i, batch in enumerate(loader):
+            if calls[0] == 2 and i == 1:
+                (box / "in-validation").write_text("")
+                t0 = time.monotonic()
+                while not (box / "sent").exists() and time.monotonic() - t0 < 120:
+                    time.sleep(0.01)
+            (box / "batches").write_text(str(i + 1))
+            yield batch
+    return real(model, batches(), progress)
+
+evaluate.predict_probs = predict_probs
+code = main(sys.argv[1:])
+(box / f"rank-{os.environ['RANK']}.code").write_text(str(code))
+sys.exit(code)
+"""
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.02)
+
+
+def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_store, tmp_path):
+    """A scheduler's SIGTERM to torchrun (which sends each rank SIGTERM) in the middle of a
+    validation: it stops between two batches, rank 0 saves the epoch's training (each rank's
+    partial sums too), every rank ends with one line and status 143, and the resumed launch
+    redoes the validation and ends with the uninterrupted launch's weights and log."""
+    settings = sets(VAL_SETTINGS)
+    ref = torchrun("--data", str(val_store), "--out", str(tmp_path / "ref"), *settings)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.stdout.count("done (completed)") == 1, ref.stdout  # once, not once per rank
+    cut, box = tmp_path / "cut", tmp_path / "box"
+    proc = torchrun("--data", str(val_store), "--out", str(cut), *settings, threads_dir=box,
+                    script=STOP_IN_VALIDATION, wait=False)
+    wait_for(box / "in-validation", proc)
+    proc.send_signal(signal.SIGTERM)
+    (box / "sent").write_text("")
+    out, err = proc.communicate(timeout=300)
+    codes = [(box / f"rank-{rank}.code").read_text() for rank in (0, 1)]
+    assert codes == ["143", "143"], (codes, err[-3000:])
+    assert err.count("alexnet train: terminated (SIGTERM)") == 2 and "[rank" not in err, err
+    assert (box / "batches").read_text() == "2"  # of 4: stopped there, not at its end
+    assert out.count("checkpoint saved") == 1 and (
+        f"checkpoint saved at epoch 2, step 3, before its validation: {cut / 'checkpoint.pt'}; "
+        f"continue with --resume {cut}") in out, out
+    part = checkpoint.load(cut)
+    assert (part["epoch"], part["step"], part["global_step"], len(part["metrics"])) == \
+        (1, 3, 6, 1)
+    assert not [p.name for p in cut.iterdir() if p.name.startswith(".tmp-")]
+    resumed = torchrun("--resume", str(cut))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", cut / "checkpoint.pt")
+    assert strip_timing(tmp_path / "ref" / "log.jsonl") == strip_timing(cut / "log.jsonl")
+
+
+# the entry of both ranks: rank 1 is killed (SIGKILL) as epoch 2's second step starts
+KILL_RANK_1 = """
+import os, signal, sys
+from pathlib import Path
+import alexnet.training.loop as loop
+from alexnet.cli import main
+
+real, calls = loop.train_step, [0]
+
+def step(*args):
+    calls[0] += 1
+    if calls[0] == 5 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+
+loop.train_step = step
+code = main(sys.argv[1:])
+Path(os.environ["THREADS_DIR"], f"rank-{os.environ['RANK']}.code").write_text(str(code))
+sys.exit(code)
+"""
+
+
+def test_a_killed_rank_ends_the_others_in_one_line_and_keeps_the_checkpoint(val_store,
+                                                                             tmp_path):
+    """kill -9 of one rank mid-epoch: the other's collective fails at once, and it ends with
+    one line naming the kept checkpoint, no traceback and no hang; the checkpoint (epoch 1's)
+    is kept whole. torchrun looks at its ranks every 5 s here, so that its SIGTERM to the
+    survivor comes after that (it would end it with "terminated" instead)."""
+    run, box = tmp_path / "run", tmp_path / "box"
+    result = torchrun("--data", str(val_store), "--out", str(run), *sets(VAL_SETTINGS),
+                      threads_dir=box, script=KILL_RANK_1, launcher=("--monitor-interval=5",))
+    assert result.returncode != 0
+    assert (box / "rank-0.code").read_text() == "2", result.stderr[-3000:]
+    assert not (box / "rank-1.code").exists()
+    ours = [line for line in result.stderr.splitlines() if line.startswith("alexnet train:")]
+    assert len(ours) == 1 and "[rank0]" not in result.stderr, result.stderr[-3000:]
+    assert ours[0].startswith("alexnet train: error: rank 0: lost the other ranks ("), ours
+    assert ours[0].endswith(f"the last checkpoint saved, {run / 'checkpoint.pt'}, is kept "
+                            f"(continue with --resume {run})"), ours
+    kept = checkpoint.load(run)
+    assert (kept["epoch"], kept["step"]) == (1, 0)
+
+
+def test_a_refusal_of_rank_0_alone_is_every_ranks_one_line(val_store, tmp_path):
+    """The run folder's lock (taken by rank 0 only, the writer) held by another process: rank
+    1 refuses with rank 0's line instead of waiting for it in DDP's first collective (and
+    dying with a traceback when torchrun ends it); the folder is left as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with held_elsewhere(run / ".lock"):
+        before = tree(run)
+        result = torchrun("--data", str(val_store), "--out", str(run), *sets(VAL_SETTINGS))
+        assert tree(run) == before
+    assert result.returncode != 0
+    busy = f"alexnet train: error: {run}: another process is training into this run folder"
+    assert result.stderr.count(busy) == 2 and "[rank1]" not in result.stderr, \
+        result.stderr[-3000:]

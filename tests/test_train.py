@@ -276,7 +276,7 @@ def test_a_second_signal_of_either_kind_raises_at_once(sigterm_raises, capsys):
         assert flag.hit and isinstance(flag.exception(), Terminated)
         os.kill(os.getpid(), signal.SIGINT)  # the second: at once, as the signal it is
         time.sleep(1)
-    assert "terminated (SIGTERM): finishing this step (or this validation)" in \
+    assert "terminated (SIGTERM): finishing this step (or stopping this validation)" in \
         capsys.readouterr().out
     with pytest.raises(Terminated) as info, interrupt_guard():
         os.kill(os.getpid(), signal.SIGINT)
@@ -302,8 +302,11 @@ def signal_in_validation(monkeypatch, signum: int, epoch: int) -> None:
     monkeypatch.setattr(procedure, "validate_epoch", validate)
 
 
-def test_a_signal_in_validation_saves_at_the_epoch_end_without_another_step(
-        store, tmp_path, monkeypatch, capsys, sigterm_raises):
+def test_a_signal_in_validation_stops_it_and_the_resumed_run_redoes_it(
+        store, finished_run, tmp_path, monkeypatch, capsys, sigterm_raises):
+    """A scheduler's SIGKILL follows its SIGTERM within seconds: the validation stops before
+    its next batch, the epoch's training is saved (no step more, no row), and the resumed run
+    validates that epoch and ends as the uninterrupted run, weights and log."""
     from alexnet.errors import Terminated
 
     run = tmp_path / "run"
@@ -313,22 +316,37 @@ def test_a_signal_in_validation_saves_at_the_epoch_end_without_another_step(
                       {"data.store": str(store), "run.out": str(run)}))
     assert str(info.value) == ""
     out = capsys.readouterr().out
-    assert "finishing this step (or this validation) and saving a checkpoint" in out
-    assert f"checkpoint saved at the end of epoch 1: {run / 'checkpoint.pt'}; continue with " \
-        f"--resume {run}" in out, out
+    assert "finishing this step (or stopping this validation) and saving a checkpoint" in out
+    assert f"checkpoint saved at epoch 1, step 6, before its validation: " \
+        f"{run / 'checkpoint.pt'}; continue with --resume {run}" in out, out
     ckpt = checkpoint.load(run)
-    assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (1, 0, 6)  # no step more
-    assert len(ckpt["metrics"]) == 1 and ckpt["metrics"][0]["val_top1_error"] is not None
+    assert (ckpt["epoch"], ckpt["step"], ckpt["global_step"]) == (0, 6, 6)  # no step more
+    assert ckpt["metrics"] == [] and "epoch 1/2" not in out
+    monkeypatch.undo()
+    train(resolve("paper", TINY + ["optim.epochs=2"],
+                  {"data.store": str(store), "run.out": str(run), "run.resume": str(run)}))
+    assert_same_weights(Path(finished_run["checkpoint"]), run / "checkpoint.pt")
+    assert strip_timing(Path(finished_run["log"])) == strip_timing(run / "log.jsonl")
 
 
 def test_a_ctrl_c_in_the_last_validation_is_not_dropped(store, tmp_path, monkeypatch, capsys):
-    """The run completes (its validation, logs and checkpoint), says there is nothing to
-    continue, and still stops as asked: exit 130, so a script or ablate goes no further."""
+    """It stops that validation (exit 130, so a script or ablate goes no further) and the
+    resumed run completes it; a Ctrl-C while the last epoch is saved lets the run complete
+    (its logs and checkpoint) and says there is nothing to continue."""
     run = tmp_path / "run"
     signal_in_validation(monkeypatch, signal.SIGINT, epoch=2)
     config = {"data.store": str(store), "run.out": str(run)}
     with pytest.raises(KeyboardInterrupt):
         train(resolve("paper", TINY + ["optim.epochs=2"], config))
+    out = capsys.readouterr().out
+    assert f"checkpoint saved at epoch 2, step 6, before its validation: {run / 'checkpoint.pt'}" \
+        in out, out
+    ckpt = checkpoint.load(run)
+    assert (ckpt["epoch"], ckpt["step"], len(ckpt["metrics"])) == (1, 6, 1)
+    monkeypatch.undo()
+    ctrl_c_in_the_last_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve("paper", TINY + ["optim.epochs=2"], {**config, "run.resume": str(run)}))
     out = capsys.readouterr().out
     assert f"the run had completed: nothing to continue ({run})" in out and "continue with" \
         not in out
@@ -340,6 +358,20 @@ def test_a_ctrl_c_in_the_last_validation_is_not_dropped(store, tmp_path, monkeyp
     monkeypatch.undo()
     again = train(resolve("paper", TINY + ["optim.epochs=2"], {**config, "run.resume": str(run)}))
     assert (again["stopped"], again["steps"]) == ("completed", 12)
+
+
+def ctrl_c_in_the_last_save(monkeypatch) -> None:
+    """A real SIGINT to this process as the run's next checkpoint is saved (the last epoch's,
+    when resumed before its end)."""
+    from alexnet.training import procedure
+
+    real = procedure.save_checkpoints
+
+    def save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(procedure, "save_checkpoints", save)
 
 
 def test_a_kill_during_the_last_log_writes_is_repaired_by_resume(store, tmp_path, monkeypatch):

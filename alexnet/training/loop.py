@@ -94,8 +94,8 @@ def interrupt_guard() -> Iterator[StopRequest]:
             raise stop_exception(signum)
         flag.signum = signum
         what, again = GUARDED[signum]
-        print0(f"\n{what}: finishing this step (or this validation) and saving a checkpoint "
-               f"({again} aborts without saving)", flush=True)
+        print0(f"\n{what}: finishing this step (or stopping this validation) and saving a "
+               f"checkpoint ({again} aborts without saving)", flush=True)
 
     previous: dict[int, Any] = {}
     for signum in GUARDED:
@@ -210,22 +210,57 @@ def _stop_reason(s: RunState, config: Config, flag: StopRequest,
 
 
 def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
-                   stats: dict[str, Any]) -> dict[str, float]:
-    """Validation top-1/top-5 error (centre crop) on rank 0, shared with every rank."""
-    from alexnet.evaluate import evaluate_model
-
-    result: dict[str, float] = {}
+                   stats: dict[str, Any], flag: StopRequest | None = None
+                   ) -> dict[str, float] | None:
+    """Validation top-1/top-5 error (centre crop) on rank 0, shared with every rank; None on
+    every rank when a stop (`flag`) came on rank 0 before its last batch: the validation
+    ends there (a scheduler's SIGKILL follows its SIGTERM within seconds) and is redone."""
+    result: dict[str, float] | None = {}
     if rt.dist.is_main and val_store is not None:
-        n = len(val_store)
-        limit = config.run.val_limit
-        indices = list(range(min(limit, n))) if limit else None
-        with rt.autocast():
-            res = evaluate_model(s.net, val_store, crops=1, batch_size=config.run.eval_batch_size,
-                                 device=rt.device, stats=stats, mean=config.data.mean,
-                                 crop=config.data.crop, indices=indices,
-                                 progress="validate" if config.run.progress else None)
-        result = {"val_top1_error": res["top1_error"], "val_top5_error": res["top5_error"]}
+        result = _validate(s.net, val_store, config, rt, stats, flag or StopRequest())
     return distributed.broadcast_object(result)
+
+
+def _validate(net: nn.Module, val_store: Any, config: Config, rt: Runtime, stats: dict[str, Any],
+              flag: StopRequest) -> dict[str, float] | None:
+    """evaluate.evaluate_model's centre-crop errors, batch by batch until `flag` is hit."""
+    from alexnet.evaluate import eval_loader, predict_probs, topk_errors
+    from alexnet.model import loader_pad
+
+    limit = config.run.val_limit
+    indices = list(range(min(limit, len(val_store)))) if limit else None
+    loader = UntilStop(eval_loader(val_store, crops=1, batch_size=config.run.eval_batch_size,
+                                   device=rt.device, stats=stats, mean=config.data.mean,
+                                   crop=config.data.crop, indices=indices,
+                                   pad=loader_pad(getattr(net, "arch", ""), config.data.crop)),
+                       flag)
+    with rt.autocast():
+        probs, labels = predict_probs(net, loader,
+                                      "validate" if config.run.progress else None)
+    if loader.cut:
+        return None
+    errors = topk_errors(probs, labels) if len(labels) else {
+        "top1_error": float("nan"), "top5_error": float("nan")}
+    return {"val_top1_error": errors["top1_error"], "val_top5_error": errors["top5_error"]}
+
+
+class UntilStop:
+    """The batches of `loader` until a stop is asked for (checked before each batch); `cut`
+    says whether batches were left."""
+
+    def __init__(self, loader: Any, flag: StopRequest) -> None:
+        self.loader, self.flag, self.cut = loader, flag, False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        with contextlib.closing(iter(self.loader)) as batches:
+            for batch in batches:
+                if self.flag.hit:
+                    self.cut = True
+                    return
+                yield batch
 
 
 def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,

@@ -9,8 +9,9 @@ Speed options (bf16/fp16 autocast, channels_last, torch.compile) are opt-in (pre
 
 Every epoch writes a row (training loss and error, validation top-1/top-5 centre-crop error,
 lr, images/s) to log.jsonl and log.csv, redraws curves.png and saves checkpoint.pt atomically;
-Ctrl-C or SIGTERM finishes the current step (or validation) and saves the position inside the
-epoch. `--resume` restores model, optimizer, schedule, epoch, step, RNG states and (through the
+Ctrl-C or SIGTERM finishes the current step (or stops a validation between two batches) and
+saves the position inside the epoch (before that validation, which a resumed run redoes).
+`--resume` restores model, optimizer, schedule, epoch, step, RNG states and (through the
 loader's deterministic order) the data, so an interrupted run ends with bit-identical weights
 on the CPU; it rewrites the logs from the checkpoint's history.
 Launched by torchrun it trains data-parallel (alexnet/distributed.py; docs/training.md).
@@ -34,6 +35,7 @@ from alexnet.errors import UserError
 from alexnet.learning_check import Evidence, chance_advice
 from alexnet.training.data import open_data, per_rank_batch, train_loader
 from alexnet.training.loop import (
+    StopRequest,
     epoch_row,
     interrupt_guard,
     steps_in_epoch,
@@ -72,9 +74,24 @@ def train(config: Config, resume: dict[str, Any] | None = None,
         result = _train(config, dist_info, resume, continue_with)
         distributed.barrier()  # every rank done (rank 0 writes last) before any leaves
         return result
+    except RuntimeError as err:
+        if joined and distributed.group_failed(err):
+            raise _lost_ranks(dist_info, config, err) from None
+        raise
     finally:
         if joined:
             distributed.cleanup()
+
+
+def _lost_ranks(dist_info: DistInfo, config: Config, err: BaseException) -> UserError:
+    """The one line of a rank whose process group failed under it: another rank died (its
+    own message says why, torchrun's summary says which) or stopped answering."""
+    files = RunFiles(Path(config.run.out))
+    kept = f"the last checkpoint saved, {files.checkpoint}, is kept (continue with --resume " \
+        f"{files.root})" if files.checkpoint.exists() else "no checkpoint had been saved yet"
+    return UserError(f"rank {dist_info.rank}: lost the other ranks "
+                     f"({distributed.failure_text(err)}): one of them ended or hung, see its own "
+                     f"message; {kept}")
 
 
 def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
@@ -85,8 +102,8 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
     outside_stores(files.root, "run folder (--out)")  # before any work
     lock = run_folder_lock(files.root)
     try:
-        if dist_info.is_main and files.root.is_dir():  # else once `_open_run_folder` made it
-            _acquire(lock)
+        if files.root.is_dir():  # else once `_open_run_folder` made it; rank 0's refusal
+            distributed.on_main(lambda: _acquire(lock))  # is every rank's
         return _run(config, dist_info, resume, files, lock,
                     continue_with or f"--resume {files.root}")
     finally:
@@ -120,15 +137,18 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
         raise UserError(f"optim.batch_size {config.optim.batch_size}: no full batch per rank "
                         f"in {len(train_store)} training images; use a smaller batch")
 
-    tb = None
-    if dist_info.is_main:
+    def open_run_folder() -> Any:
+        """Rank 0's: the folder, its tensorboard writer, the logs as the checkpoint has them."""
         _open_run_folder(config, files, lock, resume_ckpt)
-        tb = open_tensorboard(files, config.run.tensorboard)
+        writer = open_tensorboard(files, config.run.tensorboard)
         keep_steps_until(files, s.global_step)
         if resume_ckpt is not None:  # a kill between a checkpoint and its log writes
             write_logs(files, s.history)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
                  files, resume_path)
+        return writer
+
+    tb = distributed.on_main(open_run_folder)  # a refusal there stops every rank
     deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0
     stopped = "completed"
     s.started_at, s.started_step = time.perf_counter(), s.global_step
@@ -141,6 +161,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
         if s.step:
             _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                   len(train_store.classes))
+    cut = False  # a validation stopped by Ctrl-C or SIGTERM (redone on resume)
     with interrupt_guard() as flag:
         while stopped == "completed" and s.epoch < config.optim.epochs:
             reason = train_epoch(s, loader, config, rt, flag, deadline, log_step)
@@ -149,16 +170,18 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
                 if reason == "interrupt":
                     break
                 stopped = reason
-                _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
-                                      len(train_store.classes))
+                cut = not _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
+                                                len(train_store.classes), flag)
                 break
-            _end_epoch(s, val_store, config, rt, stats, train_store, files, tb)
+            if not _end_epoch(s, val_store, config, rt, stats, train_store, files, tb, flag):
+                cut = True
+                break
             if config.run.max_steps and s.global_step >= config.run.max_steps:
                 stopped = "max_steps"
-            elif distributed.any_rank(flag.hit, rt.device):  # came in validation: saved now
+            elif distributed.any_rank(flag.hit, rt.device):  # came in saving: saved now
                 break
         if distributed.any_rank(flag.hit, rt.device):  # every rank stops alike
-            print0(_stop_line(s, config, files, stopped, continue_with))
+            print0(_stop_line(s, config, files, stopped, continue_with, cut))
             raise flag.exception()
     if tb is not None:
         tb.close()
@@ -166,14 +189,15 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
 
 
 def _stop_line(s: RunState, config: Config, files: RunFiles, stopped: str,
-               continue_with: str) -> str:
-    """What a run stopped by Ctrl-C or SIGTERM says: where its checkpoint stands and how to
-    continue, or that the signal came when nothing was left to do (during the last epoch's
-    validation or saving, or a step-limited run's last partial epoch)."""
-    if stopped == "max_steps" or s.epoch >= config.optim.epochs:
+               continue_with: str, cut: bool) -> str:
+    """What a run stopped by Ctrl-C or SIGTERM says: where its checkpoint stands (before the
+    validation it `cut`, which the continued run redoes) and how to continue, or that the
+    signal came when nothing was left to do (while the last epoch was saved, or after a
+    step-limited run's last partial epoch was validated)."""
+    if not cut and (stopped == "max_steps" or s.epoch >= config.optim.epochs):
         return f"the run had completed: nothing to continue ({files.root})"
     where = f"the end of epoch {s.epoch}" if s.step == 0 and s.epoch else \
-        f"epoch {s.epoch + 1}, step {s.step}"
+        f"epoch {s.epoch + 1}, step {s.step}" + (", before its validation" if cut else "")
     return f"checkpoint saved at {where}: {files.checkpoint}; continue with {continue_with}"
 
 
@@ -228,13 +252,18 @@ def check_classes(train_store: Any, config: Config) -> None:
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-               train_store: Any, files: RunFiles, tb: Any) -> None:
-    """Validate (every run.val_every epochs), step the schedule, log, checkpoint."""
+               train_store: Any, files: RunFiles, tb: Any, flag: StopRequest) -> bool:
+    """Validate (every run.val_every epochs), step the schedule, log, checkpoint; False when
+    a stop (`flag`) cut the validation: the epoch's training is saved, its end is redone."""
     val: dict[str, float] = {}
     dropped, lr = False, s.optimizer.param_groups[0]["lr"]
     if val_store is not None and ((s.epoch + 1) % config.run.val_every == 0
                                   or s.epoch + 1 == config.optim.epochs):
-        val = validate_epoch(s, val_store, config, rt, stats)
+        result = validate_epoch(s, val_store, config, rt, stats, flag)
+        if result is None:
+            save_checkpoints(s, config, train_store, files, rt)
+            return False
+        val = result
         dropped = bool(s.schedule.step(val["val_top1_error"]))
     row = epoch_row(s, rt, val, dropped, partial=False, lr=lr)
     improved = val and val["val_top1_error"] < s.best_error
@@ -250,6 +279,7 @@ def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: 
             print0(f"validation error stopped improving: lr divided by {config.optim.lr_factor:g}"
                    f" to {s.optimizer.param_groups[0]['lr']:.2e}")
         _check_learning(s, row, config, len(train_store.classes))
+    return True
 
 
 def _check_learning(s: RunState, row: dict[str, Any], config: Config, num_classes: int) -> None:
@@ -266,18 +296,24 @@ def _check_learning(s: RunState, row: dict[str, Any], config: Config, num_classe
 
 
 def _finish_partial_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-                          files: RunFiles, tb: Any, num_classes: int) -> None:
-    """After a max_steps/time_limit stop mid-epoch: validate and log the partial epoch.
+                          files: RunFiles, tb: Any, num_classes: int,
+                          flag: StopRequest | None = None) -> bool:
+    """After a max_steps/time_limit stop mid-epoch: validate and log the partial epoch; False
+    (nothing logged) when a stop (`flag`) cut the validation.
 
     The checkpoint was saved before this row, so a resumed run logs the full epoch instead.
     """
-    val = validate_epoch(s, val_store, config, rt, stats) if val_store is not None else {}
+    val = validate_epoch(s, val_store, config, rt, stats, flag) if val_store is not None \
+        else {}
+    if val is None:
+        return False
     row = epoch_row(s, rt, val, False, partial=True)
     s.history.append(row)
     if rt.dist.is_main:
         write_logs(files, s.history, tb)
         print0(format_row(row, config.optim.epochs, num_classes) + " (partial epoch)")
         _check_learning(s, row, config, num_classes)
+    return True
 
 
 def _summary(s: RunState, files: RunFiles, stopped: str, val_name: str | None

@@ -66,9 +66,10 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
     on rank 0 (a full disk) stops every rank, not rank 0 alone: all stop alike.
     """
     check_good(s)
+    rank_acc = distributed.gather_objects(dict(s.acc))  # each rank's sums: an exact resume
     failed: UserError | None = None
     if rt.dist.is_main:
-        state = make_checkpoint(s, config, train_store, rt)
+        state = make_checkpoint(s, config, train_store, rt, rank_acc)
         try:
             if best and config.run.save_best:
                 checkpoint.save(files.best, state)

@@ -15,6 +15,7 @@ from alexnet import checkpoint
 from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
 from alexnet.distributed import print0
 from alexnet.errors import UserError, one_line
+from alexnet.training.run_folder import plural
 from alexnet.training.runtime import Runtime
 
 
@@ -76,14 +77,17 @@ def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
     return RunState(model=model, net=net, optimizer=optimizer, schedule=schedule)
 
 
-def make_checkpoint(s: RunState, config: Config, train_store: Any,
-                    rt: Runtime) -> dict[str, Any]:
-    """The full training state (docs/design.md, checkpoint.py)."""
+def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
+                    rank_acc: list[Any] | None = None) -> dict[str, Any]:
+    """The full training state (docs/design.md, checkpoint.py); `rank_acc`: every rank's
+    partial sums of the epoch under torchrun (`acc` holds rank 0's), with the world size."""
+    ranks = {"rank_acc": [dict(a) for a in rank_acc]} if rank_acc and len(rank_acc) > 1 else {}
     return checkpoint.make_state(
         s.net, optimizer=s.optimizer.state_dict(), schedule=s.schedule.state_dict(),
         scaler=rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
         epoch=s.epoch, step=s.step, global_step=s.global_step,
-        acc=dict(s.acc), best_error=s.best_error, config=to_dict(config),
+        acc=dict(s.acc), **ranks, world_size=rt.dist.world_size,
+        best_error=s.best_error, config=to_dict(config),
         classes=list(train_store.classes), stats=train_store.stats,
         rng=checkpoint.rng_state(), metrics=list(s.history))
 
@@ -119,11 +123,36 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
         rt.scaler.load_state_dict(ckpt["scaler"])
     s.epoch, s.step = int(ckpt["epoch"]), int(ckpt["step"])
     s.global_step = int(ckpt.get("global_step", 0))
-    s.acc = dict(ckpt.get("acc") or {})
+    s.acc = rank_sums(ckpt, rt.dist.rank, rt.dist.world_size)
     s.best_error = float(ckpt.get("best_error", math.inf))
     s.history = list(ckpt.get("metrics") or [])
     s.last_good = path
+    if ckpt.get("world_size", rt.dist.world_size) != rt.dist.world_size:
+        print0(f"notice: {path} was trained on {plural(ckpt['world_size'], 'rank')}, this "
+               f"launch has {rt.dist.world_size}: each step takes the same images, with other "
+               "crops, flips, colour shifts and dropout masks (not the run an unchanged launch "
+               "gives)")
     checkpoint.set_rng_state(ckpt["rng"])
+
+
+SUMS = ("loss_sum", "wrong", "seen")  # the epoch's partial sums that add up over ranks
+
+
+def rank_sums(ckpt: dict[str, Any], rank: int, world: int) -> dict[str, float]:
+    """This rank's partial sums of the resumed epoch: its own when the run had as many ranks,
+    else an equal share of all ranks' totals, so that the epoch's logged loss and error stay
+    the means over all its images whatever the world size (the clock: rank 0's). A checkpoint
+    older than this record (no world size) gives rank 0's sums to every rank, as it did."""
+    ranks = ckpt.get("rank_acc") or [ckpt.get("acc") or {}]
+    if len(ranks) == world:
+        return dict(ranks[rank])
+    if "world_size" not in ckpt:
+        return dict(ranks[0])
+    share = {k: sum(float(r.get(k, 0.0)) for r in ranks) / world for k in SUMS
+             if any(k in r for r in ranks)}
+    if "seconds" in ranks[0]:
+        share["seconds"] = float(ranks[0]["seconds"])
+    return share
 
 
 def _apply_new_settings(s: RunState, config: Config, ckpt: dict[str, Any], path: Path) -> None:

@@ -48,6 +48,9 @@ from alexnet.atomic import (
 from alexnet.errors import UserError
 
 FORMATS = ("onnx", "torchscript", "weights")
+# TorchScript's deprecation notice: a DeprecationWarning up to torch 2.13, a FutureWarning
+# (shown by default) from 2.14.
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".weights.pt"}
 ONNX_OPSET = 17
 CHECK_BATCH = 3  # images in the comparison batch (traced with 1, so batch size is free)
@@ -127,6 +130,7 @@ def quiet_tracing() -> Iterator[None]:
     ops it leaves unfolded. Every other warning still shows; the export is checked anyway."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED)
         warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean",
                                 torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", "Constant folding", UserWarning)
@@ -170,6 +174,7 @@ def check_export(fmt: str, path: Path, model: nn.Module, crop: int, name: Path |
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED)
             loaded = torch.jit.load(str(path))
         with torch.no_grad():
             out = loaded(x)

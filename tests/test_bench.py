@@ -87,6 +87,54 @@ def test_bench_train(tmp_path, capsys):
     assert all(positive(v) for v in variants.values())
 
 
+@pytest.fixture
+def broken_torchvision(tmp_path, monkeypatch):
+    """A torchvision whose import fails as one built for another torch does (RuntimeError,
+    not ImportError), in place of any installed one; the decoders' probes forgotten around."""
+    import sys
+
+    from alexnet.data import decode
+
+    package = tmp_path / "site" / "torchvision"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(package.parent))
+    for name in [m for m in sys.modules if m.partition(".")[0] == "torchvision"]:
+        monkeypatch.delitem(sys.modules, name)
+    decode.importable.cache_clear()
+    yield
+    decode.importable.cache_clear()
+
+
+def test_a_torchvision_that_does_not_import_is_left_out_saying_why(broken_torchvision,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "data", "--smoke", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "torchvision does not import (RuntimeError: operator torchvision::nms does not " \
+        "exist): the paper/torchvision ratio is against" in printed
+    figures = json.loads(out.read_text())
+    assert positive(figures["train"]["settings"]["fp32"]["alexnet"])
+    assert figures["data"]["usual_pipeline"].startswith("PIL stand-in")
+    assert positive(figures["data"]["usual_images_per_s_per_core"])
+
+
+def test_torchvisions_own_alexnet_is_the_layout_of_alexnet_tv():
+    """bench train's torchvision column: torchvision.models.alexnet where it imports, with
+    the parameter shapes of this project's alexnet-tv (so paper/tv compares like with like)."""
+    from alexnet.bench import torchvision_problem
+    from alexnet.bench.train import build_net, torchvision_alexnet
+
+    if torchvision_problem():
+        assert torchvision_alexnet() is None
+        pytest.skip(torchvision_problem())
+    theirs, ours = torchvision_alexnet().state_dict(), build_net("alexnet-tv").state_dict()
+    assert type(torchvision_alexnet()).__module__ == "torchvision.models.alexnet"
+    assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()}
+
+
 def test_graph_row_is_skipped_on_the_cpu():
     rows = {name: (opts, note) for name, opts, note in settings_for(torch.device("cpu"), False)}
     assert rows[GRAPH_ROW] == (None, "skipped: CUDA graphs need CUDA")

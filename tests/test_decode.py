@@ -86,6 +86,23 @@ def test_wrong_size_and_garbage_are_user_errors(blobs: list[bytes]) -> None:
             decode.decode_cpu([b"not a jpeg at all"], SIZE, name)
 
 
+def one_pixel_high(blob: bytes) -> bytes:
+    """`blob` with the height in its frame header (SOF0) set to 1: damaged bytes that the
+    decoders still decode, to the image's first row."""
+    at = blob.index(b"\xff\xc0") + 5  # marker, length (2), precision (1), then the height
+    return blob[:at] + (1).to_bytes(2, "big") + blob[at + 2:]
+
+
+def test_a_jpeg_one_pixel_high_or_wide_is_a_user_error_not_broadcast(blobs: list[bytes]):
+    """A decoded row or column must not fill the whole image (numpy would broadcast it)."""
+    image = images(1)[0]
+    thin = [jpeg(image[:1]), jpeg(np.ascontiguousarray(image[:, :1])), one_pixel_high(blobs[0])]
+    for name in decode.available_cpu_decoders():
+        for blob in thin:
+            with pytest.raises(UserError, match="does not decode to"):
+                decode.decode_cpu([blob], SIZE, name)
+
+
 def test_gpu_decode_refused_with_a_reason_off_cuda(blobs: list[bytes]) -> None:
     assert "not a CUDA device" in decode.gpu_unavailable("cpu")
     with pytest.raises(UserError):

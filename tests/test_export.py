@@ -310,3 +310,23 @@ def test_an_export_to_a_file_another_export_writes_is_refused_in_one_line(ckpt_p
     assert after == before
     assert main(["export", str(ckpt_path), "--out", str(out)]) == 0  # the lock went with it
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]
+
+
+def test_torchscripts_deprecation_is_not_shown_as_a_future_warning(ckpt_path, tmp_path,
+                                                                   monkeypatch):
+    """torch 2.14 warns of TorchScript's deprecation with FutureWarning (2.13:
+    DeprecationWarning, hidden by default): `alexnet export --format torchscript` printed
+    three such notices to the user."""
+    for name in ("trace", "load"):
+        original = getattr(torch.jit, name)
+
+        def deprecated(*args, _original=original, _name=name, **kwargs):
+            warnings.warn(f"`torch.jit.{_name}` is deprecated. Please switch to `torch.compile` "
+                          "or `torch.export`.", FutureWarning, stacklevel=2)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.jit, name, deprecated)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(ckpt_path, "torchscript", tmp_path / "net.torchscript")
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -35,6 +35,19 @@ WHATS = {
 }
 
 
+def torchvision_problem() -> str | None:
+    """Why torchvision cannot be used here, None when it imports. One installed for another
+    torch fails its import with RuntimeError ("operator torchvision::nms does not exist"), not
+    ImportError: the benchmarks then run without it, as where it is absent, and say why."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return "torchvision is not installed"
+    except Exception as err:  # noqa: BLE001 - any failure of its import
+        return f"torchvision does not import ({type(err).__name__}: {one_line(err, 80)})"
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `alexnet bench`."""
     parser.add_argument("what", nargs="*", default=[],

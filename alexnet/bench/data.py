@@ -104,11 +104,14 @@ class PilFolder(torch.utils.data.Dataset):
 
 
 def usual_pipeline(root: Path, files: list[tuple[Path, int]]) -> tuple[Any, str]:
-    """(dataset, name): torchvision's ImageFolder pipeline if installed, else the stand-in."""
-    try:
-        from torchvision import datasets, transforms
-    except ImportError:
+    """(dataset, name): torchvision's ImageFolder pipeline where torchvision imports, else the
+    stand-in (alexnet.bench.torchvision_problem)."""
+    from alexnet.bench import torchvision_problem
+
+    if torchvision_problem():
         return PilFolder(files), "PIL stand-in for ImageFolder+RandomCrop/flip/ToTensor/Normalize"
+    from torchvision import datasets, transforms
+
     transform = transforms.Compose([
         transforms.Resize(IMAGE_SIZE), transforms.RandomCrop(CROP_SIZE),
         transforms.RandomHorizontalFlip(), transforms.ToTensor(),

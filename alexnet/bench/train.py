@@ -110,11 +110,14 @@ def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str,
 
 
 def torchvision_alexnet() -> nn.Module | None:
-    """torchvision.models.alexnet (random weights), or None when torchvision does not import."""
-    try:
-        from torchvision.models import alexnet
-    except ImportError:
+    """torchvision.models.alexnet (random weights), or None when torchvision does not import
+    (alexnet.bench.torchvision_problem)."""
+    from alexnet.bench import torchvision_problem
+
+    if torchvision_problem():
         return None
+    from torchvision.models import alexnet
+
     return alexnet(num_classes=paper.NUM_CLASSES)
 
 
@@ -254,7 +257,7 @@ ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
-    from alexnet.bench import SMOKE_WIDTH
+    from alexnet.bench import SMOKE_WIDTH, torchvision_problem
     from alexnet.evaluate import resolve_device
     from alexnet.model import build_model
 
@@ -270,10 +273,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     flops = flops_per_image(build_model("alexnet", num_classes=paper.NUM_CLASSES))
     peak = peak_tflops(device)
     archs = ["alexnet", "torchvision", "alexnet-tv"]
-    if torchvision_alexnet() is None:
+    problem = torchvision_problem()
+    if problem:
         archs.remove("torchvision")
-        print("torchvision does not import: the paper/torchvision ratio is against this "
-              "project's torchvision layout (alexnet-tv)")
+        print(f"{problem}: the paper/torchvision ratio is against this project's "
+              "torchvision layout (alexnet-tv)")
     if smoke:  # the paper net alone, at SMOKE_WIDTH; the full-size layouts cost minutes
         archs = ["alexnet"]
     tv = archs[1] if len(archs) > 1 else None

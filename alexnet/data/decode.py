@@ -122,23 +122,33 @@ def _cv2(blob: Blob, out: np.ndarray) -> None:
     array = np.frombuffer(blob, np.uint8)
     rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
     image = cv2.imdecode(array, cv2.IMREAD_COLOR if rgb is None else rgb)
-    if image is None or image.shape != out.shape:
-        raise ValueError("not a JPEG of the store's image size")
-    out[...] = image if rgb is not None else image[..., ::-1]
+    if image is None:
+        raise ValueError("not a JPEG")
+    _fill(out, image if rgb is not None else image[..., ::-1])
 
 
 def _torchvision(blob: Blob, out: np.ndarray) -> None:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-    out[...] = decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+    _fill(out, decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy())
 
 
 def _pil(blob: Blob, out: np.ndarray) -> None:
     from PIL import Image
 
     with Image.open(io.BytesIO(bytes(blob))) as image:
-        out[...] = np.asarray(image.convert("RGB"))
+        _fill(out, np.asarray(image.convert("RGB")))
+
+
+def _fill(out: np.ndarray, image: np.ndarray) -> None:
+    """Copy a decoded (H, W, 3) `image` into `out`; one of another size is a ValueError, not
+    broadcast (a JPEG one pixel high or wide, as a damaged height in its header gives, would
+    otherwise fill every row or column of the image with its one)."""
+    if image.shape != out.shape:
+        raise ValueError(f"decodes to {image.shape[1]}x{image.shape[0]}, not the store's "
+                         f"{out.shape[1]}x{out.shape[0]}")
+    out[...] = image
 
 
 _DECODE = {"simplejpeg": _simplejpeg, "cv2": _cv2, "torchvision": _torchvision, "pil": _pil}

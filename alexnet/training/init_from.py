@@ -14,7 +14,9 @@ what --resume is for).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -52,18 +54,36 @@ def class_rows(theirs: list[Any], ours: list[Any] | None) -> list[int | None] | 
 
 
 def _torchvision_weights() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of its alexnet, from torch's cache (downloaded there
+    once). Each failure is one line saying what to do: torchvision absent, or installed for
+    another torch (its import then raises RuntimeError), no network, a damaged cached file."""
     try:
         from torchvision.models import AlexNet_Weights, alexnet
     except ImportError:
         raise UserError("--init-from torchvision: the torchvision package is not installed; "
                         "pip install torchvision, or give a checkpoint") from None
+    except Exception as err:  # noqa: BLE001 - one built for another torch fails so
+        raise UserError(f"--init-from torchvision: torchvision does not import "
+                        f"({type(err).__name__}: {one_line(err, 80)}); install the release "
+                        f"built for torch {torch.__version__}, or give a checkpoint") from None
+    weights = AlexNet_Weights.IMAGENET1K_V1
+    cached = weights_cache_file(weights.url)
     try:
-        return alexnet(weights=AlexNet_Weights.IMAGENET1K_V1).state_dict()
+        return alexnet(weights=weights).state_dict()
     except Exception as err:  # noqa: BLE001 - a download or cache failure, said in one line
         reason = one_line(err, 100)
-        raise UserError(f"--init-from torchvision: could not get its ImageNet weights "
-                        f"({reason}); they download once into torch's cache "
-                        "(~/.cache/torch/hub/checkpoints)") from None
+        if cached.exists():
+            raise UserError(f"--init-from torchvision: its cached weights {cached} do not load "
+                            f"({reason}); delete that file to download it again") from None
+        raise UserError(f"--init-from torchvision: could not download its ImageNet weights "
+                        f"({reason}); without a network, put {weights.url} at {cached}"
+                        ) from None
+
+
+def weights_cache_file(url: str) -> Path:
+    """Where torch.hub keeps the file of `url` (load_state_dict_from_url's default: the
+    checkpoints folder of torch.hub.get_dir(), which TORCH_HOME and XDG_CACHE_HOME move)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 def load_initial_weights(net: nn.Module, source: str, classes: list[Any] | None = None

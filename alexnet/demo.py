@@ -184,7 +184,9 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
               "anew)")
         _report(earlier.final, out, store)
         return {**earlier.final, "run_dir": str(out), "store": str(store)}
-    print(f"alexnet demo on {dev}: the paper's full-size network, Fashion-MNIST from {source}")
+    net = "the paper's full-size network" if config.model.width == 1 else \
+        f"the paper's network at {config.model.width:g} of its width"
+    print(f"alexnet demo on {dev}: {net}, Fashion-MNIST from {source}")
     print(f"plan: {plan.train_images} training and {plan.test_images} test images at "
           f"{paper.IMAGE_SIZE}x{paper.IMAGE_SIZE}, "
           f"batch {plan.batch_size}, lr {paper.BASE_LR:g}, up to {plan.epochs} epochs, budget "
@@ -373,15 +375,20 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.evaluate import resolve_device
 
     plan = default_plan(str(resolve_device(args.device)))
+    given = []
     for name in ("train_images", "test_images", "epochs", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
             setattr(plan, name, value)
+            given.append(f"--{name.replace('_', '-')}")
     if args.budget is not None:
         if args.budget <= 0:
             raise UserError(f"--budget {args.budget}: give minutes > 0")
         plan.budget_s = 60.0 * args.budget
+        given.append("--budget")
+    if given:  # the default plan's reason no longer describes the numbers printed
+        plan.why = f"{', '.join(given)} as given (the default plan: {plan.why})"
     demo(args.data, args.out, args.store, plan, args.overrides, args.device, args.ten_crop)
     return 0

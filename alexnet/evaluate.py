@@ -370,16 +370,19 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
                           f"{ours:<44}{100 * result['top1_error']:>11.2f}%",
                           f"({num_classes} classes: top-5 error is 0 by construction, not shown)",
                           f"{result['images']} images, {plural(result['crops'], 'crop')} each"])
-    lines = [f"{'':<44}{'top-1 error':>12}{'top-5 error':>12}",
-             f"{ours:<44}{100 * result['top1_error']:>11.2f}%{100 * result['top5_error']:>11.2f}%"]
     key, rows, best = paper_rows(source, split, n_ckpt, result["crops"])
+    names = {name: f"paper {key}: {name}" for name in rows} if key is not None else {}
+    width = max([44, *(len(label) + 2 for label in names.values())])  # the figures line up
+    lines = [f"{'':<{width}}{'top-1 error':>12}{'top-5 error':>12}",
+             f"{ours:<{width}}{100 * result['top1_error']:>11.2f}%"
+             f"{100 * result['top5_error']:>11.2f}%"]
     if key is None:
         lines.append(f"(no paper figure for {source or 'this data'} {split}: the paper reports "
                      "ILSVRC-2010 test and ILSVRC-2012 val)")
     else:
         for name, (top1, top5) in rows.items():
             mark = " <-" if name == best else ""
-            lines.append(f"{'paper ' + key + ': ' + name:<44}{top1:>11.1f}%{top5:>11.1f}%{mark}")
+            lines.append(f"{names[name]:<{width}}{top1:>11.1f}%{top5:>11.1f}%{mark}")
         if key == "ilsvrc2012-val":
             lines.append("(the 2012 table does not say how many crops; most likely 10: single-crop "
                          "reproductions land at 42.9-43.5% top-1)")

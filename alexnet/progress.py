@@ -79,6 +79,7 @@ class Progress:
         self.clock = clock
         self.values: dict[str, Any] = {}
         self.lines = 0  # plain lines written
+        self._shown: Any = None  # what the last plain line showed: (count, values)
         self.t0 = self.last = clock()
         self.bar = None
         if enabled and (is_terminal(self.stream) if terminal is None else terminal):
@@ -139,15 +140,17 @@ class Progress:
     def _line(self) -> None:
         print(self.line(), file=self.stream, flush=True)
         self.lines += 1
+        self._shown = (self.n, dict(self.values))
 
     def close(self) -> None:
-        """Remove the bar, or write the last plain line if any line was written before."""
+        """Remove the bar, or write the last plain line if any line was written before and
+        the last one does not already show the end (the same count and values)."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.lines:
+        elif self.lines and self._shown != (self.n, self.values):
             self._line()
         self.enabled = False
 

@@ -38,6 +38,7 @@ def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
     assert Path(config["data"]["store"]) == Path(result["store"])
     out = capsys.readouterr().out
     assert "40 training and 20 test images" in out and str(run / "final.json") in out
+    assert "the paper's network at 0.125 of its width" in out and "full-size" not in out
     # the same demo again reuses the finished run; another config never overwrites it
     capsys.readouterr()
     same = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
@@ -107,6 +108,21 @@ def test_a_store_another_demo_writes_is_refused_naming_store(fashion_mnist_dir, 
     err = capsys.readouterr().err
     assert "another process is writing this store" in err and err.count("\n") == 1
     assert err.strip().endswith("choose another --store"), err
+
+
+def test_a_plan_changed_by_options_says_so(monkeypatch, tmp_path):
+    """The plan's reason ("a 4,000-image subset, batch 64") was printed beside the numbers
+    that --train-images and --batch-size had replaced."""
+    import alexnet.demo
+
+    plans = []
+    monkeypatch.setattr(alexnet.demo, "demo", lambda *args: plans.append(args[3]))
+    assert main(["demo", "--device", "cpu", "--out", str(tmp_path / "d")]) == 0
+    assert main(["demo", "--device", "cpu", "--out", str(tmp_path / "d"), "--train-images",
+                 "40", "--batch-size", "8"]) == 0
+    default, given = plans
+    assert given.why == f"--train-images, --batch-size as given (the default plan: {default.why})"
+    assert (given.train_images, given.batch_size) == (40, 8)
 
 
 def test_default_plans_fit_their_budgets():

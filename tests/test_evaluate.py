@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -215,6 +216,21 @@ def test_cli_table_names_the_paper_rows():
     row = next(line for line in table.splitlines() if line.endswith("<-"))
     assert "centre crop" in row and f"{RESULTS['ilsvrc2010-test']['1 CNN, centre crop'][0]}" in row
     assert "no paper figure" in format_table(result, "fashion-mnist", "test")
+
+
+def test_the_table_figures_line_up_under_their_headings():
+    """The longest paper row ("1 CNN, 6th conv layer, pre-trained") overran the name column
+    and pushed its figures out from under their headings."""
+    result = {"top1_error": 0.41, "top5_error": 0.19, "images": 50000, "crops": 10,
+              "checkpoints": ["a.pt"]}
+    for source, split in (("ilsvrc2012", "val"), ("ilsvrc2010", "test")):
+        lines = format_table(result, source, split).splitlines()
+        heading = lines[0]
+        ends = {heading.index("top-1 error") + len("top-1 error"),
+                heading.index("top-5 error") + len("top-5 error")}
+        for line in lines[1:]:
+            if "%" in line and not line.startswith("("):
+                assert {m.end() for m in re.finditer("%", line)} == ends, line
 
 
 def test_store_source_picks_the_paper_set(tmp_path):

@@ -508,7 +508,8 @@ def test_idx_names_and_limit(tmp_path):
     assert cli_main(["prepare", str(folder), str(tmp_path / "b"), "--size", "16",
                      "--workers", "1", "--names", "w,x,y,z"]) == 0
     assert [c["name"] for c in open_split(tmp_path / "b", "train").classes] == list("wxyz")
-    with pytest.raises(UserError, match="--names: 2 names for 4 classes"):
+    with pytest.raises(UserError, match="--names: 2 names for 4 classes .*; give 4 "
+                                        "comma-separated names, for labels 0 to 3 in order"):
         prepare(folder, tmp_path / "c", size=16, workers=1, names="w,x")
 
 

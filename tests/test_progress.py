@@ -47,12 +47,26 @@ def test_plain_lines_every_interval_with_rate_and_eta_and_no_carriage_return():
     text = out.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
-    # 50 s of work, a line every 10 s (at 20, 40, 60, 80 batches; the 100th closes), then
-    # the closing line.
-    assert len(lines) == 6
+    # 50 s of work, a line every 10 s (at 20, 40, 60, 80 and 100 batches); closing writes no
+    # second copy of the last line, which already shows the end.
+    assert len(lines) == 5
     assert lines[0] == "evaluate: 20/100 batch (20%), 2 batch/s, ETA 40s, loss 1.234"
     assert lines[1].startswith("evaluate: 40/100 batch (40%), 2 batch/s, ETA 30s")
     assert lines[-1] == "evaluate: 100/100 batch (100%), 2 batch/s, done in 50s, loss 1.234"
+
+
+def test_closing_writes_the_end_when_the_last_line_did_not_show_it():
+    out, clock = io.StringIO(), Clock()
+    with Progress(10, "validate", stream=out, interval=5.0, clock=clock) as p:
+        for _ in range(10):
+            clock.now += 1.0
+            p.update()  # lines at 5 and 10 items
+        p.note(top1="41.0%")  # a value the last line did not show
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["validate: 5/10 it (50%)",
+                                                      "validate: 10/10 it (100%)",
+                                                      "validate: 10/10 it (100%)"]
+    assert lines[-1].endswith("top1 41.0%")
 
 
 def test_short_work_writes_nothing_when_not_a_terminal():

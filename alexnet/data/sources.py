@@ -795,7 +795,9 @@ def detect_idx(root: Path, names: str | None = None) -> Source | None:
     class_names = idx_names(root, names)
     top = max(int(labels.max()) for labels in labels_all if len(labels)) + 1
     if len(class_names) < top:
-        raise UserError(f"--names: {len(class_names)} names for {top} classes in {root}")
+        raise UserError(f"--names: {len(class_names)} names for {top} classes in {root}; give "
+                        f"{top} comma-separated names, for labels 0 to {top - 1} in order (or "
+                        "fashion-mnist or mnist)")
     return Source("idx", root, [{"wnid": n, "name": n} for n in class_names], splits)
 
 

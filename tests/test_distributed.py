@@ -22,6 +22,8 @@ from alexnet.config import resolve
 from alexnet.data.store import write_store
 from alexnet.errors import UserError
 from alexnet.train import train
+from alexnet.training.runtime import rank_seed, restore_rng, seed_everything
+from alexnet.training.state import build_network
 
 CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)]
 # 224x224 images with 224 crops and no flips, PCA or dropout: every random draw that could
@@ -218,15 +220,126 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_store, tmp_path):
-    """A scheduler's SIGTERM to torchrun (which sends each rank SIGTERM) in the middle of a
-    validation: it stops between two batches, rank 0 saves the epoch's training (each rank's
-    partial sums too), every rank ends with one line and status 143, and the resumed launch
-    redoes the validation and ends with the uninterrupted launch's weights and log."""
-    settings = sets(VAL_SETTINGS)
-    ref = torchrun("--data", str(val_store), "--out", str(tmp_path / "ref"), *settings)
+# the entry of both ranks: the first dropout of training writes torch's generator state before
+# its draw and the mask it draws (a batch of ones through it) to THREADS_DIR/dropout-RANK.pt
+RECORD_DROPOUT = """
+import os, sys
+from pathlib import Path
+import torch
+from alexnet.cli import main
+
+real, first = torch.nn.Dropout.forward, []
+
+def forward(self, x):
+    if self.training and not first:
+        first.append(torch.get_rng_state())
+        mask = real(self, torch.ones_like(x)) != 0
+        torch.set_rng_state(first[0])
+        torch.save({"rng": first[0], "mask": mask},
+                   Path(os.environ["THREADS_DIR"], f"dropout-{os.environ['RANK']}.pt"))
+    return real(self, x)
+
+torch.nn.Dropout.forward = forward
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def ref_run(val_store, tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank launch of VAL_SETTINGS (the paper's dropout on), each rank's
+    first dropout recorded in RUN/../box (RECORD_DROPOUT)."""
+    root = tmp_path_factory.mktemp("ddp-ref")
+    ref = torchrun("--data", str(val_store), "--out", str(root / "ref"), *sets(VAL_SETTINGS),
+                   threads_dir=root / "box", script=RECORD_DROPOUT)
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert ref.stdout.count("done (completed)") == 1, ref.stdout  # once, not once per rank
+    return root / "ref"
+
+
+def first_dropout_in_one_process(config, monkeypatch) -> dict:
+    """torch's generator state before the first training dropout of `train(config)` in this
+    process, and the mask it draws (as RECORD_DROPOUT records a rank's)."""
+    real, first = torch.nn.Dropout.forward, {}
+
+    def forward(self, x):
+        if self.training and not first:
+            first["rng"] = torch.get_rng_state()
+            first["mask"] = real(self, torch.ones_like(x)) != 0
+            torch.set_rng_state(first["rng"])
+        return real(self, x)
+
+    monkeypatch.setattr(torch.nn.Dropout, "forward", forward)
+    train(config)
+    return first
+
+
+def test_each_rank_draws_its_own_dropout_masks(ref_run, val_store, tmp_path, monkeypatch):
+    """Section 4.2 drops each hidden unit per training case: the two ranks' halves of a global
+    batch get different masks (the same seed on every rank gave row i of both the same one),
+    while rank 0, like one process, draws from the stream seeded for the initialisation right
+    after it, as it always did; the checkpoint keeps each rank's generators."""
+    box = ref_run.parent / "box"
+    ranks = [torch.load(box / f"dropout-{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["mask"].shape == ranks[1]["mask"].shape == (4, 512)  # width 0.125's fc6
+    assert not torch.equal(ranks[0]["mask"], ranks[1]["mask"])
+    assert not torch.equal(ranks[0]["rng"], ranks[1]["rng"])
+    config = resolve("paper", VAL_SETTINGS + ["run.max_steps=1"],
+                     {"data.store": str(val_store), "run.out": str(tmp_path / "one")})
+    seed_everything(config.run.seed)
+    build_network(config, len(CLASSES))
+    after_init = torch.get_rng_state()
+    one = first_dropout_in_one_process(config, monkeypatch)
+    assert torch.equal(one["rng"], after_init) and torch.equal(ranks[0]["rng"], after_init)
+    assert "rank_rng" not in checkpoint.load(tmp_path / "one")  # one process: as before
+    saved = checkpoint.load(ref_run)["rank_rng"]
+    assert len(saved) == 2 and not torch.equal(saved[0]["torch"], saved[1]["torch"])
+
+
+def test_each_rank_resumes_its_own_generators_else_a_fresh_stream():
+    """A rank of the saved run takes its own saved generators (`rank_rng`); one the saved run
+    lacked (a launch with more ranks) takes rank 0's numpy and python states and a torch
+    stream of its own from (seed, rank, step); an older checkpoint's one state (`rng`) is
+    rank 0's, restored as before."""
+    before = checkpoint.rng_state()
+
+    def drawn_from(seed: int) -> dict:
+        seed_everything(seed)
+        torch.rand(3)
+        return checkpoint.rng_state()
+
+    def resumed(ckpt: dict, rank: int) -> dict:
+        restore_rng(ckpt, rank, seed=5, step=7)
+        return checkpoint.rng_state()
+
+    try:
+        saved = [drawn_from(1), drawn_from(2)]
+        two = {"rng": saved[0], "rank_rng": saved, "world_size": 2}
+        old = {"rng": saved[1]}
+        for ckpt, rank, want in ((two, 0, saved[0]), (two, 1, saved[1]), (old, 0, saved[1])):
+            got = resumed(ckpt, rank)
+            assert torch.equal(got["torch"], want["torch"]), rank
+            assert torch.equal(got["numpy"]["keys"], want["numpy"]["keys"]), rank
+        for ckpt, rank in ((two, 2), (two, 3), (old, 1)):
+            got = resumed(ckpt, rank)
+            torch.manual_seed(rank_seed(5, rank, 7))
+            assert torch.equal(got["torch"], torch.get_rng_state()), rank
+            assert torch.equal(got["numpy"]["keys"], ckpt["rng"]["numpy"]["keys"]), rank
+            assert got["python"] == ckpt["rng"]["python"], rank
+        streams = {rank_seed(5, 2, 7), rank_seed(5, 3, 7), rank_seed(5, 2, 8), rank_seed(5, 2),
+                   rank_seed(6, 2, 7)}
+        assert len(streams) == 5  # every rank, step and seed its own
+    finally:
+        checkpoint.set_rng_state(before)
+
+
+def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_store, ref_run,
+                                                                          tmp_path):
+    """A scheduler's SIGTERM to torchrun (which sends each rank SIGTERM) in the middle of a
+    validation: it stops between two batches, rank 0 saves the epoch's training (each rank's
+    partial sums and generators too), every rank ends with one line and status 143, and the
+    resumed launch redoes the validation and ends with the uninterrupted launch's weights and
+    log (dropout on: each rank goes on with its own masks)."""
+    settings = sets(VAL_SETTINGS)
     cut, box = tmp_path / "cut", tmp_path / "box"
     proc = torchrun("--data", str(val_store), "--out", str(cut), *settings, threads_dir=box,
                     script=STOP_IN_VALIDATION, wait=False)
@@ -245,10 +358,12 @@ def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_st
     assert (part["epoch"], part["step"], part["global_step"], len(part["metrics"])) == \
         (1, 3, 6, 1)
     assert not [p.name for p in cut.iterdir() if p.name.startswith(".tmp-")]
+    rank_rng = part["rank_rng"]  # each rank's generators, its own
+    assert len(rank_rng) == 2 and not torch.equal(rank_rng[0]["torch"], rank_rng[1]["torch"])
     resumed = torchrun("--resume", str(cut))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_weights(tmp_path / "ref" / "checkpoint.pt", cut / "checkpoint.pt")
-    assert strip_timing(tmp_path / "ref" / "log.jsonl") == strip_timing(cut / "log.jsonl")
+    assert_same_weights(ref_run / "checkpoint.pt", cut / "checkpoint.pt")
+    assert strip_timing(ref_run / "log.jsonl") == strip_timing(cut / "log.jsonl")
 
 
 # the entry of both ranks: rank 1 is killed (SIGKILL) as epoch 2's second step starts

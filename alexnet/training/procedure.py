@@ -11,9 +11,9 @@ Every epoch writes a row (training loss and error, validation top-1/top-5 centre
 lr, images/s) to log.jsonl and log.csv, redraws curves.png and saves checkpoint.pt atomically;
 Ctrl-C or SIGTERM finishes the current step (or stops a validation between two batches) and
 saves the position inside the epoch (before that validation, which a resumed run redoes).
-`--resume` restores model, optimizer, schedule, epoch, step, RNG states and (through the
-loader's deterministic order) the data, so an interrupted run ends with bit-identical weights
-on the CPU; it rewrites the logs from the checkpoint's history.
+`--resume` restores model, optimizer, schedule, epoch, step, each rank's RNG states and
+(through the loader's deterministic order) the data, so an interrupted run ends with
+bit-identical weights on the CPU; it rewrites the logs from the checkpoint's history.
 Launched by torchrun it trains data-parallel (alexnet/distributed.py; docs/training.md).
 One writer per run folder: the main rank holds the folder's lock (atomic.FolderLock) for the
 whole run, so a second `alexnet train` into it is refused before it reads or builds anything.
@@ -51,7 +51,7 @@ from alexnet.training.run_folder import (
     open_tensorboard,
     write_logs,
 )
-from alexnet.training.runtime import Runtime, seed_everything, setup_runtime
+from alexnet.training.runtime import Runtime, seed_everything, seed_rank, setup_runtime
 from alexnet.training.saving import loss_bound, resume_checkpoint, save_checkpoints
 from alexnet.training.state import RunState, build_state, restore
 
@@ -124,14 +124,16 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     s.loss_bound = loss_bound(len(train_store.classes))
     stats = train_store.stats
     if resume_ckpt is not None:
-        restore(s, resume_ckpt, resume_path, rt, config)
+        restore(s, resume_ckpt, resume_path, rt, config)  # each rank's generators too
         stats = resume_ckpt.get("stats") or stats
-    elif config.run.init_from:
-        from alexnet.training.init_from import describe, load_initial_weights
+    else:
+        if config.run.init_from:
+            from alexnet.training.init_from import describe, load_initial_weights
 
-        print0(describe(config.run.init_from,
-                        load_initial_weights(s.net, config.run.init_from,
-                                             train_store.classes)))
+            print0(describe(config.run.init_from,
+                            load_initial_weights(s.net, config.run.init_from,
+                                                 train_store.classes)))
+        seed_rank(config.run.seed, dist_info.rank)  # each rank its own dropout masks
     loader = train_loader(train_store, per_rank, config, rt, stats)
     if len(loader) == 0:
         raise UserError(f"optim.batch_size {config.optim.batch_size}: no full batch per rank "

@@ -66,10 +66,12 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
     on rank 0 (a full disk) stops every rank, not rank 0 alone: all stop alike.
     """
     check_good(s)
-    rank_acc = distributed.gather_objects(dict(s.acc))  # each rank's sums: an exact resume
+    # each rank's partial sums of the epoch and generator states: an exact resume
+    ranks: list[Any] = distributed.gather_objects((dict(s.acc), checkpoint.rng_state()))
     failed: UserError | None = None
     if rt.dist.is_main:
-        state = make_checkpoint(s, config, train_store, rt, rank_acc)
+        state = make_checkpoint(s, config, train_store, rt, [r[0] for r in ranks],
+                                [r[1] for r in ranks])
         try:
             if best and config.run.save_best:
                 checkpoint.save(files.best, state)

@@ -16,7 +16,7 @@ from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
 from alexnet.distributed import print0
 from alexnet.errors import UserError, one_line
 from alexnet.training.run_folder import plural
-from alexnet.training.runtime import Runtime
+from alexnet.training.runtime import Runtime, restore_rng
 
 
 @dataclass
@@ -78,10 +78,14 @@ def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
 
 
 def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
-                    rank_acc: list[Any] | None = None) -> dict[str, Any]:
-    """The full training state (docs/design.md, checkpoint.py); `rank_acc`: every rank's
-    partial sums of the epoch under torchrun (`acc` holds rank 0's), with the world size."""
+                    rank_acc: list[Any] | None = None,
+                    rank_rng: list[Any] | None = None) -> dict[str, Any]:
+    """The full training state (docs/design.md, checkpoint.py); `rank_acc` and `rank_rng`:
+    every rank's partial sums of the epoch and generator states under torchrun (`acc` and
+    `rng` hold rank 0's), with the world size."""
     ranks = {"rank_acc": [dict(a) for a in rank_acc]} if rank_acc and len(rank_acc) > 1 else {}
+    if rank_rng and len(rank_rng) > 1:
+        ranks["rank_rng"] = list(rank_rng)
     return checkpoint.make_state(
         s.net, optimizer=s.optimizer.state_dict(), schedule=s.schedule.state_dict(),
         scaler=rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
@@ -93,8 +97,9 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
 
 
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config) -> None:
-    """Load a checkpoint's state into `s` (the RNG states last: building drew from them); a
-    checkpoint of another class count or architecture is refused in one line.
+    """Load a checkpoint's state into `s` (the RNG states last, each rank its own: building
+    drew from them); a checkpoint of another class count or architecture is refused in one
+    line.
 
     Optimizer settings that `config` changes against the checkpoint's own config (lr,
     momentum, weight decay given with --resume) replace the resumed ones.
@@ -132,7 +137,7 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
                f"launch has {rt.dist.world_size}: each step takes the same images, with other "
                "crops, flips, colour shifts and dropout masks (not the run an unchanged launch "
                "gives)")
-    checkpoint.set_rng_state(ckpt["rng"])
+    restore_rng(ckpt, rt.dist.rank, config.run.seed, s.global_step)
 
 
 SUMS = ("loss_sum", "wrong", "seen")  # the epoch's partial sums that add up over ranks

@@ -5,7 +5,8 @@ A checkpoint is one `torch.save` file holding a plain dict (docs/design.md):
 the unwrapped module: never the DDP or torch.compile wrapper), `optimizer`, `schedule`, `epoch`
 (the epoch in progress), `step` (batches of that epoch already done), `config` (the resolved run
 config), `classes`, `stats` (the normalisation statistics the net was trained with), `rng`
-(torch CPU/CUDA, numpy and python generator states) and `metrics` (the log so far).
+(torch CPU/CUDA, numpy and python generator states; rank 0's) and `metrics` (the log so far);
+under torchrun also `rank_acc` and `rank_rng`, every rank's partial sums and generator states.
 
 Only tensors and plain Python values are stored, so files load with `weights_only=True`: a
 foreign pickle cannot run code. `save` goes through alexnet.atomic (temporary file, fsync,

@@ -258,6 +258,16 @@ def flag_values(flags: dict[str, Any]) -> dict[str, dict[str, str]]:
     return nested
 
 
+def given_keys(overrides: list[str] | None, flags: dict[str, Any] | None) -> frozenset[str]:
+    """The SECTION.KEY names that `--set` items and plain flags set: on --resume, what the
+    user asked for anew, even where it equals the run's own value (a preset is a bundle of
+    values, not a request to reset each)."""
+    tables = [parse_overrides(overrides or []), flag_values(flags or {})]
+    return frozenset(f"{section}.{key}" for table in tables
+                     for section, values in table.items() if isinstance(values, dict)
+                     for key in values)
+
+
 def resolve(preset: str | None = "paper", overrides: list[str] | None = None,
             flags: dict[str, Any] | None = None, base: Config | None = None) -> Config:
     """Defaults (or `base`), then `preset`, then `--set` overrides, then plain flags; checked."""
@@ -313,8 +323,8 @@ def validate(config: Config) -> Config:
     need(r.amp in AMP_CHOICES, f"run.amp {r.amp!r}: choose from {', '.join(AMP_CHOICES)}")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
          f"run.device {r.device!r}: auto, cpu, cuda or cuda:N")
-    for name in ("decode_threads", "val_limit", "steps_per_epoch", "max_steps", "log_every",
-                 "chance_steps"):
+    for name in ("seed", "decode_threads", "val_limit", "steps_per_epoch", "max_steps",
+                 "log_every", "chance_steps"):
         need(getattr(r, name) >= 0, f"run.{name} {getattr(r, name)}: must be >= 0")
     need(r.prefetch >= -1, f"run.prefetch {r.prefetch}: must be >= 0, or -1 (auto)")
     need(r.gpu_decode == -1 or 0 <= r.gpu_decode <= 1,

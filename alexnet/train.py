@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import checkpoint, distributed
-from alexnet.config import AMP_CHOICES, Config, from_dict, resolve, to_dict
+from alexnet.config import AMP_CHOICES, Config, from_dict, given_keys, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.training.procedure import check_run_folder_free, train
 from alexnet.training.run_folder import plural, shows_top5
@@ -77,9 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the resolved config as JSON and exit")
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
+def config_from_args(args: argparse.Namespace
+                     ) -> tuple[Config, dict[str, Any] | None, frozenset[str]]:
     """Resolve the config: (checkpoint's config on --resume, else defaults), preset, flags;
-    with the checkpoint read for --resume (read once, handed to `train`)."""
+    with the checkpoint read for --resume (read once, handed to `train`) and the keys this
+    command line sets (`config.given_keys`: on --resume they replace the run's own)."""
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()
              if getattr(args, name, None) is not None}
     base, ckpt = None, None
@@ -99,20 +101,21 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, dict[str, Any] |
     if flags.get("run.init_from") == "torchvision":  # its layout and input, unless --set says
         overrides = ["model.arch=alexnet-tv", "data.mean=torchvision"] + overrides
     config = resolve(preset, overrides, flags, base=base)
+    given = given_keys(overrides, flags)
     if base is not None and config.run.init_from != base.run.init_from:
         raise UserError(f"--resume {args.resume} with --init-from {config.run.init_from}: "
                         "--resume continues a run, --init-from starts a new one from weights; "
                         "give one of them")
-    return config, ckpt
+    return config, ckpt, given
 
 
 def run(args: argparse.Namespace) -> int:
     """`alexnet train`: resolve the config, train, print where everything is."""
-    config, ckpt = config_from_args(args)
+    config, ckpt, given = config_from_args(args)
     if args.print_config:
         print(json.dumps(to_dict(config), indent=2))
         return 0
-    result = train(config, resume=ckpt)
+    result = train(config, resume=ckpt, given=given)
     if distributed.is_main():
         top5 = f", top-5 {_pct(result['val_top5_error'])}" \
             if shows_top5(result.get("num_classes")) else ""

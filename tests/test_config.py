@@ -70,6 +70,7 @@ def test_values_are_converted_to_the_field_type():
     (["model.arch=vgg"], "model.arch 'vgg'"),
     (["run.compile=maybe"], "run.compile must be bool"),
     (["lr=0.1"], "SECTION.KEY=VALUE"),
+    (["run.seed=-1"], "run.seed -1: must be >= 0"),  # was the loader's "seed (2, -1, 1, 0)"
 ])
 def test_bad_keys_and_choices_are_one_line_errors(items, fragment):
     with pytest.raises(UserError) as err:

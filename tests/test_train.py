@@ -632,6 +632,7 @@ def test_tensorboard_absent_is_a_clear_error(store, tmp_path):
     with pytest.raises(UserError, match="tensorboard package is not installed"):
         train(resolve("paper", TINY + ["run.tensorboard=true"],
                       {"data.store": str(store), "run.out": str(tmp_path / "tb")}))
+    assert not (tmp_path / "tb").exists()  # refused before the run folder is made
 
 
 
@@ -709,6 +710,27 @@ def test_a_new_lr_on_resume_is_used(store, tmp_path, capsys):
     assert ckpt["global_step"] == 3
     assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.5, 0.5]
     assert "lr 0.5 from now on" in capsys.readouterr().out
+
+
+def test_an_lr_given_on_resume_is_used_even_where_the_run_started(store, tmp_path, capsys):
+    """`--resume RUN --lr 0.01` after the schedule had divided the lr (0.01 -> 1e-5) went on at
+    1e-5 without a word: the given lr was compared with the run's starting one."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(store), "--out", str(run), "--epochs", "1",
+                 "--max-steps", "2", *sets(TINY)]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)  # as saved, to save again
+    start = ckpt["config"]["optim"]["lr"]
+    for group in ckpt["optimizer"]["param_groups"]:  # as after three drops of the schedule
+        group["lr"] = start / 1000
+    torch.save(ckpt, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--lr", f"{start:g}", "--max-steps", "3",
+                 "--no-progress"]) == 0
+    assert [g["lr"] for g in checkpoint.load(run)["optimizer"]["param_groups"]] == [start] * 2
+    assert f"lr {start:g} from now on (the resumed run was at {start / 1000:g})" in \
+        capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--max-steps", "4", "--no-progress"]) == 0
+    assert "from now on" not in capsys.readouterr().out  # nothing given: the run's lr goes on
 
 
 def test_other_crops_and_a_64_pixel_store_train(tmp_path):

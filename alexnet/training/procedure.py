@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from alexnet.training.run_folder import (
     format_row,
     keep_steps_until,
     open_tensorboard,
+    tensorboard_writer,
     write_logs,
 )
 from alexnet.training.runtime import Runtime, seed_everything, seed_rank, setup_runtime
@@ -57,12 +59,15 @@ from alexnet.training.state import RunState, build_state, restore
 
 
 def train(config: Config, resume: dict[str, Any] | None = None,
-          continue_with: str | None = None) -> dict[str, Any]:
+          continue_with: str | None = None, given: Collection[str] = ()) -> dict[str, Any]:
     """Train as `config` says; return the final metrics and the paths of the run's files.
 
     `resume` is the checkpoint of config.run.resume when the caller has already read it.
     `continue_with` is what a stopped run's message advises to continue it (default `--resume
     RUN`): a caller that resumes its runs itself (ablate, demo) names its own command.
+    `given` names the config keys the user set for this launch (`config.given_keys`): a
+    resumed optimizer takes their lr, momentum and weight decay even where they equal the
+    run's starting values (its lr may have been divided since).
 
     Launched by torchrun (RANK/WORLD_SIZE set) it joins the process group, trains data-parallel
     and leaves the group at the end; otherwise it runs in this process on run.device.
@@ -71,7 +76,7 @@ def train(config: Config, resume: dict[str, Any] | None = None,
     dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
     joined = dist_info.distributed
     try:
-        result = _train(config, dist_info, resume, continue_with)
+        result = _train(config, dist_info, resume, continue_with, given)
         distributed.barrier()  # every rank done (rank 0 writes last) before any leaves
         return result
     except RuntimeError as err:
@@ -95,7 +100,7 @@ def _lost_ranks(dist_info: DistInfo, config: Config, err: BaseException) -> User
 
 
 def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
-           continue_with: str | None) -> dict[str, Any]:
+           continue_with: str | None, given: Collection[str]) -> dict[str, Any]:
     """The main loop (see `train`), holding the run folder's lock on the main rank (the only
     writer) from before anything in the folder is read until the run ends, however it ends."""
     files = RunFiles(Path(config.run.out))
@@ -105,15 +110,16 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
         if files.root.is_dir():  # else once `_open_run_folder` made it; rank 0's refusal
             distributed.on_main(lambda: _acquire(lock))  # is every rank's
         return _run(config, dist_info, resume, files, lock,
-                    continue_with or f"--resume {files.root}")
+                    continue_with or f"--resume {files.root}", given)
     finally:
         lock.release()
 
 
 def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, files: RunFiles,
-         lock: FolderLock, continue_with: str) -> dict[str, Any]:
+         lock: FolderLock, continue_with: str, given: Collection[str]) -> dict[str, Any]:
     """Set up, then train epoch by epoch (see `train`); the main rank writes the run folder."""
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
+    writer = tensorboard_writer(config.run.tensorboard)
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)
     check_classes(train_store, config)
@@ -124,7 +130,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     s.loss_bound = loss_bound(len(train_store.classes))
     stats = train_store.stats
     if resume_ckpt is not None:
-        restore(s, resume_ckpt, resume_path, rt, config)  # each rank's generators too
+        restore(s, resume_ckpt, resume_path, rt, config, given)  # each rank's generators too
         stats = resume_ckpt.get("stats") or stats
     else:
         if config.run.init_from:
@@ -142,13 +148,13 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     def open_run_folder() -> Any:
         """Rank 0's: the folder, its tensorboard writer, the logs as the checkpoint has them."""
         _open_run_folder(config, files, lock, resume_ckpt)
-        writer = open_tensorboard(files, config.run.tensorboard)
+        tb = open_tensorboard(files, writer)
         keep_steps_until(files, s.global_step)
         if resume_ckpt is not None:  # a kill between a checkpoint and its log writes
             write_logs(files, s.history)
         announce(config, rt, train_store, val_name, per_rank, steps_in_epoch(loader, config),
                  files, resume_path)
-        return writer
+        return tb
 
     tb = distributed.on_main(open_run_folder)  # a refusal there stops every rank
     deadline = time.monotonic() + config.run.time_limit if config.run.time_limit else 0.0

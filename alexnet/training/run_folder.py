@@ -94,8 +94,9 @@ def _step_of(line: str) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def open_tensorboard(files: RunFiles, enabled: bool) -> Any:
-    """A SummaryWriter when asked for (a clear error when the package is absent)."""
+def tensorboard_writer(enabled: bool) -> Any:
+    """The SummaryWriter class when asked for, None when not; a clear error when the package
+    is absent, checked before the run folder is made (a refused start leaves no folder)."""
     if not enabled:
         return None
     try:
@@ -103,7 +104,12 @@ def open_tensorboard(files: RunFiles, enabled: bool) -> Any:
     except ImportError:
         raise UserError("run.tensorboard: the tensorboard package is not installed; "
                         "pip install tensorboard, or drop --tensorboard") from None
-    return SummaryWriter(str(files.tensorboard))
+    return SummaryWriter
+
+
+def open_tensorboard(files: RunFiles, writer: Any) -> Any:
+    """The run's SummaryWriter (`writer`: `tensorboard_writer`'s class), or None."""
+    return writer(str(files.tensorboard)) if writer is not None else None
 
 
 def announce(config: Config, rt: Runtime, train_store: Any, val_name: str | None,

@@ -4,6 +4,7 @@ schedule and the counters, built from a config, and its conversion to and from a
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,14 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
         rng=checkpoint.rng_state(), metrics=list(s.history))
 
 
-def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config) -> None:
+def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,
+            given: Collection[str] = ()) -> None:
     """Load a checkpoint's state into `s` (the RNG states last, each rank its own: building
     drew from them); a checkpoint of another class count or architecture is refused in one
     line.
 
-    Optimizer settings that `config` changes against the checkpoint's own config (lr,
-    momentum, weight decay given with --resume) replace the resumed ones.
+    Optimizer settings given with --resume (lr, momentum, weight decay: keys in `given`), or
+    that `config` changes against the checkpoint's own config, replace the resumed ones.
     """
     net_arch = getattr(s.net, "arch", "alexnet")
     net_args = dict(getattr(s.net, "kwargs", {}))
@@ -123,7 +125,7 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
         raise UserError(f"{path}: its state does not fit this network "
                         f"({one_line(err)}); resume with the run's own settings") \
             from None
-    _apply_new_settings(s, config, ckpt, path)
+    _apply_new_settings(s, config, ckpt, path, given)
     if ckpt.get("scaler") and rt.scaler.is_enabled():
         rt.scaler.load_state_dict(ckpt["scaler"])
     s.epoch, s.step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -160,18 +162,28 @@ def rank_sums(ckpt: dict[str, Any], rank: int, world: int) -> dict[str, float]:
     return share
 
 
-def _apply_new_settings(s: RunState, config: Config, ckpt: dict[str, Any], path: Path) -> None:
-    """Give the resumed optimizer the lr, momentum and weight decay `config` newly sets."""
+def _apply_new_settings(s: RunState, config: Config, ckpt: dict[str, Any], path: Path,
+                        given: Collection[str]) -> None:
+    """Give the resumed optimizer the lr, momentum and weight decay that `config` newly sets
+    or that were given anew (`given`: `--lr 0.01` after the schedule's drops means 0.01, even
+    though the run started there)."""
     old = from_dict(ckpt.get("config") or {}, where=f"{path} config")
     lr, old_lr = scaled_lr(config), scaled_lr(old)
     o, p = config.optim, old.optim
+    new_lr = lr != old_lr or bool(LR_KEYS & set(given))
+    resumed_lr = s.optimizer.param_groups[0]["lr"]
     for group in s.optimizer.param_groups:
-        if lr != old_lr:
+        if new_lr:
             group["lr"] = lr
-        if o.momentum != p.momentum:
+        if o.momentum != p.momentum or "optim.momentum" in given:
             group["momentum"] = o.momentum
-        if o.weight_decay != p.weight_decay and group["weight_decay"] == p.weight_decay:
+        if (o.weight_decay != p.weight_decay or "optim.weight_decay" in given) \
+                and group["weight_decay"] == p.weight_decay:
             group["weight_decay"] = o.weight_decay
-    if lr != old_lr:
-        print0(f"lr {lr:g} from now on (the run had started at {old_lr:g})")
+    if new_lr:
+        print0(f"lr {lr:g} from now on (the resumed run was at {resumed_lr:g})")
+
+
+# The keys that set the starting lr (config.scaled_lr): given on resume, they set the lr anew.
+LR_KEYS = {"optim.lr", "optim.lr_scaling", "optim.base_batch"}
 

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,27 +129,52 @@ def eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device
                       device=device, indices=indices, pad=pad)
 
 
+class Stopped(Exception):
+    """`evaluate_model`'s `stop` said to stop before the last batch (training's validation
+    under Ctrl-C or SIGTERM: it is redone on resume)."""
+
+
 def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
                    stats: dict | None = None, mean: str = "image", crop: int = CROP_SIZE,
-                   indices: Sequence[int] | None = None, progress: str | None = None
-                   ) -> dict[str, Any]:
+                   indices: Sequence[int] | None = None, progress: str | None = None,
+                   stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """{'top1_error', 'top5_error', 'images', 'crops'} of `model` (already on `device`) on `store`.
 
     `stats` are the normalisation statistics the model was trained with (the store's when None),
     `mean` and `crop` how it was trained (config data.mean, data.crop); `indices` restricts the
-    evaluation to those images. Errors are fractions in [0, 1].
+    evaluation to those images. Errors are fractions in [0, 1]. `stop`, asked before each
+    batch, ends the evaluation early by raising Stopped.
     """
     from alexnet.model import loader_pad
 
     loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device, stats=stats,
                           mean=mean, crop=crop, indices=indices,
                           pad=loader_pad(getattr(model, "arch", ""), crop))
-    probs, labels = predict_probs(model, loader, progress)
+    probs, labels = predict_probs(model, loader if stop is None else _UntilStop(loader, stop),
+                                  progress)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
         "top1_error": float("nan"), "top5_error": float("nan")}
     result.update(images=int(len(labels)), crops=int(crops))
     return result
+
+
+class _UntilStop:
+    """The batches of `loader` (its length too, for the progress) until `stop()` is true
+    before one: then Stopped, the loader's iterator closed first (its read-ahead ended)."""
+
+    def __init__(self, loader: Any, stop: Callable[[], bool]) -> None:
+        self.loader, self.stop = loader, stop
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        with contextlib.closing(iter(self.loader)) as batches:
+            for batch in batches:
+                if self.stop():
+                    raise Stopped
+                yield batch
 
 
 def class_names(classes: Sequence[Any] | None) -> list[str] | None:

@@ -223,44 +223,22 @@ def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
 
 def _validate(net: nn.Module, val_store: Any, config: Config, rt: Runtime, stats: dict[str, Any],
               flag: StopRequest) -> dict[str, float] | None:
-    """evaluate.evaluate_model's centre-crop errors, batch by batch until `flag` is hit."""
-    from alexnet.evaluate import eval_loader, predict_probs, topk_errors
-    from alexnet.model import loader_pad
+    """evaluate.evaluate_model's centre-crop errors, or None when `flag` was hit before the
+    last batch."""
+    from alexnet.evaluate import Stopped, evaluate_model
 
     limit = config.run.val_limit
     indices = list(range(min(limit, len(val_store)))) if limit else None
-    loader = UntilStop(eval_loader(val_store, crops=1, batch_size=config.run.eval_batch_size,
-                                   device=rt.device, stats=stats, mean=config.data.mean,
-                                   crop=config.data.crop, indices=indices,
-                                   pad=loader_pad(getattr(net, "arch", ""), config.data.crop)),
-                       flag)
-    with rt.autocast():
-        probs, labels = predict_probs(net, loader,
-                                      "validate" if config.run.progress else None)
-    if loader.cut:
+    try:
+        with rt.autocast():
+            errors = evaluate_model(net, val_store, batch_size=config.run.eval_batch_size,
+                                    device=rt.device, stats=stats, mean=config.data.mean,
+                                    crop=config.data.crop, indices=indices,
+                                    progress="validate" if config.run.progress else None,
+                                    stop=lambda: flag.hit)
+    except Stopped:
         return None
-    errors = topk_errors(probs, labels) if len(labels) else {
-        "top1_error": float("nan"), "top5_error": float("nan")}
     return {"val_top1_error": errors["top1_error"], "val_top5_error": errors["top5_error"]}
-
-
-class UntilStop:
-    """The batches of `loader` until a stop is asked for (checked before each batch); `cut`
-    says whether batches were left."""
-
-    def __init__(self, loader: Any, flag: StopRequest) -> None:
-        self.loader, self.flag, self.cut = loader, flag, False
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        with contextlib.closing(iter(self.loader)) as batches:
-            for batch in batches:
-                if self.flag.hit:
-                    self.cut = True
-                    return
-                yield batch
 
 
 def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,

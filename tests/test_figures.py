@@ -465,7 +465,7 @@ def test_a_second_figures_into_the_same_folder_is_refused_at_once(run_folder, tm
     out = tmp_path / "figs"
     out.mkdir()
     (out / "fig3_kernels.png").write_bytes(b"the other command's figure")
-    with held_elsewhere(out / ".lock"):
+    with held_elsewhere(out / ".figures.lock"):
         before = tree(out)
         code = main(figures_args(ckpt, root, out))
         after = tree(out)
@@ -475,6 +475,19 @@ def test_a_second_figures_into_the_same_folder_is_refused_at_once(run_folder, tm
     assert f"{out}: another `alexnet figures` is writing this folder" in err
     assert "wait for it to end, or choose another --out" in err
     assert after == before
+
+
+def test_figures_into_a_run_folder_being_trained_are_drawn(run_folder, tmp_path, capsys):
+    """`--out RUN` while the run trains (RUN/.lock is training's) was refused as if another
+    `alexnet figures` were writing there (and a training started meanwhile was refused as
+    if another training were)."""
+    root, ckpt, _ = run_folder
+    run = tmp_path / "run"
+    run.mkdir()
+    with held_elsewhere(run / ".lock"):
+        code = main(figures_args(ckpt, root, run))
+    assert code == 0, capsys.readouterr().err
+    assert (run / "figures.json").is_file()
 
 
 def test_the_cache_key_names_the_checkpoint_that_was_read(run_folder, tmp_path, monkeypatch,

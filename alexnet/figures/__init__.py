@@ -8,9 +8,11 @@ Writes into --out (default: a `figures` folder beside the checkpoint):
   (alexnet.figures.neighbours), searched by streaming over the training split.
 - training_curves.png when the checkpoint's folder holds the run's log.jsonl.
 
-One command writes a folder at a time (FolderLock on --out): two into the same folder would
-leave the figures of two nets side by side. One command reads or writes a --features-cache at
-a time (neighbours.holding_cache): a second waits for it, then reads the features it wrote.
+One command writes a folder at a time (FolderLock on OUT/.figures.lock): two into the same
+folder would leave the figures of two nets side by side. The lock is its own, not OUT/.lock:
+with --out RUN, a run folder's .lock is training's, which figures need not wait for. One
+command reads or writes a --features-cache at a time (neighbours.holding_cache): a second
+waits for it, then reads the features it wrote.
 A command stopped midway names the figures it wrote; the fc7 cache's key names the
 checkpoint file that was actually read.
 """
@@ -28,6 +30,7 @@ from alexnet.errors import UserError
 from alexnet.evaluate import EVAL_BATCH_SIZE
 from alexnet.paper import FIG4_QUERY_IMAGES, FIG4_TOP5_IMAGES, TEST_CROPS
 
+LOCK = ".figures.lock"  # in --out (see above)
 QUERY_CHARS = 20  # the longest class label above a test image of figure 4 right
 NEIGHBOUR_CHARS = 14  # ... above a training image, before its distance
 CHECKPOINT_READS = 3  # reads of a checkpoint that is replaced while read, before giving up
@@ -126,7 +129,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "figures"
     ensure_folder(out, "folder for --out")
     with FolderLock(out, f"{out}: another `alexnet figures` is writing this folder; wait for "
-                    "it to end, or choose another --out"):
+                    "it to end, or choose another --out", LOCK):
         (out / "figures.json").unlink(missing_ok=True)  # it describes a complete set only
         before = _figure_files(out)
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from alexnet import checkpoint
 from alexnet.config import AMP_CHOICES, Config
@@ -52,6 +53,64 @@ def setup_runtime(config: Config, dist_info: DistInfo) -> Runtime:
         torch.backends.cudnn.benchmark = True
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
     return Runtime(dist_info, device, dtype, scaler, r.channels_last, r.compile)
+
+
+# Whether inductor's compiled gradients were checked on each device type (`compile_model`).
+_COMPILE_CHECKED: dict[str, bool] = {}
+
+
+def compile_model(net: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(net), once a tiny conv-ReLU-max-pool-linear step compiled on `device`
+    gives eager's gradients (`compiled_gradients_agree`). PyTorch 2.13's inductor on the CPU
+    gives that conv exactly zero gradients (conv1-conv5 of the paper net never learned) unless
+    its layout optimisation is off: where the check fails it is turned off and checked again;
+    where that fails too the net runs eager, with a one-line warning."""
+    import torch._inductor.config as inductor
+
+    kind = device.type
+    if kind not in _COMPILE_CHECKED:
+        ok = compiled_gradients_agree(device)
+        if not ok and inductor.layout_optimization:
+            inductor.layout_optimization = False
+            ok = compiled_gradients_agree(device)
+            if ok:
+                print(f"alexnet: note: torch.compile on {kind} gives wrong gradients with "
+                      "inductor's layout optimisation here; compiling without it", flush=True)
+        if not ok:
+            print(f"alexnet: warning: torch.compile on {kind} gives wrong gradients here (a "
+                  "conv-ReLU-pool check against eager); training without it", flush=True)
+        _COMPILE_CHECKED[kind] = ok
+    return torch.compile(net) if _COMPILE_CHECKED[kind] else net
+
+
+def compiled_gradients_agree(device: torch.device) -> bool:
+    """Whether a compiled Conv2d-ReLU-MaxPool2d(3, 2)-Linear step on `device` gives the eager
+    gradients of every parameter (fp32 rounding apart); drawn from its own generator, so that
+    the run's streams are untouched."""
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the layers' own initialisation draws
+        tiny = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+                             nn.Linear(8 * 7 * 7, 10))
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    tiny = tiny.to(device)
+    x = torch.randn(4, 3, 17, 17, generator=generator).to(device)
+    y = torch.arange(4, device=device)
+
+    def grads(model: nn.Module) -> list[torch.Tensor]:
+        tiny.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        return [p.grad.detach().clone() for p in tiny.parameters()]
+
+    eager = grads(tiny)
+    try:
+        compiled = grads(torch.compile(tiny))
+    finally:
+        torch._dynamo.reset()
+    return all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(eager, compiled,
+                                                                          strict=True))
 
 
 def seed_everything(seed: int) -> None:

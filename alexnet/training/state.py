@@ -17,7 +17,7 @@ from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
 from alexnet.distributed import print0
 from alexnet.errors import UserError, one_line
 from alexnet.training.run_folder import plural
-from alexnet.training.runtime import Runtime, restore_rng
+from alexnet.training.runtime import Runtime, compile_model, restore_rng
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
                                threshold=o.threshold, max_drops=o.max_drops)
     model = net
     if rt.compile:
-        model = torch.compile(model)
+        model = compile_model(model, rt.device)
     if rt.dist.distributed:
         device_ids = [rt.device.index] if rt.device.type == "cuda" and \
             rt.dist.column_devices is None else None

@@ -39,9 +39,14 @@ done
 status=0
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failure
   local name=$1 limit=$2; shift 2
+  # the limit sends SIGTERM (the benchmarks write the figures they reached), then SIGKILL;
+  # the tests get SIGINT instead: pytest dies silently on SIGTERM, losing which tests failed
+  # and why, but answers SIGINT with its summary of the tests run so far
+  local stop=TERM
+  [ "$name" = tests ] && stop=INT
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"  # SIGTERM, then SIGKILL
+  timeout -s "$stop" -k 10 "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc in $((SECONDS - t0))s"
   [ "$rc" = 0 ] || status=1

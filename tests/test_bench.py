@@ -408,3 +408,129 @@ def test_a_second_sigterm_keeps_the_status_124_and_the_figures(when, tmp_path):
     assert proc.stderr == ("alexnet bench: stopped by SIGTERM during cut; the figures so far "
                            f"are in {out}\n")
     assert json.loads(out.read_text())["cut"] == {"row": 1.0}
+
+
+def test_bench_model_stopped_in_conv2s_lrn_row_keeps_conv1s(tmp_path, monkeypatch):
+    """On a GPU conv2's LRN row compiles a dozen kernels after conv1's row is timed: a time
+    limit there must not lose conv1's figures (issue 8's goal)."""
+    import os
+    import signal
+
+    import alexnet.bench.model
+
+    timed = alexnet.bench.model._time_all
+    calls = []
+
+    def time_all(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:  # conv2's LRN row
+            os.kill(os.getpid(), signal.SIGTERM)
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(alexnet.bench.model, "_time_all", time_all)
+    out = tmp_path / "model.json"
+    assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
+    lrn = json.loads(out.read_text())["model"]["parts"]["lrn"]
+    assert positive(lrn["conv1"]["relu"]) and "conv2" not in lrn
+
+
+def test_a_timed_function_that_fails_leaves_the_others_figures(monkeypatch):
+    """A kernel variant that fails on the GPU (never run there before) is said in its place;
+    the rows beside it (the goal's fused LRN among them) are still timed."""
+    import threading
+
+    import alexnet.bench
+    from alexnet.bench.model import _time_all
+
+    monkeypatch.setattr(alexnet.bench, "_SIGTERM", threading.Event())  # no SIGTERM came
+
+    def broken():
+        raise RuntimeError("triton: out of resources\nmore")
+
+    failed = {}
+    t = _time_all({"relu": lambda: torch.ones(4).relu(), "variant": broken},
+                  torch.device("cpu"), 1, 2, failed=failed)
+    assert list(t) == ["relu"] and positive(t["relu"])
+    assert failed == {"variant": "RuntimeError: triton: out of resources more"}
+
+
+def test_a_setting_or_variant_that_fails_is_said_and_the_others_are_timed(tmp_path, monkeypatch,
+                                                                        capsys):
+    """`bench train` on a GPU runs rows never run there (compile with the Triton ops, a CUDA
+    graph, split columns): one that fails is recorded in its place, not the end of the bench."""
+    import alexnet.bench.train
+
+    def time_steps(arch, device, batch, run_opts, warmup, steps, width=1.0, **net_kwargs):
+        if run_opts.get("amp") == "bf16" or net_kwargs.get("column_conv") == "dense":
+            raise RuntimeError("stood in\nfor a failure")
+        return 10.0
+
+    monkeypatch.setattr(alexnet.bench.train, "time_steps", time_steps)
+    out = tmp_path / "train.json"
+    assert main(["bench", "train", "--smoke", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["train"]
+    assert r["settings"]["fp32"]["alexnet"] == 10.0
+    assert r["settings"]["bf16"] == {"errors": {"alexnet": "RuntimeError: stood in for a "
+                                                           "failure"}}
+    assert r["variants"]["columns groups (all three layers)"] == 10.0
+    assert r["variants"]["columns dense (all three layers)"] == {
+        "error": "RuntimeError: stood in for a failure"}
+    printed = capsys.readouterr().out
+    assert "bf16: paper net failed: RuntimeError: stood in for a failure" in printed
+
+
+def test_an_error_after_sigterm_stops_the_run_instead_of_being_recorded(tmp_path, monkeypatch):
+    """A SIGTERM that code under measurement wraps in an error of its own (torch.compile, a
+    CUDA graph's capture) is not a failed figure: the run stops and writes its JSON, before
+    the time limit's SIGKILL, instead of going on."""
+    import os
+    import signal
+    import sys
+    import types
+
+    import alexnet.bench
+    from alexnet.bench import pipeline
+
+    def capture() -> float:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as err:
+            raise RuntimeError("operation failed during capture") from err
+        return 1.0
+
+    def cut(args):
+        args.figures["first row"] = 2.0
+        pipeline._diagnosis(args.figures, "graphed", "model_only", capture)
+        args.figures["never reached"] = 3.0
+        return args.figures
+
+    module = types.ModuleType("alexnet.bench.cut")
+    module.bench = cut
+    monkeypatch.setitem(sys.modules, "alexnet.bench.cut", module)
+    monkeypatch.setitem(alexnet.bench.WHATS, "cut", "a stand-in")
+    out = tmp_path / "figures.json"
+    assert main(["bench", "cut", "--device", "cpu", "--json", str(out)]) == 124
+    assert json.loads(out.read_text())["cut"] == {"first row": 2.0}
+
+
+def test_bench_data_stopped_after_prepare_keeps_its_figures(tmp_path, monkeypatch):
+    """prepare's scaling (issue 9's goal) is measured first: a time limit later in `bench
+    data` keeps it in the JSON."""
+    import os
+    import signal
+
+    import alexnet.bench.data
+
+    def prepare_figures(prepare, src, out, images):
+        return {"prepare_workers": 16, "prepare_scaling": 13.0}
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM's handler did not stop the run")
+
+    monkeypatch.setattr(alexnet.bench.data, "_time_prepare", prepare_figures)
+    monkeypatch.setattr(alexnet.bench.data, "usual_pipeline", stopped)
+    out = tmp_path / "data.json"
+    assert main(["bench", "data", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
+    data = json.loads(out.read_text())["data"]
+    assert (data["prepare_workers"], data["prepare_scaling"]) == (16, 13.0)

@@ -152,3 +152,41 @@ def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
                "model alone (not the default) >= 0.9x"] == (pytest.approx(0.925), "met")
     assert got["training from the jpeg store, every image decoded on the GPU, depth 16 / the "
                "model alone (not the default) >= 0.9x"] == (None, "not measured")
+
+
+FAKE_TIMEOUT = """#!/usr/bin/env bash
+# coreutils' timeout stood in for: prints the signal it would send at the limit
+sig=TERM
+while [ $# -gt 0 ]; do
+  case $1 in
+    -s|--signal) sig=$2; shift 2 ;;
+    --signal=*) sig=${1#--signal=}; shift ;;
+    -k|--kill-after) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+echo "${sig#SIG}"
+"""
+
+
+@pytest.mark.parametrize("name, signal_name", [("tests", "INT"), ("train", "TERM")])
+def test_gpu_check_stops_the_tests_with_sigint_and_the_benchmarks_with_sigterm(
+        tmp_path: Path, name: str, signal_name: str) -> None:
+    """pytest killed by SIGTERM at the tests step's limit prints nothing of the tests it ran;
+    on SIGINT it prints its summary (which failed, and why). The benchmarks keep SIGTERM,
+    on which they write the figures they reached. The script's own step function runs, with
+    `timeout` stood in for by one that says which signal it was given."""
+    import re
+    import subprocess
+
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    step = re.search(r"^step\(\) \{.*?^\}$", script, re.MULTILINE | re.DOTALL).group(0)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "timeout").write_text(FAKE_TIMEOUT)
+    (bin_dir / "timeout").chmod(0o755)
+    done = subprocess.run(["bash", "-c", f'{step}\nPATH="$1/bin:$PATH"; OUTDIR="$1"; status=0\n'
+                           f'step {name} 80 true', "bash", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert (tmp_path / f"{name}.log").read_text().split() == [signal_name], done.stdout

@@ -18,8 +18,9 @@ import importlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alexnet.atomic import check_output, ensure_folder, read_json_object, write_json
 from alexnet.errors import UserError, one_line
@@ -77,6 +78,23 @@ def _stop(signum: int, frame: Any) -> None:
     raise Stopped
 
 
+T = TypeVar("T")
+
+
+def measured(measure: Callable[[], T]) -> T | dict[str, str]:
+    """measure(), or {"error": its one-line error} where it raises: a figure that fails (a
+    row that has not run on a GPU yet) must not take the benchmark's other figures with it.
+    After SIGTERM the error goes on up instead: it is the Stopped that the code it hit
+    wrapped in an exception of its own (torch.compile, a CUDA graph's capture), and the run
+    must stop and write its figures before the time limit's SIGKILL."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 - any failure: said in its place, the run goes on
+        if _SIGTERM.is_set():
+            raise
+        return {"error": f"{type(err).__name__}: {one_line(err)}"}
+
+
 def is_bench_json(path: Path) -> bool:
     """Whether `path` holds figures an earlier `alexnet bench --json` wrote (what --json may
     replace): an object keyed by benchmark names (and its stopped/failed note)."""
@@ -124,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if main_thread and not _SIGTERM.is_set():  # after one, SIGTERM stays ignored while
             signal.signal(signal.SIGTERM, previous)  # the run ends; cli.main restores it
+        _SIGTERM.clear()  # `measured` outside a run sees no SIGTERM of an earlier one
     return 0
 
 

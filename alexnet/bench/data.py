@@ -272,7 +272,9 @@ def _time_prepare(prepare: Callable[..., Any], src: Path, out: Path, images: int
 
 
 def bench(args: argparse.Namespace) -> dict:
-    """Images/s of prepare and of TrainLoader, each beside the usual pipeline (one core)."""
+    """Images/s of prepare and of TrainLoader, each beside the usual pipeline (one core).
+    Each figure goes into args.figures as soon as it is measured, so that a run stopped by a
+    time limit keeps those it reached (prepare's scaling, issue 9's goal, comes first)."""
     from alexnet.data.prepare import prepare
     from alexnet.data.store import open_split
     from alexnet.evaluate import resolve_device
@@ -284,7 +286,9 @@ def bench(args: argparse.Namespace) -> dict:
         files_n, usual_n, loader_n = BATCH_SIZE, 16, BATCH_SIZE  # one batch: the loader's least
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"device": str(device), "jpegs": files_n}
+    figures = getattr(args, "figures", None)  # alexnet.bench.run's: filled as measured
+    result: dict[str, Any] = {} if figures is None else figures
+    result.update(device=str(device), jpegs=files_n)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             src, out = Path(tmp) / "jpegs", Path(tmp) / "store"

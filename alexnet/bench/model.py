@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -48,10 +49,22 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_all(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-              repeats: int) -> dict[str, float]:
+              repeats: int, failed: dict[str, str] | None = None) -> dict[str, float]:
     """Fastest seconds of one call of each fn: the fns take turns (so a busy machine slows
     them alike), `warmup` untimed rounds first; the minimum is the least disturbed run.
-    On CUDA each call is bracketed by CUDA events (read once all calls are queued)."""
+    On CUDA each call is bracketed by CUDA events (read once all calls are queued). A fn
+    that fails its first call (a kernel variant that has not run on a GPU yet) is left out
+    of the result, its one-line error in `failed`, so that it does not take the others'
+    figures with it."""
+    from alexnet.bench import measured
+
+    fns = dict(fns)
+    for name, fn in list(fns.items()):
+        outcome = measured(functools.partial(_called, fn))
+        if outcome is not None:
+            del fns[name]
+            if failed is not None:
+                failed[name] = outcome["error"]
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -74,6 +87,11 @@ def _time_all(fns: dict[str, Callable[[], object]], device: torch.device, warmup
     for name, pairs in events.items():
         times[name] += [a.elapsed_time(b) / 1e3 for a, b in pairs]
     return {k: min(v) for k, v in times.items()}
+
+
+def _called(fn: Callable[[], object]) -> None:
+    """fn(), its result dropped (alexnet.bench.measured then gives None or the error)."""
+    fn()
 
 
 def _train_step(model: torch.nn.Module, x: torch.Tensor,
@@ -146,9 +164,15 @@ LRN_FUSED = "relu+lrn fused"  # the row of what the net runs (its "/ relu" ratio
 
 
 def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.memory_format,
-              timing: tuple[int, int], shapes: dict[str, tuple[int, ...]]) -> dict:
-    """LRN forward+backward (Triton where it runs, and the torch path) beside a ReLU's."""
-    out: dict = {}
+              timing: tuple[int, int], shapes: dict[str, tuple[int, ...]],
+              out: dict | None = None) -> dict:
+    """LRN forward+backward (Triton where it runs, and the torch path) beside a ReLU's; each
+    layer's row goes into `out` as soon as it is timed, before the kernels' bandwidth is
+    measured and the next layer compiles its kernels (a run stopped meanwhile keeps it). A
+    kernel variant that fails is said in its row ("... error") beside the others' figures."""
+    from alexnet.bench import measured
+
+    out = {} if out is None else out
     for name, shape in shapes.items():
         x = _activation(shape, device, dtype, fmt)
         g = torch.randn_like(x)
@@ -174,19 +198,24 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                 if v != module.BACKWARD:
                     fns[f"{LRN_FUSED}, tile layout, {v} backward"] = _with_settings(
                         fused, LAYOUT="tile", BACKWARD=v)
-        t = _time_all(fns, device, *timing)
-        row = {k: v for k, v in t.items()}
+        failed: dict[str, str] = {}
+        t = _time_all(fns, device, *timing, failed=failed)
+        row: dict = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
         for k in t:
             if k != "relu":
                 row[f"{k} / relu"] = t[k] / t["relu"]
                 line += f"; {k} {_ms(t[k])} = {t[k] / t['relu']:.2f}x ReLU"
-        if "lrn triton" not in t:
+        if "lrn triton" not in fns:
             line += "; lrn triton: needs CUDA and triton"
+        for k, why in failed.items():
+            row[f"{k} error"] = why
+            line += f"; {k} failed: {why}"
         print(line)
-        if "lrn triton" in t:
-            row["bandwidth"] = _lrn_bandwidth(name, x.detach(), g, timing)
         out[name] = row
+        if "lrn triton" in t:
+            row["bandwidth"] = measured(lambda x=x, g=g, name=name: _lrn_bandwidth(
+                name, x.detach(), g, timing))
     return out
 
 
@@ -320,11 +349,12 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
         fns["pool triton"] = _fwd_bwd(lambda t: max_pool(t, kernels, "triton"),
                                       maps["channels_last"], [maps["channels_last"]],
                                       pool_g.contiguous(memory_format=torch.channels_last), None)
-    t = _time_all(fns, device, *timing)
+    failed: dict[str, str] = {}
+    t = _time_all(fns, device, *timing, failed=failed)
     print(f"  conv1's {pad}-pixel right/bottom padding {_ms(t['pad'])} beside conv1 fwd+bwd "
           f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
-    kernels = (f", Triton kernels (channels_last) {_ms(t['pool triton'])}" if triton_pool
-               else "")
+    kernels = (f", Triton kernels (channels_last) {_ms(t['pool triton'])}" if "pool triton" in t
+               else "".join(f", {k} failed: {why}" for k, why in failed.items()))
     runs = "Triton kernels" if use_triton_pool(maps["channels_last"], torch.nn.MaxPool2d(
         paper.POOL_SIZE, paper.POOL_STRIDE)) else "nn.MaxPool2d"
     print(f"  max-pool 3/2 fwd+bwd on conv1's maps: NCHW {_ms(t['pool nchw'])}, channels_last "
@@ -352,7 +382,8 @@ def bench_parts(device: torch.device, quick: bool, parts: dict | None = None) ->
           f"{'channels_last' if cuda else 'NCHW'}, fastest of {timing[1]} after {timing[0]} "
           "warm-up rounds")
     parts.update(batch=batch, dtype=str(dtype))
-    parts["lrn"] = _lrn_rows(batch, device, dtype, fmt, timing, shapes)
+    parts["lrn"] = {}
+    _lrn_rows(batch, device, dtype, fmt, timing, shapes, parts["lrn"])
     parts["columns"] = _column_rows(batch, device, dtype if cuda else None, fmt, timing)
     parts["pad_and_pool"] = _pad_and_pool_rows(batch, device, dtype, fmt, timing)
     return parts
@@ -400,7 +431,11 @@ def bench(args: argparse.Namespace) -> dict:
             torch.set_num_threads(n)
             print(f"device {device}, batch {batch}, {n} thread(s), fastest of {repeats} "
                   f"interleaved repeats after {warmup} warm-up rounds")
-            result[f"threads_{n}"] = _report(_time_all(fns, device, warmup, repeats), batch)
+            failed: dict[str, str] = {}
+            seconds = _time_all(fns, device, warmup, repeats, failed=failed)
+            for name, why in failed.items():  # each figure of the report needs every step
+                raise RuntimeError(f"the {name} step failed: {why}")
+            result[f"threads_{n}"] = _report(seconds, batch)
     finally:
         torch.set_num_threads(threads)
     return result

@@ -443,14 +443,11 @@ def _diagnosis(r: dict[str, Any], group: str, key: Any, measure: Callable[[], An
 
 
 def _diagnosed(measure: Callable[[], Any]) -> Any:
-    """measure(), or {"error": its one-line error} where it fails: a diagnostic row that has
-    not run on a GPU yet must not take the goals' figures with it."""
-    from alexnet.errors import one_line
+    """measure(), or {"error": its one-line error} where it fails (alexnet.bench.measured): a
+    diagnostic row that has not run on a GPU yet must not take the goals' figures with it."""
+    from alexnet.bench import measured
 
-    try:
-        return measure()
-    except Exception as err:  # noqa: BLE001 - any failure: said in its place, the run goes on
-        return {"error": f"{type(err).__name__}: {one_line(err)}"}
+    return measured(measure)
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -257,7 +257,7 @@ ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
-    from alexnet.bench import SMOKE_WIDTH, torchvision_problem
+    from alexnet.bench import SMOKE_WIDTH, measured, torchvision_problem
     from alexnet.evaluate import resolve_device
     from alexnet.model import build_model
 
@@ -301,31 +301,52 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             results["settings"][name] = {"note": note}
             continue
         row: dict[str, Any] = {}
+        results["settings"][name] = row  # filled as timed: a run stopped meanwhile keeps it
         for arch in archs:
             if arch == "alexnet-tv" and tv != "alexnet-tv" and opts.get("compile"):
                 continue  # one more compilation would add a minute for a redundant figure
-            row[arch] = time_steps(arch, device, batch, opts, warmup, steps, width)
-            base.setdefault(arch, row[arch])
-        if tv is not None:
+            rate = measured(functools.partial(time_steps, arch, device, batch, opts, warmup,
+                                              steps, width))
+            if isinstance(rate, dict):  # this net failed in this setting; the others go on
+                row.setdefault("errors", {})[arch] = rate["error"]
+                continue
+            row[arch] = rate
+            base.setdefault(arch, rate)
+        if tv in row and "alexnet" in row:
             row["paper_over_torchvision"] = row["alexnet"] / row[tv]
-        if peak:
+        if peak and "alexnet" in row:
             row["mfu"] = row["alexnet"] * flops["train_flops"] / (peak * 1e12)
-        results["settings"][name] = row
-        mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
-        layout = ""
-        if tv == "torchvision":
-            layout = f"{row['alexnet-tv']:>11.1f}" if "alexnet-tv" in row else f"{'-':>11}"
-        versus = f"{row[tv]:>13.1f}{row['paper_over_torchvision']:>9.2f}x" if tv else \
-            f"{'-':>13}{'-':>10}"
-        print(f"{name:<36}{row['alexnet']:>11.1f}{row['alexnet'] / base['alexnet']:>8.2f}"
-              f"{versus}{layout}{mfu:>7}")
+        print(_setting_line(name, row, base, tv))
+        for arch, why in row.get("errors", {}).items():
+            print(f"  {name}: {ARCH_COLUMNS[arch]} failed: {why}")
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
     fast = BF16_CL if cuda else "fp32"  # the setting time_variants runs
     results["variants"] = {}
-    time_variants(device, batch, warmup, steps, width, results["settings"][fast]["alexnet"],
+    time_variants(device, batch, warmup, steps, width, results["settings"][fast].get("alexnet"),
                   into=results["variants"])
     return results
+
+
+def _figure(value: float | None, width: int, form: str = ".1f") -> str:
+    """value right-aligned in `width` characters, or "-" where it was not measured."""
+    return f"{value:>{width}{form}}" if value is not None else f"{'-':>{width}}"
+
+
+def _setting_line(name: str, row: dict[str, Any], base: dict[str, float], tv: str | None
+                  ) -> str:
+    """One line of bench's table: the paper net, its ratio to fp32, the net beside it and
+    the ratio, the tv layout (beside torchvision's own), MFU; "-" for what was not measured."""
+    paper, fp32 = row.get("alexnet"), base.get("alexnet")
+    ratio = paper / fp32 if paper is not None and fp32 else None
+    mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
+    versus = f"{'-':>13}{'-':>10}"
+    if tv:
+        over = row.get("paper_over_torchvision")
+        versus = _figure(row.get(tv), 13) + (f"{over:>9.2f}x" if over is not None else
+                                             f"{'-':>10}")
+    layout = _figure(row.get("alexnet-tv"), 11) if tv == "torchvision" else ""
+    return f"{name:<36}{_figure(paper, 11)}{_figure(ratio, 8, '.2f')}{versus}{layout}{mfu:>7}"
 
 
 def variants_for(device: torch.device
@@ -371,24 +392,35 @@ def variants_for(device: torch.device
 
 
 def time_variants(device: torch.device, batch: int, warmup: int, steps: int, width: float,
-                  default: float, into: dict[str, float] | None = None) -> dict[str, float]:
+                  default: float | None, into: dict[str, Any] | None = None) -> dict[str, Any]:
     """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
     runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
     timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
     whole step. Each line is printed (and put in `into`) as soon as it is timed, so that a run
-    stopped by a time limit keeps the lines it reached."""
+    stopped by a time limit keeps the lines it reached; a variant that fails is said in its
+    place ({"error": ...}, alexnet.bench.measured) and the others go on. `default` None: the
+    default's own row failed, so there is no ratio to it."""
+    from alexnet.bench import measured
+
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
     label = BF16_CL if opts else "fp32"
     print(f"paper net, other ways to compute the same function ({label}, whole step):")
-    out: dict[str, float] = {} if into is None else into
+    out: dict[str, Any] = {} if into is None else into
 
-    def show(name: str, rate: float) -> None:
+    def show(name: str, rate: float | dict[str, str] | None) -> None:
         out[name] = rate
-        print(f"  {name:<40}{rate:>11.1f} images/s{rate / default:>8.2f}x default", flush=True)
+        if not isinstance(rate, float):
+            said = "not measured" if rate is None else f"failed: {rate['error']}"
+            print(f"  {name:<40}{said}", flush=True)
+            return
+        ratio = f"{rate / default:>8.2f}x default" if default else ""
+        print(f"  {name:<40}{rate:>11.1f} images/s{ratio}", flush=True)
+
+    def timed(kwargs: dict[str, Any], setting: Callable[[], Any] | None) -> float:
+        with setting() if setting else contextlib.nullcontext():
+            return time_steps("alexnet", device, batch, opts, warmup, steps, width, **kwargs)
 
     show("default", default)
     for name, kwargs, setting in variants_for(device):
-        with setting() if setting else contextlib.nullcontext():
-            show(name, time_steps("alexnet", device, batch, opts, warmup, steps, width,
-                                  **kwargs))
+        show(name, measured(functools.partial(timed, kwargs, setting)))
     return out

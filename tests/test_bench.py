@@ -534,3 +534,18 @@ def test_bench_data_stopped_after_prepare_keeps_its_figures(tmp_path, monkeypatc
     assert main(["bench", "data", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
     data = json.loads(out.read_text())["data"]
     assert (data["prepare_workers"], data["prepare_scaling"]) == (16, 13.0)
+
+
+def test_the_compile_row_is_not_timed_eager_when_compiles_check_fails(monkeypatch):
+    """The compile row used torch.compile without runtime.compile_model's gradient check;
+    where that check fails, compile_model gives the eager net, which the row must not time
+    under the compile label."""
+    from alexnet.bench import train as bench_train
+
+    called = []
+    monkeypatch.setattr(bench_train, "compile_model",
+                        lambda net, device: called.append(device) or net)
+    with pytest.raises(RuntimeError, match="torch.compile gives wrong gradients here"):
+        bench_train.time_steps("alexnet", torch.device("cpu"), 2, {"compile": True}, 0, 1,
+                               width=0.0625)
+    assert called == [torch.device("cpu")]

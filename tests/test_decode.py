@@ -257,14 +257,19 @@ def fake_cuda(monkeypatch) -> None:
 def test_gpu_decode_is_offered_only_where_a_gpu_decoder_decodes(monkeypatch, fresh_probes,
                                                                 works) -> None:
     """CUDA stood in for: each GPU decoder's check decodes a small JPEG on the device
-    (nvImageCodec, where installed here, fails for want of a GPU); a failure is the reason,
-    in one line, and the loader then decodes on the CPU."""
+    (nvImageCodec made to fail, as it does without a GPU: on the GPU machine, where
+    gpu_check.sh installs it, it would decode); a failure is the reason, in one line, and the
+    loader then decodes on the CPU."""
     import types
 
     from alexnet.data import loader
 
+    def no_gpu(blobs, size, device):
+        raise RuntimeError("no GPU here")
+
     fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
     fake_cuda(monkeypatch)
+    monkeypatch.setitem(decode._GPU_DECODE, "nvimgcodec", no_gpu)
     monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
     monkeypatch.setattr(loader, "decode_rates", lambda *args: (3.0, 1.0))  # GPU 3x the CPU
     store = types.SimpleNamespace(format="jpeg", image_size=16)

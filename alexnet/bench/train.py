@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.training.runtime import Runtime
+from alexnet.training.runtime import Runtime, compile_model
 
 PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets;
     "H200 NVL": 835.0,  # the first key within the device's name wins: longer names first
@@ -220,7 +220,9 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
         net = net.to(memory_format=torch.channels_last)
     optimizer = PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
                          weight_decay=paper.WEIGHT_DECAY)
-    model = torch.compile(net) if rt.compile else net
+    model = compile_model(net, device) if rt.compile else net
+    if rt.compile and model is net:  # its gradient check failed: eager is not this row
+        raise RuntimeError("torch.compile gives wrong gradients here (compile_model's check)")
     pad = loader_pad(arch, paper.CROP_SIZE)  # conv1's zeros, as the loader writes them
     x = nn.functional.pad(torch.randn(batch, 3, paper.CROP_SIZE, paper.CROP_SIZE,
                                       device=device) * 60, (0, pad, 0, pad))

@@ -4,7 +4,8 @@
 read them (as nanoGPT and torchvision's references do), initialise the process group with
 NCCL on CUDA and gloo on the CPU, and give each rank its device. Without those variables
 everything here is a no-op and training runs in one process. Only rank 0 prints, writes logs
-and checkpoints (`is_main`, `print0`); metrics are averaged with `all_reduce_mean`.
+and checkpoints (`is_main`, `print0`); metrics are averaged with `all_reduce_mean`; a split
+evaluated in shares (`share`) adds up its counts with `all_reduce_sum`.
 
 With the paper's two-column model parallelism (model.split_columns) each process drives two
 GPUs: local rank r uses cuda:2r (column 1, input) and cuda:2r+1 (column 2).
@@ -145,6 +146,23 @@ def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu"
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def all_reduce_sum(counts: dict[str, int], device: torch.device | str = "cpu"
+                   ) -> dict[str, int]:
+    """The sum of each count over all ranks, exact (int64; identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or not counts:
+        return dict(counts)
+    keys = sorted(counts)
+    t = torch.tensor([int(counts[k]) for k in keys], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (int(v) for v in t.tolist()), strict=True))
+
+
+def share(n: int, rank: int, world_size: int) -> range:
+    """Rank `rank`'s part of n items (0..n-1): consecutive ones (sequential reads), parts
+    differing in size by one at most, all of them together each item once."""
+    return range(rank * n // world_size, (rank + 1) * n // world_size)
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:

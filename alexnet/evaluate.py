@@ -56,14 +56,22 @@ def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndar
     scores 1 - 0 = 100% error rather than 0% (the ordering of tied classes is otherwise
     arbitrary).
     """
+    wrong = topk_wrong(probs, labels, ks)
+    n = max(1, len(labels))
+    return {f"top{k}_error": wrong[f"top{k}_wrong"] / n for k in ks}
+
+
+def topk_wrong(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+               ks: Sequence[int] = (1, TOP5)) -> dict[str, int]:
+    """{'top1_wrong', 'top5_wrong', ...}: how many images' label is not in the top k
+    (`topk_errors`'s counts; counts of disjoint shares of a split add up exactly)."""
     probs = torch.as_tensor(probs)
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if probs.ndim != 2 or labels.shape != (probs.shape[0],):
         raise ValueError(f"probs (N, C) and labels (N,) expected, got {tuple(probs.shape)} and "
                          f"{tuple(labels.shape)}")
     rank = true_rank(probs, labels)
-    n = max(1, probs.shape[0])
-    return {f"top{k}_error": float((rank >= k).sum()) / n for k in ks}
+    return {f"top{k}_wrong": int((rank >= k).sum()) for k in ks}
 
 
 def true_rank(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -139,12 +147,14 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                    stats: dict | None = None, mean: str = "image", crop: int = CROP_SIZE,
                    indices: Sequence[int] | None = None, progress: str | None = None,
                    stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """{'top1_error', 'top5_error', 'images', 'crops'} of `model` (already on `device`) on `store`.
+    """{'top1_error', 'top5_error', 'top1_wrong', 'top5_wrong', 'images', 'crops'} of `model`
+    (already on `device`) on `store`.
 
     `stats` are the normalisation statistics the model was trained with (the store's when None),
     `mean` and `crop` how it was trained (config data.mean, data.crop); `indices` restricts the
-    evaluation to those images. Errors are fractions in [0, 1]. `stop`, asked before each
-    batch, ends the evaluation early by raising Stopped.
+    evaluation to those images. Errors are fractions in [0, 1], `*_wrong` their counts (what
+    shares evaluated apart sum). `stop`, asked before each batch, ends the evaluation early by
+    raising Stopped.
     """
     from alexnet.model import loader_pad
 
@@ -155,6 +165,8 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                                   progress)
     result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
         "top1_error": float("nan"), "top5_error": float("nan")}
+    result.update(topk_wrong(probs, labels) if len(labels) else {"top1_wrong": 0,
+                                                                  "top5_wrong": 0})
     result.update(images=int(len(labels)), crops=int(crops))
     return result
 

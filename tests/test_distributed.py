@@ -3,6 +3,7 @@ weights as one process with the same global batch; resume works across it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ from test_train import assert_same_weights, make_store, strip_timing
 
 from alexnet import checkpoint, distributed
 from alexnet.config import resolve
-from alexnet.data.store import write_store
+from alexnet.data.store import open_split, write_store
 from alexnet.errors import UserError
+from alexnet.evaluate import evaluate_model, input_settings
 from alexnet.train import train
 from alexnet.training.runtime import rank_seed, restore_rng, seed_everything
 from alexnet.training.state import build_network
@@ -136,6 +138,8 @@ def test_single_process_helpers_are_no_ops(capsys, monkeypatch):
     assert capsys.readouterr().out == "only once\n"
     assert distributed.all_reduce_mean({"loss": 2.5}) == {"loss": 2.5}
     assert distributed.any_rank(True) and not distributed.any_rank(False)
+    assert distributed.all_reduce_sum({"images": 7, "top1_wrong": 3}) == {"images": 7,
+                                                                          "top1_wrong": 3}
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
     distributed.barrier()
 
@@ -161,6 +165,16 @@ def test_a_device_name_that_names_no_device_here_is_one_line(monkeypatch, name):
     assert distributed.pick_device("cuda:0")[0] == torch.device("cuda", 0)
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 15, 16])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_the_ranks_shares_hold_every_item_once(n, world):
+    """Validation's shares: consecutive items, sizes one apart at most, each item in one."""
+    parts = [distributed.share(n, rank, world) for rank in range(world)]
+    assert [i for part in parts for i in part] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert distributed.share(n, 0, 1) == range(n)
+
+
 def test_global_batch_must_split_evenly():
     from alexnet.training.data import per_rank_batch
 
@@ -169,9 +183,11 @@ def test_global_batch_must_split_evenly():
         per_rank_batch(resolve("paper", ["optim.batch_size=8"]), 24, 3)
 
 
-# tiny 64-pixel images with a val split validated in 4 batches: epochs of 3 steps
+# tiny 64-pixel images, epochs of 3 steps, validated on the first 15 of the 16 validation
+# images: an odd number, so that the two ranks' shares differ (7 and 8, 2 batches each)
 VAL_SETTINGS = ["model.width=0.125", "data.crop=64", "optim.batch_size=8", "optim.epochs=3",
-                "run.eval_batch_size=4", "run.progress=false", "run.device=cpu"]
+                "run.eval_batch_size=4", "run.val_limit=15", "run.progress=false",
+                "run.device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -179,31 +195,39 @@ def val_store(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("ddp-val-store"), size=64, n_train=24, n_val=16)
 
 
-# the entry of both ranks: rank 0's second validation (epoch 2's) waits at its second batch for
-# the test's SIGTERM; each rank writes the status `alexnet train` returned, and rank 0 how many
-# batches of the validation the net saw
+# the entry of both ranks: in the second validation (epoch 2's), rank 0 waits at the first
+# batch of its share until rank 1 has evaluated its whole share, then for the test's SIGTERM;
+# each rank writes the status `alexnet train` returned, how many batches of its share the net
+# saw (batches-RANK), and validated-RANK when it evaluated its whole share
 STOP_IN_VALIDATION = """
 import os, sys, time
 from pathlib import Path
 import alexnet.evaluate as evaluate
 from alexnet.cli import main
 
-box = Path(os.environ["THREADS_DIR"])
+box, rank = Path(os.environ["THREADS_DIR"]), os.environ["RANK"]
 real, calls = evaluate.predict_probs, [0]
+
+def wait(path):
+    t0 = time.monotonic()
+    while not path.exists() and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
 
 def predict_probs(model, loader, progress=None):
     calls[0] += 1
 
     def batches():
         for i, batch in enumerate(loader):
-            if calls[0] == 2 and i == 1:
+            if calls[0] == 2 and rank == "0" and i == 0:
+                wait(box / "validated-1")
                 (box / "in-validation").write_text("")
-                t0 = time.monotonic()
-                while not (box / "sent").exists() and time.monotonic() - t0 < 120:
-                    time.sleep(0.01)
-            (box / "batches").write_text(str(i + 1))
+                wait(box / "sent")
+            (box / f"batches-{rank}").write_text(str(i + 1))
             yield batch
-    return real(model, batches(), progress)
+    result = real(model, batches(), progress)
+    if calls[0] == 2:
+        (box / f"validated-{rank}").write_text("")
+    return result
 
 evaluate.predict_probs = predict_probs
 code = main(sys.argv[1:])
@@ -221,12 +245,26 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 # the entry of both ranks: the first dropout of training writes torch's generator state before
-# its draw and the mask it draws (a batch of ones through it) to THREADS_DIR/dropout-RANK.pt
+# its draw and the mask it draws (a batch of ones through it) to THREADS_DIR/dropout-RANK.pt;
+# each validation appends the images the rank evaluated to THREADS_DIR/val-RANK.jsonl
 RECORD_DROPOUT = """
-import os, sys
+import json, os, sys
 from pathlib import Path
 import torch
+import alexnet.evaluate as evaluate
 from alexnet.cli import main
+
+real_evaluate = evaluate.evaluate_model
+
+def evaluate_model(*args, **kwargs):
+    result = real_evaluate(*args, **kwargs)
+    indices = kwargs.get("indices")
+    with open(Path(os.environ["THREADS_DIR"], f"val-{os.environ['RANK']}.jsonl"), "a") as f:
+        f.write(json.dumps({"indices": None if indices is None else list(indices),
+                            "images": result["images"]}) + "\\n")
+    return result
+
+evaluate.evaluate_model = evaluate_model
 
 real, first = torch.nn.Dropout.forward, []
 
@@ -332,13 +370,35 @@ def test_each_rank_resumes_its_own_generators_else_a_fresh_stream():
         checkpoint.set_rng_state(before)
 
 
+def test_validation_is_split_between_the_ranks_and_equals_one_process(ref_run, val_store):
+    """Each rank validates only its share of the 15 images run.val_limit selects (7 and 8),
+    and the ranks' summed counts give exactly the errors of one process evaluating the run's
+    checkpoint on those 15 images (the last epoch's validation saw its weights)."""
+    box = ref_run.parent / "box"
+    assert (box / "val-1.jsonl").exists(), "rank 1 validated nothing"
+    calls = [[json.loads(line) for line in (box / f"val-{rank}.jsonl").read_text().splitlines()]
+             for rank in (0, 1)]
+    assert calls[0] == [{"indices": list(range(7)), "images": 7}] * 3  # one per epoch
+    assert calls[1] == [{"indices": list(range(7, 15)), "images": 8}] * 3
+    net, ckpt = checkpoint.load_model(ref_run / "checkpoint.pt")
+    settings = input_settings(ckpt)
+    one = evaluate_model(net, open_split(val_store, "val"), batch_size=4, stats=ckpt["stats"],
+                         mean=settings["mean"], crop=settings["crop"], indices=range(15))
+    logged = json.loads((ref_run / "log.jsonl").read_text().splitlines()[-1])
+    assert logged["epoch"] == 3 and one["images"] == 15
+    assert (logged["val_top1_error"], logged["val_top5_error"]) == (one["top1_error"],
+                                                                    one["top5_error"])
+
+
 def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_store, ref_run,
                                                                           tmp_path):
     """A scheduler's SIGTERM to torchrun (which sends each rank SIGTERM) in the middle of a
-    validation: it stops between two batches, rank 0 saves the epoch's training (each rank's
-    partial sums and generators too), every rank ends with one line and status 143, and the
-    resumed launch redoes the validation and ends with the uninterrupted launch's weights and
-    log (dropout on: each rank goes on with its own masks)."""
+    validation: it stops between two batches of rank 0's share and on rank 1 too, which had
+    evaluated its whole share (no rank waits for another in a collective), rank 0 saves the
+    epoch's training (each rank's partial sums and generators too), every rank ends with one
+    line and status 143, and the resumed launch redoes the validation and ends with the
+    uninterrupted launch's weights and log (dropout on: each rank goes on with its own
+    masks)."""
     settings = sets(VAL_SETTINGS)
     cut, box = tmp_path / "cut", tmp_path / "box"
     proc = torchrun("--data", str(val_store), "--out", str(cut), *settings, threads_dir=box,
@@ -350,7 +410,9 @@ def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_st
     codes = [(box / f"rank-{rank}.code").read_text() for rank in (0, 1)]
     assert codes == ["143", "143"], (codes, err[-3000:])
     assert err.count("alexnet train: terminated (SIGTERM)") == 2 and "[rank" not in err, err
-    assert (box / "batches").read_text() == "2"  # of 4: stopped there, not at its end
+    assert (box / "batches-0").read_text() == "1"  # of 2: stopped there, not at its end
+    assert not (box / "validated-0").exists()
+    assert (box / "batches-1").read_text() == "2" and (box / "validated-1").exists()
     assert out.count("checkpoint saved") == 1 and (
         f"checkpoint saved at epoch 2, step 3, before its validation: {cut / 'checkpoint.pt'}; "
         f"continue with --resume {cut}") in out, out

@@ -457,3 +457,28 @@ def test_a_checkpoint_replaced_while_read_is_read_whole(store_root, checkpoint, 
     assert during == top1(checkpoint, "original.json")
     assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu",
                  "--out", str(tmp_path / "after.json")]) == 2  # the diverged net is there now
+
+
+def test_the_wrong_counts_of_shares_add_up_to_the_whole_splits(store_root):
+    """evaluate_model's top-1/top-5 wrong counts (what torchrun's ranks sum over their shares
+    of a validation) are topk_errors' counts: shares of 2 and 3 images (and an empty one) add
+    up to the counts, and the errors, of the 5 images evaluated at once."""
+    from alexnet.evaluate import topk_wrong
+
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])
+    labels = torch.tensor([0, 0, 1])  # right; third; tied first (a tie counts against)
+    assert topk_wrong(probs, labels, ks=(1, 2)) == {"top1_wrong": 2, "top2_wrong": 1}
+    with pytest.raises(ValueError, match="probs"):
+        topk_wrong(probs, labels[:2])
+    store = open_split(store_root, "val")
+    weight = np.random.default_rng(5).normal(size=(3, 3, CROP_SIZE, CROP_SIZE)) / 2000.0
+    model = PixelLinear(weight)
+    whole = evaluate_model(model, store, batch_size=4, indices=range(5))
+    parts = [evaluate_model(model, store, batch_size=4, indices=part)
+             for part in (range(0, 2), range(2, 5), range(5, 5))]
+    assert [p["images"] for p in parts] == [2, 3, 0]
+    for k in (1, 5):
+        total = sum(p[f"top{k}_wrong"] for p in parts)
+        assert total == whole[f"top{k}_wrong"]
+        assert total / 5 == whole[f"top{k}_error"]
+    assert 0 < whole["top1_wrong"] < 5  # not all right or all wrong: the sum says something

@@ -212,33 +212,49 @@ def _stop_reason(s: RunState, config: Config, flag: StopRequest,
 def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
                    stats: dict[str, Any], flag: StopRequest | None = None
                    ) -> dict[str, float] | None:
-    """Validation top-1/top-5 error (centre crop) on rank 0, shared with every rank; None on
-    every rank when a stop (`flag`) came on rank 0 before its last batch: the validation
-    ends there (a scheduler's SIGKILL follows its SIGTERM within seconds) and is redone."""
-    result: dict[str, float] | None = {}
-    if rt.dist.is_main and val_store is not None:
-        result = _validate(s.net, val_store, config, rt, stats, flag or StopRequest())
-    return distributed.broadcast_object(result)
+    """Validation top-1/top-5 error (centre crop) of the images run.val_limit selects, each
+    rank evaluating its share and the ranks summing their counts: every rank gets the figures
+    of one process. None on every rank when a stop (`flag`) ended any rank's share before its
+    last batch: the validation ends there (a scheduler's SIGKILL follows its SIGTERM within
+    seconds) and is redone. Every rank joins the same two collectives, stopped or not."""
+    if val_store is None:
+        return {}
+    counts = _validate(s.net, val_store, config, rt, stats, flag or StopRequest())
+    if distributed.any_rank(counts is None, rt.device) or counts is None:
+        return None
+    return val_errors(distributed.all_reduce_sum(counts, rt.device))
+
+
+def val_errors(counts: dict[str, int]) -> dict[str, float]:
+    """The validation errors of summed counts (NaN for no image, as evaluate_model's)."""
+    n = counts["images"]
+    if not n:
+        return {"val_top1_error": float("nan"), "val_top5_error": float("nan")}
+    return {"val_top1_error": counts["top1_wrong"] / n, "val_top5_error": counts["top5_wrong"] / n}
 
 
 def _validate(net: nn.Module, val_store: Any, config: Config, rt: Runtime, stats: dict[str, Any],
-              flag: StopRequest) -> dict[str, float] | None:
-    """evaluate.evaluate_model's centre-crop errors, or None when `flag` was hit before the
-    last batch."""
+              flag: StopRequest) -> dict[str, int] | None:
+    """evaluate.evaluate_model's centre-crop counts (top-1 and top-5 wrong, images) on this
+    rank's share of the validation images (rank 0 shows its progress), or None when `flag`
+    was hit before the share's last batch."""
     from alexnet.evaluate import Stopped, evaluate_model
 
     limit = config.run.val_limit
-    indices = list(range(min(limit, len(val_store)))) if limit else None
+    n = min(limit, len(val_store)) if limit else len(val_store)
+    part = distributed.share(n, rt.dist.rank, rt.dist.world_size)
+    indices = None if len(part) == len(val_store) else list(part)
+    shown = config.run.progress and rt.dist.is_main
     try:
         with rt.autocast():
-            errors = evaluate_model(net, val_store, batch_size=config.run.eval_batch_size,
+            result = evaluate_model(net, val_store, batch_size=config.run.eval_batch_size,
                                     device=rt.device, stats=stats, mean=config.data.mean,
                                     crop=config.data.crop, indices=indices,
-                                    progress="validate" if config.run.progress else None,
+                                    progress="validate" if shown else None,
                                     stop=lambda: flag.hit)
     except Stopped:
         return None
-    return {"val_top1_error": errors["top1_error"], "val_top5_error": errors["top5_error"]}
+    return {key: result[key] for key in ("top1_wrong", "top5_wrong", "images")}
 
 
 def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,

@@ -17,7 +17,7 @@ import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -141,11 +141,8 @@ def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu"
     """The mean of each metric over all ranks (identity in one process)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
         return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
+    world = dist.get_world_size()
+    return {k: v / world for k, v in _summed(values, torch.float64, device).items()}
 
 
 def all_reduce_sum(counts: dict[str, int], device: torch.device | str = "cpu"
@@ -153,10 +150,16 @@ def all_reduce_sum(counts: dict[str, int], device: torch.device | str = "cpu"
     """The sum of each count over all ranks, exact (int64; identity in one process)."""
     if not (dist.is_available() and dist.is_initialized()) or not counts:
         return dict(counts)
-    keys = sorted(counts)
-    t = torch.tensor([int(counts[k]) for k in keys], dtype=torch.int64, device=device)
+    return {k: int(v) for k, v in _summed(counts, torch.int64, device).items()}
+
+
+def _summed(values: dict[str, Any], dtype: torch.dtype, device: torch.device | str
+            ) -> dict[str, Any]:
+    """Each value summed over all ranks in one all_reduce of a `dtype` tensor."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=dtype, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, (int(v) for v in t.tolist()), strict=True))
+    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def share(n: int, rank: int, world_size: int) -> range:

@@ -158,8 +158,9 @@ def assert_same_updates(got: Run, want: Run, init: dict[str, torch.Tensor]) -> N
             f"{float((g - w0).norm()):.3g}"
 
 
-def check_channels_last(runs: Runs, device: str, loss_atol: float) -> None:
-    plain, option = runs.get("plain", device), runs.get("channels_last", device)
+def check_same_as_plain(runs: Runs, name: str, device: str, loss_atol: float) -> None:
+    """Option `name` computes plain's function: the same losses and updates up to rounding."""
+    plain, option = runs.get("plain", device), runs.get(name, device)
     assert float(loss_differences(option, plain).max()) <= loss_atol
     assert_same_updates(option, plain, runs.init)
 
@@ -171,19 +172,13 @@ def check_bf16(runs: Runs, device: str) -> None:
     assert abs(option.val_top1 - plain.val_top1) <= VAL_POINTS
 
 
-def check_compile(runs: Runs, device: str, loss_atol: float) -> None:
-    plain, option = runs.get("plain", device), runs.get("compile", device)
-    assert float(loss_differences(option, plain).max()) <= loss_atol
-    assert_same_updates(option, plain, runs.init)
-
-
 def check_fast(runs: Runs, device: str) -> None:
     plain, option = runs.get("plain", device), runs.get("fast", device)
     assert abs(option.val_top1 - plain.val_top1) <= VAL_POINTS, (option.val_top1, plain.val_top1)
 
 
 def test_channels_last_gives_the_same_losses_and_weights(runs):
-    check_channels_last(runs, "cpu", EXACT_LOSS_ATOL)
+    check_same_as_plain(runs, "channels_last", "cpu", EXACT_LOSS_ATOL)
 
 
 def test_bf16_autocast_stays_within_its_rounding(runs):
@@ -192,7 +187,7 @@ def test_bf16_autocast_stays_within_its_rounding(runs):
 
 @pytest.mark.slow
 def test_compile_gives_the_same_losses_and_weights(runs):
-    check_compile(runs, "cpu", EXACT_LOSS_ATOL)
+    check_same_as_plain(runs, "compile", "cpu", EXACT_LOSS_ATOL)
 
 
 @pytest.mark.slow
@@ -208,7 +203,7 @@ CUDA_LOSS_ATOL = 1e-4
 
 @needs_cuda
 def test_channels_last_on_cuda(runs):
-    check_channels_last(runs, "cuda", CUDA_LOSS_ATOL)
+    check_same_as_plain(runs, "channels_last", "cuda", CUDA_LOSS_ATOL)
 
 
 @needs_cuda
@@ -223,7 +218,7 @@ def test_bf16_autocast_on_cuda(runs):
 @needs_cuda
 @pytest.mark.slow
 def test_compile_on_the_accelerator(runs):
-    check_compile(runs, "cuda", CUDA_LOSS_ATOL)
+    check_same_as_plain(runs, "compile", "cuda", CUDA_LOSS_ATOL)
 
 
 @needs_cuda

@@ -59,11 +59,23 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
 # torchvision). Fetch them here with `pip download --no-deps -d .whl simplejpeg
 # nvidia-nvimgcodec-cu13 nvidia-nvjpeg --python-version 3.12 --only-binary :all:` (the GPU
 # machine's Python); about 28 MB beside the 30 MB of .gpu-data, within the 64 MiB carried.
+install_wheels() {  # install_wheels SITE: .whl/*.whl into SITE, put on PYTHONPATH
+  local site=$1
+  $PY -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl 2>/dev/null \
+    || $PY -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" "$site" .whl/*.whl \
+    || return 1
+  # nvimgcodec's wheel ships nvidia/__init__.py: a regular package, which ahead of
+  # site-packages on the path would hide the machine's own nvidia.* packages (the CUDA
+  # libraries' wheels); as a pkgutil-style namespace it spans both folders
+  if [ -f "$site/nvidia/__init__.py" ]; then
+    echo "__path__ = __import__('pkgutil').extend_path(__path__, __name__)" \
+      > "$site/nvidia/__init__.py"
+  fi
+  export PYTHONPATH="$PYTHONPATH:$site"
+  echo "wheels from .whl/: $(ls .whl)"
+}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  SITE=/tmp/alexnet-site
-  $PY -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl 2>/dev/null \
-    || $PY -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" "$SITE" .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:$SITE" && echo "wheels from .whl/: $(ls .whl)"
+  install_wheels /tmp/alexnet-site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"

@@ -190,3 +190,32 @@ def test_gpu_check_stops_the_tests_with_sigint_and_the_benchmarks_with_sigterm(
                            f'step {name} 80 true', "bash", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert (tmp_path / f"{name}.log").read_text().split() == [signal_name], done.stdout
+
+
+def test_the_carried_wheels_do_not_hide_the_machines_nvidia_packages(tmp_path: Path) -> None:
+    """nvImageCodec's wheel ships nvidia/__init__.py; unpacked ahead of site-packages, that
+    regular package hid every nvidia.* package of the machine (the CUDA libraries' wheels
+    beside torch). The script's own install_wheels runs, on a stand-in wheel."""
+    import re
+    import subprocess
+    import sys
+    import zipfile
+
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    install = re.search(r"^install_wheels\(\) \{.*?^\}$", script,
+                        re.MULTILINE | re.DOTALL).group(0)
+    (tmp_path / ".whl").mkdir()
+    with zipfile.ZipFile(tmp_path / ".whl" / "codec-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("nvidia/__init__.py", "")
+        wheel.writestr("nvidia/codec/__init__.py", "")
+    machine = tmp_path / "site-packages" / "nvidia"  # the machine's: a package of its own
+    (machine / "cu13").mkdir(parents=True)
+    (machine / "__init__.py").write_text("")
+    (machine / "cu13" / "__init__.py").write_text("")
+    check = "import nvidia.codec, nvidia.cu13"
+    done = subprocess.run(
+        ["bash", "-c", f'{install}\nPY="$2"; PYTHONPATH=; cd "$1" && install_wheels "$1/site" '
+         f'&& PYTHONPATH="$PYTHONPATH:$1/site-packages" "$PY" -c "{check}"', "bash",
+         str(tmp_path), sys.executable], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wheels from .whl/: codec-1.0-py3-none-any.whl" in done.stdout

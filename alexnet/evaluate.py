@@ -163,12 +163,16 @@ def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
                           pad=loader_pad(getattr(model, "arch", ""), crop))
     probs, labels = predict_probs(model, loader if stop is None else _UntilStop(loader, stop),
                                   progress)
-    result: dict[str, Any] = topk_errors(probs, labels) if len(labels) else {
-        "top1_error": float("nan"), "top5_error": float("nan")}
-    result.update(topk_wrong(probs, labels) if len(labels) else {"top1_wrong": 0,
-                                                                  "top5_wrong": 0})
-    result.update(images=int(len(labels)), crops=int(crops))
-    return result
+    wrong = topk_wrong(probs, labels) if len(labels) else {"top1_wrong": 0, "top5_wrong": 0}
+    return {**error_rates(wrong, len(labels)), **wrong, "images": int(len(labels)),
+            "crops": int(crops)}
+
+
+def error_rates(wrong: dict[str, int], images: int) -> dict[str, float]:
+    """{'top1_error', ...} of the counts `wrong` ({'top1_wrong', ...}) over `images` images;
+    NaN for none (no figure, rather than a 0% error)."""
+    return {key.replace("_wrong", "_error"): count / images if images else float("nan")
+            for key, count in wrong.items()}
 
 
 class _UntilStop:

@@ -226,11 +226,11 @@ def validate_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime,
 
 
 def val_errors(counts: dict[str, int]) -> dict[str, float]:
-    """The validation errors of summed counts (NaN for no image, as evaluate_model's)."""
-    n = counts["images"]
-    if not n:
-        return {"val_top1_error": float("nan"), "val_top5_error": float("nan")}
-    return {"val_top1_error": counts["top1_wrong"] / n, "val_top5_error": counts["top5_wrong"] / n}
+    """The validation errors of summed counts (evaluate.error_rates, NaN for no image)."""
+    from alexnet.evaluate import error_rates
+
+    wrong = {key: counts[key] for key in ("top1_wrong", "top5_wrong")}
+    return {f"val_{key}": rate for key, rate in error_rates(wrong, counts["images"]).items()}
 
 
 def _validate(net: nn.Module, val_store: Any, config: Config, rt: Runtime, stats: dict[str, Any],

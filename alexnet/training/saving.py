@@ -70,8 +70,7 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
     ranks: list[Any] = distributed.gather_objects((dict(s.acc), checkpoint.rng_state()))
     failed: UserError | None = None
     if rt.dist.is_main:
-        state = make_checkpoint(s, config, train_store, rt, [r[0] for r in ranks],
-                                [r[1] for r in ranks])
+        state = make_checkpoint(s, config, train_store, rt, ranks)
         try:
             if best and config.run.save_best:
                 checkpoint.save(files.best, state)

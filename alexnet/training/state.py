@@ -79,22 +79,20 @@ def build_state(config: Config, num_classes: int, rt: Runtime) -> RunState:
 
 
 def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
-                    rank_acc: list[Any] | None = None,
-                    rank_rng: list[Any] | None = None) -> dict[str, Any]:
-    """The full training state (docs/design.md, checkpoint.py); `rank_acc` and `rank_rng`:
-    every rank's partial sums of the epoch and generator states under torchrun (`acc` and
-    `rng` hold rank 0's), with the world size."""
-    ranks = {"rank_acc": [dict(a) for a in rank_acc]} if rank_acc and len(rank_acc) > 1 else {}
-    if rank_rng and len(rank_rng) > 1:
-        ranks["rank_rng"] = list(rank_rng)
+                    ranks: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The full training state (docs/design.md, checkpoint.py); `ranks`: every rank's partial
+    sums of the epoch and generator states, rank 0's first (`acc` and `rng`; under torchrun
+    all of them too, `rank_acc` and `rank_rng`), with the world size."""
+    accs, rngs = [dict(acc) for acc, _ in ranks], [rng for _, rng in ranks]
+    per_rank = {"rank_acc": accs, "rank_rng": rngs} if len(ranks) > 1 else {}
     return checkpoint.make_state(
         s.net, optimizer=s.optimizer.state_dict(), schedule=s.schedule.state_dict(),
         scaler=rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
         epoch=s.epoch, step=s.step, global_step=s.global_step,
-        acc=dict(s.acc), **ranks, world_size=rt.dist.world_size,
+        acc=accs[0], **per_rank, world_size=rt.dist.world_size,
         best_error=s.best_error, config=to_dict(config),
         classes=list(train_store.classes), stats=train_store.stats,
-        rng=checkpoint.rng_state(), metrics=list(s.history))
+        rng=rngs[0], metrics=list(s.history))
 
 
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,

@@ -52,7 +52,7 @@ class ModelConfig:
     # Section 5: the biases of conv2, conv4, conv5, fc6, fc7 start at 1 (paper.BIAS_ONE_LAYERS).
     # Another value (Caffe's bvlc_alexnet: 0.1) is a documented deviation for small data sets
     # where 1 gives a flat loss (docs/training.md); it changes the initialisation only.
-    init_bias: float = 1.0
+    init_bias: float = paper.INIT_BIAS_ONE
 
 
 @dataclass

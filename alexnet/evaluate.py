@@ -33,7 +33,7 @@ from alexnet.atomic import (
     write_json,
 )
 from alexnet.errors import UserError
-from alexnet.paper import CROP_SIZE, RESULTS, TEST_CROPS, TOP5
+from alexnet.paper import CENTRE_CROP_REPRODUCTIONS, CROP_SIZE, RESULTS, TEST_CROPS, TOP5
 from alexnet.progress import Progress
 
 EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
@@ -425,8 +425,9 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
             mark = " <-" if name == best else ""
             lines.append(f"{names[name]:<{width}}{top1:>11.1f}%{top5:>11.1f}%{mark}")
         if key == "ilsvrc2012-val":
+            top1s = [top1 for top1, _ in CENTRE_CROP_REPRODUCTIONS.values()]
             lines.append("(the 2012 table does not say how many crops; most likely 10: single-crop "
-                         "reproductions land at 42.9-43.5% top-1)")
+                         f"reproductions land at {min(top1s)}-{max(top1s)}% top-1)")
     lines.append(f"{result['images']} images, {plural(result['crops'], 'crop')} each")
     return "\n".join(lines)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alexnet import paper
+
 CHANCE_STEPS = 100  # optimizer steps before the check speaks (run.chance_steps)
 CHANCE_TOLERANCE = 0.05  # "at chance": error >= (1 - 0.05) x chance error
 
@@ -57,7 +59,7 @@ def chance_advice(evidence: Evidence, *, init_bias: float, lr: float,
     head = (f"the net is not learning: after {evidence.step} steps the {which} error is "
             f"{100 * error:.2f}%, chance for {evidence.num_classes} classes is "
             f"{100 * chance_error(evidence.num_classes):.2f}%")
-    if init_bias >= 1.0:
+    if init_bias >= paper.INIT_BIAS_ONE:
         fix = ("the paper's biases of 1 (model.init_bias=1) often keep a small data set at "
                "chance: start again with --preset own or --set model.init_bias=0.1")
     else:

@@ -469,9 +469,17 @@ def loader_pad(arch: str, crop: int) -> int:
     return conv1_pad(crop) if arch == AlexNet.arch else 0
 
 
+def pool_window(overlap_pool: bool = True) -> tuple[int, int]:
+    """(z, s) of the max-pools: the paper's overlapping 3/2, or the 2/2 it compares with
+    (section 3.4)."""
+    if overlap_pool:
+        return paper.POOL_SIZE, paper.POOL_STRIDE
+    return paper.NON_OVERLAP_POOL_SIZE, paper.NON_OVERLAP_POOL_STRIDE
+
+
 def pooled_side(crop: int, overlap_pool: bool = True) -> int:
     """The side of the pooled conv5 maps for `crop`-pixel inputs (224 -> 6); < 1: too small."""
-    z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
+    z, s = pool_window(overlap_pool)
     side = (crop + conv1_pad(crop) - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
     for _ in range(3):  # 55 -> 27 -> 13 -> 6 (conv2..conv5 keep the side)
         side = (side - z) // s + 1 if side >= z else 0
@@ -541,8 +549,7 @@ class AlexNet(nn.Module):
         self.act = nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
         self.lrn1 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
         self.lrn2 = LRN(g, lrn_alpha_over_n) if lrn else nn.Identity()
-        z, s = (paper.POOL_SIZE, paper.POOL_STRIDE) if overlap_pool else (2, 2)
-        self.pool = nn.MaxPool2d(z, s)
+        self.pool = nn.MaxPool2d(*pool_window(overlap_pool))
         if POOL_BACKEND == "triton" or (POOL_BACKEND == "auto" and torch.cuda.is_available()):
             triton_pool_module()  # import triton now, not inside a torch.compile trace
         side = pooled_side(crop, overlap_pool)  # 6 for 224 crops

@@ -16,7 +16,8 @@ TEST_CROPS = 10
 # Section 4.1: PCA colour shift, alpha_i ~ N(0, 0.1), drawn once per image per use.
 PCA_ALPHA_STD = 0.1
 
-# Section 3.1 / figure 2: the layer table. (kernels, kernel size, stride, padding).
+# Section 3.5 (Overall architecture) / figure 2: the layer table. (kernels, kernel size,
+# stride, padding).
 # Padding of conv1 is our documented choice (see alexnet/model.py): 224 crops padded by 3
 # on the right and bottom only, as cuda-convnet does, giving the 55x55 map.
 CONV1 = (96, 11, 4, 0)
@@ -35,9 +36,11 @@ LRN_N = 5
 LRN_ALPHA = 1e-4
 LRN_BETA = 0.75
 
-# Section 3.4 (Overlapping pooling): z=3, s=2.
+# Section 3.4 (Overlapping pooling): z=3, s=2; the comparison it beats is z=2, s=2.
 POOL_SIZE = 3
 POOL_STRIDE = 2
+NON_OVERLAP_POOL_SIZE = 2
+NON_OVERLAP_POOL_STRIDE = 2
 
 # Section 4.2 (Dropout): p=0.5 on the outputs of fc6 and fc7.
 DROPOUT_P = 0.5
@@ -86,6 +89,13 @@ RESULTS = {
         "1 CNN, 6th conv layer, pre-trained": (39.0, 16.6),
         "7 CNNs": (36.7, 15.4),
     },
+}
+
+# Not the paper's: single-crop reproductions on ILSVRC-2012 val, (top-1, top-5) in percent,
+# against which a centre-crop run compares (the paper's 2012 row is most likely 10-crop).
+CENTRE_CROP_REPRODUCTIONS = {
+    "Caffe bvlc_alexnet": (42.9, 19.8),
+    "torchvision alexnet": (43.5, 20.9),
 }
 
 # Section 3 and 4: reported effect of each choice (top-1, top-5 percentage points gained).

@@ -13,6 +13,11 @@ from alexnet.paper import CROP_SIZE, IMAGE_SIZE, PCA_ALPHA_STD, TEST_CROPS
 RNG = np.random.default_rng(12)
 
 
+def test_the_constants_are_the_papers() -> None:
+    # section 2: 256x256 images; section 4.1: 224 patches, 10 at test time, alpha sd 0.1
+    assert (IMAGE_SIZE, CROP_SIZE, TEST_CROPS, PCA_ALPHA_STD) == (256, 224, 10, 0.1)
+
+
 def numpy_ten_crops(image: np.ndarray, c: int) -> list[np.ndarray]:
     """The paper's 10 patches of one (S, S, 3) image by plain slicing, in TEN_CROP_ORDER."""
     s = image.shape[0]

@@ -212,6 +212,7 @@ def test_cli_table_names_the_paper_rows():
     top1, top5 = RESULTS["ilsvrc2012-val"]["1 CNN"]
     row = next(line for line in table.splitlines() if line.endswith("<-"))
     assert "1 CNN" in row and f"{top1:.1f}%" in row and f"{top5:.1f}%" in row
+    assert "reproductions land at 42.9-43.5% top-1" in table  # Caffe's and torchvision's
     table = format_table({**result, "crops": 1}, "ilsvrc2010", "test")
     row = next(line for line in table.splitlines() if line.endswith("<-"))
     assert "centre crop" in row and f"{RESULTS['ilsvrc2010-test']['1 CNN, centre crop'][0]}" in row

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexnet import paper
@@ -38,6 +39,25 @@ def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 # ---------------------------------------------------------------------------------------
 # The paper's table
+
+
+def test_the_constants_are_the_papers():
+    # figure 2 / section 3.5 (kernels, size, stride, padding: conv1's is our right/bottom pad)
+    assert [paper.CONV1, paper.CONV2, paper.CONV3, paper.CONV4, paper.CONV5] == \
+        [(96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1)]
+    assert (paper.FC_WIDTH, paper.NUM_CLASSES, paper.COLUMNS, paper.DROPOUT_P) == \
+        (4096, 1000, 2, 0.5)
+    assert paper.ABLATION_DELTAS == {"lrn": (1.4, 1.2), "overlapping_pool": (0.4, 0.3),
+                                     "two_columns": (1.7, 1.2), "pca_colour": (1.0, None)}
+    # section 6's tables
+    assert paper.RESULTS["ilsvrc2010-test"] == {
+        "1 CNN, 10-crop": (37.5, 17.0), "1 CNN, centre crop": (39.0, 18.3),
+        "SIFT + Fisher vectors": (45.7, 25.7)}
+    assert paper.RESULTS["ilsvrc2012-val"] == {
+        "1 CNN": (40.7, 18.2), "5 CNNs": (38.1, 16.4),
+        "1 CNN, 6th conv layer, pre-trained": (39.0, 16.6), "7 CNNs": (36.7, 15.4)}
+    assert paper.CENTRE_CROP_REPRODUCTIONS == {"Caffe bvlc_alexnet": (42.9, 19.8),
+                                               "torchvision alexnet": (43.5, 20.9)}
 
 
 def test_parameter_count_matches_the_table():
@@ -114,6 +134,63 @@ def test_a_227_crop_reaches_conv1_without_a_copy(split):
             assert not seen[-1][..., 224:, :].any() and not seen[-1][..., 224:].any()
 
 
+def paper_forward(net: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """Figure 2 and sections 3.1-3.5 written out with plain functional calls: ReLU after every
+    layer but fc8, LRN (the NumPy formula, within each column) after the ReLUs of conv1 and
+    conv2, max-pool 3/2 after both LRNs and after conv5; no dropout (test time)."""
+    def conv(layer: nn.Conv2d, h: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        return F.conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding, groups=groups)
+
+    def norm(h: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(lrn_numpy(h.numpy(), paper.LRN_N, paper.LRN_ALPHA,
+                                          paper.LRN_BETA, paper.LRN_K, paper.COLUMNS))
+
+    def pool(h: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(h, paper.POOL_SIZE, paper.POOL_STRIDE)
+
+    h = F.pad(x, (0, 3, 0, 3))  # the 224 crop, 3 zeros right and bottom
+    h = pool(norm(F.relu(conv(net.conv1, h))))
+    h = pool(norm(F.relu(conv(net.conv2, h, groups=2))))  # own column only
+    h = F.relu(conv(net.conv3, h))  # both columns
+    h = F.relu(conv(net.conv4, h, groups=2))
+    h = pool(F.relu(conv(net.conv5, h, groups=2)))
+    h = F.relu(F.linear(h.flatten(1), net.fc6.weight, net.fc6.bias))
+    h = F.relu(F.linear(h, net.fc7.weight, net.fc7.bias))
+    return F.linear(h, net.fc8.weight, net.fc8.bias)
+
+
+def test_forward_is_the_papers_composition():
+    # conv, ReLU, LRN, pool in that order; dropout (p = 0.5) does nothing at test time
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=10, width=0.25).double().eval()
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64) * 60
+    with torch.no_grad():
+        want = paper_forward(net, x)
+        torch.testing.assert_close(net(x), want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(split_columns(net, ("cpu", "cpu"))(x), want, rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_dropout_acts_on_the_outputs_of_fc6_and_fc7_only():
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=5, width=0.125).train()
+    seen: dict[str, list[torch.Tensor]] = {"drop": [], "fc6": [], "fc7": []}
+    net.drop.register_forward_hook(lambda m, i, o: seen["drop"].append((i[0].clone(), o)))
+    for name in ("fc6", "fc7"):  # their outputs before the in-place ReLU
+        getattr(net, name).register_forward_hook(
+            lambda m, i, o, name=name: seen[name].append(o.clone()))
+    net(torch.randn(4, 3, 224, 224) * 60)
+    assert len(seen["drop"]) == 2
+    for (kept_in, out), fc in zip(seen["drop"], (seen["fc6"][0], seen["fc7"][0]), strict=True):
+        assert torch.equal(kept_in, F.relu(fc))  # dropout sees the layer's ReLU output
+        dropped = (out == 0) & (kept_in != 0)
+        # inverted dropout: each unit zeroed with p = 0.5, the kept ones scaled by 1 / (1 - p)
+        assert abs(dropped.float().mean() / (kept_in != 0).float().mean() - paper.DROPOUT_P) \
+            < 0.05
+        kept = out != 0
+        torch.testing.assert_close(out[kept], kept_in[kept] / (1 - paper.DROPOUT_P))
+
+
 def test_features_are_fc7_after_relu():
     model = AlexNet(width=0.1, dropout=0.5).eval()
     x = torch.randn(3, 3, 224, 224) * 50
@@ -156,6 +233,15 @@ def test_lrn_equals_the_formula(alpha_over_n, groups):
     # float32 (the training dtype) agrees too
     got32 = module(torch.from_numpy(a).float()).numpy()
     np.testing.assert_allclose(got32, want, rtol=2e-5)
+
+
+def test_pooling_windows_are_the_papers():
+    # section 3.4: overlapping pools z = 3, s = 2 against the non-overlapping z = s = 2
+    assert (paper.POOL_SIZE, paper.POOL_STRIDE) == (3, 2)
+    assert (paper.NON_OVERLAP_POOL_SIZE, paper.NON_OVERLAP_POOL_STRIDE) == (2, 2)
+    for overlap, window in ((True, (3, 2)), (False, (2, 2))):
+        pool = meta(overlap_pool=overlap).pool
+        assert (pool.kernel_size, pool.stride) == window
 
 
 def test_lrn_constants_are_the_papers():
@@ -327,8 +413,11 @@ def test_one_column_net_follows_footnote_3():
                                                       "conv5")]
     assert kernels == [48, 128, 192, 192, 256]  # half, except the last conv layer
     assert [getattr(one, n).groups for n in ("conv2", "conv4", "conv5")] == [1, 1, 1]
-    # each kernel sees the same depth as in the two-column net; fc layers unchanged
-    assert one.conv2.weight.shape[1:] == two.conv2.weight.shape[1:]
+    # conv2, conv4, conv5 kernels see the depth they see in the two-column net (a column's
+    # maps); conv3's see all 128 maps of the halved conv2, half the two-column net's 256
+    assert [one.conv2.weight.shape[1:], one.conv4.weight.shape[1]] == \
+        [two.conv2.weight.shape[1:], two.conv4.weight.shape[1]]
+    assert one.conv3.weight.shape[1] == 128 == two.conv3.weight.shape[1] // 2
     assert one.conv5.weight.shape == two.conv5.weight.shape
     assert shapes(one.fc6) == shapes(two.fc6)
     assert one.lrn1.groups == 1 and two.lrn1.groups == 2

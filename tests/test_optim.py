@@ -15,6 +15,13 @@ from alexnet.optim import PaperSGD, PlateauSchedule, param_groups
 C = np.array([0.5, 2.0, -1.0, 3.0])  # the loss sum(C w^2) / 2 has gradient C w
 
 
+def test_section_5_constants_are_the_papers():
+    assert (paper.BATCH_SIZE, paper.MOMENTUM, paper.WEIGHT_DECAY, paper.BASE_LR) == \
+        (128, 0.9, 0.0005, 0.01)
+    assert (paper.LR_DROP_FACTOR, paper.MAX_LR_DROPS, paper.EPOCHS) == (10, 3, 90)
+    assert (paper.INIT_STD, paper.INIT_BIAS_ONE) == (0.01, 1)
+
+
 def test_paper_sgd_follows_the_formula_across_an_lr_change():
     w0 = np.array([1.0, -2.0, 0.5, 3.0])
     w = torch.tensor(w0, requires_grad=True)

@@ -119,7 +119,7 @@ def test_ratio_interval_covers_the_true_speed_up_on_synthetic_curves():
                 run["crossings"] = {f"{threshold:g}": crossing.crossing(
                     run["wrong"], run["seen"], window, threshold)}
                 runs[unit].append(run)
-        row = speedup.compare(runs["relu"], runs["tanh"], threshold, budget=1e9)
+        row = speedup.compare(runs["relu"], runs["tanh"], threshold, unreached=1e9)
         assert row["kind"] == "ratio"
         r = row["ratio"]
         covered += r["low"] <= speed_up <= r["high"]
@@ -135,9 +135,106 @@ def test_a_unit_missing_the_threshold_on_some_seed_gives_a_bound():
 
     relu = [run(10.0), run(12.0), run(11.0)]
     tanh = [run(40.0), run(None), run(45.0)]  # one seed never got there in 5 epochs
-    row = speedup.compare(relu, tanh, 0.1, budget=5.0)
+    row = speedup.compare(relu, tanh, 0.1, unreached=5.0)
     assert row["kind"] == "lower bound" and row["tanh"]["reached"] == 2
     assert row["ratio"]["estimate"] == pytest.approx(
         math.exp(np.mean(np.log([4.0, 5.0, 4.5])) - np.mean(np.log([1.0, 1.2, 1.1]))))
     assert "> " in speedup.describe(row)
-    assert speedup.compare(tanh, tanh, 0.1, budget=5.0)["kind"] == "none"
+    assert speedup.compare(tanh, tanh, 0.1, unreached=5.0)["kind"] == "none"
+
+
+def test_an_unreached_seed_stands_at_the_earliest_crossing_its_run_could_still_have(
+        monkeypatch):
+    """A seed that never reached a threshold was put at the whole budget (`steps` updates),
+    but a crossing is placed at its window's centre: a run of `steps` steps that has not
+    crossed could still cross at centre(steps + 1) = steps - (window - 1) / 2 updates. Its
+    time is known to be at least that, not the budget: the "> x" bound (and the "< x") said
+    more than was measured."""
+    steps, window, batch, n = 100, 20, 10, 1000
+    reach = {"relu": {"0.25": 30.0}, "tanh": {"0.1": 60.0}}  # each unit misses one threshold
+
+    def fake_run(images, labels, *, activation, lr, steps, seed=0, window, thresholds=(),
+                 batch_size, **kwargs):
+        at = {f"{t:g}": reach[activation].get(f"{t:g}") for t in thresholds}
+        crossed = {t: None if u is None else u + seed for t, u in at.items()}
+        return {"activation": activation, "lr": lr, "seed": seed, "steps": steps,
+                "images": len(images), "batch_size": batch_size, "window": window,
+                "crossings": crossed, "final_error": 0.5, "diverged": False, "ended": "budget",
+                "wrong": [], "seen": []}
+
+    monkeypatch.setattr(rt, "train_run", fake_run)
+    stats_ = {"mean_image": np.zeros((4, 4, 3)), "rgb_cov": np.eye(3)}
+    result = rt.run_experiment(np.zeros((n, 4, 4, 1), np.uint8), np.zeros(n, np.int64),
+                               stats=stats_, num_classes=2, lrs=[0.1], steps=steps,
+                               thresholds=[0.1], select_threshold=0.25, seeds=3,
+                               window=window, batch_size=batch, log=lambda *a: None,
+                               progress=False)
+    rows = {row["threshold"]: row for row in result["rows"]}
+    earliest = (steps - (window - 1) / 2) * batch / n  # 90.5 updates, in epochs
+    assert earliest == crossing.centre(steps + 1, window) * batch / n
+    relu = [(30.0 + s) * batch / n for s in result["seeds"]]
+    tanh = [(60.0 + s) * batch / n for s in result["seeds"]]
+    assert rows[0.25]["kind"] == "lower bound"
+    assert rows[0.25]["ratio"]["estimate"] == pytest.approx(
+        math.exp(math.log(earliest) - np.mean(np.log(relu))))
+    assert rows[0.1]["kind"] == "upper bound"
+    assert rows[0.1]["ratio"]["estimate"] == pytest.approx(
+        math.exp(np.mean(np.log(tanh)) - math.log(earliest)))
+    assert result["budget_epochs"] == steps * batch / n  # the budget itself is still reported
+
+
+def t_quantile_closed_form(p: float, df: int) -> float:
+    """Student's t quantile where it has a closed form: df 1 (Cauchy) and df 2."""
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    a = 2 * p - 1  # df 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2))
+    return a * math.sqrt(2 / (1 - a * a))
+
+
+def t_cdf(x: float, df: float, n: int = 4000) -> float:
+    """Student's t CDF at x >= 0 by Simpson's rule on the density (any real df)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    h = x / n
+    f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+
+def test_intervals_equal_the_textbook_formulas_without_scipy():
+    """Welch's interval, the paired one and the ratio's from their formulas by hand: the
+    t quantile from its closed forms (df 1, 2) or by integrating the density (Welch's
+    non-integer df), the standard errors and Welch-Satterthwaite df written out."""
+    a, b = [3.1, 2.4, 3.9, 2.8], [1.2, 1.9, 1.4]
+
+    def var(x):
+        m = sum(x) / len(x)
+        return sum((v - m) ** 2 for v in x) / (len(x) - 1)
+
+    va, vb = var(a) / len(a), var(b) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    w = stats.welch(a, b)
+    assert w.estimate == pytest.approx(sum(a) / 4 - sum(b) / 3, rel=1e-12)
+    assert w.high - w.estimate == pytest.approx(w.estimate - w.low, rel=1e-12)
+    assert t_cdf((w.high - w.estimate) / se, df) == pytest.approx(0.975, abs=1e-9)
+
+    for x, y in (([25.7, 21.4], [25.8, 22.5]), ([25.7, 21.4, 22.4], [25.8, 22.5, 23.2])):
+        d = [u - v for u, v in zip(x, y, strict=True)]
+        se_d = math.sqrt(var(d) / len(d))
+        t = t_quantile_closed_form(0.975, len(d) - 1)
+        p = stats.paired(x, y)
+        assert (p.low, p.high) == pytest.approx((sum(d) / len(d) - t * se_d,
+                                                 sum(d) / len(d) + t * se_d), rel=1e-12)
+    assert t_quantile_closed_form(0.975, 1) == pytest.approx(12.7062047, rel=1e-8)
+    assert t_quantile_closed_form(0.975, 2) == pytest.approx(4.3026527, rel=1e-7)
+
+    # the ratio: Welch on the logs, back through exp. Logs equally spread in both arms, two
+    # values each: df = 2 (n - 1) = 2 exactly, where the quantile has its closed form.
+    slow, fast = [6.0, 8.0], [1.0, 4 / 3]
+    la, lb = [math.log(v) for v in slow], [math.log(v) for v in fast]
+    est = (sum(la) - sum(lb)) / 2
+    half = t_quantile_closed_form(0.975, 2) * math.sqrt(var(la) / 2 + var(lb) / 2)
+    r = stats.ratio(slow, fast)
+    assert (r.estimate, r.low, r.high) == pytest.approx(
+        (math.exp(est), math.exp(est - half), math.exp(est + half)), rel=1e-9)
+    mean, sd = stats.mean_spread([2.0, 4.0, 9.0])
+    assert (mean, sd) == pytest.approx((5.0, math.sqrt(13.0)), rel=1e-12)

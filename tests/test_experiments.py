@@ -213,6 +213,23 @@ def test_relu_vs_tanh_refuses_bad_options_in_one_line(fashion_store, tmp_path, c
     assert "is the store" in err[6] and not (fashion_store / "relu_vs_tanh.json").exists()
 
 
+def test_relu_vs_tanh_refuses_an_empty_training_split_naming_it(tmp_path, capsys):
+    """An empty train split was read as a greyscale set of 0 images and refused as
+    "--batch-size 128: give 1 to 0", an option the user had not given."""
+    store, classes = tmp_path / "store", [{"wnid": "c0", "name": "class 0"}]
+    one = write_store(tmp_path / "one" / "train", np.zeros((1, 16, 16, 3), np.uint8), [0],
+                      classes)
+    write_store(store / "train", np.zeros((0, 16, 16, 3), np.uint8), [], classes,
+                stats=one.stats)  # an empty split has none of its own
+    out = tmp_path / "fig1"
+    assert main(["relu-vs-tanh", "--data", str(store), "--out", str(out),
+                 "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"alexnet relu-vs-tanh: error: {store / 'train'}: the train split "
+                            "holds no images; prepare it again\n")
+    assert captured.out == "" and not out.exists()
+
+
 @pytest.fixture(scope="module")
 def noise_store(tmp_path_factory) -> Path:
     """40 random 16x16 training images of 4 classes: enough for runs of a few steps."""

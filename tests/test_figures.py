@@ -232,7 +232,11 @@ def test_figures_command_writes_every_png(run_folder, tmp_path, capsys):
     # the same distances in the same order (indices may swap only where float32 ties)
     np.testing.assert_allclose(summary["neighbours"]["distances"], want_d, rtol=1e-4)
     np.testing.assert_allclose(np.take_along_axis(every, got_i, 1), want_d, rtol=1e-4)
-    assert np.load(tmp_path / "fc7.npy").shape[0] == 10  # the disk cache of the train split
+    cached = np.load(tmp_path / "fc7.npy")  # the disk cache of the train split
+    np.testing.assert_allclose(cached, rows, rtol=1e-4, atol=1e-5)
+    cached_d, cached_i = brute_force(q, cached.astype(np.float64), 6)  # searched by numpy
+    np.testing.assert_array_equal(got_i, cached_i)
+    np.testing.assert_allclose(summary["neighbours"]["distances"], cached_d, rtol=1e-9)
 
     # a second run reads the cache and finds the same neighbours
     assert "read from" not in capsys.readouterr().out
@@ -788,3 +792,149 @@ def test_two_figures_sharing_a_cache_never_leave_one_nets_key_beside_the_others_
                                            f"figures` writing --features-cache {cache}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "fc7.npy", "fc7.npy.json",
                                                           "other.pt"]
+
+
+# ------------------------------------------------ what the figures show, and bad input
+@pytest.mark.parametrize("bad", ["missing run folder", "other width", "no test split",
+                                 "out is a file"])
+def test_figures_bad_input_paths_are_one_line(run_folder, tmp_path, capsys, bad):
+    """What a user gets wrong most: each refused in one line naming what to change, and a
+    file at --out kept as it was."""
+    root, ckpt, _ = run_folder
+    ckpt_arg, data, out = str(ckpt), root, tmp_path / "o"
+    if bad == "missing run folder":
+        ckpt_arg = str(tmp_path / "runs" / "nope") + os.sep
+    elif bad == "other width":  # its model_args say one width, its weights are of another
+        state = alexnet.checkpoint.load(ckpt)
+        state["model_args"]["width"] = 2 * state["model_args"]["width"]
+        ckpt_arg = str(save(tmp_path / "wide.pt", state))
+    elif bad == "no test split":
+        data = tmp_path / "store"
+        shutil.copytree(root / "train", data / "train")
+    else:
+        out = tmp_path / "a file"
+        out.write_text("kept\n")
+    code = main(["figures", ckpt_arg, "--data", str(data), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert {"missing run folder": "no such checkpoint", "other width": "do not fit",
+            "no test split": "no val or test split", "out is a file": "--out"}[bad] in err
+    if bad == "out is a file":
+        assert out.read_text() == "kept\n"
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("empty", ["test", "train"])
+def test_an_empty_split_is_said_in_one_line_before_any_figure(run_folder, tmp_path, capsys,
+                                                              empty):
+    """An empty test split drew figure 3, then failed with "batch size 0: must be at least 1"
+    (figures.json missing, three PNGs written); an empty train split drew figure 4 right as a
+    column of test images with no neighbours. Now the first is refused before any figure,
+    naming the split; the second skips figure 4 right as a store without a train split does."""
+    root, ckpt, _ = run_folder
+    data = tmp_path / "store"
+    shutil.copytree(root, data)
+    none = open_split(data, empty)
+    write_store(data / empty, np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [], CLASSES,
+                stats=none.stats)
+    out = tmp_path / "figs"
+    code = main(figures_args(ckpt, data, out))
+    captured = capsys.readouterr()
+    if empty == "test":
+        assert code == 2 and captured.err.count("\n") == 1, captured.err
+        assert f"{data / 'test'}: the test split holds no images" in captured.err
+        assert not out.exists() and captured.out == ""
+    else:
+        assert code == 0, captured.err
+        assert f"figure 4 right skipped: {data / 'train'} holds no images to search" \
+            in captured.err
+        assert not (out / "fig4_neighbours.png").exists()
+        assert "neighbours" not in json.loads((out / "figures.json").read_text())
+
+
+@pytest.fixture
+def top5_layout(monkeypatch):
+    """{file name: {"texts": [...], "cells": [...]}} of each PNG saved by matplotlib, each
+    cell an image's title, the text under it, and whether that text lies between the image
+    and the bars below it (measured on the drawn figure)."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    drawn: dict[str, dict] = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, fname, *args, **kwargs):
+        result = savefig(fig, fname, *args, **kwargs)  # drawn: the extents are final
+        renderer = fig.canvas.get_renderer()
+        frames = [(ax, ax.get_window_extent(renderer)) for ax in fig.axes]
+        cells = []
+        for ax, frame in frames:
+            if not ax.images:
+                continue
+            label = ax.xaxis.label.get_window_extent(renderer)
+            below = [f for a, f in frames if not a.images and abs(f.x0 - frame.x0) < 20
+                     and f.y1 < frame.y0]
+            if not below:  # not a cell of figure 4 left
+                continue
+            bars = max(below, key=lambda f: f.y1)
+            cells.append({"title": ax.get_title(), "under": ax.xaxis.label.get_text(),
+                          "between": bars.y1 <= label.y0 and label.y1 <= frame.y0})
+        name = os.path.basename(getattr(fname, "name", str(fname)))
+        drawn[name] = {"cells": cells, "texts": [
+            t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]}
+        return result
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return drawn
+
+
+def patches(images: np.ndarray, crops: int) -> np.ndarray:
+    """Section 4.1's test patches of (N, 256, 256, 3) images, image-major, (N * crops, 3,
+    224, 224): the centre one, or the four corners, the centre and their reflections."""
+    edge, off = IMAGE_SIZE - CROP_SIZE, (IMAGE_SIZE - CROP_SIZE) // 2
+    corners = [(off, off)] if crops == 1 else [(0, 0), (0, edge), (edge, 0), (edge, edge),
+                                               (off, off)]
+    out = []
+    for image in images:
+        views = [image[y:y + CROP_SIZE, x:x + CROP_SIZE] for y, x in corners]
+        views += [v[:, ::-1] for v in views] if crops == 10 else []
+        out += [v.transpose(2, 0, 1) for v in views]
+    return np.ascontiguousarray(np.stack(out))
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_figure4_left_shows_the_softmax_averaged_over_the_stated_patches(
+        run_folder, tmp_path, top5_layout, crops):
+    """Each image's five labels and probabilities, recomputed with numpy (the patches cut by
+    hand, softmax of each patch's logits, averaged over the patches), are what the figure
+    draws and figures.json records; the figure states which patches; the correct label is
+    written under each image (caption of figure 4), not above it."""
+    root, ckpt, model = run_folder
+    out = tmp_path / "figs"
+    assert main(figures_args(ckpt, root, out, "--images", "4", "--crops", str(crops))) == 0
+    top5 = json.loads((out / "figures.json").read_text())["top5"]
+    test, train = open_split(root, "test"), open_split(root, "train")
+    indices = top5["indices"]
+    names = class_labels(CLASSES, 22)
+    drawn = top5_layout[next(n for n in top5_layout if "fig4_top5" in n)]
+    assert [c["under"] for c in drawn["cells"]] == [names[k] for k in test.labels[indices]]
+    assert all(c["title"] == "" and c["between"] for c in drawn["cells"])
+    stated = "softmax of the centre 224x224 patch" if crops == 1 else \
+        "softmax averaged over 10 224x224 patches"
+    assert any(stated in t for t in drawn["texts"]) and stated in top5["protocol"]
+    assert len(indices) == 4 and [r["index"] for r in top5["images"]] == indices
+    x = test.read(np.asarray(indices)).astype(np.float32) - train.stats["mean_image"]
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(patches(x, crops))).double().numpy()
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    probs = (e / e.sum(1, keepdims=True)).reshape(4, crops, -1).mean(1)
+    gaps = np.diff(np.sort(probs, axis=1), axis=1)
+    assert (gaps > 1e-4).all()  # no near-ties: the order below is the numbers' own
+    for row, p, label in zip(top5["images"], probs, test.labels[indices], strict=True):
+        want = np.argsort(-p)[:5]
+        assert [k for k, _ in row["top5"]] == want.tolist()
+        np.testing.assert_allclose([q for _, q in row["top5"]], p[want], rtol=1e-4)
+        assert row["label"] == label and row["label_prob"] == pytest.approx(p[label], rel=1e-4)
+        for k in want:
+            assert f"{names[k]} {p[k]:.2f}" in drawn["texts"]

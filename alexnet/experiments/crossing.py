@@ -39,6 +39,13 @@ def centre(step: int, window: int) -> float:
     return step - (window + 1) / 2
 
 
+def earliest_unreached(steps: int, window: int) -> float:
+    """The fewest updates a crossing can read for a run of `steps` steps that has not crossed:
+    its next window, ending at step steps + 1, would be placed at its centre, (window - 1) / 2
+    updates before the run's last step. A seed that missed a threshold took at least this."""
+    return centre(steps + 1, window)
+
+
 def crossing(wrong: Sequence[int], seen: Sequence[int], window: int,
              threshold: float) -> float | None:
     """Updates done when the running error first reaches `threshold` (None if it never does)."""

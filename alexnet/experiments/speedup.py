@@ -14,8 +14,10 @@ The plan (docs/experiments.md):
 3. At each threshold, each unit's mean and spread of epochs to it, and the ratio tanh/ReLU
    of geometric means with its Welch t interval on log epochs (alexnet.experiments.stats).
    Where some tanh seeds never reach a threshold within the budget, their time is at least
-   the budget: the ratio computed with the budget in their place is a lower bound (and
-   where ReLU seeds fail, an upper bound); where no seed of a unit reaches it, no ratio.
+   the earliest crossing a run of the budget's steps could still have had (half a window
+   before its end, crossing.earliest_unreached): the ratio computed with that time in their
+   place is a lower bound (and where ReLU seeds fail, an upper bound); where seeds of both
+   units fail, no ratio.
 """
 
 from __future__ import annotations
@@ -90,17 +92,14 @@ def epochs_to(run: dict, threshold: float) -> float | None:
     return None if updates is None else updates * run["batch_size"] / run["images"]
 
 
-def budget_epochs(run: dict) -> float:
-    """The epochs a run was given (its steps if it stopped early having crossed everything)."""
-    return run["steps"] * run["batch_size"] / run["images"]
-
-
 def compare(relu: Sequence[dict], tanh: Sequence[dict], threshold: float,
-            budget: float, confidence: float = stats.CONFIDENCE) -> dict:
+            unreached: float, confidence: float = stats.CONFIDENCE) -> dict:
     """Both units' epochs to `threshold` over seeds and the ratio tanh/ReLU with its interval.
 
-    `budget` (epochs) stands in for seeds that did not reach the threshold, which turns the
-    ratio into a bound ("kind": "ratio", "lower bound", "upper bound" or "none").
+    `unreached` (epochs) stands in for seeds that did not reach the threshold, which turns
+    the ratio into a bound ("kind": "ratio", "lower bound", "upper bound" or "none"): the
+    least time such a seed can have needed (crossing.earliest_unreached), so that the bound
+    holds.
     """
     row: dict = {"threshold": threshold}
     times = {}
@@ -109,7 +108,7 @@ def compare(relu: Sequence[dict], tanh: Sequence[dict], threshold: float,
         mean, sd = stats.mean_spread(reached)
         row[name] = {"epochs": [epochs_to(r, threshold) for r in runs], "reached": len(reached),
                      "seeds": len(runs), "mean": mean, "sd": sd}
-        times[name] = [budget if e is None else e for e in row[name]["epochs"]]
+        times[name] = [unreached if e is None else e for e in row[name]["epochs"]]
     full = {n: row[n]["reached"] == row[n]["seeds"] for n in ACTIVATIONS}
     if full["relu"] and full["tanh"]:
         kind = "ratio"
@@ -142,5 +141,6 @@ def describe(row: dict) -> str:
     interval = f"{pct} interval {r['low']:.2f}-{r['high']:.2f}" if not math.isnan(r["low"]) \
         else "no interval (one seed)"
     sign = {"ratio": "", "lower bound": "> ", "upper bound": "< "}[row["kind"]]
-    tail = "" if row["kind"] == "ratio" else f" ({row['kind']}: unreached seeds at the budget)"
+    tail = "" if row["kind"] == "ratio" else \
+        f" ({row['kind']}: unreached seeds at the earliest crossing they could have had)"
     return text + f"tanh/ReLU {sign}{r['estimate']:.2f} ({interval}){tail}"

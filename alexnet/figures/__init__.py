@@ -73,7 +73,23 @@ def _test_split(root: Path, split: str) -> Any:
     name = auto_split(root) if split == "auto" else split
     if name is None:
         raise UserError(f"{root}: no val or test split; prepare one, or give --split")
-    return open_split(root, name)
+    test = open_split(root, name)
+    if len(test) == 0:
+        raise UserError(f"{test.path}: the {name} split holds no images, so figure 4 has no "
+                        "test image to show; prepare it again, or give another --split")
+    return test
+
+
+def _train_split(root: Path) -> tuple[Any, str]:
+    """The training split figure 4 right searches, or (None, why it is skipped)."""
+    from alexnet.data.store import open_split
+
+    if not (root / "train").is_dir():
+        return None, f"{root} has no train split to search"
+    train = open_split(root, "train")
+    if len(train) == 0:
+        return None, f"{train.path} holds no images to search"
+    return train, ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
 def _draw_figures(args: argparse.Namespace) -> int:
     """`run`, without the notice of missing glyphs."""
     from alexnet.checkpoint import model_from_state
-    from alexnet.data.store import open_split
     from alexnet.evaluate import (
         class_difference,
         class_names,
@@ -120,7 +135,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
         raise UserError(f"{args.checkpoint}: {class_difference(ours, theirs, str(args.data))}; "
                         "draw the figures on the store the net was trained for")
     settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
-    train = open_split(args.data, "train") if (args.data / "train").is_dir() else None
+    train, args.search_skipped = _train_split(args.data)
     key = None if train is None else _cache_key(args.checkpoint, identity, train, settings)
     if args.features_cache:  # before any figure: a bad cache path fails at once
         from alexnet.figures.neighbours import check_cache
@@ -171,8 +186,7 @@ def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.
                                                    settings, key)
         print(f"figure 4 right: {summary['neighbours']['file']}")
     else:
-        print(f"figure 4 right skipped: {args.data} has no train split to search",
-              file=sys.stderr)
+        print(f"figure 4 right skipped: {args.search_skipped}", file=sys.stderr)
 
     log = args.run_dir / "log.jsonl"
     if log.is_file():
@@ -255,23 +269,38 @@ def _cache_key(ckpt_file: Path, identity: tuple[int, int, int] | None, train: An
 
 def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, device: Any,
                  settings: dict[str, Any]) -> dict[str, Any]:
-    """Figure 4 left: chosen test images, their top-5 classes and probabilities."""
+    """Figure 4 left: chosen test images, their top-5 classes and probabilities (recorded
+    per image too: what the figure shows, as numbers)."""
     import numpy as np
 
     from alexnet.evaluate import eval_loader, predict_probs
     from alexnet.figures.neighbours import choose_queries
     from alexnet.figures.text import class_labels
-    from alexnet.figures.top5 import LABEL_CHARS, plot_top5
+    from alexnet.figures.top5 import LABEL_CHARS, plot_top5, top_classes
 
     indices = choose_queries(len(test), args.images, args.seed)
     loader = eval_loader(test, crops=args.crops, batch_size=min(len(indices), args.batch_size),
                          device=device, indices=indices, **settings)
     probs, labels = predict_probs(model, loader)
+    probs, labels = probs.numpy(), labels.tolist()
     names = class_labels(test.classes, LABEL_CHARS)
     path = out / "fig4_top5.png"
-    size = plot_top5(list(test.read(np.asarray(indices))), probs.numpy(), labels.tolist(), names,
-                     path)
-    return {"file": str(path), "size": list(size), "indices": indices, "crops": args.crops}
+    protocol = _top5_protocol(args.crops, settings["crop"])
+    size = plot_top5(list(test.read(np.asarray(indices))), probs, labels, names, path,
+                     protocol=protocol)
+    images = [{"index": i, "label": y, "label_prob": float(p[y]),
+               "top5": [[int(k), float(p[k])] for k in row]}
+              for i, y, p, row in zip(indices, labels, probs, top_classes(probs), strict=True)]
+    return {"file": str(path), "size": list(size), "indices": indices, "crops": args.crops,
+            "protocol": protocol, "images": images}
+
+
+def _top5_protocol(crops: int, crop: int) -> str:
+    """How figure 4 left's probabilities were computed, as the figure states it."""
+    if crops == 1:
+        return f"probabilities: softmax of the centre {crop}x{crop} patch"
+    return (f"probabilities: softmax averaged over {crops} {crop}x{crop} patches (corners, "
+            "centre and their reflections, section 4.1)")
 
 
 def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argparse.Namespace,

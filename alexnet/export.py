@@ -5,8 +5,9 @@ batch (ONNX through onnxruntime when it is installed; otherwise that check is sk
 reason printed). The exported ONNX and TorchScript models take what the net takes:
 float32 (N, 3, crop, crop) RGB pixels on the 0..255 scale minus the training mean (or, for
 data.mean = "torchvision", torchvision's normalised input); N is free. A sidecar
-`NAME.json` lists the classes and that normalisation (with the channel mean; the mean image,
-for data.mean = "image", is in the weights file and the checkpoint).
+`NAME.json` lists the classes and says how to make that input from an image file (the channel
+mean in it; the mean image, for data.mean = "image", is in the weights file and the
+checkpoint).
 
 The paper's LRN runs as an autograd Function with chunked in-place loops (fast to train, not
 traceable for any batch size); the exported graph uses `PlainLRN`, the same formula written
@@ -190,16 +191,45 @@ def check_export(fmt: str, path: Path, model: nn.Module, crop: int, name: Path |
            f"(max relative difference {diff:.1e})"
 
 
+def normalisation(mean: str, size: int, crop: int) -> str:
+    """How a user of an ONNX or TorchScript export makes its input from an image file, in
+    words: what `alexnet predict` does (docs/loading.md, "Evaluation batches")."""
+    from alexnet.data.augment import TV_MEAN, TV_STD
+
+    start = (size - crop) // 2
+    centre = f"[{start}:{start + crop}, {start}:{start + crop}]"
+    image = (f"the image rescaled as `alexnet prepare` does (shorter side {size}, central "
+             f"{size}x{size}), as float32 RGB on the 0..255 scale")
+    patch = (f"; then the {crop}x{crop} patch cut (the centre one: rows and columns {centre}; "
+             "the 10 of `--crops 10` add the corners and mirror images), HWC to CHW")
+    ways = {
+        "image": f"{image}, minus the training mean image (stats.mean_image of the weights "
+                 f"file or checkpoint: float32 ({size}, {size}, 3)) pixel by pixel{patch}",
+        "channel": f"{image}, minus channel_mean{patch}",
+        "none": f"{image}{patch}",
+        "torchvision": f"{image}, divided by 255, minus {list(TV_MEAN)} and divided by "
+                       f"{list(TV_STD)} channel by channel{patch}",
+    }
+    return ways.get(mean, f"{image}, normalised as data.mean = {mean!r}{patch}")
+
+
 def sidecar(ckpt: dict[str, Any], crop: int, fmt: str) -> dict[str, Any]:
     """What a user of the exported file needs: the classes and the input normalisation."""
-    data = (ckpt.get("config") or {}).get("data", {})
+    from alexnet.evaluate import input_settings
+    from alexnet.predict import image_size
+
     stats = ckpt.get("stats") or {}
     channel_mean = stats.get("channel_mean")
+    mean, size = input_settings(ckpt)["mean"], image_size(ckpt)
     return {
         "format": fmt, "arch": ckpt.get("arch"), "model_args": ckpt.get("model_args"),
         "input": f"float32 (N, 3, {crop}, {crop}) RGB",
-        "mean": data.get("mean", "image"),
+        "mean": mean,
+        "normalise": normalisation(mean, size, crop),
+        "image_size": size,
         "channel_mean": None if channel_mean is None else [float(v) for v in channel_mean],
+        "output": "logits (N, classes); `alexnet predict` averages their softmax over the "
+                  "patches of each image",
         "classes": ckpt.get("classes"),
     }
 
@@ -235,6 +265,19 @@ def export_lock(path: Path) -> FolderLock:
                              "wait for it to end, or choose another --out")
 
 
+def export_name(source: Path) -> str:
+    """NAME of an export's default file: a run folder's name (also for its checkpoint.pt or
+    best.pt, given as `.` or relatively), else the file's name less `.pt` or an export's
+    suffix (`m.weights.pt` -> `m`, not `m.weights`)."""
+    src = source.absolute()
+    if src.is_dir():
+        return src.name
+    if src.name in ("checkpoint.pt", "best.pt"):
+        return src.parent.name
+    suffix = next((s for s in SUFFIX.values() if src.name.endswith(s) and src.name != s), "")
+    return src.name[:-len(suffix)] if suffix else src.stem
+
+
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
            check: bool = True) -> dict[str, Any]:
     """Export the net of checkpoint `source` as `fmt`; return the paths and the check line."""
@@ -242,10 +285,9 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    src = Path(source).absolute()  # `.` or `best.pt` in a run folder: named by the folder
-    stem = src.parent.name if src.name in ("checkpoint.pt", "best.pt") else src.stem
-    stem = src.name if src.is_dir() else stem
-    path = Path(out) if out else Path(f"{stem}{SUFFIX[fmt]}")
+    name = f"{export_name(Path(source))}{SUFFIX[fmt]}"
+    folder = out is not None and (Path(out).is_dir() or os.fspath(out).endswith(("/", os.sep)))
+    path = Path(out) / name if folder else Path(out) if out else Path(name)
     info = path.with_name(path.name + ".json")
     check_output(path, f"{fmt} export", lambda p: is_export(p, fmt))
     check_output(info, "export sidecar", is_sidecar, name=f"--out {path}: its sidecar {info}")
@@ -253,6 +295,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     with export_lock(path):
         model, ckpt = load_model(source)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
+        described = sidecar(ckpt, crop, fmt)  # before any file is written
         remove_stale(path.parent, [path, info])  # temporaries of killed exports of this file
         writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
         with replacing(path) as tmp:  # written and checked aside: a kill keeps the earlier one
@@ -262,7 +305,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
                 writer(model, crop, tmp)
             checked = check_export(fmt, tmp, model, crop, name=path) if check else \
                 "check skipped (--no-check)"
-        write_json(info, sidecar(ckpt, crop, fmt), indent=2)
+        write_json(info, described, indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
             "check": checked}
 
@@ -272,8 +315,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="weights",
                         help="onnx (needs the onnx package), torchscript, or weights: the "
                              "net and what feeds it, without the optimizer")
-    parser.add_argument("--out", help="file to write (default: RUN.onnx, "
-                                      "RUN.torchscript.pt or RUN.weights.pt here)")
+    parser.add_argument("--out", help="file to write, or a folder (an existing one, or a "
+                                      "name ending in /) to write the default name in "
+                                      "(default: RUN.onnx, RUN.torchscript.pt or "
+                                      "RUN.weights.pt here)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip reading the export back and comparing its outputs")
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.data.preprocess import MAX_PIXELS
 from alexnet.errors import UserError
 from alexnet.paper import IMAGE_SIZE, TEST_CROPS, TOP5
 
@@ -61,23 +62,25 @@ def _say_left_out(files: list[Path], folder: Path) -> None:
               file=sys.stderr)
 
 
-def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE) -> np.ndarray:
-    """uint8 (N, size, size, 3): each file preprocessed as `alexnet prepare` does it.
+def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE,
+                max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """uint8 (N, size, size, 3): each file preprocessed as `alexnet prepare` does it, with its
+    decompression-bomb limit `max_pixels` (PIL's own limit and warning would come first).
 
-    A missing file or one that is not an image raises a UserError naming it.
+    A missing file or one that is not a usable image raises a UserError naming it.
     """
-    from alexnet.data.preprocess import Skip, load_image
+    from alexnet.data.preprocess import Skip, load_image, pil_settings
 
     images = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such image file")
-        try:
-            images.append(load_image(("path", str(path)), size))
-        except Skip as reason:
-            raise UserError(f"{path}: not a usable image ({reason}); give a JPEG, PNG or "
-                            "other image file") from None
+    with pil_settings(max_pixels):
+        for path in map(Path, paths):
+            if not path.is_file():
+                raise UserError(f"{path}: no such image file")
+            try:
+                images.append(load_image(("path", str(path)), size, max_pixels))
+            except Skip as reason:
+                raise UserError(f"{path}: not a usable image ({reason}); leave it out or give "
+                                "another file") from None
     return np.stack(images)
 
 
@@ -144,6 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print a JSON list [{image, top: [{label, wnid, name, "
                         "probability}]}] and nothing else")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="refuse images with more pixels, as decompression bombs (as "
+                        "prepare; default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: give at least 1")
+    if args.max_pixels < 1:
+        raise UserError(f"--max-pixels {args.max_pixels}: must be a positive number of pixels "
+                        f"(default {MAX_PIXELS})")
     from alexnet.evaluate import resolve_checkpoint
 
     args.images = expand_folders(args.images)
@@ -161,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint.is_dir():
         print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
     ckpt = load(path)
-    images = load_images(args.images, image_size(ckpt))  # every file checked before the net
+    images = load_images(args.images, image_size(ckpt), args.max_pixels)  # before the net
     model = model_from_state(ckpt, path, device)
     probs = predict_images(model, images, ckpt, crops=args.crops, device=device)
     tops = top_classes(probs, ckpt.get("classes"), args.top)

@@ -1,5 +1,5 @@
-"""`alexnet export` and hubconf.py: ONNX, TorchScript and weights-only files whose outputs
-equal the checkpoint's, the plain LRN equal to the paper's, and torch.hub's local load."""
+"""`alexnet export`: ONNX, TorchScript and weights-only files whose outputs equal the
+checkpoint's, and the plain LRN equal to the paper's (hubconf.py: test_hubconf.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from alexnet.export import PlainLRN, check_input, export, exportable
 from alexnet.model import LRN, AlexNet, build_model
 from alexnet.optim import PaperSGD
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(3)]
 
 
@@ -98,6 +97,33 @@ def test_torchscript_export_equals_the_checkpoint_for_any_batch(ckpt_path, tmp_p
     assert info["channel_mean"] == pytest.approx([120.0, 115.0, 100.0])
 
 
+@pytest.mark.parametrize("mean, crop, says", [
+    ("image", 224, "minus the training mean image (stats.mean_image of the weights file or "
+                   "checkpoint: float32 (256, 256, 3)) pixel by pixel; then the 224x224 patch "
+                   "cut (the centre one: rows and columns [16:240, 16:240]"),
+    ("channel", 200, "on the 0..255 scale, minus channel_mean; then the 200x200 patch cut (the "
+                     "centre one: rows and columns [28:228, 28:228]"),
+    ("none", 224, "on the 0..255 scale; then the 224x224 patch"),
+    ("torchvision", 224, "divided by 255, minus [0.485, 0.456, 0.406] and divided by "
+                         "[0.229, 0.224, 0.225] channel by channel"),
+])
+def test_the_sidecar_says_how_to_make_the_input(ckpt_path, tmp_path, mean, crop, says):
+    """The sidecar said "float32 (N, 3, 224, 224) RGB" and the mean's name: not the scale,
+    the size images are rescaled to, nor where the patch and its mean window lie."""
+    state = checkpoint.load(ckpt_path)
+    state["config"]["data"].update(mean=mean, crop=crop)
+    state["model"] = build_model("alexnet", num_classes=3, width=0.125, crop=crop).state_dict()
+    state["model_args"] = {**state["model_args"], "crop": crop}
+    checkpoint.save(tmp_path / "c.pt", state)
+    result = export(tmp_path / "c.pt", "weights", tmp_path / "c.weights.pt")
+    info = json.loads(Path(result["info"]).read_text())
+    assert info["mean"] == mean and info["image_size"] == 256
+    assert info["input"] == f"float32 (N, 3, {crop}, {crop}) RGB"
+    assert info["normalise"].startswith("the image rescaled as `alexnet prepare` does (shorter "
+                                        "side 256, central 256x256), as float32 RGB")
+    assert says in info["normalise"]
+
+
 def test_onnx_export_equals_the_checkpoint(ckpt_path, tmp_path):
     pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
@@ -109,6 +135,71 @@ def test_onnx_export_equals_the_checkpoint(ckpt_path, tmp_path):
         x, ref = _logits(model, batch)
         out = session.run(["logits"], {"image": x.numpy()})[0]
         np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sensitive_net(tmp_path_factory) -> Path:
+    """A checkpoint whose logits move with the input (PyTorch's default initialisation: the
+    paper's leaves them almost constant at first) and whose mean image is not constant, so
+    that a patch or mean window off by a pixel shows; LRN and two columns as in the paper."""
+    torch.manual_seed(1)
+    model = AlexNet(num_classes=5, width=0.125)
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    stats = {"channel_mean": np.array([110.0, 115.0, 120.0], np.float32),
+             "mean_image": np.stack([70 + x / 3, 90 + y / 4, 150 - (x + y) / 5], -1)}
+    path = tmp_path_factory.mktemp("sensitive") / "net.pt"
+    checkpoint.save(path, checkpoint.make_state(
+        model, classes=[{"wnid": f"s{i}", "name": f"s {i}"} for i in range(5)], stats=stats,
+        epoch=1, step=0))
+    return path
+
+
+def test_onnx_gives_predicts_probabilities_on_predicts_patches(sensitive_net, tmp_path):
+    """The export's check runs on noise; here onnxruntime gets the patches `alexnet predict`
+    classifies (centre and 10-crop, from the evaluation loader, less the zeros it pads for
+    conv1, which the exported graph adds itself): its logits equal the checkpoint net's within
+    the export's TOLERANCE, and the softmax averaged over the patches gives predict's
+    probabilities. The sidecar's recipe, followed by hand for the centre patch, does too."""
+    pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from alexnet.data.store import write_store
+    from alexnet.evaluate import eval_loader, input_settings
+    from alexnet.export import TOLERANCE, max_difference
+    from alexnet.predict import predict_images
+
+    result = export(sensitive_net, "onnx", tmp_path / "net.onnx")
+    info = json.loads(Path(result["info"]).read_text())
+    session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    model, ckpt = checkpoint.load_model(sensitive_net)
+    rng = np.random.default_rng(3)
+    images = np.clip(rng.normal(128, 50, (3, 8, 8, 3)), 0, 255).astype(np.uint8)
+    images = images.repeat(32, 1).repeat(32, 2)  # (3, 256, 256, 3): blocks of 32 pixels
+    store = write_store(tmp_path / "store" / "test", images, np.zeros(3, np.int64),
+                        ckpt["classes"], stats=ckpt["stats"])
+    for crops in (1, 10):
+        want = predict_images(model, images, ckpt, crops=crops)
+        loader = eval_loader(store, crops=crops, batch_size=2, device="cpu",
+                             stats=ckpt["stats"], **input_settings(ckpt))
+        logits = []
+        for x, _ in loader:
+            patches = x[..., :224, :224].numpy()  # the loader's 227: conv1's zeros
+            out = torch.from_numpy(session.run(["logits"], {"image": patches})[0])
+            with torch.no_grad():
+                assert max_difference(model(x), out) <= TOLERANCE
+            logits.append(out)
+        got = torch.cat(logits).softmax(1).view(len(images), crops, -1).mean(1)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
+    # the sidecar: shorter side 256, minus the mean image, the centre patch at 16
+    assert info["image_size"] == 256 and info["mean"] == "image"
+    assert "minus the training mean image" in info["normalise"]
+    assert "rows and columns [16:240, 16:240]" in info["normalise"]
+    x = (images.astype(np.float32) - ckpt["stats"]["mean_image"])[:, 16:240, 16:240]
+    by_hand = session.run(["logits"], {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
+    np.testing.assert_allclose(torch.from_numpy(by_hand[0]).softmax(1).numpy(),
+                               predict_images(model, images, ckpt, crops=1).numpy(), atol=1e-5)
 
 
 def test_onnx_without_the_onnx_package_is_one_line(ckpt_path, tmp_path, monkeypatch, capsys):
@@ -136,28 +227,6 @@ def test_weights_file_is_smaller_and_loads_like_a_checkpoint(ckpt_path, tmp_path
 def test_unknown_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none.pt"), "--format", "weights"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
-
-
-def test_torch_hub_local_load_returns_the_papers_net():
-    model = torch.hub.load(str(REPO), "alexnet", source="local", trust_repo=True)
-    assert isinstance(model, AlexNet)
-    assert model.kwargs["columns"] == 2 and model.kwargs["num_classes"] == 1000
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    # section 3.5: 96 kernels of 11x11x3; 256 of 5x5x48 (each column sees its half); 4096-unit
-    # fully connected layers; 1000-way output
-    assert shapes["conv1.weight"] == (96, 3, 11, 11)
-    assert shapes["conv2.weight"] == (256, 48, 5, 5)
-    assert shapes["conv3.weight"] == (384, 256, 3, 3)
-    assert shapes["fc6.weight"] == (4096, 256 * 6 * 6)
-    assert shapes["fc8.weight"] == (1000, 4096)
-
-
-def test_torch_hub_local_load_with_weights(ckpt_path):
-    model = torch.hub.load(str(REPO), "alexnet", source="local", trust_repo=True,
-                           weights=str(ckpt_path))
-    ref, _ = checkpoint.load_model(ckpt_path)
-    for key, value in ref.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value)
 
 
 def test_export_rejects_an_unknown_format(ckpt_path):
@@ -260,6 +329,29 @@ def test_the_default_name_comes_from_the_run_folder_given_relatively(ckpt_path, 
     monkeypatch.chdir(run)
     export(given, "weights")
     assert (run / "run1.weights.pt").is_file() and (run / "run1.weights.pt.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+def test_the_default_name_of_an_export_of_an_export_drops_its_suffix(ckpt_path, tmp_path,
+                                                                     monkeypatch):
+    """`alexnet export m.weights.pt --format torchscript` wrote m.weights.torchscript.pt (and
+    `--format weights`, m.weights.weights.pt)."""
+    monkeypatch.chdir(tmp_path)
+    export(ckpt_path, "weights", "m.weights.pt")
+    export("m.weights.pt", "torchscript")
+    export(tmp_path / "m.weights.pt", "weights")  # its own name: the same export again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.torchscript.pt", "m.torchscript.pt.json", "m.weights.pt", "m.weights.pt.json"]
+
+
+def test_an_out_that_names_a_folder_gets_the_default_name_in_it(ckpt_path, tmp_path, capsys):
+    """`--out exports/` wrote a file named `exports`; `--out` an existing folder was refused."""
+    assert main(["export", str(ckpt_path), "--out", f"{tmp_path / 'exports'}/"]) == 0
+    assert main(["export", str(ckpt_path), "--out", str(tmp_path / "exports")]) == 0
+    assert "exports/run.weights.pt (" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
+        "run.weights.pt", "run.weights.pt.json"]
 
 
 OTHER = [{"wnid": f"o{i}", "name": f"other {i}"} for i in range(3)]

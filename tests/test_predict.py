@@ -210,3 +210,32 @@ def test_a_folders_files_left_out_for_their_extension_are_said(trained, files, t
             in captured.err), captured.err
     assert main(["predict", str(trained), str(folder / "e.gif")]) == 0  # named: classified
     assert "blue thing" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_an_image_under_max_pixels_is_classified_whatever_pils_own_limit(trained, files,
+                                                                          monkeypatch, capsys):
+    """predict decoded with PIL's limit (89 megapixels), not prepare's --max-pixels (134):
+    a 100-megapixel photo printed PIL's two-line DecompressionBombWarning, one of 180 was
+    refused with advice naming an option predict had not. A lower PIL limit stands in."""
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # red.jpg: 240x320 = 76,800
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["predict", str(trained), str(files / "red.jpg"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "red thing" in captured.out.splitlines()[1]
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
+    assert Image.MAX_IMAGE_PIXELS == 30_000  # PIL's setting is the caller's again
+
+
+def test_max_pixels_refuses_larger_images_in_one_line(trained, files, capsys):
+    code = main(["predict", str(trained), str(files / "red.jpg"), "--max-pixels", "50000",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"{files / 'red.jpg'}: not a usable image (320x240 pixels: over the " \
+           "decompression-bomb limit of 50000 (--max-pixels))" in err

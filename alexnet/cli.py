@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -38,17 +40,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# a reader that left the pipe is no error of ours: the status of a process SIGPIPE ended, as
+# a command without Python's own handling of the signal would give
+SIGPIPE_STATUS = 128 + signal.SIGPIPE
 NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # argparse's: a value, not an option
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default, unless the help already says it, the
-    option has none (None) or is an on/off flag (False)."""
+    option has none (None, or an empty list for a repeatable one) or is an on/off flag
+    (False)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_ = action.help or ""
         if not action.option_strings or "default" in help_ or action.nargs == 0 or any(
-                action.default is v for v in (None, False, argparse.SUPPRESS)):
+                action.default is v for v in (None, False, argparse.SUPPRESS)) or \
+                action.default == []:
             return help_
         return f"{help_} (default: %(default)s)"
 
@@ -134,10 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     printable_names()
     with _signals(program):
         try:
-            return _run(name, rest)
+            status = _run(name, rest)
+            sys.stdout.flush()  # a reader gone is found here, not at the interpreter's exit
+            return status
         except UserError as err:
             print(f"alexnet {name}: error: {err}", file=sys.stderr)
             return 2
+        except BrokenPipeError as err:
+            if not _stdout_gone():
+                print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
+                return 2
+            return SIGPIPE_STATUS
         except OSError as err:  # a filesystem failure that no module turned into a UserError
             print(f"alexnet {name}: error: {_os_message(err)}", file=sys.stderr)
             return 2
@@ -227,6 +241,23 @@ def check_device(args: argparse.Namespace) -> None:
         from alexnet.evaluate import resolve_device
 
         resolve_device(device)
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has gone (`alexnet ... | head`); if so, point it at
+    /dev/null, so that nothing more is written to it and the interpreter's exit stays quiet."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):  # no file descriptor: not the process's own stdout
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 def _os_message(err: OSError) -> str:

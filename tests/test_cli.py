@@ -1,5 +1,6 @@
 """The `alexnet` command itself: help, version, unknown commands."""
 
+import os
 import subprocess
 import sys
 
@@ -131,6 +132,7 @@ def test_help_is_unchanged_by_the_one_line_errors(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith("usage: alexnet train") and "--epochs" in out
+    assert "(default: [])" not in out and "(repeatable)" in out  # --set: no empty default
 
 
 def _command(monkeypatch, tmp_path, source: str, name: str = "fake") -> str:
@@ -292,3 +294,21 @@ def test_a_second_ctrl_c_after_the_command_stopped_changes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SECOND_PRESS, str(tmp_path), "fake"],
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, "alexnet fake: interrupted\n")
+
+
+def test_a_reader_that_left_the_pipe_is_no_error(tmp_path):
+    """`alexnet train --print-config | head -c 10`: the reader gone was an 'error: Broken pipe;
+    check the path ...' and status 2; now nothing is said and the status is SIGPIPE's. A
+    reader that stays gets the whole output."""
+    from alexnet.cli import SIGPIPE_STATUS
+
+    command = [sys.executable, "-m", "alexnet", "train", "--print-config"]
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first write
+    gone = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path)
+    os.close(write)
+    assert (gone.returncode, gone.stderr) == (SIGPIPE_STATUS, "")
+    assert SIGPIPE_STATUS == 141
+    kept = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert kept.returncode == 0 and kept.stderr == "" and '"optim"' in kept.stdout

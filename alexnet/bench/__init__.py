@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which benchmarks (default: all): " + ", ".join(WHATS))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
-    parser.add_argument("--json", type=Path, default=None, help="write all figures to FILE")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="write all figures to FILE")
     parser.add_argument("--smoke", action="store_true",
                         help="least work that runs every line (tests; figures meaningless)")
 

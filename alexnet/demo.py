@@ -335,11 +335,14 @@ def _report(final: dict[str, Any], out: Path, store: Path) -> None:
               f" top-5 {100 * final['test_top5_error_10crop']:.2f}%{same}")
     print(f"done in {final['seconds'] / 60:.1f} min. Written:")
     for name, what in ((FINAL, "final metrics"), ("log.jsonl", "per-epoch log"),
-                       ("log.csv", "the same as CSV"), ("curves.png", "training curves"),
+                       ("log.csv", "the same as CSV"),
+                       ("steps.jsonl", "loss, lr and images/s every run.log_every steps"),
+                       ("curves.png", "training curves"),
                        ("checkpoint.pt", "the trained net (alexnet evaluate/predict)"),
                        (TRAINED, "how the training ended"),
                        ("config.json", "the resolved config")):
-        print(f"  {out / name}: {what}")
+        if (out / name).is_file():
+            print(f"  {out / name}: {what}")
     print(f"  {store}: the prepared store (reused by the next demo)")
 
 

@@ -21,7 +21,7 @@ def tiny_plan() -> Plan:
 
 def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
     result = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
-                  overrides=["model.width=0.125"], device="cpu", ten_crop=True)
+                  overrides=["model.width=0.125", "run.log_every=2"], device="cpu", ten_crop=True)
     run = Path(result["run_dir"])
     assert run == tmp_path / "demo"
     for name in ("config.json", "log.jsonl", "log.csv", "curves.png", "checkpoint.pt",
@@ -39,10 +39,13 @@ def test_demo_writes_a_complete_run_folder(fashion_mnist_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "40 training and 20 test images" in out and str(run / "final.json") in out
     assert "the paper's network at 0.125 of its width" in out and "full-size" not in out
+    written = [Path(line.split(": ")[0].strip()) for line in
+               out.split("Written:\n")[1].splitlines() if line.startswith("  ")]
+    assert run / "steps.jsonl" in written and all(path.exists() for path in written)  # 2 rows
     # the same demo again reuses the finished run; another config never overwrites it
     capsys.readouterr()
     same = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),
-                overrides=["model.width=0.125"], device="cpu", ten_crop=None)
+                overrides=["model.width=0.125", "run.log_every=2"], device="cpu", ten_crop=None)
     assert Path(same["run_dir"]) == run and same["test_top1_error"] == final["test_top1_error"]
     assert f"{run} holds this demo's finished run: reusing it" in capsys.readouterr().out
     again = demo(fashion_mnist_dir, tmp_path / "demo", plan=tiny_plan(),

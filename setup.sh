@@ -16,8 +16,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     $PIP install -q "${ALEXNET_TORCH:-torch}"
   else
-    $PIP install -q "${ALEXNET_TORCH:-torch==2.13.0}" \
-      || $PIP install -q --index-url https://download.pytorch.org/whl/cpu torch
+    # PyTorch's CPU index first: PyPI's Linux torch is the CUDA build, GBs of libraries. No
+    # retries: where that index is out of reach, pip's configured sources or the plain
+    # install after it serve without waiting.
+    $PIP install -q --retries 0 --index-url https://download.pytorch.org/whl/cpu \
+      "${ALEXNET_TORCH:-torch==2.13.0}" || $PIP install -q "${ALEXNET_TORCH:-torch==2.13.0}"
   fi
 fi
 $PIP install -q -e ".[dev,export]"  # export: ONNX and its check, so the tests run them

@@ -48,7 +48,7 @@ def test_every_option_has_help_and_its_default(name):
     for action in options(parser):
         assert action.help, f"{name} {action.option_strings[0]}: no help"
         shown = formatter._get_help_string(action)  # "%(default)s" counts: it shows the value
-        if action.nargs != 0 and action.default is not None:
+        if action.nargs != 0 and action.default is not None and action.default != []:
             assert "default" in shown, f"{name} {action.option_strings[0]}: default not shown"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _stops import held_elsewhere, tree  # a lock held by another process
+from _stops import ctrl_c_at_step, held_elsewhere, tree  # a lock held elsewhere
 from PIL import Image
 
 from alexnet import paper
@@ -484,17 +484,18 @@ def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
                            f"{tmp_path / 'nostore'}`")
 
 
-def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, capsys):
+def test_an_interrupted_variant_is_resumed_not_restarted(ablation, tmp_path, monkeypatch,
+                                                        capsys):
     from alexnet import checkpoint
-    from alexnet.config import from_dict
-    from alexnet.train import train
 
     out = tmp_path / "abl"
     variants = ab.choose_variants(["no-lrn"])
-    budget = ab.budget_config(ablation["base"], 2, None, train_images=16)
-    first = ab.seed_configs(ab.variant_configs(budget, variants, out)["no-lrn"], 1)[0]
-    partial = from_dict({"run": {"max_steps": 1}}, first)
-    train(partial)  # as if ablate had been stopped after the first step of no-lrn
+    ctrl_c_at_step(monkeypatch, 3)  # no-lrn's first step, after the paper net's two
+    with pytest.raises(KeyboardInterrupt):
+        ab.ablate(ablation["base"], out, variants, budget_steps=2, seeds=1,
+                  log=lambda *_: None)
+    monkeypatch.undo()
+    assert checkpoint.load(out / "no-lrn" / "seed-0" / "checkpoint.pt")["global_step"] == 1
     capsys.readouterr()
     result = ab.ablate(ablation["base"], out, variants, budget_steps=2, seeds=1,
                        log=lambda *_: None)

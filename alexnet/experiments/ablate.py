@@ -10,8 +10,11 @@ same budget (`run.max_steps` steps, or `optim.epochs` epochs), once for each of 
 seeds (run.seed = base seed + k, the same seeds for every net); its final validation top-1
 and top-5 errors (centre crop) are compared with the paper net's: each net's mean and spread
 over the seeds, and the delta (variant minus paper net, in points) with its Welch t interval
-(alexnet.experiments.stats). A delta is called distinguishable from zero when its 95%
-interval excludes 0; otherwise this budget cannot tell it from seed noise.
+(alexnet.experiments.stats). Positive deltas mean the paper's choice helps, as the paper
+signs its figures. A delta is called distinguishable from zero when its 95% interval
+excludes 0; otherwise this budget cannot tell it from seed noise. What could make the nets'
+budgets or starts differ (a clock limit, a resumed or pre-trained start, a switch the chosen
+architecture lacks, a stopped run resumed under other settings) is refused in one line.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from alexnet import paper
 from alexnet.atomic import FolderLock, ensure_folder, write_atomic
-from alexnet.config import Config, from_dict, resolve, to_dict
+from alexnet.config import Config, from_dict, model_kwargs, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
 from alexnet.progress import format_duration
@@ -37,6 +40,11 @@ RESULT = "result.json"  # written into a variant's run folder once it has finish
 # what a run stopped by Ctrl-C or SIGTERM advises: ablate resumes its runs itself
 CONTINUE_WITH = "the same `alexnet ablate` command (it resumes this run)"
 DEFAULT_SEEDS = 3  # runs per net: the fewest that give a usable t interval (t_0.975,2 = 4.3)
+# config keys that say where a run lives, whether it was resumed and how it shows progress:
+# not what it measured, so a finished or stopped run is reused whatever they read
+WHERE_AND_HOW = ("run.out", "run.resume", "run.progress")
+SIGN = ("deltas: the variant's error minus the paper net's, in percentage points "
+        "(positive: the paper's choice helps, as the paper signs its figures)")
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,9 @@ def variant_configs(base: Config, variants: list[Variant], out: Path) -> dict[st
     """The paper net's config and each variant's: `base` with one key changed, own run folder.
 
     Raises UserError where the base already has a variant's value (the variant would be the
-    paper net itself, e.g. after --set model.lrn=false).
+    paper net itself, e.g. after --set model.lrn=false), or where the base's architecture has
+    no such switch (model.arch=alexnet-tv: the same net would train twice and read as "no
+    effect").
     """
     configs = {BASELINE: from_dict({"run": {"out": str(out / BASELINE)}}, base)}
     for v in variants:
@@ -125,7 +135,20 @@ def variant_configs(base: Config, variants: list[Variant], out: Path) -> dict[st
                             f"{v.name} would be the paper net; drop that --set")
         configs[v.name] = from_dict({v.section: {v.key: v.value},
                                      "run": {"out": str(out / v.name)}}, base)
+        if not _reaches_the_net(v, base):
+            usable = " ".join(u.name for u in VARIANTS if _reaches_the_net(u, base))
+            raise UserError(f"model.arch {base.model.arch} has no {v.section}.{v.key}: variant "
+                            f"{v.name} would train the paper net again; use model.arch=alexnet, "
+                            f"or --variants {usable}")
     return configs
+
+
+def _reaches_the_net(v: Variant, base: Config) -> bool:
+    """Whether variant `v`'s switch changes what is trained from `base`: a data switch always
+    does, a model switch only where the architecture takes it (config.model_kwargs)."""
+    if v.section != "model":
+        return True
+    return model_kwargs(from_dict({v.section: {v.key: v.value}}, base)) != model_kwargs(base)
 
 
 def seed_configs(config: Config, seeds: int) -> list[Config]:
@@ -152,15 +175,47 @@ def _comparable(config: Config) -> dict[str, Any]:
     return d
 
 
+def recorded_difference(recorded: Any, config: Config) -> list[str]:
+    """`section.key VALUE, now VALUE` for each key where a run's recorded config (its
+    result.json's or its checkpoint's) differs from `config` in what it measures: not where
+    it lives or whether it was resumed (WHERE_AND_HOW; the same --out given as a relative or
+    an absolute path is one folder), and the store compared as the folder it names."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    differ = []
+    for section, values in to_dict(config).items():
+        theirs = recorded.get(section) if isinstance(recorded.get(section), dict) else {}
+        for key, value in values.items():
+            name, old = f"{section}.{key}", theirs.get(key, "absent")
+            same = old == value or (name == "data.store" and isinstance(old, str) and
+                                    bool(old) and _folder(old) == _folder(value))
+            if name not in WHERE_AND_HOW and not same:
+                differ.append(f"{name} {old}, now {value}")
+    return differ
+
+
+def _folder(path: str) -> Path:
+    """`path` as an absolute folder (relative to this process's working folder)."""
+    return Path(path).expanduser().resolve()
+
+
+def _listed(differ: list[str], most: int = 3) -> str:
+    """The first `most` differences, and how many more."""
+    more = f", and {len(differ) - most} more" if len(differ) > most else ""
+    return "; ".join(differ[:most]) + more
+
+
 def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
     """Train one variant (or reuse its finished result); the figures the table needs.
 
     A run folder holding this variant's result.json with the same config is reused; one
-    holding only a checkpoint (an interrupted ablate) is resumed. A result.json that is not
-    ablate's (damaged) is refused, naming the folder to delete: the run it stood for finished,
-    and what it measured cannot be told from its checkpoint.
+    holding only a checkpoint (an interrupted ablate) is resumed when the checkpoint's config
+    is this run's, else refused naming what differs (resumed under another budget or other
+    settings, its result would be neither run). A result.json that is not ablate's (damaged)
+    is refused, naming the folder to delete: the run it stood for finished, and what it
+    measured cannot be told from its checkpoint.
     """
     from alexnet.train import train
+    from alexnet.training.saving import read_resumable
 
     run_dir = Path(config.run.out)
     done = run_dir / RESULT
@@ -172,18 +227,32 @@ def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
         if not isinstance(previous, dict) or "config" not in previous:
             raise UserError(f"{done}: damaged (not the result ablate writes); delete the run "
                             f"folder {run_dir} to train that run again, or choose another --out")
-        if previous["config"] == _comparable(config):
+        differ = recorded_difference(previous["config"], config)
+        if not differ:
             log(f"== {name}: finished earlier, reusing {done}")
             return previous
-        raise UserError(f"{run_dir} holds a finished run with another config; "
-                        "choose another --out")
+        raise UserError(f"{run_dir} holds a finished run with another config "
+                        f"({_listed(differ)}); choose another --out")
+    stopped = None
     if (run_dir / "checkpoint.pt").is_file():
+        try:
+            stopped = read_resumable(run_dir)
+        except UserError as err:  # its own advice is train's (--resume another checkpoint)
+            why = str(err).rpartition("; ")[0] or str(err)
+            raise UserError(f"{why}; delete the run folder {run_dir} to train that run again, "
+                            "or choose another --out") from None
+        differ = recorded_difference(stopped.get("config"), config)
+        if differ:
+            raise UserError(f"{run_dir} holds an interrupted run with another config "
+                            f"({_listed(differ)}); continue it with the ablate command that "
+                            f"started it, delete {run_dir} to train it anew, or choose "
+                            "another --out")
         log(f"== {name}: resuming the interrupted run in {run_dir}")
         config = from_dict({"run": {"resume": str(run_dir)}}, config)
     else:
         log(f"== {name}")
     t0 = time.perf_counter()
-    summary = train(config, continue_with=CONTINUE_WITH)
+    summary = train(config, resume=stopped, continue_with=CONTINUE_WITH)
     result = {
         "variant": name, "top1_error": summary["val_top1_error"],
         "top5_error": summary["val_top5_error"], "steps": summary["steps"],
@@ -221,7 +290,17 @@ def delta_row(name: str, switch: str, runs: list[dict], base: list[dict],
 
 
 def tabulate(results: dict[str, list[dict[str, Any]]], variants: list[Variant]) -> list[dict]:
-    """One row per net: errors over seeds, delta against the paper net, the paper's delta."""
+    """One row per net: errors over seeds, delta against the paper net, the paper's delta.
+
+    Raises UserError when the runs did not all train the same number of steps: their deltas
+    would not compare the choices under one budget.
+    """
+    steps = {r["variant"]: r["steps"] for runs in results.values() for r in runs}
+    if len(set(steps.values())) > 1:
+        first = next(iter(steps.items()))
+        odd = [f"{name}: {n} steps" for name, n in steps.items() if n != first[1]]
+        raise UserError(f"unequal budgets: {first[0]}: {first[1]} steps, but {', '.join(odd)}; "
+                        "the deltas would not compare the choices under one budget")
     base = results[BASELINE]
     rows = [delta_row(BASELINE, "-", base, None, (None, None))]
     for v in variants:
@@ -274,9 +353,14 @@ def sentence(row: dict) -> str:
         paper_text = (f"paper: {pts_or_na(row['paper_delta_top1'])} top-1, "
                       f"{pts_or_na(row['paper_delta_top5'])} top-5"
                       + (f" ({paper_text.removeprefix('paper: ')})" if paper_text else ""))
-    return (f"- {row['variant']}: top-1 delta {d1['estimate']:+.2f} points is "
-            f"{row['verdict_top1']}; top-5 delta {d5['estimate']:+.2f} is "
-            f"{row['verdict_top5']}. {paper_text[0].upper() + paper_text[1:]}.")
+
+    def verb(verdict: str) -> str:
+        return "has" if verdict.startswith("no interval") else "is"
+
+    return (f"- {row['variant']}: top-1 delta {d1['estimate']:+.2f} points "
+            f"{verb(row['verdict_top1'])} {row['verdict_top1']}; top-5 delta "
+            f"{d5['estimate']:+.2f} {verb(row['verdict_top5'])} {row['verdict_top5']}. "
+            f"{paper_text[0].upper() + paper_text[1:]}.")
 
 
 def pts_or_na(v: float | None) -> str:
@@ -287,8 +371,11 @@ def honest_note(config: Config, seeds: int) -> str:
     """What the deltas mean under this budget and this many seeds."""
     full = (config.run.max_steps == 0 and config.optim.epochs >= paper.EPOCHS
             and config.model.width == 1.0 and config.data.crop == paper.CROP_SIZE)
-    rule = (f"{seeds} seeds per net; a delta is distinguishable from zero when its 95% Welch "
-            "t interval excludes 0 (sentences above).")
+    from alexnet.training.run_folder import plural
+
+    rule = (f"{SIGN[0].upper() + SIGN[1:]}. {plural(seeds, 'seed')} per net; a delta is "
+            "distinguishable from zero when its 95% Welch t interval excludes 0 (sentences "
+            "above).")
     if full:
         return ("note: the paper's full budget; on ImageNet these deltas are the paper's "
                 f"experiment. {rule}")
@@ -321,48 +408,111 @@ def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) 
     writer.writeheader()
     writer.writerows(csv_row(r) for r in rows)
     write_atomic(paths[1], buf.getvalue())
-    write_atomic(paths[2], "# Ablations (alexnet ablate)\n\n" + markdown(rows) + "\n" + note
-                 + "\n")
+    write_atomic(paths[2], "# Ablations (alexnet ablate)\n\n" + meta["setup"] + "\n\n"
+                 + markdown(rows) + "\n" + note + "\n")
     return paths
 
 
-def _train_images(store: str) -> int | None:
-    """Images in the store's training split, or None if it cannot be opened (train says why)."""
-    from alexnet.data.store import open_split
+def check_base(base: Config) -> None:
+    """Refuse base settings under which the nets would not share one budget and one start:
+    a clock limit (each net would stop after its own number of steps), a run to resume or
+    weights to start from (ablate resumes its own runs; every net starts from the paper's
+    initialisation, section 5, and one column's layers have other shapes)."""
+    run = base.run
+    if run.time_limit:
+        raise UserError(f"--set run.time_limit={run.time_limit:g}: a clock limit stops each net "
+                        "after a different number of steps; give the budget as --budget-steps "
+                        "or --epochs")
+    if run.resume:
+        raise UserError(f"--set run.resume={run.resume}: ablate resumes its own runs (rerun the "
+                        "same `alexnet ablate` command); drop it")
+    if run.init_from:
+        raise UserError(f"--set run.init_from={run.init_from}: every net trains from the "
+                        "paper's initialisation (and one column's layers have other shapes); "
+                        "drop it")
 
-    try:
-        return len(open_split(store, "train"))
-    except (UserError, OSError):
-        return None
+
+@dataclass(frozen=True)
+class Data:
+    """What every net trains and is validated on."""
+
+    store: str  # as an absolute folder
+    train_images: int
+    val_split: str
+    val_images: int  # validated on (run.val_limit applied)
+
+
+def check_data(base: Config) -> Data:
+    """Open the store's training split and the validation split as training will, so that a
+    missing store or split, or images smaller than the crop, is one line before any run."""
+    from alexnet.data.splits import auto_split
+    from alexnet.data.store import check_root, open_split
+    from alexnet.training.data import check_crop
+
+    store = base.data.store
+    if not store:
+        raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
+    root = check_root(store)
+    train = open_split(root, "train")
+    check_crop(base, train.image_size, root)  # no-overlap's smallest crop is smaller (36)
+    choice = auto_split(root) if base.data.val_split == "auto" else base.data.val_split
+    if choice in (None, "none"):
+        raise UserError(f"{store}: ablate compares validation errors; the store needs a 'val' "
+                        "or 'test' split (and data.val_split other than none)")
+    val = len(open_split(root, choice))
+    limit = base.run.val_limit
+    return Data(str(_folder(store)), len(train), choice, min(val, limit) if limit else val)
+
+
+def describe(base: Config, seeds: list[int], data: Data) -> str:
+    """The setup every net shared, in one paragraph: the data, the budget, the seeds, and
+    every key where the base config is not the paper's (width, crop, batch, ...)."""
+    o, r = base.optim, base.run
+    budget = f"{r.max_steps} steps of {o.batch_size} images (optim.epochs {o.epochs})" \
+        if r.max_steps else f"{o.epochs} epochs in batches of {o.batch_size} images"
+    changes = base_changes(base)
+    changed = ", ".join(f"{k}={v}" for k, v in changes.items()) or "none"
+    seed_list = ", ".join(map(str, seeds))
+    return (f"Every net: store {data.store} ({data.train_images} training images; validation: "
+            f"its '{data.val_split}' split ({data.val_images} images, centre crop)); budget "
+            f"{budget}; {'seed' if len(seeds) == 1 else 'seeds'} {seed_list}. The base config "
+            f"differs from the paper's in: {changed}.")
+
+
+def base_changes(base: Config) -> dict[str, Any]:
+    """{"section.key": base's value} where `base` is not the paper's config (the defaults),
+    beyond where the runs live, which store they read and how they show progress."""
+    return {k: v for k, (_, v) in config_difference(
+        Config(), base, WHERE_AND_HOW + ("data.store",)).items()}
 
 
 def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: int | None = None,
            epochs: int | None = None, seeds: int = DEFAULT_SEEDS, log=print) -> dict[str, Any]:
     """Train the paper net and `variants` under one budget, `seeds` times each; write and
     return the table."""
-    store = base.data.store
-    if not store:
-        raise UserError("no store given: --data STORE (a folder made by 'alexnet prepare')")
-    from alexnet.data.splits import auto_split
-
-    if base.data.val_split == "none" or auto_split(store) is None:
-        raise UserError(f"{store}: ablate compares validation errors; the store needs a 'val' "
-                        "or 'test' split (and data.val_split other than none)")
-    base = budget_config(base, budget_steps, epochs, _train_images(store))
+    check_base(base)
+    data = check_data(base)
+    base = budget_config(base, budget_steps, epochs, data.train_images)
     configs = variant_configs(base, variants, out)
     runs = {name: seed_configs(config, seeds) for name, config in configs.items()}
-    note = honest_note(base, seeds)
-    log(note)
+    seed_list = [c.run.seed for c in runs[BASELINE]]
+    note, setup = honest_note(base, seeds), describe(base, seed_list, data)
     ensure_folder(out, "folder for --out")
     with ablation_lock(out):  # its runs' result.json and the tables: one ablate at a time
+        log(setup)
+        log(note)
         results = train_all(runs, log)
         rows = tabulate(results, variants)
-        meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "store": store,
+        meta = {"experiment": "ablate (paper sections 3.2-3.4, 4.1, 4.2)", "setup": setup,
+                "store": data.store, "train_images": data.train_images,
+                "val_split": data.val_split, "val_images": data.val_images,
                 "budget_steps": base.run.max_steps or None, "epochs": base.optim.epochs,
-                "seeds": [c.run.seed for c in runs[BASELINE]], "base_config": to_dict(base),
-                "switches": {v.name: v.switch for v in variants}}
+                "batch_size": base.optim.batch_size, "seeds": seed_list,
+                "errors": "fractions (top1_errors, top1_mean, ...); deltas in percentage points",
+                "delta": SIGN, "base_changes": base_changes(base),
+                "base_config": to_dict(base), "switches": {v.name: v.switch for v in variants}}
         paths = write_outputs(out, rows, note, meta)
-    return {"rows": rows, "note": note, "paths": [str(p) for p in paths],
+    return {"rows": rows, "note": note, "setup": setup, "paths": [str(p) for p in paths],
             "configs": configs, "results": results}
 
 
@@ -421,6 +571,8 @@ def run(args: argparse.Namespace) -> int:
     base = resolve(args.preset, args.overrides, {"data.store": str(args.data)})
     result = ablate(base, args.out, variants, budget_steps=args.budget_steps,
                     epochs=args.epochs, seeds=args.seeds)
+    print()
+    print(result["setup"])
     print()
     print(markdown(result["rows"]))
     print(result["note"])

@@ -294,6 +294,9 @@ def validate(config: Config) -> Config:
     need(m.arch in ARCHS, f"model.arch {m.arch!r}: choose from {', '.join(ARCHS)}")
     need(m.activation in ("relu", "tanh"), f"model.activation {m.activation!r}: relu or tanh")
     need(m.columns in (1, 2), f"model.columns {m.columns}: 1 or 2")
+    need(not m.split_columns or (m.columns == 2 and m.arch == "alexnet"),
+         f"model.split_columns puts each of the paper net's two columns on its own GPU; "
+         f"drop it for model.arch={m.arch} with model.columns={m.columns}")
     need(0 < m.width, f"model.width {m.width}: must be > 0")
     need(0 <= m.dropout < 1, f"model.dropout {m.dropout}: must be in [0, 1)")
     smallest = min_crop(m.overlap_pool)

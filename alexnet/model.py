@@ -530,8 +530,11 @@ class AlexNet(nn.Module):
         self.columns = columns
 
         def n(count: int, halve: bool = True) -> int:
-            # the one-column net has half the kernels, except conv5 and fc (footnote 3)
-            count = count // 2 if columns == 1 and halve else count
+            # the one-column net has half the kernels, except conv5 and fc (footnote 3): those
+            # are the two-column net's at every width, so rounded as it rounds them
+            if not halve:
+                return max(2, round(count * width / 2) * 2)
+            count = count // 2 if columns == 1 else count
             return max(columns, round(count * width / columns) * columns)
 
         c1, c2, c3, c4, c5 = (n(paper.CONV1[0]), n(paper.CONV2[0]), n(paper.CONV3[0]),

@@ -71,6 +71,9 @@ def test_values_are_converted_to_the_field_type():
     (["run.compile=maybe"], "run.compile must be bool"),
     (["lr=0.1"], "SECTION.KEY=VALUE"),
     (["run.seed=-1"], "run.seed -1: must be >= 0"),  # was the loader's "seed (2, -1, 1, 0)"
+    # were a raw ValueError once the net was built (on a two-GPU machine)
+    (["model.split_columns=true", "model.columns=1"], "model.split_columns puts each"),
+    (["model.split_columns=true", "model.arch=alexnet-tv"], "model.arch=alexnet-tv"),
 ])
 def test_bad_keys_and_choices_are_one_line_errors(items, fragment):
     with pytest.raises(UserError) as err:

@@ -423,6 +423,18 @@ def test_one_column_net_follows_footnote_3():
     assert one.lrn1.groups == 1 and two.lrn1.groups == 2
 
 
+@pytest.mark.parametrize("width", [0.001, 0.1, 0.125, 0.3, 0.7])
+def test_footnote_3_holds_at_every_width(width):
+    """conv5 and the fully connected layers are the two-column net's at the same width (were
+    rounded on one column: 77 kernels against 76 at width 0.3, 1 against 2 at 0.001); the other
+    conv layers have half its kernels."""
+    two, one = meta(width=width), meta(width=width, columns=1)
+    for name in ("conv5", "fc6", "fc7"):
+        assert getattr(one, name).weight.shape[0] == getattr(two, name).weight.shape[0], name
+    for name in ("conv1", "conv2", "conv3", "conv4"):
+        assert 2 * getattr(one, name).out_channels == getattr(two, name).out_channels, name
+
+
 @pytest.mark.parametrize("kwargs", [{"columns": 1, "overlap_pool": False},
                                     {"activation": "tanh", "lrn": False, "dropout": 0.0}])
 def test_width_works_with_every_switch(kwargs):

@@ -87,6 +87,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
+def rng_problem(state: Any) -> str | None:
+    """Why `state` is not generator states that `set_rng_state` restores, or None: a resumed
+    run must fail before it builds anything, not halfway through its restore. The CPU
+    generators are set from it on trial and put back as they were; CUDA's is looked at only."""
+    if not isinstance(state, dict):
+        return f"is {kind_of(state)}, not a table of generator states"
+    cuda = state.get("cuda")
+    if cuda is not None and not (isinstance(cuda, list | tuple) and all(
+            isinstance(s, torch.Tensor) for s in cuda)):
+        return "has a 'cuda' entry that is not a list of generator states"
+    before = {k: v for k, v in rng_state().items() if k != "cuda"}
+    try:
+        set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    except KeyError as err:
+        return f"lacks the entry {err.args[0]!r}"
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        return f"holds a generator state that does not fit ({one_line(err, 80)})"
+    finally:
+        set_rng_state(before)
+    return None
+
+
+def kind_of(value: Any) -> str:
+    """A checkpoint entry in words, for a message: a short scalar as itself (`-3`, `None`),
+    anything else by its type (`a str`, `an int`)."""
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _to_lists(value: Any) -> Any:
     """Tuples to lists, recursively (weights_only pickles stay plain)."""
     if isinstance(value, tuple | list):
@@ -167,6 +198,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     if state.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format version {state.get('format_version')}, "
                         f"this alexnet reads version {FORMAT_VERSION}; use a matching release")
+    if not isinstance(state.get("stats"), dict | None):
+        raise UserError(f"{path}: its 'stats' (the normalisation statistics) is "
+                        f"{kind_of(state['stats'])}, not a table (damaged, or written by another "
+                        "tool); use another checkpoint")
     state["stats"] = stats_to_numpy(state.get("stats"))
     return state
 

@@ -116,6 +116,11 @@ def launch_rank() -> int:
     return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
+def launch_world_size() -> int:
+    """How many ranks torchrun started (1 in a single process), before the group is joined."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def is_main() -> bool:
     """True on rank 0 (and in a single process), also after the group is left: a torchrun
     rank says so from its RANK (the end of `alexnet train` prints once, not once per rank)."""

@@ -96,6 +96,11 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
     The loader yields image-major batches: x (B * crops, 3, H, W) and y (B,), the crops of
     image b being x[b * crops:(b + 1) * crops] (EvalLoader's order). The model's mode is
     restored afterwards, so training can call this between epochs.
+
+    The loader's iterator is closed here, however the loop ends: its teardown (the read-ahead
+    threads joined) then runs while a Ctrl-C or SIGTERM is being handled, where a second one
+    is a plain exception, and not in the generator's finaliser, where Python could only print
+    it ("Exception ignored in ...") and go on.
     """
     was_training = model.training
     model.eval()
@@ -103,24 +108,38 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
     total = len(loader) if hasattr(loader, "__len__") else 0
     bar = Progress(total, progress or "", unit="batch", enabled=progress is not None)
     try:
-        for x, y in loader:
-            bar.update()
-            batch = y.shape[0]
-            if batch == 0:
-                continue
-            if x.shape[0] % batch:
-                raise ValueError(f"{x.shape[0]} crops for {batch} images: not image-major")
-            logits = model(x).float()
-            probs = torch.softmax(logits, dim=1)
-            probs = probs.view(batch, x.shape[0] // batch, -1).mean(dim=1)
-            all_probs.append(probs.cpu())
-            all_labels.append(y.cpu().to(torch.int64))
+        with closed_after(loader) as batches:
+            for x, y in batches:
+                bar.update()
+                batch = y.shape[0]
+                if batch == 0:
+                    continue
+                if x.shape[0] % batch:
+                    raise ValueError(f"{x.shape[0]} crops for {batch} images: not image-major")
+                logits = model(x).float()
+                probs = torch.softmax(logits, dim=1)
+                probs = probs.view(batch, x.shape[0] // batch, -1).mean(dim=1)
+                all_probs.append(probs.cpu())
+                all_labels.append(y.cpu().to(torch.int64))
     finally:
         bar.close()
         model.train(was_training)
     if not all_probs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
     return torch.cat(all_probs), torch.cat(all_labels)
+
+
+@contextlib.contextmanager
+def closed_after(iterable: Iterable[Any]) -> Iterator[Iterator[Any]]:
+    """The iterator of `iterable`, closed as the block ends when it can be (a generator, an
+    EvalLoader's): by the code that stopped iterating, not by the garbage collector."""
+    iterator = iter(iterable)
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def eval_loader(store: Any, *, crops: int, batch_size: int, device: torch.device | str,
@@ -186,7 +205,7 @@ class _UntilStop:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        with contextlib.closing(iter(self.loader)) as batches:
+        with closed_after(self.loader) as batches:
             for batch in batches:
                 if self.stop():
                     raise Stopped

@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alexnet import checkpoint, distributed
+from alexnet import distributed
 from alexnet.config import AMP_CHOICES, Config, from_dict, given_keys, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.training.procedure import check_run_folder_free, train
 from alexnet.training.run_folder import plural, shows_top5
+from alexnet.training.saving import read_resumable
 
 __all__ = ["add_arguments", "config_from_args", "run", "train"]
 
@@ -92,7 +93,7 @@ def config_from_args(args: argparse.Namespace
         flags.setdefault("run.out", str(resume_dir))
         if Path(flags["run.out"]).resolve() == resume_dir.resolve():
             check_run_folder_free(resume_dir)  # before reading its checkpoint
-        ckpt = checkpoint.load(args.resume)
+        ckpt = read_resumable(args.resume)
         base = from_dict(ckpt.get("config") or {}, where=f"{args.resume} config")
         flags["run.resume"] = str(args.resume)
     elif preset is None:

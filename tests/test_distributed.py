@@ -485,3 +485,21 @@ def test_a_refusal_of_rank_0_alone_is_every_ranks_one_line(val_store, tmp_path):
     busy = f"alexnet train: error: {run}: another process is training into this run folder"
     assert result.stderr.count(busy) == 2 and "[rank1]" not in result.stderr, \
         result.stderr[-3000:]
+
+
+def test_a_resume_into_a_held_run_folder_is_every_ranks_one_line(ref_run, tmp_path):
+    """`--resume RUN` while another process trains into RUN: rank 0 refused before the ranks
+    met, alone, and rank 1 waited for it to join until torchrun ended it ("terminated
+    (SIGTERM)", 143); now every rank ends with the refusal (exit 2), and RUN is left as it
+    was."""
+    run = Path(shutil.copytree(ref_run, tmp_path / "run"))
+    with held_elsewhere(run / ".lock"):
+        before = tree(run)
+        result = torchrun("--resume", str(run))
+        assert tree(run) == before
+    assert result.returncode != 0
+    busy = f"alexnet train: error: {run}: another process is training into this run folder"
+    assert result.stderr.count(busy) == 2, result.stderr[-3000:]
+    assert "terminated" not in result.stderr and "[rank1]" not in result.stderr, \
+        result.stderr[-3000:]
+    assert "exitcode  : 2" in result.stderr and "exitcode  : 143" not in result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -483,3 +485,79 @@ def test_the_wrong_counts_of_shares_add_up_to_the_whole_splits(store_root):
         assert total == whole[f"top{k}_wrong"]
         assert total / 5 == whole[f"top{k}_error"]
     assert 0 < whole["top1_wrong"] < 5  # not all right or all wrong: the sum says something
+
+
+# `alexnet evaluate` (the real command) with a first Ctrl-C in the forward pass of its second
+# batch, and a second one sent by the read-ahead job of its third batch (running meanwhile)
+# once the command's teardown waits for that job (ThreadPoolExecutor.shutdown on the stack of
+# the main thread); BOX/second says it was sent
+SECOND_CTRL_C_IN_TEARDOWN = """
+import os, signal, sys, threading, time
+from pathlib import Path
+import alexnet.data.loader as loader
+import alexnet.evaluate as evaluate
+from alexnet.cli import main
+
+box = Path(os.environ["BOX"])
+real_read, real_predict = loader.read_batch, evaluate.predict_probs
+reads, running, first = [0], threading.Event(), threading.Event()
+count = threading.Lock()
+
+def in_teardown():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        if frame.f_code.co_name == "shutdown":
+            return True
+        frame = frame.f_back
+    return False
+
+def read_batch(*args, **kwargs):
+    with count:
+        reads[0] += 1
+        third = reads[0] == 3
+    if third:
+        running.set()
+        first.wait(60)
+        t0 = time.monotonic()
+        while not in_teardown() and time.monotonic() - t0 < 60:
+            time.sleep(0.01)
+        (box / "second").write_text("sent")
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_read(*args, **kwargs)
+
+class FirstCtrlC:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            running.wait(60)
+            first.set()
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.model(x)
+
+loader.read_batch = read_batch
+evaluate.predict_probs = lambda model, *args, **kwargs: real_predict(FirstCtrlC(model), *args,
+                                                                     **kwargs)
+sys.argv = ["alexnet", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_a_second_ctrl_c_in_the_teardown_is_quiet(store_root, checkpoint, tmp_path):
+    """A second Ctrl-C while evaluate tears its loader down (after a first one) was raised in
+    the loader generator's finaliser, where Python prints "Exception ignored in <generator
+    ...>" and a traceback; now the teardown runs where the first stop is handled: the command
+    still ends in its one line and 130, and writes no report."""
+    script, out = tmp_path / "entry.py", tmp_path / "report.json"
+    script.write_text(SECOND_CTRL_C_IN_TEARDOWN)
+    env = {**os.environ, "BOX": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script), "evaluate", str(checkpoint), "--data",
+                             str(store_root), "--batch-size", "1", "--device", "cpu", "--out",
+                             str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert (tmp_path / "second").exists(), result.stderr[-3000:]
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert result.stderr == "alexnet evaluate: interrupted\n", result.stderr[-3000:]
+    assert not out.exists()

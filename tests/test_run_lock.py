@@ -113,14 +113,17 @@ def test_a_running_runs_checkpoint_may_start_a_run_of_its_own_elsewhere(run, tmp
     assert checkpoint.load(tmp_path / "b")["epoch"] == 2
 
 
-def test_only_rank_0_looks_at_the_lock_before_joining(run, monkeypatch):
-    """Under torchrun every rank reads the arguments; a probe by another rank could hold the
-    lock at the moment rank 0 takes it, so only rank 0 probes."""
+def test_no_rank_of_several_looks_at_the_lock_before_joining(run, monkeypatch):
+    """Under torchrun every rank reads the arguments; probes by several ranks could race each
+    other, and a refusal before the ranks meet would be one rank's alone (the others waiting
+    for it until torchrun ends them): with several ranks none probes, and rank 0's refusal in
+    `train` is every rank's (test_distributed). A launch of one rank probes as one process."""
     with held_elsewhere(run / ".lock"):
-        monkeypatch.setenv("RANK", "1")
         monkeypatch.setenv("WORLD_SIZE", "2")
-        procedure.check_run_folder_free(run)  # not rank 0: no look, no refusal
-        monkeypatch.setenv("RANK", "0")
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            procedure.check_run_folder_free(run)  # no look, no refusal
+        monkeypatch.setenv("WORLD_SIZE", "1")
         with pytest.raises(UserError, match=BUSY):
             procedure.check_run_folder_free(run)
 

@@ -219,8 +219,11 @@ def run_folder_lock(root: Path) -> FolderLock:
 def check_run_folder_free(root: Path) -> None:
     """Refuse at once a run folder another `alexnet train` holds (taken and given back: the
     run takes it for good in `train`), so that `--resume` does not read a big checkpoint
-    first only to be refused. Rank 0's alone: the other ranks' probes would race its lock."""
-    if root.is_dir() and distributed.launch_rank() == 0:
+    first only to be refused. In one process only: a refusal before the ranks of a torchrun
+    launch meet would be one rank's alone (the others would wait for it until torchrun ended
+    them), and their probes would race each other; there every rank reads its checkpoint and
+    rank 0's refusal, in `train` once they have met, is every rank's (`distributed.on_main`)."""
+    if root.is_dir() and distributed.launch_world_size() == 1:
         with contextlib.suppress(OSError):  # no lock file can be made: `train` says so
             run_folder_lock(root).acquire().release()
 

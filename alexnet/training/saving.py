@@ -18,6 +18,7 @@ lacks. Ctrl-C, SIGTERM, run.max_steps and run.time_limit save checkpoint.pt mid-
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from alexnet.config import Config
 from alexnet.errors import UserError
 from alexnet.training.run_folder import RunFiles
 from alexnet.training.runtime import Runtime
-from alexnet.training.state import RunState, make_checkpoint
+from alexnet.training.state import RunState, check_resumable, make_checkpoint
 
 DIVERGENCE_FACTOR = 1000.0  # loss above 1000 x ln(classes) (chance level's): diverged (ours)
 
@@ -84,21 +85,34 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
     return files.checkpoint
 
 
+def read_resumable(resume: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint `--resume` names (a file, or a run folder's checkpoint.pt), read and
+    checked (`check_resumable`) before its config or anything else of it is used."""
+    path = resume_path(resume)
+    ckpt = checkpoint.load(path)
+    check_resumable(ckpt, path)
+    return ckpt
+
+
+def resume_path(resume: str | os.PathLike) -> Path:
+    """The checkpoint file of `--resume` (a run folder means its checkpoint.pt)."""
+    path = Path(resume)
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
 def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | None = None
                       ) -> tuple[dict | None, Path | None]:
     """The checkpoint to continue from (`loaded` when the caller has read it), or None;
-    refuses to overwrite another run, and to resume a weights-only file (no optimizer)."""
+    refuses to overwrite another run, and to resume a file that lacks part of a training
+    state or holds it in another form (`check_resumable`: a weights-only export, a file of
+    another tool, a damaged one)."""
     if config.run.resume:
-        path = Path(config.run.resume)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
+        path = resume_path(config.run.resume)
         if files.checkpoint.exists() and files.root.resolve() != path.parent.resolve():
             raise UserError(f"{files.root} already holds another run (checkpoint.pt); resume "
                             f"{path} into its own folder (drop --out) or choose a new --out")
         ckpt = loaded if loaded is not None else checkpoint.load(path)
-        if ckpt.get("weights_only") or "optimizer" not in ckpt:
-            raise UserError(f"{path}: a weights-only file (export) cannot be resumed; use "
-                            f"--init-from {path} to start a new run from its weights")
+        check_resumable(ckpt, path)
         return ckpt, path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "

@@ -4,7 +4,7 @@ schedule and the counters, built from a config, and its conversion to and from a
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,92 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
         rng=rngs[0], metrics=list(s.history))
 
 
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _sums(value: Any) -> bool:
+    return isinstance(value, dict) and all(_number(v) for v in value.values())
+
+
+def _group(value: Any) -> bool:
+    """Whether `value` is a parameter group of PaperSGD's state_dict (what its step reads)."""
+    return isinstance(value, dict) and isinstance(value.get("params"), list) and all(
+        _number(value.get(key)) for key in ("lr", "momentum", "weight_decay"))
+
+
+# What a resumed run reads of a checkpoint (`restore`; the config: alexnet.train; the
+# generators' states, `rng` or `rank_rng`, apart): key -> (required, the form it must have,
+# that form in words). The optional keys are absent from older checkpoints, or from runs of
+# one process.
+RESUMED: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "arch": (True, lambda v: isinstance(v, str), "an architecture name"),
+    "model_args": (True, _is_table, "a table of the network's arguments"),
+    "model": (True, lambda v: isinstance(v, dict) and all(
+        isinstance(t, torch.Tensor) for t in v.values()), "a table of weight tensors"),
+    "optimizer": (True, lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list) and all(
+                      _group(g) for g in v["param_groups"]),
+                  "the optimizer's state (its state, and param_groups of numbers lr, momentum "
+                  "and weight_decay)"),
+    "schedule": (True, _is_table, "a table of the schedule's counters"),
+    "epoch": (True, _count, "an epoch count (an integer >= 0)"),
+    "step": (True, _count, "a step count (an integer >= 0)"),
+    "global_step": (False, _count, "a step count (an integer >= 0)"),
+    "world_size": (False, lambda v: _count(v) and v >= 1, "a number of ranks (>= 1)"),
+    "best_error": (False, _number, "an error rate"),
+    "scaler": (False, lambda v: v is None or isinstance(v, dict), "the loss scaler's state"),
+    "acc": (False, _sums, "a table of the epoch's partial sums"),
+    "rank_acc": (False, lambda v: isinstance(v, list) and all(_sums(r) for r in v),
+                 "a list of every rank's partial sums"),
+    "metrics": (False, lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                "a list of the log's rows (tables)"),
+    "config": (True, _is_table, "the run's config table"),
+}
+WEIGHTS = ("arch", "model_args", "model")  # what --init-from needs of a checkpoint
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse in one line, naming `path`, the key and what to do, a checkpoint that lacks
+    something `restore` reads or holds it in another form (a weights-only export, a file of
+    another tool or version, a damaged one): before the run builds anything from it."""
+    if ckpt.get("weights_only") or "optimizer" not in ckpt:
+        raise UserError(f"{path}: a weights-only file (export) cannot be resumed; use "
+                        f"--init-from {path} to start a new run from its weights")
+    problems = {key: "is missing" if key not in ckpt else
+                f"is {checkpoint.kind_of(ckpt[key])}, not {what}"
+                for key, (required, fits, what) in RESUMED.items()
+                if (key in ckpt or required) and not fits(ckpt.get(key))}
+    rng_key = "rank_rng" if ckpt.get("rank_rng") else "rng"  # what restore_rng reads
+    states = ckpt.get(rng_key)
+    if rng_key not in ckpt:
+        problems[rng_key] = "(the generators' states) is missing"
+    elif rng_key == "rank_rng" and not isinstance(states, list):
+        problems[rng_key] = f"is {checkpoint.kind_of(states)}, not a list of every rank's " \
+            "generator states"
+    else:
+        reasons = [checkpoint.rng_problem(state)
+                   for state in (states if rng_key == "rank_rng" else [states])]
+        if any(reasons):
+            problems[rng_key] = next(r for r in reasons if r)
+    if not problems:
+        return
+    key, problem = next(iter(problems.items()))
+    advice = f"start a new run from its weights with --init-from {path}" \
+        if not problems.keys() & set(WEIGHTS) else \
+        "resume from another checkpoint of the run, or start a new run"
+    raise UserError(f"{path}: not a training checkpoint that can be resumed: its {key!r} "
+                    f"{problem} (written by another tool or version, or damaged); {advice}")
+
+
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,
             given: Collection[str] = ()) -> None:
     """Load a checkpoint's state into `s` (the RNG states last, each rank its own: building
@@ -119,7 +205,7 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
         checkpoint.unwrap(s.net).load_state_dict(ckpt["model"])
         s.optimizer.load_state_dict(ckpt["optimizer"])
         s.schedule.load_state_dict(ckpt["schedule"])
-    except (KeyError, RuntimeError, ValueError) as err:
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
         raise UserError(f"{path}: its state does not fit this network "
                         f"({one_line(err)}); resume with the run's own settings") \
             from None

@@ -14,10 +14,12 @@
 #   data      `alexnet bench data evaluate`: store reads, prepare with 1 worker and all cores
 #   pipeline  `alexnet bench pipeline`: training from raw and jpeg stores beside the model and
 #             the loader alone (augmenting in the read-ahead threads or the consumer),
-#             decoders at 1-16 threads, nvJPEG (issue 9's goals)
+#             decoders at 1-16 threads, nvJPEG (issue 9's goals); its stores in /tmp hold
+#             29,696 images (6 GB raw), so that every timed span lies within one epoch
 #   goals     bench/goals.py: each goal of issues 8 and 9 beside its figure from the JSON
-#             above: met, MISSED, or not measured (a step that failed or ran out of time);
-#             printed before the optional steps below, so they cannot cut it off
+#             above: met, MISSED, or not measured (a step that failed or ran out of time, or
+#             figures at another setting than the goal's, said why); printed before the
+#             optional steps below, so they cannot cut it off
 #   ablate    only with GPU_CHECK_ABLATE=1 (about 2 more minutes): bench/ablate_gpu.sh, the
 #             ablation table with error bars on the full Fashion-MNIST at 256x256 (issue 12)
 #   demo      only with GPU_CHECK_DEMO=1 (about 3 more minutes): `alexnet demo` on CUDA

@@ -14,6 +14,8 @@ from alexnet import paper
 from alexnet.bench.train import GRAPH_ROW, graphed_step, settings_for
 from alexnet.cli import main
 
+SMOKE_ON_CPU = {"quick": True, "smoke": True, "gpu": None}  # the JSON's "run" entry
+
 
 def run_bench(what: str, tmp_path, capsys) -> dict:
     out = tmp_path / f"{what}.json"
@@ -318,7 +320,7 @@ def test_the_json_of_an_earlier_benchmark_is_replaced(tmp_path, monkeypatch) -> 
     path = tmp_path / "model.json"
     path.write_text('{"model": {"step_ms": 2.0}, "stopped": "SIGTERM"}')
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 0
-    assert json.loads(path.read_text()) == {"model": {"step_ms": 1.0}}
+    assert json.loads(path.read_text()) == {"run": SMOKE_ON_CPU, "model": {"step_ms": 1.0}}
 
 
 def test_a_benchmark_stopped_before_any_figure_keeps_the_earlier_json(tmp_path, monkeypatch):
@@ -350,7 +352,7 @@ def test_ctrl_c_keeps_the_figures_and_says_interrupted_not_failed(tmp_path, monk
     path = tmp_path / "model.json"
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(path)]) == 130
     written = json.loads(path.read_text())
-    assert written == {"model": {"lrn_ms": 1.5}, "stopped": (
+    assert written == {"run": SMOKE_ON_CPU, "model": {"lrn_ms": 1.5}, "stopped": (
         "interrupted (Ctrl-C) during `alexnet bench model`: its entry holds the figures it had "
         "reached, the benchmarks after it none")}
     assert capsys.readouterr().err.endswith("alexnet bench: interrupted\n")
@@ -549,3 +551,47 @@ def test_the_compile_row_is_not_timed_eager_when_compiles_check_fails(monkeypatc
         bench_train.time_steps("alexnet", torch.device("cpu"), 2, {"compile": True}, 0, 1,
                                width=0.0625)
     assert called == [torch.device("cpu")]
+
+
+def test_the_json_says_how_its_figures_were_measured(tmp_path, monkeypatch) -> None:
+    """A --quick or --smoke run's figures, or a GPU's other than the goals' H100/H200, are no
+    goal's: the JSON says so beside them (bench/goals.py reads it); before, nothing did, and
+    bench pipeline's quick run, at the goals' batch of 256, read like a full run."""
+    import alexnet.bench.model
+
+    monkeypatch.setattr(alexnet.bench.model, "bench", lambda args: {"step_ms": 1.0})
+    path = tmp_path / "model.json"
+    assert main(["bench", "model", "--quick", "--device", "cpu", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["run"] == {"quick": True, "smoke": False, "gpu": None}
+    assert main(["bench", "model", "--device", "cpu", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["run"] == {"quick": False, "smoke": False, "gpu": None}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert main(["bench", "model", "--device", "cuda", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["run"]["gpu"] == "NVIDIA H200"
+
+
+def test_bench_model_gives_each_net_the_batch_its_loader_gives_it(tmp_path, monkeypatch) -> None:
+    """The paper nets got 224 patches and padded them to 227 in every timed step (a copy of
+    the batch that training does not make: the loaders write conv1's zeros), so the CPU goal's
+    paper/tv-layout ratio counted it against the paper net; the torchvision layout gets 224."""
+    import alexnet.bench.model
+    from alexnet.model import conv1_pad
+
+    sides = []
+    step = alexnet.bench.model._train_step
+
+    def train_step(model, x, y):
+        sides.append(x.shape[-1])
+        return step(model, x, y)
+
+    monkeypatch.setattr(alexnet.bench.model, "_train_step", train_step)
+    monkeypatch.setattr(alexnet.bench.model, "bench_parts", lambda device, quick, parts: parts)
+    monkeypatch.setattr(alexnet.bench.model, "_time_all", lambda fns, *args, **kwargs: {
+        name: 1.0 for name in fns})
+    args = type("Args", (), {"device": "cpu", "quick": True, "smoke": False, "figures": {}})()
+    alexnet.bench.model.bench(args)
+    padded = paper.CROP_SIZE + conv1_pad(paper.CROP_SIZE)
+    assert sorted(sides) == [paper.CROP_SIZE, padded, padded]
+    assert args.figures["threads_" + str(torch.get_num_threads())]["paper_over_torchvision"] == 1.0

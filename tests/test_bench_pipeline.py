@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from alexnet.bench import pipeline
@@ -28,8 +30,7 @@ def test_twin_stores_hold_the_same_images_repeated(tmp_path: Path) -> None:
 
 
 def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
-    plan = {"distinct": 4, "repeats": 2, "batch": 2, "steps": 1, "warmup": 1,
-            "loader_steps": 2}
+    plan = {"distinct": 4, "batch": 2, "steps": 1, "warmup": 1, "loader_steps": 2, "rounds": 1}
     r = pipeline.run_pipeline(torch.device("cpu"), plan, tmp_path, classes=4, width=0.125)
     rates = [r["model_only"], r["raw_training"], r["jpeg_training"], r["raw_training_moved"],
              r["jpeg_training_moved"],
@@ -98,3 +99,83 @@ def test_a_diagnosis_that_fails_is_said_in_its_place_and_the_run_goes_on() -> No
     pipeline._diagnosis(r, "graphed", "raw_training", capture_fails)
     assert r == {"graphed": {"model_only": 3.0, "raw_training": {
         "error": "RuntimeError: operation not permitted when stream is capturing more"}}}
+
+
+class Clock:
+    """time.perf_counter stood in for: the number of batches handed out so far."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.read_at: list[int] = []
+
+    def perf_counter(self) -> float:
+        self.read_at.append(self.batches)
+        return float(self.batches)
+
+
+class Loader:
+    """A TrainLoader stood in for: `batches` per epoch read `depth` ahead; says which epochs
+    were started and advances the clock by one per batch handed out."""
+
+    def __init__(self, clock: Clock, batches: int, depth: int) -> None:
+        self.clock, self.batches, self.batch_size = clock, batches, 4
+        self.reading = types.SimpleNamespace(prefetch=depth)
+        self.started: list[int] = []
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def epoch(self, epoch: int):
+        self.started.append(epoch)
+        for _ in range(self.batches):
+            self.clock.batches += 1
+            yield torch.zeros(1), torch.zeros(1)
+
+
+def test_a_loaders_timed_span_lies_within_one_epoch_after_a_round_of_read_ahead(monkeypatch):
+    """The span crossed into new epochs of the bench's short store (40 batches on a GPU),
+    each starting its read-ahead afresh, which an ILSVRC epoch of 5,000 batches pays once
+    (stood-in threads: 0.54-0.74x the steady rate at depth 16); and its warm-up (10) was
+    shorter than the read-ahead's first round (16 threads starting together), so the span
+    began among batches read before it. Both for the loader alone and for training."""
+    clock = Clock()
+    monkeypatch.setattr(pipeline, "time", clock)
+    loader = Loader(clock, batches=120, depth=16)
+    rate = pipeline.loader_rate(loader, torch.device("cpu"), 80, 10)
+    assert loader.started == [0] and clock.read_at == [16, 96]  # a round, then 80 timed
+    assert rate == 4.0  # 4 images a batch, one batch a tick
+    trainer = types.SimpleNamespace(rt=types.SimpleNamespace(device=torch.device("cpu")),
+                                    step=lambda x, y: None)
+    clock.batches, clock.read_at, loader.started = 0, [], []
+    pipeline.training_rate(loader, trainer, 100, 10)
+    assert loader.started == [0] and clock.read_at == [16, 116]
+    with pytest.raises(ValueError, match="epoch of 40 batches cannot hold 16 warm-up and 80"):
+        pipeline.loader_rate(Loader(clock, batches=40, depth=16), torch.device("cpu"), 80, 10)
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_store_holds_every_timed_span_in_one_epoch(cuda: bool, quick: bool) -> None:
+    """The plan's store, at the deepest read-ahead timed (16 threads on a 16-core GPU host),
+    has an epoch long enough for the training and loader spans and the thread rows."""
+    plan = pipeline._plan(torch.device("cuda" if cuda else "cpu"), quick)
+    deepest = 16 if cuda else 2
+    epoch = pipeline.store_repeats(plan, deepest) * plan["distinct"] // plan["batch"]
+    assert epoch >= max(plan["warmup"], deepest) + max(plan["steps"], plan["loader_steps"])
+    assert epoch >= (1 + plan["rounds"]) * deepest
+
+
+def test_disk_rates_read_the_files_back_into_the_page_cache(tmp_path: Path, monkeypatch):
+    """The from-disk pass reads only the epoch's first batches; the figures after it say they
+    read the page cache, so the store's files are read back in once it is timed."""
+    stores = pipeline.write_twin_stores(tmp_path, pipeline.photo_like(4), 4, 2)
+    done = []
+    monkeypatch.setattr(pipeline, "drop_from_cache", lambda path: done.append(("drop", path))
+                        or True)
+    monkeypatch.setattr(pipeline, "loader_rate", lambda loader, device, steps, warmup:
+                        done.append(("time", loader.store.path)) or 1.0)
+    monkeypatch.setattr(pipeline, "read_into_cache", lambda path: done.append(("read", path)))
+    rates = pipeline.disk_rates(stores, torch.device("cpu"), 2, 4)
+    assert rates == {"raw": 1.0, "jpeg": 1.0}
+    assert done == [(what, stores[fmt].path) for fmt in ("raw", "jpeg")
+                    for what in ("drop", "time", "read")]

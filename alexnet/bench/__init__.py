@@ -2,7 +2,8 @@
 
 Each stage owns its benchmark module (alexnet/bench/<what>.py) with a `bench(args) -> dict`
 function that prints its figures and returns them; `--json FILE` writes them out after each
-benchmark. A benchmark may also fill `args.figures` (a dict, the one that becomes its entry)
+benchmark, beside a "run" entry saying how they were measured (`run_mode`: --quick, --smoke,
+the GPU's name). A benchmark may also fill `args.figures` (a dict, the one that becomes its entry)
 as it goes: when a time limit stops the run with SIGTERM (`timeout`, as bench/gpu_check.sh
 runs it), the file gets what it holds by then, with "stopped" saying so, and the exit status
 is 124 (a second SIGTERM changes nothing); after Ctrl-C, "stopped" says "interrupted (Ctrl-C)".
@@ -98,9 +99,22 @@ def measured(measure: Callable[[], T]) -> T | dict[str, str]:
 
 def is_bench_json(path: Path) -> bool:
     """Whether `path` holds figures an earlier `alexnet bench --json` wrote (what --json may
-    replace): an object keyed by benchmark names (and its stopped/failed note)."""
+    replace): an object keyed by benchmark names (and its run, stopped and failed notes)."""
     data = read_json_object(path)
-    return bool(data) and set(data) <= set(WHATS) | {"failed", "stopped"}
+    return bool(data) and set(data) <= set(WHATS) | {"run", "failed", "stopped"}
+
+
+def run_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """How this run measures, written beside its figures: --quick and --smoke (short runs, whose
+    figures are no goal's) and the name of the GPU when the device is one (the goals of issues
+    8 and 9 are an H100's or H200's). bench/goals.py reads it."""
+    import torch
+
+    from alexnet.evaluate import resolve_device
+
+    device = resolve_device(args.device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"quick": bool(args.quick), "smoke": bool(args.smoke), "gpu": gpu}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.json, "benchmark JSON", is_bench_json, "--json")
         ensure_folder(args.json.parent, "folder for --json")
     args.quick = args.quick or args.smoke
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"run": run_mode(args)}
     _SIGTERM.clear()
     main_thread = threading.current_thread() is threading.main_thread()  # signals need it
     previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None

@@ -2,8 +2,10 @@
 its parts beside their baselines.
 
 Images/s of one training step (forward, backward, PaperSGD step) for the paper's net, the
-same net without LRN, and torchvision's layout, on the same batch in the same run: warm-up
-excluded, the variants taking turns, fastest of several repeats. Also the share of the paper
+same net without LRN, and torchvision's layout, on the same batch in the same run (each net
+given it as its loader does: the paper nets with conv1's zero padding written, model.loader_pad,
+so that their forward copies nothing more than in training): warm-up excluded, the variants
+taking turns, fastest of several repeats. Also the share of the paper
 step spent in LRN (forward and backward on the real conv1 and conv2 activation shapes).
 
 Then the parts (`parts`), each forward + backward on the real activation shapes: LRN (the
@@ -33,6 +35,7 @@ from alexnet.model import (
     ColumnConv2d,
     build_model,
     conv1_pad,
+    loader_pad,
     lrn,
     max_pool,
     triton_lrn_module,
@@ -381,7 +384,8 @@ def bench_parts(device: torch.device, quick: bool, parts: dict | None = None) ->
     print(f"parts of the step, forward+backward, batch {batch}, {str(dtype)[6:]}, "
           f"{'channels_last' if cuda else 'NCHW'}, fastest of {timing[1]} after {timing[0]} "
           "warm-up rounds")
-    parts.update(batch=batch, dtype=str(dtype))
+    parts.update(batch=batch, dtype=str(dtype),
+                 layout="channels_last" if fmt == torch.channels_last else "nchw")
     parts["lrn"] = {}
     _lrn_rows(batch, device, dtype, fmt, timing, shapes, parts["lrn"])
     parts["columns"] = _column_rows(batch, device, dtype if cuda else None, fmt, timing)
@@ -411,12 +415,15 @@ def bench(args: argparse.Namespace) -> dict:
     nets = {"paper": AlexNet(width=width), "paper, no LRN": AlexNet(lrn=False, width=width)}
     if not smoke:
         nets["torchvision layout"] = build_model("alexnet-tv")
+    batches = {name: F.pad(x, (0, pad, 0, pad)) if (pad := loader_pad(net.arch, x.shape[-1]))
+               else x for name, net in nets.items()}  # as the loader gives each net its batch
     side = AlexNet.crop_size + conv1_pad(AlexNet.crop_size)
     s1 = (side - paper.CONV1[1]) // paper.CONV1[2] + 1  # 55
     s2 = (s1 - paper.POOL_SIZE) // paper.POOL_STRIDE + 1  # 27
     shapes = [(batch, nets["paper"].conv1.out_channels, s1, s1),
               (batch, nets["paper"].conv2.out_channels, s2, s2)]
-    fns = {name: _train_step(net.to(device).train(), x, y) for name, net in nets.items()}
+    fns = {name: _train_step(net.to(device).train(), batches[name], y)
+           for name, net in nets.items()}
     fns["lrn"] = _lrn_step(shapes, paper.COLUMNS, device)
     threads = torch.get_num_threads()
     settings = [threads] + ([1] if device.type == "cpu" and threads > 1 and not args.quick

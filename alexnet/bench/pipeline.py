@@ -40,8 +40,11 @@ And the decoders alone on the store's JPEG bytes: each CPU decoder at 1, 2, 4, 8
 (threads beyond the host's cores are skipped), each GPU decoder's batches on the GPU, and the
 mean and max difference in levels between GPU and CPU pixels. The store is made of `distinct` images
 repeated (decoding and copying cost the same whatever the repeats), so that it is written in
-seconds; an epoch of the store spans enough batches that the read-ahead's fill at each epoch
-start counts little. Timed spans exclude warm-up and end with a device synchronisation.
+seconds. Timed spans exclude warm-up and end with a device synchronisation. Each loader's span
+lies within one epoch, after its read-ahead's first round (`timed_warmup`): each epoch starts
+its read-ahead afresh, which an ILSVRC epoch of 5,000 batches pays once, and a span crossing
+this store's epochs (a few dozen batches) would pay it every few dozen; the store holds as
+many repeats as the longest span needs (`store_repeats`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ SIZE = paper.IMAGE_SIZE
 QUALITY = 90  # the jpeg store's default (alexnet.data.store.JPEG_QUALITY)
 LOW_QUALITY = 75  # `prepare --jpeg-quality 75`, measured beside it: cheaper to decode
 THREADS = (1, 2, 4, 8, 16)
+CUDA_RUN = {"amp": "bf16", "channels_last": True}  # the Trainer's run settings on CUDA
+
+
+def settings_line(amp: str | None, channels_last: bool) -> str:
+    """The Trainer's settings as its figures record them (bench/goals.py checks them)."""
+    return f"amp {amp}, channels_last {channels_last}"
 
 
 def photo_like(count: int, seed: int = 0) -> np.ndarray:
@@ -131,14 +140,25 @@ def drop_from_cache(folder: Path) -> bool:
 def disk_rates(stores: dict[str, Any], device: torch.device, batch: int, steps: int
                ) -> dict[str, float]:
     """Loader-only img/s of each store read from disk: its files dropped from the page cache
-    first, and no more batches than its first epoch holds (each image read once)."""
+    first, and no more batches than its first epoch holds (each image read once). The files
+    are then read into the page cache again, where the other figures read them."""
     rates = {}
     for fmt, store in stores.items():
         loader = train_loader(store, batch, device)
-        if not drop_from_cache(store.path) or len(loader) < 3:
-            continue
-        rates[fmt] = loader_rate(loader, device, min(steps, len(loader) - 2), 2)
+        timed = min(steps, len(loader) - timed_warmup(loader, 0))
+        if timed > 0 and drop_from_cache(store.path):
+            rates[fmt] = loader_rate(loader, device, timed, 0)
+            read_into_cache(store.path)
     return rates
+
+
+def read_into_cache(folder: Path) -> None:
+    """Read every file of `folder` once (into the page cache)."""
+    buffer = bytearray(1 << 24)
+    for path in folder.iterdir():
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
 
 
 def train_loader(store: Any, batch: int, device: torch.device, **options: Any) -> Any:
@@ -155,14 +175,6 @@ def train_loader(store: Any, batch: int, device: torch.device, **options: Any) -
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of epoch 0, 1, 2, ... without end."""
-    epoch = 0
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
 
 
 def _timed(device: torch.device, images: int, steps: int, warmup: int,
@@ -194,8 +206,8 @@ class Trainer:
 
         config = Config()
         if device.type == "cuda":  # train_loader's batches follow channels_last
-            config.run.amp, config.run.channels_last = "bf16", True
-        self.settings = f"amp {config.run.amp}, channels_last {config.run.channels_last}"
+            config.run.amp, config.run.channels_last = CUDA_RUN["amp"], CUDA_RUN["channels_last"]
+        self.settings = settings_line(config.run.amp, config.run.channels_last)
         self.rt = setup_runtime(config, DistInfo(device=device))
         torch.manual_seed(0)
         self.net = build_model("alexnet", num_classes=classes, width=width).to(device)
@@ -227,17 +239,34 @@ class Trainer:
         self._replay()
 
 
+def timed_warmup(loader: Any, warmup: int) -> int:
+    """Untimed batches before a loader's timed span: `warmup`, and at least one per read-ahead
+    thread. At an epoch's start every thread starts reading at once, so their first batches
+    arrive together; a span starting among them would count batches read before it began."""
+    return max(warmup, loader.reading.prefetch)
+
+
+def _timed_epoch(loader: Any, device: torch.device, steps: int, warmup: int,
+                 step: Callable[[torch.Tensor, torch.Tensor], object]) -> float:
+    """Images/s of `step` on `steps` batches of epoch 0 of `loader`, after `timed_warmup`
+    batches of the same epoch: the span never crosses into a new epoch, whose read-ahead
+    starts afresh (the module docstring)."""
+    warmup = timed_warmup(loader, warmup)
+    if warmup + steps > len(loader):
+        raise ValueError(f"an epoch of {len(loader)} batches cannot hold {warmup} warm-up and "
+                         f"{steps} timed batches (store_repeats sizes the store)")
+    with contextlib.closing(loader.epoch(0)) as batches:
+        return _timed(device, loader.batch_size, steps, warmup, lambda: step(*next(batches)))
+
+
 def loader_rate(loader: Any, device: torch.device, steps: int, warmup: int) -> float:
-    """Images/s of the loader alone."""
-    batches = _batches(loader)
-    return _timed(device, loader.batch_size, steps, warmup, lambda: next(batches))
+    """Images/s of the loader alone: batches on the device, the last one synchronised."""
+    return _timed_epoch(loader, device, steps, warmup, lambda x, y: None)
 
 
 def training_rate(loader: Any, trainer: Trainer, steps: int, warmup: int) -> float:
     """Images/s of training steps fed by the loader."""
-    batches = _batches(loader)
-    return _timed(trainer.rt.device, loader.batch_size, steps, warmup,
-                  lambda: trainer.step(*next(batches)))
+    return _timed_epoch(loader, trainer.rt.device, steps, warmup, trainer.step)
 
 
 def model_rate(trainer: Trainer, loader: Any, steps: int, warmup: int) -> float:
@@ -332,17 +361,28 @@ def levels(decoded: np.ndarray, pixels: np.ndarray) -> dict[str, float]:
 
 
 def _plan(device: torch.device, quick: bool) -> dict[str, int]:
-    """Sizes of the run: distinct images, repeats, batch, timed training steps, warm-up
-    steps, timed loader-only steps (cheap, so more of them)."""
+    """Sizes of the run: distinct images, batch, timed training steps, warm-up steps, timed
+    loader-only steps (cheap, so more of them), timed rounds of the read-ahead threads in the
+    rows of 1-16 CPU-decoding threads (each thread's batches alike, whatever their number)."""
     if device.type == "cuda":
-        return ({"distinct": 512, "repeats": 8, "batch": 256, "steps": 30, "warmup": 5,
-                 "loader_steps": 30} if quick else
-                {"distinct": 1024, "repeats": 10, "batch": 256, "steps": 100, "warmup": 10,
-                 "loader_steps": 80})
-    return ({"distinct": 32, "repeats": 2, "batch": 8, "steps": 2, "warmup": 2,
-             "loader_steps": 12} if quick else
-            {"distinct": 128, "repeats": 2, "batch": 32, "steps": 4, "warmup": 2,
-             "loader_steps": 24})
+        return ({"distinct": 512, "batch": 256, "steps": 30, "warmup": 5, "loader_steps": 30,
+                 "rounds": 2} if quick else
+                {"distinct": 1024, "batch": 256, "steps": 100, "warmup": 10,
+                 "loader_steps": 80, "rounds": 4})
+    return ({"distinct": 32, "batch": 8, "steps": 2, "warmup": 2, "loader_steps": 12,
+             "rounds": 2} if quick else
+            {"distinct": 128, "batch": 32, "steps": 4, "warmup": 2, "loader_steps": 24,
+             "rounds": 2})
+
+
+def store_repeats(plan: dict[str, int], deepest: int) -> int:
+    """Repeats of the plan's distinct images that give one epoch the batches of the longest
+    timed span, its warm-up included (`timed_warmup`; `deepest`: the deepest read-ahead
+    timed): the training and loader spans, and the thread rows (one round of warm-up, then
+    `rounds`)."""
+    span = max(max(plan["warmup"], deepest) + max(plan["steps"], plan["loader_steps"]),
+               (1 + plan["rounds"]) * deepest)
+    return -(-span * plan["batch"] // plan["distinct"])
 
 
 def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
@@ -352,18 +392,23 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     (`width` scales the net: tests only). The figures are put in `into` as they are measured
     (a run stopped early keeps those it has), and returned."""
     from alexnet.data import decode
-    from alexnet.data.loader import host_cores
+    from alexnet.data.loader import default_prefetch, host_cores
 
     steps, warmup, batch = plan["steps"], plan["warmup"], plan["batch"]
-    loader_steps = plan["loader_steps"]
+    loader_steps, rounds = plan["loader_steps"], plan["rounds"]
+    threads = tuple(n for n in THREADS if n <= host_cores())
+    depth = default_prefetch(device)
+    depths = sorted({4, 8, 16, depth}) if device.type == "cuda" else [depth]
+    repeats = store_repeats(plan, max(*depths, *threads))
     pixels = photo_like(plan["distinct"])
-    stores = write_twin_stores(root, pixels, plan["repeats"], classes, low_quality=True)
+    stores = write_twin_stores(root, pixels, repeats, classes, low_quality=True)
     disk = disk_rates({k: stores[k] for k in ("raw", "jpeg")}, device, batch,
                       loader_steps)  # before anything maps the files
     jpeg = stores["jpeg"]
     blobs = jpeg.encoded(range(plan["distinct"]))
     r: dict[str, Any] = {} if into is None else into
     r.update({"device": str(device), "cores": host_cores(), "images": len(jpeg), **plan,
+              "repeats": repeats,
               "jpeg_kb_mean": float(np.mean([len(b) for b in blobs]) / 1024),
               "decoders": decode.describe(), "from_disk": disk})
     trainer = Trainer(device, classes, width)
@@ -372,8 +417,6 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     jpeg_loader = train_loader(jpeg, batch, device)
     r["reading"] = {"raw": vars(raw_loader.reading), "jpeg": vars(jpeg_loader.reading)}
     r["model_only"] = model_rate(trainer, raw_loader, steps, warmup)
-    depths = sorted({4, 8, 16, raw_loader.reading.prefetch}) if device.type == "cuda" \
-        else [raw_loader.reading.prefetch]
     r["raw_loader"] = {d: loader_rate(train_loader(stores["raw"], batch, device, prefetch=d),
                                       device, loader_steps, warmup) for d in depths}
     r["raw_training"] = training_rate(raw_loader, trainer, steps, warmup)
@@ -381,15 +424,14 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["raw_training_moved"] = training_rate(
         train_loader(stores["raw"], batch, device, augment_in_readers=moved), trainer,
         steps, warmup)
-    threads = tuple(n for n in THREADS if n <= host_cores())
     r["cpu_decode"] = cpu_decode_rates(blobs, threads)
-    few = max(2, loader_steps // 8), warmup // 4 + 1  # CPU-only decoding is slow: fewer steps
+    # CPU-only decoding is slow: `rounds` batches per read-ahead thread, after one each
     r["jpeg_loader_threads"] = {n: loader_rate(
         train_loader(jpeg, batch, device, prefetch=n, decode_threads=1, gpu_decode=0.0),
-        device, *few) for n in threads}
+        device, rounds * n, 0) for n in threads}
     r["jpeg_loader_shared_pool"] = loader_rate(
         train_loader(jpeg, batch, device, decode_threads=host_cores(), gpu_decode=0.0),
-        device, *few)
+        device, rounds * depth, 0)
     shares = [0.0]
     if not decode.gpu_unavailable(device):
         r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
@@ -471,7 +513,8 @@ def print_figures(r: dict[str, Any]) -> None:
     print(f"device {r['device']}, {r['cores']} cores for this process; store of {r['images']} "
           f"images 256x256 ({r['distinct']} distinct), jpeg {r['jpeg_kb_mean']:.1f} KB mean, "
           f"quality {QUALITY}; batch {r['batch']}, {r['steps']} timed steps after "
-          f"{r['warmup']}; model {r['settings']}")
+          f"{r['warmup']} (and at least one per read-ahead thread), within one epoch; model "
+          f"{r['settings']}")
     print(f"decoders: CPU {', '.join(r['decoders']['cpu'])} (auto: {r['decoders']['auto']}); "
           f"GPU: {r['decoders']['gpu']}")
     raw, jpeg = r["reading"]["raw"], r["reading"]["jpeg"]

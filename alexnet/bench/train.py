@@ -95,10 +95,10 @@ def settings_for(device: torch.device, quick: bool) -> list[tuple[str, dict[str,
     if device.type != "cuda":
         rows.append(("channels_last", {"channels_last": True}, ""))
     rows += [("bf16", {"amp": "bf16"}, ""), (BF16_CL, bf16_cl, "")]
-    if device.type == "cuda":
+    if device.type == "cuda":  # issue 8's rows first: a time limit may stop what follows
+        rows.append((COMPILED_ROW, {**bf16_cl, "compile": True}, ""))
         if not quick:
             rows.append(("fp16+GradScaler", {"amp": "fp16"}, ""))
-        rows.append((COMPILED_ROW, {**bf16_cl, "compile": True}, ""))
         rows.append((GRAPH_ROW, {**bf16_cl, "cuda_graph": True}, ""))
     else:
         rows.append(("fp16+GradScaler", None, "skipped: fp16 autocast with loss scaling "

@@ -7,6 +7,11 @@ also turns greyscale, CMYK, palette and alpha images into RGB), are written to a
 store and read back by the evaluation loader, so prediction and `alexnet evaluate` share every
 step: the net's mean image subtracted, the 10 patches of section 4.1 (or the centre one), and
 their softmax outputs averaged.
+
+A folder of many files is classified `CHUNK` files at a time: the decoded images (196 KB
+each at 256 pixels) and the temporary store hold one chunk, not every file (10,000 files
+were 2 GB, twice over while stacked); what is kept of each file until the end is its `--top`
+classes and their probabilities.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from alexnet.paper import IMAGE_SIZE, TEST_CROPS, TOP5
 
 TOP = TOP5  # section 6: the five labels the net considers most probable
 BATCH = 32  # images per forward step (x10 crops)
+CHUNK = 256  # files decoded and classified at a time (50 MB of 256-pixel images)
 
 
 def expand_folders(paths: Sequence[str | Path]) -> list[Path]:
@@ -71,17 +77,17 @@ def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE,
     """
     from alexnet.data.preprocess import Skip, load_image, pil_settings
 
-    images = []
+    images = np.empty((len(paths), size, size, 3), np.uint8)
     with pil_settings(max_pixels):
-        for path in map(Path, paths):
+        for row, path in enumerate(map(Path, paths)):
             if not path.is_file():
                 raise UserError(f"{path}: no such image file")
             try:
-                images.append(load_image(("path", str(path)), size, max_pixels))
+                images[row] = load_image(("path", str(path)), size, max_pixels)
             except Skip as reason:
                 raise UserError(f"{path}: not a usable image ({reason}); leave it out or give "
                                 "another file") from None
-    return np.stack(images)
+    return images
 
 
 def image_size(ckpt: dict[str, Any]) -> int:
@@ -116,20 +122,57 @@ def predict_images(model: nn.Module, images: np.ndarray, ckpt: dict[str, Any], *
     return probs
 
 
+def predict_files(model: nn.Module, paths: Sequence[str | Path], ckpt: dict[str, Any], *,
+                  crops: int = TEST_CROPS, device: torch.device | str = "cpu", top: int = TOP,
+                  max_pixels: int = MAX_PIXELS, chunk: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, k), labels (N, k)): each file's k = `top` most probable classes
+    (`top_k`), the files decoded (`load_images`) and classified (`predict_images`) `chunk`
+    (None: `CHUNK`) at a time, so that memory holds one chunk of images whatever the number
+    of files.
+
+    Every file is checked to exist before any is decoded; a file that does not decode stops
+    the command at its chunk, before anything is printed."""
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UserError(f"{path}: no such image file")
+    size, chunk = image_size(ckpt), chunk or CHUNK
+    values, labels = [], []
+    for start in range(0, len(paths), chunk):
+        images = load_images(paths[start:start + chunk], size, max_pixels)
+        v, i = top_k(predict_images(model, images, ckpt, crops=crops, device=device), top)
+        values.append(v)
+        labels.append(i)
+    if not values:
+        return torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64)
+    return torch.cat(values), torch.cat(labels)
+
+
+def top_k(probs: torch.Tensor, top: int = TOP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, labels) of each row's `top` most probable classes, most probable first
+    (equal probabilities in class order)."""
+    k = min(top, probs.shape[1])
+    values, labels = torch.sort(probs, dim=1, descending=True, stable=True)
+    return values[:, :k], labels[:, :k]
+
+
+def described(values: Sequence[float], labels: Sequence[int], classes: Sequence[Any] | None
+              ) -> list[dict[str, Any]]:
+    """One image's classes (`top_k`'s row) as label, wnid, name, probability."""
+    row = []
+    for p, label in zip(values, labels, strict=True):
+        c = classes[label] if classes and label < len(classes) else {}
+        row.append({"label": label, "wnid": c.get("wnid", ""),
+                    "name": c.get("name", f"class {label}"), "probability": p})
+    return row
+
+
 def top_classes(probs: torch.Tensor, classes: Sequence[Any] | None, top: int = TOP
                 ) -> list[list[dict[str, Any]]]:
     """For each image, its `top` most probable classes: label, wnid, name, probability."""
-    k = min(top, probs.shape[1])
-    values, labels = torch.sort(probs, dim=1, descending=True, stable=True)
-    out = []
-    for vrow, lrow in zip(values[:, :k].tolist(), labels[:, :k].tolist(), strict=True):
-        row = []
-        for p, label in zip(vrow, lrow, strict=True):
-            c = classes[label] if classes and label < len(classes) else {}
-            row.append({"label": label, "wnid": c.get("wnid", ""),
-                        "name": c.get("name", f"class {label}"), "probability": p})
-        out.append(row)
-    return out
+    values, labels = top_k(probs, top)
+    return [described(v, i, classes)
+            for v, i in zip(values.tolist(), labels.tolist(), strict=True)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,18 +213,21 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint.is_dir():
         print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
     ckpt = load(path)
-    images = load_images(args.images, image_size(ckpt), args.max_pixels)  # before the net
     model = model_from_state(ckpt, path, device)
-    probs = predict_images(model, images, ckpt, crops=args.crops, device=device)
-    tops = top_classes(probs, ckpt.get("classes"), args.top)
-    if args.json:
-        json.dump([{"image": str(p), "top": t} for p, t in zip(args.images, tops, strict=True)],
-                  sys.stdout)
-        sys.stdout.write("\n")
+    values, labels = predict_files(model, args.images, ckpt, crops=args.crops, device=device,
+                                   top=args.top, max_pixels=args.max_pixels)
+    classes = ckpt.get("classes")
+    rows = zip(args.images, values.numpy(), labels.numpy(), strict=True)  # a row at a time
+    if args.json:  # as json.dump of the whole list writes it, one image at a time
+        sys.stdout.write("[")
+        for n, (image, v, i) in enumerate(rows):
+            sys.stdout.write((", " if n else "") + json.dumps(
+                {"image": str(image), "top": described(v.tolist(), i.tolist(), classes)}))
+        sys.stdout.write("]\n")
         return 0
-    for path, top in zip(args.images, tops, strict=True):
-        print(f"{path}:")
-        for entry in top:
+    for image, v, i in rows:
+        print(f"{image}:")
+        for entry in described(v.tolist(), i.tolist(), classes):
             wnid = f" ({entry['wnid']})" if entry["wnid"] not in ("", entry["name"]) else ""
             print(f"  {entry['probability']:7.2%}  {entry['name']}{wnid}")
     return 0

@@ -938,3 +938,47 @@ def test_figure4_left_shows_the_softmax_averaged_over_the_stated_patches(
         assert row["label"] == label and row["label_prob"] == pytest.approx(p[label], rel=1e-4)
         for k in want:
             assert f"{names[k]} {p[k]:.2f}" in drawn["texts"]
+
+
+RESIDENT_CACHE = """
+import sys
+from pathlib import Path
+import torch
+from alexnet.figures.neighbours import cached_chunks, nearest_neighbours, read_cache
+
+COLS, CHUNK = 2048, 256
+folder, mode = Path(sys.argv[1]), sys.argv[2]
+peaks = []
+for rows in (int(n) for n in sys.argv[3:]):
+    path = folder / f"fc7-{rows}.npy"
+    if mode == "write":
+        chunks = (torch.full((min(CHUNK, rows - i), COLS), float(i)) for i in range(0, rows, CHUNK))
+        chunks = cached_chunks(chunks, path, rows, {})
+    else:
+        chunks = read_cache(path, rows, {}, chunk=CHUNK)
+    nearest_neighbours(torch.zeros(5, COLS), chunks, 6)
+    # this process's own peak (ru_maxrss would start at the parent's, which forked it)
+    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
+    peaks.append(int(status.split()[0]) * 1024)
+print(*peaks)
+"""
+
+
+def test_the_feature_cache_is_written_and_read_in_bounded_resident_memory(tmp_path):
+    """The fc7 cache of ImageNet's training set is 1.28M x 4096 float32 = 21 GB. It was
+    written and read through a memory map, whose touched pages count as the process's
+    resident memory: the peak grew with the file (21 GB by the end of a pass). Written and
+    read a chunk at a time, the peak for a file four times as large stays where it was."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("the peak resident memory of a process is read from Linux's /proc")
+    rows = 4096  # x 2048 float32 = 32 MB; the second file is 128 MB
+    file_bytes = rows * 2048 * 4
+    for mode in ("write", "read"):
+        done = subprocess.run([sys.executable, "-c", RESIDENT_CACHE, str(tmp_path), mode,
+                               str(rows), str(4 * rows)], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        small, large = map(int, done.stdout.split())
+        assert large - small < file_bytes / 2, (mode, small, large)
+    np.testing.assert_array_equal(np.load(tmp_path / "fc7-4096.npy")[::256, 0],
+                                  np.arange(0, 4096, 256))

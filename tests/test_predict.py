@@ -239,3 +239,62 @@ def test_max_pixels_refuses_larger_images_in_one_line(trained, files, capsys):
     assert code == 2 and "\n" not in err
     assert f"{files / 'red.jpg'}: not a usable image (320x240 pixels: over the " \
            "decompression-bomb limit of 50000 (--max-pixels))" in err
+
+
+def test_a_folder_is_classified_a_chunk_at_a_time_as_in_one_go(trained, files, tmp_path,
+                                                                monkeypatch, capsys):
+    """Every file's images were decoded, stacked and written to the temporary store at once
+    (10,000 files: 2 GB, twice over while stacked). They go a chunk at a time now: with
+    chunks of 2, no step holds more than 2 images, and the output is the one of a single
+    chunk, byte for byte."""
+    import alexnet.predict as predict
+
+    names = ["red.jpg", "blue.png", "red_big.jpg", "blue_small.jpg", "grey.jpg"]
+    args = ["predict", str(trained), *[str(files / n) for n in names], "--json", "--crops",
+            "10", "--device", "cpu"]
+    assert main(args) == 0
+    whole = capsys.readouterr().out
+    held = []
+    real = predict.predict_images
+
+    def spy(model, images, ckpt, **kwargs):
+        held.append(len(images))
+        return real(model, images, ckpt, **kwargs)
+
+    monkeypatch.setattr(predict, "CHUNK", 2, raising=False)  # absent before chunks
+    monkeypatch.setattr(predict, "predict_images", spy)
+    assert main(args) == 0
+    assert capsys.readouterr().out == whole
+    assert held == [2, 2, 1]
+    assert [r["image"] for r in json.loads(whole)] == [str(files / n) for n in names]
+
+
+def test_the_memory_of_predict_does_not_grow_with_the_number_of_files(trained, files,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+    """Peak traced memory (decoded images, the temporary store's arrays) for 16 files stays
+    within a 256x256 image of the peak for 4: a chunk of images, not every file."""
+    import tracemalloc
+
+    import alexnet.predict as predict
+
+    monkeypatch.setattr(predict, "CHUNK", 2, raising=False)  # absent before chunks
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(16):
+        (folder / f"{i:02d}.jpg").write_bytes((files / "red.jpg").read_bytes())
+    paths = sorted(folder.iterdir())
+
+    def peak(count: int) -> int:
+        tracemalloc.start()
+        try:
+            assert main(["predict", str(trained), *map(str, paths[:count]), "--crops", "1",
+                         "--device", "cpu"]) == 0
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(4)  # imports and first-call caches, outside the comparison
+    few, many = peak(4), peak(16)
+    capsys.readouterr()
+    assert many - few < IMAGE_SIZE * IMAGE_SIZE * 3, (few, many)

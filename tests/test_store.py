@@ -374,3 +374,60 @@ def test_a_skip_report_written_before_the_escapes_is_read(tmp_path):
     (tmp_path / SKIPPED).write_text("/a/b.jpg\tempty file\n")
     with pytest.raises(UserError, match="not a skip report"):
         read_skipped(tmp_path)
+
+
+def _traced_peak(work) -> int:
+    """Peak memory traced by tracemalloc (Python objects and NumPy arrays) while `work` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("format", ["raw", "jpeg"])
+def test_opening_a_split_holds_its_labels_not_its_pixels(tmp_path, format):
+    """ImageNet's training split is 252 GB raw (1.28M x 256 x 256 x 3), 30 GB as JPEG: opening
+    it reads the header, the labels and the offsets (8 bytes an image each, 10 MB), and maps
+    the pixels (on the first read). At 4N images the peak grows by less than a tenth of the
+    pixel bytes added (16 x 16 images: 768 bytes each)."""
+    n, size = 64, 16
+    images, labels = _images(4 * n, size)
+    for count in (n, 4 * n):
+        write_store(tmp_path / str(count) / "train", images[:count], labels[:count], CLASSES,
+                    format=format)
+    opened = [open_split(tmp_path / str(n), "train")]  # imports and caches, outside the count
+    peaks = [_traced_peak(lambda c=count: opened.append(open_split(tmp_path / str(c), "train")))
+             for count in (n, 4 * n)]
+    assert peaks[1] - peaks[0] < 3 * n * (size * size * 3) / 10, peaks
+    back = opened[-1].read(np.arange(4 * n))
+    assert back.shape == images.shape
+    if format == "raw":
+        np.testing.assert_array_equal(back, images)
+
+
+def test_a_writer_holds_a_chunk_not_the_split(tmp_path):
+    """prepare's writer appends chunks to part files and keeps exact sums of fixed size (the
+    mean image's and the 3x3 RGB sums): the peak while writing 4N images stays within 64 bytes
+    an image added (the labels read back at the end) of the peak for N; the pixels (768 bytes
+    an image here) never accumulate."""
+    n, size, chunk = 64, 16, 8
+    images, labels = _images(4 * n, size)
+
+    def write(count: int) -> None:
+        writer = SplitWriter(tmp_path / str(count), split="train", image_size=size,
+                             classes=CLASSES, checkpoint_seconds=float("inf"))
+        try:
+            for start in range(0, count, chunk):
+                writer.add_chunk(images[start:start + chunk], labels[start:start + chunk])
+            writer.finish()
+        finally:
+            writer.close()
+
+    write(chunk)  # imports and caches, outside the count
+    few, many = _traced_peak(lambda: write(n)), _traced_peak(lambda: write(4 * n))
+    assert many - few < 3 * n * 64, (few, many)
+    np.testing.assert_array_equal(Store(tmp_path / str(4 * n)).read(np.arange(4 * n)), images)

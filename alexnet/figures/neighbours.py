@@ -5,7 +5,11 @@ separation, we can say that the higher levels of the neural network consider the
 similar." The vectors are the last hidden layer (fc7, 4096-d, `model.features`). A training
 set of 1.2M images has 1.2M x 4096 floats (20 GB) of them, so the search streams over the
 training split in chunks and keeps a running top-k per query: memory is O(queries x (k +
-chunk)), whatever the size of the training set.
+chunk)), whatever the size of the training set. The --features-cache file is written and read
+with plain file I/O, a chunk at a time, not through a memory map: the pages of a 20 GB map
+count in the process's resident memory as they are touched (20 GB at the end of a pass, which
+a job scheduler may hold against it), and a map whose filesystem cannot honour the reserved
+space kills the process with SIGBUS where a write raises an error.
 """
 
 from __future__ import annotations
@@ -122,49 +126,75 @@ def holding_cache(path: Path) -> Iterator[None]:
 
 def cached_chunks(chunks: Iterable[torch.Tensor], path: Path, rows: int,
                   key: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
-    """Pass the chunks through while writing them to a float32 .npy memmap of `rows` rows.
+    """Pass the chunks through while writing them to a float32 .npy file of `rows` rows.
 
-    The file is written under a temporary name, its whole size reserved on disk first, and
-    renamed when complete; `key` (what the features come from: checkpoint, store) is written
-    beside it after the rename, so `read_cache` reuses only a complete cache of the same net
-    and data. The earlier key is removed only just before that rename: a kill at any moment
-    leaves the earlier cache with its key, or a cache without a key (recomputed), never a key
-    beside features it does not describe.
+    The file is written under a temporary name, its whole size reserved on disk first, each
+    chunk appended as it comes (the process holds one chunk, not the file), and renamed when
+    complete; `key` (what the features come from: checkpoint, store) is written beside it
+    after the rename, so `read_cache` reuses only a complete cache of the same net and data.
+    The earlier key is removed only just before that rename: a kill at any moment leaves the
+    earlier cache with its key, or a cache without a key (recomputed), never a key beside
+    features it does not describe.
     """
     remove_stale(path.parent, [path, _key_path(path)])  # of killed rewrites, no other
-    mm: np.memmap | None = None
     offset = 0
     try:
-        with replacing(path) as tmp:
+        with replacing(path) as tmp, contextlib.ExitStack() as stack:
+            file: Any = None
             for chunk in chunks:
-                if mm is None:
-                    mm = _reserved_memmap(tmp, (rows, chunk.shape[1]), path)
-                mm[offset:offset + len(chunk)] = chunk.numpy()
+                if file is None:
+                    shape = (rows, chunk.shape[1])
+                    file = stack.enter_context(_reserved_file(tmp, shape, path))
+                _write_rows(file, chunk, (rows - offset, shape[1]), path)
                 offset += len(chunk)
                 yield chunk
-            if mm is None or offset != rows:
+            if file is None or offset != rows:
                 raise _Incomplete  # keep no cache of part of the data
-            mm.flush()  # msync: the features are on disk before the earlier key goes
-            del mm
+            file.flush()
+            os.fsync(file.fileno())  # the features are on disk before the earlier key goes
             _key_path(path).unlink(missing_ok=True)  # the earlier key dies with its .npy
     except _Incomplete:
         return
     write_atomic(_key_path(path), json.dumps(key or {}, sort_keys=True) + "\n")
 
 
-def _reserved_memmap(tmp: Path, shape: tuple[int, int], path: Path) -> np.memmap:
-    """A float32 .npy memmap of `shape` at `tmp` with all its bytes allocated on disk: a full
-    disk fails here as a one-line UserError, not later as SIGBUS through the sparse map."""
+def _reserved_file(tmp: Path, shape: tuple[int, int], path: Path) -> Any:
+    """`tmp` made a float32 .npy file of `shape` with all its bytes allocated on disk, open
+    for writing at its first row: a full disk fails here as a one-line UserError, before any
+    feature is computed for it."""
     try:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        _reserve(tmp, mm.offset, mm.offset + mm.nbytes)
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": shape})
+            start = f.tell()
+        _reserve(tmp, start, start + shape[0] * shape[1] * 4)
+        file = open(tmp, "r+b")  # closed by the caller's ExitStack
+        file.seek(start)
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        size = shape[0] * shape[1] * 4 / 1e6
-        raise UserError(f"--features-cache {path}: cannot write the {size:.0f} MB cache "
-                        f"({reason}); free disk space, or choose another --features-cache "
-                        "(an earlier cache there is kept)") from None
-    return mm
+        raise _cannot_write(path, shape[0] * shape[1] * 4, err) from None
+    return file
+
+
+def _write_rows(file: Any, chunk: torch.Tensor, room: tuple[int, int], path: Path) -> None:
+    """Append `chunk`'s rows to the cache file as float32; `room`: (rows left in the file,
+    its columns), which the chunk must fit."""
+    rows = np.ascontiguousarray(chunk.numpy(), dtype=np.float32)
+    if rows.ndim != 2 or len(rows) > room[0] or rows.shape[1] != room[1]:
+        raise ValueError(f"feature chunk of shape {rows.shape} for {path}, which has "
+                         f"{room[0]} rows of {room[1]} left")
+    try:
+        file.write(rows.data)
+    except OSError as err:
+        raise _cannot_write(path, os.fstat(file.fileno()).st_size, err) from None
+
+
+def _cannot_write(path: Path, size: int, err: OSError) -> UserError:
+    """The one-line error for a cache that cannot be written (`size` bytes at stake)."""
+    reason = err.strerror or type(err).__name__
+    return UserError(f"--features-cache {path}: cannot write the {size / 1e6:.0f} MB cache "
+                     f"({reason}); free disk space, or choose another --features-cache "
+                     "(an earlier cache there is kept)")
 
 
 def _reserve(file: Path, start: int, end: int) -> None:
@@ -219,16 +249,50 @@ class _Incomplete(Exception):
 
 def read_cache(path: Path, rows: int, key: dict[str, Any] | None = None,
                chunk: int = FEATURE_BATCH * 16) -> Iterator[torch.Tensor] | None:
-    """Chunks of a complete feature cache of `rows` rows made with `key`, else None."""
+    """Chunks of `chunk` rows of a complete feature cache of `rows` rows made with `key`, read
+    one at a time (the process holds a chunk, not the file), else None."""
     try:
         if json.loads(_key_path(path).read_text()) != json.loads(json.dumps(key or {})):
             return None
-        mm = np.load(path, mmap_mode="r")
+        shape, start = _cache_layout(path)
     except (OSError, ValueError):
         return None
-    if mm.ndim != 2 or mm.shape[0] != rows:
+    if shape[0] != rows:
         return None
-    return (torch.from_numpy(np.array(mm[i:i + chunk])) for i in range(0, rows, chunk))
+    return _read_rows(path, start, shape, chunk)
+
+
+def _cache_layout(path: Path) -> tuple[tuple[int, int], int]:
+    """(shape, offset of the first row) of a 2-D C-order float32 .npy file whose bytes are all
+    there, else a ValueError."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if header is None:
+            raise ValueError(f"{path}: .npy format version {version}")
+        shape, fortran_order, dtype = header(f)
+        start = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    if len(shape) != 2 or fortran_order or dtype != np.float32:
+        raise ValueError(f"{path}: not a 2-D C-order float32 array")
+    if size < start + shape[0] * shape[1] * 4:
+        raise ValueError(f"{path}: truncated")
+    return (int(shape[0]), int(shape[1])), start
+
+
+def _read_rows(path: Path, start: int, shape: tuple[int, int], chunk: int
+               ) -> Iterator[torch.Tensor]:
+    """The rows of the cache file at `path` (first row at byte `start`), `chunk` at a time."""
+    rows, cols = shape
+    with open(path, "rb") as f:
+        f.seek(start)
+        for first in range(0, rows, chunk):
+            block = np.empty((min(chunk, rows - first), cols), np.float32)
+            if f.readinto(memoryview(block).cast("B")) != block.nbytes:
+                raise UserError(f"--features-cache {path}: shorter than its header says "
+                                "(changed while read?); delete it and rerun")
+            yield torch.from_numpy(block)
 
 
 def choose_queries(n: int, count: int, seed: int = 0) -> list[int]:

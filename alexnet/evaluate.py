@@ -315,27 +315,27 @@ def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
         else [""] * num_classes
     rank = true_rank(probs, labels)
     predicted = probs.argmax(1)
-    rows = []
-    for c in range(num_classes):
-        mask = labels == c
-        n = int(mask.sum())
-        rows.append({"label": c, "wnid": wnids[c], "name": names[c], "images": n,
-                     "top1_error": float((rank[mask] >= 1).float().mean()) if n else None,
-                     "top5_error": float((rank[mask] >= TOP5).float().mean()) if n else None})
+
+    def per_class(flags: torch.Tensor) -> list[int]:
+        """How many images of each class `flags` marks (one pass, not a mask per class)."""
+        return torch.bincount(labels[flags], minlength=num_classes).tolist()
+
+    images, top1, top5 = (per_class(torch.ones_like(labels, dtype=torch.bool)),
+                          per_class(rank >= 1), per_class(rank >= TOP5))
+    rows = [{"label": c, "wnid": wnids[c], "name": names[c], "images": n,
+             "top1_error": top1[c] / n if n else None, "top5_error": top5[c] / n if n else None}
+            for c, n in enumerate(images)]
     wrong = predicted != labels
-    flat = labels[wrong] * num_classes + predicted[wrong]
-    counts = torch.bincount(flat, minlength=num_classes * num_classes) if len(flat) else \
-        torch.zeros(0, dtype=torch.int64)
+    counts = torch.bincount(labels[wrong] * num_classes + predicted[wrong],
+                            minlength=num_classes * num_classes)
+    cells = counts.nonzero().flatten()  # the pairs that occur, by count, then by index
+    cells = cells[torch.argsort(-counts[cells], stable=True)][:pairs].tolist()
     confused = []
-    if len(counts):
-        order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), i))
-        for i in order[:pairs]:
-            if int(counts[i]) == 0:
-                break
-            t, p = divmod(i, num_classes)
-            confused.append({"true": t, "true_name": names[t], "predicted": p,
-                             "predicted_name": names[p], "images": int(counts[i]),
-                             "fraction_of_class": int(counts[i]) / max(1, rows[t]["images"])})
+    for i in cells:
+        t, p = divmod(i, num_classes)
+        confused.append({"true": t, "true_name": names[t], "predicted": p,
+                         "predicted_name": names[p], "images": int(counts[i]),
+                         "fraction_of_class": int(counts[i]) / max(1, images[t])})
     return {"classes": rows, "most_confused": confused}
 
 

@@ -561,3 +561,35 @@ def test_a_second_ctrl_c_in_the_teardown_is_quiet(store_root, checkpoint, tmp_pa
     assert result.returncode == 130, result.stderr[-3000:]
     assert result.stderr == "alexnet evaluate: interrupted\n", result.stderr[-3000:]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("num_classes", [3, 40])
+def test_per_class_report_equals_counting_image_by_image(num_classes):
+    """Each class's errors and the most frequent confusions (by count, then by (true,
+    predicted)), against plain counting; the report counts per class in one pass (it took a
+    mask of every image per class and sorted all C^2 pairs in Python: 4.6 s at 1,000)."""
+    from alexnet.evaluate import per_class_report
+
+    gen = torch.Generator().manual_seed(num_classes)
+    labels = torch.randint(0, num_classes - 1, (300,), generator=gen)  # the last: no image
+    probs = torch.rand(300, num_classes, generator=gen).softmax(1)
+    report = per_class_report(probs, labels, None, pairs=7)
+    p, y = probs.numpy(), labels.tolist()
+    for row in report["classes"]:
+        c = row["label"]
+        mine = [i for i in range(300) if y[i] == c]
+        ranks = [int((p[i] > p[i, c]).sum()) for i in mine]  # no ties in random floats
+        assert row["images"] == len(mine)
+        if not mine:
+            assert row["top1_error"] is None and row["top5_error"] is None
+            continue
+        assert row["top1_error"] == pytest.approx(sum(r >= 1 for r in ranks) / len(mine))
+        assert row["top5_error"] == pytest.approx(sum(r >= 5 for r in ranks) / len(mine))
+    pairs: dict[tuple[int, int], int] = {}
+    for i in range(300):
+        guess = int(p[i].argmax())
+        if guess != y[i]:
+            pairs[y[i], guess] = pairs.get((y[i], guess), 0) + 1
+    expected = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:7]
+    assert [((r["true"], r["predicted"]), r["images"]) for r in report["most_confused"]] == \
+        expected

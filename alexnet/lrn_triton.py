@@ -45,11 +45,23 @@ BACKWARD_TILE = 2048  # backward: it holds 4 * HALF + 1 shifted tiles of a at on
 NUM_WARPS = 8
 MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones run in torch
 BACKWARDS = ("recompute", "twophase")
+
+
+def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
+    """value (of environment variable `env`, or what a caller set) if one of `choices`, else
+    a UserError: a typo is the user's to fix, not a kernel failure that the first-use check
+    (alexnet.model) would answer with a fallback for the whole run."""
+    if value not in choices:
+        raise UserError(f"{env}={value!r}: choose from {', '.join(choices)}")
+    return value
+
+
 # ALEXNET_LRN_BACKWARD picks the backward kernel, read at import (or set lrn_triton.BACKWARD):
 # recompute (each s_j from the loaded squares, 5 powers per element) or twophase (u_c
 # through the output buffer: 1 power per element). twophase by measurement: on one H200
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
-BACKWARD = os.environ.get("ALEXNET_LRN_BACKWARD", "twophase")
+BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
+                    BACKWARDS)
 LAYOUTS = ("tile", "channels", "rows")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # tile (the kernels above: a 2-D block of channels x pixels, shifted maps from the cache;
@@ -61,7 +73,7 @@ LAYOUTS = ("tile", "channels", "rows")
 # where the tile forward splits its shifted maps into 2-byte loads), not yet by a GPU
 # measurement: `alexnet bench model train --device cuda` times all three. The channels and
 # rows backwards ignore ALEXNET_LRN_BACKWARD.
-LAYOUT = os.environ.get("ALEXNET_LRN_LAYOUT", "rows")
+LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "rows"), LAYOUTS)
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
 ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
@@ -86,9 +98,19 @@ def _shifted(ptr, base, c, p, in_p, cg, s_c, s_p, D: tl.constexpr, ON: tl.conste
 
 @triton.jit
 def _relu(x, RELU: tl.constexpr):
+    """ReLU(x) as torch's: NaN stays NaN (tl.maximum would give 0, hiding a divergence)."""
     if RELU:
-        x = tl.maximum(x, 0.0)
+        x = tl.where(x < 0.0, 0.0, x)
     return x
+
+
+@triton.jit
+def _relu_grad(grad, x, RELU: tl.constexpr):
+    """grad through the ReLU of x: 0 where x <= 0 (at 0 too), as torch's threshold_backward,
+    which passes NaN's gradient on."""
+    if RELU:
+        grad = tl.where(x <= 0.0, 0.0, grad)
+    return grad
 
 
 @triton.jit
@@ -225,9 +247,7 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
                  BETA_3_4)
     acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap2, sp2, beta, 2, H2, COMPUTE,
                  BETA_3_4)
-    grad = g0 * p0 - 2.0 * alpha * beta * a0 * acc
-    if RELU:
-        grad = tl.where(x0 > 0.0, grad, 0.0)  # ReLU's gradient, 0 at 0 as torch's
+    grad = _relu_grad(g0 * p0 - 2.0 * alpha * beta * a0 * acc, x0, RELU)
     tl.store(out_ptr + base + (c * s_c + p * s_p), grad.to(out_ptr.dtype.element_ty),
              mask=(c < cg) & in_p)
 
@@ -263,9 +283,7 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_
                   _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE),
                   _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE),
                   _shifted(out_ptr, base, c, p, in_p, cg, s_c, s_p, 2, H2, COMPUTE), HALF)
-    grad = g0 * pw - 2.0 * alpha * beta * a0 * acc
-    if RELU:
-        grad = tl.where(x0 > 0.0, grad, 0.0)
+    grad = _relu_grad(g0 * pw - 2.0 * alpha * beta * a0 * acc, x0, RELU)
     tl.debug_barrier()  # every u read before any is overwritten
     tl.store(out_ptr + base + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -282,10 +300,8 @@ def _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta, HALF: 
     else:
         acc = u2 + u3 + u4
         ac, gc, pc = x2, g1, p1
-    grad = gc * pc - 2.0 * alpha * beta * ac * acc
-    if RELU:
-        grad = tl.where(ac > 0.0, grad, 0.0)  # a_c > 0 iff x_c > 0
-    return grad
+    # a_c = ReLU(x_c) <= 0 where x_c <= 0, and NaN where x_c is
+    return _relu_grad(gc * pc - 2.0 * alpha * beta * ac * acc, ac, RELU)
 
 
 @triton.jit
@@ -592,6 +608,17 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _strides(x: torch.Tensor) -> tuple[int, int, int, bool]:
+    """(image, channel, pixel) strides of an NCHW- or channels_last-contiguous x (pixel
+    h W + w), and whether it is channels_last; from its shape, not x.stride(): a size-1
+    dimension's stride is anything (a transposed (N, C, H, 1) map is contiguous with a W
+    stride of H, not its pixels' 1)."""
+    n, c, h, w = x.shape
+    if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return c * h * w, 1, c, True
+    return c * h * w, h * w, 1, False
+
+
 def _block_c(cg: int) -> int:
     """Channels per program: a power of two dividing the column's cg when one of 8..32 does
     (48 -> 16, 128 -> 32: no masked lanes), else cg rounded up to a power of two (<= 32).
@@ -604,18 +631,17 @@ def _block_c(cg: int) -> int:
 def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int, half: int,
             alpha: float, beta: float, k: float, relu: bool, tile: int,
             whole_column: bool = False) -> None:
-    """Run `kernel` over `tensors` (same shape and strides as out): a program per block of
-    a column's channels (the whole column if `whole_column`) and a block of pixels."""
+    """Run `kernel` over `tensors` (the shape and memory format of out): a program per
+    block of a column's channels (the whole column if `whole_column`) and of pixels."""
     n, c, h, w = out.shape
     cg = c // groups
     block_c = triton.next_power_of_2(cg) if whole_column else _block_c(cg)
     block_p = max(1, min(triton.next_power_of_2(h * w), tile // block_c))
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
-    s_n, s_c, _, s_w = out.stride()
-    channels_last = s_c == 1 and c > 1
+    s_n, s_c, s_p, channels_last = _strides(out)
     grid = (n * groups * triton.cdiv(cg, block_c), triton.cdiv(h * w, block_p))
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
+        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_p, alpha, beta, k,
                      COMPUTE=compute, HALF=half, RELU=relu, BLOCK_C=block_c,
                      BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_3_4=beta == 0.75,
                      num_warps=NUM_WARPS)
@@ -623,7 +649,7 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
 
 def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                      half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
-    """Run a channels-layout `kernel` over `tensors` (same shape and strides as out): a
+    """Run a channels-layout `kernel` over `tensors` (the shape and memory format of out): a
     program per run of a column's channels (`_block_c`, or the whole column where that
     would leave masked maps and the column has at most 32) and a block of pixels."""
     n, c, h, w = out.shape
@@ -631,10 +657,10 @@ def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, gro
     run = _block_c(cg) if cg > 32 or cg % _block_c(cg) == 0 else cg  # no masked maps
     block_p = min(triton.next_power_of_2(h * w), CHANNELS_BLOCK_P)
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
-    s_n, s_c, _, s_w = out.stride()
+    s_n, s_c, s_p, _ = _strides(out)
     grid = (n * groups * triton.cdiv(cg, run), triton.cdiv(h * w, block_p))
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_w, alpha, beta, k,
+        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_p, alpha, beta, k,
                      COMPUTE=compute, HALF=half, RELU=relu, RUN=run, BLOCK_P=block_p,
                      BETA_3_4=beta == 0.75, num_warps=CHANNELS_NUM_WARPS)
 
@@ -650,7 +676,7 @@ def _rows_run(cg: int, group: int) -> int | None:
 
 def _launch_rows(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                  half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
-    """Run a rows-layout `kernel` over channels_last `tensors` (same shape and strides as
+    """Run a rows-layout `kernel` over channels_last `tensors` (the shape and memory format of
     out): a program per block of pixels and run of a column's channels (`_rows_run`)."""
     n, c, h, w = out.shape
     cg = c // groups
@@ -668,11 +694,9 @@ def _kernels_for(out: torch.Tensor, groups: int) -> str:
     """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous): LAYOUT
     (ALEXNET_LRN_LAYOUT; a user error if unknown), except that rows takes only channels_last
     tensors whose columns are whole 16-byte groups; the others take the tile kernels."""
-    if LAYOUT not in LAYOUTS:
-        raise UserError(f"ALEXNET_LRN_LAYOUT={LAYOUT!r}: choose from {', '.join(LAYOUTS)}")
-    if LAYOUT != "rows":
+    if _setting("ALEXNET_LRN_LAYOUT", LAYOUT, LAYOUTS) != "rows":
         return LAYOUT
-    channels_last = out.stride(1) == 1 and out.shape[1] > 1
+    channels_last = _strides(out)[3]
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
     return "rows" if channels_last and fits else "tile"
 
@@ -713,11 +737,9 @@ def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha
                  beta: float, k: float, relu: bool) -> torch.Tensor:
     """grad_x of lrn(x, ...) for the output gradient g, in one pass."""
     _check(x, groups, half)
-    if BACKWARD not in BACKWARDS:
-        raise UserError(f"ALEXNET_LRN_BACKWARD={BACKWARD!r}: choose from "
-                        f"{', '.join(BACKWARDS)}")
+    _setting("ALEXNET_LRN_BACKWARD", BACKWARD, BACKWARDS)
     a = _layout(x)
-    fmt = torch.contiguous_format if a.is_contiguous() else torch.channels_last
+    fmt = torch.channels_last if _strides(a)[3] else torch.contiguous_format
     g = g.contiguous(memory_format=fmt)
     out = torch.empty_like(a)
     if not out.numel():

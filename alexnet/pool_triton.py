@@ -3,12 +3,13 @@ tensors, registered as the PyTorch custom op `torch.ops.alexnet.max_pool`.
 
 The forward reads each window's K x K pixels as 16-byte vectors of consecutive channels
 (aligned: a pixel's channels are contiguous in channels_last) and writes the maximum and, per
-output element, the window position it came from as one byte (i K + j), where PyTorch's
-max_pool2d writes an 8-byte flat index. The backward gathers instead of scattering: each
-input pixel sums the gradients of the (at most ceil(K / S)^2) windows that hold it and chose
-it, in PyTorch's order, so it writes every input element once and needs neither a zeroed
-buffer nor atomics. Ties go to the first maximum in scan order and NaN propagates, as in
-PyTorch. No padding, dilation 1, floor mode: the paper net's pooling.
+output element, the window position it came from as one byte (i K + j; four bytes for windows
+of more than 128 pixels), where PyTorch's max_pool2d writes an 8-byte flat index. The backward
+gathers instead of scattering: each input pixel sums the gradients of the (at most
+ceil(K / S)^2) windows that hold it and chose it, in PyTorch's order, so it writes every input
+element once and needs neither a zeroed buffer nor atomics. Ties go to the first maximum in
+scan order and NaN propagates, as in PyTorch. No padding, dilation 1, floor mode: the paper
+net's pooling. Maxima and sums are in fp32 (fp64 for fp64 maps).
 
 This module imports triton; alexnet.model imports it only where the Triton pool may run (CUDA
 under ALEXNET_POOL=auto, the default, or ALEXNET_POOL=triton; docs/model.md). Under
@@ -45,7 +46,8 @@ def _channels(C, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
 @triton.jit
 def _max_pool_forward_kernel(x_ptr, out_ptr, idx_ptr, n_out, H, W, OH, OW, C,
                              K: tl.constexpr, S: tl.constexpr, BLOCK_P: tl.constexpr,
-                             BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
+                             BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr,
+                             COMPUTE: tl.constexpr):
     o = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels, n-major
     c, c_ok = _channels(C, BLOCK_C, EVEN_C)
     mask = (o < n_out)[:, None] & c_ok[None, :]
@@ -53,25 +55,26 @@ def _max_pool_forward_kernel(x_ptr, out_ptr, idx_ptr, n_out, H, W, OH, OW, C,
     oh = (o // OW) % OH
     n = o // (OW * OH)
     top_left = (n * H + oh * S) * W + ow * S  # the window's first input pixel
-    best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)
+    best = tl.full([BLOCK_P, BLOCK_C], float("-inf"), COMPUTE)
     arg = tl.zeros([BLOCK_P, BLOCK_C], tl.int32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
             r = (top_left + i * W + j).to(tl.int64)
             v = tl.load(x_ptr + r[:, None] * C + c[None, :], mask=mask, other=float("-inf"))
-            v = v.to(tl.float32)
+            v = v.to(COMPUTE)
             take = (v > best) | (v != v)  # PyTorch's rule: the first maximum; NaN wins
             best = tl.where(take, v, best)
             arg = tl.where(take, i * K + j, arg)
     out = o.to(tl.int64)[:, None] * C + c[None, :]
     tl.store(out_ptr + out, best.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(idx_ptr + out, arg.to(tl.int8), mask=mask)
+    tl.store(idx_ptr + out, arg.to(idx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _max_pool_backward_kernel(g_ptr, idx_ptr, out_ptr, n_in, H, W, OH, OW, C,
                               K: tl.constexpr, S: tl.constexpr, BLOCK_P: tl.constexpr,
-                              BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
+                              BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr,
+                              COMPUTE: tl.constexpr):
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels, n-major
     c, c_ok = _channels(C, BLOCK_C, EVEN_C)
     in_p = p < n_in
@@ -79,7 +82,7 @@ def _max_pool_backward_kernel(g_ptr, idx_ptr, out_ptr, n_in, H, W, OH, OW, C,
     ih = (p // W) % H
     n = p // (W * H)
     REACH: tl.constexpr = (K + S - 1) // S  # windows per axis that can hold a pixel
-    acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], COMPUTE)
     # windows in PyTorch's order (oh, then ow, ascending), so sums round as its scatter does
     for a in tl.static_range(REACH):
         oh = ih // S - (REACH - 1 - a)
@@ -90,7 +93,7 @@ def _max_pool_backward_kernel(g_ptr, idx_ptr, out_ptr, n_in, H, W, OH, OW, C,
             m = ok[:, None] & c_ok[None, :]
             at = ((n * OH + oh) * OW + ow).to(tl.int64)[:, None] * C + c[None, :]
             chose = tl.load(idx_ptr + at, mask=m, other=-1).to(tl.int32)
-            g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + at, mask=m, other=0.0).to(COMPUTE)
             here = ((ih - oh * S) * K + (iw - ow * S))[:, None]
             acc += tl.where(chose == here, g, 0.0)
     out = p.to(tl.int64)[:, None] * C + c[None, :]
@@ -111,11 +114,21 @@ def _block_c(c: int) -> tuple[int, bool]:
     return block, c % block == 0
 
 
+def _positions(k: int) -> torch.dtype:
+    """The dtype of the window positions i K + j: one byte up to K = 11 (the paper's 3)."""
+    return torch.int8 if k * k <= 128 else torch.int32
+
+
+def _compute(dtype: torch.dtype) -> tl.dtype:
+    """The maxima's and sums' precision: fp32, fp64 for fp64 maps (fp32 would round them)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 def _check(x: torch.Tensor, k: int, s: int) -> None:
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"max_pool: need a channels_last (N, C, H, W) tensor, got "
                          f"{tuple(x.shape)} with strides {x.stride()}")
-    if not (1 <= s <= k <= min(x.shape[2:])):
+    if s < 1 or not 1 <= k <= min(x.shape[2:]):  # s > k (pixels in no window) is fine
         raise ValueError(f"max_pool: kernel {k}, stride {s} on {tuple(x.shape[2:])} maps")
 
 
@@ -128,19 +141,19 @@ def _launch(kernel, args: list, k: int, s: int) -> None:
     device = args[0].device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         kernel[grid](*args, K=k, S=s, BLOCK_P=BLOCK_PIXELS, BLOCK_C=block_c, EVEN_C=even,
-                     num_warps=NUM_WARPS)
+                     COMPUTE=_compute(args[0].dtype), num_warps=NUM_WARPS)
 
 
 @torch.library.custom_op("alexnet::max_pool", mutates_args=())
 def max_pool(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """K x K max-pooling with stride S of a channels_last x: (maxima, int8 window position of
-    each maximum, i K + j), both channels_last."""
+    """K x K max-pooling with stride S of a channels_last x: (maxima, window position of each
+    maximum, i K + j, in `_positions(k)`), both channels_last."""
     _check(x, k, s)
     n, c, h, w = x.shape
     oh, ow = pooled(h, k, s), pooled(w, k, s)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
-    idx = torch.empty((n, c, oh, ow), dtype=torch.int8, device=x.device,
+    idx = torch.empty((n, c, oh, ow), dtype=_positions(k), device=x.device,
                       memory_format=torch.channels_last)
     if out.numel():
         _launch(_max_pool_forward_kernel, [x, out, idx, n * oh * ow, h, w, oh, ow, c], k, s)
@@ -165,7 +178,8 @@ def _max_pool_fake(x, k, s):
     n, c, h, w = x.shape
     shape = (n, c, pooled(h, k, s), pooled(w, k, s))
     return (x.new_empty(shape).contiguous(memory_format=torch.channels_last),
-            x.new_empty(shape, dtype=torch.int8).contiguous(memory_format=torch.channels_last))
+            x.new_empty(shape, dtype=_positions(k)).contiguous(
+                memory_format=torch.channels_last))
 
 
 @max_pool_backward.register_fake

@@ -2,10 +2,10 @@
 starts it in a child process, because TRITON_INTERPRET=1 must be set before triton is
 imported and must not reach the rest of the suite.
 
-Usage: TRITON_INTERPRET=1 ALEXNET_LRN=triton python tests/_lrn_interpret.py OUT
+Usage: TRITON_INTERPRET=1 ALEXNET_LRN=triton python tests/_lrn_interpret.py OUT [edges]
 writes OUT (.npz) holding the inputs and what the kernel gave (one process for every check:
 starting torch and triton is most of the time); the test compares them with its own NumPy
-evaluation of the paper's formula.
+evaluation of the paper's formula. With `edges`, the unusual inputs of `edges()` instead.
 """
 
 from __future__ import annotations
@@ -158,6 +158,45 @@ def compile_check() -> dict[str, np.ndarray]:
             "compile.torch_y": torch_y, "compile.torch_dx": torch_dx}
 
 
+def edges() -> dict[str, np.ndarray]:
+    """Inputs that the paper net's defaults do not make, through every variant's kernels, and
+    the torch path on them in float64: maps one pixel wide whose W stride is not their pixels'
+    (a transposed (N, C, 1, H) map is contiguous, in NCHW and in channels_last), a NaN through
+    the folded ReLU, fp16 (autocast's) in both memory formats. Its own process: a kernel that
+    misreads strides may write outside its tensor."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.rand((1, 8, 1, 3), generator=gen, dtype=torch.float64) * 300
+    nan = torch.rand((1, 8, 1, 3), generator=gen, dtype=torch.float64) * 600 - 300
+    nan[0, 2, 0, 1] = float("nan")
+    half = torch.rand((1, 16, 2, 3), generator=gen, dtype=torch.float64) * 300
+    cases = {  # name: (x, relu)
+        "w1_nchw": (base.float().transpose(2, 3), False),
+        "w1_cl": (base.float().contiguous(memory_format=torch.channels_last).transpose(2, 3),
+                  False),
+        "nan": (nan.float().contiguous(memory_format=torch.channels_last), True),
+        "fp16_nchw": (half.half(), False),
+        "fp16_cl": (half.half().contiguous(memory_format=torch.channels_last), False),
+    }
+    saved: dict[str, np.ndarray] = {}
+    for name, (x, relu) in cases.items():
+        g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        y, dx = _run(x.double(), g, 2, paper.LRN_N, "torch", relu=relu)
+        saved[f"{name}.torch_y"], saved[f"{name}.torch_dx"] = y.numpy(), dx.numpy()
+        for variant in ("recompute", "twophase", "channels", "rows"):
+            alexnet.lrn_triton.LAYOUT = variant if variant in ("channels", "rows") else "tile"
+            alexnet.lrn_triton.BACKWARD = "recompute" if variant == "recompute" else "twophase"
+            y, dx = _run(x, g.to(x.dtype), 2, paper.LRN_N, "triton", relu=relu)
+            saved[f"{variant}.{name}.y"] = y.double().numpy()
+            saved[f"{variant}.{name}.dx"] = dx.double().numpy()
+            saved[f"{variant}.{name}.kernels"] = np.array(
+                alexnet.lrn_triton._kernels_for(x, 2))
+    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = DEFAULTS
+    return saved
+
+
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("rows"),
-                             **kernel("recompute"), **rows_fallback(), **compile_check()})
+    if sys.argv[2:] == ["edges"]:
+        np.savez(sys.argv[1], **edges())
+    else:
+        np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("rows"),
+                                 **kernel("recompute"), **rows_fallback(), **compile_check()})

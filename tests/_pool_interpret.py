@@ -5,7 +5,8 @@ imported and must not reach the rest of the suite.
 Usage: TRITON_INTERPRET=1 python tests/_pool_interpret.py OUT
 writes OUT (.npz): for each case the input, the output gradient, what the kernels gave and
 what torch's max_pool2d gave on the same tensors; a width-scaled paper net with
-ALEXNET_POOL=triton and torch, eager and compiled; and the check of `triton_pool_verified`.
+ALEXNET_POOL=triton and torch, eager and compiled; pools the paper net does not make
+(`edges`); and the check of `triton_pool_verified`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import alexnet.model
-from alexnet.model import AlexNet
+from alexnet.model import AlexNet, max_pool
 from alexnet.pool_triton import pooled
 
 CASES = {  # name: (shape, kernel, stride)
@@ -28,10 +30,15 @@ CASES = {  # name: (shape, kernel, stride)
 }
 
 
-def _grads(x: torch.Tensor, g: torch.Tensor, k: int, s: int, kernel: bool
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def _grads(x: torch.Tensor, g: torch.Tensor, k: int, s: int, kernel: bool,
+           module: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled x and its gradient for g: by the op (or, with `module`, model.max_pool with
+    ALEXNET_POOL=triton, which picks the op for what it takes) or by torch's max_pool2d."""
     xi = x.detach().clone().requires_grad_()
-    y = torch.ops.alexnet.max_pool(xi, k, s)[0] if kernel else F.max_pool2d(xi, k, s)
+    if module:
+        y = max_pool(xi, nn.MaxPool2d(k, s), "triton")
+    else:
+        y = torch.ops.alexnet.max_pool(xi, k, s)[0] if kernel else F.max_pool2d(xi, k, s)
     y.backward(g)
     return y.detach(), xi.grad
 
@@ -89,10 +96,37 @@ def net() -> dict[str, np.ndarray]:
             "net.compiled_dx": comp_dx, "net.torch_y": torch_y, "net.torch_dx": torch_dx}
 
 
+def edges() -> dict[str, np.ndarray]:
+    """Pools the paper net does not make, through model.max_pool with the kernels chosen, and
+    torch's on the same tensors: fp64 maps (maxima 1e-12 apart), a 12 x 12 window (positions
+    up to 143, past one signed byte), a stride longer than the window. A failure is saved as
+    its message."""
+    gen = torch.Generator().manual_seed(1)
+    fp64 = torch.randn((1, 4, 5, 5), generator=gen, dtype=torch.float64)
+    fp64[0, 0, 0, :2] = torch.tensor([1.0, 1.0 + 1e-12], dtype=torch.float64) + 10
+    wide = torch.randn((1, 2, 12, 13), generator=gen)
+    wide[0, 0, 11, 11] = wide[0, 1, 11, 12] = 10.0  # window positions 143 and 142, 143
+    cases = {"fp64": (fp64, 3, 2), "k12": (wide, 12, 1),
+             "stride3": (torch.randn((1, 4, 8, 8), generator=gen), 2, 3)}
+    saved: dict[str, np.ndarray] = {}
+    for name, (x, k, s) in cases.items():
+        x = x.contiguous(memory_format=torch.channels_last)
+        g = torch.randn(F.max_pool2d(x, k, s).shape, generator=gen, dtype=x.dtype)
+        try:
+            y, dx = _grads(x, g, k, s, kernel=True, module=True)
+        except Exception as err:
+            saved[f"edge.{name}.error"] = np.array(f"{type(err).__name__}: {err}")
+            continue
+        ry, rdx = _grads(x, g, k, s, kernel=False)
+        saved[f"edge.{name}.y"], saved[f"edge.{name}.dx"] = y.numpy(), dx.numpy()
+        saved[f"edge.{name}.torch_y"], saved[f"edge.{name}.torch_dx"] = ry.numpy(), rdx.numpy()
+    return saved
+
+
 def check() -> dict[str, np.ndarray]:
     """The check `auto` makes before its first use of the kernels on a device type."""
     return {"verified.cpu": np.array(alexnet.model.triton_pool_verified(torch.device("cpu")))}
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernels(), **net(), **check()})
+    np.savez(sys.argv[1], **{**kernels(), **net(), **edges(), **check()})

@@ -70,6 +70,19 @@ def test_triton_asked_for_without_triton_is_a_user_error(monkeypatch) -> None:
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("crops", [1, 10])
+def test_a_patch_larger_than_the_images_is_refused_as_by_the_torch_path(crops) -> None:
+    """The kernel's windows start at offsets computed from the image side (negative for a
+    larger patch): it refuses, as crop() does, before it reads outside the batch."""
+    images = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    stats = {"channel_mean": np.zeros(3)}
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match=r"^crop 9 must lie in 1\.\.8$"):
+            augment.eval_batch(images, stats, crops=crops, crop_size=9, mean="channel",
+                               backend=backend)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_a_kernel_that_cannot_run_falls_back_with_one_warning(monkeypatch, capsys) -> None:
     """Without the interpreter the kernel cannot launch on CPU tensors: the check fails,
     says so on one line, and its answer is cached for the process."""

@@ -30,14 +30,14 @@ ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 VARIANTS = ["", "twophase.", "channels.", "rows."]
 
 
-def interpret(out: Path) -> dict[str, np.ndarray]:
+def interpret(out: Path, *args: str) -> dict[str, np.ndarray]:
     """Run tests/_lrn_interpret.py in a child with the interpreter on; its arrays."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     script = ROOT / "tests" / "_lrn_interpret.py"
-    done = subprocess.run([sys.executable, str(script), str(out)], env=env,
+    done = subprocess.run([sys.executable, str(script), str(out), *args], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as z:
@@ -47,6 +47,11 @@ def interpret(out: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory) -> dict[str, np.ndarray]:
     return interpret(tmp_path_factory.mktemp("lrn") / "interpreted.npz")
+
+
+@pytest.fixture(scope="module")
+def edge_results(tmp_path_factory) -> dict[str, np.ndarray]:
+    return interpret(tmp_path_factory.mktemp("lrn") / "edges.npz", "edges")
 
 
 def window(c: int, channels: int, n: int, groups: int) -> range:
@@ -99,6 +104,30 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
         for name in ("paper", "one_column_n3"):
             assert r[f"rows.{name}.cl.{dtype}.kernels"] == "tile"
         assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
+
+
+# tests/_lrn_interpret.py's edges(): name, what layout the default (rows) gives it
+EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
+         "fp16_cl": "rows"}
+
+
+@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows"])
+@pytest.mark.parametrize("name", list(EDGES))
+def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
+    """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
+    the kernels read their pixels at h W + w), NaN through the folded ReLU (it stays NaN,
+    and its gradient where x <= 0 is 0, as torch's ReLU), fp16 in NCHW and channels_last."""
+    r = edge_results
+    want_y, want_dx = r[f"{name}.torch_y"], r[f"{name}.torch_dx"]
+    y, dx = r[f"{variant}.{name}.y"], r[f"{variant}.{name}.dx"]
+    rtol = 2e-3 if name.startswith("fp16") else 1e-5  # fp16 keeps 11 significant bits
+    np.testing.assert_allclose(y, want_y, rtol=rtol, atol=1e-6)  # NaN where torch's is
+    np.testing.assert_allclose(dx, want_dx, rtol=rtol,
+                               atol=rtol * np.nanmax(np.abs(want_dx)))
+    if variant == "rows":
+        assert r[f"rows.{name}.kernels"] == EDGES[name]
+    if name == "nan":  # the NaN reached its window's outputs; the net would see it
+        assert np.isnan(y[0, :4, 0, 1]).all() and not np.isnan(y[0, 4:]).any()
 
 
 def test_the_column_edges_matter(kernel_results):
@@ -239,6 +268,30 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='diagonal': choose from tile, "
                                         "channels, rows"):
         triton_lrn_module()._kernels_for(torch.zeros(1, 4, 2, 2), 2)
+
+
+@pytest.mark.parametrize("env,value,choices", [
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows"),
+    ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
+def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
+    """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
+    cannot run and falls back: a typo in these settings would have run the tile layout, or
+    the torch path, for the whole run after one warning. They are checked on import."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    code = ("import torch\n"
+            "from alexnet.errors import UserError\n"
+            "from alexnet.model import triton_lrn_verified\n"
+            "try:\n"
+            "    print('check', triton_lrn_verified(torch.device('cpu')))\n"
+            "except UserError as err:\n"
+            "    print('UserError', err)\n")
+    env_vars = {**os.environ, env: value,
+                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], env=env_vars, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout == f"UserError {env}={value!r}: choose from {choices}\n", done.stderr
+    assert "warning" not in done.stderr
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

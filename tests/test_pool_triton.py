@@ -76,6 +76,19 @@ def test_the_triton_pool_equals_the_formula_and_torch(results, key):
         np.testing.assert_allclose(r["dx"], grad, rtol=2 ** -7, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["fp64", "k12", "stride3"])
+def test_pools_the_paper_net_does_not_make_equal_torchs(results, name):
+    """fp64 maps keep fp64 maxima and gradients (maxima 1e-12 apart told apart), a 12 x 12
+    window routes gradients from its positions past 127, and a stride longer than the
+    window (pixels in no window) runs instead of raising: what model.max_pool sends to the
+    kernels under ALEXNET_POOL=triton, or auto on a GPU."""
+    r = {n.removeprefix(f"edge.{name}."): v for n, v in results.items()
+         if n.startswith(f"edge.{name}.")}
+    assert "error" not in r, str(r.get("error"))
+    np.testing.assert_array_equal(r["y"], r["torch_y"])
+    np.testing.assert_array_equal(r["dx"], r["torch_dx"])
+
+
 def test_ties_are_there_to_be_broken(results):
     # small integers: most windows hold their maximum more than once
     x = results["conv1.ties.float32.x"]
@@ -150,7 +163,8 @@ def test_the_pool_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype):
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         pytest.skip("this triton's ASTSource predates constexprs by name")
     m = triton_pool_module()
-    consts = {"K": 3, "S": 2, "BLOCK_P": m.BLOCK_PIXELS, "BLOCK_C": 32, "EVEN_C": True}
+    consts = {"K": 3, "S": 2, "BLOCK_P": m.BLOCK_PIXELS, "BLOCK_C": 32, "EVEN_C": True,
+              "COMPUTE": triton.language.float32}
     for kernel in (m._max_pool_forward_kernel, m._max_pool_backward_kernel):
         signature, attrs, const = {}, {}, {}
         for i, name in enumerate(kernel.arg_names):

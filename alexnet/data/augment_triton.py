@@ -69,6 +69,8 @@ def patches(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left:
     nhwc = images.shape[-1] == 3 and images.shape[1] != 3
     sb, sy, sx, sc = (images.stride(i) for i in ((0, 1, 2, 3) if nhwc else (0, 2, 3, 1)))
     full = images.shape[1] if nhwc else images.shape[2]
+    if not 0 < crop <= full:  # the torch path's check: a larger one would read past the images
+        raise ValueError(f"crop {crop} must lie in 1..{full}")
     mean = mean.to(torch.float32).expand(full, full, 3)
     k, side = len(source), crop + pad
     out = torch.empty((k, 3, side, side), dtype=torch.float32, device=images.device,

@@ -186,9 +186,12 @@ def _verify_triton_lrn(device: torch.device) -> bool:
 def _kernel_fault(agrees: Callable[[], bool], replaced: str) -> str | None:
     """Why Triton kernels fail or disagree with what they replace (`replaced`): None when
     agrees() holds; the first line of the error when it raises (any failure to compile or
-    launch: the caller falls back, never stops)."""
+    launch: the caller falls back, never stops). A UserError (a setting the user mistyped) is
+    not the kernel's fault: it goes to the user."""
     try:
         return None if agrees() else f"differs from {replaced} on a test input"
+    except UserError:
+        raise
     except Exception as err:
         first = str(err).strip().partition("\n")[0]
         return f"failed ({type(err).__name__}: {first})"

@@ -524,3 +524,23 @@ def test_threads_asking_for_a_kernel_check_at_once_share_one_run(monkeypatch):
         got = list(pool.map(lambda _: alexnet.model._checked_once(
             "augment_verified.cpu", slow_check, torch.device("cpu")), range(8)))
     assert got == [False] * 8 and len(runs) == 1
+
+
+def test_a_kernels_first_use_check_passes_a_users_mistake_on():
+    """The check that makes `auto` fall back from a failing kernel takes any exception for the
+    kernel's fault, but a UserError is the user's (a mistyped setting): it goes through."""
+    from alexnet.errors import UserError
+    from alexnet.model import _kernel_fault
+
+    def mistyped() -> bool:
+        raise UserError("ALEXNET_LRN_LAYOUT='rowz': choose from ...")
+
+    def broken() -> bool:
+        raise RuntimeError("no kernel image for this GPU\nmore")
+
+    with pytest.raises(UserError, match="rowz"):
+        _kernel_fault(mistyped, "the torch path")
+    assert _kernel_fault(broken, "the torch path") == \
+        "failed (RuntimeError: no kernel image for this GPU)"
+    assert _kernel_fault(lambda: False, "x") == "differs from x on a test input"
+    assert _kernel_fault(lambda: True, "x") is None

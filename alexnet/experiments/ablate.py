@@ -25,6 +25,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,7 @@ def _listed(differ: list[str], most: int = 3) -> str:
     return "; ".join(differ[:most]) + more
 
 
-def train_variant(name: str, config: Config, log=print) -> dict[str, Any]:
+def train_variant(name: str, config: Config, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train one variant (or reuse its finished result); the figures the table needs.
 
     A run folder holding this variant's result.json with the same config is reused; one
@@ -487,7 +488,8 @@ def base_changes(base: Config) -> dict[str, Any]:
 
 
 def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: int | None = None,
-           epochs: int | None = None, seeds: int = DEFAULT_SEEDS, log=print) -> dict[str, Any]:
+           epochs: int | None = None, seeds: int = DEFAULT_SEEDS,
+           log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train the paper net and `variants` under one budget, `seeds` times each; write and
     return the table."""
     check_base(base)
@@ -524,7 +526,8 @@ def ablation_lock(out: Path) -> FolderLock:
                       "another --out")
 
 
-def train_all(runs: dict[str, list[Config]], log=print) -> dict[str, list[dict[str, Any]]]:
+def train_all(runs: dict[str, list[Config]], log: Callable[[str], Any] = print
+              ) -> dict[str, list[dict[str, Any]]]:
     """Train every run (seed by seed, so a stopped ablate has whole seeds), with an ETA line
     after each run at the mean time per run so far."""
     total = sum(len(c) for c in runs.values())

@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +135,10 @@ def is_grey(images: np.ndarray) -> bool:
 def train_run(images: np.ndarray, labels: np.ndarray, *, activation: str, lr: float,
               steps: int, mean: torch.Tensor, divisor: float, num_classes: int,
               seed: int = 0, window: int = crossing.DEFAULT_WINDOW,
-              thresholds: Sequence[float] = (), stop=None, batch_size: int = BATCH_SIZE,
+              thresholds: Sequence[float] = (),
+              stop: Callable[[crossing.Tracker], bool] | None = None, batch_size: int = BATCH_SIZE,
               momentum: float = paper.MOMENTUM, init: str = "gain", device: str = "cpu",
-              on_step=None) -> dict:
+              on_step: Callable[[], None] | None = None) -> dict:
     """Train one four-layer net without regularisation for up to `steps` updates.
 
     `images` uint8 (N, S, S, C), `labels` int (N,); the data are reshuffled (seeded) every
@@ -250,7 +251,7 @@ def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_c
                    select_threshold: float, seeds: int = DEFAULT_SEEDS, seed: int = 0,
                    window: int = crossing.DEFAULT_WINDOW, input_scale: str = "std",
                    init: str = "gain", batch_size: int = BATCH_SIZE, device: str = "cpu",
-                   log=print, progress: bool = True) -> dict:
+                   log: Callable[[str], Any] = print, progress: bool = True) -> dict:
     """The lr search for both nets, the seeds at the chosen rates, the ratios; JSON-able."""
     check_options(steps, window, seeds, lrs)
     if not 1 <= batch_size <= len(images):

@@ -166,23 +166,26 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-         mmap: bool = False) -> dict[str, Any]:
+         mmap: bool = False, resuming: bool = False) -> dict[str, Any]:
     """Read a checkpoint; a missing, truncated, corrupt or foreign file is a UserError.
 
     Every member's CRC is checked first (torch.load does not), so one flipped byte is caught.
     `mmap` maps the tensors instead of reading them (a cheap look at several checkpoints).
+    `resuming`: the file is to continue a run (`train --resume`), which a weights file of
+    `alexnet export` cannot do; the messages advise accordingly.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = run_checkpoint(Path(path)) if Path(path).is_dir() else Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
     reason = _damage(path)
     export = "a TorchScript" if reason is None and is_torchscript(path) else \
         "an ONNX" if is_onnx(path) else None
     if export:
-        raise UserError(f"{path}: {export} export (alexnet export), not a checkpoint; give the "
-                        "run folder or its checkpoint.pt")
+        usable = "the run folder or its checkpoint.pt" if resuming else \
+            "the run folder, its checkpoint.pt or best.pt, or a weights file (`alexnet export " \
+            "--format weights`)"
+        raise UserError(f"{path}: {export} export (alexnet export), not a checkpoint; give "
+                        f"{usable}")
     state = None
     if reason is None:
         try:
@@ -202,8 +205,46 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise UserError(f"{path}: its 'stats' (the normalisation statistics) is "
                         f"{kind_of(state['stats'])}, not a table (damaged, or written by another "
                         "tool); use another checkpoint")
+    missing = missing_stats(state)
+    if missing:
+        raise UserError(f"{path}: its 'stats' (the normalisation statistics) lack {missing}, "
+                        f"which its data.mean = {trained_mean(state)!r} subtracts from every "
+                        "input (damaged, or written by another tool); use another checkpoint "
+                        "of the run")
     state["stats"] = stats_to_numpy(state.get("stats"))
     return state
+
+
+def run_checkpoint(folder: Path) -> Path:
+    """The checkpoint file of run folder `folder` (its checkpoint.pt), or a UserError naming
+    what is wrong: no checkpoint.pt there, or a folder in its place."""
+    path = folder / "checkpoint.pt"
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file, so {folder} holds no "
+                        "checkpoint; give a checkpoint file or another run folder (or move "
+                        "that folder away)")
+    if not path.exists():
+        raise UserError(f"{folder}: a folder without a checkpoint.pt (no such checkpoint); give "
+                        "a checkpoint file or a run folder")
+    return path
+
+
+MEAN_STATS = {"image": "mean_image", "channel": "channel_mean"}  # data.mean -> its statistic
+
+
+def trained_mean(state: dict[str, Any]) -> str:
+    """The mean a checkpoint's net was trained with (config data.mean; the paper's "image",
+    section 2, when the config does not say)."""
+    mean = ((state.get("config") or {}).get("data") or {}).get("mean")
+    return mean if isinstance(mean, str) else "image"
+
+
+def missing_stats(state: dict[str, Any]) -> str | None:
+    """The statistic a checkpoint's mean subtraction needs (`trained_mean`) and its non-empty
+    `stats` table lacks, or None. A file without statistics is not refused here: evaluate
+    takes the store's then, and predict says it needs them."""
+    stats, key = state.get("stats"), MEAN_STATS.get(trained_mean(state))
+    return key if stats and key is not None and stats.get(key) is None else None
 
 
 def _damage(path: Path) -> str | None:

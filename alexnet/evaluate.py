@@ -381,7 +381,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
     if not (path / "checkpoint.pt").is_file():
         raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
                         "file or the folder of a run")
-    return path / "checkpoint.pt", "the run's last epoch (no best.pt)"
+    return path / "checkpoint.pt", "the run's last epoch; it has no best.pt"
 
 
 def load_all(checkpoints: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:

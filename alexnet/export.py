@@ -6,8 +6,10 @@ reason printed). The exported ONNX and TorchScript models take what the net take
 float32 (N, 3, crop, crop) RGB pixels on the 0..255 scale minus the training mean (or, for
 data.mean = "torchvision", torchvision's normalised input); N is free. A sidecar
 `NAME.json` lists the classes and says how to make that input from an image file (the channel
-mean in it; the mean image, for data.mean = "image", is in the weights file and the
-checkpoint).
+mean in it). For data.mean = "image" the training mean image goes beside them as
+`NAME.mean.npy` (float32 (S, S, 3), rows x columns x RGB on the 0..255 scale), so that numpy
+and the export alone make the input; the other means need no file (the sidecar's
+`mean_image` is null).
 
 The paper's LRN runs as an autograd Function with chunked in-place loops (fast to train, not
 traceable for any batch size); the exported graph uses `PlainLRN`, the same formula written
@@ -16,10 +18,13 @@ with plain tensor operations, and the check above shows the two agree.
 A weights file is a checkpoint without the optimizer, schedule and RNG state (about half
 the size): `evaluate`, `predict`, `figures` and `train --init-from` read it like a checkpoint.
 
-An export replaces only an earlier export of the same format (and its sidecar): never a
-training checkpoint, a store's file or an unrelated file (alexnet.atomic.check_output). One
-export writes a given file at a time (`export_lock`), so that the file and its sidecar are
-always of the same export.
+An export replaces only an earlier export of the same format (and its sidecar and mean image
+file): never a training checkpoint, a store's file or an unrelated file
+(alexnet.atomic.check_output). One export writes a given file at a time (`export_lock`), so
+that the file, its mean image and its sidecar are always of the same export: the mean image
+is renamed into place with the file once both are written and checked (an export that fails
+leaves the earlier export's three files), and a re-export that needs none removes the earlier
+one's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +59,7 @@ FORMATS = ("onnx", "torchscript", "weights")
 # (shown by default) from 2.14.
 TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".weights.pt"}
+MEAN_SUFFIX = ".mean.npy"  # FILE.mean.npy: the training mean image of a data.mean = "image" net
 ONNX_OPSET = 17
 CHECK_BATCH = 3  # images in the comparison batch (traced with 1, so batch size is free)
 TOLERANCE = 1e-4  # max |difference| of the logits, relative to their largest magnitude
@@ -191,9 +198,10 @@ def check_export(fmt: str, path: Path, model: nn.Module, crop: int, name: Path |
            f"(max relative difference {diff:.1e})"
 
 
-def normalisation(mean: str, size: int, crop: int) -> str:
+def normalisation(mean: str, size: int, crop: int, mean_file: str | None = None) -> str:
     """How a user of an ONNX or TorchScript export makes its input from an image file, in
-    words: what `alexnet predict` does (docs/loading.md, "Evaluation batches")."""
+    words: what `alexnet predict` does (docs/loading.md, "Evaluation batches"); `mean_file`:
+    the name of the mean image's file beside the export (data.mean = "image")."""
     from alexnet.data.augment import TV_MEAN, TV_STD
 
     start = (size - crop) // 2
@@ -203,8 +211,9 @@ def normalisation(mean: str, size: int, crop: int) -> str:
     patch = (f"; then the {crop}x{crop} patch cut (the centre one: rows and columns {centre}; "
              "the 10 of `--crops 10` add the corners and mirror images), HWC to CHW")
     ways = {
-        "image": f"{image}, minus the training mean image (stats.mean_image of the weights "
-                 f"file or checkpoint: float32 ({size}, {size}, 3)) pixel by pixel{patch}",
+        "image": f"{image}, minus the training mean image ({mean_file} beside this file, "
+                 f"numpy.load gives it: float32 ({size}, {size}, 3), rows x columns x RGB on "
+                 f"the 0..255 scale) pixel by pixel{patch}",
         "channel": f"{image}, minus channel_mean{patch}",
         "none": f"{image}{patch}",
         "torchvision": f"{image}, divided by 255, minus {list(TV_MEAN)} and divided by "
@@ -213,8 +222,10 @@ def normalisation(mean: str, size: int, crop: int) -> str:
     return ways.get(mean, f"{image}, normalised as data.mean = {mean!r}{patch}")
 
 
-def sidecar(ckpt: dict[str, Any], crop: int, fmt: str) -> dict[str, Any]:
-    """What a user of the exported file needs: the classes and the input normalisation."""
+def sidecar(ckpt: dict[str, Any], crop: int, fmt: str, mean_file: str | None = None
+            ) -> dict[str, Any]:
+    """What a user of the exported file needs: the classes, the input normalisation and the
+    name of the mean image's file beside it (`mean_file`; None: the mean needs none)."""
     from alexnet.evaluate import input_settings
     from alexnet.predict import image_size
 
@@ -225,13 +236,43 @@ def sidecar(ckpt: dict[str, Any], crop: int, fmt: str) -> dict[str, Any]:
         "format": fmt, "arch": ckpt.get("arch"), "model_args": ckpt.get("model_args"),
         "input": f"float32 (N, 3, {crop}, {crop}) RGB",
         "mean": mean,
-        "normalise": normalisation(mean, size, crop),
+        "normalise": normalisation(mean, size, crop, mean_file),
         "image_size": size,
         "channel_mean": None if channel_mean is None else [float(v) for v in channel_mean],
+        "mean_image": mean_file,
         "output": "logits (N, classes); `alexnet predict` averages their softmax over the "
                   "patches of each image",
         "classes": ckpt.get("classes"),
     }
+
+
+def mean_image(ckpt: dict[str, Any], source: str | os.PathLike) -> np.ndarray | None:
+    """The training mean image an export of `ckpt` (read from `source`) carries beside it:
+    float32 (S, S, 3) on the 0..255 scale, as the loader subtracts it; None when its
+    data.mean is not "image" (the channel mean is in the sidecar; "none" and "torchvision"
+    need no statistics)."""
+    from alexnet.evaluate import input_settings
+
+    if input_settings(ckpt)["mean"] != "image":
+        return None
+    image = (ckpt.get("stats") or {}).get("mean_image")
+    if image is None:
+        raise UserError(f"{source}: holds no training mean image (stats.mean_image), which its "
+                        "data.mean = 'image' subtracts from every input; export a checkpoint "
+                        "written by `alexnet train`")
+    return np.ascontiguousarray(np.asarray(image, np.float32))
+
+
+def is_mean_file(path: Path) -> bool:
+    """Whether `path` is an earlier export's mean image (see `mean_image`): a .npy file of a
+    float32 (S, S, 3) array."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    shape = getattr(array, "shape", ())
+    return getattr(array, "dtype", None) == np.float32 and len(shape) == 3 and shape[2] == 3 \
+        and shape[0] == shape[1]
 
 
 def is_export(path: Path, fmt: str) -> bool:
@@ -289,25 +330,37 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     folder = out is not None and (Path(out).is_dir() or os.fspath(out).endswith(("/", os.sep)))
     path = Path(out) / name if folder else Path(out) if out else Path(name)
     info = path.with_name(path.name + ".json")
+    mean_file = path.with_name(path.name + MEAN_SUFFIX)
     check_output(path, f"{fmt} export", lambda p: is_export(p, fmt))
     check_output(info, "export sidecar", is_sidecar, name=f"--out {path}: its sidecar {info}")
+    check_output(mean_file, "export mean image", is_mean_file,
+                 name=f"--out {path}: its mean image {mean_file}")
     ensure_folder(path.parent, "folder for --out")
     with export_lock(path):
         model, ckpt = load_model(source)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
-        described = sidecar(ckpt, crop, fmt)  # before any file is written
-        remove_stale(path.parent, [path, info])  # temporaries of killed exports of this file
+        mean = mean_image(ckpt, source)
+        described = sidecar(ckpt, crop, fmt, None if mean is None else mean_file.name)
+        remove_stale(path.parent, [path, info, mean_file])  # temporaries of killed exports
         writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
-        with replacing(path) as tmp:  # written and checked aside: a kill keeps the earlier one
+        # written and checked aside, then renamed: a kill keeps the earlier export's files
+        with contextlib.ExitStack() as renamed:
+            tmp = renamed.enter_context(replacing(path))
             if writer is None:
                 export_weights(model, ckpt, tmp)
             else:
                 writer(model, crop, tmp)
             checked = check_export(fmt, tmp, model, crop, name=path) if check else \
                 "check skipped (--no-check)"
+            if mean is None:
+                mean_file.unlink(missing_ok=True)  # an earlier export's (check_output)
+            else:  # renamed into place just before the file (the stack unwinds backwards)
+                mean_tmp = renamed.enter_context(replacing(mean_file))
+                with open(mean_tmp, "wb") as f:
+                    np.save(f, mean, allow_pickle=False)
         write_json(info, described, indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
-            "check": checked}
+            "mean_image": None if mean is None else str(mean_file), "check": checked}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = export(args.checkpoint, args.format, args.out, args.check)
-    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB) and {result['info']}")
+    mean = f", {result['mean_image']} (the training mean image)" if result["mean_image"] else ""
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB){mean} and {result['info']}")
     print(result["check"])
     return 0

@@ -242,3 +242,61 @@ def test_an_output_below_a_file_says_so(tmp_path):
     with pytest.raises(UserError, match=r"--out .*foo.pt: .*w.pt is a file, not a folder; "
                                         r"choose another --out"):
         atomic.check_output(tmp_path / "w.pt" / "foo.pt", "export", lambda path: True)
+
+
+def test_a_refused_export_names_a_weights_file_where_the_command_takes_one(tmp_path, capsys):
+    """The refusal of an ONNX or TorchScript file asked for "the run folder or its
+    checkpoint.pt", never for the weights file that export, evaluate, predict, figures and
+    --init-from read as well; a resumed run cannot take one, and is not told it can."""
+    from alexnet.cli import main
+
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.5.0" + bytes(200))
+    assert main(["export", str(path), "--out", str(tmp_path / "again.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(
+        f"{path}: an ONNX export (alexnet export), not a checkpoint; give the run folder, its "
+        "checkpoint.pt or best.pt, or a weights file (`alexnet export --format weights`)"), err
+    assert main(["train", "--resume", str(path), "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("not a checkpoint; give the run folder or its checkpoint.pt")
+    assert "weights file" not in err and not (tmp_path / "new").exists()
+
+
+def test_a_run_folder_whose_checkpoint_is_a_folder_is_named_as_such(tmp_path):
+    """`load(RUN)` with RUN/checkpoint.pt a folder said "RUN/checkpoint.pt: no such
+    checkpoint"; given that folder itself, "RUN/checkpoint.pt/checkpoint.pt: no such
+    checkpoint"."""
+    inner = tmp_path / "run" / "checkpoint.pt"
+    inner.mkdir(parents=True)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(tmp_path / "run")
+    assert str(err.value) == (f"{inner}: a folder, not a checkpoint file, so {tmp_path / 'run'} "
+                              "holds no checkpoint; give a checkpoint file or another run "
+                              "folder (or move that folder away)")
+    with pytest.raises(UserError) as err:
+        checkpoint.load(inner)
+    assert str(err.value).startswith(f"{inner}: a folder without a checkpoint.pt (no such "
+                                     "checkpoint); give a checkpoint file or a run folder")
+
+
+@pytest.mark.parametrize("mean, key", [("image", "mean_image"), ("channel", "channel_mean")])
+def test_statistics_that_lack_the_mean_are_refused_naming_the_checkpoint(tmp_path, mean, key):
+    """A `stats` table without the statistic of its data.mean was read, and the loader then
+    said "statistics lack mean_image; prepare the store again" (predict: a KeyError), blaming
+    a store that is not involved. A file without statistics still loads (evaluate takes the
+    store's then)."""
+    state = full_state(small_net(), config={"data": {"mean": mean}})
+    state["stats"] = {k: v for k, v in state["stats"].items() if k != key} | {
+        "channel_mean" if key == "mean_image" else "mean_image": np.zeros(3, np.float32)}
+    path = checkpoint.save(tmp_path / "c.pt", state)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    assert str(err.value) == (f"{path}: its 'stats' (the normalisation statistics) lack {key}, "
+                              f"which its data.mean = {mean!r} subtracts from every input "
+                              "(damaged, or written by another tool); use another checkpoint "
+                              "of the run")
+    checkpoint.save(path, {**state, "stats": None})
+    assert checkpoint.load(path)["stats"] is None
+    checkpoint.save(path, {**state, "config": {"data": {"mean": "none"}}})
+    assert key not in checkpoint.load(path)["stats"]

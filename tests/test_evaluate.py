@@ -593,3 +593,25 @@ def test_per_class_report_equals_counting_image_by_image(num_classes):
     expected = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:7]
     assert [((r["true"], r["predicted"]), r["images"]) for r in report["most_confused"]] == \
         expected
+
+
+def test_the_file_chosen_in_a_run_folder_is_said_without_nested_brackets(store_root,
+                                                                         checkpoint, tmp_path,
+                                                                         capsys):
+    """evaluate, predict and figures said "using checkpoint.pt (the run's last epoch (no
+    best.pt))": the reason came with brackets of its own."""
+    import shutil
+
+    from alexnet.evaluate import resolve_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(checkpoint, run / "checkpoint.pt")
+    assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu",
+                 "--out", str(tmp_path / "report.json")]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == \
+        f"{run}: evaluating checkpoint.pt (the run's last epoch; it has no best.pt)"
+    without_best = resolve_checkpoint(run)[1]
+    shutil.copyfile(checkpoint, run / "best.pt")
+    for why in (without_best, resolve_checkpoint(run)[1]):  # said inside brackets
+        assert "(" not in why and ")" not in why, why

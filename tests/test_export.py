@@ -98,9 +98,10 @@ def test_torchscript_export_equals_the_checkpoint_for_any_batch(ckpt_path, tmp_p
 
 
 @pytest.mark.parametrize("mean, crop, says", [
-    ("image", 224, "minus the training mean image (stats.mean_image of the weights file or "
-                   "checkpoint: float32 (256, 256, 3)) pixel by pixel; then the 224x224 patch "
-                   "cut (the centre one: rows and columns [16:240, 16:240]"),
+    ("image", 224, "minus the training mean image (c.weights.pt.mean.npy beside this file, "
+                   "numpy.load gives it: float32 (256, 256, 3), rows x columns x RGB on the "
+                   "0..255 scale) pixel by pixel; then the 224x224 patch cut (the centre one: "
+                   "rows and columns [16:240, 16:240]"),
     ("channel", 200, "on the 0..255 scale, minus channel_mean; then the 200x200 patch cut (the "
                      "centre one: rows and columns [28:228, 28:228]"),
     ("none", 224, "on the 0..255 scale; then the 224x224 patch"),
@@ -157,12 +158,19 @@ def sensitive_net(tmp_path_factory) -> Path:
     return path
 
 
+def blocks(n: int, seed: int) -> np.ndarray:
+    """n uint8 256x256 RGB images of 32-pixel blocks of noise."""
+    rng = np.random.default_rng(seed)
+    images = np.clip(rng.normal(128, 50, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+    return images.repeat(32, 1).repeat(32, 2)
+
+
 def test_onnx_gives_predicts_probabilities_on_predicts_patches(sensitive_net, tmp_path):
     """The export's check runs on noise; here onnxruntime gets the patches `alexnet predict`
     classifies (centre and 10-crop, from the evaluation loader, less the zeros it pads for
     conv1, which the exported graph adds itself): its logits equal the checkpoint net's within
     the export's TOLERANCE, and the softmax averaged over the patches gives predict's
-    probabilities. The sidecar's recipe, followed by hand for the centre patch, does too."""
+    probabilities."""
     pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
     from alexnet.data.store import write_store
@@ -171,12 +179,9 @@ def test_onnx_gives_predicts_probabilities_on_predicts_patches(sensitive_net, tm
     from alexnet.predict import predict_images
 
     result = export(sensitive_net, "onnx", tmp_path / "net.onnx")
-    info = json.loads(Path(result["info"]).read_text())
     session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
     model, ckpt = checkpoint.load_model(sensitive_net)
-    rng = np.random.default_rng(3)
-    images = np.clip(rng.normal(128, 50, (3, 8, 8, 3)), 0, 255).astype(np.uint8)
-    images = images.repeat(32, 1).repeat(32, 2)  # (3, 256, 256, 3): blocks of 32 pixels
+    images = blocks(3, seed=3)
     store = write_store(tmp_path / "store" / "test", images, np.zeros(3, np.int64),
                         ckpt["classes"], stats=ckpt["stats"])
     for crops in (1, 10):
@@ -192,14 +197,111 @@ def test_onnx_gives_predicts_probabilities_on_predicts_patches(sensitive_net, tm
             logits.append(out)
         got = torch.cat(logits).softmax(1).view(len(images), crops, -1).mean(1)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
-    # the sidecar: shorter side 256, minus the mean image, the centre patch at 16
+
+
+def test_the_sidecars_recipe_needs_only_numpy_and_the_mean_file(sensitive_net, tmp_path):
+    """For data.mean = "image" the sidecar said to subtract "the training mean image", which
+    lay only in the torch-format checkpoint (`stats`): with onnxruntime and no torch, the
+    input could not be made. Now NAME.mean.npy lies beside the export, named in the sidecar,
+    and the recipe followed with numpy and that file alone gives, through onnxruntime, the
+    torch net's logits on the centre patch predict classifies and predict's probabilities."""
+    pytest.importorskip("onnx", reason="onnx not installed: pip install onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from alexnet.data.store import write_store
+    from alexnet.evaluate import eval_loader, input_settings
+    from alexnet.export import TOLERANCE, max_difference
+    from alexnet.predict import predict_images
+
+    result = export(sensitive_net, "onnx", tmp_path / "net.onnx")
+    info = json.loads(Path(result["info"]).read_text())
+    assert info["mean_image"] == "net.onnx.mean.npy" in info["normalise"]
+    assert result["mean_image"] == str(tmp_path / "net.onnx.mean.npy")
     assert info["image_size"] == 256 and info["mean"] == "image"
-    assert "minus the training mean image" in info["normalise"]
     assert "rows and columns [16:240, 16:240]" in info["normalise"]
-    x = (images.astype(np.float32) - ckpt["stats"]["mean_image"])[:, 16:240, 16:240]
-    by_hand = session.run(["logits"], {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
-    np.testing.assert_allclose(torch.from_numpy(by_hand[0]).softmax(1).numpy(),
+    mean = np.load(tmp_path / info["mean_image"], allow_pickle=False)  # numpy alone
+    assert mean.dtype == np.float32 and mean.shape == (256, 256, 3)
+    images = blocks(3, seed=3)
+    x = (images.astype(np.float32) - mean)[:, 16:240, 16:240].transpose(0, 3, 1, 2)
+    session = ort.InferenceSession(result["path"], providers=["CPUExecutionProvider"])
+    by_hand = session.run(["logits"], {"image": np.ascontiguousarray(x)})[0]
+    model, ckpt = checkpoint.load_model(sensitive_net)
+    store = write_store(tmp_path / "store" / "test", images, np.zeros(3, np.int64),
+                        ckpt["classes"], stats=ckpt["stats"])
+    (patches, _), = eval_loader(store, crops=1, batch_size=3, device="cpu",
+                                stats=ckpt["stats"], **input_settings(ckpt))
+    with torch.no_grad():
+        assert max_difference(model(patches), torch.from_numpy(by_hand)) <= TOLERANCE
+    np.testing.assert_allclose(torch.from_numpy(by_hand).softmax(1).numpy(),
                                predict_images(model, images, ckpt, crops=1).numpy(), atol=1e-5)
+
+
+def with_mean(ckpt_path: Path, path: Path, mean: str, fill: float = 110.0) -> Path:
+    """A copy of the `ckpt_path` checkpoint trained with data.mean = `mean`, its mean image
+    all `fill`."""
+    state = checkpoint.load(ckpt_path)
+    state["config"]["data"]["mean"] = mean
+    state["stats"]["mean_image"] = np.full((256, 256, 3), fill, np.float32)
+    return checkpoint.save(path, state)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+@pytest.mark.parametrize("mean", ["channel", "none", "torchvision"])
+def test_other_means_need_no_mean_file_and_a_re_export_removes_the_earlier_one(
+        ckpt_path, tmp_path, mean):
+    """Only data.mean = "image" subtracts a mean image: the other exports carry no file (the
+    sidecar's mean_image is null), and one over an earlier "image" export removes its file,
+    which would otherwise lie beside a sidecar that does not name it."""
+    out = tmp_path / "m.torchscript.pt"
+    export(with_mean(ckpt_path, tmp_path / "ckpt" / "image.pt", "image"), "torchscript", out)
+    assert np.load(tmp_path / "m.torchscript.pt.mean.npy").shape == (256, 256, 3)
+    result = export(with_mean(ckpt_path, tmp_path / "ckpt" / "other.pt", mean), "torchscript",
+                    out)
+    info = json.loads(Path(result["info"]).read_text())
+    assert info["mean"] == mean and info["mean_image"] is None and result["mean_image"] is None
+    assert ".npy" not in info["normalise"] and "mean image" not in info["normalise"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt", "m.torchscript.pt", "m.torchscript.pt.json"]
+
+
+def test_a_re_export_replaces_the_mean_file_and_a_failed_one_leaves_the_earlier(
+        ckpt_path, tmp_path, monkeypatch):
+    """The mean file goes with its export: a second export to the same --out replaces it with
+    its own, and one that fails leaves the earlier export's three files as they were, and no
+    mean file where the earlier export had none."""
+    import alexnet.export
+
+    out = tmp_path / "m.weights.pt"
+    mean_file = tmp_path / "m.weights.pt.mean.npy"
+    nets = {fill: with_mean(ckpt_path, tmp_path / "ckpt" / f"{fill}.pt", "image", fill)
+            for fill in (90.0, 130.0)}
+    for fill, net in nets.items():
+        export(net, "weights", out)
+        assert np.array_equal(np.load(mean_file), np.full((256, 256, 3), fill, np.float32))
+    channel = with_mean(ckpt_path, tmp_path / "ckpt" / "channel.pt", "channel")
+
+    def stopped(*args, **kwargs):
+        raise UserError("stopped midway")
+
+    for earlier in (nets[130.0], channel):
+        export(earlier, "weights", out)
+        kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        with monkeypatch.context() as patch:
+            patch.setattr(alexnet.export, "check_export", stopped)
+            with pytest.raises(UserError, match="stopped midway"):
+                export(nets[90.0], "weights", out)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept
+    assert not mean_file.exists()
+
+
+def test_an_unrelated_file_where_the_mean_file_goes_is_kept(ckpt_path, tmp_path, capsys):
+    mine = tmp_path / "m.weights.pt.mean.npy"
+    mine.write_text("mine")
+    code = main(["export", str(ckpt_path), "--out", str(tmp_path / "m.weights.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"its mean image {mine}: an existing file that is not an earlier " \
+        "export mean image" in err, err
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        mine.name]
 
 
 def test_onnx_without_the_onnx_package_is_one_line(ckpt_path, tmp_path, monkeypatch, capsys):
@@ -272,7 +374,8 @@ def test_an_export_that_fails_midway_keeps_the_earlier_one(ckpt_path, tmp_path, 
 
     out = tmp_path / f"m.{fmt}.pt"
     export(ckpt_path, fmt, out)
-    kept = {p: p.read_bytes() for p in (out, out.with_name(out.name + ".json"))}
+    kept = {p: p.read_bytes() for p in (out, out.with_name(out.name + ".json"),
+                                        out.with_name(out.name + ".mean.npy"))}
 
     def stopped(*args, **kwargs):
         raise UserError("stopped midway")
@@ -297,13 +400,14 @@ def test_an_export_removes_its_killed_temporaries_and_no_other_file(ckpt_path, t
     dead.wait()
     out = tmp_path / "m.weights.pt"
     stale = [tmp_path / f"{TMP_PREFIX}m.weights.pt.{dead.pid}",
-             tmp_path / f"{TMP_PREFIX}m.weights.pt.json.{dead.pid}"]
+             tmp_path / f"{TMP_PREFIX}m.weights.pt.json.{dead.pid}",
+             tmp_path / f"{TMP_PREFIX}m.weights.pt.mean.npy.{dead.pid}"]
     other = tmp_path / f"{TMP_PREFIX}notes.txt.{dead.pid}"
     for path in (*stale, other):
         path.write_bytes(b"left by a killed process")
     export(ckpt_path, "weights", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [out.name, out.name + ".json", other.name])
+        [out.name, out.name + ".json", out.name + ".mean.npy", other.name])
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -341,7 +445,8 @@ def test_the_default_name_of_an_export_of_an_export_drops_its_suffix(ckpt_path, 
     export("m.weights.pt", "torchscript")
     export(tmp_path / "m.weights.pt", "weights")  # its own name: the same export again
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "m.torchscript.pt", "m.torchscript.pt.json", "m.weights.pt", "m.weights.pt.json"]
+        "m.torchscript.pt", "m.torchscript.pt.json", "m.torchscript.pt.mean.npy",
+        "m.weights.pt", "m.weights.pt.json", "m.weights.pt.mean.npy"]
 
 
 def test_an_out_that_names_a_folder_gets_the_default_name_in_it(ckpt_path, tmp_path, capsys):
@@ -351,7 +456,7 @@ def test_an_out_that_names_a_folder_gets_the_default_name_in_it(ckpt_path, tmp_p
     assert "exports/run.weights.pt (" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exports"]
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
-        "run.weights.pt", "run.weights.pt.json"]
+        "run.weights.pt", "run.weights.pt.json", "run.weights.pt.mean.npy"]
 
 
 OTHER = [{"wnid": f"o{i}", "name": f"other {i}"} for i in range(3)]
@@ -384,7 +489,8 @@ def test_two_exports_to_one_file_never_pair_one_file_with_the_other_sidecar(ckpt
     info = json.loads(out.with_name(out.name + ".json").read_text())
     assert checkpoint.load(out)["classes"] == info["classes"] == CLASSES  # A's pair
     assert f"--out {out}: another `alexnet export` is writing it" in second[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json", "other"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json",
+                                                          out.name + ".mean.npy", "other"]
 
 
 def test_an_export_to_a_file_another_export_writes_is_refused_in_one_line(ckpt_path, tmp_path,
@@ -401,7 +507,8 @@ def test_an_export_to_a_file_another_export_writes_is_refused_in_one_line(ckpt_p
     assert "wait for it to end, or choose another --out" in err
     assert after == before
     assert main(["export", str(ckpt_path), "--out", str(out)]) == 0  # the lock went with it
-    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json",
+                                                          out.name + ".mean.npy"]
 
 
 def test_torchscripts_deprecation_is_not_shown_as_a_future_warning(ckpt_path, tmp_path,

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from _stops import tree
@@ -169,3 +170,38 @@ def test_every_checkpoint_a_run_writes_is_resumable(finished, state):
     assert torch.equal(before["torch"], after["torch"])
     assert torch.equal(before["numpy"]["keys"], after["numpy"]["keys"])
     assert before["python"] == after["python"]
+
+
+@pytest.mark.parametrize("lacks, says", [
+    (("mean_image",), "lack mean_image, which its data.mean = 'image' subtracts from every "
+                      "input (damaged, or written by another tool); use another checkpoint of "
+                      "the run"),
+    (("eigval", "eigvec"), "lack eigval, eigvec, which data.pca (the PCA colour shifts) needs "
+                           "(damaged, or written by another tool); resume from another "
+                           "checkpoint of the run, or start a new run from its weights with "
+                           "--init-from"),
+])
+def test_statistics_lacking_a_field_are_refused_naming_the_checkpoint(finished, state, tmp_path,
+                                                                      capsys, lacks, says):
+    """The statistics came from the checkpoint, yet the loader said "statistics lack
+    mean_image; prepare the store again" (predict: a KeyError traceback); resumed, a table
+    without the PCA's eigenvectors said the same of the store. Now the file is named."""
+    from PIL import Image
+
+    run = Path(shutil.copytree(finished, tmp_path / "run"))
+    path = run / "checkpoint.pt"
+    checkpoint.save(path, {**state, "stats": {k: v for k, v in state["stats"].items()
+                                              if k not in lacks}})
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    before = tree(run)
+    commands = [["train", "--resume", str(run), "--no-progress"]]
+    if "mean_image" in lacks:  # evaluate and predict need no PCA
+        commands += [["evaluate", str(path), "--device", "cpu"],
+                     ["predict", str(path), str(image), "--device", "cpu"]]
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path}: its 'stats' " in err and says in err, err
+        assert "prepare the store" not in err
+    assert tree(run) == before

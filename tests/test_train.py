@@ -780,3 +780,52 @@ def test_a_run_folder_in_a_store_is_refused_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0 and "outside the store" in err, err
     assert sorted(p for p in store.rglob("*")) == before  # nothing written into the store
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.csv", "steps.jsonl", "curves.png",
+                                  "config.json", "best.pt"])
+def test_a_folder_in_place_of_a_file_the_run_names_says_to_move_it(store, tmp_path, capsys,
+                                                                    name):
+    """log.jsonl (log.csv, curves.png, ...) a folder in the run folder: the run trained an
+    epoch, then said "is a folder; give a file name" (steps.jsonl: "Is a directory"), advice
+    for a name the user never chose. Now it is refused before any step, naming the folder."""
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    (run / name / "mine.txt").write_text("kept")
+    code = main(["train", "--data", str(store), *sets(TINY), "--out", str(run),
+                 "--set", "run.log_every=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith(f"alexnet train: error: {run / name}: a folder where the run writes "
+                          "its "), err
+    assert err.endswith("(a file); move that folder out of the run folder, or choose another "
+                        "--out"), err
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == [name]  # no step
+    assert (run / name / "mine.txt").read_text() == "kept"
+
+
+def test_a_run_folder_whose_checkpoint_is_a_folder_names_it(store, finished_run, tmp_path,
+                                                           capsys):
+    """RUN/checkpoint.pt a folder: `--resume RUN` named RUN/checkpoint.pt/checkpoint.pt, a
+    new run into RUN said it "already holds a run", and export called RUN/checkpoint.pt
+    "no such checkpoint"."""
+    run = tmp_path / "run"
+    (run / "checkpoint.pt").mkdir(parents=True)
+    (run / "config.json").write_bytes((Path(finished_run["run_dir"]) / "config.json")
+                                      .read_bytes())
+    inner = run / "checkpoint.pt"
+    for command, says in (
+            (["train", "--resume", str(run)], f"{inner}: a folder, not a checkpoint file, so "
+                                              f"{run} holds no checkpoint; give a checkpoint "
+                                              "file or another run folder (or move that "
+                                              "folder away)"),
+            (["train", "--resume", str(inner)], f"{inner}: a folder without a checkpoint.pt "
+                                                "(no such checkpoint)"),
+            (["export", str(run)], f"{inner}: a folder, not a checkpoint file"),
+            (["train", "--data", str(store), *sets(TINY), "--out", str(run)],
+             f"{inner}: a folder where the run writes its checkpoint (a file); move that "
+             "folder out of the run folder")):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, (command, err)
+        assert "checkpoint.pt/checkpoint.pt" not in err and "already holds" not in err, err

@@ -47,6 +47,7 @@ from alexnet.training.run_folder import (
     RunFiles,
     announce,
     append_step,
+    check_own_files,
     format_row,
     keep_steps_until,
     open_tensorboard,
@@ -55,7 +56,7 @@ from alexnet.training.run_folder import (
 )
 from alexnet.training.runtime import Runtime, seed_everything, seed_rank, setup_runtime
 from alexnet.training.saving import loss_bound, resume_checkpoint, save_checkpoints
-from alexnet.training.state import RunState, build_state, restore
+from alexnet.training.state import RunState, build_state, restore, resumed_stats
 
 
 def train(config: Config, resume: dict[str, Any] | None = None,
@@ -118,20 +119,21 @@ def _train(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None,
 def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, files: RunFiles,
          lock: FolderLock, continue_with: str, given: Collection[str]) -> dict[str, Any]:
     """Set up, then train epoch by epoch (see `train`); the main rank writes the run folder."""
+    check_own_files(files)
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     writer = tensorboard_writer(config.run.tensorboard)
     rt = setup_runtime(config, dist_info)
     train_store, val_store, val_name = open_data(config)
     check_classes(train_store, config)
     per_rank = per_rank_batch(config, len(train_store), dist_info.world_size)
+    stats = train_store.stats if resume_ckpt is None else \
+        resumed_stats(resume_ckpt, resume_path, config, train_store.stats)
 
     seed_everything(config.run.seed)
     s = build_state(config, len(train_store.classes), rt)
     s.loss_bound = loss_bound(len(train_store.classes))
-    stats = train_store.stats
     if resume_ckpt is not None:
         restore(s, resume_ckpt, resume_path, rt, config, given)  # each rank's generators too
-        stats = resume_ckpt.get("stats") or stats
     else:
         if config.run.init_from:
             from alexnet.training.init_from import describe, load_initial_weights
@@ -245,7 +247,8 @@ def _open_run_folder(config: Config, files: RunFiles, lock: FolderLock,
     ensure_folder(files.root, "run folder (--out)")
     if not lock.held:
         _acquire(lock)
-        resume_checkpoint(config, files, resume_ckpt)  # a racing start may have left a run
+        check_own_files(files)  # a racing start may have left files, or a run
+        resume_checkpoint(config, files, resume_ckpt)
     remove_stale(files.root)
     write_json(config, files.config)
 

@@ -37,6 +37,22 @@ class RunFiles:
     curves = property(lambda self: self.root / "curves.png")
     tensorboard = property(lambda self: self.root / "tensorboard")
 
+    def own_files(self) -> dict[Path, str]:
+        """The files the run writes under names of its own, and what each holds."""
+        return {self.config: "resolved config", self.checkpoint: "checkpoint",
+                self.best: "best checkpoint", self.log: "epoch log", self.steps: "step log",
+                self.csv: "epoch log as CSV", self.curves: "training curves"}
+
+
+def check_own_files(files: RunFiles) -> None:
+    """Refuse, before any training, a run folder where a file the run writes is a folder: the
+    user chose no such name (the run did), so the advice is to move that folder away, not to
+    give another file name; found only at its first write, it stopped a run an epoch in."""
+    for path, what in files.own_files().items():
+        if path.is_dir():
+            raise UserError(f"{path}: a folder where the run writes its {what} (a file); move "
+                            "that folder out of the run folder, or choose another --out")
+
 
 def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -> None:
     """Rewrite log.jsonl and log.csv from the history (atomically) and redraw curves.png (an

@@ -89,15 +89,16 @@ def read_resumable(resume: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint `--resume` names (a file, or a run folder's checkpoint.pt), read and
     checked (`check_resumable`) before its config or anything else of it is used."""
     path = resume_path(resume)
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(path, resuming=True)
     check_resumable(ckpt, path)
     return ckpt
 
 
 def resume_path(resume: str | os.PathLike) -> Path:
-    """The checkpoint file of `--resume` (a run folder means its checkpoint.pt)."""
+    """The checkpoint file of `--resume` (a run folder means its checkpoint.pt; one that is
+    missing or a folder is a UserError naming it: `checkpoint.run_checkpoint`)."""
     path = Path(resume)
-    return path / "checkpoint.pt" if path.is_dir() else path
+    return checkpoint.run_checkpoint(path) if path.is_dir() else path
 
 
 def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | None = None
@@ -111,7 +112,7 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
         if files.checkpoint.exists() and files.root.resolve() != path.parent.resolve():
             raise UserError(f"{files.root} already holds another run (checkpoint.pt); resume "
                             f"{path} into its own folder (drop --out) or choose a new --out")
-        ckpt = loaded if loaded is not None else checkpoint.load(path)
+        ckpt = loaded if loaded is not None else checkpoint.load(path, resuming=True)
         check_resumable(ckpt, path)
         return ckpt, path
     if files.checkpoint.exists():

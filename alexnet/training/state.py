@@ -181,6 +181,28 @@ def check_resumable(ckpt: dict[str, Any], path: Path) -> None:
                     f"{problem} (written by another tool or version, or damaged); {advice}")
 
 
+def resumed_stats(ckpt: dict[str, Any], path: Path, config: Config, store_stats: Any) -> Any:
+    """The statistics a resumed run normalises and colours with: the checkpoint's (those it
+    was trained with), else the store's (`store_stats`). A checkpoint table that lacks what
+    data.mean or data.pca needs is refused naming the file, not the store."""
+    stats = ckpt.get("stats")
+    if not stats:
+        return store_stats
+    pca = "data.pca (the PCA colour shifts)"
+    need = {"eigval": pca, "eigvec": pca} if config.data.pca else {}
+    mean_key = checkpoint.MEAN_STATS.get(config.data.mean)
+    if mean_key is not None:
+        need[mean_key] = f"data.mean = {config.data.mean!r}"
+    missing = [key for key in need if stats.get(key) is None]
+    if missing:
+        uses = " and ".join(dict.fromkeys(need[key] for key in missing))
+        raise UserError(f"{path}: its 'stats' (the statistics it was trained with) lack "
+                        f"{', '.join(missing)}, which {uses} needs (damaged, or written by "
+                        "another tool); resume from another checkpoint of the run, or start a "
+                        f"new run from its weights with --init-from {path}")
+    return stats
+
+
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,
             given: Collection[str] = ()) -> None:
     """Load a checkpoint's state into `s` (the RNG states last, each rank its own: building

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from alexnet import __version__
 from alexnet.errors import Terminated, UserError
+from alexnet.stops import one_stop
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("alexnet.demo", "prepare Fashion-MNIST, train the paper's net on it, evaluate"),
@@ -175,7 +176,8 @@ def _run(name: str, rest: list[str]) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     check_device(args)
-    return int(module.run(args) or 0)
+    with one_stop():  # a second Ctrl-C or SIGTERM waits for the first one's cleanup
+        return int(module.run(args) or 0)
 
 
 def _stop_message(err: BaseException, default: str) -> str:

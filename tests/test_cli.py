@@ -312,3 +312,26 @@ def test_a_reader_that_left_the_pipe_is_no_error(tmp_path):
     assert SIGPIPE_STATUS == 141
     kept = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert kept.returncode == 0 and kept.stderr == "" and '"optim"' in kept.stdout
+
+
+def test_a_second_stop_waits_for_the_first_ones_cleanup():
+    """one_stop (every command's): the first Ctrl-C raises; another one while that
+    KeyboardInterrupt unwinds (its cleanup) is ignored; once it is handled, Ctrl-C stops
+    again as the first; the handler is put back at the end."""
+    import signal
+
+    from alexnet.stops import one_stop
+
+    before = signal.getsignal(signal.SIGINT)
+    cleaned = []
+    with one_stop():
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                pytest.fail("the first Ctrl-C did not stop")  # pragma: no cover
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # during the cleanup: ignored
+                cleaned.append(True)
+        with pytest.raises(KeyboardInterrupt):  # the stop handled: a new one stops
+            os.kill(os.getpid(), signal.SIGINT)
+    assert cleaned == [True] and signal.getsignal(signal.SIGINT) is before

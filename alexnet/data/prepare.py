@@ -17,13 +17,9 @@ and its messages. The source layouts belong to alexnet/data/sources.py, the stor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +43,7 @@ from alexnet.data.store import (
 from alexnet.data.workers import Decoders
 from alexnet.errors import Terminated, UserError
 from alexnet.progress import Progress
+from alexnet.stops import one_stop
 
 CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
 
@@ -188,7 +185,7 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                      max_pixels=max_pixels, workers=workers, splits=splits,
                                      val_fraction=val_fraction, jpeg_quality=jpeg_quality)
     out = Path(out)
-    with _one_stop():
+    with one_stop():
         return _prepare(source, out, workers=workers, splits=splits, names=names,
                         val_fraction=val_fraction, val_seed=val_seed, _stop_after=_stop_after,
                         options={"size": size, "format": format, "limit": limit,
@@ -223,61 +220,6 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
     except OSError as err:
         raise _os_error(out, err) from None
     return summary
-
-
-@contextlib.contextmanager
-def _one_stop() -> Iterator[None]:
-    """Ctrl-C and SIGTERM act as usual the first time; from then on both are ignored while
-    its exception unwinds, until prepare has stopped its decoding processes and closed the
-    store (a bounded wait: the processes are ended, not waited for), so that an impatient
-    second Ctrl-C does not cut that short and leave the pool running. Then the handlers are
-    put back, except what the first one's handler set for its own signal (the command's
-    SIGTERM handler ignores further ones for good)."""
-    stops = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in stops}
-    handled = [sig for sig in stops if callable(previous[sig])]  # not set outside Python
-    after = dict(previous)
-    raised: list[BaseException] = []
-
-    def again(signum: int, frame: Any) -> None:
-        """Nothing while the first stop's exception is being handled (the teardown); a stop
-        as the first when it was swallowed (raised in a finaliser, which only prints it)."""
-        if not _handling(raised):
-            stop(signum, frame)
-
-    def stop(signum: int, frame: Any) -> None:
-        for sig in handled:
-            signal.signal(sig, again)
-        try:
-            previous[signum](signum, frame)  # raises KeyboardInterrupt or Terminated
-        except BaseException as err:
-            raised.append(err)
-            raise
-        finally:
-            if signal.getsignal(signum) is not again:  # the handler's own, kept at the end
-                after[signum] = signal.getsignal(signum)
-
-    for sig in handled:
-        signal.signal(sig, stop)
-    try:
-        yield
-    finally:
-        for sig in handled:
-            signal.signal(sig, after[sig])
-
-
-def _handling(exceptions: list[BaseException]) -> bool:
-    """Whether one of `exceptions` is being handled here (an except or finally block, an
-    `__exit__`), maybe under another one raised meanwhile."""
-    err = sys.exc_info()[1]
-    while err is not None:
-        if any(err is e for e in exceptions):
-            return True
-        err = err.__context__
-    return False
 
 
 def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max_pixels: int,

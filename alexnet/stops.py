@@ -1,0 +1,62 @@
+"""Stopping a command once: the first Ctrl-C or SIGTERM stops it, further ones wait for its
+cleanup (`one_stop`), for every command (alexnet.cli) and for `prepare` called from Python."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from alexnet.errors import Terminated
+
+STOPS = (KeyboardInterrupt, Terminated)  # what Ctrl-C and SIGTERM raise
+
+
+@contextlib.contextmanager
+def one_stop() -> Iterator[None]:
+    """Ctrl-C and SIGTERM act as usual (their handlers raise) unless a stop's exception is
+    unwinding (an except or finally clause, a context manager's exit, on its way out): then
+    they are ignored, so that an impatient second Ctrl-C does not cut the cleanup short:
+    prepare's decoding processes stopped and its store closed, evaluate's read-ahead threads
+    joined (cut short, they ended the process in C++'s `terminate`, SIGABRT). A stop that was
+    swallowed (raised in a finaliser, which only prints it) leaves none unwinding, so the next
+    one stops as the first. The handlers are put back at the end, except what a handler set
+    for its own signal (the command's SIGTERM handler ignores further ones for good)."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in stops}
+    handled = [sig for sig in stops if callable(previous[sig])]  # not set outside Python
+    after = dict(previous)
+
+    def stop(signum: int, frame: Any) -> None:
+        if unwinding_a_stop():
+            return
+        try:
+            previous[signum](signum, frame)  # raises KeyboardInterrupt or Terminated
+        finally:
+            if signal.getsignal(signum) is not stop:  # the handler's own, kept at the end
+                after[signum] = signal.getsignal(signum)
+
+    for sig in handled:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            signal.signal(sig, after[sig])
+
+
+def unwinding_a_stop() -> bool:
+    """Whether a KeyboardInterrupt or Terminated is being handled where this runs (in an
+    except or finally clause or an `__exit__`), maybe under another exception raised meanwhile."""
+    err = sys.exc_info()[1]
+    while err is not None:
+        if isinstance(err, STOPS):
+            return True
+        err = err.__context__
+    return False

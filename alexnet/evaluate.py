@@ -378,10 +378,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
     if (path / "best.pt").is_file():
         return path / "best.pt", "the run's lowest validation error; RUN/checkpoint.pt is " \
             "the last epoch"
-    if not (path / "checkpoint.pt").is_file():
+    if not (path / "checkpoint.pt").exists():
         raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
                         "file or the folder of a run")
-    return path / "checkpoint.pt", "the run's last epoch; it has no best.pt"
+    from alexnet.checkpoint import run_checkpoint  # a folder in checkpoint.pt's place: said
+
+    return run_checkpoint(path), "the run's last epoch; it has no best.pt"
 
 
 def load_all(checkpoints: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from _stops import ctrl_c_at_step
+from PIL import Image
 
 from alexnet import checkpoint, paper
 from alexnet.cli import main
@@ -814,6 +815,8 @@ def test_a_run_folder_whose_checkpoint_is_a_folder_names_it(store, finished_run,
     (run / "config.json").write_bytes((Path(finished_run["run_dir"]) / "config.json")
                                       .read_bytes())
     inner = run / "checkpoint.pt"
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
     for command, says in (
             (["train", "--resume", str(run)], f"{inner}: a folder, not a checkpoint file, so "
                                               f"{run} holds no checkpoint; give a checkpoint "
@@ -822,6 +825,9 @@ def test_a_run_folder_whose_checkpoint_is_a_folder_names_it(store, finished_run,
             (["train", "--resume", str(inner)], f"{inner}: a folder without a checkpoint.pt "
                                                 "(no such checkpoint)"),
             (["export", str(run)], f"{inner}: a folder, not a checkpoint file"),
+            (["evaluate", str(run), "--data", str(store)],
+             f"{inner}: a folder, not a checkpoint file"),  # was "without best.pt or ..."
+            (["predict", str(run), str(image)], f"{inner}: a folder, not a checkpoint file"),
             (["train", "--data", str(store), *sets(TINY), "--out", str(run)],
              f"{inner}: a folder where the run writes its checkpoint (a file); move that "
              "folder out of the run folder")):

@@ -23,32 +23,28 @@ def one_stop() -> Iterator[None]:
     prepare's decoding processes stopped and its store closed, evaluate's read-ahead threads
     joined (cut short, they ended the process in C++'s `terminate`, SIGABRT). A stop that was
     swallowed (raised in a finaliser, which only prints it) leaves none unwinding, so the next
-    one stops as the first. The handlers are put back at the end, except what a handler set
-    for its own signal (the command's SIGTERM handler ignores further ones for good)."""
+    one stops as the first. The handlers are put back at the end, except where the block (or
+    a handler) set one of its own (the CLI's and bench's SIGTERM handlers ignore further
+    SIGTERMs for good)."""
     stops = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in stops}
     handled = [sig for sig in stops if callable(previous[sig])]  # not set outside Python
-    after = dict(previous)
 
     def stop(signum: int, frame: Any) -> None:
-        if unwinding_a_stop():
-            return
-        try:
+        if not unwinding_a_stop():
             previous[signum](signum, frame)  # raises KeyboardInterrupt or Terminated
-        finally:
-            if signal.getsignal(signum) is not stop:  # the handler's own, kept at the end
-                after[signum] = signal.getsignal(signum)
 
     for sig in handled:
         signal.signal(sig, stop)
     try:
         yield
     finally:
-        for sig in handled:
-            signal.signal(sig, after[sig])
+        for sig in handled:  # where the block set a handler of its own (SIGTERM ignored
+            if signal.getsignal(sig) is stop:  # after one, by bench or the CLI's), it stays
+                signal.signal(sig, previous[sig])
 
 
 def unwinding_a_stop() -> bool:

@@ -174,7 +174,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     `resuming`: the file is to continue a run (`train --resume`), which a weights file of
     `alexnet export` cannot do; the messages advise accordingly.
     """
-    path = run_checkpoint(Path(path)) if Path(path).is_dir() else Path(path)
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint; give a checkpoint file or a run folder")
     reason = _damage(path)
@@ -213,6 +213,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                         "of the run")
     state["stats"] = stats_to_numpy(state.get("stats"))
     return state
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file `path` names: itself, or a run folder's checkpoint.pt
+    (`run_checkpoint`)."""
+    path = Path(path)
+    return run_checkpoint(path) if path.is_dir() else path
 
 
 def run_checkpoint(folder: Path) -> Path:

@@ -246,12 +246,13 @@ def input_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     The paper's choices (mean image subtracted, section 2; 224 crops, section 4.1) when the
     checkpoint's config does not say.
     """
+    from alexnet.checkpoint import trained_mean
     from alexnet.model import loader_pad
 
     data = (ckpt.get("config") or {}).get("data") or {}
-    mean = data.get("mean") if isinstance(data.get("mean"), str) else "image"
     crop = int(data["crop"]) if isinstance(data.get("crop"), int) else CROP_SIZE
-    return {"mean": mean, "crop": crop, "pad": loader_pad(str(ckpt.get("arch")), crop)}
+    return {"mean": trained_mean(ckpt), "crop": crop,
+            "pad": loader_pad(str(ckpt.get("arch")), crop)}
 
 
 def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],

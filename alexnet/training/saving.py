@@ -88,17 +88,10 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
 def read_resumable(resume: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint `--resume` names (a file, or a run folder's checkpoint.pt), read and
     checked (`check_resumable`) before its config or anything else of it is used."""
-    path = resume_path(resume)
+    path = checkpoint.checkpoint_file(resume)
     ckpt = checkpoint.load(path, resuming=True)
     check_resumable(ckpt, path)
     return ckpt
-
-
-def resume_path(resume: str | os.PathLike) -> Path:
-    """The checkpoint file of `--resume` (a run folder means its checkpoint.pt; one that is
-    missing or a folder is a UserError naming it: `checkpoint.run_checkpoint`)."""
-    path = Path(resume)
-    return checkpoint.run_checkpoint(path) if path.is_dir() else path
 
 
 def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | None = None
@@ -108,7 +101,7 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
     state or holds it in another form (`check_resumable`: a weights-only export, a file of
     another tool, a damaged one)."""
     if config.run.resume:
-        path = resume_path(config.run.resume)
+        path = checkpoint.checkpoint_file(config.run.resume)
         if files.checkpoint.exists() and files.root.resolve() != path.parent.resolve():
             raise UserError(f"{files.root} already holds another run (checkpoint.pt); resume "
                             f"{path} into its own folder (drop --out) or choose a new --out")

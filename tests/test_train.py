@@ -835,3 +835,24 @@ def test_a_run_folder_whose_checkpoint_is_a_folder_names_it(store, finished_run,
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, (command, err)
         assert "checkpoint.pt/checkpoint.pt" not in err and "already holds" not in err, err
+
+
+def test_a_resumed_run_saves_the_statistics_it_trains_with(tmp_path):
+    """A store re-prepared between a run's stop and its resume: the resumed run normalises
+    with the checkpoint's statistics (those the net was trained with), so each checkpoint it
+    saves must record those, not the store's new ones (which evaluate would then subtract)."""
+    store, run = make_store(tmp_path / "store"), tmp_path / "run"
+    config = {"data.store": str(store), "run.out": str(run)}
+    train(resolve("paper", TINY + ["optim.epochs=1", "run.max_steps=2"], config))
+    trained = checkpoint.load(run)["stats"]
+    split = open_split(store, "train")
+    images, labels = split.read(np.arange(len(split))), split.labels
+    shifted = {**split.stats, "mean_image": split.stats["mean_image"] + 7.0}
+    write_store(store / "train", images, labels, CLASSES, stats=shifted)
+    train(resolve("paper", TINY + ["optim.epochs=1"], {**config, "run.resume": str(run)}))
+    saved = checkpoint.load(run)
+    assert (saved["epoch"], saved["step"]) == (1, 0)
+    for name in ("checkpoint.pt", "best.pt"):
+        stats = checkpoint.load(run / name)["stats"]
+        np.testing.assert_array_equal(stats["mean_image"], trained["mean_image"], err_msg=name)
+        np.testing.assert_array_equal(stats["eigvec"], trained["eigvec"], err_msg=name)

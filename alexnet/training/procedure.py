@@ -132,6 +132,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     seed_everything(config.run.seed)
     s = build_state(config, len(train_store.classes), rt)
     s.loss_bound = loss_bound(len(train_store.classes))
+    s.stats = stats  # what each checkpoint records: the statistics the net is trained with
     if resume_ckpt is not None:
         restore(s, resume_ckpt, resume_path, rt, config, given)  # each rank's generators too
     else:

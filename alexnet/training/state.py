@@ -34,6 +34,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     acc: dict[str, float] = field(default_factory=dict)  # partial sums of the epoch
     best_error: float = math.inf
+    stats: Any = None  # the statistics the run normalises and colours with (procedure.py)
     # not saved: where this process started (the whole-run ETA) and whether the chance
     # check has spoken
     started_at: float = 0.0
@@ -91,7 +92,7 @@ def make_checkpoint(s: RunState, config: Config, train_store: Any, rt: Runtime,
         epoch=s.epoch, step=s.step, global_step=s.global_step,
         acc=accs[0], **per_rank, world_size=rt.dist.world_size,
         best_error=s.best_error, config=to_dict(config),
-        classes=list(train_store.classes), stats=train_store.stats,
+        classes=list(train_store.classes), stats=s.stats,
         rng=rngs[0], metrics=list(s.history))
 
 

@@ -60,12 +60,14 @@ def check_fits(weights: str | os.PathLike, arch: str, kwargs: dict[str, Any],
 
 
 def _build(arch: str, weights: str | os.PathLike | None, kwargs: dict[str, Any]) -> Any:
-    """`arch` built with `kwargs`, or the trained net of file `weights` (in eval mode)."""
-    from alexnet.checkpoint import load, model_from_state
+    """`arch` built with `kwargs`, or the trained net of `weights` (in eval mode): a file, or a
+    run folder's best.pt when there is one (as evaluate takes it)."""
+    from alexnet.checkpoint import load, model_from_state, trained_checkpoint
     from alexnet.model import build_model
 
     if not weights:
         return build_model(arch, **kwargs)
+    weights = trained_checkpoint(weights)[0]
     ckpt = load(weights, mmap=True)
     check_fits(weights, arch, kwargs, ckpt)
     extra = {k: v for k, v in kwargs.items() if k in NOT_RECORDED}
@@ -77,7 +79,7 @@ def _build(arch: str, weights: str | os.PathLike | None, kwargs: dict[str, Any])
 def alexnet(weights: str | os.PathLike | None = None, **kwargs: Any) -> Any:
     """The paper's AlexNet (two columns, LRN, overlapping pooling, dropout), freshly
     initialised as in section 5, or, in eval mode, the trained net of the checkpoint or
-    weights file `weights`.
+    weights file `weights` (a run folder: its best.pt when there is one, else checkpoint.pt).
 
     kwargs go to alexnet.model.AlexNet: num_classes=1000, columns=2, activation="relu",
     lrn=True, lrn_alpha_over_n=False, overlap_pool=True, dropout=0.5, width=1.0, crop=224,

@@ -236,6 +236,22 @@ def run_checkpoint(folder: Path) -> Path:
     return path
 
 
+def trained_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
+    """(file, why): the trained net `path` offers for use (evaluate, predict, figures, export,
+    the hub): a run folder's best.pt when there is one (the epoch of lowest validation error,
+    as the paper reports), else its checkpoint.pt (`run_checkpoint`); a file is itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return path, "as given"
+    if (path / "best.pt").is_file():
+        return path / "best.pt", "the run's lowest validation error; RUN/checkpoint.pt is " \
+            "the last epoch"
+    if not (path / "checkpoint.pt").exists():
+        raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
+                        "file or the folder of a run")
+    return run_checkpoint(path), "the run's last epoch; it has no best.pt"
+
+
 MEAN_STATS = {"image": "mean_image", "channel": "channel_mean"}  # data.mean -> its statistic
 
 

@@ -369,24 +369,6 @@ def paper_rows(source: str | None, split: str, checkpoints: int,
     return key, rows, best
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
-    """(file, why): a run folder means its best.pt when there is one (the epoch of lowest
-    validation error, as the paper reports), else its checkpoint.pt; a file is itself.
-    A folder with neither is a UserError."""
-    path = Path(path)
-    if not path.is_dir():
-        return path, "as given"
-    if (path / "best.pt").is_file():
-        return path / "best.pt", "the run's lowest validation error; RUN/checkpoint.pt is " \
-            "the last epoch"
-    if not (path / "checkpoint.pt").exists():
-        raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
-                        "file or the folder of a run")
-    from alexnet.checkpoint import run_checkpoint  # a folder in checkpoint.pt's place: said
-
-    return run_checkpoint(path), "the run's last epoch; it has no best.pt"
-
-
 def load_all(checkpoints: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Each checkpoint read once, its tensors memory-mapped until its net is built."""
     from alexnet.checkpoint import load
@@ -527,7 +509,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give a positive number of images")
     device = resolve_device(args.device)
-    chosen = [resolve_checkpoint(p) for p in args.checkpoints]
+    from alexnet.checkpoint import trained_checkpoint
+
+    chosen = [trained_checkpoint(p) for p in args.checkpoints]
     for given, (path, why) in zip(args.checkpoints, chosen, strict=True):
         if given.is_dir():
             print(f"{given}: evaluating {path.name} ({why})", file=sys.stderr)

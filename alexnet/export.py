@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,8 +322,9 @@ def export_name(source: Path) -> str:
 
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
            check: bool = True) -> dict[str, Any]:
-    """Export the net of checkpoint `source` as `fmt`; return the paths and the check line."""
-    from alexnet.checkpoint import load_model
+    """Export the net of checkpoint `source` as `fmt` (a run folder: its best.pt when there is
+    one, as evaluate takes it); return the paths, the file exported and why, and the check."""
+    from alexnet.checkpoint import load_model, trained_checkpoint
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -337,9 +339,10 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
                  name=f"--out {path}: its mean image {mean_file}")
     ensure_folder(path.parent, "folder for --out")
     with export_lock(path):
-        model, ckpt = load_model(source)
+        used, why = trained_checkpoint(source)
+        model, ckpt = load_model(used)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
-        mean = mean_image(ckpt, source)
+        mean = mean_image(ckpt, used)
         described = sidecar(ckpt, crop, fmt, None if mean is None else mean_file.name)
         remove_stale(path.parent, [path, info, mean_file])  # temporaries of killed exports
         writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
@@ -360,11 +363,13 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
                     np.save(f, mean, allow_pickle=False)
         write_json(info, described, indent=2)
     return {"path": str(path), "info": str(info), "format": fmt, "bytes": path.stat().st_size,
-            "mean_image": None if mean is None else str(mean_file), "check": checked}
+            "mean_image": None if mean is None else str(mean_file), "check": checked,
+            "exported": str(used), "why": why}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    parser.add_argument("checkpoint", help="a checkpoint file, or a run folder (its best.pt when "
+                                           "there is one)")
     parser.add_argument("--format", choices=FORMATS, default="weights",
                         help="onnx (needs the onnx package), torchscript, or weights: the "
                              "net and what feeds it, without the optimizer")
@@ -377,6 +382,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.checkpoint import trained_checkpoint
+
+    if Path(args.checkpoint).is_dir():
+        used, why = trained_checkpoint(args.checkpoint)
+        print(f"{args.checkpoint}: exporting {used.name} ({why})", file=sys.stderr)
     result = export(args.checkpoint, args.format, args.out, args.check)
     mean = f", {result['mean_image']} (the training mean image)" if result["mean_image"] else ""
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB){mean} and {result['info']}")

@@ -205,11 +205,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels < 1:
         raise UserError(f"--max-pixels {args.max_pixels}: must be a positive number of pixels "
                         f"(default {MAX_PIXELS})")
-    from alexnet.evaluate import resolve_checkpoint
+    from alexnet.checkpoint import trained_checkpoint
 
     args.images = expand_folders(args.images)
     device = resolve_device(args.device)
-    path, why = resolve_checkpoint(args.checkpoint)
+    path, why = trained_checkpoint(args.checkpoint)
     if args.checkpoint.is_dir():
         print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
     ckpt = load(path)

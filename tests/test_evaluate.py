@@ -602,7 +602,7 @@ def test_the_file_chosen_in_a_run_folder_is_said_without_nested_brackets(store_r
     best.pt))": the reason came with brackets of its own."""
     import shutil
 
-    from alexnet.evaluate import resolve_checkpoint
+    from alexnet.checkpoint import trained_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()
@@ -611,7 +611,7 @@ def test_the_file_chosen_in_a_run_folder_is_said_without_nested_brackets(store_r
                  "--out", str(tmp_path / "report.json")]) == 0
     assert capsys.readouterr().err.splitlines()[0] == \
         f"{run}: evaluating checkpoint.pt (the run's last epoch; it has no best.pt)"
-    without_best = resolve_checkpoint(run)[1]
+    without_best = trained_checkpoint(run)[1]
     shutil.copyfile(checkpoint, run / "best.pt")
-    for why in (without_best, resolve_checkpoint(run)[1]):  # said inside brackets
+    for why in (without_best, trained_checkpoint(run)[1]):  # said inside brackets
         assert "(" not in why and ")" not in why, why

@@ -529,3 +529,28 @@ def test_torchscripts_deprecation_is_not_shown_as_a_future_warning(ckpt_path, tm
         warnings.simplefilter("always")
         export(ckpt_path, "torchscript", tmp_path / "net.torchscript")
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def run_with_best_and_last(ckpt_path: Path, root: Path) -> tuple[Path, dict, dict]:
+    """A run folder whose best.pt and checkpoint.pt hold different weights (best, last)."""
+    run = root / "run2"
+    run.mkdir()
+    best = checkpoint.load(ckpt_path)
+    last = {**best, "model": {k: v + 1 if v.is_floating_point() else v
+                              for k, v in best["model"].items()}}
+    checkpoint.save(run / "best.pt", best)
+    checkpoint.save(run / "checkpoint.pt", last)
+    return run, best, last
+
+
+def test_a_run_folder_exports_its_best_epoch_as_evaluate_takes_it(ckpt_path, tmp_path, capsys):
+    """`alexnet export RUN` exported checkpoint.pt (the last epoch) where evaluate, predict and
+    figures take best.pt (the epoch of lowest validation error): one rule for all of them."""
+    run, best, _ = run_with_best_and_last(ckpt_path, tmp_path)
+    out = tmp_path / "out.weights.pt"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert f"{run}: exporting best.pt (the run's lowest validation error" in \
+        capsys.readouterr().err
+    exported = checkpoint.load(out)["model"]
+    assert exported.keys() == best["model"].keys()
+    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())

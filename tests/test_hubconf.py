@@ -102,3 +102,16 @@ def test_a_file_of_the_other_layout_is_refused_by_each_entry_point(weights, tmp_
 def test_an_unknown_argument_with_weights_is_one_line(weights):
     with pytest.raises(UserError, match=r"^alexnet: no argument widht; it takes num_classes, "):
         hub(weights=str(weights), widht=0.125)
+
+
+def test_weights_a_run_folder_is_its_best_epoch_as_evaluate_takes_it(weights, tmp_path):
+    """`weights=RUN` loaded checkpoint.pt (the last epoch) where evaluate, predict and figures
+    take best.pt (the epoch of lowest validation error)."""
+    best = checkpoint.load(weights)
+    last = {**best, "model": {k: v + 1 if v.is_floating_point() else v
+                              for k, v in best["model"].items()}}
+    checkpoint.save(tmp_path / "best.pt", best)
+    checkpoint.save(tmp_path / "checkpoint.pt", last)
+    model = hub(weights=str(tmp_path))
+    for key, value in best["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key

@@ -20,11 +20,11 @@ from _stops import held_elsewhere, tree  # a lock held by another process
 from test_train import make_store  # 64-pixel images: a fast store
 
 from alexnet import checkpoint
+from alexnet.checkpoint import trained_checkpoint
 from alexnet.cli import main
 from alexnet.config import resolve
 from alexnet.data.store import WriteLock
 from alexnet.errors import UserError
-from alexnet.evaluate import resolve_checkpoint
 from alexnet.train import train
 from alexnet.training import procedure
 
@@ -175,7 +175,7 @@ def test_the_lock_is_held_during_a_run_and_released_however_it_ends(run, store, 
     assert result["epochs"] == 2 and seen == [True, True] and not is_locked(run)
     # the empty lock file stays, and upsets nothing that reads a run folder
     assert (run / ".lock").read_bytes() == b""
-    assert resolve_checkpoint(run)[0] == run / "best.pt"
+    assert trained_checkpoint(run)[0] == run / "best.pt"
     assert checkpoint.load(run)["epoch"] == 2
 
 

@@ -105,13 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _draw_figures(args: argparse.Namespace) -> int:
     """`run`, without the notice of missing glyphs."""
-    from alexnet.checkpoint import model_from_state
+    from alexnet.checkpoint import model_from_state, trained_checkpoint
     from alexnet.evaluate import (
         class_difference,
         class_names,
         input_settings,
         recorded_store,
-        resolve_checkpoint,
         resolve_device,
     )
 
@@ -120,7 +119,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
     device = resolve_device(args.device)
     if args.checkpoint.is_dir():
-        path, why = resolve_checkpoint(args.checkpoint)
+        path, why = trained_checkpoint(args.checkpoint)
         print(f"{args.checkpoint}: using {path.name} ({why})", file=sys.stderr)
         args.run_dir, args.checkpoint = args.checkpoint, path
     else:

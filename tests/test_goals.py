@@ -154,6 +154,20 @@ def test_gpu_check_writes_each_json_that_the_script_reads() -> None:
     assert script.index("bench/goals.py") < script.index("step ablate")
 
 
+def test_gpu_check_runs_the_steps_of_the_gpu_goals_before_the_data_step() -> None:
+    """The device's time also pays for the machine's start, so a run may be cut before its
+    steps' limits are spent: the last steps are lost first. train, model and pipeline hold
+    the GPU goals' figures (goals.problems: train.json, model.json, pipeline.json); data.json
+    holds none of them (its prepare goal is the 2-core CPU's), so it runs after them."""
+    import re
+
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    order = [name for name, _, _ in re.findall(r'^step (\w+) (\d+) (.*)$', script,
+                                                re.MULTILINE)]
+    assert max(order.index(name) for name in ("train", "model", "pipeline")) < \
+        order.index("data")
+
+
 def test_other_gpu_decoders_and_the_graphed_step_are_shown_beside_the_defaults(
         tmp_path: Path) -> None:
     pipe = {"model_only": 20_000.0, "other_gpu_decoders": {

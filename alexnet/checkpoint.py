@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from alexnet.atomic import write_atomic
+from alexnet.data.augment import MEAN_STATS
 from alexnet.errors import UserError, one_line
 
 FORMAT = "alexnet-checkpoint"
@@ -250,9 +251,6 @@ def trained_checkpoint(path: str | os.PathLike) -> tuple[Path, str]:
         raise UserError(f"{path}: a folder without best.pt or checkpoint.pt; give a checkpoint "
                         "file or the folder of a run")
     return run_checkpoint(path), "the run's last epoch; it has no best.pt"
-
-
-MEAN_STATS = {"image": "mean_image", "channel": "channel_mean"}  # data.mean -> its statistic
 
 
 def trained_mean(state: dict[str, Any]) -> str:

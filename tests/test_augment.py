@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from alexnet.config import MEAN_CHOICES
 from alexnet.data import augment
 from alexnet.paper import CROP_SIZE, IMAGE_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
@@ -216,7 +217,7 @@ def test_mean_subtraction_of_ten_crops_equals_numpy() -> None:
     np.testing.assert_allclose(augment.ten_crops(full, 56).numpy(), out, atol=1e-4)
 
 
-@pytest.mark.parametrize("mean", augment.MEANS)
+@pytest.mark.parametrize("mean", MEAN_CHOICES)
 def test_conv1s_padding_is_zeros_after_the_patches_values(mean: str) -> None:
     """pad=3: every patch as without it, then 3 zero columns and rows (what the paper net's
     pad_for_conv1 adds to a 224 patch), in the memory format asked for."""
@@ -253,7 +254,7 @@ def test_bad_arguments_are_refused() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mean", augment.MEANS)
+@pytest.mark.parametrize("mean", MEAN_CHOICES)
 def test_augmenting_on_the_gpu_never_makes_the_host_wait(mean: str) -> None:
     """The consumer augments on the training stream: a blocking copy of the CPU draws there
     would wait for the whole previous step. torch's sync debug mode turns every host

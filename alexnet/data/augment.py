@@ -22,9 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexnet.config import MEAN_CHOICES
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
-MEANS = ("image", "channel", "none", "torchvision")
+# data.mean (config.MEAN_CHOICES) -> the statistic it subtracts: the paper's mean image
+# (section 2), the per-channel mean, nothing, or torchvision's fixed constants (below)
+MEAN_STATS = {"image": "mean_image", "channel": "channel_mean", "none": None,
+              "torchvision": None}
 # torchvision's ImageNet normalisation of 0..1 RGB (its weights expect it); not the paper's.
 TV_MEAN = (0.485, 0.456, 0.406)
 TV_STD = (0.229, 0.224, 0.225)
@@ -287,7 +291,7 @@ def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
                        images.device)
         return images.sub_(cm.view((1, 1, 1, 3) if nhwc else (1, 3, 1, 1)))
     if mean != "image":
-        raise ValueError(f"mean {mean!r}: choose from {', '.join(MEANS)}")
+        raise ValueError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
     mean_image = to_device(torch.as_tensor(stats["mean_image"], dtype=torch.float32),
                            images.device)
     size = images.shape[1] if nhwc else images.shape[2]
@@ -404,7 +408,6 @@ AUGMENT_BACKENDS = ("auto", "torch", "triton")
 # torch, or triton (the kernel wherever it applies; CPU tensors need TRITON_INTERPRET=1).
 # mean="torchvision" always takes the torch path.
 AUGMENT_BACKEND = os.environ.get("ALEXNET_AUGMENT", "auto")
-_FUSED_MEANS = {"image": "mean_image", "channel": "channel_mean", "none": None}
 
 
 def use_triton_augment(images: torch.Tensor, mean: str, stats: dict[str, Any],
@@ -416,8 +419,8 @@ def use_triton_augment(images: torch.Tensor, mean: str, stats: dict[str, Any],
     backend = model._chosen("ALEXNET_AUGMENT", AUGMENT_BACKEND if backend is None else backend,
                             AUGMENT_BACKENDS)
     if backend == "torch" or (backend == "auto" and not images.is_cuda) \
-            or images.dtype != torch.uint8 or mean not in _FUSED_MEANS \
-            or (_FUSED_MEANS[mean] is not None and stats.get(_FUSED_MEANS[mean]) is None):
+            or images.dtype != torch.uint8 or mean not in MEAN_STATS or mean == "torchvision" \
+            or (MEAN_STATS[mean] is not None and stats.get(MEAN_STATS[mean]) is None):
         return False
     return model._triton_runs("ALEXNET_AUGMENT", backend,
                               model._triton_kernels("augment", "data.augment_triton"),
@@ -474,7 +477,7 @@ def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: 
     from alexnet.data import augment_triton
 
     device = images.device
-    key = _FUSED_MEANS[mean]
+    key = MEAN_STATS[mean]
     values = torch.zeros(3) if key is None else torch.as_tensor(stats[key])
     values = to_device(values.to(torch.float32), device)
     if shift is None:

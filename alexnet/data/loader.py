@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from alexnet.config import MEAN_CHOICES
 from alexnet.data import augment, decode
 from alexnet.data.store import damaged_image
 from alexnet.errors import UserError
@@ -385,8 +386,8 @@ def keep_freed_memory() -> None:
 
 def _check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str, Any]:
     """The statistics the options need, or a UserError saying what is missing."""
-    if mean not in augment.MEANS:
-        raise UserError(f"mean {mean!r}: choose from {', '.join(augment.MEANS)}")
+    if mean not in MEAN_CHOICES:
+        raise UserError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
     need = {"image": ["mean_image"], "channel": ["channel_mean"], "none": [],
             "torchvision": []}[mean]
     need += ["eigval", "eigvec"] if pca else []

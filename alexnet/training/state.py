@@ -14,6 +14,7 @@ from torch import nn
 
 from alexnet import checkpoint
 from alexnet.config import Config, from_dict, model_kwargs, scaled_lr, to_dict
+from alexnet.data.augment import MEAN_STATS
 from alexnet.distributed import print0
 from alexnet.errors import UserError, one_line
 from alexnet.training.run_folder import plural
@@ -191,7 +192,7 @@ def resumed_stats(ckpt: dict[str, Any], path: Path, config: Config, store_stats:
         return store_stats
     pca = "data.pca (the PCA colour shifts)"
     need = {"eigval": pca, "eigvec": pca} if config.data.pca else {}
-    mean_key = checkpoint.MEAN_STATS.get(config.data.mean)
+    mean_key = MEAN_STATS.get(config.data.mean)
     if mean_key is not None:
         need[mean_key] = f"data.mean = {config.data.mean!r}"
     missing = [key for key in need if stats.get(key) is None]

@@ -748,7 +748,7 @@ class SplitAlexNet(nn.Module):
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True,
                         assign: bool = False) -> Any:
         """Load a grouped AlexNet's state_dict, splitting each layer into its columns."""
-        grouped = AlexNet(**self.kwargs)
+        grouped = AlexNet(**self.kwargs).to(self.fc8.weight.dtype)  # loads without rounding
         result = grouped.load_state_dict(state_dict, strict=strict)
         with torch.no_grad():
             for c, col in enumerate(self.cols):
@@ -766,16 +766,18 @@ def _column_part(layer: nn.Conv2d | nn.Linear, columns: int,
     """Column c's share of `layer`: its output kernels (rows) c*out/columns..(c+1)*out/columns."""
     out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     rows = slice(c * out // columns, (c + 1) * out // columns)
+    like = dict(device=layer.weight.device, dtype=layer.weight.dtype)  # no float32 rounding
     if isinstance(layer, nn.Linear):
-        part = nn.Linear(layer.in_features, out // columns)
+        part = nn.Linear(layer.in_features, out // columns, **like)
     else:
         # a grouped conv (groups == columns) becomes one column's dense conv on its own maps
         inputs = layer.in_channels // layer.groups
-        part = nn.Conv2d(inputs, out // columns, layer.kernel_size, layer.stride, layer.padding)
+        part = nn.Conv2d(inputs, out // columns, layer.kernel_size, layer.stride, layer.padding,
+                         **like)
     with torch.no_grad():
         part.weight.copy_(layer.weight[rows])
         part.bias.copy_(layer.bias[rows])
-    return part.to(layer.weight.device, layer.weight.dtype)
+    return part
 
 
 def split_columns(model: AlexNet,

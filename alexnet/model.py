@@ -110,6 +110,9 @@ LRN_BACKENDS = ("auto", "triton", "torch")
 # kernel of alexnet/lrn_triton.py on CUDA tensors when triton imports, else _LRNFunction),
 # triton (always the kernel; CPU tensors need TRITON_INTERPRET=1) or torch (_LRNFunction).
 LRN_BACKEND = os.environ.get("ALEXNET_LRN", "auto")
+# The first-use check's bf16 tolerance: bf16 keeps 8 significant bits, so the input, the
+# output (and the twophase backward's u) are each rounded once by up to 2^-8 relative.
+BF16_RTOL = 1e-2
 _TRITON: dict[str, Any] = {}  # "module": alexnet.lrn_triton, "pool": alexnet.pool_triton,
 # "augment": alexnet.data.augment_triton (None when triton is missing); "verified.<device
 # type>", "pool_verified.<...>", "augment_verified.<...>": the kernels' checks
@@ -157,12 +160,14 @@ def _verify_triton_lrn(device: torch.device) -> bool:
     """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
     gen = torch.Generator().manual_seed(0)
     # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last: the rows
-    # layout's kernels the net runs, a whole column and runs of 64 with their neighbours
+    # layout's kernels the net runs, a whole column and runs of 64 with their neighbours, in
+    # fp32 and in bf16 (mixed-precision training: 8 maps per 16-byte load, not 4)
     inputs = []
     for maps, side in ((paper.CONV1[0], 5), (paper.CONV2[0], 3)):
         x = (torch.rand(1, maps, 3, side, generator=gen) * 600 - 300).to(device)
-        inputs.append((x.contiguous(memory_format=torch.channels_last),
-                       torch.randn(x.shape, generator=gen).to(device)))
+        g = torch.randn(x.shape, generator=gen).to(device)
+        inputs += [(x.to(dtype).contiguous(memory_format=torch.channels_last), g.to(dtype))
+                   for dtype in (torch.float32, torch.bfloat16)]
     module = triton_lrn_module()
 
     def fault() -> str | None:
@@ -199,9 +204,12 @@ def _kernel_fault(agrees: Callable[[], bool], replaced: str) -> str | None:
 
 def _triton_lrn_fault(x: torch.Tensor, g: torch.Tensor) -> str | None:
     """Why the Triton LRN of x (ReLU folded in) fails or disagrees with the torch path,
-    forward and backward for the output gradient g; None when it agrees."""
+    forward and backward for the output gradient g; None when it agrees. The torch path
+    computes in fp32 from the same values (bf16 ones upcast)."""
+    rtol = BF16_RTOL if x.dtype == torch.bfloat16 else None
     return _kernel_fault(lambda: _agree(_lrn_and_grad(x, g, "triton"),
-                                        _lrn_and_grad(x, g, "torch")), "the torch path")
+                                        _lrn_and_grad(x.float(), g.float(), "torch"), rtol),
+                         "the torch path")
 
 
 def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str
@@ -216,10 +224,15 @@ def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str
     return y.detach(), dx
 
 
-def _agree(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]
-           ) -> bool:
-    """Outputs equal to fp32 rounding, gradients to 1e-4 of their largest magnitude."""
+def _agree(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
+           rtol: float | None = None) -> bool:
+    """Outputs equal to fp32 rounding, gradients to 1e-4 of their largest magnitude; with
+    `rtol` (bf16's), both to within rtol, gradients also to rtol of their largest magnitude."""
     scale = float(want[1].abs().max())
+    got = (got[0].float(), got[1].float())
+    if rtol is not None:
+        return bool(torch.allclose(got[0], want[0], rtol=rtol, atol=rtol * 1e-3)
+                    and torch.allclose(got[1], want[1], rtol=rtol, atol=rtol * scale))
     return bool(torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
                 and torch.allclose(got[1], want[1], rtol=1e-3, atol=1e-4 * scale))
 

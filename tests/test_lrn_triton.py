@@ -233,7 +233,7 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
 
 def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
     """The first-use check's inputs are the paper's columns of conv1 (48 maps: one whole run)
-    and conv2 (128: runs of 64 reaching into their neighbours), channels_last."""
+    and conv2 (128: runs of 64 reaching into their neighbours), channels_last, fp32 and bf16."""
     import alexnet.model
 
     module = triton_lrn_module()
@@ -243,11 +243,15 @@ def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
     monkeypatch.setattr(alexnet.model, "_triton_lrn_fault",
                         lambda x, g: seen.append(x) or None)
     assert alexnet.model._verify_triton_lrn(torch.device("cpu"))
-    columns = [x.shape[1] // paper.COLUMNS for x in seen]
+    # fp32 and bf16 (mixed-precision training), whose loads take 8 maps instead of 4: a
+    # kernel wrong in bf16 alone must not pass the check and train on a wrong LRN
+    assert [x.dtype for x in seen] == [torch.float32, torch.bfloat16] * 2
+    columns = [x.shape[1] // paper.COLUMNS for x in seen[::2]]
     assert columns == [paper.CONV1[0] // 2, paper.CONV2[0] // 2] == [48, 128]
     assert all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
-    fp32_group = 16 // 4  # maps per 16-byte load
+    fp32_group, bf16_group = 16 // 4, 16 // 2  # maps per 16-byte load
     assert [module._rows_run(c, fp32_group) for c in columns] == [48, 64]
+    assert [module._rows_run(c, bf16_group) for c in columns] == [48, 64]
 
 
 def test_a_failing_rows_layout_falls_back_to_the_tile_kernels(kernel_results):
@@ -259,6 +263,33 @@ def test_a_failing_rows_layout_falls_back_to_the_tile_kernels(kernel_results):
     assert err.count("\n") == 1 and err.startswith("alexnet: warning: the Triton LRN's rows "
                                                   "layout on cpu failed (RuntimeError: ")
     assert "using the tile layout" in err
+
+
+def test_a_rows_kernel_wrong_in_bf16_alone_fails_the_check():
+    """The first-use check ran fp32 inputs only, while mixed-precision training runs the bf16
+    kernels (8 maps per load, their own unpacking): a kernel 5% off in bf16 passed it and the
+    net trained on a wrong LRN. Now the check also runs bf16 and leaves the rows layout."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    code = ("import contextlib, io, torch\n"
+            "import alexnet.model, alexnet.lrn_triton as m\n"
+            "launch = m._launch_rows\n"
+            "def wrong_in_bf16(kernel, tensors, out, *args, **kwargs):\n"
+            "    launch(kernel, tensors, out, *args, **kwargs)\n"
+            "    if out.dtype == torch.bfloat16:\n"
+            "        out.mul_(1.05)\n"
+            "m._launch_rows, m.LAYOUT = wrong_in_bf16, 'rows'\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    ok = alexnet.model.triton_lrn_verified(torch.device('cpu'))\n"
+            "print(ok, m.LAYOUT)\n"
+            "print(err.getvalue(), end='')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.startswith("True tile\nalexnet: warning: the Triton LRN's rows layout "
+                                  "on cpu differs from the torch path"), done.stdout + done.stderr
 
 
 def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):

@@ -129,7 +129,8 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: Sto
     """Train epoch `s.epoch` from batch `s.step`; return why it stopped early, or None.
 
     Every run.log_every optimizer steps `log_step` gets a row (step, epoch, loss, lr,
-    images/s over the last rows' steps) on rank 0.
+    images/s since the previous row, or since this epoch began: validation not counted) on
+    rank 0.
     """
     total = steps_in_epoch(loader, config)
     s.model.train()

@@ -562,7 +562,12 @@ def test_killed_process_resumes_identically(tmp_path):
     rng = np.random.default_rng(1)
     _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (3000, 28, 28)))
     _write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 3000))
-    code = ("import sys; from alexnet.data.prepare import prepare; "
+    # the killed prepare never finishes by itself: its split's last step (finish) waits for
+    # the kill. It had 0.8 s left once its first chunk was recorded, which a loaded machine
+    # could spend before the test looked (a 3 s stop of the test process failed it).
+    code = ("import sys, time; from alexnet.data import store; "
+            "from alexnet.data.prepare import prepare; "
+            "store.SplitWriter.finish = lambda *args, **kwargs: time.sleep(600); "
             "prepare(sys.argv[1], sys.argv[2], size=48, workers=2, chunk=25)")
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -101,39 +101,54 @@ def test_a_val_class_that_only_looks_like_a_train_class(tmp_path, capsys, train_
     assert not (tmp_path / "out").exists()
 
 
+# `alexnet prepare` that, once its first chunk is recorded (PROGRESS written, the store's lock
+# held), waits for the test's RELEASE file (at most 120 s) before it writes the others: it is
+# still running however long the test takes to look, on a machine as loaded as it may be.
 SLOW_PREPARE = (
     "import sys, time\n"
+    "from pathlib import Path\n"
     "from alexnet.data import store\n"
-    "add = store.SplitWriter.add_chunk\n"
-    "def slow(self, *a, **k):\n"
-    "    time.sleep(0.1)\n"
+    "add, release = store.SplitWriter.add_chunk, Path(sys.argv[3])\n"
+    "def held(self, *a, **k):\n"
+    "    if self.chunks_done == 1:\n"
+    "        deadline = time.monotonic() + 120\n"
+    "        while not release.exists() and time.monotonic() < deadline:\n"
+    "            time.sleep(0.01)\n"
     "    return add(self, *a, **k)\n"
-    "store.SplitWriter.add_chunk = slow\n"
+    "store.SplitWriter.add_chunk = held\n"
     "from alexnet.cli import main\n"
     "sys.exit(main(['prepare', sys.argv[1], sys.argv[2], '--size', '16', '--workers', '1']))\n")
 
 
 def test_second_writer_fails_at_once(tmp_path, capsys):
     """A second prepare into the OUT of a running one is refused at once; the first finishes
-    a store identical to a run alone."""
+    a store identical to a run alone.
+
+    The first holds after its first chunk until the test releases it (SLOW_PREPARE): it had
+    about 2 s of chunks left, which a loaded machine could spend before the test looked (a
+    4 s stop of the test process failed it). A second that waited for the lock would wait
+    out the first's 120 s hold: over the 60 s bound (a refusal takes a fraction of a second
+    here), the first ended and no refusal."""
     src = _idx_source(tmp_path / "digits", 640)
-    out = tmp_path / "out"
+    out, release = tmp_path / "out", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(src), str(out)], env=env,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(src), str(out),
+                              str(release)], env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while not (out / "train" / PROGRESS).exists() and time.time() < deadline:
+            assert first.poll() is None, "the first prepare ended before it wrote a chunk"
             time.sleep(0.01)
-        assert first.poll() is None, "the first prepare ended before the second started"
+        assert (out / "train" / PROGRESS).exists(), "the first prepare wrote no chunk in 120 s"
         start = time.perf_counter()
         args = ["prepare", str(src), str(out), "--size", "16", "--workers", "1"]
         assert cli_main(args) == 2
-        assert time.perf_counter() - start < 5
+        assert time.perf_counter() - start < 60
         assert "another process is writing" in _one_line_error(capsys)
         assert first.poll() is None, "the check must not depend on the first having ended"
     finally:
-        assert first.wait(timeout=120) == 0
+        release.write_text("")
+        assert first.wait(timeout=300) == 0
     assert cli_main(["prepare", str(src), str(tmp_path / "alone"), "--size", "16",
                      "--workers", "1"]) == 0
     assert _tree_bytes(out) == _tree_bytes(tmp_path / "alone")

@@ -59,12 +59,10 @@ def finished_run(store, tmp_path_factory) -> dict:
                          {"data.store": str(store), "run.out": str(out)}))
 
 
-def alexnet_cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+def alexnet_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m alexnet ARGS` in a subprocess (the real command)."""
-    cmd = [sys.executable, "-m", "alexnet", *args]
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True,
+                          text=True, timeout=300)
 
 
 def sets(items: list[str]) -> list[str]:
@@ -163,9 +161,31 @@ def strip_timing(log: Path) -> list[dict]:
             for r in log.read_text().splitlines()]
 
 
+# `alexnet train` that holds at the start of its last step (epoch 3's sixth) until killed: a
+# run that could end by itself had 4 s left after its first checkpoint, which a loaded
+# machine could spend before the test's kill
+HELD_AT_THE_LAST_STEP = """
+import sys, time
+import alexnet.training.loop as loop
+from alexnet.cli import main
+
+real_step, calls = loop.train_step, [0]
+
+def step(*args):
+    calls[0] += 1
+    if calls[0] == 18:
+        time.sleep(600)
+    return real_step(*args)
+
+loop.train_step = step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(store, reference_run, tmp_path):
-    proc = alexnet_cli("train", "--data", str(store), *sets(KILL_ARGS), "--out",
-                       str(tmp_path / "cut"), wait=False)
+    proc = subprocess.Popen([sys.executable, "-c", HELD_AT_THE_LAST_STEP, "train", "--data",
+                             str(store), *sets(KILL_ARGS), "--out", str(tmp_path / "cut")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "cut" / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGKILL)  # a real kill, somewhere after the first checkpoint
     proc.communicate()

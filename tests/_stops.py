@@ -4,7 +4,6 @@ bytes, and Ctrl-C at a chosen training step."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -43,7 +42,9 @@ def tree(root: Path) -> dict[str, bytes | None]:
 
 
 def ctrl_c_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """A real SIGINT to this process as training's `n`-th step starts (that step still runs)."""
+    """A real SIGINT to this process as training's `n`-th step starts (that step still runs).
+    Raised in the calling (main) thread, so its handler has run when the step begins:
+    os.kill(getpid) may land on a loader's read-ahead thread and reach the handler later."""
     import alexnet.training.loop as loop
 
     real_step, calls = loop.train_step, {"n": 0}
@@ -51,7 +52,7 @@ def ctrl_c_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     def step(*args):
         calls["n"] += 1
         if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return real_step(*args)
 
     monkeypatch.setattr(loop, "train_step", step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# A shell starts a background job (`pytest &`) with SIGINT ignored, which the tests of Ctrl-C
+# would inherit (and pass on to the commands they start): give them Python's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -282,8 +282,9 @@ class TarReader:
 
 
 def tar_image_members(tar: tarfile.TarFile) -> list[str]:
-    """Names of the image files of an open tar, sorted by their base name."""
-    names = [m.name for m in tar.getmembers() if m.isfile() and is_image_name(m.name)]
+    """Names of the image files of an open tar, sorted by their base name; a name held twice
+    (`tar -r` appends a newer copy) is one image, as extracting the tar gives one file."""
+    names = {m.name for m in tar.getmembers() if m.isfile() and is_image_name(m.name)}
     return sorted(names, key=lambda n: (n.rsplit("/", 1)[-1], n))
 
 
@@ -386,7 +387,7 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str,
     unused: list[tuple[str, str]] = []
     if where.is_file():
         with tarfile.open(where, mode="r:") as outer:
-            inner_names = sorted(m.name for m in outer.getmembers() if m.name.endswith(".tar"))
+            inner_names = sorted({m.name for m in outer.getmembers() if m.name.endswith(".tar")})
             for inner_name in inner_names:
                 wnid = inner_name.rsplit("/", 1)[-1][:-4]
                 if wnid not in wnid_label:

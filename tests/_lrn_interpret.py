@@ -194,9 +194,11 @@ def edges() -> dict[str, np.ndarray]:
     return saved
 
 
+# the parts a child computes (`_lrn_interpret.py OUT PART`): two halves of the kernels'
+# results, run side by side on a 2-core machine (test_lrn_triton.interpret), and the edges
+PARTS = {"kernels-a": lambda: {**kernel("twophase"), **kernel("channels"), **rows_fallback()},
+         "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **compile_check()},
+         "edges": edges}
+
 if __name__ == "__main__":
-    if sys.argv[2:] == ["edges"]:
-        np.savez(sys.argv[1], **edges())
-    else:
-        np.savez(sys.argv[1], **{**kernel("twophase"), **kernel("channels"), **kernel("rows"),
-                                 **kernel("recompute"), **rows_fallback(), **compile_check()})
+    np.savez(sys.argv[1], **PARTS[sys.argv[2]]())

@@ -30,28 +30,43 @@ ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 VARIANTS = ["", "twophase.", "channels.", "rows."]
 
 
-def interpret(out: Path, *args: str) -> dict[str, np.ndarray]:
-    """Run tests/_lrn_interpret.py in a child with the interpreter on; its arrays."""
+def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
+    """Run tests/_lrn_interpret.py's `parts` in children side by side (the interpreter is
+    single-threaded: two halves take about half the time on 2 cores); their arrays."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     script = ROOT / "tests" / "_lrn_interpret.py"
-    done = subprocess.run([sys.executable, str(script), str(out), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as z:
-        return dict(z)
+    children = {}  # stderr to files: a full pipe would stall one child while we wait on another
+    for part in parts:
+        with open(folder / f"{part}.err", "w") as err:
+            children[part] = subprocess.Popen(
+                [sys.executable, str(script), str(folder / f"{part}.npz"), part], env=env,
+                stdout=subprocess.DEVNULL, stderr=err)
+    results: dict[str, np.ndarray] = {}
+    try:
+        for part, child in children.items():
+            child.wait(timeout=600)
+            err = (folder / f"{part}.err").read_text()
+            assert child.returncode == 0, f"{part}: {err[-3000:]}"
+            with np.load(folder / f"{part}.npz") as z:
+                results.update(z)
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+    return results
 
 
 @pytest.fixture(scope="module")
 def kernel_results(tmp_path_factory) -> dict[str, np.ndarray]:
-    return interpret(tmp_path_factory.mktemp("lrn") / "interpreted.npz")
+    return interpret(tmp_path_factory.mktemp("lrn"), "kernels-a", "kernels-b")
 
 
 @pytest.fixture(scope="module")
 def edge_results(tmp_path_factory) -> dict[str, np.ndarray]:
-    return interpret(tmp_path_factory.mktemp("lrn") / "edges.npz", "edges")
+    return interpret(tmp_path_factory.mktemp("lrn"), "edges")
 
 
 def window(c: int, channels: int, n: int, groups: int) -> range:

@@ -25,8 +25,11 @@
 #   ablate    only with GPU_CHECK_ABLATE=1 (about 2 more minutes): bench/ablate_gpu.sh, the
 #             ablation table with error bars on the full Fashion-MNIST at 256x256 (issue 12)
 #   demo      only with GPU_CHECK_DEMO=1 (about 3 more minutes): `alexnet demo` on CUDA
+#   profile   only with GPU_CHECK_PROFILE=1 (under a minute): bench/profile_gpu.py,
+#             torch.profiler's table of the paper net's bf16 + channels_last step beside
+#             torchvision's alexnet (which kernels hold the gap), and their traces
 #
-# Usage: bench/gpu_check.sh [OUTDIR]
+# Usage: bench/gpu_check.sh [OUTDIR]; GPU_CHECK_SKIP="data profile" skips those steps.
 # Fashion-MNIST's IDX files are read from $ALEXNET_FMNIST, else .gpu-data/fashion-mnist (an
 # ignored folder: copy /usr/share/datasets/fashion-mnist there and carry it), else the
 # Debian package's folder. Every figure is printed and also written under OUTDIR.
@@ -43,6 +46,7 @@ done
 status=0
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failure
   local name=$1 limit=$2; shift 2
+  case " ${GPU_CHECK_SKIP:-} " in *" $name "*) echo "=== $name: skipped (GPU_CHECK_SKIP)"; return;; esac
   # the limit sends SIGTERM (the benchmarks write the figures they reached), then SIGKILL;
   # the tests get SIGINT instead: pytest dies silently on SIGTERM, losing which tests failed
   # and why, but answers SIGINT with its summary of the tests run so far
@@ -98,6 +102,9 @@ if [ -n "$DATA" ] && [ "${GPU_CHECK_ABLATE:-0}" = 1 ]; then
 fi
 if [ -n "$DATA" ] && [ "${GPU_CHECK_DEMO:-0}" = 1 ]; then
   step demo 200 $PY -m alexnet demo --data "$DATA" --out "$OUTDIR/demo"
+fi
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+  step profile 45 $PY bench/profile_gpu.py "$OUTDIR"
 fi
 echo "=== gpu_check: $([ $status = 0 ] && echo all passed || echo SOME FAILED); figures in $OUTDIR"
 exit $status

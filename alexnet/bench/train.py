@@ -184,9 +184,11 @@ def graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return replay
 
 
-def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
-               warmup: int, steps: int, width: float = 1.0, **net_kwargs: Any) -> float:
-    """Images/s of `steps` training steps after `warmup` (compile happens during warm-up).
+def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
+              warmup: int, width: float = 1.0, **net_kwargs: Any
+              ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """One training step of `arch` on a fixed synthetic batch, as bench times it, after
+    `warmup` steps (compile happens during warm-up): call it for each further step.
 
     `run_opts` are run-config values, except `cuda_graph`: True replays the step from a CUDA
     graph (`graphed_step`, its warm-up before the capture; one untimed replay). `net_kwargs`
@@ -232,10 +234,17 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
     if graphed:
         step = graphed_step(model, x, y, optimizer, rt, warmup)
         step()  # the first launch also uploads the graph
-    else:
-        step = functools.partial(train_step, model, x, y, optimizer, rt)
-        for _ in range(warmup):
-            step()
+        return step
+    step = functools.partial(train_step, model, x, y, optimizer, rt)
+    for _ in range(warmup):
+        step()
+    return step
+
+
+def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
+               warmup: int, steps: int, width: float = 1.0, **net_kwargs: Any) -> float:
+    """Images/s of `steps` training steps after `warmup` (`warm_step`'s arguments)."""
+    step = warm_step(arch, device, batch, run_opts, warmup, width, **net_kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -18,9 +18,10 @@ dtype. NCHW and channels_last work alike: only the strides differ. `torch.ops.al
 has autograd and fake (meta) implementations, so torch.compile traces it as one node,
 without a graph break. Two other layouts stream maps through registers instead
 (ALEXNET_LRN_LAYOUT): channels, a run of maps each loaded once per program as a vector of
-pixels, and rows, the default for channels_last tensors, where each thread holds whole
+pixels, and rows, for channels_last tensors, where each thread holds whole
 pixels and loads 16 bytes of consecutive channels at a time (the tile layout's shifted maps
-are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads).
+are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); tile
+stays the default, faster on an H200 (figures at LAYOUT).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -64,16 +65,15 @@ BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD
                     BACKWARDS)
 LAYOUTS = ("tile", "channels", "rows")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
-# tile (the kernels above: a 2-D block of channels x pixels, shifted maps from the cache;
-# measured on an H200 at a quarter of a copy's bandwidth), channels (a run of maps streamed
-# through registers, each loaded once per program) or rows (the default: on channels_last
-# tensors whose columns are whole 16-byte groups, each thread streams its pixels' runs of
-# channels, every access 16 bytes; other tensors take the tile kernels). rows is the default
-# by its compiled code for sm_90 (tests/test_lrn_triton.py: only 16-byte global accesses,
-# where the tile forward splits its shifted maps into 2-byte loads), not yet by a GPU
-# measurement: `alexnet bench model train --device cuda` times all three. The channels and
-# rows backwards ignore ALEXNET_LRN_BACKWARD.
-LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "rows"), LAYOUTS)
+# tile (the default: the kernels above, a 2-D block of channels x pixels, shifted maps from
+# the cache), channels (a run of maps streamed through registers, each loaded once per
+# program) or rows (on channels_last tensors whose columns are whole 16-byte groups, each
+# thread streams its pixels' runs of channels, every access 16 bytes; other tensors take
+# the tile kernels). tile by measurement: on one H200 (bf16, channels_last, batch 256,
+# ReLU folded in, fwd+bwd; `alexnet bench model --device cuda`, 2026-11-29) conv1's output
+# 0.772 ms tile, 1.014 ms rows, 3.631 ms channels; conv2's 0.417, 0.725, 2.322 ms. The
+# channels and rows backwards ignore ALEXNET_LRN_BACKWARD.
+LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "tile"), LAYOUTS)
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
 ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
@@ -709,12 +709,11 @@ def _check(x: torch.Tensor, groups: int, half: int) -> None:
         raise ValueError(f"lrn: the kernel takes windows n = 3 or 5 (half 1 or 2), got {half}")
 
 
-@torch.library.custom_op("alexnet::lrn", mutates_args=())
-def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
-        relu: bool) -> torch.Tensor:
+def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
+            relu: bool) -> torch.Tensor:
     """The paper's LRN of x (N, C, H, W) (of ReLU(x) if `relu`: the two layers in one pass)
     over channels within each of `groups` columns, window c-half..c+half clipped at each
-    column's edges."""
+    column's edges: the kernels' launch, without autograd (`apply` and the op `lrn` add it)."""
     _check(x, groups, half)
     a = _layout(x)
     out = torch.empty_like(a)
@@ -732,10 +731,9 @@ def lrn(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: f
     return out
 
 
-@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
-def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
-                 beta: float, k: float, relu: bool) -> torch.Tensor:
-    """grad_x of lrn(x, ...) for the output gradient g, in one pass."""
+def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
+             beta: float, k: float, relu: bool) -> torch.Tensor:
+    """grad_x of forward(x, ...) for the output gradient g, in one pass."""
     _check(x, groups, half)
     _setting("ALEXNET_LRN_BACKWARD", BACKWARD, BACKWARDS)
     a = _layout(x)
@@ -757,6 +755,14 @@ def lrn_backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha
         _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
                 whole_column=twophase)
     return out
+
+
+# The custom ops: what torch.compile traces (one node each, no graph break). In eager mode
+# `apply` runs the same launches through an autograd.Function instead: a custom op's
+# dispatch and its registered autograd cost tens of microseconds of Python per call
+# (pytorch/pytorch#139500, #176592), paid twice per LRN and step.
+lrn = torch.library.custom_op("alexnet::lrn", forward, mutates_args=())
+lrn_backward = torch.library.custom_op("alexnet::lrn_backward", backward, mutates_args=())
 
 
 @lrn.register_fake
@@ -781,3 +787,26 @@ def _backward(ctx, g: torch.Tensor):
 
 
 lrn.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLRN(torch.autograd.Function):
+    """The op's forward and backward launches with autograd, without the op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, groups, half, alpha, beta, k, relu):
+        _setup_context(ctx, (x, groups, half, alpha, beta, k, relu), None)
+        return forward(x, groups, half, alpha, beta, k, relu)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return backward(g, x, *ctx.consts), None, None, None, None, None, None
+
+
+def apply(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
+          relu: bool) -> torch.Tensor:
+    """lrn(x, ...) with its gradient: the custom op under torch.compile, the same kernels
+    through an autograd.Function in eager mode."""
+    if torch.compiler.is_compiling():
+        return lrn(x, groups, half, alpha, beta, k, relu)
+    return _EagerLRN.apply(x, groups, half, alpha, beta, k, relu)

@@ -159,9 +159,9 @@ def triton_lrn_verified(device: torch.device) -> bool:
 def _verify_triton_lrn(device: torch.device) -> bool:
     """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
     gen = torch.Generator().manual_seed(0)
-    # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last: the rows
-    # layout's kernels the net runs, a whole column and runs of 64 with their neighbours, in
-    # fp32 and in bf16 (mixed-precision training: 8 maps per 16-byte load, not 4)
+    # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last, as the net runs
+    # them (with ALEXNET_LRN_LAYOUT=rows: a whole column and runs of 64 with their
+    # neighbours), in fp32 and in bf16 (the rows kernels load 8 bf16 maps at a time, not 4)
     inputs = []
     for maps, side in ((paper.CONV1[0], 5), (paper.CONV2[0], 3)):
         x = (torch.rand(1, maps, 3, side, generator=gen) * 600 - 300).to(device)
@@ -273,7 +273,7 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
     torch; default ALEXNET_LRN) picks the implementation; windows wider than 5 maps run the
     torch path."""
     if 1 <= n // 2 <= 2 and use_triton_lrn(x, backend):  # the kernel unrolls n = 3..5
-        return torch.ops.alexnet.lrn(x, groups, n // 2, alpha, beta, k, relu)
+        return triton_lrn_module().apply(x, groups, n // 2, alpha, beta, k, relu)
     if relu:
         x = F.relu(x)
     y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
@@ -351,7 +351,7 @@ def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) ->
     """pool(x), by the Triton kernels where `use_triton_pool` says so (same values; torch's
     gradients, bit for bit in fp32)."""
     if use_triton_pool(x, pool, backend):
-        return torch.ops.alexnet.max_pool(x, pool.kernel_size, pool.stride)[0]
+        return triton_pool_module().apply(x, pool.kernel_size, pool.stride)
     return pool(x)
 
 
@@ -448,6 +448,80 @@ class ColumnConv2d(nn.Conv2d):
 
 
 # ---------------------------------------------------------------------------------------
+# conv1 as a stride-1 convolution of the input's 4x4 blocks (the same function)
+
+CONV1_FORMS = ("auto", "direct", "blocks")
+# ALEXNET_CONV1 picks how conv1 runs, read once at import (or AlexNet(conv1_form=...)):
+# direct (one strided convolution of the 3-channel input), blocks (the input's stride x
+# stride blocks as channels, a stride-1 convolution with the kernel zero-padded to whole
+# blocks: `blocked_conv`), auto (blocks on CUDA, direct elsewhere). On CUDA cuDNN pads a
+# 3-channel input to 8 channels for its tensor-core kernels and runs conv1 at a few percent
+# of the GPU's rate (one H200, bf16, channels_last, batch 256: forward 1.56 ms, weight
+# gradient 0.66 ms, two padding passes 0.18 ms each, a quarter of the paper net's step);
+# blocks gives it 48 input channels.
+CONV1_FORM = os.environ.get("ALEXNET_CONV1", "auto")
+
+
+def blocked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: int, padding: int = 0) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, stride, padding) computed as a stride-1 convolution of x's
+    stride x stride blocks (space-to-depth): block channel (c, i, j) holds pixel (i, j) of
+    channel c's block, and the kernel, zero-padded right and bottom to whole blocks, is
+    rearranged the same way. The same sums of the same products (plus products with zeros),
+    in another order; x is zero-padded (or cropped) to the blocks that the outputs read."""
+    if padding:
+        x = F.pad(x, (padding,) * 4)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    bh, bw = -(-kh // stride), -(-kw // stride)  # the kernel's extent in blocks
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    hb, wb = oh + bh - 1, ow + bw - 1  # input blocks that the outputs read
+    if torch.is_autocast_enabled(x.device.type):  # the conv would cast: cast the smaller copy
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    right, bottom = wb * stride - w, hb * stride - h
+    x = x[..., :hb * stride, :wb * stride]  # rows and columns no output reads (none in conv1)
+    if right > 0 or bottom > 0:
+        x = F.pad(x, (0, max(0, right), 0, max(0, bottom)))
+    blocks = x.view(n, c, hb, stride, wb, stride)
+    if x.is_contiguous(memory_format=torch.channels_last) and c > 1:
+        x = blocks.permute(0, 2, 4, 1, 3, 5).reshape(n, hb, wb, c * stride * stride)
+        x = x.permute(0, 3, 1, 2)  # (n, c s s, hb, wb), channels_last in memory
+    else:
+        x = blocks.permute(0, 1, 3, 5, 2, 4).reshape(n, c * stride * stride, hb, wb)
+    k = F.pad(weight, (0, bw * stride - kw, 0, bh * stride - kh))
+    k = k.view(o, c, bh, stride, bw, stride).permute(0, 1, 3, 5, 2, 4)
+    k = k.reshape(o, c * stride * stride, bh, bw)
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        k = k.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, k, bias)
+
+
+class Conv1(nn.Conv2d):
+    """conv1 (a strided conv2d) computed as `form` (CONV1_FORMS); its parameters and
+    state_dict are nn.Conv2d's whatever the form."""
+
+    def __init__(self, *args: Any, form: str = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if form not in CONV1_FORMS:
+            raise ValueError(f"conv1_form={form!r}: choose from {', '.join(CONV1_FORMS)}")
+        self.form = form
+
+    def resolved_form(self, x: torch.Tensor) -> str:
+        """The form used for x: `auto` is blocks on CUDA, direct elsewhere."""
+        if self.form == "auto":
+            return "blocks" if x.is_cuda else "direct"
+        return self.form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resolved_form(x) == "direct" or self.stride[0] == 1 or self.groups != 1:
+            return super().forward(x)
+        return blocked_conv(x, self.weight, self.bias, self.stride[0], self.padding[0])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, form={self.form}"
+
+
+# ---------------------------------------------------------------------------------------
 # Initialisation (section 5)
 
 
@@ -524,12 +598,16 @@ class AlexNet(nn.Module):
                  activation: str = "relu", lrn: bool = True, lrn_alpha_over_n: bool = False,
                  overlap_pool: bool = True, dropout: float = paper.DROPOUT_P,
                  width: float = 1.0, column_conv: str | None = None,
-                 crop: int = paper.CROP_SIZE, init_bias: float = paper.INIT_BIAS_ONE) -> None:
+                 conv1_form: str | None = None, crop: int = paper.CROP_SIZE,
+                 init_bias: float = paper.INIT_BIAS_ONE) -> None:
         super().__init__()
         if column_conv is None and COLUMN_CONV not in COLUMN_FORMS:
             raise UserError(f"ALEXNET_COLUMNS={COLUMN_CONV!r}: choose from "
                             f"{', '.join(COLUMN_FORMS)}")
         form = COLUMN_CONV if column_conv is None else column_conv
+        if conv1_form is None and CONV1_FORM not in CONV1_FORMS:
+            raise UserError(f"ALEXNET_CONV1={CONV1_FORM!r}: choose from "
+                            f"{', '.join(CONV1_FORMS)}")
         if columns not in (1, 2):
             raise ValueError(f"columns={columns}: 1 or 2")
         if activation not in ("relu", "tanh"):
@@ -557,7 +635,8 @@ class AlexNet(nn.Module):
                               n(paper.CONV4[0]), n(paper.CONV5[0], halve=False))
         fc = n(paper.FC_WIDTH, halve=False)
         g = columns
-        self.conv1 = nn.Conv2d(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3])
+        self.conv1 = Conv1(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3],
+                           form=CONV1_FORM if conv1_form is None else conv1_form)
         self.conv2 = ColumnConv2d(c1, c2, *paper.CONV2[1:4], groups=g, form=form,
                                   cuda_auto=CUDA_AUTO_FORM["conv2"])
         self.conv3 = nn.Conv2d(c2, c3, paper.CONV3[1], paper.CONV3[2], paper.CONV3[3])

@@ -144,10 +144,10 @@ def _launch(kernel, args: list, k: int, s: int) -> None:
                      COMPUTE=_compute(args[0].dtype), num_warps=NUM_WARPS)
 
 
-@torch.library.custom_op("alexnet::max_pool", mutates_args=())
-def max_pool(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K x K max-pooling with stride S of a channels_last x: (maxima, window position of each
-    maximum, i K + j, in `_positions(k)`), both channels_last."""
+    maximum, i K + j, in `_positions(k)`), both channels_last; the launch, without autograd
+    (`apply` and the op `max_pool` add it)."""
     _check(x, k, s)
     n, c, h, w = x.shape
     oh, ow = pooled(h, k, s), pooled(w, k, s)
@@ -160,10 +160,9 @@ def max_pool(x: torch.Tensor, k: int, s: int) -> tuple[torch.Tensor, torch.Tenso
     return out, idx
 
 
-@torch.library.custom_op("alexnet::max_pool_backward", mutates_args=())
-def max_pool_backward(g: torch.Tensor, idx: torch.Tensor, k: int, s: int, h: int,
-                      w: int) -> torch.Tensor:
-    """grad_x of max_pool(x, k, s) for the outputs' gradient g, x being (N, C, h, w)."""
+def backward(g: torch.Tensor, idx: torch.Tensor, k: int, s: int, h: int,
+             w: int) -> torch.Tensor:
+    """grad_x of forward(x, k, s) for the outputs' gradient g, x being (N, C, h, w)."""
     n, c, oh, ow = idx.shape
     g = g.contiguous(memory_format=torch.channels_last)
     out = torch.empty((n, c, h, w), dtype=g.dtype, device=g.device,
@@ -171,6 +170,14 @@ def max_pool_backward(g: torch.Tensor, idx: torch.Tensor, k: int, s: int, h: int
     if out.numel():
         _launch(_max_pool_backward_kernel, [g, idx, out, n * h * w, h, w, oh, ow, c], k, s)
     return out
+
+
+# The custom ops: what torch.compile traces. In eager mode `apply` runs the same launches
+# through an autograd.Function, without a custom op's dispatch and registered autograd (tens
+# of microseconds of Python per call: pytorch/pytorch#139500, #176592), three pools a step.
+max_pool = torch.library.custom_op("alexnet::max_pool", forward, mutates_args=())
+max_pool_backward = torch.library.custom_op("alexnet::max_pool_backward", backward,
+                                            mutates_args=())
 
 
 @max_pool.register_fake
@@ -201,3 +208,26 @@ def _backward(ctx, g: torch.Tensor, _g_idx: torch.Tensor | None):
 
 
 max_pool.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerMaxPool(torch.autograd.Function):
+    """The op's forward and backward launches with autograd, without the op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, k, s):
+        out = forward(x, k, s)
+        _setup_context(ctx, (x, k, s), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g, g_idx):
+        (idx,) = ctx.saved_tensors
+        return backward(g, idx, *ctx.consts), None, None
+
+
+def apply(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """The maxima of max_pool(x, k, s) with their gradient: the custom op under
+    torch.compile, the same kernels through an autograd.Function in eager mode."""
+    if torch.compiler.is_compiling():
+        return max_pool(x, k, s)[0]
+    return _EagerMaxPool.apply(x, k, s)[0]

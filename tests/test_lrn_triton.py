@@ -121,7 +121,7 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
         assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
 
 
-# tests/_lrn_interpret.py's edges(): name, what layout the default (rows) gives it
+# tests/_lrn_interpret.py's edges(): name, what layout ALEXNET_LRN_LAYOUT=rows gives it
 EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
          "fp16_cl": "rows"}
 

@@ -17,6 +17,7 @@ from alexnet.model import (
     LRN,
     AlexNet,
     AlexNetTV,
+    blocked_conv,
     build_model,
     conv1_pad,
     loader_pad,
@@ -132,6 +133,89 @@ def test_a_227_crop_reaches_conv1_without_a_copy(split):
         else:
             assert seen[-1].shape[-2:] == (227, 227) and seen[-1][..., :224, :224].equal(x)
             assert not seen[-1][..., 224:, :].any() and not seen[-1][..., 224:].any()
+
+
+# (batch, channels, height, width, kernels, kernel h, kernel w, stride, padding): the paper's
+# conv1 on 227 patches, torchvision's (padding 2) on 224, odd sizes and strides, a kernel
+# that is whole blocks, rows and columns that no output reads
+BLOCKED = [(2, 3, 227, 227, 8, 11, 11, 4, 0), (1, 3, 224, 224, 6, 11, 11, 4, 2),
+           (2, 2, 30, 27, 5, 5, 5, 2, 0), (1, 3, 31, 33, 4, 7, 5, 3, 1),
+           (1, 3, 20, 20, 4, 4, 4, 4, 0), (1, 1, 26, 19, 3, 3, 6, 2, 0)]
+
+
+@pytest.mark.parametrize("shape", BLOCKED)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blocked_conv_is_the_strided_convolution(shape, channels_last):
+    """conv1's `blocks` form: the same outputs and gradients (input, weight, bias) as
+    F.conv2d, in float64, and the output in F.conv2d's memory format."""
+    n, c, h, w, o, kh, kw, stride, padding = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    weight = torch.randn(o, c, kh, kw, generator=gen, dtype=torch.float64)
+    bias = torch.randn(o, generator=gen, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for conv in (F.conv2d, blocked_conv):
+        xi, wi, bi = (t.clone().requires_grad_() for t in (x, weight, bias))
+        y = conv(xi, wi, bi, stride, padding)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y))
+        results.append((y.detach(), xi.grad, wi.grad, bi.grad))
+    for want, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-11)
+    got, want = results[1][0], results[0][0]
+    assert got.is_contiguous(memory_format=torch.channels_last) == \
+        want.is_contiguous(memory_format=torch.channels_last)
+    assert got.is_contiguous() == want.is_contiguous()
+
+
+def test_conv1_forms_compute_the_same_net():
+    """AlexNet(conv1_form="blocks") is the direct net: the same parameters and state_dict
+    keys, outputs and every gradient to float64 rounding; `auto` is direct on the CPU."""
+    torch.manual_seed(0)
+    direct = AlexNet(num_classes=5, width=0.25, dropout=0.0, conv1_form="direct").double()
+    blocks = AlexNet(num_classes=5, width=0.25, dropout=0.0, conv1_form="blocks").double()
+    assert shapes(blocks) == shapes(direct)
+    blocks.load_state_dict(direct.state_dict())
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64) * 60
+    grads = []
+    for net in (direct, blocks):
+        xi = x.clone().requires_grad_()
+        y = net(xi)
+        y.square().sum().backward()
+        grads.append([y.detach(), xi.grad] + [p.grad for p in net.parameters()])
+    for want, got in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert AlexNet(width=0.125).conv1.resolved_form(x) == "direct"
+    assert blocks.conv1.resolved_form(x) == "blocks"
+
+
+def test_conv1_blocks_under_bf16_autocast_and_channels_last():
+    """Mixed precision casts the input before the blocks are cut (the copy is then half the
+    bytes): the result is the direct conv's under the same autocast, to bf16 rounding."""
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=5, width=0.25, conv1_form="direct")
+    x = (torch.randn(2, 3, 227, 227) * 60).contiguous(memory_format=torch.channels_last)
+    conv1 = net.conv1.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = conv1(x)
+        conv1.form = "blocks"
+        got = conv1(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2,
+                               atol=2e-2 * float(want.abs().max()))
+
+
+def test_a_conv1_form_that_does_not_exist_is_refused(monkeypatch):
+    import alexnet.model
+    from alexnet.errors import UserError
+
+    with pytest.raises(ValueError, match="conv1_form='fft'"):
+        AlexNet(width=0.125, conv1_form="fft")
+    monkeypatch.setattr(alexnet.model, "CONV1_FORM", "fft")
+    with pytest.raises(UserError, match="ALEXNET_CONV1='fft'"):
+        AlexNet(width=0.125)
 
 
 def paper_forward(net: AlexNet, x: torch.Tensor) -> torch.Tensor:

@@ -63,22 +63,27 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
                     BACKWARDS)
-LAYOUTS = ("tile", "channels", "rows")
+LAYOUTS = ("tile", "channels", "rows", "band")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # tile (the default: the kernels above, a 2-D block of channels x pixels, shifted maps from
 # the cache), channels (a run of maps streamed through registers, each loaded once per
 # program) or rows (on channels_last tensors whose columns are whole 16-byte groups, each
 # thread streams its pixels' runs of channels, every access 16 bytes; other tensors take
-# the tile kernels). tile by measurement: on one H200 (bf16, channels_last, batch 256,
-# ReLU folded in, fwd+bwd; `alexnet bench model --device cuda`, 2026-11-29) conv1's output
-# 0.772 ms tile, 1.014 ms rows, 3.631 ms channels; conv2's 0.417, 0.725, 2.322 ms. The
-# channels and rows backwards ignore ALEXNET_LRN_BACKWARD.
+# the tile kernels) or band (channels_last, not float64: a block of pixels x a whole
+# column read once in rows, the window sums as a product with the 0/1 band matrix on the
+# tensor cores, `_window_sums`; a NaN or inf reaches every map of its pixel's column there,
+# through the band's zeros, where the others keep it to its window). tile by measurement:
+# on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd; `alexnet bench
+# model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms rows, 3.631 ms
+# channels; conv2's 0.417, 0.725, 2.322 ms. The channels, rows and band backwards ignore
+# ALEXNET_LRN_BACKWARD.
 LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "tile"), LAYOUTS)
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
 ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
 ROWS_NUM_WARPS = 4
 ROWS_MAX_RUN = 64  # channels per program of the rows layout (conv1's column of 48 whole)
+BAND_BLOCK_P = 64  # pixels per program of the band layout
 
 
 @triton.jit
@@ -601,6 +606,68 @@ def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k
                                  BLOCK_P, o0, o1, o2, o3, o4, o5, o6, o7)
 
 
+@triton.jit
+def _band(cg, HALF: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The column's window as a (BLOCK_C, BLOCK_C) matrix: 1 where maps i and j are at most
+    HALF apart and both in the column, 0 elsewhere (the clipped window; symmetric)."""
+    i = tl.arange(0, BLOCK_C)[:, None]
+    j = tl.arange(0, BLOCK_C)[None, :]
+    inside = (i - j <= HALF) & (j - i <= HALF) & (i < cg) & (j < cg)
+    return tl.where(inside, 1.0, 0.0)
+
+
+@triton.jit
+def _window_sums(x, band):
+    """x @ band, each row's window sums, on the tensor cores to fp32's precision: x is cut
+    into hi (its first 11 significant bits, what a tf32 product takes exactly) and lo = x -
+    hi (exact in fp32, rounded to 11 bits by the second product: 2^-22 of x at most); the
+    band's 0s and 1s are exact, and the sums are in fp32."""
+    hi = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    acc = tl.dot(hi, band, input_precision="tf32", out_dtype=tl.float32)
+    return tl.dot(x - hi, band, acc, input_precision="tf32", out_dtype=tl.float32)
+
+
+@triton.jit
+def _band_block(rows, C, cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(offsets, mask) of the program's block: BLOCK_P pixels of a channels_last tensor (rows
+    of C elements) and its column's cg maps (masked up to BLOCK_C)."""
+    r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = tl.arange(0, BLOCK_C)
+    offs = r[:, None].to(tl.int64) * C + (tl.program_id(1) * cg + ch)[None, :]
+    return offs, (r < rows)[:, None] & (ch < cg)[None, :]
+
+
+@triton.jit
+def _lrn_forward_band_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k, HALF: tl.constexpr,
+                             RELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BETA_3_4: tl.constexpr):
+    # one block of pixels x the column's maps, read once in whole rows; the window sums of
+    # the squares are one product with the band matrix
+    offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
+    a = _relu(tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32), RELU)
+    s = k + alpha * _window_sums(a * a, _band(cg, HALF, BLOCK_C))
+    pw, _ = _powers(s, beta, BETA_3_4)
+    tl.store(b_ptr + offs, (a * pw).to(b_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_backward_band_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k,
+                              HALF: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr,
+                              BLOCK_C: tl.constexpr, BETA_3_4: tl.constexpr):
+    # s from the squares as in the forward, u = g a s^(-beta-1) in registers, and the sum of
+    # u over the maps whose window holds c: the band is symmetric, so one more product
+    offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
+    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = _relu(x, RELU)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    band = _band(cg, HALF, BLOCK_C)
+    s = k + alpha * _window_sums(a * a, band)
+    pw, q = _powers(s, beta, BETA_3_4)
+    acc = _window_sums(g * a * q, band)
+    grad = _relu_grad(g * pw - 2.0 * alpha * beta * a * acc, x, RELU)
+    tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     """x as NCHW-contiguous or channels_last-contiguous (unchanged when it already is one)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
@@ -690,13 +757,39 @@ def _launch_rows(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
                      BLOCK_P=ROWS_BLOCK_P, BETA_3_4=beta == 0.75, num_warps=ROWS_NUM_WARPS)
 
 
+def _band_shape(cg: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps) of the band layout for columns of cg maps: the column
+    rounded up to a power of two (at least 16, tl.dot's least), 64 pixels (a warp group's
+    rows of a Hopper matrix product), 8 warps from 128 maps (conv2's) so that each thread
+    holds 32 elements of a block."""
+    block_c = max(16, triton.next_power_of_2(cg))
+    return BAND_BLOCK_P, block_c, 4 if block_c <= 64 else 8
+
+
+def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
+                 half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
+    """Run a band-layout `kernel` over channels_last `tensors` (the shape and memory format of
+    out): a program per block of pixels and column."""
+    n, c, h, w = out.shape
+    cg = c // groups
+    block_p, block_c, num_warps = _band_shape(cg)
+    grid = (triton.cdiv(n * h * w, block_p), groups)
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, HALF=half, RELU=relu,
+                     BLOCK_P=block_p, BLOCK_C=block_c, BETA_3_4=beta == 0.75,
+                     num_warps=num_warps)
+
+
 def _kernels_for(out: torch.Tensor, groups: int) -> str:
     """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous): LAYOUT
     (ALEXNET_LRN_LAYOUT; a user error if unknown), except that rows takes only channels_last
     tensors whose columns are whole 16-byte groups; the others take the tile kernels."""
-    if _setting("ALEXNET_LRN_LAYOUT", LAYOUT, LAYOUTS) != "rows":
-        return LAYOUT
+    layout = _setting("ALEXNET_LRN_LAYOUT", LAYOUT, LAYOUTS)
     channels_last = _strides(out)[3]
+    if layout == "band":  # tensor-core products: not in float64
+        return "band" if channels_last and out.dtype != torch.float64 else "tile"
+    if layout != "rows":
+        return layout
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
     return "rows" if channels_last and fits else "tile"
 
@@ -720,7 +813,9 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
     if not out.numel():
         return out
     kernels = _kernels_for(out, groups)
-    if kernels == "rows":
+    if kernels == "band":
+        _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu)
+    elif kernels == "rows":
         _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
     elif kernels == "channels":
         _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
@@ -743,7 +838,10 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     if not out.numel():
         return out
     kernels = _kernels_for(out, groups)
-    if kernels == "rows":
+    if kernels == "band":
+        _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
+                     relu)
+    elif kernels == "rows":
         _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu)
     elif kernels == "channels":

@@ -42,10 +42,10 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
 
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
-    `variant` backward kernel (or, for "channels" and "rows", that layout's kernels); the
+    `variant` backward kernel (or, for "channels", "rows" and "band", that layout's kernels); the
     torch path on the same inputs; gradcheck in float64. Keys of the variants other than
     recompute start with the variant's name."""
-    layout = variant if variant in ("channels", "rows") else "tile"
+    layout = variant if variant in ("channels", "rows", "band") else "tile"
     alexnet.lrn_triton.BACKWARD = "twophase" if layout != "tile" else variant
     alexnet.lrn_triton.LAYOUT = layout
     prefix = "" if variant == "recompute" else f"{variant}."
@@ -182,8 +182,9 @@ def edges() -> dict[str, np.ndarray]:
         g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         y, dx = _run(x.double(), g, 2, paper.LRN_N, "torch", relu=relu)
         saved[f"{name}.torch_y"], saved[f"{name}.torch_dx"] = y.numpy(), dx.numpy()
-        for variant in ("recompute", "twophase", "channels", "rows"):
-            alexnet.lrn_triton.LAYOUT = variant if variant in ("channels", "rows") else "tile"
+        for variant in ("recompute", "twophase", "channels", "rows", "band"):
+            alexnet.lrn_triton.LAYOUT = (variant if variant in ("channels", "rows", "band")
+                                         else "tile")
             alexnet.lrn_triton.BACKWARD = "recompute" if variant == "recompute" else "twophase"
             y, dx = _run(x, g.to(x.dtype), 2, paper.LRN_N, "triton", relu=relu)
             saved[f"{variant}.{name}.y"] = y.double().numpy()
@@ -196,7 +197,8 @@ def edges() -> dict[str, np.ndarray]:
 
 # the parts a child computes (`_lrn_interpret.py OUT PART`): two halves of the kernels'
 # results, run side by side on a 2-core machine (test_lrn_triton.interpret), and the edges
-PARTS = {"kernels-a": lambda: {**kernel("twophase"), **kernel("channels"), **rows_fallback()},
+PARTS = {"kernels-a": lambda: {**kernel("twophase"), **kernel("channels"), **kernel("band"),
+                               **rows_fallback()},
          "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **compile_check()},
          "edges": edges}
 

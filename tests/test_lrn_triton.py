@@ -25,9 +25,10 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N),
          "runs": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
-# key prefixes of the kernels: recompute and twophase backward (tile layout), the channels
-# and rows layouts (ALEXNET_LRN_LAYOUT=channels, rows: their own forward and backward)
-VARIANTS = ["", "twophase.", "channels.", "rows."]
+# key prefixes of the kernels: recompute and twophase backward (tile layout), the channels,
+# rows and band layouts (ALEXNET_LRN_LAYOUT=channels, rows, band: their own forward and
+# backward)
+VARIANTS = ["", "twophase.", "channels.", "rows.", "band."]
 
 
 def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
@@ -119,6 +120,9 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
         for name in ("paper", "one_column_n3"):
             assert r[f"rows.{name}.cl.{dtype}.kernels"] == "tile"
         assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
+        for name in CASES:  # band: any channels_last column, not NCHW
+            assert r[f"band.{name}.cl.{dtype}.kernels"] == "band"
+            assert r[f"band.{name}.nchw.{dtype}.kernels"] == "tile"
 
 
 # tests/_lrn_interpret.py's edges(): name, what layout ALEXNET_LRN_LAYOUT=rows gives it
@@ -126,7 +130,7 @@ EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
          "fp16_cl": "rows"}
 
 
-@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows"])
+@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band"])
 @pytest.mark.parametrize("name", list(EDGES))
 def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
     """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
@@ -317,7 +321,7 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows"),
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows, band"),
     ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
 def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
     """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
@@ -457,7 +461,10 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
             (m._lrn_forward_kernel, 1, 16, 256, tile), (m._lrn_backward_kernel, 2, 16, 128, tile),
             (m._lrn_backward_twophase_kernel, 2, 64, 32, tile),
             (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels),
-            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels)):
+            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels),
+            # the band kernels at conv1's column (48 maps: 64) and conv2's (128), as launched
+            (m._lrn_forward_band_kernel, 1, 64, m.BAND_BLOCK_P, m._band_shape(48)[2]),
+            (m._lrn_backward_band_kernel, 2, 128, m.BAND_BLOCK_P, m._band_shape(128)[2])):
         for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
                                                      ("fp32", False, 1, False)):
             consts = {"HALF": half, "BLOCK_C": block_c, "RUN": block_c, "BLOCK_P": block_p,

@@ -43,6 +43,7 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     assert list(r["cpu_decode"]) == decode.available_cpu_decoders()
     assert r["reading"]["jpeg"]["decoder"] == decode.resolve_cpu_decoder("auto")
     assert "gpu_decode" not in r and list(r["jpeg_loader"]) == [0.0]  # no GPU here
+    assert "gpu_choice" not in r
     pipeline.print_figures(r)
     out = capsys.readouterr().out
     assert "model only" in out and "jpeg store: training" in out and "x model" in out
@@ -61,7 +62,13 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     figures = {"images_per_s": 1000.0, "diff_mean": 1.5, "diff_max": 60}
     r["gpu_decode"] = low["gpu_decode"] = {"batch": 2, "default": "nvimgcodec",
                                            **dict.fromkeys(decode.GPU_DECODERS, figures)}
-    r["other_gpu_decoders"] = {"torchvision": {"jpeg_loader": 3.0, "jpeg_training": 2.0}}
+    r["other_gpu_decoders"] = {"torchvision": {"jpeg_loader": 3.0, "jpeg_training": 2.0,
+                                               "share": 0.25}}
+    r["gpu_choice"] = {"share": 0.0, "decoder": "torchvision",
+                       "alone": {"nvimgcodec": 900.0, "torchvision": 1500.0},
+                       "splits": [[None, 0.0, 1800.0], ["nvimgcodec", 0.35, 1300.0],
+                                  ["torchvision", 0.45, 1700.0]],
+                       "failed": {"other": "RuntimeError: stood in"}}
     assert "graphed" not in r and "raw_training_depth" not in r  # CUDA only
     r["raw_training_depth"] = {4: 5.0, 8: {"error": "RuntimeError: stood in for"}}
     r["jpeg_training_gpu_all"] = {4: 4.5, 16: 4.0}
@@ -81,12 +88,35 @@ def test_the_run_reports_every_figure(tmp_path: Path, capsys) -> None:
     assert lines["model only, CUDA graph step"] == ["8", "1.00"]
     assert "GPU decode alone (nvimgcodec (the default), batches of 2): 1000 img/s" in out
     assert "GPU decode alone (torchvision, batches of 2)" in out
-    assert "jpeg store: training, GPU decoder torchvision" in lines
+    assert "jpeg store: training, GPU decoder torchvision (its share 0.25)" in lines
+    assert ("img/s:\n    CPU alone: 1800; nvimgcodec 0.35: 1300; torchvision 0.45: 1700\n"
+            "    GPU decoders alone: nvimgcodec 900, torchvision 1500; chosen: share 0.00, GPU "
+            "decoder torchvision\n    other failed while timed, left out: RuntimeError: stood "
+            "in\n") in out
     assert "torchvision GPU decode, img/s" in out
     r["gpu_decode"] = {**r["gpu_decode"], "torchvision": {"error": "UserError: stood in"}}
     pipeline.print_figures(r)
     out = capsys.readouterr().out
     assert "GPU decode alone (torchvision, batches of 2): failed: UserError: stood in" in out
+
+
+def test_the_loaders_timed_splits_are_its_own(monkeypatch) -> None:
+    """gpu_choice_figures gives the splits the jpeg loader timed for its own store and
+    setting (gpu_choice's cache, the key its Reading resolved), as JSON can hold them."""
+    from alexnet.data import loader as loader_module
+
+    asked = []
+    choice = loader_module.GpuChoice(0.5, "torchvision", {(None, 0.0): 2.0,
+                                                          ("torchvision", 0.5): 3.0},
+                                     {"torchvision": 4.0})
+    monkeypatch.setattr(loader_module, "gpu_choice", lambda *args: asked.append(args) or choice)
+    how = loader_module.Reading(16, "simplejpeg", 1, 0.5, False, "torchvision")
+    loader = types.SimpleNamespace(store="STORE", device=torch.device("cpu"), reading=how,
+                                   batch_size=256)
+    figures = pipeline.gpu_choice_figures(loader)
+    assert asked == [("STORE", torch.device("cpu"), "simplejpeg", 16, 1, 256)]
+    assert figures == {"share": 0.5, "decoder": "torchvision", "alone": {"torchvision": 4.0},
+                       "splits": [[None, 0.0, 2.0], ["torchvision", 0.5, 3.0]], "failed": {}}
 
 
 def test_a_diagnosis_that_fails_is_said_in_its_place_and_the_run_goes_on() -> None:

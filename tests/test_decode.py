@@ -209,6 +209,64 @@ def test_nvimgcodec_asks_for_the_engines_then_its_cuda_core_decoder(monkeypatch)
     assert [m["device_id"] for m in made] == [0, 0]
 
 
+@needs_nvimgcodec
+def test_nvimgcodec_keeps_to_its_own_host_thread(monkeypatch) -> None:
+    """Its default (max_num_cpu_threads 0) is one host thread per core, and its CUDA-core
+    decoder decodes the Huffman code of images this small on them: the cores the loader's
+    CPU decoders use, so the two decoders took turns on the H200 host. Every decoder made
+    (engines, CUDA cores, the CPU backend of the tests) asks for NVIMGCODEC_HOST_THREADS."""
+    nvimgcodec = decode._nvimgcodec_module()
+    made = []
+    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs) or kwargs)
+    decode._nvimgcodec_decoder.cache_clear()
+    try:
+        decode._nvimgcodec_decoder(0)
+        decode._nvimgcodec_decoder(0, hardware_only=True)
+        decode._nvimgcodec_decoder(None)
+    finally:
+        decode._nvimgcodec_decoder.cache_clear()
+    assert [m.get("max_num_cpu_threads") for m in made] == [decode.NVIMGCODEC_HOST_THREADS] * 3
+    assert decode.NVIMGCODEC_HOST_THREADS == 1
+
+
+@needs_nvimgcodec
+def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) -> None:
+    """Its batched decode (the GPU's path, on its CPU backend here) releases the interpreter
+    lock while it decodes, so the loader's CPU decoders, which take the lock between images,
+    run meanwhile. A thread that takes the lock for one count and gives it up again
+    (sleep(0)) counts on during the decode; across a call holding the lock it counts once at
+    most (`sum` of a long range, checked first), whatever the machine's speed."""
+    import threading
+    import time
+
+    decode._nvimgcodec(blobs, SIZE, torch.device("cpu"))  # set up, outside the counts
+    counted, stop, started = [0], threading.Event(), threading.Event()
+
+    def count() -> None:
+        started.set()
+        while not stop.is_set():
+            counted[0] += 1
+            time.sleep(0)  # gives the lock up: the count needs it back each time
+
+    def counts_during(call: object) -> int:
+        before = counted[0]
+        call()
+        return counted[0] - before
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    started.wait()
+    try:
+        holding = counts_during(lambda: sum(range(2 * 10**6)))
+        decoding = [counts_during(lambda: decode._nvimgcodec(blobs * 32, SIZE,
+                                                             torch.device("cpu")))
+                    for _ in range(3)]
+    finally:
+        stop.set()
+        counter.join()
+    assert holding <= 2 and max(decoding) >= 20, (holding, decoding)
+
+
 def test_a_failing_nvimgcodec_says_what_it_said_of_libnvjpeg(monkeypatch) -> None:
     monkeypatch.setattr(decode, "_NVIMGCODEC_IMPORT_LOG", [
         "Failed to load nvjpeg library! Please install nvidia-nvjpeg-cu13.",
@@ -260,8 +318,6 @@ def test_gpu_decode_is_offered_only_where_a_gpu_decoder_decodes(monkeypatch, fre
     (nvImageCodec made to fail, as it does without a GPU: on the GPU machine, where
     gpu_check.sh installs it, it would decode); a failure is the reason, in one line, and the
     loader then decodes on the CPU."""
-    import types
-
     from alexnet.data import loader
 
     def no_gpu(blobs, size, device):
@@ -270,13 +326,23 @@ def test_gpu_decode_is_offered_only_where_a_gpu_decoder_decodes(monkeypatch, fre
     fake_torchvision(monkeypatch, pil_decode_jpeg if works else failing_decode_jpeg)
     fake_cuda(monkeypatch)
     monkeypatch.setitem(decode._GPU_DECODE, "nvimgcodec", no_gpu)
-    monkeypatch.setattr(loader, "_MEASURED_SHARES", {})
+    monkeypatch.setattr(loader, "_MEASURED_CHOICES", {})
     monkeypatch.setattr(loader, "decode_rates", lambda *args: (3.0, 1.0))  # GPU 3x the CPU
-    store = types.SimpleNamespace(format="jpeg", image_size=16)
+    # read together, each decoder at its own rate (side by side): 3 / s or 1 / (1 - s)
+    monkeypatch.setattr(loader, "split_rate", lambda store, device, how, batch: min(
+        3.0 / max(how.gpu_decode, 1e-9), 1.0 / max(1.0 - how.gpu_decode, 1e-9)))
+    class Store:  # a jpeg store of 4 images (split_rate, stood in for, reads none)
+        format, image_size = "jpeg", 16
+
+        def __len__(self) -> int:
+            return 4
+
+    store = Store()
     reason = decode.gpu_unavailable("cuda")
     if works:
         assert reason is None and decode.gpu_decoder("cuda") == "torchvision"
         assert loader.default_gpu_decode(store, "cuda") == 0.75
+        assert loader.gpu_choice(store, "cuda").decoder == "torchvision"
     else:
         assert reason.startswith("nvimgcodec ") and reason.endswith(
             "; torchvision fails here (RuntimeError: torchvision not compiled with nvJPEG "
@@ -293,8 +359,12 @@ def test_the_gpu_decoder_is_the_one_asked_for_else_the_first_that_passes(monkeyp
     assert decode.GPU_DECODERS[0] == "nvimgcodec"  # the hardware engines first
     assert decode.gpu_decoder("cuda") == "nvimgcodec"
     assert decode.gpu_decoder("cuda", "torchvision") == "torchvision"
+    assert decode.usable_gpu_decoders("cuda") == ["nvimgcodec", "torchvision"]  # all: timed
+    assert decode.usable_gpu_decoders("cuda", "torchvision") == ["torchvision"]
+    assert decode.usable_gpu_decoders("cpu") == []
     failures["nvimgcodec"] = "nvimgcodec is not installed"
     assert decode.gpu_decoder("cuda") == "torchvision"
+    assert decode.usable_gpu_decoders("cuda") == ["torchvision"]
     with pytest.raises(UserError, match="GPU jpeg decode: nvimgcodec is not installed; use "):
         decode.gpu_decoder("cuda", "nvimgcodec")
     with pytest.raises(UserError, match="GPU jpeg decoder 'nvdec'"):
@@ -302,6 +372,7 @@ def test_the_gpu_decoder_is_the_one_asked_for_else_the_first_that_passes(monkeyp
     monkeypatch.setattr(decode, "GPU_DECODER", "torchvision")  # ALEXNET_GPU_DECODER
     failures["nvimgcodec"] = None
     assert decode.gpu_decoder("cuda") == "torchvision"
+    assert decode.usable_gpu_decoders("cuda") == ["torchvision"]
 
 
 @pytest.mark.parametrize("name", decode.GPU_DECODERS)

@@ -13,7 +13,8 @@ beside the others of the same run:
   1, 2, 4, 8, 16 read-ahead threads (up to the cores), each decoding its own batch (the
   default feeding a GPU), and by one decode thread per core shared by the default depth's
   read-ahead threads; jpeg with the GPU decoding none, the default share, half and all of
-  each batch (the other settings default);
+  each batch (the other settings default), and the splits the loader timed at start to choose
+  its default share and GPU decoder (loader.gpu_choice);
 - training from the store: both together, as `alexnet train` runs them; the ratio to the
   model-only figure says how much the loader costs; then again with the batches augmented in
   the other place (read-ahead threads or consumer: loader.default_augment_in_readers);
@@ -26,7 +27,7 @@ beside the others of the same run:
   pixels;
 - with more than one GPU decoder here (decode.GPU_DECODERS: nvImageCodec's hardware engines,
   torchvision's nvJPEG), the jpeg loader alone and training from it at the defaults with each
-  decoder other than the default;
+  decoder other than the loader's (the fastest beside the CPU decoders), at its own share;
 - on CUDA, what limits training from a store: training from the raw store at read-ahead
   depths 4 and 8 beside the default, from the jpeg store with every image decoded on the GPU
   (GPU share 1: the host's cores left to training) at depth 4 and the default, and the
@@ -292,14 +293,16 @@ def cpu_decode_rates(blobs: list[Any], threads: tuple[int, ...]) -> dict[str, di
             for name in decode.available_cpu_decoders()}
 
 
-def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int) -> dict[str, Any]:
+def gpu_decode_figures(blobs: list[Any], device: torch.device, batch: int,
+                       default: str | None = None) -> dict[str, Any]:
     """Each GPU decoder that runs here (decode.GPU_DECODERS) alone: images/s in batches of
-    `batch`, and its pixels against the CPU decoder's; `default` names the loader's. One
-    that is not the default and fails on these batches says so in its place."""
+    `batch`, and its pixels against the CPU decoder's; `default` names the loader's (None:
+    decode's own default). One that is not the default and fails on these batches says so
+    in its place."""
     from alexnet.data import decode
 
     chunks = [blobs[i:i + batch] for i in range(0, len(blobs) - batch + 1, batch)]
-    out: dict[str, Any] = {"batch": batch, "default": decode.gpu_decoder(device)}
+    out: dict[str, Any] = {"batch": batch, "default": default or decode.gpu_decoder(device)}
 
     def figures(name: str) -> dict[str, Any]:
         decode.decode_gpu(chunks[0], SIZE, device, name)
@@ -333,6 +336,21 @@ def gpu_decoder_set(name: str) -> Iterator[None]:
         decode.GPU_DECODER = saved
 
 
+def gpu_choice_figures(loader: Any) -> dict[str, Any]:
+    """What `loader` (a jpeg store's) timed at start to choose its default GPU share and GPU
+    decoder (loader.gpu_choice, from its cache): each split's img/s, as [GPU decoder (None:
+    the CPU decoders alone), share, img/s], each GPU decoder's img/s alone, the choice, and
+    the GPU decoders that failed while timed."""
+    from alexnet.data.loader import gpu_choice
+
+    how = loader.reading
+    choice = gpu_choice(loader.store, loader.device, how.decoder, how.prefetch, how.threads,
+                        loader.batch_size)
+    return {"share": choice.share, "decoder": choice.decoder, "alone": choice.alone,
+            "splits": [[name, share, rate] for (name, share), rate in choice.rates.items()],
+            "failed": choice.failed}
+
+
 def low_quality_figures(store: Any, trainer: Trainer, plan: dict[str, int],
                         threads: tuple[int, ...]) -> dict[str, Any]:
     """The jpeg figures again for a store at LOW_QUALITY: its size, the CPU decoders at
@@ -350,7 +368,7 @@ def low_quality_figures(store: Any, trainer: Trainer, plan: dict[str, int],
         "jpeg_loader": loader_rate(loader, device, plan["loader_steps"], plan["warmup"]),
         "jpeg_training": training_rate(loader, trainer, plan["steps"], plan["warmup"])}
     if not decode.gpu_unavailable(device):
-        out["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
+        out["gpu_decode"] = gpu_decode_figures(blobs, device, batch, loader.reading.gpu_decoder)
     return out
 
 
@@ -434,7 +452,9 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
         device, rounds * depth, 0)
     shares = [0.0]
     if not decode.gpu_unavailable(device):
-        r["gpu_decode"] = gpu_decode_figures(blobs, device, batch)
+        r["gpu_choice"] = gpu_choice_figures(jpeg_loader)
+        r["gpu_decode"] = gpu_decode_figures(blobs, device, batch,
+                                             jpeg_loader.reading.gpu_decoder)
         shares = sorted({0.0, jpeg_loader.reading.gpu_decode, 0.5, 1.0})
     r["jpeg_loader"] = {s: loader_rate(train_loader(jpeg, batch, device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
@@ -453,6 +473,7 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     for name in others:  # the loader and training at the defaults, with this GPU decoder
         with gpu_decoder_set(name):
             _diagnosis(r, "other_gpu_decoders", name, lambda: {
+                "share": train_loader(jpeg, batch, device).reading.gpu_decode,
                 "jpeg_loader": loader_rate(train_loader(jpeg, batch, device), device,
                                            loader_steps, warmup),
                 "jpeg_training": training_rate(train_loader(jpeg, batch, device), trainer,
@@ -546,6 +567,7 @@ def print_figures(r: dict[str, Any]) -> None:
     for name, value in rows:
         print(f"  {name:<{width}}{value:>12.0f}{value / model:>10.2f}")
     _print_diagnoses(r)
+    _print_gpu_choice(r.get("gpu_choice"))
     print(f"  CPU decode alone, img/s at threads {', '.join(map(str, _threads(r)))}:")
     for name, rates in r["cpu_decode"].items():
         print(f"    {name:<12}" + "".join(f"{v:>10.0f}" for v in rates.values()))
@@ -581,8 +603,10 @@ def _print_diagnoses(r: dict[str, Any]) -> None:
     the model alone in the same way of stepping; a row that failed says why."""
     rows = []
     for name, other in r.get("other_gpu_decoders", {}).items():
-        rows += [(f"jpeg loader only, GPU decoder {name}", other.get("jpeg_loader", other)),
-                 (f"jpeg store: training, GPU decoder {name}",
+        share = f" (its share {other['share']:.2f})" if "share" in other else ""
+        rows += [(f"jpeg loader only, GPU decoder {name}{share}",
+                  other.get("jpeg_loader", other)),
+                 (f"jpeg store: training, GPU decoder {name}{share}",
                   other.get("jpeg_training", other))]
     rows += [(f"raw store: training, depth {d}", v)
              for d, v in r.get("raw_training_depth", {}).items()]
@@ -607,6 +631,22 @@ def _print_diagnoses(r: dict[str, Any]) -> None:
             print(f"  {name:<{width}}{value:>12.0f}{ratio}")
     if steps:
         print("  (the CUDA graph rows against the model alone as a CUDA graph)")
+
+
+def _print_gpu_choice(choice: dict[str, Any] | None) -> None:
+    """The splits the jpeg loader timed at start (gpu_choice_figures) and what it chose."""
+    if not choice:
+        return
+    said = [f"{'CPU alone' if name is None else f'{name} {share:.2f}'}: {rate:.0f}"
+            for name, share, rate in choice["splits"]]
+    alone = ", ".join(f"{name} {rate:.0f}" for name, rate in choice["alone"].items())
+    print("  default GPU share, timed at start (read-ahead threads and GPU thread at once), "
+          "img/s:")
+    print(f"    {'; '.join(said)}")
+    print(f"    GPU decoders alone: {alone}; chosen: share {choice['share']:.2f}, GPU decoder "
+          f"{choice['decoder']}")
+    for name, error in choice.get("failed", {}).items():
+        print(f"    {name} failed while timed, left out: {error}")
 
 
 def _gpu_decoders(figures: dict[str, Any]) -> list[str]:

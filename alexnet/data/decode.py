@@ -19,7 +19,9 @@ pixels agree to within a few levels (tests/test_decode.py states the bound).
 
 On a CUDA device `decode_gpu` decodes a list of JPEGs in one batched call and returns the
 batch on the device, where the loader augments it like a raw batch. GPU decoders, in the
-order "auto" tries them (ALEXNET_GPU_DECODER picks one), each checked once on the device:
+order "auto" tries them (ALEXNET_GPU_DECODER picks one), each checked once on the device;
+the loader times every one that passes beside its CPU decoders and uses the fastest
+(`usable_gpu_decoders`, loader.gpu_choice):
 
 - `nvimgcodec`: NVIDIA's nvImageCodec (pip package nvidia-nvimgcodec-cu12/-cu13 with
   nvidia-nvjpeg), on the GPU's hardware JPEG engines (A100, H100, H200), which leave the
@@ -178,6 +180,17 @@ def gpu_unavailable(device: torch.device | str, decoder: str | None = None) -> s
     """Why no GPU decoder (or GPU decoder `decoder`; default GPU_DECODER) can run on
     `device`; None when one can."""
     return _resolve_gpu(device, decoder)[1]
+
+
+def usable_gpu_decoders(device: torch.device | str, decoder: str | None = None) -> list[str]:
+    """The GPU decoders that pass their check on `device`, in GPU_DECODERS' order: `decoder`
+    alone when it names one (default GPU_DECODER; `auto`: all); [] off CUDA. The loader times
+    each of them beside its CPU decoders and takes the fastest (loader.gpu_choice)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return []
+    return [name for name in _gpu_candidates(decoder)
+            if _gpu_failure(name, _cuda_index(device)) is None]
 
 
 def gpu_decoder(device: torch.device | str, decoder: str | None = None) -> str:
@@ -367,20 +380,33 @@ def _nvimgcodec_module() -> Any:
     return nvimgcodec
 
 
+# nvImageCodec's own host threads (its `max_num_cpu_threads`; its default, 0, is one per
+# core). For the images its hardware engines do not take, its CUDA-core nvJPEG decoder
+# decodes the Huffman code of every image under a million pixels on them (the host Huffman
+# decoder: nvImageCodec's cuda_decoder.cpp, DEFAULT_GPU_HYBRID_HUFFMAN_THRESHOLD): with one
+# per core, the cores the loader's CPU decoders use. On the H200 host (2026-11-29) the loader
+# at GPU shares 0.4 / 0.5 / 1 gave 13.4k / 13.1k / 10.2k img/s, what decoders taking turns
+# give (1 / (s / 11.7k + (1 - s) / 18.0k): 14.8k / 14.2k / 11.7k), not what they give side by
+# side (29k / 23k / 11.7k). The engines' batched decode needs one host thread.
+NVIMGCODEC_HOST_THREADS = 1
+
+
 @functools.cache
 def _nvimgcodec_decoder(index: int | None, hardware_only: bool = False) -> Any:
     """nvImageCodec's decoder for cuda:`index`: the GPU's hardware JPEG engines first
     (HW_GPU_ONLY: they use no CUDA cores, which training needs), then its CUDA-core nvJPEG
     decoder for what they cannot do (registered as HYBRID_CPU_GPU, not GPU_ONLY:
     NVIDIA/nvImageCodec#26); `hardware_only`: the engines alone. On the CPU (index None:
-    libjpeg-turbo, for tests) its CPU backend."""
+    libjpeg-turbo, for tests) its CPU backend. Each with NVIMGCODEC_HOST_THREADS host
+    threads, so that its host work does not take the cores of the CPU decoders."""
     nvimgcodec = _nvimgcodec_module()
     kinds = nvimgcodec.BackendKind
     if index is None:
         return nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                  max_num_cpu_threads=NVIMGCODEC_HOST_THREADS,
                                   backends=[nvimgcodec.Backend(kinds.CPU_ONLY)])
     chosen = [kinds.HW_GPU_ONLY] + ([] if hardware_only else [kinds.HYBRID_CPU_GPU])
-    return nvimgcodec.Decoder(device_id=index,
+    return nvimgcodec.Decoder(device_id=index, max_num_cpu_threads=NVIMGCODEC_HOST_THREADS,
                               backends=[nvimgcodec.Backend(kind) for kind in chosen])
 
 

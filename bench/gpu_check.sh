@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one script, for a machine with one CUDA GPU and no
 # network, within 8 minutes (each step has its own time limit, summing to 480 s; a benchmark
-# stopped by its limit still writes the figures it had reached to its JSON):
+# writes each figure to its JSON as soon as it is measured, so one stopped by its limit, or
+# killed 10 s later, keeps the figures it had reached):
 #   tests     the tests with a CUDA path (Triton LRN, GPU decode, CUDA loader, demo)
 #   train     `alexnet bench train`: the paper net beside torchvision's alexnet in fp32 / bf16
 #             / channels_last / compile / CUDA graph (issue 8's ratio goals) first, then the
@@ -47,9 +48,11 @@ status=0
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failure
   local name=$1 limit=$2; shift 2
   case " ${GPU_CHECK_SKIP:-} " in *" $name "*) echo "=== $name: skipped (GPU_CHECK_SKIP)"; return;; esac
-  # the limit sends SIGTERM (the benchmarks write the figures they reached), then SIGKILL;
-  # the tests get SIGINT instead: pytest dies silently on SIGTERM, losing which tests failed
-  # and why, but answers SIGINT with its summary of the tests run so far
+  # the limit sends SIGTERM (the benchmarks write the figures they reached), then SIGKILL
+  # 10 s later: a benchmark whose stop takes longer is ended by its own watchdog after
+  # alexnet.bench.GRACE_S (5 s), figures written, exit 124; the tests get SIGINT instead:
+  # pytest dies silently on SIGTERM, losing which tests failed and why, but answers SIGINT
+  # with its summary of the tests run so far
   local stop=TERM
   [ "$name" = tests ] && stop=INT
   echo "=== $name (limit ${limit}s): $*"
@@ -88,11 +91,32 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
-step tests 80 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
-step train 130 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
-step model 60 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"
+# The limits, from the H200 run of 2026-11-29 (80/130/60/120/90 s then; each step's figures
+# in seconds; "about" marks an estimate made without a GPU):
+#   tests 100  took 77 s for 53 of the 86 tests and was cut: 42.6 s of it one test (the CUDA
+#              graph step, now on a 1/8-width net), 34.5 s the other 52; the 33 not reached
+#              (Triton LRN and pool compilations, two speed options) about 35 s. About 75 s
+#              in all; 100 s also covers compilations that test did first moving to another
+#   train 145  reached its 7th of 9 variant rows at 130 s, after the table (issue 8's rows
+#              among it): about 150 s for all, and one more variant row is coming;
+#              the nets are now made on the GPU (30 CPU initialisations of a full-size net
+#              saved: 1.6-2.2 s each on a 2-core CPU, about 0.5 s on that host) and the
+#              variant rows time 3 + 10 steps (the table keeps batch 256, bf16+channels_last,
+#              5 + 20: the goals' setting; ~1.5 s saved): about 135 s
+#   model  85  stopped at 60 s in its column rows, after the LRN rows (issue 8's goal, first);
+#              the kernels' bandwidth rows now time the kernels the LRN rows compiled (ten
+#              compilations saved; the tests step's compiling tests took 0.4-3.4 s each);
+#              columns, pad and pool and the whole step at batch 32 left: about 80 s
+#   pipeline 120  took 119 s and finished (the goals' figures first, diagnoses after them)
+#   data   30  no GPU goal reads it (the 16-core prepare row is shown beside the 2-core
+#              goal): the 60 s taken from it pay for the steps above. Its first figures,
+#              prepare at 1 and 16 workers, take about 20 s; the loaders, the GPU loader and
+#              evaluate only as time allows, each kept as measured
+step tests 100 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
+step train 145 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
+step model 85 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"
 step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
-step data 90 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
+step data 30 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
 $PY bench/goals.py "$OUTDIR" | tee "$OUTDIR/goals.log"
 if [ "${GPU_CHECK_ABLATE:-0}${GPU_CHECK_DEMO:-0}" != 00 ] && [ -z "$DATA" ]; then
   echo "=== ablate, demo: skipped, no Fashion-MNIST files (set ALEXNET_FMNIST)"; status=1

@@ -145,9 +145,13 @@ def test_graph_row_is_skipped_on_the_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_step_matches_eager_steps():
     """Three replays of the captured step (fp32, dropout on) leave the parameters where three
-    eager train_step calls on the same batch leave them."""
+    eager train_step calls on the same batch leave them. The paper net at 1/8 width, batch 4:
+    the same layers, LRN and pool, dropout, loss and PaperSGD update that graphed_step
+    captures for the full net (at full size and batch 8 the test took 42.6 s of the GPU
+    check's tests step); at this width three steps move every parameter tensor."""
     import copy
 
+    from alexnet.bench import SMOKE_WIDTH
     from alexnet.config import Config
     from alexnet.distributed import DistInfo
     from alexnet.model import build_model
@@ -158,11 +162,11 @@ def test_cuda_graph_step_matches_eager_steps():
     device = torch.device("cuda")
     rt = setup_runtime(Config(), DistInfo(device=device))
     torch.manual_seed(0)
-    eager = build_model("alexnet", num_classes=paper.NUM_CLASSES).to(device)
+    eager = build_model("alexnet", num_classes=paper.NUM_CLASSES, width=SMOKE_WIDTH).to(device)
     graphed = copy.deepcopy(eager)
     start = [p.detach().clone() for p in eager.parameters()]
-    x = torch.randn(8, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
-    y = torch.randint(0, paper.NUM_CLASSES, (8,), device=device)
+    x = torch.randn(4, 3, paper.CROP_SIZE, paper.CROP_SIZE, device=device) * 60
+    y = torch.randint(0, paper.NUM_CLASSES, (4,), device=device)
 
     def optimizer(net):
         return PaperSGD(param_groups(net), lr=paper.BASE_LR, momentum=paper.MOMENTUM,
@@ -595,3 +599,36 @@ def test_bench_model_gives_each_net_the_batch_its_loader_gives_it(tmp_path, monk
     padded = paper.CROP_SIZE + conv1_pad(paper.CROP_SIZE)
     assert sorted(sides) == [paper.CROP_SIZE, padded, padded]
     assert args.figures["threads_" + str(torch.get_num_threads())]["paper_over_torchvision"] == 1.0
+
+
+def test_the_table_keeps_the_goals_timing_and_the_variants_take_fewer_steps(monkeypatch,
+                                                                           capsys) -> None:
+    """On CUDA (stood in for): every row of the table, issue 8's goal rows among them, at
+    batch 256 with 5 warm-up and 20 timed steps; the variant rows with VARIANT_TIMING's (the
+    run must fit gpu_check's limit), said in their header and the JSON."""
+    import argparse
+
+    import alexnet.evaluate
+    from alexnet.bench import train as bench_train
+
+    calls = []
+
+    def time_steps(arch, device, batch, run_opts, warmup, steps, width=1.0, **net_kwargs):
+        calls.append(("variant" if net_kwargs else "table", batch, warmup, steps))
+        return 10.0
+
+    monkeypatch.setattr(alexnet.evaluate, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(bench_train, "time_steps", time_steps)
+    monkeypatch.setattr(bench_train, "variants_for",
+                        lambda device: [("a stand-in", {"stand_in": True}, None)])
+    args = argparse.Namespace(device="cuda", quick=False, smoke=False, figures={})
+    r = bench_train.bench(args)
+    assert {c for c in calls if c[0] == "table"} == {("table", 256, 5, 20)}
+    assert calls[-1] == ("variant", 256, *bench_train.VARIANT_TIMING)
+    assert bench_train.VARIANT_TIMING[1] < 20
+    assert r["variant_timing"] == dict(zip(("warmup", "steps"), bench_train.VARIANT_TIMING,
+                                           strict=True))
+    assert r["settings"][bench_train.BF16_CL]["alexnet"] == 10.0 and r["batch"] == 256
+    warmup, steps = bench_train.VARIANT_TIMING
+    assert f"whole step, {warmup} warm-up + {steps} timed steps" in capsys.readouterr().out

@@ -155,6 +155,19 @@ def test_gpu_check_writes_each_json_that_the_script_reads() -> None:
     assert script.index("bench/goals.py") < script.index("step ablate")
 
 
+def test_a_benchmark_whose_stop_hangs_ends_itself_before_gpu_checks_sigkill() -> None:
+    """The step's `timeout -k N` kills N s after its SIGTERM: a benchmark's watchdog ends a
+    stop that hangs after alexnet.bench.GRACE_S, leaving it at least 3 s to write the JSON
+    and exit before the kill (a hung stop was killed with its JSON unwritten)."""
+    import re
+
+    from alexnet.bench import GRACE_S
+
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    kill_after = re.findall(r'timeout -s "\$stop" -k (\d+) ', script)
+    assert kill_after and all(int(k) >= GRACE_S + 3 for k in kill_after)
+
+
 def test_gpu_check_runs_the_steps_of_the_gpu_goals_before_the_data_step() -> None:
     """The device's time also pays for the machine's start, so a run may be cut before its
     steps' limits are spent: the last steps are lost first. train, model and pipeline hold

@@ -275,6 +275,7 @@ def bench(args: argparse.Namespace) -> dict:
     """Images/s of prepare and of TrainLoader, each beside the usual pipeline (one core).
     Each figure goes into args.figures as soon as it is measured, so that a run stopped by a
     time limit keeps those it reached (prepare's scaling, issue 9's goal, comes first)."""
+    from alexnet.bench import keep_figures
     from alexnet.data.prepare import prepare
     from alexnet.data.store import open_split
     from alexnet.evaluate import resolve_device
@@ -296,19 +297,26 @@ def bench(args: argparse.Namespace) -> dict:
             result["jpeg_kb_mean"] = float(np.mean([os.path.getsize(p) for p, _ in files])
                                            / 1024)
             result.update(_time_prepare(prepare, src, out, files_n))
+            keep_figures()  # each figure in --json as soon as measured (a kill keeps them)
             dataset, name = usual_pipeline(src, files)
             result["usual_pipeline"] = name
             result["usual_images_per_s_per_core"] = _time_usual(dataset, usual_n)
+            keep_figures()
             store = open_split(out, "train")
             cpu = torch.device("cpu")
             result["loader_images_per_s_per_core"] = _time_loader(store, loader_n, cpu, 0)
+            keep_figures()
             result["loader_images_per_s_prefetch2"] = _time_loader(store, loader_n, cpu, 2)
+            keep_figures()
             result["jpeg_loader"] = _time_jpeg_loader(store, Path(tmp) / "jpeg", loader_n // 2)
+            keep_figures()
             if device.type == "cuda":
                 result["gpu_loader_images_per_s"] = _time_loader(store, 4 * loader_n, device, 4)
+                keep_figures()
                 repeats = 20 if quick else 200
                 result["gpu_augment_images_per_s"] = _time_device_augment(store, device,
                                                                           repeats)
+                keep_figures()
                 result["gpu_augment_torch_images_per_s"] = _time_device_augment(
                     store, device, repeats, "torch")
                 result["gpu_augment_triton"] = augment_runs_triton(store, device)

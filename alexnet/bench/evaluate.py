@@ -46,7 +46,7 @@ def _time_eval(model: torch.nn.Module, store: Any, crops: int, batch: int,
 
 def bench(args: argparse.Namespace) -> dict:
     """Images/s and crops/s of the paper net for 1 and 10 crops on args.device."""
-    from alexnet.bench import SMOKE_WIDTH
+    from alexnet.bench import SMOKE_WIDTH, keep_figures
     from alexnet.data.store import write_store
     from alexnet.evaluate import resolve_device
     from alexnet.model import AlexNet
@@ -66,13 +66,16 @@ def bench(args: argparse.Namespace) -> dict:
     labels = rng.integers(0, NUM_CLASSES, size=images)
     torch.manual_seed(0)
     model = AlexNet(width=SMOKE_WIDTH if smoke else 1.0).to(device).eval()
-    result: dict[str, Any] = {"device": str(device), "images": images, "batch_size": batch}
+    figures = getattr(args, "figures", None)  # alexnet.bench.run's: filled as measured
+    result: dict[str, Any] = {} if figures is None else figures
+    result.update(device=str(device), images=images, batch_size=batch)
     with tempfile.TemporaryDirectory() as tmp:
         store = write_store(Path(tmp) / "val", pixels, labels, classes)
         for crops in (1, TEST_CROPS):
             seconds = _time_eval(model, store, crops, batch, device, repeats)
             result[f"crops{crops}_images_per_s"] = images / seconds
             result[f"crops{crops}_crops_per_s"] = images * crops / seconds
+            keep_figures()  # in --json now: a run killed later keeps it
     result["images_per_s_ratio_centre_over_10crop"] = (
         result["crops1_images_per_s"] / result[f"crops{TEST_CROPS}_images_per_s"])
     result["crops_per_s_ratio_10crop_over_centre"] = (

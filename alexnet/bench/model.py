@@ -173,7 +173,7 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
     layer's row goes into `out` as soon as it is timed, before the kernels' bandwidth is
     measured and the next layer compiles its kernels (a run stopped meanwhile keeps it). A
     kernel variant that fails is said in its row ("... error") beside the others' figures."""
-    from alexnet.bench import measured
+    from alexnet.bench import keep_figures, measured
 
     out = {} if out is None else out
     for name, shape in shapes.items():
@@ -216,9 +216,11 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
             line += f"; {k} failed: {why}"
         print(line)
         out[name] = row
+        keep_figures()  # in --json now: a run killed later keeps it
         if "lrn triton" in t:
             row["bandwidth"] = measured(lambda x=x, g=g, name=name: _lrn_bandwidth(
                 name, x.detach(), g, timing))
+            keep_figures()
     return out
 
 
@@ -256,9 +258,12 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
                    timing: tuple[int, int]) -> dict[str, float]:
     """GB/s of the Triton LRN's forward (reads a, writes b) and of each backward kernel
     (reads g and a, writes grad) alone, beside a copy of the same tensor (reads, writes):
-    each kernel's bytes floor is its tensor passes at the copy's rate."""
+    each kernel's bytes floor is its tensor passes at the copy's rate. The kernels with the
+    ReLU folded in (in registers: the same bytes), as the net runs them: the fused rows
+    before compiled each of them for this tensor, so none compiles again (with the ReLU
+    apart, ten more kernels compiled here, seconds each)."""
     module = triton_lrn_module()
-    consts = (2, paper.LRN_N // 2, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K, False)
+    consts = (2, paper.LRN_N // 2, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K, True)
     out = torch.empty_like(x)
 
     def forward() -> object:
@@ -278,7 +283,8 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
     size = x.numel() * x.element_size()
     rate = {k: (2 if k == "copy" or k.startswith("fwd") else 3) * size / t[k] / 1e9
             for k in t}
-    line = f"  LRN {name} triton kernels (a copy of the tensor: {rate['copy']:.0f} GB/s): "
+    line = (f"  LRN {name} triton kernels, ReLU folded in (a copy of the tensor: "
+            f"{rate['copy']:.0f} GB/s): ")
     line += ", ".join(f"{k} {_ms(t[k])} = {rate[k]:.0f} GB/s ({rate[k] / rate['copy']:.2f}x "
                       f"the copy's)" for k in t if k != "copy")
     print(line + f"; default backward: {module.BACKWARD}, default layout: {module.LAYOUT}")
@@ -293,9 +299,13 @@ COLUMN_LAYERS = {  # name: (in maps, out maps, kernel, padding, side) of the pap
 
 
 def _column_rows(batch: int, device: torch.device, amp: torch.dtype | None,
-                 fmt: torch.memory_format, timing: tuple[int, int]) -> dict:
-    """conv2, conv4, conv5 forward+backward in each column form, side by side."""
-    out: dict = {}
+                 fmt: torch.memory_format, timing: tuple[int, int],
+                 out: dict | None = None) -> dict:
+    """conv2, conv4, conv5 forward+backward in each column form, side by side; each layer's
+    row in `out` (and --json) as soon as it is timed."""
+    from alexnet.bench import keep_figures
+
+    out = {} if out is None else out
     forms = ("groups", "separate", "dense")
     for name, (cin, cout, k, pad, side) in COLUMN_LAYERS.items():
         x = _activation((batch, cin, side, side), device, amp or torch.float32, fmt)
@@ -315,6 +325,7 @@ def _column_rows(batch: int, device: torch.device, amp: torch.dtype | None,
             f"{f} {_ms(t[f])} ({t['groups'] / t[f]:.2f}x groups)" for f in forms)
             + f"; auto picks {auto} here")
         out[name] = {**t, "auto": auto}
+        keep_figures()
     return out
 
 
@@ -368,7 +379,10 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
 
 def bench_parts(device: torch.device, quick: bool, parts: dict | None = None) -> dict:
     """The parts of the paper step beside their baselines (module docstring), printed; each
-    part's figures go into `parts` as soon as measured (a run stopped later keeps them)."""
+    part's figures go into `parts` (and --json) as soon as measured (a run stopped or killed
+    later keeps them)."""
+    from alexnet.bench import keep_figures
+
     parts = {} if parts is None else parts
     cuda = device.type == "cuda"
     batch = (64 if quick else 256) if cuda else (4 if quick else 16)
@@ -388,8 +402,10 @@ def bench_parts(device: torch.device, quick: bool, parts: dict | None = None) ->
                  layout="channels_last" if fmt == torch.channels_last else "nchw")
     parts["lrn"] = {}
     _lrn_rows(batch, device, dtype, fmt, timing, shapes, parts["lrn"])
-    parts["columns"] = _column_rows(batch, device, dtype if cuda else None, fmt, timing)
+    parts["columns"] = {}
+    _column_rows(batch, device, dtype if cuda else None, fmt, timing, parts["columns"])
     parts["pad_and_pool"] = _pad_and_pool_rows(batch, device, dtype, fmt, timing)
+    keep_figures()
     return parts
 
 
@@ -401,7 +417,7 @@ def bench(args: argparse.Namespace) -> dict:
     On a CPU with several threads it also measures with one thread: on a shared machine,
     waits for a descheduled thread can dominate short operations.
     """
-    from alexnet.bench import SMOKE_WIDTH
+    from alexnet.bench import SMOKE_WIDTH, keep_figures
     from alexnet.evaluate import resolve_device
 
     device = resolve_device(args.device)
@@ -443,6 +459,7 @@ def bench(args: argparse.Namespace) -> dict:
             for name, why in failed.items():  # each figure of the report needs every step
                 raise RuntimeError(f"the {name} step failed: {why}")
             result[f"threads_{n}"] = _report(seconds, batch)
+            keep_figures()
     finally:
         torch.set_num_threads(threads)
     return result

@@ -6,10 +6,12 @@ the model's training speed without data loading (`alexnet bench data` measures t
 Each net gets the batch its loader gives it (model.loader_pad): the paper net 224 patches
 with conv1's 3 zero columns and rows already written (227), torchvision's layouts 224.
 Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
-bracketed by CUDA events. Beside the paper's two-column net, under the same settings and in
-the same run: torchvision's own `torchvision.models.alexnet` when torchvision imports (the
-paper/torchvision ratio of each setting is printed), and this project's torchvision layout
-(`build_model("alexnet-tv")`; not compiled, to keep the benchmark short).
+bracketed by CUDA events. Each net is made on the device (no CPU initialisation per row),
+and each row is in --json as soon as it is timed. Beside the paper's two-column net, under
+the same settings and in the same run: torchvision's own `torchvision.models.alexnet` when
+torchvision imports (the paper/torchvision ratio of each setting is printed), and this
+project's torchvision layout (`build_model("alexnet-tv")`; not compiled, to keep the
+benchmark short).
 
 On CUDA the row `bf16+channels_last+CUDA graph` replays the whole step (train_step, captured
 once by `graphed_step` after its warm-up) from a CUDA graph: one launch per step instead of
@@ -121,15 +123,22 @@ def torchvision_alexnet() -> nn.Module | None:
     return alexnet(num_classes=paper.NUM_CLASSES)
 
 
-def build_net(arch: str, width: float = 1.0, **kwargs: Any) -> nn.Module | None:
+def build_net(arch: str, width: float = 1.0, device: torch.device | None = None,
+              **kwargs: Any) -> nn.Module | None:
     """`alexnet` (at `width`, with `kwargs`), `alexnet-tv` (this project's nets) or
-    `torchvision`."""
+    `torchvision`, its parameters made and initialised on `device` (default: the CPU): on a
+    GPU that takes milliseconds, where the CPU takes about a second for a full-size net, at
+    each of bench train's 30 rows."""
+    from alexnet.bench import torchvision_problem
     from alexnet.model import build_model
 
-    if arch == "torchvision":
-        return torchvision_alexnet()
-    sized = {"width": width, **kwargs} if arch == "alexnet" else {}
-    return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
+    if arch == "torchvision" and torchvision_problem():  # imports it, outside `device`
+        return None
+    with torch.device(device or "cpu"):
+        if arch == "torchvision":
+            return torchvision_alexnet()
+        sized = {"width": width, **kwargs} if arch == "alexnet" else {}
+        return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
 
 
 def graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -212,7 +221,7 @@ def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, A
         raise ValueError("time_steps: cuda_graph replays the eager step; not with compile")
     torch.manual_seed(0)
     split = bool(net_kwargs.pop("split_columns", False))
-    net = build_net(arch, width, **net_kwargs)
+    net = build_net(arch, width, device, **net_kwargs)
     if split:  # SplitAlexNet with both columns on this device
         from alexnet.model import split_columns
 
@@ -264,11 +273,15 @@ def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, 
 
 ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
                 "alexnet-tv": "tv layout"}
+# CUDA, full run: warm-up and timed steps of each variant row (the table's rows, issue 8's
+# goals among them, keep 5 + 20). A variant's time goes to its build and its kernels'
+# compilation; 12 fewer steps of ~10 ms save ~0.15 s a row, ~1.5 s in all
+VARIANT_TIMING = (3, 10)
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
-    from alexnet.bench import SMOKE_WIDTH, measured, torchvision_problem
+    from alexnet.bench import SMOKE_WIDTH, keep_figures, measured, torchvision_problem
     from alexnet.evaluate import resolve_device
     from alexnet.model import build_model
 
@@ -330,11 +343,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         print(_setting_line(name, row, base, tv))
         for arch, why in row.get("errors", {}).items():
             print(f"  {name}: {ARCH_COLUMNS[arch]} failed: {why}")
+        keep_figures()  # the row in --json now: a run killed later keeps it
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
     fast = BF16_CL if cuda else "fp32"  # the setting time_variants runs
     results["variants"] = {}
-    time_variants(device, batch, warmup, steps, width, results["settings"][fast].get("alexnet"),
+    timing = VARIANT_TIMING if cuda and not quick else (warmup, steps)
+    results["variant_timing"] = {"warmup": timing[0], "steps": timing[1]}
+    time_variants(device, batch, *timing, width, results["settings"][fast].get("alexnet"),
                   into=results["variants"])
     return results
 
@@ -407,19 +423,22 @@ def time_variants(device: torch.device, batch: int, warmup: int, steps: int, wid
     """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
     runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
     timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
-    whole step. Each line is printed (and put in `into`) as soon as it is timed, so that a run
-    stopped by a time limit keeps the lines it reached; a variant that fails is said in its
-    place ({"error": ...}, alexnet.bench.measured) and the others go on. `default` None: the
-    default's own row failed, so there is no ratio to it."""
-    from alexnet.bench import measured
+    whole step. Each line is printed, put in `into` and written to --json (keep_figures) as
+    soon as it is timed, so that a run stopped by a time limit, or killed, keeps the lines it
+    reached; a variant that fails is said in its place ({"error": ...},
+    alexnet.bench.measured) and the others go on. `default` None: the default's own row
+    failed, so there is no ratio to it."""
+    from alexnet.bench import keep_figures, measured
 
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
     label = BF16_CL if opts else "fp32"
-    print(f"paper net, other ways to compute the same function ({label}, whole step):")
+    print(f"paper net, other ways to compute the same function ({label}, whole step, "
+          f"{warmup} warm-up + {steps} timed steps):")
     out: dict[str, Any] = {} if into is None else into
 
     def show(name: str, rate: float | dict[str, str] | None) -> None:
         out[name] = rate
+        keep_figures()  # in --json now: a run killed later keeps it
         if not isinstance(rate, float):
             said = "not measured" if rate is None else f"failed: {rate['error']}"
             print(f"  {name:<40}{said}", flush=True)

@@ -84,7 +84,8 @@ def test_bench_train(tmp_path, capsys):
     assert settings[GRAPH_ROW] == {"note": "skipped: CUDA graphs need CUDA"}
     assert r["train_gflop_per_image"] == pytest.approx(4.3, abs=0.05)  # the full paper net's
     variants = r["variants"]  # the paper net's other column forms (and LRN kernels on CUDA)
-    assert set(variants) == {"default", "columns split (SplitAlexNet, one device)"} | {
+    assert set(variants) == {"default", "columns split (SplitAlexNet, one device)",
+                             "conv1 blocks (ALEXNET_CONV1=blocks)"} | {
         f"columns {f} (all three layers)" for f in ("groups", "separate", "dense")}
     assert all(positive(v) for v in variants.values())
 

@@ -459,8 +459,10 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     r["jpeg_loader"] = {s: loader_rate(train_loader(jpeg, batch, device, gpu_decode=s),
                                        device, loader_steps, warmup) for s in shares}
     r["jpeg_training"] = training_rate(jpeg_loader, trainer, steps, warmup)
-    r["jpeg_training_moved"] = training_rate(
-        train_loader(jpeg, batch, device, augment_in_readers=moved), trainer, steps, warmup)
+    r["jpeg_training_moved"] = training_rate(  # each format's default has its own place
+        train_loader(jpeg, batch, device,
+                     augment_in_readers=not jpeg_loader.reading.augment_in_readers),
+        trainer, steps, warmup)
     r["low_quality"] = low_quality_figures(stores[f"jpeg{LOW_QUALITY}"], trainer, plan,
                                            (threads[0], threads[-1]))
     r["levels_from_raw"] = {
@@ -555,7 +557,8 @@ def print_figures(r: dict[str, Any]) -> None:
              for s, v in r["jpeg_loader"].items()]
     rows.append((f"jpeg store: training (GPU share {jpeg['gpu_decode']:.2f}, "
                  f"{jpeg['threads']} threads, depth {jpeg['prefetch']})", r["jpeg_training"]))
-    rows.append((f"jpeg store: training, {where[not here]}", r["jpeg_training_moved"]))
+    rows.append((f"jpeg store: training, {where[not jpeg['augment_in_readers']]}",
+                 r["jpeg_training_moved"]))
     low = r["low_quality"]
     rows.append((f"jpeg q{low['quality']} loader only, GPU share {low['gpu_share']:.2f} "
                  "(default)", low["jpeg_loader"]))

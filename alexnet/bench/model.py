@@ -33,6 +33,7 @@ from alexnet.model import (
     CUDA_AUTO_FORM,
     AlexNet,
     ColumnConv2d,
+    blocked_conv,
     build_model,
     conv1_pad,
     loader_pad,
@@ -353,7 +354,12 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
 
     fns = {"pad": lambda: F.pad(image, (0, pad, 0, pad)),
            "conv1": _fwd_bwd(lambda t: conv1(t), padded, [conv1.weight, conv1.bias],
-                             g.contiguous(memory_format=fmt), amp)}
+                             g.contiguous(memory_format=fmt), amp),
+           # conv1 as the net runs it on CUDA (model.Conv1's blocks form): the same function
+           "conv1 blocks": _fwd_bwd(lambda t: blocked_conv(t, conv1.weight, conv1.bias,
+                                                           paper.CONV1[2]),
+                                    padded, [conv1.weight, conv1.bias],
+                                    g.contiguous(memory_format=fmt), amp)}
     for f, t in maps.items():
         gf = pool_g.contiguous(memory_format=formats[f])
         fns[f"pool {f}"] = _fwd_bwd(pool, t, [t], gf, None)
@@ -367,6 +373,10 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
     t = _time_all(fns, device, *timing, failed=failed)
     print(f"  conv1's {pad}-pixel right/bottom padding {_ms(t['pad'])} beside conv1 fwd+bwd "
           f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
+    if "conv1 blocks" in t:
+        print(f"  conv1 fwd+bwd (weight gradient, as in training): direct {_ms(t['conv1'])}, "
+              f"as 4x4 blocks {_ms(t['conv1 blocks'])} "
+              f"({t['conv1'] / t['conv1 blocks']:.2f}x direct's speed)")
     kernels = (f", Triton kernels (channels_last) {_ms(t['pool triton'])}" if "pool triton" in t
                else "".join(f", {k} failed: {why}" for k, why in failed.items()))
     runs = "Triton kernels" if use_triton_pool(maps["channels_last"], torch.nn.MaxPool2d(

@@ -392,7 +392,7 @@ def variants_for(device: torch.device
         use_triton_pool,
     )
 
-    # the choices not yet measured in a whole step first: a time limit cuts the last rows
+    # the newest choices first (conv1, the band layout): a time limit cuts the last rows
     conv1 = "direct" if device.type == "cuda" else "blocks"  # the form auto does not run
     rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
         (f"conv1 {conv1} (ALEXNET_CONV1={conv1})", {"conv1_form": conv1}, None)]
@@ -407,7 +407,7 @@ def variants_for(device: torch.device
     module = triton_lrn_module()
     if module is not None and use_triton_lrn(probe):
         layouts = sorted((v for v in module.LAYOUTS if v != module.LAYOUT),
-                         key=lambda v: v != "band")  # band (not yet timed) first
+                         key=lambda v: v != "band")  # band, the newest, first
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in layouts]
         # the backward choice applies to the tile kernels
@@ -421,22 +421,6 @@ def variants_for(device: torch.device
         rows.append((f"max-pool {name} (ALEXNET_POOL={other})", {},
                      functools.partial(setting, alexnet.model, "POOL_BACKEND", other)))
     return rows + columns
-    probe = torch.zeros(1, device=device)
-    module = triton_lrn_module()
-    if module is not None and use_triton_lrn(probe):
-        rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
-                 for v in module.LAYOUTS if v != module.LAYOUT]
-        # the backward choice applies to the tile kernels
-        rows += [(f"LRN tile layout, {v} backward", {},
-                  functools.partial(lrn_settings, LAYOUT="tile", BACKWARD=v))
-                 for v in module.BACKWARDS if v != module.BACKWARD]
-    if triton_pool_module() is not None:  # the other max-pool beside the one the net runs
-        maps = torch.zeros(1, 8, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
-        other = "torch" if use_triton_pool(maps, nn.MaxPool2d(3, 2)) else "triton"
-        name = {"torch": "nn.MaxPool2d", "triton": "Triton kernels"}[other]
-        rows.append((f"max-pool {name} (ALEXNET_POOL={other})", {},
-                     functools.partial(setting, alexnet.model, "POOL_BACKEND", other)))
-    return rows
 
 
 def time_variants(device: torch.device, batch: int, warmup: int, steps: int, width: float,

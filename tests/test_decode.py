@@ -190,20 +190,27 @@ def test_nvimgcodec_names_the_image_that_does_not_decode(blobs: list[bytes]) -> 
         decode._nvimgcodec([blobs[0], blobs[1], bigger], SIZE, cpu)
 
 
+def _decoders_made(monkeypatch, *calls: tuple[int | None, bool]) -> list[dict]:
+    """The keyword arguments of each nvimgcodec.Decoder that decode._nvimgcodec_decoder makes
+    for `calls` (device, hardware_only), with the Decoder stood in for and its cache empty."""
+    made: list[dict] = []
+    monkeypatch.setattr(decode._nvimgcodec_module(), "Decoder",
+                        lambda **kwargs: made.append(kwargs) or kwargs)
+    decode._nvimgcodec_decoder.cache_clear()
+    try:
+        for device, hardware_only in calls:
+            decode._nvimgcodec_decoder(device, hardware_only=hardware_only)
+    finally:
+        decode._nvimgcodec_decoder.cache_clear()
+    return made
+
+
 @needs_nvimgcodec
 def test_nvimgcodec_asks_for_the_engines_then_its_cuda_core_decoder(monkeypatch) -> None:
     """The hardware engines (HW_GPU_ONLY) first, then nvImageCodec's CUDA-core JPEG decoder,
     which it registers as HYBRID_CPU_GPU (not GPU_ONLY: that would leave no fallback)."""
-    nvimgcodec = decode._nvimgcodec_module()
-    made = []
-    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs) or kwargs)
-    decode._nvimgcodec_decoder.cache_clear()
-    try:
-        decode._nvimgcodec_decoder(0)
-        decode._nvimgcodec_decoder(0, hardware_only=True)
-    finally:
-        decode._nvimgcodec_decoder.cache_clear()
-    kinds = nvimgcodec.BackendKind
+    made = _decoders_made(monkeypatch, (0, False), (0, True))
+    kinds = decode._nvimgcodec_module().BackendKind
     assert [[b.backend_kind for b in m["backends"]] for m in made] == [
         [kinds.HW_GPU_ONLY, kinds.HYBRID_CPU_GPU], [kinds.HW_GPU_ONLY]]
     assert [m["device_id"] for m in made] == [0, 0]
@@ -215,16 +222,7 @@ def test_nvimgcodec_keeps_to_its_own_host_thread(monkeypatch) -> None:
     decoder decodes the Huffman code of images this small on them: the cores the loader's
     CPU decoders use, so the two decoders took turns on the H200 host. Every decoder made
     (engines, CUDA cores, the CPU backend of the tests) asks for NVIMGCODEC_HOST_THREADS."""
-    nvimgcodec = decode._nvimgcodec_module()
-    made = []
-    monkeypatch.setattr(nvimgcodec, "Decoder", lambda **kwargs: made.append(kwargs) or kwargs)
-    decode._nvimgcodec_decoder.cache_clear()
-    try:
-        decode._nvimgcodec_decoder(0)
-        decode._nvimgcodec_decoder(0, hardware_only=True)
-        decode._nvimgcodec_decoder(None)
-    finally:
-        decode._nvimgcodec_decoder.cache_clear()
+    made = _decoders_made(monkeypatch, (0, False), (0, True), (None, False))
     assert [m.get("max_num_cpu_threads") for m in made] == [decode.NVIMGCODEC_HOST_THREADS] * 3
     assert decode.NVIMGCODEC_HOST_THREADS == 1
 

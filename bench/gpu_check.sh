@@ -28,7 +28,8 @@
 #   demo      only with GPU_CHECK_DEMO=1 (about 3 more minutes): `alexnet demo` on CUDA
 #   profile   only with GPU_CHECK_PROFILE=1 (under a minute): bench/profile_gpu.py,
 #             torch.profiler's table of the paper net's bf16 + channels_last step beside
-#             torchvision's alexnet (which kernels hold the gap), and their traces
+#             torchvision's alexnet (which kernels hold the gap), and their traces;
+#             GPU_CHECK_PROFILE=compile also profiles their torch.compile'd steps (2 minutes)
 #
 # Usage: bench/gpu_check.sh [OUTDIR]; GPU_CHECK_SKIP="data profile" skips those steps.
 # Fashion-MNIST's IDX files are read from $ALEXNET_FMNIST, else .gpu-data/fashion-mnist (an
@@ -129,6 +130,8 @@ if [ -n "$DATA" ] && [ "${GPU_CHECK_DEMO:-0}" = 1 ]; then
 fi
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
   step profile 45 $PY bench/profile_gpu.py "$OUTDIR"
+elif [ "${GPU_CHECK_PROFILE:-0}" = compile ]; then  # the compiled steps too
+  step profile 120 $PY bench/profile_gpu.py "$OUTDIR" --compile
 fi
 echo "=== gpu_check: $([ $status = 0 ] && echo all passed || echo SOME FAILED); figures in $OUTDIR"
 exit $status

@@ -3,10 +3,11 @@ step beside torchvision's alexnet, as `alexnet bench train` runs them (bf16 + ch
 batch 256, synthetic batch on the device). A benchmark aid, not a test: it says which
 kernels hold the gap between the two nets.
 
-Usage: python bench/profile_gpu.py OUTDIR [--device cuda] [--batch 256] [--steps 3]
+Usage: python bench/profile_gpu.py OUTDIR [--device cuda] [--batch 256] [--steps 3] [--compile]
 Prints each net's per-step device time and its 30 costliest operations and kernels by their
-own device time; writes the tables to OUTDIR/profile.txt and each net's trace (Chrome
-format, gzip) to OUTDIR/trace_NET.json.gz.
+own device time; writes the tables to OUTDIR/profile.txt (as each is made) and each net's
+trace (Chrome format, gzip) to OUTDIR/trace_NET.json.gz (trace_NET_compiled.json.gz with
+--compile, which also profiles the torch.compile'd steps).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from alexnet.bench.train import BF16_CL, warm_step
 
 
 def profile_net(arch: str, device: torch.device, batch: int, steps: int, width: float,
-                out: Path) -> str:
-    """The profiler's table of `steps` warm steps of `arch`, its trace written beside it."""
+                out: Path, compiled: bool = False) -> str:
+    """The profiler's table of `steps` warm steps of `arch` (torch.compile'd as training
+    compiles it if `compiled`), its trace written beside it."""
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
+    if compiled:
+        opts["compile"] = True
     step = warm_step(arch, device, batch, opts, 3, width)
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -39,7 +43,7 @@ def profile_net(arch: str, device: torch.device, batch: int, steps: int, width: 
             step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    trace = out / f"trace_{arch}.json"
+    trace = out / f"trace_{arch}{'_compiled' if compiled else ''}.json"
     prof.export_chrome_trace(str(trace))
     with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
         shutil.copyfileobj(raw, packed)
@@ -50,7 +54,8 @@ def profile_net(arch: str, device: torch.device, batch: int, steps: int, width: 
         total = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
     else:
         total = sum(e.self_cpu_time_total for e in events)
-    head = (f"== {arch} ({BF16_CL if opts else 'fp32'}, batch {batch}): "
+    setting = (BF16_CL if device.type == "cuda" else "fp32") + ("+compile" if compiled else "")
+    head = (f"== {arch} ({setting}, batch {batch}): "
             f"{total / steps / 1000:.2f} ms of {key} per step, {steps} steps")
     return head + "\n" + events.table(sort_by=key, row_limit=30, max_name_column_width=70)
 
@@ -62,16 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--width", type=float, default=1.0, help="the paper net's width")
+    parser.add_argument("--compile", action="store_true",
+                        help="profile the torch.compile'd steps too (a minute of compiling)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.outdir.mkdir(parents=True, exist_ok=True)
     archs = ["alexnet"] if torchvision_problem() else ["alexnet", "torchvision"]
     tables = []
-    for arch in archs:
-        table = profile_net(arch, device, args.batch, args.steps, args.width, args.outdir)
-        print(table, flush=True)
-        tables.append(table)
-    (args.outdir / "profile.txt").write_text("\n\n".join(tables) + "\n")
+    for compiled in (False, True) if args.compile else (False,):
+        for arch in archs:
+            table = profile_net(arch, device, args.batch, args.steps, args.width, args.outdir,
+                                compiled)
+            print(table, flush=True)
+            tables.append(table)
+            (args.outdir / "profile.txt").write_text("\n\n".join(tables) + "\n")
     return 0
 
 

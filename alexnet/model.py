@@ -469,32 +469,54 @@ CONV1_FORMS = ("auto", "direct", "blocks")
 CONV1_FORM = os.environ.get("ALEXNET_CONV1", "auto")
 
 
+def space_to_depth(x: torch.Tensor, stride: int, hb: int, wb: int,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x's first hb x wb blocks of stride x stride pixels as channels: (n, c s s, hb, wb),
+    block channel c s s + i s + j holding pixel (i, j) of channel c's block, zeros where a
+    block runs past x; in x's memory format (channels_last for a channels_last x) and in
+    `dtype` (default x's). One copy of x (the cast in the same pass), into a zeroed buffer."""
+    n, c, h, w = x.shape
+    channels_last = c > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    dtype = x.dtype if dtype is None else dtype
+    if channels_last:
+        buf = x.new_zeros((n, hb, wb, c, stride, stride), dtype=dtype)
+        view = buf.permute(0, 3, 1, 4, 2, 5)  # (n, c, hb, i, wb, j)
+        out = buf.view(n, hb, wb, c * stride * stride).permute(0, 3, 1, 2)
+    else:
+        buf = x.new_zeros((n, c, stride, stride, hb, wb), dtype=dtype)
+        view = buf.permute(0, 1, 4, 2, 5, 3)
+        out = buf.view(n, c * stride * stride, hb, wb)
+    fh, fw = min(h // stride, hb), min(w // stride, wb)  # whole blocks within x
+    rh = min(h - fh * stride, stride) if fh < hb else 0  # rows of a last, partial block
+    rw = min(w - fw * stride, stride) if fw < wb else 0
+    top, left = fh * stride, fw * stride
+    view[:, :, :fh, :, :fw, :] = x[:, :, :top, :left].view(n, c, fh, stride, fw, stride)
+    if rh:
+        view[:, :, fh, :rh, :fw, :] = x[:, :, top:top + rh, :left].view(n, c, rh, fw, stride)
+    if rw:
+        view[:, :, :fh, :, fw, :rw] = x[:, :, :top, left:left + rw].view(n, c, fh, stride, rw)
+    if rh and rw:
+        view[:, :, fh, :rh, fw, :rw] = x[:, :, top:top + rh, left:left + rw]
+    return out
+
+
 def blocked_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: int, padding: int = 0) -> torch.Tensor:
     """F.conv2d(x, weight, bias, stride, padding) computed as a stride-1 convolution of x's
-    stride x stride blocks (space-to-depth): block channel (c, i, j) holds pixel (i, j) of
-    channel c's block, and the kernel, zero-padded right and bottom to whole blocks, is
-    rearranged the same way. The same sums of the same products (plus products with zeros),
-    in another order; x is zero-padded (or cropped) to the blocks that the outputs read."""
+    stride x stride blocks (`space_to_depth`): the kernel, zero-padded right and bottom to
+    whole blocks, is rearranged the same way. The same sums of the same products (plus
+    products with zeros), in another order; the blocks are those the outputs read, x
+    zero-padded (or cropped) to them."""
     if padding:
         x = F.pad(x, (padding,) * 4)
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     bh, bw = -(-kh // stride), -(-kw // stride)  # the kernel's extent in blocks
     oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
-    hb, wb = oh + bh - 1, ow + bw - 1  # input blocks that the outputs read
-    if torch.is_autocast_enabled(x.device.type):  # the conv would cast: cast the smaller copy
-        x = x.to(torch.get_autocast_dtype(x.device.type))
-    right, bottom = wb * stride - w, hb * stride - h
-    x = x[..., :hb * stride, :wb * stride]  # rows and columns no output reads (none in conv1)
-    if right > 0 or bottom > 0:
-        x = F.pad(x, (0, max(0, right), 0, max(0, bottom)))
-    blocks = x.view(n, c, hb, stride, wb, stride)
-    if x.is_contiguous(memory_format=torch.channels_last) and c > 1:
-        x = blocks.permute(0, 2, 4, 1, 3, 5).reshape(n, hb, wb, c * stride * stride)
-        x = x.permute(0, 3, 1, 2)  # (n, c s s, hb, wb), channels_last in memory
-    else:
-        x = blocks.permute(0, 1, 3, 5, 2, 4).reshape(n, c * stride * stride, hb, wb)
+    # under autocast the conv would cast its input: cast in the same copy
+    cast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if cast else None
+    x = space_to_depth(x, stride, oh + bh - 1, ow + bw - 1, dtype)
     k = F.pad(weight, (0, bw * stride - kw, 0, bh * stride - kh))
     k = k.view(o, c, bh, stride, bw, stride).permute(0, 1, 3, 5, 2, 4)
     k = k.reshape(o, c * stride * stride, bh, bw)

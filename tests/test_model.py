@@ -22,6 +22,7 @@ from alexnet.model import (
     conv1_pad,
     loader_pad,
     lrn,
+    space_to_depth,
     split_columns,
 )
 
@@ -169,6 +170,28 @@ def test_blocked_conv_is_the_strided_convolution(shape, channels_last):
     assert got.is_contiguous() == want.is_contiguous()
 
 
+@pytest.mark.parametrize("h,w,hb,wb", [(227, 227, 57, 57), (224, 226, 56, 57), (9, 7, 2, 3),
+                                        (13, 13, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_space_to_depth_puts_each_blocks_pixels_in_its_channels(h, w, hb, wb, channels_last):
+    """Block channel c s s + i s + j at block (b, d) is pixel (b s + i, d s + j) of channel c,
+    0 past x's edge (a 227 input in 57 blocks of 4: one zero row and column), pixels past the
+    last block left out; the input's memory format; the cast in the same copy."""
+    s = 4
+    x = torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w) + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = torch.zeros(2, 3, hb * s, wb * s)
+    rows, cols = min(h, hb * s), min(w, wb * s)
+    want[:, :, :rows, :cols] = x[:, :, :rows, :cols]
+    want = want.view(2, 3, hb, s, wb, s).permute(0, 1, 3, 5, 2, 4).reshape(2, 3 * s * s, hb, wb)
+    got = space_to_depth(x, s, hb, wb)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    half = space_to_depth(x, s, hb, wb, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, want.to(torch.bfloat16))
+
+
 def test_conv1_forms_compute_the_same_net():
     """AlexNet(conv1_form="blocks") is the direct net: the same parameters and state_dict
     keys, outputs and every gradient to float64 rounding; `auto` is direct on the CPU."""
@@ -205,6 +228,23 @@ def test_conv1_blocks_under_bf16_autocast_and_channels_last():
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2,
                                atol=2e-2 * float(want.abs().max()))
+
+
+def test_conv1_blocks_trace_under_torch_compile():
+    """torch.compile (fullgraph: no graph break) of the blocks form, its buffer filled by
+    slices, gives the eager outputs and gradients."""
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=5, width=0.125, conv1_form="blocks").conv1
+    x = torch.randn(2, 3, 227, 227) * 60
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    results = []
+    for conv in (net, compiled):
+        net.zero_grad()
+        y = conv(x)
+        y.square().sum().backward()
+        results.append((y.detach(), net.weight.grad.clone(), net.bias.grad.clone()))
+    for want, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
 
 
 def test_a_conv1_form_that_does_not_exist_is_refused(monkeypatch):

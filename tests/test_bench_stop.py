@@ -70,7 +70,8 @@ def test_a_killed_train_bench_leaves_every_row_it_timed(tmp_path: Path) -> None:
         assert positive(settings[name]["alexnet"]), name
     assert "needs CUDA" in settings["fp16+GradScaler"]["note"]
     variants = figures["variants"]
-    assert set(variants) == {"default", "columns split (SplitAlexNet, one device)"} | {
+    assert set(variants) == {"default", "columns split (SplitAlexNet, one device)",
+                             "conv1 blocks (ALEXNET_CONV1=blocks)"} | {
         f"columns {f} (all three layers)" for f in ("groups", "separate", "dense")}
     assert all(positive(v) for v in variants.values())
     assert variants["default"] == settings["fp32"]["alexnet"]

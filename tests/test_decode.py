@@ -232,8 +232,8 @@ def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) 
     """Its batched decode (the GPU's path, on its CPU backend here) releases the interpreter
     lock while it decodes, so the loader's CPU decoders, which take the lock between images,
     run meanwhile. A thread that takes the lock for one count and gives it up again
-    (sleep(0)) counts on during the decode; across a call holding the lock it counts once at
-    most (`sum` of a long range, checked first), whatever the machine's speed."""
+    (sleep(0)) counts on during the decode (hundreds of times); across a call holding the lock
+    only at its edges (`sum` of a long range, checked first), whatever the machine's speed."""
     import threading
     import time
 
@@ -262,7 +262,8 @@ def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) 
     finally:
         stop.set()
         counter.join()
-    assert holding <= 2 and max(decoding) >= 20, (holding, decoding)
+    # a count or two can slip in at the call's edges (more on a loaded machine: 3 seen)
+    assert holding <= 5 and max(decoding) >= 20, (holding, decoding)
 
 
 def test_a_failing_nvimgcodec_says_what_it_said_of_libnvjpeg(monkeypatch) -> None:

@@ -31,16 +31,20 @@ CASES = {  # name: (shape, kernel, stride)
 
 
 def _grads(x: torch.Tensor, g: torch.Tensor, k: int, s: int, kernel: bool,
-           module: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled x and its gradient for g: by the op (or, with `module`, model.max_pool with
-    ALEXNET_POOL=triton, which picks the op for what it takes) or by torch's max_pool2d."""
+           module: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pooled x, its gradient for g and (from the op) each maximum's window position: by the
+    op (or, with `module`, model.max_pool with ALEXNET_POOL=triton, which picks the op for
+    what it takes) or by torch's max_pool2d."""
     xi = x.detach().clone().requires_grad_()
+    idx = None
     if module:
         y = max_pool(xi, nn.MaxPool2d(k, s), "triton")
+    elif kernel:
+        y, idx = torch.ops.alexnet.max_pool(xi, k, s)
     else:
-        y = torch.ops.alexnet.max_pool(xi, k, s)[0] if kernel else F.max_pool2d(xi, k, s)
+        y = F.max_pool2d(xi, k, s)
     y.backward(g)
-    return y.detach(), xi.grad
+    return y.detach(), xi.grad, idx
 
 
 def kernels() -> dict[str, np.ndarray]:
@@ -57,9 +61,8 @@ def kernels() -> dict[str, np.ndarray]:
                 key = f"{name}.{'ties' if ties else 'random'}.{str(dtype)[6:]}"
                 xd = x.to(dtype).contiguous(memory_format=torch.channels_last)
                 gd = g.to(dtype).contiguous(memory_format=torch.channels_last)
-                y, dx = _grads(xd, gd, k, s, kernel=True)
-                ry, rdx = _grads(xd, gd, k, s, kernel=False)
-                idx = torch.ops.alexnet.max_pool(xd, k, s)[1]
+                y, dx, idx = _grads(xd, gd, k, s, kernel=True)  # one interpreted forward
+                ry, rdx, _ = _grads(xd, gd, k, s, kernel=False)
                 saved[f"{key}.x"], saved[f"{key}.g"] = xd.double().numpy(), gd.double().numpy()
                 saved[f"{key}.y"], saved[f"{key}.dx"] = y.double().numpy(), dx.double().numpy()
                 saved[f"{key}.torch_y"] = ry.double().numpy()
@@ -113,11 +116,11 @@ def edges() -> dict[str, np.ndarray]:
         x = x.contiguous(memory_format=torch.channels_last)
         g = torch.randn(F.max_pool2d(x, k, s).shape, generator=gen, dtype=x.dtype)
         try:
-            y, dx = _grads(x, g, k, s, kernel=True, module=True)
+            y, dx, _ = _grads(x, g, k, s, kernel=True, module=True)
         except Exception as err:
             saved[f"edge.{name}.error"] = np.array(f"{type(err).__name__}: {err}")
             continue
-        ry, rdx = _grads(x, g, k, s, kernel=False)
+        ry, rdx, _ = _grads(x, g, k, s, kernel=False)
         saved[f"edge.{name}.y"], saved[f"edge.{name}.dx"] = y.numpy(), dx.numpy()
         saved[f"edge.{name}.torch_y"], saved[f"edge.{name}.torch_dx"] = ry.numpy(), rdx.numpy()
     return saved

@@ -1,7 +1,9 @@
-"""Shared test fixtures: the real Fashion-MNIST files where the Debian package is installed."""
+"""Shared test fixtures: the real Fashion-MNIST files where the Debian package is installed;
+and how pytest-xdist (`-n auto`) shares the suite among its workers."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -9,13 +11,54 @@ import pytest
 import torch
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Seconds each of the longest modules took on one of two xdist workers (2-core CPU, CI's
+# machine): under xdist these start first, so that none of them starts last and runs alone.
+LONGEST = {"test_lrn_triton.py": 255, "test_train.py": 221, "test_distributed.py": 122,
+           "test_bench.py": 91, "test_figures.py": 71, "test_own.py": 57,
+           "test_gpu_machine_triton.py": 49, "test_model.py": 38, "test_pool_triton.py": 30,
+           "test_augment_triton.py": 25, "test_speed_options.py": 22, "test_export.py": 21}
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+def _threads() -> int:
+    """Torch's threads in this process: at most 2, and under xdist no more than the cores
+    shared among its workers (more threads than cores only contend)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(2, torch.get_num_threads(), (cores or 1) // workers))
+
+
+torch.set_num_threads(_threads())
 
 # A shell starts a background job (`pytest &`) with SIGINT ignored, which the tests of Ctrl-C
 # would inherit (and pass on to the commands they start): give them Python's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`-n N` sends each module whole to one worker (its module-scoped fixtures, some of them
+    minutes of training or interpreted kernels, are made once, not once per worker), in the
+    order the workers collected them (pytest_collection_modifyitems); an explicit --dist other
+    than load is kept."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False  # keep the workers' order
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, the longest modules first (LONGEST), each module's tests in their
+    own order, the other modules as collected."""
+    if not hasattr(config, "workerinput"):  # set by xdist in its workers
+        return
+    items.sort(key=lambda item: -LONGEST.get(item.path.name, 0))
 
 
 @pytest.fixture(scope="session")

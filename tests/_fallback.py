@@ -4,7 +4,11 @@ as a kernel that does not compile on a GPU would be; `auto` must not raise."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +28,25 @@ def cpu_check_warning(check: Callable[[torch.device], bool], key: str,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("\n")
     return err
+
+
+def interpreted_check(patch: str, check: str, show: str = "ok") -> str:
+    """What a kernel's first-use `check` (alexnet.model's, on CPU tensors through Triton's
+    interpreter, in a child process: TRITON_INTERPRET must be set before triton is imported)
+    prints after `patch` (Python lines) has broken the kernels: `show` (the check's result
+    `ok`, or an expression of it), then what it wrote on stderr."""
+    code = ("import contextlib, io, torch\n"
+            "import alexnet.model\n"
+            f"{patch}"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    ok = alexnet.model.{check}(torch.device('cpu'))\n"
+            f"print({show})\n"
+            "print(err.getvalue(), end='')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

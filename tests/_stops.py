@@ -1,5 +1,5 @@
 """Test helpers for stops and second writers: a lock held by another process, a folder's
-bytes, and Ctrl-C at a chosen training step."""
+bytes, Ctrl-C at a chosen training step, and stand-in benchmarks for `alexnet bench`."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ def ctrl_c_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
         return real_step(*args)
 
     monkeypatch.setattr(loop, "train_step", step)
+
+
+def stand_in_bench(monkeypatch, name: str, bench, what: str = "a stand-in") -> None:
+    """`alexnet bench NAME` runs `bench(args)` (a module alexnet.bench.NAME of its own) for
+    the rest of the test."""
+    import types
+
+    import alexnet.bench
+
+    module = types.ModuleType(f"alexnet.bench.{name}")
+    module.bench = bench
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(alexnet.bench.WHATS, name, what)

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _stops import stand_in_bench
 
 from alexnet import paper
 from alexnet.bench.train import GRAPH_ROW, graphed_step, settings_for
@@ -205,10 +206,7 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
     the one running with the figures it had put in args.figures, and the exit status is 124."""
     import os
     import signal
-    import sys
-    import types
 
-    import alexnet.bench
 
     def finished(args):
         return {"rate": 1.0}
@@ -231,10 +229,7 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
         return args.figures
 
     for name, fn in (("finished", finished), ("cut", cut), ("wrapped", wrapped)):
-        module = types.ModuleType(f"alexnet.bench.{name}")
-        module.bench = fn
-        monkeypatch.setitem(sys.modules, f"alexnet.bench.{name}", module)
-        monkeypatch.setitem(alexnet.bench.WHATS, name, f"a stand-in, {name}")
+        stand_in_bench(monkeypatch, name, fn, f"a stand-in, {name}")
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "figures.json"
     assert main(["bench", "finished", "cut", "--device", "cpu", "--json", str(out)]) == 124
@@ -252,10 +247,7 @@ def test_a_run_stopped_by_sigterm_keeps_the_figures_it_reached(tmp_path, monkeyp
         args.figures["first row"] = 5.0
         raise RuntimeError("a benchmark's own error")
 
-    module = types.ModuleType("alexnet.bench.broken")
-    module.bench = broken
-    monkeypatch.setitem(sys.modules, "alexnet.bench.broken", module)
-    monkeypatch.setitem(alexnet.bench.WHATS, "broken", "a stand-in that fails")
+    stand_in_bench(monkeypatch, "broken", broken, "a stand-in that fails")
     with pytest.raises(RuntimeError, match="own error"):  # no SIGTERM: an error stays one
         main(["bench", "finished", "broken", "--device", "cpu", "--json", str(out)])
     written = json.loads(out.read_text())  # with what was measured before it
@@ -492,10 +484,7 @@ def test_an_error_after_sigterm_stops_the_run_instead_of_being_recorded(tmp_path
     the time limit's SIGKILL, instead of going on."""
     import os
     import signal
-    import sys
-    import types
 
-    import alexnet.bench
     from alexnet.bench import pipeline
 
     def capture() -> float:
@@ -511,10 +500,7 @@ def test_an_error_after_sigterm_stops_the_run_instead_of_being_recorded(tmp_path
         args.figures["never reached"] = 3.0
         return args.figures
 
-    module = types.ModuleType("alexnet.bench.cut")
-    module.bench = cut
-    monkeypatch.setitem(sys.modules, "alexnet.bench.cut", module)
-    monkeypatch.setitem(alexnet.bench.WHATS, "cut", "a stand-in")
+    stand_in_bench(monkeypatch, "cut", cut)
     out = tmp_path / "figures.json"
     assert main(["bench", "cut", "--device", "cpu", "--json", str(out)]) == 124
     assert json.loads(out.read_text())["cut"] == {"first row": 2.0}

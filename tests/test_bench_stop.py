@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _stops import stand_in_bench
 
 from alexnet.cli import main
 
@@ -142,9 +143,7 @@ def test_a_run_that_sigterm_does_not_stop_is_ended_with_its_figures(how: str,
 def test_a_sigterm_swallowed_on_its_way_up_stops_the_run_at_the_next_figure(
         tmp_path: Path, monkeypatch, capsys) -> None:
     """The run stops (124) at the next figure instead of measuring it, its figures kept."""
-    import types
 
-    import alexnet.bench
     from alexnet.bench import measured
 
     def swallowing(args):
@@ -157,10 +156,7 @@ def test_a_sigterm_swallowed_on_its_way_up_stops_the_run_at_the_next_figure(
         args.figures["second"] = measured(lambda: 2.0)
         return args.figures
 
-    module = types.ModuleType("alexnet.bench.swallowing")
-    module.bench = swallowing
-    monkeypatch.setitem(sys.modules, "alexnet.bench.swallowing", module)
-    monkeypatch.setitem(alexnet.bench.WHATS, "swallowing", "a stand-in")
+    stand_in_bench(monkeypatch, "swallowing", swallowing)
     out = tmp_path / "figures.json"
     assert main(["bench", "swallowing", "--device", "cpu", "--json", str(out)]) == 124
     written = json.loads(out.read_text())

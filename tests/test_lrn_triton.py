@@ -290,25 +290,18 @@ def test_a_rows_kernel_wrong_in_bf16_alone_fails_the_check():
     net trained on a wrong LRN. Now the check also runs bf16 and leaves the rows layout."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    code = ("import contextlib, io, torch\n"
-            "import alexnet.model, alexnet.lrn_triton as m\n"
-            "launch = m._launch_rows\n"
-            "def wrong_in_bf16(kernel, tensors, out, *args, **kwargs):\n"
-            "    launch(kernel, tensors, out, *args, **kwargs)\n"
-            "    if out.dtype == torch.bfloat16:\n"
-            "        out.mul_(1.05)\n"
-            "m._launch_rows, m.LAYOUT = wrong_in_bf16, 'rows'\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
-            "    ok = alexnet.model.triton_lrn_verified(torch.device('cpu'))\n"
-            "print(ok, m.LAYOUT)\n"
-            "print(err.getvalue(), end='')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.stdout.startswith("True tile\nalexnet: warning: the Triton LRN's rows layout "
-                                  "on cpu differs from the torch path"), done.stdout + done.stderr
+    from _fallback import interpreted_check
+
+    out = interpreted_check("import alexnet.lrn_triton as m\n"
+                            "launch = m._launch_rows\n"
+                            "def wrong_in_bf16(kernel, tensors, out, *args, **kwargs):\n"
+                            "    launch(kernel, tensors, out, *args, **kwargs)\n"
+                            "    if out.dtype == torch.bfloat16:\n"
+                            "        out.mul_(1.05)\n"
+                            "m._launch_rows, m.LAYOUT = wrong_in_bf16, 'rows'\n",
+                            "triton_lrn_verified", "ok, m.LAYOUT")
+    assert out.startswith("True tile\nalexnet: warning: the Triton LRN's rows layout on cpu "
+                          "differs from the torch path"), out
 
 
 def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):

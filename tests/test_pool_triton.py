@@ -139,26 +139,19 @@ def test_a_pool_kernel_wrong_in_bf16_alone_fails_the_check():
     Now the check also runs bf16 and falls back to nn.MaxPool2d, with one warning."""
     if triton_pool_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    code = ("import contextlib, io, torch\n"
-            "import alexnet.model, alexnet.pool_triton as m\n"
-            "launch = m._launch\n"
-            "def wrong_in_bf16(kernel, args, k, s):\n"
-            "    launch(kernel, args, k, s)\n"
-            "    if kernel is m._max_pool_backward_kernel and args[2].dtype == torch.bfloat16:\n"
-            "        args[2].mul_(1.05)\n"
-            "m._launch = wrong_in_bf16\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
-            "    ok = alexnet.model.triton_pool_verified(torch.device('cpu'))\n"
-            "print(ok)\n"
-            "print(err.getvalue(), end='')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.stdout.startswith("False\nalexnet: warning: the Triton max-pool on cpu differs "
-                                  "from torch's max_pool2d"), done.stdout + done.stderr
-    assert done.stdout.count("\n") == 2  # one warning line
+    from _fallback import interpreted_check
+
+    out = interpreted_check(
+        "import alexnet.pool_triton as m\n"
+        "launch = m._launch\n"
+        "def wrong_in_bf16(kernel, args, k, s):\n"
+        "    launch(kernel, args, k, s)\n"
+        "    if kernel is m._max_pool_backward_kernel and args[2].dtype == torch.bfloat16:\n"
+        "        args[2].mul_(1.05)\n"
+        "m._launch = wrong_in_bf16\n", "triton_pool_verified")
+    assert out.startswith("False\nalexnet: warning: the Triton max-pool on cpu differs from "
+                          "torch's max_pool2d"), out
+    assert out.count("\n") == 2  # one warning line
 
 
 def test_what_the_kernels_do_not_take_runs_torchs_pool(monkeypatch):

@@ -630,13 +630,10 @@ class AlexNet(nn.Module):
                  conv1_form: str | None = None, crop: int = paper.CROP_SIZE,
                  init_bias: float = paper.INIT_BIAS_ONE) -> None:
         super().__init__()
-        if column_conv is None and COLUMN_CONV not in COLUMN_FORMS:
-            raise UserError(f"ALEXNET_COLUMNS={COLUMN_CONV!r}: choose from "
-                            f"{', '.join(COLUMN_FORMS)}")
-        form = COLUMN_CONV if column_conv is None else column_conv
-        if conv1_form is None and CONV1_FORM not in CONV1_FORMS:
-            raise UserError(f"ALEXNET_CONV1={CONV1_FORM!r}: choose from "
-                            f"{', '.join(CONV1_FORMS)}")
+        form = (_chosen("ALEXNET_COLUMNS", COLUMN_CONV, COLUMN_FORMS) if column_conv is None
+                else column_conv)
+        if conv1_form is None:
+            conv1_form = _chosen("ALEXNET_CONV1", CONV1_FORM, CONV1_FORMS)
         if columns not in (1, 2):
             raise ValueError(f"columns={columns}: 1 or 2")
         if activation not in ("relu", "tanh"):
@@ -665,7 +662,7 @@ class AlexNet(nn.Module):
         fc = n(paper.FC_WIDTH, halve=False)
         g = columns
         self.conv1 = Conv1(3, c1, paper.CONV1[1], paper.CONV1[2], paper.CONV1[3],
-                           form=CONV1_FORM if conv1_form is None else conv1_form)
+                           form=conv1_form)
         self.conv2 = ColumnConv2d(c1, c2, *paper.CONV2[1:4], groups=g, form=form,
                                   cuda_auto=CUDA_AUTO_FORM["conv2"])
         self.conv3 = nn.Conv2d(c2, c3, paper.CONV3[1], paper.CONV3[2], paper.CONV3[3])

@@ -472,14 +472,15 @@ def run_pipeline(device: torch.device, plan: dict[str, int], root: Path,
     # Diagnoses beside the goals' figures, after them: each kept as measured, or its error
     others = [name for name in decode.GPU_DECODERS if name in r.get("gpu_decode", {})
               and name != r["gpu_decode"]["default"] and "error" not in r["gpu_decode"][name]]
+    def with_other_decoder() -> dict[str, float]:
+        loader = train_loader(jpeg, batch, device)
+        return {"share": loader.reading.gpu_decode,
+                "jpeg_loader": loader_rate(loader, device, loader_steps, warmup),
+                "jpeg_training": training_rate(loader, trainer, steps, warmup)}
+
     for name in others:  # the loader and training at the defaults, with this GPU decoder
         with gpu_decoder_set(name):
-            _diagnosis(r, "other_gpu_decoders", name, lambda: {
-                "share": train_loader(jpeg, batch, device).reading.gpu_decode,
-                "jpeg_loader": loader_rate(train_loader(jpeg, batch, device), device,
-                                           loader_steps, warmup),
-                "jpeg_training": training_rate(train_loader(jpeg, batch, device), trainer,
-                                               steps, warmup)})
+            _diagnosis(r, "other_gpu_decoders", name, with_other_decoder)
     if device.type != "cuda":
         return r
     for d in (4, 8):  # what limits training from a store: the read-ahead threads?

@@ -102,6 +102,19 @@ def _shifted(ptr, base, c, p, in_p, cg, s_c, s_p, D: tl.constexpr, ON: tl.conste
 
 
 @triton.jit
+def _input(ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, D: tl.constexpr,
+           ON: tl.constexpr, COMPUTE: tl.constexpr, BIAS: tl.constexpr):
+    """The input's tile D maps along (`_shifted`) with those maps' biases added (BIAS: the
+    conv's bias add folded in); 0 outside the column, as there."""
+    v = _shifted(ptr, base, c, p, in_p, cg, s_c, s_p, D, ON, COMPUTE)
+    if BIAS:
+        if ON:
+            cj = c + D
+            v += tl.load(bias_ptr + col0 + cj, mask=(cj >= 0) & (cj < cg), other=0.0).to(COMPUTE)
+    return v
+
+
+@triton.jit
 def _relu(x, RELU: tl.constexpr):
     """ReLU(x) as torch's: NaN stays NaN (tl.maximum would give 0, hiding a divergence)."""
     if RELU:
@@ -171,7 +184,8 @@ def _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, a, s, beta, D: tl.constexpr,
 def _tile(hw, cg, groups, s_n, s_c, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
           CHANNELS_LAST: tl.constexpr):
     """This program's offsets: base (image and column), channels c within the column, pixels
-    p; the contiguous axis last, so loads vectorise (channels in channels_last)."""
+    p; the contiguous axis last, so loads vectorise (channels in channels_last); and col0, the
+    column's first channel (where its maps' biases start)."""
     pid = tl.program_id(0)  # images x columns x channel blocks: axis 0 has no 65535 cap
     pid_p = tl.program_id(1)
     blocks = tl.cdiv(cg, BLOCK_C)
@@ -185,23 +199,27 @@ def _tile(hw, cg, groups, s_n, s_c, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
     else:
         c = c0 + tl.arange(0, BLOCK_C)[:, None]
         p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    return base, c, p
+    return base, c, p, col * cg
 
 
 @triton.jit
-def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta, k,
-                        COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                        CHANNELS_LAST: tl.constexpr,
-                        BETA_3_4: tl.constexpr):
-    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
+def _lrn_forward_kernel(a_ptr, bias_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta,
+                        k, COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                        BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                        CHANNELS_LAST: tl.constexpr, BETA_3_4: tl.constexpr):
+    base, c, p, col0 = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     # the window's 2 HALF + 1 maps, each loaded once (the shifted ones from the cache)
-    am2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, HALF == 2, COMPUTE), RELU)
-    am1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE), RELU)
-    a0 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE), RELU)
-    ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
-    ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, HALF == 2, COMPUTE), RELU)
+    am2 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -2,
+                       HALF == 2, COMPUTE, BIAS), RELU)
+    am1 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -1,
+                       True, COMPUTE, BIAS), RELU)
+    a0 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 0,
+                      True, COMPUTE, BIAS), RELU)
+    ap1 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 1,
+                       True, COMPUTE, BIAS), RELU)
+    ap2 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 2,
+                       HALF == 2, COMPUTE, BIAS), RELU)
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
     pw, _ = _powers(s, beta, BETA_3_4)
     b = a0 * pw
@@ -210,27 +228,27 @@ def _lrn_forward_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta
 
 
 @triton.jit
-def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta,
-                         k, COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr,
-                        BETA_3_4: tl.constexpr):
-    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
+def _lrn_backward_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
+                         alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
+                         RELU: tl.constexpr, BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                         BETA_3_4: tl.constexpr):
+    base, c, p, col0 = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     # grad_c = g_c s_c^-beta - 2 alpha beta a_c sum_{j in window(c)} g_j a_j s_j^(-beta-1):
     # a at the 4 HALF + 1 maps c-2HALF..c+2HALF, each loaded and squared once, give the
     # 2 HALF + 1 sums s_j; the g_j are loaded once each. Loads outside the column are 0,
     # so the clipped windows (of c and of each j) come out of the same sums.
     H2: tl.constexpr = HALF == 2
-    xm4 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -4, H2, COMPUTE)
-    xm3 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -3, H2, COMPUTE)
-    xm2 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, True, COMPUTE)
-    xm1 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE)
-    x0 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
-    xp1 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE)
-    xp2 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, True, COMPUTE)
-    xp3 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 3, H2, COMPUTE)
-    xp4 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 4, H2, COMPUTE)
+    xm4 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -4, H2, COMPUTE, BIAS)
+    xm3 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -3, H2, COMPUTE, BIAS)
+    xm2 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -2, True, COMPUTE, BIAS)
+    xm1 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE, BIAS)
+    x0 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE, BIAS)
+    xp1 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE, BIAS)
+    xp2 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 2, True, COMPUTE, BIAS)
+    xp3 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 3, H2, COMPUTE, BIAS)
+    xp4 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 4, H2, COMPUTE, BIAS)
     am4, am3, am2, am1 = _relu(xm4, RELU), _relu(xm3, RELU), _relu(xm2, RELU), _relu(xm1, RELU)
     a0, ap1, ap2, ap3, ap4 = (_relu(x0, RELU), _relu(xp1, RELU), _relu(xp2, RELU),
                               _relu(xp3, RELU), _relu(xp4, RELU))
@@ -258,24 +276,28 @@ def _lrn_backward_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p, a
 
 
 @triton.jit
-def _lrn_backward_twophase_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
-                                  alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
-                                  RELU: tl.constexpr, BLOCK_C: tl.constexpr,
-                                  BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                                  BETA_3_4: tl.constexpr):
+def _lrn_backward_twophase_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, hw, cg, groups, s_n, s_c,
+                                  s_p, alpha, beta, k, COMPUTE: tl.constexpr,
+                                  HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
+                                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                                  CHANNELS_LAST: tl.constexpr, BETA_3_4: tl.constexpr):
     # the same gradient with one power per element instead of one per s_j: the program
     # holds a whole column (BLOCK_C >= cg), writes each map's u_c = g_c a_c s_c^(-beta-1)
     # into the output (in its dtype), waits for all its threads, reads u back at
     # c-HALF..c+HALF (from the cache) and overwrites it with the gradient
-    base, c, p = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
+    base, c, p, col0 = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
     in_p = p < hw
     H2: tl.constexpr = HALF == 2
-    am2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -2, H2, COMPUTE), RELU)
-    am1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE), RELU)
-    x0 = _shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
+    am2 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p,
+                       -2, H2, COMPUTE, BIAS), RELU)
+    am1 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -1,
+                       True, COMPUTE, BIAS), RELU)
+    x0 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE, BIAS)
     a0 = _relu(x0, RELU)
-    ap1 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE), RELU)
-    ap2 = _relu(_shifted(a_ptr, base, c, p, in_p, cg, s_c, s_p, 2, H2, COMPUTE), RELU)
+    ap1 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 1,
+                       True, COMPUTE, BIAS), RELU)
+    ap2 = _relu(_input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p,
+                       2, H2, COMPUTE, BIAS), RELU)
     s = k + alpha * _window(am2 * am2, am1 * am1, a0 * a0, ap1 * ap1, ap2 * ap2, HALF)
     pw, q = _powers(s, beta, BETA_3_4)
     g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
@@ -638,26 +660,40 @@ def _band_block(rows, C, cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _lrn_forward_band_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k, HALF: tl.constexpr,
-                             RELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+def _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C: tl.constexpr, BIAS: tl.constexpr):
+    """The band block of the input in fp32, with its maps' biases added (BIAS); 0 outside
+    the column."""
+    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if BIAS:
+        ch = tl.program_id(1) * cg + tl.arange(0, BLOCK_C)
+        b = tl.load(bias_ptr + ch, mask=tl.arange(0, BLOCK_C) < cg, other=0.0)
+        x += b.to(tl.float32)[None, :]
+    return x
+
+
+@triton.jit
+def _lrn_forward_band_kernel(a_ptr, bias_ptr, b_ptr, rows, C, cg, alpha, beta, k,
+                             HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                              BETA_3_4: tl.constexpr):
     # one block of pixels x the column's maps, read once in whole rows; the window sums of
     # the squares are one product with the band matrix
     offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
-    a = _relu(tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32), RELU)
+    a = _relu(_band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS), RELU)
     s = k + alpha * _window_sums(a * a, _band(cg, HALF, BLOCK_C))
     pw, _ = _powers(s, beta, BETA_3_4)
     tl.store(b_ptr + offs, (a * pw).to(b_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _lrn_backward_band_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k,
-                              HALF: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr,
-                              BLOCK_C: tl.constexpr, BETA_3_4: tl.constexpr):
+def _lrn_backward_band_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alpha, beta, k,
+                              HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
+                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                              BETA_3_4: tl.constexpr):
     # s from the squares as in the forward, u = g a s^(-beta-1) in registers, and the sum of
     # u over the maps whose window holds c: the band is symmetric, so one more product
     offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
-    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS)
     a = _relu(x, RELU)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     band = _band(cg, HALF, BLOCK_C)
@@ -697,9 +733,10 @@ def _block_c(cg: int) -> int:
 
 def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int, half: int,
             alpha: float, beta: float, k: float, relu: bool, tile: int,
-            whole_column: bool = False) -> None:
-    """Run `kernel` over `tensors` (the shape and memory format of out): a program per
-    block of a column's channels (the whole column if `whole_column`) and of pixels."""
+            whole_column: bool = False, bias: torch.Tensor | None = None) -> None:
+    """Run `kernel` over `tensors` (the shape and memory format of out) and `bias` (the
+    input's per-map bias, added as it is loaded; None: none): a program per block of a
+    column's channels (the whole column if `whole_column`) and of pixels."""
     n, c, h, w = out.shape
     cg = c // groups
     block_c = triton.next_power_of_2(cg) if whole_column else _block_c(cg)
@@ -708,9 +745,10 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
     s_n, s_c, s_p, channels_last = _strides(out)
     grid = (n * groups * triton.cdiv(cg, block_c), triton.cdiv(h * w, block_p))
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_p, alpha, beta, k,
-                     COMPUTE=compute, HALF=half, RELU=relu, BLOCK_C=block_c,
-                     BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_3_4=beta == 0.75,
+        kernel[grid](*tensors, out if bias is None else bias, out, h * w, cg, groups, s_n, s_c,
+                     s_p, alpha, beta, k, COMPUTE=compute, HALF=half, RELU=relu,
+                     BIAS=bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+                     CHANNELS_LAST=channels_last, BETA_3_4=beta == 0.75,
                      num_warps=NUM_WARPS)
 
 
@@ -767,17 +805,18 @@ def _band_shape(cg: int) -> tuple[int, int, int]:
 
 
 def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
-                 half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
+                 half: int, alpha: float, beta: float, k: float, relu: bool,
+                 bias: torch.Tensor | None = None) -> None:
     """Run a band-layout `kernel` over channels_last `tensors` (the shape and memory format of
-    out): a program per block of pixels and column."""
+    out) and `bias` (as `_launch`'s): a program per block of pixels and column."""
     n, c, h, w = out.shape
     cg = c // groups
     block_p, block_c, num_warps = _band_shape(cg)
     grid = (triton.cdiv(n * h * w, block_p), groups)
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, HALF=half, RELU=relu,
-                     BLOCK_P=block_p, BLOCK_C=block_c, BETA_3_4=beta == 0.75,
-                     num_warps=num_warps)
+        kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
+                     k, HALF=half, RELU=relu, BIAS=bias is not None, BLOCK_P=block_p,
+                     BLOCK_C=block_c, BETA_3_4=beta == 0.75, num_warps=num_warps)
 
 
 def _kernels_for(out: torch.Tensor, groups: int) -> str:
@@ -794,27 +833,46 @@ def _kernels_for(out: torch.Tensor, groups: int) -> str:
     return "rows" if channels_last and fits else "tile"
 
 
-def _check(x: torch.Tensor, groups: int, half: int) -> None:
+def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -> None:
     if x.dim() != 4 or x.shape[1] % groups:
         raise ValueError(f"lrn: need (N, C, H, W) with C divisible by groups={groups}, "
                          f"got {tuple(x.shape)}")
     if not 1 <= half <= MAX_HALF:
         raise ValueError(f"lrn: the kernel takes windows n = 3 or 5 (half 1 or 2), got {half}")
+    if bias is not None and (bias.shape != x.shape[1:2] or bias.device != x.device):
+        raise ValueError(f"lrn: the bias must be one value per map ({x.shape[1]},) on "
+                         f"{x.device}, got {tuple(bias.shape)} on {bias.device}")
+
+
+# the layouts whose kernels add a bias as they load the input; the others (channels, rows)
+# take the input with its bias added by torch first (one more pass each way)
+BIAS_LAYOUTS = ("tile", "band")
+
+
+def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """a plus its per-map bias in a's memory format, for the kernels that do not add it
+    themselves: in the wider of the two dtypes (fp32 for a bf16 a), so that the sum is not
+    rounded to a's, as the other kernels do not round it."""
+    return _layout(a + bias.view(1, -1, 1, 1))
 
 
 def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
-            relu: bool) -> torch.Tensor:
-    """The paper's LRN of x (N, C, H, W) (of ReLU(x) if `relu`: the two layers in one pass)
-    over channels within each of `groups` columns, window c-half..c+half clipped at each
-    column's edges: the kernels' launch, without autograd (`apply` and the op `lrn` add it)."""
-    _check(x, groups, half)
+            relu: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's LRN of x (N, C, H, W) (of ReLU(x) if `relu`: the two layers in one pass;
+    of x + bias, one value per map, if `bias`: the conv's bias add folded in too) over
+    channels within each of `groups` columns, window c-half..c+half clipped at each column's
+    edges: the kernels' launch, without autograd (`apply` and the op `lrn` add it)."""
+    _check(x, groups, half, bias)
     a = _layout(x)
     out = torch.empty_like(a)
     if not out.numel():
         return out
     kernels = _kernels_for(out, groups)
+    if bias is not None and kernels not in BIAS_LAYOUTS:
+        a, bias = _biased(a, bias), None
     if kernels == "band":
-        _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu)
+        _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
+                     bias)
     elif kernels == "rows":
         _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
     elif kernels == "channels":
@@ -822,14 +880,16 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
                          relu)
     else:
         _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
-                FORWARD_TILE)
+                FORWARD_TILE, bias=bias)
     return out
 
 
 def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
-             beta: float, k: float, relu: bool) -> torch.Tensor:
-    """grad_x of forward(x, ...) for the output gradient g, in one pass."""
-    _check(x, groups, half)
+             beta: float, k: float, relu: bool, bias: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """grad_x of forward(x, ..., bias) for the output gradient g, in one pass (also the
+    gradient of x + bias, whose sum over images and pixels is the bias's: `bias_grad`)."""
+    _check(x, groups, half, bias)
     _setting("ALEXNET_LRN_BACKWARD", BACKWARD, BACKWARDS)
     a = _layout(x)
     fmt = torch.channels_last if _strides(a)[3] else torch.contiguous_format
@@ -838,9 +898,11 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     if not out.numel():
         return out
     kernels = _kernels_for(out, groups)
+    if bias is not None and kernels not in BIAS_LAYOUTS:
+        a, bias = _biased(a, bias), None
     if kernels == "band":
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu)
+                     relu, bias)
     elif kernels == "rows":
         _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu)
@@ -851,8 +913,17 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
         twophase = BACKWARD == "twophase"
         kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
         _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
-                whole_column=twophase)
+                whole_column=twophase, bias=bias)
     return out
+
+
+def bias_grad(grad: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias's gradient from `backward`'s: its sum over images and pixels, accumulated in
+    fp32 (fp64 for fp64), in the bias's dtype; None without a bias."""
+    if bias is None:
+        return None
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return grad.sum((0, 2, 3), dtype=acc).to(bias.dtype)
 
 
 # The custom ops: what torch.compile traces (one node each, no graph break). In eager mode
@@ -864,24 +935,25 @@ lrn_backward = torch.library.custom_op("alexnet::lrn_backward", backward, mutate
 
 
 @lrn.register_fake
-def _lrn_fake(x, groups, half, alpha, beta, k, relu):
+def _lrn_fake(x, groups, half, alpha, beta, k, relu, bias=None):
     return torch.empty_like(_layout(x))
 
 
 @lrn_backward.register_fake
-def _lrn_backward_fake(g, x, groups, half, alpha, beta, k, relu):
+def _lrn_backward_fake(g, x, groups, half, alpha, beta, k, relu, bias=None):
     return torch.empty_like(_layout(x))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, groups, half, alpha, beta, k, relu = inputs
-    ctx.save_for_backward(x)
+    x, groups, half, alpha, beta, k, relu, bias = inputs
+    ctx.save_for_backward(x, bias)
     ctx.consts = (groups, half, alpha, beta, k, relu)
 
 
 def _backward(ctx, g: torch.Tensor):
-    (x,) = ctx.saved_tensors
-    return lrn_backward(g, x, *ctx.consts), None, None, None, None, None, None
+    x, bias = ctx.saved_tensors
+    grad = lrn_backward(g, x, *ctx.consts, bias)
+    return grad, None, None, None, None, None, None, bias_grad(grad, bias)
 
 
 lrn.register_autograd(_backward, setup_context=_setup_context)
@@ -891,20 +963,21 @@ class _EagerLRN(torch.autograd.Function):
     """The op's forward and backward launches with autograd, without the op's dispatch."""
 
     @staticmethod
-    def forward(ctx, x, groups, half, alpha, beta, k, relu):
-        _setup_context(ctx, (x, groups, half, alpha, beta, k, relu), None)
-        return forward(x, groups, half, alpha, beta, k, relu)
+    def forward(ctx, x, groups, half, alpha, beta, k, relu, bias):
+        _setup_context(ctx, (x, groups, half, alpha, beta, k, relu, bias), None)
+        return forward(x, groups, half, alpha, beta, k, relu, bias)
 
     @staticmethod
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return backward(g, x, *ctx.consts), None, None, None, None, None, None
+        x, bias = ctx.saved_tensors
+        grad = backward(g, x, *ctx.consts, bias)
+        return grad, None, None, None, None, None, None, bias_grad(grad, bias)
 
 
 def apply(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
-          relu: bool) -> torch.Tensor:
-    """lrn(x, ...) with its gradient: the custom op under torch.compile, the same kernels
-    through an autograd.Function in eager mode."""
+          relu: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """lrn(x, ...) with its gradients (x's, and bias's when given): the custom op under
+    torch.compile, the same kernels through an autograd.Function in eager mode."""
     if torch.compiler.is_compiling():
-        return lrn(x, groups, half, alpha, beta, k, relu)
-    return _EagerLRN.apply(x, groups, half, alpha, beta, k, relu)
+        return lrn(x, groups, half, alpha, beta, k, relu, bias)
+    return _EagerLRN.apply(x, groups, half, alpha, beta, k, relu, bias)

@@ -161,17 +161,19 @@ def _verify_triton_lrn(device: torch.device) -> bool:
     gen = torch.Generator().manual_seed(0)
     # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last, as the net runs
     # them (with ALEXNET_LRN_LAYOUT=rows: a whole column and runs of 64 with their
-    # neighbours), in fp32 and in bf16 (the rows kernels load 8 bf16 maps at a time, not 4)
+    # neighbours), in fp32 and in bf16 (the rows kernels load 8 bf16 maps at a time, not 4),
+    # with the conv's bias folded in as the net runs them (fp32, as its parameter)
     inputs = []
     for maps, side in ((paper.CONV1[0], 5), (paper.CONV2[0], 3)):
         x = (torch.rand(1, maps, 3, side, generator=gen) * 600 - 300).to(device)
         g = torch.randn(x.shape, generator=gen).to(device)
-        inputs += [(x.to(dtype).contiguous(memory_format=torch.channels_last), g.to(dtype))
-                   for dtype in (torch.float32, torch.bfloat16)]
+        bias = (torch.rand(maps, generator=gen) * 200 - 100).to(device)
+        inputs += [(x.to(dtype).contiguous(memory_format=torch.channels_last), g.to(dtype),
+                    bias) for dtype in (torch.float32, torch.bfloat16)]
     module = triton_lrn_module()
 
     def fault() -> str | None:
-        return next((why for x, g in inputs if (why := _triton_lrn_fault(x, g))), None)
+        return next((why for x, g, b in inputs if (why := _triton_lrn_fault(x, g, b))), None)
 
     why = fault()
     layout = module.LAYOUT
@@ -202,39 +204,44 @@ def _kernel_fault(agrees: Callable[[], bool], replaced: str) -> str | None:
         return f"failed ({type(err).__name__}: {first})"
 
 
-def _triton_lrn_fault(x: torch.Tensor, g: torch.Tensor) -> str | None:
-    """Why the Triton LRN of x (ReLU folded in) fails or disagrees with the torch path,
-    forward and backward for the output gradient g; None when it agrees. The torch path
-    computes in fp32 from the same values (bf16 ones upcast)."""
+def _triton_lrn_fault(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor) -> str | None:
+    """Why the Triton LRN of x + bias (ReLU folded in) fails or disagrees with the torch path,
+    forward and backward (x's and the bias's gradients) for the output gradient g; None when
+    it agrees. The torch path computes in fp32 from the same values (bf16 ones upcast)."""
     rtol = BF16_RTOL if x.dtype == torch.bfloat16 else None
-    return _kernel_fault(lambda: _agree(_lrn_and_grad(x, g, "triton"),
-                                        _lrn_and_grad(x.float(), g.float(), "torch"), rtol),
+    return _kernel_fault(lambda: _agree(_lrn_and_grad(x, g, bias, "triton"),
+                                        _lrn_and_grad(x.float(), g.float(), bias, "torch"),
+                                        rtol),
                          "the torch path")
 
 
-def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, backend: str
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReLU then LRN of x (2 columns, the paper's constants) and its input gradient for g,
-    whatever grad, inference or autocast mode the caller is in."""
+def _lrn_and_grad(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor, backend: str
+                  ) -> tuple[torch.Tensor, ...]:
+    """ReLU then LRN of x + bias (2 columns, the paper's constants) and the gradients of x
+    and bias for g, whatever grad, inference or autocast mode the caller is in."""
     with torch.inference_mode(False), torch.enable_grad(), \
             torch.autocast(x.device.type, enabled=False):
-        xi = x.clone().requires_grad_()
-        y = lrn(xi, groups=2, backend=backend, relu=True)
-        (dx,) = torch.autograd.grad(y, xi, g)
-    return y.detach(), dx
+        xi, bi = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        y = lrn(xi, groups=2, backend=backend, relu=True, bias=bi)
+        dx, db = torch.autograd.grad(y, (xi, bi), g)
+    return y.detach(), dx, db
 
 
-def _agree(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor],
+def _agree(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...],
            rtol: float | None = None) -> bool:
-    """Outputs equal to fp32 rounding, gradients to 1e-4 of their largest magnitude; with
-    `rtol` (bf16's), both to within rtol, gradients also to rtol of their largest magnitude."""
-    scale = float(want[1].abs().max())
-    got = (got[0].float(), got[1].float())
-    if rtol is not None:
-        return bool(torch.allclose(got[0], want[0], rtol=rtol, atol=rtol * 1e-3)
-                    and torch.allclose(got[1], want[1], rtol=rtol, atol=rtol * scale))
-    return bool(torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
-                and torch.allclose(got[1], want[1], rtol=1e-3, atol=1e-4 * scale))
+    """Outputs (the first tensors) equal to fp32 rounding, gradients (the others) to 1e-4 of
+    their largest magnitude; with `rtol` (bf16's), all to within rtol, gradients also to rtol
+    of their largest magnitude."""
+    close = []
+    for i, (have, ref) in enumerate(zip(got, want, strict=True)):
+        have, scale = have.float(), float(ref.abs().max())
+        if rtol is not None:
+            atol = rtol * (scale if i else 1e-3)
+            close.append(torch.allclose(have, ref, rtol=rtol, atol=atol))
+        else:
+            close.append(torch.allclose(have, ref, rtol=1e-3 if i else 1e-4,
+                                        atol=1e-4 * scale if i else 1e-5))
+    return all(close)
 
 
 def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
@@ -267,13 +274,16 @@ def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], boo
 
 def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1,
-        backend: str | None = None, relu: bool = False) -> torch.Tensor:
+        backend: str | None = None, relu: bool = False, bias: torch.Tensor | None = None
+        ) -> torch.Tensor:
     """The paper's LRN of x (N, C, H, W) over channels, separately in each of `groups` columns
-    (of ReLU(x) with `relu`: one pass with the Triton kernel); `backend` (auto, triton,
-    torch; default ALEXNET_LRN) picks the implementation; windows wider than 5 maps run the
-    torch path."""
+    (of ReLU(x) with `relu`, of x + bias with a per-map `bias`: one pass with the Triton
+    kernel); `backend` (auto, triton, torch; default ALEXNET_LRN) picks the implementation;
+    windows wider than 5 maps run the torch path."""
     if 1 <= n // 2 <= 2 and use_triton_lrn(x, backend):  # the kernel unrolls n = 3..5
-        return triton_lrn_module().apply(x, groups, n // 2, alpha, beta, k, relu)
+        return triton_lrn_module().apply(x, groups, n // 2, alpha, beta, k, relu, bias)
+    if bias is not None:
+        x = x + bias.view(1, -1, 1, 1).to(x.dtype)
     if relu:
         x = F.relu(x)
     y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
@@ -362,11 +372,21 @@ def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) ->
     return pool(x)
 
 
-def act_lrn(x: torch.Tensor, act: nn.Module, norm: nn.Module) -> torch.Tensor:
-    """norm(act(x)); ReLU and LRN as one pass where the Triton LRN runs."""
+# Whether the Triton LRN also takes the conv's bias add before it (conv_act_lrn): cuDNN's
+# convolutions leave the bias to a pass of PyTorch's own over their output, which the kernel
+# does as it loads it. Set False to time the net with the bias added apart (bench train).
+LRN_TAKES_BIAS = True
+
+
+def conv_act_lrn(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module, norm: nn.Module
+                 ) -> torch.Tensor:
+    """norm(act(conv(x))): where the Triton LRN runs, the conv's bias add, the ReLU and the
+    LRN as one pass over the conv's output (the conv without its bias, `_conv_forward`)."""
     if isinstance(norm, LRN) and isinstance(act, nn.ReLU) and use_triton_lrn(x):
-        return norm(x, relu=True)
-    return norm(act(x))
+        if LRN_TAKES_BIAS and conv.bias is not None:
+            return norm(conv._conv_forward(x, conv.weight, None), relu=True, bias=conv.bias)
+        return norm(conv(x), relu=True)
+    return norm(act(conv(x)))
 
 
 class LRN(nn.Module):
@@ -381,8 +401,9 @@ class LRN(nn.Module):
         if LRN_BACKEND == "triton" or (LRN_BACKEND == "auto" and torch.cuda.is_available()):
             triton_lrn_module()  # import triton now, not inside a torch.compile trace
 
-    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups, relu=relu)
+    def forward(self, x: torch.Tensor, relu: bool = False, bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return lrn(x, self.n, self.alpha, self.beta, self.k, self.groups, relu=relu, bias=bias)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, alpha={self.alpha:g}, beta={self.beta}, k={self.k}, " \
@@ -438,15 +459,18 @@ class ColumnConv2d(nn.Conv2d):
             return self.cuda_auto if x.is_cuda else "groups"
         return self.form
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        """nn.Conv2d's forward (`forward` calls it with the layer's weight and bias; None for
+        the bias leaves its add to the LRN kernel: conv_act_lrn) in the resolved form."""
         form = self.resolved_form(x)
         if self.groups == 1 or form == "groups":
-            return super().forward(x)
+            return super()._conv_forward(x, weight, bias)
         if form == "dense":
-            return F.conv2d(x, block_diagonal(self.weight, self.groups), self.bias,
-                            self.stride, self.padding)
-        parts = zip(x.chunk(self.groups, 1), self.weight.chunk(self.groups, 0),
-                    self.bias.chunk(self.groups, 0), strict=True)
+            return F.conv2d(x, block_diagonal(weight, self.groups), bias, self.stride,
+                            self.padding)
+        biases = [None] * self.groups if bias is None else bias.chunk(self.groups, 0)
+        parts = zip(x.chunk(self.groups, 1), weight.chunk(self.groups, 0), biases, strict=True)
         return torch.cat([F.conv2d(xc, w, b, self.stride, self.padding) for xc, w, b in parts],
                          1)
 
@@ -541,10 +565,13 @@ class Conv1(nn.Conv2d):
             return "blocks" if x.is_cuda else "direct"
         return self.form
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        """nn.Conv2d's forward (with the layer's weight and bias, or None for the bias, as
+        ColumnConv2d's) in the resolved form."""
         if self.resolved_form(x) == "direct" or self.stride[0] == 1 or self.groups != 1:
-            return super().forward(x)
-        return blocked_conv(x, self.weight, self.bias, self.stride[0], self.padding[0])
+            return super()._conv_forward(x, weight, bias)
+        return blocked_conv(x, weight, bias, self.stride[0], self.padding[0])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, form={self.form}"
@@ -686,8 +713,8 @@ class AlexNet(nn.Module):
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled conv5 maps (N, 256, 6, 6) of an image batch (N, 3, 224, 224)."""
         x = pad_for_conv1(x)  # (N, 3, 227, 227)
-        x = max_pool(act_lrn(self.conv1(x), self.act, self.lrn1), self.pool)  # 96x55x55 -> 27x27
-        x = max_pool(act_lrn(self.conv2(x), self.act, self.lrn2), self.pool)  # 256x27x27 -> 13
+        x = max_pool(conv_act_lrn(x, self.conv1, self.act, self.lrn1), self.pool)  # 96x55x55->27
+        x = max_pool(conv_act_lrn(x, self.conv2, self.act, self.lrn2), self.pool)  # 256x27x27->13
         x = self.act(self.conv3(x))  # (N, 384, 13, 13), sees both columns
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         return max_pool(self.act(self.conv5(x)), self.pool)  # (N, 256, 13, 13) -> 6x6
@@ -829,9 +856,9 @@ class SplitAlexNet(nn.Module):
         cols = list(zip(self.cols, self.devices, strict=True))
         h = []
         for col, dev in cols:  # conv1, conv2: own column only
-            y = max_pool(act_lrn(col["conv1"](x.to(dev, non_blocking=True)), self.act,
-                                 self.lrn), self.pool)
-            h.append(max_pool(act_lrn(col["conv2"](y), self.act, self.lrn), self.pool))
+            y = max_pool(conv_act_lrn(x.to(dev, non_blocking=True), col["conv1"], self.act,
+                                      self.lrn), self.pool)
+            h.append(max_pool(conv_act_lrn(y, col["conv2"], self.act, self.lrn), self.pool))
         h = [self.act(col["conv3"](self._both(h, dev))) for col, dev in cols]  # both columns
         h = [max_pool(self.act(col["conv5"](self.act(col["conv4"](y)))), self.pool)
              for (col, _), y in zip(cols, h, strict=True)]

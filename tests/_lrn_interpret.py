@@ -40,6 +40,16 @@ def _run(x: torch.Tensor, g: torch.Tensor, groups: int, n: int, backend: str,
     return y.detach(), x.grad
 
 
+def _run_biased(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's LRN of ReLU(x + bias), the conv's bias folded in as the net runs it
+    (2 columns, the paper's n), and the gradients of x and bias for g."""
+    x, bias = x.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    y = lrn(x, groups=2, backend="triton", relu=True, bias=bias)
+    y.backward(g)
+    return y.detach(), x.grad, bias.grad
+
+
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
     `variant` backward kernel (or, for "channels", "rows" and "band", that layout's kernels); the
@@ -83,6 +93,18 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
         y, dx = _run(xd, gd, 2, paper.LRN_N, "triton", relu=True)
         saved[f"{prefix}relu.{layout}.y"] = y.double().numpy()
         saved[f"{prefix}relu.{layout}.dx"] = dx.double().numpy()
+    # the conv's bias folded in too (fp32, as the parameter), on the same inputs: fp32, and
+    # bf16 maps (mixed precision) with the fp32 bias
+    bias = torch.rand(x.shape[1], generator=gen, dtype=torch.float64) * 200 - 100
+    saved["bias.b"] = bias.numpy()
+    for layout, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
+        for dtype in (torch.float32, torch.bfloat16):
+            xd, gd = (t.to(dtype).contiguous(memory_format=fmt) for t in (x, g))
+            y, dx, db = _run_biased(xd, gd, bias.float())
+            key = f"{prefix}bias.{layout}.{str(dtype)[6:]}"
+            saved[f"{key}.y"], saved[f"{key}.dx"] = y.double().numpy(), dx.double().numpy()
+            saved[f"{key}.db"] = db.double().numpy()
+            saved[f"{key}.kernels"] = np.array(alexnet.lrn_triton._kernels_for(xd, 2))
     # beta other than the paper's 3/4 takes the kernels' exp2/log2 path
     x = torch.rand((2, 16, 5, 4), generator=gen, dtype=torch.float64) * 300
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
@@ -140,22 +162,38 @@ def compile_check() -> dict[str, np.ndarray]:
     model = AlexNet(num_classes=5, width=0.05, dropout=0.0)
     x = torch.randn(2, 3, 224, 224) * 50
 
-    def run(m: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    layers = ("conv1", "conv2")  # their bias adds run in the kernel
+
+    def run(m: torch.nn.Module, params: bool = True) -> tuple[np.ndarray, ...]:
+        """Logits and input gradient, and (`params`) model's conv1 and conv2 gradients."""
         xi = x.clone().requires_grad_()
+        model.zero_grad()
         y = m(xi)
         y.square().sum().backward()
-        return y.detach().numpy(), xi.grad.numpy()
+        grads = [getattr(model, name).bias.grad.numpy().copy() for name in layers] + [
+            getattr(model, name).weight.grad.numpy().copy() for name in layers] if params else []
+        return (y.detach().numpy(), xi.grad.numpy(), *grads)
 
-    eager_y, eager_dx = run(model)
-    split_y, split_dx = run(split_columns(model, ("cpu", "cpu")))  # ReLU folded per column
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    comp_y, comp_dx = run(compiled)
-    alexnet.model.LRN_BACKEND = "torch"  # the same net with ReLU and today's LRN apart
-    torch_y, torch_dx = run(model)
-    return {"compile.eager_y": eager_y, "compile.eager_dx": eager_dx,
-            "compile.compiled_y": comp_y, "compile.compiled_dx": comp_dx,
-            "compile.split_y": split_y, "compile.split_dx": split_dx,
-            "compile.torch_y": torch_y, "compile.torch_dx": torch_dx}
+    keys = ("y", "dx", "conv1_db", "conv2_db", "conv1_dw", "conv2_dw")
+    launch, folded = alexnet.lrn_triton.forward, []
+
+    def counted(x: torch.Tensor, *args: object) -> torch.Tensor:
+        folded.append(args[-1] is not None)  # the bias, forward's last argument
+        return launch(x, *args)
+
+    alexnet.lrn_triton.forward = counted  # what the eager autograd.Function calls
+    eager = run(model)
+    alexnet.lrn_triton.forward = launch
+    split = run(split_columns(model, ("cpu", "cpu")), params=False)  # folded per column
+    compiled = run(torch.compile(model, backend="aot_eager", fullgraph=True))
+    alexnet.model.LRN_BACKEND = "torch"  # the same net with bias, ReLU and today's LRN apart
+    apart = run(model)
+    alexnet.model.LRN_BACKEND = "triton"
+    return {"compile.folded": np.array(folded),
+            **{f"compile.{form}_{key}": value
+               for form, values in (("eager", eager), ("split", split), ("compiled", compiled),
+                                    ("torch", apart))
+               for key, value in zip(keys, values, strict=False)}}
 
 
 def edges() -> dict[str, np.ndarray]:

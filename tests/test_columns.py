@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.model import COLUMN_FORMS, AlexNet, ColumnConv2d, block_diagonal
+from alexnet.model import COLUMN_FORMS, AlexNet, ColumnConv2d, Conv1, block_diagonal
 from alexnet.optim import PaperSGD, param_groups
 
 FORMS = [f for f in COLUMN_FORMS if f != "auto"]
@@ -43,6 +43,27 @@ def test_every_form_equals_groups_outputs_and_gradients(form, channels_last):
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [*FORMS, "conv1 direct", "conv1 blocks"])
+def test_every_form_without_its_bias_is_the_conv_less_its_bias(layer):
+    """`_conv_forward(x, weight, None)`, what the net runs before an LRN kernel that adds
+    the bias itself (model.conv_act_lrn), is conv(x) minus the bias in every form (conv1's
+    too), and it leaves the bias out of the graph (no gradient reaches it)."""
+    torch.manual_seed(0)
+    if layer.startswith("conv1"):
+        conv = Conv1(3, 6, 11, 4, form=layer.split()[1]).double()
+        x = torch.randn(2, 3, 31, 31, dtype=torch.float64)
+    else:
+        conv = ColumnConv2d(8, 6, 3, 1, 1, groups=2, form=layer).double()
+        x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        conv.bias.uniform_(1, 2)
+    y = conv._conv_forward(x, conv.weight, None)
+    torch.testing.assert_close(y + conv.bias.view(1, -1, 1, 1), conv(x), rtol=1e-12,
+                               atol=1e-12)
+    y.sum().backward()
+    assert conv.bias.grad is None and conv.weight.grad is not None
 
 
 @pytest.mark.parametrize("form", FORMS)

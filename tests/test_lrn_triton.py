@@ -176,6 +176,45 @@ def test_relu_folded_into_the_kernel_is_relu_then_lrn(kernel_results, layout, va
 BF16_RTOL = 1e-2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_the_conv_bias_folded_into_the_kernel_is_bias_then_relu_then_lrn(kernel_results,
+                                                                         layout, variant,
+                                                                         dtype):
+    """lrn(x, relu=True, bias=b), what the net runs for conv1 and conv2 on the GPU (cuDNN
+    leaves the bias add to a pass of its own), is the paper's LRN of ReLU(x + b): the
+    formula in NumPy on the same (rounded) inputs; x's gradient through the ReLU, and b's the
+    sum of that over images and pixels. fp32 bias with fp32 or bf16 maps (mixed precision)."""
+    r = kernel_results
+    x = torch.from_numpy(r["relu.x"]).to(getattr(torch, dtype)).double().numpy()
+    g = torch.from_numpy(r["relu.g"]).to(getattr(torch, dtype)).double().numpy()
+    bias = r["bias.b"].astype(np.float32).astype(np.float64)
+    z = x + bias[None, :, None, None]
+    b, grad = formula(np.maximum(z, 0), g, paper.LRN_N, 2)
+    grad = np.where(z > 0, grad, 0.0)
+    key = f"{variant}bias.{layout}.{dtype}"
+    y, dx, db = r[f"{key}.y"], r[f"{key}.dx"], r[f"{key}.db"]
+    if dtype == "float32":
+        np.testing.assert_allclose(y, b, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(dx, grad, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(db, grad.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    else:  # the sum x + b is not rounded to bf16 (the kernel adds in fp32), only y and dx
+        np.testing.assert_allclose(y, b, rtol=BF16_RTOL)
+        scale = np.abs(grad).max()
+        np.testing.assert_allclose(dx, grad, rtol=BF16_RTOL, atol=BF16_RTOL * scale)
+        # the bias's gradient is summed from the bf16 dx in fp32: dx's sum exactly, and the
+        # formula's within the tolerance of each of its 40 terms (2 images x 20 pixels)
+        np.testing.assert_allclose(db, dx.sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(db, grad.sum((0, 2, 3)), rtol=BF16_RTOL,
+                                   atol=BF16_RTOL * scale * 40)
+    assert (z <= 0).any() and (z > 0).any()  # both sides of the ReLU were reached
+    want = {"": "tile", "twophase.": "tile", "channels.": "channels",
+            "rows.": "rows" if layout == "cl" else "tile",
+            "band.": "band" if layout == "cl" else "tile"}[variant]
+    assert r[f"{key}.kernels"] == want
+
+
 # (the twophase backward also rounds each u_c = g_c a_c s_c^(-beta-1) to bf16 once)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
@@ -210,6 +249,15 @@ def test_triton_lrn_passes_gradcheck_in_float64(kernel_results, variant):
 def test_compiled_paper_net_with_the_op_equals_eager(kernel_results):
     # torch.compile(fullgraph=True) traced the net with the op: no graph break, same numbers
     r = {k.removeprefix("compile."): v for k, v in kernel_results.items()}
+    # eager, conv1's and conv2's bias adds ran in the kernel (both LRN calls got the bias)
+    assert r["folded"].tolist() == [True, True]
+    # and the parameters' gradients are those of the net with the bias, ReLU and LRN apart
+    for key in ("conv1_db", "conv2_db", "conv1_dw", "conv2_dw"):
+        want = r[f"torch_{key}"]
+        np.testing.assert_allclose(r[f"eager_{key}"], want, rtol=1e-3,
+                                   atol=1e-4 * np.abs(want).max())
+        np.testing.assert_allclose(r[f"compiled_{key}"], r[f"eager_{key}"], rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(r["compiled_y"], r["eager_y"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r["compiled_dx"], r["eager_dx"], rtol=1e-4,
                                atol=1e-5 * np.abs(r["eager_dx"]).max())
@@ -260,7 +308,7 @@ def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     seen = []
     monkeypatch.setattr(alexnet.model, "_triton_lrn_fault",
-                        lambda x, g: seen.append(x) or None)
+                        lambda x, g, bias: seen.append(x) or None)
     assert alexnet.model._verify_triton_lrn(torch.device("cpu"))
     # fp32 and bf16 (mixed-precision training), whose loads take 8 maps instead of 4: a
     # kernel wrong in bf16 alone must not pass the check and train on a wrong LRN
@@ -373,6 +421,35 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layou
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("layout", ["tile", "band"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, layout,
+                                                                       monkeypatch):
+    # the compiled kernels that take the conv's bias (the default tile and the band layout),
+    # as the net runs them: channels_last conv1-like maps, an fp32 bias
+    if triton_lrn_module() is None:
+        pytest.skip("triton does not import here")
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 600 - 300).to(dtype)
+    g = torch.randn(3, 96, 13, 11, generator=gen, dtype=torch.float64).to(dtype)
+    bias = torch.rand(96, generator=gen) * 200 - 100
+    x = a.cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = bias.cuda().requires_grad_()
+    y = lrn(x, groups=2, backend="triton", relu=True, bias=b)
+    y.backward(g.cuda().contiguous(memory_format=torch.channels_last))
+    z = a.double().numpy() + bias.double().numpy()[None, :, None, None]
+    want, grad = formula(np.maximum(z, 0), g.double().numpy(), paper.LRN_N, 2)
+    grad = np.where(z > 0, grad, 0.0)
+    rtol = 1e-5 if dtype == torch.float32 else BF16_RTOL
+    atol = rtol * np.abs(grad).max()
+    np.testing.assert_allclose(y.detach().double().cpu().numpy(), want, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(x.grad.double().cpu().numpy(), grad, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(b.grad.double().cpu().numpy(), grad.sum((0, 2, 3)), rtol=rtol,
+                               atol=atol * grad[:, 0].size)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, monkeypatch):
     """conv2's columns of 128 maps: the rows layout's runs of 64 with the neighbouring groups
@@ -419,8 +496,9 @@ def _hopper_compiled(kernel, pointers: int, dtype: str, consts: dict, num_warps:
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
             signature[name] = "constexpr"
-        elif i <= pointers:
-            signature[name], attrs[(i,)] = f"*{dtype}", [["tt.divisibility", 16]]
+        elif i <= pointers:  # a bias is fp32 (the parameter's) whatever the maps' dtype
+            signature[name] = "*fp32" if name == "bias_ptr" else f"*{dtype}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in ("alpha", "beta", "k"):
             signature[name] = "fp32"
         else:
@@ -451,17 +529,18 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
     m = triton_lrn_module()
     tile, channels = m.NUM_WARPS, m.CHANNELS_NUM_WARPS  # as the launches
     for kernel, pointers, block_c, block_p, num_warps in (
-            (m._lrn_forward_kernel, 1, 16, 256, tile), (m._lrn_backward_kernel, 2, 16, 128, tile),
-            (m._lrn_backward_twophase_kernel, 2, 64, 32, tile),
+            (m._lrn_forward_kernel, 2, 16, 256, tile), (m._lrn_backward_kernel, 3, 16, 128, tile),
+            (m._lrn_backward_twophase_kernel, 3, 64, 32, tile),
             (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels),
             (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels),
             # the band kernels at conv1's column (48 maps: 64) and conv2's (128), as launched
-            (m._lrn_forward_band_kernel, 1, 64, m.BAND_BLOCK_P, m._band_shape(48)[2]),
-            (m._lrn_backward_band_kernel, 2, 128, m.BAND_BLOCK_P, m._band_shape(128)[2])):
-        for dtype, channels_last, half, beta_3_4 in (("bf16", True, 2, True),
-                                                     ("fp32", False, 1, False)):
+            (m._lrn_forward_band_kernel, 2, 64, m.BAND_BLOCK_P, m._band_shape(48)[2]),
+            (m._lrn_backward_band_kernel, 3, 128, m.BAND_BLOCK_P, m._band_shape(128)[2])):
+        # the net's (bf16, channels_last, the conv's bias folded in) and another
+        for dtype, channels_last, half, beta_3_4, bias in (("bf16", True, 2, True, True),
+                                                           ("fp32", False, 1, False, False)):
             consts = {"HALF": half, "BLOCK_C": block_c, "RUN": block_c, "BLOCK_P": block_p,
-                      "CHANNELS_LAST": channels_last, "BETA_3_4": beta_3_4,
+                      "CHANNELS_LAST": channels_last, "BETA_3_4": beta_3_4, "BIAS": bias,
                       ("s_c" if channels_last else "s_p"): 1}
             compiled = _hopper_compiled(kernel, pointers, dtype, consts, num_warps)
             assert compiled.asm["cubin"][:4] == b"\x7fELF"  # a cubin, ptxas accepted it
@@ -492,8 +571,8 @@ def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group)
             assert wide == every > 0
             assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
             assert compiled.metadata.shared == 0
-    tile = _hopper_compiled(m._lrn_forward_kernel, 1, dtype,
+    tile = _hopper_compiled(m._lrn_forward_kernel, 2, dtype,
                             {"HALF": 2, "BLOCK_C": 16, "BLOCK_P": 256, "CHANNELS_LAST": True,
-                             "BETA_3_4": True, "s_c": 1}, m.NUM_WARPS)
+                             "BETA_3_4": True, "BIAS": False, "s_c": 1}, m.NUM_WARPS)
     narrow = re.findall(r"\bld\.global(?:\.\w+)*\.b(?:16|32)\b", tile.asm["ptx"])
     assert len(narrow) > 8  # the tile forward's shifted loads, one element each

@@ -189,6 +189,16 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
             fused = _fwd_bwd(lambda t: lrn(t, groups=2, backend="triton", relu=True),
                              x, [x], g, None)
             fns[LRN_FUSED] = fused
+            # the conv's bias add too, as the net runs conv1 and conv2 (conv_act_lrn),
+            # beside the same with the bias added in a pass of its own, as PyTorch adds it
+            # after cuDNN's convolution (model.LRN_TAKES_BIAS = False)
+            b = torch.rand(shape[1], device=device, requires_grad=True)
+            fns[f"bias+{LRN_FUSED}"] = _fwd_bwd(
+                lambda t, b=b: lrn(t, groups=2, backend="triton", relu=True, bias=b), x, [x, b],
+                g, None)
+            fns[f"bias add, then {LRN_FUSED}"] = _fwd_bwd(
+                lambda t, b=b: lrn(t + b.view(1, -1, 1, 1).to(t.dtype), groups=2,
+                                   backend="triton", relu=True), x, [x, b], g, None)
             module = triton_lrn_module()
             for layout in module.LAYOUTS:
                 if layout != module.LAYOUT:

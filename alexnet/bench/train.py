@@ -406,6 +406,8 @@ def variants_for(device: torch.device
     probe = torch.zeros(1, device=device)
     module = triton_lrn_module()
     if module is not None and use_triton_lrn(probe):
+        rows.insert(0, ("conv1/conv2 bias added apart, not in the LRN kernel", {},
+                        functools.partial(setting, alexnet.model, "LRN_TAKES_BIAS", False)))
         layouts = sorted((v for v in module.LAYOUTS if v != module.LAYOUT),
                          key=lambda v: v != "band")  # band, the newest, first
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))

@@ -63,7 +63,7 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
                     BACKWARDS)
-LAYOUTS = ("tile", "channels", "rows", "band")
+LAYOUTS = ("tile", "channels", "rows", "band", "gather")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # tile (the default: the kernels above, a 2-D block of channels x pixels, shifted maps from
 # the cache), channels (a run of maps streamed through registers, each loaded once per
@@ -72,11 +72,13 @@ LAYOUTS = ("tile", "channels", "rows", "band")
 # the tile kernels) or band (channels_last, not float64: a block of pixels x a whole
 # column read once in rows, the window sums as a product with the 0/1 band matrix on the
 # tensor cores, `_window_sums`; a NaN or inf reaches every map of its pixel's column there,
-# through the band's zeros, where the others keep it to its window). tile by measurement:
+# through the band's zeros, where the others keep it to its window) or gather (the band
+# kernels with the window sums gathered along each row, `_window_gather`: exact, any dtype,
+# not yet timed on a GPU). tile by measurement:
 # on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd; `alexnet bench
 # model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms rows, 3.631 ms
-# channels; conv2's 0.417, 0.725, 2.322 ms. The channels, rows and band backwards ignore
-# ALEXNET_LRN_BACKWARD.
+# channels; conv2's 0.417, 0.725, 2.322 ms. The channels, rows, band and gather backwards
+# ignore ALEXNET_LRN_BACKWARD.
 LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "tile"), LAYOUTS)
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
@@ -650,6 +652,32 @@ def _window_sums(x, band):
 
 
 @triton.jit
+def _window_gather(x, cg, HALF: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Each row's window sums of x (a pixel's maps along axis 1): x plus its neighbours up to
+    HALF maps away within [0, cg), in x's dtype, exact as the tile kernels' sums (a NaN stays
+    in its window); the neighbours gathered along the row (`tl.gather`: within the threads
+    that hold the row, no matrix product, no band)."""
+    ch = tl.arange(0, BLOCK_C)[None, :] + tl.zeros(x.shape, tl.int32)
+    w = x
+    for d in tl.static_range(1, HALF + 1):
+        below = tl.gather(x, tl.maximum(ch - d, 0), axis=1)
+        above = tl.gather(x, tl.minimum(ch + d, BLOCK_C - 1), axis=1)
+        w += tl.where(ch >= d, below, 0.0) + tl.where(ch + d < cg, above, 0.0)
+    return w
+
+
+@triton.jit
+def _row_sums(x, band, cg, HALF: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr):
+    """The window sums of each row of x: gathered (GATHER, the gather layout) or as a product
+    with the band matrix (the band layout)."""
+    if GATHER:
+        w = _window_gather(x, cg, HALF, BLOCK_C)
+    else:
+        w = _window_sums(x, band)
+    return w
+
+
+@triton.jit
 def _band_block(rows, C, cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """(offsets, mask) of the program's block: BLOCK_P pixels of a channels_last tensor (rows
     of C elements) and its column's cg maps (masked up to BLOCK_C)."""
@@ -660,46 +688,47 @@ def _band_block(rows, C, cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C: tl.constexpr, BIAS: tl.constexpr):
-    """The band block of the input in fp32, with its maps' biases added (BIAS); 0 outside
+def _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C: tl.constexpr, BIAS: tl.constexpr,
+                COMPUTE: tl.constexpr):
+    """The band block of the input in COMPUTE, with its maps' biases added (BIAS); 0 outside
     the column."""
-    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if BIAS:
         ch = tl.program_id(1) * cg + tl.arange(0, BLOCK_C)
         b = tl.load(bias_ptr + ch, mask=tl.arange(0, BLOCK_C) < cg, other=0.0)
-        x += b.to(tl.float32)[None, :]
+        x += b.to(COMPUTE)[None, :]
     return x
 
 
 @triton.jit
 def _lrn_forward_band_kernel(a_ptr, bias_ptr, b_ptr, rows, C, cg, alpha, beta, k,
-                             HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
-                             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BETA_3_4: tl.constexpr):
+                             COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                             BIAS: tl.constexpr, GATHER: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_C: tl.constexpr, BETA_3_4: tl.constexpr):
     # one block of pixels x the column's maps, read once in whole rows; the window sums of
-    # the squares are one product with the band matrix
+    # the squares one product with the band matrix (or gathered along the rows: GATHER)
     offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
-    a = _relu(_band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS), RELU)
-    s = k + alpha * _window_sums(a * a, _band(cg, HALF, BLOCK_C))
+    a = _relu(_band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS, COMPUTE), RELU)
+    s = k + alpha * _row_sums(a * a, _band(cg, HALF, BLOCK_C), cg, HALF, BLOCK_C, GATHER)
     pw, _ = _powers(s, beta, BETA_3_4)
     tl.store(b_ptr + offs, (a * pw).to(b_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _lrn_backward_band_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alpha, beta, k,
-                              HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
-                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                              BETA_3_4: tl.constexpr):
+                              COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                              BIAS: tl.constexpr, GATHER: tl.constexpr, BLOCK_P: tl.constexpr,
+                              BLOCK_C: tl.constexpr, BETA_3_4: tl.constexpr):
     # s from the squares as in the forward, u = g a s^(-beta-1) in registers, and the sum of
-    # u over the maps whose window holds c: the band is symmetric, so one more product
+    # u over the maps whose window holds c: the window is symmetric, so the same row sums
     offs, mask = _band_block(rows, C, cg, BLOCK_P, BLOCK_C)
-    x = _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS)
+    x = _band_input(a_ptr, bias_ptr, offs, mask, cg, BLOCK_C, BIAS, COMPUTE)
     a = _relu(x, RELU)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     band = _band(cg, HALF, BLOCK_C)
-    s = k + alpha * _window_sums(a * a, band)
+    s = k + alpha * _row_sums(a * a, band, cg, HALF, BLOCK_C, GATHER)
     pw, q = _powers(s, beta, BETA_3_4)
-    acc = _window_sums(g * a * q, band)
+    acc = _row_sums(g * a * q, band, cg, HALF, BLOCK_C, GATHER)
     grad = _relu_grad(g * pw - 2.0 * alpha * beta * a * acc, x, RELU)
     tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -806,17 +835,20 @@ def _band_shape(cg: int) -> tuple[int, int, int]:
 
 def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                  half: int, alpha: float, beta: float, k: float, relu: bool,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, gather: bool = False) -> None:
     """Run a band-layout `kernel` over channels_last `tensors` (the shape and memory format of
-    out) and `bias` (as `_launch`'s): a program per block of pixels and column."""
+    out) and `bias` (as `_launch`'s): a program per block of pixels and column; `gather`:
+    the gather layout's window sums (the same kernels, no band matrix)."""
     n, c, h, w = out.shape
     cg = c // groups
     block_p, block_c, num_warps = _band_shape(cg)
+    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(n * h * w, block_p), groups)
     with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
         kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
-                     k, HALF=half, RELU=relu, BIAS=bias is not None, BLOCK_P=block_p,
-                     BLOCK_C=block_c, BETA_3_4=beta == 0.75, num_warps=num_warps)
+                     k, COMPUTE=compute, HALF=half, RELU=relu, BIAS=bias is not None,
+                     GATHER=gather, BLOCK_P=block_p, BLOCK_C=block_c, BETA_3_4=beta == 0.75,
+                     num_warps=num_warps)
 
 
 def _kernels_for(out: torch.Tensor, groups: int) -> str:
@@ -827,6 +859,8 @@ def _kernels_for(out: torch.Tensor, groups: int) -> str:
     channels_last = _strides(out)[3]
     if layout == "band":  # tensor-core products: not in float64
         return "band" if channels_last and out.dtype != torch.float64 else "tile"
+    if layout == "gather":
+        return "gather" if channels_last else "tile"
     if layout != "rows":
         return layout
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
@@ -846,7 +880,7 @@ def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -
 
 # the layouts whose kernels add a bias as they load the input; the others (channels, rows)
 # take the input with its bias added by torch first (one more pass each way)
-BIAS_LAYOUTS = ("tile", "band")
+BIAS_LAYOUTS = ("tile", "band", "gather")
 
 
 def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -870,9 +904,9 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
     kernels = _kernels_for(out, groups)
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels == "band":
+    if kernels in ("band", "gather"):
         _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
-                     bias)
+                     bias, gather=kernels == "gather")
     elif kernels == "rows":
         _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
     elif kernels == "channels":
@@ -900,9 +934,9 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     kernels = _kernels_for(out, groups)
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels == "band":
+    if kernels in ("band", "gather"):
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu, bias)
+                     relu, bias, gather=kernels == "gather")
     elif kernels == "rows":
         _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu)

@@ -23,6 +23,8 @@ from alexnet import paper
 from alexnet.model import AlexNet, lrn, split_columns
 
 DEFAULTS = (alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT)  # as imported
+# the layouts other than tile, each with its own forward and backward kernels
+LAYOUT_VARIANTS = ("channels", "rows", "band", "gather")
 CASES = {  # name: (shape, groups, n)
     "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
     "one_column_n3": ((1, 7, 3, 6), 1, 3),
@@ -52,10 +54,10 @@ def _run_biased(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor
 
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
-    `variant` backward kernel (or, for "channels", "rows" and "band", that layout's kernels); the
+    `variant` backward kernel (or, for LAYOUT_VARIANTS, that layout's kernels); the
     torch path on the same inputs; gradcheck in float64. Keys of the variants other than
     recompute start with the variant's name."""
-    layout = variant if variant in ("channels", "rows", "band") else "tile"
+    layout = variant if variant in LAYOUT_VARIANTS else "tile"
     alexnet.lrn_triton.BACKWARD = "twophase" if layout != "tile" else variant
     alexnet.lrn_triton.LAYOUT = layout
     prefix = "" if variant == "recompute" else f"{variant}."
@@ -220,8 +222,8 @@ def edges() -> dict[str, np.ndarray]:
         g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         y, dx = _run(x.double(), g, 2, paper.LRN_N, "torch", relu=relu)
         saved[f"{name}.torch_y"], saved[f"{name}.torch_dx"] = y.numpy(), dx.numpy()
-        for variant in ("recompute", "twophase", "channels", "rows", "band"):
-            alexnet.lrn_triton.LAYOUT = (variant if variant in ("channels", "rows", "band")
+        for variant in ("recompute", "twophase", *LAYOUT_VARIANTS):
+            alexnet.lrn_triton.LAYOUT = (variant if variant in LAYOUT_VARIANTS
                                          else "tile")
             alexnet.lrn_triton.BACKWARD = "recompute" if variant == "recompute" else "twophase"
             y, dx = _run(x, g.to(x.dtype), 2, paper.LRN_N, "triton", relu=relu)
@@ -237,7 +239,8 @@ def edges() -> dict[str, np.ndarray]:
 # results, run side by side on a 2-core machine (test_lrn_triton.interpret), and the edges
 # (timed through the interpreter: channels 74 s, rows 21, recompute 20, twophase 16, compile
 # check 8, band and the rows fallback a few)
-PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **rows_fallback()},
+PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **kernel("gather"),
+                               **rows_fallback()},
          "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **kernel("twophase"),
                                **compile_check()},
          "edges": edges}

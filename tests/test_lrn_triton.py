@@ -28,7 +28,7 @@ ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 # key prefixes of the kernels: recompute and twophase backward (tile layout), the channels,
 # rows and band layouts (ALEXNET_LRN_LAYOUT=channels, rows, band: their own forward and
 # backward)
-VARIANTS = ["", "twophase.", "channels.", "rows.", "band."]
+VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather."]
 
 
 def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
@@ -120,9 +120,10 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
         for name in ("paper", "one_column_n3"):
             assert r[f"rows.{name}.cl.{dtype}.kernels"] == "tile"
         assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
-        for name in CASES:  # band: any channels_last column, not NCHW
-            assert r[f"band.{name}.cl.{dtype}.kernels"] == "band"
-            assert r[f"band.{name}.nchw.{dtype}.kernels"] == "tile"
+        for name in CASES:  # band and gather: any channels_last column, not NCHW
+            for layout in ("band", "gather"):
+                assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == layout
+                assert r[f"{layout}.{name}.nchw.{dtype}.kernels"] == "tile"
 
 
 # tests/_lrn_interpret.py's edges(): name, what layout ALEXNET_LRN_LAYOUT=rows gives it
@@ -130,7 +131,8 @@ EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
          "fp16_cl": "rows"}
 
 
-@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band"])
+@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band",
+                                     "gather"])
 @pytest.mark.parametrize("name", list(EDGES))
 def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
     """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
@@ -211,7 +213,8 @@ def test_the_conv_bias_folded_into_the_kernel_is_bias_then_relu_then_lrn(kernel_
     assert (z <= 0).any() and (z > 0).any()  # both sides of the ReLU were reached
     want = {"": "tile", "twophase.": "tile", "channels.": "channels",
             "rows.": "rows" if layout == "cl" else "tile",
-            "band.": "band" if layout == "cl" else "tile"}[variant]
+            "band.": "band" if layout == "cl" else "tile",
+            "gather.": "gather" if layout == "cl" else "tile"}[variant]
     assert r[f"{key}.kernels"] == want
 
 
@@ -362,7 +365,7 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows, band"),
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows, band, gather"),
     ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
 def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
     """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
@@ -421,7 +424,7 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layou
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layout", ["tile", "band"])
+@pytest.mark.parametrize("layout", ["tile", "band", "gather"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, layout,
                                                                        monkeypatch):
@@ -528,20 +531,25 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
     _can_compile_for_hopper()
     m = triton_lrn_module()
     tile, channels = m.NUM_WARPS, m.CHANNELS_NUM_WARPS  # as the launches
-    for kernel, pointers, block_c, block_p, num_warps in (
-            (m._lrn_forward_kernel, 2, 16, 256, tile), (m._lrn_backward_kernel, 3, 16, 128, tile),
-            (m._lrn_backward_twophase_kernel, 3, 64, 32, tile),
-            (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels),
-            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels),
-            # the band kernels at conv1's column (48 maps: 64) and conv2's (128), as launched
-            (m._lrn_forward_band_kernel, 2, 64, m.BAND_BLOCK_P, m._band_shape(48)[2]),
-            (m._lrn_backward_band_kernel, 3, 128, m.BAND_BLOCK_P, m._band_shape(128)[2])):
+    # the band and gather layouts' kernels (GATHER: one kernel each) at conv1's column (48
+    # maps: 64) and conv2's (128), as launched
+    band = [(kernel, pointers, block_c, m.BAND_BLOCK_P, m._band_shape(block_c)[2], gather)
+            for gather in (False, True)
+            for kernel, pointers, block_c in ((m._lrn_forward_band_kernel, 2, 64),
+                                              (m._lrn_backward_band_kernel, 3, 128))]
+    for kernel, pointers, block_c, block_p, num_warps, gather in (
+            (m._lrn_forward_kernel, 2, 16, 256, tile, False),
+            (m._lrn_backward_kernel, 3, 16, 128, tile, False),
+            (m._lrn_backward_twophase_kernel, 3, 64, 32, tile, False),
+            (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels, False),
+            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels, False),
+            *band):
         # the net's (bf16, channels_last, the conv's bias folded in) and another
         for dtype, channels_last, half, beta_3_4, bias in (("bf16", True, 2, True, True),
                                                            ("fp32", False, 1, False, False)):
             consts = {"HALF": half, "BLOCK_C": block_c, "RUN": block_c, "BLOCK_P": block_p,
                       "CHANNELS_LAST": channels_last, "BETA_3_4": beta_3_4, "BIAS": bias,
-                      ("s_c" if channels_last else "s_p"): 1}
+                      "GATHER": gather, ("s_c" if channels_last else "s_p"): 1}
             compiled = _hopper_compiled(kernel, pointers, dtype, consts, num_warps)
             assert compiled.asm["cubin"][:4] == b"\x7fELF"  # a cubin, ptxas accepted it
 

@@ -392,7 +392,8 @@ def variants_for(device: torch.device
         use_triton_pool,
     )
 
-    # the newest choices first (conv1, the band layout): a time limit cuts the last rows
+    # the newest choices first (the bias fold, conv1, the gather and band layouts): a time
+    # limit cuts the last rows
     conv1 = "direct" if device.type == "cuda" else "blocks"  # the form auto does not run
     rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
         (f"conv1 {conv1} (ALEXNET_CONV1={conv1})", {"conv1_form": conv1}, None)]
@@ -409,7 +410,7 @@ def variants_for(device: torch.device
         rows.insert(0, ("conv1/conv2 bias added apart, not in the LRN kernel", {},
                         functools.partial(setting, alexnet.model, "LRN_TAKES_BIAS", False)))
         layouts = sorted((v for v in module.LAYOUTS if v != module.LAYOUT),
-                         key=lambda v: v != "band")  # band, the newest, first
+                         key=lambda v: {"gather": 0, "band": 1}.get(v, 2))  # newest first
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in layouts]
         # the backward choice applies to the tile kernels

@@ -464,15 +464,15 @@ class ColumnConv2d(nn.Conv2d):
         """nn.Conv2d's forward (`forward` calls it with the layer's weight and bias; None for
         the bias leaves its add to the LRN kernel: conv_act_lrn) in the resolved form."""
         form = self.resolved_form(x)
-        if self.groups == 1 or form == "groups":
+        # a padding other than zeros is nn.Conv2d's own (the other forms would drop it)
+        if self.groups == 1 or form == "groups" or self.padding_mode != "zeros":
             return super()._conv_forward(x, weight, bias)
+        geometry = (self.stride, self.padding, self.dilation)
         if form == "dense":
-            return F.conv2d(x, block_diagonal(weight, self.groups), bias, self.stride,
-                            self.padding)
+            return F.conv2d(x, block_diagonal(weight, self.groups), bias, *geometry)
         biases = [None] * self.groups if bias is None else bias.chunk(self.groups, 0)
         parts = zip(x.chunk(self.groups, 1), weight.chunk(self.groups, 0), biases, strict=True)
-        return torch.cat([F.conv2d(xc, w, b, self.stride, self.padding) for xc, w, b in parts],
-                         1)
+        return torch.cat([F.conv2d(xc, w, b, *geometry) for xc, w, b in parts], 1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, form={self.form}"
@@ -569,9 +569,17 @@ class Conv1(nn.Conv2d):
                       bias: torch.Tensor | None) -> torch.Tensor:
         """nn.Conv2d's forward (with the layer's weight and bias, or None for the bias, as
         ColumnConv2d's) in the resolved form."""
-        if self.resolved_form(x) == "direct" or self.stride[0] == 1 or self.groups != 1:
+        if self.resolved_form(x) == "direct" or not self._blockable():
             return super()._conv_forward(x, weight, bias)
         return blocked_conv(x, weight, bias, self.stride[0], self.padding[0])
+
+    def _blockable(self) -> bool:
+        """Whether blocked_conv computes this layer: one stride > 1 and one zero padding for
+        both axes, no dilation, no groups; any other layer runs as nn.Conv2d."""
+        stride, pad = self.stride, self.padding
+        return (stride[0] == stride[1] > 1 and not isinstance(pad, str) and pad[0] == pad[1]
+                and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros")
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, form={self.form}"

@@ -66,6 +66,29 @@ def test_every_form_without_its_bias_is_the_conv_less_its_bias(layer):
     assert conv.bias.grad is None and conv.weight.grad is not None
 
 
+@pytest.mark.parametrize("layer", ["dense", "separate", "conv1 blocks"])
+@pytest.mark.parametrize("geometry", [{"dilation": 2}, {"padding_mode": "reflect"},
+                                      {"stride": (2, 1)}, {"padding": (1, 0)}])
+def test_every_form_keeps_the_geometry_nn_conv2d_was_given(layer, geometry):
+    """A layer built with a dilation, a padding mode, or a stride or padding that differs
+    between the axes computes nn.Conv2d's function in every form: the dense and separate
+    forms once dropped the dilation and the padding mode, and conv1's blocks form took the
+    first axis's stride and padding for both (the paper's layers have none of these)."""
+    torch.manual_seed(0)
+    kwargs = {"stride": 1, "padding": 1, **geometry}
+    if layer == "conv1 blocks":
+        kwargs["stride"] = geometry.get("stride", 2)
+        conv = Conv1(3, 4, 3, form="blocks", **kwargs).double()
+        ref = torch.nn.Conv2d(3, 4, 3, **kwargs).double()
+        x = torch.randn(1, 3, 15, 15, dtype=torch.float64)
+    else:
+        conv = ColumnConv2d(4, 4, 3, groups=2, form=layer, **kwargs).double()
+        ref = torch.nn.Conv2d(4, 4, 3, groups=2, **kwargs).double()
+        x = torch.randn(1, 4, 9, 9, dtype=torch.float64)
+    ref.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_the_paper_net_in_every_form_is_the_same_function(form):
     torch.manual_seed(0)

@@ -890,6 +890,17 @@ def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return _layout(a + bias.view(1, -1, 1, 1))
 
 
+def _kernels_and_input(out: torch.Tensor, a: torch.Tensor, groups: int,
+                       bias: torch.Tensor | None
+                       ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+    """The layout whose kernels run (`_kernels_for`), the input they read and the bias they
+    add: a layout outside BIAS_LAYOUTS reads a with the bias added first (`_biased`)."""
+    kernels = _kernels_for(out, groups)
+    if bias is not None and kernels not in BIAS_LAYOUTS:
+        return kernels, _biased(a, bias), None
+    return kernels, a, bias
+
+
 def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
             relu: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's LRN of x (N, C, H, W) (of ReLU(x) if `relu`: the two layers in one pass;
@@ -901,9 +912,7 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
     out = torch.empty_like(a)
     if not out.numel():
         return out
-    kernels = _kernels_for(out, groups)
-    if bias is not None and kernels not in BIAS_LAYOUTS:
-        a, bias = _biased(a, bias), None
+    kernels, a, bias = _kernels_and_input(out, a, groups, bias)
     if kernels in ("band", "gather"):
         _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
                      bias, gather=kernels == "gather")
@@ -931,9 +940,7 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     out = torch.empty_like(a)
     if not out.numel():
         return out
-    kernels = _kernels_for(out, groups)
-    if bias is not None and kernels not in BIAS_LAYOUTS:
-        a, bias = _biased(a, bias), None
+    kernels, a, bias = _kernels_and_input(out, a, groups, bias)
     if kernels in ("band", "gather"):
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu, bias, gather=kernels == "gather")

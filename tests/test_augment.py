@@ -280,3 +280,48 @@ def test_augmenting_on_the_gpu_never_makes_the_host_wait(mean: str) -> None:
         want = augment.eval_batch(torch.from_numpy(images), cpu_stats, crops=crops,
                                   crop_size=56, mean=mean)
         np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("mean", MEAN_CHOICES)
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_the_cpus_patch_at_a_time_path_equals_the_batchwise_path_bit_for_bit(
+        mean: str, layout: str) -> None:
+    """On the CPU the torch path makes each patch in one pass (`_per_image`); on a GPU it
+    runs batch-wise (`_batchwise`), and the Triton kernel is held to the torch path bit for
+    bit: the two must give the same floats for every mean, input layout, output memory
+    format, padding, shift and repeated source (ten crops of each image), mirrored or not."""
+    images = RNG.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    st = synthetic_stats(images)
+    batch = torch.from_numpy(images)
+    if layout == "nchw":
+        batch = batch.permute(0, 3, 1, 2).contiguous()
+    g = torch.Generator().manual_seed(4)
+    k = 12
+    source = torch.randint(0, 3, (k,), generator=g)
+    top, left = augment.crop_offsets(k, 20, 13, g)
+    mirror = augment.flip_mask(k, g)
+    assert 0 < int(mirror.sum()) < k
+    shift = augment.pca_shift(augment.draw_alpha(k, g), st["eigval"], st["eigvec"])
+    for x in (batch, batch.float()):
+        for shifted in (None, shift):
+            for channels_last in (False, True):
+                for pad in (0, 3):
+                    args = (x, source, top, left, mirror, mean, st, shifted, 13,
+                            channels_last, pad)
+                    want, got = augment._batchwise(*args), augment._per_image(*args)
+                    assert got.shape == want.shape and got.stride() == want.stride()
+                    assert torch.equal(got, want), (x.dtype, shifted is None, channels_last,
+                                                    pad)
+
+
+def test_the_patch_at_a_time_path_refuses_what_it_cannot_cut() -> None:
+    images = torch.zeros(2, 16, 16, 3, dtype=torch.uint8)
+    offsets = (torch.arange(2), torch.zeros(2, dtype=torch.long),
+               torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="crop 17 must lie in 1..16"):
+        augment._per_image(images, *offsets, "none", {}, None, 17, False, 0)
+    with pytest.raises(ValueError, match="16x16 images need a mean image of their size"):
+        augment._per_image(images, *offsets, "image", {"mean_image": np.zeros((20, 20, 3))},
+                           None, 8, False, 0)
+    with pytest.raises(ValueError, match="mean 'median'"):
+        augment._per_image(images, *offsets, "median", {}, None, 8, False, 0)

@@ -1,10 +1,12 @@
 """The paper's augmentation (section 4.1) and mean subtraction (section 2), batch-wise on tensors.
 
 Every function works on a whole batch at once, on whatever device the batch lives on (uint8
-goes to the GPU, the augmentation runs there), with no per-image Python loop: all crops are
-one `index_select` from a strided view of every possible patch row (see `crop`), in the
-style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. Images are
-(B, 3, S, S) or (B, S, S, 3) (the store's layout), uint8 or float.
+goes to the GPU, the augmentation runs there). On a GPU there is no per-image Python loop: all
+crops are one `index_select` from a strided view of every possible patch row (see `crop`), in
+the style of airbench's batch_crop/batch_flip_lr and timm's PrefetchLoader. On the CPU,
+train_batch and eval_batch make the same floats a patch at a time (`_per_image`), which keeps
+each patch in the cache instead of sweeping the whole float batch through memory once per
+step. Images are (B, 3, S, S) or (B, S, S, 3) (the store's layout), uint8 or float.
 
 Every random draw takes an explicit CPU `torch.Generator` and is made on the CPU (the draws
 are B or 3B numbers), then moved to the batch's device, so a seed gives the same batch on the
@@ -265,6 +267,12 @@ def mean_windows(mean_image: torch.Tensor, top: torch.Tensor, left: torch.Tensor
     return crop(both, top, left, size, source=flip.long(), channels_first=channels_first)
 
 
+def _tv_levels(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's mean and std on the 0..255 scale (float32 (3,) each, on `device`)."""
+    m, s = (torch.tensor(v).mul_(255) for v in (TV_MEAN, TV_STD))
+    return to_device(m, device), to_device(s, device)
+
+
 def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
                   top: torch.Tensor | None = None, left: torch.Tensor | None = None,
                   flip: torch.Tensor | None = None, out: torch.Tensor | None = None
@@ -283,9 +291,8 @@ def subtract_mean(images: torch.Tensor, mean: str, stats: dict[str, Any],
         return images
     if mean == "torchvision":
         shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
-        m, s = (to_device(torch.tensor(v).mul_(255).view(shape), images.device)
-                for v in (TV_MEAN, TV_STD))
-        return images.sub_(m).div_(s)
+        m, s = _tv_levels(images.device)
+        return images.sub_(m.view(shape)).div_(s.view(shape))
     if mean == "channel":
         cm = to_device(torch.as_tensor(stats["channel_mean"], dtype=torch.float32),
                        images.device)
@@ -344,17 +351,15 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     if pca:
         shift = pca_shift(to_device(alpha, images.device), stats["eigval"], stats["eigvec"],
                           pca_scale)
+    source = torch.arange(b, device=images.device)
     if use_triton_augment(images, mean, stats, backend):
-        return _fused(images, torch.arange(b, device=images.device), top, left, mirror, mean,
-                      stats, shift, crop_size, channels_last, pad)
-    patches = crop(images, top, left, crop_size, mirror, channels_first=not channels_last)
-    x, inside = padded_buffer(patches, pad)
-    subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
-    if shift is not None:
-        if mean == "torchvision":  # the shift is in 0..255 levels; bring it to the same scale
-            shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype),
-                                      shift.device)
-        add_per_image(inside, shift)  # in place
+        return _fused(images, source, top, left, mirror, mean, stats, shift, crop_size,
+                      channels_last, pad)
+    if mean == "torchvision" and shift is not None:  # the shift is in 0..255 levels
+        shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype), shift.device)
+    make = _per_image if images.device.type == "cpu" else _batchwise
+    x = make(images, source, top, left, mirror, mean, stats, shift, crop_size, channels_last,
+             pad)
     return x.permute(0, 3, 1, 2) if channels_last else x
 
 
@@ -369,10 +374,100 @@ def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
     if use_triton_augment(images, mean, stats, backend):
         return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
                       pad)
-    patches = crop(images, top, left, crop_size, mirror, source=source, channels_first=True)
+    make = _per_image if images.device.type == "cpu" else _batchwise
+    return make(images, source, top, left, mirror, mean, stats, None, crop_size, False, pad)
+
+
+def _batchwise(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
+               left: torch.Tensor, mirror: torch.Tensor, mean: str, stats: dict[str, Any],
+               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
+               ) -> torch.Tensor:
+    """Patch k of image source[k] at (top[k], left[k]), mirrored where mirror[k], minus the
+    mean, plus shift[k] (on the mean's scale; None: none), in padded_buffer's layout (NHWC
+    if channels_last): crop, subtract_mean and add_per_image over the whole batch, a few
+    launches whatever its size (the torch path on a GPU)."""
+    patches = crop(images, top, left, crop_size, mirror, source=source,
+                   channels_first=not channels_last)
     x, inside = padded_buffer(patches, pad)
     subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
+    if shift is not None:
+        add_per_image(inside, shift)  # in place
     return x
+
+
+def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
+               left: torch.Tensor, mirror: torch.Tensor, mean: str, stats: dict[str, Any],
+               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
+               ) -> torch.Tensor:
+    """`_batchwise`'s values bit for bit, a patch at a time (the torch path on the CPU):
+    each patch goes from its window of the uint8 image, read in place, straight into the
+    buffer with its mean window subtracted in one pass, then gets its shift while it is
+    still in the cache. The batch-wise passes each sweep the whole float batch (77 MB for
+    128 patches of 224) through memory, ten times; here the image is read once and the
+    buffer written about twice."""
+    _check_pad(pad)
+    nhwc = is_channels_last(images)
+    full = images.shape[1] if nhwc else images.shape[2]
+    if not 0 < crop_size <= full:
+        raise ValueError(f"crop {crop_size} must lie in 1..{full}")
+    if mean not in MEAN_STATS:
+        raise ValueError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
+    k = len(source)
+    side = crop_size + pad
+    x = torch.empty((k, side, side, 3) if channels_last else (k, 3, side, side),
+                    dtype=torch.float32)
+    spatial = x if channels_last else x.movedim(1, 3)
+    spatial[:, crop_size:].zero_()  # padded_buffer's margins
+    spatial[:, :crop_size, crop_size:].zero_()
+    inside = x[:, :crop_size, :crop_size] if channels_last else x[:, :, :crop_size, :crop_size]
+    hwc = (1, 1, 3) if channels_last else (3, 1, 1)  # a per-channel value's shape in a patch
+    width = 1 if channels_last else 2  # a patch's width axis
+    windows = _mean_images(mean, stats, full, channels_last)
+    tv_mean, tv_std = _tv_levels(images.device)
+    if shift is not None:
+        shift = shift.to(torch.float32)
+    rows = zip(source.tolist(), top.tolist(), left.tolist(), mirror.tolist(), strict=True)
+    for i, (s, t, left_i, m) in enumerate(rows):
+        window = images[s, t:t + crop_size, left_i:left_i + crop_size] if nhwc else \
+            images[s, :, t:t + crop_size, left_i:left_i + crop_size]
+        if nhwc != channels_last:
+            window = window.permute(2, 0, 1) if nhwc else window.permute(1, 2, 0)
+        if m:
+            window = window.flip(width)
+        out = inside[i]
+        if windows is None:
+            out.copy_(window)
+        elif windows[0].dim() == 1:  # one value per channel
+            torch.sub(window, windows[0].view(hwc), out=out)
+        else:  # a mirrored patch at left is the mirrored mean's patch at full - size - left
+            at = full - crop_size - left_i if m else left_i
+            mean_image = windows[1 if m else 0]
+            torch.sub(window, mean_image[t:t + crop_size, at:at + crop_size] if channels_last
+                      else mean_image[:, t:t + crop_size, at:at + crop_size], out=out)
+        if mean == "torchvision":
+            out.sub_(tv_mean.view(hwc)).div_(tv_std.view(hwc))
+        if shift is not None:
+            out.add_(shift[i].view(hwc))
+    return x
+
+
+def _mean_images(mean: str, stats: dict[str, Any], full: int, channels_last: bool
+                 ) -> tuple[torch.Tensor, ...] | None:
+    """What `_per_image` subtracts before any torchvision scaling: the mean image and its
+    mirror in the patches' layout (contiguous, so that a window reads whole rows), the
+    channel mean (one tensor of 3), or None."""
+    if mean == "channel":
+        return (torch.as_tensor(stats["channel_mean"], dtype=torch.float32),)
+    if mean != "image":
+        return None
+    mean_image = torch.as_tensor(stats["mean_image"], dtype=torch.float32).cpu()
+    if mean_image.shape[0] != full:
+        raise ValueError(f"{full}x{full} images need a mean image of their size, got "
+                         f"{mean_image.shape[0]}x{mean_image.shape[1]}")
+    both = (mean_image, mean_image.flip(1))
+    if not channels_last:
+        both = tuple(m.permute(2, 0, 1) for m in both)
+    return tuple(m.contiguous() for m in both)
 
 
 def padded_buffer(patches: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:

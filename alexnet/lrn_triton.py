@@ -20,8 +20,10 @@ without a graph break. Two other layouts stream maps through registers instead
 (ALEXNET_LRN_LAYOUT): channels, a run of maps each loaded once per program as a vector of
 pixels, and rows, for channels_last tensors, where each thread holds whole
 pixels and loads 16 bytes of consecutive channels at a time (the tile layout's shifted maps
-are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); tile
-stays the default, faster on an H200 (figures at LAYOUT).
+are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); two
+(band, gather) read whole rows of a column. The default, auto, times tile, band and gather
+on the device at first use, for each shape and for the forward and backward apart, and keeps
+the fastest that agrees with tile (figures at LAYOUT).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -30,7 +32,12 @@ This module imports triton; alexnet.model imports it only when the Triton path i
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
+import sys
+import threading
+from collections.abc import Callable
 
 import torch
 import triton
@@ -63,23 +70,30 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
                     BACKWARDS)
-LAYOUTS = ("tile", "channels", "rows", "band", "gather")
+LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
-# tile (the default: the kernels above, a 2-D block of channels x pixels, shifted maps from
-# the cache), channels (a run of maps streamed through registers, each loaded once per
-# program) or rows (on channels_last tensors whose columns are whole 16-byte groups, each
-# thread streams its pixels' runs of channels, every access 16 bytes; other tensors take
-# the tile kernels) or band (channels_last, not float64: a block of pixels x a whole
-# column read once in rows, the window sums as a product with the 0/1 band matrix on the
-# tensor cores, `_window_sums`; a NaN or inf reaches every map of its pixel's column there,
-# through the band's zeros, where the others keep it to its window) or gather (the band
-# kernels with the window sums gathered along each row, `_window_gather`: exact, any dtype,
-# not yet timed on a GPU). tile by measurement:
-# on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd; `alexnet bench
-# model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms rows, 3.631 ms
-# channels; conv2's 0.417, 0.725, 2.322 ms. The channels, rows, band and gather backwards
-# ignore ALEXNET_LRN_BACKWARD.
-LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "tile"), LAYOUTS)
+# auto (the default: for each tensor shape, dtype and memory format, and for the forward and
+# the backward apart, the fastest of AUTO_LAYOUTS as timed on the device at first use,
+# `_auto`), tile (a 2-D block of channels x pixels, shifted maps from the cache), channels
+# (a run of maps streamed through registers, each loaded once per program) or rows (on
+# channels_last tensors whose columns are whole 16-byte groups, each thread streams its
+# pixels' runs of channels, every access 16 bytes; other tensors take the tile kernels) or
+# band (channels_last, not float64: a block of pixels x a whole column read once in rows,
+# the window sums as a product with the 0/1 band matrix on the tensor cores,
+# `_window_sums`; a NaN or inf reaches every map of its pixel's column there, through the
+# band's zeros, where the others keep it to its window) or gather (the band kernels with
+# the window sums gathered along each row, `_window_gather`: exact, any dtype, not yet timed
+# on a GPU). Measured on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd;
+# `alexnet bench model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms
+# rows, 3.631 ms channels, 0.658 ms band (its forward 0.188 ms against tile's 0.289);
+# conv2's 0.417, 0.725, 2.322, 0.982 ms. So no one layout is fastest on both: auto.
+# The channels, rows, band and gather backwards ignore ALEXNET_LRN_BACKWARD.
+LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "auto"), LAYOUTS)
+# What auto times (tile first: the reference the others must agree with). rows and channels
+# were slower than tile on both of the net's shapes in the H200 run above.
+AUTO_LAYOUTS = ("tile", "band", "gather")
+AUTO_MIN_ELEMENTS = 1 << 20  # smaller tensors take tile untimed (too short to time; checks)
+AUTO_ROUNDS, AUTO_REPEATS = 3, 4  # timed rounds (each layout in turn) of launches each
 CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
 CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
 ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
@@ -851,11 +865,11 @@ def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
                      num_warps=num_warps)
 
 
-def _kernels_for(out: torch.Tensor, groups: int) -> str:
-    """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous): LAYOUT
-    (ALEXNET_LRN_LAYOUT; a user error if unknown), except that rows takes only channels_last
-    tensors whose columns are whole 16-byte groups; the others take the tile kernels."""
-    layout = _setting("ALEXNET_LRN_LAYOUT", LAYOUT, LAYOUTS)
+def _applicable(layout: str, out: torch.Tensor, groups: int) -> str:
+    """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous) when `layout`
+    (not auto) is asked for: rows takes only channels_last tensors whose columns are whole
+    16-byte groups, band and gather only channels_last ones (band not float64); the others
+    take the tile kernels."""
     channels_last = _strides(out)[3]
     if layout == "band":  # tensor-core products: not in float64
         return "band" if channels_last and out.dtype != torch.float64 else "tile"
@@ -865,6 +879,131 @@ def _kernels_for(out: torch.Tensor, groups: int) -> str:
         return layout
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
     return "rows" if channels_last and fits else "tile"
+
+
+def _kernels_for(out: torch.Tensor, groups: int, direction: str = "forward",
+                 key: tuple = (), run: Callable[[str], None] | None = None) -> str:
+    """The layout whose kernels run `direction` (forward or backward) on `out`: LAYOUT
+    (ALEXNET_LRN_LAYOUT; a user error if unknown) where it applies (`_applicable`); for auto,
+    the fastest of AUTO_LAYOUTS as `run(layout)` times them (`_auto`; `key`: the kernels'
+    other settings), or tile where it cannot time them (no `run`)."""
+    layout = _setting("ALEXNET_LRN_LAYOUT", LAYOUT, LAYOUTS)
+    if layout != "auto":
+        return _applicable(layout, out, groups)
+    return "tile" if run is None else _auto(direction, out, groups, key, run)
+
+
+_AUTO: dict[tuple, str] = {}  # what auto chose, by direction, device, shape, dtype, settings
+_AUTO_LOCK = threading.Lock()
+
+
+def _timeable(out: torch.Tensor) -> bool:
+    """Whether auto times layouts on `out`: a CUDA tensor of at least AUTO_MIN_ELEMENTS, not
+    while a CUDA graph is being captured (nothing may synchronise then) and not when the user
+    asked for deterministic algorithms (a timed choice may differ from run to run)."""
+    return (out.is_cuda and out.numel() >= AUTO_MIN_ELEMENTS
+            and not torch.are_deterministic_algorithms_enabled()
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _auto(direction: str, out: torch.Tensor, groups: int, key: tuple,
+          run: Callable[[str], None]) -> str:
+    """auto's layout for `direction` on tensors like `out`: chosen once per direction, device,
+    shape, memory format, dtype, column count and kernel settings (`key`), then cached; tile
+    where only tile applies or where the layouts cannot be timed (`_timeable`)."""
+    candidates = list(dict.fromkeys(_applicable(layout, out, groups)
+                                    for layout in AUTO_LAYOUTS))
+    if len(candidates) == 1 or not _timeable(out):
+        return "tile"
+    key = _auto_key(direction, out, groups, key)
+    with _AUTO_LOCK:
+        if key not in _AUTO:
+            what = f"{direction} on {tuple(out.shape)} {str(out.dtype).removeprefix('torch.')}"
+            _AUTO[key] = _fastest(candidates, out, run, what)
+        return _AUTO[key]
+
+
+def _auto_key(direction: str, out: torch.Tensor, groups: int, key: tuple) -> tuple:
+    """auto's cache key: what a layout's speed may depend on."""
+    return (direction, out.device, tuple(out.shape), _strides(out)[3], out.dtype, groups, *key)
+
+
+def _settings(direction: str, half: int, relu: bool, bias: bool, beta: float) -> tuple:
+    """The kernels' settings other than the tensor's, as auto keys them (the tile backward's
+    BACKWARD too)."""
+    common = (half, relu, bias, beta == 0.75)
+    return common + (BACKWARD,) if direction == "backward" else common
+
+
+def auto_choice(x: torch.Tensor, groups: int, half: int, relu: bool, bias: bool,
+                beta: float) -> dict[str, str]:
+    """What auto chose for the forward and the backward of LRN on tensors like x (as the
+    kernels take it: `_layout(x)`); a direction it has not timed yet is absent."""
+    out = _layout(x)
+    chosen = {}
+    for direction in ("forward", "backward"):
+        key = _auto_key(direction, out, groups, _settings(direction, half, relu, bias, beta))
+        if key in _AUTO:
+            chosen[direction] = _AUTO[key]
+    return chosen
+
+
+def _fastest(candidates: list[str], out: torch.Tensor, run: Callable[[str], None],
+             what: str) -> str:
+    """The layout of `candidates` (tile first) whose `run` (writing `out`) takes least time,
+    the best of AUTO_ROUNDS rounds, each layout in turn (so that a busy moment hits them
+    alike). A layout that fails or whose result differs from tile's beyond the rounding of
+    out's dtype is left out, with one warning line; tile's own failure is raised."""
+    run(candidates[0])  # tile: compiled (the first-use check passed it) and the reference
+    reference = out.clone()
+    usable = [candidates[0]]
+    for layout in candidates[1:]:
+        try:
+            run(layout)
+            why = None if _close(out, reference) else "differs from the tile layout"
+        except UserError:
+            raise
+        except Exception as err:  # a kernel that does not compile or launch here
+            first = str(err).strip().partition("\n")[0]
+            why = f"failed ({type(err).__name__}: {first})"
+        if why is None:
+            usable.append(layout)
+        else:
+            print(f"alexnet: warning: the Triton LRN's {layout} layout {why} on the {what}; "
+                  "auto leaves it out", file=sys.stderr)
+    if len(usable) == 1:
+        return usable[0]
+    seconds = dict.fromkeys(usable, math.inf)
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        for _ in range(AUTO_ROUNDS):
+            for layout in usable:
+                seconds[layout] = min(seconds[layout], _seconds(functools.partial(run, layout)))
+    return min(usable, key=seconds.__getitem__)
+
+
+def _seconds(launch: Callable[[], None]) -> float:
+    """Seconds per call of `launch` on the current CUDA stream: AUTO_REPEATS calls between
+    two events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(AUTO_REPEATS):
+        launch()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / AUTO_REPEATS
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether two layouts' results agree to the rounding of their dtype (fp32 sums kept in
+    different orders, then rounded to a 16-bit dtype, may differ by its last bit): within
+    1e-2 (16-bit), 1e-4 (fp32) or 1e-10 (fp64) of each value, or of the largest finite one;
+    a NaN or inf only where the other has the same."""
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4}.get(want.dtype, 1e-2)
+    wide = torch.float64 if want.dtype == torch.float64 else torch.float32
+    got, want = got.to(wide), want.to(wide)
+    finite = torch.where(torch.isfinite(want), want.abs(), 0)  # a NaN or inf sets no scale
+    scale = float(finite.max()) if want.numel() else 0.0
+    return torch.allclose(got, want, rtol=tol, atol=tol * scale, equal_nan=True)
 
 
 def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -> None:
@@ -890,15 +1029,24 @@ def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return _layout(a + bias.view(1, -1, 1, 1))
 
 
-def _kernels_and_input(out: torch.Tensor, a: torch.Tensor, groups: int,
-                       bias: torch.Tensor | None
-                       ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-    """The layout whose kernels run (`_kernels_for`), the input they read and the bias they
-    add: a layout outside BIAS_LAYOUTS reads a with the bias added first (`_biased`)."""
-    kernels = _kernels_for(out, groups)
+def _forward_launch(kernels: str, a: torch.Tensor, out: torch.Tensor, groups: int,
+                    half: int, alpha: float, beta: float, k: float, relu: bool,
+                    bias: torch.Tensor | None) -> None:
+    """Write `forward`'s result into out with the `kernels` layout's forward kernel (a layout
+    outside BIAS_LAYOUTS reads a with the bias added first, `_biased`)."""
     if bias is not None and kernels not in BIAS_LAYOUTS:
-        return kernels, _biased(a, bias), None
-    return kernels, a, bias
+        a, bias = _biased(a, bias), None
+    if kernels in ("band", "gather"):
+        _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
+                     bias, gather=kernels == "gather")
+    elif kernels == "rows":
+        _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
+    elif kernels == "channels":
+        _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
+                         relu)
+    else:
+        _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
+                FORWARD_TILE, bias=bias)
 
 
 def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
@@ -912,19 +1060,34 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
     out = torch.empty_like(a)
     if not out.numel():
         return out
-    kernels, a, bias = _kernels_and_input(out, a, groups, bias)
-    if kernels in ("band", "gather"):
-        _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
-                     bias, gather=kernels == "gather")
-    elif kernels == "rows":
-        _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
-    elif kernels == "channels":
-        _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
-                         relu)
-    else:
-        _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
-                FORWARD_TILE, bias=bias)
+    run = functools.partial(_forward_launch, a=a, out=out, groups=groups, half=half,
+                            alpha=alpha, beta=beta, k=k, relu=relu, bias=bias)
+    key = _settings("forward", half, relu, bias is not None, beta)
+    run(_kernels_for(out, groups, "forward", key, run))
     return out
+
+
+def _backward_launch(kernels: str, g: torch.Tensor, a: torch.Tensor, out: torch.Tensor,
+                     groups: int, half: int, alpha: float, beta: float, k: float, relu: bool,
+                     bias: torch.Tensor | None) -> None:
+    """Write `backward`'s result into out with the `kernels` layout's backward kernel (tile:
+    BACKWARD's; a layout outside BIAS_LAYOUTS reads a with the bias added first)."""
+    if bias is not None and kernels not in BIAS_LAYOUTS:
+        a, bias = _biased(a, bias), None
+    if kernels in ("band", "gather"):
+        _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
+                     relu, bias, gather=kernels == "gather")
+    elif kernels == "rows":
+        _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
+                     relu)
+    elif kernels == "channels":
+        _launch_channels(_lrn_backward_channels_kernel, [g, a], out, groups, half, alpha, beta,
+                         k, relu)
+    else:
+        twophase = BACKWARD == "twophase"
+        kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
+        _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
+                whole_column=twophase, bias=bias)
 
 
 def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
@@ -940,21 +1103,10 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     out = torch.empty_like(a)
     if not out.numel():
         return out
-    kernels, a, bias = _kernels_and_input(out, a, groups, bias)
-    if kernels in ("band", "gather"):
-        _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu, bias, gather=kernels == "gather")
-    elif kernels == "rows":
-        _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu)
-    elif kernels == "channels":
-        _launch_channels(_lrn_backward_channels_kernel, [g, a], out, groups, half, alpha, beta,
-                         k, relu)
-    else:
-        twophase = BACKWARD == "twophase"
-        kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
-        _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
-                whole_column=twophase, bias=bias)
+    run = functools.partial(_backward_launch, g=g, a=a, out=out, groups=groups, half=half,
+                            alpha=alpha, beta=beta, k=k, relu=relu, bias=bias)
+    key = _settings("backward", half, relu, bias is not None, beta)
+    run(_kernels_for(out, groups, "backward", key, run))
     return out
 
 

@@ -177,7 +177,7 @@ def _verify_triton_lrn(device: torch.device) -> bool:
 
     why = fault()
     layout = module.LAYOUT
-    if why is not None and layout != "tile":  # the layout measured longest, before none
+    if why is not None and layout not in ("tile", "auto"):  # auto checks tile (the others: _auto)
         module.LAYOUT = "tile"
         if fault() is None:
             print(f"alexnet: warning: the Triton LRN's {layout} layout on {device.type} {why}; "

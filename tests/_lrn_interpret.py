@@ -198,6 +198,37 @@ def compile_check() -> dict[str, np.ndarray]:
                for key, value in zip(keys, values, strict=False)}}
 
 
+def auto() -> dict[str, np.ndarray]:
+    """ALEXNET_LRN_LAYOUT=auto on conv1's columns (bias and ReLU folded in, channels_last),
+    with the tensors made timeable and a stand-in clock on which band's forward and gather's
+    backward are fastest: what auto chose, and its output and gradients beside those of each
+    layout run by name."""
+    module = alexnet.lrn_triton
+    saved = module._timeable, module._seconds, module.LAYOUT
+
+    def seconds(launch) -> float:
+        launch()
+        fastest = {"_forward_launch": "band", "_backward_launch": "gather"}[launch.func.__name__]
+        return 1.0 if launch.args[0] == fastest else 2.0
+
+    module._timeable, module._seconds = (lambda out: True), seconds
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand((2, 96, 3, 4), generator=gen) * 600 - 300).contiguous(
+        memory_format=torch.channels_last)
+    g, bias = torch.randn(x.shape, generator=gen), torch.rand(96, generator=gen) * 100
+    out: dict[str, np.ndarray] = {}
+    for layout in ("auto", "tile", "band", "gather"):
+        module.LAYOUT = layout
+        y, dx, db = _run_biased(x, g, bias)
+        out.update({f"auto.{layout}.y": y.numpy(), f"auto.{layout}.dx": dx.numpy(),
+                    f"auto.{layout}.db": db.numpy()})
+        if layout == "auto":
+            chosen = module.auto_choice(x, 2, 2, True, True, paper.LRN_BETA)
+            out["auto.chosen"] = np.array([chosen.get("forward"), chosen.get("backward")])
+    module._timeable, module._seconds, module.LAYOUT = saved
+    return out
+
+
 def edges() -> dict[str, np.ndarray]:
     """Inputs that the paper net's defaults do not make, through every variant's kernels, and
     the torch path on them in float64: maps one pixel wide whose W stride is not their pixels'
@@ -240,7 +271,7 @@ def edges() -> dict[str, np.ndarray]:
 # (timed through the interpreter: channels 74 s, rows 21, recompute 20, twophase 16, compile
 # check 8, band and the rows fallback a few)
 PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **kernel("gather"),
-                               **rows_fallback()},
+                               **rows_fallback(), **auto()},
          "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **kernel("twophase"),
                                **compile_check()},
          "edges": edges}

@@ -151,6 +151,23 @@ def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, 
         assert np.isnan(y[0, :4, 0, 1]).all() and not np.isnan(y[0, 4:]).any()
 
 
+def test_auto_runs_the_layout_it_chose_for_each_direction(kernel_results):
+    """With band's forward and gather's backward fastest on the stand-in clock, auto's output
+    is band's bit for bit and its gradients gather's, and all equal tile's to fp32 rounding
+    (tests/_lrn_interpret.py's `auto`: conv1's columns, bias and ReLU folded in)."""
+    r = kernel_results
+    assert list(r["auto.chosen"]) == ["band", "gather"]
+    np.testing.assert_array_equal(r["auto.auto.y"], r["auto.band.y"])
+    for key in ("dx", "db"):
+        np.testing.assert_array_equal(r[f"auto.auto.{key}"], r[f"auto.gather.{key}"])
+    # the layouts do differ in their last bits, so the equalities above say which ran
+    assert not np.array_equal(r["auto.band.y"], r["auto.tile.y"])
+    assert not np.array_equal(r["auto.gather.dx"], r["auto.tile.dx"])
+    for key in ("y", "dx", "db"):
+        np.testing.assert_allclose(r[f"auto.auto.{key}"], r[f"auto.tile.{key}"], rtol=1e-4,
+                                   atol=1e-4 * np.abs(r[f"auto.tile.{key}"]).max())
+
+
 def test_the_column_edges_matter(kernel_results):
     # the same input normalised as one column differs at the maps next to the column border
     r = kernel_results
@@ -359,13 +376,13 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
     if triton_lrn_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "diagonal")
-    with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='diagonal': choose from tile, "
-                                        "channels, rows"):
+    with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='diagonal': choose from auto, "
+                                        "tile, channels, rows"):
         triton_lrn_module()._kernels_for(torch.zeros(1, 4, 2, 2), 2)
 
 
 @pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "tile, channels, rows, band, gather"),
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather"),
     ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
 def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
     """The first-use check that `auto` makes on a GPU takes any exception for a kernel that

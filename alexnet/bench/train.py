@@ -409,7 +409,9 @@ def variants_for(device: torch.device
     if module is not None and use_triton_lrn(probe):
         rows.insert(0, ("conv1/conv2 bias added apart, not in the LRN kernel", {},
                         functools.partial(setting, alexnet.model, "LRN_TAKES_BIAS", False)))
-        layouts = sorted((v for v in module.LAYOUTS if v != module.LAYOUT),
+        # the layouts auto chooses among, each for the whole step (rows and channels were
+        # slower than tile on both of the net's shapes; `bench model` times every layout)
+        layouts = sorted((v for v in module.AUTO_LAYOUTS if v != module.LAYOUT),
                          key=lambda v: {"gather": 0, "band": 1}.get(v, 2))  # newest first
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in layouts]

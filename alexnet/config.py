@@ -99,6 +99,9 @@ class RunConfig:
     amp: str = "off"  # off (fp32, the paper), bf16 autocast, fp16 autocast + GradScaler
     channels_last: bool = False
     compile: bool = False
+    # replay each training step from a CUDA graph (alexnet/training/graphs.py): CUDA, one
+    # process and one device, bf16 or fp32 (not fp16's loss scaling), not with compile
+    cuda_graph: bool = False
     prefetch: int = -1  # batches the loader reads ahead (-1: loader.default_prefetch)
     # jpeg stores (docs/loading.md): the CPU decoder (auto: simplejpeg, cv2, torchvision, pil,
     # the first installed), its threads per batch (0: loader.default_decode_threads) and the
@@ -336,6 +339,10 @@ def validate(config: Config) -> Config:
          f"choose from {', '.join(JPEG_DECODER_CHOICES)}")
     need(r.augment_in in AUGMENT_IN_CHOICES, f"run.augment_in {r.augment_in!r}: "
          f"choose from {', '.join(AUGMENT_IN_CHOICES)}")
+    need(not (r.cuda_graph and r.compile), "run.cuda_graph replays the eager step from a "
+         "CUDA graph; set it or run.compile, not both")
+    need(not (r.cuda_graph and r.amp == "fp16"), "run.cuda_graph: fp16's loss scaling reads "
+         "its overflow check on the host, which a CUDA graph cannot; use run.amp=bf16")
     need(r.val_every >= 1, f"run.val_every {r.val_every}: must be at least 1")
     need(r.eval_batch_size >= 1, f"run.eval_batch_size {r.eval_batch_size}: must be >= 1")
     need(r.time_limit >= 0, f"run.time_limit {r.time_limit}: must be >= 0")

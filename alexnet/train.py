@@ -24,6 +24,7 @@ FLAG_KEYS = {  # plain flags -> config keys
     "data": "data.store", "out": "run.out", "epochs": "optim.epochs",
     "batch_size": "optim.batch_size", "lr": "optim.lr", "device": "run.device",
     "amp": "run.amp", "channels_last": "run.channels_last", "compile": "run.compile",
+    "cuda_graph": "run.cuda_graph",
     "seed": "run.seed", "tensorboard": "run.tensorboard", "max_steps": "run.max_steps",
     "steps_per_epoch": "run.steps_per_epoch", "progress": "run.progress",
     "init_from": "run.init_from",
@@ -63,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="channels_last memory layout (default: off)")
     parser.add_argument("--compile", action="store_const", const=True,
                         help="torch.compile the net (default: off)")
+    parser.add_argument("--cuda-graph", action="store_const", const=True,
+                        help="replay each training step from a CUDA graph (CUDA, one process, "
+                        "bf16 or fp32, not with --compile; default: off)")
     parser.add_argument("--seed", type=int, help=f"random seed (default {c.run.seed})")
     parser.add_argument("--tensorboard", action="store_const", const=True,
                         help="also log to RUN/tensorboard (needs the tensorboard package; "

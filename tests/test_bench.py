@@ -12,8 +12,9 @@ import torch
 from _stops import stand_in_bench
 
 from alexnet import paper
-from alexnet.bench.train import GRAPH_ROW, graphed_step, settings_for
+from alexnet.bench.train import GRAPH_ROW, settings_for
 from alexnet.cli import main
+from alexnet.training.graphs import graphed_step
 
 SMOKE_ON_CPU = {"quick": True, "smoke": True, "gpu": None}  # the JSON's "run" entry
 

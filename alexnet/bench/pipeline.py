@@ -194,8 +194,9 @@ def _timed(device: torch.device, images: int, steps: int, warmup: int,
 class Trainer:
     """The paper net (`width` 1; smaller for tests only), its optimizer and runtime: one
     training step at a time; `graphed` (CUDA only): each step replays one CUDA graph of the
-    whole step (alexnet.bench.train.graphed_step, captured on the first batch), its batch
-    copied into the graph's input first, so the host launches one graph per step."""
+    whole step (alexnet.training.graphs.GraphedStep, as `alexnet train` with run.cuda_graph
+    runs it: captured on the first batch, each new batch copied into the graph's input
+    first), so the host launches one graph per step."""
 
     def __init__(self, device: torch.device, classes: int, width: float = 1.0,
                  graphed: bool = False) -> None:
@@ -217,9 +218,7 @@ class Trainer:
         self.optimizer = PaperSGD(param_groups(self.net), lr=paper.BASE_LR,
                                   momentum=paper.MOMENTUM, weight_decay=paper.WEIGHT_DECAY)
         self.graphed = graphed
-        self._replay: Callable[[], Any] | None = None
-        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._graphed_step: Any = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         from alexnet.training.loop import train_step
@@ -227,17 +226,11 @@ class Trainer:
         if not self.graphed:
             train_step(self.net, x, y, self.optimizer, self.rt)
             return
-        if self._replay is None:
-            from alexnet.bench.train import graphed_step
+        if self._graphed_step is None:
+            from alexnet.training.graphs import GraphedStep
 
-            self._inputs = (x.clone(memory_format=torch.preserve_format), y.clone())
-            self._replay = graphed_step(self.net, *self._inputs, self.optimizer, self.rt)
-            self._last = (x, y)
-        if self._last[0] is not x or self._last[1] is not y:
-            self._inputs[0].copy_(x)  # a new batch (model_rate steps on one batch: no copy)
-            self._inputs[1].copy_(y)
-            self._last = (x, y)
-        self._replay()
+            self._graphed_step = GraphedStep(self.net, self.optimizer, self.rt)
+        self._graphed_step(x, y)  # model_rate's steps on one batch copy nothing
 
 
 def timed_warmup(loader: Any, warmup: int) -> int:

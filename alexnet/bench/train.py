@@ -14,8 +14,8 @@ project's torchvision layout (`build_model("alexnet-tv")`; not compiled, to keep
 benchmark short).
 
 On CUDA the row `bf16+channels_last+CUDA graph` replays the whole step (train_step, captured
-once by `graphed_step` after its warm-up) from a CUDA graph: one launch per step instead of
-one per kernel, without torch.compile.
+once by alexnet.training.graphs.graphed_step after its warm-up) from a CUDA graph: one launch
+per step instead of one per kernel, without torch.compile (`alexnet train`'s run.cuda_graph).
 
 Model FLOPs utilisation (CUDA): the paper net's FLOPs per image are counted analytically from
 its layers (2 x multiply-accumulates of every conv and fully connected layer; x3 for forward
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.training.runtime import Runtime, compile_model
+from alexnet.training.runtime import compile_model
 
 PEAK_BF16_TFLOPS = {  # dense (no sparsity) bf16 tensor-core peaks, NVIDIA datasheets;
     "H200 NVL": 835.0,  # the first key within the device's name wins: longer names first
@@ -141,58 +141,6 @@ def build_net(arch: str, width: float = 1.0, device: torch.device | None = None,
         return build_model(arch, num_classes=paper.NUM_CLASSES, **sized)
 
 
-def graphed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 optimizer: torch.optim.Optimizer, rt: Runtime,
-                 warmup: int = 3) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """train_step on the static CUDA batch (x, y) captured once in a CUDA graph: returns a
-    function that replays it, giving train_step's (loss, wrong), overwritten by each replay.
-
-    PyTorch's whole-network recipe: `warmup` steps on a side stream, grads set to None (the
-    captured backward allocates them in the graph's pool), capture. The warm-up is then undone
-    (parameters, optimizer state, the CUDA RNG; state it created is zeroed, PaperSGD's start),
-    so the first replay is train_step's next step. lr is captured as a number; refill x and y
-    in place, and step the model only by replays (an eager train_step would drop the graph's
-    grads). Not with fp16: GradScaler's step syncs with the host, which a capture forbids.
-    """
-    from alexnet.training.loop import train_step
-
-    if x.device.type != "cuda":
-        raise ValueError(f"graphed_step: CUDA graphs need CUDA tensors, not {x.device}")
-    if rt.scaler.is_enabled():
-        raise ValueError("graphed_step: GradScaler's step syncs with the host; use bf16 or fp32")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    saved = [p.detach().clone() for p in params]
-    saved_state = {(i, key): value.clone() for i, p in enumerate(params)
-                   for key, value in optimizer.state.get(p, {}).items() if torch.is_tensor(value)}
-    rng = torch.cuda.get_rng_state(x.device)
-    side = torch.cuda.Stream(x.device)
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        for _ in range(max(warmup, 1)):
-            train_step(model, x, y, optimizer, rt)
-    torch.cuda.current_stream(x.device).wait_stream(side)
-    optimizer.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: read-ahead threads of a loader may work on their own streams meanwhile
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        out = train_step(model, x, y, optimizer, rt)
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(saved[i])
-            for key, value in optimizer.state[p].items():
-                if torch.is_tensor(value) and (i, key) in saved_state:
-                    value.copy_(saved_state[i, key])
-                elif torch.is_tensor(value):
-                    value.zero_()
-    torch.cuda.set_rng_state(rng, x.device)
-
-    def replay() -> tuple[torch.Tensor, torch.Tensor]:
-        graph.replay()
-        return out
-
-    return replay
-
-
 def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
               warmup: int, width: float = 1.0, **net_kwargs: Any
               ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
@@ -208,6 +156,7 @@ def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, A
     from alexnet.distributed import DistInfo
     from alexnet.model import loader_pad
     from alexnet.optim import PaperSGD, param_groups
+    from alexnet.training.graphs import graphed_step
     from alexnet.training.loop import train_step
     from alexnet.training.runtime import setup_runtime
 

@@ -44,6 +44,19 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return loss.detach(), (logits.detach().argmax(1) != y).sum()
 
 
+def training_step(s: RunState, rt: Runtime
+                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """What trains on each batch (x, y): train_step, or with run.cuda_graph its replay from a
+    CUDA graph (`graphs.GraphedStep`, made once and kept on s for the whole run)."""
+    if not rt.cuda_graph:
+        return lambda x, y: train_step(s.model, x, y, s.optimizer, rt)
+    if s.graphed is None:
+        from alexnet.training.graphs import GraphedStep
+
+        s.graphed = GraphedStep(s.model, s.optimizer, rt)
+    return s.graphed
+
+
 def steps_in_epoch(loader: Any, config: Config) -> int:
     """Batches per epoch: the loader's, capped by run.steps_per_epoch."""
     n = len(loader)
@@ -142,11 +155,12 @@ def train_epoch(s: RunState, loader: Any, config: Config, rt: Runtime, flag: Sto
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     wrong_sum = torch.zeros((), dtype=torch.int64, device=rt.device)
     seen, t0, reason = 0, time.perf_counter(), None
+    step = training_step(s, rt)
     try:
         if s.step >= total:
             return None
         for x, y in loader.epoch(s.epoch, start=s.step):
-            loss, wrong = train_step(s.model, x, y, s.optimizer, rt)
+            loss, wrong = step(x, y)  # used before the next step (a graph's are overwritten)
             batch = y.shape[0]
             loss_sum += loss.to(loss_sum.device, torch.float64) * batch
             wrong_sum += wrong.to(wrong_sum.device)

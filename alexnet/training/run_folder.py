@@ -139,7 +139,8 @@ def announce(config: Config, rt: Runtime, train_store: Any, val_name: str | None
     scaling = f" (scaled linearly from {o.lr:g} at batch {o.base_batch})" \
         if o.lr_scaling == "linear" else ""
     speed = ", ".join(name for name, on in (("channels_last", r.channels_last),
-                                            ("compile", r.compile)) if on)
+                                            ("compile", r.compile),
+                                            ("cuda_graph", r.cuda_graph)) if on)
     print(f"batch {o.batch_size} global ({per_rank} per rank x {world}), lr {scaled_lr(config):g}"
           f"{scaling}, {plural(o.epochs, 'epoch')} x {plural(steps, 'step')}, device {rt.device}"
           f", amp {r.amp}{', ' + speed if speed else ''}")

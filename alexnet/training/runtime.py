@@ -32,6 +32,7 @@ class Runtime:
     scaler: torch.amp.GradScaler
     channels_last: bool
     compile: bool
+    cuda_graph: bool = False  # each step replayed from a CUDA graph (training/graphs.py)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of every forward pass (a no-op in fp32)."""
@@ -51,8 +52,13 @@ def setup_runtime(config: Config, dist_info: DistInfo) -> Runtime:
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[r.amp]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if r.cuda_graph and device.type != "cuda":
+        raise UserError(f"run.cuda_graph needs a CUDA device, not {device}; leave it off")
+    if r.cuda_graph and (dist_info.world_size > 1 or dist_info.column_devices is not None):
+        raise UserError("run.cuda_graph captures the step of one process on one device; "
+                        "leave it off under torchrun and with model.split_columns")
     scaler = torch.amp.GradScaler(device.type, enabled=r.amp == "fp16")
-    return Runtime(dist_info, device, dtype, scaler, r.channels_last, r.compile)
+    return Runtime(dist_info, device, dtype, scaler, r.channels_last, r.compile, r.cuda_graph)
 
 
 # Whether inductor's compiled gradients were checked on each device type (`compile_model`).

@@ -43,6 +43,7 @@ class RunState:
     chance_said: bool = False
     loss_bound: float = math.inf  # above it the run diverged (saving.loss_bound)
     last_good: Path | None = None  # the newest checkpoint saved or resumed from (saving.py)
+    graphed: Any = None  # run.cuda_graph's GraphedStep, once the first step made it
 
 
 def build_network(config: Config, num_classes: int) -> nn.Module:

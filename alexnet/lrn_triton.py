@@ -910,14 +910,18 @@ def _auto(direction: str, out: torch.Tensor, groups: int, key: tuple,
           run: Callable[[str], None]) -> str:
     """auto's layout for `direction` on tensors like `out`: chosen once per direction, device,
     shape, memory format, dtype, column count and kernel settings (`key`), then cached; tile
-    where only tile applies or where the layouts cannot be timed (`_timeable`)."""
+    where only tile applies, under deterministic algorithms, and where a choice not yet made
+    cannot be timed (`_timeable`: while a CUDA graph is captured, the choice its warm-up
+    made holds)."""
     candidates = list(dict.fromkeys(_applicable(layout, out, groups)
                                     for layout in AUTO_LAYOUTS))
-    if len(candidates) == 1 or not _timeable(out):
+    if len(candidates) == 1 or torch.are_deterministic_algorithms_enabled():
         return "tile"
     key = _auto_key(direction, out, groups, key)
     with _AUTO_LOCK:
-        if key not in _AUTO:
+        if key not in _AUTO:  # a choice made before (a CUDA graph's warm-up) holds in capture
+            if not _timeable(out):
+                return "tile"
             what = f"{direction} on {tuple(out.shape)} {str(out.dtype).removeprefix('torch.')}"
             _AUTO[key] = _fastest(candidates, out, run, what)
         return _AUTO[key]

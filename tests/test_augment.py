@@ -302,7 +302,7 @@ def test_the_cpus_patch_at_a_time_path_equals_the_batchwise_path_bit_for_bit(
     mirror = augment.flip_mask(k, g)
     assert 0 < int(mirror.sum()) < k
     shift = augment.pca_shift(augment.draw_alpha(k, g), st["eigval"], st["eigvec"])
-    for x in (batch, batch.float()):
+    for x in (batch, batch.float(), batch.double() + 0.3):
         for shifted in (None, shift):
             for channels_last in (False, True):
                 for pad in (0, 3):

@@ -209,3 +209,22 @@ def test_auto_on_cuda_times_the_layouts_and_gives_tiles_values(monkeypatch) -> N
     assert set(chosen.values()) <= set(lrn_triton.AUTO_LAYOUTS)
     for have, ref in zip(got, want, strict=True):
         assert lrn_triton._close(have, ref)
+
+
+def test_a_choice_made_before_a_graph_capture_holds_in_it(clock, monkeypatch) -> None:
+    """run.cuda_graph warms the step up eagerly (auto times there), then captures it, when
+    nothing may be timed: the capture must run the layout the warm-up chose, not tile. A
+    shape not seen before runs tile untimed there, and is timed once it can be. Under
+    deterministic algorithms tile runs whatever was chosen."""
+    times, timed = clock
+    times.update(tile=3.0, band=1.0, gather=2.0)
+    out = channels_last()
+    run = writer({"tile": torch.rand(CONV1)}, [], out)
+    assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "band"
+    monkeypatch.setattr(lrn_triton, "_timeable", lambda out: False)  # capturing
+    del timed[:]
+    assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "band"
+    assert lrn_triton._kernels_for(out, 2, "backward", (), run) == "tile"
+    assert timed == [] and len(lrn_triton._AUTO) == 1
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "tile"

@@ -222,11 +222,12 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                 line += f"; {k} {_ms(t[k])} = {t[k] / t['relu']:.2f}x ReLU"
         if "lrn triton" not in fns:
             line += "; lrn triton: needs CUDA and triton"
-        elif module.LAYOUT == "auto":  # what it timed for the fused row, as the net runs it
-            chosen = module.auto_choice(x, 2, paper.LRN_N // 2, True, False, paper.LRN_BETA)
-            row["auto"] = chosen
-            line += "; auto chose " + (", ".join(f"{k} {v}" for k, v in chosen.items())
-                                       or "tile (untimed)")
+        elif module.LAYOUT == "auto":  # what it timed for the fused rows (the net's: bias)
+            for bias in (False, True):
+                chosen = module.auto_choice(x, 2, paper.LRN_N // 2, True, bias, paper.LRN_BETA)
+                row["auto with bias" if bias else "auto"] = chosen
+                line += f"; auto chose{' with the bias' if bias else ''} " + (
+                    ", ".join(f"{k} {v}" for k, v in chosen.items()) or "tile (untimed)")
         for k, why in failed.items():
             row[f"{k} error"] = why
             line += f"; {k} failed: {why}"

@@ -434,6 +434,8 @@ def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
             window = window.permute(2, 0, 1) if nhwc else window.permute(1, 2, 0)
         if m:
             window = window.flip(width)
+        if torch.promote_types(window.dtype, torch.float32) != torch.float32:
+            window = window.float()  # float64 images: rounded first, as `_batchwise` copies
         out = inside[i]
         if windows is None:
             out.copy_(window)

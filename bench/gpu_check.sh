@@ -109,15 +109,18 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 #              compilations saved; the tests step's compiling tests took 0.4-3.4 s each);
 #              columns, pad and pool and the whole step at batch 32 left: about 80 s
 #   pipeline 120  took 119 s and finished (the goals' figures first, diagnoses after them)
-#   data   30  no GPU goal reads it (the 16-core prepare row is shown beside the 2-core
-#              goal): the 60 s taken from it pay for the steps above. Its first figures,
+#   data   20  no GPU goal reads it (the 16-core prepare row is shown beside the 2-core
+#              goal): the 70 s taken from it pay for the steps above. Its first figures,
 #              prepare at 1 and 16 workers, take about 20 s; the loaders, the GPU loader and
 #              evaluate only as time allows, each kept as measured
-step tests 100 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
+# 2026-11-30: tests 110 (from 100) and data 20 (from 30), for the new CUDA tests of the LRN's
+# auto layout (band and gather compiled for conv1's columns: about 10 s) and of run.cuda_graph
+# (a 1/8-width net captured twice: a few seconds)
+step tests 110 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
 step train 145 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
 step model 85 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"
 step pipeline 120 $PY -m alexnet bench pipeline --device cuda --json "$OUTDIR/pipeline.json"
-step data 30 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
+step data 20 $PY -m alexnet bench data evaluate --device cuda --json "$OUTDIR/data.json"
 $PY bench/goals.py "$OUTDIR" | tee "$OUTDIR/goals.log"
 if [ "${GPU_CHECK_ABLATE:-0}${GPU_CHECK_DEMO:-0}" != 00 ] && [ -z "$DATA" ]; then
   echo "=== ablate, demo: skipped, no Fashion-MNIST files (set ALEXNET_FMNIST)"; status=1

@@ -228,3 +228,28 @@ def test_a_choice_made_before_a_graph_capture_holds_in_it(clock, monkeypatch) ->
     assert timed == [] and len(lrn_triton._AUTO) == 1
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "tile"
+
+
+def test_candidates_are_compared_on_the_first_images_only(clock, monkeypatch) -> None:
+    """A 10-crop evaluation batch's maps are gigabytes: the agreement check copies and
+    compares about AUTO_CHECK_ELEMENTS results (whole images from the first), not all; a
+    layout wrong there is still left out."""
+    times, _ = clock
+    times.update(tile=3.0, band=1.0, gather=2.0)
+    per_image = CONV1[1] * CONV1[2] * CONV1[3]
+    monkeypatch.setattr(lrn_triton, "AUTO_CHECK_ELEMENTS", per_image + 1)
+    compared: list[tuple[int, ...]] = []
+    close = lrn_triton._close
+
+    def spy(got: torch.Tensor, want: torch.Tensor) -> bool:
+        compared.append(tuple(got.shape))
+        return close(got, want)
+
+    monkeypatch.setattr(lrn_triton, "_close", spy)
+    out = channels_last()
+    tile = torch.rand(CONV1) + 1
+    wrong_first = tile.clone()
+    wrong_first[0] *= 1.01
+    run = writer({"tile": tile, "band": wrong_first}, [], out)
+    assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "gather"
+    assert compared == [(1, *CONV1[1:])] * 2

@@ -174,7 +174,7 @@ def test_train_with_cuda_graph_on_the_cpu_is_one_line(tmp_path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "none"), "--device", "cpu",
                  "--cuda-graph", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cuda_graph" in err[0], err
+    assert len(err) == 1 and "run.cuda_graph needs a CUDA device, not cpu" in err[0], err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -213,3 +213,18 @@ def test_graphed_steps_on_cuda_equal_eager_steps_across_an_lr_drop() -> None:
     assert got == pytest.approx(want, rel=1e-4)
     for (name, a), b in zip(eager.named_parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_new_momentum_or_weight_decay_is_captured_afresh_too() -> None:
+    """A capture holds every number of the update, not only lr: a group's momentum or weight
+    decay changed (a resumed run's new settings) makes a new capture."""
+    net, batches = net_and_batches()
+    opt = optimizer(net)
+    step = graphs.GraphedStep(net, opt, runtime(), capture=StandIn())
+    step(*batches[0])
+    opt.param_groups[0]["momentum"] = 0.5
+    step(*batches[1])
+    opt.param_groups[0]["weight_decay"] = 0.0
+    step(*batches[2])
+    step(*batches[3])
+    assert step.captures == 3

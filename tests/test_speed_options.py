@@ -1,6 +1,7 @@
-"""The speed options (run.channels_last, run.amp=bf16, run.compile, the `fast` preset) against
-the paper's plain fp32 run: the net trained through `alexnet.train.train` on real
-Fashion-MNIST, once per option, with the same seed, data order, augmentation and dropout.
+"""The speed options (run.channels_last, run.amp=bf16, run.compile, the `fast` preset, and on
+CUDA run.cuda_graph) against the paper's plain fp32 run: the net trained through
+`alexnet.train.train` on real Fashion-MNIST, once per option, with the same seed, data order,
+augmentation and dropout.
 
 What each option may change, and what the tests allow (bounds measured, then given a margin):
 - channels_last is a layout change only: the same loss at every step and the same weights,
@@ -48,6 +49,7 @@ OPTIONS: dict[str, tuple[str, list[str]]] = {
     "bf16": ("paper", ["run.amp=bf16"]),
     "compile": ("paper", ["run.compile=true"]),
     "fast": ("fast", []),
+    "cuda_graph": ("paper", ["run.cuda_graph=true"]),  # CUDA only
 }
 
 # channels_last and compile against plain, both fp32 (measured on the 2-core CPU: largest
@@ -209,6 +211,15 @@ def test_channels_last_on_cuda(runs):
 @needs_cuda
 def test_bf16_autocast_on_cuda(runs):
     check_bf16(runs, "cuda")
+
+
+@needs_cuda
+def test_cuda_graph_on_cuda_gives_the_same_losses_and_weights(runs):
+    """run.cuda_graph through `alexnet train` as users run it (the TrainLoader's read-ahead
+    threads working on their own streams while the step is captured, validation and the
+    checkpoint after): each step replayed from the graph is the eager step, dropout masks
+    included, up to cudnn's reordering."""
+    check_same_as_plain(runs, "cuda_graph", "cuda", CUDA_LOSS_ATOL)
 
 
 # The compiled runs on a GPU take about a minute to compile: their names leave them out of

@@ -78,8 +78,9 @@ class GraphedStep:
     CUDA graph: the batch is copied into the graph's static input first (not when it is that
     same tensor again), and the step is captured afresh (`graphed_step`: its warm-up is
     undone, so every call is the eager step's next step) on the first call, when any group's
-    lr has changed since the capture, and when the batch's shape, dtype or memory format
-    does. The (loss, wrong) it returns are overwritten by the next call: use them first.
+    lr (or other number: momentum, weight decay) has changed since the capture, and when the
+    batch's shape, dtype or memory format does. The (loss, wrong) it returns are
+    overwritten by the next call: use them first.
 
     `capture` (default `graphed_step`) makes the replay (tests give a stand-in: CUDA graphs
     need CUDA)."""
@@ -96,8 +97,7 @@ class GraphedStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training step on (x, y): (mean loss, number wrong), as train_step gives them."""
-        key = (tuple(group["lr"] for group in self.optimizer.param_groups),
-               *((t.shape, t.dtype, t.stride()) for t in (x, y)))
+        key = (_numbers(self.optimizer), *((t.shape, t.dtype, t.stride()) for t in (x, y)))
         if self._replay is None or key != self._key:
             self._replay = self._inputs = None  # the old graph's memory goes first
             self._inputs = (x.clone(memory_format=torch.preserve_format), y.clone())
@@ -110,3 +110,11 @@ class GraphedStep:
             self._inputs[1].copy_(y)
             self._last = (x, y)
         return self._replay()
+
+
+def _numbers(optimizer: torch.optim.Optimizer) -> tuple:
+    """Each parameter group's numbers (lr, momentum, weight decay...): a capture holds them as
+    they were."""
+    return tuple(tuple(sorted((k, v) for k, v in group.items()
+                              if k != "params" and isinstance(v, int | float)))
+                 for group in optimizer.param_groups)

@@ -303,6 +303,8 @@ def test_the_memory_of_predict_does_not_grow_with_the_number_of_files(trained, f
             tracemalloc.stop()
 
     peak(4)  # imports and first-call caches, outside the comparison
-    few, many = peak(4), peak(16)
+    # the least of two runs each: tracemalloc also counts what any other thread of the process
+    # allocates meanwhile (a clean clone's CI once saw 7.7 MB more in one run of 16 files)
+    few, many = min(peak(4), peak(4)), min(peak(16), peak(16))
     capsys.readouterr()
     assert many - few < IMAGE_SIZE * IMAGE_SIZE * 3, (few, many)

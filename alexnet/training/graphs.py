@@ -6,7 +6,7 @@ at 1.06x the eager step this way (docs/model.md, "CUDA graphs").
 `graphed_step` captures `train_step` on a static batch (PyTorch's whole-network recipe);
 `GraphedStep` is what the training loop calls: it refills the static batch with each new one
 and captures again when the lr changes (PaperSGD reads it as a number, which the capture
-holds) or the batch's shape does.
+holds; so are momentum and weight decay) or the batch's shape does.
 """
 
 from __future__ import annotations

@@ -412,14 +412,7 @@ def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
         raise ValueError(f"crop {crop_size} must lie in 1..{full}")
     if mean not in MEAN_STATS:
         raise ValueError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
-    k = len(source)
-    side = crop_size + pad
-    x = torch.empty((k, side, side, 3) if channels_last else (k, 3, side, side),
-                    dtype=torch.float32)
-    spatial = x if channels_last else x.movedim(1, 3)
-    spatial[:, crop_size:].zero_()  # padded_buffer's margins
-    spatial[:, :crop_size, crop_size:].zero_()
-    inside = x[:, :crop_size, :crop_size] if channels_last else x[:, :, :crop_size, :crop_size]
+    x, inside = _padded(len(source), crop_size, pad, channels_last, images.device)
     hwc = (1, 1, 3) if channels_last else (3, 1, 1)  # a per-channel value's shape in a patch
     width = 1 if channels_last else 2  # a patch's width axis
     windows = _mean_images(mean, stats, full, channels_last)
@@ -479,12 +472,18 @@ def padded_buffer(patches: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.
     The paper net's conv1 needs those zeros on 224 patches (alexnet.model.conv1_pad: 3);
     written here the net gets 227 patches and skips its own copy of the batch
     (model.pad_for_conv1), and nothing copies the batch once more to pad it."""
-    _check_pad(pad)
     nhwc = is_channels_last(patches)
-    b, crop = len(patches), patches.shape[1] if nhwc else patches.shape[2]
+    crop = patches.shape[1] if nhwc else patches.shape[2]
+    return _padded(len(patches), crop, pad, nhwc, patches.device)
+
+
+def _padded(b: int, crop: int, pad: int, nhwc: bool, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """padded_buffer's (buffer, inside) for b patches of crop x crop, NHWC if `nhwc`."""
+    _check_pad(pad)
     side = crop + pad
     shape = (b, side, side, 3) if nhwc else (b, 3, side, side)
-    buffer = torch.empty(shape, dtype=torch.float32, device=patches.device)
+    buffer = torch.empty(shape, dtype=torch.float32, device=device)
     spatial = buffer if nhwc else buffer.movedim(1, 3)  # (B, side, side, 3) either way
     spatial[:, crop:].zero_()  # the bottom rows
     spatial[:, :crop, crop:].zero_()  # the right columns

@@ -1162,7 +1162,9 @@ lrn.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerLRN(torch.autograd.Function):
-    """The op's forward and backward launches with autograd, without the op's dispatch."""
+    """The op's forward and backward launches with autograd, without the op's dispatch. The
+    backward kernel has no derivative of its own: a second derivative raises
+    (`alexnet.model.first_order`, as the torch path's) rather than missing its term."""
 
     @staticmethod
     def forward(ctx, x, groups, half, alpha, beta, k, relu, bias):
@@ -1171,9 +1173,13 @@ class _EagerLRN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        from alexnet.model import first_order
+
         x, bias = ctx.saved_tensors
-        grad = backward(g, x, *ctx.consts, bias)
-        return grad, None, None, None, None, None, None, bias_grad(grad, bias)
+        with torch.no_grad():
+            grad = backward(g, x, *ctx.consts, bias)
+            grads = (grad, None, None, None, None, None, None, bias_grad(grad, bias))
+        return first_order("the Triton LRN", grads, g, x, bias)
 
 
 def apply(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,

@@ -51,6 +51,36 @@ def _rows(x: torch.Tensor) -> int:
     return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
 
 
+class _NoSecondDerivative(torch.autograd.Function):
+    """A backward's results (computed outside autograd), tied to what they depend on, whose
+    derivative raises: differentiating them again (a gradient penalty, a Hessian-vector
+    product) must fail, not come back without their term, as it does with torch's
+    once_differentiable (which ties them to detached copies, so autograd.grad skips it)."""
+
+    @staticmethod
+    def forward(ctx, what: str, count: int, *tensors: torch.Tensor):
+        ctx.what = what
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        raise RuntimeError(f"{ctx.what} has no second derivative (its backward is computed "
+                           "outside autograd): differentiating twice through it is not "
+                           "supported")
+
+
+def first_order(what: str, grads: tuple, *depends: torch.Tensor | None) -> tuple:
+    """`grads` as a backward returns them; under create_graph, tied to `depends` (the incoming
+    gradient, saved inputs) through `_NoSecondDerivative`, so that a second derivative through
+    `what` raises."""
+    inputs = [t for t in depends if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not torch.is_grad_enabled() or not inputs:
+        return grads
+    tensors = [t for t in grads if t is not None]
+    tied = iter(_NoSecondDerivative.apply(what, len(tensors), *tensors, *inputs))
+    return tuple(None if t is None else next(tied) for t in grads)
+
+
 class _LRNFunction(torch.autograd.Function):
     """LRN over dim 2 of a (B, G, C, H, W) tensor with an analytic backward.
 
@@ -83,8 +113,15 @@ class _LRNFunction(torch.autograd.Function):
         return b
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
+        a = ctx.saved_tensors[0]
+        with torch.no_grad():
+            grad = _LRNFunction._grad(ctx, g)
+        return first_order("the LRN", (grad, None, None, None, None), g, a)
+
+    @staticmethod
+    def _grad(ctx, g: torch.Tensor) -> torch.Tensor:
+        """The backward's gradient of a, in place in preallocated memory (no autograd)."""
         a, r, b = ctx.saved_tensors
         half, alpha, beta = ctx.consts
         grad, c = torch.empty_like(a), -2.0 * alpha * beta
@@ -102,7 +139,7 @@ class _LRNFunction(torch.autograd.Function):
             for d in range(1, half + 1):
                 gc[:, :, d:].addcmul_(ac[:, :, d:], t[:, :, :-d], value=c)
                 gc[:, :, :-d].addcmul_(ac[:, :, :-d], t[:, :, d:], value=c)
-        return grad, None, None, None, None
+        return grad
 
 
 LRN_BACKENDS = ("auto", "triton", "torch")

@@ -211,7 +211,9 @@ max_pool.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerMaxPool(torch.autograd.Function):
-    """The op's forward and backward launches with autograd, without the op's dispatch."""
+    """The op's forward and backward launches with autograd, without the op's dispatch. The
+    backward kernel has no derivative of its own: a second derivative raises
+    (`alexnet.model.first_order`) rather than missing its term."""
 
     @staticmethod
     def forward(ctx, x, k, s):
@@ -221,8 +223,13 @@ class _EagerMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, g_idx):
+        from alexnet.model import first_order
+
         (idx,) = ctx.saved_tensors
-        return backward(g, idx, *ctx.consts), None, None
+        with torch.no_grad():
+            grad = backward(g, idx, *ctx.consts)
+        return first_order("the Triton max-pool (ALEXNET_POOL=torch has one)", (grad, None, None),
+                           g)
 
 
 def apply(x: torch.Tensor, k: int, s: int) -> torch.Tensor:

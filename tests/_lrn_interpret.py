@@ -266,6 +266,25 @@ def edges() -> dict[str, np.ndarray]:
     return saved
 
 
+def double_backward() -> dict[str, np.ndarray]:
+    """What a second derivative through the kernels' backward gives (x's and the bias's):
+    autograd's error message, or "none" where it went through without the backward's own
+    derivative."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 8, 3, 3), generator=gen).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    bias = torch.randn(8, generator=gen, requires_grad=True)
+    g = torch.randn((1, 8, 3, 3), generator=gen).requires_grad_()
+    try:
+        dx, _ = torch.autograd.grad(lrn(x, groups=2, backend="triton", relu=True, bias=bias),
+                                    (x, bias), g, create_graph=True)
+        torch.autograd.grad((dx ** 2).sum() + g.sum(), g)
+        said = "none"
+    except RuntimeError as err:
+        said = str(err)
+    return {"double_backward": np.array(said)}
+
+
 # the parts a child computes (`_lrn_interpret.py OUT PART`): two halves of the kernels'
 # results, run side by side on a 2-core machine (test_lrn_triton.interpret), and the edges
 # (timed through the interpreter: channels 74 s, rows 21, recompute 20, twophase 16, compile
@@ -274,7 +293,7 @@ PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **kernel(
                                **rows_fallback(), **auto()},
          "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **kernel("twophase"),
                                **compile_check()},
-         "edges": edges}
+         "edges": lambda: {**edges(), **double_backward()}}
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **PARTS[sys.argv[2]]())

@@ -131,5 +131,23 @@ def check() -> dict[str, np.ndarray]:
     return {"verified.cpu": np.array(alexnet.model.triton_pool_verified(torch.device("cpu")))}
 
 
+def double_backward() -> dict[str, np.ndarray]:
+    """What a second derivative through the kernels' backward gives: the error message of
+    autograd, or "none" where it went through (the kernels' backward is not differentiable:
+    it must say so rather than give a gradient without its term)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 4, 5, 5), generator=gen).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn((1, 4, 2, 2), generator=gen).requires_grad_()
+    try:
+        (dx,) = torch.autograd.grad(max_pool(x, nn.MaxPool2d(3, 2), "triton"), x, g,
+                                    create_graph=True)
+        torch.autograd.grad((dx ** 2).sum() + g.sum(), g)
+        said = "none"
+    except RuntimeError as err:
+        said = str(err)
+    return {"double_backward": np.array(said)}
+
+
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **{**kernels(), **net(), **edges(), **check()})
+    np.savez(sys.argv[1], **{**kernels(), **net(), **edges(), **check(), **double_backward()})

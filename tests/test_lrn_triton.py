@@ -601,3 +601,11 @@ def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group)
                              "BETA_3_4": True, "BIAS": False, "s_c": 1}, m.NUM_WARPS)
     narrow = re.findall(r"\bld\.global(?:\.\w+)*\.b(?:16|32)\b", tile.asm["ptx"])
     assert len(narrow) > 8  # the tile forward's shifted loads, one element each
+
+
+def test_a_second_derivative_through_the_kernels_raises(edge_results) -> None:
+    """The kernels' backward is not itself differentiable: a second derivative (a gradient
+    penalty, a Hessian-vector product) must raise, as the torch path's does, not come back
+    without the backward's term (it did: the gradient of g alone)."""
+    assert str(edge_results["double_backward"]).startswith(
+        "the Triton LRN has no second derivative")

@@ -396,6 +396,30 @@ def test_lrn_chunked_cpu_path_matches_one_pass(monkeypatch):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.allclose(outs[0][1], outs[1][1])
 
 
+
+def test_a_second_derivative_through_the_lrn_raises_instead_of_missing_its_term():
+    """The LRN's backward is computed outside autograd, so it has no derivative of its own.
+    With torch's once_differentiable a second derivative taken with autograd.grad came back
+    without that term (the gradient of g was g.sum()'s alone) and a Hessian-vector product of
+    a net's weights silently missed the LRN's curvature: it must raise. A first derivative
+    under create_graph is unchanged."""
+    torch.manual_seed(0)
+    x = (torch.rand(2, 6, 3, 3, dtype=torch.float64) * 40).requires_grad_()
+    g = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    (plain,) = torch.autograd.grad(lrn(x, groups=2), x, g)
+    (dx,) = torch.autograd.grad(lrn(x, groups=2), x, g, create_graph=True)
+    assert torch.equal(dx.detach(), plain)
+    for wrt in (g, x):
+        with pytest.raises(RuntimeError, match="^the LRN has no second derivative"):
+            torch.autograd.grad((dx ** 2).sum() + g.sum() + x.sum(), wrt, retain_graph=True)
+    net = AlexNet(num_classes=3, width=1 / 32, crop=67)
+    images, labels = torch.randn(2, 3, 67, 67), torch.tensor([0, 2])
+    loss = F.cross_entropy(net(images), labels)
+    grads = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
+    with pytest.raises(RuntimeError, match="^the LRN has no second derivative"):
+        torch.autograd.grad(sum((q * q).sum() for q in grads), list(net.parameters()))
+
+
 # ---------------------------------------------------------------------------------------
 # Two columns (section 3.2)
 

@@ -233,3 +233,10 @@ def test_auto_picks_the_triton_pool_on_cuda_after_its_check():
     maps = torch.zeros(2, 96, 13, 13, device="cuda").contiguous(memory_format=torch.channels_last)
     assert use_triton_pool(maps, nn.MaxPool2d(3, 2), "auto")
     assert not use_triton_pool(maps.contiguous(), nn.MaxPool2d(3, 2), "auto")  # NCHW: torch's
+
+
+def test_a_second_derivative_through_the_kernels_is_refused(results) -> None:
+    """The kernels' backward is not itself differentiable: a second derivative must raise,
+    not come back without the pool backward's term (it did: the gradient of g alone)."""
+    assert str(results["double_backward"]).startswith(
+        "the Triton max-pool (ALEXNET_POOL=torch has one) has no second derivative")

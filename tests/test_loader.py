@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import types
 from pathlib import Path
@@ -716,79 +715,3 @@ def test_a_mean_image_of_another_size_says_which_store_to_use(store: Store) -> N
     with pytest.raises(UserError, match=r"trained on 32-pixel images: use a store prepared "
                                         r"with --size 32"):
         EvalLoader(store, 4, crop=32, stats=stats)
-
-
-def test_read_ahead_threads_augment_into_memory_from_the_consumers_thread(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU each batch's memory is allocated on the thread that iterates the loader
-    (glibc's main heap keeps it for reuse; a read-ahead thread's arena cannot), one
-    allocation a batch, and the batch is that memory: for training batches in both memory
-    formats and for the 10 test patches, also under inference_mode, where it must still be
-    a normal tensor (the reader thread writes it). The batches equal those of prefetch 0."""
-    from alexnet.data import augment
-
-    made: list[tuple[threading.Thread, int]] = []
-    batch_memory = augment.batch_memory
-
-    def recorded(*args, **kwargs) -> torch.Tensor:
-        memory = batch_memory(*args, **kwargs)
-        made.append((threading.current_thread(), memory.data_ptr()))
-        return memory
-
-    monkeypatch.setattr(augment, "batch_memory", recorded)
-    runs = [lambda depth: TrainLoader(store, 8, crop=56, pad=3, seed=2,
-                                      prefetch=depth).epoch(0),
-            lambda depth: TrainLoader(store, 8, crop=56, seed=2, channels_last=True,
-                                      prefetch=depth).epoch(0),
-            lambda depth: EvalLoader(store, 16, crops=10, crop=56, prefetch=depth)]
-    for run in runs:
-        for inference in (False, True):
-            want = list(run(0))
-            made.clear()
-            with torch.inference_mode(inference):
-                got = list(run(2))
-            assert len(made) == len(got) == len(want)
-            assert {thread for thread, _ in made} == {threading.current_thread()}
-            for (x, y), (xw, yw) in zip(got, want, strict=True):
-                assert x.data_ptr() in {ptr for _, ptr in made} and not x.is_inference()
-                assert torch.equal(x, xw) and torch.equal(y, yw)
-
-
-FAULTS = """
-import json, resource, sys
-from concurrent.futures import ThreadPoolExecutor
-import torch
-sys.path.insert(0, sys.argv[2])
-from test_loader import PLAIN, make_store
-from alexnet.data.loader import TrainLoader
-with ThreadPoolExecutor(2) as pool:  # threads at work before the loader, as torch's would be
-    list(pool.map(lambda k: torch.ones(1 << 16).sum(), range(8)))
-big = make_store(sys.argv[1], 128, 256, 3)
-loader = TrainLoader(big, 128, pad=3, prefetch=2, **PLAIN)
-faults = []
-for epoch in range(8):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for x, _ in loader.epoch(epoch):
-        assert x.shape == (128, 3, 227, 227)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(faults))
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas: Linux only")
-def test_big_cpu_batches_are_not_page_faulted_afresh_each_time(tmp_path: Path) -> None:
-    """A float batch of 128 x 3 x 227 x 227 (79 MB) augmented by a read-ahead thread, in a
-    process whose threads were at work before the loader (as torch's are): before its memory
-    came from the consumer's thread, each batch was mmap'ed anew and cost one page fault per
-    4 KB page (19k a batch); once the heap has grown to the batches in flight, freed batches
-    are reused."""
-    import json
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-c", FAULTS, str(tmp_path / "train"),
-                           str(Path(__file__).parent)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    faults = json.loads(done.stdout.splitlines()[-1])
-    pages = 128 * 3 * 227 * 227 * 4 // 4096
-    assert max(faults[5:]) < pages / 4, (faults, pages)

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,12 +68,11 @@ def batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Gener
     return torch.Generator().manual_seed(derive_seed(_DRAWS, seed, epoch, batch, rank))
 
 
-def read_ahead(jobs: Iterable[Callable[[], T]], depth: int) -> Iterator[T]:
+def read_ahead(jobs: Sequence[Callable[[], T]], depth: int) -> Iterator[T]:
     """Results of `jobs` in order, with up to `depth` of them running ahead in threads.
 
     store.read (np.memmap slicing, PIL decoding) and torch ops release the GIL, so reading
-    overlaps the consumer's work. depth 0 runs each job when its result is asked for. Each
-    job is taken from `jobs` on the consumer's thread when it is submitted, depth + 1 ahead.
+    overlaps the consumer's work. depth 0 runs each job when its result is asked for.
     """
     if depth <= 0:
         for job in jobs:
@@ -475,25 +474,6 @@ def hand_over(*tensors: torch.Tensor) -> None:
             t.record_stream(torch.cuda.current_stream(t.device))
 
 
-def batch_memory_here(device: torch.device, patches: int, crop: int, pad: int,
-                      channels_last: bool) -> torch.Tensor | None:
-    """On the CPU, the memory a read-ahead thread augments a batch into, allocated on the
-    calling thread, the consumer's (None on other devices: their allocators cache).
-
-    Allocated on a read-ahead thread, a batch over 64 MB (a float batch of 128 x 3 x 227 x 227
-    is 79 MB) is beyond what glibc's per-thread arenas hold, so it is mmap'ed and unmapped
-    for each batch and page-faulted afresh (20k faults a batch, measured): half the
-    read-ahead's rate. The consumer's thread (the main one) allocates from the main heap,
-    which keeps freed batches for reuse (`keep_freed_memory`). A normal tensor even where
-    the consumer runs under inference_mode, as the read-ahead thread's own would be (an
-    inference tensor cannot be written there).
-    """
-    if device.type != "cpu":
-        return None
-    with torch.inference_mode(False):
-        return augment.batch_memory(patches, crop, pad, channels_last, device)
-
-
 _MALLOC_TUNED = False
 
 
@@ -503,9 +483,10 @@ def keep_freed_memory() -> None:
     glibc returns every freed block over 32 MB to the OS, so each new 77 MB float batch
     (128 x 3 x 224 x 224) would be page-faulted afresh: on the CPU that costs ten times the
     arithmetic of the augmentation. Raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to 1 GiB
-    makes freed batches reusable, as jemalloc or tcmalloc (PyTorch's CPU tuning advice) would,
-    for blocks from the main heap: a read-ahead thread's own arena cannot hold them, hence
-    `batch_memory_here`. A no-op where libc is not glibc.
+    makes freed batches reusable, as jemalloc or tcmalloc (PyTorch's CPU tuning advice) would;
+    M_ARENA_MAX 1 makes the read-ahead threads allocate from that same heap (a thread's own
+    arena holds at most 64 MB, so a batch made there would be mmap'ed again). A no-op where
+    libc is not glibc.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED or not sys.platform.startswith("linux"):
@@ -515,6 +496,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
 
@@ -644,8 +626,8 @@ class TrainLoader:
         order = self.indices(epoch).reshape(len(self), self.batch_size)
         in_readers = self.reading.augment_in_readers
         with decode_pool(self.store, self.reading) as decoders:
-            jobs = (self._job(epoch, k, order[k], decoders, augment_too=in_readers)
-                    for k in range(start, len(self)))
+            jobs = [self._job(epoch, k, order[k], decoders, augment_too=in_readers)
+                    for k in range(start, len(self))]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for k, images, y in batches:
                     hand_over(images, y)
@@ -653,11 +635,7 @@ class TrainLoader:
 
     def _job(self, epoch: int, k: int, index: np.ndarray, decoders: DecodeThreads, *,
              augment_too: bool) -> Callable[[], Any]:
-        """Read batch k (sorted indices: sequential reads); augment it too if `augment_too`,
-        on the CPU into memory allocated here (see `batch_memory_here`)."""
-        out = batch_memory_here(self.device, len(index), self.crop, self.pad,
-                                self.channels_last) if augment_too else None
-
+        """Read batch k (sorted indices: sequential reads); on the CPU, augment it as well."""
         def run() -> Any:
             index_sorted = np.sort(index)
             with reader_stream(self.device):
@@ -665,17 +643,16 @@ class TrainLoader:
                                     decoders)
                 y = _to_device(self.labels[index_sorted], self.device)
                 if augment_too:
-                    images = self._augment(epoch, k, images, out)
+                    images = self._augment(epoch, k, images)
             return k, images, y
         return run
 
-    def _augment(self, epoch: int, k: int, images: torch.Tensor,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+    def _augment(self, epoch: int, k: int, images: torch.Tensor) -> torch.Tensor:
         return augment.train_batch(
             images, batch_generator(self.seed, epoch, k, self.rank), self._device_stats,
             crop_size=self.crop, flip=self.flip, pca=self.pca, pca_scale=self.pca_scale,
             alpha_std=self.alpha_std, mean=self.mean, channels_last=self.channels_last,
-            pad=self.pad, out=out)
+            pad=self.pad)
 
 
 class EvalLoader:
@@ -721,8 +698,8 @@ class EvalLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         in_readers = self.reading.augment_in_readers
         with decode_pool(self.store, self.reading) as decoders:
-            jobs = (self._job(self.order[i:i + self.batch_size], decoders, augment_too=in_readers)
-                    for i in range(0, len(self.order), self.batch_size))
+            jobs = [self._job(self.order[i:i + self.batch_size], decoders, augment_too=in_readers)
+                    for i in range(0, len(self.order), self.batch_size)]
             with contextlib.closing(read_ahead(jobs, self.reading.prefetch)) as batches:
                 for images, y in batches:
                     hand_over(images, y)
@@ -730,20 +707,15 @@ class EvalLoader:
 
     def _job(self, index: np.ndarray, decoders: DecodeThreads, *, augment_too: bool
              ) -> Callable[[], Any]:
-        """Read these images; cut their patches too if `augment_too`, on the CPU into memory
-        allocated here (see `batch_memory_here`)."""
-        out = batch_memory_here(self.device, len(index) * self.crops, self.crop, self.pad,
-                                False) if augment_too else None
-
         def run() -> Any:
             with reader_stream(self.device):
                 images = read_batch(self.store, index, self.device, self.reading, decoders)
                 y = _to_device(self.labels[index], self.device)
                 if augment_too:
-                    images = self._patches(images, out)
+                    images = self._patches(images)
             return images, y
         return run
 
-    def _patches(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _patches(self, images: torch.Tensor) -> torch.Tensor:
         return augment.eval_batch(images, self._device_stats, crops=self.crops,
-                                  crop_size=self.crop, mean=self.mean, pad=self.pad, out=out)
+                                  crop_size=self.crop, mean=self.mean, pad=self.pad)

@@ -61,6 +61,14 @@ def cases() -> dict[str, bool]:
         got, want = (augment.eval_batch(x, stats, crops=TEST_CROPS, crop_size=13, pad=3,
                                         backend=b) for b in ("triton", "torch"))
         out[f"eval.{layout}.pad3.crops10"] = same(got, want)
+        for cl in (False, True):  # into memory given (`out`), its margins and patches written
+            memory = augment.batch_memory(5, 13, 3, cl).fill_(float("nan"))
+            got = augment.train_batch(x, torch.Generator().manual_seed(6), stats, crop_size=13,
+                                      channels_last=cl, pad=3, backend="triton", out=memory)
+            want = augment.train_batch(x, torch.Generator().manual_seed(6), stats,
+                                       crop_size=13, channels_last=cl, pad=3, backend="torch")
+            out[f"train.{layout}.out.cl{int(cl)}"] = same(got, want) and (
+                got.data_ptr() == memory.data_ptr())
     paper = rng.integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     stats = augment.device_stats(stats_of(paper), "cpu")
     x = torch.from_numpy(paper)

@@ -312,6 +312,38 @@ def test_the_cpus_patch_at_a_time_path_equals_the_batchwise_path_bit_for_bit(
                     assert got.shape == want.shape and got.stride() == want.stride()
                     assert torch.equal(got, want), (x.dtype, shifted is None, channels_last,
                                                     pad)
+                    for make in (augment._batchwise, augment._per_image):  # into `out`
+                        memory = augment.batch_memory(k, 13, pad, channels_last)
+                        got = make(*args, memory.fill_(float("nan")))
+                        assert got.data_ptr() == memory.data_ptr()
+                        assert got.stride() == want.stride() and torch.equal(got, want)
+
+
+def test_batches_go_into_the_memory_given_and_refuse_memory_of_another_shape() -> None:
+    """train_batch and eval_batch write into `out` (from batch_memory: NaN-filled here, so
+    every element, conv1's padding included, must be written) the batch they would make
+    anew; memory of another shape, layout, dtype or device is refused naming `out`."""
+    images = torch.from_numpy(RNG.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8))
+    st = synthetic_stats(images.numpy())
+    for channels_last in (False, True):
+        want = augment.train_batch(images, torch.Generator().manual_seed(2), st, crop_size=13,
+                                   channels_last=channels_last, pad=3)
+        memory = augment.batch_memory(4, 13, 3, channels_last).fill_(float("nan"))
+        got = augment.train_batch(images, torch.Generator().manual_seed(2), st, crop_size=13,
+                                  channels_last=channels_last, pad=3, out=memory)
+        assert got.data_ptr() == memory.data_ptr()
+        assert got.stride() == want.stride() and torch.equal(got, want)
+    want = augment.eval_batch(images, st, crops=10, crop_size=13, pad=3)
+    memory = augment.batch_memory(40, 13, 3).fill_(float("nan"))
+    got = augment.eval_batch(images, st, crops=10, crop_size=13, pad=3, out=memory)
+    assert got.data_ptr() == memory.data_ptr() and torch.equal(got, want)
+    wrong = [augment.batch_memory(3, 13, 3), augment.batch_memory(4, 13, 0),
+             augment.batch_memory(4, 13, 3, channels_last=True),
+             augment.batch_memory(4, 13, 3).double(), torch.empty(4, 16, 16, 3)]
+    for memory in wrong:
+        with pytest.raises(ValueError, match=r"^out: needs batch_memory\(4, 13, 3"):
+            augment.train_batch(images, torch.Generator().manual_seed(2), st, crop_size=13,
+                                pad=3, out=memory)
 
 
 def test_the_patch_at_a_time_path_refuses_what_it_cannot_cut() -> None:

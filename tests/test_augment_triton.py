@@ -40,9 +40,9 @@ def test_the_kernel_gives_the_torch_paths_batches_bit_for_bit(results: dict) -> 
     """Every layout in (NHWC, NCHW), mean (image, channel, none), memory format out, with
     and without flips and colour, the 1 and 10 test patches, conv1's padding written with
     the patches (both memory formats, the 10 test patches), and the paper's 256 -> 224 (and
-    227 with the padding)."""
+    227 with the padding), and into memory given (`out`, filled with NaN first)."""
     cases = results["cases"]
-    assert len(cases) == 2 * (3 * (2 * 2 + 2) + 3) + 3
+    assert len(cases) == 2 * (3 * (2 * 2 + 2) + 3 + 2) + 3
     assert [key for key, same in cases.items() if not same] == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import types
 from pathlib import Path
@@ -715,3 +716,137 @@ def test_a_mean_image_of_another_size_says_which_store_to_use(store: Store) -> N
     with pytest.raises(UserError, match=r"trained on 32-pixel images: use a store prepared "
                                         r"with --size 32"):
         EvalLoader(store, 4, crop=32, stats=stats)
+
+
+def test_batch_memory_is_lent_again_only_when_nothing_refers_to_it() -> None:
+    """A block comes back once the view lent out is dropped, never while a view, a slice of
+    it, a NumPy array over it, its storage or a tensor autograd saved still refers to it;
+    beyond `keep` blocks, and for another size, memory is new and not kept."""
+    from alexnet.data.loader import BatchMemory
+
+    pool = BatchMemory(4, 13, 3, False, keep=2)
+    first = pool.take(4)
+    assert first.shape == (4, 3, 16, 16) and first.is_contiguous()
+    ptr = first.data_ptr()
+    del first
+    again = pool.take(4)
+    assert again.data_ptr() == ptr
+    holders = [lambda t: t[1:], lambda t: t.numpy(), lambda t: t.untyped_storage(),
+               lambda t: (t.detach().requires_grad_() * t).sum()]  # autograd saves t
+    for hold in holders:
+        held = hold(again)
+        del again
+        other = pool.take(4)
+        assert other.data_ptr() != ptr, hold
+        del other  # the second block is free again
+        del held
+        again = pool.take(4)
+        assert again.data_ptr() == ptr, hold
+    second = pool.take(4)
+    beyond = pool.take(4)  # both blocks lent: new memory, not kept
+    assert len({again.data_ptr(), second.data_ptr(), beyond.data_ptr()}) == 3
+    assert len(pool.blocks) == 2
+    del beyond
+    third = pool.take(4)
+    assert third.data_ptr() not in (again.data_ptr(), second.data_ptr())
+    assert pool.take(3).shape == (3, 3, 16, 16) and len(pool.blocks) == 2
+    cl = BatchMemory(4, 13, 0, True, keep=1).take(4)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert not BatchMemory(4, 13, 0, False, keep=1).take(4).is_inference()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_reused_batch_memory_gives_the_same_batches_and_spares_the_ones_kept(
+        store: Store, keep: bool) -> None:
+    """At every read-ahead depth, over two epochs, training batches (both memory formats,
+    conv1's padding) and the 10 test patches (a last batch of another size) equal those of
+    prefetch 0 made with fresh memory. A consumer that drops each batch gets a few blocks
+    again and again; one that keeps every batch finds none written over."""
+    from alexnet.data import loader as loader_module
+
+    def train(depth: int, channels_last: bool) -> list:
+        loader = TrainLoader(store, 8, crop=56, pad=3, seed=2, prefetch=depth,
+                             channels_last=channels_last)
+        return [loader.epoch(0), loader.epoch(1)]
+
+    def test_patches(depth: int) -> list:
+        loader = EvalLoader(store, 16, crops=10, crop=56, prefetch=depth)
+        return [iter(loader), iter(loader)]
+
+    runs = [lambda d: train(d, False), lambda d: train(d, True), test_patches]
+    for run in runs:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(loader_module, "batch_memory", lambda *args: None)
+            want = [[(x.clone(), y) for x, y in epoch] for epoch in run(0)]
+        for depth in (0, 1, 3):
+            kept, ptrs = [], []
+            for epoch, wanted in zip(run(depth), want, strict=True):
+                got = 0
+                for (x, y), (xw, yw) in zip(epoch, wanted, strict=True):
+                    assert torch.equal(x, xw) and torch.equal(y, yw)
+                    ptrs.append(x.data_ptr())
+                    got += 1
+                    if keep:
+                        kept.append(x)
+                    del x
+                assert got == len(wanted)
+            if keep:
+                assert len(set(ptrs)) == len(ptrs)
+                flat = [x for epoch in want for x, _ in epoch]
+                assert all(torch.equal(a, b) for a, b in zip(kept, flat, strict=True))
+            else:
+                assert len(set(ptrs)) <= max(1, depth) + 4 + 2 < len(ptrs)
+
+
+FAULTS = """
+import json, resource, sys
+from concurrent.futures import ThreadPoolExecutor
+import torch
+sys.path.insert(0, sys.argv[2])
+from test_loader import PLAIN, make_store
+from alexnet.data.loader import TrainLoader
+with ThreadPoolExecutor(2) as pool:  # threads at work before the loader, as torch's would be
+    list(pool.map(lambda k: torch.ones(1 << 16).sum(), range(8)))
+big = make_store(sys.argv[1], 128, 256, 3)
+loader = TrainLoader(big, 128, pad=3, prefetch=2, **PLAIN)
+faults = []
+for epoch in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for x, _ in loader.epoch(epoch):
+        assert x.shape == (128, 3, 227, 227)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps(faults))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas: Linux only")
+def test_big_cpu_batches_are_not_page_faulted_afresh_each_time(tmp_path: Path) -> None:
+    """A float batch of 128 x 3 x 227 x 227 (79 MB) augmented by a read-ahead thread, in a
+    process whose threads were at work before the loader (as torch's are): allocated afresh
+    there, each batch was mmap'ed anew and cost a page fault per 4 KB page (19k a batch);
+    with its memory lent again by the loader, the later epochs fault a few pages only."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FAULTS, str(tmp_path / "train"),
+                           str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    faults = json.loads(done.stdout.splitlines()[-1])
+    pages = 128 * 3 * 227 * 227 * 4 // 4096
+    assert max(faults[4:]) < pages / 10, (faults, pages)
+
+
+def test_without_a_use_count_every_batch_gets_memory_of_its_own(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where this torch cannot tell who refers to a block, nothing is kept or lent again:
+    each batch is new memory, the same values."""
+    from alexnet.data import loader as loader_module
+
+    want = [x for x, _ in TrainLoader(store, 8, crop=56, pad=3, prefetch=2).epoch(0)]
+    monkeypatch.setattr(loader_module, "_users", lambda memory: None)
+    loader = TrainLoader(store, 8, crop=56, pad=3, prefetch=2)
+    for x, xw in zip((x for x, _ in loader.epoch(0)), want, strict=True):
+        assert torch.equal(x, xw)
+    assert loader.memory is not None and loader.memory.blocks == []

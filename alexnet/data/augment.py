@@ -330,13 +330,14 @@ def device_stats(stats: dict[str, Any], device: torch.device | str) -> dict[str,
 def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[str, Any], *,
                 crop_size: int = CROP_SIZE, flip: bool = True, pca: bool = True,
                 pca_scale: str = "std", alpha_std: float = PCA_ALPHA_STD, mean: str = "image",
-                channels_last: bool = False, pad: int = 0, backend: str | None = None
-                ) -> torch.Tensor:
+                channels_last: bool = False, pad: int = 0, backend: str | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """A training batch from uint8 images (B, S, S, 3) or (B, 3, S, S): random crop, mirror
     with p=0.5, PCA colour shift, mean subtraction; float32 (B, 3, crop, crop) on the
     images' device (channels_last memory format if asked), with `pad` zeros right and bottom
     (conv1's padding, see `padded_buffer`). `backend` (default ALEXNET_AUGMENT) picks the torch
-    path or the one-pass Triton kernel: the same values.
+    path or the one-pass Triton kernel: the same values. `out` (from `batch_memory`) is the
+    memory to write the batch into; None: new memory.
 
     The draws, always made in this order whatever is switched off (so switching one off
     changes nothing else): crop top, crop left, flip, alpha.
@@ -354,41 +355,42 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     source = torch.arange(b, device=images.device)
     if use_triton_augment(images, mean, stats, backend):
         return _fused(images, source, top, left, mirror, mean, stats, shift, crop_size,
-                      channels_last, pad)
+                      channels_last, pad, out)
     if mean == "torchvision" and shift is not None:  # the shift is in 0..255 levels
         shift = shift / to_device(255 * torch.tensor(TV_STD, dtype=shift.dtype), shift.device)
     make = _per_image if images.device.type == "cpu" else _batchwise
     x = make(images, source, top, left, mirror, mean, stats, shift, crop_size, channels_last,
-             pad)
+             pad, out)
     return x.permute(0, 3, 1, 2) if channels_last else x
 
 
 def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
                crop_size: int = CROP_SIZE, mean: str = "image", pad: int = 0,
-               backend: str | None = None) -> torch.Tensor:
+               backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Test patches of uint8 images, mean subtracted: float32 (B * crops, 3, crop, crop),
     image-major, with `pad` zeros right and bottom; crops 1 (centre) or 10 (TEN_CROP_ORDER).
-    `pad` and `backend` as for train_batch."""
+    `pad`, `backend` and `out` as for train_batch."""
     full = images.shape[1] if is_channels_last(images) else images.shape[2]
     source, top, left, mirror = multi_crop_offsets(len(images), full, crop_size, crops)
     if use_triton_augment(images, mean, stats, backend):
         return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
-                      pad)
+                      pad, out)
     make = _per_image if images.device.type == "cpu" else _batchwise
-    return make(images, source, top, left, mirror, mean, stats, None, crop_size, False, pad)
+    return make(images, source, top, left, mirror, mean, stats, None, crop_size, False, pad,
+                out)
 
 
 def _batchwise(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
                left: torch.Tensor, mirror: torch.Tensor, mean: str, stats: dict[str, Any],
-               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
-               ) -> torch.Tensor:
+               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Patch k of image source[k] at (top[k], left[k]), mirrored where mirror[k], minus the
     mean, plus shift[k] (on the mean's scale; None: none), in padded_buffer's layout (NHWC
     if channels_last): crop, subtract_mean and add_per_image over the whole batch, a few
     launches whatever its size (the torch path on a GPU)."""
     patches = crop(images, top, left, crop_size, mirror, source=source,
                    channels_first=not channels_last)
-    x, inside = padded_buffer(patches, pad)
+    x, inside = _padded(len(source), crop_size, pad, channels_last, images.device, out)
     subtract_mean(patches, mean, stats, top, left, mirror, out=inside)
     if shift is not None:
         add_per_image(inside, shift)  # in place
@@ -397,8 +399,8 @@ def _batchwise(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
 
 def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
                left: torch.Tensor, mirror: torch.Tensor, mean: str, stats: dict[str, Any],
-               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
-               ) -> torch.Tensor:
+               shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """`_batchwise`'s values bit for bit, a patch at a time (the torch path on the CPU):
     each patch goes from its window of the uint8 image, read in place, straight into the
     buffer with its mean window subtracted in one pass, then gets its shift while it is
@@ -412,7 +414,7 @@ def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
         raise ValueError(f"crop {crop_size} must lie in 1..{full}")
     if mean not in MEAN_STATS:
         raise ValueError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
-    x, inside = _padded(len(source), crop_size, pad, channels_last, images.device)
+    x, inside = _padded(len(source), crop_size, pad, channels_last, images.device, out)
     hwc = (1, 1, 3) if channels_last else (3, 1, 1)  # a per-channel value's shape in a patch
     width = 1 if channels_last else 2  # a patch's width axis
     windows = _mean_images(mean, stats, full, channels_last)
@@ -477,13 +479,41 @@ def padded_buffer(patches: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.
     return _padded(len(patches), crop, pad, nhwc, patches.device)
 
 
-def _padded(b: int, crop: int, pad: int, nhwc: bool, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """padded_buffer's (buffer, inside) for b patches of crop x crop, NHWC if `nhwc`."""
+def batch_memory(patches: int, crop: int, pad: int = 0, channels_last: bool = False,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uninitialised memory for train_batch's or eval_batch's float32 result of `patches`
+    patches, their `out`: memory a caller keeps and reuses batch after batch
+    (alexnet.data.loader's BatchMemory does, so that big CPU batches are not page-faulted
+    afresh each time)."""
     _check_pad(pad)
     side = crop + pad
-    shape = (b, side, side, 3) if nhwc else (b, 3, side, side)
-    buffer = torch.empty(shape, dtype=torch.float32, device=device)
+    return torch.empty((patches, 3, side, side), dtype=torch.float32, device=device,
+                       memory_format=torch.channels_last if channels_last else
+                       torch.contiguous_format)
+
+
+def _check_out(out: torch.Tensor, patches: int, crop: int, pad: int, channels_last: bool,
+               device: torch.device) -> torch.Tensor:
+    """`out` if it is what batch_memory(patches, crop, pad, channels_last, device) makes."""
+    side, where = crop + pad, torch.device(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if (tuple(out.shape) != (patches, 3, side, side) or out.dtype != torch.float32
+            or out.device.type != where.type or where.index not in (None, out.device.index)
+            or not out.is_contiguous(memory_format=layout)):
+        raise ValueError(f"out: needs batch_memory({patches}, {crop}, {pad}, channels_last="
+                         f"{channels_last}) on {where}, got a {out.dtype} tensor of shape "
+                         f"{tuple(out.shape)} and strides {out.stride()} on {out.device}")
+    return out
+
+
+def _padded(b: int, crop: int, pad: int, nhwc: bool, device: torch.device,
+            out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """padded_buffer's (buffer, inside) for b patches of crop x crop, NHWC if `nhwc`, in
+    `out`'s memory if given (see batch_memory)."""
+    _check_pad(pad)
+    out = batch_memory(b, crop, pad, nhwc, device) if out is None else _check_out(
+        out, b, crop, pad, nhwc, device)
+    buffer = out.permute(0, 2, 3, 1) if nhwc else out  # its memory's own order
     spatial = buffer if nhwc else buffer.movedim(1, 3)  # (B, side, side, 3) either way
     spatial[:, crop:].zero_()  # the bottom rows
     spatial[:, :crop, crop:].zero_()  # the right columns
@@ -565,10 +595,10 @@ def _verify_triton_augment(device: torch.device) -> bool:
 
 def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
            mirror: torch.Tensor, mean: str, stats: dict[str, Any],
-           shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int
-           ) -> torch.Tensor:
+           shift: torch.Tensor | None, crop_size: int, channels_last: bool, pad: int,
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton kernel's patches: the values of crop, subtract_mean, add_per_image, in
-    padded_buffer's layout."""
+    padded_buffer's layout (in `out` if given)."""
     _check_pad(pad)
     from alexnet.data import augment_triton
 
@@ -580,5 +610,7 @@ def _fused(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: 
         shift = torch.zeros(len(source), 3, device=device)
     source, top, left, mirror = (to_device(t.to(torch.int32), device)
                                  for t in (source, top, left, mirror))
+    if out is not None:
+        out = _check_out(out, len(source), crop_size, pad, channels_last, device)
     return augment_triton.patches(images, source, top, left, mirror, values, shift, crop_size,
-                                  channels_last, pad)
+                                  channels_last, pad, out)

@@ -60,12 +60,14 @@ def _patches_kernel(img_ptr, i_sb, i_sy, i_sx, i_sc, src_ptr, top_ptr, left_ptr,
 
 def patches(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
             mirror: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor, crop: int,
-            channels_last: bool = False, pad: int = 0) -> torch.Tensor:
+            channels_last: bool = False, pad: int = 0, out: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Float32 (K, 3, crop + pad, crop + pad): patch k of uint8 image source[k] (images
     (B, S, S, 3) or (B, 3, S, S), any strides) at (top[k], left[k]), mirrored where mirror[k],
     minus `mean` (float32, broadcastable to (S, S, 3)) under it, plus shift[k] (float32
     (K, 3)), then `pad` zeros right and bottom; in the channels_last memory format if asked.
-    source/top/left/mirror: (K,) on the images' device."""
+    source/top/left/mirror: (K,) on the images' device. `out`: the result's memory, of that
+    shape and memory format, or None for new memory."""
     nhwc = images.shape[-1] == 3 and images.shape[1] != 3
     sb, sy, sx, sc = (images.stride(i) for i in ((0, 1, 2, 3) if nhwc else (0, 2, 3, 1)))
     full = images.shape[1] if nhwc else images.shape[2]
@@ -73,9 +75,10 @@ def patches(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor, left:
         raise ValueError(f"crop {crop} must lie in 1..{full}")
     mean = mean.to(torch.float32).expand(full, full, 3)
     k, side = len(source), crop + pad
-    out = torch.empty((k, 3, side, side), dtype=torch.float32, device=images.device,
-                      memory_format=torch.channels_last if channels_last else
-                      torch.contiguous_format)
+    if out is None:
+        out = torch.empty((k, 3, side, side), dtype=torch.float32, device=images.device,
+                          memory_format=torch.channels_last if channels_last else
+                          torch.contiguous_format)
     if k == 0:
         return out
     ints = [t.to(torch.int32).contiguous() for t in (source, top, left, mirror)]

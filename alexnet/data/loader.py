@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -474,6 +475,95 @@ def hand_over(*tensors: torch.Tensor) -> None:
             t.record_stream(torch.cuda.current_stream(t.device))
 
 
+def _storage_refs(memory: torch.Tensor) -> tuple[int, int] | None:
+    """(use count of `memory`'s storage, reference count of its Python object), or None
+    where this torch has no use count. The use count counts the storage's Python object once
+    whoever holds it (the object is kept with the storage and is the same for every caller),
+    so the object's holders show in its reference count."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return None
+    storage = memory.untyped_storage()
+    return int(use_count(storage._cdata)), sys.getrefcount(storage)
+
+
+@functools.cache
+def _refs_alone() -> tuple[int, int] | None:
+    """_storage_refs of a tensor nothing else refers to, where this torch's counts grow with
+    a view and with a storage object held (checked here), else None."""
+    alone = torch.empty(1)
+    counts = _storage_refs(alone)
+    view = alone.detach()
+    with_view = _storage_refs(alone)
+    del view
+    storage = alone.untyped_storage()
+    with_storage = _storage_refs(alone)
+    del storage
+    if counts is None or counts != _storage_refs(alone) or counts in (with_view, with_storage):
+        return None
+    return counts
+
+
+def _users(memory: torch.Tensor) -> int | None:
+    """Tensors and storage objects that refer to `memory`'s storage, `memory` included;
+    None where this torch cannot tell (see `_refs_alone`)."""
+    alone, refs = _refs_alone(), _storage_refs(memory)
+    if alone is None or refs is None:
+        return None
+    return 1 + (refs[0] - alone[0]) + (refs[1] - alone[1])
+
+
+class BatchMemory:
+    """Memory that a CPU loader's read-ahead threads augment batches of `patches` patches
+    into (augment.batch_memory's `out`), lent again once nothing else refers to it.
+
+    A batch allocated afresh on a read-ahead thread is beyond what glibc keeps for that
+    thread when it is over 64 MB (a float batch of 128 x 3 x 227 x 227 is 79 MB): it is
+    mmap'ed and unmapped each time and page-faulted afresh, about 19k faults a batch. Here
+    each block is allocated once and kept; the consumer gets a view of it, and the block is
+    free again when no tensor or storage but the pool's own refers to it (its storage's use
+    count), so a batch the consumer keeps (in a list, among autograd's saved tensors, as a
+    NumPy array) is never written over. At most `keep` blocks are kept; beyond them, and for
+    batches of another size (an evaluation's last), memory is allocated afresh.
+    """
+
+    def __init__(self, patches: int, crop: int, pad: int, channels_last: bool, keep: int
+                 ) -> None:
+        self.patches, self.crop, self.pad = int(patches), int(crop), int(pad)
+        self.channels_last, self.keep = bool(channels_last), int(keep)
+        self.blocks: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, patches: int) -> torch.Tensor:
+        """Memory for a batch of `patches` patches that nothing else uses: a free block of
+        the pool, a new one, or (beyond `keep`, another size) memory of its own."""
+        with self._lock, torch.inference_mode(False):  # writable by any thread
+            if patches != self.patches:
+                return self._new(patches)
+            for block in self.blocks:
+                if _users(block) == 1:  # the pool's own reference alone
+                    return block.detach()  # a view: counted while the consumer holds it
+            block = self._new(patches)
+            if len(self.blocks) >= self.keep or _users(block) is None:
+                return block
+            self.blocks.append(block)
+            return block.detach()
+
+    def _new(self, patches: int) -> torch.Tensor:
+        return augment.batch_memory(patches, self.crop, self.pad, self.channels_last)
+
+
+def batch_memory(device: torch.device, patches: int, crop: int, pad: int,
+                 channels_last: bool, prefetch: int) -> BatchMemory | None:
+    """The BatchMemory of a loader whose read-ahead threads augment batches of `patches`
+    patches on `device` `prefetch` at once: on the CPU only (GPU allocators cache), keeping
+    what can be in use at once (prefetch + 1 batches in flight, the one the consumer holds,
+    the one it held before) and one more."""
+    if device.type != "cpu":
+        return None
+    return BatchMemory(patches, crop, pad, channels_last, keep=max(1, prefetch) + 4)
+
+
 _MALLOC_TUNED = False
 
 
@@ -484,9 +574,10 @@ def keep_freed_memory() -> None:
     (128 x 3 x 224 x 224) would be page-faulted afresh: on the CPU that costs ten times the
     arithmetic of the augmentation. Raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to 1 GiB
     makes freed batches reusable, as jemalloc or tcmalloc (PyTorch's CPU tuning advice) would;
-    M_ARENA_MAX 1 makes the read-ahead threads allocate from that same heap (a thread's own
-    arena holds at most 64 MB, so a batch made there would be mmap'ed again). A no-op where
-    libc is not glibc.
+    M_ARENA_MAX 1 asks read-ahead threads to allocate from that same heap (a thread's own
+    arena holds at most 64 MB, so a batch made there would be mmap'ed again), but threads
+    that got arenas before it keep them, so the loaders also reuse their batches' memory
+    themselves (`BatchMemory`). A no-op where libc is not glibc.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED or not sys.platform.startswith("linux"):
@@ -606,6 +697,8 @@ class TrainLoader:
         self.labels = np.asarray(store.labels, np.int64)
         if self.device.type == "cpu":
             keep_freed_memory()
+        self.memory = batch_memory(self.device, self.batch_size, self.crop, self.pad,
+                                   channels_last, self.reading.prefetch)
 
     def __len__(self) -> int:
         """Batches per epoch for this rank (drop_last)."""
@@ -643,16 +736,17 @@ class TrainLoader:
                                     decoders)
                 y = _to_device(self.labels[index_sorted], self.device)
                 if augment_too:
-                    images = self._augment(epoch, k, images)
+                    images = self._augment(epoch, k, images, self.memory)
             return k, images, y
         return run
 
-    def _augment(self, epoch: int, k: int, images: torch.Tensor) -> torch.Tensor:
+    def _augment(self, epoch: int, k: int, images: torch.Tensor,
+                 memory: BatchMemory | None = None) -> torch.Tensor:
         return augment.train_batch(
             images, batch_generator(self.seed, epoch, k, self.rank), self._device_stats,
             crop_size=self.crop, flip=self.flip, pca=self.pca, pca_scale=self.pca_scale,
             alpha_std=self.alpha_std, mean=self.mean, channels_last=self.channels_last,
-            pad=self.pad)
+            pad=self.pad, out=memory.take(len(images)) if memory else None)
 
 
 class EvalLoader:
@@ -691,6 +785,8 @@ class EvalLoader:
         self.labels = np.asarray(store.labels, np.int64)
         if self.device.type == "cpu":
             keep_freed_memory()
+        self.memory = batch_memory(self.device, self.batch_size * crops, crop, self.pad, False,
+                                   self.reading.prefetch)
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -712,10 +808,12 @@ class EvalLoader:
                 images = read_batch(self.store, index, self.device, self.reading, decoders)
                 y = _to_device(self.labels[index], self.device)
                 if augment_too:
-                    images = self._patches(images)
+                    images = self._patches(images, self.memory)
             return images, y
         return run
 
-    def _patches(self, images: torch.Tensor) -> torch.Tensor:
+    def _patches(self, images: torch.Tensor, memory: BatchMemory | None = None
+                 ) -> torch.Tensor:
         return augment.eval_batch(images, self._device_stats, crops=self.crops,
-                                  crop_size=self.crop, mean=self.mean, pad=self.pad)
+                                  crop_size=self.crop, mean=self.mean, pad=self.pad,
+                                  out=memory.take(len(images) * self.crops) if memory else None)

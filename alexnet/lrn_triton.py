@@ -1162,9 +1162,9 @@ lrn.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerLRN(torch.autograd.Function):
-    """The op's forward and backward launches with autograd, without the op's dispatch. The
-    backward kernel has no derivative of its own: a second derivative raises
-    (`alexnet.model.first_order`, as the torch path's) rather than missing its term."""
+    """The op's forward and backward launches with autograd, without the op's dispatch. Under
+    create_graph the backward is the same function's gradient in torch's own ops
+    (`_formula`), which autograd records, so that a second derivative gets its term."""
 
     @staticmethod
     def forward(ctx, x, groups, half, alpha, beta, k, relu, bias):
@@ -1173,13 +1173,30 @@ class _EagerLRN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        from alexnet.model import first_order
+        from alexnet.model import differentiable_vjp, wants_graph
 
         x, bias = ctx.saved_tensors
+        if wants_graph(g, x, bias):
+            dx, dbias = differentiable_vjp(
+                lambda x, bias: _formula(x, *ctx.consts, bias), (x, bias), g)
+            return dx, None, None, None, None, None, None, dbias
         with torch.no_grad():
             grad = backward(g, x, *ctx.consts, bias)
-            grads = (grad, None, None, None, None, None, None, bias_grad(grad, bias))
-        return first_order("the Triton LRN", grads, g, x, bias)
+            return grad, None, None, None, None, None, None, bias_grad(grad, bias)
+
+
+def _formula(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
+             relu: bool, bias: torch.Tensor | None) -> torch.Tensor:
+    """The kernels' function in torch's differentiable ops, in fp32 (fp64 for fp64 x) as they
+    compute: LRN (alexnet.model.lrn_formula) in each of `groups` columns of x + bias, ReLU'd
+    if `relu`."""
+    from alexnet.model import lrn_formula
+
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    y = x.to(dtype) if bias is None else x.to(dtype) + bias.to(dtype).view(1, -1, 1, 1)
+    y = torch.relu(y) if relu else y
+    out = lrn_formula(y.unflatten(1, (groups, -1)), half, alpha, beta, k).flatten(1, 2)
+    return out.to(x.dtype)
 
 
 def apply(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,

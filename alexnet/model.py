@@ -51,34 +51,34 @@ def _rows(x: torch.Tensor) -> int:
     return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
 
 
-class _NoSecondDerivative(torch.autograd.Function):
-    """A backward's results (computed outside autograd), tied to what they depend on, whose
-    derivative raises: differentiating them again (a gradient penalty, a Hessian-vector
-    product) must fail, not come back without their term, as it does with torch's
-    once_differentiable (which ties them to detached copies, so autograd.grad skips it)."""
-
-    @staticmethod
-    def forward(ctx, what: str, count: int, *tensors: torch.Tensor):
-        ctx.what = what
-        return tuple(t.clone() for t in tensors[:count])
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor):
-        raise RuntimeError(f"{ctx.what} has no second derivative (its backward is computed "
-                           "outside autograd): differentiating twice through it is not "
-                           "supported")
+def wants_graph(*tensors: torch.Tensor | None) -> bool:
+    """Whether a backward runs under create_graph with something to differentiate: then its
+    result must be recorded by autograd, so that a second derivative (a gradient penalty, a
+    Hessian-vector product) gets its term."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def first_order(what: str, grads: tuple, *depends: torch.Tensor | None) -> tuple:
-    """`grads` as a backward returns them; under create_graph, tied to `depends` (the incoming
-    gradient, saved inputs) through `_NoSecondDerivative`, so that a second derivative through
-    `what` raises."""
-    inputs = [t for t in depends if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not torch.is_grad_enabled() or not inputs:
-        return grads
-    tensors = [t for t in grads if t is not None]
-    tied = iter(_NoSecondDerivative.apply(what, len(tensors), *tensors, *inputs))
-    return tuple(None if t is None else next(tied) for t in grads)
+def differentiable_vjp(formula: Callable[..., torch.Tensor],
+                       inputs: tuple[torch.Tensor | None, ...], g: torch.Tensor
+                       ) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of `inputs` (those that require one; None for the others) for the output
+    gradient g through `formula`, the kernel's function in torch's own ops, recorded by
+    autograd: a fast backward's stand-in under create_graph (`wants_graph`)."""
+    with torch.enable_grad():
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        got = iter(torch.autograd.grad(formula(*inputs), wanted, g, create_graph=True))
+    return tuple(next(got) if t is not None and t.requires_grad else None for t in inputs)
+
+
+def lrn_formula(a: torch.Tensor, half: int, alpha: float, beta: float, k: float
+                ) -> torch.Tensor:
+    """LRN over dim 2 of a (B, G, C, H, W), the window clipped at each column's edges, in
+    plain differentiable torch ops: what `_LRNFunction` and the Triton kernels compute, for
+    their backward under create_graph."""
+    squares = F.pad(a * a, (0, 0, 0, 0, half, half))
+    c = a.shape[2]
+    s = k + alpha * sum(squares[:, :, d:d + c] for d in range(2 * half + 1))
+    return a * s.pow(-beta)
 
 
 class _LRNFunction(torch.autograd.Function):
@@ -89,7 +89,8 @@ class _LRNFunction(torch.autograd.Function):
     the window being symmetric so that windowsum is its own adjoint. Both passes walk the
     batch in chunks (see `_rows`), write into preallocated outputs and keep one tensor of s:
     q = s^-1/4 for the paper's beta = 0.75 (rsqrt and sqrt, far cheaper than pow), so that
-    s^-beta = q^3 and s^(-beta - 1) = q^7; s itself for any other beta.
+    s^-beta = q^3 and s^(-beta - 1) = q^7; s itself for any other beta. Under create_graph
+    the backward is `lrn_formula`'s gradient instead, which autograd can differentiate.
     """
 
     @staticmethod
@@ -109,15 +110,20 @@ class _LRNFunction(torch.autograd.Function):
             else:
                 torch.mul(ac, rc.copy_(s).pow(-beta), out=bc)  # b = a s^-beta
         ctx.save_for_backward(a, r, b)
-        ctx.consts = (half, alpha, beta)
+        ctx.consts, ctx.k = (half, alpha, beta), k
         return b
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         a = ctx.saved_tensors[0]
-        with torch.no_grad():
-            grad = _LRNFunction._grad(ctx, g)
-        return first_order("the LRN", (grad, None, None, None, None), g, a)
+        if wants_graph(g, a):  # create_graph: the formula's gradient, which autograd records
+            half, alpha, beta = ctx.consts
+            (grad,) = differentiable_vjp(
+                lambda a: lrn_formula(a, half, alpha, beta, ctx.k), (a,), g)
+        else:
+            with torch.no_grad():
+                grad = _LRNFunction._grad(ctx, g)
+        return grad, None, None, None, None
 
     @staticmethod
     def _grad(ctx, g: torch.Tensor) -> torch.Tensor:

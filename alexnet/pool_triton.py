@@ -211,9 +211,9 @@ max_pool.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerMaxPool(torch.autograd.Function):
-    """The op's forward and backward launches with autograd, without the op's dispatch. The
-    backward kernel has no derivative of its own: a second derivative raises
-    (`alexnet.model.first_order`) rather than missing its term."""
+    """The op's forward and backward launches with autograd, without the op's dispatch. Under
+    create_graph the backward goes through `_Gradient`, so that a second derivative gets
+    its term."""
 
     @staticmethod
     def forward(ctx, x, k, s):
@@ -223,13 +223,40 @@ class _EagerMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, g_idx):
-        from alexnet.model import first_order
-
         (idx,) = ctx.saved_tensors
+        if torch.is_grad_enabled() and g.requires_grad:  # create_graph
+            return _Gradient.apply(g, idx, *ctx.consts), None, None
         with torch.no_grad():
-            grad = backward(g, idx, *ctx.consts)
-        return first_order("the Triton max-pool (ALEXNET_POOL=torch has one)", (grad, None, None),
-                           g)
+            return backward(g, idx, *ctx.consts), None, None
+
+
+class _Gradient(torch.autograd.Function):
+    """The kernels' backward as a function of the outputs' gradient g, with its derivative:
+    it is linear in g (each input pixel sums g over the windows that chose it), so its adjoint
+    reads each window's chosen pixel (`chosen`). Its derivative in x is 0 wherever the choices
+    do not change, as for torch's max_pool2d, so g is all it depends on."""
+
+    @staticmethod
+    def forward(ctx, g, idx, k, s, h, w):
+        ctx.save_for_backward(idx)
+        ctx.consts = (k, s, w)
+        return backward(g, idx, k, s, h, w)
+
+    @staticmethod
+    def backward(ctx, gg):
+        (idx,) = ctx.saved_tensors
+        return chosen(gg, idx, *ctx.consts), None, None, None, None, None
+
+
+def chosen(x: torch.Tensor, idx: torch.Tensor, k: int, s: int, w: int) -> torch.Tensor:
+    """x (N, C, h, w) read at each window's chosen position (idx, as `forward` writes it), in
+    differentiable torch ops: (N, C, oh, ow)."""
+    n, c, oh, ow = idx.shape
+    pos = idx.long()
+    rows = torch.arange(oh, device=x.device).view(1, 1, oh, 1) * s + pos // k
+    cols = torch.arange(ow, device=x.device).view(1, 1, 1, ow) * s + pos % k
+    flat = (rows * w + cols).reshape(n, c, oh * ow)
+    return x.reshape(n, c, -1).gather(2, flat).view(n, c, oh, ow)
 
 
 def apply(x: torch.Tensor, k: int, s: int) -> torch.Tensor:

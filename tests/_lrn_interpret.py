@@ -267,22 +267,33 @@ def edges() -> dict[str, np.ndarray]:
 
 
 def double_backward() -> dict[str, np.ndarray]:
-    """What a second derivative through the kernels' backward gives (x's and the bias's):
-    autograd's error message, or "none" where it went through without the backward's own
-    derivative."""
+    """Second derivatives through the kernels' backward and through the torch path (x, bias
+    and the outputs' gradient g of a function of the first derivatives), float64, both
+    memory formats, with and without the ReLU and bias; and the first derivative under
+    create_graph beside the kernels' own."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn((1, 8, 3, 3), generator=gen).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    bias = torch.randn(8, generator=gen, requires_grad=True)
-    g = torch.randn((1, 8, 3, 3), generator=gen).requires_grad_()
-    try:
-        dx, _ = torch.autograd.grad(lrn(x, groups=2, backend="triton", relu=True, bias=bias),
-                                    (x, bias), g, create_graph=True)
-        torch.autograd.grad((dx ** 2).sum() + g.sum(), g)
-        said = "none"
-    except RuntimeError as err:
-        said = str(err)
-    return {"double_backward": np.array(said)}
+    saved = {}
+    for layout in ("nchw", "nhwc"):
+        for relu in (False, True):
+            x = torch.randn((1, 8, 3, 3), generator=gen, dtype=torch.float64)
+            if layout == "nhwc":
+                x = x.contiguous(memory_format=torch.channels_last)
+            bias = torch.randn(8, generator=gen, dtype=torch.float64)
+            g = torch.randn((1, 8, 3, 3), generator=gen, dtype=torch.float64)
+            for backend in ("triton", "torch"):
+                xi, bi, gi = (t.clone().requires_grad_() for t in (x, bias, g))
+                y = lrn(xi, groups=2, backend=backend, relu=relu, bias=bi)
+                dx, db = torch.autograd.grad(y, (xi, bi), gi, create_graph=True)
+                second = torch.autograd.grad((dx ** 2).sum() + (db ** 3).sum(), (xi, bi, gi))
+                key = f"double.{layout}.relu{int(relu)}.{backend}"
+                saved[f"{key}.grad"] = dx.detach().numpy()
+                for name, t in zip(("x", "bias", "g"), second, strict=True):
+                    saved[f"{key}.d2{name}"] = t.numpy()
+            xi = x.clone().requires_grad_()  # the kernels' own backward: no create_graph
+            (dx,) = torch.autograd.grad(lrn(xi, groups=2, backend="triton", relu=relu,
+                                            bias=bias), xi, g)
+            saved[f"double.{layout}.relu{int(relu)}.kernel.grad"] = dx.numpy()
+    return saved
 
 
 # the parts a child computes (`_lrn_interpret.py OUT PART`): two halves of the kernels'

@@ -132,21 +132,33 @@ def check() -> dict[str, np.ndarray]:
 
 
 def double_backward() -> dict[str, np.ndarray]:
-    """What a second derivative through the kernels' backward gives: the error message of
-    autograd, or "none" where it went through (the kernels' backward is not differentiable:
-    it must say so rather than give a gradient without its term)."""
+    """Second and third derivatives through the kernels' backward and through nn.MaxPool2d:
+    of a function of the first derivative in x and in the outputs' gradient g, float64,
+    3/2 windows (overlapping) and 2/2, with ties (small integers) and without."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn((1, 4, 5, 5), generator=gen).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    g = torch.randn((1, 4, 2, 2), generator=gen).requires_grad_()
-    try:
-        (dx,) = torch.autograd.grad(max_pool(x, nn.MaxPool2d(3, 2), "triton"), x, g,
-                                    create_graph=True)
-        torch.autograd.grad((dx ** 2).sum() + g.sum(), g)
-        said = "none"
-    except RuntimeError as err:
-        said = str(err)
-    return {"double_backward": np.array(said)}
+    saved = {}
+    for k, s in ((3, 2), (2, 2)):
+        for ties in (False, True):
+            x = (torch.randint(0, 3, (2, 4, 7, 5), generator=gen).double() if ties else
+                 torch.randn((2, 4, 7, 5), generator=gen, dtype=torch.float64))
+            x = x.contiguous(memory_format=torch.channels_last)
+            g = torch.randn((2, 4, pooled(7, k, s), pooled(5, k, s)), generator=gen,
+                            dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+            v = torch.randn((2, 4, pooled(7, k, s), pooled(5, k, s)), generator=gen,
+                            dtype=torch.float64)
+            for backend in ("triton", "torch"):
+                xi, gi = x.clone().requires_grad_(), g.clone().requires_grad_()
+                (dx,) = torch.autograd.grad(max_pool(xi, nn.MaxPool2d(k, s), backend), xi, gi,
+                                            create_graph=True)
+                d2x, d2g = torch.autograd.grad((dx ** 2 * xi.cos()).sum(), (xi, gi),
+                                               create_graph=True)
+                (d3g,) = torch.autograd.grad((d2g * v).sum(), gi)
+                key = f"double.k{k}s{s}.ties{int(ties)}.{backend}"
+                saved[f"{key}.grad"] = dx.detach().numpy()
+                saved[f"{key}.d2x"] = d2x.detach().numpy()
+                saved[f"{key}.d2g"] = d2g.detach().numpy()
+                saved[f"{key}.d3g"] = d3g.numpy()
+    return saved
 
 
 if __name__ == "__main__":

@@ -603,9 +603,19 @@ def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group)
     assert len(narrow) > 8  # the tile forward's shifted loads, one element each
 
 
-def test_a_second_derivative_through_the_kernels_raises(edge_results) -> None:
-    """The kernels' backward is not itself differentiable: a second derivative (a gradient
-    penalty, a Hessian-vector product) must raise, as the torch path's does, not come back
-    without the backward's term (it did: the gradient of g alone)."""
-    assert str(edge_results["double_backward"]).startswith(
-        "the Triton LRN has no second derivative")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("relu", [0, 1])
+def test_second_derivatives_through_the_kernels_equal_the_torch_paths(edge_results, layout,
+                                                                       relu) -> None:
+    """Under create_graph the kernels' backward is recorded by autograd (the same function in
+    torch's ops), so a second derivative (a gradient penalty, a Hessian-vector product) in x,
+    the bias and the outputs' gradient equals the torch path's (float64; itself checked
+    against gradgradcheck and torch's LRN in tests/test_model.py), and the first derivative
+    equals the kernels' own. Before, it raised; with once_differentiable it lacked a term."""
+    r, key = edge_results, f"double.{layout}.relu{relu}"
+    np.testing.assert_allclose(r[f"{key}.triton.grad"], r[f"{key}.kernel.grad"], rtol=1e-10,
+                               atol=1e-12)
+    for name in ("grad", "d2x", "d2bias", "d2g"):
+        got, want = r[f"{key}.triton.{name}"], r[f"{key}.torch.{name}"]
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)

@@ -397,27 +397,65 @@ def test_lrn_chunked_cpu_path_matches_one_pass(monkeypatch):
 
 
 
-def test_a_second_derivative_through_the_lrn_raises_instead_of_missing_its_term():
-    """The LRN's backward is computed outside autograd, so it has no derivative of its own.
-    With torch's once_differentiable a second derivative taken with autograd.grad came back
-    without that term (the gradient of g was g.sum()'s alone) and a Hessian-vector product of
-    a net's weights silently missed the LRN's curvature: it must raise. A first derivative
-    under create_graph is unchanged."""
+def test_second_derivatives_through_the_lrn_have_every_term():
+    """Under create_graph the LRN's backward is the formula's gradient, recorded by autograd:
+    gradgradcheck passes (float64, both columns' edges), a Hessian-vector product through it
+    equals the one through torch's own F.local_response_norm applied column by column
+    (alpha * n: torch divides alpha by the window), and the first derivative is unchanged.
+    With torch's once_differentiable a second derivative came back without the LRN's term."""
     torch.manual_seed(0)
-    x = (torch.rand(2, 6, 3, 3, dtype=torch.float64) * 40).requires_grad_()
+    x = (torch.rand(2, 6, 3, 3, dtype=torch.float64) * 4 - 1).requires_grad_()
     g = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: lrn(x, groups=2, k=1.0, alpha=0.1), (x,))
     (plain,) = torch.autograd.grad(lrn(x, groups=2), x, g)
     (dx,) = torch.autograd.grad(lrn(x, groups=2), x, g, create_graph=True)
-    assert torch.equal(dx.detach(), plain)
-    for wrt in (g, x):
-        with pytest.raises(RuntimeError, match="^the LRN has no second derivative"):
-            torch.autograd.grad((dx ** 2).sum() + g.sum() + x.sum(), wrt, retain_graph=True)
-    net = AlexNet(num_classes=3, width=1 / 32, crop=67)
-    images, labels = torch.randn(2, 3, 67, 67), torch.tensor([0, 2])
-    loss = F.cross_entropy(net(images), labels)
-    grads = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
-    with pytest.raises(RuntimeError, match="^the LRN has no second derivative"):
-        torch.autograd.grad(sum((q * q).sum() for q in grads), list(net.parameters()))
+    torch.testing.assert_close(dx, plain, rtol=1e-12, atol=0)
+
+    def torch_lrn(x: torch.Tensor) -> torch.Tensor:
+        n = paper.LRN_N
+        return torch.cat([F.local_response_norm(col, n, alpha=paper.LRN_ALPHA * n,
+                                                beta=paper.LRN_BETA, k=paper.LRN_K)
+                          for col in x.chunk(2, dim=1)], dim=1)
+
+    for f in (lrn, torch_lrn):
+        (dx,) = torch.autograd.grad(f(x) if f is torch_lrn else f(x, groups=2), x, g,
+                                    create_graph=True)
+        hvp = torch.autograd.grad((dx ** 2).sum(), (x, g))
+        if f is lrn:
+            ours = hvp
+    for a, b in zip(ours, hvp, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_hessian_vector_product_of_the_net_matches_finite_differences():
+    """A Hessian-vector product of the paper net's loss in its weights (double backward
+    through conv, LRN, max-pool, dropout off) equals the central difference of its
+    gradients along the same direction (float64; a step small enough that no ReLU or
+    pooling choice changes)."""
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=3, width=1 / 32, crop=67).double().eval()
+    images, labels = torch.randn(2, 3, 67, 67, dtype=torch.float64), torch.tensor([0, 2])
+    params = list(net.parameters())
+    v = [torch.randn_like(q) for q in params]
+
+    def grads() -> list[torch.Tensor]:
+        loss = F.cross_entropy(net(images), labels)
+        return list(torch.autograd.grad(loss, params, create_graph=True))
+
+    first = grads()
+    hvp = torch.autograd.grad(sum((q * d).sum() for q, d in zip(first, v, strict=True)),
+                              params)
+    eps, sides = 1e-6, []
+    with torch.no_grad():
+        for sign in (1, -1):
+            for q, d in zip(params, v, strict=True):
+                q.add_(d, alpha=sign * eps)
+            with torch.enable_grad():
+                sides.append([t.detach() for t in grads()])
+            for q, d in zip(params, v, strict=True):
+                q.sub_(d, alpha=sign * eps)
+    for got, plus, minus in zip(hvp, *sides, strict=True):
+        torch.testing.assert_close(got, (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------

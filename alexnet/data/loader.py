@@ -656,7 +656,8 @@ class TrainLoader:
     `default_decode_threads`) and, on CUDA, the share `gpu_decode` of each batch on the GPU
     (None or negative: `default_gpu_decode`). `augment_in_readers` None is
     `default_augment_in_readers`: the batches come out the same either way, only the thread
-    (and CUDA stream) that augments them differs. `loader.reading` holds the values resolved.
+    (and CUDA stream) that augments them differs. `loader.reading` holds the values resolved;
+    `loader.memory` the memory CPU batches are made in (BatchMemory; None on a GPU).
     `pad` zeros are written right and bottom of every patch (model.loader_pad: conv1's
     padding, so the paper net need not copy the batch to add it).
     """

@@ -619,3 +619,30 @@ def test_second_derivatives_through_the_kernels_equal_the_torch_paths(edge_resul
         got, want = r[f"{key}.triton.{name}"], r[f"{key}.torch.{name}"]
         assert np.abs(want).max() > 0, name
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_second_derivatives_of_the_triton_lrn_on_cuda_equal_the_torch_paths(fmt):
+    """On the GPU too (the compiled kernels' forward, the formula's backward under
+    create_graph): second derivatives in x, the bias and the outputs' gradient equal those of
+    the torch path on the CPU in float64, to fp32's precision."""
+    if triton_lrn_module() is None:
+        pytest.skip("triton does not import here")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 5, 4, generator=gen, dtype=torch.float64) * 3
+    bias = torch.randn(16, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 16, 5, 4, generator=gen, dtype=torch.float64)
+    results = []
+    for device, dtype, backend in (("cuda", torch.float32, "triton"),
+                                   ("cpu", torch.float64, "torch")):
+        xi = x.to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
+        bi, gi = (t.to(device, dtype).requires_grad_() for t in (bias, g))
+        y = lrn(xi, groups=2, backend=backend, relu=True, bias=bi)
+        dx, db = torch.autograd.grad(y, (xi, bi), gi, create_graph=True)
+        second = torch.autograd.grad((dx ** 2).sum() + (db ** 3).sum(), (xi, bi, gi))
+        results.append([t.detach().double().cpu() for t in (dx, *second)])
+    for got, want in zip(*results, strict=True):
+        scale = float(want.abs().max())
+        assert scale > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale)

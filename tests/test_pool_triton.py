@@ -248,3 +248,26 @@ def test_higher_derivatives_through_the_kernels_equal_torchs(results, window, ti
         got, want = (results[f"{key}.{side}.{name}"] for side in ("triton", "torch"))
         assert np.abs(want).max() > 0, name
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_second_derivatives_of_the_triton_pool_on_cuda_equal_torchs():
+    """On the GPU too: second derivatives through the kernels' backward (in the outputs'
+    gradient g and in x) equal nn.MaxPool2d's on the same channels_last input."""
+    if triton_pool_module() is None:
+        pytest.skip("triton does not import here")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 13, 13, generator=gen).cuda().contiguous(
+        memory_format=torch.channels_last)
+    g = torch.randn(2, 16, 6, 6, generator=gen).cuda().contiguous(
+        memory_format=torch.channels_last)
+    results = []
+    for backend in ("triton", "torch"):
+        xi, gi = x.clone().requires_grad_(), g.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(max_pool(xi, nn.MaxPool2d(3, 2), backend), xi, gi,
+                                    create_graph=True)
+        results.append([dx.detach(), *torch.autograd.grad((dx ** 2 * xi.cos()).sum(),
+                                                          (xi, gi))])
+    for got, want in zip(*results, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -262,8 +262,10 @@ def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) 
     finally:
         stop.set()
         counter.join()
-    # a count or two can slip in at the call's edges (more on a loaded machine: 3 seen)
-    assert holding <= 5 and max(decoding) >= 20, (holding, decoding)
+    # counts slip in at the call's edges, more on a loaded machine (3, once 15 beside a full
+    # test run, when the decodes counted 477-783): a decode that held the lock would count
+    # as few; one that lets go counts hundreds
+    assert max(decoding) >= max(20, 10 * holding), (holding, decoding)
 
 
 def test_a_failing_nvimgcodec_says_what_it_said_of_libnvjpeg(monkeypatch) -> None:

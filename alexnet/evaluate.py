@@ -77,13 +77,14 @@ def topk_wrong(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarr
 def true_rank(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(N,) how many other classes are at least as probable as the true one (0: top-1).
 
-    An image whose probabilities hold a NaN or inf (a diverged net) ranks last: it counts as
-    an error at every k, never as correct (a NaN compares false with everything).
+    An image whose probabilities hold a NaN or inf (a diverged net) ranks beyond every k (the
+    largest int64; a NaN compares false with everything): an error at every k, never correct,
+    also at k above the number of classes (top-5 of 3 classes).
     """
     true = probs.gather(1, labels[:, None])
     rank = (probs >= true).sum(1) - 1
     broken = ~torch.isfinite(probs).all(1)
-    return torch.where(broken, torch.full_like(rank, probs.shape[1]), rank)
+    return torch.where(broken, torch.full_like(rank, torch.iinfo(rank.dtype).max), rank)
 
 
 @torch.inference_mode()

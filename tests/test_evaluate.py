@@ -276,6 +276,22 @@ def test_nan_outputs_are_errors_not_perfect_scores():
     assert topk_errors(probs, labels, ks=(1, 2)) == {"top1_error": 2 / 3, "top2_error": 2 / 3}
 
 
+def test_broken_outputs_are_errors_at_k_beyond_the_number_of_classes():
+    """Top-5 of 3 classes: every finite image is correct (its label is among the 3), a NaN or
+    inf one is still an error, in the totals and in the per-class report; it ranked C (3)
+    once, which k = 5 counted as correct."""
+    from alexnet.evaluate import per_class_report
+
+    probs = torch.tensor([[0.7, 0.2, 0.1], [float("nan")] * 3, [0.1, float("inf"), 0.9],
+                          [0.2, 0.5, 0.3]])
+    labels = torch.tensor([0, 1, 2, 2])
+    assert topk_errors(probs, labels, ks=(1, 3, 5)) == {
+        "top1_error": 3 / 4, "top3_error": 2 / 4, "top5_error": 2 / 4}
+    rows = per_class_report(probs, labels, CLASSES)["classes"]
+    assert [(r["images"], r["top1_error"], r["top5_error"]) for r in rows] == [
+        (1, 0.0, 0.0), (1, 1.0, 1.0), (2, 1.0, 0.5)]
+
+
 def test_cli_refuses_a_net_with_nan_weights(store_root, checkpoint, tmp_path, capsys):
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["fc8.bias"][0] = float("nan")

@@ -1163,8 +1163,8 @@ lrn.register_autograd(_backward, setup_context=_setup_context)
 
 class _EagerLRN(torch.autograd.Function):
     """The op's forward and backward launches with autograd, without the op's dispatch. Under
-    create_graph the backward is the same function's gradient in torch's own ops
-    (`_formula`), which autograd records, so that a second derivative gets its term."""
+    create_graph the backward is the torch path's gradient of the same function (`_formula`),
+    which autograd records, so that a second derivative gets its term."""
 
     @staticmethod
     def forward(ctx, x, groups, half, alpha, beta, k, relu, bias):
@@ -1187,16 +1187,14 @@ class _EagerLRN(torch.autograd.Function):
 
 def _formula(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,
              relu: bool, bias: torch.Tensor | None) -> torch.Tensor:
-    """The kernels' function in torch's differentiable ops, in fp32 (fp64 for fp64 x) as they
-    compute: LRN (alexnet.model.lrn_formula) in each of `groups` columns of x + bias, ReLU'd
-    if `relu`."""
-    from alexnet.model import lrn_formula
+    """The kernels' function as the torch path computes it (alexnet.model.lrn with backend
+    torch, whose backward autograd records under create_graph), in fp32 (fp64 for fp64 x)
+    as the kernels compute."""
+    from alexnet.model import lrn
 
     dtype = torch.promote_types(x.dtype, torch.float32)
-    y = x.to(dtype) if bias is None else x.to(dtype) + bias.to(dtype).view(1, -1, 1, 1)
-    y = torch.relu(y) if relu else y
-    out = lrn_formula(y.unflatten(1, (groups, -1)), half, alpha, beta, k).flatten(1, 2)
-    return out.to(x.dtype)
+    return lrn(x.to(dtype), 2 * half + 1, alpha, beta, k, groups, backend="torch", relu=relu,
+               bias=None if bias is None else bias.to(dtype)).to(x.dtype)
 
 
 def apply(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, k: float,

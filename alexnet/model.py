@@ -73,8 +73,8 @@ def differentiable_vjp(formula: Callable[..., torch.Tensor],
 def lrn_formula(a: torch.Tensor, half: int, alpha: float, beta: float, k: float
                 ) -> torch.Tensor:
     """LRN over dim 2 of a (B, G, C, H, W), the window clipped at each column's edges, in
-    plain differentiable torch ops: what `_LRNFunction` and the Triton kernels compute, for
-    their backward under create_graph."""
+    plain differentiable torch ops: what `_LRNFunction` (and the Triton kernels) compute, for
+    its backward under create_graph (the Triton one calls the torch path)."""
     squares = F.pad(a * a, (0, 0, 0, 0, half, half))
     c = a.shape[2]
     s = k + alpha * sum(squares[:, :, d:d + c] for d in range(2 * half + 1))

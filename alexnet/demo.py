@@ -235,7 +235,7 @@ def _eval_reserve(plan: Plan) -> float:
     """Seconds kept for the final test evaluation (forward only: ~1/3 of a training step)."""
     if plan.device.startswith("cuda"):
         return 20.0
-    return min(plan.budget_s * 0.2, 15.0 + plan.test_images * 0.06)  # ~25 images/s forward
+    return min(plan.budget_s * 0.2, 15.0 + plan.test_images * 0.06)  # ~17 images/s forward
 
 
 def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float,

@@ -85,6 +85,8 @@ def test_every_train_flag_lands_in_its_own_config_key():
     compiled = config_from_args(_train_args("--compile", "--tensorboard"))[0]
     assert (compiled.run.compile, compiled.run.channels_last, compiled.run.tensorboard) == \
         (True, False, True)
+    graphed = config_from_args(_train_args("--cuda-graph"))[0]
+    assert (graphed.run.cuda_graph, graphed.run.compile) == (True, False)
 
 
 def test_train_without_a_preset_is_the_papers_recipe():

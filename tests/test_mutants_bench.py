@@ -521,3 +521,34 @@ def test_prepare_scaling_is_the_best_rate_of_n_workers_over_the_best_of_one(
                                                 "4": pytest.approx([16.0, 20.0, 10.0])}
     assert got["prepare_images_per_s_per_core"] == pytest.approx(6.25)
     assert got["prepare_scaling"] == pytest.approx(3.2)
+
+
+def test_the_usual_pipelines_rate_counts_the_images_it_went_through(monkeypatch):
+    """DataLoader hands out whole batches of 128: asked to time 16 images (`--smoke`), it went
+    through 128, so the rate is 128 per timed second, not 16 (a clock that reads 0, then 2)."""
+    from alexnet.bench import data as bench_data
+
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(bench_data.time, "perf_counter", lambda: next(clock))
+    dataset = torch.utils.data.TensorDataset(torch.zeros(256, 1), torch.zeros(256))
+    assert bench_data._time_usual(dataset, 16) == 128 / 2
+
+
+def test_the_device_augment_rate_is_batches_over_seconds(monkeypatch):
+    """`_time_device_augment` (a CUDA row, run here on the CPU with synchronize stubbed out)
+    times `repeats` batches of 128 between two clock reads: 3 x 128 images in 4 s."""
+    from alexnet.bench import data as bench_data
+
+    class Store:
+        stats = {"mean_image": np.zeros((224, 224, 3)), "eigval": np.ones(3),
+                 "eigvec": np.eye(3)}
+
+        @staticmethod
+        def read(index):
+            return np.zeros((len(index), 224, 224, 3), dtype=np.uint8)  # crop 224: no room
+
+    clock = iter([10.0, 14.0])
+    monkeypatch.setattr(bench_data.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    rate = bench_data._time_device_augment(Store(), torch.device("cpu"), repeats=3)
+    assert rate == 3 * 128 / 4

@@ -120,14 +120,15 @@ def usual_pipeline(root: Path, files: list[tuple[Path, int]]) -> tuple[Any, str]
         "torchvision ImageFolder+Resize/RandomCrop/flip/ToTensor/Normalize"
 
 
-def _rate(images: int, run: Callable[[], None], sync: Callable[[], None] = lambda: None
+def _rate(images: int, run: Callable[[], int | None], sync: Callable[[], None] = lambda: None
           ) -> float:
-    """images / seconds of one call of `run`."""
+    """images / seconds of one call of `run`; a run that returns a count went through that
+    many images instead (whole batches past `images`)."""
     sync()
     start = time.perf_counter()
-    run()
+    done = run()
     sync()
-    return images / (time.perf_counter() - start)
+    return (images if done is None else done) / (time.perf_counter() - start)
 
 
 def _time_usual(dataset: Any, images: int) -> float:
@@ -136,13 +137,14 @@ def _time_usual(dataset: Any, images: int) -> float:
                                          num_workers=0, drop_last=True)
     next(iter(loader))  # warm-up
 
-    def run() -> None:
+    def run() -> int:
         seen = 0
         while seen < images:
             for x, _ in loader:
                 seen += len(x)
                 if seen >= images:
-                    return
+                    break
+        return seen
 
     return _rate(images, run)
 
@@ -202,10 +204,13 @@ def _time_device_augment(store: Any, device: torch.device, repeats: int,
         return augment.train_batch(images, torch.Generator().manual_seed(k), stats,
                                    channels_last=True, pad=pad, backend=backend)
 
+    def run() -> None:
+        for k in range(repeats):
+            step(k)
+
     step(0)
     torch.cuda.synchronize(device)
-    return _rate(repeats * BATCH_SIZE, lambda: [step(k) for k in range(repeats)],
-                 lambda: torch.cuda.synchronize(device))
+    return _rate(repeats * BATCH_SIZE, run, lambda: torch.cuda.synchronize(device))
 
 
 def augment_runs_triton(store: Any, device: torch.device) -> bool:

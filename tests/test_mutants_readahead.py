@@ -70,7 +70,7 @@ def test_read_ahead_runs_depth_jobs_ahead_of_the_consumer(depth: int) -> None:
     runs when asked for); results come in order."""
     started: list[int] = []
     lock = threading.Lock()
-    together = threading.Barrier(max(1, depth), timeout=5)  # jobs 1..depth meet: in parallel
+    together = threading.Barrier(max(1, depth), timeout=30)  # jobs 1..depth meet: in parallel
 
     def job(k: int):
         def run() -> int:
@@ -83,7 +83,7 @@ def test_read_ahead_runs_depth_jobs_ahead_of_the_consumer(depth: int) -> None:
 
     batches = read_ahead([job(k) for k in range(8)], depth)
     assert next(batches) == 0
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # generous on a loaded machine: it ends when they start
     while len(started) < 1 + depth and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(0.05)  # no more than that may start while the consumer holds batch 0

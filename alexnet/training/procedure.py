@@ -169,14 +169,18 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
 
     if config.run.max_steps and s.global_step >= config.run.max_steps:  # resumed at its limit
         stopped = "max_steps"  # no step more; a stop mid-epoch gets its partial row (again)
-        if s.step:
+        if s.step >= steps_in_epoch(loader, config):  # a whole last epoch, its end cut
+            _end_epoch(s, val_store, config, rt, stats, train_store, files, tb, None, last=True)
+        elif s.step:
             _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                   len(train_store.classes))
     cut = False  # a validation stopped by Ctrl-C or SIGTERM (redone on resume)
     with interrupt_guard() as flag:
         while stopped == "completed" and s.epoch < config.optim.epochs:
             reason = train_epoch(s, loader, config, rt, flag, deadline, log_step)
-            if reason is not None:
+            # a step or time limit reached on the epoch's last step ends a whole epoch
+            whole = s.step >= steps_in_epoch(loader, config)
+            if reason is not None and (reason == "interrupt" or not whole):
                 save_checkpoints(s, config, train_store, files, rt)
                 if reason == "interrupt":
                     break
@@ -184,11 +188,14 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
                 cut = not _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                                 len(train_store.classes), flag)
                 break
-            if not _end_epoch(s, val_store, config, rt, stats, train_store, files, tb, flag):
+            limit = reason or ("max_steps" if config.run.max_steps
+                               and s.global_step >= config.run.max_steps else None)
+            if not _end_epoch(s, val_store, config, rt, stats, train_store, files, tb, flag,
+                              last=limit is not None):
                 cut = True
                 break
-            if config.run.max_steps and s.global_step >= config.run.max_steps:
-                stopped = "max_steps"
+            if limit is not None:
+                stopped = limit
             elif distributed.any_rank(flag.hit, rt.device):  # came in saving: saved now
                 break
         if distributed.any_rank(flag.hit, rt.device):  # every rank stops alike
@@ -267,13 +274,15 @@ def check_classes(train_store: Any, config: Config) -> None:
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-               train_store: Any, files: RunFiles, tb: Any, flag: StopRequest) -> bool:
-    """Validate (every run.val_every epochs), step the schedule, log, checkpoint; False when
-    a stop (`flag`) cut the validation: the epoch's training is saved, its end is redone."""
+               train_store: Any, files: RunFiles, tb: Any, flag: StopRequest | None,
+               last: bool = False) -> bool:
+    """Validate (every run.val_every epochs, and the run's `last`), step the schedule, log,
+    checkpoint; False when a stop (`flag`) cut the validation: the epoch's training is saved,
+    its end is redone."""
     val: dict[str, float] = {}
     dropped, lr = False, s.optimizer.param_groups[0]["lr"]
     if val_store is not None and ((s.epoch + 1) % config.run.val_every == 0
-                                  or s.epoch + 1 == config.optim.epochs):
+                                  or s.epoch + 1 == config.optim.epochs or last):
         result = validate_epoch(s, val_store, config, rt, stats, flag)
         if result is None:
             save_checkpoints(s, config, train_store, files, rt)

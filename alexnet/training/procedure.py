@@ -167,11 +167,12 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     def log_step(row: dict[str, Any]) -> None:
         append_step(files, row, tb)
 
-    if config.run.max_steps and s.global_step >= config.run.max_steps:  # resumed at its limit
-        stopped = "max_steps"  # no step more; a stop mid-epoch gets its partial row (again)
-        if s.step >= steps_in_epoch(loader, config):  # a whole last epoch, its end cut
-            _end_epoch(s, val_store, config, rt, stats, train_store, files, tb, None, last=True)
-        elif s.step:
+    per_epoch = steps_in_epoch(loader, config)
+    # resumed at its limit: no step more; a stop mid-epoch gets its partial row (again), and a
+    # whole epoch whose end was cut ends in the loop below (train_epoch takes no step)
+    if config.run.max_steps and s.global_step >= config.run.max_steps and s.step < per_epoch:
+        stopped = "max_steps"
+        if s.step:
             _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
                                   len(train_store.classes))
     cut = False  # a validation stopped by Ctrl-C or SIGTERM (redone on resume)
@@ -179,8 +180,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
         while stopped == "completed" and s.epoch < config.optim.epochs:
             reason = train_epoch(s, loader, config, rt, flag, deadline, log_step)
             # a step or time limit reached on the epoch's last step ends a whole epoch
-            whole = s.step >= steps_in_epoch(loader, config)
-            if reason is not None and (reason == "interrupt" or not whole):
+            if reason is not None and (reason == "interrupt" or s.step < per_epoch):
                 save_checkpoints(s, config, train_store, files, rt)
                 if reason == "interrupt":
                     break
@@ -274,7 +274,7 @@ def check_classes(train_store: Any, config: Config) -> None:
 
 
 def _end_epoch(s: RunState, val_store: Any, config: Config, rt: Runtime, stats: Any,
-               train_store: Any, files: RunFiles, tb: Any, flag: StopRequest | None,
+               train_store: Any, files: RunFiles, tb: Any, flag: StopRequest,
                last: bool = False) -> bool:
     """Validate (every run.val_every epochs, and the run's `last`), step the schedule, log,
     checkpoint; False when a stop (`flag`) cut the validation: the epoch's training is saved,

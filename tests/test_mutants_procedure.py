@@ -303,3 +303,21 @@ def test_cpu_refusals(run_options, said):
     """fp16 (loss scaling) and CUDA graphs need CUDA; an unknown amp names the choices."""
     with pytest.raises(UserError, match=said):
         runtime_for(**run_options)
+
+
+@pytest.mark.parametrize("limit", ["run.time_limit=6", "run.max_steps=6"])
+def test_a_limit_on_the_last_epochs_last_step_reports_a_completed_run(
+        store, tmp_path, monkeypatch, limit):
+    """A step or time limit that falls on the last step of the last epoch (2 epochs of 3
+    steps, limit 6) cut nothing: the run reports 'completed', as one without the limit would,
+    and so does a rerun with --resume. It said 'time_limit' or 'max_steps' though every
+    epoch had run."""
+    script = Scripted(monkeypatch, [0.5, 0.4])
+    out = tmp_path / "r"
+    result = run(store, out, "optim.epochs=2", limit)
+    assert (result["stopped"], result["epochs"], result["step"], result["steps"]) == \
+        ("completed", 2, 0, 6)
+    assert script.calls == [(0, 3), (1, 3)]
+    again = run(store, out, "optim.epochs=2", limit, f"run.resume={out}")
+    assert (again["stopped"], again["epochs"], again["steps"]) == ("completed", 2, 6)
+    assert script.calls == [(0, 3), (1, 3)]

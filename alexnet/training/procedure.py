@@ -170,7 +170,8 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     per_epoch = steps_in_epoch(loader, config)
     # resumed at its limit: no step more; a stop mid-epoch gets its partial row (again), and a
     # whole epoch whose end was cut ends in the loop below (train_epoch takes no step)
-    if config.run.max_steps and s.global_step >= config.run.max_steps and s.step < per_epoch:
+    if (config.run.max_steps and s.global_step >= config.run.max_steps and s.step < per_epoch
+            and s.epoch < config.optim.epochs):
         stopped = "max_steps"
         if s.step:
             _finish_partial_epoch(s, val_store, config, rt, stats, files, tb,
@@ -194,7 +195,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
                               last=limit is not None):
                 cut = True
                 break
-            if limit is not None:
+            if limit is not None and s.epoch < config.optim.epochs:  # else: completed
                 stopped = limit
             elif distributed.any_rank(flag.hit, rt.device):  # came in saving: saved now
                 break

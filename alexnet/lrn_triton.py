@@ -21,9 +21,11 @@ without a graph break. Two other layouts stream maps through registers instead
 pixels, and rows, for channels_last tensors, where each thread holds whole
 pixels and loads 16 bytes of consecutive channels at a time (the tile layout's shifted maps
 are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); two
-(band, gather) read whole rows of a column. The default, auto, times tile, band and gather
-on the device at first use, for each shape and for the forward and backward apart, and keeps
-the fastest that agrees with tile (figures at LAYOUT).
+(band, gather) read whole rows of a column; and halo, for channels_last tensors, where each
+thread holds one 16-byte group of a pixel's maps and loads the maps beyond its edges that
+its windows reach as one more vector on each side. The default, auto, times tile, band,
+gather and halo on the device at first use, for each shape and for the forward and backward
+apart, and keeps the fastest that agrees with tile (figures at LAYOUT).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -70,7 +72,7 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
                     BACKWARDS)
-LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather")
+LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # auto (the default: for each tensor shape, dtype and memory format, and for the forward and
 # the backward apart, the fastest of AUTO_LAYOUTS as timed on the device at first use,
@@ -83,15 +85,18 @@ LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather")
 # `_window_sums`; a NaN or inf reaches every map of its pixel's column there, through the
 # band's zeros, where the others keep it to its window) or gather (the band kernels with
 # the window sums gathered along each row, `_window_gather`: exact, any dtype, not yet timed
-# on a GPU). Measured on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd;
+# on a GPU) or halo (channels_last tensors whose columns are whole 16-byte groups, any
+# dtype: a thread per 16-byte group of a pixel's column, with the maps its windows reach on
+# each side loaded as one vector each, from the cache; not yet timed on a GPU). Measured
+# on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd;
 # `alexnet bench model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms
 # rows, 3.631 ms channels, 0.658 ms band (its forward 0.188 ms against tile's 0.289);
 # conv2's 0.417, 0.725, 2.322, 0.982 ms. So no one layout is fastest on both: auto.
-# The channels, rows, band and gather backwards ignore ALEXNET_LRN_BACKWARD.
+# The channels, rows, band, gather and halo backwards ignore ALEXNET_LRN_BACKWARD.
 LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "auto"), LAYOUTS)
 # What auto times (tile first: the reference the others must agree with). rows and channels
 # were slower than tile on both of the net's shapes in the H200 run above.
-AUTO_LAYOUTS = ("tile", "band", "gather")
+AUTO_LAYOUTS = ("tile", "band", "gather", "halo")
 AUTO_MIN_ELEMENTS = 1 << 20  # smaller tensors take tile untimed (too short to time; checks)
 AUTO_ROUNDS, AUTO_REPEATS = 3, 4  # timed rounds (each layout in turn) of launches each
 AUTO_CHECK_ELEMENTS = 1 << 24  # about how many results a candidate must give as tile does
@@ -101,6 +106,10 @@ ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
 ROWS_NUM_WARPS = 4
 ROWS_MAX_RUN = 64  # channels per program of the rows layout (conv1's column of 48 whole)
 BAND_BLOCK_P = 64  # pixels per program of the band layout
+# halo layout: one 16-byte group per thread (2048 elements, 8 warps), the fewest registers
+# (sm_90, bf16: 31 forward, 48 backward; 2 groups a thread take 40 and 72, 4 take 72 and 161)
+HALO_TILE = 2048  # elements (pixels times the column's maps, rounded up) per program
+HALO_NUM_WARPS = 8
 
 
 @triton.jit
@@ -748,6 +757,182 @@ def _lrn_backward_band_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alph
     tl.store(out_ptr + offs, grad.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _unpack_lanes(v, BLOCK_P: tl.constexpr, NG: tl.constexpr, W: tl.constexpr):
+    """The W lanes of v [BLOCK_P, NG, W] (W = 1, 2, 4 or 8) as eight [BLOCK_P, NG] tensors
+    (zeros past W): `_unpack` with the groups' axis, in-thread splits."""
+    z = tl.zeros([BLOCK_P, NG], v.dtype)
+    x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
+    if W == 1:
+        x0 = tl.reshape(v, [BLOCK_P, NG])
+    elif W == 2:
+        x0, x1 = tl.split(v)
+    elif W == 4:  # lane 2 i + k at [:, :, i, k]
+        e, o = tl.split(tl.reshape(v, [BLOCK_P, NG, 2, 2]))
+        x0, x2 = tl.split(e)
+        x1, x3 = tl.split(o)
+    else:  # lane 4 i + 2 j + k at [:, :, i, j, k]
+        e, o = tl.split(tl.reshape(v, [BLOCK_P, NG, 2, 2, 2]))
+        ee, eo = tl.split(e)
+        oe, oo = tl.split(o)
+        x0, x4 = tl.split(ee)
+        x2, x6 = tl.split(eo)
+        x1, x5 = tl.split(oe)
+        x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _pack_lanes(x0, x1, x2, x3, x4, x5, x6, x7, BLOCK_P: tl.constexpr, NG: tl.constexpr,
+                G: tl.constexpr):
+    """[BLOCK_P, NG, G] from the first G of eight [BLOCK_P, NG] tensors (G = 2, 4 or 8):
+    `_unpack_lanes`'s inverse."""
+    if G == 2:
+        v = tl.join(x0, x1)
+    elif G == 4:
+        v = tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [BLOCK_P, NG, 4])
+    else:
+        ee, eo = tl.join(x0, x4), tl.join(x2, x6)
+        oe, oo = tl.join(x1, x5), tl.join(x3, x7)
+        v = tl.reshape(tl.join(tl.join(ee, eo), tl.join(oe, oo)), [BLOCK_P, NG, 8])
+    return v
+
+
+@triton.jit
+def _halo_block(rows, cg, BLOCK_P: tl.constexpr, NG: tl.constexpr, G: tl.constexpr):
+    """This program's pixels r (rows of the channels_last tensor), its column's groups gi
+    (G maps each; NG: the column's groups rounded up to a power of two) and col0, the
+    column's first channel."""
+    r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return r, tl.arange(0, NG), tl.program_id(1) * cg
+
+
+@triton.jit
+def _halo_lanes(ptr, bias_ptr, r, rows, C, col0, cg, gi, OFF: tl.constexpr, W: tl.constexpr,
+                G: tl.constexpr, BLOCK_P: tl.constexpr, NG: tl.constexpr,
+                COMPUTE: tl.constexpr, BIAS: tl.constexpr):
+    """Maps gi G + OFF .. + W - 1 of the column at pixels r, for each group gi, as eight
+    [BLOCK_P, NG] tensors (lanes past W zero), with their biases added (BIAS); zeros outside
+    the column (the clipped window). Each span loads as one vector where the sizes allow:
+    the compiler sees that the mask is constant over it when OFF and W are even and C and
+    cg multiples of 16 (as conv1's and conv2's)."""
+    ch = (gi * G + OFF)[None, :, None] + tl.arange(0, W)[None, None, :]  # within the column
+    inside = (ch >= 0) & (ch < cg)
+    offs = (r.to(tl.int64) * C)[:, None, None] + col0 + ch
+    v = tl.load(ptr + offs, mask=(r < rows)[:, None, None] & inside, other=0.0).to(COMPUTE)
+    if BIAS:
+        v += tl.load(bias_ptr + col0 + ch, mask=inside, other=0.0).to(COMPUTE)
+    return _unpack_lanes(v, BLOCK_P, NG, W)
+
+
+@triton.jit
+def _seq(t: tl.constexpr, H: tl.constexpr, G: tl.constexpr, l0, l1, l2, l3, x0, x1, x2, x3,
+         x4, x5, x6, x7, h0, h1, h2, h3):
+    """Entry t of a group's maps with H maps of halo on each side: l0.. (the H maps before the
+    group), x0.. (its G maps), h0.. (the H after); t a compile-time index."""
+    if t < H:
+        v = _pick(t, l0, l1, l2, l3, l0, l0, l0, l0)
+    elif t < H + G:
+        v = _pick(t - H, x0, x1, x2, x3, x4, x5, x6, x7)
+    else:
+        v = _pick(t - H - G, h0, h1, h2, h3, h0, h0, h0, h0)
+    return v
+
+
+@triton.jit
+def _lrn_forward_halo_kernel(a_ptr, bias_ptr, b_ptr, rows, C, cg, alpha, beta, k,
+                             COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                             BIAS: tl.constexpr, G: tl.constexpr, NG: tl.constexpr,
+                             BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # channels_last: each thread holds one group of G maps (16 bytes) of a pixel, the threads
+    # next to it the same pixel's other groups (so a warp's loads cover whole rows), and
+    # loads the HALF maps on each side that its windows reach (the halo, from the cache:
+    # the neighbouring threads' groups); the G + 2 HALF maps stream through x0..x4 as in
+    # the rows layout, and the G outputs go out in one 16-byte store
+    r, gi, col0 = _halo_block(rows, cg, BLOCK_P, NG, G)
+    l0, l1, l2, l3, _l4, _l5, _l6, _l7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
+                                                     gi, -HALF, HALF, G, BLOCK_P, NG,
+                                                     COMPUTE, BIAS)
+    v0, v1, v2, v3, v4, v5, v6, v7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg, gi, 0,
+                                                 G, G, BLOCK_P, NG, COMPUTE, BIAS)
+    h0, h1, h2, h3, _h4, _h5, _h6, _h7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
+                                                     gi, G, HALF, G, BLOCK_P, NG, COMPUTE,
+                                                     BIAS)
+    z = tl.zeros([BLOCK_P, NG], COMPUTE)
+    x0, x1, x2, x3, x4 = z, z, z, z, z
+    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
+    for tt in tl.static_range(G + 2 * HALF):  # map tt - HALF; completes map tt - 2 HALF
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_seq(tt, HALF, G, l0, l1, l2, l3, v0, v1, v2, v3, v4, v5, v6, v7, h0, h1,
+                        h2, h3), RELU)
+        if tt >= 2 * HALF:
+            w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
+            pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
+            o0, o1, o2, o3, o4, o5, o6, o7 = _put(tt - 2 * HALF, a * pw, o0, o1, o2, o3, o4,
+                                                  o5, o6, o7)
+    offs = (r.to(tl.int64) * C)[:, None, None] + (col0 + gi * G)[None, :, None] \
+        + tl.arange(0, G)[None, None, :]
+    mask = (r < rows)[:, None, None] & (gi * G < cg)[None, :, None]
+    tl.store(b_ptr + offs, _pack_lanes(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_P, NG, G)
+             .to(b_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_backward_halo_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alpha, beta, k,
+                              COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
+                              BIAS: tl.constexpr, G: tl.constexpr, NG: tl.constexpr,
+                              BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
+    # the rows layout's streaming backward on one group and its halo: a at the 2 HALF maps
+    # on each side (the s_j of the group's window neighbours j need them), g at HALF; step
+    # tt takes a at map tt - 2 HALF, completes s_j and u_j = g_j a_j s_j^(-beta-1) at j =
+    # tt - 3 HALF (g_j = 0 outside the column, so u_j = 0 there) and the gradient at
+    # c = tt - 4 HALF
+    r, gi, col0 = _halo_block(rows, cg, BLOCK_P, NG, G)
+    l0, l1, l2, l3, _l4, _l5, _l6, _l7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
+                                                     gi, -2 * HALF, 2 * HALF, G, BLOCK_P, NG,
+                                                     COMPUTE, BIAS)
+    v0, v1, v2, v3, v4, v5, v6, v7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg, gi, 0,
+                                                 G, G, BLOCK_P, NG, COMPUTE, BIAS)
+    h0, h1, h2, h3, _h4, _h5, _h6, _h7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
+                                                     gi, G, 2 * HALF, G, BLOCK_P, NG, COMPUTE,
+                                                     BIAS)
+    m0, m1, m2, m3, _m4, _m5, _m6, _m7 = _halo_lanes(g_ptr, g_ptr, r, rows, C, col0, cg, gi,
+                                                     -HALF, HALF, G, BLOCK_P, NG, COMPUTE,
+                                                     False)
+    f0, f1, f2, f3, f4, f5, f6, f7 = _halo_lanes(g_ptr, g_ptr, r, rows, C, col0, cg, gi, 0, G,
+                                                 G, BLOCK_P, NG, COMPUTE, False)
+    n0, n1, n2, n3, _n4, _n5, _n6, _n7 = _halo_lanes(g_ptr, g_ptr, r, rows, C, col0, cg, gi,
+                                                     G, HALF, G, BLOCK_P, NG, COMPUTE, False)
+    z = tl.zeros([BLOCK_P, NG], COMPUTE)
+    x0, x1, x2, x3, x4 = z, z, z, z, z
+    u0, u1, u2, u3, u4 = z, z, z, z, z  # u_{j-4}..u_j
+    g0, g1, g2 = z, z, z  # g_{j-2}..g_j
+    p0, p1, p2 = z, z, z  # p_{j-2}..p_j
+    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
+    for tt in tl.static_range(G + 4 * HALF):
+        x0, x1, x2, x3 = x1, x2, x3, x4
+        x4 = _relu(_seq(tt, 2 * HALF, G, l0, l1, l2, l3, v0, v1, v2, v3, v4, v5, v6, v7, h0,
+                        h1, h2, h3), RELU)
+        if tt >= 2 * HALF:  # s_j is full, j = tt - 3 HALF
+            w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
+            pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
+            gj = _seq(tt - 2 * HALF, HALF, G, m0, m1, m2, m3, f0, f1, f2, f3, f4, f5, f6, f7,
+                      n0, n1, n2, n3)
+            u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
+            g0, g1, g2 = g1, g2, gj
+            p0, p1, p2 = p1, p2, pj
+            if tt >= 4 * HALF:  # c = tt - 4 HALF has all its u_j
+                grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta,
+                                    HALF, RELU)
+                o0, o1, o2, o3, o4, o5, o6, o7 = _put(tt - 4 * HALF, grad, o0, o1, o2, o3, o4,
+                                                      o5, o6, o7)
+    offs = (r.to(tl.int64) * C)[:, None, None] + (col0 + gi * G)[None, :, None] \
+        + tl.arange(0, G)[None, None, :]
+    mask = (r < rows)[:, None, None] & (gi * G < cg)[None, :, None]
+    tl.store(out_ptr + offs, _pack_lanes(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_P, NG, G)
+             .to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     """x as NCHW-contiguous or channels_last-contiguous (unchanged when it already is one)."""
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
@@ -866,6 +1051,32 @@ def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
                      num_warps=num_warps)
 
 
+def _halo_shape(cg: int, element_size: int) -> tuple[int, int, int]:
+    """(G, NG, BLOCK_P) of the halo layout for columns of cg maps: G maps a 16-byte group, the
+    column's groups rounded up to a power of two (conv1's 6 of bf16 to 8, conv2's 16) and
+    pixels per program for HALO_TILE elements (32 and 16 pixels in bf16)."""
+    group = 16 // element_size
+    ng = triton.next_power_of_2(max(1, cg // group))
+    return group, ng, max(1, HALO_TILE // (ng * group))
+
+
+def _launch_halo(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
+                 half: int, alpha: float, beta: float, k: float, relu: bool,
+                 bias: torch.Tensor | None = None) -> None:
+    """Run a halo-layout `kernel` over channels_last `tensors` (the shape and memory format of
+    out, columns of whole 16-byte groups) and `bias` (as `_launch`'s): a program per block
+    of pixels and column."""
+    n, c, h, w = out.shape
+    cg = c // groups
+    group, ng, block_p = _halo_shape(cg, out.element_size())
+    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
+    grid = (triton.cdiv(n * h * w, block_p), groups)
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+        kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
+                     k, COMPUTE=compute, HALF=half, RELU=relu, BIAS=bias is not None, G=group,
+                     NG=ng, BLOCK_P=block_p, BETA_3_4=beta == 0.75, num_warps=HALO_NUM_WARPS)
+
+
 def _applicable(layout: str, out: torch.Tensor, groups: int) -> str:
     """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous) when `layout`
     (not auto) is asked for: rows takes only channels_last tensors whose columns are whole
@@ -876,10 +1087,10 @@ def _applicable(layout: str, out: torch.Tensor, groups: int) -> str:
         return "band" if channels_last and out.dtype != torch.float64 else "tile"
     if layout == "gather":
         return "gather" if channels_last else "tile"
-    if layout != "rows":
+    if layout not in ("rows", "halo"):
         return layout
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
-    return "rows" if channels_last and fits else "tile"
+    return layout if channels_last and fits else "tile"
 
 
 def _kernels_for(out: torch.Tensor, groups: int, direction: str = "forward",
@@ -1028,7 +1239,7 @@ def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -
 
 # the layouts whose kernels add a bias as they load the input; the others (channels, rows)
 # take the input with its bias added by torch first (one more pass each way)
-BIAS_LAYOUTS = ("tile", "band", "gather")
+BIAS_LAYOUTS = ("tile", "band", "gather", "halo")
 
 
 def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -1045,7 +1256,10 @@ def _forward_launch(kernels: str, a: torch.Tensor, out: torch.Tensor, groups: in
     outside BIAS_LAYOUTS reads a with the bias added first, `_biased`)."""
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels in ("band", "gather"):
+    if kernels == "halo":
+        _launch_halo(_lrn_forward_halo_kernel, [a], out, groups, half, alpha, beta, k, relu,
+                     bias)
+    elif kernels in ("band", "gather"):
         _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
                      bias, gather=kernels == "gather")
     elif kernels == "rows":
@@ -1083,7 +1297,10 @@ def _backward_launch(kernels: str, g: torch.Tensor, a: torch.Tensor, out: torch.
     BACKWARD's; a layout outside BIAS_LAYOUTS reads a with the bias added first)."""
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels in ("band", "gather"):
+    if kernels == "halo":
+        _launch_halo(_lrn_backward_halo_kernel, [g, a], out, groups, half, alpha, beta, k,
+                     relu, bias)
+    elif kernels in ("band", "gather"):
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu, bias, gather=kernels == "gather")
     elif kernels == "rows":

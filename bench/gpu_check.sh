@@ -116,6 +116,8 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 # 2026-11-30: tests 110 (from 100) and data 20 (from 30), for the new CUDA tests of the LRN's
 # auto layout (band and gather compiled for conv1's columns: about 10 s) and of run.cuda_graph
 # (a 1/8-width net captured twice: a few seconds)
+# 2026-11-30, later: the halo layout adds 4 CUDA test cases (8 small kernels to compile: a few
+# seconds) to the tests step, and a candidate to auto's first-use timing in train and model
 step tests 110 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
 step train 145 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
 step model 85 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"

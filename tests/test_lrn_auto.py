@@ -30,6 +30,8 @@ def clock(monkeypatch):
     monkeypatch.setattr(lrn_triton, "_AUTO", {})
     monkeypatch.setattr(lrn_triton, "LAYOUT", "auto")
     monkeypatch.setattr(lrn_triton, "_timeable", lambda out: True)
+    # the choice among three layouts (the halo layout's place among them: its own tests)
+    monkeypatch.setattr(lrn_triton, "AUTO_LAYOUTS", ("tile", "band", "gather"))
     times: dict[str, float] = {}
     timed: list[str] = []
 
@@ -253,3 +255,35 @@ def test_candidates_are_compared_on_the_first_images_only(clock, monkeypatch) ->
     run = writer({"tile": tile, "band": wrong_first}, [], out)
     assert lrn_triton._kernels_for(out, 2, "forward", (), run) == "gather"
     assert compared == [(1, *CONV1[1:])] * 2
+
+
+def test_auto_times_the_halo_layout_where_its_kernels_run(monkeypatch) -> None:
+    """The halo layout is one of auto's candidates on channels_last tensors whose columns are
+    whole 16-byte groups (conv1's 48 maps), chosen when fastest; columns of 3 fp32 maps
+    (not a group) time tile, band and gather only, and NCHW tensors take tile untimed."""
+    monkeypatch.setattr(lrn_triton, "_AUTO", {})
+    monkeypatch.setattr(lrn_triton, "LAYOUT", "auto")
+    monkeypatch.setattr(lrn_triton, "_timeable", lambda out: True)
+    assert "halo" in lrn_triton.AUTO_LAYOUTS
+    times = {"tile": 4.0, "band": 3.0, "gather": 2.0, "halo": 1.0}
+    timed: list[str] = []
+
+    def seconds(launch) -> float:
+        timed.append(launch.args[0])
+        return times[launch.args[0]]
+
+    monkeypatch.setattr(lrn_triton, "_seconds", seconds)
+    out = channels_last()
+    assert lrn_triton._kernels_for(out, 2, "forward", (), writer({"tile": out}, [], out)) \
+        == "halo"
+    assert sorted(set(timed)) == ["band", "gather", "halo", "tile"]
+    del timed[:]
+    odd = torch.rand(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert lrn_triton._kernels_for(odd, 2, "forward", (), writer({"tile": odd}, [], odd)) \
+        == "gather"
+    assert sorted(set(timed)) == ["band", "gather", "tile"]
+    del timed[:]
+    nchw = torch.rand(CONV1)
+    assert lrn_triton._kernels_for(nchw, 2, "forward", (), writer({"tile": nchw}, [], nchw)) \
+        == "tile"
+    assert timed == []

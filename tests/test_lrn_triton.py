@@ -26,9 +26,9 @@ CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper
          "runs": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 # key prefixes of the kernels: recompute and twophase backward (tile layout), the channels,
-# rows and band layouts (ALEXNET_LRN_LAYOUT=channels, rows, band: their own forward and
-# backward)
-VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather."]
+# rows, band, gather and halo layouts (ALEXNET_LRN_LAYOUT=channels, rows, ...: their own
+# forward and backward)
+VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather.", "halo."]
 
 
 def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
@@ -114,11 +114,12 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
     # kernels (so the tests above checked them); columns of 6 and 7 maps and NCHW the tile ones
     r = kernel_results
     for dtype in ("float32", "bfloat16"):
-        for name in ("blocks", "runs"):
-            assert r[f"rows.{name}.cl.{dtype}.kernels"] == "rows"
-            assert r[f"rows.{name}.nchw.{dtype}.kernels"] == "tile"
-        for name in ("paper", "one_column_n3"):
-            assert r[f"rows.{name}.cl.{dtype}.kernels"] == "tile"
+        for layout in ("rows", "halo"):  # the same tensors
+            for name in ("blocks", "runs"):
+                assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == layout
+                assert r[f"{layout}.{name}.nchw.{dtype}.kernels"] == "tile"
+            for name in ("paper", "one_column_n3"):
+                assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == "tile"
         assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
         for name in CASES:  # band and gather: any channels_last column, not NCHW
             for layout in ("band", "gather"):
@@ -132,7 +133,7 @@ EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
 
 
 @pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band",
-                                     "gather"])
+                                     "gather", "halo"])
 @pytest.mark.parametrize("name", list(EDGES))
 def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
     """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
@@ -145,8 +146,8 @@ def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, 
     np.testing.assert_allclose(y, want_y, rtol=rtol, atol=1e-6)  # NaN where torch's is
     np.testing.assert_allclose(dx, want_dx, rtol=rtol,
                                atol=rtol * np.nanmax(np.abs(want_dx)))
-    if variant == "rows":
-        assert r[f"rows.{name}.kernels"] == EDGES[name]
+    if variant in ("rows", "halo"):  # the halo layout runs where the rows layout does
+        assert r[f"{variant}.{name}.kernels"] == EDGES[name].replace("rows", variant)
     if name == "nan":  # the NaN reached its window's outputs; the net would see it
         assert np.isnan(y[0, :4, 0, 1]).all() and not np.isnan(y[0, 4:]).any()
 
@@ -231,7 +232,8 @@ def test_the_conv_bias_folded_into_the_kernel_is_bias_then_relu_then_lrn(kernel_
     want = {"": "tile", "twophase.": "tile", "channels.": "channels",
             "rows.": "rows" if layout == "cl" else "tile",
             "band.": "band" if layout == "cl" else "tile",
-            "gather.": "gather" if layout == "cl" else "tile"}[variant]
+            "gather.": "gather" if layout == "cl" else "tile",
+            "halo.": "halo" if layout == "cl" else "tile"}[variant]
     assert r[f"{key}.kernels"] == want
 
 
@@ -382,7 +384,7 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather"),
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather, halo"),
     ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
 def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
     """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
@@ -441,12 +443,12 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layou
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layout", ["tile", "band", "gather"])
+@pytest.mark.parametrize("layout", ["tile", "band", "gather", "halo"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, layout,
                                                                        monkeypatch):
-    # the compiled kernels that take the conv's bias (the default tile and the band layout),
-    # as the net runs them: channels_last conv1-like maps, an fp32 bias
+    # the compiled kernels that take the conv's bias (the layouts auto times), as the net
+    # runs them: channels_last conv1-like maps, an fp32 bias
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
     monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
@@ -470,13 +472,16 @@ def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, la
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("layout", ["rows", "halo"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, monkeypatch):
+def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, layout,
+                                                                         monkeypatch):
     """conv2's columns of 128 maps: the rows layout's runs of 64 with the neighbouring groups
-    that their windows reach into (the path the net runs on conv2), compiled on the GPU."""
+    that their windows reach into, and the halo layout's 16 groups a column, compiled on the
+    GPU."""
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
-    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "rows")
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
     gen = torch.Generator().manual_seed(1)
     a = (torch.rand(2, 256, 9, 7, generator=gen, dtype=torch.float64) * 600 - 300).to(dtype)
     g = torch.randn(2, 256, 9, 7, generator=gen, dtype=torch.float64).to(dtype)
@@ -601,6 +606,39 @@ def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group)
                              "BETA_3_4": True, "BIAS": False, "s_c": 1}, m.NUM_WARPS)
     narrow = re.findall(r"\bld\.global(?:\.\w+)*\.b(?:16|32)\b", tile.asm["ptx"])
     assert len(narrow) > 8  # the tile forward's shifted loads, one element each
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
+@pytest.mark.parametrize("dtype,size", [("bf16", 2), ("fp32", 4)])
+def test_the_halo_kernels_read_whole_groups_and_their_halo_on_a_hopper_gpu(dtype, size):
+    # what the halo layout is for: each thread's group of a pixel's maps is one 16-byte load
+    # (and store), the HALF or 2 HALF maps its windows reach on each side one narrower vector
+    # load from the cache, never map by map (no 2-byte loads, as the tile kernels' shifted
+    # maps split into), and no shared memory, barrier or shuffle for the window; ptxas
+    # accepts them (conv1's column of 48 maps and conv2's of 128, the conv's bias folded in)
+    _can_compile_for_hopper()
+    import re
+
+    m = triton_lrn_module()
+    for cg in (48, 128):
+        group, ng, block_p = m._halo_shape(cg, size)
+        for kernel, pointers in ((m._lrn_forward_halo_kernel, 2),
+                                 (m._lrn_backward_halo_kernel, 3)):
+            consts = {"HALF": 2, "G": group, "NG": ng, "BLOCK_P": block_p, "BETA_3_4": True,
+                      "BIAS": True}
+            compiled = _hopper_compiled(kernel, pointers, dtype, consts, m.HALO_NUM_WARPS)
+            assert compiled.asm["cubin"][:4] == b"\x7fELF"
+            ptx = compiled.asm["ptx"]
+            loads = re.findall(r"\bld\.global((?:\.\w+)*)", ptx)
+            stores = re.findall(r"\bst\.global((?:\.\w+)*)", ptx)
+            # a thread's group of a (and of g) in one 16-byte load each, the biases' too; its
+            # halos in 4, 8 or 16 (2 bf16 maps at least, 2 fp32): never one map at a time
+            assert sum(w.endswith(".v4.b32") for w in loads) >= pointers
+            narrowest = (".v4.b32", ".v2.b32", ".b32") if size == 2 else (".v4.b32", ".v2.b32")
+            assert all(w.endswith(narrowest) for w in loads), loads
+            assert stores and all(w.endswith(".v4.b32") for w in stores), stores
+            assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
+            assert compiled.metadata.shared == 0
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

@@ -38,6 +38,8 @@ def clock(monkeypatch):
     monkeypatch.setattr(lt, "_AUTO", {})
     monkeypatch.setattr(lt, "LAYOUT", "auto")
     monkeypatch.setattr(lt, "_timeable", lambda out: True)
+    # the choice among three layouts (the halo layout's place among them: its own tests)
+    monkeypatch.setattr(lt, "AUTO_LAYOUTS", ("tile", "band", "gather"))
     times: dict[str, float] = {"tile": 3.0, "band": 1.0, "gather": 2.0}
     timed: list[str] = []
 
@@ -95,14 +97,16 @@ def test_timeable_from_exactly_the_minimum_and_never_in_capture_or_determinism(
 
 
 def test_a_forced_layout_falls_back_to_tile_where_it_cannot_run(monkeypatch) -> None:
-    """band needs channels_last and not float64, gather channels_last, rows channels_last
-    with whole 16-byte column groups; elsewhere the tile kernels run."""
+    """band needs channels_last and not float64, gather channels_last, rows and halo
+    channels_last with whole 16-byte column groups; elsewhere the tile kernels run."""
     cl, nchw = channels_last(), torch.rand(SHAPE)
     cl64 = channels_last(dtype=torch.float64)
     odd = channels_last((2, 6, 3, 4))  # columns of 3 fp32 maps: not a 16-byte group
     want = {("band", "cl"): "band", ("band", "nchw"): "tile", ("band", "cl64"): "tile",
             ("gather", "cl"): "gather", ("gather", "nchw"): "tile", ("gather", "cl64"): "gather",
             ("rows", "cl"): "rows", ("rows", "nchw"): "tile", ("rows", "odd"): "tile",
+            ("halo", "cl"): "halo", ("halo", "nchw"): "tile", ("halo", "odd"): "tile",
+            ("halo", "cl64"): "halo",
             ("channels", "nchw"): "channels", ("tile", "cl"): "tile"}
     tensors = {"cl": cl, "nchw": nchw, "cl64": cl64, "odd": odd}
     for (layout, name), kernels in want.items():

@@ -760,25 +760,20 @@ def _lrn_backward_band_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alph
 @triton.jit
 def _unpack_lanes(v, BLOCK_P: tl.constexpr, NG: tl.constexpr, W: tl.constexpr):
     """The W lanes of v [BLOCK_P, NG, W] (W = 1, 2, 4 or 8) as eight [BLOCK_P, NG] tensors
-    (zeros past W): `_unpack` with the groups' axis, in-thread splits."""
+    (zeros past W): `_unpack` over the pixels and groups together, in-thread splits."""
     z = tl.zeros([BLOCK_P, NG], v.dtype)
     x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
     if W == 1:
         x0 = tl.reshape(v, [BLOCK_P, NG])
-    elif W == 2:
-        x0, x1 = tl.split(v)
-    elif W == 4:  # lane 2 i + k at [:, :, i, k]
-        e, o = tl.split(tl.reshape(v, [BLOCK_P, NG, 2, 2]))
-        x0, x2 = tl.split(e)
-        x1, x3 = tl.split(o)
-    else:  # lane 4 i + 2 j + k at [:, :, i, j, k]
-        e, o = tl.split(tl.reshape(v, [BLOCK_P, NG, 2, 2, 2]))
-        ee, eo = tl.split(e)
-        oe, oo = tl.split(o)
-        x0, x4 = tl.split(ee)
-        x2, x6 = tl.split(eo)
-        x1, x5 = tl.split(oe)
-        x3, x7 = tl.split(oo)
+    else:
+        y0, y1, y2, y3, y4, y5, y6, y7 = _unpack(tl.reshape(v, [BLOCK_P * NG, W]),
+                                                 BLOCK_P * NG, W)
+        x0, x1 = tl.reshape(y0, [BLOCK_P, NG]), tl.reshape(y1, [BLOCK_P, NG])
+        if W >= 4:
+            x2, x3 = tl.reshape(y2, [BLOCK_P, NG]), tl.reshape(y3, [BLOCK_P, NG])
+        if W == 8:
+            x4, x5 = tl.reshape(y4, [BLOCK_P, NG]), tl.reshape(y5, [BLOCK_P, NG])
+            x6, x7 = tl.reshape(y6, [BLOCK_P, NG]), tl.reshape(y7, [BLOCK_P, NG])
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
@@ -786,16 +781,12 @@ def _unpack_lanes(v, BLOCK_P: tl.constexpr, NG: tl.constexpr, W: tl.constexpr):
 def _pack_lanes(x0, x1, x2, x3, x4, x5, x6, x7, BLOCK_P: tl.constexpr, NG: tl.constexpr,
                 G: tl.constexpr):
     """[BLOCK_P, NG, G] from the first G of eight [BLOCK_P, NG] tensors (G = 2, 4 or 8):
-    `_unpack_lanes`'s inverse."""
-    if G == 2:
-        v = tl.join(x0, x1)
-    elif G == 4:
-        v = tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [BLOCK_P, NG, 4])
-    else:
-        ee, eo = tl.join(x0, x4), tl.join(x2, x6)
-        oe, oo = tl.join(x1, x5), tl.join(x3, x7)
-        v = tl.reshape(tl.join(tl.join(ee, eo), tl.join(oe, oo)), [BLOCK_P, NG, 8])
-    return v
+    `_unpack_lanes`'s inverse, through `_pack`."""
+    n: tl.constexpr = BLOCK_P * NG
+    v = _pack(tl.reshape(x0, [n]), tl.reshape(x1, [n]), tl.reshape(x2, [n]),
+              tl.reshape(x3, [n]), tl.reshape(x4, [n]), tl.reshape(x5, [n]),
+              tl.reshape(x6, [n]), tl.reshape(x7, [n]), n, G)
+    return tl.reshape(v, [BLOCK_P, NG, G])
 
 
 @triton.jit

@@ -107,7 +107,7 @@ ROWS_NUM_WARPS = 4
 ROWS_MAX_RUN = 64  # channels per program of the rows layout (conv1's column of 48 whole)
 BAND_BLOCK_P = 64  # pixels per program of the band layout
 # halo layout: one 16-byte group per thread (2048 elements, 8 warps), the fewest registers
-# (sm_90, bf16: 31 forward, 48 backward; 2 groups a thread take 40 and 72, 4 take 72 and 161)
+# (sm_90, bf16: 32 forward, 48 backward; 2 groups a thread take 40 and 72, 4 take 72 and 161)
 HALO_TILE = 2048  # elements (pixels times the column's maps, rounded up) per program
 HALO_NUM_WARPS = 8
 
@@ -790,10 +790,10 @@ def _pack_lanes(x0, x1, x2, x3, x4, x5, x6, x7, BLOCK_P: tl.constexpr, NG: tl.co
 
 
 @triton.jit
-def _halo_block(rows, cg, BLOCK_P: tl.constexpr, NG: tl.constexpr, G: tl.constexpr):
+def _halo_block(cg, BLOCK_P: tl.constexpr, NG: tl.constexpr):
     """This program's pixels r (rows of the channels_last tensor), its column's groups gi
-    (G maps each; NG: the column's groups rounded up to a power of two) and col0, the
-    column's first channel."""
+    (NG: the column's groups rounded up to a power of two) and col0, the column's first
+    channel."""
     r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     return r, tl.arange(0, NG), tl.program_id(1) * cg
 
@@ -840,7 +840,7 @@ def _lrn_forward_halo_kernel(a_ptr, bias_ptr, b_ptr, rows, C, cg, alpha, beta, k
     # loads the HALF maps on each side that its windows reach (the halo, from the cache:
     # the neighbouring threads' groups); the G + 2 HALF maps stream through x0..x4 as in
     # the rows layout, and the G outputs go out in one 16-byte store
-    r, gi, col0 = _halo_block(rows, cg, BLOCK_P, NG, G)
+    r, gi, col0 = _halo_block(cg, BLOCK_P, NG)
     l0, l1, l2, l3, _l4, _l5, _l6, _l7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
                                                      gi, -HALF, HALF, G, BLOCK_P, NG,
                                                      COMPUTE, BIAS)
@@ -878,7 +878,7 @@ def _lrn_backward_halo_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alph
     # tt takes a at map tt - 2 HALF, completes s_j and u_j = g_j a_j s_j^(-beta-1) at j =
     # tt - 3 HALF (g_j = 0 outside the column, so u_j = 0 there) and the gradient at
     # c = tt - 4 HALF
-    r, gi, col0 = _halo_block(rows, cg, BLOCK_P, NG, G)
+    r, gi, col0 = _halo_block(cg, BLOCK_P, NG)
     l0, l1, l2, l3, _l4, _l5, _l6, _l7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
                                                      gi, -2 * HALF, 2 * HALF, G, BLOCK_P, NG,
                                                      COMPUTE, BIAS)

@@ -202,13 +202,27 @@ def val_store(tmp_path_factory) -> Path:
 # each rank writes the status `alexnet train` returned, how many batches of its share the net
 # saw (batches-RANK), and validated-RANK when it evaluated its whole share
 STOP_IN_VALIDATION = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 import alexnet.evaluate as evaluate
 from alexnet.cli import main
 
 box, rank = Path(os.environ["THREADS_DIR"]), os.environ["RANK"]
 real, calls = evaluate.predict_probs, [0]
+real_signal = signal.signal
+
+def marking(signum, handler):
+    # a SIGTERM handler that the run installs also marks that this rank got the signal:
+    # torchrun forwards the test's SIGTERM to the ranks some time after it got it
+    if signum == signal.SIGTERM and callable(handler):
+        inner = handler
+
+        def handler(signum, frame):
+            (box / f"got-{rank}").write_text("")
+            return inner(signum, frame)
+    return real_signal(signum, handler)
+
+signal.signal = marking
 
 def wait(path):
     t0 = time.monotonic()
@@ -224,6 +238,7 @@ def predict_probs(model, loader, progress=None):
                 wait(box / "validated-1")
                 (box / "in-validation").write_text("")
                 wait(box / "sent")
+                wait(box / "got-0")  # torchrun has passed it on: the stop flag is set
             (box / f"batches-{rank}").write_text(str(i + 1))
             yield batch
     result = real(model, batches(), progress)
@@ -415,6 +430,7 @@ def test_sigterm_in_validation_stops_it_on_every_rank_and_resume_is_exact(val_st
         f"codes {codes}, torchrun's status {proc.returncode}\n--- stdout:\n{out[-3000:]}\n"
         f"--- stderr:\n{err[-6000:]}")
     assert err.count("alexnet train: terminated (SIGTERM)") == 2 and "[rank" not in err, err
+    assert (box / "got-0").exists()  # rank 0 waited for its signal before its next batch
     assert (box / "batches-0").read_text() == "1"  # of 2: stopped there, not at its end
     assert not (box / "validated-0").exists()
     assert (box / "batches-1").read_text() == "2" and (box / "validated-1").exists()

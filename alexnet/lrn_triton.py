@@ -951,6 +951,16 @@ def _block_c(cg: int) -> int:
     return min(low, 32) if low >= 8 else min(triton.next_power_of_2(cg), 32)
 
 
+def _compute(out: torch.Tensor) -> tl.dtype:
+    """The kernels' arithmetic for maps like out: fp64 for fp64, else fp32."""
+    return tl.float64 if out.dtype == torch.float64 else tl.float32
+
+
+def _on_device(out: torch.Tensor) -> contextlib.AbstractContextManager:
+    """out's CUDA device made current for a launch (nothing to do on the CPU)."""
+    return torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext()
+
+
 def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int, half: int,
             alpha: float, beta: float, k: float, relu: bool, tile: int,
             whole_column: bool = False, bias: torch.Tensor | None = None) -> None:
@@ -961,12 +971,11 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
     cg = c // groups
     block_c = triton.next_power_of_2(cg) if whole_column else _block_c(cg)
     block_p = max(1, min(triton.next_power_of_2(h * w), tile // block_c))
-    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, s_p, channels_last = _strides(out)
     grid = (n * groups * triton.cdiv(cg, block_c), triton.cdiv(h * w, block_p))
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+    with _on_device(out):
         kernel[grid](*tensors, out if bias is None else bias, out, h * w, cg, groups, s_n, s_c,
-                     s_p, alpha, beta, k, COMPUTE=compute, HALF=half, RELU=relu,
+                     s_p, alpha, beta, k, COMPUTE=_compute(out), HALF=half, RELU=relu,
                      BIAS=bias is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                      CHANNELS_LAST=channels_last, BETA_3_4=beta == 0.75,
                      num_warps=NUM_WARPS)
@@ -981,12 +990,11 @@ def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, gro
     cg = c // groups
     run = _block_c(cg) if cg > 32 or cg % _block_c(cg) == 0 else cg  # no masked maps
     block_p = min(triton.next_power_of_2(h * w), CHANNELS_BLOCK_P)
-    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     s_n, s_c, s_p, _ = _strides(out)
     grid = (n * groups * triton.cdiv(cg, run), triton.cdiv(h * w, block_p))
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+    with _on_device(out):
         kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_p, alpha, beta, k,
-                     COMPUTE=compute, HALF=half, RELU=relu, RUN=run, BLOCK_P=block_p,
+                     COMPUTE=_compute(out), HALF=half, RELU=relu, RUN=run, BLOCK_P=block_p,
                      BETA_3_4=beta == 0.75, num_warps=CHANNELS_NUM_WARPS)
 
 
@@ -1007,10 +1015,9 @@ def _launch_rows(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
     cg = c // groups
     group = 16 // out.element_size()
     run = _rows_run(cg, group)
-    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(n * h * w, ROWS_BLOCK_P), groups * (cg // run))
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
-        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, COMPUTE=compute,
+    with _on_device(out):
+        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, COMPUTE=_compute(out),
                      HALF=half, RELU=relu, RUN=run, G=group, WHOLE=run == cg,
                      BLOCK_P=ROWS_BLOCK_P, BETA_3_4=beta == 0.75, num_warps=ROWS_NUM_WARPS)
 
@@ -1033,11 +1040,10 @@ def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
     n, c, h, w = out.shape
     cg = c // groups
     block_p, block_c, num_warps = _band_shape(cg)
-    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(n * h * w, block_p), groups)
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+    with _on_device(out):
         kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
-                     k, COMPUTE=compute, HALF=half, RELU=relu, BIAS=bias is not None,
+                     k, COMPUTE=_compute(out), HALF=half, RELU=relu, BIAS=bias is not None,
                      GATHER=gather, BLOCK_P=block_p, BLOCK_C=block_c, BETA_3_4=beta == 0.75,
                      num_warps=num_warps)
 
@@ -1060,11 +1066,10 @@ def _launch_halo(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
     n, c, h, w = out.shape
     cg = c // groups
     group, ng, block_p = _halo_shape(cg, out.element_size())
-    compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(n * h * w, block_p), groups)
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+    with _on_device(out):
         kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
-                     k, COMPUTE=compute, HALF=half, RELU=relu, BIAS=bias is not None, G=group,
+                     k, COMPUTE=_compute(out), HALF=half, RELU=relu, BIAS=bias is not None, G=group,
                      NG=ng, BLOCK_P=block_p, BETA_3_4=beta == 0.75, num_warps=HALO_NUM_WARPS)
 
 
@@ -1185,7 +1190,7 @@ def _fastest(candidates: list[str], out: torch.Tensor, run: Callable[[str], None
     if len(usable) == 1:
         return usable[0]
     seconds = dict.fromkeys(usable, math.inf)
-    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():
+    with _on_device(out):
         for _ in range(AUTO_ROUNDS):
             for layout in usable:
                 seconds[layout] = min(seconds[layout], _seconds(functools.partial(run, layout)))

@@ -541,22 +541,25 @@ def space_to_depth(x: torch.Tensor, stride: int, hb: int, wb: int,
     """x's first hb x wb blocks of stride x stride pixels as channels: (n, c s s, hb, wb),
     block channel c s s + i s + j holding pixel (i, j) of channel c's block, zeros where a
     block runs past x; in x's memory format (channels_last for a channels_last x) and in
-    `dtype` (default x's). One copy of x (the cast in the same pass), into a zeroed buffer."""
+    `dtype` (default x's). One copy of x (the cast in the same pass); of the rest of the
+    buffer only the blocks that x does not fill whole (its last row and column) are zeroed."""
     n, c, h, w = x.shape
     channels_last = c > 1 and x.is_contiguous(memory_format=torch.channels_last)
     dtype = x.dtype if dtype is None else dtype
     if channels_last:
-        buf = x.new_zeros((n, hb, wb, c, stride, stride), dtype=dtype)
+        buf = x.new_empty((n, hb, wb, c, stride, stride), dtype=dtype)
         view = buf.permute(0, 3, 1, 4, 2, 5)  # (n, c, hb, i, wb, j)
         out = buf.view(n, hb, wb, c * stride * stride).permute(0, 3, 1, 2)
     else:
-        buf = x.new_zeros((n, c, stride, stride, hb, wb), dtype=dtype)
+        buf = x.new_empty((n, c, stride, stride, hb, wb), dtype=dtype)
         view = buf.permute(0, 1, 4, 2, 5, 3)
         out = buf.view(n, c * stride * stride, hb, wb)
     fh, fw = min(h // stride, hb), min(w // stride, wb)  # whole blocks within x
     rh = min(h - fh * stride, stride) if fh < hb else 0  # rows of a last, partial block
     rw = min(w - fw * stride, stride) if fw < wb else 0
     top, left = fh * stride, fw * stride
+    view[:, :, fh:].zero_()  # partial blocks and blocks past x: zeros, x's pixels copied next
+    view[:, :, :fh, :, fw:].zero_()
     view[:, :, :fh, :, :fw, :] = x[:, :, :top, :left].view(n, c, fh, stride, fw, stride)
     if rh:
         view[:, :, fh, :rh, :fw, :] = x[:, :, top:top + rh, :left].view(n, c, rh, fw, stride)

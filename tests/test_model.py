@@ -176,7 +176,8 @@ def test_blocked_conv_is_the_strided_convolution(shape, channels_last):
 def test_space_to_depth_puts_each_blocks_pixels_in_its_channels(h, w, hb, wb, channels_last):
     """Block channel c s s + i s + j at block (b, d) is pixel (b s + i, d s + j) of channel c,
     0 past x's edge (a 227 input in 57 blocks of 4: one zero row and column), pixels past the
-    last block left out; the input's memory format; the cast in the same copy."""
+    last block left out; the input's memory format; the cast in the same copy. Fresh memory
+    is NaN here (deterministic mode's fill), so a zero left unwritten would show."""
     s = 4
     x = torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w) + 1
     if channels_last:
@@ -185,10 +186,16 @@ def test_space_to_depth_puts_each_blocks_pixels_in_its_channels(h, w, hb, wb, ch
     rows, cols = min(h, hb * s), min(w, wb * s)
     want[:, :, :rows, :cols] = x[:, :, :rows, :cols]
     want = want.view(2, 3, hb, s, wb, s).permute(0, 1, 3, 5, 2, 4).reshape(2, 3 * s * s, hb, wb)
-    got = space_to_depth(x, s, hb, wb)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        got = space_to_depth(x, s, hb, wb)
+        half = space_to_depth(x, s, hb, wb, torch.bfloat16)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     assert torch.equal(got, want)
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
-    half = space_to_depth(x, s, hb, wb, torch.bfloat16)
     assert half.dtype == torch.bfloat16 and torch.equal(half, want.to(torch.bfloat16))
 
 

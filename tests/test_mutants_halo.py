@@ -1,0 +1,172 @@
+"""Checks that kill wrong computations the Triton LRN tests let through in the halo layout
+(a mutation audit of alexnet/lrn_triton.py's `_lrn_forward_halo_kernel`,
+`_lrn_backward_halo_kernel` and their helpers): tests/test_lrn_triton.py runs the halo
+kernels only with the paper's n = 5 and beta = 3/4 on fp32, bf16 and fp16 maps, since its
+n = 3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the
+tile kernels. So a halo kernel wrong for n = 3 (one map of halo, the 1-lane loads), for
+another beta (the exp2/log2 powers) or in float64 (the sums rounded to fp32) passed. Each
+case here is a channels_last tensor whose columns are whole 16-byte groups, so that
+ALEXNET_LRN_LAYOUT=halo runs the halo kernels, checked against NumPy's evaluation of the
+formula. The kernels run through Triton's interpreter in one child process, as in
+tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexnet import paper
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+CHILD = r"""
+import sys
+import traceback
+import numpy as np
+import torch
+import alexnet.lrn_triton as m
+from alexnet.model import lrn
+
+m.LAYOUT = "halo"
+gen = torch.Generator().manual_seed(0)
+cl = torch.channels_last
+
+
+def run(x, g, b, n, alpha, beta, k, relu):
+    # the kernels' output and gradients (x's, and the bias's when given), channels_last
+    xi = x.contiguous(memory_format=cl).requires_grad_()
+    bi = None if b is None else b.clone().requires_grad_()
+    y = lrn(xi, n, alpha, beta, k, groups=2, backend="triton", relu=relu, bias=bi)
+    y.backward(g.to(x.dtype).contiguous(memory_format=cl))
+    out = dict(x=x.double().numpy(), g=g.double().numpy(), y=y.detach().double().numpy(),
+               dx=xi.grad.double().numpy(), kernels=np.array(m._kernels_for(xi, 2)))
+    if b is not None:
+        out.update(b=b.double().numpy(), db=bi.grad.double().numpy())
+    return out
+
+
+def n3():
+    # fp32, n = 3 (one map of halo each side), columns of 8 maps (2 groups of 4), the bias
+    # and ReLU folded in
+    x = torch.rand(2, 16, 2, 3, generator=gen) * 600 - 300
+    g = torch.randn(x.shape, generator=gen)
+    b = torch.rand(16, generator=gen) * 200 - 100
+    return run(x, g, b, 3, 1e-4, 0.75, 2.0, True)
+
+
+def fp64():
+    # fp64, columns of 6 maps (3 groups of 2: the column's last group lane masked), the bias
+    # and ReLU folded in
+    x = torch.rand(2, 12, 2, 3, generator=gen, dtype=torch.float64) * 600 - 300
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    b = torch.rand(12, generator=gen, dtype=torch.float64) * 200 - 100
+    return run(x, g, b, 5, 1e-4, 0.75, 2.0, True)
+
+
+def beta():
+    # fp32, beta = 0.6 (the exp2/log2 powers), alpha and k other than the paper's; a positive
+    # bias without the ReLU (a bias added outside the column shows whatever its sign)
+    x = torch.rand(1, 16, 2, 2, generator=gen) * 300
+    g = torch.randn(x.shape, generator=gen)
+    b = torch.rand(16, generator=gen) * 50 + 10
+    return run(x, g, b, 5, 1e-3, 0.6, 1.5, False)
+
+
+out = {}
+for case in (n3, fp64, beta):  # each on its own: one failing leaves the others' results
+    try:
+        out.update({f"{case.__name__}.{k}": v for k, v in case().items()})
+    except Exception:
+        out[f"{case.__name__}.error"] = np.array(traceback.format_exc())
+np.savez(sys.argv[1], **out)
+"""
+
+
+def formula(x: np.ndarray, g: np.ndarray, bias: np.ndarray | None, n: int, alpha: float,
+            beta: float, k: float, relu: bool, groups: int = 2
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LRN (section 3.3) of a = x + bias (ReLU'd with `relu`): b = a s^-beta, s = k + alpha
+    sum of a^2 over the window c-n//2..c+n//2 clipped at each column's edges; x's gradient
+    for the output gradient g (g s^-beta - 2 alpha beta a times the window's sum of
+    g a s^(-beta-1), 0 where the ReLU is off) and the bias's (its sum over images, pixels)."""
+    z = x if bias is None else x + bias[None, :, None, None]
+    a = np.maximum(z, 0) if relu else z
+    c, h = a.shape[1], n // 2
+    per = c // groups
+    lo = [max(i // per * per, i - h) for i in range(c)]
+    hi = [min(i // per * per + per - 1, i + h) + 1 for i in range(c)]
+    s = np.stack([k + alpha * (a[:, lo[i]:hi[i]] ** 2).sum(1) for i in range(c)], 1)
+    u = g * a * s ** (-beta - 1)
+    window_u = np.stack([u[:, lo[i]:hi[i]].sum(1) for i in range(c)], 1)
+    grad = g * s ** -beta - 2 * alpha * beta * a * window_u
+    if relu:
+        grad = np.where(z > 0, grad, 0.0)
+    return a * s ** -beta, grad, grad.sum((0, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def halo_results(tmp_path_factory) -> dict[str, np.ndarray]:
+    """The child's arrays: each case's inputs, outputs, gradients and the layout that ran."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    path = tmp_path_factory.mktemp("halo") / "out.npz"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(path) as z:
+        return dict(z)
+
+
+def case(results: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """The child's arrays of case `name` (its traceback if it failed)."""
+    assert f"{name}.error" not in results, str(results.get(f"{name}.error"))
+    return {k.removeprefix(f"{name}."): v for k, v in results.items()
+            if k.startswith(f"{name}.")}
+
+
+def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results) -> None:
+    """n = 3 (one map of halo on each side of a thread's group, loaded one lane wide) on fp32
+    columns of 8 maps (2 groups of 4), the conv's bias and ReLU folded in: the halo kernels
+    run and give the formula's output and gradients, at both edges of both columns."""
+    r = case(halo_results, "n3")
+    assert r["kernels"] == "halo"
+    z = r["x"] + r["b"][None, :, None, None]
+    assert (z > 0).any() and (z < 0).any()  # both sides of the ReLU
+    want = formula(r["x"], r["g"], r["b"], 3, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K,
+                   relu=True)
+    for key, ref, rtol in zip(("y", "dx", "db"), want, (2e-6, 1e-5, 1e-5), strict=True):
+        np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_the_halo_layout_is_exact_in_float64(halo_results) -> None:
+    """fp64 columns of 6 maps (3 groups of 2, the fourth group lane past the column), the
+    bias and ReLU folded in: the halo kernels run and give the formula to fp64 rounding (sums
+    kept in fp64: any value passed through fp32 is 1e-8 off)."""
+    r = case(halo_results, "fp64")
+    assert r["kernels"] == "halo"
+    want = formula(r["x"], r["g"], r["b"], paper.LRN_N, paper.LRN_ALPHA, paper.LRN_BETA,
+                   paper.LRN_K, relu=True)
+    for key, ref in zip(("y", "dx", "db"), want, strict=True):
+        np.testing.assert_allclose(r[key], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_the_halo_layout_with_a_beta_other_than_the_papers_equals_the_formula(
+        halo_results) -> None:
+    """beta = 0.6, alpha = 1e-3, k = 1.5 (the kernels' exp2/log2 powers, not the rsqrt ones
+    of beta = 3/4) on fp32 columns of 8 maps with a positive bias folded in (no ReLU): the
+    halo kernels run and give the formula's output and gradients; the halo beyond a column's
+    edges is 0, not its maps' biases."""
+    r = case(halo_results, "beta")
+    assert r["kernels"] == "halo"
+    want = formula(r["x"], r["g"], r["b"], 5, 1e-3, 0.6, 1.5, relu=False)
+    for key, ref, rtol in zip(("y", "dx", "db"), want, (2e-6, 1e-5, 1e-5), strict=True):
+        np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())

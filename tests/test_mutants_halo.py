@@ -7,7 +7,8 @@ tile kernels. So a halo kernel wrong for n = 3 (one map of halo, the 1-lane load
 another beta (the exp2/log2 powers) or in float64 (the sums rounded to fp32) passed. Each
 case here is a channels_last tensor whose columns are whole 16-byte groups, so that
 ALEXNET_LRN_LAYOUT=halo runs the halo kernels, checked against NumPy's evaluation of the
-formula. The kernels run through Triton's interpreter in one child process, as in
+formula. The rows layout applies to the same tensors and had the same gap: it runs the same
+cases. The kernels run through Triton's interpreter in one child process, as in
 tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported)."""
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 import alexnet.lrn_triton as m
 from alexnet.model import lrn
 
-m.LAYOUT = "halo"
+LAYOUTS = ("halo", "rows")
 gen = torch.Generator().manual_seed(0)
 cl = torch.channels_last
 
@@ -80,11 +81,15 @@ def beta():
 
 
 out = {}
-for case in (n3, fp64, beta):  # each on its own: one failing leaves the others' results
-    try:
-        out.update({f"{case.__name__}.{k}": v for k, v in case().items()})
-    except Exception:
-        out[f"{case.__name__}.error"] = np.array(traceback.format_exc())
+for layout in LAYOUTS:
+    m.LAYOUT = layout
+    for case in (n3, fp64, beta):  # each on its own: one failing leaves the others' results
+        name = f"{layout}.{case.__name__}"
+        gen.manual_seed(0)
+        try:
+            out.update({f"{name}.{k}": v for k, v in case().items()})
+        except Exception:
+            out[f"{name}.error"] = np.array(traceback.format_exc())
 np.savez(sys.argv[1], **out)
 """
 
@@ -133,12 +138,14 @@ def case(results: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
             if k.startswith(f"{name}.")}
 
 
-def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results) -> None:
+@pytest.mark.parametrize("layout", ["halo", "rows"])
+def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results,
+                                                                     layout: str) -> None:
     """n = 3 (one map of halo on each side of a thread's group, loaded one lane wide) on fp32
-    columns of 8 maps (2 groups of 4), the conv's bias and ReLU folded in: the halo kernels
-    run and give the formula's output and gradients, at both edges of both columns."""
-    r = case(halo_results, "n3")
-    assert r["kernels"] == "halo"
+    columns of 8 maps (2 groups of 4), the conv's bias and ReLU folded in: the layout's
+    kernels run and give the formula's output and gradients, at both edges of both columns."""
+    r = case(halo_results, f"{layout}.n3")
+    assert r["kernels"] == layout
     z = r["x"] + r["b"][None, :, None, None]
     assert (z > 0).any() and (z < 0).any()  # both sides of the ReLU
     want = formula(r["x"], r["g"], r["b"], 3, paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K,
@@ -147,26 +154,28 @@ def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results
         np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())
 
 
-def test_the_halo_layout_is_exact_in_float64(halo_results) -> None:
+@pytest.mark.parametrize("layout", ["halo", "rows"])
+def test_the_halo_layout_is_exact_in_float64(halo_results, layout: str) -> None:
     """fp64 columns of 6 maps (3 groups of 2, the fourth group lane past the column), the
-    bias and ReLU folded in: the halo kernels run and give the formula to fp64 rounding (sums
-    kept in fp64: any value passed through fp32 is 1e-8 off)."""
-    r = case(halo_results, "fp64")
-    assert r["kernels"] == "halo"
+    bias and ReLU folded in: the layout's kernels run and give the formula to fp64 rounding
+    (sums kept in fp64: any value passed through fp32 is 1e-8 off)."""
+    r = case(halo_results, f"{layout}.fp64")
+    assert r["kernels"] == layout
     want = formula(r["x"], r["g"], r["b"], paper.LRN_N, paper.LRN_ALPHA, paper.LRN_BETA,
                    paper.LRN_K, relu=True)
     for key, ref in zip(("y", "dx", "db"), want, strict=True):
         np.testing.assert_allclose(r[key], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("layout", ["halo", "rows"])
 def test_the_halo_layout_with_a_beta_other_than_the_papers_equals_the_formula(
-        halo_results) -> None:
+        halo_results, layout: str) -> None:
     """beta = 0.6, alpha = 1e-3, k = 1.5 (the kernels' exp2/log2 powers, not the rsqrt ones
     of beta = 3/4) on fp32 columns of 8 maps with a positive bias folded in (no ReLU): the
-    halo kernels run and give the formula's output and gradients; the halo beyond a column's
-    edges is 0, not its maps' biases."""
-    r = case(halo_results, "beta")
-    assert r["kernels"] == "halo"
+    layout's kernels run and give the formula's output and gradients; the window beyond a
+    column's edges holds 0, not those maps' biases."""
+    r = case(halo_results, f"{layout}.beta")
+    assert r["kernels"] == layout
     want = formula(r["x"], r["g"], r["b"], 5, 1e-3, 0.6, 1.5, relu=False)
     for key, ref, rtol in zip(("y", "dx", "db"), want, (2e-6, 1e-5, 1e-5), strict=True):
         np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())

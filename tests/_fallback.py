@@ -4,14 +4,11 @@ as a kernel that does not compile on a GPU would be; `auto` must not raise."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
+from _interpret import run_interpreted
 
 import alexnet.model
 
@@ -43,10 +40,4 @@ def interpreted_check(patch: str, check: str, show: str = "ok") -> str:
             f"    ok = alexnet.model.{check}(torch.device('cpu'))\n"
             f"print({show})\n"
             "print(err.getvalue(), end='')\n")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return run_interpreted(["-c", code], timeout=300).stdout

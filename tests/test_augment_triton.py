@@ -4,35 +4,22 @@ alexnet/data/augment.py, bit for bit, through Triton's interpreter in a child pr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _interpret import HAS_TRITON, ROOT, run_interpreted
 
 import alexnet.model
 from alexnet.data import augment
 from alexnet.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     out = tmp_path_factory.mktemp("augment") / "interpreted.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_augment_interpret.py"),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted([str(ROOT / "tests" / "_augment_interpret.py"), str(out)])
     return json.loads(out.read_text())
 
 

@@ -4,7 +4,6 @@ process (tests/_lrn_interpret.py), so TRITON_INTERPRET never reaches the rest of
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _interpret import HAS_TRITON, ROOT, interpreter_env
 
 from alexnet import paper
 from alexnet.errors import UserError
 from alexnet.model import lrn, triton_lrn_module, triton_lrn_verified, use_triton_lrn
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 # name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks,
 # "runs" (conv2's 128 maps a column) 2 runs of the rows layout per column
 CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N),
@@ -36,8 +34,7 @@ def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
     single-threaded: two halves take about half the time on 2 cores); their arrays."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = interpreter_env(ALEXNET_LRN="triton")
     script = ROOT / "tests" / "_lrn_interpret.py"
     children = {}  # stderr to files: a full pipe would stall one child while we wait on another
     for part in parts:

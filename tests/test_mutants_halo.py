@@ -13,19 +13,11 @@ tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _interpret import arrays, case, run_interpreted
 
 from alexnet import paper
-
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 CHILD = r"""
 import sys
@@ -119,23 +111,9 @@ def formula(x: np.ndarray, g: np.ndarray, bias: np.ndarray | None, n: int, alpha
 @pytest.fixture(scope="module")
 def halo_results(tmp_path_factory) -> dict[str, np.ndarray]:
     """The child's arrays: each case's inputs, outputs, gradients and the layout that ran."""
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     path = tmp_path_factory.mktemp("halo") / "out.npz"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(path) as z:
-        return dict(z)
-
-
-def case(results: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    """The child's arrays of case `name` (its traceback if it failed)."""
-    assert f"{name}.error" not in results, str(results.get(f"{name}.error"))
-    return {k.removeprefix(f"{name}."): v for k, v in results.items()
-            if k.startswith(f"{name}.")}
+    run_interpreted(["-c", CHILD, str(path)], timeout=300, ALEXNET_LRN="triton")
+    return arrays(path)
 
 
 @pytest.mark.parametrize("layout", ["halo", "rows"])

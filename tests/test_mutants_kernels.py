@@ -6,16 +6,11 @@ tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _interpret import HAS_TRITON, arrays, case, run_interpreted
 from torch import nn
 
 import alexnet.model
@@ -32,8 +27,6 @@ from alexnet.model import (
     triton_lrn_module,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
@@ -386,25 +379,11 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def case(results: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
-    """The child's arrays of case `name` (its traceback if it failed)."""
-    assert f"{name}.error" not in results, str(results.get(f"{name}.error"))
-    return {k.removeprefix(f"{name}."): v for k, v in results.items()
-            if k.startswith(f"{name}.")}
-
-
 @pytest.fixture(scope="module")
 def gather_results(tmp_path_factory) -> dict[str, np.ndarray]:
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     path = tmp_path_factory.mktemp("gather") / "out.npz"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "ALEXNET_LRN": "triton",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(path) as z:
-        return dict(z)
+    run_interpreted(["-c", CHILD, str(path)], timeout=300, ALEXNET_LRN="triton")
+    return arrays(path)
 
 
 def test_the_gather_layout_is_exact_in_float64_with_the_bias(gather_results):

@@ -8,43 +8,24 @@ values; the kernels run through Triton's interpreter in one child process
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _interpret import HAS_TRITON, ROOT, arrays, case, run_interpreted
 from torch import nn
 
 import alexnet.model
 from alexnet.model import max_pool, triton_pool_module, triton_pool_verified
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 CL = torch.channels_last
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, np.ndarray]:
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     out = tmp_path_factory.mktemp("pool_mutants") / "interpreted.npz"
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_mutants_pool_interpret.py"),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as z:
-        return dict(z)
-
-
-def case(results: dict, prefix: str) -> dict[str, np.ndarray]:
-    return {k.removeprefix(f"{prefix}."): v for k, v in results.items()
-            if k.startswith(f"{prefix}.")}
+    run_interpreted([str(ROOT / "tests" / "_mutants_pool_interpret.py"), str(out)])
+    return arrays(out)
 
 
 def window_loop(x: np.ndarray, g: np.ndarray, k: int, s: int, acc=np.float64

@@ -5,17 +5,15 @@ tests let through."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _interpret import HAS_TRITON, run_interpreted
 from PIL import Image
 
 from alexnet.data import Store, open_split, write_store
@@ -36,7 +34,6 @@ from alexnet.data.store import (
 )
 from alexnet.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["a", "b", "c"]
 
 
@@ -369,7 +366,7 @@ with open(sys.argv[1], "w") as f:
 '''
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_the_kernel_follows_its_formula_for_any_strides_and_a_crop_of_the_whole_image(
         tmp_path) -> None:
     """Through Triton's interpreter (a child process: TRITON_INTERPRET=1 must precede the
@@ -380,10 +377,6 @@ def test_the_kernel_follows_its_formula_for_any_strides_and_a_crop_of_the_whole_
     torch path chooses), and no patches at all."""
     script, out = tmp_path / "child.py", tmp_path / "out.json"
     script.write_text(CHILD)
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted([str(script), str(out)], timeout=300, cwd=tmp_path)
     assert json.loads(out.read_text()) == {"strided": True, "after_out": True, "whole": True,
                                            "nchw": True, "none": [0, 3, 11, 11]}

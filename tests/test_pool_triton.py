@@ -4,24 +4,19 @@ evaluation, on CPU tensors through Triton's interpreter in a child process
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _interpret import ROOT, arrays, run_interpreted
 from torch import nn
 
 from alexnet.errors import UserError
 from alexnet.model import max_pool, triton_pool_module, triton_pool_verified, use_triton_pool
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 CASES = {"conv1": (3, 2), "odd": (3, 2), "conv5": (3, 2), "plain2": (2, 2)}  # kernel, stride
 KEYS = [f"{name}.{values}.{dtype}" for name in CASES for values in ("random", "ties")
         for dtype in ("float32", "bfloat16")]
@@ -29,16 +24,9 @@ KEYS = [f"{name}.{values}.{dtype}" for name in CASES for values in ("random", "t
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, np.ndarray]:
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     out = tmp_path_factory.mktemp("pool") / "interpreted.npz"
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_pool_interpret.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as z:
-        return dict(z)
+    run_interpreted([str(ROOT / "tests" / "_pool_interpret.py"), str(out)])
+    return arrays(out)
 
 
 def pool_formula(x: np.ndarray, g: np.ndarray, k: int, s: int

@@ -1,21 +1,25 @@
-"""Checks that kill wrong computations the Triton LRN tests let through in the halo layout
-(a mutation audit of alexnet/lrn_triton.py's `_lrn_forward_halo_kernel`,
-`_lrn_backward_halo_kernel` and their helpers): tests/test_lrn_triton.py runs the halo
-kernels only with the paper's n = 5 and beta = 3/4 on fp32, bf16 and fp16 maps, since its
-n = 3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the
-tile kernels. So a halo kernel wrong for n = 3 (one map of halo, the 1-lane loads), for
-another beta (the exp2/log2 powers) or in float64 (the sums rounded to fp32) passed. Each
-case here is a channels_last tensor whose columns are whole 16-byte groups, so that
-ALEXNET_LRN_LAYOUT=halo runs the halo kernels, checked against NumPy's evaluation of the
-formula. The rows layout applies to the same tensors and had the same gap: it runs the same
-cases. The kernels run through Triton's interpreter in one child process, as in
-tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported)."""
+"""Checks that kill wrong computations the Triton LRN tests let through in the channels_last
+layouts (mutation audits of alexnet/lrn_triton.py's halo kernels and helpers, and of the
+band and gather kernels, `_row_sums`, `_band_shape` and `_launch_band`).
+tests/test_lrn_triton.py runs the halo and rows kernels only with the paper's n = 5 and
+beta = 3/4 on fp32, bf16 and fp16 maps, and band and gather only with beta = 3/4: its n =
+3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the tile
+kernels. So a kernel wrong for n = 3 (one map of halo, the 1-lane loads), for another beta
+(the exp2/log2 powers; a launch that took the rsqrt powers of 3/4 for every beta) or in
+float64 (the sums rounded to fp32) passed. Each case here is a channels_last tensor whose
+columns are whole 16-byte groups, so that ALEXNET_LRN_LAYOUT runs each layout's own kernels
+(band not in float64: it takes tile there), checked against NumPy's evaluation of the
+formula; the kernels run through Triton's interpreter in one child process, as in
+tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported). And two
+things the interpreter cannot show: that band and gather each launch their own window sums
+(their results agree either way), and that the band block is at least tl.dot's least
+(16): the interpreter takes any block, only the GPU compiler refuses."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from _interpret import arrays, case, run_interpreted
+from _interpret import HAS_TRITON, arrays, case, run_interpreted
 
 from alexnet import paper
 
@@ -27,7 +31,7 @@ import torch
 import alexnet.lrn_triton as m
 from alexnet.model import lrn
 
-LAYOUTS = ("halo", "rows")
+LAYOUTS = ("halo", "rows", "band", "gather")
 gen = torch.Generator().manual_seed(0)
 cl = torch.channels_last
 
@@ -76,6 +80,8 @@ out = {}
 for layout in LAYOUTS:
     m.LAYOUT = layout
     for case in (n3, fp64, beta):  # each on its own: one failing leaves the others' results
+        if layout == "band" and case is fp64:  # band takes tile in float64
+            continue
         name = f"{layout}.{case.__name__}"
         gen.manual_seed(0)
         try:
@@ -109,20 +115,19 @@ def formula(x: np.ndarray, g: np.ndarray, bias: np.ndarray | None, n: int, alpha
 
 
 @pytest.fixture(scope="module")
-def halo_results(tmp_path_factory) -> dict[str, np.ndarray]:
+def layout_results(tmp_path_factory) -> dict[str, np.ndarray]:
     """The child's arrays: each case's inputs, outputs, gradients and the layout that ran."""
-    path = tmp_path_factory.mktemp("halo") / "out.npz"
+    path = tmp_path_factory.mktemp("layouts") / "out.npz"
     run_interpreted(["-c", CHILD, str(path)], timeout=300, ALEXNET_LRN="triton")
     return arrays(path)
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows"])
-def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results,
-                                                                     layout: str) -> None:
+@pytest.mark.parametrize("layout", ["halo", "rows", "band", "gather"])
+def test_a_window_of_3_maps_equals_the_formula(layout_results, layout: str) -> None:
     """n = 3 (one map of halo on each side of a thread's group, loaded one lane wide) on fp32
     columns of 8 maps (2 groups of 4), the conv's bias and ReLU folded in: the layout's
     kernels run and give the formula's output and gradients, at both edges of both columns."""
-    r = case(halo_results, f"{layout}.n3")
+    r = case(layout_results, f"{layout}.n3")
     assert r["kernels"] == layout
     z = r["x"] + r["b"][None, :, None, None]
     assert (z > 0).any() and (z < 0).any()  # both sides of the ReLU
@@ -132,12 +137,12 @@ def test_the_halo_layout_with_a_window_of_3_maps_equals_the_formula(halo_results
         np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows"])
-def test_the_halo_layout_is_exact_in_float64(halo_results, layout: str) -> None:
+@pytest.mark.parametrize("layout", ["halo", "rows", "gather"])
+def test_the_layout_is_exact_in_float64(layout_results, layout: str) -> None:
     """fp64 columns of 6 maps (3 groups of 2, the fourth group lane past the column), the
     bias and ReLU folded in: the layout's kernels run and give the formula to fp64 rounding
     (sums kept in fp64: any value passed through fp32 is 1e-8 off)."""
-    r = case(halo_results, f"{layout}.fp64")
+    r = case(layout_results, f"{layout}.fp64")
     assert r["kernels"] == layout
     want = formula(r["x"], r["g"], r["b"], paper.LRN_N, paper.LRN_ALPHA, paper.LRN_BETA,
                    paper.LRN_K, relu=True)
@@ -145,15 +150,71 @@ def test_the_halo_layout_is_exact_in_float64(halo_results, layout: str) -> None:
         np.testing.assert_allclose(r[key], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows"])
-def test_the_halo_layout_with_a_beta_other_than_the_papers_equals_the_formula(
-        halo_results, layout: str) -> None:
+@pytest.mark.parametrize("layout", ["halo", "rows", "band", "gather"])
+def test_a_beta_other_than_the_papers_equals_the_formula(layout_results, layout: str) -> None:
     """beta = 0.6, alpha = 1e-3, k = 1.5 (the kernels' exp2/log2 powers, not the rsqrt ones
     of beta = 3/4) on fp32 columns of 8 maps with a positive bias folded in (no ReLU): the
     layout's kernels run and give the formula's output and gradients; the window beyond a
     column's edges holds 0, not those maps' biases."""
-    r = case(halo_results, f"{layout}.beta")
+    r = case(layout_results, f"{layout}.beta")
     assert r["kernels"] == layout
     want = formula(r["x"], r["g"], r["b"], 5, 1e-3, 0.6, 1.5, relu=False)
     for key, ref, rtol in zip(("y", "dx", "db"), want, (2e-6, 1e-5, 1e-5), strict=True):
         np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("cg", [1, 3, 6, 7, 8, 15, 16, 17, 48, 64, 128])
+def test_the_band_block_holds_the_column_and_is_at_least_tl_dots_least(cg: int) -> None:
+    """The band block of a column of cg maps: a power of two, at least cg and at least 16
+    (tl.dot's least dimension: the GPU compiler refuses a smaller product; the interpreter,
+    which runs the other tests, takes any), BAND_BLOCK_P pixels, 4 or 8 warps."""
+    from alexnet.model import triton_lrn_module
+
+    m = triton_lrn_module()
+    block_p, block_c, num_warps = m._band_shape(cg)
+    assert block_c >= max(cg, 16) and block_c & (block_c - 1) == 0
+    assert block_c < 2 * max(cg, 16)  # the column rounded up, no further
+    assert block_p == m.BAND_BLOCK_P and num_warps in (4, 8)
+
+
+class _Recorder:
+    """A stand-in for a Triton kernel: records each launch's grid and keyword arguments."""
+
+    def __init__(self) -> None:
+        self.launches: list[tuple[tuple[int, ...], dict[str, object]]] = []
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        """kernel[grid](...): the launch, recorded instead of run."""
+        def launch(*args: object, **kwargs: object) -> None:
+            self.launches.append((grid, kwargs))
+        return launch
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("layout", ["band", "gather"])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_each_band_layout_launches_its_own_window_sums(monkeypatch, layout: str,
+                                                       beta: float) -> None:
+    """The band and gather layouts share their kernels: each direction's launch passes
+    GATHER for gather alone (band's product, gather's exact sums: the interpreter's results
+    agree either way), the rsqrt powers for beta = 3/4 alone, a program per 64 pixels and
+    column, and the column rounded up to a power of two of at least 16 maps."""
+    import torch
+
+    from alexnet.model import triton_lrn_module
+
+    m = triton_lrn_module()
+    forward, backward = _Recorder(), _Recorder()
+    monkeypatch.setattr(m, "_lrn_forward_band_kernel", forward)
+    monkeypatch.setattr(m, "_lrn_backward_band_kernel", backward)
+    a = torch.zeros((2, 12, 5, 7)).contiguous(memory_format=torch.channels_last)
+    bias = torch.zeros(12)
+    m._forward_launch(layout, a, torch.empty_like(a), 2, 2, 1e-4, beta, 2.0, True, bias)
+    m._backward_launch(layout, a, a, torch.empty_like(a), 2, 2, 1e-4, beta, 2.0, True, bias)
+    for recorder in (forward, backward):
+        ((grid, kwargs),) = recorder.launches
+        assert grid == (-(-2 * 5 * 7 // 64), 2)
+        assert kwargs["GATHER"] == (layout == "gather")
+        assert kwargs["BETA_3_4"] == (beta == 0.75)
+        assert kwargs["BLOCK_C"] == 16 and kwargs["BIAS"] and kwargs["RELU"]

@@ -1,19 +1,24 @@
-"""Checks that kill wrong computations the Triton LRN tests let through in the channels_last
-layouts (mutation audits of alexnet/lrn_triton.py's halo kernels and helpers, and of the
-band and gather kernels, `_row_sums`, `_band_shape` and `_launch_band`).
-tests/test_lrn_triton.py runs the halo and rows kernels only with the paper's n = 5 and
-beta = 3/4 on fp32, bf16 and fp16 maps, and band and gather only with beta = 3/4: its n =
-3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the tile
-kernels. So a kernel wrong for n = 3 (one map of halo, the 1-lane loads), for another beta
-(the exp2/log2 powers; a launch that took the rsqrt powers of 3/4 for every beta) or in
-float64 (the sums rounded to fp32) passed. Each case here is a channels_last tensor whose
-columns are whole 16-byte groups, so that ALEXNET_LRN_LAYOUT runs each layout's own kernels
-(band not in float64: it takes tile there), checked against NumPy's evaluation of the
-formula; the kernels run through Triton's interpreter in one child process, as in
-tests/test_lrn_triton.py (TRITON_INTERPRET must be set before triton is imported). And two
-things the interpreter cannot show: that band and gather each launch their own window sums
-(their results agree either way), and that the band block is at least tl.dot's least
-(16): the interpreter takes any block, only the GPU compiler refuses."""
+"""Checks that kill wrong computations the Triton LRN tests let through in its layouts
+(mutation audits of alexnet/lrn_triton.py's halo kernels and helpers; the band and gather
+kernels, `_row_sums`, `_band_shape` and `_launch_band`; the tile kernels and their
+launcher), each against NumPy's evaluation of the formula, the kernels run through
+Triton's interpreter in one child process, as in tests/test_lrn_triton.py (TRITON_INTERPRET
+must be set before triton is imported).
+
+- tests/test_lrn_triton.py runs the halo and rows kernels only with the paper's n = 5 and
+  beta = 3/4 on fp32, bf16 and fp16 maps, and band and gather only with beta = 3/4: its n =
+  3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the
+  tile kernels. So a kernel wrong for n = 3 (one map of halo, the 1-lane loads), for another
+  beta (the exp2/log2 powers; a launch that took the rsqrt powers of 3/4 for every beta) or
+  in float64 (the sums rounded to fp32) passed. Here each of those cases is a channels_last
+  tensor whose columns are whole 16-byte groups, so that ALEXNET_LRN_LAYOUT runs each
+  layout's own kernels (band not in float64: it takes tile there).
+- It gives the kernels only contiguous maps, so a launcher that passed a view's storage as
+  if it were contiguous passed: the tile kernels run here on two views, with either
+  backward.
+- Two things the interpreter cannot show: that band and gather each launch their own window
+  sums (their results agree either way), and that the band block is at least tl.dot's least
+  (16): the interpreter takes any block, only the GPU compiler refuses."""
 
 from __future__ import annotations
 
@@ -76,18 +81,54 @@ def beta():
     return run(x, g, b, 5, 1e-3, 0.6, 1.5, False)
 
 
+def run_view(x, g, b):
+    # the tile kernels' output and gradients of x and the bias (ReLU and bias folded in), x
+    # as given (its strides kept)
+    xi = x.detach().requires_grad_()
+    bi = b.clone().requires_grad_()
+    y = lrn(xi, groups=2, backend="triton", relu=True, bias=bi)
+    y.backward(g)
+    return dict(x=x.detach().double().numpy(), g=g.double().numpy(), b=b.double().numpy(),
+                y=y.detach().double().numpy(), dx=xi.grad.double().numpy(),
+                db=bi.grad.double().numpy(), kernels=np.array(m._kernels_for(x, 2)))
+
+
+def strided():
+    # fp32 NCHW maps that are every other pixel of a row of wider ones: a view neither
+    # NCHW- nor channels_last-contiguous (its W stride 2)
+    wide = torch.rand(2, 8, 3, 6, generator=gen) * 600 - 300
+    x = wide[:, :, :, ::2]
+    return run_view(x, torch.randn(x.shape, generator=gen),
+                    torch.rand(8, generator=gen) * 200 - 100)
+
+
+def channel_slice():
+    # fp32 channels_last maps, the first 8 of 12: the channel stride 1, the pixel stride 12
+    wide = (torch.rand(1, 12, 2, 3, generator=gen) * 600 - 300).contiguous(memory_format=cl)
+    x = wide[:, :8]
+    return run_view(x, torch.randn(x.shape, generator=gen),
+                    torch.rand(8, generator=gen) * 200 - 100)
+
+
+def cases():
+    # (name, layout, tile backward, case) of every run
+    for layout in LAYOUTS:
+        for case in (n3, fp64, beta):
+            if not (layout == "band" and case is fp64):  # band takes tile in float64
+                yield f"{layout}.{case.__name__}", layout, m.BACKWARD, case
+    for backward in ("recompute", "twophase"):
+        for case in (strided, channel_slice):
+            yield f"tile.{backward}.{case.__name__}", "tile", backward, case
+
+
 out = {}
-for layout in LAYOUTS:
-    m.LAYOUT = layout
-    for case in (n3, fp64, beta):  # each on its own: one failing leaves the others' results
-        if layout == "band" and case is fp64:  # band takes tile in float64
-            continue
-        name = f"{layout}.{case.__name__}"
-        gen.manual_seed(0)
-        try:
-            out.update({f"{name}.{k}": v for k, v in case().items()})
-        except Exception:
-            out[f"{name}.error"] = np.array(traceback.format_exc())
+for name, layout, backward, case in cases():
+    m.LAYOUT, m.BACKWARD = layout, backward
+    gen.manual_seed(0)
+    try:  # each on its own: one failing leaves the others' results
+        out.update({f"{name}.{k}": v for k, v in case().items()})
+    except Exception:
+        out[f"{name}.error"] = np.array(traceback.format_exc())
 np.savez(sys.argv[1], **out)
 """
 
@@ -218,3 +259,22 @@ def test_each_band_layout_launches_its_own_window_sums(monkeypatch, layout: str,
         assert kwargs["GATHER"] == (layout == "gather")
         assert kwargs["BETA_3_4"] == (beta == 0.75)
         assert kwargs["BLOCK_C"] == 16 and kwargs["BIAS"] and kwargs["RELU"]
+
+
+@pytest.mark.parametrize("backward", ["recompute", "twophase"])
+@pytest.mark.parametrize("name", ["strided", "channel_slice"])
+def test_the_tile_kernels_on_a_non_contiguous_view_equal_the_formula(layout_results,
+                                                                     name: str,
+                                                                     backward: str) -> None:
+    """A view that is neither NCHW- nor channels_last-contiguous (every other pixel of a
+    row; the first maps of channels_last ones), the bias and ReLU folded in: the tile
+    kernels, with either backward, give the formula's output and gradients (the launcher
+    reads the view's values, not its storage as if it were contiguous)."""
+    r = case(layout_results, f"tile.{backward}.{name}")
+    assert r["kernels"] == "tile"
+    z = r["x"] + r["b"][None, :, None, None]
+    assert (z > 0).any() and (z < 0).any()  # both sides of the ReLU
+    want = formula(r["x"], r["g"], r["b"], paper.LRN_N, paper.LRN_ALPHA, paper.LRN_BETA,
+                   paper.LRN_K, relu=True)
+    for key, ref in zip(("y", "dx", "db"), want, strict=True):
+        np.testing.assert_allclose(r[key], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

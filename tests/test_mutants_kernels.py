@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _interpret import HAS_TRITON, arrays, case, run_interpreted
+from _lrn_formula import lrn_formula as formula
 from torch import nn
 
 import alexnet.model
@@ -29,21 +30,6 @@ from alexnet.model import (
 
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-
-
-def formula(a: np.ndarray, g: np.ndarray, groups: int, n: int = paper.LRN_N
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's b = a s^-beta, s = k + alpha sum of a^2 over the window c-n//2..c+n//2
-    clipped at each column's edges (section 3.3), and grad_a for the output gradient g:
-    g s^-beta - 2 alpha beta a sum over the same (symmetric) window of g a s^(-beta-1)."""
-    c, h = a.shape[1], n // 2
-    per = c // groups
-    lo = [max(i // per * per, i - h) for i in range(c)]
-    hi = [min(i // per * per + per - 1, i + h) + 1 for i in range(c)]
-    s = np.stack([K + ALPHA * (a[:, lo[i]:hi[i]] ** 2).sum(1) for i in range(c)], 1)
-    u = g * a * s ** (-BETA - 1)
-    window_u = np.stack([u[:, lo[i]:hi[i]].sum(1) for i in range(c)], 1)
-    return a * s ** -BETA, g * s ** -BETA - 2 * ALPHA * BETA * a * window_u
 
 
 def biased_formula(x: np.ndarray, g: np.ndarray, bias: np.ndarray, groups: int

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _interpret import HAS_TRITON, arrays, case, run_interpreted
+from _lrn_formula import lrn_formula
 
 from alexnet import paper
 
@@ -136,23 +137,14 @@ np.savez(sys.argv[1], **out)
 def formula(x: np.ndarray, g: np.ndarray, bias: np.ndarray | None, n: int, alpha: float,
             beta: float, k: float, relu: bool, groups: int = 2
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LRN (section 3.3) of a = x + bias (ReLU'd with `relu`): b = a s^-beta, s = k + alpha
-    sum of a^2 over the window c-n//2..c+n//2 clipped at each column's edges; x's gradient
-    for the output gradient g (g s^-beta - 2 alpha beta a times the window's sum of
-    g a s^(-beta-1), 0 where the ReLU is off) and the bias's (its sum over images, pixels)."""
+    """The LRN of a = x + bias (ReLU'd with `relu`; tests/_lrn_formula.py): output, x's
+    gradient for the output gradient g (0 where the ReLU is off) and the bias's (its sum
+    over images and pixels)."""
     z = x if bias is None else x + bias[None, :, None, None]
-    a = np.maximum(z, 0) if relu else z
-    c, h = a.shape[1], n // 2
-    per = c // groups
-    lo = [max(i // per * per, i - h) for i in range(c)]
-    hi = [min(i // per * per + per - 1, i + h) + 1 for i in range(c)]
-    s = np.stack([k + alpha * (a[:, lo[i]:hi[i]] ** 2).sum(1) for i in range(c)], 1)
-    u = g * a * s ** (-beta - 1)
-    window_u = np.stack([u[:, lo[i]:hi[i]].sum(1) for i in range(c)], 1)
-    grad = g * s ** -beta - 2 * alpha * beta * a * window_u
+    y, grad = lrn_formula(np.maximum(z, 0) if relu else z, g, groups, n, alpha, beta, k)
     if relu:
         grad = np.where(z > 0, grad, 0.0)
-    return a * s ** -beta, grad, grad.sum((0, 2, 3))
+    return y, grad, grad.sum((0, 2, 3))
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ pixels and loads 16 bytes of consecutive channels at a time (the tile layout's s
 are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); two
 (band, gather) read whole rows of a column; and halo, for channels_last tensors, where each
 thread holds one 16-byte group of a pixel's maps and loads the maps beyond its edges that
-its windows reach as one more vector on each side. The default, auto, times tile, band,
-gather and halo on the device at first use, for each shape and for the forward and backward
-apart, and keeps the fastest that agrees with tile (figures at LAYOUT).
+its windows reach as one more vector on each side (halo2: the same kernels with two groups
+a thread). The default, auto, times tile, band, gather, halo and halo2 on the device at first
+use, for each shape and for the forward and backward apart, and keeps the fastest that
+agrees with tile (figures at LAYOUT).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -72,7 +73,7 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
 # (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
 BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
                     BACKWARDS)
-LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo")
+LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo", "halo2")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # auto (the default: for each tensor shape, dtype and memory format, and for the forward and
 # the backward apart, the fastest of AUTO_LAYOUTS as timed on the device at first use,
@@ -87,7 +88,8 @@ LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo")
 # the window sums gathered along each row, `_window_gather`: exact, any dtype, not yet timed
 # on a GPU) or halo (channels_last tensors whose columns are whole 16-byte groups, any
 # dtype: a thread per 16-byte group of a pixel's column, with the maps its windows reach on
-# each side loaded as one vector each, from the cache; not yet timed on a GPU). Measured
+# each side loaded as one vector each, from the cache; not yet timed on a GPU) or halo2 (the
+# halo kernels with programs twice as long: two groups a thread, `HALO_GROUPS`). Measured
 # on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd;
 # `alexnet bench model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms
 # rows, 3.631 ms channels, 0.658 ms band (its forward 0.188 ms against tile's 0.289);
@@ -96,7 +98,7 @@ LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo")
 LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "auto"), LAYOUTS)
 # What auto times (tile first: the reference the others must agree with). rows and channels
 # were slower than tile on both of the net's shapes in the H200 run above.
-AUTO_LAYOUTS = ("tile", "band", "gather", "halo")
+AUTO_LAYOUTS = ("tile", "band", "gather", "halo", "halo2")
 AUTO_MIN_ELEMENTS = 1 << 20  # smaller tensors take tile untimed (too short to time; checks)
 AUTO_ROUNDS, AUTO_REPEATS = 3, 4  # timed rounds (each layout in turn) of launches each
 AUTO_CHECK_ELEMENTS = 1 << 24  # about how many results a candidate must give as tile does
@@ -110,6 +112,10 @@ BAND_BLOCK_P = 64  # pixels per program of the band layout
 # (sm_90, bf16: 32 forward, 48 backward; 2 groups a thread take 40 and 72, 4 take 72 and 161)
 HALO_TILE = 2048  # elements (pixels times the column's maps, rounded up) per program
 HALO_NUM_WARPS = 8
+# programs HALO_GROUPS[layout] times HALO_TILE long, the same warps: halo2 gives each thread
+# two groups (twice the loads in flight a thread, fewer threads a core for its registers);
+# which is faster is the GPU's to say, so auto times both
+HALO_GROUPS = {"halo": 1, "halo2": 2}
 
 
 @triton.jit
@@ -1048,24 +1054,25 @@ def _launch_band(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
                      num_warps=num_warps)
 
 
-def _halo_shape(cg: int, element_size: int) -> tuple[int, int, int]:
-    """(G, NG, BLOCK_P) of the halo layout for columns of cg maps: G maps a 16-byte group, the
-    column's groups rounded up to a power of two (conv1's 6 of bf16 to 8, conv2's 16) and
-    pixels per program for HALO_TILE elements (32 and 16 pixels in bf16)."""
+def _halo_shape(cg: int, element_size: int, layout: str = "halo") -> tuple[int, int, int]:
+    """(G, NG, BLOCK_P) of the halo `layout` (halo or halo2) for columns of cg maps: G maps a
+    16-byte group, the column's groups rounded up to a power of two (conv1's 6 of bf16 to 8,
+    conv2's 16) and pixels per program for HALO_GROUPS[layout] x HALO_TILE elements (halo:
+    32 and 16 pixels in bf16)."""
     group = 16 // element_size
     ng = triton.next_power_of_2(max(1, cg // group))
-    return group, ng, max(1, HALO_TILE // (ng * group))
+    return group, ng, max(1, HALO_GROUPS[layout] * HALO_TILE // (ng * group))
 
 
 def _launch_halo(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                  half: int, alpha: float, beta: float, k: float, relu: bool,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, layout: str = "halo") -> None:
     """Run a halo-layout `kernel` over channels_last `tensors` (the shape and memory format of
     out, columns of whole 16-byte groups) and `bias` (as `_launch`'s): a program per block
-    of pixels and column."""
+    of pixels (`_halo_shape` of `layout`, halo or halo2) and column."""
     n, c, h, w = out.shape
     cg = c // groups
-    group, ng, block_p = _halo_shape(cg, out.element_size())
+    group, ng, block_p = _halo_shape(cg, out.element_size(), layout)
     grid = (triton.cdiv(n * h * w, block_p), groups)
     with _on_device(out):
         kernel[grid](*tensors, out if bias is None else bias, out, n * h * w, c, cg, alpha, beta,
@@ -1075,15 +1082,15 @@ def _launch_halo(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
 
 def _applicable(layout: str, out: torch.Tensor, groups: int) -> str:
     """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous) when `layout`
-    (not auto) is asked for: rows takes only channels_last tensors whose columns are whole
-    16-byte groups, band and gather only channels_last ones (band not float64); the others
-    take the tile kernels."""
+    (not auto) is asked for: rows, halo and halo2 take only channels_last tensors whose
+    columns are whole 16-byte groups, band and gather only channels_last ones (band not
+    float64); the others take the tile kernels."""
     channels_last = _strides(out)[3]
     if layout == "band":  # tensor-core products: not in float64
         return "band" if channels_last and out.dtype != torch.float64 else "tile"
     if layout == "gather":
         return "gather" if channels_last else "tile"
-    if layout not in ("rows", "halo"):
+    if layout not in ("rows", *HALO_GROUPS):
         return layout
     fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
     return layout if channels_last and fits else "tile"
@@ -1235,7 +1242,7 @@ def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -
 
 # the layouts whose kernels add a bias as they load the input; the others (channels, rows)
 # take the input with its bias added by torch first (one more pass each way)
-BIAS_LAYOUTS = ("tile", "band", "gather", "halo")
+BIAS_LAYOUTS = ("tile", "band", "gather", "halo", "halo2")
 
 
 def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -1252,9 +1259,9 @@ def _forward_launch(kernels: str, a: torch.Tensor, out: torch.Tensor, groups: in
     outside BIAS_LAYOUTS reads a with the bias added first, `_biased`)."""
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels == "halo":
+    if kernels in HALO_GROUPS:
         _launch_halo(_lrn_forward_halo_kernel, [a], out, groups, half, alpha, beta, k, relu,
-                     bias)
+                     bias, kernels)
     elif kernels in ("band", "gather"):
         _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
                      bias, gather=kernels == "gather")
@@ -1293,9 +1300,9 @@ def _backward_launch(kernels: str, g: torch.Tensor, a: torch.Tensor, out: torch.
     BACKWARD's; a layout outside BIAS_LAYOUTS reads a with the bias added first)."""
     if bias is not None and kernels not in BIAS_LAYOUTS:
         a, bias = _biased(a, bias), None
-    if kernels == "halo":
+    if kernels in HALO_GROUPS:
         _launch_halo(_lrn_backward_halo_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu, bias)
+                     relu, bias, kernels)
     elif kernels in ("band", "gather"):
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu, bias, gather=kernels == "gather")

@@ -118,6 +118,9 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 # (a 1/8-width net captured twice: a few seconds)
 # 2026-11-30, later: the halo layout adds 4 CUDA test cases (8 small kernels to compile: a few
 # seconds) to the tests step, and a candidate to auto's first-use timing in train and model
+# 2026-11-30, fourteenth session: halo2 (the halo kernels, two groups a thread) adds 4 more
+# such test cases, a candidate to auto's timing, LRN rows in model and one variant row in train
+# (after halo's: the time limit cuts the max-pool and column rows first)
 step tests 110 $PY -m pytest -q -p no:cacheprovider --durations=15 tests -k "cuda or gpu"
 step train 145 $PY -m alexnet bench train --device cuda --json "$OUTDIR/train.json"
 step model 85 $PY -m alexnet bench model --device cuda --json "$OUTDIR/model.json"

@@ -24,7 +24,7 @@ from alexnet.model import AlexNet, lrn, split_columns
 
 DEFAULTS = (alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT)  # as imported
 # the layouts other than tile, each with its own forward and backward kernels
-LAYOUT_VARIANTS = ("channels", "rows", "band", "gather", "halo")
+LAYOUT_VARIANTS = ("channels", "rows", "band", "gather", "halo", "halo2")
 CASES = {  # name: (shape, groups, n)
     "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
     "one_column_n3": ((1, 7, 3, 6), 1, 3),
@@ -307,7 +307,8 @@ def double_backward() -> dict[str, np.ndarray]:
 PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **kernel("gather"),
                                **rows_fallback(), **auto()},
          "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **kernel("twophase"),
-                               **kernel("halo"), **compile_check()},
+                               **kernel("halo"), **kernel("halo2"),
+                               **compile_check()},
          "edges": lambda: {**edges(), **double_backward()}}
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
 # key prefixes of the kernels: recompute and twophase backward (tile layout), the channels,
 # rows, band, gather and halo layouts (ALEXNET_LRN_LAYOUT=channels, rows, ...: their own
 # forward and backward)
-VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather.", "halo."]
+VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather.", "halo.", "halo2."]
 
 
 def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
@@ -111,7 +111,7 @@ def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_resu
     # kernels (so the tests above checked them); columns of 6 and 7 maps and NCHW the tile ones
     r = kernel_results
     for dtype in ("float32", "bfloat16"):
-        for layout in ("rows", "halo"):  # the same tensors
+        for layout in ("rows", "halo", "halo2"):  # the same tensors
             for name in ("blocks", "runs"):
                 assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == layout
                 assert r[f"{layout}.{name}.nchw.{dtype}.kernels"] == "tile"
@@ -130,7 +130,7 @@ EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
 
 
 @pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band",
-                                     "gather", "halo"])
+                                     "gather", "halo", "halo2"])
 @pytest.mark.parametrize("name", list(EDGES))
 def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
     """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
@@ -143,7 +143,7 @@ def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, 
     np.testing.assert_allclose(y, want_y, rtol=rtol, atol=1e-6)  # NaN where torch's is
     np.testing.assert_allclose(dx, want_dx, rtol=rtol,
                                atol=rtol * np.nanmax(np.abs(want_dx)))
-    if variant in ("rows", "halo"):  # the halo layout runs where the rows layout does
+    if variant in ("rows", "halo", "halo2"):  # the halo layouts run where rows does
         assert r[f"{variant}.{name}.kernels"] == EDGES[name].replace("rows", variant)
     if name == "nan":  # the NaN reached its window's outputs; the net would see it
         assert np.isnan(y[0, :4, 0, 1]).all() and not np.isnan(y[0, 4:]).any()
@@ -230,7 +230,8 @@ def test_the_conv_bias_folded_into_the_kernel_is_bias_then_relu_then_lrn(kernel_
             "rows.": "rows" if layout == "cl" else "tile",
             "band.": "band" if layout == "cl" else "tile",
             "gather.": "gather" if layout == "cl" else "tile",
-            "halo.": "halo" if layout == "cl" else "tile"}[variant]
+            "halo.": "halo" if layout == "cl" else "tile",
+            "halo2.": "halo2" if layout == "cl" else "tile"}[variant]
     assert r[f"{key}.kernels"] == want
 
 
@@ -384,7 +385,7 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather, halo"),
+    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather, halo, halo2"),
     ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
 def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
     """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
@@ -443,7 +444,7 @@ def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layou
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layout", ["tile", "band", "gather", "halo"])
+@pytest.mark.parametrize("layout", ["tile", "band", "gather", "halo", "halo2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, layout,
                                                                        monkeypatch):
@@ -472,7 +473,7 @@ def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, la
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layout", ["rows", "halo"])
+@pytest.mark.parametrize("layout", ["rows", "halo", "halo2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, layout,
                                                                          monkeypatch):
@@ -621,24 +622,31 @@ def test_the_halo_kernels_read_whole_groups_and_their_halo_on_a_hopper_gpu(dtype
 
     m = triton_lrn_module()
     for cg in (48, 128):
-        group, ng, block_p = m._halo_shape(cg, size)
-        for kernel, pointers in ((m._lrn_forward_halo_kernel, 2),
-                                 (m._lrn_backward_halo_kernel, 3)):
-            consts = {"HALF": 2, "G": group, "NG": ng, "BLOCK_P": block_p, "BETA_3_4": True,
-                      "BIAS": True}
-            compiled = _hopper_compiled(kernel, pointers, dtype, consts, m.HALO_NUM_WARPS)
-            assert compiled.asm["cubin"][:4] == b"\x7fELF"
-            ptx = compiled.asm["ptx"]
-            loads = re.findall(r"\bld\.global((?:\.\w+)*)", ptx)
-            stores = re.findall(r"\bst\.global((?:\.\w+)*)", ptx)
-            # a thread's group of a (and of g) in one 16-byte load each, the biases' too; its
-            # halos in 4, 8 or 16 (2 bf16 maps at least, 2 fp32): never one map at a time
-            assert sum(w.endswith(".v4.b32") for w in loads) >= pointers
-            narrowest = (".v4.b32", ".v2.b32", ".b32") if size == 2 else (".v4.b32", ".v2.b32")
-            assert all(w.endswith(narrowest) for w in loads), loads
-            assert stores and all(w.endswith(".v4.b32") for w in stores), stores
-            assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
-            assert compiled.metadata.shared == 0
+        wide = {}
+        for layout in m.HALO_GROUPS:  # halo2: the same kernels, programs twice as long
+            group, ng, block_p = m._halo_shape(cg, size, layout)
+            for kernel, pointers in ((m._lrn_forward_halo_kernel, 2),
+                                     (m._lrn_backward_halo_kernel, 3)):
+                consts = {"HALF": 2, "G": group, "NG": ng, "BLOCK_P": block_p,
+                          "BETA_3_4": True, "BIAS": True}
+                compiled = _hopper_compiled(kernel, pointers, dtype, consts, m.HALO_NUM_WARPS)
+                assert compiled.asm["cubin"][:4] == b"\x7fELF"
+                ptx = compiled.asm["ptx"]
+                loads = re.findall(r"\bld\.global((?:\.\w+)*)", ptx)
+                stores = re.findall(r"\bst\.global((?:\.\w+)*)", ptx)
+                # a thread's group of a (and of g) in one 16-byte load each, the biases' too;
+                # its halos in 4, 8 or 16 (2 bf16 maps at least, 2 fp32): never one map at a
+                # time
+                wide[layout, pointers] = sum(w.endswith(".v4.b32") for w in loads)
+                assert wide[layout, pointers] >= pointers
+                narrowest = ((".v4.b32", ".v2.b32", ".b32") if size == 2
+                             else (".v4.b32", ".v2.b32"))
+                assert all(w.endswith(narrowest) for w in loads), loads
+                assert stores and all(w.endswith(".v4.b32") for w in stores), stores
+                assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
+                assert compiled.metadata.shared == 0
+        for pointers in (2, 3):  # halo2's threads load two groups of each tensor
+            assert wide["halo2", pointers] > wide["halo", pointers]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

@@ -97,7 +97,7 @@ def test_timeable_from_exactly_the_minimum_and_never_in_capture_or_determinism(
 
 
 def test_a_forced_layout_falls_back_to_tile_where_it_cannot_run(monkeypatch) -> None:
-    """band needs channels_last and not float64, gather channels_last, rows and halo
+    """band needs channels_last and not float64, gather channels_last, rows, halo and halo2
     channels_last with whole 16-byte column groups; elsewhere the tile kernels run."""
     cl, nchw = channels_last(), torch.rand(SHAPE)
     cl64 = channels_last(dtype=torch.float64)
@@ -107,6 +107,8 @@ def test_a_forced_layout_falls_back_to_tile_where_it_cannot_run(monkeypatch) -> 
             ("rows", "cl"): "rows", ("rows", "nchw"): "tile", ("rows", "odd"): "tile",
             ("halo", "cl"): "halo", ("halo", "nchw"): "tile", ("halo", "odd"): "tile",
             ("halo", "cl64"): "halo",
+            ("halo2", "cl"): "halo2", ("halo2", "nchw"): "tile", ("halo2", "odd"): "tile",
+            ("halo2", "cl64"): "halo2",
             ("channels", "nchw"): "channels", ("tile", "cl"): "tile"}
     tensors = {"cl": cl, "nchw": nchw, "cl64": cl64, "odd": odd}
     for (layout, name), kernels in want.items():

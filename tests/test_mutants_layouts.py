@@ -253,6 +253,40 @@ def test_each_band_layout_launches_its_own_window_sums(monkeypatch, layout: str,
         assert kwargs["BLOCK_C"] == 16 and kwargs["BIAS"] and kwargs["RELU"]
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("dtype,group", [("bfloat16", 8), ("float32", 4)])
+def test_halo2_launches_the_halo_kernels_on_programs_twice_as_long(monkeypatch, dtype: str,
+                                                                   group: int) -> None:
+    """halo and halo2 run the same kernels with the same warps: halo a program per
+    HALO_TILE elements (conv1's column of 48 maps, its 16-byte groups rounded up to 8
+    or 16: 32 pixels), halo2 per twice that (64 pixels, half the programs), each direction;
+    so the interpreter's results, equal for both, test both."""
+    import torch
+
+    from alexnet.model import triton_lrn_module
+
+    m = triton_lrn_module()
+    a = torch.zeros((2, 96, 11, 13), dtype=getattr(torch, dtype)).contiguous(
+        memory_format=torch.channels_last)
+    launches = {}
+    for layout in ("halo", "halo2"):
+        forward, backward = _Recorder(), _Recorder()
+        monkeypatch.setattr(m, "_lrn_forward_halo_kernel", forward)
+        monkeypatch.setattr(m, "_lrn_backward_halo_kernel", backward)
+        m._forward_launch(layout, a, torch.empty_like(a), 2, 2, 1e-4, 0.75, 2.0, True, None)
+        m._backward_launch(layout, a, a, torch.empty_like(a), 2, 2, 1e-4, 0.75, 2.0, True,
+                           None)
+        (launches[layout, "forward"],) = forward.launches
+        (launches[layout, "backward"],) = backward.launches
+    ng = 64 // group  # 48 maps: 6 groups of 8 bf16 (8 rounded up), 12 of 4 fp32 (16)
+    for direction in ("forward", "backward"):
+        for layout, block_p in (("halo", 2048 // (ng * group)), ("halo2", 4096 // (ng * group))):
+            grid, kwargs = launches[layout, direction]
+            assert grid == (-(-2 * 11 * 13 // block_p), 2)
+            assert (kwargs["BLOCK_P"], kwargs["G"], kwargs["NG"]) == (block_p, group, ng)
+            assert kwargs["num_warps"] == m.HALO_NUM_WARPS == 8
+
+
 @pytest.mark.parametrize("backward", ["recompute", "twophase"])
 @pytest.mark.parametrize("name", ["strided", "channel_slice"])
 def test_the_tile_kernels_on_a_non_contiguous_view_equal_the_formula(layout_results,

@@ -341,8 +341,8 @@ def variants_for(device: torch.device
         use_triton_pool,
     )
 
-    # the newest choices first (the bias fold, conv1, the halo, gather and band layouts): a time
-    # limit cuts the last rows
+    # the newest choices first (the bias fold, conv1, the halo, halo2, gather and band
+    # layouts): a time limit cuts the last rows
     conv1 = "direct" if device.type == "cuda" else "blocks"  # the form auto does not run
     rows: list[tuple[str, dict[str, Any], Callable[[], Any] | None]] = [
         (f"conv1 {conv1} (ALEXNET_CONV1={conv1})", {"conv1_form": conv1}, None)]
@@ -360,9 +360,9 @@ def variants_for(device: torch.device
                         functools.partial(setting, alexnet.model, "LRN_TAKES_BIAS", False)))
         # the layouts auto chooses among, each for the whole step (rows and channels were
         # slower than tile on both of the net's shapes; `bench model` times every layout)
-        newest = {"halo": 0, "gather": 1, "band": 2}  # first
+        newest = {"halo": 0, "halo2": 1, "gather": 2, "band": 3}  # first
         layouts = sorted((v for v in module.AUTO_LAYOUTS if v != module.LAYOUT),
-                         key=lambda v: newest.get(v, 3))
+                         key=lambda v: newest.get(v, 4))
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in layouts]
         # the backward choice applies to the tile kernels

@@ -17,6 +17,7 @@ and its messages. The source layouts belong to alexnet/data/sources.py, the stor
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tarfile
@@ -35,6 +36,7 @@ from alexnet.data.store import (
     SPLITS,
     SplitWriter,
     WriteLock,
+    check_agrees,
     own_stats,
     share_train_stats,
     split_status,
@@ -46,6 +48,10 @@ from alexnet.progress import Progress
 from alexnet.stops import one_stop
 
 CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
+# Largest --size: each decoding process holds a chunk of CHUNK images of S*S*3 bytes (400 MB
+# at 2048, eight times the paper's side), and the store S*S*3 bytes per image.
+MAX_SIZE = 2048
+RESUMED_ONLY = ("chunk", "files")  # fingerprint keys compared only when resuming a split
 
 
 # ----------------------------------------------------------------------------- one split
@@ -85,13 +91,31 @@ def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray
     return src.limit_per_class(split.labels, limit, len(source.classes))
 
 
+def _files_digest(source: src.Source, split: src.Split, keep: np.ndarray) -> str:
+    """A digest of the names of the images kept, in store order, relative to the source
+    folder (archive members with their place in the archive): a resumed split must continue
+    the very list it was started on, not merely one as long."""
+    root = str(source.root)
+    digest = hashlib.sha256()
+    for i in keep:
+        ref = split.refs[i]
+        name = _ref_name(ref, split).removeprefix(root)
+        if isinstance(ref, src.TarRef):
+            name += f"@{ref.offset}+{ref.size}"
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
+
+
 def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str,
                  limit: int | None, max_pixels: int, chunk: int,
                  jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
-    """The arguments that make a split what it is (and `chunk`, how it is written)."""
+    """The arguments that make a split what it is (and `chunk`, how it is written, and
+    `files`, the images listed: both compared only when resuming, RESUMED_ONLY)."""
+    keep = _kept(source, split, limit)
     fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
                    "split": split.name, "size": size, "format": format, "limit": limit,
-                   "images": len(_kept(source, split, limit)), "chunk": chunk,
+                   "images": len(keep), "chunk": chunk,
+                   "files": _files_digest(source, split, keep),
                    "max_pixels": max_pixels, "classes": [c["wnid"] for c in source.classes]}
     if split.cut is not None:
         fingerprint["cut"] = split.cut
@@ -111,7 +135,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     labels = split.labels[keep]
     fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
                                max_pixels=max_pixels, chunk=chunk, jpeg_quality=jpeg_quality)
-    meta, damage = split_status(path, fingerprint, ignore=("chunk",))
+    meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY)
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
@@ -183,7 +207,10 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     """
     workers, splits = _check_options(format=format, size=size, limit=limit, chunk=chunk,
                                      max_pixels=max_pixels, workers=workers, splits=splits,
-                                     val_fraction=val_fraction, jpeg_quality=jpeg_quality)
+                                     val_fraction=val_fraction, val_seed=val_seed,
+                                     jpeg_quality=jpeg_quality)
+    if not os.fspath(out):  # Path("") is the current folder
+        raise UserError("OUT is empty: give the store folder to write (e.g. data/store)")
     out = Path(out)
     with one_stop():
         return _prepare(source, out, workers=workers, splits=splits, names=names,
@@ -208,7 +235,10 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
         chunks = sum(-(-len(_kept(found, found.splits[name], options["limit"])) // chunk)
                      for name in wanted if split_status(
                          out / name, _fingerprint(found, found.splits[name], **options),
-                         ignore=("chunk",))[0] is None)  # no process to start for a rerun
+                         ignore=RESUMED_ONLY)[0] is None)  # no process to start for a rerun
+        for name in wanted:  # before anything is written
+            check_agrees(out, name, found.classes, size, mine=out / name,
+                         advice=f"prepare every split into a new OUT (or delete {out} first)")
         with WriteLock(out), Decoders(workers, options["max_pixels"], chunks, chunk,
                                       size) as decoders:
             for name in wanted:
@@ -224,8 +254,8 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
 
 def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max_pixels: int,
                    workers: int | None, splits: list[str] | str | None,
-                   val_fraction: float | None, jpeg_quality: int = JPEG_QUALITY
-                   ) -> tuple[int, list[str] | None]:
+                   val_fraction: float | None, val_seed: int = 0,
+                   jpeg_quality: int = JPEG_QUALITY) -> tuple[int, list[str] | None]:
     """(workers, splits) resolved, or a UserError naming the bad option."""
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
@@ -234,8 +264,10 @@ def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max
                         "lower decodes faster and keeps less detail)")
     if jpeg_quality != JPEG_QUALITY and format != "jpeg":
         raise UserError(f"--jpeg-quality {jpeg_quality}: applies to --format jpeg only")
-    if size < 1:
-        raise UserError(f"--size {size}: must be a positive number of pixels")
+    if not 1 <= size <= MAX_SIZE:
+        raise UserError(f"--size {size}: choose 1-{MAX_SIZE} pixels (default "
+                        f"{paper.IMAGE_SIZE}; each decoding process holds {chunk} images of "
+                        "S*S*3 bytes)")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
     if max_pixels < 1:
@@ -250,6 +282,8 @@ def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max
         raise UserError(f"--workers {workers}: must be at least 1")
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction}: must lie between 0 and 1 (e.g. 0.1)")
+    if val_seed < 0:
+        raise UserError(f"--val-seed {val_seed}: must be a non-negative integer (e.g. 0)")
     if isinstance(splits, str):
         splits = [s for s in splits.split(",") if s]
     if splits is not None and not splits:

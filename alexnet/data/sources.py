@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import pickle
 import re
 import struct
@@ -576,6 +577,28 @@ def _image_tree(folder: Path, unused: list[tuple[str, str]] | None = None,
     return _sorted_images(shown, unused)
 
 
+def _unread_folders(root: Path, split_dirs: dict[str, Path]) -> list[str]:
+    """A notice naming the folders of `root` beside its split folders that hold images yet
+    are no split (`validation/`, `extra/`): only train, val and test are read."""
+    left = [_shown(sub.name) for sub in _subdirs(root)
+            if sub not in split_dirs.values() and _holds_images(sub)]
+    if not left:
+        return []
+    return [f"notice: folders of {_shown(root)} beside {', '.join(split_dirs)} are not read: "
+            f"{_listed(left)}; only train, val and test (each a folder of class folders) are "
+            "splits: rename one to read it"]
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether an image file lies anywhere under `folder` (hidden entries not read, links to
+    folders not followed); the walk stops at the first."""
+    for _, subs, files in os.walk(folder):
+        subs[:] = [d for d in subs if not d.startswith(".")]
+        if any(is_image_name(f) and not f.startswith(".") for f in files):
+            return True
+    return False
+
+
 def _hidden_image(path: Path) -> bool:
     """Whether hidden file `path` would be read as an image if it were not hidden: macOS's
     AppleDouble files ("._photo.jpg", its metadata, no image) and other hidden files
@@ -668,11 +691,13 @@ def detect_image_folder(root: Path) -> Source | None:
                     raise _only_hidden(where, folders)
             return None
         split_dirs = {"train": root}
+    unread = _unread_folders(root, split_dirs) if split_dirs.get("train") != root else []
     base = split_dirs.get("train")
     names = ([d.name for d in _subdirs(base)] if base is not None else
              sorted({d.name for where in split_dirs.values() for d in _subdirs(where)}))
     label = {n: i for i, n in enumerate(names)}
-    source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names])
+    source = Source("image-folder", root, [{"wnid": n, "name": n} for n in names],
+                    notes=unread)
     hidden = Hidden()
     for split, where in split_dirs.items():
         refs, labels = [], []

@@ -110,7 +110,54 @@ def _read_header(path: Path) -> dict[str, Any]:
                         "rerun the same `alexnet prepare` command to finish it")
     if meta.get("format") not in FORMATS:
         raise UserError(f"{header_path}: unknown store format {meta.get('format')!r}; {RERUN}")
+    problem = _header_problem(meta)
+    if problem:
+        raise UserError(f"{header_path}: damaged store header ({problem}); {RERUN}")
     return meta
+
+
+STATS_SHAPES = {"channel_mean": (3,), "rgb_cov": (3, 3), "eigval": (3,), "eigvec": (3, 3)}
+
+
+def _count_field(value: Any, least: int) -> bool:
+    """Whether a header value is an integer (not a bool) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _header_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a complete header that readers use, or None: checked
+    here, where the header is read, so that no reader meets a KeyError or TypeError."""
+    if not isinstance(meta.get("split"), str):
+        return "`split` is not a name"
+    if not _count_field(meta.get("image_size"), 1):
+        return f"`image_size` {meta.get('image_size')!r} is not a positive integer"
+    if not _count_field(meta.get("count"), 0):
+        return f"`count` {meta.get('count')!r} is not a non-negative integer"
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, dict) and isinstance(c.get("wnid"), str) for c in classes):
+        return "`classes` is not a list of {\"wnid\", \"name\"} entries"
+    for key in ("stats", "own_stats"):  # own_stats is None for a split of no image
+        problem = None if key == "own_stats" and meta.get(key) is None else _stats_problem(
+            meta.get(key))
+        if problem:
+            return f"`{key}` {problem}"
+    return None
+
+
+def _stats_problem(saved: Any) -> str | None:
+    """What keeps the header form of some statistics from `stats_from_json`, or None."""
+    if not isinstance(saved, dict):
+        return "is not a set of statistics"
+    for key, value in saved.items():
+        try:
+            array = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            return f"has a `{key}` that is not numbers"
+        if key in STATS_SHAPES and array.shape != STATS_SHAPES[key]:
+            return f"has a `{key}` of shape {array.shape}, not {STATS_SHAPES[key]}"
+    missing = [key for key in STATS_SHAPES if key not in saved]
+    return f"lacks {', '.join(missing)}" if missing else None
 
 
 class Store:
@@ -159,12 +206,14 @@ class Store:
         """Refuse a truncated pixel file before any read can fail deep inside a loader."""
         size = self.image_size
         if self.format == "raw":
-            expected = self._count * size * size * 3
-            actual = _file_size(self.path / RAW)
+            pixels, expected = self.path / RAW, self._count * size * size * 3
         else:
             offsets = self._load_npy(OFFSETS, (self._count + 1,), np.int64)
-            expected, actual = int(offsets[-1]), _file_size(self.path / JPEG)
+            pixels, expected = self.path / JPEG, int(offsets[-1])
             self._offsets = offsets
+        actual = _file_size(pixels)
+        if actual < 0:
+            raise UserError(f"{pixels}: missing; {RERUN}")
         if actual != expected:
             raise UserError(f"{self.path}: pixel file holds {actual} bytes, header says "
                             f"{expected}; {RERUN}")
@@ -295,7 +344,44 @@ def open_split(root: str | os.PathLike[str], split: str) -> Store:
         present = sorted(p.name for p in root.iterdir() if (p / HEADER).exists())
         hint = f"splits present: {', '.join(present)}" if present else RERUN
         raise UserError(f"{root}: store has no '{split}' split; {hint}")
-    return Store(path)
+    store = Store(path)
+    check_agrees(root, split, store.classes, store.image_size, mine=path / HEADER,
+                 advice="prepare every split again into a new store")
+    return store
+
+
+def check_agrees(root: str | os.PathLike[str], split: str, classes: Sequence[Any],
+                 image_size: int, *, mine: str | os.PathLike[str], advice: str) -> None:
+    """Refuse split `split` of the store `root`, of `classes` and `image_size` (described as
+    `mine`), when another complete split of `root` has other classes or another image size:
+    a label means a class of the shared list, and every split takes the training split's
+    mean image. A one-line UserError naming both, ending with `advice`."""
+    root = Path(root)
+    wnids = [c["wnid"] for c in normalise_classes(classes)]
+    for name in SPLITS:
+        if name == split or not (root / name / HEADER).is_file():
+            continue
+        try:
+            meta = _read_header(root / name)
+        except UserError:  # half-written or damaged: prepare finishes or rebuilds it
+            continue
+        theirs = [c["wnid"] for c in meta["classes"]]
+        if theirs != wnids:
+            raise UserError(f"{mine}: classes differ from those of {root / name / HEADER} "
+                            f"({_class_difference(wnids, theirs)}), so the labels would not "
+                            f"agree; {advice}")
+        if meta["image_size"] != image_size:
+            raise UserError(f"{mine}: --size {image_size} differs from the "
+                            f"{meta['image_size']}-pixel images of {root / name / HEADER} "
+                            f"(every split takes the training split's mean image); {advice}")
+
+
+def _class_difference(mine: Sequence[str], theirs: Sequence[str]) -> str:
+    """The first difference between two class lists, in a few words."""
+    for label, (a, b) in enumerate(zip(mine, theirs, strict=False)):
+        if a != b:
+            return f"label {label} is {a!r} here, {b!r} there"
+    return f"{len(mine)} classes here, {len(theirs)} there"
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -353,12 +439,22 @@ def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "free some space, then rerun the same command: it continues where it stopped"
     elif err.errno in (errno.EEXIST, errno.ENOTDIR):
-        advice = f"{root} must be a folder (or not exist yet); choose another OUT"
+        advice = (f"{_not_folder(Path(where), Path(root))} must be a folder (or not exist yet); "
+                  "move it away or choose another OUT")
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         advice = "choose an OUT folder you can write to"
     else:
         advice = "check the disk and the OUT folder, then rerun the same command"
     return UserError(f"{where}: cannot write the store ({reason}); {advice}")
+
+
+def _not_folder(path: Path, root: Path) -> Path:
+    """The nearest of `path` and the folders above it that exists and is no folder (what
+    stops a folder being made there), else `root`."""
+    for where in (path, *path.parents):
+        if where.exists() and not where.is_dir():
+            return where
+    return root
 
 
 class WriteLock(FolderLock):
@@ -472,9 +568,10 @@ class SplitWriter:
                 state = json.loads(str(saved["state"]))
                 if state.get("fingerprint") != self.fingerprint:
                     raise UserError(
-                        f"{self.path}: half-written store from different arguments "
-                        f"({state.get('fingerprint')}); delete the folder or rerun with the "
-                        "same arguments")
+                        f"{self.path}: half-written store from different arguments or source "
+                        f"files ({_difference(state.get('fingerprint'), self.fingerprint)}); "
+                        f"delete {self.path} to start it afresh, or rerun with the arguments "
+                        "and source files it was started with")
                 self.sums = {key: saved[key].copy() for key in
                              ("image_sum", "channel_sum", "outer_sum", "count")}
             self.chunks_done, self.count = state["chunks_done"], state["count"]
@@ -699,6 +796,14 @@ def _damage(path: Path, meta: dict[str, Any]) -> str | None:
     except UserError as err:
         return str(err).removesuffix(f"; {RERUN}")
     return None
+
+
+def _difference(saved: Any, fingerprint: Any) -> str:
+    """Which keys of two dict fingerprints differ (or both, when they are no dicts)."""
+    if isinstance(saved, dict) and isinstance(fingerprint, dict):
+        keys = sorted(k for k in {*saved, *fingerprint} if saved.get(k) != fingerprint.get(k))
+        return f"{', '.join(keys)} differ"
+    return f"{saved} then, {fingerprint} now"
 
 
 def _without(fingerprint: Any, keys: Sequence[str]) -> Any:

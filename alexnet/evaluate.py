@@ -503,6 +503,20 @@ def check_not_training(folder: Path, given: bool) -> None:
                    "its checkpoint as it is now").acquire().release()
 
 
+def check_distinct(paths: Sequence[Path], given: Sequence[Path]) -> None:
+    """Refuse a checkpoint file given twice (`paths`: the files `given` stand for, a run
+    folder its `trained_checkpoint`): averaged with itself it is one net, not an ensemble."""
+    seen: dict[Path, Path] = {}
+    for path, name in zip(paths, given, strict=True):
+        resolved = path.resolve()
+        if resolved in seen:
+            same = "given twice" if seen[resolved] == name else \
+                f"the same checkpoint as {seen[resolved]}"
+            raise UserError(f"{name}: {same} ({resolved}); an ensemble averages different "
+                            "nets: give each checkpoint once")
+        seen[resolved] = name
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate the checkpoints on one split; print the table (or JSON) and write the report."""
     from alexnet.data.store import open_split
@@ -513,6 +527,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.checkpoint import trained_checkpoint
 
     chosen = [trained_checkpoint(p) for p in args.checkpoints]
+    check_distinct([path for path, _ in chosen], args.checkpoints)
     for given, (path, why) in zip(args.checkpoints, chosen, strict=True):
         if given.is_dir():
             print(f"{given}: evaluating {path.name} ({why})", file=sys.stderr)

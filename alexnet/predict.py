@@ -45,27 +45,30 @@ def expand_folders(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            visible = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+            visible = sorted(p for p in path.rglob("*") if not p.is_dir() and not any(
                 part.startswith(".") for part in p.relative_to(path).parts))
-            found = [p for p in visible if is_image_name(p.name)]
+            found = [p for p in visible if p.is_file() and is_image_name(p.name)]
             if not found:
                 raise UserError(f"{path}: a folder with no image files (.jpg, .png, ...) in it")
-            _say_left_out([p for p in visible if not is_image_name(p.name)], path)
+            _say_left_out([p for p in visible if not is_image_name(p.name)], path,
+                          "without an image extension", "name a file to classify it anyway")
+            _say_left_out([p for p in visible if is_image_name(p.name) and not p.is_file()],
+                          path, "that are not regular files (a broken link, a pipe, a device)",
+                          "give the image files themselves")
             out.extend(found)
         else:
             out.append(path)
     return out
 
 
-def _say_left_out(files: list[Path], folder: Path) -> None:
-    """One notice for the files of `folder` that are not classified for their extension, so
-    that none is left out unsaid (named on the command line, any image file is read)."""
+def _say_left_out(files: list[Path], folder: Path, why: str, advice: str) -> None:
+    """One notice for the files of `folder` that are not classified (`why`: for what), so that
+    none is left out unsaid (named on the command line, any image file is read)."""
     if files:
         names = ", ".join(str(p.relative_to(folder)) for p in files[:3])
         more = f" and {len(files) - 3} more" if len(files) > 3 else ""
-        print(f"alexnet predict: notice: {folder}: {len(files)} file(s) without an image "
-              f"extension left out ({names}{more}); name a file to classify it anyway",
-              file=sys.stderr)
+        print(f"alexnet predict: notice: {folder}: {len(files)} file(s) {why} left out "
+              f"({names}{more}); {advice}", file=sys.stderr)
 
 
 def load_images(paths: Sequence[str | Path], size: int = IMAGE_SIZE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -187,7 +188,8 @@ def test_ensemble_of_a_checkpoint_with_itself_equals_it(store_root, checkpoint):
 
 def test_cli_json_and_per_class_report(store_root, checkpoint, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = main(["evaluate", str(checkpoint), str(checkpoint), "--data", str(store_root),
+    twin = shutil.copyfile(checkpoint, tmp_path / "twin.pt")  # one file twice is refused
+    code = main(["evaluate", str(checkpoint), str(twin), "--data", str(store_root),
                  "--crops", "1", "--device", "cpu", "--json",  # --split auto: val
                  "--out", str(out)])
     assert code == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import io
+import shutil
 import sys
 import types
 
@@ -336,7 +337,7 @@ def test_each_net_of_an_ensemble_is_fed_its_checkpoints_statistics(monkeypatch) 
 
 def test_the_cli_json_says_the_crops_and_an_ensembles_report_is_named_for_it(store, tmp_path,
                                                                              capsys) -> None:
-    """`evaluate A A --crops 10 --json`: the JSON says 10 crops and the store's 7 images, and
+    """`evaluate A B --crops 10 --json`: the JSON says 10 crops and the store's 7 images, and
     the report beside the first checkpoint is named for the ensemble of 2
     (docs/evaluation.md: `<checkpoint>-ensembleN...`)."""
     import json
@@ -349,7 +350,8 @@ def test_the_cli_json_says_the_crops_and_an_ensembles_report_is_named_for_it(sto
     net = tmp_path / "net.pt"
     save(net, make_state(AlexNet(num_classes=3, width=0.0625), classes=CLASSES,
                          stats=store.stats, epoch=1, step=0))
-    code = main(["evaluate", str(net), str(net), "--data", str(store.path.parent), "--split",
+    twin = shutil.copyfile(net, tmp_path / "twin.pt")  # one file twice is refused
+    code = main(["evaluate", str(net), str(twin), "--data", str(store.path.parent), "--split",
                  "val", "--crops", "10", "--device", "cpu", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)

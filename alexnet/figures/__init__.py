@@ -117,6 +117,8 @@ def _draw_figures(args: argparse.Namespace) -> int:
     for name in ("images", "queries", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    if args.seed < 0:  # numpy's generator takes no negative seed
+        raise UserError(f"--seed {args.seed}: give 0 or more")
     device = resolve_device(args.device)
     if args.checkpoint.is_dir():
         path, why = trained_checkpoint(args.checkpoint)
@@ -191,8 +193,11 @@ def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.
     if log.is_file():
         from alexnet.figures.curves import plot_curves
 
-        summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
-        print(f"training curves: {summary['curves']}")
+        try:  # the paper's figures are drawn: a damaged log costs its curves only
+            summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
+            print(f"training curves: {summary['curves']}")
+        except UserError as err:
+            print(f"training curves skipped: {err}", file=sys.stderr)
     write_json(out / "figures.json", summary)
     print(f"summary: {out / 'figures.json'}")
     return summary
@@ -257,13 +262,25 @@ def _file_identity(path: Path) -> tuple[int, int, int] | None:
 def _cache_key(ckpt_file: Path, identity: tuple[int, int, int] | None, train: Any,
                settings: dict[str, Any]) -> dict[str, Any]:
     """What the training split's fc7 features come from (the feature cache's key): the
-    checkpoint file that was read (`_read_checkpoint`), the store, its size, the crop and the
-    mean."""
+    checkpoint file that was read (`_read_checkpoint`), the store, its size, its files (a store
+    rebuilt at the same path with as many images has other ones), the crop and the mean."""
     inode, size, mtime_ns = identity or (None, None, None)
     return {"checkpoint": str(ckpt_file.resolve()), "checkpoint_inode": inode,
             "checkpoint_size": size, "checkpoint_mtime_ns": mtime_ns,
-            "store": str(train.path.resolve()), "images": len(train), "crop": settings["crop"],
+            "store": str(train.path.resolve()), "images": len(train),
+            "store_files": _store_identity(train), "crop": settings["crop"],
             "mean": settings["mean"]}
+
+
+def _store_identity(split: Any) -> dict[str, list[int] | None]:
+    """(inode, size, mtime in ns) of the header, labels and pixels of a store split: a rebuild
+    writes each anew (the header and labels renamed into place), so it changes them even at
+    the same path with as many images; the header records no creation stamp to compare."""
+    from alexnet.data.store import HEADER, JPEG, LABELS, RAW
+
+    names = (HEADER, LABELS, RAW if split.format == "raw" else JPEG)
+    return {name: None if (found := _file_identity(split.path / name)) is None else list(found)
+            for name in names}
 
 
 def _top5_figure(model: Any, test: Any, out: Path, args: argparse.Namespace, device: Any,

@@ -11,6 +11,7 @@ after every epoch.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,41 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from alexnet.atomic import write_atomic  # noqa: E402
+from alexnet.errors import UserError  # noqa: E402
 from alexnet.figures.text import drawable, noting_missing_glyphs  # noqa: E402
 
 
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a log.jsonl (blank lines skipped)."""
+def read_log(path: str | os.PathLike, keys: tuple[str, ...] = ("epoch",)
+             ) -> list[dict[str, Any]]:
+    """The rows of a log.jsonl or steps.jsonl (blank lines skipped), each a JSON object with a
+    finite number under each of `keys`; anything else is a one-line UserError naming file and
+    line.
+
+    A last line that is not JSON and has no newline is skipped: a write cut short (a killed
+    run's append, or one still in progress), not a damaged log.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as err:
+        raise UserError(f"{path}: unreadable ({err.strerror}); check the file") from None
+    lines = text.split("\n")  # the last one unterminated, empty when the file ends a line
     rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue
+            raise UserError(f"{path}, line {number}: not a JSON row (damaged); delete or "
+                            "repair that line") from None
+        if not (isinstance(row, dict) and all(_is_number(row.get(key)) for key in keys)):
+            raise UserError(f"{path}, line {number}: not a row of {path.name} (a JSON object "
+                            f"with a number under {' and '.join(map(repr, keys))}); delete or "
+                            "repair that line")
+        rows.append(row)
     return rows
 
 
@@ -47,7 +74,12 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
 def read_steps(log: str | os.PathLike) -> list[dict[str, Any]]:
     """The step rows of the run whose log.jsonl is `log` (none when there is no steps.jsonl)."""
     path = Path(log).with_name("steps.jsonl")
-    return read_log(path) if path.is_file() else []
+    return read_log(path, ("step", "epoch")) if path.is_file() else []
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a JSON value is a finite number (true and false are not numbers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _every(steps: list[dict[str, Any]]) -> int:

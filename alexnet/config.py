@@ -33,6 +33,7 @@ VAL_SPLIT_CHOICES = ("auto", "val", "test", "none")
 JPEG_DECODER_CHOICES = ("auto", "simplejpeg", "cv2", "torchvision", "pil")  # data/decode.py
 AUGMENT_IN_CHOICES = ("auto", "readers", "consumer")  # loader.default_augment_in_readers
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer scales float32 tensors by lr
+SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes (an unsigned 64-bit integer)
 
 
 @dataclass
@@ -332,6 +333,9 @@ def validate(config: Config) -> Config:
     for name in ("seed", "decode_threads", "val_limit", "steps_per_epoch", "max_steps",
                  "log_every", "chance_steps"):
         need(getattr(r, name) >= 0, f"run.{name} {getattr(r, name)}: must be >= 0")
+    need(r.seed <= SEED_MAX, f"run.seed {r.seed}: must be at most {SEED_MAX} (a 64-bit seed)")
+    need(r.out != "", "run.out (--out): empty, which would mean the current folder; give a "
+         "run folder")
     need(r.prefetch >= -1, f"run.prefetch {r.prefetch}: must be >= 0, or -1 (auto)")
     need(r.gpu_decode == -1 or 0 <= r.gpu_decode <= 1,
          f"run.gpu_decode {r.gpu_decode}: a share in 0..1, or -1 (auto)")

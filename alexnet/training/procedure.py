@@ -134,7 +134,8 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     s.loss_bound = loss_bound(len(train_store.classes))
     s.stats = stats  # what each checkpoint records: the statistics the net is trained with
     if resume_ckpt is not None:
-        restore(s, resume_ckpt, resume_path, rt, config, given)  # each rank's generators too
+        restore(s, resume_ckpt, resume_path, rt, config, given,  # each rank's generators too
+                train_store.classes)
     else:
         if config.run.init_from:
             from alexnet.training.init_from import describe, load_initial_weights

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.atomic import write_atomic
-from alexnet.config import Config, scaled_lr
+from alexnet.config import SECTIONS, Config, scaled_lr
 from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
 
@@ -47,11 +47,30 @@ class RunFiles:
 def check_own_files(files: RunFiles) -> None:
     """Refuse, before any training, a run folder where a file the run writes is a folder: the
     user chose no such name (the run did), so the advice is to move that folder away, not to
-    give another file name; found only at its first write, it stopped a run an epoch in."""
+    give another file name; found only at its first write, it stopped a run an epoch in.
+    Refuse too a file under one of those names in a folder that holds no run (`holds_run`):
+    the user's own, which the run would replace."""
+    foreign = not holds_run(files)
     for path, what in files.own_files().items():
         if path.is_dir():
             raise UserError(f"{path}: a folder where the run writes its {what} (a file); move "
                             "that folder out of the run folder, or choose another --out")
+        if foreign and (path.exists() or path.is_symlink()):
+            raise UserError(f"{path}: a file no run wrote, where the run writes its {what}; "
+                            "move it out of the run folder, or choose another --out")
+
+
+def holds_run(files: RunFiles) -> bool:
+    """Whether the folder is a run's: it holds a checkpoint.pt (which --resume continues and a
+    new run refuses), or a config.json with the config's sections (a run stopped before its
+    first checkpoint, which a new run may start over)."""
+    if files.checkpoint.is_file():
+        return True
+    try:
+        config = json.loads(files.config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and set(config) == set(SECTIONS)
 
 
 def write_logs(files: RunFiles, history: list[dict[str, Any]], tb: Any = None) -> None:

@@ -107,9 +107,34 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
                             f"{path} into its own folder (drop --out) or choose a new --out")
         ckpt = loaded if loaded is not None else checkpoint.load(path, resuming=True)
         check_resumable(ckpt, path)
+        check_not_behind(ckpt, path, files)
         return ckpt, path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "
                         f"--resume {files.root} or choose another --out")
     return None, None
 
+
+def check_not_behind(ckpt: dict[str, Any], path: Path, files: RunFiles) -> None:
+    """Refuse to resume, into the run folder that holds it, a checkpoint (best.pt, a copy)
+    behind the folder's checkpoint.pt: the resumed run would replace that checkpoint and cut
+    the logs back to the older one's. An unreadable checkpoint.pt holds nothing to keep."""
+    if not files.checkpoint.is_file() or path.resolve() == files.checkpoint.resolve():
+        return
+    try:
+        newer = checkpoint.load(files.checkpoint, mmap=True)
+    except UserError:
+        return
+    if _position(newer) > _position(ckpt):
+        raise UserError(f"{path}: {files.checkpoint} is newer (step {_position(newer)[0]}, "
+                        f"this one step {_position(ckpt)[0]}), and resuming into its folder "
+                        "would replace it and cut the logs back; continue the run with --resume "
+                        f"{files.root}, or this checkpoint into a new folder with --out NEW")
+
+
+def _position(ckpt: dict[str, Any]) -> tuple[int, int, int]:
+    """How far a checkpoint's run got: (optimizer steps in all, epoch, step in the epoch)."""
+    counts = [ckpt.get(key) for key in ("global_step", "epoch", "step")]
+    steps, epoch, step = (v if isinstance(v, int) and not isinstance(v, bool) else 0
+                          for v in counts)
+    return steps, epoch, step

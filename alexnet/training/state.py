@@ -207,10 +207,11 @@ def resumed_stats(ckpt: dict[str, Any], path: Path, config: Config, store_stats:
 
 
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,
-            given: Collection[str] = ()) -> None:
+            given: Collection[str] = (), classes: list[Any] | None = None) -> None:
     """Load a checkpoint's state into `s` (the RNG states last, each rank its own: building
-    drew from them); a checkpoint of another class count or architecture is refused in one
-    line.
+    drew from them); a checkpoint of another class count, other classes than the store's
+    (`classes`, in order: fc8's rows are the labels) or another architecture is refused in
+    one line.
 
     Optimizer settings given with --resume (lr, momentum, weight decay: keys in `given`), or
     that `config` changes against the checkpoint's own config, replace the resumed ones.
@@ -222,6 +223,7 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
         raise UserError(f"{path}: the checkpoint has {theirs} classes, {config.data.store}'s "
                         f"training split has {net_args.get('num_classes')}; resume on the run's "
                         f"own store, or start a new run with --init-from {path}")
+    _check_classes(ckpt, path, config, classes)
     if ckpt.get("arch") != net_arch or dict(ckpt.get("model_args") or {}) != net_args:
         raise UserError(f"{path}: a checkpoint of another architecture ({ckpt.get('arch')} "
                         f"{ckpt.get('model_args')}) than this config's ({net_arch} {net_args}); "
@@ -249,6 +251,23 @@ def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: 
                "crops, flips, colour shifts and dropout masks (not the run an unchanged launch "
                "gives)")
     restore_rng(ckpt, rt.dist.rank, config.run.seed, s.global_step)
+
+
+def _check_classes(ckpt: dict[str, Any], path: Path, config: Config,
+                   classes: list[Any] | None) -> None:
+    """Refuse a store whose classes (wnids, in label order) are not the checkpoint's: its
+    label k would train fc8's row of another class. Either side unnamed is not checked."""
+    from alexnet.training.init_from import class_ids
+
+    theirs, ours = class_ids(ckpt.get("classes") or []), class_ids(classes or [])
+    if not theirs or not ours or theirs == ours:
+        return
+    differ = [(a, b) for a, b in zip(theirs, ours, strict=False) if a != b]
+    shown = ", ".join(f"{a!r} vs {b!r}" for a, b in differ[:4]) + \
+        (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+    raise UserError(f"{path}: the checkpoint's classes differ from {config.data.store}'s "
+                    f"(checkpoint vs store: {shown}); resume on the run's own store, or start "
+                    f"a new run with --init-from {path}")
 
 
 SUMS = ("loss_sum", "wrong", "seen")  # the epoch's partial sums that add up over ranks

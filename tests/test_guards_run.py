@@ -1,0 +1,130 @@
+"""Guards of `alexnet train` that keep what is already written: a user's own files under the
+run's file names, a run resumed from a checkpoint behind its folder's checkpoint.pt, a store
+of other classes on --resume; and options no run can use (a seed out of range, an empty
+--out), each refused in one line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_train import coloured_images  # noisy images of 4 colour classes: a fast store
+
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.config import resolve, write_json
+from alexnet.data.store import write_store
+from alexnet.errors import UserError
+from alexnet.train import train
+
+TINY = ["model.width=0.125", "optim.batch_size=8", "run.progress=false", "run.device=cpu",
+        "data.crop=64", "optim.epochs=1"]
+
+
+def tiny_store(root: Path, names: list[str]) -> Path:
+    """A 64-pixel store of 16 training and 8 validation images of classes `names`."""
+    classes = [{"wnid": name, "name": name} for name in names]
+    images, labels = coloured_images(16, 64, 0)
+    split = write_store(root / "train", images, labels, classes)
+    images, labels = coloured_images(8, 64, 1)
+    write_store(root / "val", images, labels, classes, stats=split.stats)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tiny_store(tmp_path_factory.mktemp("store"), ["cat", "dog", "fox", "owl"])
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory) -> Path:
+    """A run of two epochs, with its first epoch's checkpoint kept as epoch1.pt."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    train(resolve("paper", TINY, {"data.store": str(store), "run.out": str(out)}))
+    shutil.copy(out / "checkpoint.pt", out / "epoch1.pt")
+    train(resolve("paper", TINY + ["optim.epochs=2"],
+                  {"data.store": str(store), "run.out": str(out), "run.resume": str(out)}))
+    return out
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    """A copy of the finished run, for a test to try to write into."""
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def refused(capsys, *args: str) -> str:
+    """The one line of a command refused with status 2."""
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_user_files_under_run_names_are_refused(store, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "log.csv").write_text("mine\n")
+    (folder / "config.json").write_text("{}\n")
+    err = refused(capsys, "--data", str(store), "--out", str(folder), *sets(TINY),
+                  "--max-steps", "1")
+    assert "config.json" in err or "log.csv" in err
+    assert (folder / "log.csv").read_text() == "mine\n"
+    assert (folder / "config.json").read_text() == "{}\n"
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_unrelated_files_and_a_run_stopped_before_its_checkpoint_still_train(store, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    config = resolve("paper", TINY, {"data.store": str(store), "run.out": str(folder)})
+    write_json(config, folder / "config.json")  # a run killed before its first checkpoint
+    (folder / "steps.jsonl").write_text("")
+    assert main(["train", "--data", str(store), "--out", str(folder), *sets(TINY),
+                 "--max-steps", "1"]) == 0
+    assert (folder / "notes.txt").read_text() == "mine\n"
+    assert (folder / "checkpoint.pt").is_file()
+
+
+def test_resume_from_a_checkpoint_behind_the_folders_is_refused(run, tmp_path, capsys):
+    before = (run / "checkpoint.pt").read_bytes(), (run / "log.csv").read_text()
+    err = refused(capsys, "--resume", str(run / "epoch1.pt"), "--max-steps", "3")
+    assert "newer" in err and "--out" in err
+    assert ((run / "checkpoint.pt").read_bytes(), (run / "log.csv").read_text()) == before
+    # into a new folder it continues, as the message advises
+    new = tmp_path / "new"
+    assert main(["train", "--resume", str(run / "epoch1.pt"), "--out", str(new),
+                 "--epochs", "2"]) == 0
+    assert checkpoint.load(new / "checkpoint.pt")["epoch"] == 2
+
+
+def test_resume_on_a_store_of_other_classes_is_refused(run, tmp_path, capsys):
+    other = tiny_store(tmp_path / "other", ["a", "b", "c", "d"])
+    before = (run / "checkpoint.pt").read_bytes()
+    err = refused(capsys, "--resume", str(run), "--data", str(other), "--epochs", "3")
+    assert "'cat' vs 'a'" in err and "classes" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("how", [["--seed", "99999999999999999999"],
+                                 ["--set", "run.seed=99999999999999999999"]])
+def test_a_seed_out_of_range_is_one_line(store, tmp_path, capsys, how):
+    err = refused(capsys, "--data", str(store), "--out", str(tmp_path / "r"), *sets(TINY), *how)
+    assert "run.seed" in err
+    assert not (tmp_path / "r").exists()
+    resolve("paper", ["run.seed=18446744073709551615"])  # torch's largest seed is fine
+    with pytest.raises(UserError, match="run.seed"):
+        resolve("paper", ["run.seed=18446744073709551616"])
+
+
+def test_an_empty_out_is_refused(store, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = refused(capsys, "--data", str(store), "--out", "", *sets(TINY))
+    assert "--out" in err
+    assert list(tmp_path.iterdir()) == []

@@ -169,13 +169,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(name: str, rest: list[str]) -> int:
     """Import the command's module, parse its options (argparse exits on --help or a bad
-    command line), check --device, run it."""
+    command line), check --device and the net's environment settings, run it."""
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = Parser(prog=f"alexnet {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     check_device(args)
+    if name != "prepare":  # every other command builds or runs the net; prepare has no torch
+        from alexnet.model import check_environment
+
+        check_environment()
     with one_stop():  # a second Ctrl-C or SIGTERM waits for the first one's cleanup
         return int(module.run(args) or 0)
 

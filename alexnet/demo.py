@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
+# the images Fashion-MNIST has: what --train-images and --test-images may ask for at most
+MAX_IMAGES = {"train_images": (60_000, "training"), "test_images": (10_000, "test")}
 TEN_CROP_SHARE = 0.15  # 10-crop evaluation may take at most this share of the budget ...
 MIN_TEN_CROP_IMAGES = 100  # ... and runs only if it can cover this many test images
 # the keys the demo sets itself, and the demo option that sets each instead of --set
@@ -47,6 +50,10 @@ DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--devic
 SAME_RUN_IGNORES = {"run": ("out", "resume", "time_limit", "progress")}
 TRAINED = "trained.json"  # the training's summary, written when it ends: a rerun only evaluates
 FINAL = "final.json"
+# what a run writes in its folder besides the checkpoint: any of them there, not of this demo
+# (another run's or the user's), makes the folder another run's (`_earlier_run`)
+RUN_FILES = ("config.json", "log.jsonl", "log.csv", "steps.jsonl", "curves.png", "best.pt",
+             TRAINED, FINAL)
 # what a run stopped by Ctrl-C or SIGTERM advises: rerunning the demo resumes it
 CONTINUE_WITH = "the same `alexnet demo` command (it resumes this run)"
 
@@ -292,12 +299,16 @@ def _run_folder(out: Path, config: Config, ten_crop: bool | None) -> tuple[Path,
 
 def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier | None:
     """What `folder` holds of an earlier run of the demo `config` (an empty Earlier when it
-    holds no run), or None when it holds another run (another config, or unreadable)."""
+    holds no run, or this demo's stopped before its first checkpoint), or None when it holds
+    another run or files of a run's names that are not this demo's (another config, the
+    user's own config.json, unreadable): they are never overwritten."""
     ckpt = folder / "checkpoint.pt"
-    if not ckpt.exists():
-        return None if (folder / FINAL).exists() else Earlier()
     theirs = read_json_object(folder / "config.json")
-    if theirs is None or _same_run(theirs) != _same_run(_config_dict(config)):
+    ours = theirs is not None and _same_run(theirs) == _same_run(_config_dict(config))
+    if not ckpt.exists():  # a run of this demo stopped before its first checkpoint, or none
+        written = [name for name in RUN_FILES if (folder / name).exists()]
+        return Earlier() if not written or (ours and FINAL not in written) else None
+    if not ours:
         return None
     final = read_json_object(folder / FINAL)
     if final is None or "test_top1_error" not in final or \
@@ -376,7 +387,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`alexnet demo`."""
     from alexnet.evaluate import resolve_device
-
     plan = default_plan(str(resolve_device(args.device)))
     given = []
     for name in ("train_images", "test_images", "epochs", "batch_size"):
@@ -384,11 +394,15 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+            if name in MAX_IMAGES and value > MAX_IMAGES[name][0]:
+                most, split = MAX_IMAGES[name]
+                raise UserError(f"--{name.replace('_', '-')} {value}: Fashion-MNIST has "
+                                f"{most:,} {split} images; give at most {most}")
             setattr(plan, name, value)
             given.append(f"--{name.replace('_', '-')}")
     if args.budget is not None:
-        if args.budget <= 0:
-            raise UserError(f"--budget {args.budget}: give minutes > 0")
+        if not 0 < args.budget < math.inf:  # nan and inf too: no time limit the run can use
+            raise UserError(f"--budget {args.budget}: give a finite number of minutes > 0")
         plan.budget_s = 60.0 * args.budget
         given.append("--budget")
     if given:  # the default plan's reason no longer describes the numbers printed

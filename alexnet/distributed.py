@@ -54,14 +54,17 @@ def launched_by_torchrun() -> bool:
 def pick_device(device: str = "auto", local_rank: int = 0, split_columns: bool = False
                 ) -> tuple[torch.device, tuple[torch.device, torch.device] | None]:
     """The device of this process (and the two column devices with split_columns); a name
-    that is no device, or a GPU this machine lacks, is a one-line UserError."""
+    that is no device, a device type other than cpu and cuda (mps, meta, xpu: the package
+    runs on neither), or a GPU this machine lacks, is a one-line UserError."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         named = torch.device(device)
     except RuntimeError:
+        named = None
+    if named is None or named.type not in ("cpu", "cuda"):  # mps, meta, xpu: never run here
         raise UserError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or "
-                        "auto") from None
+                        "auto")
     if named.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device!r}: no CUDA device is available here; "
                         "use --device cpu")

@@ -303,6 +303,23 @@ def _chosen(env: str, backend: str, choices: tuple[str, ...]) -> str:
     return backend
 
 
+def check_environment() -> None:
+    """Refuse, in one line, an environment setting of the net's that names no choice
+    (ALEXNET_LRN, ALEXNET_POOL, ALEXNET_COLUMNS, ALEXNET_CONV1, ALEXNET_AUGMENT): read at
+    import but first used deep in a run, they are checked here when a command starts, before
+    any work (bench otherwise found a bad one after half a minute of measuring): by
+    alexnet.cli for every command that runs the net."""
+    from alexnet.data import augment
+
+    for env, value, choices in (("ALEXNET_LRN", LRN_BACKEND, LRN_BACKENDS),
+                                ("ALEXNET_POOL", POOL_BACKEND, POOL_BACKENDS),
+                                ("ALEXNET_COLUMNS", COLUMN_CONV, COLUMN_FORMS),
+                                ("ALEXNET_CONV1", CONV1_FORM, CONV1_FORMS),
+                                ("ALEXNET_AUGMENT", augment.AUGMENT_BACKEND,
+                                 augment.AUGMENT_BACKENDS)):
+        _chosen(env, value, choices)
+
+
 def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], bool]) -> bool:
     """Whether Triton kernels that take the tensor at hand run under `backend` (auto or
     triton): auto once their check passed on its device type, triton always; triton without

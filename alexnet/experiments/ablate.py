@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
-from alexnet.atomic import FolderLock, ensure_folder, write_atomic
+from alexnet.atomic import FolderLock, check_output, ensure_folder, read_json_object, write_atomic
 from alexnet.config import Config, from_dict, model_kwargs, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.experiments import stats
@@ -400,6 +400,29 @@ def csv_row(row: dict) -> dict:
     return flat
 
 
+MD_TITLE = "# Ablations (alexnet ablate)"
+
+
+def is_table(path: Path) -> bool:
+    """Whether `path` holds an earlier ablation.json, .csv or .md (what a rerun may replace):
+    recognised by the JSON's experiment, the CSV's header, the Markdown's title."""
+    if path.suffix == ".json":
+        return str((read_json_object(path) or {}).get("experiment", "")).startswith("ablate")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline().rstrip("\r\n")
+    except OSError:
+        return False
+    return first == (",".join(CSV_FIELDS) if path.suffix == ".csv" else MD_TITLE)
+
+
+def check_outputs(out: Path) -> None:
+    """Refuse, before any training, an --out whose ablation.json, .csv or .md is a file this
+    command did not write (the tables would replace it, and it would be lost)."""
+    for name in ("ablation.json", "ablation.csv", "ablation.md"):
+        check_output(out / name, "ablation table", is_table, name=f"--out {out}: its {name}")
+
+
 def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) -> list[Path]:
     """ablation.json, ablation.csv and ablation.md in `out`, each written atomically."""
     paths = [out / "ablation.json", out / "ablation.csv", out / "ablation.md"]
@@ -409,7 +432,7 @@ def write_outputs(out: Path, rows: list[dict], note: str, meta: dict[str, Any]) 
     writer.writeheader()
     writer.writerows(csv_row(r) for r in rows)
     write_atomic(paths[1], buf.getvalue())
-    write_atomic(paths[2], "# Ablations (alexnet ablate)\n\n" + meta["setup"] + "\n\n"
+    write_atomic(paths[2], MD_TITLE + "\n\n" + meta["setup"] + "\n\n"
                  + markdown(rows) + "\n" + note + "\n")
     return paths
 
@@ -501,6 +524,7 @@ def ablate(base: Config, out: Path, variants: list[Variant], *, budget_steps: in
     note, setup = honest_note(base, seeds), describe(base, seed_list, data)
     ensure_folder(out, "folder for --out")
     with ablation_lock(out):  # its runs' result.json and the tables: one ablate at a time
+        check_outputs(out)
         log(setup)
         log(note)
         results = train_all(runs, log)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.atomic import FolderLock, ensure_folder, write_atomic
+from alexnet.atomic import FolderLock, check_output, ensure_folder, read_json_object, write_atomic
 from alexnet.errors import UserError
 from alexnet.experiments import crossing, speedup
 from alexnet.progress import Progress
@@ -61,6 +61,7 @@ DEFAULT_STEPS = 500  # per run: sized so that the default run fits 15 minutes on
 DEFAULT_SEEDS = 3  # measurement seeds per unit (the search has its own)
 # the family of training errors the ratio is read at
 THRESHOLDS = (paper.RELU_TANH_THRESHOLD, 0.15, 0.10, 0.05)
+LARGEST_LR = float(np.finfo(np.float32).max)  # a larger one overflows SGD's float32 update
 MAX_IN_MEMORY = 8 << 30  # bytes of uint8 training images held in memory
 # The threshold the rates are chosen for on Fashion-MNIST, a much easier set than CIFAR-10
 # (both nets pass 25% within a fifth of an epoch): 15%, in the slow part of the curves as 25%
@@ -242,8 +243,8 @@ def check_options(steps: int, window: int, seeds: int, lrs: Sequence[float]) -> 
         raise UserError(f"--window {window}: give at least 2 steps")
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: give at least 1 (3 or more for an interval)")
-    if not lrs or any(not (lr > 0) for lr in lrs):
-        raise UserError(f"--lrs {' '.join(map(str, lrs))}: give positive learning rates")
+    if not lrs or any(not 0 < lr <= LARGEST_LR for lr in lrs):  # SGD keeps lr in float32
+        raise UserError(f"--lrs {' '.join(map(str, lrs))}: give positive finite learning rates")
 
 
 def run_experiment(images: np.ndarray, labels: np.ndarray, *, stats: dict, num_classes: int,
@@ -414,16 +415,53 @@ def _check_fraction(name: str, value: float) -> None:
         raise UserError(f"{name} {value}: give a training error between 0 and 1")
 
 
+def is_result(path: Path) -> bool:
+    """Whether `path` holds an earlier relu_vs_tanh.json (what a rerun may replace)."""
+    data = read_json_object(path) or {}
+    return str(data.get("experiment", "")).startswith("relu-vs-tanh") and "rows" in data
+
+
+def is_png(path: Path) -> bool:
+    """Whether `path` is a PNG image (an earlier figure1.png may be replaced; any other file
+    under that name is not ours)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def check_outputs(out: Path) -> None:
+    """Refuse, before any training, an --out whose relu_vs_tanh.json or figure1.png is a file
+    this command did not write (it would be replaced, and lost)."""
+    check_output(out / "relu_vs_tanh.json", "relu-vs-tanh result", is_result,
+                 name=f"--out {out}: its relu_vs_tanh.json")
+    check_output(out / "figure1.png", "figure 1", is_png, name=f"--out {out}: its figure1.png")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None: JSON has no NaN (json.dumps writes a
+    bare NaN that strict readers refuse); a missing sd or interval reads as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Search, measure, write the JSON and the figure, print the ratios with intervals."""
-    for t in ([args.threshold] if args.threshold is not None else []) + args.thresholds:
-        _check_fraction("--threshold" if t == args.threshold else "--thresholds", t)
+    if args.threshold is not None:
+        _check_fraction("--threshold", args.threshold)
+    for t in args.thresholds:
+        _check_fraction("--thresholds", t)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: give at least 1")
         torch.set_num_threads(args.threads)
     from alexnet.evaluate import resolve_device
-
     device = resolve_device(args.device)
     check_options(args.steps, args.window, args.seeds, args.lrs)
     images, labels, store = load_training_set(args.data, args.limit, args.seed)
@@ -448,6 +486,7 @@ def _run_locked(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
     every option, the data and the device, to save less than half the time: ReLU's runs
     cross sooner and stop early.)
     """
+    check_outputs(args.out)
     print(f"relu-vs-tanh: {len(images)} images of {images.shape[1]}x{images.shape[1]}x"
           f"{images.shape[3]}, {len(store.classes)} classes, up to {args.steps} steps per run, "
           f"lrs {sorted(args.lrs)}, {args.seeds} seed{'' if args.seeds == 1 else 's'} per unit, "
@@ -469,7 +508,7 @@ def _run_locked(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
     result["threshold_source"] = source
     result["data"] = str(args.data)
     json_path, png_path = args.out / "relu_vs_tanh.json", args.out / "figure1.png"
-    text = json.dumps(result, indent=1) + "\n"
+    text = json.dumps(json_safe(result), indent=1) + "\n"
     write_atomic(json_path, text)
     plot(result, png_path)
     print(summary(result))

@@ -305,11 +305,13 @@ def _chosen(env: str, backend: str, choices: tuple[str, ...]) -> str:
 
 def check_environment() -> None:
     """Refuse, in one line, an environment setting of the net's that names no choice
-    (ALEXNET_LRN, ALEXNET_POOL, ALEXNET_COLUMNS, ALEXNET_CONV1, ALEXNET_AUGMENT): read at
-    import but first used deep in a run, they are checked here when a command starts, before
-    any work (bench otherwise found a bad one after half a minute of measuring): by
-    alexnet.cli for every command that runs the net."""
-    from alexnet.data import augment
+    (ALEXNET_LRN, ALEXNET_POOL, ALEXNET_COLUMNS, ALEXNET_CONV1, ALEXNET_AUGMENT, and the
+    loader's ALEXNET_GPU_DECODER): read at import but first used deep in a run, they are
+    checked here when a command starts, before any work (bench otherwise found a bad one
+    after half a minute of measuring): by alexnet.cli for every command that runs the net."""
+    from alexnet.data import augment, decode
+
+    decode.gpu_decoders_named()
 
     for env, value, choices in (("ALEXNET_LRN", LRN_BACKEND, LRN_BACKENDS),
                                 ("ALEXNET_POOL", POOL_BACKEND, POOL_BACKENDS),

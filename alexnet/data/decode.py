@@ -189,7 +189,7 @@ def usable_gpu_decoders(device: torch.device | str, decoder: str | None = None) 
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return []
-    return [name for name in _gpu_candidates(decoder)
+    return [name for name in gpu_decoders_named(decoder)
             if _gpu_failure(name, _cuda_index(device)) is None]
 
 
@@ -210,7 +210,7 @@ def _resolve_gpu(device: torch.device | str, decoder: str | None) -> tuple[str |
     if not torch.cuda.is_available():
         return None, "CUDA is not available"
     reasons = []
-    for name in _gpu_candidates(decoder):
+    for name in gpu_decoders_named(decoder):
         why = _gpu_failure(name, _cuda_index(device))
         if why is None:
             return name, None
@@ -223,7 +223,9 @@ def _cuda_index(device: torch.device) -> int:
     return torch.cuda.current_device() if device.index is None else device.index
 
 
-def _gpu_candidates(decoder: str | None) -> tuple[str, ...]:
+def gpu_decoders_named(decoder: str | None = None) -> tuple[str, ...]:
+    """The GPU decoders `decoder` (default GPU_DECODER, ALEXNET_GPU_DECODER) names: all for
+    auto; a name that is none of them is a one-line UserError (checked without CUDA)."""
     decoder = GPU_DECODER if decoder is None else decoder
     if decoder == "auto":
         return GPU_DECODERS

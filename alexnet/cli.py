@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help(sys.stderr)
         return 2
     if argv[0] not in COMMANDS:
+        if argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+            top.error(f"unrecognized option {argv[0]!r}: give a COMMAND first, its options "
+                      "after it")  # argparse would say that COMMAND is missing
         top.parse_args(argv[:1])
         return 2
     name, rest = argv[0], argv[1:]

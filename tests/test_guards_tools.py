@@ -251,3 +251,12 @@ def test_prepare_does_not_read_the_nets_settings(monkeypatch, tmp_path, capsys):
     assert main(["prepare", "nothing", "store"]) == 2
     error = one_error(capsys)
     assert "ALEXNET_LRN" not in error and "nothing" in error
+
+
+def test_an_unknown_option_before_the_command_is_named(capsys):
+    """`alexnet --nosuch` said that COMMAND was missing."""
+    with pytest.raises(SystemExit) as info:
+        main(["--nosuch"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized option '--nosuch'" in err and "required" not in err

@@ -126,10 +126,11 @@ def run(args: argparse.Namespace) -> int:
             if shows_top5(result.get("num_classes")) else ""
         print(f"done ({result['stopped']}): {plural(result['steps'], 'step')}; final val top-1 "
               f"error {_pct(result['val_top1_error'])}{top5}")
-        names = ["checkpoint.pt"] + (["best.pt"] if result.get("best") else []) + \
-            ["log.jsonl"] + (["steps.jsonl"] if result.get("steps_log") else []) + \
-            ["log.csv", "curves.png", "config.json"]
-        print(f"run folder {result['run_dir']}: {', '.join(names)}")
+        names = ("checkpoint.pt", "best.pt", "log.jsonl", "steps.jsonl", "log.csv",
+                 "curves.png", "config.json")  # those the run wrote, in this order
+        folder = Path(result["run_dir"])
+        print(f"run folder {folder}: "
+              f"{', '.join(n for n in names if (folder / n).is_file())}")
     return 0
 
 

@@ -112,6 +112,24 @@ def test_resume_on_a_store_of_other_classes_is_refused(run, tmp_path, capsys):
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_complete_run_resumed_into_a_new_folder_is_refused(run, tmp_path, capsys):
+    """Resumed into a new --out, a run with nothing left to train wrote a folder of logs
+    without a checkpoint (and listed a checkpoint.pt it did not hold); into its own folder
+    it still reports the run as done, naming only the files there."""
+    new = tmp_path / "new"
+    err = refused(capsys, "--resume", str(run), "--out", str(new))
+    assert "complete (2 of 2 epochs" in err and "optim.epochs" in err
+    assert not new.exists()
+    err = refused(capsys, "--resume", str(run), "--out", str(new), "--epochs", "3",
+                  "--max-steps", "4")  # its 4 steps done: a step limit it already reached
+    assert "4 steps" in err
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("done (completed)")
+    names = out[-1].removeprefix(f"run folder {run}: ").split(", ")
+    assert names[0] == "checkpoint.pt" and all((run / name).is_file() for name in names)
+
+
 @pytest.mark.parametrize("how", [["--seed", "99999999999999999999"],
                                  ["--set", "run.seed=99999999999999999999"]])
 def test_a_seed_out_of_range_is_one_line(store, tmp_path, capsys, how):

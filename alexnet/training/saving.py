@@ -108,6 +108,7 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
         ckpt = loaded if loaded is not None else checkpoint.load(path, resuming=True)
         check_resumable(ckpt, path)
         check_not_behind(ckpt, path, files)
+        check_left_to_train(ckpt, path, files, config)
         return ckpt, path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "
@@ -130,6 +131,23 @@ def check_not_behind(ckpt: dict[str, Any], path: Path, files: RunFiles) -> None:
                         f"this one step {_position(ckpt)[0]}), and resuming into its folder "
                         "would replace it and cut the logs back; continue the run with --resume "
                         f"{files.root}, or this checkpoint into a new folder with --out NEW")
+
+
+def check_left_to_train(ckpt: dict[str, Any], path: Path, files: RunFiles,
+                        config: Config) -> None:
+    """Refuse to resume, into a new run folder, a checkpoint with nothing left to train (its
+    optim.epochs done, or run.max_steps reached): the folder would get logs and no
+    checkpoint. Into its own folder the resume just reports the run as done."""
+    if files.root.resolve() == path.parent.resolve():
+        return
+    steps, epoch, step = _position(ckpt)
+    done = (epoch >= config.optim.epochs and not step) or (
+        bool(config.run.max_steps) and steps >= config.run.max_steps)
+    if done:
+        raise UserError(f"{path}: its run is complete ({epoch} of {config.optim.epochs} epochs, "
+                        f"{steps} steps), so {files.root} would hold nothing trained; train "
+                        "longer with --set optim.epochs=N (or a higher --max-steps), or use "
+                        f"{path} itself")
 
 
 def _position(ckpt: dict[str, Any]) -> tuple[int, int, int]:

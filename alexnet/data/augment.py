@@ -51,6 +51,17 @@ def is_channels_last(images: torch.Tensor) -> bool:
     raise ValueError(f"expected a batch (B, 3, S, S) or (B, S, S, 3), got {tuple(images.shape)}")
 
 
+def image_side(images: torch.Tensor) -> int:
+    """S of a batch of square images (B, 3, S, S) or (B, S, S, 3); a ValueError for non-square
+    ones, whose crops would be cut with a wrong row length (the crop code assumes S x S)."""
+    nhwc = is_channels_last(images)
+    height, width = images.shape[1:3] if nhwc else images.shape[2:4]
+    if height != width:
+        raise ValueError(f"images: expected square S x S images, got {height}x{width} "
+                         f"(batch of shape {tuple(images.shape)})")
+    return int(height)
+
+
 def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """`tensor` on `device` without making the host wait: a CPU tensor bound for a CUDA
     device is pinned and copied asynchronously. (A copy from pageable memory waits for all
@@ -94,13 +105,16 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
     is a contiguous copy (airbench's batch_crop idea, without its per-offset masks).
     """
     nhwc = is_channels_last(images)
-    full = images.shape[1] if nhwc else images.shape[2]
+    full = image_side(images)
     if not 0 < size <= full:
         raise ValueError(f"crop {size} must lie in 1..{full}")
-    images = images.contiguous()
-    device = images.device
     if source is None:
         source = torch.arange(len(top))
+    _check_cpu_range("top", top, full - size)
+    _check_cpu_range("left", left, full - size)
+    _check_cpu_range("source", source, len(images) - 1)
+    images = images.contiguous()
+    device = images.device
     source, top, left = (to_device(t.long(), device) for t in (source, top, left))
     k = len(source)
     r = torch.arange(size, device=device)
@@ -125,9 +139,23 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int,
     return out
 
 
+def _check_cpu_range(name: str, values: torch.Tensor, high: int) -> None:
+    """A ValueError unless CPU `values` lie in 0..high: a window outside the image would be
+    read from the next row, plane or image. Values on a GPU are not checked (that would make
+    the host wait for the device)."""
+    if values.device.type == "cpu" and values.numel() and (
+            int(values.min()) < 0 or int(values.max()) > high):
+        raise ValueError(f"{name}: must lie in 0..{high}, got values in "
+                         f"{int(values.min())}..{int(values.max())}")
+
+
 def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """The batch with images where `flip` (bool (B,)) mirrored left-right (new tensor if any)."""
+    """The batch with images where `flip` (bool (B,)) mirrored left-right (new tensor if any).
+    An integer `flip` is refused: indexing would read it as image indices, not as a mask."""
     width_dim = 2 if is_channels_last(images) else 3
+    if flip.dtype != torch.bool or tuple(flip.shape) != (len(images),):
+        raise ValueError(f"flip: expected a bool mask of shape ({len(images)},), got "
+                         f"{flip.dtype} of shape {tuple(flip.shape)}")
     flip = to_device(flip, images.device)
     if images.is_cuda:  # no host sync: one pass over the batch
         shape = (-1, 1, 1, 1)
@@ -142,7 +170,7 @@ def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 def random_crop(images: torch.Tensor, generator: torch.Generator, size: int = CROP_SIZE
                 ) -> torch.Tensor:
     """A size x size patch of each image at a uniformly random position (section 4.1)."""
-    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    full = image_side(images)
     top, left = crop_offsets(len(images), full, size, generator)
     return crop(images, top, left, size)
 
@@ -186,7 +214,7 @@ def multi_crop_offsets(batch: int, size: int, crop_size: int, crops: int
 
 def centre_crop(images: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
     """The centre size x size patch of each image (the paper's single-patch test)."""
-    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    full = image_side(images)
     source, top, left, _ = multi_crop_offsets(len(images), full, size, 1)
     return crop(images, top, left, size, source=source)
 
@@ -194,7 +222,7 @@ def centre_crop(images: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
 def ten_crops(images: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
     """The paper's 10 test patches of each image (section 4.1), image-major (B * 10, ...):
     output 10 b + c is patch TEN_CROP_ORDER[c] of image b (corners, centre, then mirrored)."""
-    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    full = image_side(images)
     source, top, left, flip = multi_crop_offsets(len(images), full, size, TEST_CROPS)
     return crop(images, top, left, size, flip, source=source)
 
@@ -343,7 +371,7 @@ def train_batch(images: torch.Tensor, generator: torch.Generator, stats: dict[st
     changes nothing else): crop top, crop left, flip, alpha.
     """
     b = len(images)
-    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    full = image_side(images)
     top, left = crop_offsets(b, full, crop_size, generator)
     mirror = flip_mask(b, generator)
     alpha = draw_alpha(b, generator, alpha_std)
@@ -370,7 +398,7 @@ def eval_batch(images: torch.Tensor, stats: dict[str, Any], *, crops: int = 1,
     """Test patches of uint8 images, mean subtracted: float32 (B * crops, 3, crop, crop),
     image-major, with `pad` zeros right and bottom; crops 1 (centre) or 10 (TEN_CROP_ORDER).
     `pad`, `backend` and `out` as for train_batch."""
-    full = images.shape[1] if is_channels_last(images) else images.shape[2]
+    full = image_side(images)
     source, top, left, mirror = multi_crop_offsets(len(images), full, crop_size, crops)
     if use_triton_augment(images, mean, stats, backend):
         return _fused(images, source, top, left, mirror, mean, stats, None, crop_size, False,
@@ -409,7 +437,7 @@ def _per_image(images: torch.Tensor, source: torch.Tensor, top: torch.Tensor,
     buffer written about twice."""
     _check_pad(pad)
     nhwc = is_channels_last(images)
-    full = images.shape[1] if nhwc else images.shape[2]
+    full = image_side(images)
     if not 0 < crop_size <= full:
         raise ValueError(f"crop {crop_size} must lie in 1..{full}")
     if mean not in MEAN_STATS:

@@ -617,6 +617,32 @@ def _check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str,
     return stats or {}
 
 
+def _check_batch_size(batch_size: Any) -> int:
+    """`batch_size` as an int, or a UserError: a float or a bool would otherwise be truncated
+    (2.5 -> 2, True -> 1) without a word."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise UserError(f"batch size {batch_size!r}: must be an integer, at least 1")
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size}: must be at least 1")
+    return int(batch_size)
+
+
+def _check_indices(indices: Any, n: int) -> np.ndarray:
+    """EvalLoader's `indices` as int64 store indices in 0..n-1, or a UserError: floats would be
+    truncated and a boolean mask read as the indices 0 and 1."""
+    order = np.asarray(indices)
+    if order.ndim != 1:
+        raise UserError(f"indices: expected a 1-D sequence of store indices, got shape "
+                        f"{order.shape}")
+    if order.size and order.dtype.kind not in "iu":
+        hint = " (a boolean mask: pass np.flatnonzero(mask))" if order.dtype == bool else ""
+        raise UserError(f"indices must be integers, got {order.dtype}{hint}")
+    order = order.astype(np.int64)
+    if order.size and (order.min() < 0 or order.max() >= n):
+        raise UserError(f"indices must lie in 0..{n - 1}")
+    return order
+
+
 def _check_crop(crop: int, image_size: int) -> None:
     if not 0 < crop <= image_size:
         raise UserError(f"crop {crop}: must lie in 1..{image_size} (the store's image size)")
@@ -670,8 +696,7 @@ class TrainLoader:
                  decoder: str = "auto", decode_threads: int | None = None,
                  gpu_decode: float | None = None, augment_in_readers: bool | None = None,
                  pad: int = 0) -> None:
-        if batch_size < 1:
-            raise UserError(f"batch size {batch_size}: must be at least 1")
+        batch_size = _check_batch_size(batch_size)
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"rank {rank} of world size {world_size}: need 0 <= rank < world")
         if seed < 0:
@@ -766,8 +791,7 @@ class EvalLoader:
                  prefetch: int | None = None, decoder: str = "auto",
                  decode_threads: int | None = None, gpu_decode: float | None = None,
                  augment_in_readers: bool | None = None, pad: int = 0) -> None:
-        if batch_size < 1:
-            raise UserError(f"batch size {batch_size}: must be at least 1")
+        batch_size = _check_batch_size(batch_size)
         if crops not in (1, TEST_CROPS):
             raise UserError(f"crops {crops}: use 1 (centre) or {TEST_CROPS} (corners, centre "
                             "and their mirrors)")
@@ -780,9 +804,7 @@ class EvalLoader:
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
         n = len(store)
-        self.order = np.arange(n) if indices is None else np.asarray(indices, np.int64)
-        if self.order.size and (self.order.min() < 0 or self.order.max() >= n):
-            raise UserError(f"indices must lie in 0..{n - 1}")
+        self.order = np.arange(n) if indices is None else _check_indices(indices, n)
         self.labels = np.asarray(store.labels, np.int64)
         if self.device.type == "cpu":
             keep_freed_memory()

@@ -48,7 +48,7 @@ def _rows(x: torch.Tensor) -> int:
     and come from the heap rather than fresh pages; the whole batch at once on a GPU."""
     if x.device.type != "cpu":
         return x.shape[0]
-    return max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    return max(1, CHUNK_BYTES // max(1, x.shape[1:].numel() * x.element_size()))
 
 
 def wants_graph(*tensors: torch.Tensor | None) -> bool:
@@ -289,7 +289,7 @@ def _agree(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...],
 
 def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
     """Whether LRN of x runs the Triton kernel under `backend` (default: ALEXNET_LRN)."""
-    backend = _chosen("ALEXNET_LRN", LRN_BACKEND if backend is None else backend, LRN_BACKENDS)
+    backend = _backend("ALEXNET_LRN", LRN_BACKEND, backend, LRN_BACKENDS)
     if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return False
     return _triton_runs("ALEXNET_LRN", backend, triton_lrn_module(),
@@ -300,6 +300,16 @@ def _chosen(env: str, backend: str, choices: tuple[str, ...]) -> str:
     """`backend` (the value of environment variable `env`, or a caller's), or a UserError."""
     if backend not in choices:
         raise UserError(f"{env}={backend!r}: choose from {', '.join(choices)}")
+    return backend
+
+
+def _backend(env: str, default: str, backend: str | None, choices: tuple[str, ...]) -> str:
+    """A caller's `backend` argument, or when None the value of environment variable `env`
+    (`default`); either checked, the UserError naming where the bad value came from."""
+    if backend is None:
+        return _chosen(env, default, choices)
+    if backend not in choices:
+        raise UserError(f"backend={backend!r}: choose from {', '.join(choices)}")
     return backend
 
 
@@ -334,6 +344,14 @@ def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], boo
     return False
 
 
+def lrn_half(n: int) -> int:
+    """The half-width of LRN's window of n maps, centred on each map (n // 2 on each side):
+    n must be a positive odd number, or the window is another one than asked for."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n % 2 == 0:
+        raise ValueError(f"lrn: n={n!r}: give a positive odd number of maps (the paper's 5)")
+    return n // 2
+
+
 def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
         beta: float = paper.LRN_BETA, k: float = paper.LRN_K, groups: int = 1,
         backend: str | None = None, relu: bool = False, bias: torch.Tensor | None = None
@@ -342,13 +360,19 @@ def lrn(x: torch.Tensor, n: int = paper.LRN_N, alpha: float = paper.LRN_ALPHA,
     (of ReLU(x) with `relu`, of x + bias with a per-map `bias`: one pass with the Triton
     kernel); `backend` (auto, triton, torch; default ALEXNET_LRN) picks the implementation;
     windows wider than 5 maps run the torch path."""
-    if 1 <= n // 2 <= 2 and use_triton_lrn(x, backend):  # the kernel unrolls n = 3..5
-        return triton_lrn_module().apply(x, groups, n // 2, alpha, beta, k, relu, bias)
+    half = lrn_half(n)
+    backend = _backend("ALEXNET_LRN", LRN_BACKEND, backend, LRN_BACKENDS)
+    if x.dim() != 4 or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"lrn: x must be (N, C, H, W) with C divisible by groups={groups}, "
+                         f"got {tuple(x.shape)}")
+    # the kernel unrolls n = 3..5; an empty batch has nothing to launch it on
+    if 1 <= half <= 2 and use_triton_lrn(x, backend) and x.numel():
+        return triton_lrn_module().apply(x, groups, half, alpha, beta, k, relu, bias)
     if bias is not None:
         x = x + bias.view(1, -1, 1, 1).to(x.dtype)
     if relu:
         x = F.relu(x)
-    y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), n // 2, alpha, beta, k)
+    y = _LRNFunction.apply(x.unflatten(1, (groups, -1)), half, alpha, beta, k)
     return y.flatten(1, 2)  # (N, C, H, W)
 
 
@@ -420,7 +444,8 @@ def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = N
              and not pool.ceil_mode and not pool.return_indices
              and isinstance(pool.kernel_size, int) and isinstance(pool.stride, int))
     if backend == "torch" or (backend == "auto" and not x.is_cuda) or not plain \
-            or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+            or x.dim() != 4 or not x.numel() \
+            or not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return _triton_runs("ALEXNET_POOL", backend, triton_pool_module(),
                         lambda: triton_pool_verified(x.device))
@@ -458,6 +483,7 @@ class LRN(nn.Module):
                  alpha: float = paper.LRN_ALPHA, beta: float = paper.LRN_BETA,
                  k: float = paper.LRN_K) -> None:
         super().__init__()
+        lrn_half(n)
         self.groups, self.n, self.beta, self.k = groups, n, beta, k
         self.alpha = alpha / n if alpha_over_n else alpha
         if LRN_BACKEND == "triton" or (LRN_BACKEND == "auto" and torch.cuda.is_available()):
@@ -674,10 +700,21 @@ def conv1_pad(size: int, kernel: int = paper.CONV1[1], stride: int = paper.CONV1
 
 
 def pad_for_conv1(x: torch.Tensor) -> torch.Tensor:
-    """x with conv1_pad zeros right and bottom (224 -> 227); x itself when none are needed
-    (a 227 crop), since F.pad with no padding still copies the batch."""
-    p = conv1_pad(x.shape[-1])
-    return F.pad(x, (0, p, 0, p)) if p else x
+    """x with conv1_pad zeros right and bottom (224 -> 227), each side by what its own size
+    needs; x itself when none are needed (a 227 crop), since F.pad with no padding still
+    copies the batch."""
+    bottom, right = conv1_pad(x.shape[-2]), conv1_pad(x.shape[-1])
+    return F.pad(x, (0, right, 0, bottom)) if bottom or right else x
+
+
+def check_input(x: torch.Tensor, crop: int, overlap_pool: bool = True) -> None:
+    """A ValueError naming the expected input unless x is an image batch (N, 3, H, W) whose
+    pooled conv5 maps are those of `crop` (what fc6 takes), rather than fc6's shape error."""
+    side = pooled_side(crop, overlap_pool)
+    if x.dim() != 4 or x.shape[1] != 3 or any(
+            pooled_side(s, overlap_pool) != side for s in x.shape[-2:]):
+        raise ValueError(f"input {tuple(x.shape)}: this net (crop={crop}) takes images "
+                         f"(N, 3, {crop}, {crop})")
 
 
 def loader_pad(arch: str, crop: int) -> int:
@@ -738,6 +775,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"columns={columns}: 1 or 2")
         if activation not in ("relu", "tanh"):
             raise ValueError(f"activation={activation!r}: relu or tanh")
+        if not width > 0:
+            raise ValueError(f"width={width}: must be > 0 (1.0 is the paper's net)")
         self.kwargs: dict[str, Any] = dict(
             num_classes=num_classes, columns=columns, activation=activation, lrn=lrn,
             lrn_alpha_over_n=lrn_alpha_over_n, overlap_pool=overlap_pool, dropout=dropout,
@@ -794,6 +833,7 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (N, 4096), the "last hidden layer" of figure 4 (before dropout)."""
+        check_input(x, self.crop_size, self.kwargs["overlap_pool"])
         x = self.conv_features(x).flatten(1)  # (N, 9216)
         x = self.act(self.fc6(x))  # (N, 4096)
         return self.act(self.fc7(self.drop(x)))  # (N, 4096)
@@ -903,6 +943,7 @@ class SplitAlexNet(nn.Module):
         if len(devices) != g:
             raise ValueError(f"split_columns: {g} columns need {g} devices, got {len(devices)}")
         self.kwargs = dict(grouped.kwargs)
+        self.crop_size = grouped.crop_size
         self.devices = tuple(torch.device(d) for d in devices)
         self.act, self.pool, self.drop = grouped.act, grouped.pool, grouped.drop
         lrn = grouped.lrn1
@@ -918,6 +959,7 @@ class SplitAlexNet(nn.Module):
                 col[name] = part.to(device)
             self.cols.append(col)
         self.fc8 = copy.deepcopy(grouped.fc8).to(self.devices[0])
+        self.train(grouped.training)  # the same function: dropout on only if it was on
 
     def _both(self, parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """Both columns' activations on `device`, in the grouped net's channel order."""
@@ -925,6 +967,7 @@ class SplitAlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (N, 4096) on devices[0]."""
+        check_input(x, self.crop_size, self.kwargs["overlap_pool"])
         x = pad_for_conv1(x)
         cols = list(zip(self.cols, self.devices, strict=True))
         h = []

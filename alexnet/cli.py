@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             status = _run(name, rest)
             sys.stdout.flush()  # a reader gone is found here, not at the interpreter's exit
+            _stopped(program)  # done: a Ctrl-C in the teardown cannot undo it
             return status
         except UserError as err:
             print(f"alexnet {name}: error: {err}", file=sys.stderr)
@@ -194,10 +195,11 @@ def _stop_message(err: BaseException, default: str) -> str:
 
 
 def _stopped(program: bool) -> None:
-    """After a command stopped by Ctrl-C or SIGTERM, in the process itself (`program`): ignore
-    both from now on. The command's cleanup is done; another Ctrl-C (a second press) or SIGTERM
-    during the interpreter's teardown (half a second with torch) would print a traceback and
-    replace the status main returns by a death by signal."""
+    """After a command ended (done, or stopped by Ctrl-C or SIGTERM), in the process itself
+    (`program`): ignore both from now on. The command's work and cleanup are done; a Ctrl-C
+    (a late or second press) or SIGTERM during the interpreter's teardown (half a second
+    with torch) would print a traceback and replace the status main returns by a death by
+    signal, or a finished command's 0 by 130."""
     if program and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)

@@ -296,6 +296,17 @@ def test_a_second_ctrl_c_after_the_command_stopped_changes_nothing(tmp_path):
     assert (proc.returncode, proc.stderr) == (130, "alexnet fake: interrupted\n")
 
 
+def test_a_ctrl_c_after_the_command_finished_changes_nothing(tmp_path):
+    """A Ctrl-C or SIGTERM in the interpreter's teardown after a command had done its work
+    printed a traceback (threading's shutdown, torch.library's) and the process died by
+    SIGINT, or exited 130, although every output was written."""
+    (tmp_path / "alexnet_test_fake.py").write_text(
+        "def add_arguments(parser):\n    pass\n\n\ndef run(args):\n    print('done')\n")
+    proc = subprocess.run([sys.executable, "-c", SECOND_PRESS, str(tmp_path), "fake"],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
+
+
 def test_a_reader_that_left_the_pipe_is_no_error(tmp_path):
     """`alexnet train --print-config | head -c 10`: the reader gone was an 'error: Broken pipe;
     check the path ...' and status 2; now nothing is said and the status is SIGPIPE's. A

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import io
 import os
 import sys
 import warnings
@@ -147,9 +148,14 @@ def quiet_tracing() -> Iterator[None]:
 
 
 def export_torchscript(model: nn.Module, crop: int, path: Path) -> Path:
+    """The traced net written to `path`, through memory: TorchScript's own file writer ends
+    the process (a C++ abort, the temporary left behind) when the disk fills; a plain write
+    raises an OSError that `replacing` turns into one line."""
     with torch.no_grad(), quiet_tracing():
         traced = torch.jit.trace(exportable(model), check_input(crop, batch=1), check_trace=False)
-    traced.save(str(path))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    path.write_bytes(buffer.getbuffer())
     return path
 
 

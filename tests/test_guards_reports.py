@@ -185,3 +185,37 @@ def test_a_folders_image_names_that_are_not_regular_files_are_said(tmp_path, cap
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and f"{folder}: 2 file(s) that are not regular files" in err[0]
     assert "left out (b.jpg, c.jpg)" in err[0]
+
+
+TORCHSCRIPT_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from alexnet.atomic import replacing
+from alexnet.errors import UserError
+from alexnet.export import export_torchscript
+from alexnet.model import AlexNet
+net = AlexNet(num_classes=3, width=0.1).eval()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit, write() fails instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+try:
+    with replacing(sys.argv[1]) as tmp:
+        export_torchscript(net, 224, tmp)
+except UserError as err:
+    print(err)
+"""
+
+
+def test_a_torchscript_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """TorchScript's file writer aborted the process (c10::Error, exit 134, a C++ backtrace)
+    when the disk filled, leaving its temporary file to fill the disk."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "net.torchscript.pt"
+    path.write_bytes(b"earlier")
+    proc = subprocess.run([sys.executable, "-c", TORCHSCRIPT_FULL_DISK, str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("\n") == 1 and "File too large" in proc.stdout, proc.stdout
+    assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == [
+        path.name]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_mutants_reports import fake_train_run  # a stand-in training run
 
 import alexnet.bench.model
 import alexnet.demo
@@ -22,7 +23,6 @@ from alexnet.demo import Earlier, _earlier_run, _run_folder, base_config
 from alexnet.distributed import pick_device
 from alexnet.errors import UserError
 from alexnet.experiments import ablate as ab
-from alexnet.experiments import crossing
 from alexnet.experiments import relu_tanh as rt
 
 CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)]
@@ -212,26 +212,10 @@ def test_a_nan_threshold_is_named_as_given(noise_store, tmp_path, capsys):
     assert "--threshold nan: give a training error between 0 and 1" in one_error(capsys)
 
 
-def fake_train_run(images, labels, *, activation, lr, steps, seed, thresholds, stop,
-                   window, batch_size, on_step, **_):
-    """A stand-in for `rt.train_run`: the error falls by one of 10 every step."""
-    tracker = crossing.Tracker(window, thresholds)
-    for t in range(steps):
-        tracker.add(max(10 - t, 0), 10)
-        on_step()
-        if stop(tracker):
-            break
-    return {"activation": activation, "lr": lr, "seed": seed, "steps": tracker.steps,
-            "images": len(images), "batch_size": batch_size, "window": window,
-            "crossings": {f"{t:g}": tracker.crossed.get(t) for t in tracker.thresholds},
-            "final_error": tracker.error, "diverged": False, "ended": "budget",
-            "wrong": tracker.wrong, "seen": tracker.seen}
-
-
 def test_the_result_is_strict_json_with_null_for_what_one_seed_cannot_give(
         noise_store, tmp_path, monkeypatch, capsys):
     """One seed has no sd and no interval: they were written as bare NaN, not JSON."""
-    monkeypatch.setattr(rt, "train_run", fake_train_run)
+    monkeypatch.setattr(rt, "train_run", fake_train_run([]))
     monkeypatch.setattr(rt, "plot", lambda result, path: None)
     out = tmp_path / "o"
     assert main(relu_vs_tanh(noise_store, out, "--threshold", "0.5", "--thresholds",

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_run_lock import sets  # --set per item
 from test_train import coloured_images  # noisy images of 4 colour classes: a fast store
 
 from alexnet import checkpoint
@@ -52,10 +53,6 @@ def finished(store, tmp_path_factory) -> Path:
 def run(finished, tmp_path) -> Path:
     """A copy of the finished run, for a test to try to write into."""
     return Path(shutil.copytree(finished, tmp_path / "run"))
-
-
-def sets(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
 
 
 def refused(capsys, *args: str) -> str:

@@ -55,7 +55,12 @@ from alexnet.training.run_folder import (
     write_logs,
 )
 from alexnet.training.runtime import Runtime, seed_everything, seed_rank, setup_runtime
-from alexnet.training.saving import loss_bound, resume_checkpoint, save_checkpoints
+from alexnet.training.saving import (
+    check_left_to_train,
+    loss_bound,
+    resume_checkpoint,
+    save_checkpoints,
+)
 from alexnet.training.state import RunState, build_state, restore, resumed_stats
 
 
@@ -136,6 +141,7 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     if resume_ckpt is not None:
         restore(s, resume_ckpt, resume_path, rt, config, given,  # each rank's generators too
                 train_store.classes)
+        check_left_to_train(resume_ckpt, resume_path, files, config)  # before the folder
     else:
         if config.run.init_from:
             from alexnet.training.init_from import describe, load_initial_weights

@@ -108,7 +108,6 @@ def resume_checkpoint(config: Config, files: RunFiles, loaded: dict[str, Any] | 
         ckpt = loaded if loaded is not None else checkpoint.load(path, resuming=True)
         check_resumable(ckpt, path)
         check_not_behind(ckpt, path, files)
-        check_left_to_train(ckpt, path, files, config)
         return ckpt, path
     if files.checkpoint.exists():
         raise UserError(f"{files.root} already holds a run (checkpoint.pt); continue it with "
@@ -137,7 +136,8 @@ def check_left_to_train(ckpt: dict[str, Any], path: Path, files: RunFiles,
                         config: Config) -> None:
     """Refuse to resume, into a new run folder, a checkpoint with nothing left to train (its
     optim.epochs done, or run.max_steps reached): the folder would get logs and no
-    checkpoint. Into its own folder the resume just reports the run as done."""
+    checkpoint. Into its own folder the resume just reports the run as done. Checked after
+    the checkpoint's net and classes (`restore`): a mismatch there is the first thing to fix."""
     if files.root.resolve() == path.parent.resolve():
         return
     steps, epoch, step = _position(ckpt)

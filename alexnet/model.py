@@ -438,8 +438,7 @@ def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = N
     """Whether pool(x) runs the Triton kernels under `backend` (default: ALEXNET_POOL): they
     take channels_last (N, C, H, W) tensors and the paper net's plain pools (square windows
     and strides, no padding, dilation or ceil mode); everything else runs nn.MaxPool2d."""
-    backend = _chosen("ALEXNET_POOL", POOL_BACKEND if backend is None else backend,
-                      POOL_BACKENDS)
+    backend = _backend("ALEXNET_POOL", POOL_BACKEND, backend, POOL_BACKENDS)
     plain = (pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
              and not pool.ceil_mode and not pool.return_indices
              and isinstance(pool.kernel_size, int) and isinstance(pool.stride, int))

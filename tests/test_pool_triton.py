@@ -94,7 +94,7 @@ def test_the_net_with_the_triton_pool_equals_torchs_and_compiles(results):
                                atol=1e-5 * np.abs(r["eager_dx"]).max())
 
 
-def test_auto_is_the_default_and_runs_torchs_pool_off_cuda():
+def test_auto_is_the_default_and_runs_torchs_pool_off_cuda(monkeypatch):
     import alexnet.model
 
     pool = nn.MaxPool2d(3, 2)
@@ -103,8 +103,11 @@ def test_auto_is_the_default_and_runs_torchs_pool_off_cuda():
     assert not use_triton_pool(x, pool, "auto")  # the kernels' auto is for CUDA tensors
     torch.testing.assert_close(max_pool(x, pool, "auto"), pool(x))
     torch.testing.assert_close(max_pool(x, pool, "torch"), pool(x))
+    with pytest.raises(UserError, match="backend='fast': choose from auto, torch, triton"):
+        max_pool(x, pool, "fast")  # the argument named, not ALEXNET_POOL, which is unset
+    monkeypatch.setattr(alexnet.model, "POOL_BACKEND", "fast")
     with pytest.raises(UserError, match="ALEXNET_POOL='fast': choose from auto, torch, triton"):
-        max_pool(x, pool, "fast")
+        max_pool(x, pool)
 
 
 def test_the_check_passes_where_the_kernels_run(results):

@@ -156,14 +156,16 @@ def make_state(model: nn.Module, **fields: Any) -> dict[str, Any]:
     return state
 
 
-def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (alexnet.atomic: temporary file, fsync, os.replace).
+def save(path: str | os.PathLike, state: dict[str, Any], *, user_errors: bool = True) -> Path:
+    """Write `state` to `path` atomically (alexnet.atomic: temporary file, fsync, os.replace);
+    `user_errors=False` raises a filesystem failure as it is, for a caller whose `path` is
+    itself a temporary and who names the file the user knows.
 
     A state read by `load` saves as it is (its statistics go back to tensors).
     """
     if "stats" in state:
         state = {**state, "stats": stats_to_tensors(state["stats"])}
-    return write_atomic(path, lambda f: torch.save(state, f))
+    return write_atomic(path, lambda f: torch.save(state, f), user_errors=user_errors)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -124,12 +124,14 @@ def _compare(what: str, ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def export_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> Path:
-    """The net's state_dict plus what rebuilds and feeds it (classes, statistics, config)."""
+    """The net's state_dict plus what rebuilds and feeds it (classes, statistics, config),
+    written to `path`, the temporary of `replacing`, which names the user's file in an error
+    (the temporary's own name said nothing to the user)."""
     from alexnet import checkpoint
 
     fields = {k: ckpt.get(k) for k in WEIGHT_KEYS}
     fields["weights_only"] = True
-    return checkpoint.save(path, checkpoint.make_state(model, **fields))
+    return checkpoint.save(path, checkpoint.make_state(model, **fields), user_errors=False)
 
 
 @contextlib.contextmanager

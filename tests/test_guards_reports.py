@@ -219,3 +219,34 @@ def test_a_torchscript_export_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_
     assert proc.stdout.count("\n") == 1 and "File too large" in proc.stdout, proc.stdout
     assert path.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == [
         path.name]
+
+
+WEIGHTS_FULL_DISK = """
+import resource, signal, sys
+from alexnet.atomic import replacing
+from alexnet.errors import UserError
+from alexnet.export import export_weights
+from alexnet.model import AlexNet
+net = AlexNet(num_classes=3, width=0.1).eval()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+try:
+    with replacing(sys.argv[1]) as tmp:
+        export_weights(net, {}, tmp)
+except UserError as err:
+    print(err)
+"""
+
+
+def test_a_weights_export_on_a_full_disk_names_the_users_file(tmp_path):
+    """The error named the export's temporary (.tmp-net.weights.pt.PID), not the file asked
+    for."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "net.weights.pt"
+    proc = subprocess.run([sys.executable, "-c", WEIGHTS_FULL_DISK, str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{path}: ") and ".tmp-" not in proc.stdout, proc.stdout
+    assert "File too large" in proc.stdout and list(tmp_path.iterdir()) == []

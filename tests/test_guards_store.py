@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import _images as images_
+import numpy as np
 import pytest
 
 from alexnet.cli import main as cli_main
@@ -153,3 +154,21 @@ def test_a_split_folder_that_is_a_file_is_named_by_prepare(tmp_path, capsys):
     assert cli_main(["prepare", str(src), str(out), "--size", "16", "--workers", "1"]) == 2
     assert f"{out / 'train'} must be a folder" in _one_line(capsys)
     assert (out / "train").read_text() == "keep me"
+
+
+def test_a_float_image_in_0_to_1_is_scaled_not_stored_black(tmp_path) -> None:
+    """A mode-F TIFF of values 0..1 (PIL's float images, scientific TIFFs) was rounded to
+    levels 0 and 1: stored black, without a word."""
+    from PIL import Image
+
+    from alexnet.data.preprocess import _to_rgb
+
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(values, "F").save(tmp_path / "f.tif")
+    with Image.open(tmp_path / "f.tif") as image:
+        rgb = np.asarray(_to_rgb(image))
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(values * 255).astype(np.uint8))
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    wide = np.linspace(0, 200, 64, dtype=np.float32).reshape(8, 8)  # levels already: kept
+    np.testing.assert_array_equal(np.asarray(_to_rgb(Image.fromarray(wide, "F")))[..., 1],
+                                  np.rint(wide).astype(np.uint8))

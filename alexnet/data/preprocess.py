@@ -51,7 +51,8 @@ def pil_settings(max_pixels: int) -> Iterator[None]:
 
 
 def _to_rgb(image: Any) -> Any:
-    """Any PIL mode as RGB: CMYK through its ICC profile when it has one, 16-bit scaled."""
+    """Any PIL mode as RGB: CMYK through its ICC profile when it has one, 16-bit scaled,
+    floating point images in 0..1 scaled to 0..255."""
     from PIL import Image
 
     if image.mode == "RGB":
@@ -69,6 +70,8 @@ def _to_rgb(image: Any) -> Any:
         array = np.asarray(image).astype(np.float64)
         if image.mode.startswith("I;16") or array.max() > 255:
             array = array / 257.0  # 16-bit data: 65535 -> 255
+        elif image.mode == "F" and array.size and 0 <= array.min() and array.max() <= 1:
+            array = array * 255.0  # floats in 0..1 (scientific TIFFs): all but black before
         image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
 

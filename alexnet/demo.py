@@ -50,10 +50,6 @@ DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--devic
 SAME_RUN_IGNORES = {"run": ("out", "resume", "time_limit", "progress")}
 TRAINED = "trained.json"  # the training's summary, written when it ends: a rerun only evaluates
 FINAL = "final.json"
-# what a run writes in its folder besides the checkpoint: any of them there, not of this demo
-# (another run's or the user's), makes the folder another run's (`_earlier_run`)
-RUN_FILES = ("config.json", "log.jsonl", "log.csv", "steps.jsonl", "curves.png", "best.pt",
-             TRAINED, FINAL)
 # what a run stopped by Ctrl-C or SIGTERM advises: rerunning the demo resumes it
 CONTINUE_WITH = "the same `alexnet demo` command (it resumes this run)"
 
@@ -306,7 +302,11 @@ def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier
     theirs = read_json_object(folder / "config.json")
     ours = theirs is not None and _same_run(theirs) == _same_run(_config_dict(config))
     if not ckpt.exists():  # a run of this demo stopped before its first checkpoint, or none
-        written = [name for name in RUN_FILES if (folder / name).exists()]
+        # a run's files there, not of this demo (another run's, the user's): another run's
+        from alexnet.training.run_folder import RunFiles
+
+        written = [p.name for p in (*RunFiles(folder).own_files(), folder / TRAINED,
+                                    folder / FINAL) if p.exists()]
         return Earlier() if not written or (ours and FINAL not in written) else None
     if not ours:
         return None

@@ -15,7 +15,7 @@ from alexnet import distributed
 from alexnet.config import AMP_CHOICES, Config, from_dict, given_keys, resolve, to_dict
 from alexnet.errors import UserError
 from alexnet.training.procedure import check_run_folder_free, train
-from alexnet.training.run_folder import plural, shows_top5
+from alexnet.training.run_folder import RunFiles, plural, shows_top5
 from alexnet.training.saving import read_resumable
 
 __all__ = ["add_arguments", "config_from_args", "run", "train"]
@@ -126,11 +126,9 @@ def run(args: argparse.Namespace) -> int:
             if shows_top5(result.get("num_classes")) else ""
         print(f"done ({result['stopped']}): {plural(result['steps'], 'step')}; final val top-1 "
               f"error {_pct(result['val_top1_error'])}{top5}")
-        names = ("checkpoint.pt", "best.pt", "log.jsonl", "steps.jsonl", "log.csv",
-                 "curves.png", "config.json")  # those the run wrote, in this order
-        folder = Path(result["run_dir"])
-        print(f"run folder {folder}: "
-              f"{', '.join(n for n in names if (folder / n).is_file())}")
+        files = RunFiles(Path(result["run_dir"]))
+        print(f"run folder {files.root}: "
+              f"{', '.join(p.name for p in files.own_files() if p.is_file())}")
     return 0
 
 

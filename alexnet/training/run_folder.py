@@ -38,10 +38,11 @@ class RunFiles:
     tensorboard = property(lambda self: self.root / "tensorboard")
 
     def own_files(self) -> dict[Path, str]:
-        """The files the run writes under names of its own, and what each holds."""
-        return {self.config: "resolved config", self.checkpoint: "checkpoint",
-                self.best: "best checkpoint", self.log: "epoch log", self.steps: "step log",
-                self.csv: "epoch log as CSV", self.curves: "training curves"}
+        """The files the run writes under names of its own, and what each holds (in the
+        order the end of a run lists them)."""
+        return {self.checkpoint: "checkpoint", self.best: "best checkpoint",
+                self.log: "epoch log", self.steps: "step log", self.csv: "epoch log as CSV",
+                self.curves: "training curves", self.config: "resolved config"}
 
 
 def check_own_files(files: RunFiles) -> None:

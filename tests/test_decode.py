@@ -255,7 +255,7 @@ def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) 
     counter.start()
     started.wait()
     try:
-        holding = counts_during(lambda: sum(range(2 * 10**6)))
+        holding = min(counts_during(lambda: sum(range(2 * 10**6))) for _ in range(3))
         decoding = [counts_during(lambda: decode._nvimgcodec(blobs * 32, SIZE,
                                                              torch.device("cpu")))
                     for _ in range(3)]
@@ -263,9 +263,10 @@ def test_nvimgcodec_lets_other_threads_run_while_it_decodes(blobs: list[bytes]) 
         stop.set()
         counter.join()
     # counts slip in at the call's edges, more on a loaded machine (3, once 15 beside a full
-    # test run, when the decodes counted 477-783): a decode that held the lock would count
-    # as few; one that lets go counts hundreds
-    assert max(decoding) >= max(20, 10 * holding), (holding, decoding)
+    # test run, when the decodes counted 477-783; once 49 in CI on a 2-core AMD host, the
+    # decodes 391-433: the fewest of 3 holds now, and 5 times it): a decode that held the
+    # lock would count as few; one that lets go counts hundreds
+    assert max(decoding) >= max(20, 5 * holding), (holding, decoding)
 
 
 def test_a_failing_nvimgcodec_says_what_it_said_of_libnvjpeg(monkeypatch) -> None:

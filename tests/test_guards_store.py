@@ -4,12 +4,15 @@ is written. Each ends in one line naming the file or option, never a traceback."
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 from pathlib import Path
 
 import _images as images_
 import numpy as np
 import pytest
+from test_prepare_errors import _idx_source
 
 from alexnet.cli import main as cli_main
 from alexnet.data import open_split
@@ -172,3 +175,52 @@ def test_a_float_image_in_0_to_1_is_scaled_not_stored_black(tmp_path) -> None:
     wide = np.linspace(0, 200, 64, dtype=np.float32).reshape(8, 8)  # levels already: kept
     np.testing.assert_array_equal(np.asarray(_to_rgb(Image.fromarray(wide, "F")))[..., 1],
                                   np.rint(wide).astype(np.uint8))
+
+
+def _relabelled_idx(folder: Path, seed: int) -> np.ndarray:
+    """Rewrite the IDX source's label file with other labels (its images unchanged)."""
+    labels = np.random.default_rng(seed).integers(0, 10, 6)
+    header = struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", labels.size)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(header + labels.astype(np.uint8).tobytes())
+    return labels
+
+
+def test_a_complete_split_whose_labels_changed_is_refused_not_reused(tmp_path):
+    """The same files with other labels (a corrected devkit, another label file): the rerun
+    named 'labels' as what differs instead of keeping the old labels as already complete."""
+    src = _idx_source(tmp_path / "src", 6)
+    _relabelled_idx(src, 1)
+    out = tmp_path / "s"
+    _prepare(src, out)
+    _relabelled_idx(src, 2)
+    with pytest.raises(UserError, match="labels differ") as err:
+        _prepare(src, out)
+    assert str(out / "train") in str(err.value)
+
+
+def test_resuming_a_split_whose_labels_changed_is_refused(tmp_path):
+    """Half written with one label file, resumed with another: the store would hold the first
+    chunk's old labels and the rest's new ones."""
+    src = _idx_source(tmp_path / "src", 6)
+    _relabelled_idx(src, 1)
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(src, out, chunk=2, _stop_after=1)
+    _relabelled_idx(src, 2)
+    with pytest.raises(UserError, match="labels differ"):
+        _prepare(src, out, chunk=2)
+
+
+def test_a_store_written_before_labels_were_fingerprinted_is_still_complete(tmp_path, capsys):
+    """A header without the `labels` key (stores of earlier versions) stays usable as it is."""
+    src = _idx_source(tmp_path / "src", 6)
+    out = tmp_path / "s"
+    _prepare(src, out)
+    header = out / "train" / HEADER
+    meta = json.loads(header.read_text())
+    del meta["fingerprint"]["labels"]
+    header.write_text(json.dumps(meta))
+    capsys.readouterr()
+    _prepare(src, out)
+    assert "already complete (6 images)" in capsys.readouterr().err

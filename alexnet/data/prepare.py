@@ -52,6 +52,9 @@ CHUNK = 32  # images per chunk: the unit of parallel work and of resumption
 # at 2048, eight times the paper's side), and the store S*S*3 bytes per image.
 MAX_SIZE = 2048
 RESUMED_ONLY = ("chunk", "files")  # fingerprint keys compared only when resuming a split
+# fingerprint keys added after stores were written without them: a complete split is compared
+# on them only when its header has them
+ADDED_LATER = ("labels",)
 
 
 # ----------------------------------------------------------------------------- one split
@@ -106,16 +109,25 @@ def _files_digest(source: src.Source, split: src.Split, keep: np.ndarray) -> str
     return digest.hexdigest()
 
 
+def _labels_digest(split: src.Split, keep: np.ndarray) -> str:
+    """A digest of the labels of the images kept, in store order: a rerun whose labels changed
+    with the same files (a corrected devkit's ground truth, another IDX label file) must not
+    find its split already complete or resume one labelled otherwise."""
+    return hashlib.sha256(np.asarray(split.labels[keep], "<i8").tobytes()).hexdigest()
+
+
 def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str,
                  limit: int | None, max_pixels: int, chunk: int,
                  jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
     """The arguments that make a split what it is (and `chunk`, how it is written, and
-    `files`, the images listed: both compared only when resuming, RESUMED_ONLY)."""
+    `files`, the images listed: both compared only when resuming, RESUMED_ONLY; `labels`,
+    theirs)."""
     keep = _kept(source, split, limit)
     fingerprint = {"kind": source.kind, "source": str(source.root.resolve()),
                    "split": split.name, "size": size, "format": format, "limit": limit,
                    "images": len(keep), "chunk": chunk,
                    "files": _files_digest(source, split, keep),
+                   "labels": _labels_digest(split, keep),
                    "max_pixels": max_pixels, "classes": [c["wnid"] for c in source.classes]}
     if split.cut is not None:
         fingerprint["cut"] = split.cut
@@ -135,7 +147,7 @@ def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int
     labels = split.labels[keep]
     fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
                                max_pixels=max_pixels, chunk=chunk, jpeg_quality=jpeg_quality)
-    meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY)
+    meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY, optional=ADDED_LATER)
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
@@ -233,9 +245,9 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
         chunks = sum(-(-len(_kept(found, found.splits[name], options["limit"])) // chunk)
-                     for name in wanted if split_status(
+                     for name in wanted if split_status(  # no process to start for a rerun
                          out / name, _fingerprint(found, found.splits[name], **options),
-                         ignore=RESUMED_ONLY)[0] is None)  # no process to start for a rerun
+                         ignore=RESUMED_ONLY, optional=ADDED_LATER)[0] is None)
         for name in wanted:  # before anything is written
             check_agrees(out, name, found.classes, size, mine=out / name,
                          advice=f"prepare every split into a new OUT (or delete {out} first)")

@@ -733,8 +733,8 @@ def _drop_progress(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
-def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequence[str] = ()
-                 ) -> tuple[dict[str, Any] | None, str | None]:
+def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequence[str] = (),
+                 optional: Sequence[str] = ()) -> tuple[dict[str, Any] | None, str | None]:
     """(the header, None) when split folder `path` already holds this very split, complete and
     sound; else (None, why it is to be built afresh, or None).
 
@@ -745,7 +745,8 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
     unreadable. A UserError when `path` holds something else: a split prepared with other
     arguments (never overwritten), or a folder that is not a store. `ignore` names keys of a
     dict fingerprint that change how a split is written, not what it holds (compared only
-    when resuming).
+    when resuming); `optional` keys added to fingerprints after some stores were written
+    without them: a complete split's header that lacks one is not compared on it.
     """
     path = Path(path)
     header = path / HEADER
@@ -760,9 +761,14 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
             raise UserError(f"{header}: not an alexnet store header; choose another OUT")
         if not meta.get("complete"):
             return None, None
-        if _without(meta.get("fingerprint"), ignore) != _without(fingerprint, ignore):
-            raise UserError(f"{path}: already holds a store prepared with other arguments; "
-                            "delete it or choose another OUT")
+        saved = _without(meta.get("fingerprint"), ignore)
+        mine = _without(fingerprint, ignore)
+        if isinstance(saved, dict) and isinstance(mine, dict):
+            mine = {k: v for k, v in mine.items() if k in saved or k not in optional}
+        if saved != mine:
+            raise UserError(f"{path}: already holds a store prepared with other arguments or "
+                            f"source files ({_difference(saved, mine)}); delete it or choose "
+                            "another OUT")
         with WriteLock(path):  # a kill after completion may have left the progress files
             _drop_progress(path)
         damage = _damage(path, meta)

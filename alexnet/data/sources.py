@@ -372,10 +372,54 @@ def read_meta_mat(data: bytes, origin: str) -> list[dict[str, Any]]:
 
 
 def _ground_truth(data: bytes, origin: str) -> list[int]:
+    """The ILSVRC ids of a ground-truth file, one per line (line i labels image i), blank
+    lines at its end ignored; a line that is not one id is refused with its number, as
+    skipping it would move the labels of every image after it."""
+    hint = "use the ground truth of the devkit that came with these images"
     try:
-        return [int(line) for line in data.decode().split()]
-    except (UnicodeDecodeError, ValueError):
-        raise UserError(f"{origin}: expected one ILSVRC id per line") from None
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{origin}: not a text file of ILSVRC ids; {hint}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    ids = []
+    for number, line in enumerate(lines, 1):
+        try:
+            ids.append(int(line))
+        except ValueError:
+            raise UserError(f"{origin}: line {number}: {ascii(line)} is not an ILSVRC id (one "
+                            f"per line); {hint}") from None
+    return ids
+
+
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError)  # what listing a cut-short tar raises
+
+
+def _unreadable_tar(archive: Path, err: BaseException, inner: str | None = None) -> UserError:
+    """The error for an archive (or, with `inner`, a class archive inside it) that cannot be
+    listed: cut short by a download that stopped, empty, or no tar at all."""
+    what = "archive" if inner is None else f"class archive {inner} inside it"
+    again = "it" if inner is None else archive.name
+    return UserError(f"{archive}: unreadable {what} ({err}); it is incomplete or damaged: "
+                     f"download {again} again")
+
+
+def _sorted_val(where: Path) -> bool:
+    """Whether `where` is a folder sorted into class folders (as valprep.sh sorts ILSVRC's
+    val) rather than a flat one; a folder holding both flat images and class folders with
+    images (a half-run valprep.sh) is refused, as reading either part drops the other."""
+    if not where.is_dir():
+        return False
+    flat = _image_files(where)
+    if not flat:
+        return bool(_subdirs(where) or _hidden_folders(where))
+    classes = [_shown(sub.name) for sub in _subdirs(where) if _holds_images(sub)]
+    if classes:
+        raise UserError(f"{where}: holds both flat images ({len(flat)}, such as "
+                        f"{_shown(flat[0].name)}) and class folders with images "
+                        f"({_listed(classes)}), as a sorting (valprep.sh) stopped part way "
+                        "leaves it: finish or undo the sorting")
+    return False
 
 
 def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str,
@@ -387,18 +431,25 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str,
     labels: list[int] = []
     unused: list[tuple[str, str]] = []
     if where.is_file():
-        with tarfile.open(where, mode="r:") as outer:
-            inner_names = sorted({m.name for m in outer.getmembers() if m.name.endswith(".tar")})
-            for inner_name in inner_names:
-                wnid = inner_name.rsplit("/", 1)[-1][:-4]
-                if wnid not in wnid_label:
-                    raise UserError(f"{where}: class archive {inner_name} is not a class of the "
-                                    "devkit; is this the right year's archive?")
-                info = outer.getmember(inner_name)
-                with tarfile.open(fileobj=outer.extractfile(info), mode="r:") as inner:
-                    members = tar_image_refs(inner, str(where), info)
-                refs += members
-                labels += [wnid_label[wnid]] * len(members)
+        try:
+            with tarfile.open(where, mode="r:") as outer:
+                inner_names = sorted({m.name for m in outer.getmembers()
+                                      if m.name.endswith(".tar")})
+                for inner_name in inner_names:
+                    wnid = inner_name.rsplit("/", 1)[-1][:-4]
+                    if wnid not in wnid_label:
+                        raise UserError(f"{where}: class archive {inner_name} is not a class of "
+                                        "the devkit; is this the right year's archive?")
+                    info = outer.getmember(inner_name)
+                    try:
+                        with tarfile.open(fileobj=outer.extractfile(info), mode="r:") as inner:
+                            members = tar_image_refs(inner, str(where), info)
+                    except TAR_ERRORS as err:
+                        raise _unreadable_tar(where, err, inner_name) from None
+                    refs += members
+                    labels += [wnid_label[wnid]] * len(members)
+        except TAR_ERRORS as err:
+            raise _unreadable_tar(where, err) from None
     else:
         folders = _hidden_folders(where)
         if folders and not _subdirs(where) and not any(where.glob("n*.tar")):
@@ -417,8 +468,11 @@ def _class_split(name: str, where: Path, wnid_label: dict[str, int], kind: str,
                 continue
             if tar_path.stem not in wnid_label:
                 raise UserError(f"{tar_path}: not a class wnid of the {kind} devkit")
-            with tarfile.open(tar_path, mode="r:") as tar:
-                members = tar_image_refs(tar, str(tar_path))
+            try:
+                with tarfile.open(tar_path, mode="r:") as tar:
+                    members = tar_image_refs(tar, str(tar_path))
+            except TAR_ERRORS as err:
+                raise _unreadable_tar(tar_path, err) from None
             refs += members
             labels += [wnid_label[tar_path.stem]] * len(members)
         order = sorted(range(len(refs)), key=lambda i: (labels[i], _base(refs[i])))
@@ -435,29 +489,40 @@ def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, in
     """A flat split (ILSVRC20XX_val_00000001.JPEG ...) labelled by a ground-truth file, or a
     folder already sorted into per-class folders (then as `_class_split`); the hidden image
     files left out are added to `hidden`."""
-    if where.is_dir() and not _image_files(where) and (
-            _subdirs(where) or _hidden_folders(where)):
+    if _sorted_val(where):
         return _class_split(name, where, wnid_label, prefix, hidden)
     unused: list[tuple[str, str]] = []
     if where.is_file():
-        with tarfile.open(where, mode="r:") as tar:
-            refs: list[Any] = list(tar_image_refs(tar, str(where)))
+        try:
+            with tarfile.open(where, mode="r:") as tar:
+                refs: list[Any] = list(tar_image_refs(tar, str(where)))
+        except TAR_ERRORS as err:
+            raise _unreadable_tar(where, err) from None
     else:
         hidden.files += _hidden_files(where)
         refs = [str(p) for p in _image_files(where, unused)]
     pattern = re.compile(rf"{prefix}_(\d+)\.", re.IGNORECASE)
     labels = []
+    seen: dict[int, str] = {}
     for ref in refs:
         match = pattern.match(_base(ref))
         if not match:
             raise UserError(f"{where}: {_base(ref)} is not named {prefix}_NNNNNNNN.JPEG")
         number = int(match.group(1))
+        if number in seen:
+            raise UserError(f"{where}: {seen[number]} and {_base(ref)} have the same number "
+                            f"{number}, so one ground-truth line would label both; keep one "
+                            "of them")
+        seen[number] = _base(ref)
         if not 1 <= number <= len(truth):
             raise UserError(f"{where}: {_base(ref)} has no line in the {origin} ground truth "
                             f"({len(truth)} lines)")
         ilsvrc_id = truth[number - 1]
         if ilsvrc_id not in id_label:
-            raise UserError(f"{origin}: ILSVRC id {ilsvrc_id} is not a leaf class of meta.mat")
+            raise UserError(f"{origin}: line {number}: {ascii(str(ilsvrc_id))} (the label of "
+                            f"{_base(ref)}) is not a leaf class of meta.mat (none of its "
+                            "classes has this ILSVRC id); use the ground truth of the devkit "
+                            "that came with these images")
         labels.append(id_label[ilsvrc_id])
     order = sorted(range(len(refs)), key=lambda i: _base(refs[i]))
     return Split(name, [refs[i] for i in order], np.array(labels, np.int64)[order],
@@ -490,17 +555,17 @@ def detect_ilsvrc(root: Path, year: int) -> Source | None:
         if where is None:
             continue
         gt_file = gt_names[split]
-        truth_bytes = files.get(gt_file)
+        truth_bytes, origin = files.get(gt_file), f"{devkit}/data/{gt_file}"
         if truth_bytes is None:
             found = _find(root, [gt_file], deep=True)
-            truth_bytes = found.read_bytes() if found else None
+            truth_bytes, origin = (found.read_bytes(), str(found)) if found else (None, "")
         if truth_bytes is None:
             source.notes.append(f"{where}: no {gt_file} (devkit or SOURCE), so no labels: "
                                 f"the {split} split is left out")
             continue
-        truth = _ground_truth(truth_bytes, gt_file)
+        truth = _ground_truth(truth_bytes, origin)
         source.splits[split] = _flat_split(split, where, truth, id_label, f"ILSVRC{year}_{split}",
-                                           gt_file, wnid_label, hidden)
+                                           origin, wnid_label, hidden)
     source.notes += hidden.notes()
     if not source.splits:
         raise UserError(f"{root}: found the ILSVRC{year} devkit but no image archives or "
@@ -508,7 +573,89 @@ def detect_ilsvrc(root: Path, year: int) -> Source | None:
     return source
 
 
+DEVKITS = {"2012": "ILSVRC2012_devkit_t12.tar.gz", "2010": "ILSVRC2010_devkit-1.0.tar.gz"}
+
+
+def detect_ilsvrc_without_devkit(root: Path) -> None:
+    """Refuse ILSVRC images with no devkit beside them: the image archives
+    (ILSVRC20XX_im*_train.tar ...), or a val/ of flat ILSVRC20XX_val_* images (beside train/
+    holding only wnid folders or tars, or no train/), which would otherwise be read as an
+    image folder (wnids for names, val left out) or as no layout at all."""
+    archives = sorted(p.name for p in root.glob("ILSVRC20[0-9][0-9]_im*_*.tar")
+                      if not p.name.startswith("."))
+    if archives:
+        found, year = _listed(archives), archives[0][6:10]
+    else:
+        val, train = root / "val", root / "train"
+        pattern = re.compile(r"ILSVRC(20\d\d)_val_\d+\.", re.IGNORECASE)
+        flat = ([m for m in (pattern.match(p.name) for p in _image_files(val)) if m]
+                if val.is_dir() else [])
+        wnids = not train.is_dir() or all(WNID.match(sub.name) for sub in _subdirs(train))
+        if not flat or not wnids:
+            return
+        year = flat[0].group(1)
+        found = f"{val} with {len(flat)} ILSVRC{year}_val_* images"
+    raise UserError(f"{root}: found {found} but no ILSVRC{year} devkit, which labels them; put "
+                    f"{DEVKITS.get(year, f'the ILSVRC{year} devkit')} (or its extracted folder) "
+                    "in SOURCE beside them")
+
+
 # ----------------------------------------------------------------------------- Kaggle
+
+
+def _synset_mapping(mapping: Path) -> list[dict[str, Any]]:
+    """The classes of LOC_synset_mapping.txt ("wnid name" per line), sorted by wnid; a wnid
+    listed twice is refused, as it would make two classes of one and move every label after
+    it."""
+    try:
+        lines = mapping.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{mapping}: not a UTF-8 text file ({err}); download it again") from None
+    classes: list[dict[str, Any]] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            if wnid in first:
+                raise UserError(f"{mapping}: {_shown(wnid)} is listed twice, on lines "
+                                f"{first[wnid]} and {number}; each class is one line: download "
+                                "it again")
+            first[wnid] = number
+            classes.append({"wnid": wnid, "name": name})
+    return sorted(classes, key=lambda c: c["wnid"])
+
+
+def _val_solution(solution: Path, wnid_label: dict[str, int]) -> dict[str, int]:
+    """The label of each val image (ImageId) from LOC_val_solution.csv, whose
+    PredictionString starts with the image's wnid; a byte-order mark (a CSV saved by a
+    spreadsheet) is read past, and a row without an image or a wnid is refused by its line."""
+    columns = ("ImageId", "PredictionString")
+    truth: dict[str, int] = {}
+    try:
+        with open(solution, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [cell.strip() for cell in next(reader, [])]
+            if not all(c in header for c in columns):
+                raise UserError(f"{solution}: line 1: {ascii(','.join(header))} is not the "
+                                f"header {','.join(columns)}; download it again")
+            at = [header.index(c) for c in columns]
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                image, prediction = (row[i].strip() if i < len(row) else "" for i in at)
+                if not image or not prediction:
+                    raise UserError(f"{solution}: line {reader.line_num}: "
+                                    f"{ascii(','.join(row))} has no "
+                                    f"{'ImageId' if not image else 'wnid in PredictionString'}"
+                                    "; download it again")
+                wnid = prediction.split()[0]
+                if wnid not in wnid_label:
+                    raise UserError(f"{solution}: line {reader.line_num}: {_shown(wnid)} is not "
+                                    "in LOC_synset_mapping.txt")
+                truth[image] = wnid_label[wnid]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{solution}: unreadable CSV ({err}); download it again") from None
+    return truth
 
 
 def detect_kaggle(root: Path) -> Source | None:
@@ -517,30 +664,21 @@ def detect_kaggle(root: Path) -> Source | None:
     data = _find(root, ["ILSVRC/Data/CLS-LOC"], deep=True)
     if mapping is None or data is None:
         return None
-    classes = []
-    for line in mapping.read_text().splitlines():
-        if line.strip():
-            wnid, _, name = line.strip().partition(" ")
-            classes.append({"wnid": wnid, "name": name})
-    classes.sort(key=lambda c: c["wnid"])
+    classes = _synset_mapping(mapping)
     wnid_label = {c["wnid"]: i for i, c in enumerate(classes)}
     source = Source("kaggle-cls-loc", root, classes)
     hidden = Hidden()
     if (data / "train").is_dir():
         source.splits["train"] = _class_split("train", data / "train", wnid_label, "Kaggle",
                                               hidden)
-    if (data / "val").is_dir():
+    if _sorted_val(data / "val"):  # val/<wnid>/, as ImageFolder tutorials sort it
+        source.splits["val"] = _class_split("val", data / "val", wnid_label, "Kaggle", hidden)
+    elif (data / "val").is_dir():
         solution = _find(root, ["LOC_val_solution.csv"], deep=True)
         if solution is None:
             raise UserError(f"{root}: no LOC_val_solution.csv for the val images; download it "
                             "from the competition page")
-        truth: dict[str, int] = {}
-        with open(solution, newline="") as f:
-            for row in csv.DictReader(f):
-                wnid = row["PredictionString"].split()[0]
-                if wnid not in wnid_label:
-                    raise UserError(f"{solution}: {wnid} is not in LOC_synset_mapping.txt")
-                truth[row["ImageId"]] = wnid_label[wnid]
+        truth = _val_solution(solution, wnid_label)
         unused: list[tuple[str, str]] = []
         hidden.files += _hidden_files(data / "val")
         refs = [str(p) for p in _image_files(data / "val", unused)]
@@ -841,7 +979,8 @@ def detect(source: str | Path, names: str | None = None) -> Source:
     detectors: list[Callable[[], Source | None]] = [
         lambda: detect_ilsvrc(root, 2012), lambda: detect_ilsvrc(root, 2010),
         lambda: detect_kaggle(root), lambda: detect_cifar10(root),
-        lambda: detect_idx(root, names), lambda: detect_image_folder(root)]
+        lambda: detect_idx(root, names), lambda: detect_ilsvrc_without_devkit(root),
+        lambda: detect_image_folder(root)]
     for detector in detectors:
         found = detector()
         if found is not None:

@@ -266,8 +266,8 @@ def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],
         if ids is None:
             continue
         if reference is not None and ids != reference[1]:
-            raise UserError(f"{path}: its classes differ from those of {reference[0]}; "
-                            "an ensemble needs nets trained on the same class list")
+            raise UserError(f"{path}: {class_difference(ids, reference[1], str(reference[0]))}"
+                            "; an ensemble needs nets trained on the same class list")
         reference = reference or (path, ids)
         if store_ids is not None and ids != store_ids:
             raise UserError(f"{path}: {class_difference(ids, store_ids, 'the store')}; "
@@ -460,12 +460,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the first checkpoint")
 
 
-def default_report_path(checkpoint: Path, split: str, crops: int, n: int) -> Path:
-    """Where the per-class report goes when --out is not given."""
+def default_report_path(checkpoint: Path, split: str, crops: int, n: int,
+                        store: str | None = None) -> Path:
+    """Where the per-class report goes when --out is not given; `store`, the name of a store
+    other than the one the checkpoint was trained on, goes into the name, so that a report on
+    another store does not replace the one on the run's own."""
     base, stem = (checkpoint, "checkpoint") if checkpoint.is_dir() else \
         (checkpoint.parent, checkpoint.stem)
     tag = f"-ensemble{n}" if n > 1 else ""
-    return base / f"{stem}{tag}.{split}.{crops}crop.per-class.json"
+    where = f"{store}." if store else ""
+    return base / f"{stem}{tag}.{where}{split}.{crops}crop.per-class.json"
+
+
+def other_store(ckpt: dict[str, Any], data: Path | None) -> str | None:
+    """The folder name of store `data` when it was given and is not the one the checkpoint
+    records (None for its own store, when none was given or the checkpoint records none)."""
+    own = ((ckpt.get("config") or {}).get("data") or {}).get("store")
+    if data is None or not own or Path(own).resolve() == Path(data).resolve():
+        return None
+    return Path(data).resolve().name
 
 
 def is_report(path: Path) -> bool:
@@ -533,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{given}: evaluating {path.name} ({why})", file=sys.stderr)
     args.checkpoints = [path for path, _ in chosen]
     loaded = load_all(args.checkpoints)
+    store_tag = other_store(loaded[0], args.data)
     if args.data is None:
         args.data = recorded_store(loaded[0], args.checkpoints[0])
     if args.split == "auto":
@@ -543,7 +557,7 @@ def run(args: argparse.Namespace) -> int:
     if len(store) == 0:
         raise UserError(f"{args.data}: split {args.split!r} holds no images")
     out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
-                                          len(args.checkpoints))
+                                          len(args.checkpoints), store_tag)
     check_output(out, "evaluation report", is_report)  # a folder too
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     check_not_training(out.parent, given=args.out is not None)

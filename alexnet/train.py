@@ -41,11 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=0.02 (repeatable)")
-    parser.add_argument("--out", help="run folder (default runs/<preset>)")
+    parser.add_argument("--out", help="run folder (default runs/<preset>, runs/train for a "
+                        ".toml preset that sets none; with --resume RUN, RUN)")
     parser.add_argument("--resume", help="continue exactly from a run folder or checkpoint")
     parser.add_argument("--init-from", metavar="CKPT|torchvision",
                         help="start from these weights instead of the paper's initialisation "
-                        "(fine-tuning; a new fc8 when the class count differs); torchvision: "
+                        "(fine-tuning; each fc8 row whose class the source has is kept, the "
+                        "other rows are new); torchvision: "
                         "its ImageNet weights, with model.arch=alexnet-tv and "
                         "data.mean=torchvision (default: none)")
     parser.add_argument("--epochs", type=int,

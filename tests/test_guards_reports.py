@@ -250,3 +250,39 @@ def test_a_weights_export_on_a_full_disk_names_the_users_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"{path}: ") and ".tmp-" not in proc.stdout, proc.stdout
     assert "File too large" in proc.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_an_ensemble_of_other_class_names_names_the_first_class_that_differs():
+    """docs/evaluation.md: checkpoints of the same number of classes under other names are
+    refused naming the first class that differs, between two checkpoints as against a store."""
+    from alexnet.evaluate import check_classes
+
+    other = [dict(c) for c in CLASSES]
+    other[1]["name"] = other[1]["wnid"] = "zebra"
+    with pytest.raises(UserError) as err:
+        check_classes(["a.pt", "b.pt"], [CLASSES, other], None)
+    assert str(err.value).startswith("b.pt: its class 1 is 'zebra', a.pt's is 'n00000001'")
+    assert "ensemble" in str(err.value)
+
+
+def test_a_report_on_another_store_does_not_replace_the_one_on_the_runs_own(store_and_run,
+                                                                            tmp_path, capsys):
+    """The default report name held no store: evaluating on a second store replaced the
+    report on the run's own store."""
+    store, run = store_and_run
+    r2 = tmp_path / "R2"
+    r2.mkdir()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt["config"] = {"data": {"store": str(store)}}
+    torch.save(ckpt, r2 / "checkpoint.pt")
+    other = shutil.copytree(store, tmp_path / "other")
+    for data in (None, store, other):
+        extra = ["--data", str(data)] if data is not None else []
+        code = main(["evaluate", str(r2 / "checkpoint.pt"), "--split", "test", "--device", "cpu",
+                     *extra])
+        assert code == 0, capsys.readouterr().err
+    own = json.loads((r2 / "checkpoint.test.1crop.per-class.json").read_text())
+    theirs = json.loads((r2 / "checkpoint.other.test.1crop.per-class.json").read_text())
+    assert own["data"] == str(store) and theirs["data"] == str(other)
+    assert sorted(p.name for p in r2.glob("*.json")) == [
+        "checkpoint.other.test.1crop.per-class.json", "checkpoint.test.1crop.per-class.json"]

@@ -241,6 +241,17 @@ def test_max_pixels_refuses_larger_images_in_one_line(trained, files, capsys):
            "decompression-bomb limit of 50000 (--max-pixels))" in err
 
 
+def test_an_image_past_twice_the_limit_names_the_users_limit(trained, files, capsys):
+    """Past twice the limit PIL refuses it first, quoting twice its setting (ours): the line
+    gives the limit the user set."""
+    code = main(["predict", str(trained), str(files / "red.jpg"), "--max-pixels", "100",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"{files / 'red.jpg'}: not a usable image (76800 pixels: over the " \
+           "decompression-bomb limit of 100 (--max-pixels))" in err
+
+
 def test_a_folder_is_classified_a_chunk_at_a_time_as_in_one_go(trained, files, tmp_path,
                                                                 monkeypatch, capsys):
     """Every file's images were decoded, stacked and written to the temporary store at once

@@ -136,8 +136,10 @@ def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS
         image.load()
     except Skip:
         raise
-    except Image.DecompressionBombError as err:
-        raise Skip(f"over the decompression-bomb limit (--max-pixels): {err}") from None
+    except Image.DecompressionBombError as err:  # PIL's own check, past twice our limit
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise Skip(f"{pixels.group(1) + ' pixels: ' if pixels else ''}over the "
+                   f"decompression-bomb limit of {max_pixels} (--max-pixels)") from None
     except Image.UnidentifiedImageError:
         raise Skip("not an image format PIL can identify") from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...

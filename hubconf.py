@@ -16,8 +16,8 @@ dependencies = ["torch", "numpy"]
 
 ENTRY_POINTS = {"alexnet": "alexnet", "alexnet-tv": "alexnet_tv"}  # arch -> entry point
 # arguments a checkpoint does not record, which do not change the trained net's function:
-# how the columns' convolutions are computed, and the initial bias the weights replace
-NOT_RECORDED = ("column_conv", "init_bias")
+# how the columns' convolutions and conv1 are computed, and the initial bias the weights replace
+NOT_RECORDED = ("column_conv", "conv1_form", "init_bias")
 
 
 def arguments(arch: str) -> dict[str, Any]:
@@ -71,9 +71,7 @@ def _build(arch: str, weights: str | os.PathLike | None, kwargs: dict[str, Any])
     ckpt = load(weights, mmap=True)
     check_fits(weights, arch, kwargs, ckpt)
     extra = {k: v for k, v in kwargs.items() if k in NOT_RECORDED}
-    if extra:
-        ckpt = {**ckpt, "model_args": {**ckpt["model_args"], **extra}}
-    return model_from_state(ckpt, weights)
+    return model_from_state(ckpt, weights, arguments=extra, caller=ENTRY_POINTS[arch])
 
 
 def alexnet(weights: str | os.PathLike | None = None, **kwargs: Any) -> Any:
@@ -83,9 +81,9 @@ def alexnet(weights: str | os.PathLike | None = None, **kwargs: Any) -> Any:
 
     kwargs go to alexnet.model.AlexNet: num_classes=1000, columns=2, activation="relu",
     lrn=True, lrn_alpha_over_n=False, overlap_pool=True, dropout=0.5, width=1.0, crop=224,
-    init_bias=1.0, column_conv=None. With `weights` the file fixes the net: arguments that
-    differ from the file's are a UserError (column_conv, the form of the computation, and
-    init_bias, which the weights replace, are free).
+    init_bias=1.0, column_conv=None, conv1_form=None. With `weights` the file fixes the net:
+    arguments that differ from the file's are a UserError (column_conv and conv1_form, the
+    forms of the computation, and init_bias, which the weights replace, are free).
     """
     return _build("alexnet", weights, kwargs)
 

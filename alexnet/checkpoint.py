@@ -335,25 +335,48 @@ def load_model(path: str | os.PathLike,
 
 
 def model_from_state(ckpt: dict[str, Any], path: str | os.PathLike,
-                     device: str | torch.device = "cpu") -> nn.Module:
-    """The network of a loaded checkpoint `ckpt` (read from `path`), in eval mode on `device`.
+                     device: str | torch.device = "cpu", arguments: dict[str, Any] | None = None,
+                     caller: str = "arguments") -> nn.Module:
+    """The network of a loaded checkpoint `ckpt` (read from `path`), in eval mode on `device`;
+    `arguments`, the caller's over the file's model_args (hubconf's: how the net computes, not
+    what), are named as `caller`'s fault when the net does not build with them.
 
     Non-finite weights (a diverged run) are refused: they would score NaN on every image.
     """
     from alexnet.model import build_model
 
+    def misfit(err: BaseException) -> UserError:
+        return UserError(f"{path}: the weights do not fit architecture {ckpt.get('arch')!r} "
+                         f"({one_line(err)}); the file is damaged or from another version")
+
     try:
-        model = build_model(ckpt["arch"], **ckpt["model_args"])
+        held = ckpt["model_args"]
+        model = build_model(ckpt["arch"], **{**held, **(arguments or {})})
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        if arguments and builds(ckpt):  # the file's own net builds: the arguments are wrong
+            raise UserError(f"{caller}: {one_line(err)}") from None
+        raise misfit(err) from None
+    try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        raise UserError(f"{path}: the weights do not fit architecture {ckpt.get('arch')!r} "
-                        f"({one_line(err)}); the file is damaged or from another version") \
-            from None
+        raise misfit(err) from None
     bad = non_finite(model)
     if bad:
         raise UserError(f"{path}: non-finite weights in {bad} (a diverged run); use best.pt or "
                         "an earlier checkpoint")
     return model.to(device).eval()
+
+
+def builds(ckpt: dict[str, Any]) -> bool:
+    """Whether the net of checkpoint `ckpt` (its arch and model_args alone) builds: tells a
+    caller's bad argument from a damaged file's model_args (only on that error's path)."""
+    from alexnet.model import build_model
+
+    try:
+        build_model(ckpt["arch"], **ckpt["model_args"])
+    except (RuntimeError, TypeError, ValueError, KeyError):
+        return False
+    return True
 
 
 def non_finite(model: nn.Module) -> str | None:

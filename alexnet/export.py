@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import io
 import os
 import sys
@@ -54,7 +55,7 @@ from alexnet.atomic import (
     replacing,
     write_json,
 )
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 
 FORMATS = ("onnx", "torchscript", "weights")
 # TorchScript's deprecation notice: a DeprecationWarning up to torch 2.13, a FutureWarning
@@ -161,18 +162,80 @@ def export_torchscript(model: nn.Module, crop: int, path: Path) -> Path:
     return path
 
 
-def export_onnx(model: nn.Module, crop: int, path: Path) -> Path:
+def onnx_problem(model: nn.Module, crop: int) -> str | None:
+    """Why ONNX cannot express `model` on `crop`-pixel inputs, or None: torch's exporter
+    writes an adaptive pool only to 1x1 (average) or from maps whose sides are multiples of
+    its output's (alexnet-tv's pool to 6x6 of conv5's maps, 6x6 at crop 224, 1x1 at 64).
+    Learnt from one traced image, before the user waits for the export."""
+    sides: list[tuple[tuple[int, int], tuple[int, int], bool]] = []
+
+    def seen(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        h, w = inputs[0].shape[-2:]
+        size = module.output_size
+        oh, ow = (size, size) if isinstance(size, int) else size
+        sides.append(((h, w), (oh or h, ow or w), isinstance(module, nn.AdaptiveAvgPool2d)))
+
+    pools = [m for m in model.modules()
+             if isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d)]
+    if not pools:
+        return None
+    hooks = [m.register_forward_pre_hook(seen) for m in pools]
+    try:
+        with torch.no_grad():
+            exportable(model)(check_input(crop, batch=1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for (h, w), out, average in sides:
+        if not (average and out == (1, 1)) and (h % out[0] or w % out[1]):
+            return (f"its adaptive pool takes {h}x{w} maps to {out[0]}x{out[1]} at crop {crop}, "
+                    f"which ONNX expresses only for sides a multiple of {out[0]}x{out[1]}")
+    return None
+
+
+@contextlib.contextmanager
+def no_graph_dump() -> Iterator[None]:
+    """Standard output (file descriptor 1) to the null device: torch's exporter (2.7+) turns
+    its log on whatever `verbose` says and, when it fails, writes its whole graph there from
+    C++ (dozens of lines before our one-line error)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).fflush(None)  # what C++ wrote through stdio, before fd 1 returns
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def export_onnx(model: nn.Module, crop: int, path: Path, name: str | os.PathLike = "") -> Path:
+    """The net as ONNX written to `path`; what the exporter cannot express is a one-line
+    UserError naming `name` (the checkpoint) and the formats that work, not its traceback."""
     try:
         import onnx  # noqa: F401 - torch's exporter needs it
     except ImportError:
         raise UserError("--format onnx needs the onnx package: pip install onnx onnxruntime "
                         "(or pip install -e '.[export]' in this repository)") from None
-    with torch.no_grad(), quiet_tracing():
-        torch.onnx.export(exportable(model), (check_input(crop, batch=1),), str(path),
-                          dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
-                          output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        with torch.no_grad(), quiet_tracing(), no_graph_dump():
+            torch.onnx.export(exportable(model), (check_input(crop, batch=1),), str(path),
+                              dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
+                              output_names=["logits"],
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    except torch.onnx.errors.OnnxExporterError as err:
+        text = " ".join(str(err).split("[Caused by")[0].split(" Please feel free")[0].split())
+        reason = text[:200] or one_line(err)
+        raise UserError(unsupported_onnx(name, f"torch's exporter: {reason}")) from None
     return path
+
+
+def unsupported_onnx(source: str | os.PathLike, reason: str) -> str:
+    """The one line refusing an ONNX export of checkpoint `source`, and what works instead."""
+    return (f"{source}: --format onnx cannot express this net ({reason}); use --format "
+            "torchscript or --format weights, which take it as it is")
 
 
 def check_export(fmt: str, path: Path, model: nn.Module, crop: int, name: Path | None = None
@@ -350,17 +413,21 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
         used, why = trained_checkpoint(source)
         model, ckpt = load_model(used)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
+        problem = onnx_problem(model, crop) if fmt == "onnx" else None
+        if problem:
+            raise UserError(unsupported_onnx(used, problem))
         mean = mean_image(ckpt, used)
         described = sidecar(ckpt, crop, fmt, None if mean is None else mean_file.name)
         remove_stale(path.parent, [path, info, mean_file])  # temporaries of killed exports
-        writer = {"onnx": export_onnx, "torchscript": export_torchscript}.get(fmt)
         # written and checked aside, then renamed: a kill keeps the earlier export's files
         with contextlib.ExitStack() as renamed:
             tmp = renamed.enter_context(replacing(path))
-            if writer is None:
+            if fmt == "weights":
                 export_weights(model, ckpt, tmp)
+            elif fmt == "onnx":
+                export_onnx(model, crop, tmp, name=used)
             else:
-                writer(model, crop, tmp)
+                export_torchscript(model, crop, tmp)
             checked = check_export(fmt, tmp, model, crop, name=path) if check else \
                 "check skipped (--no-check)"
             if mean is None:

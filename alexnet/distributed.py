@@ -14,10 +14,12 @@ GPUs: local rank r uses cuda:2r (column 1, input) and cuda:2r+1 (column 2).
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -89,20 +91,68 @@ def pick_device(device: str = "auto", local_rank: int = 0, split_columns: bool =
 
 def init_distributed(device: str = "auto", split_columns: bool = False) -> DistInfo:
     """Join the process group when launched by torchrun; return this process's place."""
-    if not launched_by_torchrun():
+    launch = launch_env()
+    if launch is None:
         dev, cols = pick_device(device, 0, split_columns)
         return DistInfo(device=dev, column_devices=cols)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = launch
     dev, cols = pick_device(device, local_rank, split_columns)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        _check_rendezvous(world)
         _import_before_joining()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     return DistInfo(rank, world, local_rank, dev, cols)
+
+
+LAUNCH_ADVICE = ("launch with `torchrun --nproc_per_node=N -m alexnet train ...` (it sets these "
+                 "variables), or unset RANK and WORLD_SIZE for one process")
+
+
+def launch_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) as torchrun set them, None in a single process; the one
+    place that reads them, so that a launch set up wrongly by hand (a value that is no whole
+    number or out of range) is one line naming the variable before anything is read or
+    written, not a traceback."""
+    if not launched_by_torchrun():
+        return None
+    rank, world = _launch_int("RANK"), _launch_int("WORLD_SIZE")
+    local_rank = _launch_int("LOCAL_RANK", "0")
+    if world < 1:
+        raise UserError(f"WORLD_SIZE={world}: the number of ranks must be at least 1; "
+                        f"{LAUNCH_ADVICE}")
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} with WORLD_SIZE={world}: a rank must be at least 0 and "
+                        f"below WORLD_SIZE; {LAUNCH_ADVICE}")
+    if local_rank < 0:
+        raise UserError(f"LOCAL_RANK={local_rank}: must be 0 or more; {LAUNCH_ADVICE}")
+    return rank, world, local_rank
+
+
+def _launch_int(name: str, default: str | None = None) -> int:
+    """The whole number in environment variable `name` (`default` when it is unset)."""
+    value = os.environ.get(name, default)
+    try:
+        return int(value or "")
+    except ValueError:
+        raise UserError(f"{name}={value!r}: not a whole number; {LAUNCH_ADVICE}") from None
+
+
+def _check_rendezvous(world: int) -> None:
+    """Refuse to join `world` ranks without the address where they meet (env://: torch's own
+    error is a traceback), before the process group is made."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} without {' and '.join(missing)}: the ranks meet at "
+                        "MASTER_ADDR:MASTER_PORT; set both on every rank (rank 0's host and a "
+                        f"free port), or {LAUNCH_ADVICE}")
+    port = os.environ["MASTER_PORT"]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(f"MASTER_PORT={port!r}: not a port number (1 to 65535); set it to a "
+                        f"free port on every rank, or {LAUNCH_ADVICE}")
 
 
 def _import_before_joining() -> None:
@@ -116,12 +166,14 @@ def _import_before_joining() -> None:
 def launch_rank() -> int:
     """This process's rank as torchrun set it (0 in a single process), before the group is
     joined."""
-    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+    launch = launch_env()
+    return launch[0] if launch else 0
 
 
 def launch_world_size() -> int:
     """How many ranks torchrun started (1 in a single process), before the group is joined."""
-    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+    launch = launch_env()
+    return launch[1] if launch else 1
 
 
 def is_main() -> bool:
@@ -192,6 +244,37 @@ def gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_same_launch(values: dict[str, Any]) -> None:
+    """Refuse, on every rank alike, a launch whose ranks disagree on `values` (what must agree:
+    the resolved config, as config.json records it, and the like; ranks started by hand with
+    other options would train another net each, under rank 0's config.json): a digest of each
+    rank's is compared, and on a difference the first key differing is named with its values
+    on rank 0 and on the first rank that differs (a no-op in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    text = json.dumps(values, sort_keys=True, default=str)
+    digests = gather_objects(hashlib.sha256(text.encode()).hexdigest())
+    if len(set(digests)) == 1:
+        return
+    every = gather_objects(values)  # only on a difference: each rank's values in full
+    other = next(r for r, d in enumerate(digests) if d != digests[0])
+    ours, theirs = cast(dict, every[0]), cast(dict, every[other])
+    shown = {k: (_shown(ours.get(k, _ABSENT)), _shown(theirs.get(k, _ABSENT)))
+             for k in [*ours, *theirs]}
+    key, (mine, its) = next((k, pair) for k, pair in shown.items() if pair[0] != pair[1])
+    raise UserError(f"the ranks were launched with different options: {key}: {mine} on rank 0, "
+                    f"{its} on rank {other}; launch every rank with the same arguments "
+                    "(torchrun does)")
+
+
+_ABSENT = object()  # a key one rank's values lack
+
+
+def _shown(value: object) -> str:
+    """A value as a refusal names it: JSON's spelling (0.01, "cpu", true), or `absent`."""
+    return "absent" if value is _ABSENT else json.dumps(value, default=str)
 
 
 def on_main(action: Callable[[], T]) -> T | None:

@@ -280,22 +280,24 @@ def test_torchrun_needs_both_rank_and_world_size(no_launch):
 
 
 def test_a_rank_of_a_one_process_group_is_read_without_joining(no_launch, capsys):
-    """RANK=3, WORLD_SIZE=1, LOCAL_RANK=0: rank and local rank kept apart, no process group
-    joined (one rank), and not the main rank (print0 says nothing)."""
-    no_launch.setenv("RANK", "3")
+    """RANK=0, WORLD_SIZE=1, LOCAL_RANK=3: rank and local rank kept apart, no process group
+    joined (one rank), the main rank; RANK=3 of one rank is refused naming RANK."""
+    no_launch.setenv("RANK", "0")
     no_launch.setenv("WORLD_SIZE", "1")
-    no_launch.setenv("LOCAL_RANK", "0")
+    no_launch.setenv("LOCAL_RANK", "3")
     try:
         info = distributed.init_distributed("cpu")
         assert not dist.is_initialized()
     finally:
         distributed.cleanup()
-    assert (info.rank, info.world_size, info.local_rank) == (3, 1, 0)
-    assert info.device == torch.device("cpu") and not info.distributed and not info.is_main
-    assert distributed.launch_rank() == 3 and distributed.launch_world_size() == 1
-    assert not distributed.is_main()
-    distributed.print0("not on rank 3")
-    assert capsys.readouterr().out == ""
+    assert (info.rank, info.world_size, info.local_rank) == (0, 1, 3)
+    assert info.device == torch.device("cpu") and not info.distributed and info.is_main
+    assert distributed.launch_rank() == 0 and distributed.launch_world_size() == 1
+    distributed.print0("on rank 0")
+    assert capsys.readouterr().out == "on rank 0\n"
+    no_launch.setenv("RANK", "3")
+    with pytest.raises(UserError, match="RANK=3 with WORLD_SIZE=1"):
+        distributed.launch_rank()
 
 
 def test_auto_takes_the_gpu_when_there_is_one(gpus):

@@ -30,7 +30,7 @@ from typing import Any
 
 from alexnet import distributed
 from alexnet.atomic import FolderLock, ensure_folder, outside_stores, remove_stale
-from alexnet.config import Config, validate, write_json
+from alexnet.config import Config, to_dict, validate, write_json
 from alexnet.distributed import DistInfo, print0
 from alexnet.errors import UserError
 from alexnet.learning_check import Evidence, chance_advice
@@ -82,6 +82,7 @@ def train(config: Config, resume: dict[str, Any] | None = None,
     dist_info = distributed.init_distributed(config.run.device, config.model.split_columns)
     joined = dist_info.distributed
     try:
+        distributed.check_same_launch(launch_values(config, resume, given))  # before any work
         result = _train(config, dist_info, resume, continue_with, given)
         distributed.barrier()  # every rank done (rank 0 writes last) before any leaves
         return result
@@ -92,6 +93,21 @@ def train(config: Config, resume: dict[str, Any] | None = None,
     finally:
         if joined:
             distributed.cleanup()
+
+
+def launch_values(config: Config, resume: dict[str, Any] | None, given: Collection[str]
+                  ) -> dict[str, Any]:
+    """What every rank of a launch must agree on (`distributed.check_same_launch`): the
+    resolved config as config.json records it, flat (`optim.lr`), and on --resume the keys
+    this launch gives (they replace the resumed optimizer's) and the checkpoint's position;
+    the device index and local rank, which differ per rank, are in none of them."""
+    values: dict[str, Any] = {f"{section}.{key}": value for section, keys in to_dict(config).items()
+                              for key, value in keys.items()}
+    if config.run.resume:
+        values.update({f"{key} given on --resume": True for key in sorted(given)})
+        if resume is not None:
+            values["resumed checkpoint's step"] = resume.get("global_step")
+    return values
 
 
 def _lost_ranks(dist_info: DistInfo, config: Config, err: BaseException) -> UserError:

@@ -404,6 +404,29 @@ def test_lrn_chunked_cpu_path_matches_one_pass(monkeypatch):
 
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_half_precision_lrn_is_the_float32_one_rounded_once(dtype, beta):
+    """bf16 and fp16 maps are summed and raised in float32 (as the Triton kernels do): the
+    output is float32's rounded to the dtype, so within its half-ulp of the exact one (summed
+    in bf16, s put b up to 2.6% off, beyond bf16's 0.4% rounding); the gradient within a few
+    of its ulps."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(3, 96, 7, 7) * 150).to(dtype)
+    g = torch.randn(x.shape).to(dtype)
+    exact = x.double().requires_grad_()
+    want = lrn(exact, 5, 1e-4, beta, 2.0, groups=2)
+    want.backward(g.double())
+    xh = x.clone().requires_grad_()
+    got = lrn(xh, 5, 1e-4, beta, 2.0, groups=2)
+    got.backward(g)
+    ulp = torch.finfo(dtype).eps
+    assert got.dtype == xh.grad.dtype == dtype
+    assert ((got.double() - want).abs() <= 0.501 * ulp * want.abs() + 1e-30).all()
+    scale = exact.grad.abs().max()
+    assert (xh.grad.double() - exact.grad).abs().max() <= 4 * ulp * scale
+
+
 def test_second_derivatives_through_the_lrn_have_every_term():
     """Under create_graph the LRN's backward is the formula's gradient, recorded by autograd:
     gradgradcheck passes (float64, both columns' edges), a Hessian-vector product through it

@@ -143,3 +143,39 @@ def test_an_empty_out_is_refused(store, tmp_path, capsys, monkeypatch):
     err = refused(capsys, "--data", str(store), "--out", "", *sets(TINY))
     assert "--out" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_store_moved_away_is_named_as_the_checkpoints(run, store, tmp_path, capsys):
+    """The store the checkpoint recorded, moved: the line said 'no such store; make one with
+    alexnet prepare', not that the path came from the checkpoint and --data takes the new one."""
+    moved = Path(shutil.copytree(store, tmp_path / "moved"))
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    ckpt["config"]["data"]["store"] = str(tmp_path / "gone")
+    checkpoint.save(run / "checkpoint.pt", ckpt)
+    err = refused(capsys, "--resume", str(run), "--epochs", "3")
+    assert f"{run / 'checkpoint.pt'} was trained on the store {tmp_path / 'gone'}, which is " \
+           "not there now; give --data STORE" in err
+    assert main(["train", "--resume", str(run), "--data", str(moved), "--epochs", "3"]) == 0
+
+
+def test_resuming_on_a_store_prepared_again_from_other_images_says_so(run, tmp_path, capsys):
+    """Same classes, other training images (its statistics differ): the run went on without
+    a word, its resumed position in another sequence of batches."""
+    other = tmp_path / "other"
+    classes = [{"wnid": name, "name": name} for name in ["cat", "dog", "fox", "owl"]]
+    images, labels = coloured_images(16, 64, 7)
+    split = write_store(other / "train", images, labels, classes)
+    images, labels = coloured_images(8, 64, 1)
+    write_store(other / "val", images, labels, classes, stats=split.stats)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--data", str(other), "--epochs", "3"]) == 0
+    notices = [line for line in capsys.readouterr().out.splitlines() if "notice:" in line]
+    assert len(notices) == 1 and "is not the one" in notices[0]
+    assert f"{run / 'checkpoint.pt'} was trained on" in notices[0]
+
+
+def test_resuming_on_its_own_store_has_no_notice(run, capsys):
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "notice" not in captured.out + captured.err

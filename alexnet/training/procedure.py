@@ -144,6 +144,8 @@ def _run(config: Config, dist_info: DistInfo, resume: dict[str, Any] | None, fil
     resume_ckpt, resume_path = resume_checkpoint(config, files, resume)
     writer = tensorboard_writer(config.run.tensorboard)
     rt = setup_runtime(config, dist_info)
+    if resume_ckpt is not None:
+        check_resumed_store(config, resume_path, given)
     train_store, val_store, val_name = open_data(config)
     check_classes(train_store, config)
     per_rank = per_rank_batch(config, len(train_store), dist_info.world_size)
@@ -283,6 +285,16 @@ def _open_run_folder(config: Config, files: RunFiles, lock: FolderLock,
         resume_checkpoint(config, files, resume_ckpt)
     remove_stale(files.root)
     write_json(config, files.config)
+
+
+def check_resumed_store(config: Config, path: Path, given: Collection[str]) -> None:
+    """Refuse, saying where the path comes from, a resumed run's store that is no longer where
+    the checkpoint recorded it (moved, renamed): not a store to make afresh, as a store given
+    with --data that is not there is."""
+    store = Path(config.data.store or "")
+    if "data.store" not in given and config.data.store and not store.exists():
+        raise UserError(f"{path} was trained on the store {store}, which is not there now; "
+                        "give --data STORE where it is now (with --resume)")
 
 
 def check_classes(train_store: Any, config: Config) -> None:

@@ -203,7 +203,26 @@ def resumed_stats(ckpt: dict[str, Any], path: Path, config: Config, store_stats:
                         f"{', '.join(missing)}, which {uses} needs (damaged, or written by "
                         "another tool); resume from another checkpoint of the run, or start a "
                         f"new run from its weights with --init-from {path}")
+    if not same_training_set(stats, store_stats):
+        print0(f"notice: the training split of {config.data.store} is not the one {path} was "
+               "trained on (its statistics differ: prepared again from other images, or "
+               "another store); the run goes on with the checkpoint's statistics, but its "
+               "batches are not the uninterrupted run's: give --data the store it was trained "
+               "on to continue that run")
     return stats
+
+
+def same_training_set(ckpt_stats: dict[str, Any], store_stats: dict[str, Any]) -> bool:
+    """Whether a checkpoint's statistics are those of the store's training split (its pixel
+    count and mean image): a store prepared again from other images has others."""
+    import numpy as np
+
+    mean, theirs = ckpt_stats.get("mean_image"), store_stats.get("mean_image")
+    if mean is None or theirs is None:
+        return True  # nothing to compare: a checkpoint of a run without the mean image
+    pixels = ckpt_stats.get("pixels"), store_stats.get("pixels")
+    return (None in pixels or int(pixels[0]) == int(pixels[1])) \
+        and np.array_equal(np.asarray(mean, np.float32), np.asarray(theirs, np.float32))
 
 
 def restore(s: RunState, ckpt: dict[str, Any], path: Path, rt: Runtime, config: Config,

@@ -256,6 +256,8 @@ def _kernel_fault(agrees: Callable[[], bool], replaced: str) -> str | None:
     not the kernel's fault: it goes to the user."""
     try:
         return None if agrees() else f"differs from {replaced} on a test input"
+    except NotOnThisDevice as err:  # the check's own launch on a device the kernels lack
+        return f"failed ({err})"
     except UserError:
         raise
     except Exception as err:
@@ -309,7 +311,7 @@ def use_triton_lrn(x: torch.Tensor, backend: str | None = None) -> bool:
     if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return False
     return _triton_runs("ALEXNET_LRN", backend, triton_lrn_module(),
-                        lambda: triton_lrn_verified(x.device))
+                        lambda: triton_lrn_verified(x.device), x.device)
 
 
 def _chosen(env: str, backend: str, choices: tuple[str, ...]) -> str:
@@ -348,11 +350,27 @@ def check_environment() -> None:
         _chosen(env, value, choices)
 
 
-def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], bool]) -> bool:
-    """Whether Triton kernels that take the tensor at hand run under `backend` (auto or
-    triton): auto once their check passed on its device type, triton always; triton without
-    triton importable (`module` None) is a UserError naming `env`."""
+# Triton's interpreter (TRITON_INTERPRET=1, read at import as triton reads it: it must be set
+# before triton is imported) runs the kernels on CPU tensors; the tests use it, slowly
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class NotOnThisDevice(UserError):
+    """Triton kernels asked for on tensors of a device they cannot run on: the user's setting,
+    when their tensors reach them; the kernels' failure, when a first-use check meets it."""
+
+
+def _triton_runs(env: str, backend: str, module: Any, verified: Callable[[], bool],
+                 device: torch.device) -> bool:
+    """Whether Triton kernels that take the tensor at hand (on `device`) run under `backend`
+    (auto or triton): auto once their check passed on its device type, triton always; triton
+    without triton importable (`module` None), or on a CPU tensor outside Triton's
+    interpreter (a driver error deep in the kernel's launch), is a UserError naming `env`."""
     if module is not None:
+        if backend == "triton" and device.type != "cuda" and not TRITON_INTERPRETED:
+            raise NotOnThisDevice(f"{env}=triton on a {device.type} tensor: the Triton kernels "
+                                  "run on CUDA devices (on the CPU only in Triton's "
+                                  f"interpreter, TRITON_INTERPRET=1, for tests); set {env}=auto")
         return backend == "triton" or verified()
     if backend == "triton":
         raise UserError(f"{env}=triton: triton does not import; install it "
@@ -463,7 +481,7 @@ def use_triton_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = N
             or not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return _triton_runs("ALEXNET_POOL", backend, triton_pool_module(),
-                        lambda: triton_pool_verified(x.device))
+                        lambda: triton_pool_verified(x.device), x.device)
 
 
 def max_pool(x: torch.Tensor, pool: nn.MaxPool2d, backend: str | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import alexnet.model
 from alexnet.errors import UserError
 from alexnet.model import LRN, AlexNet, lrn, pad_for_conv1, split_columns
 
@@ -90,3 +91,23 @@ def test_a_bad_backend_argument_is_named_as_the_argument():
     assert "ALEXNET_LRN" not in str(got.value)
     with pytest.raises(UserError, match="backend='bogus'"):  # even where no kernel would run
         lrn(x, n=7, backend="bogus")
+
+
+@pytest.mark.parametrize("env", ["ALEXNET_LRN", "ALEXNET_POOL", "ALEXNET_AUGMENT"])
+def test_triton_asked_for_on_cpu_tensors_is_one_line_naming_the_setting(env, monkeypatch):
+    """`ALEXNET_AUGMENT=triton alexnet evaluate --device cpu` ended in a traceback from
+    Triton's driver lookup ('0 active drivers'); outside the interpreter the kernels need
+    CUDA tensors."""
+    from alexnet.data import augment
+    from alexnet.model import triton_lrn_module, use_triton_lrn, use_triton_pool
+
+    if triton_lrn_module() is None:
+        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    monkeypatch.setattr(alexnet.model, "TRITON_INTERPRETED", False)
+    maps = torch.rand(1, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    check = {"ALEXNET_LRN": lambda: use_triton_lrn(maps, "triton"),
+             "ALEXNET_POOL": lambda: use_triton_pool(maps, torch.nn.MaxPool2d(3, 2), "triton"),
+             "ALEXNET_AUGMENT": lambda: augment.use_triton_augment(
+                 torch.zeros(1, 8, 8, 3, dtype=torch.uint8), "none", {}, "triton")}[env]
+    with pytest.raises(UserError, match=f"^{env}=triton on a cpu tensor: .* set {env}=auto$"):
+        check()

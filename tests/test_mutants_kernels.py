@@ -140,7 +140,9 @@ class FakeKernels:
 
 @pytest.fixture
 def fake_kernels(monkeypatch):
-    """A FakeKernels installed as the Triton LRN, with ALEXNET_LRN=triton."""
+    """A FakeKernels installed as the Triton LRN, with ALEXNET_LRN=triton (on CPU tensors, as
+    under Triton's interpreter, where ALEXNET_LRN=triton runs them)."""
+    monkeypatch.setattr(alexnet.model, "TRITON_INTERPRETED", True)
     fake = FakeKernels()
     monkeypatch.setitem(alexnet.model._TRITON, "module", fake)
     monkeypatch.setattr(alexnet.model, "LRN_BACKEND", "triton")

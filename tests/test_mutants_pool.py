@@ -163,9 +163,11 @@ def test_the_check_passes_whatever_mode_asks_for_it(results, mode):
 
 @pytest.fixture
 def spied(monkeypatch) -> list:
-    """alexnet.pool_triton.apply replaced by a recorder that runs torch's pool instead."""
+    """alexnet.pool_triton.apply replaced by a recorder that runs torch's pool instead, on CPU
+    tensors as under Triton's interpreter (where ALEXNET_POOL=triton runs the kernels)."""
     if triton_pool_module() is None:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
+    monkeypatch.setattr(alexnet.model, "TRITON_INTERPRETED", True)
     calls: list = []
 
     def spy(x, k, s):

@@ -578,7 +578,7 @@ def use_triton_augment(images: torch.Tensor, mean: str, stats: dict[str, Any],
         return False
     return model._triton_runs("ALEXNET_AUGMENT", backend,
                               model._triton_kernels("augment", "data.augment_triton"),
-                              lambda: triton_augment_verified(images.device))
+                              lambda: triton_augment_verified(images.device), images.device)
 
 
 def triton_augment_verified(device: torch.device) -> bool:

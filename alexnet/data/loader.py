@@ -39,7 +39,7 @@ import torch
 
 from alexnet.config import MEAN_CHOICES
 from alexnet.data import augment, decode
-from alexnet.data.store import damaged_image
+from alexnet.data.store import check_indices, damaged_image
 from alexnet.errors import UserError, one_line
 from alexnet.paper import CROP_SIZE, PCA_ALPHA_STD, TEST_CROPS
 
@@ -627,22 +627,6 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def _check_indices(indices: Any, n: int) -> np.ndarray:
-    """EvalLoader's `indices` as int64 store indices in 0..n-1, or a UserError: floats would be
-    truncated and a boolean mask read as the indices 0 and 1."""
-    order = np.asarray(indices)
-    if order.ndim != 1:
-        raise UserError(f"indices: expected a 1-D sequence of store indices, got shape "
-                        f"{order.shape}")
-    if order.size and order.dtype.kind not in "iu":
-        hint = " (a boolean mask: pass np.flatnonzero(mask))" if order.dtype == bool else ""
-        raise UserError(f"indices must be integers, got {order.dtype}{hint}")
-    order = order.astype(np.int64)
-    if order.size and (order.min() < 0 or order.max() >= n):
-        raise UserError(f"indices must lie in 0..{n - 1}")
-    return order
-
-
 def _check_crop(crop: int, image_size: int) -> None:
     if not 0 < crop <= image_size:
         raise UserError(f"crop {crop}: must lie in 1..{image_size} (the store's image size)")
@@ -703,6 +687,8 @@ class TrainLoader:
             raise UserError(f"seed {seed}: must be >= 0")
         self.alpha_std = PCA_ALPHA_STD
         if isinstance(pca_scale, (int, float)) and not isinstance(pca_scale, bool):
+            if not math.isfinite(pca_scale):  # nan < 0 is False: nan would make NaN batches
+                raise UserError(f"pca_scale {pca_scale}: must be a finite number >= 0")
             if pca_scale < 0:
                 raise UserError(f"pca_scale {pca_scale}: must be >= 0")
             self.alpha_std, pca_scale = PCA_ALPHA_STD * float(pca_scale), "std"
@@ -804,7 +790,7 @@ class EvalLoader:
         self.stats = _check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
         n = len(store)
-        self.order = np.arange(n) if indices is None else _check_indices(indices, n)
+        self.order = np.arange(n) if indices is None else check_indices(indices, n)
         self.labels = np.asarray(store.labels, np.int64)
         if self.device.type == "cpu":
             keep_freed_memory()

@@ -148,7 +148,8 @@ def _header_problem(meta: dict[str, Any]) -> str | None:
 def _stats_problem(saved: Any) -> str | None:
     """What keeps the header form of some statistics from `stats_from_json`, or None. A
     statistic may be absent (a store written with the mean alone: the loaders refuse the
-    settings that need the others), not malformed."""
+    settings that need the others), not malformed nor NaN or infinite (which would make every
+    batch NaN)."""
     if not isinstance(saved, dict):
         return "is not a set of statistics"
     for key, value in saved.items():
@@ -158,6 +159,8 @@ def _stats_problem(saved: Any) -> str | None:
             return f"has a `{key}` that is not numbers"
         if key in STATS_SHAPES and array.shape != STATS_SHAPES[key]:
             return f"has a `{key}` of shape {array.shape}, not {STATS_SHAPES[key]}"
+        if not np.isfinite(array).all():
+            return f"has a non-finite `{key}`"
     return None
 
 
@@ -204,19 +207,22 @@ class Store:
                                self._load_npy(MEAN_IMAGE, (size, size, 3), np.float32))
 
     def _check_data_size(self) -> None:
-        """Refuse a truncated pixel file before any read can fail deep inside a loader."""
+        """Refuse a truncated pixel file, or a jpeg split's offsets out of order, before any
+        read can fail deep inside a loader."""
         size = self.image_size
         if self.format == "raw":
             pixels, expected = self.path / RAW, self._count * size * size * 3
+            source = "header"
         else:
             offsets = self._load_npy(OFFSETS, (self._count + 1,), np.int64)
-            pixels, expected = self.path / JPEG, int(offsets[-1])
+            _check_offsets(self.path / OFFSETS, offsets)
+            pixels, expected, source = self.path / JPEG, int(offsets[-1]), OFFSETS
             self._offsets = offsets
         actual = _file_size(pixels)
         if actual < 0:
             raise UserError(f"{pixels}: missing; {RERUN}")
         if actual != expected:
-            raise UserError(f"{self.path}: pixel file holds {actual} bytes, header says "
+            raise UserError(f"{self.path}: pixel file holds {actual} bytes, {source} says "
                             f"{expected}; {RERUN}")
 
     def _pixels(self) -> np.ndarray:
@@ -246,12 +252,10 @@ class Store:
 
     def read(self, indices: Sequence[int] | np.ndarray, out: np.ndarray | None = None
              ) -> np.ndarray:
-        """Images `indices` as uint8 (B, S, S, 3), in the order given; into `out` (e.g. a
-        loader's pinned buffer, saving a copy) when given."""
-        index = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < -self._count or index.max() >= self._count):
-            raise IndexError(f"store index out of range for {self._count} images")
-        index = np.where(index < 0, index + self._count, index)
+        """Images `indices` (1-D integers in -N..N-1, see `check_indices`) as uint8
+        (B, S, S, 3), in the order given; into `out` (e.g. a loader's pinned buffer, saving a
+        copy) when given."""
+        index = check_indices(indices, self._count, wrap=True)
         data = self._pixels()
         size = self.image_size
         if out is None:
@@ -274,10 +278,7 @@ class Store:
         that a loader can decode them its own way (alexnet/data/decode.py)."""
         if self.format != "jpeg":
             raise ValueError(f"{self.path}: a {self.format} store holds no JPEG bytes")
-        index = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < -self._count or index.max() >= self._count):
-            raise IndexError(f"store index out of range for {self._count} images")
-        index = np.where(index < 0, index + self._count, index)
+        index = check_indices(indices, self._count, wrap=True)
         data, offsets = self._pixels(), self._offsets
         return [data[offsets[i]:offsets[i + 1]] for i in index]
 
@@ -291,8 +292,8 @@ class Store:
 
 def _load_array(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """The plain .npy array at `path`, of `shape` and of `dtype`'s kind (integer or floating
-    point), as `dtype`; anything else (missing, truncated, an .npz archive, pickled objects,
-    text) is a one-line UserError saying to rebuild the split."""
+    point, then finite), as `dtype`; anything else (missing, truncated, an .npz archive,
+    pickled objects, text, NaN) is a one-line UserError saying to rebuild the split."""
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -308,6 +309,9 @@ def _load_array(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
                         f"{'integer' if integer else 'floating-point'} ones; {RERUN}")
     if array.shape != shape:
         raise UserError(f"{path}: shape {array.shape}, header says {shape}; {RERUN}")
+    if not integer and not np.isfinite(array).all():  # a NaN mean image makes batches NaN
+        bad = array[~np.isfinite(array)].flat[0]
+        raise UserError(f"{path}: a non-finite value ({bad}); {RERUN}")
     return array.astype(dtype, copy=False)
 
 
@@ -317,6 +321,44 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return -1
+
+
+def _check_offsets(path: Path, offsets: np.ndarray) -> None:
+    """Refuse offsets.npy (at `path`) unless it starts at 0 and strictly rises: the writer
+    records the length of each image's JPEG, never empty, so anything else is damage that
+    would otherwise be blamed on an image (or on the header) when it is read."""
+    if offsets[0] != 0:
+        raise UserError(f"{path}: the first offset is {offsets[0]}, not 0; {RERUN}")
+    steps = np.diff(offsets)
+    if steps.size and steps.min() <= 0:
+        i = int(np.argmax(steps <= 0))
+        raise UserError(f"{path}: offsets do not rise at image {i} ({offsets[i]} then "
+                        f"{offsets[i + 1]}); {RERUN}")
+
+
+class IndexRangeError(UserError, IndexError):
+    """Store indices out of range: a UserError (one line, the loader's words) that is still
+    the IndexError that indexing out of range raises in Python."""
+
+
+def check_indices(indices: Any, n: int, *, wrap: bool = False) -> np.ndarray:
+    """`indices` as 1-D int64 store indices in 0..n-1, or a UserError: floats would be
+    truncated and a boolean mask read as the indices 0 and 1. With `wrap` (Store.read, as
+    Python indexing), -n..-1 are taken from the end; without it (EvalLoader), refused."""
+    order = np.asarray(indices)
+    if order.ndim != 1:
+        raise UserError(f"indices: expected a 1-D sequence of store indices, got shape "
+                        f"{order.shape}")
+    if order.size and order.dtype.kind not in "iu":
+        hint = " (a boolean mask: pass np.flatnonzero(mask))" if order.dtype == bool else ""
+        raise UserError(f"indices must be integers, got {order.dtype}{hint}")
+    if not order.size:
+        return order.astype(np.int64)
+    low = -n if wrap else 0
+    if order.min() < low or order.max() >= n:  # before int64, which would wrap a uint64
+        raise IndexRangeError(f"indices must lie in {low}..{n - 1}")
+    order = order.astype(np.int64)
+    return np.where(order < 0, order + n, order) if wrap else order
 
 
 def check_root(root: str | os.PathLike[str]) -> Path:
@@ -409,7 +451,9 @@ def decode_jpeg(data: np.ndarray | bytes, size: int) -> np.ndarray:
 def damaged_image(store: Store, index: int, reason: str) -> UserError:
     """The one-line error for image `index` of `store` whose bytes do not decode (`reason`
     says how): the split's sizes were right when it was opened, so prepare would keep it as
-    complete; the split must be deleted to be rebuilt."""
+    complete; the split must be deleted to be rebuilt. A memory address in `reason` (PIL's
+    "<_io.BytesIO object at 0x7f...>") is dropped, as prepare drops it."""
+    reason = re.sub(r" ?<[^>]* at 0x[0-9a-fA-F]+>", "", reason)
     return UserError(f"{store.path}: image {index} of the store's {store.split!r} split "
                      f"{reason}; its bytes are damaged: delete {store.path} and rerun "
                      f"`alexnet prepare SOURCE {store.path.parent}` to rebuild it")

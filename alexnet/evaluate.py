@@ -274,6 +274,44 @@ def check_classes(paths: Sequence[Any], class_lists: Sequence[Any],
                             "evaluate on a store of the same classes")
 
 
+def net_stats(ckpt: dict[str, Any], store: Any) -> dict[str, Any] | None:
+    """The statistics a checkpoint's net is fed with: its own, else (a file without them) the
+    store's."""
+    return ckpt.get("stats") or getattr(store, "stats", None)
+
+
+def mixed_sizes(paths: Sequence[Any], ckpts: Sequence[dict[str, Any]]) -> str:
+    """The clause saying that the nets were trained on images of different sizes, when the
+    mean images of those that subtract one differ in side (no one store fits them all); else
+    an empty string."""
+    from alexnet.predict import image_size
+
+    sizes = {str(path): image_size(ckpt) for path, ckpt in zip(paths, ckpts, strict=True)
+             if input_settings(ckpt)["mean"] == "image"
+             and (ckpt.get("stats") or {}).get("mean_image") is not None}
+    if len(set(sizes.values())) < 2:
+        return ""
+    listed = ", ".join(f"{path}: {size}" for path, size in sizes.items())
+    return (f"; but these nets were trained on images of different sizes ({listed}) and "
+            "cannot be evaluated on one store: evaluate each on a store of its size")
+
+
+def check_inputs(paths: Sequence[Any], ckpts: Sequence[dict[str, Any]], store: Any) -> None:
+    """A UserError naming the first checkpoint whose inputs `store` cannot give (its crop, its
+    statistics: the loader's own checks, which its loader would make only once the nets
+    before it had run, naming none), before any net runs."""
+    from alexnet.data.loader import _check_crop, _check_stats
+
+    size = store.image_size
+    for path, ckpt in zip(paths, ckpts, strict=True):
+        settings = input_settings(ckpt)
+        try:
+            _check_crop(settings["crop"], size)
+            _check_stats(net_stats(ckpt, store), settings["mean"], False, size)
+        except UserError as err:
+            raise UserError(f"{path}: {err}{mixed_sizes(paths, ckpts)}") from None
+
+
 def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crops: int = 1,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
                    loaded: Sequence[dict[str, Any]] | None = None
@@ -282,7 +320,8 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
 
     Each file is read once (memory-mapped; `loaded` when the caller has read them) and one
     net is built at a time. Checkpoints whose class lists differ from each other or from the
-    store are refused with a UserError.
+    store, or whose crop or statistics the store does not fit, are refused with a UserError
+    before any net runs.
     """
     from alexnet.checkpoint import model_from_state
 
@@ -291,13 +330,13 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
     ckpts = list(loaded) if loaded is not None else load_all(checkpoints)
     check_classes(checkpoints, [c.get("classes") for c in ckpts],  # before any net runs
                   getattr(store, "classes", None))
+    check_inputs(checkpoints, ckpts, store)
     total: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     for path, ckpt in zip(checkpoints, ckpts, strict=True):
         model = model_from_state(ckpt, path, device)
-        stats = ckpt.get("stats") or getattr(store, "stats", None)
         loader = eval_loader(store, crops=crops, batch_size=batch_size, device=device,
-                              stats=stats, **input_settings(ckpt))
+                              stats=net_stats(ckpt, store), **input_settings(ckpt))
         probs, y = predict_probs(model, loader, progress=f"evaluate {path}")
         del model
         total = probs if total is None else total + probs

@@ -20,11 +20,12 @@ the size): `evaluate`, `predict`, `figures` and `train --init-from` read it like
 
 An export replaces only an earlier export of the same format (and its sidecar and mean image
 file): never a training checkpoint, a store's file or an unrelated file
-(alexnet.atomic.check_output). One export writes a given file at a time (`export_lock`), so
-that the file, its mean image and its sidecar are always of the same export: the mean image
-is renamed into place with the file once both are written and checked (an export that fails
-leaves the earlier export's three files), and a re-export that needs none removes the earlier
-one's.
+(alexnet.atomic.check_output); under a default name, only an export of the same checkpoint
+file, which its sidecar records (`check_default_name`). One export writes a given file at
+a time (`export_lock`), so that the file, its mean image and its sidecar are always of the
+same export: the mean image is renamed into place with the file once both are written and
+checked (an export that fails leaves the earlier export's three files), and a re-export that
+needs none removes the earlier one's.
 """
 
 from __future__ import annotations
@@ -294,10 +295,12 @@ def normalisation(mean: str, size: int, crop: int, mean_file: str | None = None)
     return ways.get(mean, f"{image}, normalised as data.mean = {mean!r}{patch}")
 
 
-def sidecar(ckpt: dict[str, Any], crop: int, fmt: str, mean_file: str | None = None
-            ) -> dict[str, Any]:
+def sidecar(ckpt: dict[str, Any], crop: int, fmt: str, mean_file: str | None = None,
+            source: str | os.PathLike | None = None) -> dict[str, Any]:
     """What a user of the exported file needs: the classes, the input normalisation and the
-    name of the mean image's file beside it (`mean_file`; None: the mean needs none)."""
+    name of the mean image's file beside it (`mean_file`; None: the mean needs none); and the
+    checkpoint file exported (`source`, resolved), which a later export under a default name
+    may replace it for (`check_default_name`)."""
     from alexnet.evaluate import input_settings
     from alexnet.predict import image_size
 
@@ -315,6 +318,7 @@ def sidecar(ckpt: dict[str, Any], crop: int, fmt: str, mean_file: str | None = N
         "output": "logits (N, classes); `alexnet predict` averages their softmax over the "
                   "patches of each image",
         "classes": ckpt.get("classes"),
+        "checkpoint": None if source is None else str(Path(source).resolve()),
     }
 
 
@@ -391,6 +395,34 @@ def export_name(source: Path) -> str:
     return src.name[:-len(suffix)] if suffix else src.stem
 
 
+def same_source(recorded: str, used: Path) -> bool:
+    """Whether the checkpoint a sidecar records (`recorded`, resolved) is `used`, or is the
+    other of the run's checkpoint.pt and best.pt (a run folder exports its best.pt once it has
+    one: still that run's export)."""
+    here, there = used.resolve(), Path(recorded)
+    return here == there or (here.parent == there.parent
+                             and {here.name, there.name} <= {"checkpoint.pt", "best.pt"})
+
+
+def check_default_name(path: Path, info: Path, used: Path) -> None:
+    """Refuse to replace, under a default name, the export of another checkpoint: the name
+    comes from the run folder, and `alexnet ablate`'s OUT/VARIANT/seed-0 runs all give seed-0
+    (a second variant's export replaced the first's without a word). The export of `used`
+    itself (trained further since), or a weights export exported again to its own name, is
+    replaced; one whose sidecar records no checkpoint cannot be told to be of it, and is kept
+    too."""
+    if not path.exists() or path.resolve() == used.resolve():
+        return
+    recorded = (read_json_object(info) or {}).get("checkpoint") if info.exists() else None
+    if isinstance(recorded, str) and same_source(recorded, used):
+        return
+    origin = f"an export of {recorded}" if isinstance(recorded, str) else \
+        f"an earlier export whose sidecar records no checkpoint ({info})"
+    raise UserError(f"{path}: {origin}, which the export of {used} would replace under the "
+                    "same default name; give --out another folder or a file name (or delete "
+                    "it)")
+
+
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
            check: bool = True) -> dict[str, Any]:
     """Export the net of checkpoint `source` as `fmt` (a run folder: its best.pt when there is
@@ -401,6 +433,7 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
         raise UserError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     name = f"{export_name(Path(source))}{SUFFIX[fmt]}"
     folder = out is not None and (Path(out).is_dir() or os.fspath(out).endswith(("/", os.sep)))
+    default = out is None or folder  # the name is ours: another checkpoint's may be there
     path = Path(out) / name if folder else Path(out) if out else Path(name)
     info = path.with_name(path.name + ".json")
     mean_file = path.with_name(path.name + MEAN_SUFFIX)
@@ -411,13 +444,15 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     ensure_folder(path.parent, "folder for --out")
     with export_lock(path):
         used, why = trained_checkpoint(source)
+        if default:
+            check_default_name(path, info, used)
         model, ckpt = load_model(used)
         crop = int(((ckpt.get("config") or {}).get("data") or {}).get("crop", model.crop_size))
         problem = onnx_problem(model, crop) if fmt == "onnx" else None
         if problem:
             raise UserError(unsupported_onnx(used, problem))
         mean = mean_image(ckpt, used)
-        described = sidecar(ckpt, crop, fmt, None if mean is None else mean_file.name)
+        described = sidecar(ckpt, crop, fmt, None if mean is None else mean_file.name, used)
         remove_stale(path.parent, [path, info, mean_file])  # temporaries of killed exports
         # written and checked aside, then renamed: a kill keeps the earlier export's files
         with contextlib.ExitStack() as renamed:

@@ -301,6 +301,10 @@ def validate(config: Config) -> Config:
     need(not m.split_columns or (m.columns == 2 and m.arch == "alexnet"),
          f"model.split_columns puts each of the paper net's two columns on its own GPU; "
          f"drop it for model.arch={m.arch} with model.columns={m.columns}")
+    for key, value in paper_only_settings(m).items():
+        need(False, f"model.{key}={value!r}: model.arch={m.arch} takes only "
+             f"{', '.join('model.' + k for k in TV_MODEL_KWARGS)} (its layout is torchvision's, "
+             "fixed); drop that setting or use model.arch=alexnet")
     need(0 < m.width, f"model.width {m.width}: must be > 0")
     need(0 <= m.dropout < 1, f"model.dropout {m.dropout}: must be in [0, 1)")
     smallest = min_crop(m.overlap_pool)
@@ -362,6 +366,17 @@ def scaled_lr(config: Config) -> float:
 
 
 TV_MODEL_KWARGS = ("dropout", "init_bias")  # the torchvision layout has no other switches
+
+
+def paper_only_settings(model: ModelConfig) -> dict[str, Any]:
+    """The model settings, off their defaults, that `model.arch` does not take (none for the
+    paper net): torchvision's layout would ignore them while config.json records them."""
+    if model.arch == "alexnet":
+        return {}
+    default = ModelConfig()
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("arch", *TV_MODEL_KWARGS)
+            and getattr(model, f.name) != getattr(default, f.name)}
 
 
 def model_kwargs(config: Config) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def test_settings_that_break_the_one_budget_are_refused_before_training(
 def test_a_switch_the_net_does_not_have_is_refused(store, tmp_path):
     """torchvision's layout has no LRN, column or pooling switch: those variants would train
     the paper net again and read as 'no effect'."""
-    base = resolve("paper", SMALL + ["model.arch=alexnet-tv"], {"data.store": str(store)})
+    base = resolve("paper", [*SMALL[1:], "model.arch=alexnet-tv"],  # it has no width either
+                   {"data.store": str(store)})
     for name in ("no-lrn", "no-overlap", "one-column", "tanh"):
         with pytest.raises(UserError) as err:
             ab.variant_configs(base, ab.choose_variants([name]), tmp_path)

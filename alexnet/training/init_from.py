@@ -14,6 +14,7 @@ what --resume is for).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +26,12 @@ from alexnet.errors import UserError, one_line
 
 TORCHVISION = "torchvision"
 OUTPUT_LAYER = {"alexnet": "fc8", "alexnet-tv": "classifier.6"}  # the class-count layer
+# model arguments that change the function a net computes but no weight's shape, so a source
+# of another value would load unnoticed. Not compared: width, columns, crop and num_classes
+# (their shapes are checked), dropout (training only: the eval function is the same, and a
+# fine-tuning run may choose its own), init_bias (the weights replace it), column_conv and
+# conv1_form (how the same function is computed; checkpoints do not record them)
+FUNCTION_ARGS = ("activation", "lrn", "lrn_alpha_over_n", "overlap_pool")
 
 
 def source_weights(source: str) -> tuple[dict[str, torch.Tensor], str, list[Any]]:
@@ -36,6 +43,51 @@ def source_weights(source: str) -> tuple[dict[str, torch.Tensor], str, list[Any]
 
     ckpt = load(source)
     return ckpt["model"], str(ckpt.get("arch", "alexnet")), list(ckpt.get("classes") or [])
+
+
+def recorded_args(source: str) -> dict[str, Any] | None:
+    """The model arguments the source checkpoint records (a second, memory-mapped load, as
+    source_weights returns weights, arch and classes only); None for torchvision's weights, a
+    source that is no file here, or a file that records none."""
+    if source == TORCHVISION or not Path(source).exists():
+        return None
+    from alexnet.checkpoint import load
+
+    held = load(source, mmap=True).get("model_args")
+    return held if isinstance(held, dict) else None
+
+
+def check_function(net: nn.Module, source: str, arch: str) -> None:
+    """A one-line UserError naming the first of FUNCTION_ARGS where the source's net differs
+    from `net` (arch `arch`): its weights would start a net that computes another function."""
+    from alexnet.checkpoint import unwrap
+    from alexnet.model import ARCHS
+
+    held = recorded_args(source)
+    if held is None or arch not in ARCHS:
+        return
+    defaults = {name: p.default for name, p in
+                inspect.signature(ARCHS[arch].__init__).parameters.items()}
+    theirs = {**defaults, **held}  # an older checkpoint lacks the arguments added since
+    ours = {**defaults, **getattr(unwrap(net), "kwargs", {})}
+    for key in FUNCTION_ARGS:
+        if key in defaults and theirs[key] != ours[key]:
+            value = str(theirs[key]).lower() if isinstance(theirs[key], bool) else theirs[key]
+            raise UserError(f"--init-from {source}: its net has model.{key}={theirs[key]!r}, "
+                            f"this run's model.{key}={ours[key]!r}; set it as the source run "
+                            f"had it (--set model.{key}={value})")
+
+
+def source_file(source: str) -> str:
+    """What the training line names as the source: a run folder's checkpoint.pt and why
+    (every consumer of a folder says which file it took), else `source` as given."""
+    folder = Path(source)
+    if source == TORCHVISION or not folder.is_dir():
+        return source
+    best = folder / "best.pt"
+    other = f"give {best} for its lowest validation error" if best.is_file() else \
+        "a run folder gives its checkpoint.pt"
+    return f"{folder / 'checkpoint.pt'} (the run's last epoch; {other})"
 
 
 def class_ids(classes: list[Any]) -> list[str]:
@@ -100,6 +152,7 @@ def load_initial_weights(net: nn.Module, source: str, classes: list[Any] | None 
     if arch != net_arch:
         raise UserError(f"--init-from {source}: weights of arch {arch!r}, this run builds "
                         f"{net_arch!r}; set --set model.arch={arch}")
+    check_function(net, source, arch)
     own = net.state_dict()
     output = OUTPUT_LAYER.get(net_arch, "")
     rows = class_rows(their_classes, classes)
@@ -129,7 +182,8 @@ def load_initial_weights(net: nn.Module, source: str, classes: list[Any] | None 
             own[key].copy_(value)
     copied = None if rows is None else (sum(row is not None for row in rows), len(rows),
                                         rows != list(range(len(rows))))
-    return {"loaded": sorted(loaded), "fresh": fresh, "rows": copied, "layer": output}
+    return {"loaded": sorted(loaded), "fresh": fresh, "rows": copied, "layer": output,
+            "from": source_file(source)}
 
 
 def describe(source: str, result: dict[str, Any]) -> str:
@@ -145,4 +199,5 @@ def describe(source: str, result: dict[str, Any]) -> str:
                f"class, {rows[1] - rows[0]} new")
     elif rows[2]:
         new = f"; {layer}'s rows follow the class names (another order)"
-    return f"weights from {source}: {len(result['loaded'])} tensors loaded{new}"
+    taken = result.get("from", source)
+    return f"weights from {taken}: {len(result['loaded'])} tensors loaded{new}"

@@ -70,6 +70,6 @@ def test_torchvisions_weights_name_the_file_to_place_or_delete(stand_in_torchvis
         init_from.source_weights("torchvision")
     weights = torch.nn.Linear(2, 2).state_dict()
     torch.save(weights, cached)
-    got, arch, classes = init_from.source_weights("torchvision")
+    got, arch, classes, _ = init_from.source_weights("torchvision")
     assert arch == "alexnet-tv" and classes == []
     assert all(torch.equal(got[k], weights[k]) for k in weights)

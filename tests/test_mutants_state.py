@@ -268,7 +268,8 @@ def tv_source(monkeypatch, num_classes: int) -> None:
     shapes without the 61M values)."""
     with torch.device("meta"):
         weights = build_model("alexnet-tv", num_classes=num_classes).state_dict()
-    monkeypatch.setattr(init_from, "source_weights", lambda source: (weights, "alexnet-tv", []))
+    monkeypatch.setattr(init_from, "source_weights",
+                        lambda source: (weights, "alexnet-tv", [], None))
 
 
 def test_the_torchvision_layouts_output_layer_is_fresh_for_another_class_count(monkeypatch):

@@ -34,36 +34,28 @@ OUTPUT_LAYER = {"alexnet": "fc8", "alexnet-tv": "classifier.6"}  # the class-cou
 FUNCTION_ARGS = ("activation", "lrn", "lrn_alpha_over_n", "overlap_pool")
 
 
-def source_weights(source: str) -> tuple[dict[str, torch.Tensor], str, list[Any]]:
-    """(state_dict, arch, classes) of `source`: a checkpoint/weights file, or torchvision's
-    (its classes unnamed here: [])."""
+def source_weights(source: str
+                   ) -> tuple[dict[str, torch.Tensor], str, list[Any], dict[str, Any] | None]:
+    """(state_dict, arch, classes, model arguments) of `source`: a checkpoint/weights file, or
+    torchvision's (its classes unnamed here: [], its arguments unrecorded: None)."""
     if source == TORCHVISION:
-        return _torchvision_weights(), "alexnet-tv", []
+        return _torchvision_weights(), "alexnet-tv", [], None
     from alexnet.checkpoint import load
 
     ckpt = load(source)
-    return ckpt["model"], str(ckpt.get("arch", "alexnet")), list(ckpt.get("classes") or [])
+    held = ckpt.get("model_args")
+    return (ckpt["model"], str(ckpt.get("arch", "alexnet")), list(ckpt.get("classes") or []),
+            held if isinstance(held, dict) else None)
 
 
-def recorded_args(source: str) -> dict[str, Any] | None:
-    """The model arguments the source checkpoint records (a second, memory-mapped load, as
-    source_weights returns weights, arch and classes only); None for torchvision's weights, a
-    source that is no file here, or a file that records none."""
-    if source == TORCHVISION or not Path(source).exists():
-        return None
-    from alexnet.checkpoint import load
-
-    held = load(source, mmap=True).get("model_args")
-    return held if isinstance(held, dict) else None
-
-
-def check_function(net: nn.Module, source: str, arch: str) -> None:
-    """A one-line UserError naming the first of FUNCTION_ARGS where the source's net differs
-    from `net` (arch `arch`): its weights would start a net that computes another function."""
+def check_function(net: nn.Module, source: str, arch: str, held: dict[str, Any] | None
+                   ) -> None:
+    """A one-line UserError naming the first of FUNCTION_ARGS where the source's net (arch
+    `arch`, model arguments `held`: None when it records none) differs from `net`: its
+    weights would start a net that computes another function."""
     from alexnet.checkpoint import unwrap
     from alexnet.model import ARCHS
 
-    held = recorded_args(source)
     if held is None or arch not in ARCHS:
         return
     defaults = {name: p.default for name, p in
@@ -147,12 +139,12 @@ def load_initial_weights(net: nn.Module, source: str, classes: list[Any] | None 
     whole when its shape matches. Only the output layer may differ in shape (another class
     count); anything else that does not fit is a UserError naming the setting to change.
     """
-    weights, arch, their_classes = source_weights(source)
+    weights, arch, their_classes, held = source_weights(source)
     net_arch = getattr(net, "arch", "alexnet")
     if arch != net_arch:
         raise UserError(f"--init-from {source}: weights of arch {arch!r}, this run builds "
                         f"{net_arch!r}; set --set model.arch={arch}")
-    check_function(net, source, arch)
+    check_function(net, source, arch, held)
     own = net.state_dict()
     output = OUTPUT_LAYER.get(net_arch, "")
     rows = class_rows(their_classes, classes)

@@ -138,15 +138,16 @@ def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str
 
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
                   decoders: Decoders, limit: int | None, max_pixels: int, chunk: int,
-                  train_stats: dict[str, Any] | None, stop_after: int | None = None,
-                  jpeg_quality: int = JPEG_QUALITY) -> dict[str, Any]:
+                  train_stats: dict[str, Any] | None, fingerprint: dict[str, Any],
+                  stop_after: int | None = None, jpeg_quality: int = JPEG_QUALITY
+                  ) -> dict[str, Any]:
     """Write one split (resuming a half-written one, skipping a complete and sound one,
-    rebuilding a damaged one with a notice: store.split_status); return its count and skips."""
+    rebuilding a damaged one with a notice: store.split_status); return its count and skips.
+    `fingerprint`: the split's `_fingerprint` for these options (its caller's, computed once:
+    its digests walk every image name)."""
     keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]
-    fingerprint = _fingerprint(source, split, size=size, format=format, limit=limit,
-                               max_pixels=max_pixels, chunk=chunk, jpeg_quality=jpeg_quality)
     meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY, optional=ADDED_LATER)
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
@@ -244,10 +245,12 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
+        fingerprints = {name: _fingerprint(found, found.splits[name], **options)
+                        for name in wanted}
         chunks = sum(-(-len(_kept(found, found.splits[name], options["limit"])) // chunk)
                      for name in wanted if split_status(  # no process to start for a rerun
-                         out / name, _fingerprint(found, found.splits[name], **options),
-                         ignore=RESUMED_ONLY, optional=ADDED_LATER)[0] is None)
+                         out / name, fingerprints[name], ignore=RESUMED_ONLY,
+                         optional=ADDED_LATER)[0] is None)
         for name in wanted:  # before anything is written
             check_agrees(out, name, found.classes, size, mine=out / name,
                          advice=f"prepare every split into a new OUT (or delete {out} first)")
@@ -257,7 +260,7 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
                 summary["splits"][name] = prepare_split(
                     found, found.splits[name], out / name, decoders=decoders,
                     train_stats=own_stats(out / "train") if name != "train" else None,
-                    stop_after=_stop_after, **options)
+                    fingerprint=fingerprints[name], stop_after=_stop_after, **options)
             share_train_stats(out)
     except OSError as err:
         raise _os_error(out, err) from None

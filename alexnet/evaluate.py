@@ -300,14 +300,14 @@ def check_inputs(paths: Sequence[Any], ckpts: Sequence[dict[str, Any]], store: A
     """A UserError naming the first checkpoint whose inputs `store` cannot give (its crop, its
     statistics: the loader's own checks, which its loader would make only once the nets
     before it had run, naming none), before any net runs."""
-    from alexnet.data.loader import _check_crop, _check_stats
+    from alexnet.data.loader import check_crop, check_stats
 
     size = store.image_size
     for path, ckpt in zip(paths, ckpts, strict=True):
         settings = input_settings(ckpt)
         try:
-            _check_crop(settings["crop"], size)
-            _check_stats(net_stats(ckpt, store), settings["mean"], False, size)
+            check_crop(settings["crop"], size)
+            check_stats(net_stats(ckpt, store), settings["mean"], False, size)
         except UserError as err:
             raise UserError(f"{path}: {err}{mixed_sizes(paths, ckpts)}") from None
 

@@ -469,6 +469,9 @@ def test_ablate_refuses_bad_input(tiny_store, tmp_path, capsys):
     base = resolve("paper", TINY + ["model.lrn=false"], {"data.store": str(tiny_store)})
     with pytest.raises(UserError, match="no-lrn"):  # the variant would be the paper net
         ab.variant_configs(base, ab.choose_variants(["no-lrn"]), tmp_path)
+    no_shift = resolve("paper", TINY + ["data.pca_scale=0"], {"data.store": str(tiny_store)})
+    with pytest.raises(UserError, match="data.pca_scale=0 .*no-pca"):  # no colour shift already
+        ab.variant_configs(no_shift, ab.choose_variants(["no-pca"]), tmp_path)
     no_val = tmp_path / "no_val"
     no_val.mkdir()
     (no_val / "train").symlink_to(tiny_store / "train")

@@ -592,8 +592,9 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str, Any]:
-    """The statistics the options need, or a UserError saying what is missing."""
+def check_stats(stats: Any, mean: str, pca: bool, image_size: int) -> dict[str, Any]:
+    """The statistics the options need, or a UserError saying what is missing (shared with
+    evaluate's up-front check of its nets)."""
     if mean not in MEAN_CHOICES:
         raise UserError(f"mean {mean!r}: choose from {', '.join(MEAN_CHOICES)}")
     need = {"image": ["mean_image"], "channel": ["channel_mean"], "none": [],
@@ -627,7 +628,9 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def _check_crop(crop: int, image_size: int) -> None:
+def check_crop(crop: int, image_size: int) -> None:
+    """A UserError unless `crop` fits in the store's images (evaluate checks its nets with it
+    before any of them runs)."""
     if not 0 < crop <= image_size:
         raise UserError(f"crop {crop}: must lie in 1..{image_size} (the store's image size)")
 
@@ -695,7 +698,7 @@ class TrainLoader:
         if pca_scale not in augment.PCA_SCALES:
             raise UserError(f"pca_scale {pca_scale!r}: choose from "
                             f"{', '.join(augment.PCA_SCALES)} (or a number)")
-        _check_crop(crop, store.image_size)
+        check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crop = store, int(batch_size), int(crop)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.device = _resolve(device)
@@ -704,7 +707,7 @@ class TrainLoader:
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
                                augment_in_readers, self.batch_size)
         stats = store.stats if stats is None else stats
-        self.stats = _check_stats(stats, mean, pca, store.image_size)
+        self.stats = check_stats(stats, mean, pca, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
         self.labels = np.asarray(store.labels, np.int64)
         if self.device.type == "cpu":
@@ -781,13 +784,13 @@ class EvalLoader:
         if crops not in (1, TEST_CROPS):
             raise UserError(f"crops {crops}: use 1 (centre) or {TEST_CROPS} (corners, centre "
                             "and their mirrors)")
-        _check_crop(crop, store.image_size)
+        check_crop(crop, store.image_size)
         self.store, self.batch_size, self.crops, self.crop = store, int(batch_size), crops, crop
         self.mean, self.device, self.pad = mean, _resolve(device), _check_pad(pad)
         self.reading = reading(store, self.device, prefetch, decoder, decode_threads, gpu_decode,
                                augment_in_readers, self.batch_size)
         stats = store.stats if stats is None else stats
-        self.stats = _check_stats(stats, mean, False, store.image_size)
+        self.stats = check_stats(stats, mean, False, store.image_size)
         self._device_stats = augment.device_stats(self.stats, self.device)
         n = len(store)
         self.order = np.arange(n) if indices is None else check_indices(indices, n)

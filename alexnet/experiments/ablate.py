@@ -130,9 +130,9 @@ def variant_configs(base: Config, variants: list[Variant], out: Path) -> dict[st
     """
     configs = {BASELINE: from_dict({"run": {"out": str(out / BASELINE)}}, base)}
     for v in variants:
-        current = getattr(getattr(base, v.section), v.key)
-        if current == v.value:
-            raise UserError(f"--set {v.switch} is already in the base config: variant "
+        same = _same_as_base(v, base)
+        if same:
+            raise UserError(f"--set {same} is already in the base config: variant "
                             f"{v.name} would be the paper net; drop that --set")
         configs[v.name] = from_dict({v.section: {v.key: v.value},
                                      "run": {"out": str(out / v.name)}}, base)
@@ -142,6 +142,16 @@ def variant_configs(base: Config, variants: list[Variant], out: Path) -> dict[st
                             f"{v.name} would train the paper net again; use model.arch=alexnet, "
                             f"or --variants {usable}")
     return configs
+
+
+def _same_as_base(v: Variant, base: Config) -> str | None:
+    """The base setting (as --set writes it) that already gives variant `v`'s run, or None:
+    its own value, or for no-pca a PCA strength of 0 (the loader then shifts no colour)."""
+    if getattr(getattr(base, v.section), v.key) == v.value:
+        return v.switch
+    if v.section == "data" and v.key == "pca" and base.data.pca_scale == 0:
+        return "data.pca_scale=0"
+    return None
 
 
 def _reaches_the_net(v: Variant, base: Config) -> bool:

@@ -1,10 +1,10 @@
 """TrainLoader and EvalLoader: store -> augmented float batches, read ahead, sharded, resumable.
 
 uint8 batches are read from the store by a pool of read-ahead threads ahead of the training
-step: a raw store is a memory map (no decoding); a jpeg store's bytes are decoded by a CPU
-decoder that releases the interpreter lock (alexnet/data/decode.py), and on a CUDA device a
-share of each batch (`gpu_decode`) on the GPU (decode.decode_gpu: nvImageCodec's hardware
-engines or nvJPEG). On a CUDA device the uint8 batch is pinned, copied with
+step: a raw store with one positional read per image (no decoding); a jpeg store's bytes are
+decoded by a CPU decoder that releases the interpreter lock (alexnet/data/decode.py), and on
+a CUDA device a share of each batch (`gpu_decode`) on the GPU (decode.decode_gpu:
+nvImageCodec's hardware engines or nvJPEG). On a CUDA device the uint8 batch is pinned, copied with
 non_blocking=True, and augmented there (alexnet/data/augment.py), as in
 timm's PrefetchLoader and airbench. The read-ahead depth defaults to what fits the machine
 (`default_prefetch`); the GPU's share and the GPU decoder to the split that read fastest
@@ -72,7 +72,7 @@ def batch_generator(seed: int, epoch: int, batch: int, rank: int) -> torch.Gener
 def read_ahead(jobs: Sequence[Callable[[], T]], depth: int) -> Iterator[T]:
     """Results of `jobs` in order, with up to `depth` of them running ahead in threads.
 
-    store.read (np.memmap slicing, PIL decoding) and torch ops release the GIL, so reading
+    store.read (positional reads, PIL decoding) and torch ops release the GIL, so reading
     overlaps the consumer's work. depth 0 runs each job when its result is asked for.
     """
     if depth <= 0:

@@ -19,7 +19,8 @@ holds:
 - `labels.npy`: int64 (N,).
 - `mean_image.npy` (float64 (S, S, 3)) and `own_mean_image.npy`: the per-pixel means.
 - format "raw": `images.u8`, N*S*S*3 bytes, uint8 (N, S, S, 3) in C order, read through
-  np.memmap, so random access is a slice of the page cache and costs no decoding.
+  positional reads (`os.preadv`), so random access is a copy out of the page cache and costs
+  no decoding.
 - format "jpeg": `images.jpeg` (every image's JPEG bytes, concatenated) and `offsets.npy`
   (int64 (N+1,): image i is bytes offsets[i]:offsets[i+1]).
 - `.lock`: an empty file that a writer holds an exclusive `flock` on (also in ROOT while
@@ -164,12 +165,23 @@ def _stats_problem(saved: Any) -> str | None:
     return None
 
 
+class _PixelFile:
+    """A split's pixel file open for reading, closed when the last store holding it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 class Store:
     """One split of a prepared store: `len`, `read(indices)`, `store[i]`, labels, classes, stats.
 
     `read` returns uint8 (B, S, S, 3) in the order asked. The default raw format is a
-    memory map (no decoding); the jpeg format decodes with PIL. Stores pickle cheaply (the
-    memory map is reopened in the receiving process), so loader workers can take one.
+    copy of each image's bytes (no decoding); the jpeg format decodes with PIL. Stores pickle
+    cheaply (the pixel file is reopened in the receiving process), so loader workers can take
+    one.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -183,7 +195,7 @@ class Store:
         self.labels: np.ndarray = self._load_npy(LABELS, (self._count,), np.int64)
         self._check_labels()
         self.stats: dict[str, Any] = self._load_stats()
-        self._data: np.ndarray | None = None
+        self._pixel_file: _PixelFile | None = None
         self._offsets: np.ndarray | None = None
         self._check_data_size()
 
@@ -225,26 +237,34 @@ class Store:
             raise UserError(f"{self.path}: pixel file holds {actual} bytes, {source} says "
                             f"{expected}; {RERUN}")
 
-    def _pixels(self) -> np.ndarray:
-        """The memory map of the pixel file, opened on first use in each process, as a
-        plain array view (it keeps the map open): slicing an np.memmap runs Python code for
-        every slice, 1.4 us against 0.2 us here, with the interpreter lock held, and a jpeg
-        batch takes one slice per image."""
-        if self._data is None:
-            size = self.image_size
-            if self._count == 0:
-                self._data = np.zeros((0, size, size, 3), np.uint8)
-            elif self.format == "raw":
-                self._data = np.memmap(self.path / RAW, dtype=np.uint8, mode="r",
-                                       shape=(self._count, size, size, 3)).view(np.ndarray)
-            else:
-                self._data = np.memmap(self.path / JPEG, dtype=np.uint8, mode="r"
-                                       ).view(np.ndarray)
-        return self._data
+    def _file(self) -> int:
+        """The pixel file's descriptor, opened on first use in each process. Images are read
+        with positional reads, not a memory map: a map's pages count in the process's
+        resident memory once touched (252 GB after an ImageNet epoch at 256 pixels, which a
+        job scheduler may hold against it), where a read leaves them in the page cache only."""
+        if self._pixel_file is None:
+            self._pixel_file = _PixelFile(self.path / (RAW if self.format == "raw" else JPEG))
+        return self._pixel_file.fd
+
+    def _bytes(self, i: int, start: int, size: int, into: np.ndarray | None = None
+               ) -> np.ndarray:
+        """`size` bytes of the pixel file from `start` (image `i`'s), into the contiguous
+        uint8 array `into` when given, else a new one; a file cut short since the store was
+        opened is the one-line damaged-image error. One read returns at most about 2 GiB on
+        Linux, so reads repeat until done."""
+        out = np.empty(size, np.uint8) if into is None else into
+        buffer, done = memoryview(out).cast("B"), 0
+        while done < size:
+            got = os.preadv(self._file(), [buffer[done:]], start + done)
+            if got == 0:
+                raise damaged_image(self, i, "is cut short (the pixel file shrank after the "
+                                    "store was opened)")
+            done += got
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_data"] = None
+        state["_pixel_file"] = None
         return state
 
     def __len__(self) -> int:
@@ -256,7 +276,6 @@ class Store:
         (B, S, S, 3), in the order given; into `out` (e.g. a loader's pinned buffer, saving a
         copy) when given."""
         index = check_indices(indices, self._count, wrap=True)
-        data = self._pixels()
         size = self.image_size
         if out is None:
             out = np.empty((len(index), size, size, 3), np.uint8)
@@ -264,23 +283,33 @@ class Store:
             raise ValueError(f"out: need uint8 {(len(index), size, size, 3)}, got {out.dtype} "
                              f"{out.shape}")
         if self.format == "raw":
-            return np.take(data, index, axis=0, out=out, mode="clip")  # "raise" would buffer
+            item = size * size * 3
+            rows = out if out.flags.c_contiguous else np.empty(out.shape, np.uint8)
+            for row, i in enumerate(index):
+                self._bytes(int(i), int(i) * item, item, rows[row])
+            if rows is not out:
+                out[...] = rows
+            return out
         for row, i in enumerate(index):
             try:
-                out[row] = decode_jpeg(data[self._offsets[i]:self._offsets[i + 1]], size)
+                out[row] = decode_jpeg(self._jpeg(int(i)), size)
             except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated
                 raise damaged_image(self, int(i), f"does not decode ({one_line(err, 100)})"
                                     ) from None
         return out
 
     def encoded(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """The JPEG bytes of images `indices` (jpeg format), as views of the memory map, so
+        """The JPEG bytes of images `indices` (jpeg format), as uint8 arrays of their own, so
         that a loader can decode them its own way (alexnet/data/decode.py)."""
         if self.format != "jpeg":
             raise ValueError(f"{self.path}: a {self.format} store holds no JPEG bytes")
         index = check_indices(indices, self._count, wrap=True)
-        data, offsets = self._pixels(), self._offsets
-        return [data[offsets[i]:offsets[i + 1]] for i in index]
+        return [self._jpeg(int(i)) for i in index]
+
+    def _jpeg(self, i: int) -> np.ndarray:
+        """Image `i`'s JPEG bytes, as a uint8 array."""
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        return self._bytes(i, start, end - start)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         return self.read([i])[0], int(self.labels[i])

@@ -1,6 +1,7 @@
 """`alexnet figures`: the paper's figures 3 and 4 from a checkpoint and a prepared store.
 
-Writes into --out (default: a `figures` folder beside the checkpoint):
+Writes into --out (default: a `figures` folder beside the checkpoint, `figures-STORE` for a
+--data store other than the checkpoint's, as evaluate.other_store names it):
 - fig3_kernels.png, fig3_conv1_column{1,2}.png: the conv1 kernels (alexnet.figures.kernels),
   and each column's colour fraction, printed and recorded in figures.json;
 - fig4_top5.png: test images with their five most probable labels (alexnet.figures.top5);
@@ -9,10 +10,11 @@ Writes into --out (default: a `figures` folder beside the checkpoint):
 - training_curves.png when the checkpoint's folder holds the run's log.jsonl.
 
 One command writes a folder at a time (FolderLock on OUT/.figures.lock): two into the same
-folder would leave the figures of two nets side by side. The lock is its own, not OUT/.lock:
-with --out RUN, a run folder's .lock is training's, which figures need not wait for. One
-command reads or writes a --features-cache at a time (neighbours.holding_cache): a second
-waits for it, then reads the features it wrote.
+folder would leave the figures of two nets side by side; for the same reason the figure
+files an earlier command left that this one will not draw are removed first. The lock is its
+own, not OUT/.lock: with --out RUN, a run folder's .lock is training's, which figures need
+not wait for. One command reads or writes a --features-cache at a time
+(neighbours.holding_cache): a second waits for it, then reads the features it wrote.
 A command stopped midway names the figures it wrote; the fc7 cache's key names the
 checkpoint file that was actually read.
 """
@@ -46,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a prepared store folder (default: the store the checkpoint was "
                         "trained on)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNG files (default: figures/ beside the checkpoint)")
+                        help="folder for the PNG files (default: figures/ beside the checkpoint; "
+                        "figures-STORE/ for a --data store other than the checkpoint's)")
     parser.add_argument("--split", default="auto", choices=("auto", "val", "test"),
                         help="where the test images come from (auto: val if present, else test)")
     parser.add_argument("--images", type=int, default=FIG4_TOP5_IMAGES,
@@ -107,9 +110,11 @@ def _draw_figures(args: argparse.Namespace) -> int:
     """`run`, without the notice of missing glyphs."""
     from alexnet.checkpoint import model_from_state, trained_checkpoint
     from alexnet.evaluate import (
+        check_inputs,
         class_difference,
         class_names,
         input_settings,
+        other_store,
         recorded_store,
         resolve_device,
     )
@@ -127,6 +132,7 @@ def _draw_figures(args: argparse.Namespace) -> int:
     else:
         args.run_dir = args.checkpoint.parent
     ckpt, identity = _read_checkpoint(args.checkpoint)  # read once
+    store_tag = other_store(ckpt, args.data)
     if args.data is None:
         args.data = recorded_store(ckpt, args.checkpoint)
     model = model_from_state(ckpt, args.checkpoint, device)
@@ -137,16 +143,21 @@ def _draw_figures(args: argparse.Namespace) -> int:
                         "draw the figures on the store the net was trained for")
     settings = {"stats": ckpt.get("stats") or test.stats, **input_settings(ckpt)}
     train, args.search_skipped = _train_split(args.data)
+    for split in (test, train):  # the loader would check them only after figure 3
+        if split is not None:
+            check_inputs([f"{args.checkpoint} on {split.path}"], [ckpt], split)
     key = None if train is None else _cache_key(args.checkpoint, identity, train, settings)
     if args.features_cache:  # before any figure: a bad cache path fails at once
         from alexnet.figures.neighbours import check_cache
 
         check_cache(args.features_cache, None if train is None else len(train), key)
-    out = args.out or args.run_dir / "figures"
+    out = args.out or args.run_dir / (f"figures-{store_tag}" if store_tag else "figures")
     ensure_folder(out, "folder for --out")
     with FolderLock(out, f"{out}: another `alexnet figures` is writing this folder; wait for "
                     "it to end, or choose another --out", LOCK):
         (out / "figures.json").unlink(missing_ok=True)  # it describes a complete set only
+        for name in set(FIGURE_FILES) - _planned_files(model, train, args.run_dir):
+            (out / name).unlink(missing_ok=True)  # an earlier call's, of another net or store
         before = _figure_files(out)
         try:
             _write_figures(model, test, train, out, args, device, settings, key)
@@ -197,10 +208,27 @@ def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.
             summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
             print(f"training curves: {summary['curves']}")
         except UserError as err:
+            (out / "training_curves.png").unlink(missing_ok=True)  # an earlier log's
             print(f"training curves skipped: {err}", file=sys.stderr)
     write_json(out / "figures.json", summary)
     print(f"summary: {out / 'figures.json'}")
     return summary
+
+
+def _planned_files(model: Any, train: Any, run_dir: Path) -> set[str]:
+    """The names of FIGURE_FILES that `_write_figures` draws for `model` (figure 3's grids are
+    named as in kernels.write_kernel_figures), so that every other one can be removed first."""
+    from alexnet.figures.kernels import conv1_columns
+
+    columns = len(conv1_columns(model))
+    names = {"fig3_kernels.png", "fig4_top5.png"}
+    names |= {f"fig3_conv1_column{i}.png" for i in range(1, columns + 1)} if columns > 1 \
+        else {"fig3_conv1.png"}
+    if train is not None:
+        names.add("fig4_neighbours.png")
+    if (run_dir / "log.jsonl").is_file():
+        names.add("training_curves.png")
+    return names
 
 
 def _figure_files(out: Path) -> dict[str, tuple[int, int]]:
@@ -369,6 +397,7 @@ def _neighbours_figure(model: Any, test: Any, train: Any, out: Path, args: argpa
         query_titles=[query_names[test.labels[i]] for i in indices],
         neighbour_titles=[[f"{names[train.labels[j]]} d={d:.3g}"
                            for j, d in zip(row.tolist(), drow.tolist(), strict=True)]
-                          for row, drow in zip(nearest, dist, strict=True)])
+                          for row, drow in zip(nearest, dist, strict=True)],
+        split=test.split)
     return {"file": str(path), "size": list(size), "queries": indices,
             "neighbours": nearest.tolist(), "distances": dist.tolist()}

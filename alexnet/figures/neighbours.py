@@ -303,8 +303,10 @@ def choose_queries(n: int, count: int, seed: int = 0) -> list[int]:
 
 def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequence[
                     Sequence[np.ndarray]], path: Path, *, query_titles: Sequence[str],
-                    neighbour_titles: Sequence[Sequence[str]], dpi: int = 100) -> tuple[int, int]:
-    """Write the figure: one row per query, the test image then its neighbours, nearest first.
+                    neighbour_titles: Sequence[Sequence[str]], split: str = "test",
+                    dpi: int = 100) -> tuple[int, int]:
+    """Write the figure: one row per query, its image (from split `split`, which the title
+    names) then its neighbours, nearest first.
 
     The titles are drawn as given, through `drawable` (cut them to fit: `class_labels`).
     The PNG is exactly (1 + k) * 150 x rows * 170 pixels at the default dpi.
@@ -323,8 +325,8 @@ def plot_neighbours(query_images: Sequence[np.ndarray], neighbour_images: Sequen
             for r in range(rows):
                 _row(axes[r], query_images[r], neighbour_images[r], query_titles[r],
                      neighbour_titles[r])
-            fig.suptitle("test image (left) and the training images nearest in fc7 space",
-                         fontsize=8)
+            fig.suptitle(f"{drawable(split)} image (left) and the training images nearest in "
+                         "fc7 space", fontsize=8, parse_math=False)
             fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.5 / (1.7 * rows), bottom=0.01,
                                 wspace=0.05, hspace=0.25)
             write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from alexnet.progress import Progress
 
 EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
 CONFUSED_PAIRS = 20  # how many most-confused (true, predicted) pairs the report keeps
+RANK_ELEMENTS = 1 << 20  # probabilities ranked at a time (rows x classes): bounded temporaries
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,17 +76,25 @@ def topk_wrong(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarr
     return {f"top{k}_wrong": int((rank >= k).sum()) for k in ks}
 
 
-def true_rank(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def true_rank(probs: torch.Tensor, labels: torch.Tensor,
+              chunk: int | None = None) -> torch.Tensor:
     """(N,) how many other classes are at least as probable as the true one (0: top-1).
 
     An image whose probabilities hold a NaN or inf (a diverged net) ranks beyond every k (the
     largest int64; a NaN compares false with everything): an error at every k, never correct,
-    also at k above the number of classes (top-5 of 3 classes).
+    also at k above the number of classes (top-5 of 3 classes). Computed `chunk` rows at a time
+    (default: RANK_ELEMENTS // C), so its temporaries do not grow with N (1.28M x 1000 once).
     """
-    true = probs.gather(1, labels[:, None])
-    rank = (probs >= true).sum(1) - 1
-    broken = ~torch.isfinite(probs).all(1)
-    return torch.where(broken, torch.full_like(rank, torch.iinfo(rank.dtype).max), rank)
+    step = max(1, RANK_ELEMENTS // max(1, probs.shape[1]) if chunk is None else chunk)
+    rank = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
+    worst = torch.iinfo(torch.int64).max
+    for start in range(0, probs.shape[0], step):
+        rows, y = probs[start:start + step], labels[start:start + step]
+        true = rows.gather(1, y[:, None])
+        part = torch.count_nonzero(rows >= true, dim=1) - 1  # .sum(1) made an int64 copy
+        part[~torch.isfinite(rows).all(1)] = worst
+        rank[start:start + step] = part
+    return rank
 
 
 @torch.inference_mode()
@@ -96,7 +106,9 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
 
     The loader yields image-major batches: x (B * crops, 3, H, W) and y (B,), the crops of
     image b being x[b * crops:(b + 1) * crops] (EvalLoader's order). The model's mode is
-    restored afterwards, so training can call this between epochs.
+    restored afterwards, so training can call this between epochs. Where the loader says how
+    many images it yields (an EvalLoader: `loader_images`), the batches are written into one
+    (N, C) tensor, held once rather than as batches and their concatenation.
 
     The loader's iterator is closed here, however the loop ends: its teardown (the read-ahead
     threads joined) then runs while a Ctrl-C or SIGTERM is being handled, where a second one
@@ -105,7 +117,8 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
     """
     was_training = model.training
     model.eval()
-    all_probs, all_labels = [], []
+    images = loader_images(loader)
+    filled = _Filled(images)
     total = len(loader) if hasattr(loader, "__len__") else 0
     bar = Progress(total, progress or "", unit="batch", enabled=progress is not None)
     try:
@@ -120,14 +133,57 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
                 logits = model(x).float()
                 probs = torch.softmax(logits, dim=1)
                 probs = probs.view(batch, x.shape[0] // batch, -1).mean(dim=1)
-                all_probs.append(probs.cpu())
-                all_labels.append(y.cpu().to(torch.int64))
+                filled.add(probs.cpu(), y.cpu().to(torch.int64))
     finally:
         bar.close()
         model.train(was_training)
-    if not all_probs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(all_probs), torch.cat(all_labels)
+    return filled.result()
+
+
+def loader_images(loader: Any) -> int | None:
+    """How many images `loader` yields, where it says beforehand (its `images`, as an
+    EvalLoader's), so that predict_probs can fill one tensor; None where unknown."""
+    if isinstance(loader, _UntilStop):
+        return loader_images(loader.loader)
+    images = getattr(loader, "images", None)
+    return images if isinstance(images, int) and images >= 0 else None
+
+
+class _Filled:
+    """predict_probs' (probs, labels), batch after batch: written into one tensor allocated at
+    the first batch when the number of images is known (no second copy at the end), else
+    appended and concatenated; a loader that yields more than it said goes on in a list.
+    Both give ordinary tensors, not inference tensors, which ensemble_probs sums in place."""
+
+    def __init__(self, images: int | None) -> None:
+        self.images, self.done = images, 0
+        self.probs: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.more: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep one batch's (B, C) probabilities and (B,) labels."""
+        end = self.done + probs.shape[0]
+        if self.images is None or self.more or end > self.images:
+            self.more.append((probs, labels))
+            return
+        if self.probs is None or self.labels is None:
+            with torch.inference_mode(False):
+                self.probs = torch.empty(self.images, probs.shape[1], dtype=probs.dtype)
+                self.labels = torch.empty(self.images, dtype=torch.int64)
+        self.probs[self.done:end] = probs
+        self.labels[self.done:end] = labels
+        self.done = end
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs (N, C), labels (N,)): what was kept, in order."""
+        parts = [(self.probs[:self.done], self.labels[:self.done])] \
+            if self.probs is not None and self.labels is not None else []
+        if not self.more:
+            return parts[0] if parts else (torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64))
+        parts += self.more
+        with torch.inference_mode(False):
+            return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
 
 
 @contextlib.contextmanager
@@ -339,10 +395,11 @@ def ensemble_probs(checkpoints: Sequence[str | os.PathLike], store: Any, *, crop
                               stats=net_stats(ckpt, store), **input_settings(ckpt))
         probs, y = predict_probs(model, loader, progress=f"evaluate {path}")
         del model
-        total = probs if total is None else total + probs
+        total = probs if total is None else total.add_(probs)  # in place: no third N x C
+        del probs
         labels = y
     assert total is not None and labels is not None
-    return total / len(checkpoints), labels
+    return total.div_(len(checkpoints)), labels
 
 
 def per_class_report(probs: torch.Tensor, labels: torch.Tensor,
@@ -393,20 +450,26 @@ def paper_set(source: str | None) -> str | None:
     return PAPER_SETS.get(key)
 
 
-def paper_rows(source: str | None, split: str, checkpoints: int,
-               crops: int) -> tuple[str | None, dict[str, tuple[float, float]], str | None]:
-    """(set key, that set's rows of the paper's table, the row that compares) or no set."""
+def paper_rows(source: str | None, split: str, checkpoints: int, crops: int
+               ) -> tuple[str | None, dict[str, tuple[float, float]], tuple[str, ...]]:
+    """(set key, that set's rows of the paper's table, the names of the rows that compare:
+    the paper's, or for a centre-crop net on ILSVRC-2012 val the CENTRE_CROP_REPRODUCTIONS),
+    or no set.
+
+    The 2012 table does not say its crops and is most likely 10-crop (docs/evaluation.md), so
+    its rows compare with 10-crop runs only.
+    """
     key = f"{paper_set(source)}-{split}"
     rows = RESULTS.get(key)
     if rows is None:
-        return None, {}, None
+        return None, {}, ()
     if key == "ilsvrc2010-test":
         best = "1 CNN, 10-crop" if crops == TEST_CROPS else "1 CNN, centre crop"
-        if checkpoints != 1:
-            best = None
-    else:
-        best = {1: "1 CNN", 5: "5 CNNs", 7: "7 CNNs"}.get(checkpoints)
-    return key, rows, best
+        return key, rows, (best,) if checkpoints == 1 else ()
+    if crops == 1:
+        return key, rows, tuple(CENTRE_CROP_REPRODUCTIONS) if checkpoints == 1 else ()
+    best = {1: "1 CNN", 5: "5 CNNs", 7: "7 CNNs"}.get(checkpoints)
+    return key, rows, (best,) if best is not None and crops == TEST_CROPS else ()
 
 
 def load_all(checkpoints: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -455,8 +518,10 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
                           f"{ours:<44}{100 * result['top1_error']:>11.2f}%",
                           f"({num_classes} classes: top-5 error is 0 by construction, not shown)",
                           f"{result['images']} images, {plural(result['crops'], 'crop')} each"])
-    key, rows, best = paper_rows(source, split, n_ckpt, result["crops"])
+    key, rows, marked = paper_rows(source, split, n_ckpt, result["crops"])
     names = {name: f"paper {key}: {name}" for name in rows} if key is not None else {}
+    others = CENTRE_CROP_REPRODUCTIONS if key == "ilsvrc2012-val" else {}
+    names.update({name: f"centre-crop reproduction: {name}" for name in others})
     width = max([44, *(len(label) + 2 for label in names.values())])  # the figures line up
     lines = [f"{'':<{width}}{'top-1 error':>12}{'top-5 error':>12}",
              f"{ours:<{width}}{100 * result['top1_error']:>11.2f}%"
@@ -465,13 +530,15 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
         lines.append(f"(no paper figure for {source or 'this data'} {split}: the paper reports "
                      "ILSVRC-2010 test and ILSVRC-2012 val)")
     else:
-        for name, (top1, top5) in rows.items():
-            mark = " <-" if name == best else ""
+        for name, (top1, top5) in {**rows, **others}.items():
+            mark = " <-" if name in marked else ""
             lines.append(f"{names[name]:<{width}}{top1:>11.1f}%{top5:>11.1f}%{mark}")
         if key == "ilsvrc2012-val":
             top1s = [top1 for top1, _ in CENTRE_CROP_REPRODUCTIONS.values()]
             lines.append("(the 2012 table does not say how many crops; most likely 10: single-crop "
                          f"reproductions land at {min(top1s)}-{max(top1s)}% top-1)")
+            lines.append("(its rows are marked for --crops 10 runs; a centre-crop net is marked "
+                         "against the reproductions)")
     lines.append(f"{result['images']} images, {plural(result['crops'], 'crop')} each")
     return "\n".join(lines)
 
@@ -499,16 +566,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the first checkpoint")
 
 
-def default_report_path(checkpoint: Path, split: str, crops: int, n: int,
+def default_report_path(checkpoints: Sequence[Path], split: str, crops: int,
                         store: str | None = None) -> Path:
-    """Where the per-class report goes when --out is not given; `store`, the name of a store
-    other than the one the checkpoint was trained on, goes into the name, so that a report on
-    another store does not replace the one on the run's own."""
+    """Where the per-class report goes when --out is not given: beside the first checkpoint.
+
+    `store`, the name of a store other than the one the checkpoint was trained on, goes into
+    the name, so that a report on another store does not replace the one on the run's own;
+    for an ensemble, `-ensembleN.HASH` (`ensemble_tag`) names the other nets, so that another
+    ensemble's report does not replace it either.
+    """
+    checkpoint = Path(checkpoints[0])
     base, stem = (checkpoint, "checkpoint") if checkpoint.is_dir() else \
         (checkpoint.parent, checkpoint.stem)
-    tag = f"-ensemble{n}" if n > 1 else ""
+    tag = f"-ensemble{len(checkpoints)}.{ensemble_tag(checkpoints[1:])}" \
+        if len(checkpoints) > 1 else ""
     where = f"{store}." if store else ""
     return base / f"{stem}{tag}.{where}{split}.{crops}crop.per-class.json"
+
+
+def ensemble_tag(others: Sequence[Path]) -> str:
+    """8 hex digits of the SHA-256 of the resolved paths of an ensemble's other checkpoints,
+    sorted: the same for the same nets however they are spelt or ordered, else different."""
+    names = sorted(os.fsencode(Path(p).resolve()) for p in others)
+    return hashlib.sha256(b"\0".join(names)).hexdigest()[:8]
 
 
 def other_store(ckpt: dict[str, Any], data: Path | None) -> str | None:
@@ -595,8 +675,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_split(args.data, args.split)
     if len(store) == 0:
         raise UserError(f"{args.data}: split {args.split!r} holds no images")
-    out = args.out or default_report_path(args.checkpoints[0], args.split, args.crops,
-                                          len(args.checkpoints), store_tag)
+    out = args.out or default_report_path(args.checkpoints, args.split, args.crops, store_tag)
     check_output(out, "evaluation report", is_report)  # a folder too
     ensure_folder(out.parent, "folder for --out")  # before the work, not after it
     check_not_training(out.parent, given=args.out is not None)

@@ -803,6 +803,11 @@ class EvalLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
 
+    @property
+    def images(self) -> int:
+        """How many images a pass yields (each with its crops), for a caller that keeps them."""
+        return len(self.order)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         in_readers = self.reading.augment_in_readers
         with decode_pool(self.store, self.reading) as decoders:

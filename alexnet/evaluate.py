@@ -218,7 +218,7 @@ class Stopped(Exception):
     under Ctrl-C or SIGTERM: it is redone on resume)."""
 
 
-def evaluate_model(model: nn.Module, store: Any, *, crops: int = 1,
+def evaluate_model(model: nn.Module, store: Any, *, crops: int = TEST_CROPS,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | str = "cpu",
                    stats: dict | None = None, mean: str = "image", crop: int = CROP_SIZE,
                    indices: Sequence[int] | None = None, progress: str | None = None,
@@ -554,8 +554,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="auto", choices=("auto", "train", "val", "test"),
                         help="which split (auto: val if the store has one, else test; the "
                         "paper's 2010 figures are on test)")
-    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
-                        help="1: centre patch (default); 10: corners, centre, reflections")
+    parser.add_argument("--crops", type=int, default=TEST_CROPS, choices=(1, TEST_CROPS),
+                        help=f"{TEST_CROPS}: corners, centre and their reflections, softmax "
+                        "averaged, the paper's test procedure (default); 1: the centre patch, "
+                        f"{TEST_CROPS}x fewer forward passes")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help=f"images per step (default {EVAL_BATCH_SIZE})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

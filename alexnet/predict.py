@@ -185,9 +185,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                         help="image files (JPEG, PNG, ...; greyscale and CMYK too) or folders "
                         "of them")
-    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
-                        help=f"1: centre patch (default, as evaluate); {TEST_CROPS}: corners, "
-                        "centre and their reflections, the paper's test-time average")
+    parser.add_argument("--crops", type=int, default=TEST_CROPS, choices=(1, TEST_CROPS),
+                        help=f"{TEST_CROPS}: corners, centre and their reflections, the paper's "
+                        "test-time average (default, as evaluate); 1: the centre patch")
     parser.add_argument("--top", type=int, default=TOP, help=f"classes shown (default {TOP})")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list [{image, top: [{label, wnid, name, "

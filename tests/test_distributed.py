@@ -399,8 +399,9 @@ def test_validation_is_split_between_the_ranks_and_equals_one_process(ref_run, v
     assert calls[1] == [{"indices": list(range(7, 15)), "images": 8}] * 3
     net, ckpt = checkpoint.load_model(ref_run / "checkpoint.pt")
     settings = input_settings(ckpt)
-    one = evaluate_model(net, open_split(val_store, "val"), batch_size=4, stats=ckpt["stats"],
-                         mean=settings["mean"], crop=settings["crop"], indices=range(15))
+    one = evaluate_model(net, open_split(val_store, "val"), crops=1, batch_size=4,
+                         stats=ckpt["stats"], mean=settings["mean"], crop=settings["crop"],
+                         indices=range(15))
     logged = json.loads((ref_run / "log.jsonl").read_text().splitlines()[-1])
     assert logged["epoch"] == 3 and one["images"] == 15
     assert (logged["val_top1_error"], logged["val_top5_error"]) == (one["top1_error"],

@@ -443,7 +443,7 @@ def test_a_report_into_a_run_folder_being_trained_is_refused(store_root, checkpo
                      "--out", str(out)]) == 0
     assert json.loads(out.read_text())["checkpoints"] == [str(run / "best.pt")]
     assert main(["evaluate", str(run), "--data", str(store_root), "--device", "cpu"]) == 0
-    assert (run / "best.val.1crop.per-class.json").is_file()  # once the run has ended
+    assert (run / "best.val.10crop.per-class.json").is_file()  # once the run has ended
 
 
 def test_a_checkpoint_replaced_while_read_is_read_whole(store_root, checkpoint, tmp_path,

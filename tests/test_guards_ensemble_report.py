@@ -55,7 +55,7 @@ def test_an_ensembles_report_does_not_replace_another_ensembles(nets, capsys):
 
     def evaluate(*names: str) -> str:
         assert main(["evaluate", *(str(p[n]) for n in names), "--data", str(store),
-                     "--device", "cpu", "--batch-size", "4"]) == 0
+                     "--device", "cpu", "--batch-size", "4", "--crops", "1"]) == 0
         return capsys.readouterr().out.splitlines()[-1].rsplit(": ", 1)[1]
 
     ab = evaluate("a", "b")

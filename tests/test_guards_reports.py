@@ -279,7 +279,7 @@ def test_a_report_on_another_store_does_not_replace_the_one_on_the_runs_own(stor
     for data in (None, store, other):
         extra = ["--data", str(data)] if data is not None else []
         code = main(["evaluate", str(r2 / "checkpoint.pt"), "--split", "test", "--device", "cpu",
-                     *extra])
+                     "--crops", "1", *extra])
         assert code == 0, capsys.readouterr().err
     own = json.loads((r2 / "checkpoint.test.1crop.per-class.json").read_text())
     theirs = json.loads((r2 / "checkpoint.other.test.1crop.per-class.json").read_text())

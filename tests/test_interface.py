@@ -19,6 +19,7 @@ from alexnet.cli import COMMANDS, HelpFormatter, main
 from alexnet.config import Config
 from alexnet.data.store import write_store
 from alexnet.evaluate import resolve_device
+from alexnet.paper import TEST_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKED = list(COMMANDS)
@@ -62,7 +63,7 @@ def test_the_same_option_has_the_same_default_everywhere():
     for name in CHECKED:
         for action in options(parser_of(name)):
             defaults.setdefault(action.option_strings[-1], {})[name] = action.default
-    assert set(defaults["--crops"].values()) == {1}, defaults["--crops"]
+    assert set(defaults["--crops"].values()) == {TEST_CROPS}, defaults["--crops"]  # section 4.1
     device = defaults["--device"]
     assert {"evaluate", "predict", "figures", "demo", "relu-vs-tanh", "bench"} <= set(device)
     # train's None leaves the preset's run.device in place, whose default is auto too

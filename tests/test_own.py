@@ -137,8 +137,8 @@ def test_step_rows_feed_the_log_and_the_curves(own_run):
 
 def test_evaluate_a_run_folder_uses_best_pt_and_the_recorded_store(own_run, capsys):
     out, _ = own_run
-    assert main(["evaluate", str(out), "--device", "cpu", "--json"]) == 0
-    captured = capsys.readouterr()
+    assert main(["evaluate", str(out), "--device", "cpu", "--json", "--crops", "1"]) == 0
+    captured = capsys.readouterr()  # the centre patch, as training's validation
     assert "evaluating best.pt" in captured.err
     result = json.loads(captured.out)
     assert result["checkpoints"] == [str(out / "best.pt")]
@@ -146,7 +146,7 @@ def test_evaluate_a_run_folder_uses_best_pt_and_the_recorded_store(own_run, caps
     assert result["top1_error"] == pytest.approx(best["best_error"])
     assert main(["evaluate", str(out), "--device", "cpu"]) == 0
     table = capsys.readouterr().out
-    assert "top-5" not in table.splitlines()[0] and "1 crop each" in table
+    assert "top-5" not in table.splitlines()[0] and "10 crops each" in table  # the default
 
 
 def test_predict_takes_a_folder(own_run, store, tmp_path, capsys):

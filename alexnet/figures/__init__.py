@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"test images in figure 4 left (default {FIG4_TOP5_IMAGES})")
     parser.add_argument("--queries", type=int, default=FIG4_QUERY_IMAGES,
                         help=f"test images in figure 4 right (default {FIG4_QUERY_IMAGES})")
-    parser.add_argument("--crops", type=int, default=1, choices=(1, TEST_CROPS),
-                        help="crops per image for figure 4 left's probabilities: 1, the centre "
-                        f"(default, as evaluate and predict), or {TEST_CROPS}")
+    parser.add_argument("--crops", type=int, default=TEST_CROPS, choices=(1, TEST_CROPS),
+                        help="crops per image for figure 4 left's probabilities: "
+                        f"{TEST_CROPS}, the paper's test procedure (default, as evaluate and "
+                        "predict), or 1, the centre")
     parser.add_argument("--seed", type=int, default=0, help="which test images are shown")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help=f"images per step of the fc7 search (default {EVAL_BATCH_SIZE})")

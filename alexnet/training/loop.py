@@ -262,7 +262,8 @@ def _validate(net: nn.Module, val_store: Any, config: Config, rt: Runtime, stats
     shown = config.run.progress and rt.dist.is_main
     try:
         with rt.autocast():
-            result = evaluate_model(net, val_store, batch_size=config.run.eval_batch_size,
+            result = evaluate_model(net, val_store, crops=1,  # the centre: cheap, each epoch
+                                    batch_size=config.run.eval_batch_size,
                                     device=rt.device, stats=stats, mean=config.data.mean,
                                     crop=config.data.crop, indices=indices,
                                     progress="validate" if shown else None,

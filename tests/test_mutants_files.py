@@ -561,6 +561,19 @@ def test_append_step_appends(tmp_path):
     assert [json.loads(line) for line in files.steps.read_text().splitlines()] == rows
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_step_row_on_a_full_disk_is_one_line_naming_the_step_log(tmp_path):
+    """An OSError from the append's write or close carries no file name: the error said
+    'No space left on device' and no path."""
+    files = RunFiles(tmp_path)
+    files.steps.symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(UserError) as info:
+        run_folder.append_step(files, {"step": 1})
+    message = str(info.value)
+    assert message.startswith(f"{files.steps}: cannot write (No space left on device)")
+    assert "\n" not in message
+
+
 def test_write_logs_replaces_both_logs_and_drops_curves_of_an_empty_history(
         tmp_path, monkeypatch):
     """log.jsonl holds the rows, log.csv the same under LOG_FIELDS, each replaced through a

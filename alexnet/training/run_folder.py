@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import write_atomic
+from alexnet.atomic import fs_error, write_atomic
 from alexnet.config import SECTIONS, Config, scaled_lr
 from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
@@ -102,9 +102,14 @@ STEP_SCALARS = ("loss", "lr", "images_per_s")
 
 
 def append_step(files: RunFiles, row: dict[str, Any], tb: Any = None) -> None:
-    """One step row (step, epoch, loss, lr, images/s) onto steps.jsonl and TensorBoard."""
-    with open(files.steps, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """One step row (step, epoch, loss, lr, images/s) onto steps.jsonl and TensorBoard; a
+    failed append (a full disk) is the one-line error naming the file: an OSError from write
+    or close carries no file name (a torn row is dropped on resume, `keep_steps_until`)."""
+    try:
+        with open(files.steps, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as err:
+        raise fs_error(files.steps, err) from None
     if tb is not None:
         for key in STEP_SCALARS:
             tb.add_scalar(f"step/{key}", row[key], row["step"])

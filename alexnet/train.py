@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
             if shows_top5(result.get("num_classes")) else ""
         print(f"done ({result['stopped']}): {plural(result['steps'], 'step')}; final val top-1 "
               f"error {_pct(result['val_top1_error'])}{top5}")
+        if result["stopped"] == "max_steps" and ckpt is not None \
+                and result["steps"] <= ckpt.get("global_step", 0):
+            print(f"(nothing trained: the run's run.max_steps={config.run.max_steps}, recorded "
+                  "in its config, was already reached; continue it with a higher --max-steps, "
+                  "or --max-steps 0 for no limit)")
         files = RunFiles(Path(result["run_dir"]))
         print(f"run folder {files.root}: "
               f"{', '.join(p.name for p in files.own_files() if p.is_file())}")

@@ -179,3 +179,20 @@ def test_resuming_on_its_own_store_has_no_notice(run, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
     captured = capsys.readouterr()
     assert "notice" not in captured.out + captured.err
+
+
+def test_resuming_a_run_at_its_recorded_max_steps_says_how_to_go_on(store, tmp_path, capsys):
+    """`train --resume RUN --max-steps 2` records run.max_steps=2 in RUN; a later plain
+    `--resume RUN` trained nothing and said only `done (max_steps): 2 steps`."""
+    out = tmp_path / "capped"
+    assert main(["train", "--data", str(store), "--out", str(out), *sets(TINY),
+                 "--set", "optim.epochs=3", "--max-steps", "1"]) == 0
+    assert main(["train", "--resume", str(out), "--max-steps", "2"]) == 0
+    assert "nothing trained" not in capsys.readouterr().out  # it trained step 2
+    assert main(["train", "--resume", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("done (max_steps): 2 steps") for line in lines)
+    assert "(nothing trained: the run's run.max_steps=2, recorded in its config, was already " \
+        "reached; continue it with a higher --max-steps, or --max-steps 0 for no limit)" in lines
+    assert main(["train", "--resume", str(out), "--max-steps", "0"]) == 0
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 3  # every epoch, as told

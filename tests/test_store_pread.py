@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_mutants_store import CLASSES, _images
 
+from alexnet.data import store as store_module
 from alexnet.data import write_store
 from alexnet.data.store import JPEG, RAW, Store
 from alexnet.errors import UserError
@@ -62,3 +65,36 @@ def test_a_pixel_file_cut_short_after_opening_is_one_line(tmp_path, form) -> Non
     message = str(info.value)
     assert "\n" not in message and "image 5" in message and "cut short" in message
     assert "alexnet prepare" in message
+
+
+def test_threads_reading_a_fresh_store_at_once_open_its_file_once(tmp_path, monkeypatch) -> None:
+    """Read-ahead threads' first reads race to open the pixel file: a second open replaced
+    the first, whose descriptor was closed while the other thread read through it (EBADF,
+    or another file's bytes had the number been reused)."""
+    images, labels = _images(8, 16)
+    write_store(tmp_path / "train", images, labels, CLASSES)
+    store = Store(tmp_path / "train")
+    opened: list[int] = []
+    real = store_module._PixelFile.__init__
+
+    def slow_open(self, path: Path) -> None:
+        time.sleep(0.05)  # the window in which a second thread also finds no file
+        real(self, path)
+        opened.append(self.fd)
+
+    monkeypatch.setattr(store_module._PixelFile, "__init__", slow_open)
+    start = threading.Barrier(4)
+    got: dict[int, np.ndarray] = {}
+
+    def read(k: int) -> None:
+        start.wait()
+        got[k] = store.read([k, 7 - k])
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 1
+    for k in range(4):
+        np.testing.assert_array_equal(got[k], images[[k, 7 - k]])

@@ -165,6 +165,9 @@ def _stats_problem(saved: Any) -> str | None:
     return None
 
 
+_OPENING = threading.Lock()  # Store._file: a store's pixel file is opened once per process
+
+
 class _PixelFile:
     """A split's pixel file open for reading, closed when the last store holding it goes."""
 
@@ -243,7 +246,10 @@ class Store:
         resident memory once touched (252 GB after an ImageNet epoch at 256 pixels, which a
         job scheduler may hold against it), where a read leaves them in the page cache only."""
         if self._pixel_file is None:
-            self._pixel_file = _PixelFile(self.path / (RAW if self.format == "raw" else JPEG))
+            with _OPENING:  # two read-ahead threads at once: one file, never closed under one
+                if self._pixel_file is None:
+                    self._pixel_file = _PixelFile(
+                        self.path / (RAW if self.format == "raw" else JPEG))
         return self._pixel_file.fd
 
     def _bytes(self, i: int, start: int, size: int, into: np.ndarray | None = None

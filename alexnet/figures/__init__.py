@@ -10,24 +10,31 @@ Writes into --out (default: a `figures` folder beside the checkpoint, `figures-S
 - training_curves.png when the checkpoint's folder holds the run's log.jsonl.
 
 One command writes a folder at a time (FolderLock on OUT/.figures.lock): two into the same
-folder would leave the figures of two nets side by side; for the same reason the figure
-files an earlier command left that this one will not draw are removed first. The lock is its
-own, not OUT/.lock: with --out RUN, a run folder's .lock is training's, which figures need
-not wait for. One command reads or writes a --features-cache at a time
-(neighbours.holding_cache): a second waits for it, then reads the features it wrote.
-A command stopped midway names the figures it wrote; the fc7 cache's key names the
-checkpoint file that was actually read.
+folder would leave the figures of two nets side by side. The lock is its own, not OUT/.lock:
+with --out RUN, a run folder's .lock is training's, which figures need not wait for. One
+command reads or writes a --features-cache at a time (neighbours.holding_cache): a second
+waits for it, then reads the features it wrote. The fc7 cache's key names the checkpoint
+file that was actually read.
+
+The set is replaced whole (`_replace_set`): every figure and figures.json is drawn into a
+hidden folder OUT/.tmp-figures.PID (alexnet.atomic's temporary naming) and moved into OUT
+only once all are drawn, figures.json last; the figure files an earlier command left that
+this one did not draw are removed then, so OUT holds one net's figures on one store. A
+failure or a Ctrl-C while drawing removes the hidden folder and leaves OUT as it was; one
+left by a killed command is removed by the next (`_remove_stale_stages`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from alexnet.atomic import FolderLock, ensure_folder, write_json
+from alexnet.atomic import TMP_PREFIX, FolderLock, ensure_folder, temp_path, write_json
 from alexnet.errors import UserError
 from alexnet.evaluate import EVAL_BATCH_SIZE
 from alexnet.paper import FIG4_QUERY_IMAGES, FIG4_TOP5_IMAGES, TEST_CROPS
@@ -38,6 +45,8 @@ NEIGHBOUR_CHARS = 14  # ... above a training image, before its distance
 CHECKPOINT_READS = 3  # reads of a checkpoint that is replaced while read, before giving up
 FIGURE_FILES = ("fig3_kernels.png", "fig3_conv1_column1.png", "fig3_conv1_column2.png",
                 "fig3_conv1.png", "fig4_top5.png", "fig4_neighbours.png", "training_curves.png")
+SUMMARY = "figures.json"  # describes the figures beside it: moved into OUT last
+STAGE = "figures"  # the hidden folder a set is drawn in: OUT/.tmp-figures.PID (temp_path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,47 +165,59 @@ def _draw_figures(args: argparse.Namespace) -> int:
     ensure_folder(out, "folder for --out")
     with FolderLock(out, f"{out}: another `alexnet figures` is writing this folder; wait for "
                     "it to end, or choose another --out", LOCK):
-        (out / "figures.json").unlink(missing_ok=True)  # it describes a complete set only
-        for name in set(FIGURE_FILES) - _planned_files(model, train, args.run_dir):
-            (out / name).unlink(missing_ok=True)  # an earlier call's, of another net or store
-        before = _figure_files(out)
+        _check_targets(out)
+        _remove_stale_stages(out)
+        stage = _make_stage(out, args)
         try:
-            _write_figures(model, test, train, out, args, device, settings, key)
-        except UserError as err:
-            written = _written_since(out, before)
-            if not written:
+            try:
+                _write_figures(model, test, train, stage, out, args, device, settings, key)
+            except BaseException as err:
+                if isinstance(err, UserError | OSError) and not isinstance(err, BrokenPipeError):
+                    raise UserError(f"{_message(err, stage, out)}; "
+                                    f"{_unchanged_note(out, args)}") from None
+                print(f"alexnet figures: note: {_unchanged_note(out, args)}", file=sys.stderr)
+                raise  # a Ctrl-C, SIGTERM or closed stdout, which the CLI words
+            try:
+                _replace_set(stage, out)
+            except OSError as err:
+                raise UserError(f"{_message(err, stage, out)}; {_incomplete_note(out, args)}"
+                                ) from None
+            except BaseException:
+                print(f"alexnet figures: note: {_incomplete_note(out, args)}", file=sys.stderr)
                 raise
-            raise UserError(f"{err}; {_partial_note(out, written, args)}") from None
-        except BaseException:
-            written = _written_since(out, before)
-            if written:
-                print(f"alexnet figures: note: {_partial_note(out, written, args)}",
-                      file=sys.stderr)
-            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        print(f"summary: {out / SUMMARY}")
     return 0
 
 
-def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.Namespace,
-                   device: Any, settings: dict[str, Any], key: dict[str, Any] | None
-                   ) -> dict[str, Any]:
-    """Draw every figure into `out`, print where each went, write figures.json last; return
-    what it holds."""
+def _write_figures(model: Any, test: Any, train: Any, stage: Path, out: Path,
+                   args: argparse.Namespace, device: Any, settings: dict[str, Any],
+                   key: dict[str, Any] | None) -> dict[str, Any]:
+    """Draw every figure into `stage`, figures.json last, and print where each will lie in
+    `out` (the paths printed and recorded are those in `out`); return what figures.json holds."""
     from alexnet.figures.kernels import write_kernel_figures
 
     summary: dict[str, Any] = {"checkpoint": str(args.checkpoint), "data": str(args.data),
                                "split": test.split}
-    summary["kernels"] = write_kernel_figures(model, out)
+    kernels = write_kernel_figures(model, stage)
+    for panel in kernels["panels"]:
+        panel["file"] = _final(panel["file"], out)
+    kernels["figure"] = _final(kernels["figure"], out)
+    summary["kernels"] = kernels
     for i, panel in enumerate(summary["kernels"]["panels"], start=1):
         print(f"figure 3: {panel['file']}: {panel['kernels']} kernels, colour fraction mean "
               f"{panel['colour_fraction_mean']:.3f} median {panel['colour_fraction_median']:.3f}"
               + (f" (column {i})" if len(summary["kernels"]["panels"]) > 1 else ""))
 
-    summary["top5"] = _top5_figure(model, test, out, args, device, settings)
+    summary["top5"] = _top5_figure(model, test, stage, args, device, settings)
+    summary["top5"]["file"] = _final(summary["top5"]["file"], out)
     print(f"figure 4 left: {summary['top5']['file']}")
 
     if train is not None:
-        summary["neighbours"] = _neighbours_figure(model, test, train, out, args, device,
+        summary["neighbours"] = _neighbours_figure(model, test, train, stage, args, device,
                                                    settings, key)
+        summary["neighbours"]["file"] = _final(summary["neighbours"]["file"], out)
         print(f"figure 4 right: {summary['neighbours']['file']}")
     else:
         print(f"figure 4 right skipped: {args.search_skipped}", file=sys.stderr)
@@ -206,56 +227,105 @@ def _write_figures(model: Any, test: Any, train: Any, out: Path, args: argparse.
         from alexnet.figures.curves import plot_curves
 
         try:  # the paper's figures are drawn: a damaged log costs its curves only
-            summary["curves"] = str(plot_curves(log, out / "training_curves.png"))
+            summary["curves"] = _final(str(plot_curves(log, stage / "training_curves.png")),
+                                       out)
             print(f"training curves: {summary['curves']}")
-        except UserError as err:
-            (out / "training_curves.png").unlink(missing_ok=True)  # an earlier log's
-            print(f"training curves skipped: {err}", file=sys.stderr)
-    write_json(out / "figures.json", summary)
-    print(f"summary: {out / 'figures.json'}")
+        except UserError as err:  # the earlier log's curves are removed with the set
+            print(f"training curves skipped: {_message(err, stage, out)}", file=sys.stderr)
+    write_json(stage / SUMMARY, summary)
     return summary
 
 
-def _planned_files(model: Any, train: Any, run_dir: Path) -> set[str]:
-    """The names of FIGURE_FILES that `_write_figures` draws for `model` (figure 3's grids are
-    named as in kernels.write_kernel_figures), so that every other one can be removed first."""
-    from alexnet.figures.kernels import conv1_columns
-
-    columns = len(conv1_columns(model))
-    names = {"fig3_kernels.png", "fig4_top5.png"}
-    names |= {f"fig3_conv1_column{i}.png" for i in range(1, columns + 1)} if columns > 1 \
-        else {"fig3_conv1.png"}
-    if train is not None:
-        names.add("fig4_neighbours.png")
-    if (run_dir / "log.jsonl").is_file():
-        names.add("training_curves.png")
-    return names
+def _final(path: str, out: Path) -> str:
+    """Where the figure drawn at `path` (in the hidden stage folder) lies once moved into `out`."""
+    return str(out / Path(path).name)
 
 
-def _figure_files(out: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) of each figure file in `out`: every figure is renamed into place
-    (write_atomic), so a file this command wrote has another inode than before it."""
-    found = {}
+def _check_targets(out: Path) -> None:
+    """Refuse, before drawing, a folder in `out` under a name the set is moved to or removes:
+    found only when moving the set in, it would leave the set incomplete."""
+    for name in (*FIGURE_FILES, SUMMARY):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            raise UserError(f"{path}: is a folder, not a figure of an earlier call; move it "
+                            "away, or choose another --out")
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Remove the stage folders of killed commands (`_make_stage`'s `.tmp-figures.PID`): the
+    folder lock is held, so no command that runs is drawing into one (whatever its pid, which
+    another PID namespace may reuse); alexnet.atomic.remove_stale removes files only."""
+    for path in out.glob(f"{TMP_PREFIX}{STAGE}.*"):
+        if path.name.rpartition(".")[2].isdigit() and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_stage(out: Path, args: argparse.Namespace) -> Path:
+    """Create the hidden folder in `out` that the set is drawn in (on the same filesystem, so
+    that each figure is then renamed into `out` atomically)."""
+    stage = temp_path(out / STAGE)
+    try:
+        stage.mkdir()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{out}: cannot create files there ({reason}); free disk space, or "
+                        f"choose another --out; {_unchanged_note(out, args)}") from None
+    return stage
+
+
+def _replace_set(stage: Path, out: Path) -> None:
+    """Move the set drawn in `stage` into `out`: figures.json removed first and moved in last,
+    each figure renamed over its earlier version, and the figure files of an earlier call that
+    this one did not draw removed (another net's columns, skipped figures), never other files."""
+    drawn = {name for name in FIGURE_FILES if (stage / name).is_file()}
+    (out / SUMMARY).unlink(missing_ok=True)  # it describes a complete set only
     for name in FIGURE_FILES:
-        with contextlib.suppress(OSError):
-            stat = (out / name).stat()
-            found[name] = (stat.st_ino, stat.st_mtime_ns)
-    return found
+        if name in drawn:
+            os.replace(stage / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    _sync_folder(out)  # every figure in place before the figures.json that describes them
+    os.replace(stage / SUMMARY, out / SUMMARY)
+    _sync_folder(out)
 
 
-def _written_since(out: Path, before: dict[str, tuple[int, int]]) -> list[str]:
-    """The figure files of `out` written since `before` (a `_figure_files`)."""
-    now = _figure_files(out)
-    return [name for name in FIGURE_FILES if name in now and now[name] != before.get(name)]
+def _sync_folder(folder: Path) -> None:
+    """Make the renames into `folder` durable (where the platform lets a folder be fsynced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _partial_note(out: Path, written: list[str], args: argparse.Namespace) -> str:
-    """One line for a command stopped midway: what it wrote and what a rerun does."""
+def _message(err: UserError | OSError, stage: Path, out: Path) -> str:
+    """`err` in words naming the files in `out`, never the hidden stage folder."""
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or err}"
+    else:
+        text = str(err)
+    return text.replace(str(stage), str(out))
+
+
+def _rerun(args: argparse.Namespace) -> str:
+    """What rerunning the same command does."""
     cache = " (a complete --features-cache is read, not recomputed)" \
         if args.features_cache else ""
-    return (f"stopped with only {', '.join(written)} written to {out} (any other figure there "
-            "is older) and no figures.json (it is written last); rerunning the same command "
-            f"draws every figure again{cache}")
+    return f"rerunning the same command draws every figure again{cache}"
+
+
+def _unchanged_note(out: Path, args: argparse.Namespace) -> str:
+    """One line for a command stopped while drawing: nothing in `out` was touched."""
+    return (f"nothing in {out} changed (its earlier figures and figures.json, if any, are as "
+            f"they were); {_rerun(args)}")
+
+
+def _incomplete_note(out: Path, args: argparse.Namespace) -> str:
+    """One line for a command stopped while moving its set into `out` (a few renames)."""
+    return (f"stopped while moving the new figures into {out}, which holds no figures.json (it "
+            f"is moved in last), so its figures are an incomplete set; {_rerun(args)}")
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], tuple[int, int, int] | None]:

@@ -172,8 +172,7 @@ def test_a_jpeg_store_past_2_gib_reads_its_images_at_64_bit_offsets(tmp_path) ->
         f.write(second)
     np.save(store.path / OFFSETS, np.array([0, start, start + len(second)], np.int64))
     store = Store(store.path)
-    assert [len(b) for b in store.encoded([0, 1])] == [start, len(second)]
-    assert bytes(store.encoded([1])[0]) == second
+    assert bytes(store.encoded([1])[0]) == second  # image 0, 2 GiB long, is not read: 2 GiB
     np.testing.assert_array_equal(store.read([1])[0], np.asarray(Image.open(io.BytesIO(second))))
 
 

@@ -20,17 +20,19 @@ images, batch 128, more epochs). What is used, and why, is printed before traini
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alexnet import paper
 from alexnet.atomic import ensure_folder, read_json_object, write_json
-from alexnet.errors import UserError
+from alexnet.errors import Terminated, UserError
 
 if TYPE_CHECKING:
     from alexnet.config import Config
@@ -48,8 +50,14 @@ DEMO_KEYS = {"data.store": "--store", "run.out": "--out", "run.device": "--devic
              "optim.epochs": "--epochs"}
 # keys that differ between runs of the same demo: where, whether resumed, the time left, display
 SAME_RUN_IGNORES = {"run": ("out", "resume", "time_limit", "progress")}
+# the plan's keys that decide the result (config.json holds the others but the image counts;
+# the budget gives the time left, like run.time_limit, and `why` only words the options)
+SAME_PLAN = ("device", "train_images", "test_images", "batch_size", "epochs")
 TRAINED = "trained.json"  # the training's summary, written when it ends: a rerun only evaluates
 FINAL = "final.json"
+# what decides the result besides config.json (the data, the store, the plan), written when
+# training starts: a rerun is the same demo only when it agrees (`_same_run`)
+RECORD = "demo.json"
 # what a run stopped by Ctrl-C or SIGTERM advises: rerunning the demo resumes it
 CONTINUE_WITH = "the same `alexnet demo` command (it resumes this run)"
 
@@ -61,6 +69,7 @@ class Earlier:
     checkpoint: Path | None = None  # an interrupted or trained run
     trained: dict[str, Any] | None = None  # its training had ended (trained.json)
     final: dict[str, Any] | None = None  # it was evaluated too (final.json)
+    record: dict[str, Any] | None = None  # its data, store and plan (demo.json)
 
 
 @dataclass
@@ -129,14 +138,15 @@ def refuse_demo_keys(overrides: list[str]) -> None:
 def prepare_store(source: Path, store: Path, plan: Plan) -> Path:
     """The demo's 256x256 store (train and test subsets), made or reused when complete.
 
-    prepare's limit keeps an equal share of each class, the first in file order.
+    prepare's limit keeps an equal share of each class, the first in file order; its
+    refusals name --store.
     """
     from alexnet.data.prepare import prepare
 
     prepare(source, store, size=paper.IMAGE_SIZE, limit=plan.train_images, splits="train",
-            names="fashion-mnist")
+            names="fashion-mnist", option="--store")
     prepare(source, store, size=paper.IMAGE_SIZE, limit=plan.test_images, splits="test",
-            names="fashion-mnist")
+            names="fashion-mnist", option="--store")
     return store
 
 
@@ -178,14 +188,17 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
         "optim.batch_size": plan.batch_size, "optim.epochs": plan.epochs,
         "run.time_limit": plan.budget_s})  # the time limit is set once the store is ready
     per_rank_batch(config, plan.train_images, 1)
-    out, earlier = _run_folder(out, config, ten_crop)
+    record = run_record(source, store, plan)
+    out, earlier = _run_folder(out, config, ten_crop, record)
     config = from_dict({"run": {"out": str(out)}}, config)
     _check_store_path(store, out)
+    made = not out.exists()
     ensure_folder(out, "run folder (--out)")  # last: a refusal above leaves no folder behind
     if earlier.final is not None:
         print(f"{out} holds this demo's finished run: reusing it (give another --out to train "
               "anew)")
-        _report(earlier.final, out, store)
+        _say_budget(earlier, plan, out)
+        _report(earlier.final, out, store, timing=_took(earlier.final, "the run took"))
         return {**earlier.final, "run_dir": str(out), "store": str(store)}
     net = "the paper's full-size network" if config.model.width == 1 else \
         f"the paper's network at {config.model.width:g} of its width"
@@ -197,21 +210,91 @@ def demo(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/d
     print("one deviation from the paper: the biases it sets to 1 start at 0.1 (Caffe's value; "
           "with 1 this ten-class net stays at chance for the whole budget: docs/training.md)")
     print(f"preparing the store {store} (reused when already complete) ...", flush=True)
-    WriteLock(store, option="--store").release()  # another demo preparing it: say --store
-    prepare_store(source, store, plan)
+    try:
+        with _stopped_in(f"while preparing the store {store} (it keeps what was written)",
+                         "the same `alexnet demo` command (it continues preparing the store)"):
+            WriteLock(store, option="--store").release()  # another demo preparing it
+            prepare_store(source, store, plan)
+    except BaseException:
+        if made:  # the run folder made above, still empty: no trace of a demo that never ran
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     t_prepared = time.monotonic()
     print(f"store ready in {t_prepared - t_start:.0f} s")
 
     trained = earlier.trained
     if trained is None:
+        write_json(out / RECORD, record, indent=2)
         trained = _train(config, earlier, plan, t_prepared - t_start)
+        write_json(out / RECORD, {**record, "seconds": time.monotonic() - t_start}, indent=2)
     else:
         print(f"{out} holds this demo's trained net: evaluating it (its training had ended)")
-    final = evaluate_run(out, store, config, plan, t_start, ten_crop)
-    final.update(train=trained, seconds=time.monotonic() - t_start, plan=plan.__dict__)
+        _say_budget(earlier, plan, out)
+    t_eval = time.monotonic()
+    with _stopped_in(f"in the final evaluation (the trained net is kept: {out / 'checkpoint.pt'})",
+                     "the same `alexnet demo` command (it only evaluates the trained net)"):
+        final = evaluate_run(out, store, config, plan, t_start, ten_crop)
+    t_end = time.monotonic()
+    final.update(train=trained, evaluation_seconds=t_end - t_eval)
+    timing = None
+    if earlier.trained is None:  # trained now: this command's time, and its plan
+        final.update(seconds=t_end - t_start, plan=plan.__dict__)
+    else:  # evaluated again: the training run's time and plan stay
+        took, what = _training_took(out, earlier)
+        final.update(took)
+        timing = f"evaluated in {t_end - t_eval:.0f} s; {_took(final, what)}"
     write_json(out / FINAL, final, indent=2)
-    _report(final, out, store)
+    _report(final, out, store, timing=timing)
     return {**final, "run_dir": str(out), "store": str(store)}
+
+
+def run_record(source: Path, store: Path, plan: Plan) -> dict[str, Any]:
+    """What decides a demo's result besides its config (RECORD): the Fashion-MNIST folder,
+    the store and the plan (its image counts are in no config key)."""
+    return {"data": str(source.resolve()), "store": str(store.resolve()),
+            "plan": dict(plan.__dict__)}
+
+
+@contextlib.contextmanager
+def _stopped_in(stage: str, continue_with: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during `stage` says where the demo stopped and how to continue, as
+    a stop in training does (the CLI's exit status stays 130 or 143)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted {stage}; continue with {continue_with}") from None
+    except Terminated:
+        raise Terminated(f"terminated (SIGTERM) {stage}; continue with {continue_with}") \
+            from None
+
+
+def _training_took(out: Path, earlier: Earlier) -> tuple[dict[str, Any], str]:
+    """The seconds and plan of the run that trained the net, kept when it is only evaluated
+    again, with how to say them: its final.json's (the whole run, a re-evaluation's for more
+    crops), else its demo.json's (up to the end of training: stopped in the evaluation)."""
+    final = read_json_object(out / FINAL) or {}
+    if isinstance(final.get("seconds"), int | float):
+        return {"seconds": final["seconds"], "plan": final.get("plan")}, "the training run took"
+    record = earlier.record or {}
+    return ({"seconds": record.get("seconds"), "plan": record.get("plan")},
+            "preparing and training it took")
+
+
+def _took(final: dict[str, Any], what: str) -> str:
+    """`what` took so many minutes (final.json's "seconds"), or an unrecorded time."""
+    seconds = final.get("seconds")
+    return f"{what} {seconds / 60:.1f} min" if isinstance(seconds, int | float) else \
+        f"{what} an unrecorded time"
+
+
+def _say_budget(earlier: Earlier, plan: Plan, out: Path) -> None:
+    """Say so when the net reused was trained under another --budget than the one given
+    now (the budget is no reason to train again: SAME_RUN_IGNORES)."""
+    trained = ((earlier.record or {}).get("plan") or {}).get("budget_s")
+    if isinstance(trained, int | float) and not math.isclose(trained, plan.budget_s):
+        print(f"{out} was trained with --budget {trained / 60:g}; give another --out to train "
+              f"for {plan.budget_s / 60:g}")
 
 
 def _train(config: Config, earlier: Earlier, plan: Plan, spent: float) -> dict[str, Any]:
@@ -260,14 +343,15 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
                              "test_top5_error": centre["top5_error"],
                              "test_images": centre["images"],
                              "chance_top1_error": 1 - 1 / len(test.classes)}
-    n = len(test)
+    n, asked = len(test), ten_crop
     if ten_crop is None:  # as many test images as the time left allows (at least 100)
         left = min(plan.budget_s - (time.monotonic() - t_start) - 5.0,
                    TEN_CROP_SHARE * plan.budget_s)
         n = min(n, int(left * centre["images"] / max(seconds, 1e-6) / TEST_CROPS))
         ten_crop = n >= min(MIN_TEN_CROP_IMAGES, len(test))
     if not ten_crop:
-        final["ten_crop"] = "skipped: it would not fit the time budget"
+        final["ten_crop"] = "skipped: " + ("not asked for" if asked is False
+                                           else "it would not fit the time budget")
         return final
     subset = list(range(n)) if n < len(test) else None
     ten = evaluate_model(model, test, crops=TEST_CROPS, indices=subset,
@@ -281,11 +365,13 @@ def evaluate_run(out: Path, store: Path, config: Any, plan: Plan, t_start: float
     return final
 
 
-def _run_folder(out: Path, config: Config, ten_crop: bool | None) -> tuple[Path, Earlier]:
+def _run_folder(out: Path, config: Config, ten_crop: bool | None,
+                record: dict[str, Any] | None = None) -> tuple[Path, Earlier]:
     """`out`, or out-2, out-3 ... when `out` holds another run (nothing is overwritten); with
-    what it holds of an earlier run of this same demo, which the demo then continues."""
+    what it holds of an earlier run of this same demo (`config`, and `record` when given),
+    which the demo then continues."""
     candidate, n = out, 1
-    while (earlier := _earlier_run(candidate, config, ten_crop)) is None:
+    while (earlier := _earlier_run(candidate, config, ten_crop, record)) is None:
         n += 1
         candidate = out.with_name(f"{out.name}-{n}")
     if candidate != out:
@@ -293,14 +379,18 @@ def _run_folder(out: Path, config: Config, ten_crop: bool | None) -> tuple[Path,
     return candidate, earlier
 
 
-def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier | None:
-    """What `folder` holds of an earlier run of the demo `config` (an empty Earlier when it
-    holds no run, or this demo's stopped before its first checkpoint), or None when it holds
-    another run or files of a run's names that are not this demo's (another config, the
-    user's own config.json, unreadable): they are never overwritten."""
+def _earlier_run(folder: Path, config: Config, ten_crop: bool | None,
+                 record: dict[str, Any] | None = None) -> Earlier | None:
+    """What `folder` holds of an earlier run of the demo `config` with `record` (the demo
+    always gives one; without, only a folder without demo.json can match): an empty Earlier
+    when it holds no run, or this demo's stopped before its first checkpoint; None when it
+    holds another run or files of a run's names that are not this demo's (another config or
+    subset, the user's own config.json, unreadable): they are never overwritten."""
     ckpt = folder / "checkpoint.pt"
     theirs = read_json_object(folder / "config.json")
-    ours = theirs is not None and _same_run(theirs) == _same_run(_config_dict(config))
+    their_record = read_json_object(folder / RECORD)
+    ours = theirs is not None and \
+        _same_run(theirs, their_record) == _same_run(_config_dict(config), record)
     if not ckpt.exists():  # a run of this demo stopped before its first checkpoint, or none
         # a run's files there, not of this demo (another run's, the user's): another run's
         from alexnet.training.run_folder import RunFiles
@@ -314,7 +404,8 @@ def _earlier_run(folder: Path, config: Config, ten_crop: bool | None) -> Earlier
     if final is None or "test_top1_error" not in final or \
             (ten_crop and "test_top1_error_10crop" not in final):
         final = None  # evaluated not at all, or without the 10 crops now asked for
-    return Earlier(checkpoint=ckpt, trained=read_json_object(folder / TRAINED), final=final)
+    return Earlier(checkpoint=ckpt, trained=read_json_object(folder / TRAINED), final=final,
+                   record=their_record)
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
@@ -324,15 +415,24 @@ def _config_dict(config: Config) -> dict[str, Any]:
     return json.loads(json.dumps(to_dict(config)))
 
 
-def _same_run(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict without the keys that differ between runs of the same demo."""
-    return {section: {k: v for k, v in values.items()
+def _same_run(config: dict[str, Any], record: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """A config dict without the keys that differ between runs of the same demo, with what
+    of its `record` (RECORD), when given, decides the result: equal for the same demo only (a
+    folder without demo.json, an older demo's, matches no demo's record)."""
+    same = {section: {k: v for k, v in values.items()
                       if k not in SAME_RUN_IGNORES.get(section, ())}
             if isinstance(values, dict) else values for section, values in config.items()}
+    if record is None:
+        return same
+    plan = record.get("plan") if isinstance(record.get("plan"), dict) else {}
+    return {**same, "demo": {"data": record.get("data"), "store": record.get("store"),
+                             **{k: plan.get(k) for k in SAME_PLAN}}}
 
 
-def _report(final: dict[str, Any], out: Path, store: Path) -> None:
-    """Print the figures and where everything was written."""
+def _report(final: dict[str, Any], out: Path, store: Path, timing: str | None = None) -> None:
+    """Print the figures, the 10 crops or why they were skipped, `timing` (default: the
+    minutes final.json records) and where everything was written."""
     print(f"test top-1 error {100 * final['test_top1_error']:.2f}% (chance: "
           f"{100 * final['chance_top1_error']:.0f}%), top-5 "
           f"{100 * final['test_top5_error']:.2f}%, centre crop, "
@@ -344,13 +444,17 @@ def _report(final: dict[str, Any], out: Path, store: Path) -> None:
              f"{100 * final['test_top1_error_centre_same_images']:.2f}%)")
         print(f"10 crops on {n} test images: top-1 {100 * final['test_top1_error_10crop']:.2f}%,"
               f" top-5 {100 * final['test_top5_error_10crop']:.2f}%{same}")
-    print(f"done in {final['seconds'] / 60:.1f} min. Written:")
+    elif isinstance(final.get("ten_crop"), str):
+        print(f"10 crops {final['ten_crop']}; rerun the same command with --ten-crop to "
+              "evaluate them (the trained net is not trained again)")
+    print(f"{timing or _took(final, 'done in')}. Written:")
     for name, what in ((FINAL, "final metrics"), ("log.jsonl", "per-epoch log"),
                        ("log.csv", "the same as CSV"),
                        ("steps.jsonl", "loss, lr and images/s every run.log_every steps"),
                        ("curves.png", "training curves"),
                        ("checkpoint.pt", "the trained net (alexnet evaluate/predict)"),
                        (TRAINED, "how the training ended"),
+                       (RECORD, "the data, store and plan it was trained with"),
                        ("config.json", "the resolved config")):
         if (out / name).is_file():
             print(f"  {out / name}: {what}")

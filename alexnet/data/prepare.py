@@ -36,6 +36,7 @@ from alexnet.data.store import (
     SPLITS,
     SplitWriter,
     WriteLock,
+    a_name,
     check_agrees,
     own_stats,
     share_train_stats,
@@ -139,16 +140,17 @@ def _fingerprint(source: src.Source, split: src.Split, *, size: int, format: str
 def prepare_split(source: src.Source, split: src.Split, path: Path, *, size: int, format: str,
                   decoders: Decoders, limit: int | None, max_pixels: int, chunk: int,
                   train_stats: dict[str, Any] | None, fingerprint: dict[str, Any],
-                  stop_after: int | None = None, jpeg_quality: int = JPEG_QUALITY
-                  ) -> dict[str, Any]:
+                  stop_after: int | None = None, jpeg_quality: int = JPEG_QUALITY,
+                  option: str = "OUT") -> dict[str, Any]:
     """Write one split (resuming a half-written one, skipping a complete and sound one,
     rebuilding a damaged one with a notice: store.split_status); return its count and skips.
     `fingerprint`: the split's `_fingerprint` for these options (its caller's, computed once:
-    its digests walk every image name)."""
+    its digests walk every image name). `option` names the store folder in refusals."""
     keep = _kept(source, split, limit)
     refs = [split.refs[i] for i in keep]
     labels = split.labels[keep]
-    meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY, optional=ADDED_LATER)
+    meta, damage = split_status(path, fingerprint, ignore=RESUMED_ONLY, optional=ADDED_LATER,
+                                option=option)
     if meta is not None:
         print(f"{path}: already complete ({meta['count']} images)", file=sys.stderr)
         return {"count": meta["count"], "skipped": meta["skipped"], "path": str(path)}
@@ -204,8 +206,8 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
             limit: int | None = None, splits: list[str] | str | None = None,
             names: str | None = None, max_pixels: int = MAX_PIXELS, chunk: int = CHUNK,
             val_fraction: float | None = None, val_seed: int = 0,
-            jpeg_quality: int = JPEG_QUALITY, _stop_after: int | None = None
-            ) -> dict[str, Any]:
+            jpeg_quality: int = JPEG_QUALITY, option: str = "OUT",
+            _stop_after: int | None = None) -> dict[str, Any]:
     """Prepare every split of `source` found (or those named) into the store `out`.
 
     Returns {"kind", "out", "splits": {split: {"count", "skipped", "path"}}}. The training
@@ -214,6 +216,8 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     the val split (sources.hold_out, seeded by `val_seed`), before `limit` applies.
     `jpeg_quality` (format "jpeg"): the encoder's quality, 1-100; lower decodes faster at
     some cost in fidelity (docs/data.md, "JPEG quality").
+    `option`: the name the refusals give `out`, that of the option that gave it (OUT, the
+    demo's --store).
     `_stop_after` (tests only) interrupts after that many chunks, as a Ctrl-C would.
     Workers are started with multiprocessing's "spawn" (safe after torch has started threads),
     so a script that calls this must guard its top level with `if __name__ == "__main__":`.
@@ -223,23 +227,25 @@ def prepare(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
                                      val_fraction=val_fraction, val_seed=val_seed,
                                      jpeg_quality=jpeg_quality)
     if not os.fspath(out):  # Path("") is the current folder
-        raise UserError("OUT is empty: give the store folder to write (e.g. data/store)")
+        raise UserError(f"{option} is empty: give the store folder to write (e.g. data/store)")
     out = Path(out)
     with one_stop():
         return _prepare(source, out, workers=workers, splits=splits, names=names,
-                        val_fraction=val_fraction, val_seed=val_seed, _stop_after=_stop_after,
+                        val_fraction=val_fraction, val_seed=val_seed, option=option,
+                        _stop_after=_stop_after,
                         options={"size": size, "format": format, "limit": limit,
                                  "max_pixels": max_pixels, "chunk": chunk,
                                  "jpeg_quality": jpeg_quality})
 
 
 def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
-             names: str | None, val_fraction: float | None, val_seed: int,
+             names: str | None, val_fraction: float | None, val_seed: int, option: str,
              _stop_after: int | None, options: dict[str, Any]) -> dict[str, Any]:
-    """`prepare` with its options checked: the splits wanted, each written in turn."""
+    """`prepare` with its options checked: the splits wanted, each written in turn (a
+    second writer refused naming `option`)."""
     size, chunk = options["size"], options["chunk"]
     try:
-        found = _detect(source, out, names, val_fraction, val_seed)
+        found = _detect(source, out, names, val_fraction, val_seed, option)
         wanted = [s for s in SPLITS if s in found.splits and (splits is None or s in splits)]
         if not wanted:
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
@@ -250,20 +256,22 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
         chunks = sum(-(-len(_kept(found, found.splits[name], options["limit"])) // chunk)
                      for name in wanted if split_status(  # no process to start for a rerun
                          out / name, fingerprints[name], ignore=RESUMED_ONLY,
-                         optional=ADDED_LATER)[0] is None)
+                         optional=ADDED_LATER, option=option)[0] is None)
         for name in wanted:  # before anything is written
             check_agrees(out, name, found.classes, size, mine=out / name,
-                         advice=f"prepare every split into a new OUT (or delete {out} first)")
-        with WriteLock(out), Decoders(workers, options["max_pixels"], chunks, chunk,
+                         advice=f"prepare every split into a new {option} (or delete {out} "
+                         "first)")
+        with WriteLock(out, option), Decoders(workers, options["max_pixels"], chunks, chunk,
                                       size) as decoders:
             for name in wanted:
                 summary["splits"][name] = prepare_split(
                     found, found.splits[name], out / name, decoders=decoders,
                     train_stats=own_stats(out / "train") if name != "train" else None,
-                    fingerprint=fingerprints[name], stop_after=_stop_after, **options)
+                    fingerprint=fingerprints[name], stop_after=_stop_after, option=option,
+                    **options)
             share_train_stats(out)
     except OSError as err:
-        raise _os_error(out, err) from None
+        raise _os_error(out, err, option) from None
     return summary
 
 
@@ -310,27 +318,29 @@ def _check_options(*, format: str, size: int, limit: int | None, chunk: int, max
     return workers, splits
 
 
-def _check_out(found: src.Source, out: Path) -> None:
+def _check_out(found: src.Source, out: Path, option: str = "OUT") -> None:
     """Refuse an OUT that is the SOURCE folder, or lies inside a folder whose subfolders the
     source reads as classes (links resolved), before anything is written: the next prepare
     of that source would read the store's folders as a class of its own. (A store beside
     the data files, as SOURCE/store for CIFAR-10 or IDX files, is read by nobody.)"""
     target = out.resolve()
     if target == found.root.resolve():
-        raise UserError(f"{out}: OUT is SOURCE itself; choose an OUT outside SOURCE")
+        raise UserError(f"{out}: {option} is SOURCE itself; choose {a_name(option)} outside "
+                        "SOURCE")
     for split in found.splits.values():
         where = Path(split.describe)
         if where.is_dir() and (target == where.resolve() or where.resolve() in target.parents):
-            raise UserError(f"{out}: OUT lies inside {where}, whose folders are read as the "
-                            f"classes of SOURCE's {split.name} split; choose an OUT outside it")
+            raise UserError(f"{out}: {option} lies inside {where}, whose folders are read as "
+                            f"the classes of SOURCE's {split.name} split; choose "
+                            f"{a_name(option)} outside it")
 
 
 def _detect(source: Any, out: Path, names: str | None, val_fraction: float | None,
-            val_seed: int) -> src.Source:
+            val_seed: int, option: str = "OUT") -> src.Source:
     """The source's layout (refused when OUT lies where it would be read as data), its notes
     and doubts printed, a val part held out if asked."""
     found = src.detect(source, names)
-    _check_out(found, out)
+    _check_out(found, out, option)
     for note in found.notes:
         print(f"alexnet prepare: {note}", file=sys.stderr)
     doubt = src.doubts(found)
@@ -353,7 +363,7 @@ def _hold_out(found: src.Source, source: Any, fraction: float, seed: int) -> Non
         found.splits["train"], fraction, seed, len(found.classes))
 
 
-def _os_error(out: Path, err: OSError) -> UserError:
+def _os_error(out: Path, err: OSError, option: str = "OUT") -> UserError:
     """A filesystem error as one line: reading a source file, or writing the store."""
     name = err.filename
     if name is not None:
@@ -361,7 +371,7 @@ def _os_error(out: Path, err: OSError) -> UserError:
         if inside != os.path.abspath(out):
             return UserError(f"{name}: cannot read ({err.strerror or err}); check the file "
                              "and its permissions")
-    return write_error(out, err)
+    return write_error(out, err, option)
 
 
 def _resumes(out: str) -> str:

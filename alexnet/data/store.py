@@ -509,10 +509,16 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
+def a_name(option: str) -> str:
+    """`option` with its article, as the refusals say it: "an OUT", "a --store"."""
+    return f"{'an' if option[:1] in 'AEIOU' else 'a'} {option}"
+
+
+def write_error(root: str | os.PathLike[str], err: OSError, option: str = "OUT") -> UserError:
     """A filesystem error met while writing the store `root`, as one line saying what to do.
 
     Whatever was recorded before the error stays: rerunning the same command continues.
+    `option` is the name the user gave the store by (prepare's OUT, the demo's --store).
     """
     where = err.filename or root
     reason = err.strerror or str(err)
@@ -520,11 +526,11 @@ def write_error(root: str | os.PathLike[str], err: OSError) -> UserError:
         advice = "free some space, then rerun the same command: it continues where it stopped"
     elif err.errno in (errno.EEXIST, errno.ENOTDIR):
         advice = (f"{_not_folder(Path(where), Path(root))} must be a folder (or not exist yet); "
-                  "move it away or choose another OUT")
+                  f"move it away or choose another {option}")
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        advice = "choose an OUT folder you can write to"
+        advice = f"choose {a_name(option)} folder you can write to"
     else:
-        advice = "check the disk and the OUT folder, then rerun the same command"
+        advice = f"check the disk and the {option} folder, then rerun the same command"
     return UserError(f"{where}: cannot write the store ({reason}); {advice}")
 
 
@@ -813,7 +819,8 @@ def _drop_progress(path: Path) -> None:
 
 
 def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequence[str] = (),
-                 optional: Sequence[str] = ()) -> tuple[dict[str, Any] | None, str | None]:
+                 optional: Sequence[str] = (), option: str = "OUT"
+                 ) -> tuple[dict[str, Any] | None, str | None]:
     """(the header, None) when split folder `path` already holds this very split, complete and
     sound; else (None, why it is to be built afresh, or None).
 
@@ -825,7 +832,8 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
     arguments (never overwritten), or a folder that is not a store. `ignore` names keys of a
     dict fingerprint that change how a split is written, not what it holds (compared only
     when resuming); `optional` keys added to fingerprints after some stores were written
-    without them: a complete split's header that lacks one is not compared on it.
+    without them: a complete split's header that lacks one is not compared on it. `option`
+    names the store folder in the refusals (prepare's OUT, the demo's --store).
     """
     path = Path(path)
     header = path / HEADER
@@ -837,7 +845,7 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
         if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
             if _ours(path):
                 return None, f"{header} is unreadable"
-            raise UserError(f"{header}: not an alexnet store header; choose another OUT")
+            raise UserError(f"{header}: not an alexnet store header; choose another {option}")
         if not meta.get("complete"):
             return None, None
         saved = _without(meta.get("fingerprint"), ignore)
@@ -847,7 +855,7 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
         if saved != mine:
             raise UserError(f"{path}: already holds a store prepared with other arguments or "
                             f"source files ({_difference(saved, mine)}); delete it or choose "
-                            "another OUT")
+                            f"another {option}")
         with WriteLock(path):  # a kill after completion may have left the progress files
             _drop_progress(path)
         damage = _damage(path, meta)
@@ -856,7 +864,7 @@ def split_status(path: str | os.PathLike[str], fingerprint: Any, ignore: Sequenc
             and any(p.name != LOCK for p in path.iterdir()):
         if _ours(path):
             return None, f"its {HEADER} is missing"
-        raise UserError(f"{path}: folder exists and is not a store; choose another OUT")
+        raise UserError(f"{path}: folder exists and is not a store; choose another {option}")
     return None, None
 
 

@@ -418,7 +418,7 @@ def test_bench_model_stopped_in_conv2s_lrn_row_keeps_conv1s(tmp_path, monkeypatc
 
     import alexnet.bench.model
 
-    timed = alexnet.bench.model._time_all
+    timed = alexnet.bench.model.time_all
     calls = []
 
     def time_all(*args, **kwargs):
@@ -427,7 +427,7 @@ def test_bench_model_stopped_in_conv2s_lrn_row_keeps_conv1s(tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGTERM)
         return timed(*args, **kwargs)
 
-    monkeypatch.setattr(alexnet.bench.model, "_time_all", time_all)
+    monkeypatch.setattr(alexnet.bench.model, "time_all", time_all)
     out = tmp_path / "model.json"
     assert main(["bench", "model", "--smoke", "--device", "cpu", "--json", str(out)]) == 124
     lrn = json.loads(out.read_text())["model"]["parts"]["lrn"]
@@ -440,7 +440,7 @@ def test_a_timed_function_that_fails_leaves_the_others_figures(monkeypatch):
     import threading
 
     import alexnet.bench
-    from alexnet.bench.model import _time_all
+    from alexnet.bench.model import time_all
 
     monkeypatch.setattr(alexnet.bench, "_SIGTERM", threading.Event())  # no SIGTERM came
 
@@ -448,7 +448,7 @@ def test_a_timed_function_that_fails_leaves_the_others_figures(monkeypatch):
         raise RuntimeError("triton: out of resources\nmore")
 
     failed = {}
-    t = _time_all({"relu": lambda: torch.ones(4).relu(), "variant": broken},
+    t = time_all({"relu": lambda: torch.ones(4).relu(), "variant": broken},
                   torch.device("cpu"), 1, 2, failed=failed)
     assert list(t) == ["relu"] and positive(t["relu"])
     assert failed == {"variant": "RuntimeError: triton: out of resources more"}
@@ -465,14 +465,22 @@ def test_a_setting_or_variant_that_fails_is_said_and_the_others_are_timed(tmp_pa
             raise RuntimeError("stood in\nfor a failure")
         return 10.0
 
+    made = alexnet.bench.train.warm_step
+
+    def warm_step(arch, device, batch, run_opts, warmup, width=1.0, **net_kwargs):
+        if net_kwargs.get("column_conv") == "dense":  # the variants are timed in turns
+            raise RuntimeError("stood in\nfor a failure")
+        return made(arch, device, batch, run_opts, warmup, width, **net_kwargs)
+
     monkeypatch.setattr(alexnet.bench.train, "time_steps", time_steps)
+    monkeypatch.setattr(alexnet.bench.train, "warm_step", warm_step)
     out = tmp_path / "train.json"
     assert main(["bench", "train", "--smoke", "--device", "cpu", "--json", str(out)]) == 0
     r = json.loads(out.read_text())["train"]
     assert r["settings"]["fp32"]["alexnet"] == 10.0
     assert r["settings"]["bf16"] == {"errors": {"alexnet": "RuntimeError: stood in for a "
                                                            "failure"}}
-    assert r["variants"]["columns groups (all three layers)"] == 10.0
+    assert positive(r["variants"]["columns groups (all three layers)"])
     assert r["variants"]["columns dense (all three layers)"] == {
         "error": "RuntimeError: stood in for a failure"}
     printed = capsys.readouterr().out
@@ -580,7 +588,7 @@ def test_bench_model_gives_each_net_the_batch_its_loader_gives_it(tmp_path, monk
 
     monkeypatch.setattr(alexnet.bench.model, "_train_step", train_step)
     monkeypatch.setattr(alexnet.bench.model, "bench_parts", lambda device, quick, parts: parts)
-    monkeypatch.setattr(alexnet.bench.model, "_time_all", lambda fns, *args, **kwargs: {
+    monkeypatch.setattr(alexnet.bench.model, "time_all", lambda fns, *args, **kwargs: {
         name: 1.0 for name in fns})
     args = type("Args", (), {"device": "cpu", "quick": True, "smoke": False, "figures": {}})()
     alexnet.bench.model.bench(args)
@@ -596,6 +604,7 @@ def test_the_table_keeps_the_goals_timing_and_the_variants_take_fewer_steps(monk
     run must fit gpu_check's limit), said in their header and the JSON."""
     import argparse
 
+    import alexnet.bench.model
     import alexnet.evaluate
     from alexnet.bench import train as bench_train
 
@@ -607,13 +616,24 @@ def test_the_table_keeps_the_goals_timing_and_the_variants_take_fewer_steps(monk
 
     monkeypatch.setattr(alexnet.evaluate, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    def warm_step(arch, device, batch, run_opts, warmup, width=1.0, **net_kwargs):
+        calls.append(("made", batch))
+        return lambda: None
+
+    def time_all(fns, device, warmup, repeats, failed=None):  # the variants, in turns
+        calls.append(("variant", tuple(fns), warmup, repeats))
+        return {name: 0.1 for name in fns}
+
     monkeypatch.setattr(bench_train, "time_steps", time_steps)
+    monkeypatch.setattr(bench_train, "warm_step", warm_step)
+    monkeypatch.setattr(alexnet.bench.model, "time_all", time_all)
     monkeypatch.setattr(bench_train, "variants_for",
                         lambda device: [("a stand-in", {"stand_in": True}, None)])
     args = argparse.Namespace(device="cuda", quick=False, smoke=False, figures={})
     r = bench_train.bench(args)
     assert {c for c in calls if c[0] == "table"} == {("table", 256, 5, 20)}
-    assert calls[-1] == ("variant", 256, *bench_train.VARIANT_TIMING)
+    assert calls[-3:] == [("made", 256), ("made", 256), ("variant", ("default", "a stand-in"),
+                                                         *bench_train.VARIANT_TIMING)]
     assert bench_train.VARIANT_TIMING[1] < 20
     assert r["variant_timing"] == dict(zip(("warmup", "steps"), bench_train.VARIANT_TIMING,
                                            strict=True))

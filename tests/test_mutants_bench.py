@@ -314,10 +314,10 @@ def test_time_all_keeps_the_fastest_timed_call_after_the_warm_up(monkeypatch) ->
     monkeypatch.setattr(bench_model, "time", clock.module())
     # check call, 1 warm-up, 3 timed: [4, 2, 6] -> 2 (mean 4)
     fns = _timed_fns(clock, {"a": [9.0, 9.0, 4.0, 2.0, 6.0], "b": [9.0, 9.0, 1.0, 3.0, 2.0]})
-    assert bench_model._time_all(fns, torch.device("cpu"), 1, 3) == {"a": 2.0, "b": 1.0}
+    assert bench_model.time_all(fns, torch.device("cpu"), 1, 3) == {"a": 2.0, "b": 1.0}
     # one timed call: the warm-up's slow call (50) is not it
     fns = _timed_fns(clock, {"a": [90.0, 50.0, 3.0]})
-    assert bench_model._time_all(fns, torch.device("cpu"), 1, 1) == {"a": 3.0}
+    assert bench_model.time_all(fns, torch.device("cpu"), 1, 1) == {"a": 3.0}
 
 
 def test_report_turns_seconds_into_images_and_ratios() -> None:
@@ -335,7 +335,7 @@ def test_report_turns_seconds_into_images_and_ratios() -> None:
 
 def test_lrn_rows_are_lrn_time_over_relu_time(monkeypatch) -> None:
     """The LRN goal's ratio (<= 1.5x) is LRN's seconds over ReLU's: 0.03 / 0.01 = 3."""
-    monkeypatch.setattr(bench_model, "_time_all",
+    monkeypatch.setattr(bench_model, "time_all",
                         lambda fns, *a, **k: {"relu": 0.01, "lrn torch": 0.03})
     rows = bench_model._lrn_rows(1, torch.device("cpu"), torch.float32,
                                  torch.contiguous_format, (1, 1),

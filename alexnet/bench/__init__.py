@@ -8,10 +8,11 @@ fills `args.figures` (a dict, the one that becomes its entry) as it goes and cal
 outright (SIGKILL) leaves every figure it had measured. When a time limit stops the run with
 SIGTERM (`timeout`, as bench/gpu_check.sh runs it), the file gets what it holds by then, with
 "stopped" saying so, and the exit status is 124 (a second SIGTERM changes nothing); after
-Ctrl-C, "stopped" says "interrupted (Ctrl-C)". A stop that does not end the run within
-GRACE_S seconds (the main thread held in C code, as while CUDA's autograd thread compiles
-Triton kernels, or its Stopped swallowed by code that catches everything) is ended by a
-watchdog thread: it prints where every thread was, writes the figures and exits 124.
+Ctrl-C, "stopped" says "interrupted (Ctrl-C)" (after an error, "failed" says which). Each
+such stop says on stderr which file holds the figures so far. A stop that does not end the
+run within GRACE_S seconds (the main thread held in C code, as while CUDA's autograd thread
+compiles Triton kernels, or its Stopped swallowed by code that catches everything) is ended
+by a watchdog thread: it prints where every thread was, writes the figures and exits 124.
 `--smoke` runs every line with the least work (the tests use it): implies `--quick`, a paper
 net of 1/8 width (SMOKE_WIDTH) without the torchvision layout beside it, a handful of images.
 Its figures say nothing about speed.
@@ -197,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
             if keep:  # the figures measured before Ctrl-C or a failure are kept too
                 results.update(_unfinished(what, err))
                 _write_figures()
+                how = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                print(f"alexnet bench: {how} during {what}; the figures so far are in "
+                      f"{args.json}", file=sys.stderr)
             raise
         results["stopped"] = (f"SIGTERM during `alexnet bench {what}`: its entry holds the "
                               "figures it had reached, the benchmarks after it none")

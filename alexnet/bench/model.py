@@ -52,7 +52,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_all(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+def time_all(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
               repeats: int, failed: dict[str, str] | None = None) -> dict[str, float]:
     """Fastest seconds of one call of each fn: the fns take turns (so a busy machine slows
     them alike), `warmup` untimed rounds first; the minimum is the least disturbed run.
@@ -213,7 +213,7 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                     fns[f"{LRN_FUSED}, tile layout, {v} backward"] = _with_settings(
                         fused, LAYOUT="tile", BACKWARD=v)
         failed: dict[str, str] = {}
-        t = _time_all(fns, device, *timing, failed=failed)
+        t = time_all(fns, device, *timing, failed=failed)
         row: dict = {k: v for k, v in t.items()}
         line = f"  LRN {name} output {tuple(shape)}: ReLU fwd+bwd {_ms(t['relu'])}"
         for k in t:
@@ -296,7 +296,7 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
         if layout != "tile":
             fns[f"fwd {layout}"] = _with_settings(forward, LAYOUT=layout)
             fns[f"bwd {layout}"] = _with_settings(backward, LAYOUT=layout)
-    t = _time_all(fns, x.device, *timing)
+    t = time_all(fns, x.device, *timing)
     size = x.numel() * x.element_size()
     rate = {k: (2 if k == "copy" or k.startswith("fwd") else 3) * size / t[k] / 1e9
             for k in t}
@@ -336,7 +336,7 @@ def _column_rows(batch: int, device: torch.device, amp: torch.dtype | None,
             g = torch.randn(batch, cout, side, side, device=device, dtype=x.dtype)
             fns[form] = _fwd_bwd(conv, x, [x, conv.weight, conv.bias],
                                  g.contiguous(memory_format=fmt), amp)
-        t = _time_all(fns, device, *timing)
+        t = time_all(fns, device, *timing)
         auto = ref.resolved_form(x)
         print(f"  {name} fwd+bwd: " + ", ".join(
             f"{f} {_ms(t[f])} ({t['groups'] / t[f]:.2f}x groups)" for f in forms)
@@ -386,7 +386,7 @@ def _pad_and_pool_rows(batch: int, device: torch.device, dtype: torch.dtype,
                                       maps["channels_last"], [maps["channels_last"]],
                                       pool_g.contiguous(memory_format=torch.channels_last), None)
     failed: dict[str, str] = {}
-    t = _time_all(fns, device, *timing, failed=failed)
+    t = time_all(fns, device, *timing, failed=failed)
     print(f"  conv1's {pad}-pixel right/bottom padding {_ms(t['pad'])} beside conv1 fwd+bwd "
           f"{_ms(t['conv1'])} ({100 * t['pad'] / t['conv1']:.1f}%)")
     if "conv1 blocks" in t:
@@ -481,7 +481,7 @@ def bench(args: argparse.Namespace) -> dict:
             print(f"device {device}, batch {batch}, {n} thread(s), fastest of {repeats} "
                   f"interleaved repeats after {warmup} warm-up rounds")
             failed: dict[str, str] = {}
-            seconds = _time_all(fns, device, warmup, repeats, failed=failed)
+            seconds = time_all(fns, device, warmup, repeats, failed=failed)
             for name, why in failed.items():  # each figure of the report needs every step
                 raise RuntimeError(f"the {name} step failed: {why}")
             result[f"threads_{n}"] = _report(seconds, batch)

@@ -295,12 +295,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         keep_figures()  # the row in --json now: a run killed later keeps it
     if cuda and peak is None:
         print(f"MFU: {torch.cuda.get_device_name(device)} is not in PEAK_BF16_TFLOPS")
-    fast = BF16_CL if cuda else "fp32"  # the setting time_variants runs
     results["variants"] = {}
     timing = VARIANT_TIMING if cuda and not quick else (warmup, steps)
     results["variant_timing"] = {"warmup": timing[0], "steps": timing[1]}
-    time_variants(device, batch, *timing, width, results["settings"][fast].get("alexnet"),
-                  into=results["variants"])
+    results["variants_default"] = {}  # the default's images/s in each variant's rounds
+    time_variants(device, batch, *timing, width, into=results["variants"],
+                  beside=results["variants_default"])
     return results
 
 
@@ -379,38 +379,80 @@ def variants_for(device: torch.device
 
 
 def time_variants(device: torch.device, batch: int, warmup: int, steps: int, width: float,
-                  default: float | None, into: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Images/s of the paper net in each of `variants_for` beside `default`, its figure as it
-    runs by default under the same setting (bf16 + channels_last on CUDA, fp32 on the CPU;
-    timed by `bench`'s table): which column form, LRN and pool choice is fastest for the
-    whole step. Each line is printed, put in `into` and written to --json (keep_figures) as
-    soon as it is timed, so that a run stopped by a time limit, or killed, keeps the lines it
-    reached; a variant that fails is said in its place ({"error": ...},
-    alexnet.bench.measured) and the others go on. `default` None: the default's own row
-    failed, so there is no ratio to it."""
+                  into: dict[str, Any] | None = None,
+                  beside: dict[str, float] | None = None) -> dict[str, Any]:
+    """Images/s of the paper net in each of `variants_for` and by default, under bench's fast
+    setting (bf16 + channels_last on CUDA, fp32 on the CPU): which column form, LRN and pool
+    choice is fastest for the whole step.
+
+    Each variant is timed in turns with the default (model.time_all: `warmup` untimed rounds,
+    then `steps` rounds of one step each, the fastest step of each kept), so that its ratio
+    comes from two figures measured side by side; the default's step is made once and kept
+    warm. `into` gets each variant's images/s and, as "default", the default's best over all
+    its rounds; `beside` the default's images/s in each variant's own rounds (the ratio's
+    denominator). Each line is printed and written to --json (keep_figures) as soon as it is
+    timed, so that a run stopped by a time limit, or killed, keeps the lines it reached; a
+    variant that fails is said in its place ({"error": ...}, alexnet.bench.measured) and the
+    others go on, timed alone (no ratio) where the default itself failed."""
     from alexnet.bench import keep_figures, measured
+    from alexnet.bench.model import time_all
 
     opts = {"amp": "bf16", "channels_last": True} if device.type == "cuda" else {}
     label = BF16_CL if opts else "fp32"
     print(f"paper net, other ways to compute the same function ({label}, whole step, "
-          f"{warmup} warm-up + {steps} timed steps):")
+          f"{warmup} warm-up + {steps} timed steps, each in turns with the default, "
+          "fastest step):")
     out: dict[str, Any] = {} if into is None else into
+    beside = {} if beside is None else beside
 
-    def show(name: str, rate: float | dict[str, str] | None) -> None:
-        out[name] = rate
-        keep_figures()  # in --json now: a run killed later keeps it
-        if not isinstance(rate, float):
-            said = "not measured" if rate is None else f"failed: {rate['error']}"
-            print(f"  {name:<40}{said}", flush=True)
-            return
-        ratio = f"{rate / default:>8.2f}x default" if default else ""
-        print(f"  {name:<40}{rate:>11.1f} images/s{ratio}", flush=True)
-
-    def timed(kwargs: dict[str, Any], setting: Callable[[], Any] | None) -> float:
+    def made(kwargs: dict[str, Any], setting: Callable[[], Any] | None
+             ) -> Callable[[], Any]:
+        """The variant's step, made and run under its setting (held for each step only, so
+        that the default's steps between them run without it)."""
         with setting() if setting else contextlib.nullcontext():
-            return time_steps("alexnet", device, batch, opts, warmup, steps, width, **kwargs)
+            step = warm_step("alexnet", device, batch, opts, 0, width, **kwargs)
 
-    show("default", default)
+        def run() -> Any:
+            with setting() if setting else contextlib.nullcontext():
+                return step()
+
+        return run
+
+    def pair(name: str, kwargs: dict[str, Any], setting: Callable[[], Any] | None,
+             default: Callable[[], Any] | None) -> None:
+        """The variant `name` timed in turns with `default` (None: alone), into out/beside;
+        its net freed on return, before the next variant's is made."""
+        step = measured(functools.partial(made, kwargs, setting))
+        if isinstance(step, dict):
+            out[name] = step
+            return
+        fns = {name: step} if default is None else {"default": default, name: step}
+        failed: dict[str, str] = {}
+        seconds = time_all(fns, device, warmup, steps, failed=failed)
+        if "default" in failed:  # no ratio from here on
+            out["default"] = {"error": failed["default"]}
+        out[name] = {"error": failed[name]} if name in failed else batch / seconds[name]
+        if "default" in seconds:
+            beside[name] = batch / seconds["default"]
+            out["default"] = max(beside[name], out.get("default", 0.0))
+
+    default = measured(functools.partial(made, {}, None))
+    if isinstance(default, dict):
+        out["default"] = default
+        print(f"  {'default':<40}failed: {default['error']}; the variants without a ratio",
+              flush=True)
     for name, kwargs, setting in variants_for(device):
-        show(name, measured(functools.partial(timed, kwargs, setting)))
+        pair(name, kwargs, setting,
+             None if isinstance(out.get("default"), dict) else default)
+        keep_figures()  # in --json now: a run killed later keeps it
+        rate = out[name]
+        if isinstance(rate, dict):
+            print(f"  {name:<40}failed: {rate['error']}", flush=True)
+            continue
+        ratio = (f"{rate / beside[name]:>8.2f}x default ({beside[name]:.1f} beside it)"
+                 if name in beside else "")
+        print(f"  {name:<40}{rate:>11.1f} images/s{ratio}", flush=True)
+    if isinstance(out.get("default"), float):
+        print(f"  {'default':<40}{out['default']:>11.1f} images/s (its fastest, in the rounds "
+              "above)", flush=True)
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_mutants_demo import _idx_folder  # empty files of the four IDX names
 
 import alexnet.demo
 from alexnet.atomic import write_json
@@ -71,15 +72,6 @@ def _stand_ins(monkeypatch: pytest.MonkeyPatch, eval_seconds: float = 5.0) -> _C
     monkeypatch.setattr(alexnet.demo, "_train", train)
     monkeypatch.setattr(alexnet.demo, "evaluate_run", evaluate)
     return clock
-
-
-def _idx_folder(tmp_path: Path) -> Path:
-    """A folder holding (empty) files of the four IDX names: enough for the stand-ins."""
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    for name in IDX_FILES:
-        (folder / name).write_bytes(b"")
-    return folder
 
 
 def test_other_image_counts_on_the_same_store_are_another_run(

@@ -143,8 +143,6 @@ def predict_probs(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.T
 def loader_images(loader: Any) -> int | None:
     """How many images `loader` yields, where it says beforehand (its `images`, as an
     EvalLoader's), so that predict_probs can fill one tensor; None where unknown."""
-    if isinstance(loader, _UntilStop):
-        return loader_images(loader.loader)
     images = getattr(loader, "images", None)
     return images if isinstance(images, int) and images >= 0 else None
 
@@ -252,11 +250,13 @@ def error_rates(wrong: dict[str, int], images: int) -> dict[str, float]:
 
 
 class _UntilStop:
-    """The batches of `loader` (its length too, for the progress) until `stop()` is true
-    before one: then Stopped, the loader's iterator closed first (its read-ahead ended)."""
+    """The batches of `loader` (its length and image count too, for the progress and
+    predict_probs) until `stop()` is true before one: then Stopped, the loader's iterator
+    closed first (its read-ahead ended)."""
 
     def __init__(self, loader: Any, stop: Callable[[], bool]) -> None:
         self.loader, self.stop = loader, stop
+        self.images = getattr(loader, "images", None)
 
     def __len__(self) -> int:
         return len(self.loader)

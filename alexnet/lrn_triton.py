@@ -2,31 +2,29 @@
 
 One kernel reads a once and writes b = a s^-beta, s = k + alpha * windowsum(a^2); the other
 reads g and a once and writes grad_a = g s^-beta - 2 alpha beta a windowsum(g a s^(-beta-1)),
-recomputing s from a instead of saving it (memory traffic bounds LRN on a GPU). Each program
-holds a block of one column's maps (16 of conv1's 48, 32 of conv2's 128: no masked lanes)
-for a block of pixels, the contiguous axis last so that loads vectorise, and loads each
-shifted map it needs once (the neighbours' from the cache): the forward 2 HALF + 1 maps of
-a, the backward 4 HALF + 1 maps of a (squared once, summed into the 2 HALF + 1 window sums
-s_j it needs) and 2 HALF + 1 maps of g, with one power per s_j (for beta = 3/4 from rsqrt
-and sqrt, else exp2 and log2; `_powers`). Loads outside
-the column are masked to zero, which is exactly the window clipped at the column's first and
-last map. The windows are unrolled for n = 3 and 5 (the paper's); alexnet.model runs wider
-ones on the torch path. A ReLU before the LRN can be folded in (`relu=True`): the kernels
+recomputing s from a instead of saving it (memory traffic bounds LRN on a GPU). In the tile
+layout each forward program holds a block of one column's maps (16 of conv1's 48, 32 of
+conv2's 128: no masked lanes) for a block of pixels, the contiguous axis last so that loads
+vectorise, and loads each shifted map it needs once (the neighbours' from the cache): the
+2 HALF + 1 maps of a. The backward's program holds a whole column: it loads the 2 HALF + 1
+maps of a and one of g, computes one power per element (for beta = 3/4 from rsqrt and sqrt,
+else exp2 and log2; `_powers`), writes u = g a s^(-beta-1) into the output and reads it
+back at the window's shifts (`_lrn_backward_twophase_kernel`). Loads outside the column are
+masked to zero, which is exactly the window clipped at the column's first and last map.
+The windows are unrolled for n = 3 and 5 (the paper's); alexnet.model runs wider ones on
+the torch path. A ReLU before the LRN can be folded in (`relu=True`): the kernels
 read the conv's output and apply it on the fly, which saves the ReLU's own passes over the
 map forward and backward. Sums are in fp32 (fp64 for fp64 inputs) whatever the storage
 dtype. NCHW and channels_last work alike: only the strides differ. `torch.ops.alexnet.lrn`
 has autograd and fake (meta) implementations, so torch.compile traces it as one node,
-without a graph break. Two other layouts stream maps through registers instead
-(ALEXNET_LRN_LAYOUT): channels, a run of maps each loaded once per program as a vector of
-pixels, and rows, for channels_last tensors, where each thread holds whole
-pixels and loads 16 bytes of consecutive channels at a time (the tile layout's shifted maps
-are not 16-byte aligned there, so the GPU compiler splits them into 2-byte loads); two
-(band, gather) read whole rows of a column; and halo, for channels_last tensors, where each
-thread holds one 16-byte group of a pixel's maps and loads the maps beyond its edges that
-its windows reach as one more vector on each side (halo2: the same kernels with two groups
-a thread). The default, auto, times tile, band, gather, halo and halo2 on the device at first
-use, for each shape and for the forward and backward apart, and keeps the fastest that
-agrees with tile (figures at LAYOUT).
+without a graph break. Other layouts (ALEXNET_LRN_LAYOUT): two (band, gather) read whole
+rows of a column; and halo, for channels_last tensors, where each thread holds one 16-byte
+group of a pixel's maps and loads the maps beyond its edges that its windows reach as one
+more vector on each side (halo2: the same kernels with two groups a thread). The default,
+auto, times tile, band, gather, halo and halo2 on the device at first use, for each shape
+and for the forward and backward apart, and keeps the fastest that agrees with tile
+(figures at LAYOUT; the channels and rows layouts and the recompute backward were measured
+slower there and removed).
 
 This module imports triton; alexnet.model imports it only when the Triton path is chosen
 (ALEXNET_LRN, docs/model.md). Under TRITON_INTERPRET=1 the kernels run on CPU tensors.
@@ -52,10 +50,9 @@ if not hasattr(torch.library, "custom_op"):
     raise ImportError("the Triton LRN needs torch >= 2.4 (torch.library.custom_op)")
 
 FORWARD_TILE = 4096  # elements per program (channels times pixels), forward
-BACKWARD_TILE = 2048  # backward: it holds 4 * HALF + 1 shifted tiles of a at once
+BACKWARD_TILE = 2048  # backward: a whole column (rounded up to a power of two) times pixels
 NUM_WARPS = 8
 MAX_HALF = 2  # the kernels unroll windows up to n = 5 (the paper's); wider ones run in torch
-BACKWARDS = ("recompute", "twophase")
 
 
 def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
@@ -67,20 +64,11 @@ def _setting(env: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-# ALEXNET_LRN_BACKWARD picks the backward kernel, read at import (or set lrn_triton.BACKWARD):
-# recompute (each s_j from the loaded squares, 5 powers per element) or twophase (u_c
-# through the output buffer: 1 power per element). twophase by measurement: on one H200
-# (bf16, channels_last, conv1's output) 0.383 ms against 0.820 ms for recompute.
-BACKWARD = _setting("ALEXNET_LRN_BACKWARD", os.environ.get("ALEXNET_LRN_BACKWARD", "twophase"),
-                    BACKWARDS)
-LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo", "halo2")
+LAYOUTS = ("auto", "tile", "band", "gather", "halo", "halo2")
 # ALEXNET_LRN_LAYOUT picks the kernels' layout, read at import (or set lrn_triton.LAYOUT):
 # auto (the default: for each tensor shape, dtype and memory format, and for the forward and
 # the backward apart, the fastest of AUTO_LAYOUTS as timed on the device at first use,
-# `_auto`), tile (a 2-D block of channels x pixels, shifted maps from the cache), channels
-# (a run of maps streamed through registers, each loaded once per program) or rows (on
-# channels_last tensors whose columns are whole 16-byte groups, each thread streams its
-# pixels' runs of channels, every access 16 bytes; other tensors take the tile kernels) or
+# `_auto`), tile (a 2-D block of channels x pixels, shifted maps from the cache) or
 # band (channels_last, not float64: a block of pixels x a whole column read once in rows,
 # the window sums as a product with the 0/1 band matrix on the tensor cores,
 # `_window_sums`; a NaN or inf reaches every map of its pixel's column there, through the
@@ -91,22 +79,19 @@ LAYOUTS = ("auto", "tile", "channels", "rows", "band", "gather", "halo", "halo2"
 # each side loaded as one vector each, from the cache; not yet timed on a GPU) or halo2 (the
 # halo kernels with programs twice as long: two groups a thread, `HALO_GROUPS`). Measured
 # on one H200 (bf16, channels_last, batch 256, ReLU folded in, fwd+bwd;
-# `alexnet bench model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 1.014 ms
-# rows, 3.631 ms channels, 0.658 ms band (its forward 0.188 ms against tile's 0.289);
-# conv2's 0.417, 0.725, 2.322, 0.982 ms. So no one layout is fastest on both: auto.
-# The channels, rows, band, gather and halo backwards ignore ALEXNET_LRN_BACKWARD.
+# `alexnet bench model --device cuda`, 2026-11-29) conv1's output 0.772 ms tile, 0.658 ms
+# band (its forward 0.188 ms against tile's 0.289); conv2's 0.417 and 0.982 ms. So no one
+# layout is fastest on both: auto. Two layouts were removed after that run, slower than
+# tile on both shapes: channels (a run of maps streamed through registers; 3.631 and
+# 2.322 ms) and rows (each thread whole pixels, 16-byte loads; 1.014 and 0.725 ms); and
+# the tile layout's other backward, recompute (each s_j from the loaded squares, 5 powers
+# per element: 0.820 ms against the twophase kernel's 0.383 on conv1's output).
 LAYOUT = _setting("ALEXNET_LRN_LAYOUT", os.environ.get("ALEXNET_LRN_LAYOUT", "auto"), LAYOUTS)
-# What auto times (tile first: the reference the others must agree with). rows and channels
-# were slower than tile on both of the net's shapes in the H200 run above.
+# What auto times (tile first: the reference the others must agree with)
 AUTO_LAYOUTS = ("tile", "band", "gather", "halo", "halo2")
 AUTO_MIN_ELEMENTS = 1 << 20  # smaller tensors take tile untimed (too short to time; checks)
 AUTO_ROUNDS, AUTO_REPEATS = 3, 4  # timed rounds (each layout in turn) of launches each
 AUTO_CHECK_ELEMENTS = 1 << 24  # about how many results a candidate must give as tile does
-CHANNELS_BLOCK_P = 1024  # pixels per program of the channels layout
-CHANNELS_NUM_WARPS = 4  # 8 pixels a thread: 16-byte loads of bf16 in NCHW
-ROWS_BLOCK_P = 256  # pixels per program of the rows layout: 2 per thread
-ROWS_NUM_WARPS = 4
-ROWS_MAX_RUN = 64  # channels per program of the rows layout (conv1's column of 48 whole)
 BAND_BLOCK_P = 64  # pixels per program of the band layout
 # halo layout: one 16-byte group per thread (2048 elements, 8 warps), the fewest registers
 # (sm_90, bf16: 32 forward, 48 backward; 2 groups a thread take 40 and 72, 4 take 72 and 161)
@@ -175,7 +160,7 @@ def _window(qm2, qm1, q0, qp1, qp2, HALF: tl.constexpr):
 @triton.jit
 def _newest_window(x0, x1, x2, x3, x4, HALF: tl.constexpr):
     """(sum of squares, centre map) of the window over the newest 2 HALF + 1 of five maps
-    streamed through registers (x4 the newest): the channels layout's window."""
+    streamed through registers (x4 the newest): the halo kernels' window."""
     if HALF == 2:
         w = _window(x0 * x0, x1 * x1, x2 * x2, x3 * x3, x4 * x4, HALF)
         centre = x2
@@ -198,18 +183,6 @@ def _powers(s, beta, BETA_3_4: tl.constexpr):
         p = tl.exp2(-beta * tl.log2(s))
         q = p / s
     return p, q
-
-
-@triton.jit
-def _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, a, s, beta, D: tl.constexpr,
-          ON: tl.constexpr, COMPUTE: tl.constexpr, BETA_3_4: tl.constexpr):
-    """g_j a_j s_j^(-beta-1) for the map j D along (0 outside the column or if not ON)."""
-    t = tl.zeros(c.shape, COMPUTE) + tl.zeros(p.shape, COMPUTE)
-    if ON:
-        g = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, D, True, COMPUTE)
-        _, q = _powers(s, beta, BETA_3_4)
-        t = g * a * q
-    return t
 
 
 @triton.jit
@@ -260,60 +233,13 @@ def _lrn_forward_kernel(a_ptr, bias_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, a
 
 
 @triton.jit
-def _lrn_backward_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
-                         alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
-                         RELU: tl.constexpr, BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
-                         BLOCK_P: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BETA_3_4: tl.constexpr):
-    base, c, p, col0 = _tile(hw, cg, groups, s_n, s_c, BLOCK_C, BLOCK_P, CHANNELS_LAST)
-    in_p = p < hw
-    # grad_c = g_c s_c^-beta - 2 alpha beta a_c sum_{j in window(c)} g_j a_j s_j^(-beta-1):
-    # a at the 4 HALF + 1 maps c-2HALF..c+2HALF, each loaded and squared once, give the
-    # 2 HALF + 1 sums s_j; the g_j are loaded once each. Loads outside the column are 0,
-    # so the clipped windows (of c and of each j) come out of the same sums.
-    H2: tl.constexpr = HALF == 2
-    xm4 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -4, H2, COMPUTE, BIAS)
-    xm3 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -3, H2, COMPUTE, BIAS)
-    xm2 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -2, True, COMPUTE, BIAS)
-    xm1 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, -1, True, COMPUTE, BIAS)
-    x0 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE, BIAS)
-    xp1 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 1, True, COMPUTE, BIAS)
-    xp2 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 2, True, COMPUTE, BIAS)
-    xp3 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 3, H2, COMPUTE, BIAS)
-    xp4 = _input(a_ptr, bias_ptr, base, col0, c, p, in_p, cg, s_c, s_p, 4, H2, COMPUTE, BIAS)
-    am4, am3, am2, am1 = _relu(xm4, RELU), _relu(xm3, RELU), _relu(xm2, RELU), _relu(xm1, RELU)
-    a0, ap1, ap2, ap3, ap4 = (_relu(x0, RELU), _relu(xp1, RELU), _relu(xp2, RELU),
-                              _relu(xp3, RELU), _relu(xp4, RELU))
-    qm4, qm3, qm2, qm1, q0 = am4 * am4, am3 * am3, am2 * am2, am1 * am1, a0 * a0
-    qp1, qp2, qp3, qp4 = ap1 * ap1, ap2 * ap2, ap3 * ap3, ap4 * ap4
-    s0 = k + alpha * _window(qm2, qm1, q0, qp1, qp2, HALF)
-    sm1 = k + alpha * _window(qm3, qm2, qm1, q0, qp1, HALF)
-    sp1 = k + alpha * _window(qm1, q0, qp1, qp2, qp3, HALF)
-    sm2 = k + alpha * _window(qm4, qm3, qm2, qm1, q0, HALF)
-    sp2 = k + alpha * _window(q0, qp1, qp2, qp3, qp4, HALF)
-    g0 = _shifted(g_ptr, base, c, p, in_p, cg, s_c, s_p, 0, True, COMPUTE)
-    p0, q0 = _powers(s0, beta, BETA_3_4)
-    acc = g0 * a0 * q0
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am2, sm2, beta, -2, H2, COMPUTE,
-                 BETA_3_4)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, am1, sm1, beta, -1, True, COMPUTE,
-                 BETA_3_4)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap1, sp1, beta, 1, True, COMPUTE,
-                 BETA_3_4)
-    acc += _term(g_ptr, base, c, p, in_p, cg, s_c, s_p, ap2, sp2, beta, 2, H2, COMPUTE,
-                 BETA_3_4)
-    grad = _relu_grad(g0 * p0 - 2.0 * alpha * beta * a0 * acc, x0, RELU)
-    tl.store(out_ptr + base + (c * s_c + p * s_p), grad.to(out_ptr.dtype.element_ty),
-             mask=(c < cg) & in_p)
-
-
-@triton.jit
 def _lrn_backward_twophase_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, hw, cg, groups, s_n, s_c,
                                   s_p, alpha, beta, k, COMPUTE: tl.constexpr,
                                   HALF: tl.constexpr, RELU: tl.constexpr, BIAS: tl.constexpr,
                                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                                   CHANNELS_LAST: tl.constexpr, BETA_3_4: tl.constexpr):
-    # the same gradient with one power per element instead of one per s_j: the program
+    # grad_c = g_c s_c^-beta - 2 alpha beta a_c sum_{j in window(c)} u_j with one power per
+    # element (not one per s_j, as each s_j recomputed would take): the program
     # holds a whole column (BLOCK_C >= cg), writes each map's u_c = g_c a_c s_c^(-beta-1)
     # into the output (in its dtype), waits for all its threads, reads u back at
     # c-HALF..c+HALF (from the cache) and overwrites it with the gradient
@@ -350,7 +276,7 @@ def _lrn_backward_twophase_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, hw, cg, group
 @triton.jit
 def _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta, HALF: tl.constexpr,
                  RELU: tl.constexpr):
-    """The streaming backwards' gradient at the centre c of the newest full window: a_c, g_c,
+    """The halo backward's gradient at the centre c of the newest full window: a_c, g_c,
     p_c lag the stream by 2 HALF maps (x0, g0, p0 for HALF 2; x2, g1, p1 for HALF 1), and the
     window's u_j are the newest 2 HALF + 1 of u0..u4."""
     if HALF == 2:
@@ -361,95 +287,6 @@ def _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta, HALF: 
         ac, gc, pc = x2, g1, p1
     # a_c = ReLU(x_c) <= 0 where x_c <= 0, and NaN where x_c is
     return _relu_grad(gc * pc - 2.0 * alpha * beta * ac * acc, ac, RELU)
-
-
-@triton.jit
-def _run(cg, groups, s_n, s_c, RUN: tl.constexpr, BLOCK_P: tl.constexpr):
-    """This program's offsets in the channels layout: base (image and column), the run's
-    first channel c0 within the column, pixels p (a 1-D block)."""
-    pid = tl.program_id(0)  # images x columns x runs
-    runs = tl.cdiv(cg, RUN)
-    n = pid // (groups * runs)
-    col = (pid // runs) % groups
-    c0 = (pid % runs) * RUN
-    base = n.to(tl.int64) * s_n + (col * cg).to(tl.int64) * s_c
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    return base, c0, p
-
-
-@triton.jit
-def _inside(j, p, in_p, cg):
-    """The pixels p of map j that exist: in the image and j within the column [0, cg) (j
-    spread over p first: the interpreter rejects a mask from a scalar & a vector)."""
-    jp = j + tl.zeros_like(p)
-    return (jp >= 0) & (jp < cg) & in_p
-
-
-@triton.jit
-def _map(ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE: tl.constexpr):
-    """Map j of the column at pixels p (0 outside [0, cg): the clipped window)."""
-    v = tl.load(ptr + base + (j * s_c + p * s_p), mask=_inside(j, p, in_p, cg), other=0.0)
-    return v.to(COMPUTE)
-
-
-@triton.jit
-def _lrn_forward_channels_kernel(a_ptr, b_ptr, hw, cg, groups, s_n, s_c, s_p, alpha, beta, k,
-                                 COMPUTE: tl.constexpr, HALF: tl.constexpr,
-                                 RELU: tl.constexpr, RUN: tl.constexpr,
-                                 BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
-    # maps c0-HALF..c0+RUN-1+HALF stream through five registers x0..x4 (x4 the newest),
-    # each loaded once; once a window is full its centre's b is written
-    base, c0, p = _run(cg, groups, s_n, s_c, RUN, BLOCK_P)
-    in_p = p < hw
-    x0 = tl.zeros([BLOCK_P], COMPUTE)
-    x1, x2, x3, x4 = x0, x0, x0, x0
-    for t in tl.static_range(RUN + 2 * HALF):
-        j = c0 - HALF + t
-        x0, x1, x2, x3 = x1, x2, x3, x4
-        x4 = _relu(_map(a_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
-        if t >= 2 * HALF:
-            c = j - HALF
-            w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
-            pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
-            tl.store(b_ptr + base + (c * s_c + p * s_p), (a * pw).to(b_ptr.dtype.element_ty),
-                     mask=_inside(c, p, in_p, cg))
-
-
-@triton.jit
-def _lrn_backward_channels_kernel(g_ptr, a_ptr, out_ptr, hw, cg, groups, s_n, s_c, s_p,
-                                  alpha, beta, k, COMPUTE: tl.constexpr, HALF: tl.constexpr,
-                                  RELU: tl.constexpr, RUN: tl.constexpr,
-                                  BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
-    # grad_c = g_c p_c - 2 alpha beta a_c sum_{j in window(c)} u_j, u_j = g_j a_j q_j,
-    # p_j, q_j = s_j^-beta, s_j^(-beta-1). a at c0-2HALF..c0+RUN-1+2HALF streams through
-    # x0..x4 (x4 = a_i, the newest); when s_j (j = i - HALF) is full, g_j is loaded and u_j
-    # computed (one power per map), and u_j completes the window of c = j - HALF. Maps
-    # outside the column load as 0, so u_j = 0 there: the clipped windows of c and of j.
-    base, c0, p = _run(cg, groups, s_n, s_c, RUN, BLOCK_P)
-    in_p = p < hw
-    x0 = tl.zeros([BLOCK_P], COMPUTE)
-    x1, x2, x3, x4 = x0, x0, x0, x0
-    u0, u1, u2, u3, u4 = x0, x0, x0, x0, x0  # u_{j-4}..u_j
-    g0, g1, g2 = x0, x0, x0  # g_{j-2}..g_j
-    p0, p1, p2 = x0, x0, x0  # p_{j-2}..p_j
-    for t in tl.static_range(RUN + 4 * HALF):
-        i = c0 - 2 * HALF + t
-        x0, x1, x2, x3 = x1, x2, x3, x4
-        x4 = _relu(_map(a_ptr, base, i, p, in_p, cg, s_c, s_p, COMPUTE), RELU)
-        if t >= 2 * HALF:
-            j = i - HALF
-            w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
-            pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
-            gj = _map(g_ptr, base, j, p, in_p, cg, s_c, s_p, COMPUTE)
-            u0, u1, u2, u3, u4 = u1, u2, u3, u4, gj * aj * qj
-            g0, g1, g2 = g1, g2, gj
-            p0, p1, p2 = p1, p2, pj
-            if t >= 4 * HALF:
-                c = j - HALF
-                grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta,
-                                    HALF, RELU)
-                tl.store(out_ptr + base + (c * s_c + p * s_p),
-                         grad.to(out_ptr.dtype.element_ty), mask=_inside(c, p, in_p, cg))
 
 
 @triton.jit
@@ -530,134 +367,6 @@ def _put(e: tl.constexpr, v, x0, x1, x2, x3, x4, x5, x6, x7):
     else:
         x7 = v
     return x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
-def _rows(rows, cg, RUN: tl.constexpr, BLOCK_P: tl.constexpr, G: tl.constexpr):
-    """This program's pixels (rows of the channels_last tensor) and its run: the run's first
-    channel c0 and its column's first channel col0 (absolute), the row offsets, the lanes."""
-    r = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pid_c = tl.program_id(1)  # columns x runs
-    runs = cg // RUN
-    col0 = (pid_c // runs) * cg
-    c0 = col0 + (pid_c % runs) * RUN
-    return r, c0, col0, tl.arange(0, G)
-
-
-@triton.jit
-def _group(ptr, r, rows, C, c0, col0, cg, lane, gi: tl.constexpr, RUN: tl.constexpr,
-           G: tl.constexpr, WHOLE: tl.constexpr, BLOCK_P: tl.constexpr, COMPUTE: tl.constexpr):
-    """Channels c0 + gi G .. + G - 1 of rows r as eight [BLOCK_P] vectors: one aligned
-    16-byte load per row. A group outside the run (gi < 0 or past it: the window's reach
-    into the neighbouring run) loads as zeros when it lies outside the column: the clipped
-    window. A run that is its whole column (WHOLE) has no such group to load."""
-    # compile-time flags as numbers (no and/or/not on constexprs, which older Triton lacks)
-    OUTSIDE: tl.constexpr = (gi < 0) + (gi * G >= RUN)  # 1: a neighbouring run's group
-    z = tl.zeros([BLOCK_P], COMPUTE)
-    x0, x1, x2, x3, x4, x5, x6, x7 = z, z, z, z, z, z, z, z
-    if OUTSIDE * WHOLE == 0:
-        ch = c0 + gi * G
-        m = (r < rows)[:, None]  # constant along the row's G lanes: the load vectorises
-        if OUTSIDE:
-            chs = ch + tl.zeros([BLOCK_P, 1], tl.int32)
-            m = m & (chs >= col0) & (chs < col0 + cg)
-        ptrs = ptr + (r.to(tl.int64) * C)[:, None] + (ch + lane)[None, :]
-        v = tl.load(ptrs, mask=m, other=0.0).to(COMPUTE)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _unpack(v, BLOCK_P, G)
-    return x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
-def _store_group(ptr, r, rows, C, c0, lane, gi: tl.constexpr, G: tl.constexpr,
-                 BLOCK_P: tl.constexpr, o0, o1, o2, o3, o4, o5, o6, o7):
-    """Write the G values o0.. at channels c0 + gi G .. of rows r: one 16-byte store a row."""
-    v = _pack(o0, o1, o2, o3, o4, o5, o6, o7, BLOCK_P, G)
-    ptrs = ptr + (r.to(tl.int64) * C)[:, None] + (c0 + gi * G + lane)[None, :]
-    tl.store(ptrs, v.to(ptr.dtype.element_ty), mask=(r < rows)[:, None])
-
-
-@triton.jit
-def _lrn_forward_rows_kernel(a_ptr, b_ptr, rows, C, cg, alpha, beta, k,
-                             COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                             RUN: tl.constexpr, G: tl.constexpr, WHOLE: tl.constexpr,
-                             BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
-    # channels_last: each thread holds whole rows (pixels) of the run, G channels per
-    # 16-byte load, split into per-channel registers; maps c0-HALF..c0+RUN-1+HALF stream
-    # through x0..x4 (x4 the newest) and each finished group of G outputs is stored at once.
-    # Step tt takes map tt - HALF (relative to c0) and completes the window of map
-    # tt - 2 HALF. Compile-time indices stay inline expressions of tt: a name assigned one
-    # is a run-time value in older Triton (3.6 on the GPU machine).
-    r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
-    z = tl.zeros([BLOCK_P], COMPUTE)
-    x0, x1, x2, x3, x4 = z, z, z, z, z
-    v0, v1, v2, v3, v4, v5, v6, v7 = z, z, z, z, z, z, z, z
-    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
-    for tt in tl.static_range(RUN + 2 * HALF):
-        if ((tt - HALF) % G == 0) + (tt == 0):  # the map opens a group: load it
-            v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane,
-                                                    (tt - HALF) // G, RUN, G, WHOLE, BLOCK_P,
-                                                    COMPUTE)
-        x0, x1, x2, x3 = x1, x2, x3, x4
-        x4 = _relu(_pick((tt - HALF) % G, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-        if tt >= 2 * HALF:  # the window of map tt - 2 HALF is full
-            w, a = _newest_window(x0, x1, x2, x3, x4, HALF)
-            pw, _ = _powers(k + alpha * w, beta, BETA_3_4)
-            o0, o1, o2, o3, o4, o5, o6, o7 = _put((tt - 2 * HALF) % G, a * pw, o0, o1, o2, o3,
-                                                  o4, o5, o6, o7)
-            if (tt - 2 * HALF) % G == G - 1:
-                _store_group(b_ptr, r, rows, C, c0, lane, (tt - 2 * HALF) // G, G, BLOCK_P,
-                             o0, o1, o2, o3, o4, o5, o6, o7)
-
-
-@triton.jit
-def _lrn_backward_rows_kernel(g_ptr, a_ptr, out_ptr, rows, C, cg, alpha, beta, k,
-                              COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
-                              RUN: tl.constexpr, G: tl.constexpr, WHOLE: tl.constexpr,
-                              BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
-    # the channels layout's streaming backward (one power per map) on whole rows: a at
-    # c0-2HALF..c0+RUN-1+2HALF streams through x0..x4; step tt takes a at i = tt - 2 HALF
-    # and completes s_j for j = tt - 3 HALF, so u_j = g_j a_j s_j^(-beta-1) joins u0..u4,
-    # and u_j completes the window of c = tt - 4 HALF, whose gradient goes to the output
-    # group being filled (compile-time indices inline, as in the forward)
-    r, c0, col0, lane = _rows(rows, cg, RUN, BLOCK_P, G)
-    z = tl.zeros([BLOCK_P], COMPUTE)
-    x0, x1, x2, x3, x4 = z, z, z, z, z
-    u0, u1, u2, u3, u4 = z, z, z, z, z  # u_{j-4}..u_j
-    g0, g1, g2 = z, z, z  # g_{j-2}..g_j
-    p0, p1, p2 = z, z, z  # p_{j-2}..p_j
-    v0, v1, v2, v3, v4, v5, v6, v7 = z, z, z, z, z, z, z, z  # a's group being read
-    f0, f1, f2, f3, f4, f5, f6, f7 = z, z, z, z, z, z, z, z  # g's group being read
-    o0, o1, o2, o3, o4, o5, o6, o7 = z, z, z, z, z, z, z, z
-    for tt in tl.static_range(RUN + 4 * HALF):
-        if ((tt - 2 * HALF) % G == 0) + (tt == 0):  # a's map i opens a group
-            v0, v1, v2, v3, v4, v5, v6, v7 = _group(a_ptr, r, rows, C, c0, col0, cg, lane,
-                                                    (tt - 2 * HALF) // G, RUN, G, WHOLE,
-                                                    BLOCK_P, COMPUTE)
-        x0, x1, x2, x3 = x1, x2, x3, x4
-        x4 = _relu(_pick((tt - 2 * HALF) % G, v0, v1, v2, v3, v4, v5, v6, v7), RELU)
-        if tt >= 2 * HALF:  # s_j is full, j = tt - 3 HALF
-            if WHOLE * ((tt - 3 * HALF < 0) + (tt - 3 * HALF >= RUN)):
-                uj, gj, pj = z, z, z  # j outside the column: g_j = 0, so u_j = 0
-            else:
-                if ((tt - 3 * HALF) % G == 0) + (tt == 2 * HALF):  # g's map j opens a group
-                    f0, f1, f2, f3, f4, f5, f6, f7 = _group(g_ptr, r, rows, C, c0, col0, cg,
-                                                            lane, (tt - 3 * HALF) // G, RUN, G,
-                                                            WHOLE, BLOCK_P, COMPUTE)
-                w, aj = _newest_window(x0, x1, x2, x3, x4, HALF)
-                pj, qj = _powers(k + alpha * w, beta, BETA_3_4)
-                gj = _pick((tt - 3 * HALF) % G, f0, f1, f2, f3, f4, f5, f6, f7)
-                uj = gj * aj * qj
-            u0, u1, u2, u3, u4 = u1, u2, u3, u4, uj
-            g0, g1, g2 = g1, g2, gj
-            p0, p1, p2 = p1, p2, pj
-            if tt >= 4 * HALF:  # c = tt - 4 HALF has all its u_j
-                grad = _centre_grad(x0, x2, u0, u1, u2, u3, u4, g0, g1, p0, p1, alpha, beta,
-                                    HALF, RELU)
-                o0, o1, o2, o3, o4, o5, o6, o7 = _put((tt - 4 * HALF) % G, grad, o0, o1, o2,
-                                                      o3, o4, o5, o6, o7)
-                if (tt - 4 * HALF) % G == G - 1:
-                    _store_group(out_ptr, r, rows, C, c0, lane, (tt - 4 * HALF) // G, G,
-                                 BLOCK_P, o0, o1, o2, o3, o4, o5, o6, o7)
 
 
 @triton.jit
@@ -844,8 +553,8 @@ def _lrn_forward_halo_kernel(a_ptr, bias_ptr, b_ptr, rows, C, cg, alpha, beta, k
     # channels_last: each thread holds one group of G maps (16 bytes) of a pixel, the threads
     # next to it the same pixel's other groups (so a warp's loads cover whole rows), and
     # loads the HALF maps on each side that its windows reach (the halo, from the cache:
-    # the neighbouring threads' groups); the G + 2 HALF maps stream through x0..x4 as in
-    # the rows layout, and the G outputs go out in one 16-byte store
+    # the neighbouring threads' groups); the G + 2 HALF maps stream through x0..x4 (x4 the
+    # newest, `_newest_window`), and the G outputs go out in one 16-byte store
     r, gi, col0 = _halo_block(cg, BLOCK_P, NG)
     l0, l1, l2, l3, _l4, _l5, _l6, _l7 = _halo_lanes(a_ptr, bias_ptr, r, rows, C, col0, cg,
                                                      gi, -HALF, HALF, G, BLOCK_P, NG,
@@ -879,7 +588,7 @@ def _lrn_backward_halo_kernel(g_ptr, a_ptr, bias_ptr, out_ptr, rows, C, cg, alph
                               COMPUTE: tl.constexpr, HALF: tl.constexpr, RELU: tl.constexpr,
                               BIAS: tl.constexpr, G: tl.constexpr, NG: tl.constexpr,
                               BLOCK_P: tl.constexpr, BETA_3_4: tl.constexpr):
-    # the rows layout's streaming backward on one group and its halo: a at the 2 HALF maps
+    # a streaming backward (one power per map) on one group and its halo: a at the 2 HALF maps
     # on each side (the s_j of the group's window neighbours j need them), g at HALF; step
     # tt takes a at map tt - 2 HALF, completes s_j and u_j = g_j a_j s_j^(-beta-1) at j =
     # tt - 3 HALF (g_j = 0 outside the column, so u_j = 0 there) and the gradient at
@@ -987,47 +696,6 @@ def _launch(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
                      num_warps=NUM_WARPS)
 
 
-def _launch_channels(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
-                     half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
-    """Run a channels-layout `kernel` over `tensors` (the shape and memory format of out): a
-    program per run of a column's channels (`_block_c`, or the whole column where that
-    would leave masked maps and the column has at most 32) and a block of pixels."""
-    n, c, h, w = out.shape
-    cg = c // groups
-    run = _block_c(cg) if cg > 32 or cg % _block_c(cg) == 0 else cg  # no masked maps
-    block_p = min(triton.next_power_of_2(h * w), CHANNELS_BLOCK_P)
-    s_n, s_c, s_p, _ = _strides(out)
-    grid = (n * groups * triton.cdiv(cg, run), triton.cdiv(h * w, block_p))
-    with _on_device(out):
-        kernel[grid](*tensors, out, h * w, cg, groups, s_n, s_c, s_p, alpha, beta, k,
-                     COMPUTE=_compute(out), HALF=half, RELU=relu, RUN=run, BLOCK_P=block_p,
-                     BETA_3_4=beta == 0.75, num_warps=CHANNELS_NUM_WARPS)
-
-
-def _rows_run(cg: int, group: int) -> int | None:
-    """Channels per program of the rows layout: the largest multiple of `group` (a 16-byte
-    load's channels) that divides the column's cg and is at most ROWS_MAX_RUN (or `group`),
-    or None when cg is not a whole number of groups."""
-    if cg % group:
-        return None
-    return max(r for r in range(group, max(ROWS_MAX_RUN, group) + 1, group) if cg % r == 0)
-
-
-def _launch_rows(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups: int,
-                 half: int, alpha: float, beta: float, k: float, relu: bool) -> None:
-    """Run a rows-layout `kernel` over channels_last `tensors` (the shape and memory format of
-    out): a program per block of pixels and run of a column's channels (`_rows_run`)."""
-    n, c, h, w = out.shape
-    cg = c // groups
-    group = 16 // out.element_size()
-    run = _rows_run(cg, group)
-    grid = (triton.cdiv(n * h * w, ROWS_BLOCK_P), groups * (cg // run))
-    with _on_device(out):
-        kernel[grid](*tensors, out, n * h * w, c, cg, alpha, beta, k, COMPUTE=_compute(out),
-                     HALF=half, RELU=relu, RUN=run, G=group, WHOLE=run == cg,
-                     BLOCK_P=ROWS_BLOCK_P, BETA_3_4=beta == 0.75, num_warps=ROWS_NUM_WARPS)
-
-
 def _band_shape(cg: int) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_C, num_warps) of the band layout for columns of cg maps: the column
     rounded up to a power of two (at least 16, tl.dot's least), 64 pixels (a warp group's
@@ -1080,20 +748,25 @@ def _launch_halo(kernel, tensors: list[torch.Tensor], out: torch.Tensor, groups:
                      NG=ng, BLOCK_P=block_p, BETA_3_4=beta == 0.75, num_warps=HALO_NUM_WARPS)
 
 
+def _whole_groups(out: torch.Tensor, groups: int) -> bool:
+    """Whether each of out's `groups` columns is a whole number of 16-byte groups of maps
+    (8 bf16 or 4 fp32: conv1's 48 and conv2's 128 are), as the halo kernels' loads need."""
+    return (out.shape[1] // groups) % (16 // out.element_size()) == 0
+
+
 def _applicable(layout: str, out: torch.Tensor, groups: int) -> str:
     """The layout whose kernels run on `out` (NCHW- or channels_last-contiguous) when `layout`
-    (not auto) is asked for: rows, halo and halo2 take only channels_last tensors whose
-    columns are whole 16-byte groups, band and gather only channels_last ones (band not
-    float64); the others take the tile kernels."""
+    (not auto) is asked for: halo and halo2 take only channels_last tensors whose columns
+    are whole 16-byte groups (`_whole_groups`), band and gather only channels_last ones
+    (band not float64); the others take the tile kernels."""
     channels_last = _strides(out)[3]
     if layout == "band":  # tensor-core products: not in float64
         return "band" if channels_last and out.dtype != torch.float64 else "tile"
     if layout == "gather":
         return "gather" if channels_last else "tile"
-    if layout not in ("rows", *HALO_GROUPS):
+    if layout not in HALO_GROUPS:
         return layout
-    fits = _rows_run(out.shape[1] // groups, 16 // out.element_size()) is not None
-    return layout if channels_last and fits else "tile"
+    return layout if channels_last and _whole_groups(out, groups) else "tile"
 
 
 def _kernels_for(out: torch.Tensor, groups: int, direction: str = "forward",
@@ -1147,11 +820,10 @@ def _auto_key(direction: str, out: torch.Tensor, groups: int, key: tuple) -> tup
     return (direction, out.device, tuple(out.shape), _strides(out)[3], out.dtype, groups, *key)
 
 
-def _settings(direction: str, half: int, relu: bool, bias: bool, beta: float) -> tuple:
-    """The kernels' settings other than the tensor's, as auto keys them (the tile backward's
-    BACKWARD too)."""
-    common = (half, relu, bias, beta == 0.75)
-    return common + (BACKWARD,) if direction == "backward" else common
+def _settings(half: int, relu: bool, bias: bool, beta: float) -> tuple:
+    """The kernels' settings other than the tensor's, as auto keys them (the same for the
+    forward and the backward, which `_auto_key` keys apart)."""
+    return (half, relu, bias, beta == 0.75)
 
 
 def auto_choice(x: torch.Tensor, groups: int, half: int, relu: bool, bias: bool,
@@ -1161,7 +833,7 @@ def auto_choice(x: torch.Tensor, groups: int, half: int, relu: bool, bias: bool,
     out = _layout(x)
     chosen = {}
     for direction in ("forward", "backward"):
-        key = _auto_key(direction, out, groups, _settings(direction, half, relu, bias, beta))
+        key = _auto_key(direction, out, groups, _settings(half, relu, bias, beta))
         if key in _AUTO:
             chosen[direction] = _AUTO[key]
     return chosen
@@ -1240,36 +912,17 @@ def _check(x: torch.Tensor, groups: int, half: int, bias: torch.Tensor | None) -
                          f"{x.device}, got {tuple(bias.shape)} on {bias.device}")
 
 
-# the layouts whose kernels add a bias as they load the input; the others (channels, rows)
-# take the input with its bias added by torch first (one more pass each way)
-BIAS_LAYOUTS = ("tile", "band", "gather", "halo", "halo2")
-
-
-def _biased(a: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """a plus its per-map bias in a's memory format, for the kernels that do not add it
-    themselves: in the wider of the two dtypes (fp32 for a bf16 a), so that the sum is not
-    rounded to a's, as the other kernels do not round it."""
-    return _layout(a + bias.view(1, -1, 1, 1))
-
-
 def _forward_launch(kernels: str, a: torch.Tensor, out: torch.Tensor, groups: int,
                     half: int, alpha: float, beta: float, k: float, relu: bool,
                     bias: torch.Tensor | None) -> None:
-    """Write `forward`'s result into out with the `kernels` layout's forward kernel (a layout
-    outside BIAS_LAYOUTS reads a with the bias added first, `_biased`)."""
-    if bias is not None and kernels not in BIAS_LAYOUTS:
-        a, bias = _biased(a, bias), None
+    """Write `forward`'s result into out with the `kernels` layout's forward kernel (each
+    adds the bias as it loads a)."""
     if kernels in HALO_GROUPS:
         _launch_halo(_lrn_forward_halo_kernel, [a], out, groups, half, alpha, beta, k, relu,
                      bias, kernels)
     elif kernels in ("band", "gather"):
         _launch_band(_lrn_forward_band_kernel, [a], out, groups, half, alpha, beta, k, relu,
                      bias, gather=kernels == "gather")
-    elif kernels == "rows":
-        _launch_rows(_lrn_forward_rows_kernel, [a], out, groups, half, alpha, beta, k, relu)
-    elif kernels == "channels":
-        _launch_channels(_lrn_forward_channels_kernel, [a], out, groups, half, alpha, beta, k,
-                         relu)
     else:
         _launch(_lrn_forward_kernel, [a], out, groups, half, alpha, beta, k, relu,
                 FORWARD_TILE, bias=bias)
@@ -1288,7 +941,7 @@ def forward(x: torch.Tensor, groups: int, half: int, alpha: float, beta: float, 
         return out
     run = functools.partial(_forward_launch, a=a, out=out, groups=groups, half=half,
                             alpha=alpha, beta=beta, k=k, relu=relu, bias=bias)
-    key = _settings("forward", half, relu, bias is not None, beta)
+    key = _settings(half, relu, bias is not None, beta)
     run(_kernels_for(out, groups, "forward", key, run))
     return out
 
@@ -1297,26 +950,16 @@ def _backward_launch(kernels: str, g: torch.Tensor, a: torch.Tensor, out: torch.
                      groups: int, half: int, alpha: float, beta: float, k: float, relu: bool,
                      bias: torch.Tensor | None) -> None:
     """Write `backward`'s result into out with the `kernels` layout's backward kernel (tile:
-    BACKWARD's; a layout outside BIAS_LAYOUTS reads a with the bias added first)."""
-    if bias is not None and kernels not in BIAS_LAYOUTS:
-        a, bias = _biased(a, bias), None
+    the twophase kernel, a program per block of a whole column and of pixels)."""
     if kernels in HALO_GROUPS:
         _launch_halo(_lrn_backward_halo_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu, bias, kernels)
     elif kernels in ("band", "gather"):
         _launch_band(_lrn_backward_band_kernel, [g, a], out, groups, half, alpha, beta, k,
                      relu, bias, gather=kernels == "gather")
-    elif kernels == "rows":
-        _launch_rows(_lrn_backward_rows_kernel, [g, a], out, groups, half, alpha, beta, k,
-                     relu)
-    elif kernels == "channels":
-        _launch_channels(_lrn_backward_channels_kernel, [g, a], out, groups, half, alpha, beta,
-                         k, relu)
     else:
-        twophase = BACKWARD == "twophase"
-        kernel = _lrn_backward_twophase_kernel if twophase else _lrn_backward_kernel
-        _launch(kernel, [g, a], out, groups, half, alpha, beta, k, relu, BACKWARD_TILE,
-                whole_column=twophase, bias=bias)
+        _launch(_lrn_backward_twophase_kernel, [g, a], out, groups, half, alpha, beta, k,
+                relu, BACKWARD_TILE, whole_column=True, bias=bias)
 
 
 def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: float,
@@ -1325,7 +968,6 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
     """grad_x of forward(x, ..., bias) for the output gradient g, in one pass (also the
     gradient of x + bias, whose sum over images and pixels is the bias's: `bias_grad`)."""
     _check(x, groups, half, bias)
-    _setting("ALEXNET_LRN_BACKWARD", BACKWARD, BACKWARDS)
     a = _layout(x)
     fmt = torch.channels_last if _strides(a)[3] else torch.contiguous_format
     g = g.contiguous(memory_format=fmt)
@@ -1334,7 +976,7 @@ def backward(g: torch.Tensor, x: torch.Tensor, groups: int, half: int, alpha: fl
         return out
     run = functools.partial(_backward_launch, g=g, a=a, out=out, groups=groups, half=half,
                             alpha=alpha, beta=beta, k=k, relu=relu, bias=bias)
-    key = _settings("backward", half, relu, bias is not None, beta)
+    key = _settings(half, relu, bias is not None, beta)
     run(_kernels_for(out, groups, "backward", key, run))
     return out
 

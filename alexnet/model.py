@@ -219,9 +219,8 @@ def _verify_triton_lrn(device: torch.device) -> bool:
     """triton_lrn_verified's check, uncached; warns on stderr when it fails."""
     gen = torch.Generator().manual_seed(0)
     # the paper's columns of conv1 (48 maps) and conv2 (128), channels_last, as the net runs
-    # them (with ALEXNET_LRN_LAYOUT=rows: a whole column and runs of 64 with their
-    # neighbours), in fp32 and in bf16 (the rows kernels load 8 bf16 maps at a time, not 4),
-    # with the conv's bias folded in as the net runs them (fp32, as its parameter)
+    # them, in fp32 and in bf16 (the halo kernels load 8 bf16 maps at a time, not 4), with
+    # the conv's bias folded in as the net runs them (fp32, as its parameter)
     inputs = []
     for maps, side in ((paper.CONV1[0], 5), (paper.CONV2[0], 3)):
         x = (torch.rand(1, maps, 3, side, generator=gen) * 600 - 300).to(device)

@@ -22,14 +22,14 @@ import alexnet.model
 from alexnet import paper
 from alexnet.model import AlexNet, lrn, split_columns
 
-DEFAULTS = (alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT)  # as imported
+DEFAULT = alexnet.lrn_triton.LAYOUT  # as imported
 # the layouts other than tile, each with its own forward and backward kernels
-LAYOUT_VARIANTS = ("channels", "rows", "band", "gather", "halo", "halo2")
+LAYOUT_VARIANTS = ("band", "gather", "halo", "halo2")
 CASES = {  # name: (shape, groups, n)
     "paper": ((2, 12, 5, 4), 2, paper.LRN_N),
     "one_column_n3": ((1, 7, 3, 6), 1, 3),
     "blocks": ((1, 96, 17, 17), 2, paper.LRN_N),  # conv1's 48 maps a column: 3 blocks of 16
-    # conv2's 128 maps a column: the rows layout's runs of 64, each reading its neighbours'
+    # conv2's 128 maps a column: 4 blocks of 32 (tile), 16 groups of 8 bf16 maps (halo)
     "runs": ((1, 256, 3, 3), 2, paper.LRN_N),
 }
 
@@ -54,13 +54,12 @@ def _run_biased(x: torch.Tensor, g: torch.Tensor, bias: torch.Tensor
 
 def kernel(variant: str) -> dict[str, np.ndarray]:
     """Forward and backward of every case in NCHW and channels_last, fp32 and bf16, with the
-    `variant` backward kernel (or, for LAYOUT_VARIANTS, that layout's kernels); the
-    torch path on the same inputs; gradcheck in float64. Keys of the variants other than
-    recompute start with the variant's name."""
+    `variant` layout's kernels (twophase: the tile layout, its backward named); the torch
+    path on the same inputs (with twophase); gradcheck in float64. Keys start with the
+    variant's name, except twophase's."""
     layout = variant if variant in LAYOUT_VARIANTS else "tile"
-    alexnet.lrn_triton.BACKWARD = "twophase" if layout != "tile" else variant
     alexnet.lrn_triton.LAYOUT = layout
-    prefix = "" if variant == "recompute" else f"{variant}."
+    prefix = "" if variant == "twophase" else f"{variant}."
     gen = torch.Generator().manual_seed(0)
     saved: dict[str, np.ndarray] = {}
     for name, (shape, groups, n) in CASES.items():
@@ -80,12 +79,12 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
                     alexnet.lrn_triton._kernels_for(xd, groups))
                 saved[f"{prefix}{key}.layout_kept"] = np.array(
                     y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt))
-                if dtype == torch.float32 and variant == "recompute":  # once: no prefix
+                if dtype == torch.float32 and variant == "twophase":  # once: no prefix
                     y, dx = _run(xd, gd, groups, n, "torch")
                     saved[f"{key}.torch_y"] = y.double().numpy()
                     saved[f"{key}.torch_dx"] = dx.double().numpy()
     # ReLU folded in: inputs of both signs (and exact zeros), fp32; columns of 8 maps, whole
-    # 16-byte groups, so that the rows layout's kernels run them
+    # 16-byte groups, so that the halo layouts' kernels run them
     x = torch.rand((2, 16, 5, 4), generator=gen, dtype=torch.float64) * 600 - 300
     x[0, :, 0, 0] = 0.0
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
@@ -118,15 +117,15 @@ def kernel(variant: str) -> dict[str, np.ndarray]:
         saved[f"{prefix}beta06.{backend}.dx"] = xi.grad.double().numpy()
     for n, shape, beta in ((3, (1, 4, 2, 2), 0.6), (5, (1, 8, 2, 1), 0.75)):
         x = (torch.rand(shape, generator=gen, dtype=torch.float64) * 30).requires_grad_()
-        # the channels and rows layouts' full gradients are checked against the formula
-        # above; their gradcheck takes fast mode (a random projection of the Jacobian: a
-        # few interpreted launches instead of one per element)
+        # the other layouts' full gradients are checked against the formula above; their
+        # gradcheck takes fast mode (a random projection of the Jacobian: a few interpreted
+        # launches instead of one per element)
         ok = torch.autograd.gradcheck(
             lambda t, n=n, beta=beta: lrn(t, n, 2e-3, beta, 2.0, groups=2, backend="triton"),
             (x,), fast_mode=layout != "tile")
         saved[f"{prefix}gradcheck.n{n}"] = np.array(ok)
     saved[f"{prefix}verified.cpu"] = np.array(_verified())
-    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = DEFAULTS
+    alexnet.lrn_triton.LAYOUT = DEFAULT
     return saved
 
 
@@ -136,21 +135,21 @@ def _verified() -> bool:
     return alexnet.model.triton_lrn_verified(torch.device("cpu"))
 
 
-def rows_fallback() -> dict[str, np.ndarray]:
-    """triton_lrn_verified with the rows kernels broken on purpose (their launch raises):
+def layout_fallback() -> dict[str, np.ndarray]:
+    """triton_lrn_verified with the halo kernels broken on purpose (their launch raises):
     whether the kernels are kept, the layout the process is left with, what went to stderr."""
     module = alexnet.lrn_triton
-    saved = module._launch_rows, module.LAYOUT
+    saved = module._launch_halo, module.LAYOUT
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("the rows kernel, broken on purpose")
+        raise RuntimeError("the halo kernel, broken on purpose")
 
-    module._launch_rows, module.LAYOUT = broken, "rows"
+    module._launch_halo, module.LAYOUT = broken, "halo"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         ok = _verified()
     layout = module.LAYOUT
-    module._launch_rows, module.LAYOUT = saved
+    module._launch_halo, module.LAYOUT = saved
     alexnet.model._TRITON.pop("verified.cpu", None)
     return {"fallback.ok": np.array(ok), "fallback.layout": np.array(layout),
             "fallback.stderr": np.array(err.getvalue())}
@@ -257,16 +256,15 @@ def edges() -> dict[str, np.ndarray]:
         g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         y, dx = _run(x.double(), g, 2, paper.LRN_N, "torch", relu=relu)
         saved[f"{name}.torch_y"], saved[f"{name}.torch_dx"] = y.numpy(), dx.numpy()
-        for variant in ("recompute", "twophase", *LAYOUT_VARIANTS):
+        for variant in ("twophase", *LAYOUT_VARIANTS):
             alexnet.lrn_triton.LAYOUT = (variant if variant in LAYOUT_VARIANTS
                                          else "tile")
-            alexnet.lrn_triton.BACKWARD = "recompute" if variant == "recompute" else "twophase"
             y, dx = _run(x, g.to(x.dtype), 2, paper.LRN_N, "triton", relu=relu)
             saved[f"{variant}.{name}.y"] = y.double().numpy()
             saved[f"{variant}.{name}.dx"] = dx.double().numpy()
             saved[f"{variant}.{name}.kernels"] = np.array(
                 alexnet.lrn_triton._kernels_for(x, 2))
-    alexnet.lrn_triton.BACKWARD, alexnet.lrn_triton.LAYOUT = DEFAULTS
+    alexnet.lrn_triton.LAYOUT = DEFAULT
     return saved
 
 
@@ -302,12 +300,12 @@ def double_backward() -> dict[str, np.ndarray]:
 
 # the parts a child computes (`_lrn_interpret.py OUT PART`): two halves of the kernels'
 # results, run side by side on a 2-core machine (test_lrn_triton.interpret), and the edges
-# (timed through the interpreter: channels 74 s, rows 21, recompute 20, twophase 16, compile
-# check 8, band and the rows fallback a few)
-PARTS = {"kernels-a": lambda: {**kernel("channels"), **kernel("band"), **kernel("gather"),
-                               **rows_fallback(), **auto()},
-         "kernels-b": lambda: {**kernel("rows"), **kernel("recompute"), **kernel("twophase"),
-                               **kernel("halo"), **kernel("halo2"),
+# (timed through the interpreter: twophase 21 s, halo 23, halo2 18, compile check 14, band
+# 13, gather 10, auto and the layout fallback a few; the two halves took 52 and 55 s side by
+# side)
+PARTS = {"kernels-a": lambda: {**kernel("twophase"), **kernel("halo"), **layout_fallback(),
+                               **auto()},
+         "kernels-b": lambda: {**kernel("halo2"), **kernel("band"), **kernel("gather"),
                                **compile_check()},
          "edges": lambda: {**edges(), **double_backward()}}
 

@@ -13,7 +13,7 @@ import torch
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Seconds each of the longest modules took on one of two xdist workers (2-core CPU, CI's
 # machine): under xdist these start first, so that none of them starts last and runs alone.
-LONGEST = {"test_lrn_triton.py": 255, "test_train.py": 221, "test_distributed.py": 122,
+LONGEST = {"test_train.py": 221, "test_lrn_triton.py": 180, "test_distributed.py": 122,
            "test_bench.py": 91, "test_figures.py": 71, "test_own.py": 57,
            "test_gpu_machine_triton.py": 49, "test_model.py": 38, "test_pool_triton.py": 30,
            "test_augment_triton.py": 25, "test_speed_options.py": 22, "test_export.py": 21}

@@ -158,10 +158,9 @@ def test_a_chosen_layout_is_named_by_auto_choice(clock) -> None:
     times, _ = clock
     times.update(tile=1.0, band=2.0, gather=0.5)
     x = channels_last()
-    keys = {d: lrn_triton._settings(d, 2, True, False, paper.LRN_BETA)
-            for d in ("forward", "backward")}
+    key = lrn_triton._settings(2, True, False, paper.LRN_BETA)
     assert lrn_triton.auto_choice(x, 2, 2, True, False, paper.LRN_BETA) == {}
-    lrn_triton._kernels_for(x, 2, "backward", keys["backward"],
+    lrn_triton._kernels_for(x, 2, "backward", key,
                             writer({"tile": torch.rand(CONV1)}, [], x))
     assert lrn_triton.auto_choice(x, 2, 2, True, False, paper.LRN_BETA) == {
         "backward": "gather"}

@@ -19,14 +19,14 @@ from alexnet.errors import UserError
 from alexnet.model import lrn, triton_lrn_module, triton_lrn_verified, use_triton_lrn
 
 # name: (groups, n); "blocks" spans 3 channel blocks per column and several pixel blocks,
-# "runs" (conv2's 128 maps a column) 2 runs of the rows layout per column
+# "runs" (conv2's 128 maps a column) 4 channel blocks of the tile forward, 16 halo groups
 CASES = {"paper": (2, paper.LRN_N), "one_column_n3": (1, 3), "blocks": (2, paper.LRN_N),
          "runs": (2, paper.LRN_N)}
 ALPHA, BETA, K = paper.LRN_ALPHA, paper.LRN_BETA, paper.LRN_K
-# key prefixes of the kernels: recompute and twophase backward (tile layout), the channels,
-# rows, band, gather and halo layouts (ALEXNET_LRN_LAYOUT=channels, rows, ...: their own
-# forward and backward)
-VARIANTS = ["", "twophase.", "channels.", "rows.", "band.", "gather.", "halo.", "halo2."]
+# key prefixes of the kernels: the tile layout (with its twophase backward), the band,
+# gather, halo and halo2 layouts (ALEXNET_LRN_LAYOUT=band, ...: their own forward and
+# backward)
+VARIANTS = ["", "band.", "gather.", "halo.", "halo2."]
 
 
 def interpret(folder: Path, *parts: str) -> dict[str, np.ndarray]:
@@ -106,31 +106,30 @@ def test_triton_lrn_equals_the_formula_fp32(kernel_results, name, layout, varian
     np.testing.assert_allclose(dx, r[f"{key}.torch_dx"], rtol=1e-5, atol=1e-6)
 
 
-def test_the_rows_layout_runs_where_a_column_is_whole_16_byte_groups(kernel_results):
-    # channels_last columns of 48 and 128 maps (8 bf16 or 4 fp32 per 16 bytes) take the rows
+def test_the_halo_layouts_run_where_a_column_is_whole_16_byte_groups(kernel_results):
+    # channels_last columns of 48 and 128 maps (8 bf16 or 4 fp32 per 16 bytes) take the halo
     # kernels (so the tests above checked them); columns of 6 and 7 maps and NCHW the tile ones
     r = kernel_results
     for dtype in ("float32", "bfloat16"):
-        for layout in ("rows", "halo", "halo2"):  # the same tensors
+        for layout in ("halo", "halo2"):  # the same tensors
             for name in ("blocks", "runs"):
                 assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == layout
                 assert r[f"{layout}.{name}.nchw.{dtype}.kernels"] == "tile"
             for name in ("paper", "one_column_n3"):
                 assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == "tile"
-        assert r[f"channels.blocks.cl.{dtype}.kernels"] == "channels"
+        assert r[f"blocks.cl.{dtype}.kernels"] == "tile"
         for name in CASES:  # band and gather: any channels_last column, not NCHW
             for layout in ("band", "gather"):
                 assert r[f"{layout}.{name}.cl.{dtype}.kernels"] == layout
                 assert r[f"{layout}.{name}.nchw.{dtype}.kernels"] == "tile"
 
 
-# tests/_lrn_interpret.py's edges(): name, what layout ALEXNET_LRN_LAYOUT=rows gives it
-EDGES = {"w1_nchw": "tile", "w1_cl": "rows", "nan": "rows", "fp16_nchw": "tile",
-         "fp16_cl": "rows"}
+# tests/_lrn_interpret.py's edges(): name, what layout ALEXNET_LRN_LAYOUT=halo gives it
+EDGES = {"w1_nchw": "tile", "w1_cl": "halo", "nan": "halo", "fp16_nchw": "tile",
+         "fp16_cl": "halo"}
 
 
-@pytest.mark.parametrize("variant", ["recompute", "twophase", "channels", "rows", "band",
-                                     "gather", "halo", "halo2"])
+@pytest.mark.parametrize("variant", ["twophase", "band", "gather", "halo", "halo2"])
 @pytest.mark.parametrize("name", list(EDGES))
 def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, variant):
     """Maps one pixel wide whose W stride is not the pixel stride (contiguous all the same,
@@ -143,8 +142,8 @@ def test_triton_lrn_on_unusual_inputs_equals_the_torch_path(edge_results, name, 
     np.testing.assert_allclose(y, want_y, rtol=rtol, atol=1e-6)  # NaN where torch's is
     np.testing.assert_allclose(dx, want_dx, rtol=rtol,
                                atol=rtol * np.nanmax(np.abs(want_dx)))
-    if variant in ("rows", "halo", "halo2"):  # the halo layouts run where rows does
-        assert r[f"{variant}.{name}.kernels"] == EDGES[name].replace("rows", variant)
+    if variant in ("halo", "halo2"):  # where the columns are whole 16-byte groups
+        assert r[f"{variant}.{name}.kernels"] == EDGES[name].replace("halo", variant)
     if name == "nan":  # the NaN reached its window's outputs; the net would see it
         assert np.isnan(y[0, :4, 0, 1]).all() and not np.isnan(y[0, 4:]).any()
 
@@ -226,8 +225,7 @@ def test_the_conv_bias_folded_into_the_kernel_is_bias_then_relu_then_lrn(kernel_
         np.testing.assert_allclose(db, grad.sum((0, 2, 3)), rtol=BF16_RTOL,
                                    atol=BF16_RTOL * scale * 40)
     assert (z <= 0).any() and (z > 0).any()  # both sides of the ReLU were reached
-    want = {"": "tile", "twophase.": "tile", "channels.": "channels",
-            "rows.": "rows" if layout == "cl" else "tile",
+    want = {"": "tile",
             "band.": "band" if layout == "cl" else "tile",
             "gather.": "gather" if layout == "cl" else "tile",
             "halo.": "halo" if layout == "cl" else "tile",
@@ -321,9 +319,10 @@ def test_a_triton_lrn_that_cannot_run_falls_back_with_one_warning(monkeypatch, c
     assert "using the torch path" in err
 
 
-def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
-    """The first-use check's inputs are the paper's columns of conv1 (48 maps: one whole run)
-    and conv2 (128: runs of 64 reaching into their neighbours), channels_last, fp32 and bf16."""
+def test_the_check_runs_the_columns_the_net_runs(monkeypatch):
+    """The first-use check's inputs are the paper's columns of conv1 (48 maps) and conv2
+    (128), channels_last, fp32 and bf16: whole 16-byte groups, so each layout runs its own
+    kernels on them (the halo ones too), as in the net."""
     import alexnet.model
 
     module = triton_lrn_module()
@@ -339,40 +338,19 @@ def test_the_check_runs_the_rows_kernels_the_net_runs(monkeypatch):
     columns = [x.shape[1] // paper.COLUMNS for x in seen[::2]]
     assert columns == [paper.CONV1[0] // 2, paper.CONV2[0] // 2] == [48, 128]
     assert all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
-    fp32_group, bf16_group = 16 // 4, 16 // 2  # maps per 16-byte load
-    assert [module._rows_run(c, fp32_group) for c in columns] == [48, 64]
-    assert [module._rows_run(c, bf16_group) for c in columns] == [48, 64]
+    for layout in ("band", "gather", "halo", "halo2"):
+        assert [module._applicable(layout, x, paper.COLUMNS) for x in seen] == [layout] * 4
 
 
-def test_a_failing_rows_layout_falls_back_to_the_tile_kernels(kernel_results):
-    # the rows kernels have not run on a GPU yet: if they fail there, the check keeps the
-    # Triton LRN in its tile layout (one warning) rather than the far slower torch path
+def test_a_failing_layout_falls_back_to_the_tile_kernels(kernel_results):
+    # a forced layout (here halo) that fails on the device: the check keeps the Triton LRN
+    # in its tile layout (one warning) rather than the far slower torch path
     r = kernel_results
     assert r["fallback.ok"] and r["fallback.layout"] == "tile"
     err = str(r["fallback.stderr"])
-    assert err.count("\n") == 1 and err.startswith("alexnet: warning: the Triton LRN's rows "
-                                                  "layout on cpu failed (RuntimeError: ")
+    assert err.count("\n") == 1 and err.startswith("alexnet: warning: the Triton LRN's halo "
+                                                   "layout on cpu failed (RuntimeError: ")
     assert "using the tile layout" in err
-
-
-def test_a_rows_kernel_wrong_in_bf16_alone_fails_the_check():
-    """The first-use check ran fp32 inputs only, while mixed-precision training runs the bf16
-    kernels (8 maps per load, their own unpacking): a kernel 5% off in bf16 passed it and the
-    net trained on a wrong LRN. Now the check also runs bf16 and leaves the rows layout."""
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
-    from _fallback import interpreted_check
-
-    out = interpreted_check("import alexnet.lrn_triton as m\n"
-                            "launch = m._launch_rows\n"
-                            "def wrong_in_bf16(kernel, tensors, out, *args, **kwargs):\n"
-                            "    launch(kernel, tensors, out, *args, **kwargs)\n"
-                            "    if out.dtype == torch.bfloat16:\n"
-                            "        out.mul_(1.05)\n"
-                            "m._launch_rows, m.LAYOUT = wrong_in_bf16, 'rows'\n",
-                            "triton_lrn_verified", "ok, m.LAYOUT")
-    assert out.startswith("True tile\nalexnet: warning: the Triton LRN's rows layout on cpu "
-                          "differs from the torch path"), out
 
 
 def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
@@ -380,17 +358,16 @@ def test_an_unknown_kernel_layout_is_a_user_error(monkeypatch):
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "diagonal")
     with pytest.raises(UserError, match="ALEXNET_LRN_LAYOUT='diagonal': choose from auto, "
-                                        "tile, channels, rows"):
+                                        "tile, band"):
         triton_lrn_module()._kernels_for(torch.zeros(1, 4, 2, 2), 2)
 
 
-@pytest.mark.parametrize("env,value,choices", [
-    ("ALEXNET_LRN_LAYOUT", "diagonal", "auto, tile, channels, rows, band, gather, halo, halo2"),
-    ("ALEXNET_LRN_BACKWARD", "bogus", "recompute, twophase")])
-def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choices):
-    """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
-    cannot run and falls back: a typo in these settings would have run the tile layout, or
-    the torch path, for the whole run after one warning. They are checked on import."""
+LAYOUT_CHOICES = "auto, tile, band, gather, halo, halo2"
+
+
+def _first_use_check(env: str, value: str) -> subprocess.CompletedProcess:
+    """A child process's first-use check (triton_lrn_verified on the CPU) with environment
+    variable `env` set to `value`: prints `check <result>` or `UserError <message>`."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (pip install triton, Linux x86-64)")
     code = ("import torch\n"
@@ -402,9 +379,28 @@ def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error(env, value, choi
             "    print('UserError', err)\n")
     env_vars = {**os.environ, env: value,
                 "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", code], env=env_vars, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code], env=env_vars, capture_output=True,
                           text=True, timeout=120)
-    assert done.stdout == f"UserError {env}={value!r}: choose from {choices}\n", done.stderr
+
+
+def test_a_mistyped_kernel_setting_stops_auto_with_a_user_error():
+    """The first-use check that `auto` makes on a GPU takes any exception for a kernel that
+    cannot run and falls back: a typo in ALEXNET_LRN_LAYOUT would have run the tile layout,
+    or the torch path, for the whole run after one warning. It is checked on import."""
+    done = _first_use_check("ALEXNET_LRN_LAYOUT", "diagonal")
+    assert done.stdout == ("UserError ALEXNET_LRN_LAYOUT='diagonal': choose from "
+                           f"{LAYOUT_CHOICES}\n"), done.stderr
+    assert "warning" not in done.stderr
+
+
+@pytest.mark.parametrize("layout", ["rows", "channels"])
+def test_a_removed_layout_is_refused_in_one_line(layout):
+    """The rows and channels layouts were measured slower than tile on both of the net's
+    shapes and removed: asking for one is a UserError, one line naming the variable and
+    the layouts there are, not a fallback."""
+    done = _first_use_check("ALEXNET_LRN_LAYOUT", layout)
+    assert done.stdout == (f"UserError ALEXNET_LRN_LAYOUT={layout!r}: choose from "
+                           f"{LAYOUT_CHOICES}\n"), done.stderr
     assert "warning" not in done.stderr
 
 
@@ -414,18 +410,14 @@ def test_the_check_passes_where_the_kernel_runs(kernel_results, variant):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backward,layout", [("recompute", "tile"), ("twophase", "tile"),
-                                             ("twophase", "channels"), ("twophase", "rows")])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, backward, layout,
-                                               monkeypatch):
-    # the compiled kernels (not the interpreter) on the GPU, on a conv1-like map
+def test_triton_lrn_on_cuda_equals_the_formula(dtype, fmt, relu, monkeypatch):
+    # the compiled tile kernels (not the interpreter) on the GPU, on a conv1-like map
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
-    monkeypatch.setattr(triton_lrn_module(), "BACKWARD", backward)
-    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
+    monkeypatch.setattr(triton_lrn_module(), "LAYOUT", "tile")
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(3, 96, 13, 11, generator=gen, dtype=torch.float64) * 300
     a = (a * 2 - 300 if relu else a).to(dtype)
@@ -473,13 +465,12 @@ def test_triton_lrn_on_cuda_with_the_bias_folded_in_equals_the_formula(dtype, la
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layout", ["rows", "halo", "halo2"])
+@pytest.mark.parametrize("layout", ["halo", "halo2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_lrn_on_cuda_in_runs_of_a_wider_column_equals_the_formula(dtype, layout,
-                                                                         monkeypatch):
-    """conv2's columns of 128 maps: the rows layout's runs of 64 with the neighbouring groups
-    that their windows reach into, and the halo layout's 16 groups a column, compiled on the
-    GPU."""
+def test_triton_lrn_on_cuda_in_a_wider_column_equals_the_formula(dtype, layout,
+                                                                 monkeypatch):
+    """conv2's columns of 128 maps: the halo layouts' 16 groups a column (bf16; 32 in fp32),
+    compiled on the GPU."""
     if triton_lrn_module() is None:
         pytest.skip("triton does not import here")
     monkeypatch.setattr(triton_lrn_module(), "LAYOUT", layout)
@@ -517,7 +508,7 @@ def _hopper_compiled(kernel, pointers: int, dtype: str, consts: dict, num_warps:
     from triton.compiler import ASTSource
 
     consts = {k: v for k, v in {"COMPUTE": tl.float32, "RELU": True, **consts}.items()
-              if k in kernel.arg_names}  # tile, channels or rows
+              if k in kernel.arg_names}  # tile, band or halo
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
@@ -553,7 +544,7 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
     # a GPU run is rare: a kernel that the GPU compiler rejects is caught on this machine
     _can_compile_for_hopper()
     m = triton_lrn_module()
-    tile, channels = m.NUM_WARPS, m.CHANNELS_NUM_WARPS  # as the launches
+    tile = m.NUM_WARPS  # as the launches
     # the band and gather layouts' kernels (GATHER: one kernel each) at conv1's column (48
     # maps: 64) and conv2's (128), as launched
     band = [(kernel, pointers, block_c, m.BAND_BLOCK_P, m._band_shape(block_c)[2], gather)
@@ -562,51 +553,16 @@ def test_the_kernels_compile_for_a_hopper_gpu_here():
                                               (m._lrn_backward_band_kernel, 3, 128))]
     for kernel, pointers, block_c, block_p, num_warps, gather in (
             (m._lrn_forward_kernel, 2, 16, 256, tile, False),
-            (m._lrn_backward_kernel, 3, 16, 128, tile, False),
             (m._lrn_backward_twophase_kernel, 3, 64, 32, tile, False),
-            (m._lrn_forward_channels_kernel, 1, 16, m.CHANNELS_BLOCK_P, channels, False),
-            (m._lrn_backward_channels_kernel, 2, 16, m.CHANNELS_BLOCK_P, channels, False),
             *band):
         # the net's (bf16, channels_last, the conv's bias folded in) and another
         for dtype, channels_last, half, beta_3_4, bias in (("bf16", True, 2, True, True),
                                                            ("fp32", False, 1, False, False)):
-            consts = {"HALF": half, "BLOCK_C": block_c, "RUN": block_c, "BLOCK_P": block_p,
+            consts = {"HALF": half, "BLOCK_C": block_c, "BLOCK_P": block_p,
                       "CHANNELS_LAST": channels_last, "BETA_3_4": beta_3_4, "BIAS": bias,
                       "GATHER": gather, ("s_c" if channels_last else "s_p"): 1}
             compiled = _hopper_compiled(kernel, pointers, dtype, consts, num_warps)
             assert compiled.asm["cubin"][:4] == b"\x7fELF"  # a cubin, ptxas accepted it
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")
-@pytest.mark.parametrize("dtype,group", [("bf16", 8), ("fp32", 4)])
-def test_the_rows_kernels_move_16_bytes_per_access_on_a_hopper_gpu(dtype, group):
-    # what the rows layout is for: in channels_last the tile kernels' shifted maps are not
-    # 16-byte aligned, so the GPU compiler splits them into 2-byte loads (48 per thread in
-    # the tile forward); the rows kernels' every global load and store is one 16-byte access,
-    # with no shared memory, barrier or shuffle for the window.
-    # conv1's whole column of 48 maps and conv2's runs of 64 of 128 (with their neighbours)
-    _can_compile_for_hopper()
-    import re
-
-    m = triton_lrn_module()
-    for run, whole in ((48, True), (64, False)):
-        for kernel, pointers in ((m._lrn_forward_rows_kernel, 1),
-                                 (m._lrn_backward_rows_kernel, 2)):
-            consts = {"HALF": 2, "RUN": run, "G": group, "WHOLE": whole,
-                      "BLOCK_P": m.ROWS_BLOCK_P, "BETA_3_4": True}
-            compiled = _hopper_compiled(kernel, pointers, dtype, consts, m.ROWS_NUM_WARPS)
-            ptx = compiled.asm["ptx"]
-            wide = len(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*\.v4\.b32\b", ptx))
-            every = len(re.findall(r"\b(?:ld|st)\.global\b", ptx))
-            # each thread's 2 rows: a (and g) over the run and its neighbouring groups, out
-            assert wide == every > 0
-            assert not re.search(r"\b(?:ld|st)\.shared\b|\bbar\.sync\b|\bshfl\b", ptx)
-            assert compiled.metadata.shared == 0
-    tile = _hopper_compiled(m._lrn_forward_kernel, 2, dtype,
-                            {"HALF": 2, "BLOCK_C": 16, "BLOCK_P": 256, "CHANNELS_LAST": True,
-                             "BETA_3_4": True, "BIAS": False, "s_c": 1}, m.NUM_WARPS)
-    narrow = re.findall(r"\bld\.global(?:\.\w+)*\.b(?:16|32)\b", tile.asm["ptx"])
-    assert len(narrow) > 8  # the tile forward's shifted loads, one element each
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the CUDA tests compile them")

@@ -1,6 +1,6 @@
 """Mutation audit of the Triton LRN's auto layout (alexnet/lrn_triton.py: `_applicable`,
 `_timeable`, `_auto_key`, `_settings`, `auto_choice`, `_fastest`, `_close`, and the
-`_forward_launch`/`_backward_launch` split with its bias pre-add) and of the CPU
+`_forward_launch`/`_backward_launch` split) and of the CPU
 patch-at-a-time augmentation (alexnet/data/augment.py `_per_image`): each test catches a
 mutant that the older tests let through. No kernel runs here: stand-in launchers and clocks."""
 
@@ -23,7 +23,7 @@ if importlib.util.find_spec("triton") is None:
 
 from alexnet import lrn_triton as lt  # noqa: E402  (imports triton)
 
-SHAPE = (2, 96, 3, 4)  # conv1's 96 maps in two columns of 48 (whole 16-byte groups: rows fits)
+SHAPE = (2, 96, 3, 4)  # conv1's 96 maps in two columns of 48 (whole 16-byte groups: halo fits)
 BETA = paper.LRN_BETA
 
 
@@ -97,19 +97,18 @@ def test_timeable_from_exactly_the_minimum_and_never_in_capture_or_determinism(
 
 
 def test_a_forced_layout_falls_back_to_tile_where_it_cannot_run(monkeypatch) -> None:
-    """band needs channels_last and not float64, gather channels_last, rows, halo and halo2
+    """band needs channels_last and not float64, gather channels_last, halo and halo2
     channels_last with whole 16-byte column groups; elsewhere the tile kernels run."""
     cl, nchw = channels_last(), torch.rand(SHAPE)
     cl64 = channels_last(dtype=torch.float64)
     odd = channels_last((2, 6, 3, 4))  # columns of 3 fp32 maps: not a 16-byte group
     want = {("band", "cl"): "band", ("band", "nchw"): "tile", ("band", "cl64"): "tile",
             ("gather", "cl"): "gather", ("gather", "nchw"): "tile", ("gather", "cl64"): "gather",
-            ("rows", "cl"): "rows", ("rows", "nchw"): "tile", ("rows", "odd"): "tile",
             ("halo", "cl"): "halo", ("halo", "nchw"): "tile", ("halo", "odd"): "tile",
             ("halo", "cl64"): "halo",
             ("halo2", "cl"): "halo2", ("halo2", "nchw"): "tile", ("halo2", "odd"): "tile",
             ("halo2", "cl64"): "halo2",
-            ("channels", "nchw"): "channels", ("tile", "cl"): "tile"}
+            ("tile", "cl"): "tile", ("tile", "nchw"): "tile"}
     tensors = {"cl": cl, "nchw": nchw, "cl64": cl64, "odd": odd}
     for (layout, name), kernels in want.items():
         monkeypatch.setattr(lt, "LAYOUT", layout)
@@ -144,7 +143,7 @@ def test_auto_choice_does_not_report_another_format_or_devices_choice(clock) -> 
     NCHW (which runs tile untimed) or on another device."""
     x = channels_last()
     for direction in ("forward", "backward"):
-        key = lt._settings(direction, 2, True, False, BETA)
+        key = lt._settings(2, True, False, BETA)
         lt._kernels_for(x, 2, direction, key, writer(x))
     assert lt.auto_choice(x, 2, 2, True, False, BETA) == {"forward": "band",
                                                           "backward": "band"}
@@ -152,20 +151,18 @@ def test_auto_choice_does_not_report_another_format_or_devices_choice(clock) -> 
     assert lt.auto_choice(x.to("meta"), 2, 2, True, False, BETA) == {}
 
 
-def test_every_kernel_setting_keys_the_choice(clock, monkeypatch) -> None:
-    """half, relu, bias, beta == 0.75 and (the backward's only) the tile backward BACKWARD
-    each key auto's choice: another value of any of them has not been timed."""
+def test_every_kernel_setting_keys_the_choice(clock) -> None:
+    """half, relu, bias and beta == 0.75 each key auto's choice: another value of any of
+    them has not been timed."""
     x = channels_last()
     for direction in ("forward", "backward"):
-        key = lt._settings(direction, 2, True, True, BETA)
+        key = lt._settings(2, True, True, BETA)
         lt._kernels_for(x, 2, direction, key, writer(x))
     both = {"forward": "band", "backward": "band"}
     assert lt.auto_choice(x, 2, 2, True, True, BETA) == both
     for other in [(1, True, True, BETA), (2, False, True, BETA), (2, True, False, BETA),
                   (2, True, True, 0.5)]:
         assert lt.auto_choice(x, 2, *other) == {}, other
-    monkeypatch.setattr(lt, "BACKWARD", {"twophase": "recompute"}.get(lt.BACKWARD, "twophase"))
-    assert lt.auto_choice(x, 2, 2, True, True, BETA) == {"forward": "band"}
 
 
 # ----------------------------------------------------------------------------- _fastest
@@ -207,7 +204,7 @@ def test_a_user_error_in_a_candidate_is_raised_not_left_out(clock) -> None:
 
     def run(layout: str) -> None:
         if layout == "band":
-            raise UserError("ALEXNET_LRN_BACKWARD='bogus'")
+            raise UserError("ALEXNET_LRN_LAYOUT='bogus'")
         fine(layout)
 
     with pytest.raises(UserError, match="bogus"):
@@ -251,16 +248,13 @@ class Launch:
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Stand-ins for the four launchers: each records what it was given and writes ones."""
+    """Stand-ins for the tile and band launchers: each records what it was given and writes
+    ones."""
     log: list[Launch] = []
 
     def tile(kernel, tensors, out, groups, half, alpha, beta, k, relu, tile,
              whole_column=False, bias=None):
         log.append(Launch(kernel, tensors, bias))
-        out.fill_(1)
-
-    def streamed(kernel, tensors, out, groups, half, alpha, beta, k, relu):
-        log.append(Launch(kernel, tensors, None))
         out.fill_(1)
 
     def band(kernel, tensors, out, groups, half, alpha, beta, k, relu, bias=None,
@@ -269,8 +263,6 @@ def launches(monkeypatch):
         out.fill_(1)
 
     monkeypatch.setattr(lt, "_launch", tile)
-    monkeypatch.setattr(lt, "_launch_channels", streamed)
-    monkeypatch.setattr(lt, "_launch_rows", streamed)
     monkeypatch.setattr(lt, "_launch_band", band)
     return log
 
@@ -278,24 +270,14 @@ def launches(monkeypatch):
 CONSTS = (2, 2, paper.LRN_ALPHA, BETA, paper.LRN_K, True)
 
 
-@pytest.mark.parametrize("backward", lt.BACKWARDS)
-def test_each_layout_launches_its_kernels_with_the_bias_where_they_take_it(
-        launches, monkeypatch, backward) -> None:
-    """tile, band and gather get x and the bias; channels and rows (outside BIAS_LAYOUTS)
-    get x + bias (torch's sum) and no bias; band and gather differ by the gather flag; the
-    tile backward is BACKWARD's kernel."""
-    monkeypatch.setattr(lt, "BACKWARD", backward)
+def test_each_layout_launches_its_kernels_with_the_bias(launches, monkeypatch) -> None:
+    """tile, band and gather get x and the bias; band and gather differ by the gather flag;
+    the tile backward is the twophase kernel."""
     x, g = channels_last(), channels_last()
     bias = torch.rand(SHAPE[1]) * 10
-    biased = x + bias.view(1, -1, 1, 1)
-    tile_bwd = {"twophase": lt._lrn_backward_twophase_kernel,
-                "recompute": lt._lrn_backward_kernel}[backward]
-    kernels = {"tile": (lt._lrn_forward_kernel, tile_bwd, None),
+    kernels = {"tile": (lt._lrn_forward_kernel, lt._lrn_backward_twophase_kernel, None),
                "band": (lt._lrn_forward_band_kernel, lt._lrn_backward_band_kernel, False),
-               "gather": (lt._lrn_forward_band_kernel, lt._lrn_backward_band_kernel, True),
-               "rows": (lt._lrn_forward_rows_kernel, lt._lrn_backward_rows_kernel, None),
-               "channels": (lt._lrn_forward_channels_kernel, lt._lrn_backward_channels_kernel,
-                            None)}
+               "gather": (lt._lrn_forward_band_kernel, lt._lrn_backward_band_kernel, True)}
     for layout, (fwd, bwd, gather) in kernels.items():
         monkeypatch.setattr(lt, "LAYOUT", layout)
         del launches[:]
@@ -306,10 +288,7 @@ def test_each_layout_launches_its_kernels_with_the_bias_where_they_take_it(
             assert len(call.tensors) == len(before) + 1, layout
             for have, want in zip(call.tensors, before, strict=False):
                 assert torch.equal(have, want), layout
-            if layout in ("tile", "band", "gather"):
-                assert torch.equal(call.tensors[-1], x) and call.bias is bias, layout
-            else:
-                assert torch.equal(call.tensors[-1], biased) and call.bias is None, layout
+            assert torch.equal(call.tensors[-1], x) and call.bias is bias, layout
 
 
 def test_forward_and_backward_each_run_and_record_their_own_choice(

@@ -5,7 +5,7 @@ launcher), each against NumPy's evaluation of the formula, the kernels run throu
 Triton's interpreter in one child process, as in tests/test_lrn_triton.py (TRITON_INTERPRET
 must be set before triton is imported).
 
-- tests/test_lrn_triton.py runs the halo and rows kernels only with the paper's n = 5 and
+- tests/test_lrn_triton.py runs the halo kernels only with the paper's n = 5 and
   beta = 3/4 on fp32, bf16 and fp16 maps, and band and gather only with beta = 3/4: its n =
   3, beta != 3/4 and float64 cases are NCHW tensors or columns of 7 maps, which take the
   tile kernels. So a kernel wrong for n = 3 (one map of halo, the 1-lane loads), for another
@@ -14,8 +14,7 @@ must be set before triton is imported).
   tensor whose columns are whole 16-byte groups, so that ALEXNET_LRN_LAYOUT runs each
   layout's own kernels (band not in float64: it takes tile there).
 - It gives the kernels only contiguous maps, so a launcher that passed a view's storage as
-  if it were contiguous passed: the tile kernels run here on two views, with either
-  backward.
+  if it were contiguous passed: the tile kernels run here on two views.
 - Two things the interpreter cannot show: that band and gather each launch their own window
   sums (their results agree either way), and that the band block is at least tl.dot's least
   (16): the interpreter takes any block, only the GPU compiler refuses."""
@@ -37,7 +36,7 @@ import torch
 import alexnet.lrn_triton as m
 from alexnet.model import lrn
 
-LAYOUTS = ("halo", "rows", "band", "gather")
+LAYOUTS = ("halo", "band", "gather")
 gen = torch.Generator().manual_seed(0)
 cl = torch.channels_last
 
@@ -112,19 +111,18 @@ def channel_slice():
 
 
 def cases():
-    # (name, layout, tile backward, case) of every run
+    # (name, layout, case) of every run
     for layout in LAYOUTS:
         for case in (n3, fp64, beta):
             if not (layout == "band" and case is fp64):  # band takes tile in float64
-                yield f"{layout}.{case.__name__}", layout, m.BACKWARD, case
-    for backward in ("recompute", "twophase"):
-        for case in (strided, channel_slice):
-            yield f"tile.{backward}.{case.__name__}", "tile", backward, case
+                yield f"{layout}.{case.__name__}", layout, case
+    for case in (strided, channel_slice):
+        yield f"tile.{case.__name__}", "tile", case
 
 
 out = {}
-for name, layout, backward, case in cases():
-    m.LAYOUT, m.BACKWARD = layout, backward
+for name, layout, case in cases():
+    m.LAYOUT = layout
     gen.manual_seed(0)
     try:  # each on its own: one failing leaves the others' results
         out.update({f"{name}.{k}": v for k, v in case().items()})
@@ -155,7 +153,7 @@ def layout_results(tmp_path_factory) -> dict[str, np.ndarray]:
     return arrays(path)
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows", "band", "gather"])
+@pytest.mark.parametrize("layout", ["halo", "band", "gather"])
 def test_a_window_of_3_maps_equals_the_formula(layout_results, layout: str) -> None:
     """n = 3 (one map of halo on each side of a thread's group, loaded one lane wide) on fp32
     columns of 8 maps (2 groups of 4), the conv's bias and ReLU folded in: the layout's
@@ -170,7 +168,7 @@ def test_a_window_of_3_maps_equals_the_formula(layout_results, layout: str) -> N
         np.testing.assert_allclose(r[key], ref, rtol=rtol, atol=rtol * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows", "gather"])
+@pytest.mark.parametrize("layout", ["halo", "gather"])
 def test_the_layout_is_exact_in_float64(layout_results, layout: str) -> None:
     """fp64 columns of 6 maps (3 groups of 2, the fourth group lane past the column), the
     bias and ReLU folded in: the layout's kernels run and give the formula to fp64 rounding
@@ -183,7 +181,7 @@ def test_the_layout_is_exact_in_float64(layout_results, layout: str) -> None:
         np.testing.assert_allclose(r[key], ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("layout", ["halo", "rows", "band", "gather"])
+@pytest.mark.parametrize("layout", ["halo", "band", "gather"])
 def test_a_beta_other_than_the_papers_equals_the_formula(layout_results, layout: str) -> None:
     """beta = 0.6, alpha = 1e-3, k = 1.5 (the kernels' exp2/log2 powers, not the rsqrt ones
     of beta = 3/4) on fp32 columns of 8 maps with a positive bias folded in (no ReLU): the
@@ -287,16 +285,14 @@ def test_halo2_launches_the_halo_kernels_on_programs_twice_as_long(monkeypatch, 
             assert kwargs["num_warps"] == m.HALO_NUM_WARPS == 8
 
 
-@pytest.mark.parametrize("backward", ["recompute", "twophase"])
 @pytest.mark.parametrize("name", ["strided", "channel_slice"])
 def test_the_tile_kernels_on_a_non_contiguous_view_equal_the_formula(layout_results,
-                                                                     name: str,
-                                                                     backward: str) -> None:
+                                                                     name: str) -> None:
     """A view that is neither NCHW- nor channels_last-contiguous (every other pixel of a
     row; the first maps of channels_last ones), the bias and ReLU folded in: the tile
-    kernels, with either backward, give the formula's output and gradients (the launcher
-    reads the view's values, not its storage as if it were contiguous)."""
-    r = case(layout_results, f"tile.{backward}.{name}")
+    kernels give the formula's output and gradients (the launcher reads the view's values,
+    not its storage as if it were contiguous)."""
+    r = case(layout_results, f"tile.{name}")
     assert r["kernels"] == "tile"
     z = r["x"] + r["b"][None, :, None, None]
     assert (z > 0).any() and (z < 0).any()  # both sides of the ReLU

@@ -204,14 +204,6 @@ def _lrn_rows(batch: int, device: torch.device, dtype: torch.dtype, fmt: torch.m
                 if layout != module.LAYOUT:
                     fns[f"{LRN_FUSED}, {layout} layout"] = _with_settings(fused,
                                                                             LAYOUT=layout)
-            column = shape[1] // 2
-            if module.LAYOUT == "rows" and column > module.ROWS_MAX_RUN:  # conv2's 128 maps
-                fns[f"{LRN_FUSED}, rows layout in runs of {column}"] = _with_settings(
-                    fused, ROWS_MAX_RUN=column)  # whole columns: no neighbours' loads
-            for v in module.BACKWARDS:  # the backward choice applies to the tile kernels
-                if v != module.BACKWARD:
-                    fns[f"{LRN_FUSED}, tile layout, {v} backward"] = _with_settings(
-                        fused, LAYOUT="tile", BACKWARD=v)
         failed: dict[str, str] = {}
         t = time_all(fns, device, *timing, failed=failed)
         row: dict = {k: v for k, v in t.items()}
@@ -255,8 +247,8 @@ def setting(owner: object, name: str, value: object) -> Iterator[None]:
 
 @contextlib.contextmanager
 def lrn_settings(**values: str | int) -> Iterator[None]:
-    """The Triton LRN module's switches (BACKWARD: ALEXNET_LRN_BACKWARD, LAYOUT:
-    ALEXNET_LRN_LAYOUT, ROWS_MAX_RUN) set to `values` for a while, then restored."""
+    """The Triton LRN module's switches (LAYOUT: ALEXNET_LRN_LAYOUT) set to `values` for a
+    while, then restored."""
     with contextlib.ExitStack() as stack:
         for name, value in values.items():
             stack.enter_context(setting(triton_lrn_module(), name, value))
@@ -290,8 +282,7 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
         return torch.ops.alexnet.lrn_backward(g, x, *consts)
 
     fns = {"copy": lambda: out.copy_(x), "fwd": _with_settings(forward, LAYOUT="tile"),
-           **{f"bwd {v}": _with_settings(backward, LAYOUT="tile", BACKWARD=v)
-              for v in module.BACKWARDS}}
+           "bwd": _with_settings(backward, LAYOUT="tile")}
     for layout in module.LAYOUTS:
         if layout != "tile":
             fns[f"fwd {layout}"] = _with_settings(forward, LAYOUT=layout)
@@ -304,7 +295,7 @@ def _lrn_bandwidth(name: str, x: torch.Tensor, g: torch.Tensor,
             f"{rate['copy']:.0f} GB/s): ")
     line += ", ".join(f"{k} {_ms(t[k])} = {rate[k]:.0f} GB/s ({rate[k] / rate['copy']:.2f}x "
                       f"the copy's)" for k in t if k != "copy")
-    print(line + f"; default backward: {module.BACKWARD}, default layout: {module.LAYOUT}")
+    print(line + f"; default layout: {module.LAYOUT}")
     return {f"{k} GB/s": v for k, v in rate.items()}
 
 

@@ -358,17 +358,13 @@ def variants_for(device: torch.device
     if module is not None and use_triton_lrn(probe):
         rows.insert(0, ("conv1/conv2 bias added apart, not in the LRN kernel", {},
                         functools.partial(setting, alexnet.model, "LRN_TAKES_BIAS", False)))
-        # the layouts auto chooses among, each for the whole step (rows and channels were
-        # slower than tile on both of the net's shapes; `bench model` times every layout)
+        # the layouts auto chooses among, each for the whole step (`bench model` times every
+        # layout)
         newest = {"halo": 0, "halo2": 1, "gather": 2, "band": 3}  # first
         layouts = sorted((v for v in module.AUTO_LAYOUTS if v != module.LAYOUT),
                          key=lambda v: newest.get(v, 4))
         rows += [(f"LRN {v} layout", {}, functools.partial(lrn_settings, LAYOUT=v))
                  for v in layouts]
-        # the backward choice applies to the tile kernels
-        rows += [(f"LRN tile layout, {v} backward", {},
-                  functools.partial(lrn_settings, LAYOUT="tile", BACKWARD=v))
-                 for v in module.BACKWARDS if v != module.BACKWARD]
     if triton_pool_module() is not None:  # the other max-pool beside the one the net runs
         maps = torch.zeros(1, 8, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
         other = "torch" if use_triton_pool(maps, nn.MaxPool2d(3, 2)) else "triton"

@@ -71,7 +71,8 @@ def test_each_variant_is_timed_in_turns_with_the_default_and_compared_with_those
     """The table's fp32 figure (1000 images/s, stood in) is not the default's: the default is
     timed again in turns with each variant, and each ratio comes from the same rounds (v2 is
     the default's speed under the doubled load: 1.00x, not 0.5x the default's best)."""
-    monkeypatch.setattr(bench_train, "time_steps", lambda *a, **k: 1000.0)
+    monkeypatch.setattr(bench_train, "time_setting",
+                        lambda archs, *a, **k: {arch: 1000.0 for arch in archs})
     args = argparse.Namespace(device="cpu", quick=False, smoke=True, figures={})
     r = bench_train.bench(args)
     warmup, steps = r["variant_timing"]["warmup"], r["variant_timing"]["steps"]

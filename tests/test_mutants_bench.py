@@ -205,19 +205,35 @@ def test_each_row_is_in_the_json_while_the_run_goes_on(tmp_path, monkeypatch) ->
 
 # ---- alexnet/bench/train.py -------------------------------------------------------------------
 
-def test_time_steps_divides_the_timed_images_by_the_timed_seconds(monkeypatch) -> None:
-    """batch x steps / seconds of the timed steps alone: 4 x 3 / (3 x 0.25 s) = 16 img/s."""
+def test_time_setting_times_the_nets_in_turns_and_keeps_each_ones_fastest_step(
+        monkeypatch) -> None:
+    """Each net's step is made and warmed, then the nets take turns, one step each a round
+    (after time_all's first call of each): batch / the fastest timed step, 4 / 0.25 = 16 and
+    4 / 0.5 = 8 img/s; a net whose step cannot be made is its error, the others timed."""
     clock = Clock()
-    calls = []
+    durations = {"a": [9.0, 0.5, 0.25, 0.4], "b": [9.0, 1.0, 0.5, 0.75]}
+    calls, made = [], []
 
-    def step():
-        calls.append(1)
-        clock.advance(0.25)
+    def warm_step(arch, device, batch, run_opts, warmup, width=1.0):
+        made.append((arch, batch, run_opts, warmup))
+        if arch == "c":
+            raise RuntimeError("stood in\nfor a failure")
 
-    monkeypatch.setattr(bench_train, "time", clock.module())
-    monkeypatch.setattr(bench_train, "warm_step", lambda *a, **k: step)
-    rate = bench_train.time_steps("alexnet", torch.device("cpu"), 4, {}, 2, 3)
-    assert rate == pytest.approx(16.0) and len(calls) == 3
+        def step():
+            calls.append(arch)
+            clock.advance(durations[arch].pop(0))
+        return step
+
+    monkeypatch.setattr(bench_model, "time", clock.module())
+    monkeypatch.setattr(bench_train, "warm_step", warm_step)
+    rates = bench_train.time_setting(["a", "c", "b"], torch.device("cpu"), 4, {"amp": "x"},
+                                     2, 3)
+    assert rates == {"a": pytest.approx(16.0), "c": {"error": "RuntimeError: stood in for a "
+                                                              "failure"},
+                     "b": pytest.approx(8.0)}
+    assert list(rates) == ["a", "c", "b"]  # in the order asked, for the table's columns
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert made == [(arch, 4, {"amp": "x"}, 2) for arch in "acb"]
 
 
 def test_warm_step_runs_the_warm_up_steps_before_the_timed_ones(monkeypatch) -> None:
@@ -250,11 +266,11 @@ def _fake_train_bench(monkeypatch, cuda: bool, torchvision: bool) -> tuple[dict,
     rates = {"alexnet": 800.0, "torchvision": 1000.0, "alexnet-tv": 500.0}
     calls = []
 
-    def time_steps(arch, device, batch, opts, warmup, steps, width=1.0, **kw):
-        calls.append((arch, batch, warmup, steps))
-        return rates[arch]
+    def time_setting(archs, device, batch, opts, warmup, steps, width=1.0):
+        calls.extend((arch, batch, warmup, steps) for arch in archs)
+        return {arch: rates[arch] for arch in archs}
 
-    monkeypatch.setattr(bench_train, "time_steps", time_steps)
+    monkeypatch.setattr(bench_train, "time_setting", time_setting)
     monkeypatch.setattr(bench_train, "time_variants", lambda *a, **k: None)
     monkeypatch.setattr(bench_train, "flops_per_image",  # the count is checked above
                         lambda net: {"forward_macs": 1e9, "train_flops": 6e9})

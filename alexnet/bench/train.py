@@ -5,13 +5,15 @@ through alexnet.training.loop.train_step) on a fixed batch already on the device
 the model's training speed without data loading (`alexnet bench data` measures the loader).
 Each net gets the batch its loader gives it (model.loader_pad): the paper net 224 patches
 with conv1's 3 zero columns and rows already written (227), torchvision's layouts 224.
-Warm-up steps (and torch.compile's compilation) are excluded; on CUDA the timed steps are
-bracketed by CUDA events. Each net is made on the device (no CPU initialisation per row),
-and each row is in --json as soon as it is timed. Beside the paper's two-column net, under
-the same settings and in the same run: torchvision's own `torchvision.models.alexnet` when
-torchvision imports (the paper/torchvision ratio of each setting is printed), and this
-project's torchvision layout (`build_model("alexnet-tv")`; not compiled, to keep the
-benchmark short).
+Warm-up steps (and torch.compile's compilation) are excluded. The nets of a setting are timed
+in turns, one step of each a round, and each one's fastest step is kept (on CUDA each step
+bracketed by CUDA events): a machine whose load changes slows them alike, so the
+paper/torchvision ratio is of figures measured side by side. Each net is made on the device
+(no CPU initialisation per row), and each row is in --json as soon as it is timed. Beside the
+paper's two-column net, under the same settings and in the same run: torchvision's own
+`torchvision.models.alexnet` when torchvision imports (the paper/torchvision ratio of each
+setting is printed), and this project's torchvision layout (`build_model("alexnet-tv")`; not
+compiled, to keep the benchmark short).
 
 On CUDA the row `bf16+channels_last+CUDA graph` replays the whole step (train_step, captured
 once by alexnet.training.graphs.graphed_step after its warm-up) from a CUDA graph: one launch
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,7 +168,7 @@ def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, A
         setattr(config.run, key, value)
     rt = setup_runtime(config, DistInfo(device=device))
     if graphed and rt.compile:
-        raise ValueError("time_steps: cuda_graph replays the eager step; not with compile")
+        raise ValueError("warm_step: cuda_graph replays the eager step; not with compile")
     torch.manual_seed(0)
     split = bool(net_kwargs.pop("split_columns", False))
     net = build_net(arch, width, device, **net_kwargs)
@@ -199,25 +200,34 @@ def warm_step(arch: str, device: torch.device, batch: int, run_opts: dict[str, A
     return step
 
 
-def time_steps(arch: str, device: torch.device, batch: int, run_opts: dict[str, Any],
-               warmup: int, steps: int, width: float = 1.0, **net_kwargs: Any) -> float:
-    """Images/s of `steps` training steps after `warmup` (`warm_step`'s arguments)."""
-    step = warm_step(arch, device, batch, run_opts, warmup, width, **net_kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            step()
-        end.record()
-        torch.cuda.synchronize(device)
-        seconds = start.elapsed_time(end) / 1000.0
-    else:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        seconds = time.perf_counter() - t0
-    return batch * steps / seconds
+def time_setting(archs: list[str], device: torch.device, batch: int,
+                 run_opts: dict[str, Any], warmup: int, steps: int, width: float = 1.0
+                 ) -> dict[str, float | dict[str, str]]:
+    """Images/s of each net of `archs` under `run_opts`, timed in turns: each net's step is
+    made and warmed (`warm_step`), then `steps` rounds of one step of each (model.time_all),
+    the fastest step of each kept; so a machine whose load changes slows them alike and each
+    setting's paper/torchvision ratio comes from the same rounds. A net that fails is
+    {"error": ...} in its place (alexnet.bench.measured); the others are timed without it."""
+    from alexnet.bench import measured
+    from alexnet.bench.model import time_all
+
+    rates: dict[str, float | dict[str, str]] = {}
+    fns: dict[str, Callable[[], Any]] = {}
+    for arch in archs:
+        step = measured(functools.partial(warm_step, arch, device, batch, run_opts, warmup,
+                                          width))
+        if isinstance(step, dict):
+            rates[arch] = step
+        else:
+            fns[arch] = step
+    failed: dict[str, str] = {}
+    seconds = time_all(fns, device, 0, steps, failed=failed)
+    del fns  # the nets go before the next setting's are made
+    for arch, why in failed.items():
+        rates[arch] = {"error": why}
+    for arch, s in seconds.items():
+        rates[arch] = batch / s
+    return {arch: rates[arch] for arch in archs}
 
 
 ARCH_COLUMNS = {"alexnet": "paper net", "torchvision": "torchvision",
@@ -230,7 +240,7 @@ VARIANT_TIMING = (3, 10)
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Print and return images/s (and MFU on CUDA) of each setting for every net."""
-    from alexnet.bench import SMOKE_WIDTH, keep_figures, measured, torchvision_problem
+    from alexnet.bench import SMOKE_WIDTH, keep_figures, torchvision_problem
     from alexnet.evaluate import resolve_device
     from alexnet.model import build_model
 
@@ -255,8 +265,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         archs = ["alexnet"]
     tv = archs[1] if len(archs) > 1 else None
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, "
-          f"batch {batch}, {warmup} warm-up + {steps} timed steps, synthetic data on device "
-          "(the paper net's 224 patches padded to 227 by the loader, as in training)")
+          f"batch {batch}, {warmup} warm-up steps, then {steps} rounds of one step of each net "
+          "in turns (fastest step), synthetic data on device (the paper net's 224 patches "
+          "padded to 227 by the loader, as in training)")
     print(f"paper net: {flops['forward_macs'] / 1e9:.2f} GMAC forward per image, "
           f"{flops['train_flops'] / 1e9:.1f} GFLOP per trained image (2 x MACs x 3)")
     figures = getattr(args, "figures", None)  # alexnet.bench.run's: filled as timed
@@ -274,12 +285,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             results["settings"][name] = {"note": note}
             continue
         row: dict[str, Any] = {}
-        results["settings"][name] = row  # filled as timed: a run stopped meanwhile keeps it
-        for arch in archs:
-            if arch == "alexnet-tv" and tv != "alexnet-tv" and opts.get("compile"):
-                continue  # one more compilation would add a minute for a redundant figure
-            rate = measured(functools.partial(time_steps, arch, device, batch, opts, warmup,
-                                              steps, width))
+        results["settings"][name] = row  # in --json once timed: a run stopped later keeps it
+        # one more compilation would add a minute for a redundant figure
+        timed = [arch for arch in archs
+                 if not (arch == "alexnet-tv" and tv != "alexnet-tv" and opts.get("compile"))]
+        for arch, rate in time_setting(timed, device, batch, opts, warmup, steps,
+                                       width).items():
             if isinstance(rate, dict):  # this net failed in this setting; the others go on
                 row.setdefault("errors", {})[arch] = rate["error"]
                 continue

@@ -12,11 +12,13 @@ import torch
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Seconds each of the longest modules took on one of two xdist workers (2-core CPU, CI's
-# machine): under xdist these start first, so that none of them starts last and runs alone.
-LONGEST = {"test_train.py": 221, "test_lrn_triton.py": 180, "test_distributed.py": 122,
-           "test_bench.py": 91, "test_figures.py": 71, "test_own.py": 57,
-           "test_gpu_machine_triton.py": 49, "test_model.py": 38, "test_pool_triton.py": 30,
-           "test_augment_triton.py": 25, "test_speed_options.py": 22, "test_export.py": 21}
+# machine; measured 2026-12-01): under xdist these start first, so that none of them starts
+# last and runs alone.
+LONGEST = {"test_train.py": 189, "test_lrn_triton.py": 90, "test_distributed.py": 83,
+           "test_speed_options.py": 64, "test_own.py": 53, "test_bench.py": 41,
+           "test_figures.py": 33, "test_gpu_machine_triton.py": 28, "test_augment_triton.py": 24,
+           "test_pool_triton.py": 23, "test_mutants_procedure.py": 21,
+           "test_guards_distributed.py": 19}
 
 
 def _threads() -> int:

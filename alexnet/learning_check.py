@@ -48,7 +48,8 @@ def chance_advice(evidence: Evidence, *, init_bias: float, lr: float,
 
     The validation error is the witness when there is one (the training error of an epoch
     averages over its first steps, which lag); the advice names model.init_bias while it is
-    the paper's 1 (the usual cause on small data), else a smaller optim.lr.
+    the paper's 1 (the usual cause on small data), else a tenth of `lr`, the run's starting
+    rate (optim.lr), not the schedule's rate of the moment, which may already be divided.
     """
     if after_steps <= 0 or evidence.step < after_steps:
         return None

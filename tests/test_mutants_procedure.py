@@ -321,3 +321,15 @@ def test_a_limit_on_the_last_epochs_last_step_reports_a_completed_run(
     again = run(store, out, "optim.epochs=2", limit, f"run.resume={out}")
     assert (again["stopped"], again["epochs"], again["steps"]) == ("completed", 2, 6)
     assert script.calls == [(0, 3), (1, 3)]
+
+
+def test_the_chance_advice_divides_the_starting_rate_not_the_schedules_current_one(
+        capsys) -> None:
+    """After three drops the epoch's rate is 1e-5; the advice is a new run's optim.lr, a
+    tenth of the configured 0.01 (it named 1e-06, a tenth of the divided rate)."""
+    config = resolve("paper", ["model.init_bias=0.1", "run.chance_steps=100"])
+    s = types.SimpleNamespace(chance_said=False, global_step=300)
+    row = {"val_top1_error": 0.9, "train_error": 0.9, "train_loss": 2.3, "lr": 1e-5}
+    procedure._check_learning(s, row, config, 10)
+    said = capsys.readouterr().out
+    assert "--set optim.lr=0.001)" in said and s.chance_said

@@ -349,7 +349,8 @@ def _check_learning(s: RunState, row: dict[str, Any], config: Config, num_classe
     advice = chance_advice(
         Evidence(step=s.global_step, num_classes=num_classes, val_error=row["val_top1_error"],
                  train_error=row["train_error"], train_loss=row["train_loss"]),
-        init_bias=config.model.init_bias, lr=row["lr"], after_steps=config.run.chance_steps)
+        init_bias=config.model.init_bias, lr=config.optim.lr,  # the rate a new run starts at
+        after_steps=config.run.chance_steps)
     if advice:
         s.chance_said = True
         print0(f"warning: {advice}")

@@ -179,6 +179,7 @@ def _run(name: str, rest: list[str]) -> int:
     parser = Parser(prog=f"alexnet {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    _check_one_process(name)
     check_device(args)
     if name != "prepare":  # every other command builds or runs the net; prepare has no torch
         from alexnet.model import check_environment
@@ -186,6 +187,21 @@ def _run(name: str, rest: list[str]) -> int:
         check_environment()
     with one_stop():  # a second Ctrl-C or SIGTERM waits for the first one's cleanup
         return int(module.run(args) or 0)
+
+
+# commands that run in one process: under torchrun each rank would do the whole work again
+# and the ranks would race for the same output files (a report, an export, a store)
+ONE_PROCESS = ("prepare", "evaluate", "predict", "figures", "export")
+
+
+def _check_one_process(name: str) -> None:
+    """A one-line refusal of a ONE_PROCESS command launched as several ranks (torchrun sets
+    RANK and WORLD_SIZE); read here without torch, which prepare does not import."""
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    if name in ONE_PROCESS and "RANK" in os.environ and world.isdigit() and int(world) > 1:
+        raise UserError(f"alexnet {name} runs in one process, and this launch has {world} "
+                        f"ranks (WORLD_SIZE={world}): run it without torchrun (train is the "
+                        "command that uses several processes)")
 
 
 def _stop_message(err: BaseException, default: str) -> str:

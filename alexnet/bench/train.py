@@ -222,7 +222,6 @@ def time_setting(archs: list[str], device: torch.device, batch: int,
             fns[arch] = step
     failed: dict[str, str] = {}
     seconds = time_all(fns, device, 0, steps, failed=failed)
-    del fns  # the nets go before the next setting's are made
     for arch, why in failed.items():
         rates[arch] = {"error": why}
     for arch, s in seconds.items():

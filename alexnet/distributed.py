@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alexnet.errors import UserError
+from alexnet.stops import stops_held
 
 T = TypeVar("T")
 
@@ -324,7 +325,12 @@ def broadcast_object(obj: object, src: int = 0) -> object:
 def cleanup() -> None:
     """Leave the process group (if joined), and let it go: the finished run's DDP wrapper,
     which holds the group, is freed first (it can sit in a reference cycle), so that gloo's
-    threads end here and not during the interpreter's exit."""
+    threads end here and not during the interpreter's exit. A stop that comes meanwhile (the
+    SIGTERM torchrun sends once another rank has died) is held until the finalisers are done,
+    then raised here (raised inside one of them, it was a traceback Python printed and ignored)."""
     if dist.is_available() and dist.is_initialized():
-        gc.collect()
-        dist.destroy_process_group()
+        try:
+            with stops_held():
+                gc.collect()
+        finally:
+            dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """Stopping a command once: the first Ctrl-C or SIGTERM stops it, further ones wait for its
-cleanup (`one_stop`), for every command (alexnet.cli) and for `prepare` called from Python."""
+cleanup (`one_stop`), for every command (alexnet.cli) and for `prepare` called from Python;
+and holding a stop that comes while finalisers run until they are done (`stops_held`)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,31 @@ def unwinding_a_stop() -> bool:
             return True
         err = err.__context__
     return False
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that come in the block are acted on when it ends, by the handlers
+    set before it: a block that runs finalisers (gc.collect) would otherwise raise the stop
+    inside one of them, where Python only prints it ("Exception ignored in ...", a traceback)
+    and goes on as if it had not come. A signal ignored before the block stays ignored."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in stops}
+    held = [sig for sig in stops if previous[sig] not in (signal.SIG_IGN, None)]
+    came: list[int] = []
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, previous[sig])
+        if came:
+            handler = previous[came[0]]
+            if callable(handler):
+                handler(came[0], None)  # raises KeyboardInterrupt or Terminated
+            else:  # the default action (SIGTERM's: the process ends)
+                signal.raise_signal(came[0])

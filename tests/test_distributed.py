@@ -3,6 +3,7 @@ weights as one process with the same global batch; resume works across it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -129,6 +130,10 @@ def test_ddp_on_two_processes_equals_one_process_and_resumes(store, tmp_path, ca
         torch.testing.assert_close(c["model"][key], value, rtol=1e-4, atol=1e-6)
     for row, theirs in zip(c["metrics"], a["metrics"], strict=True):
         assert row["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+    # the log says how many ranks ended each epoch: the change of launch shows
+    assert [[row["ranks"] for row in run["metrics"]] for run in (a, b, c)] == \
+        [[1, 1], [2, 2], [2, 1]]
+    assert [row["ranks"] for row in csv.DictReader(open(on_one / "log.csv"))] == ["2", "1"]
 
 
 def test_single_process_helpers_are_no_ops(capsys, monkeypatch):

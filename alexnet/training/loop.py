@@ -277,7 +277,8 @@ def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,
               partial: bool, lr: float | None = None) -> dict[str, Any]:
     """The log row of the epoch just trained (training figures averaged over ranks).
 
-    `lr` is the rate the epoch trained with (the schedule may have dropped it since).
+    `lr` is the rate the epoch trained with (the schedule may have dropped it since);
+    `ranks` the launch's that ended it (a resume with another number of ranks shows there).
     """
     acc = distributed.all_reduce_mean(
         {"loss": s.acc.get("loss_sum", 0.0) / max(1.0, s.acc.get("seen", 0.0)),
@@ -290,5 +291,6 @@ def epoch_row(s: RunState, rt: Runtime, val: dict[str, float], dropped: bool,
             "val_top1_error": val.get("val_top1_error"),
             "val_top5_error": val.get("val_top5_error"),
             "images_per_s": images / seconds if seconds > 0 else None,
-            "epoch_seconds": seconds, "lr_dropped": dropped, "partial": partial}
+            "epoch_seconds": seconds, "ranks": rt.dist.world_size, "lr_dropped": dropped,
+            "partial": partial}
 

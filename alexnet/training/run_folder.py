@@ -16,7 +16,8 @@ from alexnet.errors import UserError
 from alexnet.training.runtime import Runtime
 
 LOG_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_error", "val_top1_error",
-              "val_top5_error", "images_per_s", "epoch_seconds", "lr_dropped", "partial")
+              "val_top5_error", "images_per_s", "epoch_seconds", "ranks", "lr_dropped",
+              "partial")
 
 
 @dataclass

@@ -6,6 +6,7 @@ so a kill or a full disk at any moment leaves either the previous file or the ne
 file under the final name that is half-written. A failed write removes its temporary file and
 raises a one-line UserError naming the file and the cause (no space, read-only, permission, a
 file where a folder should be); temporaries of killed processes are removed by `remove_stale`.
+`link_atomic` gives a written file a second name the same way (a hard link renamed over it).
 (The store writer, alexnet/data/store.py, keeps its own part files.)
 
 `check_output` is the rule of every output path a user names (export, evaluate --out, the
@@ -159,6 +160,26 @@ def write_atomic(path: str | os.PathLike, content: Content, *, user_errors: bool
             f.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str)
                     else content)
     return Path(path)
+
+
+def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Make `path` a second name of the file `source` (a hard link), replacing `path`
+    atomically: one file written once under two names that must hold the same bytes. False
+    where the filesystem makes no hard links (the caller writes the file instead). Sound only
+    because this package replaces files by renames (`replacing`), never writes into one: a
+    rename over either name leaves the other's bytes as they were."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        return False
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _sync_folder(path.parent)
+    return True
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:

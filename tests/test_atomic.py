@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from alexnet.atomic import write_atomic
+from alexnet.atomic import link_atomic, write_atomic
 from alexnet.errors import Terminated, UserError
 
 
@@ -141,3 +141,23 @@ def test_a_folder_named_after_a_split_in_a_store_is_the_stores(tmp_path):
     assert store_folder(store / "runs" / "val") is None  # not in the root: no split's place
     assert ensure_folder(store / "runs" / "r1") == store / "runs" / "r1"
     assert store_folder(tmp_path / "val") is None  # a folder named val outside any store
+
+
+def test_a_second_name_replaces_its_target_and_outlives_the_firsts_replacement(tmp_path,
+                                                                                monkeypatch):
+    """link_atomic: `b` becomes the file `a` names (replacing b's own); replacing `a` by a
+    rename afterwards leaves b's bytes; a filesystem without hard links says False, b as it
+    was and no temporary left."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_atomic(a, b"first")
+    write_atomic(b, b"older")
+    assert link_atomic(a, b) and b.samefile(a) and b.read_bytes() == b"first"
+    write_atomic(a, b"second")
+    assert (a.read_bytes(), b.read_bytes()) == (b"second", b"first")
+
+    def no_links(src, dst, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert not link_atomic(a, b)
+    assert b.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

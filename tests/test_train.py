@@ -24,6 +24,7 @@ from alexnet.config import resolve
 from alexnet.data.store import open_split, write_store
 from alexnet.errors import UserError
 from alexnet.train import train
+from alexnet.training import saving
 
 CLASSES = [{"wnid": f"c{i}", "name": f"class {i}"} for i in range(4)]
 TINY = ["model.width=0.125", "optim.batch_size=8", "run.progress=false", "run.device=cpu"]
@@ -681,19 +682,19 @@ def test_a_kill_between_best_and_checkpoint_never_loses_best(store, tmp_path, mo
     config = {"data.store": str(store), "run.out": str(run)}
     train(resolve("paper", TINY + ["optim.epochs=1", "run.max_steps=3"], config))  # mid-epoch
     (run / f".tmp-checkpoint.pt.{dead_pid()}").write_bytes(b"PK left by a kill -9")
-    real_save, saves = checkpoint.save, []
+    real_link, names = saving.link_atomic, []
 
-    def killed_on_the_second_write(path, state):
-        saves.append(Path(path).name)
-        if len(saves) == 2:  # the end of epoch 1 replaces two files: die between them
-            raise Killed
-        return real_save(path, state)
+    def killed_before_the_second_name(source, path):
+        names.append((Path(source).name, Path(path).name))
+        raise Killed  # the end of epoch 1 writes best.pt, then names it checkpoint.pt
 
-    monkeypatch.setattr(checkpoint, "save", killed_on_the_second_write)
+    monkeypatch.setattr(saving, "link_atomic", killed_before_the_second_name)
     resumed = resolve("paper", TINY + ["optim.epochs=1"], {**config, "run.resume": str(run)})
     with pytest.raises(Killed):
         train(resumed)
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert names == [("best.pt", "checkpoint.pt")]
+    assert checkpoint.load(run)["step"] == 3  # checkpoint.pt still at the earlier position
+    monkeypatch.setattr(saving, "link_atomic", real_link)
     result = train(resumed)
     assert result["best"] == str(run / "best.pt")
     best, last = checkpoint.load(run / "best.pt"), checkpoint.load(run)

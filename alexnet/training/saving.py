@@ -12,7 +12,11 @@ good checkpoint, which it leaves untouched (best.pt too).
 At the end of an epoch best.pt (when validation improved) is replaced BEFORE checkpoint.pt:
 a kill between the two leaves checkpoint.pt at the earlier position, whose resumed run redoes
 the epoch and writes best.pt again, so checkpoint.pt never records a best error that best.pt
-lacks. Ctrl-C, SIGTERM, run.max_steps and run.time_limit save checkpoint.pt mid-epoch.
+lacks. The two then hold the same state, so checkpoint.pt is made a second name of best.pt's
+file (`atomic.link_atomic`, a hard link; written in full where the filesystem has none): one
+write of the checkpoint instead of two (456 MB each for the paper net). The next save replaces
+checkpoint.pt by a rename, which leaves best.pt's bytes as they were. Ctrl-C, SIGTERM,
+run.max_steps and run.time_limit save checkpoint.pt mid-epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import checkpoint, distributed
+from alexnet.atomic import link_atomic
 from alexnet.config import Config
 from alexnet.errors import UserError
 from alexnet.training.run_folder import RunFiles
@@ -75,7 +80,8 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
         try:
             if best and config.run.save_best:
                 checkpoint.save(files.best, state)
-            checkpoint.save(files.checkpoint, state)
+            if not (best and config.run.save_best and link_atomic(files.best, files.checkpoint)):
+                checkpoint.save(files.checkpoint, state)
         except UserError as err:
             failed = err
     if distributed.any_rank(failed is not None, rt.device):  # also the barrier

@@ -56,11 +56,9 @@ def topk_errors(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndar
     A tie counts against the net: the true label is in the top k only when fewer than k other
     classes have a probability at least as high as its own, so a net with constant output
     scores 1 - 0 = 100% error rather than 0% (the ordering of tied classes is otherwise
-    arbitrary).
+    arbitrary). No images: NaN, as `error_rates` (no figure, rather than a 0% error).
     """
-    wrong = topk_wrong(probs, labels, ks)
-    n = max(1, len(labels))
-    return {f"top{k}_error": wrong[f"top{k}_wrong"] / n for k in ks}
+    return error_rates(topk_wrong(probs, labels, ks), len(labels))
 
 
 def topk_wrong(probs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,

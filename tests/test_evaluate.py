@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -633,3 +634,17 @@ def test_the_file_chosen_in_a_run_folder_is_said_without_nested_brackets(store_r
     shutil.copyfile(checkpoint, run / "best.pt")
     for why in (without_best, trained_checkpoint(run)[1]):  # said inside brackets
         assert "(" not in why and ")" not in why, why
+
+
+def test_no_images_have_no_error_rate_rather_than_zero():
+    """topk_errors and error_rates of no images are NaN at every k (topk_errors said 0%,
+    error_rates NaN: a split with no images looked perfect)."""
+    from alexnet.evaluate import error_rates
+
+    empty = topk_errors(torch.zeros(0, 7), torch.zeros(0, dtype=torch.long), ks=(1, 5))
+    assert list(empty) == ["top1_error", "top5_error"]
+    assert all(math.isnan(v) for v in empty.values())
+    none = error_rates({"top1_wrong": 0, "top5_wrong": 0}, 0)
+    assert list(none) == ["top1_error", "top5_error"]
+    assert all(math.isnan(v) for v in none.values())
+    assert error_rates({"top1_wrong": 3}, 4) == {"top1_error": 0.75}

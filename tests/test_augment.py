@@ -357,3 +357,26 @@ def test_the_patch_at_a_time_path_refuses_what_it_cannot_cut() -> None:
                            None, 8, False, 0)
     with pytest.raises(ValueError, match="mean 'median'"):
         augment._per_image(images, *offsets, "median", {}, None, 8, False, 0)
+
+
+def test_a_crop_that_would_reach_past_the_image_is_refused():
+    """On 8x8 images a 5-pixel crop may start at rows 0..3; row 4 would read the next image's
+    (or the next row's) pixels through the batch's strided view, so it is refused, as is a
+    left of 4."""
+    images = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    assert augment.crop(images, torch.tensor([3, 0]), torch.tensor([0, 3]), 5).shape == \
+        (2, 5, 5, 3)
+    for top, left in (([4, 0], [0, 0]), ([0, 0], [0, 4]), ([-1, 0], [0, 0])):
+        with pytest.raises(ValueError):
+            augment.crop(images, torch.tensor(top), torch.tensor(left), 5)
+
+
+def test_a_slightly_negative_eigenvalue_gives_no_shift_along_it_not_nan():
+    """A store of greyscale images has a rank-1 colour covariance, whose numerical
+    eigenvalues can come out a hair below 0: its square root is taken as 0 (no light along
+    that component), not NaN in every image's colours."""
+    alpha = augment.draw_alpha(4, torch.Generator().manual_seed(0))
+    shift = augment.pca_shift(alpha, np.array([100.0, 0.0, -1e-9]), np.eye(3))
+    assert torch.isfinite(shift).all()
+    torch.testing.assert_close(shift[:, 0], alpha[:, 0] * 10.0, rtol=1e-12, atol=0)
+    assert not shift[:, 1:].any()

@@ -188,3 +188,24 @@ def test_schedule_state_round_trip():
     second.load_state_dict(first.state_dict())
     assert head + [second.step(e) for e in errors[5:]] == expected
     assert second.state_dict() == whole.state_dict() and whole.drops == 3
+
+
+def test_an_equal_error_is_no_improvement_and_the_threshold_is_absolute():
+    """Improving means below the best by more than `threshold`, in error units (0.001 is a
+    tenth of a percentage point, not a relative 0.1%): an error equal to the best counts as a
+    stalled epoch; 0.2 -> 0.1992 (0.0008 better) stalls too, where a relative threshold
+    (0.1% of 0.2 = 0.0002) would call it an improvement."""
+    sched, _ = schedule(patience=2, threshold=0.0)
+    assert [sched.step(0.5) for _ in range(3)] == [False, False, True]
+    sched, _ = schedule(patience=1, threshold=0.001)
+    assert [sched.step(0.2), sched.step(0.1992)] == [False, True]
+    sched, _ = schedule(patience=1, threshold=0.001)
+    assert [sched.step(0.2), sched.step(0.1989)] == [False, False]  # 0.0011 better
+
+
+def test_the_drop_divides_by_the_factor_given():
+    """optim.lr_factor reaches the schedule (training/state.py): 2 halves the rate, it does
+    not divide it by the paper's 10."""
+    sched, opt = schedule(factor=2.0, patience=1)
+    assert [sched.step(0.5), sched.step(0.5)] == [False, True]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005, rel=1e-12)

@@ -6,8 +6,11 @@ Neural Networks". Modules import these names; no other file repeats the numbers.
 
 # Section 2 (The dataset): shorter side rescaled to 256, central 256x256 patch kept.
 IMAGE_SIZE = 256
-# Section 2: 1000 ILSVRC classes.
+# Section 2: 1000 ILSVRC classes; 50,000 validation and 150,000 test images (one line each
+# in the devkit's ground truth).
 NUM_CLASSES = 1000
+ILSVRC_VAL_IMAGES = 50_000
+ILSVRC_TEST_IMAGES = 150_000
 
 # Section 4.1 (Data augmentation): random 224x224 patches and their reflections; at test
 # time the four corners, the centre and their reflections (10 patches).

@@ -127,6 +127,15 @@ def write_tar(path: Path, files: dict[str, bytes], mode: str = "w") -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def ground_truth(ids: list[int], split: str = "val") -> bytes:
+    """A devkit's ground truth of a split: the ILSVRC `ids` of the first images, then the
+    first id again up to the devkit's number of lines (val 50,000, test 150,000)."""
+    from alexnet.data.sources import GROUND_TRUTH_LINES
+
+    lines = ids + ids[:1] * (GROUND_TRUTH_LINES[split] - len(ids))
+    return "".join(f"{i}\n" for i in lines).encode()
+
+
 def meta_mat(leaves: list[tuple[int, str, str]], parents: int = 2) -> bytes:
     """A devkit meta.mat: `leaves` (ilsvrc_id, wnid, words) plus non-leaf synsets after them."""
     return _meta_mat(leaves, parents, "ILSVRC2012_ID")

@@ -220,6 +220,27 @@ def test_a_bad_ground_truth_line_is_named_with_its_number_and_text(tmp_path, lin
         assert f"ILSVRC2012_val_{line:08d}.JPEG" in message
 
 
+@pytest.mark.parametrize("change", ["a line lost", "a line added"])
+def test_a_ground_truth_of_another_length_than_the_devkits_is_refused(tmp_path, change):
+    """A ground truth with a line lost labelled every image after it with its neighbour's
+    class, silently where the images present were fewer than its lines (a subset of val, or
+    the last image removed as the error about it advised): 50 of 59 labels were wrong. Its
+    length is the devkit's, 50,000 lines for val, or it is refused in one line."""
+    truth = [0, 1, 2, 1, 0]
+    _devkit(tmp_path, truth)
+    images_.write_files(tmp_path / "val", {f"ILSVRC2012_val_{i + 1:08d}.JPEG": _pixels(k, i)
+                                           for i, k in enumerate(truth)})
+    gt = tmp_path / "ILSVRC2012_devkit_t12" / "data" / GT
+    lines = gt.read_text().splitlines()
+    lines = lines[:1] + lines[2:] if change == "a line lost" else lines + lines[:1]
+    gt.write_text("\n".join(lines) + "\n")
+    message = _refusal(tmp_path)
+    count = "49,999" if change == "a line lost" else "50,001"
+    assert message.startswith(f"{gt}: {count} lines, where the devkit's val ground truth has "
+                              "50,000"), message
+    assert "use the ground truth of the devkit that came with these images" in message
+
+
 def test_ground_truth_with_crlf_and_trailing_blank_lines_is_read(tmp_path):
     truth = [2, 0, 1]
     _devkit(tmp_path, truth)

@@ -86,7 +86,7 @@ def _devkit(root: Path, truth: list[int]) -> None:
     images_.write_files(root / "ILSVRC2012_devkit_t12" / "data", {
         "meta.mat": images_.meta_mat(leaves),
         "ILSVRC2012_validation_ground_truth.txt":
-            "".join(f"{ILSVRC_IDS[k]}\n" for k in truth).encode()})
+            images_.ground_truth([ILSVRC_IDS[k] for k in truth])})
 
 
 def test_ilsvrc_val_already_sorted_into_wnid_folders(tmp_path):

@@ -282,12 +282,11 @@ def _ilsvrc(root: Path, year: int, archives: bool) -> dict[str, list[int]]:
         flat[split] = {f"ILSVRC{year}_{split}_{i + 1:08d}.JPEG":
                        images_.jpeg(images_.photo(50 + i, 40, int(k), i))
                        for i, k in enumerate(labels)}
-    ground = {split: "".join(f"{ILSVRC_IDS[k]}\n" for k in labels)
+    ground = {split: images_.ground_truth([ILSVRC_IDS[k] for k in labels], split)
               for split, labels in truth.items()}
     gt_names = {"val": f"ILSVRC{year}_validation_ground_truth.txt",
                 "test": f"ILSVRC{year}_test_ground_truth.txt"}
-    devkit = {"data/meta.mat": meta, **{f"data/{gt_names[s]}": g.encode()
-                                        for s, g in ground.items()}}
+    devkit = {"data/meta.mat": meta, **{f"data/{gt_names[s]}": g for s, g in ground.items()}}
     kit = f"ILSVRC{year}_devkit_t12" if year == 2012 else f"ILSVRC{year}_devkit-1.0"
     tag = "img" if year == 2012 else "images"
     if archives:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from alexnet import paper
 from alexnet.errors import UserError
 
 # torchvision's IMG_EXTENSIONS: what an ImageFolder tree counts as an image.
@@ -484,13 +485,24 @@ def _base(ref: Any) -> str:
     return ref.member.rsplit("/", 1)[-1] if isinstance(ref, TarRef) else Path(ref).name
 
 
+# lines of the devkits' ground truths: every image of the split, 2010's and 2012's alike
+GROUND_TRUTH_LINES = {"val": paper.ILSVRC_VAL_IMAGES, "test": paper.ILSVRC_TEST_IMAGES}
+
+
 def _flat_split(name: str, where: Path, truth: list[int], id_label: dict[int, int],
                 prefix: str, origin: str, wnid_label: dict[str, int], hidden: Hidden) -> Split:
     """A flat split (ILSVRC20XX_val_00000001.JPEG ...) labelled by a ground-truth file, or a
     folder already sorted into per-class folders (then as `_class_split`); the hidden image
-    files left out are added to `hidden`."""
+    files left out are added to `hidden`. A ground truth of another length than the
+    devkit's is refused: a line lost shifts the labels after it, silently where the images
+    present are fewer than its lines."""
     if _sorted_val(where):
         return _class_split(name, where, wnid_label, prefix, hidden)
+    if len(truth) != GROUND_TRUTH_LINES[name]:
+        raise UserError(f"{origin}: {len(truth):,} lines, where the devkit's {name} ground "
+                        f"truth has {GROUND_TRUTH_LINES[name]:,} (line i labels image i, so a "
+                        "line missing or added moves the label of every image after it); use "
+                        "the ground truth of the devkit that came with these images")
     unused: list[tuple[str, str]] = []
     if where.is_file():
         try:

@@ -283,3 +283,29 @@ def test_a_plain_image_folder_with_a_flat_val_is_still_an_image_folder(tmp_path)
     images_.write_files(tmp_path / "val", {"a.jpg": _pixels(0), "b.jpg": _pixels(1)})
     source = sources.detect(tmp_path)
     assert source.kind == "image-folder" and set(source.splits) == {"train"}
+
+
+def test_imagenet_classes_without_training_images_are_a_notice(tmp_path):
+    """A class folder of ILSVRC's or Kaggle's training set that is empty or missing (a
+    training set extracted part way) was silent, where an image-folder tree names it: now one
+    notice names their wnids; they stay classes (the labels of the others do not move)."""
+    src = tmp_path / "ilsvrc"
+    _ilsvrc(src, 2012, archives=False)
+    for f in (src / "train" / WNIDS[1]).iterdir():
+        f.unlink()
+    shutil.rmtree(src / "train" / WNIDS[3])
+    found = sources.detect(src)
+    notes = [n for n in found.notes if "training images" in n]
+    assert notes == [f"notice: 2 of the devkit's 4 classes have no training images (their "
+                     "class folder or archive is missing or empty: a training set extracted "
+                     f"part way?): {WNIDS[1]}, {WNIDS[3]}; each stays a class (the labels of "
+                     "the others do not move) but cannot be learnt with no training image"]
+    assert sorted(set(found.splits["train"].labels.tolist())) == [0, 2]
+    kaggle = tmp_path / "kaggle"
+    _kaggle(kaggle, [0, 1])
+    assert not [n for n in sources.detect(kaggle).notes if "training images" in n]
+    shutil.rmtree(kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "train" / WNIDS[2])
+    notes = [n for n in sources.detect(kaggle).notes if "training images" in n]
+    assert len(notes) == 1 and notes[0].startswith(
+        "notice: 1 of the 4 classes of LOC_synset_mapping.txt have no training images "), notes
+    assert f"part way?): {WNIDS[2]}; each stays a class" in notes[0], notes

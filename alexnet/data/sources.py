@@ -579,6 +579,10 @@ def detect_ilsvrc(root: Path, year: int) -> Source | None:
         source.splits[split] = _flat_split(split, where, truth, id_label, f"ILSVRC{year}_{split}",
                                            origin, wnid_label, hidden)
     source.notes += hidden.notes()
+    source.notes += _untrained_classes(
+        source, f"of the devkit's {len(classes)} classes have no training images (their "
+        "class folder or archive is missing or empty: a training set extracted part way?)",
+        lambda c: classes[c]["wnid"])
     if not source.splits:
         raise UserError(f"{root}: found the ILSVRC{year} devkit but no image archives or "
                         f"folders (ILSVRC{year}_img_train.tar, ..._val.tar, train/, val/)")
@@ -702,6 +706,10 @@ def detect_kaggle(root: Path) -> Source | None:
                                                           np.int64), describe=str(data / "val"),
                                      unused=unused)
     source.notes += hidden.notes()
+    source.notes += _untrained_classes(
+        source, f"of the {len(classes)} classes of LOC_synset_mapping.txt have no training "
+        "images (their class folder is missing or empty: a training set extracted part way?)",
+        lambda c: classes[c]["wnid"])
     return source
 
 
@@ -862,15 +870,22 @@ def detect_image_folder(root: Path) -> Source | None:
                                      describe=str(where), unused=unused)
         hidden.folders += _hidden_folders(where)
     source.notes += _image_folder_notes(names, hidden)
-    if "train" in source.splits:
-        counts = np.bincount(source.splits["train"].labels, minlength=len(names))
-        empty = [_shown(base / names[c]) for c in np.flatnonzero(counts == 0)]
-        if empty:
-            source.notes.append(
-                f"notice: {len(empty)} class folder(s) hold no images: {_listed(empty)}; "
-                "each stays a class (the labels of the others do not move) but cannot be "
-                "learnt with no training image")
+    source.notes += _untrained_classes(source, "class folder(s) hold no images",
+                                       lambda c: _shown(base / names[c]))
     return source
+
+
+def _untrained_classes(source: Source, what: str, shown: Callable[[int], str]) -> list[str]:
+    """The notice for the classes of `source` without a training image (none without a train
+    split): `what` says of them, after their count, why (`shown` names class c)."""
+    if "train" not in source.splits:
+        return []
+    counts = np.bincount(source.splits["train"].labels, minlength=len(source.classes))
+    empty = [shown(c) for c in np.flatnonzero(counts == 0)]
+    if not empty:
+        return []
+    return [f"notice: {len(empty)} {what}: {_listed(empty)}; each stays a class (the labels "
+            "of the others do not move) but cannot be learnt with no training image"]
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

@@ -108,6 +108,23 @@ def test_an_empty_class_folder_is_a_notice_and_keeps_its_label(tmp_path, capsys)
     assert sorted(set(train.labels.tolist())) == [0, 2, 3]
 
 
+def test_a_limit_below_the_number_of_classes_says_which_share_it_drops(tmp_path, capsys):
+    """--limit below the number of classes gives whole classes no image (N // C is 0 for
+    them): at ImageNet's 1000 classes, --limit 500 kept the first 500 in silence. Now a
+    notice says how many and what limit keeps every class; a limit that keeps one of each
+    says nothing."""
+    own = _own_tree(tmp_path / "own")
+    prepare(own, tmp_path / "a", size=8, workers=1, limit=1)
+    notices = [line for line in capsys.readouterr().err.splitlines() if "--limit" in line]
+    assert notices == ["alexnet prepare: notice: --limit 1 leaves 2 of the 3 classes without "
+                       "training images (each class gets limit // 3 of them, the first "
+                       "limit % 3 classes one more); give --limit 3 or more to keep every "
+                       "class"]
+    assert open_split(tmp_path / "a", "train").labels.tolist() == [0]
+    prepare(own, tmp_path / "b", size=8, workers=1, limit=3)
+    assert "--limit" not in capsys.readouterr().err
+
+
 def test_hidden_folders_and_images_are_left_out_with_a_notice(tmp_path, capsys):
     """Hidden class folders and hidden images are not read (unlike torchvision, which makes
     `.ipynb_checkpoints` a class), and prepare says so: one notice names the hidden folders

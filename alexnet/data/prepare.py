@@ -95,6 +95,22 @@ def _kept(source: src.Source, split: src.Split, limit: int | None) -> np.ndarray
     return src.limit_per_class(split.labels, limit, len(source.classes))
 
 
+def _note_limit(source: src.Source, wanted: list[str], limit: int | None) -> None:
+    """Say when `--limit` leaves classes of the training split without an image: below the
+    number of classes (an easy try-out value at ImageNet's 1000), whole classes go."""
+    if limit is None or "train" not in wanted:
+        return
+    labels = source.splits["train"].labels
+    lost = len(np.unique(labels)) - len(np.unique(labels[_kept(source, source.splits["train"],
+                                                               limit)]))
+    if lost:
+        classes = len(source.classes)
+        print(f"alexnet prepare: notice: --limit {limit} leaves {lost} of the {classes} "
+              f"classes without training images (each class gets limit // {classes} of them, "
+              f"the first limit % {classes} classes one more); give --limit {classes} or more "
+              "to keep every class", file=sys.stderr)
+
+
 def _files_digest(source: src.Source, split: src.Split, keep: np.ndarray) -> str:
     """A digest of the names of the images kept, in store order, relative to the source
     folder (archive members with their place in the archive): a resumed split must continue
@@ -250,6 +266,7 @@ def _prepare(source: Any, out: Path, *, workers: int, splits: list[str] | None,
         if not wanted:
             raise UserError(f"{source}: no split {', '.join(splits or SPLITS)} in this "
                             f"{found.kind} source (found: {', '.join(found.splits) or 'none'})")
+        _note_limit(found, wanted, options["limit"])
         summary: dict[str, Any] = {"kind": found.kind, "out": str(out), "splits": {}}
         fingerprints = {name: _fingerprint(found, found.splits[name], **options)
                         for name in wanted}

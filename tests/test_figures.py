@@ -638,6 +638,20 @@ def test_curves_of_a_run_folder_whose_name_is_not_utf8(tmp_path, drawn):
     assert "training curves: run\\xffbyte" in texts_of(drawn, "curves.png")
 
 
+def test_top5_probabilities_keep_two_figures_among_many_classes(tmp_path, drawn):
+    """At 1000 classes a top-5 probability is often below 0.005: printed to two decimals,
+    every number read 0.00; two significant figures keep them apart."""
+    from alexnet.figures.top5 import plot_top5
+
+    probs = np.full((1, 1000), 1e-5)
+    probs[0, :5] = [0.5, 0.0031, 0.0027, 0.25, 0.012]
+    names = [f"c{k}" for k in range(1000)]
+    plot_top5([np.zeros((8, 8, 3), np.uint8)], probs, [1], names, tmp_path / "top5.png")
+    texts = texts_of(drawn, "top5.png")
+    assert [t for t in texts if t.startswith("c") and " " in t] == \
+        ["c0 0.5", "c3 0.25", "c4 0.012", "c1 0.0031", "c2 0.0027"]
+
+
 def test_the_plots_draw_any_class_name(tmp_path, drawn):
     """Undecodable bytes, control characters and mathtext in names, drawn by the real
     plotting functions: escaped, not an error, a box or a line break."""
@@ -655,7 +669,7 @@ def test_the_plots_draw_any_class_name(tmp_path, drawn):
     assert png_size(tmp_path / "nn.png") == (3 * 150, 170)
     top5 = texts_of(drawn, "top5.png")
     assert {"bad\\xffbyte", "\u732b\\tcat $\\frac$", 'a, b "dq" \'sq\'; semi'} <= set(top5)
-    assert "bad\\xffbyte 0.50" in top5
+    assert "bad\\xffbyte 0.5" in top5
     assert {"bad\\xffbyte", "\u732b\\tcat $\\frac$", "x\\ny"} <= set(texts_of(drawn, "nn.png"))
     assert glyph_warnings(caught) == []  # the CJK glyph: one notice instead (below)
 
@@ -936,7 +950,7 @@ def test_figure4_left_shows_the_softmax_averaged_over_the_stated_patches(
         np.testing.assert_allclose([q for _, q in row["top5"]], p[want], rtol=1e-4)
         assert row["label"] == label and row["label_prob"] == pytest.approx(p[label], rel=1e-4)
         for k in want:
-            assert f"{names[k]} {p[k]:.2f}" in drawn["texts"]
+            assert f"{names[k]} {p[k]:.2g}" in drawn["texts"]
 
 
 RESIDENT_CACHE = """

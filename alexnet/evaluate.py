@@ -34,7 +34,15 @@ from alexnet.atomic import (
     write_json,
 )
 from alexnet.errors import UserError
-from alexnet.paper import CENTRE_CROP_REPRODUCTIONS, CROP_SIZE, RESULTS, TEST_CROPS, TOP5
+from alexnet.paper import (
+    CENTRE_CROP_REPRODUCTIONS,
+    CROP_SIZE,
+    ILSVRC_TEST_IMAGES,
+    ILSVRC_VAL_IMAGES,
+    RESULTS,
+    TEST_CROPS,
+    TOP5,
+)
 from alexnet.progress import Progress
 
 EVAL_BATCH_SIZE = 128  # images per step (x10 crops with --crops 10); not a paper number
@@ -537,6 +545,10 @@ def format_table(result: dict[str, Any], source: str | None, split: str,
                          f"reproductions land at {min(top1s)}-{max(top1s)}% top-1)")
             lines.append("(its rows are marked for --crops 10 runs; a centre-crop net is marked "
                          "against the reproductions)")
+        whole = {"val": ILSVRC_VAL_IMAGES, "test": ILSVRC_TEST_IMAGES}.get(split)
+        if whole is not None and result["images"] < whole:
+            lines.append(f"(on {result['images']:,} of the set's {whole:,} images: the paper's "
+                         "figures are on all of them)")
     lines.append(f"{result['images']} images, {plural(result['crops'], 'crop')} each")
     return "\n".join(lines)
 

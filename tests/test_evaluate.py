@@ -224,6 +224,20 @@ def test_cli_table_names_the_paper_rows():
     assert "no paper figure" in format_table(result, "fashion-mnist", "test")
 
 
+def test_the_table_says_when_the_images_are_a_subset_of_the_papers_set():
+    """A store of 60 val images (a --limit store, a part of val) was set beside the paper's
+    figures on all 50,000 with no word; now the table says how many of the set's images."""
+    result = {"top1_error": 0.41, "top5_error": 0.19, "images": 60, "crops": 10,
+              "checkpoints": ["a.pt"]}
+    assert "(on 60 of the set's 50,000 images: the paper's figures are on all of them)" in \
+        format_table(result, "ilsvrc2012", "val").splitlines()
+    assert "(on 1,000 of the set's 150,000 images" in format_table(
+        {**result, "images": 1000}, "ilsvrc2010", "test")
+    for whole in (format_table({**result, "images": 50_000}, "ilsvrc2012", "val"),
+                  format_table(result, "fashion-mnist", "test")):
+        assert "of the set's" not in whole
+
+
 def test_the_table_figures_line_up_under_their_headings():
     """The longest paper row ("1 CNN, 6th conv layer, pre-trained") overran the name column
     and pushed its figures out from under their headings."""

@@ -151,7 +151,7 @@ def _check_rendezvous(world: int) -> None:
                         "MASTER_ADDR:MASTER_PORT; set both on every rank (rank 0's host and a "
                         f"free port), or {LAUNCH_ADVICE}")
     port = os.environ["MASTER_PORT"]
-    if not (port.isdigit() and 0 < int(port) < 65536):
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise UserError(f"MASTER_PORT={port!r}: not a port number (1 to 65535); set it to a "
                         f"free port on every rank, or {LAUNCH_ADVICE}")
 

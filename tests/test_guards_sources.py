@@ -309,3 +309,16 @@ def test_imagenet_classes_without_training_images_are_a_notice(tmp_path):
     assert len(notes) == 1 and notes[0].startswith(
         "notice: 1 of the 4 classes of LOC_synset_mapping.txt have no training images "), notes
     assert f"part way?): {WNIDS[2]}; each stays a class" in notes[0], notes
+
+
+@pytest.mark.parametrize("rows,said", [(2, "ILSVRC2012_val_00000003;"),
+                                       (1, "ILSVRC2012_val_00000002 and 1 more val images;")])
+def test_val_images_without_a_solution_row_are_named_with_how_many(tmp_path, rows, said):
+    """A val image with no row in LOC_val_solution.csv is named, with the count of the others
+    ("(and 0 more)" was said of one alone), and the advice to download the file again."""
+    rows_text = "".join(f"ILSVRC2012_val_{i + 1:08d},{WNIDS[0]} 1 2 3 4\n" for i in range(rows))
+    _kaggle(tmp_path, [0, 1, 2], csv="ImageId,PredictionString\n" + rows_text)
+    message = _refusal(tmp_path)
+    assert message == (f"{tmp_path / 'LOC_val_solution.csv'}: no label for {said} download "
+                       "LOC_val_solution.csv again from the competition page (it has a row for "
+                       "every val image)"), message

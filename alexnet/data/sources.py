@@ -700,8 +700,10 @@ def detect_kaggle(root: Path) -> Source | None:
         refs = [str(p) for p in _image_files(data / "val", unused)]
         missing = [Path(r).stem for r in refs if Path(r).stem not in truth]
         if missing:
-            raise UserError(f"{solution}: no label for {missing[0]} (and {len(missing) - 1} "
-                            "more)")
+            more = f" and {len(missing) - 1} more val images" if len(missing) > 1 else ""
+            raise UserError(f"{solution}: no label for {missing[0]}{more}; download "
+                            "LOC_val_solution.csv again from the competition page (it has a "
+                            "row for every val image)")
         source.splits["val"] = Split("val", refs, np.array([truth[Path(r).stem] for r in refs],
                                                           np.int64), describe=str(data / "val"),
                                      unused=unused)

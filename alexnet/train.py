@@ -16,7 +16,7 @@ from alexnet.config import AMP_CHOICES, Config, from_dict, given_keys, resolve, 
 from alexnet.errors import UserError
 from alexnet.training.procedure import check_run_folder_free, train
 from alexnet.training.run_folder import RunFiles, plural, shows_top5
-from alexnet.training.saving import read_resumable
+from alexnet.training.saving import read_resumable, unstarted_run
 
 __all__ = ["add_arguments", "config_from_args", "run", "train"]
 
@@ -99,9 +99,15 @@ def config_from_args(args: argparse.Namespace
         flags.setdefault("run.out", str(resume_dir))
         if Path(flags["run.out"]).resolve() == resume_dir.resolve():
             check_run_folder_free(resume_dir)  # before reading its checkpoint
-        ckpt = read_resumable(args.resume)
-        base = from_dict(ckpt.get("config") or {}, where=f"{args.resume} config")
-        flags["run.resume"] = str(args.resume)
+        unstarted = unstarted_run(args.resume)
+        if unstarted is not None:
+            distributed.print0(f"{args.resume}: its run stopped before its first checkpoint, "
+                               "so it starts over from its config.json")
+            base = from_dict(unstarted, where=f"{Path(args.resume) / 'config.json'}")
+        else:
+            ckpt = read_resumable(args.resume)
+            base = from_dict(ckpt.get("config") or {}, where=f"{args.resume} config")
+            flags["run.resume"] = str(args.resume)
     elif preset is None:
         preset = "paper"
     overrides = list(args.overrides)

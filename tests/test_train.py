@@ -721,6 +721,32 @@ def test_a_huge_finite_loss_stops_and_keeps_the_last_good_files(store, tmp_path,
         assert max(float(v.abs().max()) for v in ckpt["model"].values()) < 100, name
 
 
+def test_resuming_a_run_killed_before_its_first_checkpoint_starts_it_over(store, tmp_path,
+                                                                           capsys):
+    """A run killed while starting leaves its folder with config.json and no checkpoint (a
+    requeued job then runs `--resume RUN`): that was refused with "a folder without a
+    checkpoint.pt; give a checkpoint file or a run folder", naming the run folder. Nothing of
+    it was trained, so it now starts over from its config.json: the very run it would have
+    been, logs and weights."""
+    flags = ["--data", str(store), "--epochs", "2", "--seed", "3", *sets(TINY)]
+    assert main(["train", *flags, "--out", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    capsys.readouterr()
+    assert main(["train", *flags, "--out", str(cut), "--print-config"]) == 0
+    cut.mkdir()  # what the kill left: the run's config.json, as the run writes it
+    (cut / "config.json").write_text(capsys.readouterr().out)
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{cut}: its run stopped before its first checkpoint, so it starts "
+                          "over from its config.json\n"), out
+    assert strip_timing(cut / "log.jsonl") == strip_timing(tmp_path / "whole" / "log.jsonl")
+    assert_same_weights(tmp_path / "whole" / "checkpoint.pt", cut / "checkpoint.pt")
+    (cut / "checkpoint.pt").unlink()  # a folder that is no run's is still refused as before
+    (cut / "config.json").write_text("{}")
+    assert main(["train", "--resume", str(cut)]) == 2
+    assert "a folder without a checkpoint.pt" in capsys.readouterr().err
+
+
 def test_a_new_lr_on_resume_is_used(store, tmp_path, capsys):
     run = tmp_path / "run"
     first = ["--data", str(store), "--out", str(run), "--epochs", "1", "--max-steps", "2",

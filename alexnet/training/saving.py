@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import checkpoint, distributed
-from alexnet.atomic import link_atomic
+from alexnet.atomic import link_atomic, read_json_object
 from alexnet.config import Config
 from alexnet.errors import UserError
-from alexnet.training.run_folder import RunFiles
+from alexnet.training.run_folder import RunFiles, holds_run
 from alexnet.training.runtime import Runtime
 from alexnet.training.state import RunState, check_resumable, make_checkpoint
 
@@ -89,6 +89,17 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
                                   "says why); the earlier checkpoint is kept")
     s.last_good = files.checkpoint
     return files.checkpoint
+
+
+def unstarted_run(resume: str | os.PathLike) -> dict[str, Any] | None:
+    """The recorded config (config.json) of the run folder `resume` when that run stopped
+    before its first checkpoint (killed while starting: a scheduler's job requeued with
+    `--resume`), else None. Nothing of it was trained, so continuing it is starting it over
+    from that config, as its own command would."""
+    files = RunFiles(Path(resume))
+    if not files.root.is_dir() or files.checkpoint.exists() or not holds_run(files):
+        return None
+    return read_json_object(files.config)
 
 
 def read_resumable(resume: str | os.PathLike) -> dict[str, Any]:

@@ -59,6 +59,20 @@ def test_a_16_bit_file_that_pil_opens_in_mode_i_is_scaled_to_8_bits():
     np.testing.assert_array_equal(got, np.repeat(np.rint(deep / 257.0)[..., None], 3, -1))
 
 
+@pytest.mark.parametrize("maxval,value,want", [(65535, 200, 1), (65535, 255, 1),
+                                                (1023, 3, 1), (1023, 1023, 255)])
+def test_a_dark_16_bit_pgm_is_scaled_as_a_16_bit_png_is(maxval, value, want):
+    """A 16-bit PGM whose pixels are all 255 or less was stored as it was (200 as 200, not
+    1): mode "I" was taken for 16-bit data only above 255. PIL stretches a PGM's maxval to
+    65535 (10-bit 3 -> 192), so its mode "I" is 16-bit data however dark, as PNG's I;16."""
+    deep = np.full((32, 32), value, np.uint16)
+    pgm = f"P5\n32 32\n{maxval}\n".encode() + deep.astype(">u2").tobytes()
+    png = io.BytesIO()
+    Image.fromarray(np.full((32, 32), round(value * 65535 / maxval), np.uint16)).save(png, "PNG")
+    for data in (pgm, png.getvalue()):
+        np.testing.assert_array_equal(load_image(("bytes", data), 16), np.full((16, 16, 3), want))
+
+
 def test_a_cmyk_file_with_a_profile_is_converted_through_that_profile(monkeypatch):
     """The embedded ICC profile, not PIL's plain inversion, gives the colours (no CMYK
     profile ships here: a stand-in transform that paints the image a known colour)."""

@@ -50,9 +50,15 @@ def pil_settings(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = before
 
 
-def _to_rgb(image: Any) -> Any:
+# file formats whose integer samples have at most 16 bits: PIL's mode I from them (a PGM of
+# maxval above 255, its values stretched to 0..65535) is 16-bit data, however dark
+SIXTEEN_BIT_FORMATS = ("PPM", "PNG")
+
+
+def _to_rgb(image: Any, fmt: str | None = None) -> Any:
     """Any PIL mode as RGB: CMYK through its ICC profile when it has one, 16-bit scaled,
-    floating point images in 0..1 scaled to 0..255."""
+    floating point images in 0..1 scaled to 0..255. `fmt`: the file's format (PIL's
+    `format`, which a transposed copy no longer has)."""
     from PIL import Image
 
     if image.mode == "RGB":
@@ -68,7 +74,8 @@ def _to_rgb(image: Any) -> Any:
             pass
     if image.mode.startswith("I") or image.mode == "F":
         array = np.asarray(image).astype(np.float64)
-        if image.mode.startswith("I;16") or array.max() > 255:
+        if image.mode.startswith("I;16") or array.max() > 255 or (
+                image.mode == "I" and (fmt or image.format) in SIXTEEN_BIT_FORMATS):
             array = array / 257.0  # 16-bit data: 65535 -> 255
         elif image.mode == "F" and array.size and 0 <= array.min() and array.max() <= 1:
             array = array * 255.0  # floats in 0..1 (scientific TIFFs): all but black before
@@ -145,12 +152,13 @@ def load_image(payload: tuple[str, Any], size: int, max_pixels: int = MAX_PIXELS
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
         message = re.sub(r" ?<[^>]* at 0x[0-9a-fA-F]+>", "", str(err).split("\n")[0])
         raise Skip(f"cannot decode: {type(err).__name__}: {message}") from None
+    fmt = image.format
     try:
         if image.getexif().get(0x0112, 1) != 1:
             image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF: keep the stored orientation
         pass
     try:
-        return resize_crop(_to_rgb(image), size)
+        return resize_crop(_to_rgb(image, fmt), size)
     except Exception as err:
         raise Skip(f"cannot convert: {type(err).__name__}: {err}") from None

@@ -94,6 +94,19 @@ def test_identical_arms_are_not_distinguishable_from_zero():
     assert (constant.low, constant.high) == (0.0, 0.0) and not constant.excludes(0.0)
 
 
+def test_a_difference_without_spread_is_judged_neither_way():
+    """Two nets whose seeds each gave one error (75% and 62.5%: 8 validation images) made the
+    point interval [12.5, 12.5], read "distinguishable from 0": the strongest verdict from no
+    measured spread at all. It now says there is no spread to judge by; a ratio likewise."""
+    d = stats.welch([75.0, 75.0], [62.5, 62.5])
+    assert (d.estimate, d.low, d.high) == (12.5, 12.5, 12.5)
+    assert stats.verdict(d).startswith("no spread over the seeds"), stats.verdict(d)
+    assert "use more validation images or seeds" in stats.verdict(d)
+    r = stats.ratio([4.0, 4.0], [2.0, 2.0])
+    assert stats.verdict(r, 1.0).startswith("no spread over the seeds")
+    assert stats.verdict(stats.welch([75.0, 74.0], [62.0, 61.0])).startswith("distinguishable")
+
+
 def synthetic_run(rng: np.random.Generator, tau: float, steps: int, batch: int = 128,
                   chance: float = 0.9, floor: float = 0.02) -> dict:
     """A run whose true error falls exponentially, chance -> floor with time constant tau;

@@ -10,7 +10,9 @@ net) are compared by Welch's unequal-variance t interval:
 An interval needs at least two values in each arm. When neither arm varies (identical runs,
 or a deterministic CPU repeating itself) the interval is the single point of the estimate.
 A delta is "distinguishable from zero" when its interval excludes 0 (a ratio: excludes 1),
-the usual two-sided test at 1 - confidence.
+the usual two-sided test at 1 - confidence; a single point other than 0 is no evidence either
+way (seeds that all give one error: errors coarsened by few validation images), and its
+verdict says so.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def verdict(interval: Interval, null: float = 0.0) -> str:
     pct = f"{100 * interval.confidence:g}%"
     if not interval.known:
         return "no interval (needs at least two seeds in each arm)"
+    if interval.low == interval.high != null:
+        return ("no spread over the seeds (every seed gave each arm the same value: coarse "
+                "errors of few validation images?), so nothing to judge the difference by; "
+                "use more validation images or seeds")
     if interval.excludes(null):
         return f"distinguishable from {null:g} (its {pct} interval excludes {null:g})"
     return f"not distinguishable from {null:g} (its {pct} interval contains {null:g})"

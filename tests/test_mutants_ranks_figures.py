@@ -14,6 +14,7 @@ from PIL import Image
 from test_figures import CLASSES, figures_args
 from test_loader import PLAIN, epoch_ids, make_store
 from test_mutants_config import FakeGroup
+from test_mutants_training import pytorch_initialised
 
 from alexnet import distributed
 from alexnet.checkpoint import make_state, save
@@ -174,13 +175,9 @@ def split_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     train = open_split(root, "train")
     write_store(root / "test", test_images.astype(np.uint8), (np.arange(6) + 1) % 3, CLASSES,
                 stats=train.stats)
-    torch.manual_seed(0)
-    model = AlexNet(num_classes=3, width=0.0625)
-    for module in model.modules():  # PyTorch's init: fc7 vectors apart
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
     ckpt = tmp_path_factory.mktemp("split_net") / "net.pt"
-    save(ckpt, make_state(model, classes=CLASSES, stats=train.stats, epoch=1, step=0))
+    save(ckpt, make_state(pytorch_initialised(0, num_classes=3, width=0.0625), classes=CLASSES,
+                          stats=train.stats, epoch=1, step=0))
     return root, ckpt
 
 
@@ -235,11 +232,7 @@ def test_each_column_file_shows_its_own_columns_kernels(tmp_path: Path) -> None:
 def test_fc7_features_are_the_eval_nets_and_leave_training_on() -> None:
     """Figure 4's vectors come without dropout even from a net in training mode (p 0.5), and
     the net is left in training mode."""
-    torch.manual_seed(3)
-    model = AlexNet(num_classes=3, width=0.0625, dropout=0.5)
-    for module in model.modules():  # PyTorch's init: fc7 activations far from zero
-        if module is not model and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    model = pytorch_initialised(3, num_classes=3, width=0.0625, dropout=0.5)
     x = torch.randn(2, 3, 224, 224)
     model.train()
     (got,) = list(fc7_features(model, [(x, torch.zeros(2))]))

@@ -166,7 +166,6 @@ def tiny_run(tmp_path_factory):
     """A store whose train and test images differ, and a small net's checkpoint."""
     from alexnet.checkpoint import make_state, save
     from alexnet.data.store import open_split, write_store
-    from alexnet.model import AlexNet
     from alexnet.paper import IMAGE_SIZE
 
     classes = [{"wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(3)]
@@ -177,14 +176,23 @@ def tiny_run(tmp_path_factory):
     write_store(root / "train", images[:9], labels[:9], classes)
     train = open_split(root, "train")
     write_store(root / "test", images[9:], labels[9:], classes, stats=train.stats)
-    torch.manual_seed(1)
-    model = AlexNet(num_classes=3, width=0.0625)
-    for module in model.modules():  # PyTorch's init: fc7 vectors apart
+    ckpt = tmp_path_factory.mktemp("mutrun") / "net.pt"
+    save(ckpt, make_state(pytorch_initialised(1, num_classes=3, width=0.0625), classes=classes,
+                          stats=train.stats, epoch=1, step=0))
+    return root, ckpt
+
+
+def pytorch_initialised(seed: int, **kwargs) -> nn.Module:
+    """AlexNet(**kwargs) with PyTorch's default init in place of the paper's (seeded): its fc7
+    vectors lie apart, where the paper's small weights give a tiny net near-equal ones."""
+    from alexnet.model import AlexNet
+
+    torch.manual_seed(seed)
+    model = AlexNet(**kwargs)
+    for module in model.modules():
         if module is not model and hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    ckpt = tmp_path_factory.mktemp("mutrun") / "net.pt"
-    save(ckpt, make_state(model, classes=classes, stats=train.stats, epoch=1, step=0))
-    return root, ckpt
+    return model
 
 
 def test_figure4_right_draws_the_training_images_it_found(tiny_run, tmp_path, monkeypatch):

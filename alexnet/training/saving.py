@@ -78,9 +78,10 @@ def save_checkpoints(s: RunState, config: Config, train_store: Any, files: RunFi
     if rt.dist.is_main:
         state = make_checkpoint(s, config, train_store, rt, ranks)
         try:
-            if best and config.run.save_best:
+            keep_best = best and config.run.save_best
+            if keep_best:
                 checkpoint.save(files.best, state)
-            if not (best and config.run.save_best and link_atomic(files.best, files.checkpoint)):
+            if not (keep_best and link_atomic(files.best, files.checkpoint)):
                 checkpoint.save(files.checkpoint, state)
         except UserError as err:
             failed = err
